@@ -1,0 +1,55 @@
+package core
+
+import (
+	"encoding"
+	"encoding/json"
+	"fmt"
+)
+
+// Codec encodes operator state for snapshots. Encode must not keep dst's
+// result; Decode must not keep b.
+type Codec[S any] interface {
+	Encode(s *S) ([]byte, error)
+	Decode(b []byte) (*S, error)
+}
+
+// DefaultCodec uses S's MarshalBinary/UnmarshalBinary when *S implements
+// them, and encoding/json otherwise.
+func DefaultCodec[S any]() Codec[S] {
+	var p any = new(S)
+	if _, ok := p.(encoding.BinaryMarshaler); ok {
+		if _, ok := p.(encoding.BinaryUnmarshaler); ok {
+			return binaryCodec[S]{}
+		}
+	}
+	return JSONCodec[S]{}
+}
+
+type binaryCodec[S any] struct{}
+
+func (binaryCodec[S]) Encode(s *S) ([]byte, error) {
+	return any(s).(encoding.BinaryMarshaler).MarshalBinary()
+}
+
+func (binaryCodec[S]) Decode(b []byte) (*S, error) {
+	s := new(S)
+	if err := any(s).(encoding.BinaryUnmarshaler).UnmarshalBinary(b); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// JSONCodec encodes state with encoding/json.
+type JSONCodec[S any] struct{}
+
+// Encode implements Codec.
+func (JSONCodec[S]) Encode(s *S) ([]byte, error) { return json.Marshal(s) }
+
+// Decode implements Codec.
+func (JSONCodec[S]) Decode(b []byte) (*S, error) {
+	s := new(S)
+	if err := json.Unmarshal(b, s); err != nil {
+		return nil, fmt.Errorf("decode state: %w", err)
+	}
+	return s, nil
+}

@@ -1,0 +1,245 @@
+package core
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"time"
+)
+
+// FileSource reads one file line by line; it has one partition named after
+// the file's base name, and its position is the byte offset after the last
+// line read. A last line without a newline counts as a line. Appending to the
+// file and running again reads only what was appended.
+type FileSource struct{ Path string }
+
+// Partitions implements Source.
+func (s FileSource) Partitions(context.Context) ([]string, error) {
+	if _, err := os.Stat(s.Path); err != nil {
+		return nil, fmt.Errorf("input file: %w", err)
+	}
+	return []string{filepath.Base(s.Path)}, nil
+}
+
+// Open implements Source.
+func (s FileSource) Open(_ context.Context, _ string, resume []byte) (SourcePartition[string], error) {
+	return openLines(s.Path, resume)
+}
+
+// DirSource reads every regular file directly in Dir, one partition per file
+// (named by file name), each like FileSource. Files added between runs are
+// read from the start by the next run.
+type DirSource struct{ Dir string }
+
+// Partitions implements Source.
+func (s DirSource) Partitions(context.Context) ([]string, error) {
+	ents, err := os.ReadDir(s.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("input directory: %w", err)
+	}
+	var out []string
+	for _, e := range ents {
+		if e.Type().IsRegular() {
+			out = append(out, e.Name())
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// Open implements Source.
+func (s DirSource) Open(_ context.Context, part string, resume []byte) (SourcePartition[string], error) {
+	return openLines(filepath.Join(s.Dir, part), resume)
+}
+
+const linesPerBatch = 1024
+
+type linePartition struct {
+	f     *os.File
+	r     *bufio.Reader
+	pos   int64
+	batch []string
+	long  []byte
+}
+
+func openLines(path string, resume []byte) (*linePartition, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	var off int64
+	if resume != nil {
+		if off, err = strconv.ParseInt(string(resume), 10, 64); err != nil || off < 0 {
+			f.Close()
+			return nil, fmt.Errorf("stored position %q of %s is not a byte offset", resume, path)
+		}
+		st, err := f.Stat()
+		if err != nil {
+			f.Close()
+			return nil, err
+		}
+		if st.Size() < off {
+			f.Close()
+			return nil, fmt.Errorf("%s has %d bytes but %d were already read: the input was truncated or replaced; restore it or start a new flow", path, st.Size(), off)
+		}
+		if _, err := f.Seek(off, io.SeekStart); err != nil {
+			f.Close()
+			return nil, err
+		}
+	}
+	return &linePartition{f: f, r: bufio.NewReaderSize(f, 256<<10), pos: off}, nil
+}
+
+func (p *linePartition) NextBatch(_ context.Context, _ time.Duration) ([]string, error) {
+	p.batch = p.batch[:0]
+	for len(p.batch) < linesPerBatch {
+		line, err := p.r.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			p.long = append(p.long[:0], line...)
+			for errors.Is(err, bufio.ErrBufferFull) {
+				line, err = p.r.ReadSlice('\n')
+				p.long = append(p.long, line...)
+			}
+			line = p.long
+		}
+		if len(line) > 0 {
+			p.pos += int64(len(line))
+			line = bytes.TrimSuffix(line, []byte{'\n'})
+			line = bytes.TrimSuffix(line, []byte{'\r'})
+			p.batch = append(p.batch, string(line))
+		}
+		if err == io.EOF {
+			return p.batch, io.EOF
+		}
+		if err != nil {
+			return p.batch, err
+		}
+		if p.r.Buffered() == 0 && len(p.batch) > 0 {
+			break // hand over what we have before blocking on the next read
+		}
+	}
+	return p.batch, nil
+}
+
+func (p *linePartition) Position() []byte { return strconv.AppendInt(nil, p.pos, 10) }
+func (p *linePartition) Close() error     { return p.f.Close() }
+
+// FileSink writes lines to one file (one partition, named after the file's
+// base name). Commit flushes and fsyncs, and its position is the file size;
+// on resume the file is truncated to the stored position, so together with
+// recovery the file's content is exactly-once. A fresh run refuses a
+// non-empty file unless Overwrite is set. With Sorted, the lines of each
+// epoch are written in sorted order, which makes the file independent of how
+// many workers produced it.
+type FileSink struct {
+	Path   string
+	Sorted bool
+	// Overwrite allows a fresh run to replace an existing non-empty file.
+	Overwrite bool
+}
+
+// Partitions implements Sink.
+func (s FileSink) Partitions() []string { return []string{filepath.Base(s.Path)} }
+
+// PartitionFor implements Sink.
+func (s FileSink) PartitionFor(string) string { return filepath.Base(s.Path) }
+
+// Open implements Sink.
+func (s FileSink) Open(ctx context.Context, _ string, resume []byte) (SinkPartition[string], error) {
+	dir := filepath.Dir(s.Path)
+	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+		return nil, fmt.Errorf("output directory %s does not exist", dir)
+	}
+	f, err := os.OpenFile(s.Path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	var off int64
+	switch {
+	case resume != nil:
+		if off, err = strconv.ParseInt(string(resume), 10, 64); err != nil || off < 0 {
+			f.Close()
+			return nil, fmt.Errorf("stored position %q of %s is not a byte offset", resume, s.Path)
+		}
+		if st.Size() < off {
+			f.Close()
+			return nil, fmt.Errorf("output %s has %d bytes but %d were already written: it was truncated or replaced; restore it or write to a new file", s.Path, st.Size(), off)
+		}
+	case RunInfoFrom(ctx).Execution > 0:
+		// A re-execution with no stored position: anything in the file was
+		// written by an earlier attempt that never committed.
+	case st.Size() > 0 && !s.Overwrite:
+		f.Close()
+		return nil, fmt.Errorf("output %s already exists and is not empty: remove it, choose another output, or allow overwriting", s.Path)
+	}
+	if err := f.Truncate(off); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if _, err := f.Seek(off, io.SeekStart); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &fileSinkPart{f: f, w: bufio.NewWriterSize(f, 256<<10), pos: off, sorted: s.Sorted}, nil
+}
+
+type fileSinkPart struct {
+	f      *os.File
+	w      *bufio.Writer
+	pos    int64
+	sorted bool
+	epoch  []string
+}
+
+func (p *fileSinkPart) Write(items []string) error {
+	if p.sorted {
+		p.epoch = append(p.epoch, items...)
+		return nil
+	}
+	for _, it := range items {
+		n, _ := p.w.WriteString(it)
+		p.w.WriteByte('\n')
+		p.pos += int64(n) + 1
+	}
+	return nil
+}
+
+func (p *fileSinkPart) Commit() ([]byte, error) {
+	if p.sorted && len(p.epoch) > 0 {
+		sort.Strings(p.epoch)
+		for _, it := range p.epoch {
+			n, _ := p.w.WriteString(it)
+			p.w.WriteByte('\n')
+			p.pos += int64(n) + 1
+		}
+		clear(p.epoch)
+		p.epoch = p.epoch[:0]
+	}
+	if err := p.w.Flush(); err != nil {
+		return nil, err
+	}
+	if err := p.f.Sync(); err != nil {
+		return nil, err
+	}
+	return strconv.AppendInt(nil, p.pos, 10), nil
+}
+
+func (p *fileSinkPart) Close() error {
+	if err := p.w.Flush(); err != nil {
+		p.f.Close()
+		return err
+	}
+	return p.f.Close()
+}

@@ -1,0 +1,116 @@
+package core
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"os"
+	"strings"
+	"time"
+)
+
+// StdinSource reads lines from standard input (one partition, "stdin").
+// Standard input cannot be replayed: a resumed run reads whatever comes next.
+type StdinSource struct{ R io.Reader }
+
+// Partitions implements Source.
+func (StdinSource) Partitions(context.Context) ([]string, error) { return []string{"stdin"}, nil }
+
+// Open implements Source.
+func (s StdinSource) Open(context.Context, string, []byte) (SourcePartition[string], error) {
+	r := s.R
+	if r == nil {
+		r = os.Stdin
+	}
+	p := &stdinPart{lines: make(chan string, linesPerBatch), done: make(chan error, 1)}
+	go func() {
+		sc := bufio.NewScanner(r)
+		sc.Buffer(make([]byte, 64<<10), 64<<20)
+		for sc.Scan() {
+			p.lines <- strings.TrimSuffix(sc.Text(), "\r")
+		}
+		close(p.lines)
+		p.done <- sc.Err()
+	}()
+	return p, nil
+}
+
+type stdinPart struct {
+	lines chan string
+	done  chan error
+	batch []string
+}
+
+func (p *stdinPart) NextBatch(ctx context.Context, wait time.Duration) ([]string, error) {
+	p.batch = p.batch[:0]
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	for len(p.batch) < linesPerBatch {
+		select {
+		case l, ok := <-p.lines:
+			if !ok {
+				if err := <-p.done; err != nil {
+					return p.batch, err
+				}
+				return p.batch, io.EOF
+			}
+			p.batch = append(p.batch, l)
+			continue
+		default:
+		}
+		if len(p.batch) > 0 {
+			return p.batch, nil
+		}
+		select {
+		case l, ok := <-p.lines:
+			if !ok {
+				if err := <-p.done; err != nil {
+					return p.batch, err
+				}
+				return p.batch, io.EOF
+			}
+			p.batch = append(p.batch, l)
+		case <-t.C:
+			return p.batch, nil
+		case <-ctx.Done():
+			return p.batch, ctx.Err()
+		}
+	}
+	return p.batch, nil
+}
+
+func (p *stdinPart) Position() []byte { return nil }
+func (p *stdinPart) Close() error     { return nil }
+
+// StdoutSink writes lines to standard output (one partition, "stdout").
+// Standard output cannot be rewound: around a resume it is at-least-once.
+type StdoutSink struct{ W io.Writer }
+
+// Partitions implements Sink.
+func (StdoutSink) Partitions() []string { return []string{"stdout"} }
+
+// PartitionFor implements Sink.
+func (StdoutSink) PartitionFor(string) string { return "stdout" }
+
+// Open implements Sink.
+func (s StdoutSink) Open(context.Context, string, []byte) (SinkPartition[string], error) {
+	w := s.W
+	if w == nil {
+		w = os.Stdout
+	}
+	return &stdoutPart{w: bufio.NewWriter(w)}, nil
+}
+
+type stdoutPart struct{ w *bufio.Writer }
+
+func (p *stdoutPart) Write(items []string) error {
+	for _, it := range items {
+		p.w.WriteString(it)
+		if err := p.w.WriteByte('\n'); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+func (p *stdoutPart) Commit() ([]byte, error) { return nil, p.w.Flush() }
+func (p *stdoutPart) Close() error            { return p.w.Flush() }

@@ -1,0 +1,59 @@
+package core
+
+import "context"
+
+// Change is one snapshot row: the state of (Step, Key) after epoch Epoch.
+// A nil Value is a tombstone: the key was discarded.
+type Change struct {
+	Step  StepID
+	Key   StateKey
+	Epoch Epoch
+	Value []byte
+}
+
+// Recovery is where a run keeps its snapshots. core defines it and the
+// recovery package implements it; core never touches recovery files itself.
+//
+// Contract:
+//   - Begin records a new execution of `workers` workers and returns its
+//     number (0 for the first) and the epoch it starts at: 1 for a fresh flow,
+//     else the resume epoch (the minimum over the last execution's workers of
+//     their highest frontier). It fails
+//     with an error that tells the user what to do when the partitions cannot
+//     be resumed from.
+//   - Load calls fn once for every key whose newest row below `below` is not
+//     a tombstone, with that row's value. fn may be called concurrently from
+//     several goroutines; values are not reused after fn returns.
+//   - Commit records changes and that worker w's frontier is now `frontier`
+//     (every epoch below it is durable on w). It may return before the data is
+//     durable, so the flow runs on while snapshots are written; commits of one
+//     worker are applied in call order and each atomically per partition. An
+//     error of an earlier asynchronous commit is returned by a later Commit
+//     or by Close.
+//   - Close waits until every accepted commit is durable, then releases the
+//     partitions.
+type Recovery interface {
+	Begin(ctx context.Context, workers int) (RunInfo, error)
+	Load(ctx context.Context, below Epoch, fn func(step StepID, key StateKey, value []byte) error) error
+	Commit(ctx context.Context, w WorkerIndex, frontier Epoch, changes []Change) error
+	Close() error
+}
+
+// RunInfo describes the execution that is starting.
+type RunInfo struct {
+	// Execution numbers the runs of a flow: 0, 1, 2, ...
+	Execution int
+	// StartEpoch is the epoch the run starts at (the resume epoch).
+	StartEpoch Epoch
+	// Workers is the number of workers of this run.
+	Workers int
+}
+
+type runInfoKey struct{}
+
+// RunInfoFrom returns the RunInfo of the run whose context ctx is; sources
+// and sinks get it in Open. Without recovery, Execution is 0 and StartEpoch 1.
+func RunInfoFrom(ctx context.Context) RunInfo {
+	ri, _ := ctx.Value(runInfoKey{}).(RunInfo)
+	return ri
+}

@@ -1,0 +1,551 @@
+package core
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Config says how to run a flow.
+type Config struct {
+	// Workers is the number of workers (W). Keys route to KeyHash(k) mod W.
+	Workers int
+	// EpochInterval is how often inputs close an epoch (the snapshot
+	// interval). Zero means 10s.
+	EpochInterval time.Duration
+	// Recovery keeps snapshots; nil runs without recovery.
+	Recovery Recovery
+}
+
+// Result summarises a finished run.
+type Result struct {
+	StartEpoch Epoch
+	// FinalEpoch is the epoch in which input ended; the next run starts at
+	// FinalEpoch+1.
+	FinalEpoch Epoch
+	// Counters holds the flow's counters (see Flow.Counter).
+	Counters map[string]int64
+	// IgnoredRows counts loaded snapshot rows of steps this flow does not have.
+	IgnoredRows int64
+}
+
+// Run executes the flow until every input ends, or until ctx is cancelled or
+// a step fails.
+func Run(ctx context.Context, f *Flow, cfg Config) (*Result, error) {
+	if err := f.Err(); err != nil {
+		return nil, err
+	}
+	if cfg.Workers < 1 {
+		return nil, fmt.Errorf("workers must be at least 1, got %d", cfg.Workers)
+	}
+	if cfg.EpochInterval <= 0 {
+		cfg.EpochInterval = 10 * time.Second
+	}
+	x := &execution{flow: f, cfg: cfg, workers: cfg.Workers, rec: cfg.Recovery}
+	return x.run(ctx)
+}
+
+// execution is one run of a flow in this process.
+type execution struct {
+	flow    *Flow
+	cfg     Config
+	workers int
+	rec     Recovery
+	start   Epoch
+
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	clock  *clock
+
+	inboxes  map[*node][]chan msg
+	resume   map[*node]map[string][]byte // source positions by input node
+	resumeMu sync.Mutex
+	roots    map[*node][]rootOp
+	srcSegs  []*sourceSeg
+	exSegs   []*exchangedSeg
+	ledgers  []*ledger
+	ignored  atomic.Int64
+}
+
+// segment is one goroutine's share of the flow: a source partition or one
+// exchanged step on one worker, with the stateless steps after it.
+type segment struct {
+	x       *execution
+	node    *node // the input or exchanged step at the root
+	worker  WorkerIndex
+	sender  int // index as a sender into downstream exchanges
+	comp    int // index in the worker's ledger
+	changes []Change
+}
+
+func (s *segment) record(step StepID, key string, epoch Epoch, value []byte) {
+	s.changes = append(s.changes, Change{Step: step, Key: StateKey(key), Epoch: epoch, Value: value})
+}
+
+func (s *segment) report(frontier Epoch) error {
+	ch := s.changes
+	s.changes = nil
+	return s.x.ledgers[s.worker].report(s.x.ctx, s.comp, frontier, ch)
+}
+
+func (x *execution) run(parent context.Context) (*Result, error) {
+	x.ctx, x.cancel = context.WithCancelCause(parent)
+	defer x.cancel(nil)
+	info := RunInfo{StartEpoch: 1, Workers: x.workers}
+	if x.rec != nil {
+		var err error
+		if info, err = x.rec.Begin(x.ctx, x.workers); err != nil {
+			return nil, err
+		}
+		info.Workers = x.workers
+	}
+	x.start = info.StartEpoch
+	x.ctx = context.WithValue(x.ctx, runInfoKey{}, info)
+	final, err := x.execute()
+	if x.rec != nil {
+		if cerr := x.rec.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("recovery: %w", cerr)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	res := &Result{StartEpoch: x.start, FinalEpoch: final, Counters: map[string]int64{}, IgnoredRows: x.ignored.Load()}
+	for name, c := range x.flow.counters {
+		res.Counters[name] = c.Load()
+	}
+	return res, nil
+}
+
+func (x *execution) execute() (Epoch, error) {
+	if err := x.plan(); err != nil {
+		return 0, err
+	}
+	if x.rec != nil && x.start > 1 {
+		if err := x.load(); err != nil {
+			return 0, err
+		}
+	}
+	opened := 0
+	var err error
+	for _, es := range x.exSegs {
+		if err = es.root.open(x.ctx); err != nil {
+			break
+		}
+		opened++
+	}
+	if err == nil {
+		err = x.runSegments()
+	}
+	for _, es := range x.exSegs[:opened] {
+		if cerr := es.root.close(); err == nil {
+			err = cerr
+		}
+	}
+	return x.clock.finalEpoch(), err
+}
+
+// sourceSeg reads one source partition.
+type sourceSeg struct {
+	seg   *segment
+	in    *node
+	part  string
+	chain op
+}
+
+// exchangedSeg runs one exchanged step on one worker.
+type exchangedSeg struct {
+	seg      *segment
+	root     rootOp
+	inbox    chan msg
+	nsenders int
+}
+
+// plan lists partitions, sizes every exchange, and builds every segment with
+// its chain of ops.
+func (x *execution) plan() error {
+	x.inboxes = map[*node][]chan msg{}
+	x.resume = map[*node]map[string][]byte{}
+	x.roots = map[*node][]rootOp{}
+	parts := map[*node][]string{}
+	total := 0
+	for _, in := range x.flow.inputs {
+		ps, err := in.input.partitions(x.ctx)
+		if err != nil {
+			return fmt.Errorf("input %s: %w", in.id, err)
+		}
+		parts[in] = ps
+		x.resume[in] = map[string][]byte{}
+		total += len(ps)
+	}
+	x.clock = newClock(x.start, total)
+	for _, n := range x.flow.nodes {
+		if n.kind == kindExchanged {
+			chs := make([]chan msg, x.workers)
+			for w := range chs {
+				chs[w] = make(chan msg, inboxDepth)
+			}
+			x.inboxes[n] = chs
+		}
+	}
+	comps := make([]int, x.workers)
+	newSeg := func(n *node, w WorkerIndex, sender int) *segment {
+		s := &segment{x: x, node: n, worker: w, sender: sender, comp: comps[w]}
+		comps[w]++
+		return s
+	}
+	for _, n := range x.flow.nodes {
+		if n.kind != kindExchanged {
+			continue
+		}
+		ns := x.workers
+		if up := n.upstreamRoot(); up.kind == kindInput {
+			ns = len(parts[up])
+		}
+		rs := make([]rootOp, x.workers)
+		for w := 0; w < x.workers; w++ {
+			seg := newSeg(n, WorkerIndex(w), w)
+			rs[w] = n.exchanged.root(seg, x.downstream(seg, n))
+			x.exSegs = append(x.exSegs, &exchangedSeg{seg: seg, root: rs[w], inbox: x.inboxes[n][w], nsenders: ns})
+		}
+		x.roots[n] = rs
+	}
+	for _, in := range x.flow.inputs {
+		for i, p := range parts[in] {
+			seg := newSeg(in, WorkerFor(p, x.workers), i)
+			x.srcSegs = append(x.srcSegs, &sourceSeg{seg: seg, in: in, part: p, chain: x.downstream(seg, in)})
+		}
+	}
+	x.ledgers = make([]*ledger, x.workers)
+	for w := range x.ledgers {
+		x.ledgers[w] = newLedger(WorkerIndex(w), comps[w], x.start, x.rec)
+	}
+	return nil
+}
+
+// downstream builds the ops that consume n's output inside seg.
+func (x *execution) downstream(seg *segment, n *node) op {
+	var outs fanout
+	for _, c := range n.children {
+		switch c.kind {
+		case kindStateless:
+			outs = append(outs, c.stateless.build(seg, x.downstream(seg, c)))
+		case kindExchanged:
+			outs = append(outs, c.exchanged.sender(x, c, seg.sender))
+		}
+	}
+	switch len(outs) {
+	case 0:
+		return nopOp{}
+	case 1:
+		return outs[0]
+	}
+	return outs
+}
+
+// load routes every snapshot row below the start epoch to the instance that
+// owns it: source positions to the input, state and sink positions to the
+// exchanged step's instance on worker KeyHash(key) mod W.
+func (x *execution) load() error {
+	return x.rec.Load(x.ctx, x.start, func(step StepID, key StateKey, value []byte) error {
+		n := x.flow.ids[step]
+		switch {
+		case n != nil && n.kind == kindInput:
+			x.resumeMu.Lock()
+			x.resume[n][string(key)] = value
+			x.resumeMu.Unlock()
+		case n != nil && n.kind == kindExchanged:
+			w := WorkerFor(string(key), x.workers)
+			if err := x.roots[n][w].restore(string(key), value); err != nil {
+				return fmt.Errorf("restore %s key %q: %w", step, key, err)
+			}
+		default:
+			x.ignored.Add(1)
+		}
+		return nil
+	})
+}
+
+// runSegments starts one goroutine per segment and a ticker closing epochs,
+// and waits for all of them. The first error cancels the rest.
+func (x *execution) runSegments() error {
+	var wg sync.WaitGroup
+	var firstErr error
+	var errOnce sync.Once
+	fail := func(err error) {
+		errOnce.Do(func() {
+			firstErr = err
+			x.cancel(err)
+		})
+	}
+	for _, ss := range x.srcSegs {
+		wg.Add(1)
+		go func(ss *sourceSeg) {
+			defer wg.Done()
+			if err := x.runSource(ss); err != nil {
+				fail(err)
+			}
+		}(ss)
+	}
+	for _, es := range x.exSegs {
+		wg.Add(1)
+		go func(es *exchangedSeg) {
+			defer wg.Done()
+			if err := x.runExchanged(es); err != nil {
+				fail(err)
+			}
+		}(es)
+	}
+	tickDone := make(chan struct{})
+	go func() {
+		defer close(tickDone)
+		x.clock.tick(x.ctx, x.cfg.EpochInterval)
+	}()
+	wg.Wait()
+	x.clock.stop()
+	<-tickDone
+	if firstErr == nil && x.ctx.Err() != nil {
+		firstErr = context.Cause(x.ctx)
+	}
+	return firstErr
+}
+
+func (x *execution) runSource(ss *sourceSeg) error {
+	seg := ss.seg
+	x.resumeMu.Lock()
+	last := x.resume[ss.in][ss.part]
+	x.resumeMu.Unlock()
+	p, err := ss.in.input.open(x.ctx, ss.part, last)
+	if err != nil {
+		return fmt.Errorf("input %s: open partition %q: %w", ss.in.id, ss.part, err)
+	}
+	defer p.Close()
+	wait := min(100*time.Millisecond, x.cfg.EpochInterval)
+	cur := x.start
+	eof := false
+	snap := func(e Epoch) {
+		if pos := p.Position(); pos != nil && string(pos) != string(last) {
+			last = append([]byte(nil), pos...)
+			seg.record(ss.in.id, ss.part, e, last)
+		}
+	}
+	for {
+		if !eof {
+			b, n, err := p.next(x.ctx, wait)
+			if err != nil && !errors.Is(err, io.EOF) {
+				return fmt.Errorf("input %s: partition %q: %w", ss.in.id, ss.part, err)
+			}
+			if n > 0 {
+				if perr := ss.chain.push(b); perr != nil {
+					return perr
+				}
+			}
+			if err != nil {
+				eof = true
+				x.clock.partitionDone()
+			}
+		}
+		now, final, changed := x.clock.state()
+		if now > cur {
+			snap(cur)
+			if err := ss.chain.advance(cur, now); err != nil {
+				return err
+			}
+			cur = now
+			if err := seg.report(cur); err != nil {
+				return err
+			}
+		}
+		if final {
+			snap(cur)
+			if err := ss.chain.finish(cur); err != nil {
+				return err
+			}
+			return seg.report(cur + 1)
+		}
+		if eof {
+			select {
+			case <-changed:
+			case <-x.ctx.Done():
+				return context.Cause(x.ctx)
+			}
+		}
+	}
+}
+
+func (x *execution) runExchanged(es *exchangedSeg) error {
+	seg := es.seg
+	if es.nsenders == 0 {
+		return x.followClock(es)
+	}
+	r := newReceiver(es.root, x.start, es.nsenders, seg.report)
+	for {
+		select {
+		case m := <-es.inbox:
+			if err := r.handle(m); err != nil {
+				return err
+			}
+			if r.done() {
+				if err := es.root.finish(r.cur); err != nil {
+					return err
+				}
+				return seg.report(r.cur + 1)
+			}
+		case <-x.ctx.Done():
+			return context.Cause(x.ctx)
+		}
+	}
+}
+
+// followClock drives an exchanged step whose input has no partitions: it only
+// sees epochs close, and end of input when every other input ended.
+func (x *execution) followClock(es *exchangedSeg) error {
+	cur := x.start
+	for {
+		now, final, changed := x.clock.state()
+		if now > cur {
+			if err := es.root.advance(cur, now); err != nil {
+				return err
+			}
+			cur = now
+			if err := es.seg.report(cur); err != nil {
+				return err
+			}
+		}
+		if final {
+			if err := es.root.finish(cur); err != nil {
+				return err
+			}
+			return es.seg.report(cur + 1)
+		}
+		select {
+		case <-changed:
+		case <-x.ctx.Done():
+			return context.Cause(x.ctx)
+		}
+	}
+}
+
+// clock closes epochs every interval until every source partition ended;
+// the epoch current at that moment is final.
+type clock struct {
+	mu      sync.Mutex
+	epoch   Epoch
+	final   bool
+	pending int
+	changed chan struct{}
+	stopped chan struct{}
+	stopOne sync.Once
+}
+
+func newClock(start Epoch, partitions int) *clock {
+	c := &clock{epoch: start, pending: partitions, changed: make(chan struct{}), stopped: make(chan struct{})}
+	if partitions == 0 {
+		c.final = true
+	}
+	return c
+}
+
+// state returns the current epoch, whether it is final, and a channel closed
+// at the next change.
+func (c *clock) state() (Epoch, bool, <-chan struct{}) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.epoch, c.final, c.changed
+}
+
+func (c *clock) broadcastLocked() {
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+func (c *clock) partitionDone() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.pending--
+	if c.pending == 0 && !c.final {
+		c.final = true
+		c.broadcastLocked()
+	}
+}
+
+func (c *clock) finalEpoch() Epoch {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.epoch
+}
+
+func (c *clock) tick(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			c.mu.Lock()
+			if !c.final {
+				c.epoch++
+				c.broadcastLocked()
+			}
+			c.mu.Unlock()
+		case <-c.stopped:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+func (c *clock) stop() { c.stopOne.Do(func() { close(c.stopped) }) }
+
+// ledger collects a worker's snapshot rows and hands them to Recovery once
+// every component of the worker has closed their epochs.
+type ledger struct {
+	mu       sync.Mutex
+	worker   WorkerIndex
+	front    []Epoch
+	pending  []Change
+	frontier Epoch
+	rec      Recovery
+}
+
+func newLedger(w WorkerIndex, comps int, start Epoch, rec Recovery) *ledger {
+	l := &ledger{worker: w, front: make([]Epoch, comps), frontier: start, rec: rec}
+	for i := range l.front {
+		l.front[i] = start
+	}
+	return l
+}
+
+func (l *ledger) report(ctx context.Context, comp int, frontier Epoch, changes []Change) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.rec == nil {
+		return nil
+	}
+	l.front[comp] = frontier
+	l.pending = append(l.pending, changes...)
+	m := l.front[0]
+	for _, f := range l.front {
+		m = min(m, f)
+	}
+	if m <= l.frontier {
+		return nil
+	}
+	var out, keep []Change
+	for _, c := range l.pending {
+		if c.Epoch < m {
+			out = append(out, c)
+		} else {
+			keep = append(keep, c)
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Epoch < out[j].Epoch })
+	l.pending = keep
+	l.frontier = m
+	return l.rec.Commit(ctx, l.worker, m, out)
+}

@@ -1,0 +1,329 @@
+package core
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// collectSink gathers output items in memory, keyed by epoch of commit.
+type collectSink[T any] struct {
+	mu    *sync.Mutex
+	items *[]T
+}
+
+func newCollect[T any]() collectSink[T] { return collectSink[T]{mu: &sync.Mutex{}, items: new([]T)} }
+
+func (c collectSink[T]) Partitions() []string  { return []string{"mem"} }
+func (c collectSink[T]) PartitionFor(T) string { return "mem" }
+func (c collectSink[T]) Open(context.Context, string, []byte) (SinkPartition[T], error) {
+	return c, nil
+}
+func (c collectSink[T]) Write(items []T) error {
+	c.mu.Lock()
+	*c.items = append(*c.items, items...)
+	c.mu.Unlock()
+	return nil
+}
+func (c collectSink[T]) Commit() ([]byte, error) { return nil, nil }
+func (c collectSink[T]) Close() error            { return nil }
+func (c collectSink[T]) get() []T {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]T(nil), *c.items...)
+}
+
+func genWords(parts int, n int64, delay time.Duration) Generator[string] {
+	return Generator[string]{Parts: parts, Count: n, Delay: delay, Make: func(p int, i int64) string {
+		return fmt.Sprintf("w%d w%d", (i*7+int64(p))%53, i%11)
+	}}
+}
+
+func countFlow(src Source[string], sink Sink[KV[int64]]) *Flow {
+	f := NewFlow("t")
+	lines := Input(f, "in", src)
+	words := FlatMap(lines, "split", func(l string, emit func(string)) {
+		for _, w := range strings.Fields(l) {
+			emit(w)
+		}
+	})
+	keyed := KeyOn(words, "key", func(w string) string { return w })
+	counts := Fold(keyed, "count", func() int64 { return 0 }, func(a int64, _ string) int64 { return a + 1 })
+	Output(counts, "out", sink)
+	return f
+}
+
+func toMap(kvs []KV[int64]) map[string]int64 {
+	m := map[string]int64{}
+	for _, kv := range kvs {
+		if _, dup := m[kv.Key]; dup {
+			panic("duplicate key " + kv.Key)
+		}
+		m[kv.Key] = kv.Value
+	}
+	return m
+}
+
+func TestRun_FoldSameResultForAnyWorkerCount(t *testing.T) {
+	var want map[string]int64
+	for _, w := range []int{1, 2, 3, 5} {
+		sink := newCollect[KV[int64]]()
+		res, err := Run(context.Background(), countFlow(genWords(3, 5000, 0), sink), Config{Workers: w, EpochInterval: time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := toMap(sink.get())
+		var total int64
+		for _, v := range got {
+			total += v
+		}
+		if total != 3*5000*2 {
+			t.Fatalf("w=%d: counted %d words, want %d", w, total, 3*5000*2)
+		}
+		if want == nil {
+			want = got
+		} else if !maps.Equal(got, want) {
+			t.Fatalf("w=%d: counts differ from w=1", w)
+		}
+		if res.FinalEpoch < res.StartEpoch {
+			t.Fatalf("final epoch %d before start %d", res.FinalEpoch, res.StartEpoch)
+		}
+	}
+}
+
+func TestRun_KeyedItemsRunOnHashWorker(t *testing.T) {
+	f := NewFlow("t")
+	lines := Input(f, "in", genWords(2, 2000, 0))
+	words := FlatMap(lines, "split", func(l string, emit func(string)) {
+		for _, w := range strings.Fields(l) {
+			emit(w)
+		}
+	})
+	keyed := KeyOn(words, "key", func(w string) string { return w })
+	var bad atomic.Int64
+	seen := StatefulMap(keyed, "seen", func(st *int, _ string) (*int, string) { return st, "" })
+	_ = seen
+	// Inspect after the stateful step runs on the key's worker.
+	Inspect(seen, "check", func(w WorkerIndex, kv KV[string]) {
+		if WorkerFor(kv.Key, 3) != w {
+			bad.Add(1)
+		}
+	})
+	if _, err := Run(context.Background(), f, Config{Workers: 3}); err != nil {
+		t.Fatal(err)
+	}
+	if bad.Load() != 0 {
+		t.Fatalf("%d items processed on the wrong worker", bad.Load())
+	}
+}
+
+func TestKeyHash_IsFNV1a64(t *testing.T) {
+	// Published FNV-1a 64 test vectors; routing must never change.
+	for in, want := range map[string]uint64{"": 0xcbf29ce484222325, "a": 0xaf63dc4c8601ec8c, "foobar": 0x85944171f73967e8} {
+		if got := KeyHash(in); got != want {
+			t.Errorf("KeyHash(%q) = %#x, want %#x", in, got, want)
+		}
+	}
+}
+
+func TestRecovery_OnlyChangedKeysAndTombstones(t *testing.T) {
+	// Epoch 1: a, b set. Then the input ends; Fold discards every key at EOF,
+	// which must appear as tombstones in the final epoch.
+	rec := newMemRecovery()
+	sink := newCollect[KV[int64]]()
+	src := Generator[string]{Parts: 1, Count: 4, Make: func(_ int, i int64) string { return []string{"a", "b", "a", "a"}[i] }}
+	res, err := Run(context.Background(), countFlow(src, sink), Config{Workers: 2, EpochInterval: time.Hour, Recovery: rec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := toMap(sink.get())
+	if got["a"] != 3 || got["b"] != 1 {
+		t.Fatalf("counts = %v", got)
+	}
+	var tomb []string
+	for _, c := range rec.commitLog {
+		for _, ch := range c.changes {
+			if ch.Epoch >= c.frontier {
+				t.Errorf("change at epoch %d committed with frontier %d", ch.Epoch, c.frontier)
+			}
+			if ch.Step == "t.count" && ch.Value == nil {
+				tomb = append(tomb, string(ch.Key))
+			}
+			if ch.Step == "t.count" && ch.Epoch != res.FinalEpoch {
+				t.Errorf("state of %s written at epoch %d, want only final epoch %d", ch.Key, ch.Epoch, res.FinalEpoch)
+			}
+		}
+	}
+	sort.Strings(tomb)
+	if strings.Join(tomb, ",") != "a,b" {
+		t.Fatalf("tombstones = %v, want a,b", tomb)
+	}
+}
+
+// runningMax keeps the max per key and emits it on every item; it survives EOF.
+func maxFlow(src Source[string], sink Sink[KV[int64]]) *Flow {
+	f := NewFlow("m")
+	lines := Input(f, "in", src)
+	kv := Map(lines, "parse", func(l string) KV[int64] {
+		k, v, _ := strings.Cut(l, "=")
+		n, _ := strconv.ParseInt(v, 10, 64)
+		return KV[int64]{Key: k, Value: n}
+	})
+	mx := StatefulMap(kv, "max", func(st *int64, v int64) (*int64, int64) {
+		if st == nil || v > *st {
+			st = &v
+		}
+		return st, *st
+	})
+	final := Stateful(mx, "last", KeyedLogic[int64, int64, int64]{
+		OnItem: func(_ string, st *int64, v int64, _ func(int64)) *int64 { return &v },
+		OnEOF: func(_ string, st *int64, emit func(int64)) (*int64, bool) {
+			emit(*st)
+			return st, false
+		},
+	})
+	Output(final, "out", sink)
+	return f
+}
+
+func maxInput(part int, i int64) string {
+	return fmt.Sprintf("k%d=%d", (i*31+int64(part))%97, (i*7919)%100003)
+}
+
+func TestRecovery_CrashAndResumeMatchesUninterrupted(t *testing.T) {
+	const n = 20000
+	want := newCollect[KV[int64]]()
+	if _, err := Run(context.Background(), maxFlow(Generator[string]{Parts: 2, Count: n, Make: maxInput}, want), Config{Workers: 2}); err != nil {
+		t.Fatal(err)
+	}
+	for _, crashAfter := range []Epoch{3, 9} {
+		rec := newMemRecovery()
+		src := Generator[string]{Parts: 2, Count: n, Make: maxInput, Delay: 2 * time.Millisecond}
+		ctx, cancel := context.WithCancel(context.Background())
+		rec.crashAt, rec.onCrash = crashAfter, cancel
+		_, err := Run(ctx, maxFlow(src, newCollect[KV[int64]]()), Config{Workers: 3, EpochInterval: 2 * time.Millisecond, Recovery: rec})
+		if err == nil {
+			t.Fatalf("run finished before the crash at %v", crashAfter)
+		}
+		got := newCollect[KV[int64]]()
+		src.Delay = 0
+		res, err := Run(context.Background(), maxFlow(src, got), Config{Workers: 2, EpochInterval: time.Millisecond, Recovery: rec})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.StartEpoch > crashAfter || (crashAfter > 5 && res.StartEpoch <= 1) {
+			t.Fatalf("crash at epoch %d resumed at epoch %d", crashAfter, res.StartEpoch)
+		}
+		if !maps.Equal(toMap(got.get()), toMap(want.get())) {
+			t.Fatalf("crash at epoch %d: resumed result differs from uninterrupted", crashAfter)
+		}
+	}
+}
+
+func TestFileSink_RefusesNonEmptyOutputOnFreshRun(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out.txt")
+	os.WriteFile(out, []byte("keep me\n"), 0o644)
+	in := filepath.Join(dir, "in.txt")
+	os.WriteFile(in, []byte("x\n"), 0o644)
+	f := NewFlow("t")
+	Output(Input(f, "in", FileSource{Path: in}), "out", FileSink{Path: out})
+	_, err := Run(context.Background(), f, Config{Workers: 1})
+	if err == nil || !strings.Contains(err.Error(), "already exists") {
+		t.Fatalf("err = %v, want already exists", err)
+	}
+	if b, _ := os.ReadFile(out); string(b) != "keep me\n" {
+		t.Fatalf("output was changed to %q", b)
+	}
+}
+
+func TestFileSink_MissingDirectory(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "in.txt")
+	os.WriteFile(in, []byte("x\n"), 0o644)
+	f := NewFlow("t")
+	Output(Input(f, "in", FileSource{Path: in}), "out", FileSink{Path: filepath.Join(dir, "nope", "out.txt")})
+	if _, err := Run(context.Background(), f, Config{Workers: 1}); err == nil || !strings.Contains(err.Error(), "does not exist") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestFileSource_ContinuationReadsOnlyAppended(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "in.txt")
+	out := filepath.Join(dir, "out.txt")
+	rec := newMemRecovery()
+	build := func() *Flow {
+		f := NewFlow("t")
+		Output(Input(f, "in", FileSource{Path: in}), "out", FileSink{Path: out})
+		return f
+	}
+	os.WriteFile(in, []byte("a\nb\n"), 0o644)
+	if _, err := Run(context.Background(), build(), Config{Workers: 2, Recovery: rec}); err != nil {
+		t.Fatal(err)
+	}
+	fh, _ := os.OpenFile(in, os.O_APPEND|os.O_WRONLY, 0)
+	fh.WriteString("c\nd")
+	fh.Close()
+	if _, err := Run(context.Background(), build(), Config{Workers: 3, Recovery: rec}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Run(context.Background(), build(), Config{Workers: 1, Recovery: rec}); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(out)
+	if string(b) != "a\nb\nc\nd\n" {
+		t.Fatalf("output = %q", b)
+	}
+}
+
+func TestFlow_DuplicateStepID(t *testing.T) {
+	f := NewFlow("t")
+	s := Input(f, "in", genWords(1, 1, 0))
+	Map(s, "m", func(s string) string { return s })
+	Map(s, "m", func(s string) string { return s })
+	if err := f.Err(); err == nil || !strings.Contains(err.Error(), "t.m") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestTumblingFold_LateItemsReported(t *testing.T) {
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	type ev struct {
+		k string
+		s int
+	}
+	evs := []ev{{"a", 0}, {"a", 30}, {"a", 65}, {"a", 10}, {"a", 130}, {"b", 5}}
+	f := NewFlow("w")
+	in := Input(f, "in", Generator[ev]{Parts: 1, Count: int64(len(evs)), Make: func(_ int, i int64) ev { return evs[i] }})
+	kv := Map(in, "key", func(e ev) KV[ev] { return KV[ev]{Key: e.k, Value: e} })
+	w := TumblingFold(kv, "win", WindowConfig[ev]{Size: time.Minute, Lateness: 0, Time: func(e ev) time.Time { return base.Add(time.Duration(e.s) * time.Second) }},
+		func() int { return 0 }, func(a int, _ ev) int { return a + 1 })
+	sink := newCollect[KV[WindowEvent[ev, int]]]()
+	Output(w, "out", sink)
+	if _, err := Run(context.Background(), f, Config{Workers: 2}); err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, kv := range sink.get() {
+		if kv.Value.Late {
+			lines = append(lines, fmt.Sprintf("%s late %d", kv.Key, kv.Value.Item.s))
+		} else {
+			lines = append(lines, fmt.Sprintf("%s %s %d", kv.Key, kv.Value.Start.Format("15:04"), kv.Value.Value))
+		}
+	}
+	sort.Strings(lines)
+	want := []string{"a 00:00 2", "a 00:01 1", "a 00:02 1", "a late 10", "b 00:00 1"}
+	if strings.Join(lines, "|") != strings.Join(want, "|") {
+		t.Fatalf("got %v\nwant %v", lines, want)
+	}
+}

@@ -1,0 +1,225 @@
+package core
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+)
+
+// KeyedLogic is the per-key behaviour of a stateful step. State is *S; nil
+// means the key has no state. Returning nil discards the key's state (a
+// tombstone in the next snapshot).
+type KeyedLogic[V, S, O any] struct {
+	// OnItem is called for every item of the key, in arrival order.
+	OnItem func(key string, state *S, v V, emit func(O)) *S
+	// OnEOF, if set, is called at end of input for every key that has state,
+	// in key order. It reports whether it changed the state (so only changed
+	// keys are snapshotted).
+	OnEOF func(key string, state *S, emit func(O)) (next *S, changed bool)
+	// Codec encodes state for snapshots; nil means DefaultCodec[S]().
+	Codec Codec[S]
+}
+
+// Stateful adds a keyed step with per-key state. Its output keeps the key.
+func Stateful[V, S, O any](s Stream[KV[V]], name string, l KeyedLogic[V, S, O]) Stream[KV[O]] {
+	if l.Codec == nil {
+		l.Codec = DefaultCodec[S]()
+	}
+	n := s.n.flow.add(s.n, name, kindExchanged)
+	if l.OnItem == nil && n.flow.err == nil {
+		n.flow.err = fmt.Errorf("step %s: KeyedLogic.OnItem is required", n.id)
+	}
+	n.exchanged = &statefulImpl[V, S, O]{logic: l}
+	return Stream[KV[O]]{n}
+}
+
+// StatefulMap keeps per-key state: fn gets the key's state (nil at first) and
+// an item, and returns the new state (nil discards it) and a value to emit.
+func StatefulMap[V, S, O any](s Stream[KV[V]], name string, fn func(state *S, v V) (*S, O)) Stream[KV[O]] {
+	return Stateful(s, name, KeyedLogic[V, S, O]{
+		OnItem: func(_ string, st *S, v V, emit func(O)) *S {
+			next, out := fn(st, v)
+			emit(out)
+			return next
+		},
+	})
+}
+
+// Fold folds every item of a key into an accumulator and emits the final
+// accumulator at end of input, then discards it.
+func Fold[V, A any](s Stream[KV[V]], name string, init func() A, fn func(acc A, v V) A) Stream[KV[A]] {
+	return Stateful(s, name, KeyedLogic[V, A, A]{
+		OnItem: func(_ string, st *A, v V, _ func(A)) *A {
+			if st == nil {
+				a := init()
+				st = &a
+			}
+			*st = fn(*st, v)
+			return st
+		},
+		OnEOF: func(_ string, st *A, emit func(A)) (*A, bool) {
+			emit(*st)
+			return nil, true
+		},
+	})
+}
+
+// Reduce combines the items of a key pairwise and emits the result at end of
+// input, then discards it.
+func Reduce[V any](s Stream[KV[V]], name string, fn func(acc, v V) V) Stream[KV[V]] {
+	return Stateful(s, name, KeyedLogic[V, V, V]{
+		OnItem: func(_ string, st *V, v V, _ func(V)) *V {
+			if st == nil {
+				return &v
+			}
+			*st = fn(*st, v)
+			return st
+		},
+		OnEOF: func(_ string, st *V, emit func(V)) (*V, bool) {
+			emit(*st)
+			return nil, true
+		},
+	})
+}
+
+type statefulImpl[V, S, O any] struct{ logic KeyedLogic[V, S, O] }
+
+func (s *statefulImpl[V, S, O]) sender(x *execution, target *node, from int) op {
+	w := uint64(x.workers)
+	return newExchangeSender[KV[V]](x, target, from, func(kv KV[V]) int { return int(KeyHash(kv.Key) % w) })
+}
+
+func (s *statefulImpl[V, S, O]) root(seg *segment, out op) rootOp {
+	o := &statefulOp[V, S, O]{seg: seg, step: seg.node.id, logic: s.logic, out: out, states: map[string]*entry[S]{}}
+	o.emitFn = func(v O) { o.obuf = append(o.obuf, KV[O]{Key: o.curKey, Value: v}) }
+	return o
+}
+
+type entry[S any] struct {
+	s     *S
+	dirty bool
+}
+
+type statefulOp[V, S, O any] struct {
+	restoreLock
+	seg    *segment
+	step   StepID
+	logic  KeyedLogic[V, S, O]
+	out    op
+	states map[string]*entry[S]
+	dirty  []string
+	obuf   []KV[O]
+	curKey string
+	emitFn func(O)
+}
+
+func (o *statefulOp[V, S, O]) restore(key string, value []byte) error {
+	st, err := o.logic.Codec.Decode(value)
+	if err != nil {
+		return err
+	}
+	o.mu.Lock()
+	o.states[key] = &entry[S]{s: st}
+	o.mu.Unlock()
+	return nil
+}
+
+func (o *statefulOp[V, S, O]) open(context.Context) error { return nil }
+func (o *statefulOp[V, S, O]) close() error               { return nil }
+
+func (o *statefulOp[V, S, O]) touch(key string) *entry[S] {
+	e := o.states[key]
+	if e == nil {
+		// Keys are often slices of a larger string (a line); keep only the key.
+		key = strings.Clone(key)
+		e = &entry[S]{}
+		o.states[key] = e
+	}
+	if !e.dirty {
+		e.dirty = true
+		o.dirty = append(o.dirty, key)
+	}
+	return e
+}
+
+func (o *statefulOp[V, S, O]) push(b any) error {
+	for _, kv := range b.([]KV[V]) {
+		e := o.touch(kv.Key)
+		o.curKey = kv.Key
+		e.s = o.logic.OnItem(kv.Key, e.s, kv.Value, o.emitFn)
+	}
+	return o.flush()
+}
+
+func (o *statefulOp[V, S, O]) flush() error {
+	if len(o.obuf) == 0 {
+		return nil
+	}
+	err := o.out.push(o.obuf)
+	clear(o.obuf)
+	o.obuf = o.obuf[:0]
+	return err
+}
+
+// snapshot records the keys changed in epoch e: their encoded state, or a
+// tombstone for discarded keys.
+func (o *statefulOp[V, S, O]) snapshot(e Epoch) error {
+	for _, k := range o.dirty {
+		en := o.states[k]
+		en.dirty = false
+		if en.s == nil {
+			delete(o.states, k)
+			o.seg.record(o.step, k, e, nil)
+			continue
+		}
+		b, err := o.logic.Codec.Encode(en.s)
+		if err != nil {
+			return fmt.Errorf("step %s: encode state of key %q: %w", o.step, k, err)
+		}
+		o.seg.record(o.step, k, e, b)
+	}
+	clear(o.dirty)
+	o.dirty = o.dirty[:0]
+	return nil
+}
+
+func (o *statefulOp[V, S, O]) advance(from, to Epoch) error {
+	if err := o.snapshot(from); err != nil {
+		return err
+	}
+	return o.out.advance(from, to)
+}
+
+func (o *statefulOp[V, S, O]) finish(final Epoch) error {
+	if o.logic.OnEOF != nil {
+		keys := make([]string, 0, len(o.states))
+		for k, e := range o.states {
+			if e.s != nil {
+				keys = append(keys, k)
+			}
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			e := o.states[k]
+			o.curKey = k
+			next, changed := o.logic.OnEOF(k, e.s, o.emitFn)
+			if changed || next != e.s {
+				e = o.touch(k)
+			}
+			e.s = next
+			if len(o.obuf) >= batchSize {
+				if err := o.flush(); err != nil {
+					return err
+				}
+			}
+		}
+		if err := o.flush(); err != nil {
+			return err
+		}
+	}
+	if err := o.snapshot(final); err != nil {
+		return err
+	}
+	return o.out.finish(final)
+}

@@ -1,0 +1,3 @@
+module github.com/flowkeep/flowkeep
+
+go 1.26.8
