@@ -9,14 +9,14 @@ import (
 // memRecovery is an in-memory Recovery for unit tests: it keeps every row and
 // frontier, and can "crash" (drop everything committed after a point).
 type memRecovery struct {
-	mu        sync.Mutex
-	rows      map[string][]memRow // step\x00key -> rows by epoch
-	execs     []memExec
-	frozen    bool // a crashed process: commits are dropped
+	mu     sync.Mutex
+	rows   map[string][]memRow // step\x00key -> rows by epoch
+	execs  []memExec
+	frozen bool // a crashed process: commits are dropped
 	// crashAt, when set, crashes the store (and calls onCrash) at the first
 	// commit reaching that frontier, which is then dropped too.
-	crashAt Epoch
-	onCrash func()
+	crashAt   Epoch
+	onCrash   func()
 	commitLog []memCommit
 }
 

@@ -18,9 +18,9 @@ type statelessImpl interface {
 // nopOp terminates a chain with no consumer.
 type nopOp struct{}
 
-func (nopOp) push(any) error              { return nil }
-func (nopOp) advance(Epoch, Epoch) error  { return nil }
-func (nopOp) finish(Epoch) error          { return nil }
+func (nopOp) push(any) error             { return nil }
+func (nopOp) advance(Epoch, Epoch) error { return nil }
+func (nopOp) finish(Epoch) error         { return nil }
 
 // fanout feeds one batch to several consumers.
 type fanout []op

@@ -32,7 +32,7 @@ type WindowEvent[V, A any] struct {
 // does not depend on how many workers run the flow.
 type windowState[A any] struct {
 	MaxSeen int64       `json:"max_seen"` // newest event time seen, Unix ns
-	Open    map[int64]A `json:"open"`    // window start (Unix ns) -> accumulator
+	Open    map[int64]A `json:"open"`     // window start (Unix ns) -> accumulator
 }
 
 // TumblingFold folds each key's items into tumbling event-time windows. A
