@@ -182,7 +182,7 @@ func (s FileSink) Open(ctx context.Context, _ string, resume []byte) (SinkPartit
 		// written by an earlier attempt that never committed.
 	case st.Size() > 0 && !s.Overwrite:
 		f.Close()
-		return nil, fmt.Errorf("output %s already exists and is not empty: remove it, choose another output, or allow overwriting", s.Path)
+		return nil, fmt.Errorf("output %s already exists and is not empty: remove it, choose another output, or allow overwriting it (flowrun --overwrite)", s.Path)
 	}
 	if err := f.Truncate(off); err != nil {
 		f.Close()

@@ -1,0 +1,157 @@
+package flowrun
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/flowkeep/flowkeep/core"
+	"github.com/flowkeep/flowkeep/recovery"
+)
+
+type runOptions struct {
+	Flow        string
+	Workers     int
+	Snapshot    time.Duration
+	Backup      time.Duration
+	snapshotSet bool
+	backupSet   bool
+	RecoveryDir string
+	FlowOptions
+}
+
+func newRunCommand(specs []FlowSpec) *cobra.Command {
+	var o runOptions
+	var examples []string
+	for _, s := range specs {
+		if s.Example != "" {
+			examples = append(examples, s.Example)
+		}
+	}
+	cmd := &cobra.Command{
+		Use:   "run FLOW [flags]",
+		Short: "Run a flow (" + flowNames(specs) + ")",
+		Long: `Run a registered flow until its input ends.
+
+Without -r the run keeps no state between runs. With -r DIR the flow snapshots
+into the recovery partitions in DIR (create them with 'flowrun recovery init')
+every snapshot interval (-s), resumes from the latest consistent snapshot when
+run again on the same DIR (with any -w), and continues after end of input: a
+later run over an appended input file reads only what was appended.
+
+The backup interval (-b) is how far apart backups of different partitions may
+be taken and still restore together: old snapshots are kept that long. Use -b 0
+if you do not back up the partitions.
+
+Flows: ` + flowNames(specs) + `
+
+` + exitCodesHelp,
+		Example: strings.Join(examples, "\n"),
+		Args:    cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			switch {
+			case len(args) == 1:
+				o.Flow = args[0]
+			case len(specs) == 1:
+				o.Flow = specs[0].Name
+			default:
+				return usagef("name the flow to run: one of %s", flowNames(specs))
+			}
+			o.snapshotSet = cmd.Flags().Changed("snapshot-interval")
+			o.backupSet = cmd.Flags().Changed("backup-interval")
+			return runRun(cmd.Context(), o, specs, cmd.ErrOrStderr())
+		},
+	}
+	f := cmd.Flags()
+	f.IntVarP(&o.Workers, "workers", "w", 1, "number of workers; keys are spread over them (e.g. -w 4)")
+	f.DurationVarP(&o.Snapshot, "snapshot-interval", "s", 0, "how often to close an epoch and snapshot changed state (e.g. -s 10s); required with -r")
+	f.DurationVarP(&o.Backup, "backup-interval", "b", 0, "keep snapshots this long so partition backups taken this far apart still restore together (e.g. -b 5m, or -b 0); required with -r")
+	f.StringVarP(&o.RecoveryDir, "recovery-dir", "r", "", "directory of recovery partitions (e.g. -r /var/lib/flowkeep); without it the run keeps no state")
+	f.StringVarP(&o.Input, "input", "i", "", "input file, directory (one partition per file) or - for stdin (e.g. --input access.log)")
+	f.StringVarP(&o.Output, "output", "o", "", "output file or - for stdout (e.g. --output counts.csv)")
+	f.BoolVar(&o.Overwrite, "overwrite", false, "let a fresh run replace an existing non-empty output file")
+	f.DurationVar(&o.Window, "window", time.Minute, "logstats: tumbling window size (e.g. --window 5m)")
+	f.DurationVar(&o.Lateness, "lateness", 0, "logstats: how late a line may be and still count in its window (e.g. --lateness 30s)")
+	return cmd
+}
+
+func (o runOptions) validate() error {
+	if o.Workers < 1 {
+		return usagef("-w must be at least 1, got %d", o.Workers)
+	}
+	if o.snapshotSet && o.Snapshot <= 0 {
+		return usagef("-s must be positive, got %v", o.Snapshot)
+	}
+	if o.Backup < 0 {
+		return usagef("-b must not be negative, got %v", o.Backup)
+	}
+	if o.RecoveryDir != "" && (!o.snapshotSet || !o.backupSet) {
+		var missing []string
+		if !o.snapshotSet {
+			missing = append(missing, "the snapshot interval (e.g. -s 10s)")
+		}
+		if !o.backupSet {
+			missing = append(missing, "the backup interval (e.g. -b 5m, or -b 0 if you do not back up the partitions)")
+		}
+		return usagef("-r needs %s", strings.Join(missing, " and "))
+	}
+	return nil
+}
+
+func runRun(ctx context.Context, o runOptions, specs []FlowSpec, stderr io.Writer) error {
+	var spec *FlowSpec
+	for i := range specs {
+		if specs[i].Name == o.Flow {
+			spec = &specs[i]
+		}
+	}
+	if spec == nil {
+		return usagef("unknown flow %q: flows are %s", o.Flow, flowNames(specs))
+	}
+	if err := o.validate(); err != nil {
+		return err
+	}
+	flow, err := spec.Build(o.FlowOptions)
+	if err != nil {
+		return usageError{err}
+	}
+	cfg := core.Config{Workers: o.Workers, EpochInterval: o.Snapshot}
+	if o.RecoveryDir != "" {
+		st, err := recovery.Open(ctx, o.RecoveryDir, recovery.Options{
+			FlowName:  flow.Name(),
+			Intervals: recovery.Intervals{Snapshot: o.Snapshot, Backup: o.Backup},
+		})
+		if err != nil {
+			return err
+		}
+		cfg.Recovery = recoveryAdapter{st}
+	}
+	began := time.Now()
+	res, err := core.Run(ctx, flow, cfg)
+	if err != nil {
+		if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+			return fmt.Errorf("interrupted; run again with the same -r to resume")
+		}
+		return err
+	}
+	fmt.Fprintf(stderr, "flowrun: %s finished in %v: epochs %d..%d on %d workers", flow.Name(), time.Since(began).Round(time.Millisecond), res.StartEpoch, res.FinalEpoch, o.Workers)
+	names := make([]string, 0, len(res.Counters))
+	for n := range res.Counters {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(stderr, ", %s=%d", n, res.Counters[n])
+	}
+	if res.IgnoredRows > 0 {
+		fmt.Fprintf(stderr, ", ignored %d snapshot rows of steps this flow no longer has", res.IgnoredRows)
+	}
+	fmt.Fprintln(stderr)
+	return nil
+}

@@ -1,0 +1,237 @@
+package recovery
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+)
+
+// Partition is one open partition file.
+type Partition struct {
+	Path    string
+	DB      *sql.DB
+	Index   PartitionIndex
+	Count   PartitionCount
+	FlowUID string
+}
+
+// dsn builds the connection string for a partition file.
+func dsn(path string, readOnly bool) string {
+	q := url.Values{}
+	q.Add("_pragma", "busy_timeout(20000)")
+	if readOnly {
+		q.Add("_pragma", "query_only(1)")
+	} else {
+		q.Add("_pragma", "journal_mode(WAL)")
+		q.Add("_pragma", "synchronous(FULL)")
+		q.Add("_pragma", "cache_size(-16384)")
+		q.Add("_txlock", "immediate")
+	}
+	return "file:" + path + "?" + q.Encode()
+}
+
+// OpenDB opens a SQLite file with the settings partitions use. readOnly
+// connections never write (query_only) and so never disturb a running flow.
+func OpenDB(path string, readOnly bool) (*sql.DB, error) {
+	db, err := sql.Open("sqlite", dsn(path, readOnly))
+	if err != nil {
+		return nil, err
+	}
+	if !readOnly {
+		db.SetMaxOpenConns(1)
+	}
+	return db, nil
+}
+
+// OpenPartition opens path and reads its identity. It returns (nil, nil) if
+// the file is a SQLite database without a parts row (not a partition).
+func OpenPartition(ctx context.Context, path string, readOnly bool) (*Partition, error) {
+	db, err := OpenDB(path, readOnly)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	p := &Partition{Path: path, DB: db}
+	var n int
+	err = db.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_master WHERE type='table' AND name='parts'`).Scan(&n)
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open %s: %w: %v", path, ErrCorrupt, err)
+	}
+	if n == 0 {
+		db.Close()
+		return nil, nil
+	}
+	err = db.QueryRowContext(ctx, `SELECT part_index, part_count, flow_uid FROM parts`).Scan(&p.Index, &p.Count, &p.FlowUID)
+	if errors.Is(err, sql.ErrNoRows) {
+		db.Close()
+		return nil, nil
+	}
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("read identity of %s: %w: %v", path, ErrCorrupt, err)
+	}
+	if p.Count < 1 || p.Index < 0 || int(p.Index) >= int(p.Count) {
+		db.Close()
+		return nil, fmt.Errorf("%s claims to be partition %d of %d: %w", path, p.Index, p.Count, ErrCorrupt)
+	}
+	if !readOnly {
+		if err := migrate(ctx, db); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+	}
+	return p, nil
+}
+
+// Close closes the partition's database.
+func (p *Partition) Close() error { return p.DB.Close() }
+
+// candidates lists the files in dir that may be partitions.
+func candidates(dir string) ([]string, error) {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("recovery directory: %w", err)
+	}
+	if !st.IsDir() {
+		return nil, fmt.Errorf("recovery directory %s is not a directory", dir)
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("recovery directory: %w", err)
+	}
+	var out []string
+	for _, e := range ents {
+		if e.Type().IsRegular() && strings.HasSuffix(e.Name(), ".sqlite3") {
+			out = append(out, filepath.Join(dir, e.Name()))
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// Discover opens every partition in dir (found by content) and checks that
+// they form one complete flow: same count, same flow uid, every index once.
+// want, if non-empty, is the flow name the caller runs; partitions that
+// recorded another name are refused.
+func Discover(ctx context.Context, dir string, readOnly bool, want string) ([]*Partition, error) {
+	ps, err := discoverAny(ctx, dir, readOnly)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkSet(ctx, dir, ps, want); err != nil {
+		closeAll(ps)
+		return nil, err
+	}
+	sort.Slice(ps, func(i, j int) bool { return ps[i].Index < ps[j].Index })
+	return ps, nil
+}
+
+// discoverAny opens every partition in dir without checking the set.
+func discoverAny(ctx context.Context, dir string, readOnly bool) ([]*Partition, error) {
+	files, err := candidates(dir)
+	if err != nil {
+		return nil, err
+	}
+	var ps []*Partition
+	for _, f := range files {
+		p, err := OpenPartition(ctx, f, readOnly)
+		if err != nil {
+			closeAll(ps)
+			return nil, err
+		}
+		if p != nil {
+			ps = append(ps, p)
+		}
+	}
+	return ps, nil
+}
+
+func closeAll(ps []*Partition) {
+	for _, p := range ps {
+		p.Close()
+	}
+}
+
+// CheckSet validates partitions as one complete flow (see Discover).
+func checkSet(ctx context.Context, dir string, ps []*Partition, want string) error {
+	if len(ps) == 0 {
+		return fmt.Errorf("%w in %s: create them with `flowrun recovery init %s N`, or restore a backup into it", ErrNoPartitions, dir, dir)
+	}
+	count := ps[0].Count
+	uid := ps[0].FlowUID
+	have := map[PartitionIndex]string{}
+	for _, p := range ps {
+		if p.Count != count {
+			return fmt.Errorf("%w in %s: %s is partition %d of %d but %s is partition %d of %d; the partition count is fixed for the life of a flow: move the strays out",
+				ErrMixedPartitions, dir, filepath.Base(ps[0].Path), ps[0].Index, count, filepath.Base(p.Path), p.Index, p.Count)
+		}
+		if p.FlowUID != uid {
+			return fmt.Errorf("%w in %s: %s belongs to flow %s but %s to flow %s; keep one flow's partitions per directory",
+				ErrForeignFlow, dir, filepath.Base(ps[0].Path), uid, filepath.Base(p.Path), p.FlowUID)
+		}
+		if other, dup := have[p.Index]; dup {
+			return fmt.Errorf("%w in %s: partition %d is both %s and %s; remove one", ErrMixedPartitions, dir, p.Index, filepath.Base(other), filepath.Base(p.Path))
+		}
+		have[p.Index] = p.Path
+	}
+	var missing []string
+	for i := PartitionIndex(0); int(i) < int(count); i++ {
+		if _, ok := have[i]; !ok {
+			missing = append(missing, strconv.Itoa(int(i)))
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("%w: partitions %s of %d are not in %s; copy them back or restore them from a backup",
+			ErrMissingPartitions, strings.Join(missing, ", "), count, dir)
+	}
+	if want != "" {
+		for _, p := range ps {
+			name, err := metaValue(ctx, p.DB, "flow_name")
+			if err != nil {
+				return fmt.Errorf("read flow name of %s: %w", p.Path, err)
+			}
+			if name != "" && name != want {
+				return fmt.Errorf("%w: the partitions in %s belong to flow %q, not %q; use another recovery directory", ErrForeignFlow, dir, name, want)
+			}
+		}
+	}
+	return nil
+}
+
+type queryer interface {
+	QueryRowContext(ctx context.Context, q string, args ...any) *sql.Row
+	QueryContext(ctx context.Context, q string, args ...any) (*sql.Rows, error)
+}
+
+func metaValue(ctx context.Context, q queryer, key string) (string, error) {
+	var v string
+	err := q.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = ?`, key).Scan(&v)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil
+	}
+	return v, err
+}
+
+func metaEpoch(ctx context.Context, q queryer, key string) (Epoch, error) {
+	v, err := metaValue(ctx, q, key)
+	if err != nil || v == "" {
+		return 0, err
+	}
+	n, err := strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("meta %s = %q: %w", key, v, ErrCorrupt)
+	}
+	return Epoch(n), nil
+}
+
+func unixMs(t time.Time) int64 { return t.UnixMilli() }

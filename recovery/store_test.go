@@ -1,0 +1,336 @@
+package recovery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func mustDur(s string) time.Duration {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		panic(err)
+	}
+	return d
+}
+
+func initDir(t *testing.T, n int) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := Init(context.Background(), dir, n); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func openStore(t *testing.T, dir string, s, b time.Duration) *Store {
+	t.Helper()
+	st, err := Open(context.Background(), dir, Options{FlowName: "f", Intervals: Intervals{Snapshot: s, Backup: b}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func loadAll(t *testing.T, st *Store, below Epoch) map[string]string {
+	t.Helper()
+	var mu sync.Mutex
+	got := map[string]string{}
+	err := st.Load(context.Background(), below, func(r Row) error {
+		mu.Lock()
+		defer mu.Unlock()
+		got[string(r.Step)+"/"+string(r.Key)] = string(r.Value)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+func TestInit_CreatesPartitionsAndRefusesTwice(t *testing.T) {
+	dir := initDir(t, 3)
+	for i := 0; i < 3; i++ {
+		if _, err := os.Stat(filepath.Join(dir, fmt.Sprintf("part-%d.sqlite3", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := Init(context.Background(), dir, 3); !errors.Is(err, ErrAlreadyInit) {
+		t.Fatalf("second init: %v", err)
+	}
+	if err := Init(context.Background(), filepath.Join(dir, "missing"), 2); err == nil || !strings.Contains(err.Error(), "no such file") {
+		t.Fatalf("missing dir: %v", err)
+	}
+}
+
+func TestDiscover_ErrorsTellWhatToDo(t *testing.T) {
+	ctx := context.Background()
+	t.Run("no partitions", func(t *testing.T) {
+		_, err := Discover(ctx, t.TempDir(), false, "f")
+		if !errors.Is(err, ErrNoPartitions) || !strings.Contains(err.Error(), "recovery init") {
+			t.Fatalf("err = %v", err)
+		}
+	})
+	t.Run("missing partition", func(t *testing.T) {
+		dir := initDir(t, 4)
+		os.Remove(filepath.Join(dir, "part-2.sqlite3"))
+		_, err := Discover(ctx, dir, false, "f")
+		if !errors.Is(err, ErrMissingPartitions) || !strings.Contains(err.Error(), "partitions 2 of 4") {
+			t.Fatalf("err = %v", err)
+		}
+	})
+	t.Run("mixed counts", func(t *testing.T) {
+		dir := initDir(t, 2)
+		other := initDir(t, 3)
+		copyFile(t, filepath.Join(other, "part-2.sqlite3"), filepath.Join(dir, "part-2.sqlite3"))
+		_, err := Discover(ctx, dir, false, "f")
+		if !errors.Is(err, ErrMixedPartitions) {
+			t.Fatalf("err = %v", err)
+		}
+	})
+	t.Run("another flow's partition", func(t *testing.T) {
+		dir := initDir(t, 2)
+		other := initDir(t, 2)
+		os.Remove(filepath.Join(dir, "part-1.sqlite3"))
+		copyFile(t, filepath.Join(other, "part-1.sqlite3"), filepath.Join(dir, "stray.sqlite3"))
+		_, err := Discover(ctx, dir, false, "f")
+		if !errors.Is(err, ErrForeignFlow) {
+			t.Fatalf("err = %v", err)
+		}
+	})
+	t.Run("found by content not name", func(t *testing.T) {
+		dir := initDir(t, 2)
+		os.Rename(filepath.Join(dir, "part-0.sqlite3"), filepath.Join(dir, "renamed.sqlite3"))
+		ps, err := Discover(ctx, dir, false, "f")
+		if err != nil {
+			t.Fatal(err)
+		}
+		closeAll(ps)
+	})
+	t.Run("flow name recorded at first run", func(t *testing.T) {
+		dir := initDir(t, 2)
+		st := openStore(t, dir, time.Second, 0)
+		if _, err := st.Begin(ctx, 1); err != nil {
+			t.Fatal(err)
+		}
+		st.Close()
+		_, err := Open(ctx, dir, Options{FlowName: "other"})
+		if !errors.Is(err, ErrForeignFlow) || !strings.Contains(err.Error(), `"f"`) {
+			t.Fatalf("err = %v", err)
+		}
+	})
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestStore_ResumeLoadsNewestBelowAndTrims(t *testing.T) {
+	ctx := context.Background()
+	dir := initDir(t, 3)
+	st := openStore(t, dir, time.Second, time.Hour) // huge d: no GC
+	rp, err := st.Begin(ctx, 2)
+	if err != nil || rp != (ResumePoint{0, 1}) {
+		t.Fatalf("begin = %+v, %v", rp, err)
+	}
+	commit := func(w WorkerIndex, f Epoch, rows ...Row) {
+		if err := st.Commit(ctx, w, f, rows); err != nil {
+			t.Fatal(err)
+		}
+	}
+	commit(0, 2, Row{"s", "a", 1, []byte("a1")}, Row{"s", "b", 1, []byte("b1")})
+	commit(1, 2, Row{"s", "c", 1, []byte("c1")})
+	commit(0, 3, Row{"s", "a", 2, []byte("a2")}, Row{"s", "b", 2, nil})
+	commit(1, 3)
+	commit(0, 4, Row{"s", "a", 3, []byte("a3")}) // worker 1 never gets to 4
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	st = openStore(t, dir, time.Second, time.Hour)
+	rp, err = st.Begin(ctx, 5)
+	if err != nil || rp != (ResumePoint{1, 3}) {
+		t.Fatalf("resume = %+v, %v; want execution 1 at epoch 3", rp, err)
+	}
+	got := loadAll(t, st, rp.Epoch)
+	want := map[string]string{"s/a": "a2", "s/c": "c1"} // b is a tombstone; a3 is at the resume epoch
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("loaded %v, want %v", got, want)
+	}
+	// a3 (epoch 3) was trimmed: a later resume at 4 must not see it.
+	commit(0, 4)
+	commit(1, 4)
+	commit(2, 4)
+	commit(3, 4)
+	commit(4, 4)
+	st.Close()
+	st = openStore(t, dir, time.Second, time.Hour)
+	defer st.Close()
+	rp, _ = st.Begin(ctx, 1)
+	if got := loadAll(t, st, rp.Epoch); got["s/a"] != "a2" || rp.Epoch != 4 {
+		t.Fatalf("after trim, resume %d loaded a=%q", rp.Epoch, got["s/a"])
+	}
+}
+
+// rowsOf returns every row of a partition set as "step/key@epoch[=tomb]".
+func rowsOf(t *testing.T, st *Store) []string {
+	t.Helper()
+	var out []string
+	for _, p := range st.parts {
+		rows, err := p.DB.Query(`SELECT step_id, state_key, epoch, ser IS NULL FROM snaps`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			var s, k string
+			var e Epoch
+			var tomb bool
+			rows.Scan(&s, &k, &e, &tomb)
+			r := fmt.Sprintf("%s/%s@%d", s, k, e)
+			if tomb {
+				r += "=tomb"
+			}
+			out = append(out, r)
+		}
+		rows.Close()
+	}
+	sort.Strings(out)
+	return out
+}
+
+func TestGC_KeepsNewestAtOrBeforeEMinusDPlusNewer(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name string
+		b    time.Duration
+		want []string
+	}{
+		// s = 1s. Rows: a@1..a@6, b@2, b@4=tomb, c@5=tomb. After epoch 6 is durable (frontier 7):
+		{"d=0 keeps only newest below 7; tombstones at or before 6 dropped", 0,
+			[]string{"s/a@6"}},
+		{"d=2 keeps newest at or before 4 plus newer", 2 * time.Second,
+			[]string{"s/a@4", "s/a@5", "s/a@6", "s/c@5=tomb"}},
+		{"d=4 keeps newest at or before 2 plus newer", 3500 * time.Millisecond,
+			[]string{"s/a@2", "s/a@3", "s/a@4", "s/a@5", "s/a@6", "s/b@2", "s/b@4=tomb", "s/c@5=tomb"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := initDir(t, 1)
+			st := openStore(t, dir, time.Second, tt.b)
+			if _, err := st.Begin(ctx, 1); err != nil {
+				t.Fatal(err)
+			}
+			rows := map[Epoch][]Row{
+				1: {{"s", "a", 1, []byte("x")}},
+				2: {{"s", "a", 2, []byte("x")}, {"s", "b", 2, []byte("x")}},
+				3: {{"s", "a", 3, []byte("x")}},
+				4: {{"s", "a", 4, []byte("x")}, {"s", "b", 4, nil}},
+				5: {{"s", "a", 5, []byte("x")}, {"s", "c", 5, nil}},
+				6: {{"s", "a", 6, []byte("x")}},
+			}
+			for e := Epoch(1); e <= 6; e++ {
+				if err := st.Commit(ctx, 0, e+1, rows[e]); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// One more (empty) commit: GC runs against what was durable before it.
+			st.Commit(ctx, 0, 7, nil)
+			if err := st.Close(); err != nil {
+				t.Fatal(err)
+			}
+			st = openStore(t, dir, time.Second, tt.b)
+			defer st.Close()
+			if got := rowsOf(t, st); strings.Join(got, " ") != strings.Join(tt.want, " ") {
+				t.Fatalf("rows = %v\nwant   %v", got, tt.want)
+			}
+			v, _ := ReadView(ctx, st.parts[0].DB)
+			if wantC := 7 - (Intervals{time.Second, tt.b}).D(); v.CommitEpoch != wantC {
+				t.Fatalf("commit epoch = %d, want %d", v.CommitEpoch, wantC)
+			}
+		})
+	}
+}
+
+func TestGC_TooOldToResume(t *testing.T) {
+	ctx := context.Background()
+	dir := initDir(t, 2)
+	st := openStore(t, dir, time.Second, 0)
+	st.Begin(ctx, 1)
+	for e := Epoch(1); e <= 5; e++ {
+		st.Commit(ctx, 0, e+1, []Row{{"s", StateKey(fmt.Sprint("k", e)), e, []byte("v")}})
+	}
+	st.Close()
+	// Simulate restoring an old backup of partition 1: roll its frontiers back.
+	p1 := st.parts[1].Path
+	db, _ := OpenDB(p1, false)
+	db.Exec(`UPDATE fronts SET frontier = 2`)
+	db.Exec(`UPDATE meta SET value = '1' WHERE key = 'commit_epoch'`)
+	db.Close()
+	_, err := Open(ctx, dir, Options{FlowName: "f"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st2, _ := Open(ctx, dir, Options{FlowName: "f"})
+	defer st2.Close()
+	_, err = st2.Begin(ctx, 1)
+	if !errors.Is(err, ErrTooOld) || !strings.Contains(err.Error(), "too old to resume from epoch 2 without data loss") || !strings.Contains(err.Error(), "restore a newer backup") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestGC_FileSizeBoundedWithFixedKeys(t *testing.T) {
+	if testing.Short() {
+		t.Skip("long")
+	}
+	ctx := context.Background()
+	dir := initDir(t, 1)
+	st := openStore(t, dir, time.Second, 2*time.Second) // d = 2
+	st.Begin(ctx, 1)
+	const keys, epochs = 10000, 200
+	val := []byte(strings.Repeat("v", 24))
+	var sizeAt50 int64
+	for e := Epoch(1); e <= epochs; e++ {
+		rows := make([]Row, keys)
+		for k := range rows {
+			rows[k] = Row{"wc.count", StateKey(fmt.Sprintf("key-%05d", k)), e, val}
+		}
+		if err := st.Commit(ctx, 0, e+1, rows); err != nil {
+			t.Fatal(err)
+		}
+		// Epochs last a snapshot interval: far longer than a commit.
+		if err := st.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if e == 50 {
+			st.Close()
+			sizeAt50 = fileSize(filepath.Join(dir, "part-0.sqlite3"))
+			st = openStore(t, dir, time.Second, 2*time.Second)
+			st.Begin(ctx, 1)
+		}
+	}
+	st.Close()
+	size := fileSize(filepath.Join(dir, "part-0.sqlite3"))
+	// Live rows: at most d+2 = 4 versions of 10k keys, each ~45 B in the
+	// table and ~25 B in the epoch index: about 3 MB with B-tree slack. The
+	// bound: 6 MiB, and no growth between epoch 50 and 200.
+	if size > 6<<20 {
+		t.Fatalf("file is %d bytes after %d epochs of %d keys", size, epochs, keys)
+	}
+	if size > sizeAt50*3/2 {
+		t.Fatalf("file grew from %d (epoch 50) to %d (epoch 200)", sizeAt50, size)
+	}
+	t.Logf("size at epoch 50: %d, at epoch %d: %d", sizeAt50, epochs, size)
+}
