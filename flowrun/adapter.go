@@ -35,3 +35,7 @@ func (a recoveryAdapter) Commit(ctx context.Context, w core.WorkerIndex, frontie
 }
 
 func (a recoveryAdapter) Close() error { return a.st.Close() }
+
+// NewRecovery adapts a recovery.Store to core.Recovery, for programs that
+// run flows with core.Run directly.
+func NewRecovery(st *recovery.Store) core.Recovery { return recoveryAdapter{st} }

@@ -1,0 +1,343 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"math/rand"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var flowrunBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "flowrun-test")
+	if err != nil {
+		panic(err)
+	}
+	flowrunBin = filepath.Join(dir, "flowrun")
+	if out, err := exec.Command("go", "build", "-o", flowrunBin, ".").CombinedOutput(); err != nil {
+		panic(fmt.Sprintf("build flowrun: %v\n%s", err, out))
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// flowrun runs the binary and returns its stderr and exit code.
+func runCLI(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	cmd := exec.Command(flowrunBin, args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	cmd.Stdout = &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return stderr.String(), ee.ExitCode()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return stderr.String(), 0
+}
+
+func mustRun(t *testing.T, args ...string) string {
+	t.Helper()
+	out, code := runCLI(t, args...)
+	if code != 0 {
+		t.Fatalf("flowrun %v: exit %d\n%s", args, code, out)
+	}
+	return out
+}
+
+func writeWords(t *testing.T, path string, lines int, seed int64, appendTo bool) {
+	t.Helper()
+	flag := os.O_CREATE | os.O_WRONLY | os.O_TRUNC
+	if appendTo {
+		flag = os.O_CREATE | os.O_WRONLY | os.O_APPEND
+	}
+	f, err := os.OpenFile(path, flag, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := bufio.NewWriter(f)
+	r := rand.New(rand.NewSource(seed))
+	for i := 0; i < lines; i++ {
+		for j := 0; j < 8; j++ {
+			if j > 0 {
+				w.WriteByte(' ')
+			}
+			fmt.Fprintf(w, "W%d", r.Intn(5000))
+		}
+		w.WriteByte('\n')
+	}
+	w.Flush()
+	f.Close()
+}
+
+func TestCLI_BadInputClearErrorsAndExitCodes(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "in.txt")
+	os.WriteFile(in, []byte("a b\n"), 0o644)
+	out := filepath.Join(dir, "out.csv")
+	tests := []struct {
+		name string
+		args []string
+		code int
+		msg  string
+	}{
+		{"unknown flow", []string{"run", "nope", "-i", in, "-o", out}, 2, `unknown flow "nope": flows are logstats, wordcount`},
+		{"no input flag", []string{"run", "wordcount", "-o", out}, 2, "--input is required"},
+		{"unreadable input", []string{"run", "wordcount", "-i", filepath.Join(dir, "missing.txt"), "-o", out}, 1, "no such file"},
+		{"output dir missing", []string{"run", "wordcount", "-i", in, "-o", filepath.Join(dir, "no", "out.csv")}, 1, "does not exist"},
+		{"bad worker count", []string{"run", "wordcount", "-i", in, "-o", out, "-w", "0"}, 2, "-w must be at least 1"},
+		{"-r without -s and -b", []string{"run", "wordcount", "-i", in, "-o", out, "-r", dir}, 2, "-r needs the snapshot interval (e.g. -s 10s) and the backup interval"},
+		{"-r without -b", []string{"run", "wordcount", "-i", in, "-o", out, "-r", dir, "-s", "1s"}, 2, "-r needs the backup interval"},
+		{"-r on a dir without partitions", []string{"run", "wordcount", "-i", in, "-o", out, "-r", dir, "-s", "1s", "-b", "0"}, 1, "no recovery partitions"},
+		{"bad flag", []string{"run", "wordcount", "--bogus"}, 2, "unknown flag"},
+		{"init on a missing dir", []string{"recovery", "init", filepath.Join(dir, "nope"), "2"}, 1, "no such file"},
+		{"init with bad count", []string{"recovery", "init", dir, "zero"}, 2, "positive number"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			msg, code := runCLI(t, tt.args...)
+			if code != tt.code || !strings.Contains(msg, tt.msg) {
+				t.Fatalf("exit %d, output:\n%s\nwant exit %d and %q", code, msg, tt.code, tt.msg)
+			}
+		})
+	}
+}
+
+func TestCLI_HelpExplainsEveryFlag(t *testing.T) {
+	msg := mustRun(t, "run", "--help")
+	for _, want := range []string{"-w, --workers", "-s, --snapshot-interval", "-b, --backup-interval", "-r, --recovery-dir", "--input", "--output", "e.g.", "Exit codes"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("run --help lacks %q", want)
+		}
+	}
+}
+
+func TestWordcount_LogstatsMalformedCounted(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "in.log")
+	os.WriteFile(in, []byte("2026-01-01T00:00:01Z a 1\ngarbage\n2026-01-01T00:00:02Z a x\n2026-01-01T00:00:03Z a 2\n"), 0o644)
+	out := filepath.Join(dir, "out.csv")
+	msg := mustRun(t, "run", "logstats", "-i", in, "-o", out)
+	if !strings.Contains(msg, "malformed_lines=2") {
+		t.Fatalf("summary: %s", msg)
+	}
+	b, _ := os.ReadFile(out)
+	if string(b) != "window,2026-01-01T00:00:00Z,2026-01-01T00:01:00Z,a,2,3,1,2\n" {
+		t.Fatalf("output %q", b)
+	}
+}
+
+// startKill starts flowrun and SIGKILLs it after d. It reports whether the
+// process was still running when killed.
+func startKill(t *testing.T, d time.Duration, args ...string) bool {
+	t.Helper()
+	cmd := exec.Command(flowrunBin, args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("flowrun failed before the kill: %v\n%s", err, stderr.String())
+		}
+		return false
+	case <-time.After(d):
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	<-done
+	return true
+}
+
+// crashTrials runs args (a flow with -r REC and output OUT, both given as
+// placeholders) to completion after SIGKILLs at random points, and returns the
+// outputs. Kill points are spread over the duration of a clean run.
+func crashTrials(t *testing.T, dir string, trials int, args []string, check func(trial, kills int, out string)) {
+	t.Helper()
+	subst := func(rec, out string) []string {
+		a := append([]string(nil), args...)
+		for i := range a {
+			a[i] = strings.NewReplacer("REC", rec, "OUT", out).Replace(a[i])
+		}
+		return a
+	}
+	// A clean run with recovery, to learn how long one takes.
+	rec := filepath.Join(dir, "rec-clean")
+	os.Mkdir(rec, 0o755)
+	mustRun(t, "recovery", "init", rec, "4")
+	began := time.Now()
+	mustRun(t, subst(rec, filepath.Join(dir, "clean.out"))...)
+	span := time.Since(began)
+	r := rand.New(rand.NewSource(time.Now().UnixNano()))
+	for trial := 0; trial < trials; trial++ {
+		rec := filepath.Join(dir, fmt.Sprintf("rec%d", trial))
+		os.Mkdir(rec, 0o755)
+		mustRun(t, "recovery", "init", rec, "4")
+		out := filepath.Join(dir, fmt.Sprintf("out%d", trial))
+		kills := 0
+		for attempt := 0; attempt < 3; attempt++ {
+			d := time.Duration(float64(span) * (0.05 + 0.8*r.Float64()))
+			w := fmt.Sprint(1 + r.Intn(4))
+			if startKill(t, d, append(subst(rec, out), "-w", w)...) {
+				kills++
+			}
+		}
+		if kills == 0 {
+			t.Fatalf("trial %d: no kill landed mid-run (a clean run takes %v)", trial, span)
+		}
+		mustRun(t, append(subst(rec, out), "-w", "3")...)
+		check(trial, kills, out)
+	}
+}
+
+func TestRecovery_SIGKILLAtRandomPointsThenResumeMatchesUninterrupted(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "in.txt")
+	writeWords(t, in, 1000000, 1, false)
+	want := filepath.Join(dir, "want.csv")
+	mustRun(t, "run", "wordcount", "-i", in, "-o", want, "-w", "2")
+	wantB, _ := os.ReadFile(want)
+	crashTrials(t, dir, 3, []string{"run", "wordcount", "-i", in, "-o", "OUT", "-r", "REC", "-s", "50ms", "-b", "0"}, func(trial, kills int, out string) {
+		got, _ := os.ReadFile(out)
+		if !bytes.Equal(got, wantB) {
+			t.Fatalf("trial %d after %d kills: output differs from the uninterrupted run (%d vs %d bytes)", trial, kills, len(got), len(wantB))
+		}
+		t.Logf("trial %d: %d kills, output identical", trial, kills)
+	})
+}
+
+// Logstats writes windows all along the run, so kills land between output
+// writes and commits: the file sink's truncation must make it exactly-once.
+func TestRecovery_SIGKILLDuringContinuousOutputIsExactlyOnce(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "in.log")
+	f, _ := os.Create(in)
+	w := bufio.NewWriter(f)
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	r := rand.New(rand.NewSource(2))
+	for i := 0; i < 300000; i++ {
+		ts := base.Add(time.Duration(i)*10*time.Millisecond - time.Duration(r.Intn(3000))*time.Millisecond)
+		fmt.Fprintf(w, "%s k%d %d\n", ts.Format(time.RFC3339Nano), r.Intn(40), r.Intn(1000))
+	}
+	w.Flush()
+	f.Close()
+	want := filepath.Join(dir, "want.csv")
+	mustRun(t, "run", "logstats", "-i", in, "-o", want, "-w", "2", "--window", "1s", "--lateness", "1s")
+	sortedLines := func(path string) string {
+		b, _ := os.ReadFile(path)
+		ls := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+		sort.Strings(ls)
+		return strings.Join(ls, "\n")
+	}
+	wantS := sortedLines(want)
+	crashTrials(t, dir, 3, []string{"run", "logstats", "-i", in, "-o", "OUT", "-r", "REC", "-s", "30ms", "-b", "0", "--window", "1s", "--lateness", "1s"}, func(trial, kills int, out string) {
+		if got := sortedLines(out); got != wantS {
+			t.Fatalf("trial %d after %d kills: output lines differ from the uninterrupted run (%d vs %d bytes)", trial, kills, len(got), len(wantS))
+		}
+		t.Logf("trial %d: %d kills, same lines", trial, kills)
+	})
+}
+
+func TestRecovery_ContinuationReadsOnlyAppended(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "in.txt")
+	rec := filepath.Join(dir, "rec")
+	os.Mkdir(rec, 0o755)
+	mustRun(t, "recovery", "init", rec, "3")
+	out := filepath.Join(dir, "out.csv")
+	args := []string{"run", "wordcount", "-i", in, "-o", out, "-r", rec, "-s", "1s", "-b", "0", "-w", "2"}
+	os.WriteFile(in, []byte("apple banana apple\n"), 0o644)
+	mustRun(t, args...)
+	f, _ := os.OpenFile(in, os.O_APPEND|os.O_WRONLY, 0)
+	f.WriteString("cherry Apple\n")
+	f.Close()
+	mustRun(t, args...)
+	before, _ := os.ReadFile(out)
+	mustRun(t, args...) // nothing new
+	after, _ := os.ReadFile(out)
+	want := "apple,2\nbanana,1\napple,3\ncherry,1\n"
+	if string(after) != want || !bytes.Equal(before, after) {
+		t.Fatalf("output %q (before the empty run %q), want %q", after, before, want)
+	}
+}
+
+// lastTotals reads a wordcount output from the top, keeping each word's last line.
+func lastTotals(t *testing.T, path string) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]string{}
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		w, c, _ := strings.Cut(l, ",")
+		m[w] = c
+	}
+	return m
+}
+
+func TestRecovery_RescaleThreeFiveOneMatchesOneRun(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "in.txt")
+	all := filepath.Join(dir, "all.txt")
+	rec := filepath.Join(dir, "rec")
+	os.Mkdir(rec, 0o755)
+	mustRun(t, "recovery", "init", rec, "4")
+	out := filepath.Join(dir, "out.csv")
+	for i, w := range []string{"3", "5", "1"} {
+		writeWords(t, in, 20000, int64(i), i > 0)
+		mustRun(t, "run", "wordcount", "-i", in, "-o", out, "-r", rec, "-s", "20ms", "-b", "100ms", "-w", w)
+	}
+	writeWords(t, all, 20000, 0, false)
+	writeWords(t, all, 20000, 1, true)
+	writeWords(t, all, 20000, 2, true)
+	one := filepath.Join(dir, "one.csv")
+	mustRun(t, "run", "wordcount", "-i", all, "-o", one, "-w", "2")
+	got, want := lastTotals(t, out), lastTotals(t, one)
+	if len(got) != len(want) {
+		t.Fatalf("%d words after rescaling, %d in one run", len(got), len(want))
+	}
+	for w, c := range want {
+		if got[w] != c {
+			t.Fatalf("word %s: %s after 3->5->1 workers, %s in one run", w, got[w], c)
+		}
+	}
+}
+
+func TestRecovery_InspectShowsPartitions(t *testing.T) {
+	dir := t.TempDir()
+	rec := filepath.Join(dir, "rec")
+	os.Mkdir(rec, 0o755)
+	mustRun(t, "recovery", "init", rec, "2")
+	in := filepath.Join(dir, "in.txt")
+	os.WriteFile(in, []byte("a b c\n"), 0o644)
+	mustRun(t, "run", "wordcount", "-i", in, "-o", filepath.Join(dir, "o.csv"), "-r", rec, "-s", "1s", "-b", "5s", "-w", "2")
+	msg := mustRun(t, "recovery", "inspect", rec)
+	for _, want := range []string{"partition 0/2", "partition 1/2", "flow            wordcount", "restorable      epochs 1..2", "intervals       snapshot 1s, backup 5s",
+		"execution 0     2 workers from epoch 1", "frontiers       w0=2 w1=2", "files           db", "next run resumes at epoch 2"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("inspect lacks %q:\n%s", want, msg)
+		}
+	}
+	js := mustRun(t, "recovery", "inspect", rec, "--json")
+	if !strings.Contains(js, `"resume_epoch": 2`) || !strings.Contains(js, `"flow_name": "wordcount"`) {
+		t.Errorf("json: %s", js)
+	}
+}
