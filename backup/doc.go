@@ -1,0 +1,42 @@
+// Package backup ships consistent copies of recovery partitions to object
+// storage and reads them back. It must never make a partial backup visible,
+// and never upload a chunk it knows is already there.
+//
+// # Object layout (the same on every backend)
+//
+// Keys are relative to the store's root (a URL's bucket and prefix):
+//
+//	chunks/<h[0:2]>/<h>                        zstd-compressed chunk; h = hex sha256 of the uncompressed bytes
+//	manifests/<flow-uid>/part-<iiii>/<id>.json one backup of one partition; written after all its chunks
+//	latest/<flow-uid>/part-<iiii>.json         copy of that partition's newest manifest (saves a LIST)
+//	locks/<flow-uid>/part-<iiii>.json          agent lock, created only if absent; expires by itself
+//
+// <iiii> is the partition index in four or more decimal digits; <id> is the
+// backup's UTC time, "20060102T150405.000Z", a dash and 8 random hex digits,
+// so manifests list in time order. A bucket copied between clouds restores.
+//
+// # A backup of one partition
+//
+// A backup is a base image plus, optionally, a delta, captured under one read
+// transaction each (never by copying the db, -wal and -shm files):
+//
+//   - the base is the partition's pages read through SQLite (sqlite_dbpage),
+//     WAL content included, cut into 4 MiB chunks; unchanged chunks dedupe;
+//   - a delta is a small SQLite file holding every snapshot row with epoch at
+//     or after the base's watermark W, the keys whose tombstones GC dropped at
+//     or after W (restored as tombstones), and the partition's small tables
+//     (parts, meta, executions, fronts, epoch_times). Rows below W never
+//     change after the base except by GC, which only removes rows older than
+//     a key's surviving newest one, so base rows below W plus the delta give
+//     the same state for every epoch in the backup's restorable range. A new
+//     base is taken when the delta would exceed half the base, when the base
+//     is older than BaseMaxAge, or when the partition's execution history no
+//     longer extends the base's.
+//
+// The manifest (JSON, see Manifest) is written last and names the flow (uid,
+// name), the partition (index, count), every object with its sha256, size and
+// stored size, the restorable epoch range [lo, hi] with wall times (lo is the
+// partition's commit epoch, hi its frontier), the flow's -s and -b, the agent
+// version and host. An object is only ever named by a manifest after it was
+// uploaded, so a crash mid-backup leaves no visible backup.
+package backup

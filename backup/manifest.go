@@ -1,0 +1,221 @@
+package backup
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// ManifestFormat identifies the manifest format this package writes.
+const ManifestFormat = "flowkeep-backup/1"
+
+// Limits a manifest must respect; anything beyond is refused as corrupt or
+// malicious before a byte of its objects is fetched.
+const (
+	MaxManifestBytes = 32 << 20
+	MaxChunkBytes    = 64 << 20
+	MaxPartitions    = 1 << 16
+	MaxChunks        = 1 << 20
+	MaxImageBytes    = 1 << 44 // 16 TiB
+)
+
+// Manifest describes one backup of one partition. It is written last.
+type Manifest struct {
+	Format    string       `json:"format"`
+	ID        string       `json:"id"`
+	Created   time.Time    `json:"created"`
+	Flow      FlowRef      `json:"flow"`
+	Partition PartitionRef `json:"partition"`
+	// Epochs is the restorable range: the partition as backed up can resume
+	// at any epoch in [Lo, Hi] (Lo its commit epoch, Hi its frontier).
+	Epochs EpochRange `json:"epochs"`
+	// Execution is the last execution recorded in the backed-up partition.
+	Execution int64     `json:"execution"`
+	Intervals Intervals `json:"intervals"`
+	Agent     AgentInfo `json:"agent"`
+	Base      Image     `json:"base"`
+	Delta     *Delta    `json:"delta,omitempty"`
+}
+
+// FlowRef identifies a flow.
+type FlowRef struct {
+	UID  string `json:"uid"`
+	Name string `json:"name"`
+}
+
+// PartitionRef identifies a partition.
+type PartitionRef struct {
+	Index int `json:"index"`
+	Count int `json:"count"`
+}
+
+// EpochRange is a restorable epoch range with wall times.
+type EpochRange struct {
+	Lo     uint64    `json:"lo"`
+	Hi     uint64    `json:"hi"`
+	LoTime time.Time `json:"lo_time"`
+	HiTime time.Time `json:"hi_time"`
+}
+
+// Contains reports whether e is in the range.
+func (r EpochRange) Contains(e uint64) bool { return r.Lo <= e && e <= r.Hi }
+
+// Intervals are the flow's -s and -b when the backup was taken.
+type Intervals struct {
+	SnapshotMs int64 `json:"snapshot_ms"`
+	BackupMs   int64 `json:"backup_ms"`
+}
+
+// AgentInfo says who took the backup.
+type AgentInfo struct {
+	Version string `json:"version"`
+	Host    string `json:"host"`
+}
+
+// Object is one stored chunk: the sha256 and size of its uncompressed
+// content, and its size as stored (zstd).
+type Object struct {
+	SHA256 string `json:"sha256"`
+	Size   int64  `json:"size"`
+	Stored int64  `json:"stored"`
+}
+
+// Image is a page image of the partition file.
+type Image struct {
+	// ID is the backup that captured this image (later backups reuse it).
+	ID       string    `json:"id"`
+	Captured time.Time `json:"captured"`
+	PageSize int       `json:"page_size"`
+	Size     int64     `json:"size"`
+	SHA256   string    `json:"sha256"`
+	Chunks   []Object  `json:"chunks"`
+	// Hi, Execution, ExecutionStarted and Rows describe the partition at
+	// capture; they decide whether a later delta may extend this image.
+	Hi               uint64 `json:"hi"`
+	Execution        int64  `json:"execution"`
+	ExecutionStarted int64  `json:"execution_started_ms"`
+	Rows             int64  `json:"rows"`
+}
+
+// Delta holds the rows at or after Watermark, to lay over the image.
+type Delta struct {
+	Watermark uint64   `json:"watermark"`
+	Size      int64    `json:"size"`
+	SHA256    string   `json:"sha256"`
+	Chunks    []Object `json:"chunks"`
+	Rows      int64    `json:"rows"`
+}
+
+// Objects returns every object the manifest needs.
+func (m *Manifest) Objects() []Object {
+	out := append([]Object(nil), m.Base.Chunks...)
+	if m.Delta != nil {
+		out = append(out, m.Delta.Chunks...)
+	}
+	return out
+}
+
+// StoredBytes is the total stored size of the manifest's objects.
+func (m *Manifest) StoredBytes() int64 {
+	var n int64
+	for _, o := range m.Objects() {
+		n += o.Stored
+	}
+	return n
+}
+
+// Marshal encodes the manifest.
+func (m *Manifest) Marshal() ([]byte, error) { return json.MarshalIndent(m, "", " ") }
+
+// ParseManifest decodes and validates a manifest. It never trusts sizes,
+// counts or names: everything a restore will act on is checked here.
+func ParseManifest(b []byte) (*Manifest, error) {
+	if len(b) > MaxManifestBytes {
+		return nil, fmt.Errorf("%w: manifest of %d bytes exceeds %d", ErrCorrupt, len(b), MaxManifestBytes)
+	}
+	var m Manifest
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if err := dec.Decode(&m); err != nil {
+		return nil, fmt.Errorf("%w: manifest: %v", ErrCorrupt, err)
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("%w: manifest: trailing data", ErrCorrupt)
+	}
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	return &m, nil
+}
+
+// Validate checks a manifest's invariants.
+func (m *Manifest) Validate() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: manifest %s: %s", ErrCorrupt, m.ID, fmt.Sprintf(format, args...))
+	}
+	switch {
+	case m.Format != ManifestFormat:
+		return bad("format %q, want %q", m.Format, ManifestFormat)
+	case !backupIDRE.MatchString(m.ID):
+		return bad("id is not a backup id")
+	case !flowUIDRE.MatchString(m.Flow.UID):
+		return bad("flow uid %q is not hex", m.Flow.UID)
+	case len(m.Flow.Name) > 256:
+		return bad("flow name too long")
+	case m.Partition.Count < 1 || m.Partition.Count > MaxPartitions:
+		return bad("partition count %d out of range", m.Partition.Count)
+	case m.Partition.Index < 0 || m.Partition.Index >= m.Partition.Count:
+		return bad("partition index %d not below count %d", m.Partition.Index, m.Partition.Count)
+	case m.Epochs.Lo < 1 || m.Epochs.Lo > m.Epochs.Hi:
+		return bad("epoch range [%d, %d] is empty", m.Epochs.Lo, m.Epochs.Hi)
+	case m.Execution < 0:
+		return bad("negative execution")
+	}
+	if err := checkObjects(m.Base.Chunks, m.Base.Size, m.Base.SHA256); err != nil {
+		return bad("base: %v", err)
+	}
+	if m.Base.PageSize < 512 || m.Base.PageSize > 65536 || m.Base.PageSize&(m.Base.PageSize-1) != 0 {
+		return bad("base page size %d", m.Base.PageSize)
+	}
+	if m.Base.Size%int64(m.Base.PageSize) != 0 || m.Base.Size == 0 {
+		return bad("base size %d is not a whole number of pages", m.Base.Size)
+	}
+	if !backupIDRE.MatchString(m.Base.ID) {
+		return bad("base id is not a backup id")
+	}
+	if m.Delta != nil {
+		if err := checkObjects(m.Delta.Chunks, m.Delta.Size, m.Delta.SHA256); err != nil {
+			return bad("delta: %v", err)
+		}
+		if m.Delta.Size == 0 || m.Delta.Watermark < 1 {
+			return bad("empty delta")
+		}
+	}
+	return nil
+}
+
+func checkObjects(objs []Object, size int64, sum string) error {
+	if len(objs) > MaxChunks {
+		return fmt.Errorf("%d chunks", len(objs))
+	}
+	if !hexSHA256RE.MatchString(sum) {
+		return fmt.Errorf("sha256 %q is not hex", sum)
+	}
+	if size < 0 || size > MaxImageBytes {
+		return fmt.Errorf("size %d out of range", size)
+	}
+	var total int64
+	for _, o := range objs {
+		if !hexSHA256RE.MatchString(o.SHA256) {
+			return fmt.Errorf("chunk sha256 %q is not hex", o.SHA256)
+		}
+		if o.Size <= 0 || o.Size > MaxChunkBytes || o.Stored <= 0 || o.Stored > MaxChunkBytes+MaxChunkBytes/8 {
+			return fmt.Errorf("chunk %s size %d (stored %d) out of range", o.SHA256[:12], o.Size, o.Stored)
+		}
+		total += o.Size
+	}
+	if total != size {
+		return fmt.Errorf("chunks add up to %d bytes, not %d", total, size)
+	}
+	return nil
+}

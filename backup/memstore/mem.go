@@ -1,0 +1,140 @@
+// Package memstore is an in-memory backup.Store for unit tests.
+package memstore
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/flowkeep/flowkeep/backup"
+)
+
+// Store keeps objects in a map. Counters record calls, for tests that bound
+// requests.
+type Store struct {
+	mu      sync.Mutex
+	objects map[string]memObject
+	Calls   map[string]int
+}
+
+type memObject struct {
+	data []byte
+	mod  time.Time
+}
+
+var _ backup.Store = (*Store)(nil)
+
+// New returns an empty store.
+func New() *Store { return &Store{objects: map[string]memObject{}, Calls: map[string]int{}} }
+
+func (s *Store) String() string { return "mem://" }
+func (s *Store) Close() error   { return nil }
+
+func (s *Store) count(op string) {
+	s.Calls[op]++
+}
+
+// Put implements backup.Store.
+func (s *Store) Put(_ context.Context, key string, data []byte) error {
+	if err := backup.CheckKey(key); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.count("put")
+	s.objects[key] = memObject{append([]byte(nil), data...), time.Now()}
+	return nil
+}
+
+// PutIfAbsent implements backup.Store.
+func (s *Store) PutIfAbsent(_ context.Context, key string, data []byte) error {
+	if err := backup.CheckKey(key); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.count("put")
+	if _, ok := s.objects[key]; ok {
+		return fmt.Errorf("put %s: %w", key, backup.ErrExists)
+	}
+	s.objects[key] = memObject{append([]byte(nil), data...), time.Now()}
+	return nil
+}
+
+// Get implements backup.Store.
+func (s *Store) Get(_ context.Context, key string) (io.ReadCloser, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.count("get")
+	o, ok := s.objects[key]
+	if !ok {
+		return nil, fmt.Errorf("get %s: %w", key, backup.ErrNotFound)
+	}
+	return io.NopCloser(bytes.NewReader(o.data)), nil
+}
+
+// Stat implements backup.Store.
+func (s *Store) Stat(_ context.Context, key string) (backup.ObjectInfo, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.count("stat")
+	o, ok := s.objects[key]
+	if !ok {
+		return backup.ObjectInfo{}, fmt.Errorf("stat %s: %w", key, backup.ErrNotFound)
+	}
+	return backup.ObjectInfo{Key: key, Size: int64(len(o.data)), Modified: o.mod}, nil
+}
+
+// List implements backup.Store.
+func (s *Store) List(_ context.Context, prefix string, fn func(backup.ObjectInfo) error) error {
+	s.mu.Lock()
+	s.count("list")
+	var out []backup.ObjectInfo
+	for k, o := range s.objects {
+		if strings.HasPrefix(k, prefix) {
+			out = append(out, backup.ObjectInfo{Key: k, Size: int64(len(o.data)), Modified: o.mod})
+		}
+	}
+	s.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	for _, o := range out {
+		if err := fn(o); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Delete implements backup.Store.
+func (s *Store) Delete(_ context.Context, key string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.count("delete")
+	delete(s.objects, key)
+	return nil
+}
+
+// Mutate lets a test damage an object in place.
+func (s *Store) Mutate(key string, fn func([]byte) []byte) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	o, ok := s.objects[key]
+	if !ok {
+		return false
+	}
+	o.data = fn(append([]byte(nil), o.data...))
+	s.objects[key] = o
+	return true
+}
+
+// ResetCalls zeroes the call counters.
+func (s *Store) ResetCalls() {
+	s.mu.Lock()
+	s.Calls = map[string]int{}
+	s.mu.Unlock()
+}

@@ -1,0 +1,275 @@
+// Package s3 is the Amazon S3 (and S3-compatible) backend of backup.Store,
+// on aws-sdk-go-v2: the default credential chain, an optional custom
+// endpoint with path-style addressing, multipart uploads for large objects,
+// and server-side encryption options.
+package s3
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/feature/s3/manager"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"github.com/aws/smithy-go"
+
+	"github.com/flowkeep/flowkeep/backup"
+)
+
+// Options configure the S3 client. Credentials come from the default chain
+// (environment, shared config, instance or task role).
+type Options struct {
+	// Endpoint overrides the S3 endpoint (e.g. http://127.0.0.1:7070 for an
+	// S3-compatible server). Empty uses AWS (or AWS_ENDPOINT_URL_S3).
+	Endpoint string
+	// Region; empty uses the default chain, then us-east-1.
+	Region string
+	// PathStyle addresses buckets as endpoint/bucket (needed by most
+	// S3-compatible servers).
+	PathStyle bool
+	// SSE is "" (bucket default), "AES256" or "aws:kms".
+	SSE string
+	// KMSKeyID is the key for SSE "aws:kms" (empty: the AWS managed key).
+	KMSKeyID string
+	// PartSize is the multipart part size; objects larger than it are
+	// uploaded in parts. Zero means 16 MiB.
+	PartSize int64
+	// HTTPClient, if set, is used for every request (tests inject faults).
+	HTTPClient *http.Client
+}
+
+// Store is a bucket and key prefix.
+type Store struct {
+	client   *s3.Client
+	uploader *manager.Uploader
+	bucket   string
+	prefix   string
+	opts     Options
+}
+
+var _ backup.Store = (*Store)(nil)
+
+// New connects to bucket and checks that it exists and is reachable.
+func New(ctx context.Context, bucket, prefix string, o Options) (*Store, error) {
+	switch o.SSE {
+	case "", "AES256", "aws:kms":
+	default:
+		return nil, fmt.Errorf("s3: unknown server-side encryption %q (use AES256 or aws:kms)", o.SSE)
+	}
+	var loads []func(*config.LoadOptions) error
+	if o.Region != "" {
+		loads = append(loads, config.WithRegion(o.Region))
+	}
+	if o.HTTPClient != nil {
+		loads = append(loads, config.WithHTTPClient(o.HTTPClient))
+	}
+	cfg, err := config.LoadDefaultConfig(ctx, loads...)
+	if err != nil {
+		return nil, fmt.Errorf("s3: load AWS configuration: %w", err)
+	}
+	if cfg.Region == "" {
+		cfg.Region = "us-east-1"
+	}
+	client := s3.NewFromConfig(cfg, func(so *s3.Options) {
+		if o.Endpoint != "" {
+			so.BaseEndpoint = aws.String(o.Endpoint)
+		}
+		so.UsePathStyle = o.PathStyle
+		// We verify every object with our own sha256; CRC trailers only
+		// trouble S3-compatible servers.
+		so.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
+		so.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
+	})
+	if o.PartSize == 0 {
+		o.PartSize = 16 << 20
+	}
+	s := &Store{client: client, bucket: bucket, prefix: strings.Trim(prefix, "/"), opts: o}
+	s.uploader = manager.NewUploader(client, func(u *manager.Uploader) {
+		u.PartSize = o.PartSize
+		u.Concurrency = 4
+	})
+	if _, err := client.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: aws.String(bucket)}); err != nil {
+		return nil, s.wrap("open bucket", "", err)
+	}
+	return s, nil
+}
+
+func (s *Store) String() string {
+	if s.prefix == "" {
+		return "s3://" + s.bucket
+	}
+	return "s3://" + s.bucket + "/" + s.prefix
+}
+
+// Close implements backup.Store.
+func (s *Store) Close() error { return nil }
+
+func (s *Store) key(k string) (string, error) {
+	if err := backup.CheckKey(k); err != nil {
+		return "", err
+	}
+	if s.prefix == "" {
+		return k, nil
+	}
+	return s.prefix + "/" + k, nil
+}
+
+// wrap maps S3 errors to backup's sentinel errors with context.
+func (s *Store) wrap(op, key string, err error) error {
+	what := op
+	if key != "" {
+		what += " " + key
+	}
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		switch ae.ErrorCode() {
+		case "NoSuchKey", "NotFound":
+			if key == "" {
+				return fmt.Errorf("s3: %s: %w: %s", what, backup.ErrNoBucket, s.bucket)
+			}
+			return fmt.Errorf("s3: %s: %w", what, backup.ErrNotFound)
+		case "NoSuchBucket":
+			return fmt.Errorf("s3: %s: %w: %s", what, backup.ErrNoBucket, s.bucket)
+		case "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden", "ExpiredToken", "InvalidToken":
+			return fmt.Errorf("s3: %s: %w (%s): check the credentials and the bucket policy", what, backup.ErrAccess, ae.ErrorCode())
+		case "PreconditionFailed", "ConditionalRequestConflict":
+			return fmt.Errorf("s3: %s: %w", what, backup.ErrExists)
+		}
+	}
+	var re interface{ HTTPStatusCode() int }
+	if errors.As(err, &re) {
+		switch re.HTTPStatusCode() {
+		case http.StatusNotFound:
+			if key == "" {
+				return fmt.Errorf("s3: %s: %w: %s", what, backup.ErrNoBucket, s.bucket)
+			}
+			return fmt.Errorf("s3: %s: %w", what, backup.ErrNotFound)
+		case http.StatusForbidden:
+			return fmt.Errorf("s3: %s: %w: check the credentials and the bucket policy", what, backup.ErrAccess)
+		case http.StatusPreconditionFailed:
+			return fmt.Errorf("s3: %s: %w", what, backup.ErrExists)
+		}
+	}
+	return fmt.Errorf("s3: %s: %w", what, err)
+}
+
+func (s *Store) sse(in *s3.PutObjectInput) {
+	switch s.opts.SSE {
+	case "AES256":
+		in.ServerSideEncryption = types.ServerSideEncryptionAes256
+	case "aws:kms":
+		in.ServerSideEncryption = types.ServerSideEncryptionAwsKms
+		if s.opts.KMSKeyID != "" {
+			in.SSEKMSKeyId = aws.String(s.opts.KMSKeyID)
+		}
+	}
+}
+
+// Put implements backup.Store; objects above the part size go multipart.
+func (s *Store) Put(ctx context.Context, key string, data []byte) error {
+	k, err := s.key(key)
+	if err != nil {
+		return err
+	}
+	in := &s3.PutObjectInput{Bucket: aws.String(s.bucket), Key: aws.String(k), Body: bytes.NewReader(data), ContentLength: aws.Int64(int64(len(data)))}
+	s.sse(in)
+	if int64(len(data)) <= s.opts.PartSize {
+		_, err = s.client.PutObject(ctx, in)
+	} else {
+		in.ContentLength = nil
+		_, err = s.uploader.Upload(ctx, in)
+	}
+	if err != nil {
+		return s.wrap("put", key, err)
+	}
+	return nil
+}
+
+// PutIfAbsent implements backup.Store with If-None-Match: *.
+func (s *Store) PutIfAbsent(ctx context.Context, key string, data []byte) error {
+	k, err := s.key(key)
+	if err != nil {
+		return err
+	}
+	in := &s3.PutObjectInput{Bucket: aws.String(s.bucket), Key: aws.String(k), Body: bytes.NewReader(data),
+		ContentLength: aws.Int64(int64(len(data))), IfNoneMatch: aws.String("*")}
+	s.sse(in)
+	if _, err := s.client.PutObject(ctx, in); err != nil {
+		return s.wrap("put", key, err)
+	}
+	return nil
+}
+
+// Get implements backup.Store.
+func (s *Store) Get(ctx context.Context, key string) (io.ReadCloser, error) {
+	k, err := s.key(key)
+	if err != nil {
+		return nil, err
+	}
+	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(s.bucket), Key: aws.String(k)})
+	if err != nil {
+		return nil, s.wrap("get", key, err)
+	}
+	return out.Body, nil
+}
+
+// Stat implements backup.Store.
+func (s *Store) Stat(ctx context.Context, key string) (backup.ObjectInfo, error) {
+	k, err := s.key(key)
+	if err != nil {
+		return backup.ObjectInfo{}, err
+	}
+	out, err := s.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(s.bucket), Key: aws.String(k)})
+	if err != nil {
+		return backup.ObjectInfo{}, s.wrap("stat", key, err)
+	}
+	return backup.ObjectInfo{Key: key, Size: aws.ToInt64(out.ContentLength), Modified: aws.ToTime(out.LastModified)}, nil
+}
+
+// List implements backup.Store (ListObjectsV2 returns keys in order).
+func (s *Store) List(ctx context.Context, prefix string, fn func(backup.ObjectInfo) error) error {
+	full := prefix
+	if s.prefix != "" {
+		full = s.prefix + "/" + prefix
+	}
+	p := s3.NewListObjectsV2Paginator(s.client, &s3.ListObjectsV2Input{Bucket: aws.String(s.bucket), Prefix: aws.String(full)})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return s.wrap("list", prefix, err)
+		}
+		for _, o := range page.Contents {
+			k := aws.ToString(o.Key)
+			if s.prefix != "" {
+				k = strings.TrimPrefix(k, s.prefix+"/")
+			}
+			if err := fn(backup.ObjectInfo{Key: k, Size: aws.ToInt64(o.Size), Modified: aws.ToTime(o.LastModified)}); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Delete implements backup.Store.
+func (s *Store) Delete(ctx context.Context, key string) error {
+	k, err := s.key(key)
+	if err != nil {
+		return err
+	}
+	if _, err := s.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: aws.String(s.bucket), Key: aws.String(k)}); err != nil {
+		err = s.wrap("delete", key, err)
+		if errors.Is(err, backup.ErrNotFound) {
+			return nil
+		}
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,88 @@
+package backup
+
+import (
+	"context"
+	"errors"
+	"io"
+	"strconv"
+	"time"
+)
+
+// Store is an object store, the one seam between backups and a backend.
+//
+// Contract, for every backend:
+//   - Keys are slash-separated paths relative to the store's root; they never
+//     start with "/" and never contain "." or ".." segments.
+//   - Put writes the whole object or nothing: a reader never sees a partial
+//     object. It overwrites. It is idempotent.
+//   - PutIfAbsent writes only if no object exists at key and returns
+//     ErrExists otherwise; the check and the write are atomic (S3
+//     If-None-Match, GCS DoesNotExist, a hard link on files).
+//   - A Put or PutIfAbsent that returned nil is visible to every later Get,
+//     Stat and List.
+//   - Get and Stat return an error wrapping ErrNotFound when the object does
+//     not exist.
+//   - List calls fn for every object whose key starts with prefix, in
+//     lexical key order; it stops at fn's first error and returns it.
+//   - Delete removes an object; deleting a missing object is not an error.
+//   - Errors are wrapped with the backend's context; ErrAccess marks
+//     credentials or permission problems, ErrNoBucket a missing bucket.
+type Store interface {
+	Put(ctx context.Context, key string, data []byte) error
+	PutIfAbsent(ctx context.Context, key string, data []byte) error
+	Get(ctx context.Context, key string) (io.ReadCloser, error)
+	Stat(ctx context.Context, key string) (ObjectInfo, error)
+	List(ctx context.Context, prefix string, fn func(ObjectInfo) error) error
+	Delete(ctx context.Context, key string) error
+	// String names the store for messages, e.g. "s3://bucket/prefix".
+	String() string
+	Close() error
+}
+
+// ObjectInfo describes a stored object.
+type ObjectInfo struct {
+	Key      string
+	Size     int64
+	Modified time.Time
+}
+
+// Errors a caller acts on.
+var (
+	ErrNotFound = errors.New("object not found")
+	ErrExists   = errors.New("object already exists")
+	ErrAccess   = errors.New("access denied")
+	ErrNoBucket = errors.New("bucket does not exist")
+	// ErrCorrupt marks an object whose content does not match its manifest.
+	ErrCorrupt = errors.New("corrupt backup object")
+)
+
+// ReadAll reads an object, refusing more than limit bytes (a manifest that
+// claims a small object must not make us read a huge one).
+func ReadAll(ctx context.Context, s Store, key string, limit int64) ([]byte, error) {
+	rc, err := s.Get(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(io.LimitReader(rc, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > limit {
+		return nil, &SizeError{Key: key, Limit: limit}
+	}
+	return b, nil
+}
+
+// SizeError says an object is larger than it may be.
+type SizeError struct {
+	Key   string
+	Limit int64
+}
+
+func (e *SizeError) Error() string {
+	return "object " + e.Key + " is larger than the " + strconv.FormatInt(e.Limit, 10) + " bytes expected"
+}
+
+func (e *SizeError) Unwrap() error { return ErrCorrupt }
+

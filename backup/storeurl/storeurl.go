@@ -1,0 +1,65 @@
+// Package storeurl opens a backup.Store from a destination URL:
+// file:///path, s3://bucket/prefix or gs://bucket/prefix.
+package storeurl
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"path/filepath"
+	"strings"
+
+	"github.com/flowkeep/flowkeep/backup"
+	"github.com/flowkeep/flowkeep/backup/file"
+	"github.com/flowkeep/flowkeep/backup/gcs"
+	"github.com/flowkeep/flowkeep/backup/s3"
+)
+
+// Options carry backend settings that do not fit in a URL.
+type Options struct {
+	S3  s3.Options
+	GCS gcs.Options
+}
+
+// Schemes lists the URL forms, for messages.
+const Schemes = "file:///path, s3://bucket/prefix or gs://bucket/prefix"
+
+// Open opens the store a URL names and checks that it is reachable.
+func Open(ctx context.Context, raw string, o Options) (backup.Store, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("bad storage URL %q: %v (use %s)", raw, err, Schemes)
+	}
+	switch u.Scheme {
+	case "file":
+		if u.Host != "" && u.Host != "localhost" {
+			return nil, fmt.Errorf("bad storage URL %q: a file URL has no host; write file:///absolute/path", raw)
+		}
+		if u.Path == "" || !filepath.IsAbs(u.Path) {
+			return nil, fmt.Errorf("bad storage URL %q: write file:///absolute/path", raw)
+		}
+		return file.New(filepath.Clean(u.Path))
+	case "s3", "gs":
+		if u.Host == "" {
+			return nil, fmt.Errorf("bad storage URL %q: name the bucket, e.g. %s://my-bucket/prefix", raw, u.Scheme)
+		}
+		prefix := strings.Trim(u.Path, "/")
+		if err := checkPrefix(prefix); err != nil {
+			return nil, fmt.Errorf("bad storage URL %q: %w", raw, err)
+		}
+		if u.Scheme == "s3" {
+			return s3.New(ctx, u.Host, prefix, o.S3)
+		}
+		return gcs.New(ctx, u.Host, prefix, o.GCS)
+	case "":
+		return nil, fmt.Errorf("bad storage URL %q: no scheme (use %s)", raw, Schemes)
+	}
+	return nil, fmt.Errorf("unknown storage scheme %q in %q: use %s", u.Scheme, raw, Schemes)
+}
+
+func checkPrefix(p string) error {
+	if p == "" {
+		return nil
+	}
+	return backup.CheckKey(p)
+}
