@@ -85,4 +85,3 @@ func (e *SizeError) Error() string {
 }
 
 func (e *SizeError) Unwrap() error { return ErrCorrupt }
-
