@@ -25,7 +25,8 @@
 //   - a delta is a small SQLite file holding every snapshot row with epoch at
 //     or after the base's watermark W, the keys whose tombstones GC dropped at
 //     or after W (restored as tombstones), and the partition's small tables
-//     (parts, meta, executions, fronts, epoch_times). Rows below W never
+//     (parts, meta, executions, fronts, epoch_times; the changelog is rebuilt
+//     on restore). Rows below W never
 //     change after the base except by GC, which only removes rows older than
 //     a key's surviving newest one, so base rows below W plus the delta give
 //     the same state for every epoch in the backup's restorable range. A new

@@ -30,7 +30,8 @@ type Manifest struct {
 	// Epochs is the restorable range: the partition as backed up can resume
 	// at any epoch in [Lo, Hi] (Lo its commit epoch, Hi its frontier).
 	Epochs EpochRange `json:"epochs"`
-	// Execution is the last execution recorded in the backed-up partition.
+	// Execution is the last execution recorded in the backed-up partition
+	// (-1 if the flow never ran).
 	Execution int64     `json:"execution"`
 	Intervals Intervals `json:"intervals"`
 	Agent     AgentInfo `json:"agent"`
@@ -168,8 +169,8 @@ func (m *Manifest) Validate() error {
 		return bad("partition index %d not below count %d", m.Partition.Index, m.Partition.Count)
 	case m.Epochs.Lo < 1 || m.Epochs.Lo > m.Epochs.Hi:
 		return bad("epoch range [%d, %d] is empty", m.Epochs.Lo, m.Epochs.Hi)
-	case m.Execution < 0:
-		return bad("negative execution")
+	case m.Execution < -1:
+		return bad("execution %d", m.Execution)
 	}
 	if err := checkObjects(m.Base.Chunks, m.Base.Size, m.Base.SHA256); err != nil {
 		return bad("base: %v", err)

@@ -2,10 +2,22 @@ package bench
 
 import (
 	"bufio"
-	"fmt"
 	"math/rand"
 	"os"
 )
+
+// LetterWord spells i in base 26 with lower-case letters, so every i gives a
+// distinct word that wordcount keeps whole (digits would split it).
+func LetterWord(i int) string {
+	var b []byte
+	for {
+		b = append(b, byte('a'+i%26))
+		i /= 26
+		if i == 0 {
+			return string(b)
+		}
+	}
+}
 
 // WriteWordInput writes lines of `words` words drawn from a vocabulary of
 // `vocab` words with a skewed (Zipf) distribution, like text.
@@ -19,7 +31,7 @@ func WriteWordInput(path string, lines, words, vocab int, seed int64) (totalWord
 	z := rand.NewZipf(r, 1.1, 1, uint64(vocab-1))
 	names := make([]string, vocab)
 	for i := range names {
-		names[i] = fmt.Sprintf("word%d", i)
+		names[i] = LetterWord(i)
 	}
 	for i := 0; i < lines; i++ {
 		for j := 0; j < words; j++ {

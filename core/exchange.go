@@ -59,6 +59,7 @@ type exchangeSender[T any] struct {
 	dests []chan msg
 	route func(T) int
 	bufs  [][]T
+	pool  *sync.Pool // batches the receivers gave back
 }
 
 func newExchangeSender[T any](x *execution, target *node, from int, route func(T) int) op {
@@ -69,6 +70,7 @@ func newExchangeSender[T any](x *execution, target *node, from int, route func(T
 		dests: x.inboxes[target],
 		route: route,
 		bufs:  make([][]T, x.workers),
+		pool:  x.pools[target],
 	}
 }
 
@@ -79,7 +81,11 @@ func (e *exchangeSender[T]) push(b any) error {
 			return fmt.Errorf("exchange to %s: item has no destination partition", e.step)
 		}
 		if e.bufs[d] == nil {
-			e.bufs[d] = make([]T, 0, batchSize)
+			if b, ok := e.pool.Get().([]T); ok {
+				e.bufs[d] = b[:0]
+			} else {
+				e.bufs[d] = make([]T, 0, batchSize)
+			}
 		}
 		e.bufs[d] = append(e.bufs[d], it)
 		if len(e.bufs[d]) == batchSize {
@@ -143,6 +149,7 @@ func send(ctx context.Context, ch chan msg, m msg) error {
 // is ahead wait in that sender's queue (bounded by the epoch skew).
 type receiver struct {
 	root    op
+	pool    *sync.Pool // applied batches go back to the senders
 	cur     Epoch
 	senders []senderState
 	eofs    int
@@ -187,7 +194,7 @@ func (r *receiver) handle(m msg) error {
 	switch m.kind {
 	case msgData:
 		if s.epoch == r.cur && len(s.queue) == 0 {
-			return r.root.push(m.batch)
+			return r.apply(m.batch)
 		}
 		s.queue = append(s.queue, queued{s.epoch, m.batch})
 		return nil
@@ -199,6 +206,16 @@ func (r *receiver) handle(m msg) error {
 		r.eofs++
 	}
 	return r.progress()
+}
+
+// apply pushes a batch to the root, then recycles it: ops never keep a
+// pushed batch.
+func (r *receiver) apply(b any) error {
+	err := r.root.push(b)
+	if r.pool != nil {
+		r.pool.Put(b)
+	}
+	return err
 }
 
 func (r *receiver) progress() error {
@@ -230,7 +247,7 @@ func (r *receiver) progress() error {
 				b := s.queue[0].batch
 				s.queue[0].batch = nil
 				s.queue = s.queue[1:]
-				if err := r.root.push(b); err != nil {
+				if err := r.apply(b); err != nil {
 					return err
 				}
 				moved = true

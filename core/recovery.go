@@ -47,7 +47,14 @@ type RunInfo struct {
 	StartEpoch Epoch
 	// Workers is the number of workers of this run.
 	Workers int
+	// PreviousEnd is the final epoch of the last run that reached end of
+	// input (0 if none): epochs after it belong to the current "pass" over
+	// the input, even across crashes and resumes.
+	PreviousEnd Epoch
 }
+
+// runtimeStep keys the runtime's own rows (the last end-of-input epoch).
+const runtimeStep StepID = "$runtime"
 
 type runInfoKey struct{}
 

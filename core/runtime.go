@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -57,12 +58,14 @@ type execution struct {
 	workers int
 	rec     Recovery
 	start   Epoch
+	info    RunInfo // complete after load
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 	clock  *clock
 
 	inboxes  map[*node][]chan msg
+	pools    map[*node]*sync.Pool        // recycled batches per exchanged step
 	resume   map[*node]map[string][]byte // source positions by input node
 	resumeMu sync.Mutex
 	roots    map[*node][]rootOp
@@ -87,6 +90,15 @@ func (s *segment) record(step StepID, key string, epoch Epoch, value []byte) {
 	s.changes = append(s.changes, Change{Step: step, Key: StateKey(key), Epoch: epoch, Value: value})
 }
 
+// reportEnd reports that the segment finished the final epoch. Worker 0's
+// ledger also records that epoch as the end of this pass over the input.
+func (s *segment) reportEnd(final Epoch) error {
+	if s.worker == 0 {
+		s.x.ledgers[0].markEnd(final)
+	}
+	return s.report(final + 1)
+}
+
 func (s *segment) report(frontier Epoch) error {
 	ch := s.changes
 	s.changes = nil
@@ -105,7 +117,7 @@ func (x *execution) run(parent context.Context) (*Result, error) {
 		info.Workers = x.workers
 	}
 	x.start = info.StartEpoch
-	x.ctx = context.WithValue(x.ctx, runInfoKey{}, info)
+	x.info = info
 	final, err := x.execute()
 	if x.rec != nil {
 		if cerr := x.rec.Close(); err == nil && cerr != nil {
@@ -131,6 +143,7 @@ func (x *execution) execute() (Epoch, error) {
 			return 0, err
 		}
 	}
+	x.ctx = context.WithValue(x.ctx, runInfoKey{}, x.info)
 	opened := 0
 	var err error
 	for _, es := range x.exSegs {
@@ -170,6 +183,7 @@ type exchangedSeg struct {
 // its chain of ops.
 func (x *execution) plan() error {
 	x.inboxes = map[*node][]chan msg{}
+	x.pools = map[*node]*sync.Pool{}
 	x.resume = map[*node]map[string][]byte{}
 	x.roots = map[*node][]rootOp{}
 	parts := map[*node][]string{}
@@ -191,6 +205,7 @@ func (x *execution) plan() error {
 				chs[w] = make(chan msg, inboxDepth)
 			}
 			x.inboxes[n] = chs
+			x.pools[n] = &sync.Pool{}
 		}
 	}
 	comps := make([]int, x.workers)
@@ -255,6 +270,12 @@ func (x *execution) load() error {
 	return x.rec.Load(x.ctx, x.start, func(step StepID, key StateKey, value []byte) error {
 		n := x.flow.ids[step]
 		switch {
+		case step == runtimeStep && key == "end":
+			e, err := strconv.ParseUint(string(value), 10, 64)
+			if err != nil {
+				return fmt.Errorf("runtime row %s/%s: %q", step, key, value)
+			}
+			x.info.PreviousEnd = Epoch(e)
 		case n != nil && n.kind == kindInput:
 			x.resumeMu.Lock()
 			x.resume[n][string(key)] = value
@@ -366,7 +387,7 @@ func (x *execution) runSource(ss *sourceSeg) error {
 			if err := ss.chain.finish(cur); err != nil {
 				return err
 			}
-			return seg.report(cur + 1)
+			return seg.reportEnd(cur)
 		}
 		if eof {
 			select {
@@ -384,6 +405,7 @@ func (x *execution) runExchanged(es *exchangedSeg) error {
 		return x.followClock(es)
 	}
 	r := newReceiver(es.root, x.start, es.nsenders, seg.report)
+	r.pool = x.pools[seg.node]
 	for {
 		select {
 		case m := <-es.inbox:
@@ -394,7 +416,7 @@ func (x *execution) runExchanged(es *exchangedSeg) error {
 				if err := es.root.finish(r.cur); err != nil {
 					return err
 				}
-				return seg.report(r.cur + 1)
+				return seg.reportEnd(r.cur)
 			}
 		case <-x.ctx.Done():
 			return context.Cause(x.ctx)
@@ -421,7 +443,7 @@ func (x *execution) followClock(es *exchangedSeg) error {
 			if err := es.root.finish(cur); err != nil {
 				return err
 			}
-			return es.seg.report(cur + 1)
+			return es.seg.reportEnd(cur)
 		}
 		select {
 		case <-changed:
@@ -511,6 +533,7 @@ type ledger struct {
 	pending  []Change
 	frontier Epoch
 	rec      Recovery
+	ended    bool
 }
 
 func newLedger(w WorkerIndex, comps int, start Epoch, rec Recovery) *ledger {
@@ -519,6 +542,17 @@ func newLedger(w WorkerIndex, comps int, start Epoch, rec Recovery) *ledger {
 		l.front[i] = start
 	}
 	return l
+}
+
+// markEnd records (once) the runtime row naming the final epoch.
+func (l *ledger) markEnd(final Epoch) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.ended {
+		return
+	}
+	l.ended = true
+	l.pending = append(l.pending, Change{Step: runtimeStep, Key: "end", Epoch: final, Value: strconv.AppendUint(nil, uint64(final), 10)})
 }
 
 func (l *ledger) report(ctx context.Context, comp int, frontier Epoch, changes []Change) error {
@@ -536,12 +570,18 @@ func (l *ledger) report(ctx context.Context, comp int, frontier Epoch, changes [
 	if m <= l.frontier {
 		return nil
 	}
-	var out, keep []Change
-	for _, c := range l.pending {
-		if c.Epoch < m {
-			out = append(out, c)
-		} else {
-			keep = append(keep, c)
+	out, keep := l.pending, []Change(nil)
+	for i, c := range l.pending {
+		if c.Epoch >= m { // some changes are for later epochs: split
+			out = append([]Change(nil), l.pending[:i]...)
+			for _, c := range l.pending[i:] {
+				if c.Epoch < m {
+					out = append(out, c)
+				} else {
+					keep = append(keep, c)
+				}
+			}
+			break
 		}
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Epoch < out[j].Epoch })

@@ -3,6 +3,7 @@ package core
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -19,6 +20,9 @@ type KeyedLogic[V, S, O any] struct {
 	OnEOF func(key string, state *S, emit func(O)) (next *S, changed bool)
 	// Codec encodes state for snapshots; nil means DefaultCodec[S]().
 	Codec Codec[S]
+	// Init, if set, is called on every worker's instance before the first
+	// item, with the run's RunInfo (identical on every worker).
+	Init func(RunInfo)
 }
 
 // Stateful adds a keyed step with per-key state. Its output keeps the key.
@@ -125,8 +129,13 @@ func (o *statefulOp[V, S, O]) restore(key string, value []byte) error {
 	return nil
 }
 
-func (o *statefulOp[V, S, O]) open(context.Context) error { return nil }
-func (o *statefulOp[V, S, O]) close() error               { return nil }
+func (o *statefulOp[V, S, O]) open(ctx context.Context) error {
+	if o.logic.Init != nil {
+		o.logic.Init(RunInfoFrom(ctx))
+	}
+	return nil
+}
+func (o *statefulOp[V, S, O]) close() error { return nil }
 
 func (o *statefulOp[V, S, O]) touch(key string) *entry[S] {
 	e := o.states[key]
@@ -165,6 +174,7 @@ func (o *statefulOp[V, S, O]) flush() error {
 // snapshot records the keys changed in epoch e: their encoded state, or a
 // tombstone for discarded keys.
 func (o *statefulOp[V, S, O]) snapshot(e Epoch) error {
+	o.seg.changes = slices.Grow(o.seg.changes, len(o.dirty))
 	for _, k := range o.dirty {
 		en := o.states[k]
 		en.dirty = false

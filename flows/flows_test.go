@@ -27,7 +27,7 @@ func TestSplitWords(t *testing.T) {
 }
 
 func TestWordTotal_RoundTrip(t *testing.T) {
-	for _, w := range []WordTotal{{0, false}, {1, true}, {1 << 40, false}} {
+	for _, w := range []WordTotal{{0, 0}, {1, 7}, {1 << 40, 1 << 50}} {
 		b, _ := w.MarshalBinary()
 		var got WordTotal
 		if err := got.UnmarshalBinary(b); err != nil || got != w {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"unicode"
 	"unicode/utf8"
 
@@ -21,22 +22,29 @@ func WordCount(io IO) *core.Flow {
 	lines := core.Input(f, "read", io.source())
 	words := core.FlatMap(lines, "split", SplitWords)
 	keyed := core.Map(words, "key", func(w string) core.KV[struct{}] { return core.KV[struct{}]{Key: w} })
+	// A word belongs to this pass over the input if it was seen by an
+	// execution that started after the previous end of input. Recording the
+	// execution's start epoch with the count (rather than a flag reset at
+	// end of input) means end of input rewrites no state at all.
+	var passStart, execStart atomic.Uint64
 	counts := core.Stateful(keyed, "count", core.KeyedLogic[struct{}, WordTotal, int64]{
+		Init: func(ri core.RunInfo) {
+			passStart.Store(uint64(ri.PreviousEnd) + 1)
+			execStart.Store(uint64(ri.StartEpoch))
+		},
 		OnItem: func(_ string, st *WordTotal, _ struct{}, _ func(int64)) *WordTotal {
 			if st == nil {
 				st = &WordTotal{}
 			}
 			st.Count++
-			st.Seen = true
+			st.SeenAt = execStart.Load()
 			return st
 		},
 		OnEOF: func(_ string, st *WordTotal, emit func(int64)) (*WordTotal, bool) {
-			if !st.Seen {
-				return st, false
+			if st.SeenAt >= passStart.Load() {
+				emit(st.Count)
 			}
-			emit(st.Count)
-			st.Seen = false
-			return st, true
+			return st, false
 		},
 	})
 	out := core.Map(counts, "format", func(kv core.KV[int64]) string {
@@ -46,29 +54,30 @@ func WordCount(io IO) *core.Flow {
 	return f
 }
 
-// WordTotal is wordcount's state per word: the running total, and whether
-// the word was seen since the last end of input.
+// WordTotal is wordcount's state per word: the running total, and the start
+// epoch of the execution that last saw the word.
 type WordTotal struct {
-	Count int64
-	Seen  bool
+	Count  int64
+	SeenAt uint64
 }
 
-// MarshalBinary encodes the total as a varint and a flag byte.
+// MarshalBinary encodes the state as two varints.
 func (w *WordTotal) MarshalBinary() ([]byte, error) {
-	b := binary.AppendVarint(make([]byte, 0, 11), w.Count)
-	if w.Seen {
-		return append(b, 1), nil
-	}
-	return append(b, 0), nil
+	b := binary.AppendVarint(make([]byte, 0, 20), w.Count)
+	return binary.AppendUvarint(b, w.SeenAt), nil
 }
 
 // UnmarshalBinary decodes MarshalBinary's output.
 func (w *WordTotal) UnmarshalBinary(b []byte) error {
 	c, n := binary.Varint(b)
-	if n <= 0 || len(b) != n+1 {
-		return errors.New("wordcount state: malformed")
+	if n <= 0 {
+		return errors.New("wordcount state: malformed count")
 	}
-	w.Count, w.Seen = c, b[n] == 1
+	s, m := binary.Uvarint(b[n:])
+	if m <= 0 || n+m != len(b) {
+		return errors.New("wordcount state: malformed epoch")
+	}
+	w.Count, w.SeenAt = c, s
 	return nil
 }
 

@@ -23,6 +23,7 @@
 //	executions(ex_num, worker_count, resume_epoch, started_unix_ms, snapshot_interval_ms, backup_interval_ms)
 //	fronts(ex_num, worker_index, frontier)                     highest frontier per worker
 //	snaps(step_id, state_key, epoch, ser)                      ser NULL is a tombstone; PK (step_id, state_key, epoch)
+//	changelog(epoch, seq, keys)                                which keys each commit wrote at epoch (see below)
 //	epoch_times(epoch, unix_ms)                                when this partition's frontier reached epoch
 //	dropped(step_id, state_key, epoch, unix_ms)                keys whose tombstone GC removed (for incremental backups)
 //
@@ -50,7 +51,13 @@
 // C = F-d, the lowest epoch it can still resume from. It keeps, per key, its
 // newest row below C (at or before e-d) plus every newer row, and drops a
 // tombstone that is a key's newest row below C. Only keys with rows in
-// [old C, new C) are touched. Backups of different partitions taken up to
+// [old C, new C) are touched: every commit appends, per epoch, one changelog
+// row listing the keys it wrote (a compact blob: a step table, then per key
+// the step's index, the key and a tombstone flag), and GC reads the
+// changelog of the collectable epochs instead of an index on snaps. That
+// keeps each snapshot row to one B-tree insert. Changelog rows below C are
+// deleted with the GC that consumed them; resume deletes those at or after
+// the resume epoch together with their rows. Backups of different partitions taken up to
 // about b apart therefore still share a resume epoch. Old executions'
 // frontiers are deleted when a new execution starts.
 //

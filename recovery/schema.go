@@ -43,7 +43,12 @@ CREATE TABLE snaps (
 	ser BLOB,
 	PRIMARY KEY (step_id, state_key, epoch)
 ) STRICT, WITHOUT ROWID;
-CREATE INDEX snaps_by_epoch ON snaps (epoch);
+CREATE TABLE changelog (
+	epoch INTEGER NOT NULL,
+	seq INTEGER NOT NULL,
+	keys BLOB NOT NULL,
+	PRIMARY KEY (epoch, seq)
+) STRICT, WITHOUT ROWID;
 CREATE TABLE epoch_times (
 	epoch INTEGER PRIMARY KEY,
 	unix_ms INTEGER NOT NULL

@@ -96,6 +96,9 @@ func (s *Store) Begin(ctx context.Context, workers int) (ResumePoint, error) {
 		}
 		w := &writer{s: s, p: p, idx: i, ch: make(chan submission, 16), commit: max(ce, 1), frontier: rp.Epoch,
 			front: make([]Epoch, workers)}
+		if err := p.DB.QueryRowContext(ctx, `SELECT coalesce(max(seq), 0) FROM changelog`).Scan(&w.seq); err != nil {
+			return ResumePoint{}, err
+		}
 		for j := range w.front {
 			w.front[j] = rp.Epoch
 		}
@@ -113,11 +116,13 @@ func (s *Store) beginPartition(ctx context.Context, p *Partition, rp ResumePoint
 	}
 	defer tx.Rollback()
 	sb := s.opts.Intervals
+	if err := trimFrom(ctx, tx, rp.Epoch); err != nil {
+		return fmt.Errorf("delete rows at or after the resume epoch: %w", err)
+	}
 	stmts := []struct {
 		q    string
 		args []any
 	}{
-		{`DELETE FROM snaps WHERE epoch >= ?`, []any{rp.Epoch}},
 		{`DELETE FROM epoch_times WHERE epoch > ?`, []any{rp.Epoch}},
 		{`DELETE FROM fronts WHERE ex_num < ?`, []any{rp.Execution}},
 		{`INSERT OR REPLACE INTO executions (ex_num, worker_count, resume_epoch, started_unix_ms, snapshot_interval_ms, backup_interval_ms) VALUES (?, ?, ?, ?, ?, ?)`,
@@ -213,9 +218,21 @@ func (s *Store) Commit(ctx context.Context, w WorkerIndex, frontier Epoch, rows 
 	}
 	n := PartitionCount(len(s.parts))
 	split := make([][]Row, len(s.parts))
-	for _, r := range rows {
-		i := PartitionFor(r.Step, r.Key, n)
-		split[i] = append(split[i], r)
+	if len(s.parts) == 1 {
+		split[0] = rows
+	} else {
+		idx := make([]PartitionIndex, len(rows))
+		counts := make([]int, len(s.parts))
+		for j, r := range rows {
+			idx[j] = PartitionFor(r.Step, r.Key, n)
+			counts[idx[j]]++
+		}
+		for i := range split {
+			split[i] = make([]Row, 0, counts[i])
+		}
+		for j, r := range rows {
+			split[idx[j]] = append(split[idx[j]], r)
+		}
 	}
 	for i, wr := range s.writers {
 		select {

@@ -29,11 +29,13 @@ func Trim(ctx context.Context, db *sql.DB, e Epoch, ex ExecutionNumber, now time
 		return fmt.Errorf("trim partition %d: marker execution %d is not after its last execution %d", v.Index, ex, last.Number)
 	}
 	iv := v.Intervals
+	if err := trimFrom(ctx, tx, e); err != nil {
+		return fmt.Errorf("trim partition %d to epoch %d: %w", v.Index, e, err)
+	}
 	for _, st := range []struct {
 		q    string
 		args []any
 	}{
-		{`DELETE FROM snaps WHERE epoch >= ?`, []any{e}},
 		{`DELETE FROM dropped WHERE epoch >= ?`, []any{e}},
 		{`INSERT OR IGNORE INTO epoch_times (epoch, unix_ms) SELECT ?1, unix_ms FROM epoch_times WHERE epoch >= ?1 ORDER BY epoch LIMIT 1`, []any{e}},
 		{`DELETE FROM epoch_times WHERE epoch > ?`, []any{e}},

@@ -1,0 +1,285 @@
+package backup
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"runtime/debug"
+	"time"
+
+	"github.com/flowkeep/flowkeep/recovery"
+)
+
+// Options configure backups.
+type Options struct {
+	// Workers uploads this many chunks at once (default 8).
+	Workers int
+	// TempDir holds delta files while they are built (default os.TempDir()).
+	TempDir string
+	// LockTTL is how long a partition lock lasts (default 15m).
+	LockTTL time.Duration
+	// Holder names this agent in locks (default host/pid/random).
+	Holder string
+	// BaseMaxAge: a base older than this is recaptured (default 48h; GC
+	// remembers dropped keys for 72h).
+	BaseMaxAge time.Duration
+	// Now returns wall time (default time.Now).
+	Now func() time.Time
+}
+
+func (o *Options) defaults() {
+	if o.Workers <= 0 {
+		o.Workers = 8
+	}
+	if o.LockTTL <= 0 {
+		o.LockTTL = 15 * time.Minute
+	}
+	if o.BaseMaxAge <= 0 {
+		o.BaseMaxAge = 48 * time.Hour
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Holder == "" {
+		host, _ := os.Hostname()
+		var r [4]byte
+		rand.Read(r[:])
+		o.Holder = fmt.Sprintf("%s/%d/%s", host, os.Getpid(), hex.EncodeToString(r[:]))
+	}
+}
+
+// Result reports one partition's backup.
+type Result struct {
+	Partition       int
+	Manifest        *Manifest
+	Kind            string // "base" or "delta"
+	ObjectsUploaded int64
+	ObjectsSkipped  int64
+	BytesUploaded   int64
+	BytesRead       int64
+	Duration        time.Duration
+	Err             error
+}
+
+// Version is the agent version recorded in manifests.
+func Version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
+
+// LoadLatest returns the newest manifest of a partition, from its latest
+// pointer; nil if there is none (or it is unreadable: the next backup is
+// then a full one).
+func LoadLatest(ctx context.Context, s Store, uid string, idx int) (*Manifest, error) {
+	b, err := ReadAll(ctx, s, LatestKey(uid, idx), MaxManifestBytes)
+	if errors.Is(err, ErrNotFound) || errors.Is(err, ErrCorrupt) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	m, err := ParseManifest(b)
+	if err != nil || m.Flow.UID != uid || m.Partition.Index != idx {
+		return nil, nil
+	}
+	return m, nil
+}
+
+// BackupDir backs up every partition in dir (all of one flow; a cluster
+// machine may hold only some). It fails before uploading anything if dir
+// holds no partitions; per-partition failures are in the results and in the
+// joined error.
+func BackupDir(ctx context.Context, s Store, dir string, o Options) ([]*Result, error) {
+	ps, err := recovery.Find(ctx, dir, true)
+	if err != nil {
+		return nil, err
+	}
+	defer recovery.CloseAll(ps)
+	if len(ps) == 0 {
+		return nil, fmt.Errorf("%w in %s: nothing to back up (is -r the flow's recovery directory?)", recovery.ErrNoPartitions, dir)
+	}
+	var results []*Result
+	var errs []error
+	for _, p := range ps {
+		r := BackupPartition(ctx, s, p, o)
+		results = append(results, r)
+		if r.Err != nil {
+			errs = append(errs, r.Err)
+		}
+	}
+	return results, errors.Join(errs...)
+}
+
+// BackupPartition takes one backup of p under its lock. The manifest is
+// written only after every object it names is stored.
+func BackupPartition(ctx context.Context, s Store, p *recovery.Partition, o Options) *Result {
+	o.defaults()
+	began := o.Now()
+	res := &Result{Partition: int(p.Index)}
+	res.Err = func() error {
+		lock, err := AcquireLock(ctx, s, LockKey(p.FlowUID, int(p.Index)), o.Holder, o.LockTTL, o.Now())
+		if err != nil {
+			return err
+		}
+		defer lock.Release(context.WithoutCancel(ctx))
+		prev, err := LoadLatest(ctx, s, p.FlowUID, int(p.Index))
+		if err != nil {
+			return err
+		}
+		var xfer Transfer
+		m, kind, err := capture(ctx, s, p, prev, o, &xfer)
+		res.ObjectsUploaded, res.ObjectsSkipped = xfer.ObjectsUploaded.Load(), xfer.ObjectsSkipped.Load()
+		res.BytesUploaded, res.BytesRead = xfer.BytesUploaded.Load(), xfer.BytesRead.Load()
+		if err != nil {
+			return err
+		}
+		if err := lock.Check(ctx, o.Now()); err != nil {
+			return err
+		}
+		data, err := m.Marshal()
+		if err != nil {
+			return err
+		}
+		if err := s.Put(ctx, ManifestKey(m.Flow.UID, m.Partition.Index, m.ID), data); err != nil {
+			return fmt.Errorf("write manifest: %w", err)
+		}
+		if err := s.Put(ctx, LatestKey(m.Flow.UID, m.Partition.Index), data); err != nil {
+			return fmt.Errorf("write latest pointer: %w", err)
+		}
+		res.Manifest, res.Kind = m, kind
+		return nil
+	}()
+	if res.Err != nil {
+		res.Err = fmt.Errorf("back up partition %d: %w", p.Index, res.Err)
+	}
+	res.Duration = o.Now().Sub(began)
+	return res
+}
+
+// capture reads the partition under one read transaction and uploads a base
+// image or a delta over prev's base.
+func capture(ctx context.Context, s Store, p *recovery.Partition, prev *Manifest, o Options, xfer *Transfer) (*Manifest, string, error) {
+	conn, err := p.DB.Conn(ctx)
+	if err != nil {
+		return nil, "", err
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, "BEGIN"); err != nil {
+		return nil, "", err
+	}
+	defer conn.ExecContext(context.WithoutCancel(ctx), "ROLLBACK")
+	v, err := recovery.ReadView(ctx, conn)
+	if err != nil {
+		return nil, "", fmt.Errorf("read partition: %w", err)
+	}
+	now := o.Now()
+	host, _ := os.Hostname()
+	m := &Manifest{
+		Format:    ManifestFormat,
+		ID:        NewBackupID(now),
+		Created:   now.UTC(),
+		Flow:      FlowRef{UID: v.FlowUID, Name: v.FlowName},
+		Partition: PartitionRef{Index: int(v.Index), Count: int(v.Count)},
+		Epochs:    EpochRange{Lo: uint64(v.Lo()), Hi: uint64(v.Hi())},
+		Execution: -1,
+		Intervals: Intervals{SnapshotMs: v.Intervals.Snapshot.Milliseconds(), BackupMs: v.Intervals.Backup.Milliseconds()},
+		Agent:     AgentInfo{Version: Version(), Host: host},
+	}
+	var exStarted int64
+	if ex := v.Last(); ex != nil {
+		m.Execution = int64(ex.Number)
+		exStarted = ex.Started.UnixMilli()
+	}
+	if m.Epochs.LoTime, err = recovery.EpochTime(ctx, conn, v.Lo()); err != nil {
+		return nil, "", err
+	}
+	if m.Epochs.HiTime, err = recovery.EpochTime(ctx, conn, v.Hi()); err != nil {
+		return nil, "", err
+	}
+	up := &uploader{store: s, workers: o.Workers, xfer: xfer, known: map[string]Object{}}
+	if prev != nil {
+		for _, ob := range prev.Objects() {
+			up.known[ob.SHA256] = ob
+		}
+	}
+	if w, ok := deltaWatermark(prev, v, now, o.BaseMaxAge); ok {
+		var rows int64
+		if err := conn.QueryRowContext(ctx, `SELECT count(*) FROM snaps WHERE epoch >= ?`, w).Scan(&rows); err != nil {
+			return nil, "", err
+		}
+		if rows*2 <= prev.Base.Rows {
+			path, err := tempPath(o.TempDir, "flowkeep-delta-*.sqlite3")
+			if err != nil {
+				return nil, "", err
+			}
+			defer os.Remove(path)
+			n, err := buildDelta(ctx, conn, w, path)
+			if err != nil {
+				return nil, "", fmt.Errorf("build delta: %w", err)
+			}
+			// The delta file is a snapshot: release the read transaction now.
+			conn.ExecContext(ctx, "ROLLBACK")
+			f, err := os.Open(path)
+			if err != nil {
+				return nil, "", err
+			}
+			defer f.Close()
+			objs, size, sum, err := up.upload(ctx, f)
+			if err != nil {
+				return nil, "", err
+			}
+			m.Base = prev.Base
+			m.Delta = &Delta{Watermark: w, Size: size, SHA256: sum, Chunks: objs, Rows: n}
+			return m, "delta", m.Validate()
+		}
+	}
+	var pageSize int
+	if err := conn.QueryRowContext(ctx, `PRAGMA page_size`).Scan(&pageSize); err != nil {
+		return nil, "", err
+	}
+	var rows int64
+	if err := conn.QueryRowContext(ctx, `SELECT count(*) FROM snaps`).Scan(&rows); err != nil {
+		return nil, "", err
+	}
+	pr, err := newPageReader(ctx, conn)
+	if err != nil {
+		return nil, "", err
+	}
+	defer pr.Close()
+	objs, size, sum, err := up.upload(ctx, pr)
+	if err != nil {
+		return nil, "", err
+	}
+	m.Base = Image{ID: m.ID, Captured: now.UTC(), PageSize: pageSize, Size: size, SHA256: sum, Chunks: objs,
+		Hi: m.Epochs.Hi, Execution: m.Execution, ExecutionStarted: exStarted, Rows: rows}
+	return m, "base", m.Validate()
+}
+
+// deltaWatermark decides whether a delta over prev's base can describe the
+// partition as v shows it, and from which epoch: rows below the watermark
+// have not changed since the base except by GC. That holds when the base is
+// young enough for GC's record of dropped keys and the partition's execution
+// history extends the base's; the watermark is then the base's frontier,
+// lowered to the resume epoch of every later execution (each deleted the rows
+// at or after its resume epoch).
+func deltaWatermark(prev *Manifest, v *recovery.View, now time.Time, maxAge time.Duration) (uint64, bool) {
+	if prev == nil || prev.Flow.UID != v.FlowUID || prev.Partition.Index != int(v.Index) || now.Sub(prev.Base.Captured) > maxAge {
+		return 0, false
+	}
+	w := prev.Base.Hi
+	continued := prev.Base.Execution < 0
+	for _, ex := range v.Executions {
+		if int64(ex.Number) == prev.Base.Execution && ex.Started.UnixMilli() == prev.Base.ExecutionStarted {
+			continued = true
+		}
+		if int64(ex.Number) > prev.Base.Execution {
+			w = min(w, uint64(ex.ResumeEpoch))
+		}
+	}
+	return w, continued && w >= 1
+}

@@ -1,0 +1,170 @@
+package backup
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"sync"
+)
+
+// Catalog is every manifest under a store's root.
+type Catalog struct {
+	// Manifests are the valid manifests, sorted by flow, partition, id.
+	Manifests []*Manifest
+	// Keys maps a manifest to its object key.
+	Keys map[*Manifest]string
+	// Broken lists manifest objects that could not be read or are invalid.
+	Broken []BrokenManifest
+}
+
+// BrokenManifest is a manifest object that failed to load.
+type BrokenManifest struct {
+	Key string
+	Ref ManifestRef
+	Err error
+}
+
+// LoadCatalog lists and reads every manifest (one LIST, then GETs in
+// parallel). A manifest whose content disagrees with its key is broken.
+func LoadCatalog(ctx context.Context, s Store, workers int) (*Catalog, error) {
+	var refs []ManifestRef
+	var strays []BrokenManifest
+	err := s.List(ctx, ManifestsPrefix, func(o ObjectInfo) error {
+		r, ok := ParseManifestKey(o.Key)
+		if !ok {
+			strays = append(strays, BrokenManifest{Key: o.Key, Err: fmt.Errorf("%w: not a manifest key", ErrCorrupt)})
+			return nil
+		}
+		refs = append(refs, r)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list manifests in %s: %w", s, err)
+	}
+	if workers <= 0 {
+		workers = 32
+	}
+	ms := make([]*Manifest, len(refs))
+	errs := make([]error, len(refs))
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				ms[i], errs[i] = loadManifest(ctx, s, refs[i])
+			}
+		}()
+	}
+	for i := range refs {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	c := &Catalog{Keys: map[*Manifest]string{}, Broken: strays}
+	for i, m := range ms {
+		if errs[i] != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			c.Broken = append(c.Broken, BrokenManifest{Key: refs[i].Key, Ref: refs[i], Err: errs[i]})
+			continue
+		}
+		c.Manifests = append(c.Manifests, m)
+		c.Keys[m] = refs[i].Key
+	}
+	sort.Slice(c.Manifests, func(i, j int) bool {
+		a, b := c.Manifests[i], c.Manifests[j]
+		if a.Flow.UID != b.Flow.UID {
+			return a.Flow.UID < b.Flow.UID
+		}
+		if a.Partition.Index != b.Partition.Index {
+			return a.Partition.Index < b.Partition.Index
+		}
+		return a.ID < b.ID
+	})
+	return c, nil
+}
+
+func loadManifest(ctx context.Context, s Store, r ManifestRef) (*Manifest, error) {
+	b, err := ReadAll(ctx, s, r.Key, MaxManifestBytes)
+	if err != nil {
+		return nil, err
+	}
+	m, err := ParseManifest(b)
+	if err != nil {
+		return nil, err
+	}
+	if m.Flow.UID != r.FlowUID || m.Partition.Index != r.Index || m.ID != r.ID {
+		return nil, fmt.Errorf("%w: manifest %s says flow %s partition %d id %s", ErrCorrupt, r.Key, m.Flow.UID, m.Partition.Index, m.ID)
+	}
+	return m, nil
+}
+
+// Flows groups manifests by flow uid.
+func (c *Catalog) Flows() map[string][]*Manifest {
+	out := map[string][]*Manifest{}
+	for _, m := range c.Manifests {
+		out[m.Flow.UID] = append(out[m.Flow.UID], m)
+	}
+	return out
+}
+
+// Overlap is a choice of one backup per partition that all contain Epoch.
+type Overlap struct {
+	Epoch uint64
+	// Chosen[i] is partition i's backup: the newest one containing Epoch.
+	Chosen []*Manifest
+}
+
+// PlanOverlap finds the largest epoch every partition 0..count-1 has a backup
+// for, among ms (one flow's usable manifests). ok is false if there is none.
+func PlanOverlap(ms []*Manifest, count int) (Overlap, bool) {
+	byPart := make([][]*Manifest, count)
+	for _, m := range ms {
+		if m.Partition.Count == count && m.Partition.Index < count {
+			byPart[m.Partition.Index] = append(byPart[m.Partition.Index], m)
+		}
+	}
+	// The answer is the largest hi (of some backup) covered by every
+	// partition: candidates are all his, tried from the top.
+	var cands []uint64
+	for _, m := range ms {
+		cands = append(cands, m.Epochs.Hi)
+	}
+	sort.Slice(cands, func(i, j int) bool { return cands[i] > cands[j] })
+	for _, e := range cands {
+		if o, ok := overlapAt(byPart, e); ok {
+			return o, true
+		}
+	}
+	return Overlap{}, false
+}
+
+// OverlapAt chooses, for epoch e, the newest backup of each partition
+// containing it.
+func OverlapAt(ms []*Manifest, count int, e uint64) (Overlap, bool) {
+	byPart := make([][]*Manifest, count)
+	for _, m := range ms {
+		if m.Partition.Count == count && m.Partition.Index < count {
+			byPart[m.Partition.Index] = append(byPart[m.Partition.Index], m)
+		}
+	}
+	return overlapAt(byPart, e)
+}
+
+func overlapAt(byPart [][]*Manifest, e uint64) (Overlap, bool) {
+	o := Overlap{Epoch: e, Chosen: make([]*Manifest, len(byPart))}
+	for i, list := range byPart {
+		for _, m := range list {
+			if m.Epochs.Contains(e) && (o.Chosen[i] == nil || m.ID > o.Chosen[i].ID) {
+				o.Chosen[i] = m
+			}
+		}
+		if o.Chosen[i] == nil {
+			return Overlap{}, false
+		}
+	}
+	return o, true
+}

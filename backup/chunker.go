@@ -1,0 +1,178 @@
+package backup
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"sync"
+	"sync/atomic"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// ChunkSize is the size of every chunk but a stream's last. 4 MiB pages of a
+// partition image are 1024 SQLite pages of 4 KiB: unchanged page ranges give
+// unchanged chunks.
+const ChunkSize = 4 << 20
+
+// Transfer counts what a backup or restore moved.
+type Transfer struct {
+	ObjectsUploaded atomic.Int64
+	BytesUploaded   atomic.Int64 // stored (compressed) bytes
+	ObjectsSkipped  atomic.Int64 // already in the store
+	BytesRead       atomic.Int64 // uncompressed bytes captured
+}
+
+var (
+	encoders = sync.Pool{New: func() any {
+		e, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+		return e
+	}}
+	decoders = sync.Pool{New: func() any {
+		d, _ := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(MaxChunkBytes+1))
+		return d
+	}}
+)
+
+// Compress returns the stored form of a chunk.
+func Compress(dst, src []byte) []byte {
+	e := encoders.Get().(*zstd.Encoder)
+	defer encoders.Put(e)
+	return e.EncodeAll(src, dst[:0])
+}
+
+// Decompress returns a chunk's content, refusing more than limit bytes.
+func Decompress(dst, src []byte, limit int64) ([]byte, error) {
+	d := decoders.Get().(*zstd.Decoder)
+	defer decoders.Put(d)
+	out, err := d.DecodeAll(src, dst[:0])
+	if err != nil {
+		return nil, fmt.Errorf("%w: zstd: %v", ErrCorrupt, err)
+	}
+	if int64(len(out)) > limit {
+		return nil, fmt.Errorf("%w: chunk expands to more than %d bytes", ErrCorrupt, limit)
+	}
+	return out, nil
+}
+
+// SumHex is the hex sha256 of b.
+func SumHex(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// uploader cuts a byte stream into chunks and stores each one it does not
+// know to exist, several at a time.
+type uploader struct {
+	store   Store
+	known   map[string]Object // chunks known to be stored, by sha256
+	workers int
+	xfer    *Transfer
+}
+
+type chunkJob struct {
+	i   int
+	buf []byte
+}
+
+// upload reads r to EOF and returns its chunks, total size and sha256.
+func (u *uploader) upload(ctx context.Context, r io.Reader) ([]Object, int64, string, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	workers := max(u.workers, 1)
+	jobs := make(chan chunkJob, workers)
+	free := make(chan []byte, workers+2)
+	for i := 0; i < workers+2; i++ {
+		free <- make([]byte, ChunkSize)
+	}
+	var mu sync.Mutex
+	var objs []Object
+	var wg sync.WaitGroup
+	var failed error
+	var failOnce sync.Once
+	fail := func(err error) { failOnce.Do(func() { failed = err; cancel(err) }) }
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var zbuf []byte
+			for j := range jobs {
+				o, z, err := u.storeChunk(ctx, j.buf, zbuf)
+				zbuf = z
+				free <- j.buf[:cap(j.buf)]
+				if err != nil {
+					fail(err)
+					continue
+				}
+				mu.Lock()
+				for len(objs) <= j.i {
+					objs = append(objs, Object{})
+				}
+				objs[j.i] = o
+				mu.Unlock()
+			}
+		}()
+	}
+	whole := sha256.New()
+	size, n, err := u.produce(ctx, r, whole, jobs, free)
+	close(jobs)
+	wg.Wait()
+	if failed != nil {
+		return nil, 0, "", failed
+	}
+	if err != nil {
+		return nil, 0, "", err
+	}
+	return objs[:n], size, hex.EncodeToString(whole.Sum(nil)), nil
+}
+
+func (u *uploader) produce(ctx context.Context, r io.Reader, whole hash.Hash, jobs chan<- chunkJob, free chan []byte) (int64, int, error) {
+	var size int64
+	n := 0
+	for {
+		var buf []byte
+		select {
+		case buf = <-free:
+		case <-ctx.Done():
+			return 0, 0, context.Cause(ctx)
+		}
+		k, err := io.ReadFull(r, buf)
+		if k > 0 {
+			whole.Write(buf[:k])
+			size += int64(k)
+			u.xfer.BytesRead.Add(int64(k))
+			select {
+			case jobs <- chunkJob{i: n, buf: buf[:k]}:
+			case <-ctx.Done():
+				return 0, 0, context.Cause(ctx)
+			}
+			n++
+		}
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return size, n, nil
+		}
+		if err != nil {
+			return 0, 0, err
+		}
+	}
+}
+
+func (u *uploader) storeChunk(ctx context.Context, b, zbuf []byte) (Object, []byte, error) {
+	h := SumHex(b)
+	if o, ok := u.known[h]; ok && o.Size == int64(len(b)) {
+		u.xfer.ObjectsSkipped.Add(1)
+		return o, zbuf, nil
+	}
+	z := Compress(zbuf, b)
+	o := Object{SHA256: h, Size: int64(len(b)), Stored: int64(len(z))}
+	if err := u.store.Put(ctx, ChunkKey(h), z); err != nil {
+		return o, z, fmt.Errorf("upload chunk %s: %w", h[:12], err)
+	}
+	u.xfer.ObjectsUploaded.Add(1)
+	u.xfer.BytesUploaded.Add(int64(len(z)))
+	return o, z, nil
+}

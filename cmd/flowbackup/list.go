@@ -1,0 +1,161 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/flowkeep/flowkeep/backup"
+)
+
+type listOptions struct {
+	From string
+	JSON bool
+	storageOptions
+}
+
+func newListCommand() *cobra.Command {
+	var o listOptions
+	cmd := &cobra.Command{
+		Use:   "list --from URL",
+		Short: "List backups per flow and partition, with epochs and times",
+		Long: `List every backup under URL: per flow and partition, each backup's id, kind
+(base image, or delta over a base), restorable epoch range with wall times,
+and stored size; then the newest epoch every partition's backups share.
+
+` + exitCodesHelp,
+		Example: "  flowbackup list --from s3://my-bucket/flows/wordcount\n  flowbackup list --from file:///mnt/backups/wc --json",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runList(cmd.Context(), o, cmd.OutOrStdout())
+		},
+	}
+	cmd.Flags().StringVar(&o.From, "from", "", "backup URL: file:///path, s3://bucket/prefix or gs://bucket/prefix")
+	cmd.Flags().BoolVar(&o.JSON, "json", false, "print JSON")
+	o.storageOptions.addFlags(cmd.Flags())
+	return cmd
+}
+
+type listEntry struct {
+	Flow      string    `json:"flow"`
+	FlowName  string    `json:"flow_name"`
+	Partition int       `json:"partition"`
+	Count     int       `json:"partition_count"`
+	ID        string    `json:"id"`
+	Kind      string    `json:"kind"`
+	Created   time.Time `json:"created"`
+	Lo        uint64    `json:"lo"`
+	Hi        uint64    `json:"hi"`
+	LoTime    time.Time `json:"lo_time"`
+	HiTime    time.Time `json:"hi_time"`
+	Stored    int64     `json:"stored_bytes"`
+	Size      int64     `json:"size_bytes"`
+	Host      string    `json:"host"`
+}
+
+type listFlow struct {
+	UID           string      `json:"uid"`
+	Name          string      `json:"name"`
+	Partitions    int         `json:"partitions"`
+	Backups       []listEntry `json:"backups"`
+	OverlapEpoch  uint64      `json:"overlap_epoch,omitempty"`
+	OverlapTime   time.Time   `json:"overlap_time,omitempty"`
+	NoOverlapNote string      `json:"no_overlap,omitempty"`
+}
+
+type listReport struct {
+	From   string     `json:"from"`
+	Flows  []listFlow `json:"flows"`
+	Broken []string   `json:"broken,omitempty"`
+}
+
+func runList(ctx context.Context, o listOptions, out io.Writer) error {
+	s, err := o.open(ctx, o.From)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	cat, err := backup.LoadCatalog(ctx, s, 0)
+	if err != nil {
+		return err
+	}
+	rep := listReport{From: s.String()}
+	for _, b := range cat.Broken {
+		rep.Broken = append(rep.Broken, fmt.Sprintf("%s: %v", b.Key, b.Err))
+	}
+	flows := cat.Flows()
+	for _, uid := range slices.Sorted(maps.Keys(flows)) {
+		ms := flows[uid]
+		lf := listFlow{UID: uid, Name: ms[len(ms)-1].Flow.Name}
+		for _, m := range ms {
+			lf.Partitions = max(lf.Partitions, m.Partition.Count)
+			kind := "base"
+			size := m.Base.Size
+			if m.Delta != nil {
+				kind = "delta"
+				size += m.Delta.Size
+			}
+			lf.Backups = append(lf.Backups, listEntry{Flow: uid, FlowName: m.Flow.Name, Partition: m.Partition.Index, Count: m.Partition.Count,
+				ID: m.ID, Kind: kind, Created: m.Created, Lo: m.Epochs.Lo, Hi: m.Epochs.Hi, LoTime: m.Epochs.LoTime, HiTime: m.Epochs.HiTime,
+				Stored: m.StoredBytes(), Size: size, Host: m.Agent.Host})
+		}
+		if ov, ok := backup.PlanOverlap(ms, lf.Partitions); ok {
+			lf.OverlapEpoch = ov.Epoch
+			lf.OverlapTime = overlapTime(ov)
+		} else {
+			lf.NoOverlapNote = "no epoch is covered by a backup of every partition"
+		}
+		rep.Flows = append(rep.Flows, lf)
+	}
+	if o.JSON {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	if len(rep.Flows) == 0 {
+		fmt.Fprintf(out, "no backups in %s\n", rep.From)
+	}
+	for _, lf := range rep.Flows {
+		fmt.Fprintf(out, "flow %s (%s), %d partitions\n", lf.Name, lf.UID, lf.Partitions)
+		for _, e := range lf.Backups {
+			fmt.Fprintf(out, "  part %-3d %s  %-5s  epochs %d..%d  (%s .. %s)  %s\n", e.Partition, e.ID, e.Kind, e.Lo, e.Hi,
+				e.LoTime.Format(time.RFC3339), e.HiTime.Format(time.RFC3339), fmtBytes(e.Stored))
+		}
+		if lf.OverlapEpoch > 0 {
+			fmt.Fprintf(out, "  restorable to epoch %d (%s)\n", lf.OverlapEpoch, lf.OverlapTime.Format(time.RFC3339))
+		} else {
+			fmt.Fprintf(out, "  not restorable: %s\n", lf.NoOverlapNote)
+		}
+	}
+	for _, b := range rep.Broken {
+		fmt.Fprintf(out, "broken: %s\n", b)
+	}
+	return nil
+}
+
+// overlapTime is the wall time of the overlap epoch: when the last of the
+// chosen partitions reached it (the latest of their times for it is a safe
+// upper bound; we report the hi time of the partition whose hi is the epoch
+// if any, else the earliest hi time).
+func overlapTime(ov backup.Overlap) time.Time {
+	var t time.Time
+	for _, m := range ov.Chosen {
+		if m.Epochs.Hi == ov.Epoch && m.Epochs.HiTime.After(t) {
+			t = m.Epochs.HiTime
+		}
+	}
+	if t.IsZero() {
+		for _, m := range ov.Chosen {
+			if t.IsZero() || m.Epochs.HiTime.Before(t) {
+				t = m.Epochs.HiTime
+			}
+		}
+	}
+	return t
+}

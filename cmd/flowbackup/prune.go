@@ -1,0 +1,75 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/flowkeep/flowkeep/backup"
+)
+
+type pruneOptions struct {
+	From       string
+	KeepLast   int
+	KeepWithin time.Duration
+	Grace      time.Duration
+	DryRun     bool
+	storageOptions
+}
+
+func newPruneCommand() *cobra.Command {
+	var o pruneOptions
+	cmd := &cobra.Command{
+		Use:   "prune --from URL --keep-last N [--keep-within DUR]",
+		Short: "Delete old backups and unreferenced chunks, never what the newest restore needs",
+		Long: `Delete backups that are neither among the newest --keep-last of their partition
+nor younger than --keep-within, except those the newest restorable overlap
+needs; then delete chunks no kept backup names and older than --grace (a
+backup may be uploading them right now).
+
+` + exitCodesHelp,
+		Example: "  flowbackup prune --from s3://my-bucket/flows/wc --keep-last 10 --keep-within 24h\n  flowbackup prune --from file:///mnt/backups/wc --keep-last 3 --dry-run",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runPrune(cmd.Context(), o, cmd.OutOrStdout())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.From, "from", "", "backup URL")
+	f.IntVar(&o.KeepLast, "keep-last", 0, "keep the newest N backups of each partition (at least 1)")
+	f.DurationVar(&o.KeepWithin, "keep-within", 0, "also keep backups younger than this (e.g. 24h)")
+	f.DurationVar(&o.Grace, "grace", time.Hour, "never delete chunks younger than this")
+	f.BoolVar(&o.DryRun, "dry-run", false, "say what would be deleted, delete nothing")
+	o.storageOptions.addFlags(f)
+	return cmd
+}
+
+func runPrune(ctx context.Context, o pruneOptions, out io.Writer) error {
+	if o.KeepLast < 1 {
+		return usagef("--keep-last must be at least 1: the newest backup of each partition is always kept")
+	}
+	s, err := o.open(ctx, o.From)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	res, err := backup.Prune(ctx, s, backup.PruneOptions{KeepLast: o.KeepLast, KeepWithin: o.KeepWithin, Grace: o.Grace, DryRun: o.DryRun})
+	if err != nil {
+		return err
+	}
+	verb := "deleted"
+	if o.DryRun {
+		verb = "would delete"
+	}
+	for _, k := range res.DeletedManifests {
+		fmt.Fprintf(out, "%s %s\n", verb, k)
+	}
+	for _, k := range res.Protected {
+		fmt.Fprintf(out, "kept %s: the newest restorable overlap needs it\n", k)
+	}
+	fmt.Fprintf(out, "%s %d backups and %d chunks (%s); kept %d backups\n", verb, len(res.DeletedManifests), res.DeletedChunks, fmtBytes(res.DeletedBytes), res.KeptManifests)
+	return nil
+}

@@ -1,0 +1,230 @@
+package restore
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+
+	"github.com/flowkeep/flowkeep/backup"
+	"github.com/flowkeep/flowkeep/recovery"
+)
+
+// Progress receives bytes done and total while objects are fetched.
+type Progress func(done, total int64)
+
+// FetchOptions configure downloads.
+type FetchOptions struct {
+	Workers  int // chunks downloaded at once (default 8)
+	Progress Progress
+}
+
+// FetchObjects downloads objs in order into w, verifying each object's
+// stored and uncompressed size and its sha256, and the whole stream's
+// sha256 against wantSum. Several objects download at once; they are written
+// in order.
+func FetchObjects(ctx context.Context, s backup.Store, objs []backup.Object, wantSum string, w io.Writer, o FetchOptions, done *atomic.Int64) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	workers := o.Workers
+	if workers <= 0 {
+		workers = 8
+	}
+	type result struct {
+		data []byte
+		err  error
+	}
+	slots := make([]chan result, len(objs))
+	for i := range slots {
+		slots[i] = make(chan result, 1)
+	}
+	next := make(chan int)
+	var wg sync.WaitGroup
+	// At most workers+window chunks are in memory at once.
+	window := make(chan struct{}, workers*2)
+	for k := 0; k < workers; k++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				b, err := FetchObject(ctx, s, objs[i])
+				slots[i] <- result{b, err}
+			}
+		}()
+	}
+	go func() {
+		defer close(next)
+		for i := range objs {
+			select {
+			case window <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+			select {
+			case next <- i:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	h := sha256.New()
+	var err error
+	for i := range objs {
+		var r result
+		select {
+		case r = <-slots[i]:
+		case <-ctx.Done():
+			err = context.Cause(ctx)
+		}
+		if err != nil {
+			break
+		}
+		<-window
+		if r.err != nil {
+			err = r.err
+			break
+		}
+		h.Write(r.data)
+		if _, werr := w.Write(r.data); werr != nil {
+			err = werr
+			break
+		}
+		if done != nil {
+			n := done.Add(int64(len(r.data)))
+			if o.Progress != nil {
+				o.Progress(n, -1)
+			}
+		}
+	}
+	cancel(err)
+	wg.Wait()
+	if err != nil {
+		return err
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != wantSum {
+		return fmt.Errorf("%w: assembled image sha256 %s, manifest says %s", backup.ErrCorrupt, got[:12], wantSum[:12])
+	}
+	return nil
+}
+
+// FetchObject downloads one chunk and verifies it.
+func FetchObject(ctx context.Context, s backup.Store, ob backup.Object) ([]byte, error) {
+	key := backup.ChunkKey(ob.SHA256)
+	z, err := backup.ReadAll(ctx, s, key, ob.Stored)
+	if err != nil {
+		return nil, fmt.Errorf("chunk %s: %w", ob.SHA256[:12], err)
+	}
+	if int64(len(z)) != ob.Stored {
+		return nil, fmt.Errorf("%w: chunk %s is %d bytes stored, manifest says %d (truncated)", backup.ErrCorrupt, ob.SHA256[:12], len(z), ob.Stored)
+	}
+	b, err := backup.Decompress(make([]byte, 0, ob.Size), z, ob.Size)
+	if err != nil {
+		return nil, fmt.Errorf("chunk %s: %w", ob.SHA256[:12], err)
+	}
+	if int64(len(b)) != ob.Size || backup.SumHex(b) != ob.SHA256 {
+		return nil, fmt.Errorf("%w: chunk %s does not match its sha256", backup.ErrCorrupt, ob.SHA256[:12])
+	}
+	return b, nil
+}
+
+// FetchImage writes the partition image a manifest describes to path,
+// which must not exist: the base, verified, then the delta laid over it. On
+// any failure nothing is left at path.
+func FetchImage(ctx context.Context, s backup.Store, m *backup.Manifest, path string, o FetchOptions, done *atomic.Int64) (err error) {
+	if _, err := os.Stat(path); err == nil {
+		return fmt.Errorf("%s already exists", path)
+	}
+	tmp := path + ".restore-tmp"
+	defer func() {
+		if err != nil {
+			os.Remove(tmp)
+			os.Remove(tmp + "-wal")
+			os.Remove(tmp + "-shm")
+			os.Remove(tmp + ".delta")
+		}
+	}()
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	if err := FetchObjects(ctx, s, m.Base.Chunks, m.Base.SHA256, f, o, done); err != nil {
+		f.Close()
+		return fmt.Errorf("fetch base of backup %s: %w", m.ID, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if m.Delta != nil {
+		dpath := tmp + ".delta"
+		df, err := os.OpenFile(dpath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+		if err != nil {
+			return err
+		}
+		err = FetchObjects(ctx, s, m.Delta.Chunks, m.Delta.SHA256, df, o, done)
+		if cerr := df.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("fetch delta of backup %s: %w", m.ID, err)
+		}
+		db, err := recovery.OpenDB(tmp, false)
+		if err != nil {
+			return err
+		}
+		err = backup.ApplyDelta(ctx, db, dpath, m.Delta.Watermark)
+		if cerr := db.Close(); err == nil {
+			err = cerr
+		}
+		os.Remove(dpath)
+		if err != nil {
+			return fmt.Errorf("backup %s: %w", m.ID, err)
+		}
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// IntegrityCheck runs PRAGMA integrity_check on a SQLite file.
+func IntegrityCheck(ctx context.Context, path string) error {
+	db, err := recovery.OpenDB(path, true)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	rows, err := db.QueryContext(ctx, `PRAGMA integrity_check`)
+	if err != nil {
+		return fmt.Errorf("%w: integrity_check: %v", backup.ErrCorrupt, err)
+	}
+	defer rows.Close()
+	var msgs []string
+	for rows.Next() {
+		var m string
+		rows.Scan(&m)
+		msgs = append(msgs, m)
+	}
+	if len(msgs) != 1 || msgs[0] != "ok" {
+		return fmt.Errorf("%w: integrity_check: %v", backup.ErrCorrupt, msgs)
+	}
+	return errors.Join(rows.Err())
+}
