@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/flowkeep/flowkeep/backup"
 	"github.com/flowkeep/flowkeep/recovery"
@@ -187,6 +188,9 @@ func FetchImage(ctx context.Context, s backup.Store, m *backup.Manifest, path st
 		}
 		os.Remove(dpath)
 		if err != nil {
+			if !isIOError(err) {
+				err = fmt.Errorf("%w: %v", backup.ErrCorrupt, err)
+			}
 			return fmt.Errorf("backup %s: %w", m.ID, err)
 		}
 	}
@@ -227,4 +231,18 @@ func IntegrityCheck(ctx context.Context, path string) error {
 		return fmt.Errorf("%w: integrity_check: %v", backup.ErrCorrupt, msgs)
 	}
 	return errors.Join(rows.Err())
+}
+
+// isIOError reports whether a SQLite error is about the disk (full, I/O)
+// rather than about the data: those end a restore instead of discarding
+// the backup.
+func isIOError(err error) bool {
+	var ce interface{ Code() int }
+	if errors.As(err, &ce) {
+		switch ce.Code() & 0xff {
+		case 10, 13: // SQLITE_IOERR, SQLITE_FULL
+			return true
+		}
+	}
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EIO)
 }

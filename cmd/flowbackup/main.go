@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/flowkeep/flowkeep/backup"
+	"github.com/flowkeep/flowkeep/recovery"
 )
 
 // Exit codes, the one place they are defined.
@@ -30,7 +31,8 @@ const exitCodesHelp = `Exit codes:
   0  success (verify: healthy)
   1  failed; verify: restorable, but with problems (corrupt backups, RPO over --max-age)
   2  not restorable: no epoch every partition's backups share
-  3  usage or access error: bad flag, URL, schedule or config, missing bucket, bad credentials`
+  3  usage or access error: bad flag, URL, schedule or config, missing bucket,
+     bad credentials, a recovery directory without partitions or with another flow's`
 
 // usageError marks errors the caller must fix (exit 3).
 type usageError struct{ err error }
@@ -57,7 +59,8 @@ func exitCode(err error) int {
 		return exitOK
 	case errors.As(err, &e):
 		return e.code
-	case errors.As(err, &u), errors.Is(err, backup.ErrAccess), errors.Is(err, backup.ErrNoBucket):
+	case errors.As(err, &u), errors.Is(err, backup.ErrAccess), errors.Is(err, backup.ErrNoBucket),
+		errors.Is(err, recovery.ErrNoPartitions), errors.Is(err, recovery.ErrForeignFlow):
 		return exitUsageOrAccess
 	}
 	return exitFailed

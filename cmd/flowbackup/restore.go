@@ -1,7 +1,207 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/flowkeep/flowkeep/restore"
+)
+
+type restoreOptions struct {
+	From       string
+	To         string
+	Partitions string
+	ProcessID  int
+	Processes  int
+	Epoch      uint64
+	Flow       string
+	Force      bool
+	DryRun     bool
+	Workers    int
+	storageOptions
+}
 
 func newRestoreCommand() *cobra.Command {
-	return &cobra.Command{Use: "restore", Short: "Restore partitions (see issue 5)", Hidden: true}
+	var o restoreOptions
+	cmd := &cobra.Command{
+		Use:   "restore --from URL --to DIR",
+		Short: "Restore the latest snapshot every partition's backups share into DIR",
+		Long: `Choose the largest epoch that a usable backup of every partition contains, lay
+those partitions into DIR (created if missing), and trim each to that epoch so
+the next flowrun -r DIR resumes exactly there, with any number of workers.
+
+Every object is checked against its sha256 while it downloads; a corrupt or
+incomplete backup makes the restore fall back to the next best epoch, and say
+so. Partitions appear in DIR only once all of them are complete. A DIR that
+already holds partitions is refused unless --force (the old files are kept as
+*.replaced-TIME). Nothing is ever written outside DIR, whatever a manifest says.
+
+To restore a cluster onto several new machines, give each machine its share:
+--partitions 0,1 on one and --partitions 2,3 on the other, or
+--process-id I --processes P (partitions i with i mod P = I).
+
+` + exitCodesHelp,
+		Example: "  flowbackup restore --from s3://my-bucket/flows/wc --to /var/lib/flowkeep\n  flowbackup restore --from gs://bkt/wc --to /data/rec --partitions 2,3\n  flowbackup restore --from file:///mnt/backups/wc --to /tmp/rec --dry-run",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.ProcessID = -1
+			if cmd.Flags().Changed("process-id") {
+				o.ProcessID, _ = cmd.Flags().GetInt("process-id")
+			}
+			return runRestore(cmd.Context(), o, cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.From, "from", "", "backup URL: file:///path, s3://bucket/prefix or gs://bucket/prefix")
+	f.StringVar(&o.To, "to", "", "directory to lay the partitions into (becomes flowrun's -r)")
+	f.StringVar(&o.Partitions, "partitions", "", "restore only these partitions, e.g. 0,2 or 0-3")
+	f.Int("process-id", 0, "with --processes: restore the share of this machine (0-based)")
+	f.IntVar(&o.Processes, "processes", 0, "number of machines sharing the partitions")
+	f.Uint64Var(&o.Epoch, "epoch", 0, "restore this epoch instead of the latest one")
+	f.StringVar(&o.Flow, "flow", "", "flow uid, when backups of several flows share the URL")
+	f.BoolVar(&o.Force, "force", false, "replace partitions already in DIR (kept as *.replaced-TIME)")
+	f.BoolVar(&o.DryRun, "dry-run", false, "print the plan; download and write nothing")
+	f.IntVar(&o.Workers, "workers", 8, "objects downloaded at once")
+	o.storageOptions.addFlags(f)
+	return cmd
 }
+
+func parsePartitions(s string) ([]int, error) {
+	var out []int
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		lo, hi, isRange := strings.Cut(part, "-")
+		a, err := strconv.Atoi(lo)
+		if err != nil || a < 0 {
+			return nil, usagef("--partitions %q: %q is not a partition number", s, part)
+		}
+		b := a
+		if isRange {
+			if b, err = strconv.Atoi(hi); err != nil || b < a {
+				return nil, usagef("--partitions %q: %q is not a range", s, part)
+			}
+		}
+		for i := a; i <= b; i++ {
+			out = append(out, i)
+		}
+	}
+	return out, nil
+}
+
+func runRestore(ctx context.Context, o restoreOptions, out, errOut io.Writer) error {
+	if o.To == "" && !o.DryRun {
+		return usagef("--to DIR is required: where to lay the partitions")
+	}
+	ro := restore.Options{Plan: restore.PlanOptions{FlowUID: o.Flow, Epoch: o.Epoch}, Force: o.Force, DryRun: o.DryRun, Workers: o.Workers,
+		Note: func(msg string) { fmt.Fprintln(errOut, "flowbackup: "+msg) }}
+	switch {
+	case o.Partitions != "" && o.Processes > 0:
+		return usagef("use --partitions or --process-id/--processes, not both")
+	case o.Partitions != "":
+		ps, err := parsePartitions(o.Partitions)
+		if err != nil {
+			return err
+		}
+		ro.Partitions = ps
+	case o.Processes > 0:
+		if o.ProcessID < 0 || o.ProcessID >= o.Processes {
+			return usagef("--process-id must be in 0..%d", o.Processes-1)
+		}
+	case o.ProcessID >= 0:
+		return usagef("--process-id needs --processes")
+	}
+	s, err := o.open(ctx, o.From)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	if o.Processes > 0 {
+		// The share depends on the partition count, which the plan knows.
+		plan, err := restore.PlanFrom(ctx, s, ro.Plan)
+		if errors.Is(err, restore.ErrNotRestorable) {
+			return exitError{exitNotRestorable, err}
+		}
+		if err != nil {
+			return err
+		}
+		ro.Partitions = restore.PartitionsForProcess(o.ProcessID, o.Processes, plan.Count)
+		if len(ro.Partitions) == 0 {
+			fmt.Fprintf(out, "process %d of %d has no partitions to restore (the flow has %d)\n", o.ProcessID, o.Processes, plan.Count)
+			return nil
+		}
+	}
+	bar := newProgressBar(errOut)
+	if bar != nil {
+		ro.Progress = bar.update
+	}
+	began := time.Now()
+	res, err := restore.Restore(ctx, s, o.To, ro)
+	if bar != nil {
+		bar.done()
+	}
+	if err != nil {
+		if errors.Is(err, restore.ErrNotRestorable) {
+			return exitError{exitNotRestorable, err}
+		}
+		if errors.Is(err, restore.ErrAmbiguous) {
+			return usageError{err}
+		}
+		return err
+	}
+	p := res.Plan
+	verb := "restored"
+	if o.DryRun {
+		verb = "would restore"
+	}
+	fmt.Fprintf(out, "flow %s (%s): %s partitions %v of %d at epoch %d (%s)\n", p.Flow.Name, p.Flow.UID, verb, res.Restored, p.Count, p.Epoch, p.EpochTime.UTC().Format(time.RFC3339))
+	for _, i := range res.Restored {
+		m := p.Chosen[i]
+		fmt.Fprintf(out, "  partition %d: backup %s (epochs %d..%d, taken on %s)\n", i, m.ID, m.Epochs.Lo, m.Epochs.Hi, m.Agent.Host)
+	}
+	for _, f := range res.Fallbacks {
+		fmt.Fprintf(out, "  fallback: %s\n", f)
+	}
+	if !o.DryRun {
+		fmt.Fprintf(out, "downloaded %s in %v; resume with: flowrun run %s -r %s -s … -b …\n", fmtBytes(res.Bytes), time.Since(began).Round(time.Millisecond), p.Flow.Name, o.To)
+	}
+	return nil
+}
+
+// progressBar draws download progress on a terminal, at most 10 times a second.
+type progressBar struct {
+	w     io.Writer
+	last  time.Time
+	start time.Time
+}
+
+func newProgressBar(w io.Writer) *progressBar {
+	f, ok := w.(*os.File)
+	if !ok || !term.IsTerminal(int(f.Fd())) {
+		return nil
+	}
+	return &progressBar{w: w, start: time.Now()}
+}
+
+func (b *progressBar) update(done, total int64) {
+	if time.Since(b.last) < 100*time.Millisecond || total <= 0 {
+		return
+	}
+	b.last = time.Now()
+	const width = 30
+	frac := float64(done) / float64(total)
+	frac = min(frac, 1)
+	n := int(frac * width)
+	rate := float64(done) / time.Since(b.start).Seconds()
+	fmt.Fprintf(b.w, "\r[%s%s] %3.0f%% %s/%s %s/s ", strings.Repeat("#", n), strings.Repeat(".", width-n), frac*100, fmtBytes(done), fmtBytes(total), fmtBytes(int64(rate)))
+}
+
+func (b *progressBar) done() { fmt.Fprintln(b.w) }

@@ -1,0 +1,91 @@
+package backup
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+func validManifest() *Manifest {
+	h := strings.Repeat("ab", 32)
+	return &Manifest{
+		Format: ManifestFormat, ID: "20261124T101010.123Z-0a0b0c0d", Created: time.Now().UTC(),
+		Flow: FlowRef{UID: "00112233445566778899aabbccddeeff", Name: "wc"}, Partition: PartitionRef{Index: 1, Count: 4},
+		Epochs: EpochRange{Lo: 2, Hi: 9}, Execution: 3,
+		Base: Image{ID: "20261124T101010.123Z-0a0b0c0d", PageSize: 4096, Size: 8192, SHA256: h,
+			Chunks: []Object{{SHA256: h, Size: 8192, Stored: 100}}},
+	}
+}
+
+func TestParseManifest_RejectsWhatARestoreMustNotTrust(t *testing.T) {
+	tests := []struct {
+		name   string
+		mutate func(m *Manifest)
+	}{
+		{"path traversal in a chunk hash", func(m *Manifest) { m.Base.Chunks[0].SHA256 = "../../../../etc/passwd" + strings.Repeat("a", 42) }},
+		{"huge chunk", func(m *Manifest) { m.Base.Chunks[0].Size = 1 << 40; m.Base.Size = 1 << 40 }},
+		{"huge stored size", func(m *Manifest) { m.Base.Chunks[0].Stored = 1 << 40 }},
+		{"sizes that do not add up", func(m *Manifest) { m.Base.Size = 4096 }},
+		{"partition index past count", func(m *Manifest) { m.Partition.Index = 4 }},
+		{"negative partition", func(m *Manifest) { m.Partition.Index = -1 }},
+		{"absurd partition count", func(m *Manifest) { m.Partition.Count = 1 << 30 }},
+		{"empty epoch range", func(m *Manifest) { m.Epochs.Lo = 10 }},
+		{"flow uid with slashes", func(m *Manifest) { m.Flow.UID = "../x" }},
+		{"unknown format", func(m *Manifest) { m.Format = "other/9" }},
+		{"bad page size", func(m *Manifest) { m.Base.PageSize = 1000 }},
+		{"bad id", func(m *Manifest) { m.ID = "../../x" }},
+	}
+	ok, _ := json.Marshal(validManifest())
+	if _, err := ParseManifest(ok); err != nil {
+		t.Fatalf("valid manifest refused: %v", err)
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := validManifest()
+			tt.mutate(m)
+			b, _ := json.Marshal(m)
+			if _, err := ParseManifest(b); !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("accepted (err %v)", err)
+			}
+		})
+	}
+	if _, err := ParseManifest([]byte(strings.Repeat(" ", MaxManifestBytes+1))); !errors.Is(err, ErrCorrupt) {
+		t.Fatal("oversized manifest accepted")
+	}
+}
+
+func FuzzParseManifest(f *testing.F) {
+	ok, _ := json.Marshal(validManifest())
+	f.Add(ok)
+	f.Add([]byte(`{"format":"flowkeep-backup/1"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := ParseManifest(b)
+		if err != nil {
+			return
+		}
+		// Anything accepted must be safe to act on.
+		if m.Partition.Index < 0 || m.Partition.Index >= m.Partition.Count || m.Partition.Count > MaxPartitions {
+			t.Fatalf("accepted partition %+v", m.Partition)
+		}
+		for _, o := range m.Objects() {
+			if CheckKey(ChunkKey(o.SHA256)) != nil || o.Size > MaxChunkBytes {
+				t.Fatalf("accepted object %+v", o)
+			}
+		}
+	})
+}
+
+func TestParseManifestKey(t *testing.T) {
+	good := "manifests/00112233445566778899aabbccddeeff/part-0003/20261124T101010.123Z-0a0b0c0d.json"
+	r, ok := ParseManifestKey(good)
+	if !ok || r.Index != 3 || r.FlowUID != "00112233445566778899aabbccddeeff" {
+		t.Fatalf("%+v %v", r, ok)
+	}
+	for _, bad := range []string{"manifests/x/part-0001/y.json", "manifests/00112233/part-abc/20261124T101010.123Z-0a0b0c0d.json", "other/a", "manifests/00112233/part-0001/../../x.json"} {
+		if _, ok := ParseManifestKey(bad); ok {
+			t.Errorf("accepted %q", bad)
+		}
+	}
+}

@@ -1,0 +1,228 @@
+package restore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/flowkeep/flowkeep/backup"
+)
+
+// Errors a caller acts on.
+var (
+	// ErrNotRestorable: no epoch is covered by a usable backup of every
+	// partition.
+	ErrNotRestorable = errors.New("not restorable")
+	// ErrAmbiguous: the store holds several flows and none was chosen.
+	ErrAmbiguous = errors.New("several flows in one place")
+)
+
+// Plan is what a restore will lay down.
+type Plan struct {
+	Flow  backup.FlowRef
+	Count int
+	// Epoch is the epoch every restored partition will resume at.
+	Epoch     uint64
+	EpochTime time.Time
+	// Chosen[i] is partition i's backup.
+	Chosen []*backup.Manifest
+	// Execution is the marker execution number written by the trim.
+	Execution int64
+}
+
+// PlanOptions narrow a plan.
+type PlanOptions struct {
+	// FlowUID picks a flow when the store holds several.
+	FlowUID string
+	// Epoch, if non-zero, restores exactly this epoch instead of the latest.
+	Epoch uint64
+	// Exclude lists manifests (by id) known to be unusable.
+	Exclude map[string]bool
+}
+
+// Flows lists the flows in ms, by uid.
+func flowsOf(ms []*backup.Manifest) map[string]backup.FlowRef {
+	out := map[string]backup.FlowRef{}
+	for _, m := range ms {
+		out[m.Flow.UID] = m.Flow
+	}
+	return out
+}
+
+func describeFlows(fs map[string]backup.FlowRef) string {
+	var parts []string
+	for uid, f := range fs {
+		parts = append(parts, fmt.Sprintf("%s (%s)", uid, f.Name))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ", ")
+}
+
+// PickFlow returns the manifests of the one flow ms holds, or of o.FlowUID.
+func PickFlow(ms []*backup.Manifest, uid string) ([]*backup.Manifest, error) {
+	fs := flowsOf(ms)
+	if uid == "" {
+		switch len(fs) {
+		case 0:
+			return nil, fmt.Errorf("%w: there are no backups", ErrNotRestorable)
+		case 1:
+			for u := range fs {
+				uid = u
+			}
+		default:
+			return nil, fmt.Errorf("%w: backups of %d flows share this location: %s; choose one with --flow", ErrAmbiguous, len(fs), describeFlows(fs))
+		}
+	}
+	var out []*backup.Manifest
+	for _, m := range ms {
+		if m.Flow.UID == uid {
+			out = append(out, m)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%w: no backups of flow %s here (flows: %s)", ErrNotRestorable, uid, describeFlows(fs))
+	}
+	return out, nil
+}
+
+// PlanFrom reads the store's catalog and plans a restore.
+func PlanFrom(ctx context.Context, s backup.Store, o PlanOptions) (*Plan, error) {
+	cat, err := backup.LoadCatalog(ctx, s, 0)
+	if err != nil {
+		return nil, err
+	}
+	return MakePlan(cat.Manifests, o)
+}
+
+// MakePlan chooses the latest epoch (or o.Epoch) every partition's usable
+// backups contain, and the newest backup of each partition containing it.
+// When there is none, the error names the partitions that keep the ranges
+// apart and what to do.
+func MakePlan(all []*backup.Manifest, o PlanOptions) (*Plan, error) {
+	ms, err := PickFlow(all, o.FlowUID)
+	if err != nil {
+		return nil, err
+	}
+	count := 0
+	for _, m := range ms {
+		count = max(count, m.Partition.Count)
+	}
+	var usable []*backup.Manifest
+	for _, m := range ms {
+		if m.Partition.Count != count {
+			continue // a stray of another partition count: not this flow's shape
+		}
+		if !o.Exclude[m.ID] {
+			usable = append(usable, m)
+		}
+	}
+	byPart := make([][]*backup.Manifest, count)
+	for _, m := range usable {
+		byPart[m.Partition.Index] = append(byPart[m.Partition.Index], m)
+	}
+	var missing []string
+	for i, l := range byPart {
+		if len(l) == 0 {
+			missing = append(missing, fmt.Sprint(i))
+		}
+	}
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("%w: flow %s has %d partitions, but partitions %s have no usable backup; back them up (flowbackup backup -r DIR on the machines that hold them)",
+			ErrNotRestorable, ms[0].Flow.Name, count, strings.Join(missing, ", "))
+	}
+	var ov backup.Overlap
+	var ok bool
+	if o.Epoch > 0 {
+		ov, ok = backup.OverlapAt(usable, count, o.Epoch)
+		if !ok {
+			return nil, fmt.Errorf("%w: epoch %d is not covered by a usable backup of every partition; %s", ErrNotRestorable, o.Epoch, explainGap(byPart))
+		}
+	} else if ov, ok = backup.PlanOverlap(usable, count); !ok {
+		return nil, fmt.Errorf("%w: no epoch is covered by a backup of every partition; %s", ErrNotRestorable, explainGap(byPart))
+	}
+	p := &Plan{Flow: ms[0].Flow, Count: count, Epoch: ov.Epoch, Chosen: ov.Chosen}
+	for _, m := range ov.Chosen {
+		p.Execution = max(p.Execution, m.Execution+1)
+		p.Flow = m.Flow
+	}
+	p.EpochTime = epochTime(ov)
+	return p, nil
+}
+
+// epochTime is when the flow reached the plan's epoch, as the backups tell:
+// the time recorded with it by a partition whose hi it is, else the latest
+// time recorded for a later epoch's start is an upper bound; we take the
+// earliest hi time of the chosen backups, which is at or after it.
+func epochTime(ov backup.Overlap) time.Time {
+	var t time.Time
+	for _, m := range ov.Chosen {
+		if m.Epochs.Hi == ov.Epoch && (t.IsZero() || m.Epochs.HiTime.Before(t)) {
+			t = m.Epochs.HiTime
+		}
+	}
+	if !t.IsZero() {
+		return t
+	}
+	for _, m := range ov.Chosen {
+		if m.Epochs.Lo == ov.Epoch && !m.Epochs.LoTime.IsZero() {
+			return m.Epochs.LoTime
+		}
+	}
+	for _, m := range ov.Chosen {
+		if t.IsZero() || m.Epochs.HiTime.Before(t) {
+			t = m.Epochs.HiTime
+		}
+	}
+	return t
+}
+
+// explainGap names the two partitions whose backups are furthest apart: the
+// one whose oldest restorable epoch is newest and the one whose newest
+// restorable epoch is oldest.
+func explainGap(byPart [][]*backup.Manifest) string {
+	late, early := -1, -1
+	var lateLo, earlyHi uint64
+	var lateT, earlyT time.Time
+	for i, l := range byPart {
+		lo, hi := uint64(1<<63), uint64(0)
+		var loT, hiT time.Time
+		for _, m := range l {
+			if m.Epochs.Lo < lo {
+				lo, loT = m.Epochs.Lo, m.Epochs.LoTime
+			}
+			if m.Epochs.Hi > hi {
+				hi, hiT = m.Epochs.Hi, m.Epochs.HiTime
+			}
+		}
+		if late < 0 || lo > lateLo {
+			late, lateLo, lateT = i, lo, loT
+		}
+		if early < 0 || hi < earlyHi {
+			early, earlyHi, earlyT = i, hi, hiT
+		}
+	}
+	var iv string
+	for _, l := range byPart {
+		for _, m := range l {
+			if m.Intervals.BackupMs > 0 {
+				iv = fmt.Sprintf(" (the flow runs with -b %v)", time.Duration(m.Intervals.BackupMs)*time.Millisecond)
+			}
+		}
+	}
+	if lateLo > earlyHi {
+		return fmt.Sprintf("partition %d's backups start at epoch %d (%s) but partition %d's end at epoch %d (%s): they were taken too far apart%s. "+
+			"Back up every partition at least once per backup interval (a schedule no sparser than -b), or run flowrun with a longer -b",
+			late, lateLo, fmtT(lateT), early, earlyHi, fmtT(earlyT), iv)
+	}
+	return fmt.Sprintf("the partitions' backups leave gaps between them%s: back up every partition at least once per backup interval, or run flowrun with a longer -b", iv)
+}
+
+func fmtT(t time.Time) string {
+	if t.IsZero() {
+		return "time unknown"
+	}
+	return t.UTC().Format(time.RFC3339)
+}

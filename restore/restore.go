@@ -1,0 +1,319 @@
+package restore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/flowkeep/flowkeep/backup"
+	"github.com/flowkeep/flowkeep/recovery"
+)
+
+// Options configure a restore.
+type Options struct {
+	Plan PlanOptions
+	// Partitions restores only these partition indexes (nil: all), for
+	// laying a cluster's partitions onto several machines.
+	Partitions []int
+	// Force replaces partitions already in the directory; the old files are
+	// kept beside them as *.replaced-TIMESTAMP, never deleted.
+	Force bool
+	// DryRun plans and reports without writing anything.
+	DryRun   bool
+	Workers  int
+	Progress Progress
+	// Note receives what the restore decided on the way (fallbacks).
+	Note func(string)
+	Now  func() time.Time
+}
+
+// Result says what was restored.
+type Result struct {
+	Plan      *Plan
+	Restored  []int
+	Fallbacks []string
+	Bytes     int64
+}
+
+// Restore lays the partitions of the latest (or chosen) overlapping epoch
+// into dir and trims them to that epoch, so the next run resumes exactly
+// there. Every object is verified while it downloads; a corrupt or missing
+// backup makes the restore fall back to the next best overlap, and says so.
+// Files appear under their partition names only when every partition of
+// the restore is complete: on any failure nothing half-restored is left.
+func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Result, error) {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Note == nil {
+		o.Note = func(string) {}
+	}
+	if o.Plan.Exclude == nil {
+		o.Plan.Exclude = map[string]bool{}
+	}
+	cat, err := backup.LoadCatalog(ctx, s, 0)
+	if err != nil {
+		return nil, err
+	}
+	res := &Result{}
+	plan, err := MakePlan(cat.Manifests, o.Plan)
+	if err != nil {
+		return nil, err
+	}
+	parts, err := selectPartitions(o.Partitions, plan.Count)
+	if err != nil {
+		return nil, err
+	}
+	res.Plan, res.Restored = plan, parts
+	if o.DryRun {
+		return res, nil
+	}
+	if err := prepareDir(ctx, dir, o.Force); err != nil {
+		return nil, err
+	}
+	fetched := map[string]string{} // manifest id -> temp file
+	defer func() {
+		for _, p := range fetched {
+			removeDB(p)
+		}
+	}()
+	for {
+		var total int64
+		for _, p := range parts {
+			if _, ok := fetched[plan.Chosen[p].ID]; !ok {
+				total += imageBytes(plan.Chosen[p])
+			}
+		}
+		var done atomic.Int64
+		fo := FetchOptions{Workers: o.Workers}
+		if o.Progress != nil {
+			fo.Progress = func(n, _ int64) { o.Progress(n, total) }
+		}
+		bad, err := fetchAll(ctx, s, dir, plan, parts, fetched, fo, &done)
+		res.Bytes += done.Load()
+		if err != nil {
+			return nil, err
+		}
+		if bad == nil {
+			break
+		}
+		o.Plan.Exclude[bad.m.ID] = true
+		next, perr := MakePlan(cat.Manifests, o.Plan)
+		if perr != nil {
+			return nil, fmt.Errorf("backup %s of partition %d is unusable (%v), and without it: %w", bad.m.ID, bad.m.Partition.Index, bad.err, perr)
+		}
+		note := fmt.Sprintf("backup %s of partition %d is unusable (%v): fell back from epoch %d to epoch %d", bad.m.ID, bad.m.Partition.Index, bad.err, plan.Epoch, next.Epoch)
+		res.Fallbacks = append(res.Fallbacks, note)
+		o.Note(note)
+		plan = next
+		res.Plan = plan
+	}
+	// Everything is here and verified: trim, then publish under the final names.
+	for _, p := range parts {
+		tmp := fetched[plan.Chosen[p].ID]
+		db, err := recovery.OpenDB(tmp, false)
+		if err != nil {
+			return nil, err
+		}
+		err = recovery.Trim(ctx, db, recovery.Epoch(plan.Epoch), recovery.ExecutionNumber(plan.Execution), o.Now())
+		if cerr := db.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return nil, fmt.Errorf("partition %d: %w", p, err)
+		}
+	}
+	if o.Force {
+		if err := moveAside(ctx, dir, o.Now()); err != nil {
+			return nil, err
+		}
+	}
+	for _, p := range parts {
+		id := plan.Chosen[p].ID
+		final := filepath.Join(dir, fmt.Sprintf("part-%d.sqlite3", p))
+		if err := os.Rename(fetched[id], final); err != nil {
+			return nil, fmt.Errorf("place partition %d: %w", p, err)
+		}
+		delete(fetched, id)
+	}
+	return res, syncDir(dir)
+}
+
+type badBackup struct {
+	m   *backup.Manifest
+	err error
+}
+
+// fetchAll downloads the chosen backups not yet fetched. A backup that turns
+// out corrupt or incomplete is returned as bad (the caller re-plans); other
+// errors (disk full, access) end the restore.
+func fetchAll(ctx context.Context, s backup.Store, dir string, plan *Plan, parts []int, fetched map[string]string, fo FetchOptions, done *atomic.Int64) (*badBackup, error) {
+	for _, p := range parts {
+		m := plan.Chosen[p]
+		if _, ok := fetched[m.ID]; ok {
+			continue
+		}
+		tmp := filepath.Join(dir, fmt.Sprintf(".part-%d.%s.restoring", p, m.ID))
+		removeDB(tmp)
+		err := FetchImage(ctx, s, m, tmp, fo, done)
+		if err == nil {
+			err = checkIdentity(ctx, tmp, m)
+			if err != nil {
+				removeDB(tmp)
+			}
+		}
+		if err != nil {
+			if errors.Is(err, backup.ErrCorrupt) || errors.Is(err, backup.ErrNotFound) {
+				return &badBackup{m, err}, nil
+			}
+			return nil, fmt.Errorf("restore partition %d from backup %s: %w", p, m.ID, err)
+		}
+		fetched[m.ID] = tmp
+	}
+	return nil, nil
+}
+
+// checkIdentity makes sure the image is the partition its manifest names.
+func checkIdentity(ctx context.Context, path string, m *backup.Manifest) error {
+	p, err := recovery.OpenPartition(ctx, path, true)
+	if err != nil {
+		return fmt.Errorf("%w: %v", backup.ErrCorrupt, err)
+	}
+	if p == nil {
+		return fmt.Errorf("%w: the image is not a recovery partition", backup.ErrCorrupt)
+	}
+	defer p.Close()
+	if p.FlowUID != m.Flow.UID || int(p.Index) != m.Partition.Index || int(p.Count) != m.Partition.Count {
+		return fmt.Errorf("%w: the image is partition %d/%d of flow %s, the manifest says %d/%d of %s",
+			backup.ErrCorrupt, p.Index, p.Count, p.FlowUID, m.Partition.Index, m.Partition.Count, m.Flow.UID)
+	}
+	return nil
+}
+
+func imageBytes(m *backup.Manifest) int64 {
+	n := m.Base.Size
+	if m.Delta != nil {
+		n += m.Delta.Size
+	}
+	return n
+}
+
+func removeDB(path string) {
+	for _, suf := range []string{"", "-wal", "-shm", "-journal"} {
+		os.Remove(path + suf)
+	}
+}
+
+// SelectPartitions parses a partition subset against the flow's count.
+func selectPartitions(want []int, count int) ([]int, error) {
+	if want == nil {
+		out := make([]int, count)
+		for i := range out {
+			out[i] = i
+		}
+		return out, nil
+	}
+	seen := map[int]bool{}
+	var out []int
+	for _, p := range want {
+		if p < 0 || p >= count {
+			return nil, fmt.Errorf("partition %d does not exist: the flow has partitions 0..%d", p, count-1)
+		}
+		if !seen[p] {
+			seen[p] = true
+			out = append(out, p)
+		}
+	}
+	sort.Ints(out)
+	return out, nil
+}
+
+// PartitionsForProcess returns the partitions process id of n restores:
+// every index i with i mod n == id.
+func PartitionsForProcess(id, n, count int) []int {
+	out := []int{}
+	for i := 0; i < count; i++ {
+		if i%n == id {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+// prepareDir creates dir if needed and refuses one that holds partitions
+// (or files named like them) unless force.
+func prepareDir(ctx context.Context, dir string, force bool) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	taken, err := occupied(ctx, dir)
+	if err != nil {
+		return err
+	}
+	if len(taken) > 0 && !force {
+		return fmt.Errorf("%s already holds recovery partitions (%s): restore into an empty directory, or pass --force to replace them (the old files are kept as *.replaced-TIME)",
+			dir, strings.Join(taken, ", "))
+	}
+	return nil
+}
+
+// occupied lists the files in dir a restore would collide with.
+func occupied(ctx context.Context, dir string) ([]string, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range ents {
+		n := e.Name()
+		if strings.HasPrefix(n, "part-") && (strings.HasSuffix(n, ".sqlite3") || strings.HasSuffix(n, "-wal") || strings.HasSuffix(n, "-shm")) {
+			out = append(out, n)
+		}
+	}
+	// Partitions are found by content: also those under other names.
+	for _, e := range ents {
+		n := e.Name()
+		if strings.HasPrefix(n, "part-") || !strings.HasSuffix(n, ".sqlite3") || !e.Type().IsRegular() {
+			continue
+		}
+		p, err := recovery.OpenPartition(ctx, filepath.Join(dir, n), true)
+		if err != nil || p == nil {
+			continue // not a partition (or unreadable): not ours to touch
+		}
+		p.Close()
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// moveAside renames every partition file (and its -wal and -shm) in dir to
+// NAME.replaced-TIME.
+func moveAside(ctx context.Context, dir string, now time.Time) error {
+	taken, err := occupied(ctx, dir)
+	if err != nil {
+		return err
+	}
+	suffix := ".replaced-" + now.UTC().Format("20060102T150405")
+	for _, n := range taken {
+		for _, s := range []string{"", "-wal", "-shm"} {
+			p := filepath.Join(dir, n+s)
+			if strings.HasSuffix(n, "-wal") || strings.HasSuffix(n, "-shm") {
+				if s != "" {
+					continue
+				}
+			}
+			if _, err := os.Stat(p); err == nil {
+				if err := os.Rename(p, p+suffix); err != nil {
+					return fmt.Errorf("move %s aside: %w", p, err)
+				}
+			}
+		}
+	}
+	return nil
+}
