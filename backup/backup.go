@@ -28,6 +28,8 @@ type Options struct {
 	BaseMaxAge time.Duration
 	// Now returns wall time (default time.Now).
 	Now func() time.Time
+	// Partitions, if set, backs up only these partition indexes.
+	Partitions []int
 }
 
 func (o *Options) defaults() {
@@ -102,6 +104,27 @@ func BackupDir(ctx context.Context, s Store, dir string, o Options) ([]*Result, 
 	defer recovery.CloseAll(ps)
 	if len(ps) == 0 {
 		return nil, fmt.Errorf("%w in %s: nothing to back up (is -r the flow's recovery directory?)", recovery.ErrNoPartitions, dir)
+	}
+	if o.Partitions != nil {
+		want := map[int]bool{}
+		for _, i := range o.Partitions {
+			want[i] = true
+		}
+		var keep []*recovery.Partition
+		for _, p := range ps {
+			if want[int(p.Index)] {
+				keep = append(keep, p)
+				delete(want, int(p.Index))
+			}
+		}
+		if len(want) > 0 {
+			var miss []int
+			for i := range want {
+				miss = append(miss, i)
+			}
+			return nil, fmt.Errorf("%w: partitions %v are not in %s", recovery.ErrMissingPartitions, miss, dir)
+		}
+		ps = keep
 	}
 	var results []*Result
 	var errs []error

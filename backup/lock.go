@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"syscall"
 	"time"
 )
 
@@ -48,14 +49,23 @@ func AcquireLock(ctx context.Context, s Store, key, holder string, ttl time.Dura
 		cur, rerr := readLock(ctx, s, key)
 		switch {
 		case errors.Is(rerr, ErrNotFound):
-			continue // released meanwhile
+			// Released meanwhile, or a store that says "exists" to the
+			// conditional write but "not found" to the read (an upload cut
+			// off half-way): clear it and try again.
+			if err := s.Delete(ctx, key); err != nil {
+				return nil, fmt.Errorf("clear lock %s: %w", key, err)
+			}
+			continue
 		case rerr != nil && !errors.Is(rerr, ErrCorrupt):
 			return nil, fmt.Errorf("read lock %s: %w", key, rerr)
-		case rerr == nil && cur.Expires.After(now):
+		case rerr == nil && cur.Holder == holder && cur.Acquired.Equal(body.Acquired):
+			// Our own create, retried after its answer was lost.
+			return &Lock{store: s, key: key, holder: holder, body: cur}, nil
+		case rerr == nil && cur.Expires.After(now) && !(cur.Host == host && !processAlive(cur.PID)):
 			return nil, fmt.Errorf("%w: %s is held by %s (host %s, pid %d) until %s",
 				ErrLocked, key, cur.Holder, cur.Host, cur.PID, cur.Expires.Format(time.RFC3339))
 		}
-		// Expired or unreadable: take it over.
+		// Expired, unreadable, or held by a dead process of this host: take it over.
 		if err := s.Delete(ctx, key); err != nil {
 			return nil, fmt.Errorf("remove expired lock %s: %w", key, err)
 		}
@@ -81,7 +91,7 @@ func (l *Lock) Check(ctx context.Context, now time.Time) error {
 	if err != nil {
 		return fmt.Errorf("%w: lock %s lost: %v", ErrLocked, l.key, err)
 	}
-	if cur.Holder != l.holder || cur.Acquired != l.body.Acquired {
+	if cur.Holder != l.holder || !cur.Acquired.Equal(l.body.Acquired) {
 		return fmt.Errorf("%w: lock %s was taken over by %s (host %s)", ErrLocked, l.key, cur.Holder, cur.Host)
 	}
 	if !cur.Expires.After(now) {
@@ -99,8 +109,17 @@ func (l *Lock) Release(ctx context.Context) error {
 		}
 		return err
 	}
-	if cur.Holder != l.holder || cur.Acquired != l.body.Acquired {
+	if cur.Holder != l.holder || !cur.Acquired.Equal(l.body.Acquired) {
 		return nil
 	}
 	return l.store.Delete(ctx, l.key)
+}
+
+// processAlive reports whether a process with this pid exists here.
+func processAlive(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
 }

@@ -22,7 +22,7 @@ type runOptions struct {
 	Backup      time.Duration
 	snapshotSet bool
 	backupSet   bool
-	RecoveryDir string
+	RecoveryDirs []string
 	FlowOptions
 }
 
@@ -72,7 +72,7 @@ Flows: ` + flowNames(specs) + `
 	f.IntVarP(&o.Workers, "workers", "w", 1, "number of workers; keys are spread over them (e.g. -w 4)")
 	f.DurationVarP(&o.Snapshot, "snapshot-interval", "s", 0, "how often to close an epoch and snapshot changed state (e.g. -s 10s); required with -r")
 	f.DurationVarP(&o.Backup, "backup-interval", "b", 0, "keep snapshots this long so partition backups taken this far apart still restore together (e.g. -b 5m, or -b 0); required with -r")
-	f.StringVarP(&o.RecoveryDir, "recovery-dir", "r", "", "directory of recovery partitions (e.g. -r /var/lib/flowkeep); without it the run keeps no state")
+	f.StringSliceVarP(&o.RecoveryDirs, "recovery-dir", "r", nil, "directory of recovery partitions (e.g. -r /var/lib/flowkeep); repeat it (or separate with commas) when they are spread over several directories; without it the run keeps no state")
 	f.StringVarP(&o.Input, "input", "i", "", "input file, directory (one partition per file) or - for stdin (e.g. --input access.log)")
 	f.StringVarP(&o.Output, "output", "o", "", "output file or - for stdout (e.g. --output counts.csv)")
 	f.BoolVar(&o.Overwrite, "overwrite", false, "let a fresh run replace an existing non-empty output file")
@@ -91,7 +91,7 @@ func (o runOptions) validate() error {
 	if o.Backup < 0 {
 		return usagef("-b must not be negative, got %v", o.Backup)
 	}
-	if o.RecoveryDir != "" && (!o.snapshotSet || !o.backupSet) {
+	if len(o.RecoveryDirs) > 0 && (!o.snapshotSet || !o.backupSet) {
 		var missing []string
 		if !o.snapshotSet {
 			missing = append(missing, "the snapshot interval (e.g. -s 10s)")
@@ -122,8 +122,8 @@ func runRun(ctx context.Context, o runOptions, specs []FlowSpec, stderr io.Write
 		return usageError{err}
 	}
 	cfg := core.Config{Workers: o.Workers, EpochInterval: o.Snapshot}
-	if o.RecoveryDir != "" {
-		st, err := recovery.Open(ctx, o.RecoveryDir, recovery.Options{
+	if len(o.RecoveryDirs) > 0 {
+		st, err := recovery.OpenDirs(ctx, o.RecoveryDirs, recovery.Options{
 			FlowName:  flow.Name(),
 			Intervals: recovery.Intervals{Snapshot: o.Snapshot, Backup: o.Backup},
 		})

@@ -124,10 +124,22 @@ func candidates(dir string) ([]string, error) {
 // want, if non-empty, is the flow name the caller runs; partitions that
 // recorded another name are refused.
 func Discover(ctx context.Context, dir string, readOnly bool, want string) ([]*Partition, error) {
-	ps, err := discoverAny(ctx, dir, readOnly)
-	if err != nil {
-		return nil, err
+	return DiscoverDirs(ctx, []string{dir}, readOnly, want)
+}
+
+// DiscoverDirs is Discover over several directories (partitions laid onto
+// several disks or restored onto several machines' directories).
+func DiscoverDirs(ctx context.Context, dirs []string, readOnly bool, want string) ([]*Partition, error) {
+	var ps []*Partition
+	for _, dir := range dirs {
+		more, err := discoverAny(ctx, dir, readOnly)
+		if err != nil {
+			closeAll(ps)
+			return nil, err
+		}
+		ps = append(ps, more...)
 	}
+	dir := strings.Join(dirs, ", ")
 	if err := checkSet(ctx, dir, ps, want); err != nil {
 		closeAll(ps)
 		return nil, err

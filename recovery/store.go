@@ -24,7 +24,6 @@ type Options struct {
 // Store writes one flow's snapshots into its partitions. Create it with
 // Open, call Begin once, Load, then Commit as epochs close, then Close.
 type Store struct {
-	dir   string
 	opts  Options
 	parts []*Partition
 
@@ -42,14 +41,19 @@ type Store struct {
 
 // Open discovers and opens the partitions in dir for writing.
 func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
+	return OpenDirs(ctx, []string{dir}, opts)
+}
+
+// OpenDirs is Open over partitions spread across several directories.
+func OpenDirs(ctx context.Context, dirs []string, opts Options) (*Store, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	ps, err := Discover(ctx, dir, false, opts.FlowName)
+	ps, err := DiscoverDirs(ctx, dirs, false, opts.FlowName)
 	if err != nil {
 		return nil, err
 	}
-	return &Store{dir: dir, opts: opts, parts: ps}, nil
+	return &Store{opts: opts, parts: ps}, nil
 }
 
 // Partitions returns the open partitions, by index.

@@ -114,8 +114,21 @@ func FetchObjects(ctx context.Context, s backup.Store, objs []backup.Object, wan
 	return nil
 }
 
-// FetchObject downloads one chunk and verifies it.
+// FetchObject downloads one chunk and verifies it. A chunk that arrives
+// damaged is downloaded again (twice) before it is declared corrupt: damage
+// in transit is not damage in the store.
 func FetchObject(ctx context.Context, s backup.Store, ob backup.Object) ([]byte, error) {
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		var b []byte
+		if b, err = fetchObject(ctx, s, ob); err == nil || !errors.Is(err, backup.ErrCorrupt) {
+			return b, err
+		}
+	}
+	return nil, err
+}
+
+func fetchObject(ctx context.Context, s backup.Store, ob backup.Object) ([]byte, error) {
 	key := backup.ChunkKey(ob.SHA256)
 	z, err := backup.ReadAll(ctx, s, key, ob.Stored)
 	if err != nil {

@@ -301,4 +301,3 @@ func TestVerify_MaxAge(t *testing.T) {
 		t.Fatalf("age %v", rep.Flows[0].AgeSeconds)
 	}
 }
-

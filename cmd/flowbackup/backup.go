@@ -16,6 +16,7 @@ type backupOptions struct {
 	To          string
 	Workers     int
 	LockTTL     time.Duration
+	Partitions  string
 	storageOptions
 }
 
@@ -42,6 +43,7 @@ last: an interrupted backup leaves nothing visible.
 	f.StringVar(&o.To, "to", "", "destination URL: file:///path, s3://bucket/prefix or gs://bucket/prefix")
 	f.IntVar(&o.Workers, "workers", 8, "chunks uploaded at once")
 	f.DurationVar(&o.LockTTL, "lock-ttl", 15*time.Minute, "how long a partition lock lasts if the agent dies holding it")
+	f.StringVar(&o.Partitions, "partitions", "", "back up only these partitions, e.g. 0,2 or 0-3 (default: every partition in DIR)")
 	o.storageOptions.addFlags(f)
 	return cmd
 }
@@ -50,12 +52,20 @@ func runBackup(ctx context.Context, o backupOptions, out io.Writer) error {
 	if o.RecoveryDir == "" {
 		return usagef("-r is required: the flow's recovery directory")
 	}
+	bo := backup.Options{Workers: o.Workers, LockTTL: o.LockTTL}
+	if o.Partitions != "" {
+		ps, err := parsePartitions(o.Partitions)
+		if err != nil {
+			return err
+		}
+		bo.Partitions = ps
+	}
 	s, err := o.open(ctx, o.To)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
-	results, err := backup.BackupDir(ctx, s, o.RecoveryDir, backup.Options{Workers: o.Workers, LockTTL: o.LockTTL})
+	results, err := backup.BackupDir(ctx, s, o.RecoveryDir, bo)
 	printResults(out, results)
 	return err
 }

@@ -60,7 +60,7 @@ func exitCode(err error) int {
 	case errors.As(err, &e):
 		return e.code
 	case errors.As(err, &u), errors.Is(err, backup.ErrAccess), errors.Is(err, backup.ErrNoBucket),
-		errors.Is(err, recovery.ErrNoPartitions), errors.Is(err, recovery.ErrForeignFlow):
+		errors.Is(err, recovery.ErrNoPartitions), errors.Is(err, recovery.ErrForeignFlow), errors.Is(err, recovery.ErrMissingPartitions):
 		return exitUsageOrAccess
 	}
 	return exitFailed

@@ -39,5 +39,7 @@ func (o storageOptions) open(ctx context.Context, url string) (backup.Store, err
 	if err != nil {
 		return nil, usageError{err}
 	}
-	return s, nil
+	// Transient faults (5xx, dropped connections, cut bodies) are retried
+	// with backoff; answers like "not found" or "access denied" are not.
+	return backup.WithRetry(s, backup.RetryPolicy{}), nil
 }

@@ -1,0 +1,396 @@
+// Package integration holds flowkeep's disaster-recovery drills: end-to-end
+// tests shaped like a user's incidents, against real servers on 127.0.0.1
+// (versitygw for S3, fake-gcs-server for GCS) and the built flowrun and
+// flowbackup binaries as child processes, killed with SIGKILL.
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"math/rand"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	neturl "net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/flowkeep/flowkeep/backup"
+	"github.com/flowkeep/flowkeep/backup/gcs"
+	"github.com/flowkeep/flowkeep/backup/s3"
+	"github.com/flowkeep/flowkeep/internal/testserver"
+)
+
+var (
+	binDir                string
+	flowrunBin, backupBin string
+	s3srv, gcssrv         *testserver.Server
+	s3err, gcserr         error
+)
+
+func TestMain(m *testing.M) {
+	var err error
+	binDir, err = os.MkdirTemp("", "flowkeep-integration")
+	if err != nil {
+		panic(err)
+	}
+	flowrunBin, backupBin = filepath.Join(binDir, "flowrun"), filepath.Join(binDir, "flowbackup")
+	for bin, pkg := range map[string]string{flowrunBin: "../cmd/flowrun", backupBin: "../cmd/flowbackup"} {
+		if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
+			panic(fmt.Sprintf("build %s: %v\n%s", pkg, err, out))
+		}
+	}
+	s3srv, s3err = testserver.StartVersity()
+	gcssrv, gcserr = testserver.StartFakeGCS()
+	code := m.Run()
+	s3srv.Stop()
+	gcssrv.Stop()
+	os.RemoveAll(binDir)
+	os.Exit(code)
+}
+
+// backend is an object store the tools are pointed at.
+type backend struct {
+	name string
+	// env points child processes (and in-process clients) at the server,
+	// or at addr when a proxy sits in between.
+	env func(addr string) []string
+	// newURL makes a bucket and returns a fresh URL in it.
+	newURL func(t *testing.T) string
+	addr   string
+	// signsHost: requests are signed over the Host header (a proxy keeps it).
+	signsHost bool
+	// open returns an in-process client for url (to damage objects).
+	open func(t *testing.T, url string) backup.Store
+}
+
+func backends(t *testing.T) []backend {
+	t.Helper()
+	if s3err != nil || gcserr != nil {
+		testserver.Missing(t, errors.Join(s3err, gcserr))
+	}
+	ctx := context.Background()
+	s3b := backend{
+		name: "s3", addr: s3srv.Addr, signsHost: true,
+		env: func(addr string) []string {
+			return append(s3srv.S3Env(), "FLOWKEEP_S3_ENDPOINT=http://"+addr, "FLOWKEEP_S3_PATH_STYLE=true")
+		},
+		newURL: func(t *testing.T) string {
+			name := testserver.NewName("drill")
+			if err := s3srv.CreateS3Bucket(ctx, name); err != nil {
+				t.Fatal(err)
+			}
+			return "s3://" + name + "/flows/wc"
+		},
+	}
+	s3b.open = func(t *testing.T, url string) backup.Store {
+		bucket, prefix := splitURL(url)
+		s3srv.SetS3Env()
+		st, err := s3.New(ctx, bucket, prefix, s3.Options{Endpoint: s3srv.S3Endpoint(), PathStyle: true, Region: testserver.S3Region})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	gcsb := backend{
+		name: "gcs", addr: gcssrv.Addr,
+		env: func(addr string) []string { return []string{"STORAGE_EMULATOR_HOST=" + addr} },
+		newURL: func(t *testing.T) string {
+			name := testserver.NewName("drill")
+			if err := gcssrv.CreateGCSBucket(ctx, name); err != nil {
+				t.Fatal(err)
+			}
+			return "gs://" + name + "/flows/wc"
+		},
+	}
+	gcsb.open = func(t *testing.T, url string) backup.Store {
+		bucket, prefix := splitURL(url)
+		gcssrv.SetGCSEnv()
+		st, err := gcs.New(ctx, bucket, prefix, gcs.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		return st
+	}
+	return []backend{s3b, gcsb}
+}
+
+func splitURL(url string) (string, string) {
+	rest := url[strings.Index(url, "://")+3:]
+	bucket, prefix, _ := strings.Cut(rest, "/")
+	return bucket, prefix
+}
+
+// result is what a finished child process did.
+type result struct {
+	out  string
+	code int
+}
+
+func runCmd(t *testing.T, env []string, bin string, args ...string) result {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return result{out.String(), ee.ExitCode()}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return result{out.String(), 0}
+}
+
+func mustCmd(t *testing.T, env []string, bin string, args ...string) string {
+	t.Helper()
+	r := runCmd(t, env, bin, args...)
+	if r.code != 0 {
+		t.Fatalf("%s %s: exit %d\n%s", filepath.Base(bin), strings.Join(args, " "), r.code, r.out)
+	}
+	return r.out
+}
+
+// proc is a running child process.
+type proc struct {
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{} // closed when the process has exited
+	err  error
+}
+
+func startCmd(t *testing.T, env []string, bin string, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	p := &proc{cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = p.out, p.out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.err = cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() { p.kill() })
+	return p
+}
+
+// kill sends SIGKILL and waits; it reports whether the process was running.
+func (p *proc) kill() bool {
+	select {
+	case <-p.done:
+		return false
+	default:
+	}
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+	return true
+}
+
+// exited reports whether the process ended (and how).
+func (p *proc) exited() (bool, error) {
+	select {
+	case <-p.done:
+		return true, p.err
+	default:
+		return false, nil
+	}
+}
+
+// wait waits for the process to end and returns its exit code.
+func (p *proc) wait() int {
+	<-p.done
+	var ee *exec.ExitError
+	if errors.As(p.err, &ee) {
+		return ee.ExitCode()
+	}
+	return 0
+}
+
+type syncBuffer struct {
+	mu  chan struct{}
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) lock() {
+	if b.mu == nil {
+		b.mu = make(chan struct{}, 1)
+	}
+	b.mu <- struct{}{}
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.lock()
+	defer func() { <-b.mu }()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.lock()
+	defer func() { <-b.mu }()
+	return b.buf.String()
+}
+
+// word spells i with letters (wordcount splits on anything else).
+func word(i int) string {
+	b := []byte{byte('a' + i%26)}
+	for i /= 26; i > 0; i /= 26 {
+		b = append(b, byte('a'+i%26))
+	}
+	return string(b)
+}
+
+// appendWords appends `lines` lines of 8 words drawn from `vocab` words.
+func appendWords(t *testing.T, path string, lines, vocab int, seed int64) {
+	appendWordsFrom(t, path, lines, 0, vocab, seed)
+}
+
+// appendWordsFrom draws the words from word(base) .. word(base+vocab-1).
+func appendWordsFrom(t *testing.T, path string, lines, base, vocab int, seed int64) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := bufio.NewWriterSize(f, 1<<20)
+	r := rand.New(rand.NewSource(seed))
+	for i := 0; i < lines; i++ {
+		for j := 0; j < 8; j++ {
+			if j > 0 {
+				w.WriteByte(' ')
+			}
+			w.WriteString(word(base + r.Intn(vocab)))
+		}
+		w.WriteByte('\n')
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func initRec(t *testing.T, dir string, n int) {
+	t.Helper()
+	os.MkdirAll(dir, 0o755)
+	mustCmd(t, nil, flowrunBin, "recovery", "init", dir, fmt.Sprint(n))
+}
+
+// drillLog prints a drill's outcome the way the issue asks: what it lost
+// (must be nothing) and its wall time.
+func drillLog(t *testing.T, began time.Time, lost string) {
+	t.Helper()
+	t.Logf("%s: lost %s; wall time %v", t.Name(), lost, time.Since(began).Round(10*time.Millisecond))
+}
+
+// faultProxy sits between the tools and a server. While on, it answers some
+// requests with 500 or 503, drops some connections, delays some responses,
+// and cuts some response bodies short.
+type faultProxy struct {
+	addr string
+	on   atomic.Bool
+	srv  *http.Server
+	rp   *httputil.ReverseProxy
+	mu   sync.Mutex
+	rnd  *rand.Rand
+	hits atomic.Int64
+}
+
+// newFaultProxy proxies to target. keepHost keeps the client's Host header
+// (S3 signs it); otherwise the target's own is sent (fake-gcs-server routes
+// on it).
+func newFaultProxy(t *testing.T, target string, keepHost bool) *faultProxy {
+	t.Helper()
+	u, _ := neturl.Parse("http://" + target)
+	p := &faultProxy{rp: httputil.NewSingleHostReverseProxy(u), rnd: rand.New(rand.NewSource(time.Now().UnixNano()))}
+	// Servers that route on Host (fake-gcs-server's public host) must see their own.
+	if !keepHost {
+		direct := p.rp.Director
+		p.rp.Director = func(r *http.Request) { direct(r); r.Host = u.Host }
+	}
+	p.rp.ErrorLog = log.New(io.Discard, "", 0)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.addr = ln.Addr().String()
+	p.srv = &http.Server{Handler: p, ErrorLog: log.New(io.Discard, "", 0)}
+	go p.srv.Serve(ln)
+	t.Cleanup(func() { p.srv.Close() })
+	return p
+}
+
+// faultFor turns faults on for d.
+func (p *faultProxy) faultFor(d time.Duration) {
+	p.on.Store(true)
+	time.AfterFunc(d, func() { p.on.Store(false) })
+}
+
+type cutWriter struct {
+	http.ResponseWriter
+	left int
+}
+
+func (c *cutWriter) Write(b []byte) (int, error) {
+	if len(b) > c.left {
+		c.ResponseWriter.Write(b[:c.left])
+		panic(http.ErrAbortHandler) // the server drops the connection mid-body
+	}
+	c.left -= len(b)
+	return c.ResponseWriter.Write(b)
+}
+
+func (p *faultProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !p.on.Load() {
+		p.rp.ServeHTTP(w, r)
+		return
+	}
+	p.mu.Lock()
+	x := p.rnd.Float64()
+	p.mu.Unlock()
+	p.hits.Add(1)
+	switch {
+	case x < 0.2:
+		http.Error(w, "slow down", http.StatusServiceUnavailable)
+	case x < 0.3:
+		http.Error(w, "internal error", http.StatusInternalServerError)
+	case x < 0.4:
+		if hj, ok := w.(http.Hijacker); ok {
+			if c, _, err := hj.Hijack(); err == nil {
+				c.Close()
+				return
+			}
+		}
+		panic(http.ErrAbortHandler)
+	case x < 0.5:
+		time.Sleep(400 * time.Millisecond)
+		p.rp.ServeHTTP(w, r)
+	case x < 0.6 && r.Method == http.MethodGet:
+		p.rp.ServeHTTP(&cutWriter{ResponseWriter: w, left: 100}, r)
+	default:
+		p.rp.ServeHTTP(w, r)
+	}
+}
