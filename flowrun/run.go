@@ -16,12 +16,12 @@ import (
 )
 
 type runOptions struct {
-	Flow        string
-	Workers     int
-	Snapshot    time.Duration
-	Backup      time.Duration
-	snapshotSet bool
-	backupSet   bool
+	Flow         string
+	Workers      int
+	Snapshot     time.Duration
+	Backup       time.Duration
+	snapshotSet  bool
+	backupSet    bool
 	RecoveryDirs []string
 	FlowOptions
 }
