@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"runtime/debug"
+	"sync"
 	"time"
 
 	"github.com/flowkeep/flowkeep/recovery"
@@ -30,6 +31,8 @@ type Options struct {
 	Now func() time.Time
 	// Partitions, if set, backs up only these partition indexes.
 	Partitions []int
+	// Parallel backs up this many partitions at once (default 4).
+	Parallel int
 }
 
 func (o *Options) defaults() {
@@ -126,11 +129,24 @@ func BackupDir(ctx context.Context, s Store, dir string, o Options) ([]*Result, 
 		}
 		ps = keep
 	}
-	var results []*Result
+	par := o.Parallel
+	if par <= 0 {
+		par = 4
+	}
+	results := make([]*Result, len(ps))
+	sem := make(chan struct{}, par)
+	var wg sync.WaitGroup
+	for i, p := range ps {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			results[i] = BackupPartition(ctx, s, p, o)
+		}()
+	}
+	wg.Wait()
 	var errs []error
-	for _, p := range ps {
-		r := BackupPartition(ctx, s, p, o)
-		results = append(results, r)
+	for _, r := range results {
 		if r.Err != nil {
 			errs = append(errs, r.Err)
 		}

@@ -156,51 +156,10 @@ func copyTable(ctx context.Context, src *sql.Conn, dst *sql.Tx, table, where str
 
 // ApplyDelta lays a delta (a file made by buildDelta) over a restored base
 // image db: base rows at or after the watermark are replaced by the delta's,
-// dropped keys come back as tombstones, and the small tables are the delta's.
+// dropped keys come back as tombstones, and the small tables are the delta's
+// (see recovery.LayDelta).
 func ApplyDelta(ctx context.Context, db *sql.DB, deltaPath string, watermark uint64) error {
-	if err := applyDelta(ctx, db, deltaPath, watermark); err != nil {
-		return err
-	}
-	// The base's changelog describes the base; rebuild it for the result.
-	if err := recovery.RebuildChangelog(ctx, db); err != nil {
-		return fmt.Errorf("apply delta: %w", err)
-	}
-	return nil
-}
-
-func applyDelta(ctx context.Context, db *sql.DB, deltaPath string, watermark uint64) error {
-	conn, err := db.Conn(ctx)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	if _, err := conn.ExecContext(ctx, `ATTACH DATABASE ? AS d`, "file:"+filepath.ToSlash(deltaPath)+"?mode=ro"); err != nil {
-		return fmt.Errorf("open delta: %w", err)
-	}
-	defer conn.ExecContext(context.Background(), `DETACH DATABASE d`)
-	stmts := []string{
-		`BEGIN IMMEDIATE`,
-		`DELETE FROM main.snaps WHERE epoch >= ?1`,
-		`INSERT OR REPLACE INTO main.snaps (step_id, state_key, epoch, ser) SELECT step_id, state_key, epoch, ser FROM d.snaps`,
-		`INSERT OR IGNORE INTO main.snaps (step_id, state_key, epoch, ser) SELECT step_id, state_key, epoch, NULL FROM d.dropped`,
-		`DELETE FROM main.dropped WHERE epoch >= ?1`,
-		`INSERT OR REPLACE INTO main.dropped SELECT * FROM d.dropped`,
-	}
-	for _, t := range []string{"parts", "meta", "executions", "fronts", "epoch_times"} {
-		stmts = append(stmts, `DELETE FROM main.`+t, `INSERT INTO main.`+t+` SELECT * FROM d.`+t)
-	}
-	stmts = append(stmts, `COMMIT`)
-	for _, q := range stmts {
-		var args []any
-		if strings.Contains(q, "?1") {
-			args = append(args, watermark)
-		}
-		if _, err := conn.ExecContext(ctx, q, args...); err != nil {
-			conn.ExecContext(context.Background(), `ROLLBACK`)
-			return fmt.Errorf("apply delta: %w", err)
-		}
-	}
-	return nil
+	return recovery.LayDelta(ctx, db, filepath.ToSlash(deltaPath), recovery.Epoch(watermark))
 }
 
 // tempPath returns a fresh path in dir (os.TempDir() if empty).

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -154,29 +155,55 @@ type badBackup struct {
 // out corrupt or incomplete is returned as bad (the caller re-plans); other
 // errors (disk full, access) end the restore.
 func fetchAll(ctx context.Context, s backup.Store, dir string, plan *Plan, parts []int, fetched map[string]string, fo FetchOptions, done *atomic.Int64) (*badBackup, error) {
+	type job struct {
+		p   int
+		m   *backup.Manifest
+		tmp string
+		err error
+	}
+	var jobs []*job
 	for _, p := range parts {
 		m := plan.Chosen[p]
-		if _, ok := fetched[m.ID]; ok {
-			continue
+		if _, ok := fetched[m.ID]; !ok {
+			jobs = append(jobs, &job{p: p, m: m, tmp: filepath.Join(dir, fmt.Sprintf(".part-%d.%s.restoring", p, m.ID))})
 		}
-		tmp := filepath.Join(dir, fmt.Sprintf(".part-%d.%s.restoring", p, m.ID))
-		removeDB(tmp)
-		err := FetchImage(ctx, s, m, tmp, fo, done)
-		if err == nil {
-			err = checkIdentity(ctx, tmp, m)
-			if err != nil {
-				removeDB(tmp)
-			}
-		}
-		if err != nil {
-			if errors.Is(err, backup.ErrCorrupt) || errors.Is(err, backup.ErrNotFound) {
-				return &badBackup{m, err}, nil
-			}
-			return nil, fmt.Errorf("restore partition %d from backup %s: %w", p, m.ID, err)
-		}
-		fetched[m.ID] = tmp
 	}
-	return nil, nil
+	// Partitions download side by side, each with its own workers.
+	sem := make(chan struct{}, 4)
+	var wg sync.WaitGroup
+	for _, j := range jobs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			removeDB(j.tmp)
+			j.err = FetchImage(ctx, s, j.m, j.tmp, fo, done)
+			if j.err == nil {
+				if j.err = checkIdentity(ctx, j.tmp, j.m); j.err != nil {
+					removeDB(j.tmp)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	var bad *badBackup
+	var hard error
+	for _, j := range jobs {
+		switch {
+		case j.err == nil:
+			fetched[j.m.ID] = j.tmp
+		case errors.Is(j.err, backup.ErrCorrupt) || errors.Is(j.err, backup.ErrNotFound):
+			if bad == nil {
+				bad = &badBackup{j.m, j.err}
+			}
+		case hard == nil:
+			hard = fmt.Errorf("restore partition %d from backup %s: %w", j.p, j.m.ID, j.err)
+		}
+	}
+	if hard != nil {
+		return nil, hard
+	}
+	return bad, nil
 }
 
 // checkIdentity makes sure the image is the partition its manifest names.

@@ -202,7 +202,7 @@ func deepCheck(ctx context.Context, s backup.Store, ms []*backup.Manifest, bad m
 			continue
 		}
 		path := filepath.Join(tmp, m.ID+".sqlite3")
-		err := FetchImage(ctx, s, m, path, FetchOptions{Workers: o.Workers}, new(atomic.Int64))
+		err := FetchImage(ctx, s, m, path, FetchOptions{Workers: o.Workers, ImageSum: true}, new(atomic.Int64))
 		if err == nil {
 			err = checkIdentity(ctx, path, m)
 		}

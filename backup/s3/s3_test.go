@@ -4,7 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/flowkeep/flowkeep/backup"
@@ -78,3 +83,91 @@ func TestNew_UnknownSSE(t *testing.T) {
 		t.Fatal("accepted")
 	}
 }
+
+// TestActions_MatchCalls records every S3 operation the conformance suite
+// and an aborted multipart upload make, and checks RequiredActions is
+// exactly their IAM actions (so the Terraform policy is neither short nor
+// generous).
+func TestActions_MatchCalls(t *testing.T) {
+	bucket := newBucket(t)
+	t.Setenv("AWS_CA_BUNDLE", "") // a custom HTTP client cannot take the CA bundle; plain HTTP here
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	var failParts atomic.Bool
+	o := opts()
+	o.HTTPClient = &http.Client{Transport: recordOps(rtFunc(func(r *http.Request) (*http.Response, error) {
+		if failParts.Load() && r.URL.Query().Has("partNumber") {
+			return nil, fmt.Errorf("injected part failure")
+		}
+		return http.DefaultTransport.RoundTrip(r)
+	}), func(op string) { mu.Lock(); seen[op] = true; mu.Unlock() })}
+	n := 0
+	storetest.Run(t, func(t *testing.T) backup.Store {
+		n++
+		s, err := New(context.Background(), bucket, fmt.Sprintf("actions/%d", n), o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	})
+	// A multipart upload that fails part-way is aborted.
+	s, err := New(context.Background(), bucket, "actions/abort", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	failParts.Store(true)
+	if err := s.Put(context.Background(), "big", make([]byte, 20<<20)); err == nil {
+		t.Fatal("upload with failing parts succeeded")
+	}
+	var got []string
+	for op := range seen {
+		a, ok := actionOf[op]
+		if !ok {
+			t.Fatalf("operation %s has no IAM action in actionOf", op)
+		}
+		got = append(got, a)
+	}
+	slices.Sort(got)
+	got = slices.Compact(got)
+	if !slices.Equal(got, RequiredActions) {
+		t.Fatalf("calls need %v, RequiredActions says %v", got, RequiredActions)
+	}
+}
+
+// recordOps reports each request's S3 operation, from method and query.
+func recordOps(rt http.RoundTripper, fn func(string)) http.RoundTripper {
+	return rtFunc(func(r *http.Request) (*http.Response, error) {
+		q := r.URL.Query()
+		path := strings.Trim(r.URL.Path, "/")
+		objectLevel := strings.Contains(path, "/")
+		switch {
+		case r.Method == http.MethodHead && !objectLevel:
+			fn("HeadBucket")
+		case r.Method == http.MethodHead:
+			fn("HeadObject")
+		case r.Method == http.MethodGet && q.Has("list-type"):
+			fn("ListObjectsV2")
+		case r.Method == http.MethodGet:
+			fn("GetObject")
+		case r.Method == http.MethodPost && q.Has("uploads"):
+			fn("CreateMultipartUpload")
+		case r.Method == http.MethodPut && q.Has("partNumber"):
+			fn("UploadPart")
+		case r.Method == http.MethodPost && q.Has("uploadId"):
+			fn("CompleteMultipartUpload")
+		case r.Method == http.MethodDelete && q.Has("uploadId"):
+			fn("AbortMultipartUpload")
+		case r.Method == http.MethodPut:
+			fn("PutObject")
+		case r.Method == http.MethodDelete:
+			fn("DeleteObject")
+		default:
+			fn(r.Method + " " + r.URL.RawQuery)
+		}
+		return rt.RoundTrip(r)
+	})
+}
+
+type rtFunc func(*http.Request) (*http.Response, error)
+
+func (f rtFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }

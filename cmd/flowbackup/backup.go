@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -51,6 +52,9 @@ last: an interrupted backup leaves nothing visible.
 func runBackup(ctx context.Context, o backupOptions, out io.Writer) error {
 	if o.RecoveryDir == "" {
 		return usagef("-r is required: the flow's recovery directory")
+	}
+	if st, err := os.Stat(o.RecoveryDir); err != nil || !st.IsDir() {
+		return usagef("recovery directory %s: no such file or directory", o.RecoveryDir)
 	}
 	bo := backup.Options{Workers: o.Workers, LockTTL: o.LockTTL}
 	if o.Partitions != "" {

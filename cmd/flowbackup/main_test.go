@@ -1,0 +1,213 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+var flowrunBin, backupBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "flowbackup-test")
+	if err != nil {
+		panic(err)
+	}
+	flowrunBin, backupBin = filepath.Join(dir, "flowrun"), filepath.Join(dir, "flowbackup")
+	for bin, pkg := range map[string]string{flowrunBin: "../flowrun", backupBin: "."} {
+		if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
+			panic(fmt.Sprintf("build %s: %v\n%s", pkg, err, out))
+		}
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func run(t *testing.T, bin string, args ...string) (string, int) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return out.String(), ee.ExitCode()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out.String(), 0
+}
+
+func must(t *testing.T, bin string, args ...string) string {
+	t.Helper()
+	out, code := run(t, bin, args...)
+	if code != 0 {
+		t.Fatalf("%s %v: exit %d\n%s", filepath.Base(bin), args, code, out)
+	}
+	return out
+}
+
+// flowDir runs wordcount once into a fresh recovery directory.
+func flowDir(t *testing.T, b string) string {
+	t.Helper()
+	dir := t.TempDir()
+	rec := filepath.Join(dir, "rec")
+	os.Mkdir(rec, 0o755)
+	must(t, flowrunBin, "recovery", "init", rec, "2")
+	in := filepath.Join(dir, "in.txt")
+	os.WriteFile(in, []byte("alpha beta gamma\nbeta gamma\n"), 0o644)
+	must(t, flowrunBin, "run", "wordcount", "-i", in, "-o", filepath.Join(dir, "out.csv"), "-r", rec, "-s", "1s", "-b", b)
+	return rec
+}
+
+func TestCLI_BadInputExitsThreeAndWritesNothing(t *testing.T) {
+	rec := flowDir(t, "5s")
+	bucket := t.TempDir()
+	to := "file://" + bucket
+	other := t.TempDir()
+	tests := []struct {
+		name string
+		args []string
+		msg  string
+	}{
+		{"bad URL", []string{"backup", "-r", rec, "--to", "::not a url"}, "bad storage URL"},
+		{"unknown scheme", []string{"backup", "-r", rec, "--to", "ftp://host/x"}, `unknown storage scheme "ftp"`},
+		{"relative file URL", []string{"backup", "-r", rec, "--to", "file://relative/path"}, "file URL has no host"},
+		{"missing bucket", []string{"backup", "-r", rec, "--to", "file://" + filepath.Join(bucket, "nope")}, "does not exist"},
+		{"empty recovery dir", []string{"backup", "-r", other, "--to", to}, "no recovery partitions"},
+		{"missing recovery dir", []string{"backup", "-r", filepath.Join(other, "x"), "--to", to}, "no such file"},
+		{"no -r", []string{"backup", "--to", to}, "-r is required"},
+		{"invalid cron", []string{"agent", "-r", rec, "--to", to, "--schedule", "every so often"}, "invalid schedule"},
+		{"bad flag", []string{"list", "--bogus"}, "unknown flag"},
+		{"keep-last 0", []string{"prune", "--from", to, "--keep-last", "0"}, "--keep-last must be at least 1"},
+		{"partition out of range", []string{"backup", "-r", rec, "--to", to, "--partitions", "7"}, "partitions [7] are not in"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, code := run(t, backupBin, tt.args...)
+			if code != 3 || !strings.Contains(out, tt.msg) {
+				t.Fatalf("exit %d, output:\n%s\nwant exit 3 and %q", code, out, tt.msg)
+			}
+		})
+	}
+	if ents, _ := os.ReadDir(bucket); len(ents) != 0 {
+		t.Fatalf("refused commands wrote %d entries into the bucket", len(ents))
+	}
+}
+
+func TestCLI_ForeignDirectoryRefused(t *testing.T) {
+	a, b := flowDir(t, "5s"), flowDir(t, "5s")
+	data, _ := os.ReadFile(filepath.Join(b, "part-0.sqlite3"))
+	os.WriteFile(filepath.Join(a, "stray.sqlite3"), data, 0o644)
+	out, code := run(t, backupBin, "backup", "-r", a, "--to", "file://"+t.TempDir())
+	if code != 3 || !strings.Contains(out, "another flow") {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+}
+
+func TestCLI_BackupListVerifyRestorePrune(t *testing.T) {
+	rec := flowDir(t, "5s")
+	to := "file://" + t.TempDir()
+	must(t, backupBin, "backup", "-r", rec, "--to", to)
+	must(t, backupBin, "backup", "-r", rec, "--to", to)
+	list := must(t, backupBin, "list", "--from", to)
+	if strings.Count(list, " base ") != 2 || strings.Count(list, " delta ") != 2 || !strings.Contains(list, "restorable to epoch 2") {
+		t.Fatalf("list:\n%s", list)
+	}
+	js := must(t, backupBin, "list", "--from", to, "--json")
+	if !strings.Contains(js, `"overlap_epoch": 2`) {
+		t.Fatalf("list --json:\n%s", js)
+	}
+	v := must(t, backupBin, "verify", "--from", to, "--json")
+	if !strings.Contains(v, `"status": "healthy"`) || !strings.Contains(v, `"restorable_epoch": 2`) {
+		t.Fatalf("verify --json:\n%s", v)
+	}
+	dry := must(t, backupBin, "restore", "--from", to, "--to", filepath.Join(t.TempDir(), "x"), "--dry-run")
+	if !strings.Contains(dry, "would restore partitions [0 1] of 2 at epoch 2") {
+		t.Fatalf("dry run:\n%s", dry)
+	}
+	pr := must(t, backupBin, "prune", "--from", to, "--keep-last", "1", "--grace", "0s")
+	if !strings.Contains(pr, "deleted 2 backups") {
+		t.Fatalf("prune:\n%s", pr)
+	}
+	// The kept delta still restores: its base's chunks were kept.
+	must(t, backupBin, "verify", "--from", to, "--deep")
+	dst := filepath.Join(t.TempDir(), "restored")
+	must(t, backupBin, "restore", "--from", to, "--to", dst)
+	out, code := run(t, backupBin, "restore", "--from", to, "--to", dst)
+	if code == 0 || !strings.Contains(out, "--force") {
+		t.Fatalf("second restore into the same dir: exit %d\n%s", code, out)
+	}
+}
+
+func TestAgent_MetricsWarningAndConfigFile(t *testing.T) {
+	rec := flowDir(t, "1s") // -b 1s: a 1-minute schedule is too sparse
+	to := "file://" + t.TempDir()
+	cfg := filepath.Join(t.TempDir(), "agent.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("recovery_dir: %s\nto: %s\nschedule: \"@every 1m\"\nmetrics_addr: 127.0.0.1:0\n", rec, to)), 0o644)
+	cmd := exec.Command(backupBin, "agent", "--config", cfg)
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	lines := make(chan string, 100)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	var addr string
+	warned, backedUp := false, 0
+	deadline := time.After(20 * time.Second)
+	for addr == "" || !warned || backedUp < 2 {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatal("agent exited")
+			}
+			if m := regexp.MustCompile(`serving metrics"? addr=(\S+)`).FindStringSubmatch(l); m != nil {
+				addr = m[1]
+			}
+			warned = warned || strings.Contains(l, "WARNING") && strings.Contains(l, "may not overlap")
+			if strings.Contains(l, "backed up") {
+				backedUp++
+			}
+		case <-deadline:
+			t.Fatalf("agent: addr %q, warned %v, %d backups", addr, warned, backedUp)
+		}
+	}
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`flowkeep_backup_last_success_timestamp_seconds{partition="0"}`,
+		`flowkeep_backup_last_success_timestamp_seconds{partition="1"}`,
+		`flowkeep_backup_uploaded_bytes_total{partition="0"}`,
+		`flowkeep_backup_uploaded_objects_total{partition="1"}`,
+		`flowkeep_backup_duration_seconds_count{partition="0"} 1`,
+		`flowkeep_backup_schedule_exceeds_backup_interval 1`,
+		`flowkeep_backup_restorable_epoch{partition="0"} 2`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+}

@@ -1,0 +1,53 @@
+variable "region" {
+  description = "AWS region."
+  type        = string
+}
+
+variable "bucket_name" {
+  description = "Name of the backup bucket to create."
+  type        = string
+}
+
+variable "kms_key_arn" {
+  description = "Customer KMS key for the bucket (null: SSE-S3)."
+  type        = string
+  default     = null
+}
+
+variable "ami_id" {
+  description = "AMI with cloud-init and systemd."
+  type        = string
+}
+
+variable "vpc_id" {
+  description = "VPC of the machine."
+  type        = string
+}
+
+variable "subnet_id" {
+  description = "Subnet of the machine."
+  type        = string
+}
+
+variable "flow" {
+  description = "Flow to run."
+  type        = string
+  default     = "wordcount"
+}
+
+variable "flow_args" {
+  description = "The flow's flags."
+  type        = string
+  default     = "-i /var/lib/flowkeep-input -o /var/lib/flowkeep-output/counts.csv"
+}
+
+variable "release_url" {
+  description = "Base URL serving the flowrun and flowbackup binaries."
+  type        = string
+}
+
+variable "init_partitions" {
+  description = "Partitions to create on first boot; set 0 when replacing a lost machine (then restore)."
+  type        = number
+  default     = 4
+}

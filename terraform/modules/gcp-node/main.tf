@@ -1,0 +1,65 @@
+# A machine that runs flowrun and flowbackup agent as systemd services
+# (cloud-init), with the recovery directory on its own persistent disk and
+# the agent identity's service account.
+
+locals {
+  flowrun_args = join(" ", compact([
+    var.flow, var.flow_args,
+    "-w ${var.workers}", "-s ${var.snapshot_interval}", "-b ${var.backup_interval}",
+    var.addresses == "" ? "" : "--process-id ${var.process_id} --addresses ${var.addresses}",
+  ]))
+}
+
+resource "google_compute_disk" "recovery" {
+  project = var.project
+  zone    = var.zone
+  name    = "${var.name}-recovery"
+  type    = "pd-ssd"
+  size    = var.data_disk_gb
+  labels  = var.labels
+}
+
+resource "google_compute_instance" "node" {
+  project      = var.project
+  zone         = var.zone
+  name         = var.name
+  machine_type = var.machine_type
+  labels       = var.labels
+  tags         = ["flowkeep"]
+
+  boot_disk {
+    initialize_params {
+      image = var.image
+    }
+  }
+
+  attached_disk {
+    source      = google_compute_disk.recovery.id
+    device_name = "flowkeep-data"
+  }
+
+  network_interface {
+    subnetwork = var.subnetwork
+  }
+
+  shielded_instance_config {
+    enable_secure_boot = true
+  }
+
+  service_account {
+    email  = var.service_account_email
+    scopes = ["cloud-platform"]
+  }
+
+  metadata = {
+    block-project-ssh-keys = "true"
+    user-data = templatefile("${path.module}/../cloud-init/flowkeep.yaml.tftpl", {
+      data_device     = "/dev/disk/by-id/google-flowkeep-data"
+      flowrun_args    = local.flowrun_args
+      backup_url      = var.backup_url
+      backup_schedule = var.backup_schedule
+      release_url     = var.release_url
+      init_partitions = var.init_partitions
+    })
+  }
+}

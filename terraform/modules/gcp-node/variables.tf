@@ -1,0 +1,110 @@
+variable "project" {
+  description = "Google Cloud project."
+  type        = string
+}
+
+variable "zone" {
+  description = "Zone of the machine and its disk."
+  type        = string
+}
+
+variable "name" {
+  description = "Machine name."
+  type        = string
+}
+
+variable "machine_type" {
+  description = "Compute Engine machine type."
+  type        = string
+  default     = "c3-standard-4"
+}
+
+variable "image" {
+  description = "Boot image with cloud-init (e.g. ubuntu-os-cloud/ubuntu-2404-lts-amd64)."
+  type        = string
+}
+
+variable "subnetwork" {
+  description = "Subnetwork of the machine."
+  type        = string
+}
+
+variable "service_account_email" {
+  description = "Service account from gcs-agent-identity (the agent's only credentials)."
+  type        = string
+}
+
+variable "data_disk_gb" {
+  description = "Size of the persistent disk holding the recovery directory."
+  type        = number
+  default     = 50
+}
+
+variable "flow" {
+  description = "Flow flowrun runs."
+  type        = string
+}
+
+variable "flow_args" {
+  description = "The flow's own flags, e.g. \"-i /data/in -o /data/out.csv\"."
+  type        = string
+  default     = ""
+}
+
+variable "workers" {
+  description = "flowrun -w: workers on this machine."
+  type        = number
+  default     = 2
+}
+
+variable "snapshot_interval" {
+  description = "flowrun -s."
+  type        = string
+  default     = "10s"
+}
+
+variable "backup_interval" {
+  description = "flowrun -b; keep it at least the backup schedule's period."
+  type        = string
+  default     = "10m"
+}
+
+variable "backup_url" {
+  description = "flowbackup destination, e.g. gs://bucket/flows/wordcount."
+  type        = string
+}
+
+variable "backup_schedule" {
+  description = "flowbackup agent schedule; its period must not exceed backup_interval."
+  type        = string
+  default     = "*/5 * * * *"
+}
+
+variable "release_url" {
+  description = "Base URL serving the flowrun and flowbackup binaries."
+  type        = string
+}
+
+variable "init_partitions" {
+  description = "Create this many recovery partitions on a fresh disk (0: do not; restore instead)."
+  type        = number
+  default     = 0
+}
+
+variable "process_id" {
+  description = "This machine's index in a cluster (flowrun --process-id)."
+  type        = number
+  default     = 0
+}
+
+variable "addresses" {
+  description = "Cluster addresses host:port,… in process order (empty: a single machine)."
+  type        = string
+  default     = ""
+}
+
+variable "labels" {
+  description = "Labels for every resource."
+  type        = map(string)
+  default     = {}
+}
