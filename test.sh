@@ -21,6 +21,8 @@ install() { # name module@version: go install into its own versioned directory
 pids=()
 install versitygw github.com/versity/versitygw/cmd/versitygw@v1.8.0 & pids+=($!)
 install fake-gcs-server github.com/fsouza/fake-gcs-server@v1.56.1 & pids+=($!)
+install terraform github.com/hashicorp/terraform@v1.5.7 & pids+=($!)
+install tflint github.com/terraform-linters/tflint@v0.61.0 & pids+=($!)
 for p in "${pids[@]}"; do wait "$p"; done
 export PATH="$tools/bin:$PATH"
 export FLOWKEEP_REQUIRE_SERVERS=1
@@ -29,6 +31,12 @@ echo "test.sh: gofmt, go vet" >&2
 bad=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$bad" ]; then echo "gofmt would change: $bad" >&2; exit 1; fi
 go vet ./...
+
+echo "test.sh: terraform fmt, tflint" >&2
+# A TF_CLI_CONFIG_FILE naming a missing file makes terraform complain; ignore it.
+if [ -n "${TF_CLI_CONFIG_FILE:-}" ] && [ ! -f "$TF_CLI_CONFIG_FILE" ]; then unset TF_CLI_CONFIG_FILE; fi
+terraform fmt -check -recursive terraform
+tflint --chdir=terraform --recursive --minimum-failure-severity=warning
 
 echo "test.sh: go test" >&2
 go test -count=1 -timeout 30m ./...
