@@ -8,11 +8,16 @@ import (
 
 // batchSize is how many items an exchange sender buffers per destination
 // before handing the batch over.
-const batchSize = 1024
+const batchSize = 4096
+
+// remoteBatchSize is the batch size towards other processes: every batch
+// that crosses a process boundary costs a frame and wakeups on both sides,
+// so they are bigger.
+const remoteBatchSize = 16384
 
 // inboxDepth bounds the batches queued for one receiving segment; a full
 // inbox blocks its senders (backpressure, never unbounded buffers).
-const inboxDepth = 64
+const inboxDepth = 16
 
 type msgKind uint8
 
@@ -23,10 +28,11 @@ const (
 )
 
 type msg struct {
-	kind  msgKind
-	from  int32
-	epoch Epoch
-	batch any
+	kind   msgKind
+	from   int32
+	origin int32 // 0: this process; p+1: arrived from process p (owed a credit)
+	epoch  Epoch
+	batch  any
 }
 
 // exchangedImpl is a step that receives its input through a keyed exchange.
@@ -36,6 +42,8 @@ type exchangedImpl interface {
 	sender(x *execution, target *node, from int) op
 	// root builds target's instance on seg.worker, feeding out.
 	root(seg *segment, out op) rootOp
+	// wire encodes the exchange's items for other processes.
+	wire() wireCodec
 }
 
 // rootOp is an exchanged step's per-worker instance.
@@ -54,9 +62,11 @@ type restoreLock struct{ mu sync.Mutex }
 
 type exchangeSender[T any] struct {
 	ctx   context.Context
+	x     *execution
+	node  *node
 	from  int32
 	step  StepID
-	dests []chan msg
+	dests []chan msg // nil for workers of other processes
 	route func(T) int
 	bufs  [][]T
 	pool  *sync.Pool // batches the receivers gave back
@@ -65,6 +75,8 @@ type exchangeSender[T any] struct {
 func newExchangeSender[T any](x *execution, target *node, from int, route func(T) int) op {
 	return &exchangeSender[T]{
 		ctx:   x.ctx,
+		x:     x,
+		node:  target,
 		from:  int32(from),
 		step:  target.id,
 		dests: x.inboxes[target],
@@ -88,7 +100,7 @@ func (e *exchangeSender[T]) push(b any) error {
 			}
 		}
 		e.bufs[d] = append(e.bufs[d], it)
-		if len(e.bufs[d]) == batchSize {
+		if n := len(e.bufs[d]); n == batchSize && e.dests[d] != nil || n == remoteBatchSize {
 			if err := e.flushOne(d); err != nil {
 				return err
 			}
@@ -100,7 +112,12 @@ func (e *exchangeSender[T]) push(b any) error {
 func (e *exchangeSender[T]) flushOne(d int) error {
 	b := e.bufs[d]
 	e.bufs[d] = nil
-	return send(e.ctx, e.dests[d], msg{kind: msgData, from: e.from, batch: b})
+	if ch := e.dests[d]; ch != nil {
+		return send(e.ctx, ch, msg{kind: msgData, from: e.from, batch: b})
+	}
+	err := e.x.sendRemote(e.node, d, msg{kind: msgData, from: e.from}, b)
+	e.pool.Put(any(b)) // encoded: the batch is free again
+	return err
 }
 
 func (e *exchangeSender[T]) flush() error {
@@ -118,8 +135,15 @@ func (e *exchangeSender[T]) broadcast(kind msgKind, ep Epoch) error {
 	if err := e.flush(); err != nil {
 		return err
 	}
-	for _, ch := range e.dests {
-		if err := send(e.ctx, ch, msg{kind: kind, from: e.from, epoch: ep}); err != nil {
+	for d, ch := range e.dests {
+		m := msg{kind: kind, from: e.from, epoch: ep}
+		var err error
+		if ch != nil {
+			err = send(e.ctx, ch, m)
+		} else {
+			err = e.x.sendRemote(e.node, d, m, nil)
+		}
+		if err != nil {
 			return err
 		}
 	}

@@ -14,8 +14,13 @@ import (
 
 // Config says how to run a flow.
 type Config struct {
-	// Workers is the number of workers (W). Keys route to KeyHash(k) mod W.
+	// Workers is the number of workers of this process; a cluster of P
+	// processes has P*Workers workers in all, and keys route to
+	// KeyHash(k) mod (P*Workers).
 	Workers int
+	// Cluster, if set with more than one address, makes this run one
+	// process of a cluster.
+	Cluster *ClusterConfig
 	// EpochInterval is how often inputs close an epoch (the snapshot
 	// interval). Zero means 10s.
 	EpochInterval time.Duration
@@ -47,7 +52,11 @@ func Run(ctx context.Context, f *Flow, cfg Config) (*Result, error) {
 	if cfg.EpochInterval <= 0 {
 		cfg.EpochInterval = 10 * time.Second
 	}
-	x := &execution{flow: f, cfg: cfg, workers: cfg.Workers, rec: cfg.Recovery}
+	x := &execution{flow: f, cfg: cfg, workers: cfg.Workers, local: cfg.Workers, procs: 1, rec: cfg.Recovery}
+	if c := cfg.Cluster; c != nil && len(c.Addresses) > 1 {
+		x.procs, x.proc = len(c.Addresses), c.ProcessID
+		x.workers = cfg.Workers * x.procs
+	}
 	return x.run(ctx)
 }
 
@@ -55,7 +64,12 @@ func Run(ctx context.Context, f *Flow, cfg Config) (*Result, error) {
 type execution struct {
 	flow    *Flow
 	cfg     Config
-	workers int
+	workers int // in the whole cluster
+	local   int // on this process: global workers proc*local .. proc*local+local-1
+	proc    int
+	procs   int
+	mesh    *mesh
+	cl      clusterState
 	rec     Recovery
 	start   Epoch
 	info    RunInfo // complete after load
@@ -105,9 +119,15 @@ func (s *segment) report(frontier Epoch) error {
 	return s.x.ledgers[s.worker].report(s.x.ctx, s.comp, frontier, ch)
 }
 
-func (x *execution) run(parent context.Context) (*Result, error) {
+func (x *execution) run(parent context.Context) (res *Result, err error) {
 	x.ctx, x.cancel = context.WithCancelCause(parent)
 	defer x.cancel(nil)
+	if x.procs > 1 {
+		if err := x.joinCluster(); err != nil {
+			return nil, err
+		}
+		defer func() { x.mesh.close(err) }()
+	}
 	info := RunInfo{StartEpoch: 1, Workers: x.workers}
 	if x.rec != nil {
 		var err error
@@ -119,6 +139,10 @@ func (x *execution) run(parent context.Context) (*Result, error) {
 	x.start = info.StartEpoch
 	x.info = info
 	final, err := x.execute()
+	if err == nil && x.mesh != nil {
+		// Every process finished and sent its last commits before this.
+		err = x.mesh.Barrier(x.ctx, "done")
+	}
 	if x.rec != nil {
 		if cerr := x.rec.Close(); err == nil && cerr != nil {
 			err = fmt.Errorf("recovery: %w", cerr)
@@ -127,7 +151,7 @@ func (x *execution) run(parent context.Context) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	res := &Result{StartEpoch: x.start, FinalEpoch: final, Counters: map[string]int64{}, IgnoredRows: x.ignored.Load()}
+	res = &Result{StartEpoch: x.start, FinalEpoch: final, Counters: map[string]int64{}, IgnoredRows: x.ignored.Load()}
 	for name, c := range x.flow.counters {
 		res.Counters[name] = c.Load()
 	}
@@ -151,6 +175,10 @@ func (x *execution) execute() (Epoch, error) {
 			break
 		}
 		opened++
+	}
+	if err == nil && x.mesh != nil {
+		// No data may flow before every process is ready to receive it.
+		err = x.mesh.Barrier(x.ctx, "ready")
 	}
 	if err == nil {
 		err = x.runSegments()
@@ -176,11 +204,12 @@ type exchangedSeg struct {
 	seg      *segment
 	root     rootOp
 	inbox    chan msg
+	rinbox   chan msg // from other processes (nil without a cluster)
 	nsenders int
 }
 
-// plan lists partitions, sizes every exchange, and builds every segment with
-// its chain of ops.
+// plan lists partitions, sizes every exchange, and builds this process's
+// segments with their chains of ops.
 func (x *execution) plan() error {
 	x.inboxes = map[*node][]chan msg{}
 	x.pools = map[*node]*sync.Pool{}
@@ -198,11 +227,20 @@ func (x *execution) plan() error {
 		total += len(ps)
 	}
 	x.clock = newClock(x.start, total)
+	if x.mesh != nil {
+		if err := x.checkSamePartitions(parts); err != nil {
+			return err
+		}
+		x.setupClusterClock()
+		x.setupClusterExchanges()
+	}
 	for _, n := range x.flow.nodes {
 		if n.kind == kindExchanged {
 			chs := make([]chan msg, x.workers)
 			for w := range chs {
-				chs[w] = make(chan msg, inboxDepth)
+				if x.isLocal(w) {
+					chs[w] = make(chan msg, inboxDepth)
+				}
 			}
 			x.inboxes[n] = chs
 			x.pools[n] = &sync.Pool{}
@@ -224,21 +262,34 @@ func (x *execution) plan() error {
 		}
 		rs := make([]rootOp, x.workers)
 		for w := 0; w < x.workers; w++ {
+			if !x.isLocal(w) {
+				continue
+			}
 			seg := newSeg(n, WorkerIndex(w), w)
 			rs[w] = n.exchanged.root(seg, x.downstream(seg, n))
-			x.exSegs = append(x.exSegs, &exchangedSeg{seg: seg, root: rs[w], inbox: x.inboxes[n][w], nsenders: ns})
+			es := &exchangedSeg{seg: seg, root: rs[w], inbox: x.inboxes[n][w], nsenders: ns}
+			if x.mesh != nil {
+				es.rinbox = x.cl.rinbox[n][w]
+			}
+			x.exSegs = append(x.exSegs, es)
 		}
 		x.roots[n] = rs
 	}
 	for _, in := range x.flow.inputs {
 		for i, p := range parts[in] {
-			seg := newSeg(in, WorkerFor(p, x.workers), i)
+			w := WorkerFor(p, x.workers)
+			if !x.isLocal(int(w)) {
+				continue
+			}
+			seg := newSeg(in, w, i)
 			x.srcSegs = append(x.srcSegs, &sourceSeg{seg: seg, in: in, part: p, chain: x.downstream(seg, in)})
 		}
 	}
 	x.ledgers = make([]*ledger, x.workers)
 	for w := range x.ledgers {
-		x.ledgers[w] = newLedger(WorkerIndex(w), comps[w], x.start, x.rec)
+		if x.isLocal(w) {
+			x.ledgers[w] = newLedger(WorkerIndex(w), comps[w], x.start, x.rec)
+		}
 	}
 	return nil
 }
@@ -265,31 +316,75 @@ func (x *execution) downstream(seg *segment, n *node) op {
 
 // load routes every snapshot row below the start epoch to the instance that
 // owns it: source positions to the input, state and sink positions to the
-// exchanged step's instance on worker KeyHash(key) mod W.
+// exchanged step's instance on worker KeyHash(key) mod W, on whichever
+// process hosts that worker.
 func (x *execution) load() error {
-	return x.rec.Load(x.ctx, x.start, func(step StepID, key StateKey, value []byte) error {
-		n := x.flow.ids[step]
-		switch {
-		case step == runtimeStep && key == "end":
-			e, err := strconv.ParseUint(string(value), 10, 64)
-			if err != nil {
-				return fmt.Errorf("runtime row %s/%s: %q", step, key, value)
+	if x.mesh != nil {
+		x.cl.loadBuf = map[int][]byte{}
+	}
+	err := x.rec.Load(x.ctx, x.start, func(step StepID, key StateKey, value []byte) error {
+		return x.applyLoaded(step, key, value, true)
+	})
+	if err != nil {
+		return err
+	}
+	if x.mesh != nil {
+		if err := x.flushLoaded(); err != nil {
+			return err
+		}
+		// After this every row every process scanned has arrived here.
+		return x.mesh.Barrier(x.ctx, "loaded")
+	}
+	return nil
+}
+
+// applyLoaded restores one row here, or (mine: scanned by this process)
+// forwards it to the process that owns it.
+func (x *execution) applyLoaded(step StepID, key StateKey, value []byte, mine bool) error {
+	n := x.flow.ids[step]
+	owner := -1
+	switch {
+	case step == runtimeStep && key == "end":
+		e, err := parseEnd(value)
+		if err != nil {
+			return err
+		}
+		x.resumeMu.Lock()
+		x.info.PreviousEnd = e
+		x.resumeMu.Unlock()
+		if mine && x.mesh != nil {
+			for p := 0; p < x.procs; p++ {
+				if p != x.proc {
+					x.routeLoaded(p, step, key, value)
+				}
 			}
-			x.info.PreviousEnd = Epoch(e)
-		case n != nil && n.kind == kindInput:
-			x.resumeMu.Lock()
-			x.resume[n][string(key)] = value
-			x.resumeMu.Unlock()
-		case n != nil && n.kind == kindExchanged:
-			w := WorkerFor(string(key), x.workers)
-			if err := x.roots[n][w].restore(string(key), value); err != nil {
-				return fmt.Errorf("restore %s key %q: %w", step, key, err)
-			}
-		default:
-			x.ignored.Add(1)
 		}
 		return nil
-	})
+	case n != nil && n.kind == kindInput:
+		owner = int(WorkerFor(string(key), x.workers))
+	case n != nil && n.kind == kindExchanged:
+		owner = int(WorkerFor(string(key), x.workers))
+	default:
+		x.ignored.Add(1)
+		return nil
+	}
+	if !x.isLocal(owner) {
+		if !mine {
+			return fmt.Errorf("row %s/%s for worker %d, which is not here", step, key, owner)
+		}
+		x.routeLoaded(x.ownerOf(owner), step, key, value)
+		return nil
+	}
+	if n.kind == kindInput {
+		x.resumeMu.Lock()
+		x.resume[n][string(key)] = value
+		x.resumeMu.Unlock()
+		return nil
+	}
+	if err := x.roots[n][owner].restore(string(key), value); err != nil {
+		return fmt.Errorf("restore %s key %q: %w", step, key, err)
+	}
+	return nil
 }
 
 // runSegments starts one goroutine per segment and a ticker closing epochs,
@@ -406,20 +501,31 @@ func (x *execution) runExchanged(es *exchangedSeg) error {
 	}
 	r := newReceiver(es.root, x.start, es.nsenders, seg.report)
 	r.pool = x.pools[seg.node]
+	var credits *creditReturn
+	if x.mesh != nil {
+		credits = &creditReturn{x: x, node: x.cl.nodeIdx[seg.node], dst: uint32(seg.worker), owed: map[int]uint32{}}
+	}
 	for {
+		var m msg
 		select {
-		case m := <-es.inbox:
-			if err := r.handle(m); err != nil {
-				return err
-			}
-			if r.done() {
-				if err := es.root.finish(r.cur); err != nil {
-					return err
-				}
-				return seg.reportEnd(r.cur)
-			}
+		case m = <-es.inbox:
+		case m = <-es.rinbox:
 		case <-x.ctx.Done():
 			return context.Cause(x.ctx)
+		}
+		if err := r.handle(m); err != nil {
+			return err
+		}
+		if credits != nil {
+			if err := credits.add(m.origin); err != nil {
+				return err
+			}
+		}
+		if r.done() {
+			if err := es.root.finish(r.cur); err != nil {
+				return err
+			}
+			return seg.reportEnd(r.cur)
 		}
 	}
 }
@@ -454,7 +560,8 @@ func (x *execution) followClock(es *exchangedSeg) error {
 }
 
 // clock closes epochs every interval until every source partition ended;
-// the epoch current at that moment is final.
+// the epoch current at that moment is final. In a cluster, process 0's clock
+// leads (hook broadcasts its changes) and the others follow (set).
 type clock struct {
 	mu      sync.Mutex
 	epoch   Epoch
@@ -463,6 +570,10 @@ type clock struct {
 	changed chan struct{}
 	stopped chan struct{}
 	stopOne sync.Once
+
+	hook     func(e Epoch, final bool) // leader: called after each change
+	follower bool                      // does not tick; set by the leader's messages
+	forward  func()                    // follower: report a partition's end to the leader
 }
 
 func newClock(start Epoch, partitions int) *clock {
@@ -487,13 +598,35 @@ func (c *clock) broadcastLocked() {
 }
 
 func (c *clock) partitionDone() {
+	if c.forward != nil {
+		c.forward()
+		return
+	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	c.pending--
-	if c.pending == 0 && !c.final {
+	became := c.pending == 0 && !c.final
+	if became {
 		c.final = true
 		c.broadcastLocked()
 	}
+	e := c.epoch
+	c.mu.Unlock()
+	if became && c.hook != nil {
+		c.hook(e, true)
+	}
+}
+
+// set applies the leader's epoch (and finality).
+func (c *clock) set(e Epoch, final bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e > c.epoch {
+		c.epoch = e
+	}
+	if final {
+		c.final = true
+	}
+	c.broadcastLocked()
 }
 
 func (c *clock) finalEpoch() Epoch {
@@ -503,17 +636,25 @@ func (c *clock) finalEpoch() Epoch {
 }
 
 func (c *clock) tick(ctx context.Context, every time.Duration) {
+	if c.follower {
+		return
+	}
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
 		case <-t.C:
 			c.mu.Lock()
-			if !c.final {
+			ticked := !c.final
+			if ticked {
 				c.epoch++
 				c.broadcastLocked()
 			}
+			e := c.epoch
 			c.mu.Unlock()
+			if ticked && c.hook != nil {
+				c.hook(e, false)
+			}
 		case <-c.stopped:
 			return
 		case <-ctx.Done():

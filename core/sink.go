@@ -59,6 +59,8 @@ func (s *sinkImpl[T]) sender(x *execution, target *node, from int) op {
 	return newExchangeSender[T](x, target, from, route)
 }
 
+func (s *sinkImpl[T]) wire() wireCodec { return wireFor[T]() }
+
 func (s *sinkImpl[T]) root(seg *segment, out op) rootOp {
 	return &sinkOp[T]{seg: seg, step: seg.node.id, sink: s.sink, resume: map[string][]byte{}}
 }

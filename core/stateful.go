@@ -94,6 +94,8 @@ func (s *statefulImpl[V, S, O]) sender(x *execution, target *node, from int) op 
 	return newExchangeSender[KV[V]](x, target, from, func(kv KV[V]) int { return int(KeyHash(kv.Key) % w) })
 }
 
+func (s *statefulImpl[V, S, O]) wire() wireCodec { return wireFor[KV[V]]() }
+
 func (s *statefulImpl[V, S, O]) root(seg *segment, out op) rootOp {
 	o := &statefulOp[V, S, O]{seg: seg, step: seg.node.id, logic: s.logic, out: out, states: map[string]*entry[S]{}}
 	o.emitFn = func(v O) { o.obuf = append(o.obuf, KV[O]{Key: o.curKey, Value: v}) }

@@ -5,12 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
+	"github.com/flowkeep/flowkeep/cluster"
 	"github.com/flowkeep/flowkeep/core"
 	"github.com/flowkeep/flowkeep/recovery"
 )
@@ -23,6 +26,8 @@ type runOptions struct {
 	snapshotSet  bool
 	backupSet    bool
 	RecoveryDirs []string
+	ProcessID    int
+	Addresses    []string
 	FlowOptions
 }
 
@@ -49,6 +54,12 @@ The backup interval (-b) is how far apart backups of different partitions may
 be taken and still restore together: old snapshots are kept that long. Use -b 0
 if you do not back up the partitions.
 
+To run one flow as a cluster of P processes, start each with the same flags
+and --addresses host0:port,…,host(P-1):port, plus its own --process-id; every
+process keeps its recovery partitions in its own -r directory (the cluster
+must reach every partition). Every flag can also be set as FLOWRUN_<FLAG>,
+e.g. FLOWRUN_PROCESS_ID=2, FLOWRUN_ADDRESSES=…, FLOWRUN_RECOVERY_DIR=….
+
 Flows: ` + flowNames(specs) + `
 
 ` + exitCodesHelp,
@@ -62,6 +73,9 @@ Flows: ` + flowNames(specs) + `
 				o.Flow = specs[0].Name
 			default:
 				return usagef("name the flow to run: one of %s", flowNames(specs))
+			}
+			if err := flagsFromEnv(cmd.Flags()); err != nil {
+				return err
 			}
 			o.snapshotSet = cmd.Flags().Changed("snapshot-interval")
 			o.backupSet = cmd.Flags().Changed("backup-interval")
@@ -78,7 +92,28 @@ Flows: ` + flowNames(specs) + `
 	f.BoolVar(&o.Overwrite, "overwrite", false, "let a fresh run replace an existing non-empty output file")
 	f.DurationVar(&o.Window, "window", time.Minute, "logstats: tumbling window size (e.g. --window 5m)")
 	f.DurationVar(&o.Lateness, "lateness", 0, "logstats: how late a line may be and still count in its window (e.g. --lateness 30s)")
+	f.IntVar(&o.ProcessID, "process-id", 0, "this process's index into --addresses when the flow runs as several processes (e.g. --process-id 1)")
+	f.StringSliceVar(&o.Addresses, "addresses", nil, "host:port of every process of the cluster, in process order; each listens on its own (e.g. --addresses 10.0.0.1:7400,10.0.0.2:7400)")
 	return cmd
+}
+
+// flagsFromEnv sets every flag not given on the command line from
+// FLOWRUN_<NAME> (dashes as underscores), e.g. FLOWRUN_PROCESS_ID=1: handy in
+// containers.
+func flagsFromEnv(fs *pflag.FlagSet) error {
+	var err error
+	fs.VisitAll(func(f *pflag.Flag) {
+		if err != nil || f.Changed {
+			return
+		}
+		name := "FLOWRUN_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(name); ok {
+			if serr := fs.Set(f.Name, v); serr != nil {
+				err = usagef("%s=%q: %v", name, v, serr)
+			}
+		}
+	})
+	return err
 }
 
 func (o runOptions) validate() error {
@@ -101,6 +136,9 @@ func (o runOptions) validate() error {
 		}
 		return usagef("-r needs %s", strings.Join(missing, " and "))
 	}
+	if len(o.Addresses) > 0 && (o.ProcessID < 0 || o.ProcessID >= len(o.Addresses)) {
+		return usagef("--process-id %d is not an index into the %d --addresses", o.ProcessID, len(o.Addresses))
+	}
 	return nil
 }
 
@@ -122,11 +160,15 @@ func runRun(ctx context.Context, o runOptions, specs []FlowSpec, stderr io.Write
 		return usageError{err}
 	}
 	cfg := core.Config{Workers: o.Workers, EpochInterval: o.Snapshot}
-	if len(o.RecoveryDirs) > 0 {
-		st, err := recovery.OpenDirs(ctx, o.RecoveryDirs, recovery.Options{
-			FlowName:  flow.Name(),
-			Intervals: recovery.Intervals{Snapshot: o.Snapshot, Backup: o.Backup},
-		})
+	ropts := recovery.Options{FlowName: flow.Name(), Intervals: recovery.Intervals{Snapshot: o.Snapshot, Backup: o.Backup}}
+	switch {
+	case len(o.Addresses) > 1:
+		cfg.Cluster = &core.ClusterConfig{ProcessID: o.ProcessID, Addresses: o.Addresses}
+		if len(o.RecoveryDirs) > 0 {
+			cfg.Recovery = cluster.New(o.RecoveryDirs, ropts)
+		}
+	case len(o.RecoveryDirs) > 0:
+		st, err := recovery.OpenDirs(ctx, o.RecoveryDirs, ropts)
 		if err != nil {
 			return err
 		}
@@ -140,7 +182,11 @@ func runRun(ctx context.Context, o runOptions, specs []FlowSpec, stderr io.Write
 		}
 		return err
 	}
-	fmt.Fprintf(stderr, "flowrun: %s finished in %v: epochs %d..%d on %d workers", flow.Name(), time.Since(began).Round(time.Millisecond), res.StartEpoch, res.FinalEpoch, o.Workers)
+	where := fmt.Sprintf("%d workers", o.Workers)
+	if cfg.Cluster != nil {
+		where = fmt.Sprintf("%d workers of process %d of %d", o.Workers, o.ProcessID, len(o.Addresses))
+	}
+	fmt.Fprintf(stderr, "flowrun: %s finished in %v: epochs %d..%d on %s", flow.Name(), time.Since(began).Round(time.Millisecond), res.StartEpoch, res.FinalEpoch, where)
 	names := make([]string, 0, len(res.Counters))
 	for n := range res.Counters {
 		names = append(names, n)

@@ -148,3 +148,30 @@ func LayDelta(ctx context.Context, db *sql.DB, deltaPath string, watermark Epoch
 	}
 	return tx.Commit()
 }
+
+// FindDirs is Find over several directories; a partition found in two of
+// them is an error.
+func FindDirs(ctx context.Context, dirs []string, readOnly bool) ([]*Partition, error) {
+	var ps []*Partition
+	for _, d := range dirs {
+		more, err := Find(ctx, d, readOnly)
+		if err != nil {
+			closeAll(ps)
+			return nil, err
+		}
+		ps = append(ps, more...)
+	}
+	seen := map[PartitionIndex]string{}
+	for _, p := range ps {
+		if p.FlowUID != ps[0].FlowUID {
+			closeAll(ps)
+			return nil, fmt.Errorf("%w: %s belongs to flow %s but %s to flow %s", ErrForeignFlow, ps[0].Path, ps[0].FlowUID, p.Path, p.FlowUID)
+		}
+		if other, dup := seen[p.Index]; dup {
+			closeAll(ps)
+			return nil, fmt.Errorf("%w: partition %d is both %s and %s; remove one", ErrMixedPartitions, p.Index, other, p.Path)
+		}
+		seen[p.Index] = p.Path
+	}
+	return ps, nil
+}

@@ -19,13 +19,22 @@ type Options struct {
 	Intervals Intervals
 	// Now returns wall time (tests may fix it); nil means time.Now.
 	Now func() time.Time
+	// Global, if set, returns the frontier durable in every partition of
+	// the flow, including partitions other processes own; GC never passes
+	// it. Without it the store's own partitions are all there are.
+	Global func() Epoch
+	// OnCommitted, if set, is told when a partition's committed frontier
+	// (its minimum over the execution's workers) rises.
+	OnCommitted func(PartitionIndex, Epoch)
 }
 
 // Store writes one flow's snapshots into its partitions. Create it with
 // Open, call Begin once, Load, then Commit as epochs close, then Close.
 type Store struct {
 	opts  Options
-	parts []*Partition
+	parts []*Partition // the partitions this store writes (all, or a process's share)
+	count PartitionCount
+	byIdx map[PartitionIndex]int // partition index -> position in parts
 
 	ex      ExecutionNumber
 	start   Epoch
@@ -53,7 +62,33 @@ func OpenDirs(ctx context.Context, dirs []string, opts Options) (*Store, error) 
 	if err != nil {
 		return nil, err
 	}
-	return &Store{opts: opts, parts: ps}, nil
+	return NewStore(ps, ps[0].Count, opts), nil
+}
+
+// NewStore writes the given open partitions, some or all of a flow of
+// count partitions (a cluster process owns a share).
+func NewStore(ps []*Partition, count PartitionCount, opts Options) *Store {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	s := &Store{opts: opts, parts: ps, count: count, byIdx: map[PartitionIndex]int{}}
+	for i, p := range ps {
+		s.byIdx[p.Index] = i
+	}
+	return s
+}
+
+// Views reads what each of the store's partitions says about the flow.
+func (s *Store) Views(ctx context.Context) ([]*View, error) {
+	views := make([]*View, len(s.parts))
+	for i, p := range s.parts {
+		v, err := ReadView(ctx, p.DB)
+		if err != nil {
+			return nil, fmt.Errorf("partition %d: %w", p.Index, err)
+		}
+		views[i] = v
+	}
+	return views, nil
 }
 
 // Partitions returns the open partitions, by index.
@@ -66,22 +101,28 @@ func (s *Store) Begin(ctx context.Context, workers int) (ResumePoint, error) {
 	if workers < 1 {
 		return ResumePoint{}, fmt.Errorf("workers must be at least 1")
 	}
-	views := make([]*View, len(s.parts))
-	for i, p := range s.parts {
-		v, err := ReadView(ctx, p.DB)
-		if err != nil {
-			return ResumePoint{}, fmt.Errorf("partition %d: %w", p.Index, err)
-		}
-		views[i] = v
+	views, err := s.Views(ctx)
+	if err != nil {
+		return ResumePoint{}, err
 	}
 	rp, err := Resume(views)
 	if err != nil {
 		return ResumePoint{}, err
 	}
+	return rp, s.BeginAt(ctx, rp, workers)
+}
+
+// BeginAt records execution rp on the store's partitions (the resume point
+// was computed from every partition's view, possibly across processes) and
+// starts the writers.
+func (s *Store) BeginAt(ctx context.Context, rp ResumePoint, workers int) error {
+	if workers < 1 {
+		return fmt.Errorf("workers must be at least 1")
+	}
 	now := unixMs(s.opts.Now())
 	for _, p := range s.parts {
 		if err := s.beginPartition(ctx, p, rp, workers, now); err != nil {
-			return ResumePoint{}, fmt.Errorf("begin execution %d on partition %d: %w", rp.Execution, p.Index, err)
+			return fmt.Errorf("begin execution %d on partition %d: %w", rp.Execution, p.Index, err)
 		}
 	}
 	s.ex, s.start, s.workers = rp.Execution, rp.Epoch, workers
@@ -96,12 +137,12 @@ func (s *Store) Begin(ctx context.Context, workers int) (ResumePoint, error) {
 	for i, p := range s.parts {
 		ce, err := metaEpoch(ctx, p.DB, "commit_epoch")
 		if err != nil {
-			return ResumePoint{}, err
+			return err
 		}
 		w := &writer{s: s, p: p, idx: i, ch: make(chan submission, 16), commit: max(ce, 1), frontier: rp.Epoch,
 			front: make([]Epoch, workers)}
 		if err := p.DB.QueryRowContext(ctx, `SELECT coalesce(max(seq), 0) FROM changelog`).Scan(&w.seq); err != nil {
-			return ResumePoint{}, err
+			return err
 		}
 		for j := range w.front {
 			w.front[j] = rp.Epoch
@@ -110,7 +151,7 @@ func (s *Store) Begin(ctx context.Context, workers int) (ResumePoint, error) {
 		s.wg.Add(1)
 		go w.loop()
 	}
-	return rp, nil
+	return nil
 }
 
 func (s *Store) beginPartition(ctx context.Context, p *Partition, rp ResumePoint, workers int, now int64) error {
@@ -220,16 +261,19 @@ func (s *Store) Commit(ctx context.Context, w WorkerIndex, frontier Epoch, rows 
 	if int(w) < 0 || int(w) >= s.workers {
 		return fmt.Errorf("commit from worker %d of %d", w, s.workers)
 	}
-	n := PartitionCount(len(s.parts))
 	split := make([][]Row, len(s.parts))
-	if len(s.parts) == 1 {
+	if s.count == 1 && len(s.parts) == 1 {
 		split[0] = rows
 	} else {
-		idx := make([]PartitionIndex, len(rows))
+		idx := make([]int, len(rows))
 		counts := make([]int, len(s.parts))
 		for j, r := range rows {
-			idx[j] = PartitionFor(r.Step, r.Key, n)
-			counts[idx[j]]++
+			i, ok := s.byIdx[PartitionFor(r.Step, r.Key, s.count)]
+			if !ok {
+				return fmt.Errorf("row %s/%s belongs to partition %d, which this store does not hold", r.Step, r.Key, PartitionFor(r.Step, r.Key, s.count))
+			}
+			idx[j] = i
+			counts[i]++
 		}
 		for i := range split {
 			split[i] = make([]Row, 0, counts[i])
@@ -303,14 +347,20 @@ func (s *Store) global() Epoch {
 }
 
 func (s *Store) globalLocked() Epoch {
-	g := s.fronts[0][0]
+	g := Epoch(1<<63 - 1)
 	for _, fs := range s.fronts {
 		for _, f := range fs {
 			g = min(g, f)
 		}
 	}
+	if s.opts.Global != nil {
+		g = min(g, s.opts.Global())
+	}
 	return g
 }
+
+// PartitionCount is the flow's number of partitions.
+func (s *Store) PartitionCount() PartitionCount { return s.count }
 
 // Close waits for every queued commit to be durable and closes the
 // partitions. It returns the first commit error.

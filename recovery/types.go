@@ -48,8 +48,8 @@ var (
 
 // Intervals are the flow's snapshot and backup intervals.
 type Intervals struct {
-	Snapshot time.Duration
-	Backup   time.Duration
+	Snapshot time.Duration `json:"snapshot_ns"`
+	Backup   time.Duration `json:"backup_ns"`
 }
 
 // D is ceil(b/s): how many epochs of history GC keeps beyond the durable one.

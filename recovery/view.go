@@ -14,7 +14,7 @@ type Execution struct {
 	Workers     int             `json:"workers"`
 	ResumeEpoch Epoch           `json:"resume_epoch"`
 	Started     time.Time       `json:"started"`
-	Intervals   Intervals       `json:"-"`
+	Intervals   Intervals       `json:"intervals"`
 }
 
 // View is what a partition says about the flow's progress: the input of the
@@ -26,8 +26,8 @@ type View struct {
 	FlowName    string                                    `json:"flow_name"`
 	CommitEpoch Epoch                                     `json:"commit_epoch"`
 	Executions  []Execution                               `json:"executions"`
-	Fronts      map[ExecutionNumber]map[WorkerIndex]Epoch `json:"-"`
-	Intervals   Intervals                                 `json:"-"`
+	Fronts      map[ExecutionNumber]map[WorkerIndex]Epoch `json:"fronts"`
+	Intervals   Intervals                                 `json:"intervals"`
 }
 
 // Last returns the last recorded execution, or nil.

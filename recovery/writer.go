@@ -144,13 +144,22 @@ func (w *writer) apply(group []submission) error {
 	for _, f := range w.front {
 		mine = min(mine, f)
 	}
-	if mine > w.frontier {
+	risen := mine > w.frontier
+	if risen {
 		if _, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO epoch_times (epoch, unix_ms) VALUES (?, ?)`, mine, now); err != nil {
 			return err
 		}
-		w.frontier = mine
 	}
-	return tx.Commit()
+	if err := tx.Commit(); err != nil {
+		return err
+	}
+	if risen {
+		w.frontier = mine
+		if w.s.opts.OnCommitted != nil {
+			w.s.opts.OnCommitted(w.p.Index, mine)
+		}
+	}
+	return nil
 }
 
 // logChanges appends one changelog row per epoch present in rows.

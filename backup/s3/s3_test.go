@@ -77,9 +77,7 @@ func TestNew_BadCredentials(t *testing.T) {
 }
 
 func TestNew_UnknownSSE(t *testing.T) {
-	o := opts()
-	o.SSE = "rot13"
-	if _, err := New(context.Background(), "b", "", o); err == nil {
+	if _, err := New(context.Background(), "b", "", Options{SSE: "rot13"}); err == nil || !strings.Contains(err.Error(), "unknown server-side encryption") {
 		t.Fatal("accepted")
 	}
 }

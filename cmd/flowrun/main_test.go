@@ -197,20 +197,32 @@ func crashTrials(t *testing.T, dir string, trials int, args []string, check func
 	span := time.Since(began)
 	r := rand.New(rand.NewSource(time.Now().UnixNano()))
 	for trial := 0; trial < trials; trial++ {
-		rec := filepath.Join(dir, fmt.Sprintf("rec%d", trial))
-		os.Mkdir(rec, 0o755)
-		mustRun(t, "recovery", "init", rec, "4")
-		out := filepath.Join(dir, fmt.Sprintf("out%d", trial))
+		// The first kill must land mid-run: if the run beats it (the
+		// machine may be faster or slower than during the clean run), the
+		// trial starts over with an earlier kill.
+		frac := 0.6
+		var rec, out string
 		kills := 0
-		for attempt := 0; attempt < 3; attempt++ {
-			d := time.Duration(float64(span) * (0.05 + 0.8*r.Float64()))
-			w := fmt.Sprint(1 + r.Intn(4))
-			if startKill(t, d, append(subst(rec, out), "-w", w)...) {
+		for try := 0; kills == 0; try++ {
+			if try == 6 {
+				t.Fatalf("trial %d: no kill landed mid-run (a clean run takes %v)", trial, span)
+			}
+			rec = filepath.Join(dir, fmt.Sprintf("rec%d-%d", trial, try))
+			out = filepath.Join(dir, fmt.Sprintf("out%d-%d", trial, try))
+			os.Mkdir(rec, 0o755)
+			mustRun(t, "recovery", "init", rec, "4")
+			d := time.Duration(float64(span) * frac * (0.1 + 0.9*r.Float64()))
+			if startKill(t, d, append(subst(rec, out), "-w", fmt.Sprint(1+r.Intn(4)))...) {
 				kills++
 			}
+			frac /= 2
 		}
-		if kills == 0 {
-			t.Fatalf("trial %d: no kill landed mid-run (a clean run takes %v)", trial, span)
+		// Then up to two more kills of the resumed runs.
+		for attempt := 0; attempt < 2; attempt++ {
+			d := time.Duration(float64(span) * (0.05 + 0.5*r.Float64()))
+			if startKill(t, d, append(subst(rec, out), "-w", fmt.Sprint(1+r.Intn(4)))...) {
+				kills++
+			}
 		}
 		mustRun(t, append(subst(rec, out), "-w", "3")...)
 		check(trial, kills, out)

@@ -1,0 +1,442 @@
+// Package cluster is recovery for a flow that runs as several processes:
+// each process finds the partitions it can open in its own directories, the
+// processes agree on one owner per partition (spread evenly among the
+// processes that can reach it), on the resume point, and route every
+// snapshot row to its partition's owner. It never lets two processes write
+// one partition.
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/flowkeep/flowkeep/core"
+	"github.com/flowkeep/flowkeep/recovery"
+)
+
+// Recovery implements core.ClusterRecovery over recovery partitions.
+type Recovery struct {
+	dirs []string
+	opts recovery.Options
+	mesh core.Mesh
+
+	store   *recovery.Store
+	count   recovery.PartitionCount
+	owners  []int         // partition index -> owning process
+	holders map[int][]int // process -> partitions it owns
+	mu      sync.Mutex
+	pmin    []recovery.Epoch // per partition: committed frontier, as last heard
+	pminC   chan struct{}
+	pending map[recovery.PartitionIndex]recovery.Epoch
+	done    chan struct{}
+	failure error
+}
+
+var _ core.ClusterRecovery = (*Recovery)(nil)
+
+// New makes a cluster recovery over the partitions in dirs.
+func New(dirs []string, opts recovery.Options) *Recovery {
+	return &Recovery{dirs: dirs, opts: opts}
+}
+
+// Attach implements core.ClusterRecovery.
+func (r *Recovery) Attach(m core.Mesh) {
+	r.mesh = m
+	m.Handle("rec.commit", r.onCommit)
+	m.Handle("rec.pmin", r.onPmin)
+}
+
+// found is what one process can open.
+type found struct {
+	Index    int    `json:"index"`
+	Count    int    `json:"count"`
+	UID      string `json:"uid"`
+	FlowName string `json:"flow_name"`
+	Path     string `json:"path"`
+}
+
+// Begin implements core.Recovery: every process gathers what the others can
+// reach, computes the same owners and the same resume point from the same
+// data, and begins its own partitions.
+func (r *Recovery) Begin(ctx context.Context, workers int) (core.RunInfo, error) {
+	self := r.mesh.Self()
+	ps, err := recovery.FindDirs(ctx, r.dirs, true)
+	if err != nil {
+		return core.RunInfo{}, fmt.Errorf("process %d: %w", self, err)
+	}
+	var mine []found
+	for _, p := range ps {
+		v, err := recovery.ReadView(ctx, p.DB)
+		if err != nil {
+			recovery.CloseAll(ps)
+			return core.RunInfo{}, fmt.Errorf("process %d: %s: %w", self, p.Path, err)
+		}
+		mine = append(mine, found{int(p.Index), int(p.Count), p.FlowUID, v.FlowName, p.Path})
+	}
+	recovery.CloseAll(ps)
+	payload, _ := json.Marshal(mine)
+	all, err := r.mesh.Gather(ctx, "rec.found", payload)
+	if err != nil {
+		return core.RunInfo{}, err
+	}
+	reach := map[int][]found{}
+	for p, b := range all {
+		var fs []found
+		if err := json.Unmarshal(b, &fs); err != nil {
+			return core.RunInfo{}, fmt.Errorf("partition list from process %d: %w", p, err)
+		}
+		reach[p] = fs
+	}
+	owners, count, err := assign(reach, r.mesh.Processes(), r.opts.FlowName, strings.Join(r.dirs, ","))
+	if err != nil {
+		return core.RunInfo{}, err
+	}
+	r.owners, r.count = owners, recovery.PartitionCount(count)
+	var owned []*recovery.Partition
+	for _, f := range reach[self] {
+		if owners[f.Index] != self {
+			continue
+		}
+		p, err := recovery.OpenPartition(ctx, f.Path, false)
+		if err == nil && p == nil {
+			err = fmt.Errorf("%s is no longer a partition", f.Path)
+		}
+		if err != nil {
+			recovery.CloseAll(owned)
+			return core.RunInfo{}, fmt.Errorf("process %d: %w", self, err)
+		}
+		owned = append(owned, p)
+	}
+	r.pmin = make([]recovery.Epoch, count)
+	r.pminC = make(chan struct{}, 1)
+	r.done = make(chan struct{})
+	opts := r.opts
+	opts.Global = r.global
+	opts.OnCommitted = r.committed
+	r.store = recovery.NewStore(owned, r.count, opts)
+	views, err := r.store.Views(ctx)
+	if err != nil {
+		r.store.Close()
+		return core.RunInfo{}, err
+	}
+	vb, _ := json.Marshal(views)
+	allViews, err := r.mesh.Gather(ctx, "rec.views", vb)
+	if err != nil {
+		r.store.Close()
+		return core.RunInfo{}, err
+	}
+	var every []*recovery.View
+	for p, b := range allViews {
+		var vs []*recovery.View
+		if err := json.Unmarshal(b, &vs); err != nil {
+			r.store.Close()
+			return core.RunInfo{}, fmt.Errorf("views from process %d: %w", p, err)
+		}
+		every = append(every, vs...)
+	}
+	rp, err := recovery.Resume(every)
+	if err != nil {
+		r.store.Close()
+		return core.RunInfo{}, err
+	}
+	for i := range r.pmin {
+		r.pmin[i] = rp.Epoch
+	}
+	if err := r.store.BeginAt(ctx, rp, workers); err != nil {
+		r.store.Close()
+		return core.RunInfo{}, fmt.Errorf("process %d: %w", self, err)
+	}
+	go r.announce()
+	if err := r.mesh.Barrier(ctx, "rec.begun"); err != nil {
+		return core.RunInfo{}, err
+	}
+	return core.RunInfo{Execution: int(rp.Execution), StartEpoch: core.Epoch(rp.Epoch), Workers: workers}, nil
+}
+
+// assign checks that the processes together reach every partition of one
+// flow, and gives each partition to one process that reaches it, spreading
+// them evenly (the process with fewest so far; ties to the lower index).
+func assign(reach map[int][]found, procs int, flowName, dirs string) ([]int, int, error) {
+	count, uid := -1, ""
+	where := map[int][]int{}
+	for p := 0; p < procs; p++ {
+		for _, f := range reach[p] {
+			switch {
+			case count < 0:
+				count, uid = f.Count, f.UID
+			case f.Count != count:
+				return nil, 0, fmt.Errorf("%w: process %d has partition %d of %d, others of %d", recovery.ErrMixedPartitions, p, f.Index, f.Count, count)
+			case f.UID != uid:
+				return nil, 0, fmt.Errorf("%w: process %d has partition %d of flow %s, others of flow %s; keep one flow's partitions per directory", recovery.ErrForeignFlow, p, f.Index, f.UID, uid)
+			}
+			if f.FlowName != "" && flowName != "" && f.FlowName != flowName {
+				return nil, 0, fmt.Errorf("%w: process %d's partition %d belongs to flow %q, not %q", recovery.ErrForeignFlow, p, f.Index, f.FlowName, flowName)
+			}
+			where[f.Index] = append(where[f.Index], p)
+		}
+	}
+	if count < 0 {
+		return nil, 0, fmt.Errorf("%w: no process found any in its recovery directory (%s on this one): create them with `flowrun recovery init DIR N` or restore a backup", recovery.ErrNoPartitions, dirs)
+	}
+	var missing []string
+	for i := 0; i < count; i++ {
+		if len(where[i]) == 0 {
+			missing = append(missing, fmt.Sprint(i))
+		}
+	}
+	if len(missing) > 0 {
+		return nil, 0, fmt.Errorf("%w: no process can reach partitions %s of %d; put them in one process's recovery directory (or restore them from a backup) and start again",
+			recovery.ErrMissingPartitions, strings.Join(missing, ", "), count)
+	}
+	owners := make([]int, count)
+	load := make([]int, procs)
+	// Partitions reachable by fewer processes choose first.
+	order := make([]int, count)
+	for i := range order {
+		order[i] = i
+	}
+	sort.SliceStable(order, func(a, b int) bool { return len(where[order[a]]) < len(where[order[b]]) })
+	for _, i := range order {
+		best := -1
+		for _, p := range where[i] {
+			if best < 0 || load[p] < load[best] || (load[p] == load[best] && p < best) {
+				best = p
+			}
+		}
+		owners[i] = best
+		load[best]++
+	}
+	return owners, count, nil
+}
+
+// Owners returns which process owns each partition (after Begin).
+func (r *Recovery) Owners() []int { return r.owners }
+
+// Load implements core.Recovery: this process scans the partitions it owns.
+func (r *Recovery) Load(ctx context.Context, below core.Epoch, fn func(core.StepID, core.StateKey, []byte) error) error {
+	return r.store.Load(ctx, recovery.Epoch(below), func(row recovery.Row) error {
+		return fn(core.StepID(row.Step), core.StateKey(row.Key), row.Value)
+	})
+}
+
+// Commit implements core.Recovery: rows go to their partition's owner,
+// the frontier to every process that owns a partition.
+func (r *Recovery) Commit(ctx context.Context, w core.WorkerIndex, frontier core.Epoch, changes []core.Change) error {
+	r.mu.Lock()
+	err := r.failure
+	r.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	byProc := map[int][]recovery.Row{}
+	for p := range r.mesh.Processes() {
+		if r.ownsAny(p) {
+			byProc[p] = nil
+		}
+	}
+	for _, c := range changes {
+		row := recovery.Row{Step: recovery.StepID(c.Step), Key: recovery.StateKey(c.Key), Epoch: recovery.Epoch(c.Epoch), Value: c.Value}
+		p := r.owners[recovery.PartitionFor(row.Step, row.Key, r.count)]
+		byProc[p] = append(byProc[p], row)
+	}
+	for p, rows := range byProc {
+		if p == r.mesh.Self() {
+			if err := r.store.Commit(ctx, recovery.WorkerIndex(w), recovery.Epoch(frontier), rows); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := r.mesh.Send(ctx, p, "rec.commit", encodeCommit(int(w), uint64(frontier), rows)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *Recovery) ownsAny(p int) bool {
+	for _, o := range r.owners {
+		if o == p {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *Recovery) onCommit(from int, b []byte) {
+	w, f, rows, err := decodeCommit(b)
+	if err == nil {
+		err = r.store.Commit(context.Background(), recovery.WorkerIndex(w), recovery.Epoch(f), rows)
+	}
+	if err != nil {
+		r.mu.Lock()
+		if r.failure == nil {
+			r.failure = fmt.Errorf("commit from process %d: %w", from, err)
+		}
+		r.mu.Unlock()
+	}
+}
+
+// committed is called by the store when one of this process's partitions
+// commits a higher frontier; the others hear of it.
+func (r *Recovery) committed(i recovery.PartitionIndex, f recovery.Epoch) {
+	r.mu.Lock()
+	if f > r.pmin[i] {
+		r.pmin[i] = f
+	}
+	if r.pending == nil {
+		r.pending = map[recovery.PartitionIndex]recovery.Epoch{}
+	}
+	r.pending[i] = f
+	r.mu.Unlock()
+	select {
+	case r.pminC <- struct{}{}:
+	default:
+	}
+}
+
+// announce sends committed frontiers to the other processes, coalesced, so
+// the store's writers never wait on the network.
+func (r *Recovery) announce() {
+	for {
+		select {
+		case <-r.pminC:
+		case <-r.done:
+			return
+		}
+		r.mu.Lock()
+		pending := r.pending
+		r.pending = nil
+		r.mu.Unlock()
+		var b []byte
+		for i, f := range pending {
+			b = binary.AppendUvarint(b, uint64(i))
+			b = binary.AppendUvarint(b, uint64(f))
+		}
+		for p := range r.mesh.Processes() {
+			if p != r.mesh.Self() {
+				r.mesh.Send(context.Background(), p, "rec.pmin", b)
+			}
+		}
+	}
+}
+
+func (r *Recovery) onPmin(_ int, b []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for len(b) > 0 {
+		i, k := binary.Uvarint(b)
+		if k <= 0 {
+			return
+		}
+		f, k2 := binary.Uvarint(b[k:])
+		if k2 <= 0 || int(i) >= len(r.pmin) {
+			return
+		}
+		if recovery.Epoch(f) > r.pmin[i] {
+			r.pmin[i] = recovery.Epoch(f)
+		}
+		b = b[k+k2:]
+	}
+}
+
+// global is the frontier committed in every partition of the flow.
+func (r *Recovery) global() recovery.Epoch {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	g := recovery.Epoch(1<<63 - 1)
+	for _, f := range r.pmin {
+		g = min(g, f)
+	}
+	return g
+}
+
+// Close implements core.Recovery.
+func (r *Recovery) Close() error {
+	if r.done != nil {
+		close(r.done)
+	}
+	err := r.store.Close()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.failure != nil {
+		return r.failure
+	}
+	return err
+}
+
+func encodeCommit(w int, f uint64, rows []recovery.Row) []byte {
+	b := binary.AppendUvarint(nil, uint64(w))
+	b = binary.AppendUvarint(b, f)
+	for _, r := range rows {
+		b = appendBytes(b, []byte(r.Step))
+		b = appendBytes(b, []byte(r.Key))
+		b = binary.AppendUvarint(b, uint64(r.Epoch))
+		if r.Value == nil {
+			b = append(b, 0)
+		} else {
+			b = append(b, 1)
+			b = appendBytes(b, r.Value)
+		}
+	}
+	return b
+}
+
+func appendBytes(b, v []byte) []byte {
+	b = binary.AppendUvarint(b, uint64(len(v)))
+	return append(b, v...)
+}
+
+func decodeCommit(b []byte) (int, uint64, []recovery.Row, error) {
+	rd := bytes.NewReader(b)
+	bad := fmt.Errorf("malformed commit")
+	w, err := binary.ReadUvarint(rd)
+	if err != nil {
+		return 0, 0, nil, bad
+	}
+	f, err := binary.ReadUvarint(rd)
+	if err != nil {
+		return 0, 0, nil, bad
+	}
+	readBytes := func() ([]byte, error) {
+		n, err := binary.ReadUvarint(rd)
+		if err != nil || n > uint64(rd.Len()) {
+			return nil, bad
+		}
+		v := make([]byte, n)
+		rd.Read(v)
+		return v, nil
+	}
+	var rows []recovery.Row
+	for rd.Len() > 0 {
+		step, err := readBytes()
+		if err != nil {
+			return 0, 0, nil, err
+		}
+		key, err := readBytes()
+		if err != nil {
+			return 0, 0, nil, err
+		}
+		e, err := binary.ReadUvarint(rd)
+		if err != nil {
+			return 0, 0, nil, bad
+		}
+		flag, err := rd.ReadByte()
+		if err != nil {
+			return 0, 0, nil, bad
+		}
+		row := recovery.Row{Step: recovery.StepID(step), Key: recovery.StateKey(key), Epoch: recovery.Epoch(e)}
+		if flag == 1 {
+			if row.Value, err = readBytes(); err != nil {
+				return 0, 0, nil, err
+			}
+		}
+		rows = append(rows, row)
+	}
+	return int(w), f, rows, nil
+}

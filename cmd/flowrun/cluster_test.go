@@ -1,0 +1,186 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func clusterAddrs(t *testing.T, n int) string {
+	t.Helper()
+	var out []string
+	for i := 0; i < n; i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, l.Addr().String())
+		l.Close()
+	}
+	return strings.Join(out, ",")
+}
+
+type procResult struct {
+	out  string
+	code int
+}
+
+// runClusterCmd starts one flowrun per entry of recs (process i gets the
+// directories recs[i]) and waits for all of them.
+func runClusterCmd(t *testing.T, workers int, recs [][]string, args ...string) []procResult {
+	t.Helper()
+	addrs := clusterAddrs(t, len(recs))
+	res := make([]procResult, len(recs))
+	var wg sync.WaitGroup
+	for i, dirs := range recs {
+		wg.Add(1)
+		go func(i int, dirs []string) {
+			defer wg.Done()
+			a := append([]string{"run", "wordcount"}, args...)
+			a = append(a, "-w", fmt.Sprint(workers), "--addresses", addrs)
+			for _, d := range dirs {
+				a = append(a, "-r", d)
+			}
+			cmd := exec.Command(flowrunBin, a...)
+			cmd.Env = append(os.Environ(), fmt.Sprintf("FLOWRUN_PROCESS_ID=%d", i)) // env form of --process-id
+			var out bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &out, &out
+			err := cmd.Run()
+			res[i] = procResult{out.String(), 0}
+			if ee, ok := err.(*exec.ExitError); ok {
+				res[i].code = ee.ExitCode()
+			} else if err != nil {
+				res[i] = procResult{err.Error(), -1}
+			}
+		}(i, dirs)
+	}
+	wg.Wait()
+	return res
+}
+
+func mustCluster(t *testing.T, workers int, recs [][]string, args ...string) {
+	t.Helper()
+	for i, r := range runClusterCmd(t, workers, recs, args...) {
+		if r.code != 0 {
+			t.Fatalf("process %d of %d: exit %d\n%s", i, len(recs), r.code, r.out)
+		}
+	}
+}
+
+func splitPartitions(t *testing.T, dir string, n int, moves map[string][]int) {
+	t.Helper()
+	os.MkdirAll(dir, 0o755)
+	mustRun(t, "recovery", "init", dir, fmt.Sprint(n))
+	for to, parts := range moves {
+		os.MkdirAll(to, 0o755)
+		for _, p := range parts {
+			name := fmt.Sprintf("part-%d.sqlite3", p)
+			if err := os.Rename(filepath.Join(dir, name), filepath.Join(to, name)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+// 2 processes x 2 workers, then 3 x 1, then 1 x 4, over an input that grows
+// between runs: the totals equal one process's over the whole input.
+func TestCluster_RescaleAcrossProcessAndWorkerCounts(t *testing.T) {
+	dir := t.TempDir()
+	a, b, c := filepath.Join(dir, "a"), filepath.Join(dir, "b"), filepath.Join(dir, "c")
+	splitPartitions(t, a, 4, map[string][]int{b: {2, 3}})
+	os.MkdirAll(c, 0o755)
+	in, out := filepath.Join(dir, "in.txt"), filepath.Join(dir, "out.csv")
+	all := filepath.Join(dir, "all.txt")
+	flags := []string{"-i", in, "-o", out, "-s", "30ms", "-b", "100ms"}
+	writeWords(t, in, 30000, 1, false)
+	mustCluster(t, 2, [][]string{{a}, {b}}, flags...)
+	writeWords(t, in, 30000, 2, true)
+	// Three processes; b is reachable by two of them: one owner only.
+	mustCluster(t, 1, [][]string{{a}, {b}, {c, b}}, flags...)
+	writeWords(t, in, 30000, 3, true)
+	mustRun(t, append([]string{"run", "wordcount", "-w", "4", "-r", a, "-r", b}, flags...)...)
+
+	writeWords(t, all, 30000, 1, false)
+	writeWords(t, all, 30000, 2, true)
+	writeWords(t, all, 30000, 3, true)
+	one := filepath.Join(dir, "one.csv")
+	mustRun(t, "run", "wordcount", "-i", all, "-o", one, "-w", "2")
+	got, want := lastTotals(t, out), lastTotals(t, one)
+	if len(got) != len(want) {
+		t.Fatalf("%d words after 2x2, 3x1, 1x4; %d in one run", len(got), len(want))
+	}
+	for w, n := range want {
+		if got[w] != n {
+			t.Fatalf("word %s: %s after rescaling, %s in one run", w, got[w], n)
+		}
+	}
+}
+
+func TestCluster_RefusesWhenAPartitionIsUnreachable(t *testing.T) {
+	dir := t.TempDir()
+	a, elsewhere := filepath.Join(dir, "a"), filepath.Join(dir, "elsewhere")
+	splitPartitions(t, a, 4, map[string][]int{elsewhere: {3}})
+	in := filepath.Join(dir, "in.txt")
+	writeWords(t, in, 100, 1, false)
+	res := runClusterCmd(t, 1, [][]string{{a}, {a}}, "-i", in, "-o", filepath.Join(dir, "o.csv"), "-s", "1s", "-b", "0")
+	for i, r := range res {
+		if r.code == 0 || !strings.Contains(r.out, "no process can reach partitions 3 of 4") {
+			t.Fatalf("process %d: exit %d\n%s", i, r.code, r.out)
+		}
+	}
+}
+
+// SIGKILL one process of two mid-run: the other stops promptly, naming it;
+// the whole cluster resumed gives the uninterrupted run's output.
+func TestCluster_SIGKILLOneProcessThenResumeLosesNothing(t *testing.T) {
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	splitPartitions(t, a, 4, map[string][]int{b: {0, 1}})
+	in, out := filepath.Join(dir, "in.txt"), filepath.Join(dir, "out.csv")
+	writeWords(t, in, 1_500_000, 7, false)
+	want := filepath.Join(dir, "want.csv")
+	mustRun(t, "run", "wordcount", "-i", in, "-o", want, "-w", "2")
+	flags := []string{"run", "wordcount", "-i", in, "-o", out, "-s", "50ms", "-b", "0", "-w", "1"}
+	addrs := clusterAddrs(t, 2)
+	var procs [2]*exec.Cmd
+	var outs [2]bytes.Buffer
+	done := make(chan int, 2)
+	for i, d := range []string{a, b} {
+		procs[i] = exec.Command(flowrunBin, append(flags, "-r", d, "--addresses", addrs, "--process-id", fmt.Sprint(i))...)
+		procs[i].Stdout, procs[i].Stderr = &outs[i], &outs[i]
+		if err := procs[i].Start(); err != nil {
+			t.Fatal(err)
+		}
+		go func(i int) { procs[i].Wait(); done <- i }(i)
+	}
+	time.Sleep(700 * time.Millisecond)
+	procs[1].Process.Kill()
+	killedAt := time.Now()
+	<-done
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		procs[0].Process.Kill()
+		t.Fatal("process 0 kept running after its peer died")
+	}
+	if procs[0].ProcessState.ExitCode() == 0 {
+		t.Fatalf("process 0 finished normally: the kill came too late\n%s", outs[0].String())
+	}
+	if !strings.Contains(outs[0].String(), "process 1") {
+		t.Fatalf("process 0 does not name the lost peer:\n%s", outs[0].String())
+	}
+	t.Logf("process 0 stopped %v after the kill: %s", time.Since(killedAt).Round(time.Millisecond), strings.TrimSpace(outs[0].String()))
+	mustCluster(t, 1, [][]string{{a}, {b}}, "-i", in, "-o", out, "-s", "50ms", "-b", "0")
+	got, _ := os.ReadFile(out)
+	wantB, _ := os.ReadFile(want)
+	if !bytes.Equal(got, wantB) {
+		t.Fatalf("resumed cluster output differs from the uninterrupted run (%d vs %d bytes)", len(got), len(wantB))
+	}
+}

@@ -1,0 +1,276 @@
+package core
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// clusterState is the runtime's share of a cluster run.
+type clusterState struct {
+	nodeIdx map[*node]uint16
+	wires   map[*node]wireCodec
+	rinbox  map[*node][]chan msg      // by global worker; this process's workers only
+	credits map[*node][]chan struct{} // by global worker; other processes' workers only
+
+	loadMu  sync.Mutex
+	loadBuf map[int][]byte // rows bound for each process
+}
+
+func (x *execution) isLocal(w int) bool { return w/x.local == x.proc }
+func (x *execution) ownerOf(w int) int  { return w / x.local }
+
+// joinCluster connects to the other processes and hands the mesh to the
+// recovery, which must span processes too.
+func (x *execution) joinCluster() error {
+	ids := x.flow.StepIDs()
+	steps := make([]string, len(ids))
+	for i, id := range ids {
+		steps[i] = string(id)
+	}
+	ident := fmt.Sprintf("flowkeep/1 %s w=%d p=%d steps=%s", x.flow.name, x.local, x.procs, strings.Join(steps, ","))
+	m, err := dialMesh(x.ctx, *x.cfg.Cluster, ident, func(err error) { x.cancel(err) })
+	if err != nil {
+		return err
+	}
+	x.mesh = m
+	x.cl.nodeIdx = map[*node]uint16{}
+	x.cl.wires = map[*node]wireCodec{}
+	for i, n := range x.flow.nodes {
+		x.cl.nodeIdx[n] = uint16(i)
+		if n.kind == kindExchanged {
+			x.cl.wires[n] = n.exchanged.wire()
+		}
+	}
+	m.onData = x.onData
+	m.onCredit = x.onCredit
+	m.Handle("load.rows", x.onLoadRows)
+	if x.rec != nil {
+		cr, ok := x.rec.(ClusterRecovery)
+		if !ok {
+			m.close(fmt.Errorf("recovery does not span processes"))
+			return fmt.Errorf("this recovery cannot be used by a cluster")
+		}
+		cr.Attach(m)
+	}
+	return nil
+}
+
+// setupClusterExchanges makes the remote inboxes of this process's workers
+// and the credit windows towards other processes' workers.
+func (x *execution) setupClusterExchanges() {
+	x.cl.rinbox = map[*node][]chan msg{}
+	x.cl.credits = map[*node][]chan struct{}{}
+	for _, n := range x.flow.nodes {
+		if n.kind != kindExchanged {
+			continue
+		}
+		rin := make([]chan msg, x.workers)
+		cr := make([]chan struct{}, x.workers)
+		for w := 0; w < x.workers; w++ {
+			if x.isLocal(w) {
+				// Every message from another process holds a credit, so
+				// the reader never blocks on this channel.
+				rin[w] = make(chan msg, (x.procs-1)*remoteCredits)
+				continue
+			}
+			cr[w] = make(chan struct{}, remoteCredits)
+			for i := 0; i < remoteCredits; i++ {
+				cr[w] <- struct{}{}
+			}
+		}
+		x.cl.rinbox[n], x.cl.credits[n] = rin, cr
+	}
+}
+
+// sendRemote sends a batch (or marker) to worker d of another process,
+// once that worker's window has room.
+func (x *execution) sendRemote(n *node, d int, m msg, batch any) error {
+	select {
+	case <-x.cl.credits[n][d]:
+	case <-x.ctx.Done():
+		return context.Cause(x.ctx)
+	}
+	frame := make([]byte, dataHeader, dataHeader+16<<10)
+	if batch != nil {
+		var err error
+		if frame, err = x.cl.wires[n].encode(frame, batch); err != nil {
+			return err
+		}
+	}
+	return x.mesh.sendData(x.ctx, x.ownerOf(d), x.cl.nodeIdx[n], uint32(d), m, frame)
+}
+
+// onData receives a batch or marker from another process (reader goroutine).
+func (x *execution) onData(from int, nodeIdx uint16, dst uint32, m msg, payload []byte) error {
+	if int(nodeIdx) >= len(x.flow.nodes) || int(dst) >= x.workers || !x.isLocal(int(dst)) {
+		return fmt.Errorf("data for step %d worker %d, which is not here", nodeIdx, dst)
+	}
+	n := x.flow.nodes[nodeIdx]
+	if x.cl.rinbox[n] == nil || x.cl.rinbox[n][dst] == nil {
+		return fmt.Errorf("data for %s worker %d before this process was ready", n.id, dst)
+	}
+	if m.kind == msgData {
+		b, err := x.cl.wires[n].decode(payload)
+		if err != nil {
+			return err
+		}
+		m.batch = b
+	}
+	m.origin = int32(from) + 1
+	select {
+	case x.cl.rinbox[n][dst] <- m:
+		return nil
+	default:
+		return fmt.Errorf("process %d sent more than its window to %s worker %d", from, n.id, dst)
+	}
+}
+
+func (x *execution) onCredit(from int, nodeIdx uint16, dst uint32, k uint32) {
+	if int(nodeIdx) >= len(x.flow.nodes) || int(dst) >= x.workers {
+		return
+	}
+	ch := x.cl.credits[x.flow.nodes[nodeIdx]][dst]
+	for i := uint32(0); i < k && ch != nil; i++ {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// creditReturn gives processed remote messages' credits back in batches.
+type creditReturn struct {
+	x    *execution
+	node uint16
+	dst  uint32
+	owed map[int]uint32
+}
+
+func (c *creditReturn) add(origin int32) error {
+	if origin == 0 {
+		return nil
+	}
+	p := int(origin - 1)
+	c.owed[p]++
+	if c.owed[p] >= remoteCredits/2 {
+		n := c.owed[p]
+		c.owed[p] = 0
+		return c.x.mesh.sendCredit(c.x.ctx, p, c.node, c.dst, n)
+	}
+	return nil
+}
+
+// partitionsDigest summarises every input's partition list: every process
+// must see the same ones.
+func (x *execution) partitionsDigest(parts map[*node][]string) []byte {
+	h := sha256.New()
+	for _, in := range x.flow.inputs {
+		h.Write([]byte(in.id))
+		for _, p := range parts[in] {
+			h.Write([]byte{0})
+			h.Write([]byte(p))
+		}
+		h.Write([]byte{1})
+	}
+	return []byte(hex.EncodeToString(h.Sum(nil))[:16])
+}
+
+func (x *execution) checkSamePartitions(parts map[*node][]string) error {
+	mine := x.partitionsDigest(parts)
+	all, err := x.mesh.Gather(x.ctx, "partitions", mine)
+	if err != nil {
+		return err
+	}
+	for p, d := range all {
+		if string(d) != string(mine) {
+			return fmt.Errorf("process %d sees other input partitions than process %d (files differ between machines?): every process must list the same inputs", p, x.proc)
+		}
+	}
+	return nil
+}
+
+// clock messages between the coordinator (process 0) and the others.
+func (x *execution) setupClusterClock() {
+	c := x.clock
+	if x.proc == 0 {
+		c.hook = func(e Epoch, final bool) {
+			b := binary.AppendUvarint(nil, uint64(e))
+			if final {
+				b = append(b, 1)
+			}
+			x.mesh.broadcast(x.ctx, "clock", b)
+		}
+		x.mesh.Handle("clock.done", func(int, []byte) { c.partitionDone() })
+		return
+	}
+	c.follower = true
+	c.forward = func() { x.mesh.Send(x.ctx, 0, "clock.done", nil) }
+	x.mesh.Handle("clock", func(_ int, b []byte) {
+		e, k := binary.Uvarint(b)
+		if k > 0 {
+			c.set(Epoch(e), len(b) > k && b[k] == 1)
+		}
+	})
+}
+
+// routeLoaded sends a loaded row to the process whose worker owns it.
+func (x *execution) routeLoaded(to int, step StepID, key StateKey, value []byte) {
+	x.cl.loadMu.Lock()
+	defer x.cl.loadMu.Unlock()
+	b := x.cl.loadBuf[to]
+	b = appendStr(b, string(step))
+	b = appendStr(b, string(key))
+	b = appendStr(b, string(value))
+	x.cl.loadBuf[to] = b
+	if len(b) > 1<<20 {
+		x.mesh.Send(x.ctx, to, "load.rows", b)
+		x.cl.loadBuf[to] = nil
+	}
+}
+
+func (x *execution) flushLoaded() error {
+	x.cl.loadMu.Lock()
+	defer x.cl.loadMu.Unlock()
+	for to, b := range x.cl.loadBuf {
+		if len(b) > 0 {
+			if err := x.mesh.Send(x.ctx, to, "load.rows", b); err != nil {
+				return err
+			}
+		}
+	}
+	x.cl.loadBuf = nil
+	return nil
+}
+
+func (x *execution) onLoadRows(from int, b []byte) {
+	for len(b) > 0 {
+		var step, key, value string
+		var err error
+		if step, b, err = readStr(b); err == nil {
+			if key, b, err = readStr(b); err == nil {
+				value, b, err = readStr(b)
+			}
+		}
+		if err == nil {
+			err = x.applyLoaded(StepID(step), StateKey(key), []byte(value), false)
+		}
+		if err != nil {
+			x.cancel(fmt.Errorf("snapshot rows from process %d: %w", from, err))
+			return
+		}
+	}
+}
+
+func parseEnd(value []byte) (Epoch, error) {
+	e, err := strconv.ParseUint(string(value), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("runtime row: %q", value)
+	}
+	return Epoch(e), nil
+}

@@ -1,0 +1,127 @@
+package core
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func freeAddrs(t *testing.T, n int) []string {
+	t.Helper()
+	var out []string
+	for i := 0; i < n; i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, l.Addr().String())
+		l.Close()
+	}
+	return out
+}
+
+// runCluster runs the flow built by mk as procs processes (goroutines here,
+// real TCP between them) of w workers each.
+func runCluster(t *testing.T, procs, w int, mk func() (*Flow, func() map[string]int64)) (map[string]int64, []error) {
+	t.Helper()
+	addrs := freeAddrs(t, procs)
+	got := map[string]int64{}
+	errs := make([]error, procs)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for p := 0; p < procs; p++ {
+		wg.Add(1)
+		go func(p int) {
+			defer wg.Done()
+			f, result := mk()
+			_, err := Run(context.Background(), f, Config{Workers: w, EpochInterval: 5 * time.Millisecond,
+				Cluster: &ClusterConfig{ProcessID: p, Addresses: addrs, ConnectTimeout: 10 * time.Second}})
+			errs[p] = err
+			mu.Lock()
+			for k, v := range result() {
+				if _, dup := got[k]; dup {
+					t.Errorf("key %s written by two processes", k)
+				}
+				got[k] = v
+			}
+			mu.Unlock()
+		}(p)
+	}
+	wg.Wait()
+	return got, errs
+}
+
+func TestCluster_FoldMatchesOneProcess(t *testing.T) {
+	sink := newCollect[KV[int64]]()
+	if _, err := Run(context.Background(), countFlow(genWords(3, 20000, 0), sink), Config{Workers: 2}); err != nil {
+		t.Fatal(err)
+	}
+	want := toMap(sink.get())
+	for _, shape := range [][2]int{{2, 1}, {2, 2}, {3, 1}} {
+		got, errs := runCluster(t, shape[0], shape[1], func() (*Flow, func() map[string]int64) {
+			s := newCollect[KV[int64]]()
+			return countFlow(genWords(3, 20000, 0), s), func() map[string]int64 { return toMap(s.get()) }
+		})
+		for p, err := range errs {
+			if err != nil {
+				t.Fatalf("%dx%d: process %d: %v", shape[0], shape[1], p, err)
+			}
+		}
+		if !maps.Equal(got, want) {
+			t.Fatalf("%dx%d: counts differ from one process (%d vs %d keys)", shape[0], shape[1], len(got), len(want))
+		}
+	}
+}
+
+func TestCluster_MismatchedFlagsRefused(t *testing.T) {
+	addrs := freeAddrs(t, 2)
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for p := 0; p < 2; p++ {
+		wg.Add(1)
+		go func(p int) {
+			defer wg.Done()
+			_, errs[p] = Run(context.Background(), countFlow(genWords(1, 10, 0), newCollect[KV[int64]]()),
+				Config{Workers: 1 + p, Cluster: &ClusterConfig{ProcessID: p, Addresses: addrs, ConnectTimeout: 3 * time.Second}})
+		}(p)
+	}
+	wg.Wait()
+	if errs[0] == nil || errs[1] == nil || !strings.Contains(fmt.Sprint(errs), "same flow, -w and addresses") {
+		t.Fatalf("errors: %v", errs)
+	}
+}
+
+func TestCluster_LostPeerStopsPromptlyNamingIt(t *testing.T) {
+	addrs := freeAddrs(t, 2)
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	ctx1, kill1 := context.WithCancel(context.Background())
+	began := time.Now()
+	for p := 0; p < 2; p++ {
+		wg.Add(1)
+		go func(p int) {
+			defer wg.Done()
+			ctx := context.Background()
+			if p == 1 {
+				ctx = ctx1
+			}
+			src := genWords(2, 1_000_000, time.Millisecond)
+			_, errs[p] = Run(ctx, countFlow(src, newCollect[KV[int64]]()), Config{Workers: 1,
+				Cluster: &ClusterConfig{ProcessID: p, Addresses: addrs, ConnectTimeout: 5 * time.Second}})
+		}(p)
+	}
+	time.Sleep(300 * time.Millisecond)
+	kill1()
+	wg.Wait()
+	if errs[0] == nil || !strings.Contains(errs[0].Error(), "process 1") {
+		t.Fatalf("process 0: %v", errs[0])
+	}
+	if d := time.Since(began); d > 10*time.Second {
+		t.Fatalf("took %v to notice", d)
+	}
+}
