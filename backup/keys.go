@@ -21,3 +21,23 @@ func CheckKey(key string) error {
 	}
 	return nil
 }
+
+// PrefixedKey checks key and joins it to a store's prefix (which may be
+// empty): the object name a backend uses for key.
+func PrefixedKey(prefix, key string) (string, error) {
+	if err := CheckKey(key); err != nil {
+		return "", err
+	}
+	if prefix == "" {
+		return key, nil
+	}
+	return prefix + "/" + key, nil
+}
+
+// StoreURL names a bucket store for messages: "s3://bucket/prefix".
+func StoreURL(scheme, bucket, prefix string) string {
+	if prefix == "" {
+		return scheme + "://" + bucket
+	}
+	return scheme + "://" + bucket + "/" + prefix
+}

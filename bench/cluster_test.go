@@ -2,7 +2,7 @@ package bench
 
 import (
 	"fmt"
-	"net"
+	"github.com/flowkeep/flowkeep/internal/freeport"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,11 +26,9 @@ func buildFlowrun(b *testing.B) string {
 func runProcs(b *testing.B, bin, in, out string, procs, w int) time.Duration {
 	b.Helper()
 	os.Remove(out)
-	var addrs []string
-	for i := 0; i < procs; i++ {
-		l, _ := net.Listen("tcp", "127.0.0.1:0")
-		addrs = append(addrs, l.Addr().String())
-		l.Close()
+	addrs, err := freeport.Addrs(procs)
+	if err != nil {
+		b.Fatal(err)
 	}
 	start := time.Now()
 	var wg sync.WaitGroup

@@ -249,6 +249,10 @@ func (x *execution) flushLoaded() error {
 }
 
 func (x *execution) onLoadRows(from int, b []byte) {
+	if x.roots == nil {
+		x.cancel(fmt.Errorf("snapshot rows from process %d arrived before this process was ready", from))
+		return
+	}
 	for len(b) > 0 {
 		var step, key, value string
 		var err error

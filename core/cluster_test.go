@@ -3,8 +3,8 @@ package core
 import (
 	"context"
 	"fmt"
+	"github.com/flowkeep/flowkeep/internal/freeport"
 	"maps"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -13,16 +13,11 @@ import (
 
 func freeAddrs(t *testing.T, n int) []string {
 	t.Helper()
-	var out []string
-	for i := 0; i < n; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, l.Addr().String())
-		l.Close()
+	addrs, err := freeport.Addrs(n)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return out
+	return addrs
 }
 
 // runCluster runs the flow built by mk as procs processes (goroutines here,

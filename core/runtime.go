@@ -163,6 +163,12 @@ func (x *execution) execute() (Epoch, error) {
 		return 0, err
 	}
 	if x.rec != nil && x.start > 1 {
+		if x.mesh != nil {
+			// Rows for this process's instances may only come once they exist.
+			if err := x.mesh.Barrier(x.ctx, "planned"); err != nil {
+				return 0, err
+			}
+		}
 		if err := x.load(); err != nil {
 			return 0, err
 		}
@@ -395,6 +401,10 @@ func (x *execution) runSegments() error {
 	var errOnce sync.Once
 	fail := func(err error) {
 		errOnce.Do(func() {
+			// A step that merely saw the run cancelled reports the cause.
+			if errors.Is(err, context.Canceled) && x.ctx.Err() != nil {
+				err = context.Cause(x.ctx)
+			}
 			firstErr = err
 			x.cancel(err)
 		})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/flowkeep/flowkeep/internal/human"
 	"io"
 	"path/filepath"
 	"sort"
@@ -88,7 +89,7 @@ func runRecoveryInspect(ctx context.Context, o recoveryInspectOptions, out io.Wr
 			fmt.Fprintln(out)
 		}
 		fmt.Fprintf(out, "  rows            %d (%d tombstones) over %d keys\n", in.Rows, in.Tombstones, in.Keys)
-		fmt.Fprintf(out, "  files           db %s, wal %s, shm %s\n", fmtBytes(in.FileBytes), fmtBytes(in.WALBytes), fmtBytes(in.SHMBytes))
+		fmt.Fprintf(out, "  files           db %s, wal %s, shm %s\n", human.Bytes(in.FileBytes), human.Bytes(in.WALBytes), human.Bytes(in.SHMBytes))
 	}
 	if finding != nil {
 		fmt.Fprintf(out, "cannot resume: %v\n", finding)
@@ -113,17 +114,4 @@ func fmtTime(t time.Time) string {
 		return "-"
 	}
 	return t.UTC().Format(time.RFC3339)
-}
-
-func fmtBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

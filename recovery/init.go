@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"github.com/flowkeep/flowkeep/internal/fsync"
 	"os"
 	"path/filepath"
 	"strings"
@@ -48,7 +49,7 @@ func Init(ctx context.Context, dir string, n int) error {
 			return fmt.Errorf("create partition %d: %w", i, err)
 		}
 	}
-	return syncDir(dir)
+	return fsync.Dir(dir)
 }
 
 func createPartition(ctx context.Context, final string, idx PartitionIndex, n PartitionCount, uid string, now time.Time) error {
@@ -74,29 +75,11 @@ func createPartition(ctx context.Context, final string, idx PartitionIndex, n Pa
 	if err := db.Close(); err != nil {
 		return err
 	}
-	if err := syncFile(tmp); err != nil {
+	if err := fsync.File(tmp); err != nil {
 		return err
 	}
 	if _, err := os.Stat(final); err == nil {
 		return fmt.Errorf("%w: %s appeared meanwhile", ErrAlreadyInit, final)
 	}
 	return os.Rename(tmp, final)
-}
-
-func syncFile(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/flowkeep/flowkeep/internal/fsync"
 	"io"
 	"os"
 	"path/filepath"
@@ -216,16 +217,7 @@ func FetchImage(ctx context.Context, s backup.Store, m *backup.Manifest, path st
 	if err := os.Rename(tmp, path); err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(path))
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return fsync.Dir(filepath.Dir(path))
 }
 
 // IntegrityCheck runs PRAGMA integrity_check on a SQLite file.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/flowkeep/flowkeep/internal/fsync"
 	"os"
 	"path/filepath"
 	"sort"
@@ -143,7 +144,7 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 		}
 		delete(fetched, id)
 	}
-	return res, syncDir(dir)
+	return res, fsync.Dir(dir)
 }
 
 type badBackup struct {

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/flowkeep/flowkeep/internal/fsync"
 	"io"
 	"io/fs"
 	"os"
@@ -82,15 +83,6 @@ func writeTemp(path string, data []byte) (string, error) {
 	return tmp, nil
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
-
 // Put implements backup.Store.
 func (s *Store) Put(_ context.Context, key string, data []byte) error {
 	p, err := s.path(key)
@@ -105,7 +97,7 @@ func (s *Store) Put(_ context.Context, key string, data []byte) error {
 		os.Remove(tmp)
 		return fmt.Errorf("put %s: %w", key, err)
 	}
-	return syncDir(filepath.Dir(p))
+	return fsync.Dir(filepath.Dir(p))
 }
 
 // PutIfAbsent implements backup.Store with a hard link, which fails if the
@@ -126,7 +118,7 @@ func (s *Store) PutIfAbsent(_ context.Context, key string, data []byte) error {
 		}
 		return fmt.Errorf("put %s: %w", key, err)
 	}
-	return syncDir(filepath.Dir(p))
+	return fsync.Dir(filepath.Dir(p))
 }
 
 // Get implements backup.Store.

@@ -59,25 +59,12 @@ func New(ctx context.Context, bucket, prefix string, o Options) (*Store, error) 
 	return s, nil
 }
 
-func (s *Store) String() string {
-	if s.prefix == "" {
-		return "gs://" + s.name
-	}
-	return "gs://" + s.name + "/" + s.prefix
-}
+func (s *Store) String() string { return backup.StoreURL("gs", s.name, s.prefix) }
 
 // Close implements backup.Store.
 func (s *Store) Close() error { return s.client.Close() }
 
-func (s *Store) key(k string) (string, error) {
-	if err := backup.CheckKey(k); err != nil {
-		return "", err
-	}
-	if s.prefix == "" {
-		return k, nil
-	}
-	return s.prefix + "/" + k, nil
-}
+func (s *Store) key(k string) (string, error) { return backup.PrefixedKey(s.prefix, k) }
 
 func (s *Store) wrap(op, key string, err error) error {
 	what := op

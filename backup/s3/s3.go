@@ -101,25 +101,12 @@ func New(ctx context.Context, bucket, prefix string, o Options) (*Store, error) 
 	return s, nil
 }
 
-func (s *Store) String() string {
-	if s.prefix == "" {
-		return "s3://" + s.bucket
-	}
-	return "s3://" + s.bucket + "/" + s.prefix
-}
+func (s *Store) String() string { return backup.StoreURL("s3", s.bucket, s.prefix) }
 
 // Close implements backup.Store.
 func (s *Store) Close() error { return nil }
 
-func (s *Store) key(k string) (string, error) {
-	if err := backup.CheckKey(k); err != nil {
-		return "", err
-	}
-	if s.prefix == "" {
-		return k, nil
-	}
-	return s.prefix + "/" + k, nil
-}
+func (s *Store) key(k string) (string, error) { return backup.PrefixedKey(s.prefix, k) }
 
 // wrap maps S3 errors to backup's sentinel errors with context.
 func (s *Store) wrap(op, key string, err error) error {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/flowkeep/flowkeep/internal/human"
 	"io"
 	"os"
 	"time"
@@ -82,19 +83,6 @@ func printResults(out io.Writer, results []*backup.Result) {
 		}
 		m := r.Manifest
 		fmt.Fprintf(out, "partition %d/%d: %s backup %s, epochs %d..%d, uploaded %d chunks (%s), %d already stored, in %v\n",
-			m.Partition.Index, m.Partition.Count, r.Kind, m.ID, m.Epochs.Lo, m.Epochs.Hi, r.ObjectsUploaded, fmtBytes(r.BytesUploaded), r.ObjectsSkipped, r.Duration.Round(time.Millisecond))
+			m.Partition.Index, m.Partition.Count, r.Kind, m.ID, m.Epochs.Lo, m.Epochs.Hi, r.ObjectsUploaded, human.Bytes(r.BytesUploaded), r.ObjectsSkipped, r.Duration.Round(time.Millisecond))
 	}
-}
-
-func fmtBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

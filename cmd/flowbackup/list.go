@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/flowkeep/flowkeep/internal/human"
 	"io"
 	"maps"
 	"slices"
@@ -125,7 +126,7 @@ func runList(ctx context.Context, o listOptions, out io.Writer) error {
 		fmt.Fprintf(out, "flow %s (%s), %d partitions\n", lf.Name, lf.UID, lf.Partitions)
 		for _, e := range lf.Backups {
 			fmt.Fprintf(out, "  part %-3d %s  %-5s  epochs %d..%d  (%s .. %s)  %s\n", e.Partition, e.ID, e.Kind, e.Lo, e.Hi,
-				e.LoTime.Format(time.RFC3339), e.HiTime.Format(time.RFC3339), fmtBytes(e.Stored))
+				e.LoTime.Format(time.RFC3339), e.HiTime.Format(time.RFC3339), human.Bytes(e.Stored))
 		}
 		if lf.OverlapEpoch > 0 {
 			fmt.Fprintf(out, "  restorable to epoch %d (%s)\n", lf.OverlapEpoch, lf.OverlapTime.Format(time.RFC3339))

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/flowkeep/flowkeep/internal/human"
 	"io"
 	"time"
 
@@ -70,6 +71,6 @@ func runPrune(ctx context.Context, o pruneOptions, out io.Writer) error {
 	for _, k := range res.Protected {
 		fmt.Fprintf(out, "kept %s: the newest restorable overlap needs it\n", k)
 	}
-	fmt.Fprintf(out, "%s %d backups and %d chunks (%s); kept %d backups\n", verb, len(res.DeletedManifests), res.DeletedChunks, fmtBytes(res.DeletedBytes), res.KeptManifests)
+	fmt.Fprintf(out, "%s %d backups and %d chunks (%s); kept %d backups\n", verb, len(res.DeletedManifests), res.DeletedChunks, human.Bytes(res.DeletedBytes), res.KeptManifests)
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/flowkeep/flowkeep/internal/human"
 	"io"
 	"os"
 	"strconv"
@@ -171,7 +172,7 @@ func runRestore(ctx context.Context, o restoreOptions, out, errOut io.Writer) er
 		fmt.Fprintf(out, "  fallback: %s\n", f)
 	}
 	if !o.DryRun {
-		fmt.Fprintf(out, "downloaded %s in %v; resume with: flowrun run %s -r %s -s … -b …\n", fmtBytes(res.Bytes), time.Since(began).Round(time.Millisecond), p.Flow.Name, o.To)
+		fmt.Fprintf(out, "downloaded %s in %v; resume with: flowrun run %s -r %s -s … -b …\n", human.Bytes(res.Bytes), time.Since(began).Round(time.Millisecond), p.Flow.Name, o.To)
 	}
 	return nil
 }
@@ -201,7 +202,7 @@ func (b *progressBar) update(done, total int64) {
 	frac = min(frac, 1)
 	n := int(frac * width)
 	rate := float64(done) / time.Since(b.start).Seconds()
-	fmt.Fprintf(b.w, "\r[%s%s] %3.0f%% %s/%s %s/s ", strings.Repeat("#", n), strings.Repeat(".", width-n), frac*100, fmtBytes(done), fmtBytes(total), fmtBytes(int64(rate)))
+	fmt.Fprintf(b.w, "\r[%s%s] %3.0f%% %s/%s %s/s ", strings.Repeat("#", n), strings.Repeat(".", width-n), frac*100, human.Bytes(done), human.Bytes(total), human.Bytes(int64(rate)))
 }
 
 func (b *progressBar) done() { fmt.Fprintln(b.w) }

@@ -3,7 +3,7 @@ package main
 import (
 	"bytes"
 	"fmt"
-	"net"
+	"github.com/flowkeep/flowkeep/internal/freeport"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,16 +15,11 @@ import (
 
 func clusterAddrs(t *testing.T, n int) string {
 	t.Helper()
-	var out []string
-	for i := 0; i < n; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, l.Addr().String())
-		l.Close()
+	addrs, err := freeport.Addrs(n)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return strings.Join(out, ",")
+	return strings.Join(addrs, ",")
 }
 
 type procResult struct {
@@ -112,15 +107,7 @@ func TestCluster_RescaleAcrossProcessAndWorkerCounts(t *testing.T) {
 	writeWords(t, all, 30000, 3, true)
 	one := filepath.Join(dir, "one.csv")
 	mustRun(t, "run", "wordcount", "-i", all, "-o", one, "-w", "2")
-	got, want := lastTotals(t, out), lastTotals(t, one)
-	if len(got) != len(want) {
-		t.Fatalf("%d words after 2x2, 3x1, 1x4; %d in one run", len(got), len(want))
-	}
-	for w, n := range want {
-		if got[w] != n {
-			t.Fatalf("word %s: %s after rescaling, %s in one run", w, got[w], n)
-		}
-	}
+	sameTotals(t, out, one, "2x2, 3x1, 1x4")
 }
 
 func TestCluster_RefusesWhenAPartitionIsUnreachable(t *testing.T) {

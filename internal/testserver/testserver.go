@@ -10,11 +10,12 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"net"
+	"github.com/flowkeep/flowkeep/internal/freeport"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -64,12 +65,12 @@ func Missing(t testing.TB, err error) {
 }
 
 func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addrs, err := freeport.Addrs(1)
 	if err != nil {
 		return 0, err
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	_, port, _ := strings.Cut(addrs[0], ":")
+	return strconv.Atoi(port)
 }
 
 func start(name string, args func(addr, dir string) []string, ready func(addr string) bool) (*Server, error) {
