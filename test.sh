@@ -39,4 +39,16 @@ terraform fmt -check -recursive terraform
 tflint --chdir=terraform --recursive --minimum-failure-severity=warning
 
 echo "test.sh: go test" >&2
-go test -count=1 -timeout 30m ./...
+go test -count=1 -timeout 30m $(go list ./... | grep -v '/integration$')
+
+# The drills print what each lost (must be nothing) and its wall time.
+echo "test.sh: disaster-recovery drills (integration/)" >&2
+log=$(mktemp)
+if go test -count=1 -timeout 15m -v ./integration > "$log" 2>&1; then
+	grep -E 'lost |^ok' "$log" | sed 's/^ *//'
+	rm -f "$log"
+else
+	cat "$log"
+	rm -f "$log"
+	exit 1
+fi
