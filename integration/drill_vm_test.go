@@ -2,8 +2,11 @@ package integration
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -49,13 +52,27 @@ func TestDrill1_VMDestroyed(t *testing.T) {
 			in, out := filepath.Join(dir, "in.txt"), filepath.Join(dir, "out.csv")
 			copyFile(t, first, in)
 			agent := startCmd(t, env, backupBin, "agent", "-r", rec, "--to", url, "--schedule", "@every 1s", "--lock-ttl", "20s")
-			mustCmd(t, nil, flowrunBin, flowArgs(in, out, "2", rec)...)
+			pass1 := mustCmd(t, nil, flowrunBin, flowArgs(in, out, "2", rec)...)
+			m := regexp.MustCompile(`epochs \d+\.\.(\d+)`).FindStringSubmatch(pass1)
+			if m == nil {
+				t.Fatalf("no epochs in %q", pass1)
+			}
+			end1, _ := strconv.Atoi(m[1])
 			appendFile(t, in, second)
-			before := strings.Count(agent.out.String(), "backed up")
 			run := startCmd(t, nil, flowrunBin, flowArgs(in, out, "2", rec)...)
-			// Let the agent back up every partition during the second pass.
+			// Let the agent back up every partition well into the second
+			// pass (epochs past the first pass's end), then kill both.
+			progressed := func() int {
+				n := 0
+				for _, hi := range regexp.MustCompile(`epochs=\d+\.\.(\d+)`).FindAllStringSubmatch(agent.out.String(), -1) {
+					if e, _ := strconv.Atoi(hi[1]); e >= end1+3 {
+						n++
+					}
+				}
+				return n
+			}
 			deadline := time.Now().Add(30 * time.Second)
-			for strings.Count(agent.out.String(), "backed up") < before+4 && time.Now().Before(deadline) {
+			for progressed() < 4 && time.Now().Before(deadline) {
 				time.Sleep(20 * time.Millisecond)
 			}
 			killedRun := run.kill()
@@ -76,7 +93,7 @@ func TestDrill1_VMDestroyed(t *testing.T) {
 			if !bytes.Equal(got, want) {
 				t.Fatalf("output after restore differs from the uninterrupted run: %d vs %d bytes\nrestore said:\n%s", len(got), len(want), ra)
 			}
-			drillLog(t, began, "nothing (output identical, "+firstLine(ra)+")")
+			drillLog(t, began, fmt.Sprintf("nothing (output identical; pass 1 ended at epoch %d; %s)", end1, firstLine(ra)))
 		})
 	}
 }
