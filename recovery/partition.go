@@ -53,6 +53,34 @@ func OpenDB(path string, readOnly bool) (*sql.DB, error) {
 	return db, nil
 }
 
+// OpenScratchDB opens a partition image that nothing else can see yet (a
+// restore's temporary file) for one bulk change: exclusive, no journal, no
+// syncs, a large cache, so each changed page is written once. A failure
+// part-way leaves the file unusable, so callers discard it; on success they
+// call CloseScratchDB and then fsync the file.
+func OpenScratchDB(path string) (*sql.DB, error) {
+	q := url.Values{}
+	for _, p := range []string{"locking_mode(EXCLUSIVE)", "journal_mode(OFF)", "synchronous(OFF)", "cache_size(-131072)"} {
+		q.Add("_pragma", p)
+	}
+	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		return nil, err
+	}
+	db.SetMaxOpenConns(1)
+	return db, nil
+}
+
+// CloseScratchDB returns a scratch image to the WAL mode partitions use
+// and closes it.
+func CloseScratchDB(ctx context.Context, db *sql.DB) error {
+	_, err := db.ExecContext(ctx, `PRAGMA journal_mode=WAL`)
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
 // OpenPartition opens path and reads its identity. It returns (nil, nil) if
 // the file is a SQLite database without a parts row (not a partition).
 func OpenPartition(ctx context.Context, path string, readOnly bool) (*Partition, error) {

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/flowkeep/flowkeep/internal/fsync"
 	"io"
 	"os"
 	"path/filepath"
@@ -15,6 +14,8 @@ import (
 	"syscall"
 
 	"github.com/flowkeep/flowkeep/backup"
+	"github.com/flowkeep/flowkeep/internal/directio"
+	"github.com/flowkeep/flowkeep/internal/fsync"
 	"github.com/flowkeep/flowkeep/recovery"
 )
 
@@ -99,7 +100,9 @@ func FetchObjects(ctx context.Context, s backup.Store, objs []backup.Object, wan
 		if o.ImageSum {
 			h.Write(r.data)
 		}
-		if _, werr := w.Write(r.data); werr != nil {
+		_, werr := w.Write(r.data)
+		putBuffer(r.data)
+		if werr != nil {
 			err = werr
 			break
 		}
@@ -144,14 +147,33 @@ func fetchObject(ctx context.Context, s backup.Store, ob backup.Object) ([]byte,
 	if int64(len(z)) != ob.Stored {
 		return nil, fmt.Errorf("%w: chunk %s is %d bytes stored, manifest says %d (truncated)", backup.ErrCorrupt, ob.SHA256[:12], len(z), ob.Stored)
 	}
-	b, err := backup.Decompress(make([]byte, 0, ob.Size), z, ob.Size)
+	b, err := backup.Decompress(getBuffer(ob.Size), z, ob.Size)
 	if err != nil {
 		return nil, fmt.Errorf("chunk %s: %w", ob.SHA256[:12], err)
 	}
 	if int64(len(b)) != ob.Size || backup.SumHex(b) != ob.SHA256 {
+		putBuffer(b)
 		return nil, fmt.Errorf("%w: chunk %s does not match its sha256", backup.ErrCorrupt, ob.SHA256[:12])
 	}
 	return b, nil
+}
+
+// chunkBuffers recycles the aligned buffers whole chunks decompress into,
+// so they can be written past the page cache without a copy.
+var chunkBuffers = sync.Pool{New: func() any { return directio.Buffer(backup.ChunkSize) }}
+
+// getBuffer returns an empty, aligned buffer for n bytes.
+func getBuffer(n int64) []byte {
+	if n <= backup.ChunkSize {
+		return chunkBuffers.Get().([]byte)[:0]
+	}
+	return directio.Buffer(int(n))
+}
+
+func putBuffer(b []byte) {
+	if cap(b) == backup.ChunkSize && directio.Aligned(b[:0]) {
+		chunkBuffers.Put(b[:0])
+	}
 }
 
 // FetchImage writes the partition image a manifest describes to path,
@@ -170,7 +192,8 @@ func FetchImage(ctx context.Context, s backup.Store, m *backup.Manifest, path st
 			os.Remove(tmp + ".delta")
 		}
 	}()
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	removeDB(tmp)
+	f, err := directio.Create(tmp)
 	if err != nil {
 		return err
 	}
@@ -198,13 +221,18 @@ func FetchImage(ctx context.Context, s backup.Store, m *backup.Manifest, path st
 		if err != nil {
 			return fmt.Errorf("fetch delta of backup %s: %w", m.ID, err)
 		}
-		db, err := recovery.OpenDB(tmp, false)
+		db, err := recovery.OpenScratchDB(tmp)
 		if err != nil {
 			return err
 		}
 		err = backup.ApplyDelta(ctx, db, dpath, m.Delta.Watermark)
-		if cerr := db.Close(); err == nil {
-			err = cerr
+		if err == nil {
+			err = recovery.CloseScratchDB(ctx, db)
+		} else {
+			db.Close()
+		}
+		if err == nil {
+			err = fsync.File(tmp)
 		}
 		os.Remove(dpath)
 		if err != nil {

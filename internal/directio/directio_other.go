@@ -1,0 +1,12 @@
+//go:build !linux
+
+package directio
+
+import "os"
+
+func create(path string) (*os.File, bool, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	return f, false, err
+}
+
+func setDirect(*os.File, bool) error { return nil }

@@ -1,0 +1,112 @@
+package directio
+
+import (
+	"bytes"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestBufferIsAligned(t *testing.T) {
+	for _, n := range []int{Align, 3 * Align, 4 << 20, 4<<20 + 1} {
+		b := Buffer(n)
+		if len(b) != 0 || cap(b) != n {
+			t.Fatalf("Buffer(%d): len %d cap %d", n, len(b), cap(b))
+		}
+		if n%Align == 0 && !Aligned(b[:n]) {
+			t.Fatalf("Buffer(%d) is not aligned", n)
+		}
+	}
+	if Aligned(Buffer(2 * Align)[1 : Align+1]) {
+		t.Fatal("an offset slice counts as aligned")
+	}
+	if Aligned(Buffer(2 * Align)[:100]) {
+		t.Fatal("a short slice counts as aligned")
+	}
+}
+
+// Whatever the pieces, the file holds exactly what was written, on disk
+// (direct I/O) and on tmpfs (which may refuse it).
+func TestWriterWritesExactly(t *testing.T) {
+	dirs := map[string]string{"disk": t.TempDir()}
+	if fi, err := os.Stat("/dev/shm"); err == nil && fi.IsDir() {
+		d, err := os.MkdirTemp("/dev/shm", "directio")
+		if err == nil {
+			t.Cleanup(func() { os.RemoveAll(d) })
+			dirs["tmpfs"] = d
+		}
+	}
+	r := rand.New(rand.NewSource(1))
+	cases := []struct {
+		name   string
+		pieces []int  // sizes
+		offset []bool // piece not at an aligned address
+	}{
+		{"aligned chunks", []int{1 << 20, 1 << 20, 4 * Align}, nil},
+		{"short tail", []int{1 << 20, 1 << 20, 1000}, nil},
+		{"short first", []int{1000, 1 << 20}, nil},
+		{"misaligned address", []int{Align, Align, Align}, []bool{false, true, false}},
+		{"empty", nil, nil},
+	}
+	for fs, dir := range dirs {
+		for _, c := range cases {
+			t.Run(fs+"/"+c.name, func(t *testing.T) {
+				path := filepath.Join(dir, c.name)
+				w, err := Create(path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var want []byte
+				for i, n := range c.pieces {
+					b := Buffer(n + 1)
+					if i < len(c.offset) && c.offset[i] {
+						b = b[1:1]
+					}
+					b = b[:n]
+					r.Read(b)
+					want = append(want, b...)
+					if m, err := w.Write(b); err != nil || m != n {
+						t.Fatalf("write %d bytes: %d, %v", n, m, err)
+					}
+				}
+				aligned := true
+				for _, n := range c.pieces {
+					aligned = aligned && n%Align == 0
+				}
+				if fs == "disk" && onExt4(dir) && aligned && len(c.offset) == 0 && !w.Direct() {
+					t.Error("aligned writes on ext4 went through the page cache")
+				}
+				if w.Direct() && !aligned {
+					t.Error("still direct after an unaligned write")
+				}
+				if err := w.Sync(); err != nil {
+					t.Fatal(err)
+				}
+				if err := w.Close(); err != nil {
+					t.Fatal(err)
+				}
+				got, err := os.ReadFile(path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(got, want) {
+					t.Fatalf("file holds %d bytes, wrote %d (or they differ)", len(got), len(want))
+				}
+			})
+		}
+	}
+}
+
+func TestCreateRefusesExisting(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(path, []byte("keep"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Create(path); err == nil {
+		t.Fatal("Create overwrote an existing file")
+	}
+	if b, _ := os.ReadFile(path); string(b) != "keep" {
+		t.Fatalf("existing file changed to %q", b)
+	}
+}
