@@ -285,27 +285,24 @@ func gc(ctx context.Context, tx *sql.Tx, old, c Epoch, now int64) error {
 	return nil
 }
 
-// deleteBatch keys go into one DELETE: (step_id, state_key) IN (VALUES …)
-// uses the primary key for each.
-const deleteBatch = 200
-
 // deleteKeys deletes the rows of keys matching cond (on epoch, one ? bound
-// to arg), in batches.
+// to arg), in primary-key order. One prepared statement per key seeks
+// straight to the key's rows; a batched IN (VALUES …) costs more, as SQLite
+// first builds a temporary index of the list.
 func deleteKeys(ctx context.Context, tx *sql.Tx, keys []stepKey, cond string, arg Epoch) error {
+	if len(keys) == 0 {
+		return nil
+	}
 	sortKeys(keys)
-	args := make([]any, 0, 2*deleteBatch+1)
-	for len(keys) > 0 {
-		n := min(len(keys), deleteBatch)
-		args = args[:0]
-		for _, k := range keys[:n] {
-			args = append(args, string(k.step), string(k.key))
-		}
-		args = append(args, arg)
-		q := "DELETE FROM snaps WHERE (step_id, state_key) IN (VALUES (?, ?)" + strings.Repeat(", (?, ?)", n-1) + ") AND " + cond
-		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+	st, err := tx.PrepareContext(ctx, "DELETE FROM snaps WHERE step_id = ? AND state_key = ? AND "+cond)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	for _, k := range keys {
+		if _, err := st.ExecContext(ctx, string(k.step), string(k.key), arg); err != nil {
 			return err
 		}
-		keys = keys[n:]
 	}
 	return nil
 }
