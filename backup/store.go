@@ -60,13 +60,22 @@ var (
 // ReadAll reads an object, refusing more than limit bytes (a manifest that
 // claims a small object must not make us read a huge one).
 func ReadAll(ctx context.Context, s Store, key string, limit int64) ([]byte, error) {
+	return read(ctx, s, key, limit, 0)
+}
+
+// ReadSized reads an object the manifest says is size bytes (at most a
+// chunk's bound), into a buffer of that size from the start; it refuses more.
+func ReadSized(ctx context.Context, s Store, key string, size int64) ([]byte, error) {
+	return read(ctx, s, key, size, min(size, MaxChunkBytes+MaxChunkBytes/8))
+}
+
+func read(ctx context.Context, s Store, key string, limit, prealloc int64) ([]byte, error) {
 	rc, err := s.Get(ctx, key)
 	if err != nil {
 		return nil, err
 	}
 	defer rc.Close()
-	// Room for the expected size up front (a chunk at most): no regrowing.
-	buf := bytes.NewBuffer(make([]byte, 0, min(limit+1, MaxChunkBytes+MaxChunkBytes/8)+bytes.MinRead))
+	buf := bytes.NewBuffer(make([]byte, 0, prealloc+bytes.MinRead))
 	if _, err := buf.ReadFrom(io.LimitReader(rc, limit+1)); err != nil {
 		return nil, err
 	}

@@ -140,7 +140,7 @@ func FetchObject(ctx context.Context, s backup.Store, ob backup.Object) ([]byte,
 
 func fetchObject(ctx context.Context, s backup.Store, ob backup.Object) ([]byte, error) {
 	key := backup.ChunkKey(ob.SHA256)
-	z, err := backup.ReadAll(ctx, s, key, ob.Stored)
+	z, err := backup.ReadSized(ctx, s, key, ob.Stored)
 	if err != nil {
 		return nil, fmt.Errorf("chunk %s: %w", ob.SHA256[:12], err)
 	}
