@@ -26,6 +26,10 @@ type Config struct {
 	EpochInterval time.Duration
 	// Recovery keeps snapshots; nil runs without recovery.
 	Recovery Recovery
+	// OnEpoch, if set, is told each epoch this process opens (every
+	// EpochInterval while input lasts; in a cluster as process 0's clock
+	// says). It is called from the clock and must return quickly.
+	OnEpoch func(Epoch)
 }
 
 // Result summarises a finished run.
@@ -233,6 +237,7 @@ func (x *execution) plan() error {
 		total += len(ps)
 	}
 	x.clock = newClock(x.start, total)
+	x.clock.onEpoch = x.cfg.OnEpoch
 	if x.mesh != nil {
 		if err := x.checkSamePartitions(parts); err != nil {
 			return err
@@ -582,6 +587,7 @@ type clock struct {
 	stopOne sync.Once
 
 	hook     func(e Epoch, final bool) // leader: called after each change
+	onEpoch  func(Epoch)               // Config.OnEpoch
 	follower bool                      // does not tick; set by the leader's messages
 	forward  func()                    // follower: report a partition's end to the leader
 }
@@ -629,14 +635,18 @@ func (c *clock) partitionDone() {
 // set applies the leader's epoch (and finality).
 func (c *clock) set(e Epoch, final bool) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if e > c.epoch {
+	opened := e > c.epoch
+	if opened {
 		c.epoch = e
 	}
 	if final {
 		c.final = true
 	}
 	c.broadcastLocked()
+	c.mu.Unlock()
+	if opened && c.onEpoch != nil {
+		c.onEpoch(e)
+	}
 }
 
 func (c *clock) finalEpoch() Epoch {
@@ -664,6 +674,9 @@ func (c *clock) tick(ctx context.Context, every time.Duration) {
 			c.mu.Unlock()
 			if ticked && c.hook != nil {
 				c.hook(e, false)
+			}
+			if ticked && c.onEpoch != nil {
+				c.onEpoch(e)
 			}
 		case <-c.stopped:
 			return

@@ -327,3 +327,28 @@ func TestTumblingFold_LateItemsReported(t *testing.T) {
 		t.Fatalf("got %v\nwant %v", lines, want)
 	}
 }
+
+// OnEpoch hears every epoch the run opens, in order, ending with the final one.
+func TestRun_OnEpochHearsEachEpochOpen(t *testing.T) {
+	var mu sync.Mutex
+	var heard []Epoch
+	sink := newCollect[KV[int64]]()
+	res, err := Run(context.Background(), countFlow(genWords(2, 10*linesPerBatch, 10*time.Millisecond), sink), Config{Workers: 2, EpochInterval: 20 * time.Millisecond,
+		OnEpoch: func(e Epoch) { mu.Lock(); heard = append(heard, e); mu.Unlock() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(heard) < 2 {
+		t.Fatalf("heard %v over a run of epochs %d..%d", heard, res.StartEpoch, res.FinalEpoch)
+	}
+	for i, e := range heard {
+		if want := res.StartEpoch + Epoch(i) + 1; e != want {
+			t.Fatalf("heard %v, want epochs %d.. in order", heard, res.StartEpoch+1)
+		}
+	}
+	if last := heard[len(heard)-1]; last != res.FinalEpoch {
+		t.Fatalf("last epoch heard %d, final epoch %d", last, res.FinalEpoch)
+	}
+}

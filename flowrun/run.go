@@ -161,6 +161,11 @@ func runRun(ctx context.Context, o runOptions, specs []FlowSpec, stderr io.Write
 	}
 	cfg := core.Config{Workers: o.Workers, EpochInterval: o.Snapshot}
 	ropts := recovery.Options{FlowName: flow.Name(), Intervals: recovery.Intervals{Snapshot: o.Snapshot, Backup: o.Backup}}
+	prog := newProgress(stderr, flow.Name())
+	if prog != nil {
+		cfg.OnEpoch = prog.opened
+		ropts.OnCommitted = prog.committed
+	}
 	switch {
 	case len(o.Addresses) > 1:
 		cfg.Cluster = &core.ClusterConfig{ProcessID: o.ProcessID, Addresses: o.Addresses}
@@ -173,9 +178,11 @@ func runRun(ctx context.Context, o runOptions, specs []FlowSpec, stderr io.Write
 			return err
 		}
 		cfg.Recovery = recoveryAdapter{st}
+		prog.writes(len(st.Partitions()))
 	}
 	began := time.Now()
 	res, err := core.Run(ctx, flow, cfg)
+	prog.clear()
 	if err != nil {
 		if errors.Is(err, context.Canceled) && ctx.Err() != nil {
 			return fmt.Errorf("interrupted; run again with the same -r to resume")

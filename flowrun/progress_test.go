@@ -1,0 +1,78 @@
+package flowrun
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flowkeep/flowkeep/core"
+	"github.com/flowkeep/flowkeep/recovery"
+)
+
+func TestProgress_Line(t *testing.T) {
+	type commit struct {
+		part     recovery.PartitionIndex
+		frontier recovery.Epoch
+	}
+	tests := []struct {
+		name    string
+		parts   int
+		commits []commit
+		epoch   core.Epoch
+		want    string
+	}{
+		{"without recovery", 0, nil, 3, "flowrun: wc: epoch 3, running 2s"},
+		{"nothing durable yet", 2, []commit{{0, 2}}, 2, "flowrun: wc: epoch 2, no epoch durable yet, running 2s"},
+		{"durable through the lowest partition", 2, []commit{{0, 5}, {1, 4}, {0, 6}}, 6, "flowrun: wc: epoch 6, durable through epoch 3, running 2s"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			now := time.Unix(100, 0)
+			p := newProgressTo(&buf, "wc", func() time.Time { return now })
+			p.writes(tt.parts)
+			now = now.Add(2 * time.Second)
+			for _, c := range tt.commits {
+				p.committed(c.part, c.frontier)
+			}
+			buf.Reset()
+			p.opened(tt.epoch)
+			if got := strings.TrimPrefix(buf.String(), "\r\033[K"); got != tt.want {
+				t.Fatalf("line %q, want %q", got, tt.want)
+			}
+			buf.Reset()
+			p.clear()
+			if buf.String() != "\r\033[K" {
+				t.Fatalf("clear wrote %q", buf.String())
+			}
+			buf.Reset()
+			p.clear()
+			if buf.Len() != 0 {
+				t.Fatalf("a second clear wrote %q", buf.String())
+			}
+		})
+	}
+}
+
+// Off a terminal (a pipe, a log file) nothing is drawn at all.
+func TestProgress_SilentOffATerminal(t *testing.T) {
+	f, err := os.Create(filepath.Join(t.TempDir(), "log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	p := newProgress(f, "wc")
+	if p != nil {
+		t.Fatal("progress drawn into a file")
+	}
+	p.writes(2)
+	p.opened(5)
+	p.committed(0, 3)
+	p.clear()
+	if fi, _ := f.Stat(); fi.Size() != 0 {
+		t.Fatalf("wrote %d bytes into a file", fi.Size())
+	}
+}
