@@ -97,7 +97,7 @@ func start(name string, args func(addr, dir string) []string, ready func(addr st
 		}
 		cmd := exec.Command(bin, args(addr, data)...)
 		cmd.Stdout, cmd.Stderr = logf, logf
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		cmd.SysProcAttr = dieWithParent()
 		if err := cmd.Start(); err != nil {
 			logf.Close()
 			return nil, err
