@@ -35,11 +35,10 @@ func CreateEmpty(ctx context.Context, path string) (*sql.DB, error) {
 	if _, err := os.Stat(path); err == nil {
 		return nil, fmt.Errorf("create %s: file exists", path)
 	}
-	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=journal_mode(DELETE)&_pragma=synchronous(OFF)")
+	db, err := open(path, true, "", "journal_mode(DELETE)", "synchronous(OFF)")
 	if err != nil {
 		return nil, err
 	}
-	db.SetMaxOpenConns(1)
 	if err := migrate(ctx, db); err != nil {
 		db.Close()
 		return nil, err

@@ -25,32 +25,36 @@ type Partition struct {
 	FlowUID string
 }
 
-// dsn builds the connection string for a partition file.
-func dsn(path string, readOnly bool) string {
+// open opens a SQLite file whose every connection runs pragmas first;
+// single limits it to one connection (every writer: SQLite has one writer
+// at a time, and connection-scoped pragmas then hold for all its work).
+// txlock, if set, is how transactions begin (immediate: take the write
+// lock at BEGIN rather than fail at the first write).
+func open(path string, single bool, txlock string, pragmas ...string) (*sql.DB, error) {
 	q := url.Values{}
-	q.Add("_pragma", "busy_timeout(20000)")
-	if readOnly {
-		q.Add("_pragma", "query_only(1)")
-	} else {
-		q.Add("_pragma", "journal_mode(WAL)")
-		q.Add("_pragma", "synchronous(FULL)")
-		q.Add("_pragma", "cache_size(-16384)")
-		q.Add("_txlock", "immediate")
+	for _, p := range pragmas {
+		q.Add("_pragma", p)
 	}
-	return "file:" + path + "?" + q.Encode()
+	if txlock != "" {
+		q.Add("_txlock", txlock)
+	}
+	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		return nil, err
+	}
+	if single {
+		db.SetMaxOpenConns(1)
+	}
+	return db, nil
 }
 
 // OpenDB opens a SQLite file with the settings partitions use. readOnly
 // connections never write (query_only) and so never disturb a running flow.
 func OpenDB(path string, readOnly bool) (*sql.DB, error) {
-	db, err := sql.Open("sqlite", dsn(path, readOnly))
-	if err != nil {
-		return nil, err
+	if readOnly {
+		return open(path, false, "", "busy_timeout(20000)", "query_only(1)")
 	}
-	if !readOnly {
-		db.SetMaxOpenConns(1)
-	}
-	return db, nil
+	return open(path, true, "immediate", "busy_timeout(20000)", "journal_mode(WAL)", "synchronous(FULL)", "cache_size(-16384)")
 }
 
 // OpenScratchDB opens a partition image that nothing else can see yet (a
@@ -59,16 +63,7 @@ func OpenDB(path string, readOnly bool) (*sql.DB, error) {
 // part-way leaves the file unusable, so callers discard it; on success they
 // call CloseScratchDB and then fsync the file.
 func OpenScratchDB(path string) (*sql.DB, error) {
-	q := url.Values{}
-	for _, p := range []string{"locking_mode(EXCLUSIVE)", "journal_mode(OFF)", "synchronous(OFF)", "cache_size(-131072)"} {
-		q.Add("_pragma", p)
-	}
-	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
-	if err != nil {
-		return nil, err
-	}
-	db.SetMaxOpenConns(1)
-	return db, nil
+	return open(path, true, "", "locking_mode(EXCLUSIVE)", "journal_mode(OFF)", "synchronous(OFF)", "cache_size(-131072)")
 }
 
 // CloseScratchDB returns a scratch image to the WAL mode partitions use
