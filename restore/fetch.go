@@ -186,9 +186,7 @@ func FetchImage(ctx context.Context, s backup.Store, m *backup.Manifest, path st
 	tmp := path + ".restore-tmp"
 	defer func() {
 		if err != nil {
-			os.Remove(tmp)
-			os.Remove(tmp + "-wal")
-			os.Remove(tmp + "-shm")
+			removeDB(tmp)
 			os.Remove(tmp + ".delta")
 		}
 	}()
