@@ -8,8 +8,9 @@ import (
 	"fmt"
 	"os"
 	"runtime/debug"
-	"sync"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/flowkeep/flowkeep/recovery"
 )
@@ -134,17 +135,15 @@ func BackupDir(ctx context.Context, s Store, dir string, o Options) ([]*Result, 
 		par = 4
 	}
 	results := make([]*Result, len(ps))
-	sem := make(chan struct{}, par)
-	var wg sync.WaitGroup
+	var g errgroup.Group
+	g.SetLimit(par)
 	for i, p := range ps {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
+		g.Go(func() error {
 			results[i] = BackupPartition(ctx, s, p, o)
-		}()
+			return nil
+		})
 	}
-	wg.Wait()
+	g.Wait()
 	var errs []error
 	for _, r := range results {
 		if r.Err != nil {

@@ -4,16 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/flowkeep/flowkeep/internal/fsync"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/flowkeep/flowkeep/backup"
+	"github.com/flowkeep/flowkeep/internal/fsync"
 	"github.com/flowkeep/flowkeep/recovery"
 )
 
@@ -170,13 +171,10 @@ func fetchAll(ctx context.Context, s backup.Store, dir string, plan *Plan, parts
 		}
 	}
 	// Partitions download side by side, each with its own workers.
-	sem := make(chan struct{}, 4)
-	var wg sync.WaitGroup
+	var g errgroup.Group
+	g.SetLimit(4)
 	for _, j := range jobs {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
+		g.Go(func() error {
 			removeDB(j.tmp)
 			j.err = FetchImage(ctx, s, j.m, j.tmp, fo, done)
 			if j.err == nil {
@@ -184,9 +182,10 @@ func fetchAll(ctx context.Context, s backup.Store, dir string, plan *Plan, parts
 					removeDB(j.tmp)
 				}
 			}
-		}()
+			return nil
+		})
 	}
-	wg.Wait()
+	g.Wait()
 	var bad *badBackup
 	var hard error
 	for _, j := range jobs {
