@@ -4,7 +4,8 @@ import (
 	"context"
 	"fmt"
 	"sort"
-	"sync"
+
+	"golang.org/x/sync/errgroup"
 )
 
 // Catalog is every manifest under a store's root.
@@ -46,22 +47,15 @@ func LoadCatalog(ctx context.Context, s Store, workers int) (*Catalog, error) {
 	}
 	ms := make([]*Manifest, len(refs))
 	errs := make([]error, len(refs))
-	var wg sync.WaitGroup
-	next := make(chan int)
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				ms[i], errs[i] = loadManifest(ctx, s, refs[i])
-			}
-		}()
-	}
+	var g errgroup.Group
+	g.SetLimit(workers)
 	for i := range refs {
-		next <- i
+		g.Go(func() error {
+			ms[i], errs[i] = loadManifest(ctx, s, refs[i])
+			return nil
+		})
 	}
-	close(next)
-	wg.Wait()
+	g.Wait()
 	c := &Catalog{Keys: map[*Manifest]string{}, Broken: strays}
 	for i, m := range ms {
 		if errs[i] != nil {
