@@ -2,7 +2,6 @@ package bench
 
 import (
 	"fmt"
-	"github.com/flowkeep/flowkeep/internal/freeport"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/flowkeep/flowkeep/internal/freeport"
 )
 
 func buildFlowrun(b *testing.B) string {

@@ -3,12 +3,13 @@ package core
 import (
 	"context"
 	"fmt"
-	"github.com/flowkeep/flowkeep/internal/freeport"
 	"maps"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/flowkeep/flowkeep/internal/freeport"
 )
 
 func freeAddrs(t *testing.T, n int) []string {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/flowkeep/flowkeep/internal/human"
 	"io"
 	"path/filepath"
 	"sort"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/flowkeep/flowkeep/internal/human"
 	"github.com/flowkeep/flowkeep/recovery"
 )
 

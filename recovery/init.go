@@ -5,11 +5,12 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"github.com/flowkeep/flowkeep/internal/fsync"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/flowkeep/flowkeep/internal/fsync"
 )
 
 // Init creates n partitions part-0.sqlite3 … in the existing directory dir.

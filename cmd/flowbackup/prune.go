@@ -3,13 +3,13 @@ package main
 import (
 	"context"
 	"fmt"
-	"github.com/flowkeep/flowkeep/internal/human"
 	"io"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/flowkeep/flowkeep/backup"
+	"github.com/flowkeep/flowkeep/internal/human"
 )
 
 type pruneOptions struct {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/flowkeep/flowkeep/internal/human"
 	"io"
 	"os"
 	"strconv"
@@ -14,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/flowkeep/flowkeep/internal/human"
 	"github.com/flowkeep/flowkeep/restore"
 )
 

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"fmt"
-	"github.com/flowkeep/flowkeep/internal/freeport"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/flowkeep/flowkeep/internal/freeport"
 )
 
 func clusterAddrs(t *testing.T, n int) string {
