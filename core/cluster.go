@@ -9,7 +9,56 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
+
+	"github.com/flowkeep/flowkeep/internal/mesh"
 )
+
+// Mesh connects the processes of a cluster (package internal/mesh is the
+// transport). Recoveries that span processes use it through this
+// interface.
+//
+// Contract: Send is ordered per (sender, receiver) pair and blocks while the
+// connection's bounded queue is full. Handlers run on the connection's reader
+// goroutine, in arrival order; they may block only on local resources (never
+// on another message). Barrier returns once every process reached the barrier
+// of that name, which also means every message sent before it by any process
+// to this one has been handled.
+type Mesh interface {
+	Self() int
+	Processes() int
+	Send(ctx context.Context, to int, topic string, payload []byte) error
+	Handle(topic string, fn func(from int, payload []byte))
+	Barrier(ctx context.Context, name string) error
+	// Gather sends payload to every other process under topic and returns
+	// every process's payload for that topic (this one's included), once all
+	// arrived. Each topic is gathered once per run.
+	Gather(ctx context.Context, topic string, payload []byte) (map[int][]byte, error)
+}
+
+var _ Mesh = (*mesh.Mesh)(nil)
+
+// ClusterConfig makes a run one process of a cluster.
+type ClusterConfig struct {
+	// ProcessID is this process's index into Addresses.
+	ProcessID int
+	// Addresses are host:port of every process, in process order; this
+	// process listens on its own.
+	Addresses []string
+	// ConnectTimeout bounds the wait for all peers (default 60s).
+	ConnectTimeout time.Duration
+}
+
+// ClusterRecovery is a Recovery that spans the processes of a cluster.
+type ClusterRecovery interface {
+	Recovery
+	// Attach is called before Begin with the cluster's mesh.
+	Attach(m Mesh)
+}
+
+// remoteCredits is how many messages may be in flight per (source process,
+// step, destination worker).
+const remoteCredits = 16
 
 // clusterState is the runtime's share of a cluster run.
 type clusterState struct {
@@ -34,7 +83,8 @@ func (x *execution) joinCluster() error {
 		steps[i] = string(id)
 	}
 	ident := fmt.Sprintf("flowkeep/1 %s w=%d p=%d steps=%s", x.flow.name, x.local, x.procs, strings.Join(steps, ","))
-	m, err := dialMesh(x.ctx, *x.cfg.Cluster, ident, func(err error) { x.cancel(err) })
+	c := x.cfg.Cluster
+	m, err := mesh.Dial(x.ctx, mesh.Config{Self: c.ProcessID, Addresses: c.Addresses, ConnectTimeout: c.ConnectTimeout}, ident, func(err error) { x.cancel(err) })
 	if err != nil {
 		return err
 	}
@@ -47,13 +97,13 @@ func (x *execution) joinCluster() error {
 			x.cl.wires[n] = n.exchanged.wire()
 		}
 	}
-	m.onData = x.onData
-	m.onCredit = x.onCredit
+	m.OnData = x.onData
+	m.OnCredit = x.onCredit
 	m.Handle("load.rows", x.onLoadRows)
 	if x.rec != nil {
 		cr, ok := x.rec.(ClusterRecovery)
 		if !ok {
-			m.close(fmt.Errorf("recovery does not span processes"))
+			m.Close(fmt.Errorf("recovery does not span processes"))
 			return fmt.Errorf("this recovery cannot be used by a cluster")
 		}
 		cr.Attach(m)
@@ -96,18 +146,21 @@ func (x *execution) sendRemote(n *node, d int, m msg, batch any) error {
 	case <-x.ctx.Done():
 		return context.Cause(x.ctx)
 	}
-	frame := make([]byte, dataHeader, dataHeader+16<<10)
+	frame := make([]byte, mesh.DataHeaderLen, mesh.DataHeaderLen+16<<10)
 	if batch != nil {
 		var err error
 		if frame, err = x.cl.wires[n].encode(frame, batch); err != nil {
 			return err
 		}
 	}
-	return x.mesh.sendData(x.ctx, x.ownerOf(d), x.cl.nodeIdx[n], uint32(d), m, frame)
+	h := mesh.DataHeader{Node: x.cl.nodeIdx[n], Dst: uint32(d), From: m.from, Kind: uint8(m.kind), Epoch: uint64(m.epoch)}
+	return x.mesh.SendData(x.ctx, x.ownerOf(d), h, frame)
 }
 
 // onData receives a batch or marker from another process (reader goroutine).
-func (x *execution) onData(from int, nodeIdx uint16, dst uint32, m msg, payload []byte) error {
+func (x *execution) onData(from int, h mesh.DataHeader, payload []byte) error {
+	nodeIdx, dst := h.Node, h.Dst
+	m := msg{kind: msgKind(h.Kind), from: h.From, epoch: Epoch(h.Epoch)}
 	if int(nodeIdx) >= len(x.flow.nodes) || int(dst) >= x.workers || !x.isLocal(int(dst)) {
 		return fmt.Errorf("data for step %d worker %d, which is not here", nodeIdx, dst)
 	}
@@ -161,7 +214,7 @@ func (c *creditReturn) add(origin int32) error {
 	if c.owed[p] >= remoteCredits/2 {
 		n := c.owed[p]
 		c.owed[p] = 0
-		return c.x.mesh.sendCredit(c.x.ctx, p, c.node, c.dst, n)
+		return c.x.mesh.SendCredit(c.x.ctx, p, c.node, c.dst, n)
 	}
 	return nil
 }
@@ -204,7 +257,7 @@ func (x *execution) setupClusterClock() {
 			if final {
 				b = append(b, 1)
 			}
-			x.mesh.broadcast(x.ctx, "clock", b)
+			x.mesh.Broadcast(x.ctx, "clock", b)
 		}
 		x.mesh.Handle("clock.done", func(int, []byte) { c.partitionDone() })
 		return

@@ -1,4 +1,4 @@
-package core
+package core_test
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flowkeep/flowkeep/core"
 	"github.com/flowkeep/flowkeep/internal/freeport"
 )
 
@@ -23,7 +24,7 @@ func freeAddrs(t *testing.T, n int) []string {
 
 // runCluster runs the flow built by mk as procs processes (goroutines here,
 // real TCP between them) of w workers each.
-func runCluster(t *testing.T, procs, w int, mk func() (*Flow, func() map[string]int64)) (map[string]int64, []error) {
+func runCluster(t *testing.T, procs, w int, mk func() (*core.Flow, func() map[string]int64)) (map[string]int64, []error) {
 	t.Helper()
 	addrs := freeAddrs(t, procs)
 	got := map[string]int64{}
@@ -35,8 +36,8 @@ func runCluster(t *testing.T, procs, w int, mk func() (*Flow, func() map[string]
 		go func(p int) {
 			defer wg.Done()
 			f, result := mk()
-			_, err := Run(context.Background(), f, Config{Workers: w, EpochInterval: 5 * time.Millisecond,
-				Cluster: &ClusterConfig{ProcessID: p, Addresses: addrs, ConnectTimeout: 10 * time.Second}})
+			_, err := core.Run(context.Background(), f, core.Config{Workers: w, EpochInterval: 5 * time.Millisecond,
+				Cluster: &core.ClusterConfig{ProcessID: p, Addresses: addrs, ConnectTimeout: 10 * time.Second}})
 			errs[p] = err
 			mu.Lock()
 			for k, v := range result() {
@@ -53,14 +54,14 @@ func runCluster(t *testing.T, procs, w int, mk func() (*Flow, func() map[string]
 }
 
 func TestCluster_FoldMatchesOneProcess(t *testing.T) {
-	sink := newCollect[KV[int64]]()
-	if _, err := Run(context.Background(), countFlow(genWords(3, 20000, 0), sink), Config{Workers: 2}); err != nil {
+	sink := newCollect[core.KV[int64]]()
+	if _, err := core.Run(context.Background(), countFlow(genWords(3, 20000, 0), sink), core.Config{Workers: 2}); err != nil {
 		t.Fatal(err)
 	}
 	want := toMap(sink.get())
 	for _, shape := range [][2]int{{2, 1}, {2, 2}, {3, 1}} {
-		got, errs := runCluster(t, shape[0], shape[1], func() (*Flow, func() map[string]int64) {
-			s := newCollect[KV[int64]]()
+		got, errs := runCluster(t, shape[0], shape[1], func() (*core.Flow, func() map[string]int64) {
+			s := newCollect[core.KV[int64]]()
 			return countFlow(genWords(3, 20000, 0), s), func() map[string]int64 { return toMap(s.get()) }
 		})
 		for p, err := range errs {
@@ -82,8 +83,8 @@ func TestCluster_MismatchedFlagsRefused(t *testing.T) {
 		wg.Add(1)
 		go func(p int) {
 			defer wg.Done()
-			_, errs[p] = Run(context.Background(), countFlow(genWords(1, 10, 0), newCollect[KV[int64]]()),
-				Config{Workers: 1 + p, Cluster: &ClusterConfig{ProcessID: p, Addresses: addrs, ConnectTimeout: 3 * time.Second}})
+			_, errs[p] = core.Run(context.Background(), countFlow(genWords(1, 10, 0), newCollect[core.KV[int64]]()),
+				core.Config{Workers: 1 + p, Cluster: &core.ClusterConfig{ProcessID: p, Addresses: addrs, ConnectTimeout: 3 * time.Second}})
 		}(p)
 	}
 	wg.Wait()
@@ -107,8 +108,8 @@ func TestCluster_LostPeerStopsPromptlyNamingIt(t *testing.T) {
 				ctx = ctx1
 			}
 			src := genWords(2, 1_000_000, time.Millisecond)
-			_, errs[p] = Run(ctx, countFlow(src, newCollect[KV[int64]]()), Config{Workers: 1,
-				Cluster: &ClusterConfig{ProcessID: p, Addresses: addrs, ConnectTimeout: 5 * time.Second}})
+			_, errs[p] = core.Run(ctx, countFlow(src, newCollect[core.KV[int64]]()), core.Config{Workers: 1,
+				Cluster: &core.ClusterConfig{ProcessID: p, Addresses: addrs, ConnectTimeout: 5 * time.Second}})
 		}(p)
 	}
 	time.Sleep(300 * time.Millisecond)

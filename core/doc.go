@@ -1,6 +1,8 @@
 // Package core is flowkeep's dataflow runtime: the Flow API (steps, operators,
 // windows), workers, epochs, the keyed exchange, and the source and sink
-// contracts with their built-in connectors.
+// contracts. Connectors live outside it (connect/...), built on those
+// contracts alone; the TCP transport between the processes of a cluster is
+// internal/mesh.
 //
 // # Model
 //

@@ -1,12 +1,14 @@
-package core
+package core_test
 
 import (
 	"context"
 	"sort"
 	"sync"
+
+	"github.com/flowkeep/flowkeep/core"
 )
 
-// memRecovery is an in-memory Recovery for unit tests: it keeps every row and
+// memRecovery is an in-memory core.Recovery for unit tests: it keeps every row and
 // frontier, and can "crash" (drop everything committed after a point).
 type memRecovery struct {
 	mu     sync.Mutex
@@ -15,38 +17,38 @@ type memRecovery struct {
 	frozen bool // a crashed process: commits are dropped
 	// crashAt, when set, crashes the store (and calls onCrash) at the first
 	// commit reaching that frontier, which is then dropped too.
-	crashAt   Epoch
+	crashAt   core.Epoch
 	onCrash   func()
 	commitLog []memCommit
 }
 
 type memRow struct {
-	epoch Epoch
+	epoch core.Epoch
 	value []byte
 }
 
 type memExec struct {
 	workers int
-	start   Epoch
-	front   map[WorkerIndex]Epoch
+	start   core.Epoch
+	front   map[core.WorkerIndex]core.Epoch
 }
 
 type memCommit struct {
-	w        WorkerIndex
-	frontier Epoch
-	changes  []Change
+	w        core.WorkerIndex
+	frontier core.Epoch
+	changes  []core.Change
 }
 
 func newMemRecovery() *memRecovery { return &memRecovery{rows: map[string][]memRow{}} }
 
-func (m *memRecovery) resumeEpoch() Epoch {
+func (m *memRecovery) resumeEpoch() core.Epoch {
 	if len(m.execs) == 0 {
 		return 1
 	}
 	last := m.execs[len(m.execs)-1]
-	r := Epoch(0)
+	r := core.Epoch(0)
 	for w := 0; w < last.workers; w++ {
-		f, ok := last.front[WorkerIndex(w)]
+		f, ok := last.front[core.WorkerIndex(w)]
 		if !ok {
 			f = last.start
 		}
@@ -57,7 +59,7 @@ func (m *memRecovery) resumeEpoch() Epoch {
 	return r
 }
 
-func (m *memRecovery) Begin(_ context.Context, workers int) (RunInfo, error) {
+func (m *memRecovery) Begin(_ context.Context, workers int) (core.RunInfo, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.frozen = false
@@ -72,11 +74,11 @@ func (m *memRecovery) Begin(_ context.Context, workers int) (RunInfo, error) {
 		}
 		m.rows[k] = keep
 	}
-	m.execs = append(m.execs, memExec{workers: workers, start: r, front: map[WorkerIndex]Epoch{}})
-	return RunInfo{Execution: len(m.execs) - 1, StartEpoch: r}, nil
+	m.execs = append(m.execs, memExec{workers: workers, start: r, front: map[core.WorkerIndex]core.Epoch{}})
+	return core.RunInfo{Execution: len(m.execs) - 1, StartEpoch: r}, nil
 }
 
-func (m *memRecovery) Load(_ context.Context, below Epoch, fn func(StepID, StateKey, []byte) error) error {
+func (m *memRecovery) Load(_ context.Context, below core.Epoch, fn func(core.StepID, core.StateKey, []byte) error) error {
 	m.mu.Lock()
 	keys := make([]string, 0, len(m.rows))
 	for k := range m.rows {
@@ -84,8 +86,8 @@ func (m *memRecovery) Load(_ context.Context, below Epoch, fn func(StepID, State
 	}
 	sort.Strings(keys)
 	type item struct {
-		step StepID
-		key  StateKey
+		step core.StepID
+		key  core.StateKey
 		v    []byte
 	}
 	var items []item
@@ -101,7 +103,7 @@ func (m *memRecovery) Load(_ context.Context, below Epoch, fn func(StepID, State
 			for k[i] != 0 {
 				i++
 			}
-			items = append(items, item{StepID(k[:i]), StateKey(k[i+1:]), best.value})
+			items = append(items, item{core.StepID(k[:i]), core.StateKey(k[i+1:]), best.value})
 		}
 	}
 	m.mu.Unlock()
@@ -113,7 +115,7 @@ func (m *memRecovery) Load(_ context.Context, below Epoch, fn func(StepID, State
 	return nil
 }
 
-func (m *memRecovery) Commit(_ context.Context, w WorkerIndex, frontier Epoch, changes []Change) error {
+func (m *memRecovery) Commit(_ context.Context, w core.WorkerIndex, frontier core.Epoch, changes []core.Change) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.crashAt > 0 && frontier >= m.crashAt && !m.frozen {
@@ -144,13 +146,6 @@ func (m *memRecovery) Commit(_ context.Context, w WorkerIndex, frontier Epoch, c
 		ex.front[w] = frontier
 	}
 	return nil
-}
-
-// crash makes the store ignore every later commit, as if the process died.
-func (m *memRecovery) crash() {
-	m.mu.Lock()
-	m.frozen = true
-	m.mu.Unlock()
 }
 
 func (m *memRecovery) Close() error { return nil }

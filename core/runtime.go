@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/flowkeep/flowkeep/internal/mesh"
 )
 
 // Config says how to run a flow.
@@ -72,7 +74,7 @@ type execution struct {
 	local   int // on this process: global workers proc*local .. proc*local+local-1
 	proc    int
 	procs   int
-	mesh    *mesh
+	mesh    *mesh.Mesh
 	cl      clusterState
 	rec     Recovery
 	start   Epoch
@@ -130,7 +132,7 @@ func (x *execution) run(parent context.Context) (res *Result, err error) {
 		if err := x.joinCluster(); err != nil {
 			return nil, err
 		}
-		defer func() { x.mesh.close(err) }()
+		defer func() { x.mesh.Close(err) }()
 	}
 	info := RunInfo{StartEpoch: 1, Workers: x.workers}
 	if x.rec != nil {

@@ -1,4 +1,4 @@
-package core
+package core_test
 
 import (
 	"context"
@@ -13,6 +13,10 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/flowkeep/flowkeep/connect/file"
+	"github.com/flowkeep/flowkeep/connect/gen"
+	"github.com/flowkeep/flowkeep/core"
 )
 
 // collectSink gathers output items in memory, keyed by epoch of commit.
@@ -25,7 +29,7 @@ func newCollect[T any]() collectSink[T] { return collectSink[T]{mu: &sync.Mutex{
 
 func (c collectSink[T]) Partitions() []string  { return []string{"mem"} }
 func (c collectSink[T]) PartitionFor(T) string { return "mem" }
-func (c collectSink[T]) Open(context.Context, string, []byte) (SinkPartition[T], error) {
+func (c collectSink[T]) Open(context.Context, string, []byte) (core.SinkPartition[T], error) {
 	return c, nil
 }
 func (c collectSink[T]) Write(items []T) error {
@@ -42,27 +46,27 @@ func (c collectSink[T]) get() []T {
 	return append([]T(nil), *c.items...)
 }
 
-func genWords(parts int, n int64, delay time.Duration) Generator[string] {
-	return Generator[string]{Parts: parts, Count: n, Delay: delay, Make: func(p int, i int64) string {
+func genWords(parts int, n int64, delay time.Duration) gen.Generator[string] {
+	return gen.Generator[string]{Parts: parts, Count: n, Delay: delay, Make: func(p int, i int64) string {
 		return fmt.Sprintf("w%d w%d", (i*7+int64(p))%53, i%11)
 	}}
 }
 
-func countFlow(src Source[string], sink Sink[KV[int64]]) *Flow {
-	f := NewFlow("t")
-	lines := Input(f, "in", src)
-	words := FlatMap(lines, "split", func(l string, emit func(string)) {
+func countFlow(src core.Source[string], sink core.Sink[core.KV[int64]]) *core.Flow {
+	f := core.NewFlow("t")
+	lines := core.Input(f, "in", src)
+	words := core.FlatMap(lines, "split", func(l string, emit func(string)) {
 		for _, w := range strings.Fields(l) {
 			emit(w)
 		}
 	})
-	keyed := KeyOn(words, "key", func(w string) string { return w })
-	counts := Fold(keyed, "count", func() int64 { return 0 }, func(a int64, _ string) int64 { return a + 1 })
-	Output(counts, "out", sink)
+	keyed := core.KeyOn(words, "key", func(w string) string { return w })
+	counts := core.Fold(keyed, "count", func() int64 { return 0 }, func(a int64, _ string) int64 { return a + 1 })
+	core.Output(counts, "out", sink)
 	return f
 }
 
-func toMap(kvs []KV[int64]) map[string]int64 {
+func toMap(kvs []core.KV[int64]) map[string]int64 {
 	m := map[string]int64{}
 	for _, kv := range kvs {
 		if _, dup := m[kv.Key]; dup {
@@ -76,8 +80,8 @@ func toMap(kvs []KV[int64]) map[string]int64 {
 func TestRun_FoldSameResultForAnyWorkerCount(t *testing.T) {
 	var want map[string]int64
 	for _, w := range []int{1, 2, 3, 5} {
-		sink := newCollect[KV[int64]]()
-		res, err := Run(context.Background(), countFlow(genWords(3, 5000, 0), sink), Config{Workers: w, EpochInterval: time.Millisecond})
+		sink := newCollect[core.KV[int64]]()
+		res, err := core.Run(context.Background(), countFlow(genWords(3, 5000, 0), sink), core.Config{Workers: w, EpochInterval: time.Millisecond})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -101,24 +105,24 @@ func TestRun_FoldSameResultForAnyWorkerCount(t *testing.T) {
 }
 
 func TestRun_KeyedItemsRunOnHashWorker(t *testing.T) {
-	f := NewFlow("t")
-	lines := Input(f, "in", genWords(2, 2000, 0))
-	words := FlatMap(lines, "split", func(l string, emit func(string)) {
+	f := core.NewFlow("t")
+	lines := core.Input(f, "in", genWords(2, 2000, 0))
+	words := core.FlatMap(lines, "split", func(l string, emit func(string)) {
 		for _, w := range strings.Fields(l) {
 			emit(w)
 		}
 	})
-	keyed := KeyOn(words, "key", func(w string) string { return w })
+	keyed := core.KeyOn(words, "key", func(w string) string { return w })
 	var bad atomic.Int64
-	seen := StatefulMap(keyed, "seen", func(st *int, _ string) (*int, string) { return st, "" })
+	seen := core.StatefulMap(keyed, "seen", func(st *int, _ string) (*int, string) { return st, "" })
 	_ = seen
-	// Inspect after the stateful step runs on the key's worker.
-	Inspect(seen, "check", func(w WorkerIndex, kv KV[string]) {
-		if WorkerFor(kv.Key, 3) != w {
+	// core.Inspect after the stateful step runs on the key's worker.
+	core.Inspect(seen, "check", func(w core.WorkerIndex, kv core.KV[string]) {
+		if core.WorkerFor(kv.Key, 3) != w {
 			bad.Add(1)
 		}
 	})
-	if _, err := Run(context.Background(), f, Config{Workers: 3}); err != nil {
+	if _, err := core.Run(context.Background(), f, core.Config{Workers: 3}); err != nil {
 		t.Fatal(err)
 	}
 	if bad.Load() != 0 {
@@ -129,19 +133,19 @@ func TestRun_KeyedItemsRunOnHashWorker(t *testing.T) {
 func TestKeyHash_IsFNV1a64(t *testing.T) {
 	// Published FNV-1a 64 test vectors; routing must never change.
 	for in, want := range map[string]uint64{"": 0xcbf29ce484222325, "a": 0xaf63dc4c8601ec8c, "foobar": 0x85944171f73967e8} {
-		if got := KeyHash(in); got != want {
+		if got := core.KeyHash(in); got != want {
 			t.Errorf("KeyHash(%q) = %#x, want %#x", in, got, want)
 		}
 	}
 }
 
 func TestRecovery_OnlyChangedKeysAndTombstones(t *testing.T) {
-	// Epoch 1: a, b set. Then the input ends; Fold discards every key at EOF,
+	// core.Epoch 1: a, b set. Then the input ends; core.Fold discards every key at EOF,
 	// which must appear as tombstones in the final epoch.
 	rec := newMemRecovery()
-	sink := newCollect[KV[int64]]()
-	src := Generator[string]{Parts: 1, Count: 4, Make: func(_ int, i int64) string { return []string{"a", "b", "a", "a"}[i] }}
-	res, err := Run(context.Background(), countFlow(src, sink), Config{Workers: 2, EpochInterval: time.Hour, Recovery: rec})
+	sink := newCollect[core.KV[int64]]()
+	src := gen.Generator[string]{Parts: 1, Count: 4, Make: func(_ int, i int64) string { return []string{"a", "b", "a", "a"}[i] }}
+	res, err := core.Run(context.Background(), countFlow(src, sink), core.Config{Workers: 2, EpochInterval: time.Hour, Recovery: rec})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,28 +174,28 @@ func TestRecovery_OnlyChangedKeysAndTombstones(t *testing.T) {
 }
 
 // runningMax keeps the max per key and emits it on every item; it survives EOF.
-func maxFlow(src Source[string], sink Sink[KV[int64]]) *Flow {
-	f := NewFlow("m")
-	lines := Input(f, "in", src)
-	kv := Map(lines, "parse", func(l string) KV[int64] {
+func maxFlow(src core.Source[string], sink core.Sink[core.KV[int64]]) *core.Flow {
+	f := core.NewFlow("m")
+	lines := core.Input(f, "in", src)
+	kv := core.Map(lines, "parse", func(l string) core.KV[int64] {
 		k, v, _ := strings.Cut(l, "=")
 		n, _ := strconv.ParseInt(v, 10, 64)
-		return KV[int64]{Key: k, Value: n}
+		return core.KV[int64]{Key: k, Value: n}
 	})
-	mx := StatefulMap(kv, "max", func(st *int64, v int64) (*int64, int64) {
+	mx := core.StatefulMap(kv, "max", func(st *int64, v int64) (*int64, int64) {
 		if st == nil || v > *st {
 			st = &v
 		}
 		return st, *st
 	})
-	final := Stateful(mx, "last", KeyedLogic[int64, int64, int64]{
+	final := core.Stateful(mx, "last", core.KeyedLogic[int64, int64, int64]{
 		OnItem: func(_ string, st *int64, v int64, _ func(int64)) *int64 { return &v },
 		OnEOF: func(_ string, st *int64, emit func(int64)) (*int64, bool) {
 			emit(*st)
 			return st, false
 		},
 	})
-	Output(final, "out", sink)
+	core.Output(final, "out", sink)
 	return f
 }
 
@@ -201,22 +205,22 @@ func maxInput(part int, i int64) string {
 
 func TestRecovery_CrashAndResumeMatchesUninterrupted(t *testing.T) {
 	const n = 20000
-	want := newCollect[KV[int64]]()
-	if _, err := Run(context.Background(), maxFlow(Generator[string]{Parts: 2, Count: n, Make: maxInput}, want), Config{Workers: 2}); err != nil {
+	want := newCollect[core.KV[int64]]()
+	if _, err := core.Run(context.Background(), maxFlow(gen.Generator[string]{Parts: 2, Count: n, Make: maxInput}, want), core.Config{Workers: 2}); err != nil {
 		t.Fatal(err)
 	}
-	for _, crashAfter := range []Epoch{3, 9} {
+	for _, crashAfter := range []core.Epoch{3, 9} {
 		rec := newMemRecovery()
-		src := Generator[string]{Parts: 2, Count: n, Make: maxInput, Delay: 2 * time.Millisecond}
+		src := gen.Generator[string]{Parts: 2, Count: n, Make: maxInput, Delay: 2 * time.Millisecond}
 		ctx, cancel := context.WithCancel(context.Background())
 		rec.crashAt, rec.onCrash = crashAfter, cancel
-		_, err := Run(ctx, maxFlow(src, newCollect[KV[int64]]()), Config{Workers: 3, EpochInterval: 2 * time.Millisecond, Recovery: rec})
+		_, err := core.Run(ctx, maxFlow(src, newCollect[core.KV[int64]]()), core.Config{Workers: 3, EpochInterval: 2 * time.Millisecond, Recovery: rec})
 		if err == nil {
 			t.Fatalf("run finished before the crash at %v", crashAfter)
 		}
-		got := newCollect[KV[int64]]()
+		got := newCollect[core.KV[int64]]()
 		src.Delay = 0
-		res, err := Run(context.Background(), maxFlow(src, got), Config{Workers: 2, EpochInterval: time.Millisecond, Recovery: rec})
+		res, err := core.Run(context.Background(), maxFlow(src, got), core.Config{Workers: 2, EpochInterval: time.Millisecond, Recovery: rec})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -235,9 +239,9 @@ func TestFileSink_RefusesNonEmptyOutputOnFreshRun(t *testing.T) {
 	os.WriteFile(out, []byte("keep me\n"), 0o644)
 	in := filepath.Join(dir, "in.txt")
 	os.WriteFile(in, []byte("x\n"), 0o644)
-	f := NewFlow("t")
-	Output(Input(f, "in", FileSource{Path: in}), "out", FileSink{Path: out})
-	_, err := Run(context.Background(), f, Config{Workers: 1})
+	f := core.NewFlow("t")
+	core.Output(core.Input(f, "in", file.Source{Path: in}), "out", file.Sink{Path: out})
+	_, err := core.Run(context.Background(), f, core.Config{Workers: 1})
 	if err == nil || !strings.Contains(err.Error(), "already exists") {
 		t.Fatalf("err = %v, want already exists", err)
 	}
@@ -250,9 +254,9 @@ func TestFileSink_MissingDirectory(t *testing.T) {
 	dir := t.TempDir()
 	in := filepath.Join(dir, "in.txt")
 	os.WriteFile(in, []byte("x\n"), 0o644)
-	f := NewFlow("t")
-	Output(Input(f, "in", FileSource{Path: in}), "out", FileSink{Path: filepath.Join(dir, "nope", "out.txt")})
-	if _, err := Run(context.Background(), f, Config{Workers: 1}); err == nil || !strings.Contains(err.Error(), "does not exist") {
+	f := core.NewFlow("t")
+	core.Output(core.Input(f, "in", file.Source{Path: in}), "out", file.Sink{Path: filepath.Join(dir, "nope", "out.txt")})
+	if _, err := core.Run(context.Background(), f, core.Config{Workers: 1}); err == nil || !strings.Contains(err.Error(), "does not exist") {
 		t.Fatalf("err = %v", err)
 	}
 }
@@ -262,22 +266,22 @@ func TestFileSource_ContinuationReadsOnlyAppended(t *testing.T) {
 	in := filepath.Join(dir, "in.txt")
 	out := filepath.Join(dir, "out.txt")
 	rec := newMemRecovery()
-	build := func() *Flow {
-		f := NewFlow("t")
-		Output(Input(f, "in", FileSource{Path: in}), "out", FileSink{Path: out})
+	build := func() *core.Flow {
+		f := core.NewFlow("t")
+		core.Output(core.Input(f, "in", file.Source{Path: in}), "out", file.Sink{Path: out})
 		return f
 	}
 	os.WriteFile(in, []byte("a\nb\n"), 0o644)
-	if _, err := Run(context.Background(), build(), Config{Workers: 2, Recovery: rec}); err != nil {
+	if _, err := core.Run(context.Background(), build(), core.Config{Workers: 2, Recovery: rec}); err != nil {
 		t.Fatal(err)
 	}
 	fh, _ := os.OpenFile(in, os.O_APPEND|os.O_WRONLY, 0)
 	fh.WriteString("c\nd")
 	fh.Close()
-	if _, err := Run(context.Background(), build(), Config{Workers: 3, Recovery: rec}); err != nil {
+	if _, err := core.Run(context.Background(), build(), core.Config{Workers: 3, Recovery: rec}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Run(context.Background(), build(), Config{Workers: 1, Recovery: rec}); err != nil {
+	if _, err := core.Run(context.Background(), build(), core.Config{Workers: 1, Recovery: rec}); err != nil {
 		t.Fatal(err)
 	}
 	b, _ := os.ReadFile(out)
@@ -287,10 +291,10 @@ func TestFileSource_ContinuationReadsOnlyAppended(t *testing.T) {
 }
 
 func TestFlow_DuplicateStepID(t *testing.T) {
-	f := NewFlow("t")
-	s := Input(f, "in", genWords(1, 1, 0))
-	Map(s, "m", func(s string) string { return s })
-	Map(s, "m", func(s string) string { return s })
+	f := core.NewFlow("t")
+	s := core.Input(f, "in", genWords(1, 1, 0))
+	core.Map(s, "m", func(s string) string { return s })
+	core.Map(s, "m", func(s string) string { return s })
 	if err := f.Err(); err == nil || !strings.Contains(err.Error(), "t.m") {
 		t.Fatalf("err = %v", err)
 	}
@@ -303,14 +307,14 @@ func TestTumblingFold_LateItemsReported(t *testing.T) {
 		s int
 	}
 	evs := []ev{{"a", 0}, {"a", 30}, {"a", 65}, {"a", 10}, {"a", 130}, {"b", 5}}
-	f := NewFlow("w")
-	in := Input(f, "in", Generator[ev]{Parts: 1, Count: int64(len(evs)), Make: func(_ int, i int64) ev { return evs[i] }})
-	kv := Map(in, "key", func(e ev) KV[ev] { return KV[ev]{Key: e.k, Value: e} })
-	w := TumblingFold(kv, "win", WindowConfig[ev]{Size: time.Minute, Lateness: 0, Time: func(e ev) time.Time { return base.Add(time.Duration(e.s) * time.Second) }},
+	f := core.NewFlow("w")
+	in := core.Input(f, "in", gen.Generator[ev]{Parts: 1, Count: int64(len(evs)), Make: func(_ int, i int64) ev { return evs[i] }})
+	kv := core.Map(in, "key", func(e ev) core.KV[ev] { return core.KV[ev]{Key: e.k, Value: e} })
+	w := core.TumblingFold(kv, "win", core.WindowConfig[ev]{Size: time.Minute, Lateness: 0, Time: func(e ev) time.Time { return base.Add(time.Duration(e.s) * time.Second) }},
 		func() int { return 0 }, func(a int, _ ev) int { return a + 1 })
-	sink := newCollect[KV[WindowEvent[ev, int]]]()
-	Output(w, "out", sink)
-	if _, err := Run(context.Background(), f, Config{Workers: 2}); err != nil {
+	sink := newCollect[core.KV[core.WindowEvent[ev, int]]]()
+	core.Output(w, "out", sink)
+	if _, err := core.Run(context.Background(), f, core.Config{Workers: 2}); err != nil {
 		t.Fatal(err)
 	}
 	var lines []string
@@ -331,10 +335,10 @@ func TestTumblingFold_LateItemsReported(t *testing.T) {
 // OnEpoch hears every epoch the run opens, in order, ending with the final one.
 func TestRun_OnEpochHearsEachEpochOpen(t *testing.T) {
 	var mu sync.Mutex
-	var heard []Epoch
-	sink := newCollect[KV[int64]]()
-	res, err := Run(context.Background(), countFlow(genWords(2, 10*linesPerBatch, 10*time.Millisecond), sink), Config{Workers: 2, EpochInterval: 20 * time.Millisecond,
-		OnEpoch: func(e Epoch) { mu.Lock(); heard = append(heard, e); mu.Unlock() }})
+	var heard []core.Epoch
+	sink := newCollect[core.KV[int64]]()
+	res, err := core.Run(context.Background(), countFlow(genWords(2, 10*1024, 10*time.Millisecond), sink), core.Config{Workers: 2, EpochInterval: 20 * time.Millisecond,
+		OnEpoch: func(e core.Epoch) { mu.Lock(); heard = append(heard, e); mu.Unlock() }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -344,7 +348,7 @@ func TestRun_OnEpochHearsEachEpochOpen(t *testing.T) {
 		t.Fatalf("heard %v over a run of epochs %d..%d", heard, res.StartEpoch, res.FinalEpoch)
 	}
 	for i, e := range heard {
-		if want := res.StartEpoch + Epoch(i) + 1; e != want {
+		if want := res.StartEpoch + core.Epoch(i) + 1; e != want {
 			t.Fatalf("heard %v, want epochs %d.. in order", heard, res.StartEpoch+1)
 		}
 	}

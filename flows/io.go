@@ -3,6 +3,8 @@ package flows
 import (
 	"os"
 
+	"github.com/flowkeep/flowkeep/connect/file"
+	"github.com/flowkeep/flowkeep/connect/stdio"
 	"github.com/flowkeep/flowkeep/core"
 )
 
@@ -17,17 +19,17 @@ type IO struct {
 
 func (io IO) source() core.Source[string] {
 	if io.Input == "-" {
-		return core.StdinSource{}
+		return stdio.Stdin{}
 	}
 	if st, err := os.Stat(io.Input); err == nil && st.IsDir() {
-		return core.DirSource{Dir: io.Input}
+		return file.DirSource{Dir: io.Input}
 	}
-	return core.FileSource{Path: io.Input}
+	return file.Source{Path: io.Input}
 }
 
 func (io IO) sink() core.Sink[string] {
 	if io.Output == "-" {
-		return core.StdoutSink{}
+		return stdio.Stdout{}
 	}
-	return core.FileSink{Path: io.Output, Sorted: true, Overwrite: io.Overwrite}
+	return file.Sink{Path: io.Output, Sorted: true, Overwrite: io.Overwrite}
 }

@@ -1,4 +1,7 @@
-package core
+// Package stdio holds flowkeep's standard input and output connectors.
+// Neither can be replayed or rewound: around a resume, stdin input is not
+// re-read and stdout output is at-least-once.
+package stdio
 
 import (
 	"bufio"
@@ -7,17 +10,19 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/flowkeep/flowkeep/core"
 )
 
-// StdinSource reads lines from standard input (one partition, "stdin").
+// Stdin reads lines from standard input (one partition, "stdin").
 // Standard input cannot be replayed: a resumed run reads whatever comes next.
-type StdinSource struct{ R io.Reader }
+type Stdin struct{ R io.Reader }
 
-// Partitions implements Source.
-func (StdinSource) Partitions(context.Context) ([]string, error) { return []string{"stdin"}, nil }
+// Partitions implements core.Source.
+func (Stdin) Partitions(context.Context) ([]string, error) { return []string{"stdin"}, nil }
 
-// Open implements Source.
-func (s StdinSource) Open(context.Context, string, []byte) (SourcePartition[string], error) {
+// Open implements core.Source.
+func (s Stdin) Open(context.Context, string, []byte) (core.SourcePartition[string], error) {
 	r := s.R
 	if r == nil {
 		r = os.Stdin
@@ -34,6 +39,9 @@ func (s StdinSource) Open(context.Context, string, []byte) (SourcePartition[stri
 	}()
 	return p, nil
 }
+
+// linesPerBatch bounds the lines one NextBatch returns.
+const linesPerBatch = 1024
 
 type stdinPart struct {
 	lines chan string
@@ -82,18 +90,18 @@ func (p *stdinPart) NextBatch(ctx context.Context, wait time.Duration) ([]string
 func (p *stdinPart) Position() []byte { return nil }
 func (p *stdinPart) Close() error     { return nil }
 
-// StdoutSink writes lines to standard output (one partition, "stdout").
+// Stdout writes lines to standard output (one partition, "stdout").
 // Standard output cannot be rewound: around a resume it is at-least-once.
-type StdoutSink struct{ W io.Writer }
+type Stdout struct{ W io.Writer }
 
-// Partitions implements Sink.
-func (StdoutSink) Partitions() []string { return []string{"stdout"} }
+// Partitions implements core.Sink.
+func (Stdout) Partitions() []string { return []string{"stdout"} }
 
-// PartitionFor implements Sink.
-func (StdoutSink) PartitionFor(string) string { return "stdout" }
+// PartitionFor implements core.Sink.
+func (Stdout) PartitionFor(string) string { return "stdout" }
 
-// Open implements Sink.
-func (s StdoutSink) Open(context.Context, string, []byte) (SinkPartition[string], error) {
+// Open implements core.Sink.
+func (s Stdout) Open(context.Context, string, []byte) (core.SinkPartition[string], error) {
 	w := s.W
 	if w == nil {
 		w = os.Stdout

@@ -1,4 +1,30 @@
-package core
+// Package mesh is the transport between the processes of a flowkeep
+// cluster: one TCP connection per pair of processes, carrying
+// length-prefixed frames in order.
+//
+// # Contract
+//
+//   - Dial connects process Self to every other process of Addresses: lower
+//     indexes dial higher ones, and every connection starts with a hello that
+//     names the process and the run's identity string, which must match on
+//     both ends. Dial returns once every peer answered, or fails.
+//   - Send is ordered per (sender, receiver) pair and blocks while the
+//     connection's bounded queue is full.
+//   - Handlers (Handle, and the OnData and OnCredit hooks) run on the
+//     connection's reader goroutine, in arrival order; they may block only on
+//     local resources, never on another message.
+//   - Barrier returns once every process reached the barrier of that name,
+//     which also means every message sent before it by any process to this
+//     one has been handled. Gather is a barrier that also collects one
+//     payload from each process.
+//   - A peer that goes silent (no frame, not even a ping, for a while), drops
+//     its connection or aborts makes the mesh call the fail function given to
+//     Dial once, with an error naming the peer; Close says goodbye (or, with
+//     a cause, tells the peers why this process stops).
+//
+// The mesh knows nothing of dataflows: data and credit frames carry an
+// opaque header (DataHeader) and payload for the runtime's exchanges.
+package mesh
 
 import (
 	"bufio"
@@ -14,32 +40,10 @@ import (
 	"time"
 )
 
-// Mesh connects the processes of a cluster: one TCP connection per pair of
-// processes, carrying length-prefixed frames in order. Recoveries that span
-// processes use it through this interface.
-//
-// Contract: Send is ordered per (sender, receiver) pair and blocks while the
-// connection's bounded queue is full. Handlers run on the connection's reader
-// goroutine, in arrival order; they may block only on local resources (never
-// on another message). Barrier returns once every process reached the barrier
-// of that name, which also means every message sent before it by any process
-// to this one has been handled.
-type Mesh interface {
-	Self() int
-	Processes() int
-	Send(ctx context.Context, to int, topic string, payload []byte) error
-	Handle(topic string, fn func(from int, payload []byte))
-	Barrier(ctx context.Context, name string) error
-	// Gather sends payload to every other process under topic and returns
-	// every process's payload for that topic (this one's included), once all
-	// arrived. Each topic is gathered once per run.
-	Gather(ctx context.Context, topic string, payload []byte) (map[int][]byte, error)
-}
-
-// ClusterConfig makes a run one process of a cluster.
-type ClusterConfig struct {
-	// ProcessID is this process's index into Addresses.
-	ProcessID int
+// Config says where the processes of a cluster are.
+type Config struct {
+	// Self is this process's index into Addresses.
+	Self int
 	// Addresses are host:port of every process, in process order; this
 	// process listens on its own.
 	Addresses []string
@@ -47,11 +51,15 @@ type ClusterConfig struct {
 	ConnectTimeout time.Duration
 }
 
-// ClusterRecovery is a Recovery that spans the processes of a cluster.
-type ClusterRecovery interface {
-	Recovery
-	// Attach is called before Begin with the cluster's mesh.
-	Attach(m Mesh)
+// DataHeader is the fixed part of a data frame: which exchange (Node) and
+// destination worker (Dst) it is for, the sending segment (From), and the
+// runtime's message kind and epoch.
+type DataHeader struct {
+	Node  uint16
+	Dst   uint32
+	From  int32
+	Kind  uint8
+	Epoch uint64
 }
 
 const (
@@ -65,11 +73,10 @@ const (
 )
 
 const (
-	maxFrame      = 64 << 20
-	peerQueue     = 256
-	pingEvery     = time.Second
-	peerSilence   = 15 * time.Second
-	remoteCredits = 16 // messages in flight per (source process, step, destination worker)
+	maxFrame    = 64 << 20
+	peerQueue   = 256
+	pingEvery   = time.Second
+	peerSilence = 15 * time.Second
 )
 
 type frame struct {
@@ -77,7 +84,8 @@ type frame struct {
 	b   []byte // payload after the type byte
 }
 
-type mesh struct {
+// Mesh is this process's end of the cluster's connections.
+type Mesh struct {
 	self  int
 	addrs []string
 	ident string
@@ -90,9 +98,11 @@ type mesh struct {
 	gathered map[string]map[int][]byte
 	barrierC chan struct{} // closed and replaced whenever a barrier or gather message arrives
 
-	// data and credit frames go to the runtime
-	onData   func(from int, node uint16, dst uint32, m msg, payload []byte) error
-	onCredit func(from int, node uint16, dst uint32, n uint32)
+	// OnData receives data frames and OnCredit credit frames (set them
+	// before the first frame can arrive: before any process passes a
+	// barrier after Dial).
+	OnData   func(from int, h DataHeader, payload []byte) error
+	OnCredit func(from int, node uint16, dst uint32, n uint32)
 
 	failOnce sync.Once
 	fail     func(error)
@@ -109,16 +119,20 @@ type peer struct {
 	closed atomic.Bool
 }
 
-func (m *mesh) Self() int      { return m.self }
-func (m *mesh) Processes() int { return len(m.addrs) }
+// Self is this process's index.
+func (m *Mesh) Self() int { return m.self }
 
-func (m *mesh) Handle(topic string, fn func(int, []byte)) {
+// Processes is the number of processes in the cluster.
+func (m *Mesh) Processes() int { return len(m.addrs) }
+
+// Handle registers fn for messages of topic.
+func (m *Mesh) Handle(topic string, fn func(int, []byte)) {
 	m.mu.Lock()
 	m.handlers[topic] = fn
 	m.mu.Unlock()
 }
 
-func (m *mesh) enqueue(ctx context.Context, to int, f frame) error {
+func (m *Mesh) enqueue(ctx context.Context, to int, f frame) error {
 	p := m.peers[to]
 	if p == nil {
 		return fmt.Errorf("no peer %d", to)
@@ -133,7 +147,8 @@ func (m *mesh) enqueue(ctx context.Context, to int, f frame) error {
 	}
 }
 
-func (m *mesh) Send(ctx context.Context, to int, topic string, payload []byte) error {
+// Send sends payload under topic to process to.
+func (m *Mesh) Send(ctx context.Context, to int, topic string, payload []byte) error {
 	if len(topic) > 255 {
 		return fmt.Errorf("topic too long")
 	}
@@ -145,7 +160,7 @@ func (m *mesh) Send(ctx context.Context, to int, topic string, payload []byte) e
 }
 
 // Broadcast sends to every other process.
-func (m *mesh) broadcast(ctx context.Context, topic string, payload []byte) error {
+func (m *Mesh) Broadcast(ctx context.Context, topic string, payload []byte) error {
 	for i := range m.addrs {
 		if i != m.self {
 			if err := m.Send(ctx, i, topic, payload); err != nil {
@@ -156,8 +171,9 @@ func (m *mesh) broadcast(ctx context.Context, topic string, payload []byte) erro
 	return nil
 }
 
-func (m *mesh) Barrier(ctx context.Context, name string) error {
-	if err := m.broadcast(ctx, "$barrier", []byte(name)); err != nil {
+// Barrier waits until every process reached the barrier called name.
+func (m *Mesh) Barrier(ctx context.Context, name string) error {
+	if err := m.Broadcast(ctx, "$barrier", []byte(name)); err != nil {
 		return err
 	}
 	for {
@@ -179,9 +195,12 @@ func (m *mesh) Barrier(ctx context.Context, name string) error {
 	}
 }
 
-func (m *mesh) Gather(ctx context.Context, topic string, payload []byte) (map[int][]byte, error) {
+// Gather sends payload to every other process under topic and returns
+// every process's payload for that topic (this one's included), once all
+// arrived. Each topic is gathered once per run.
+func (m *Mesh) Gather(ctx context.Context, topic string, payload []byte) (map[int][]byte, error) {
 	msg := append(append([]byte(topic), 0), payload...)
-	if err := m.broadcast(ctx, "$gather", msg); err != nil {
+	if err := m.Broadcast(ctx, "$gather", msg); err != nil {
 		return nil, err
 	}
 	for {
@@ -205,23 +224,23 @@ func (m *mesh) Gather(ctx context.Context, topic string, payload []byte) (map[in
 	}
 }
 
-// dialMesh connects this process to every other one. Lower indexes dial
-// higher ones; every connection starts with a hello naming the process and
-// the run's identity, which must match.
-func dialMesh(ctx context.Context, cfg ClusterConfig, ident string, fail func(error)) (*mesh, error) {
+// Dial connects this process to every other one (see the package doc).
+// ident is the run's identity: every process must give the same. fail is
+// called once when a peer is lost after Dial returned.
+func Dial(ctx context.Context, cfg Config, ident string, fail func(error)) (*Mesh, error) {
 	n := len(cfg.Addresses)
-	if cfg.ProcessID < 0 || cfg.ProcessID >= n {
-		return nil, fmt.Errorf("process id %d is not an index into the %d addresses", cfg.ProcessID, n)
+	if cfg.Self < 0 || cfg.Self >= n {
+		return nil, fmt.Errorf("process id %d is not an index into the %d addresses", cfg.Self, n)
 	}
 	timeout := cfg.ConnectTimeout
 	if timeout <= 0 {
 		timeout = 60 * time.Second
 	}
-	m := &mesh{self: cfg.ProcessID, addrs: cfg.Addresses, ident: ident, peers: make([]*peer, n),
+	m := &Mesh{self: cfg.Self, addrs: cfg.Addresses, ident: ident, peers: make([]*peer, n),
 		handlers: map[string]func(int, []byte){}, barriers: map[string]map[int]bool{}, gathered: map[string]map[int][]byte{}, barrierC: make(chan struct{}), fail: fail}
-	ln, err := net.Listen("tcp", cfg.Addresses[cfg.ProcessID])
+	ln, err := net.Listen("tcp", cfg.Addresses[cfg.Self])
 	if err != nil {
-		return nil, fmt.Errorf("listen on %s (process %d): %w", cfg.Addresses[cfg.ProcessID], cfg.ProcessID, err)
+		return nil, fmt.Errorf("listen on %s (process %d): %w", cfg.Addresses[cfg.Self], cfg.Self, err)
 	}
 	m.ln = ln
 	ctx, cancel := context.WithTimeout(ctx, timeout)
@@ -324,13 +343,13 @@ func dialMesh(ctx context.Context, cfg ClusterConfig, ident string, fail func(er
 	return m, nil
 }
 
-func (m *mesh) writeHello(c net.Conn) error {
+func (m *Mesh) writeHello(c net.Conn) error {
 	b := binary.AppendUvarint([]byte{frameHello}, uint64(m.self))
 	b = append(b, m.ident...)
 	return writeFrame(c, b)
 }
 
-func (m *mesh) readHello(c net.Conn) (int, error) {
+func (m *Mesh) readHello(c net.Conn) (int, error) {
 	// Unbuffered: the peer's first frames may follow the hello at once, and
 	// must be left in the connection for the reader.
 	b, err := readFrame(c)
@@ -387,7 +406,7 @@ func readFrame(r io.Reader) ([]byte, error) {
 	return b, err
 }
 
-func (m *mesh) writeLoop(p *peer) {
+func (m *Mesh) writeLoop(p *peer) {
 	defer close(p.wdone)
 	w := bufio.NewWriterSize(p.conn, 256<<10)
 	t := time.NewTicker(pingEvery)
@@ -416,7 +435,7 @@ func (m *mesh) writeLoop(p *peer) {
 	}
 }
 
-func (m *mesh) peerFailed(p *peer, err error) {
+func (m *Mesh) peerFailed(p *peer, err error) {
 	if m.closing.Load() || p.bye.Load() {
 		return
 	}
@@ -425,7 +444,7 @@ func (m *mesh) peerFailed(p *peer, err error) {
 	})
 }
 
-func (m *mesh) readLoop(p *peer) {
+func (m *Mesh) readLoop(p *peer) {
 	defer close(p.done)
 	r := bufio.NewReaderSize(p.conn, 256<<10)
 	for {
@@ -448,7 +467,7 @@ func (m *mesh) readLoop(p *peer) {
 	}
 }
 
-func (m *mesh) dispatch(p *peer, b []byte) error {
+func (m *Mesh) dispatch(p *peer, b []byte) error {
 	switch b[0] {
 	case framePing:
 	case frameBye:
@@ -503,35 +522,39 @@ func (m *mesh) dispatch(p *peer, b []byte) error {
 		node := binary.BigEndian.Uint16(b[1:])
 		dst := binary.BigEndian.Uint32(b[3:])
 		from := int32(binary.BigEndian.Uint32(b[7:]))
-		kind := msgKind(b[11])
-		ep := Epoch(binary.BigEndian.Uint64(b[12:]))
-		return m.onData(p.id, node, dst, msg{kind: kind, from: from, epoch: ep}, b[20:])
+		h := DataHeader{Node: node, Dst: dst, From: from, Kind: b[11], Epoch: binary.BigEndian.Uint64(b[12:])}
+		return m.OnData(p.id, h, b[20:])
 	case frameCredit:
 		if len(b) != 11 {
 			return errors.New("malformed credit frame")
 		}
-		m.onCredit(p.id, binary.BigEndian.Uint16(b[1:]), binary.BigEndian.Uint32(b[3:]), binary.BigEndian.Uint32(b[7:]))
+		m.OnCredit(p.id, binary.BigEndian.Uint16(b[1:]), binary.BigEndian.Uint32(b[3:]), binary.BigEndian.Uint32(b[7:]))
 	default:
 		return fmt.Errorf("unknown frame type %d", b[0])
 	}
 	return nil
 }
 
-// dataHeader is the fixed part of a data frame, after the type byte.
-const dataHeader = 19
+// DataHeaderLen is the size of a data frame's header, after the type byte.
+const DataHeaderLen = 19
 
-// sendData sends a data frame whose payload already follows a reserved
-// dataHeader-byte prefix in b (so the batch is encoded only once, in place).
-func (m *mesh) sendData(ctx context.Context, to int, node uint16, dst uint32, mm msg, b []byte) error {
-	binary.BigEndian.PutUint16(b[0:], node)
-	binary.BigEndian.PutUint32(b[2:], dst)
-	binary.BigEndian.PutUint32(b[6:], uint32(mm.from))
-	b[10] = byte(mm.kind)
-	binary.BigEndian.PutUint64(b[11:], uint64(mm.epoch))
+// SendData sends a data frame whose payload already follows a reserved
+// DataHeaderLen-byte prefix in b (so a batch is encoded only once, in
+// place). The mesh owns b afterwards.
+func (m *Mesh) SendData(ctx context.Context, to int, h DataHeader, b []byte) error {
+	if len(b) < DataHeaderLen {
+		return errors.New("data frame without its header room")
+	}
+	binary.BigEndian.PutUint16(b[0:], h.Node)
+	binary.BigEndian.PutUint32(b[2:], h.Dst)
+	binary.BigEndian.PutUint32(b[6:], uint32(h.From))
+	b[10] = h.Kind
+	binary.BigEndian.PutUint64(b[11:], h.Epoch)
 	return m.enqueue(ctx, to, frame{frameData, b})
 }
 
-func (m *mesh) sendCredit(ctx context.Context, to int, node uint16, dst uint32, n uint32) error {
+// SendCredit gives n credits for (node, dst) back to process to.
+func (m *Mesh) SendCredit(ctx context.Context, to int, node uint16, dst uint32, n uint32) error {
 	b := make([]byte, 10)
 	binary.BigEndian.PutUint16(b[0:], node)
 	binary.BigEndian.PutUint32(b[2:], dst)
@@ -539,9 +562,10 @@ func (m *mesh) sendCredit(ctx context.Context, to int, node uint16, dst uint32, 
 	return m.enqueue(ctx, to, frame{frameCredit, b})
 }
 
-// close says goodbye to every peer (or tells them why this process failed)
-// and waits briefly for their goodbyes before closing the connections.
-func (m *mesh) close(cause error) {
+// Close says goodbye to every peer (or, with a cause, tells them why this
+// process failed) and waits briefly for their goodbyes before closing the
+// connections.
+func (m *Mesh) Close(cause error) {
 	m.closing.Store(true)
 	f := frame{typ: frameBye}
 	if cause != nil {
@@ -576,7 +600,7 @@ func (m *mesh) close(cause error) {
 	m.closeNow()
 }
 
-func (m *mesh) closeNow() {
+func (m *Mesh) closeNow() {
 	m.closing.Store(true)
 	if m.ln != nil {
 		m.ln.Close()

@@ -1,4 +1,8 @@
-package core
+// Package file holds flowkeep's file connectors: Source (one file),
+// DirSource (every file in a directory, one partition each) and Sink (one
+// output file, exactly-once with recovery). They are built on core's public
+// Source and Sink contracts only, as a user's own connector would be.
+package file
 
 import (
 	"bufio"
@@ -12,33 +16,35 @@ import (
 	"sort"
 	"strconv"
 	"time"
+
+	"github.com/flowkeep/flowkeep/core"
 )
 
-// FileSource reads one file line by line; it has one partition named after
+// Source reads one file line by line; it has one partition named after
 // the file's base name, and its position is the byte offset after the last
 // line read. A last line without a newline counts as a line. Appending to the
 // file and running again reads only what was appended.
-type FileSource struct{ Path string }
+type Source struct{ Path string }
 
-// Partitions implements Source.
-func (s FileSource) Partitions(context.Context) ([]string, error) {
+// Partitions implements core.Source.
+func (s Source) Partitions(context.Context) ([]string, error) {
 	if _, err := os.Stat(s.Path); err != nil {
 		return nil, fmt.Errorf("input file: %w", err)
 	}
 	return []string{filepath.Base(s.Path)}, nil
 }
 
-// Open implements Source.
-func (s FileSource) Open(_ context.Context, _ string, resume []byte) (SourcePartition[string], error) {
+// Open implements core.Source.
+func (s Source) Open(_ context.Context, _ string, resume []byte) (core.SourcePartition[string], error) {
 	return openLines(s.Path, resume)
 }
 
 // DirSource reads every regular file directly in Dir, one partition per file
-// (named by file name), each like FileSource. Files added between runs are
+// (named by file name), each like Source. Files added between runs are
 // read from the start by the next run.
 type DirSource struct{ Dir string }
 
-// Partitions implements Source.
+// Partitions implements core.Source.
 func (s DirSource) Partitions(context.Context) ([]string, error) {
 	ents, err := os.ReadDir(s.Dir)
 	if err != nil {
@@ -54,11 +60,12 @@ func (s DirSource) Partitions(context.Context) ([]string, error) {
 	return out, nil
 }
 
-// Open implements Source.
-func (s DirSource) Open(_ context.Context, part string, resume []byte) (SourcePartition[string], error) {
+// Open implements core.Source.
+func (s DirSource) Open(_ context.Context, part string, resume []byte) (core.SourcePartition[string], error) {
 	return openLines(filepath.Join(s.Dir, part), resume)
 }
 
+// linesPerBatch bounds the lines one NextBatch returns.
 const linesPerBatch = 1024
 
 type linePartition struct {
@@ -131,28 +138,28 @@ func (p *linePartition) NextBatch(_ context.Context, _ time.Duration) ([]string,
 func (p *linePartition) Position() []byte { return strconv.AppendInt(nil, p.pos, 10) }
 func (p *linePartition) Close() error     { return p.f.Close() }
 
-// FileSink writes lines to one file (one partition, named after the file's
+// Sink writes lines to one file (one partition, named after the file's
 // base name). Commit flushes and fsyncs, and its position is the file size;
 // on resume the file is truncated to the stored position, so together with
 // recovery the file's content is exactly-once. A fresh run refuses a
 // non-empty file unless Overwrite is set. With Sorted, the lines of each
 // epoch are written in sorted order, which makes the file independent of how
 // many workers produced it.
-type FileSink struct {
+type Sink struct {
 	Path   string
 	Sorted bool
 	// Overwrite allows a fresh run to replace an existing non-empty file.
 	Overwrite bool
 }
 
-// Partitions implements Sink.
-func (s FileSink) Partitions() []string { return []string{filepath.Base(s.Path)} }
+// Partitions implements core.Sink.
+func (s Sink) Partitions() []string { return []string{filepath.Base(s.Path)} }
 
-// PartitionFor implements Sink.
-func (s FileSink) PartitionFor(string) string { return filepath.Base(s.Path) }
+// PartitionFor implements core.Sink.
+func (s Sink) PartitionFor(string) string { return filepath.Base(s.Path) }
 
-// Open implements Sink.
-func (s FileSink) Open(ctx context.Context, _ string, resume []byte) (SinkPartition[string], error) {
+// Open implements core.Sink.
+func (s Sink) Open(ctx context.Context, _ string, resume []byte) (core.SinkPartition[string], error) {
 	dir := filepath.Dir(s.Path)
 	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 		return nil, fmt.Errorf("output directory %s does not exist", dir)
@@ -177,7 +184,7 @@ func (s FileSink) Open(ctx context.Context, _ string, resume []byte) (SinkPartit
 			f.Close()
 			return nil, fmt.Errorf("output %s has %d bytes but %d were already written: it was truncated or replaced; restore it or write to a new file", s.Path, st.Size(), off)
 		}
-	case RunInfoFrom(ctx).Execution > 0:
+	case core.RunInfoFrom(ctx).Execution > 0:
 		// A re-execution with no stored position: anything in the file was
 		// written by an earlier attempt that never committed.
 	case st.Size() > 0 && !s.Overwrite:

@@ -1,4 +1,5 @@
-package core
+// Package gen is a deterministic generator source for tests and benchmarks.
+package gen
 
 import (
 	"context"
@@ -6,6 +7,8 @@ import (
 	"io"
 	"strconv"
 	"time"
+
+	"github.com/flowkeep/flowkeep/core"
 )
 
 // Generator is a deterministic source for tests and benchmarks: Partitions
@@ -19,7 +22,7 @@ type Generator[T any] struct {
 	Delay time.Duration
 }
 
-// Partitions implements Source.
+// Partitions implements core.Source.
 func (g Generator[T]) Partitions(context.Context) ([]string, error) {
 	out := make([]string, g.Parts)
 	for i := range out {
@@ -28,8 +31,8 @@ func (g Generator[T]) Partitions(context.Context) ([]string, error) {
 	return out, nil
 }
 
-// Open implements Source.
-func (g Generator[T]) Open(_ context.Context, part string, resume []byte) (SourcePartition[T], error) {
+// Open implements core.Source.
+func (g Generator[T]) Open(_ context.Context, part string, resume []byte) (core.SourcePartition[T], error) {
 	var idx int
 	if _, err := fmt.Sscanf(part, "gen-%d", &idx); err != nil {
 		return nil, fmt.Errorf("unknown generator partition %q", part)
@@ -44,6 +47,9 @@ func (g Generator[T]) Open(_ context.Context, part string, resume []byte) (Sourc
 	}
 	return p, nil
 }
+
+// batchSize bounds the items one NextBatch returns.
+const batchSize = 1024
 
 type genPart[T any] struct {
 	g     Generator[T]
@@ -61,7 +67,7 @@ func (p *genPart[T]) NextBatch(ctx context.Context, _ time.Duration) ([]T, error
 		}
 	}
 	p.batch = p.batch[:0]
-	for p.next < p.g.Count && len(p.batch) < linesPerBatch {
+	for p.next < p.g.Count && len(p.batch) < batchSize {
 		p.batch = append(p.batch, p.g.Make(p.part, p.next))
 		p.next++
 	}
