@@ -48,15 +48,16 @@ type inspectReport struct {
 }
 
 func runRecoveryInspect(ctx context.Context, o recoveryInspectOptions, out io.Writer) error {
-	infos, finding, err := recovery.InspectDir(ctx, o.Dir)
+	dr, err := recovery.InspectDir(ctx, o.Dir)
 	if err != nil {
 		return err
 	}
+	infos, finding := dr.Partitions, dr.Problem
 	rep := inspectReport{Dir: o.Dir, Partitions: infos}
 	if finding != nil {
 		rep.Problem = finding.Error()
 	} else {
-		rep.ResumeEpoch = resumeOf(infos)
+		rep.ResumeEpoch = dr.Resume.Epoch
 	}
 	if o.JSON {
 		enc := json.NewEncoder(out)
@@ -97,16 +98,6 @@ func runRecoveryInspect(ctx context.Context, o recoveryInspectOptions, out io.Wr
 		fmt.Fprintf(out, "next run resumes at epoch %d\n", rep.ResumeEpoch)
 	}
 	return nil
-}
-
-func resumeOf(infos []*recovery.Info) recovery.Epoch {
-	var r recovery.Epoch
-	for i, in := range infos {
-		if i == 0 || in.Hi < r {
-			r = in.Hi
-		}
-	}
-	return r
 }
 
 func fmtTime(t time.Time) string {

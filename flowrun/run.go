@@ -13,9 +13,9 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/flowkeep/flowkeep/cluster"
 	"github.com/flowkeep/flowkeep/core"
 	"github.com/flowkeep/flowkeep/recovery"
+	"github.com/flowkeep/flowkeep/recovery/clustered"
 )
 
 type runOptions struct {
@@ -170,7 +170,7 @@ func runRun(ctx context.Context, o runOptions, specs []FlowSpec, stderr io.Write
 	case len(o.Addresses) > 1:
 		cfg.Cluster = &core.ClusterConfig{ProcessID: o.ProcessID, Addresses: o.Addresses}
 		if len(o.RecoveryDirs) > 0 {
-			cfg.Recovery = cluster.New(o.RecoveryDirs, ropts)
+			cfg.Recovery = clustered.New(o.RecoveryDirs, ropts)
 		}
 	case len(o.RecoveryDirs) > 0:
 		st, err := recovery.OpenDirs(ctx, o.RecoveryDirs, ropts)

@@ -97,33 +97,42 @@ func fileSize(path string) int64 {
 	return st.Size()
 }
 
-// InspectDir reports on every partition in dir without writing to any. The
-// second result says why the partitions do not form one resumable flow (nil
-// if they do); it is a finding, not a failure of the inspection.
-func InspectDir(ctx context.Context, dir string) ([]*Info, error, error) {
+// DirReport is what InspectDir found in a directory.
+type DirReport struct {
+	// Partitions reports on every partition found, by index.
+	Partitions []*Info
+	// Resume is where the next run would resume, if Problem is nil.
+	Resume ResumePoint
+	// Problem says why the partitions do not form one resumable flow (nil
+	// if they do): a finding, not a failure of the inspection.
+	Problem error
+}
+
+// InspectDir reports on every partition in dir without writing to any.
+func InspectDir(ctx context.Context, dir string) (*DirReport, error) {
 	ps, err := discoverAny(ctx, dir, true)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	defer closeAll(ps)
 	sort.Slice(ps, func(i, j int) bool { return ps[i].Index < ps[j].Index })
-	var infos []*Info
+	rep := &DirReport{}
 	var views []*View
 	for _, p := range ps {
 		in, err := InspectPartition(ctx, p)
 		if err != nil {
-			return nil, nil, fmt.Errorf("inspect %s: %w", p.Path, err)
+			return nil, fmt.Errorf("inspect %s: %w", p.Path, err)
 		}
-		infos = append(infos, in)
+		rep.Partitions = append(rep.Partitions, in)
 		v, err := ReadView(ctx, p.DB)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		views = append(views, v)
 	}
-	finding := checkSet(ctx, dir, ps, "")
-	if finding == nil {
-		_, finding = Resume(views)
+	rep.Problem = checkSet(ctx, dir, ps, "")
+	if rep.Problem == nil {
+		rep.Resume, rep.Problem = Resume(views)
 	}
-	return infos, finding, nil
+	return rep, nil
 }

@@ -270,3 +270,52 @@ func metaEpoch(ctx context.Context, q queryer, key string) (Epoch, error) {
 }
 
 func unixMs(t time.Time) int64 { return t.UnixMilli() }
+
+// Find opens every partition in dir (found by content) without checking that
+// they form a complete set: a machine of a cluster may hold only some.
+// It refuses partitions of different flows in one directory.
+func Find(ctx context.Context, dir string, readOnly bool) ([]*Partition, error) {
+	ps, err := discoverAny(ctx, dir, readOnly)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range ps {
+		if p.FlowUID != ps[0].FlowUID {
+			closeAll(ps)
+			return nil, fmt.Errorf("%w in %s: %s belongs to flow %s but %s to flow %s; keep one flow's partitions per directory",
+				ErrForeignFlow, dir, ps[0].Path, ps[0].FlowUID, p.Path, p.FlowUID)
+		}
+	}
+	sort.Slice(ps, func(i, j int) bool { return ps[i].Index < ps[j].Index })
+	return ps, nil
+}
+
+// FindDirs is Find over several directories; a partition found in two of
+// them is an error.
+func FindDirs(ctx context.Context, dirs []string, readOnly bool) ([]*Partition, error) {
+	var ps []*Partition
+	for _, d := range dirs {
+		more, err := Find(ctx, d, readOnly)
+		if err != nil {
+			closeAll(ps)
+			return nil, err
+		}
+		ps = append(ps, more...)
+	}
+	seen := map[PartitionIndex]string{}
+	for _, p := range ps {
+		if p.FlowUID != ps[0].FlowUID {
+			closeAll(ps)
+			return nil, fmt.Errorf("%w: %s belongs to flow %s but %s to flow %s", ErrForeignFlow, ps[0].Path, ps[0].FlowUID, p.Path, p.FlowUID)
+		}
+		if other, dup := seen[p.Index]; dup {
+			closeAll(ps)
+			return nil, fmt.Errorf("%w: partition %d is both %s and %s; remove one", ErrMixedPartitions, p.Index, other, p.Path)
+		}
+		seen[p.Index] = p.Path
+	}
+	return ps, nil
+}
+
+// CloseAll closes every partition.
+func CloseAll(ps []*Partition) { closeAll(ps) }

@@ -5,28 +5,12 @@ import (
 	"database/sql"
 	"fmt"
 	"os"
-	"sort"
 	"strings"
 )
 
-// Find opens every partition in dir (found by content) without checking that
-// they form a complete set: a machine of a cluster may hold only some.
-// It refuses partitions of different flows in one directory.
-func Find(ctx context.Context, dir string, readOnly bool) ([]*Partition, error) {
-	ps, err := discoverAny(ctx, dir, readOnly)
-	if err != nil {
-		return nil, err
-	}
-	for _, p := range ps {
-		if p.FlowUID != ps[0].FlowUID {
-			closeAll(ps)
-			return nil, fmt.Errorf("%w in %s: %s belongs to flow %s but %s to flow %s; keep one flow's partitions per directory",
-				ErrForeignFlow, dir, ps[0].Path, ps[0].FlowUID, p.Path, p.FlowUID)
-		}
-	}
-	sort.Slice(ps, func(i, j int) bool { return ps[i].Index < ps[j].Index })
-	return ps, nil
-}
+// This file is the partition side of incremental backups: the backup
+// package builds delta files with CreateEmpty and InsertRows, and restore
+// lays them over a base image with LayDelta.
 
 // CreateEmpty creates a new SQLite file at path with the partition schema and
 // no identity (no parts row), in rollback-journal mode so that closing it
@@ -49,9 +33,6 @@ func CreateEmpty(ctx context.Context, path string) (*sql.DB, error) {
 // InsertRows writes snapshot rows in tx, replacing rows with the same key
 // and epoch.
 func InsertRows(ctx context.Context, tx *sql.Tx, rows []Row) error { return insertRows(ctx, tx, rows) }
-
-// Close closes every partition.
-func CloseAll(ps []*Partition) { closeAll(ps) }
 
 // LayDelta lays a delta file (rows at or after watermark, dropped keys, the
 // small tables; made by the backup package) over a restored base image db,
@@ -146,31 +127,4 @@ func LayDelta(ctx context.Context, db *sql.DB, deltaPath string, watermark Epoch
 		return err
 	}
 	return tx.Commit()
-}
-
-// FindDirs is Find over several directories; a partition found in two of
-// them is an error.
-func FindDirs(ctx context.Context, dirs []string, readOnly bool) ([]*Partition, error) {
-	var ps []*Partition
-	for _, d := range dirs {
-		more, err := Find(ctx, d, readOnly)
-		if err != nil {
-			closeAll(ps)
-			return nil, err
-		}
-		ps = append(ps, more...)
-	}
-	seen := map[PartitionIndex]string{}
-	for _, p := range ps {
-		if p.FlowUID != ps[0].FlowUID {
-			closeAll(ps)
-			return nil, fmt.Errorf("%w: %s belongs to flow %s but %s to flow %s", ErrForeignFlow, ps[0].Path, ps[0].FlowUID, p.Path, p.FlowUID)
-		}
-		if other, dup := seen[p.Index]; dup {
-			closeAll(ps)
-			return nil, fmt.Errorf("%w: partition %d is both %s and %s; remove one", ErrMixedPartitions, p.Index, other, p.Path)
-		}
-		seen[p.Index] = p.Path
-	}
-	return ps, nil
 }

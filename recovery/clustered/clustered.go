@@ -1,10 +1,10 @@
-// Package cluster is recovery for a flow that runs as several processes:
+// Package clustered is recovery for a flow that runs as several processes:
 // each process finds the partitions it can open in its own directories, the
 // processes agree on one owner per partition (spread evenly among the
 // processes that can reach it), on the resume point, and route every
 // snapshot row to its partition's owner. It never lets two processes write
 // one partition.
-package cluster
+package clustered
 
 import (
 	"bytes"
@@ -28,8 +28,7 @@ type Recovery struct {
 
 	store   *recovery.Store
 	count   recovery.PartitionCount
-	owners  []int         // partition index -> owning process
-	holders map[int][]int // process -> partitions it owns
+	owners  []int // partition index -> owning process
 	mu      sync.Mutex
 	pmin    []recovery.Epoch // per partition: committed frontier, as last heard
 	pminC   chan struct{}
