@@ -15,36 +15,78 @@ import (
 	"github.com/flowkeep/flowkeep/recovery"
 )
 
-// Options configure backups.
+// Defaults and bounds of Options. They are named because other settings
+// depend on them: prune's chunk grace must outlast a backup's lock, and a
+// delta's base must be younger than the time GC remembers dropped keys.
+const (
+	// DefaultWorkers is how many chunks a backup uploads at once.
+	DefaultWorkers = 8
+	// DefaultParallel is how many partitions back up (or restore) at once.
+	DefaultParallel = 4
+	// DefaultLockTTL is how long a lock lasts when its holder dies.
+	DefaultLockTTL = 15 * time.Minute
+	// MinLockTTL is the shortest lock TTL accepted: a lock must outlast the
+	// store round trips that renew it.
+	MinLockTTL = 10 * time.Second
+	// DefaultBaseMaxAge is the age after which a base image is recaptured.
+	DefaultBaseMaxAge = 48 * time.Hour
+	// MaxBaseMaxAge bounds BaseMaxAge: a delta over an older base could miss
+	// keys whose tombstones GC dropped and forgot (recovery.DroppedRetention),
+	// less an hour of margin for clocks.
+	MaxBaseMaxAge = recovery.DroppedRetention - time.Hour
+	// DefaultCatalogWorkers is how many manifests are read at once.
+	DefaultCatalogWorkers = 32
+)
+
+// Options configure backups. Zero values take the defaults above.
 type Options struct {
-	// Workers uploads this many chunks at once (default 8).
+	// Workers uploads this many chunks at once (DefaultWorkers).
 	Workers int
 	// TempDir holds delta files while they are built (default os.TempDir()).
 	TempDir string
-	// LockTTL is how long a partition lock lasts (default 15m).
+	// LockTTL is how long a partition lock lasts if its holder dies
+	// (DefaultLockTTL, at least MinLockTTL).
 	LockTTL time.Duration
 	// Holder names this agent in locks (default host/pid/random).
 	Holder string
-	// BaseMaxAge: a base older than this is recaptured (default 48h; GC
-	// remembers dropped keys for 72h).
+	// BaseMaxAge: a base older than this is recaptured (DefaultBaseMaxAge,
+	// at most MaxBaseMaxAge).
 	BaseMaxAge time.Duration
 	// Now returns wall time (default time.Now).
 	Now func() time.Time
 	// Partitions, if set, backs up only these partition indexes.
 	Partitions []int
-	// Parallel backs up this many partitions at once (default 4).
+	// Parallel backs up this many partitions at once (DefaultParallel).
 	Parallel int
+}
+
+// Validate refuses settings that would make backups unsafe.
+func (o Options) Validate() error {
+	switch {
+	case o.Workers < 0:
+		return fmt.Errorf("workers must be positive, got %d", o.Workers)
+	case o.Parallel < 0:
+		return fmt.Errorf("parallel partitions must be positive, got %d", o.Parallel)
+	case o.LockTTL < 0 || (o.LockTTL > 0 && o.LockTTL < MinLockTTL):
+		return fmt.Errorf("lock TTL %v is too short: at least %v (a shorter lock could expire while its holder works)", o.LockTTL, MinLockTTL)
+	case o.BaseMaxAge < 0 || o.BaseMaxAge > MaxBaseMaxAge:
+		return fmt.Errorf("base max age %v is out of range: at most %v, as GC remembers dropped keys for %v", o.BaseMaxAge, MaxBaseMaxAge, recovery.DroppedRetention)
+	}
+	return nil
 }
 
 func (o *Options) defaults() {
 	if o.Workers <= 0 {
-		o.Workers = 8
+		o.Workers = DefaultWorkers
+	}
+	if o.Parallel <= 0 {
+		o.Parallel = DefaultParallel
 	}
 	if o.LockTTL <= 0 {
-		o.LockTTL = 15 * time.Minute
+		o.LockTTL = DefaultLockTTL
 	}
 	if o.BaseMaxAge <= 0 {
-		o.BaseMaxAge = 48 * time.Hour
+		o.BaseMaxAge = DefaultBaseMaxAge
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -101,6 +143,10 @@ func LoadLatest(ctx context.Context, s Store, uid string, idx int) (*Manifest, e
 // holds no partitions; per-partition failures are in the results and in the
 // joined error.
 func BackupDir(ctx context.Context, s Store, dir string, o Options) ([]*Result, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	o.defaults()
 	ps, err := recovery.Find(ctx, dir, true)
 	if err != nil {
 		return nil, err
@@ -130,13 +176,9 @@ func BackupDir(ctx context.Context, s Store, dir string, o Options) ([]*Result, 
 		}
 		ps = keep
 	}
-	par := o.Parallel
-	if par <= 0 {
-		par = 4
-	}
 	results := make([]*Result, len(ps))
 	var g errgroup.Group
-	g.SetLimit(par)
+	g.SetLimit(o.Parallel)
 	for i, p := range ps {
 		g.Go(func() error {
 			results[i] = BackupPartition(ctx, s, p, o)
@@ -160,6 +202,9 @@ func BackupPartition(ctx context.Context, s Store, p *recovery.Partition, o Opti
 	began := o.Now()
 	res := &Result{Partition: int(p.Index)}
 	res.Err = func() error {
+		if err := o.Validate(); err != nil {
+			return err
+		}
 		lock, err := AcquireLock(ctx, s, LockKey(p.FlowUID, int(p.Index)), o.Holder, o.LockTTL, o.Now())
 		if err != nil {
 			return err

@@ -26,7 +26,7 @@ type BrokenManifest struct {
 }
 
 // LoadCatalog lists and reads every manifest (one LIST, then GETs in
-// parallel). A manifest whose content disagrees with its key is broken.
+// parallel, workers at once; DefaultCatalogWorkers if workers <= 0). A manifest whose content disagrees with its key is broken.
 func LoadCatalog(ctx context.Context, s Store, workers int) (*Catalog, error) {
 	var refs []ManifestRef
 	var strays []BrokenManifest
@@ -43,7 +43,7 @@ func LoadCatalog(ctx context.Context, s Store, workers int) (*Catalog, error) {
 		return nil, fmt.Errorf("list manifests in %s: %w", s, err)
 	}
 	if workers <= 0 {
-		workers = 32
+		workers = DefaultCatalogWorkers
 	}
 	ms := make([]*Manifest, len(refs))
 	errs := make([]error, len(refs))

@@ -15,9 +15,34 @@ import (
 type PruneOptions struct {
 	KeepLast   int
 	KeepWithin time.Duration
-	Grace      time.Duration // default 1h
-	DryRun     bool
-	Now        func() time.Time
+	// Grace is how old an unreferenced chunk must be before it is deleted:
+	// at least LockTTL, the longest a backup can run without renewing its
+	// lock. The CLI's default is DefaultGrace.
+	Grace time.Duration
+	// LockTTL is the backups' lock TTL (DefaultLockTTL if zero).
+	LockTTL time.Duration
+	DryRun  bool
+	Now     func() time.Time
+}
+
+// DefaultGrace is the chunk grace period the CLI uses.
+const DefaultGrace = time.Hour
+
+// Validate refuses settings that could delete what a backup needs.
+func (o PruneOptions) Validate() error {
+	ttl := o.LockTTL
+	if ttl <= 0 {
+		ttl = DefaultLockTTL
+	}
+	switch {
+	case o.KeepLast < 1:
+		return fmt.Errorf("keep-last must be at least 1: the newest backup of each partition is always kept")
+	case o.KeepWithin < 0:
+		return fmt.Errorf("keep-within must not be negative, got %v", o.KeepWithin)
+	case o.Grace < ttl:
+		return fmt.Errorf("grace %v is shorter than the lock TTL %v: a chunk a running backup just uploaded could be deleted; use a grace of at least %v", o.Grace, ttl, ttl)
+	}
+	return nil
 }
 
 // PruneResult reports what prune did (or would do, in a dry run).
@@ -31,14 +56,11 @@ type PruneResult struct {
 
 // Prune deletes old backups and unreferenced chunks.
 func Prune(ctx context.Context, s Store, o PruneOptions) (*PruneResult, error) {
-	if o.KeepLast < 1 {
-		return nil, fmt.Errorf("keep-last must be at least 1: the newest backup of each partition is always kept")
+	if err := o.Validate(); err != nil {
+		return nil, err
 	}
 	if o.Now == nil {
 		o.Now = time.Now
-	}
-	if o.Grace <= 0 {
-		o.Grace = time.Hour
 	}
 	now := o.Now()
 	cat, err := LoadCatalog(ctx, s, 0)

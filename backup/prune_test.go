@@ -38,7 +38,9 @@ func TestPrune_KeepsWhatTheNewestOverlapNeeds(t *testing.T) {
 		t.Fatal(r.Err)
 	}
 	_ = dir
-	res, err := backup.Prune(ctx, s, backup.PruneOptions{KeepLast: 1, Grace: time.Nanosecond})
+	// Two grace periods from now: every unreferenced chunk is old enough.
+	later := func() time.Time { return time.Now().Add(2 * backup.DefaultGrace) }
+	res, err := backup.Prune(ctx, s, backup.PruneOptions{KeepLast: 1, Grace: backup.DefaultGrace, Now: later})
 	if err != nil {
 		t.Fatal(err)
 	}

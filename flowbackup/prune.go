@@ -42,7 +42,7 @@ backup may be uploading them right now).
 	f.StringVar(&o.From, "from", "", "backup URL")
 	f.IntVar(&o.KeepLast, "keep-last", 0, "keep the newest N backups of each partition (at least 1)")
 	f.DurationVar(&o.KeepWithin, "keep-within", 0, "also keep backups younger than this (e.g. 24h)")
-	f.DurationVar(&o.Grace, "grace", time.Hour, "never delete chunks younger than this")
+	f.DurationVar(&o.Grace, "grace", backup.DefaultGrace, "never delete chunks younger than this (at least the lock TTL)")
 	f.BoolVar(&o.DryRun, "dry-run", false, "say what would be deleted, delete nothing")
 	o.storageOptions.addFlags(f)
 	return cmd
@@ -57,6 +57,10 @@ func runPrune(ctx context.Context, o pruneOptions, out io.Writer) error {
 		return err
 	}
 	defer s.Close()
+	po := backup.PruneOptions{KeepLast: o.KeepLast, KeepWithin: o.KeepWithin, Grace: o.Grace, DryRun: o.DryRun}
+	if err := po.Validate(); err != nil {
+		return usageError{err}
+	}
 	res, err := backup.Prune(ctx, s, backup.PruneOptions{KeepLast: o.KeepLast, KeepWithin: o.KeepWithin, Grace: o.Grace, DryRun: o.DryRun})
 	if err != nil {
 		return err

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 type submission struct {
@@ -200,9 +201,11 @@ func (w *writer) setCommit(ctx context.Context, tx *sql.Tx, c Epoch) error {
 	return err
 }
 
-// droppedRetentionMs is how long GC remembers keys whose tombstone it
-// removed, for incremental backups taken against an older base.
-const droppedRetentionMs = 72 * 3600 * 1000
+// DroppedRetention is how long GC remembers keys whose tombstone it
+// removed (the dropped table), for incremental backups taken against an
+// older base: a delta is only correct over a base younger than this, so
+// backup.Options.BaseMaxAge is validated against it.
+const DroppedRetention = 72 * time.Hour
 
 type stepKey struct {
 	step StepID
@@ -276,7 +279,7 @@ func gc(ctx context.Context, tx *sql.Tx, old, c Epoch, now int64) error {
 		args []any
 	}{
 		{`DELETE FROM changelog WHERE epoch < ?`, []any{c}},
-		{`DELETE FROM dropped WHERE unix_ms < ?`, []any{now - droppedRetentionMs}},
+		{`DELETE FROM dropped WHERE unix_ms < ?`, []any{now - DroppedRetention.Milliseconds()}},
 	} {
 		if _, err := tx.ExecContext(ctx, st.q, st.args...); err != nil {
 			return err

@@ -25,6 +25,7 @@ type Progress func(done, total int64)
 // FetchOptions configure downloads.
 type FetchOptions struct {
 	Workers  int // chunks downloaded at once (default 8)
+	Parallel int // partitions fetched at once (backup.DefaultParallel)
 	Progress Progress
 	// ImageSum also checks the sha256 of the whole assembled image (verify
 	// --deep). Restores rely on every chunk's own sha256 and the validated,

@@ -28,8 +28,12 @@ type Options struct {
 	// kept beside them as *.replaced-TIMESTAMP, never deleted.
 	Force bool
 	// DryRun plans and reports without writing anything.
-	DryRun   bool
+	DryRun bool
+	// Workers is how many objects of one partition download at once
+	// (default 8); Parallel how many partitions restore at once
+	// (backup.DefaultParallel).
 	Workers  int
+	Parallel int
 	Progress Progress
 	// Note receives what the restore decided on the way (fallbacks).
 	Note func(string)
@@ -94,7 +98,7 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 			}
 		}
 		var done atomic.Int64
-		fo := FetchOptions{Workers: o.Workers}
+		fo := FetchOptions{Workers: o.Workers, Parallel: o.Parallel}
 		if o.Progress != nil {
 			fo.Progress = func(n, _ int64) { o.Progress(n, total) }
 		}
@@ -172,7 +176,11 @@ func fetchAll(ctx context.Context, s backup.Store, dir string, plan *Plan, parts
 	}
 	// Partitions download side by side, each with its own workers.
 	var g errgroup.Group
-	g.SetLimit(4)
+	par := fo.Parallel
+	if par <= 0 {
+		par = backup.DefaultParallel
+	}
+	g.SetLimit(par)
 	for _, j := range jobs {
 		g.Go(func() error {
 			removeDB(j.tmp)

@@ -138,7 +138,12 @@ func TestCLI_BackupListVerifyRestorePrune(t *testing.T) {
 	if !strings.Contains(dry, "would restore partitions [0 1] of 2 at epoch 2") {
 		t.Fatalf("dry run:\n%s", dry)
 	}
-	pr := must(t, backupBin, "prune", "--from", to, "--keep-last", "1", "--grace", "0s")
+	// A grace shorter than a backup's lock could delete what a running
+	// backup just uploaded: refused, as a usage error.
+	if out, code := run(t, backupBin, "prune", "--from", to, "--keep-last", "1", "--grace", "0s"); code != 3 || !strings.Contains(out, "lock TTL") {
+		t.Fatalf("prune --grace 0s: exit %d\n%s", code, out)
+	}
+	pr := must(t, backupBin, "prune", "--from", to, "--keep-last", "1")
 	if !strings.Contains(pr, "deleted 2 backups") {
 		t.Fatalf("prune:\n%s", pr)
 	}
