@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every flowkeep test: installs the real servers and tools the tests use
-# (versitygw, fake-gcs-server, terraform, tflint) from the Go module proxy into
+# (versitygw, fake-gcs-server, terraform, tflint, staticcheck) from the Go module proxy into
 # a cache directory if they are missing, then runs the Go tests and checks.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -23,14 +23,16 @@ install versitygw github.com/versity/versitygw/cmd/versitygw@v1.8.0 & pids+=($!)
 install fake-gcs-server github.com/fsouza/fake-gcs-server@v1.56.1 & pids+=($!)
 install terraform github.com/hashicorp/terraform@v1.5.7 & pids+=($!)
 install tflint github.com/terraform-linters/tflint@v0.61.0 & pids+=($!)
+install staticcheck honnef.co/go/tools/cmd/staticcheck@v0.8.2 & pids+=($!)
 for p in "${pids[@]}"; do wait "$p"; done
 export PATH="$tools/bin:$PATH"
 export FLOWKEEP_REQUIRE_SERVERS=1
 
-echo "test.sh: gofmt, go vet" >&2
+echo "test.sh: gofmt, go vet, staticcheck" >&2
 bad=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$bad" ]; then echo "gofmt would change: $bad" >&2; exit 1; fi
 go vet ./...
+staticcheck ./...
 
 echo "test.sh: terraform fmt, tflint" >&2
 # A TF_CLI_CONFIG_FILE naming a missing file makes terraform complain; ignore it.

@@ -46,7 +46,8 @@ type exchangedImpl interface {
 	wire() wireCodec
 }
 
-// rootOp is an exchanged step's per-worker instance.
+// rootOp is an exchanged step's per-worker instance. Its push takes the
+// exchange's batches as *[]T (pointers pool without allocating).
 type rootOp interface {
 	op
 	// restore loads one snapshot row routed to this worker. It may be called
@@ -68,8 +69,8 @@ type exchangeSender[T any] struct {
 	step  StepID
 	dests []chan msg // nil for workers of other processes
 	route func(T) int
-	bufs  [][]T
-	pool  *sync.Pool // batches the receivers gave back
+	bufs  []*[]T     // per destination; a batch travels as *[]T
+	pool  *sync.Pool // of *[]T: batches the receivers gave back
 }
 
 func newExchangeSender[T any](x *execution, target *node, from int, route func(T) int) op {
@@ -81,7 +82,7 @@ func newExchangeSender[T any](x *execution, target *node, from int, route func(T
 		step:  target.id,
 		dests: x.inboxes[target],
 		route: route,
-		bufs:  make([][]T, x.workers),
+		bufs:  make([]*[]T, x.workers),
 		pool:  x.pools[target],
 	}
 }
@@ -92,15 +93,19 @@ func (e *exchangeSender[T]) push(b any) error {
 		if d < 0 {
 			return fmt.Errorf("exchange to %s: item has no destination partition", e.step)
 		}
-		if e.bufs[d] == nil {
-			if b, ok := e.pool.Get().([]T); ok {
-				e.bufs[d] = b[:0]
+		b := e.bufs[d]
+		if b == nil {
+			if pb, ok := e.pool.Get().(*[]T); ok {
+				b = pb
+				*b = (*b)[:0]
 			} else {
-				e.bufs[d] = make([]T, 0, batchSize)
+				nb := make([]T, 0, batchSize)
+				b = &nb
 			}
+			e.bufs[d] = b
 		}
-		e.bufs[d] = append(e.bufs[d], it)
-		if n := len(e.bufs[d]); n == batchSize && e.dests[d] != nil || n == remoteBatchSize {
+		*b = append(*b, it)
+		if n := len(*b); n == batchSize && e.dests[d] != nil || n == remoteBatchSize {
 			if err := e.flushOne(d); err != nil {
 				return err
 			}
@@ -115,14 +120,15 @@ func (e *exchangeSender[T]) flushOne(d int) error {
 	if ch := e.dests[d]; ch != nil {
 		return send(e.ctx, ch, msg{kind: msgData, from: e.from, batch: b})
 	}
-	err := e.x.sendRemote(e.node, d, msg{kind: msgData, from: e.from}, b)
-	e.pool.Put(any(b)) // encoded: the batch is free again
+	err := e.x.sendRemote(e.node, d, msg{kind: msgData, from: e.from}, *b)
+	clear(*b)
+	e.pool.Put(b) // encoded: the batch is free again
 	return err
 }
 
 func (e *exchangeSender[T]) flush() error {
-	for d := range e.bufs {
-		if len(e.bufs[d]) > 0 {
+	for d, b := range e.bufs {
+		if b != nil && len(*b) > 0 {
 			if err := e.flushOne(d); err != nil {
 				return err
 			}
@@ -232,8 +238,8 @@ func (r *receiver) handle(m msg) error {
 	return r.progress()
 }
 
-// apply pushes a batch to the root, then recycles it: ops never keep a
-// pushed batch.
+// apply pushes a batch (a *[]T) to the root, then recycles it: ops never
+// keep a pushed batch.
 func (r *receiver) apply(b any) error {
 	err := r.root.push(b)
 	if r.pool != nil {

@@ -106,7 +106,7 @@ func (o *sinkOp[T]) open(ctx context.Context) error {
 }
 
 func (o *sinkOp[T]) push(b any) error {
-	items := b.([]T)
+	items := *b.(*[]T)
 	if o.single != nil {
 		return o.single.Write(items)
 	}

@@ -155,7 +155,7 @@ func (o *statefulOp[V, S, O]) touch(key string) *entry[S] {
 }
 
 func (o *statefulOp[V, S, O]) push(b any) error {
-	for _, kv := range b.([]KV[V]) {
+	for _, kv := range *b.(*[]KV[V]) {
 		e := o.touch(kv.Key)
 		o.curKey = kv.Key
 		e.s = o.logic.OnItem(kv.Key, e.s, kv.Value, o.emitFn)

@@ -7,7 +7,8 @@ import (
 	"fmt"
 )
 
-// wireCodec encodes the batches an exchange sends to another process.
+// wireCodec encodes the batches an exchange sends to another process:
+// encode takes a []T, decode returns a *[]T (as exchanges carry them).
 // Common item types have compact hand-written encodings; any other type
 // goes through encoding/json (its exported fields cross the wire).
 type wireCodec interface {
@@ -113,7 +114,7 @@ func (stringsWire) decode(b []byte) (any, error) {
 			return nil, err
 		}
 	}
-	return out, nil
+	return &out, nil
 }
 
 type kvUnitWire struct{}
@@ -139,7 +140,7 @@ func (kvUnitWire) decode(b []byte) (any, error) {
 			return nil, err
 		}
 	}
-	return out, nil
+	return &out, nil
 }
 
 type kvInt64Wire struct{}
@@ -170,7 +171,7 @@ func (kvInt64Wire) decode(b []byte) (any, error) {
 		}
 		out[i].Value, b = v, b[k:]
 	}
-	return out, nil
+	return &out, nil
 }
 
 type kvStringWire struct{}
@@ -198,7 +199,7 @@ func (kvStringWire) decode(b []byte) (any, error) {
 			return nil, err
 		}
 	}
-	return out, nil
+	return &out, nil
 }
 
 type jsonWire[T any] struct{}
@@ -216,5 +217,5 @@ func (jsonWire[T]) decode(b []byte) (any, error) {
 	if err := json.Unmarshal(b, &out); err != nil {
 		return nil, fmt.Errorf("%w: %v", errWire, err)
 	}
-	return out, nil
+	return &out, nil
 }

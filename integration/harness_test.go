@@ -200,26 +200,6 @@ func (p *proc) kill() bool {
 	return true
 }
 
-// exited reports whether the process ended (and how).
-func (p *proc) exited() (bool, error) {
-	select {
-	case <-p.done:
-		return true, p.err
-	default:
-		return false, nil
-	}
-}
-
-// wait waits for the process to end and returns its exit code.
-func (p *proc) wait() int {
-	<-p.done
-	var ee *exec.ExitError
-	if errors.As(p.err, &ee) {
-		return ee.ExitCode()
-	}
-	return 0
-}
-
 type syncBuffer struct {
 	mu  chan struct{}
 	buf bytes.Buffer
@@ -325,12 +305,15 @@ type faultProxy struct {
 func newFaultProxy(t *testing.T, target string, keepHost bool) *faultProxy {
 	t.Helper()
 	u, _ := neturl.Parse("http://" + target)
-	p := &faultProxy{rp: httputil.NewSingleHostReverseProxy(u), rnd: rand.New(rand.NewSource(time.Now().UnixNano()))}
-	// Servers that route on Host (fake-gcs-server's public host) must see their own.
-	if !keepHost {
-		direct := p.rp.Director
-		p.rp.Director = func(r *http.Request) { direct(r); r.Host = u.Host }
-	}
+	p := &faultProxy{rnd: rand.New(rand.NewSource(time.Now().UnixNano()))}
+	p.rp = &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) {
+		// SetURL sends the target's Host, which servers that route on it
+		// (fake-gcs-server's public host) need; S3 signs the client's.
+		r.SetURL(u)
+		if keepHost {
+			r.Out.Host = r.In.Host
+		}
+	}}
 	p.rp.ErrorLog = log.New(io.Discard, "", 0)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

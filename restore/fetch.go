@@ -161,19 +161,20 @@ func fetchObject(ctx context.Context, s backup.Store, ob backup.Object) ([]byte,
 
 // chunkBuffers recycles the aligned buffers whole chunks decompress into,
 // so they can be written past the page cache without a copy.
-var chunkBuffers = sync.Pool{New: func() any { return directio.Buffer(backup.ChunkSize) }}
+var chunkBuffers = sync.Pool{New: func() any { b := directio.Buffer(backup.ChunkSize); return &b }}
 
 // getBuffer returns an empty, aligned buffer for n bytes.
 func getBuffer(n int64) []byte {
 	if n <= backup.ChunkSize {
-		return chunkBuffers.Get().([]byte)[:0]
+		return (*chunkBuffers.Get().(*[]byte))[:0]
 	}
 	return directio.Buffer(int(n))
 }
 
 func putBuffer(b []byte) {
 	if cap(b) == backup.ChunkSize && directio.Aligned(b[:0]) {
-		chunkBuffers.Put(b[:0])
+		b = b[:0]
+		chunkBuffers.Put(&b)
 	}
 }
 

@@ -5,14 +5,11 @@ package s3
 // IAM actions. TestActions_MatchCalls records real calls and checks this
 // list; terraform/modules/aws-agent-identity grants exactly it.
 //
-//	HeadBucket, ListObjectsV2                     s3:ListBucket
-//	GetObject, HeadObject                         s3:GetObject
-//	PutObject, CreateMultipartUpload, UploadPart,
-//	CompleteMultipartUpload                       s3:PutObject
-//	AbortMultipartUpload                          s3:AbortMultipartUpload
-//	DeleteObject                                  s3:DeleteObject
+//	HeadBucket, ListObjectsV2   s3:ListBucket
+//	GetObject, HeadObject       s3:GetObject
+//	PutObject                   s3:PutObject
+//	DeleteObject                s3:DeleteObject
 var RequiredActions = []string{
-	"s3:AbortMultipartUpload",
 	"s3:DeleteObject",
 	"s3:GetObject",
 	"s3:ListBucket",
@@ -27,14 +24,10 @@ var ReadOnlyActions = []string{
 
 // actionOf maps an S3 operation to its IAM action.
 var actionOf = map[string]string{
-	"HeadBucket":              "s3:ListBucket",
-	"ListObjectsV2":           "s3:ListBucket",
-	"GetObject":               "s3:GetObject",
-	"HeadObject":              "s3:GetObject",
-	"PutObject":               "s3:PutObject",
-	"CreateMultipartUpload":   "s3:PutObject",
-	"UploadPart":              "s3:PutObject",
-	"CompleteMultipartUpload": "s3:PutObject",
-	"AbortMultipartUpload":    "s3:AbortMultipartUpload",
-	"DeleteObject":            "s3:DeleteObject",
+	"HeadBucket":    "s3:ListBucket",
+	"ListObjectsV2": "s3:ListBucket",
+	"GetObject":     "s3:GetObject",
+	"HeadObject":    "s3:GetObject",
+	"PutObject":     "s3:PutObject",
+	"DeleteObject":  "s3:DeleteObject",
 }

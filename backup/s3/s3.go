@@ -1,7 +1,10 @@
 // Package s3 is the Amazon S3 (and S3-compatible) backend of backup.Store,
 // on aws-sdk-go-v2: the default credential chain, an optional custom
-// endpoint with path-style addressing, multipart uploads for large objects,
-// and server-side encryption options.
+// endpoint with path-style addressing, and server-side encryption options.
+// Every object flowkeep writes is at most a chunk's or a manifest's bound
+// (tens of MiB), far below S3's 5 GiB limit for one PutObject, so objects
+// are written with a single PutObject (no multipart uploads, and no
+// s3:AbortMultipartUpload permission).
 package s3
 
 import (
@@ -15,7 +18,6 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/config"
-	"github.com/aws/aws-sdk-go-v2/feature/s3/manager"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
@@ -38,20 +40,16 @@ type Options struct {
 	SSE string
 	// KMSKeyID is the key for SSE "aws:kms" (empty: the AWS managed key).
 	KMSKeyID string
-	// PartSize is the multipart part size; objects larger than it are
-	// uploaded in parts. Zero means 16 MiB.
-	PartSize int64
 	// HTTPClient, if set, is used for every request (tests inject faults).
 	HTTPClient *http.Client
 }
 
 // Store is a bucket and key prefix.
 type Store struct {
-	client   *s3.Client
-	uploader *manager.Uploader
-	bucket   string
-	prefix   string
-	opts     Options
+	client *s3.Client
+	bucket string
+	prefix string
+	opts   Options
 }
 
 var _ backup.Store = (*Store)(nil)
@@ -87,14 +85,7 @@ func New(ctx context.Context, bucket, prefix string, o Options) (*Store, error) 
 		so.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
 		so.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
 	})
-	if o.PartSize == 0 {
-		o.PartSize = 16 << 20
-	}
 	s := &Store{client: client, bucket: bucket, prefix: strings.Trim(prefix, "/"), opts: o}
-	s.uploader = manager.NewUploader(client, func(u *manager.Uploader) {
-		u.PartSize = o.PartSize
-		u.Concurrency = 4
-	})
 	if _, err := client.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: aws.String(bucket)}); err != nil {
 		return nil, s.wrap("open bucket", "", err)
 	}
@@ -159,7 +150,7 @@ func (s *Store) sse(in *s3.PutObjectInput) {
 	}
 }
 
-// Put implements backup.Store; objects above the part size go multipart.
+// Put implements backup.Store with one PutObject.
 func (s *Store) Put(ctx context.Context, key string, data []byte) error {
 	k, err := s.key(key)
 	if err != nil {
@@ -167,13 +158,7 @@ func (s *Store) Put(ctx context.Context, key string, data []byte) error {
 	}
 	in := &s3.PutObjectInput{Bucket: aws.String(s.bucket), Key: aws.String(k), Body: bytes.NewReader(data), ContentLength: aws.Int64(int64(len(data)))}
 	s.sse(in)
-	if int64(len(data)) <= s.opts.PartSize {
-		_, err = s.client.PutObject(ctx, in)
-	} else {
-		in.ContentLength = nil
-		_, err = s.uploader.Upload(ctx, in)
-	}
-	if err != nil {
+	if _, err := s.client.PutObject(ctx, in); err != nil {
 		return s.wrap("put", key, err)
 	}
 	return nil

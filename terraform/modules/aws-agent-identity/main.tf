@@ -5,7 +5,7 @@
 # backup/s3.RequiredActions and ReadOnlyActions (a Go test checks it).
 
 locals {
-  agent_actions    = ["s3:AbortMultipartUpload", "s3:DeleteObject", "s3:GetObject", "s3:ListBucket", "s3:PutObject"]
+  agent_actions    = ["s3:DeleteObject", "s3:GetObject", "s3:ListBucket", "s3:PutObject"]
   readonly_actions = ["s3:GetObject", "s3:ListBucket"]
 
   actions        = var.read_only ? local.readonly_actions : local.agent_actions
