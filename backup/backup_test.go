@@ -185,7 +185,7 @@ func TestBackup_CrashMidUploadLeavesNoVisibleBackup(t *testing.T) {
 		t.Fatal("backup succeeded despite failures")
 	}
 	n := 0
-	mem.List(ctx, backup.ManifestsPrefix, func(backup.ObjectInfo) error { n++; return nil })
+	mem.List(ctx, backup.ManifestsPrefix, "", func(backup.ObjectInfo) error { n++; return nil })
 	if n != 0 {
 		t.Fatalf("%d manifests visible after a failed backup", n)
 	}
@@ -245,7 +245,7 @@ func TestBackupDir_EmptyAndForeignDirectories(t *testing.T) {
 		t.Fatal("missing dir accepted")
 	}
 	n := 0
-	s.List(ctx, "", func(backup.ObjectInfo) error { n++; return nil })
+	s.List(ctx, "", "", func(backup.ObjectInfo) error { n++; return nil })
 	if n != 0 {
 		t.Fatalf("%d objects written by refused backups", n)
 	}

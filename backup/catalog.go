@@ -30,7 +30,7 @@ type BrokenManifest struct {
 func LoadCatalog(ctx context.Context, s Store, workers int) (*Catalog, error) {
 	var refs []ManifestRef
 	var strays []BrokenManifest
-	err := s.List(ctx, ManifestsPrefix, func(o ObjectInfo) error {
+	err := s.List(ctx, ManifestsPrefix, "", func(o ObjectInfo) error {
 		r, ok := ParseManifestKey(o.Key)
 		if !ok {
 			strays = append(strays, BrokenManifest{Key: o.Key, Err: fmt.Errorf("%w: not a manifest key", ErrCorrupt)})

@@ -104,7 +104,7 @@ func Prune(ctx context.Context, s Store, o PruneOptions) (*PruneResult, error) {
 		}
 	}
 	// Latest pointers name manifests too; their chunks stay.
-	err = s.List(ctx, LatestPrefix, func(oi ObjectInfo) error {
+	err = s.List(ctx, LatestPrefix, "", func(oi ObjectInfo) error {
 		b, err := ReadAll(ctx, s, oi.Key, MaxManifestBytes)
 		if err != nil {
 			return nil
@@ -132,7 +132,7 @@ func Prune(ctx context.Context, s Store, o PruneOptions) (*PruneResult, error) {
 		}
 	}
 	var doomed []ObjectInfo
-	err = s.List(ctx, ChunksPrefix, func(oi ObjectInfo) error {
+	err = s.List(ctx, ChunksPrefix, "", func(oi ObjectInfo) error {
 		h := oi.Key[len(oi.Key)-min(64, len(oi.Key)):]
 		if !referenced[h] && now.Sub(oi.Modified) > o.Grace {
 			doomed = append(doomed, oi)

@@ -25,8 +25,13 @@ const maxBuffered = MaxChunkBytes + MaxChunkBytes/8
 // jitter. Answers that are not transient (not found, exists, access denied,
 // missing bucket, bad key, cancellation) are returned at once. Get reads the
 // whole object before returning it, so a body cut short is retried too; List
-// collects the whole listing first, so fn never sees an item twice.
+// streams and, after a failure, resumes after the last key it delivered, so
+// fn never sees an item twice.
 func WithRetry(s Store, p RetryPolicy) Store {
+	return &retrying{s: s, p: p.withDefaults()}
+}
+
+func (p RetryPolicy) withDefaults() RetryPolicy {
 	if p.Attempts <= 0 {
 		p.Attempts = 6
 	}
@@ -36,7 +41,14 @@ func WithRetry(s Store, p RetryPolicy) Store {
 	if p.Max <= 0 {
 		p.Max = 5 * time.Second
 	}
-	return &retrying{s: s, p: p}
+	return p
+}
+
+// Retry runs fn under policy p, as a WithRetry store runs each call: for
+// calls outside a Store, such as opening one (a 503 from the first request
+// to a bucket is as transient as any other).
+func Retry(ctx context.Context, p RetryPolicy, op string, fn func() error) error {
+	return (&retrying{p: p.withDefaults()}).do(ctx, op, fn)
 }
 
 type retrying struct {
@@ -44,8 +56,16 @@ type retrying struct {
 	p RetryPolicy
 }
 
+// stopped wraps an error a List callback returned: it is the caller's, and
+// never retried.
+type stopped struct{ err error }
+
+func (s stopped) Error() string { return s.err.Error() }
+func (s stopped) Unwrap() error { return s.err }
+
 func permanent(err error) bool {
-	return errors.Is(err, ErrNotFound) || errors.Is(err, ErrExists) || errors.Is(err, ErrAccess) ||
+	var st stopped
+	return errors.As(err, &st) || errors.Is(err, ErrNotFound) || errors.Is(err, ErrExists) || errors.Is(err, ErrAccess) ||
 		errors.Is(err, ErrNoBucket) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
 		errors.Is(err, ErrCorrupt) || errors.Is(err, errBadKey)
 }
@@ -109,28 +129,53 @@ func (r *retrying) Stat(ctx context.Context, key string) (ObjectInfo, error) {
 	return oi, err
 }
 
-func (r *retrying) List(ctx context.Context, prefix string, fn func(ObjectInfo) error) error {
-	var all []ObjectInfo
-	err := r.do(ctx, "list "+prefix, func() error {
-		all = all[:0]
-		return r.s.List(ctx, prefix, func(oi ObjectInfo) error {
-			all = append(all, oi)
+func (r *retrying) List(ctx context.Context, prefix, after string, fn func(ObjectInfo) error) error {
+	last := after
+	wait := r.p.Base
+	for attempt := 1; ; attempt++ {
+		before := last
+		err := r.s.List(ctx, prefix, last, func(oi ObjectInfo) error {
+			if err := fn(oi); err != nil {
+				return stopped{err}
+			}
+			last = oi.Key
 			return nil
 		})
-	})
-	if err != nil {
-		return err
-	}
-	for _, oi := range all {
-		if err := fn(oi); err != nil {
+		var st stopped
+		switch {
+		case err == nil:
+			return nil
+		case errors.As(err, &st):
+			return st.err
+		case permanent(err):
 			return err
 		}
+		if last != before {
+			attempt, wait = 1, r.p.Base // progress: a new run of attempts
+		}
+		if attempt >= r.p.Attempts {
+			return fmt.Errorf("list %s (after %d attempts): %w", prefix, r.p.Attempts, err)
+		}
+		d := wait/2 + time.Duration(rand.Int63n(int64(wait)))
+		select {
+		case <-time.After(d):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		wait = min(2*wait, r.p.Max)
 	}
-	return nil
 }
 
 func (r *retrying) Delete(ctx context.Context, key string) error {
 	return r.do(ctx, "delete "+key, func() error { return r.s.Delete(ctx, key) })
+}
+
+// SweepTemp passes on to the wrapped store, if it keeps temporary files.
+func (r *retrying) SweepTemp(ctx context.Context, age time.Duration) (int, error) {
+	if sw, ok := r.s.(TempSweeper); ok {
+		return sw.SweepTemp(ctx, age)
+	}
+	return 0, nil
 }
 
 func (r *retrying) String() string { return r.s.String() }

@@ -23,8 +23,11 @@ import (
 //     Stat and List.
 //   - Get and Stat return an error wrapping ErrNotFound when the object does
 //     not exist.
-//   - List calls fn for every object whose key starts with prefix, in
-//     lexical key order; it stops at fn's first error and returns it.
+//   - List calls fn for every object whose key starts with prefix and, if
+//     after is not empty, is greater than after, in lexical (byte) key
+//     order; it stops at fn's first error and returns it. It streams: a
+//     backend never holds a whole listing in memory, so a listing of a
+//     million objects costs what one page of it costs.
 //   - Delete removes an object; deleting a missing object is not an error.
 //   - Errors are wrapped with the backend's context; ErrAccess marks
 //     credentials or permission problems, ErrNoBucket a missing bucket.
@@ -33,11 +36,18 @@ type Store interface {
 	PutIfAbsent(ctx context.Context, key string, data []byte) error
 	Get(ctx context.Context, key string) (io.ReadCloser, error)
 	Stat(ctx context.Context, key string) (ObjectInfo, error)
-	List(ctx context.Context, prefix string, fn func(ObjectInfo) error) error
+	List(ctx context.Context, prefix, after string, fn func(ObjectInfo) error) error
 	Delete(ctx context.Context, key string) error
 	// String names the store for messages, e.g. "s3://bucket/prefix".
 	String() string
 	Close() error
+}
+
+// TempSweeper is implemented by stores that keep temporary files of their
+// own (the file backend): SweepTemp removes those older than age, which a
+// writer killed mid-write left behind, and says how many.
+type TempSweeper interface {
+	SweepTemp(ctx context.Context, age time.Duration) (int, error)
 }
 
 // ObjectInfo describes a stored object.

@@ -105,9 +105,9 @@ func (c *counting) Get(ctx context.Context, k string) (io.ReadCloser, error) {
 	c.gets.Add(1)
 	return c.Store.Get(ctx, k)
 }
-func (c *counting) List(ctx context.Context, p string, fn func(backup.ObjectInfo) error) error {
+func (c *counting) List(ctx context.Context, p, after string, fn func(backup.ObjectInfo) error) error {
 	c.lists.Add(1)
-	return c.Store.List(ctx, p, fn)
+	return c.Store.List(ctx, p, after, fn)
 }
 
 func versity(b *testing.B) (*testserver.Server, string) {

@@ -277,7 +277,7 @@ func TestVerify_Findings(t *testing.T) {
 			s.Delete(ctx, backup.ChunkKey(ms[2].Objects()[0].SHA256))
 		}, StatusDegraded, "is missing"},
 		{"missing partition", false, func(t *testing.T, s *memstore.Store, f *flow, ms []*backup.Manifest) {
-			s.List(ctx, "manifests/", func(o backup.ObjectInfo) error {
+			s.List(ctx, "manifests/", "", func(o backup.ObjectInfo) error {
 				if strings.Contains(o.Key, "part-0002") {
 					s.Delete(ctx, o.Key)
 				}

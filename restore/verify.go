@@ -92,7 +92,7 @@ func Verify(ctx context.Context, s backup.Store, o VerifyOptions) (*Report, erro
 		rep.Problems = append(rep.Problems, pr)
 	}
 	stored := map[string]int64{}
-	err = s.List(ctx, backup.ChunksPrefix, func(oi backup.ObjectInfo) error {
+	err = s.List(ctx, backup.ChunksPrefix, "", func(oi backup.ObjectInfo) error {
 		stored[oi.Key] = oi.Size
 		return nil
 	})

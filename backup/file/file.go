@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/flowkeep/flowkeep/backup"
 	"github.com/flowkeep/flowkeep/internal/fsync"
@@ -24,7 +25,10 @@ import (
 // the directory fsynced, so an object is whole or absent even across a crash.
 type Store struct{ Root string }
 
-var _ backup.Store = (*Store)(nil)
+var (
+	_ backup.Store       = (*Store)(nil)
+	_ backup.TempSweeper = (*Store)(nil)
+)
 
 const tmpMarker = ".flowkeep-tmp-"
 
@@ -56,7 +60,7 @@ func (s *Store) path(key string) (string, error) {
 // writeTemp writes data to a synced temporary file next to path.
 func writeTemp(path string, data []byte) (string, error) {
 	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := fsync.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
 	var r [6]byte
@@ -153,55 +157,129 @@ func (s *Store) Stat(_ context.Context, key string) (backup.ObjectInfo, error) {
 	return backup.ObjectInfo{Key: key, Size: st.Size(), Modified: st.ModTime()}, nil
 }
 
-// List implements backup.Store.
-func (s *Store) List(ctx context.Context, prefix string, fn func(backup.ObjectInfo) error) error {
+// List implements backup.Store. It walks the directories in key order
+// (a directory d sorts as "d/"), one directory's names in memory at a time,
+// skipping directories whose keys all sort at or before after.
+func (s *Store) List(ctx context.Context, prefix, after string, fn func(backup.ObjectInfo) error) error {
 	// Walk the deepest directory the prefix names completely.
-	dir := s.Root
+	dirKey := ""
 	if i := strings.LastIndex(prefix, "/"); i >= 0 {
-		dir = filepath.Join(s.Root, filepath.FromSlash(prefix[:i]))
+		dirKey = prefix[:i+1]
 	}
-	var out []backup.ObjectInfo
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil
-			}
-			return err
-		}
-		if d.IsDir() || strings.HasPrefix(d.Name(), tmpMarker) {
-			return nil
-		}
-		rel, err := filepath.Rel(s.Root, p)
-		if err != nil {
-			return err
-		}
-		key := filepath.ToSlash(rel)
-		if !strings.HasPrefix(key, prefix) {
-			return nil
-		}
-		info, err := d.Info()
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil
-			}
-			return err
-		}
-		out = append(out, backup.ObjectInfo{Key: key, Size: info.Size(), Modified: info.ModTime()})
+	err := s.walk(ctx, dirKey, prefix, after, fn)
+	if errors.Is(err, fs.ErrNotExist) {
 		return nil
-	})
-	if err != nil {
+	}
+	if err != nil && !isCallerErr(err) {
 		return fmt.Errorf("list %s: %w", prefix, err)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
-	for _, o := range out {
-		if err := ctx.Err(); err != nil {
+	return unwrapCaller(err)
+}
+
+// callerErr marks an error fn returned, so List passes it on unwrapped.
+type callerErr struct{ err error }
+
+func (c callerErr) Error() string { return c.err.Error() }
+
+func isCallerErr(err error) bool {
+	var c callerErr
+	return errors.As(err, &c)
+}
+
+func unwrapCaller(err error) error {
+	var c callerErr
+	if errors.As(err, &c) {
+		return c.err
+	}
+	return err
+}
+
+// walk lists the directory whose keys start with dirKey ("" or ending in /).
+func (s *Store) walk(ctx context.Context, dirKey, prefix, after string, fn func(backup.ObjectInfo) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	ents, err := os.ReadDir(filepath.Join(s.Root, filepath.FromSlash(dirKey)))
+	if err != nil {
+		return err
+	}
+	type ent struct {
+		key string // sort key: a directory ends in "/"
+		d   fs.DirEntry
+	}
+	list := make([]ent, 0, len(ents))
+	for _, d := range ents {
+		k := dirKey + d.Name()
+		if d.IsDir() {
+			k += "/"
+		} else if strings.HasPrefix(d.Name(), tmpMarker) || !d.Type().IsRegular() {
+			continue
+		}
+		list = append(list, ent{k, d})
+	}
+	sort.Slice(list, func(i, j int) bool { return list[i].key < list[j].key })
+	for _, e := range list {
+		if e.d.IsDir() {
+			// Keys inside start with e.key: skip the directory if none can
+			// match the prefix, or all sort at or before after.
+			if !strings.HasPrefix(e.key, prefix) && !strings.HasPrefix(prefix, e.key) {
+				continue
+			}
+			if after != "" && e.key < after && !strings.HasPrefix(after, e.key) {
+				continue
+			}
+			if err := s.walk(ctx, e.key, prefix, after, fn); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+			continue
+		}
+		if !strings.HasPrefix(e.key, prefix) || e.key <= after {
+			continue
+		}
+		info, err := e.d.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // deleted meanwhile
+		}
+		if err != nil {
 			return err
 		}
-		if err := fn(o); err != nil {
-			return err
+		if err := fn(backup.ObjectInfo{Key: e.key, Size: info.Size(), Modified: info.ModTime()}); err != nil {
+			return callerErr{err}
 		}
 	}
 	return nil
+}
+
+// SweepTemp removes the temporary files that writers killed mid-write left
+// behind, if they are older than age (a live writer's are younger). It
+// implements backup.TempSweeper; prune calls it.
+func (s *Store) SweepTemp(ctx context.Context, age time.Duration) (int, error) {
+	n := 0
+	cutoff := time.Now().Add(-age)
+	err := filepath.WalkDir(s.Root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if d.IsDir() || !strings.HasPrefix(d.Name(), tmpMarker) {
+			return nil
+		}
+		if info, err := d.Info(); err == nil && info.ModTime().Before(cutoff) {
+			if err := os.Remove(p); err == nil {
+				n++
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return n, fmt.Errorf("sweep temporary files in %s: %w", s.Root, err)
+	}
+	return n, nil
 }
 
 // Delete implements backup.Store.

@@ -155,12 +155,19 @@ func (s *Store) Stat(ctx context.Context, key string) (backup.ObjectInfo, error)
 }
 
 // List implements backup.Store (GCS lists in lexical order).
-func (s *Store) List(ctx context.Context, prefix string, fn func(backup.ObjectInfo) error) error {
+func (s *Store) List(ctx context.Context, prefix, after string, fn func(backup.ObjectInfo) error) error {
 	full := prefix
 	if s.prefix != "" {
 		full = s.prefix + "/" + prefix
 	}
 	q := &storage.Query{Prefix: full, Projection: storage.ProjectionNoACL}
+	if after != "" {
+		k := after // a position, not necessarily a key
+		if s.prefix != "" {
+			k = s.prefix + "/" + after
+		}
+		q.StartOffset = k + "\x00" // StartOffset is inclusive; the next name after k
+	}
 	if err := q.SetAttrSelection([]string{"Name", "Size", "Updated"}); err != nil {
 		return err
 	}
@@ -174,6 +181,9 @@ func (s *Store) List(ctx context.Context, prefix string, fn func(backup.ObjectIn
 			return s.wrap("list", prefix, err)
 		}
 		k := a.Name
+		if after != "" && k <= q.StartOffset[:len(q.StartOffset)-1] {
+			continue // an emulator that ignores StartOffset
+		}
 		if s.prefix != "" {
 			k = strings.TrimPrefix(k, s.prefix+"/")
 		}

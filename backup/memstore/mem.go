@@ -91,12 +91,12 @@ func (s *Store) Stat(_ context.Context, key string) (backup.ObjectInfo, error) {
 }
 
 // List implements backup.Store.
-func (s *Store) List(_ context.Context, prefix string, fn func(backup.ObjectInfo) error) error {
+func (s *Store) List(_ context.Context, prefix, after string, fn func(backup.ObjectInfo) error) error {
 	s.mu.Lock()
 	s.count("list")
 	var out []backup.ObjectInfo
 	for k, o := range s.objects {
-		if strings.HasPrefix(k, prefix) {
+		if strings.HasPrefix(k, prefix) && k > after {
 			out = append(out, backup.ObjectInfo{Key: k, Size: int64(len(o.data)), Modified: o.mod})
 		}
 	}

@@ -206,12 +206,20 @@ func (s *Store) Stat(ctx context.Context, key string) (backup.ObjectInfo, error)
 }
 
 // List implements backup.Store (ListObjectsV2 returns keys in order).
-func (s *Store) List(ctx context.Context, prefix string, fn func(backup.ObjectInfo) error) error {
+func (s *Store) List(ctx context.Context, prefix, after string, fn func(backup.ObjectInfo) error) error {
 	full := prefix
 	if s.prefix != "" {
 		full = s.prefix + "/" + prefix
 	}
-	p := s3.NewListObjectsV2Paginator(s.client, &s3.ListObjectsV2Input{Bucket: aws.String(s.bucket), Prefix: aws.String(full)})
+	in := &s3.ListObjectsV2Input{Bucket: aws.String(s.bucket), Prefix: aws.String(full)}
+	if after != "" {
+		k := after // a position, not necessarily a key
+		if s.prefix != "" {
+			k = s.prefix + "/" + after
+		}
+		in.StartAfter = aws.String(k)
+	}
+	p := s3.NewListObjectsV2Paginator(s.client, in)
 	for p.HasMorePages() {
 		page, err := p.NextPage(ctx)
 		if err != nil {

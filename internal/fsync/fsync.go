@@ -2,7 +2,13 @@
 // and of the directory that names it (standard library only).
 package fsync
 
-import "os"
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+)
 
 // File fsyncs the file at path.
 func File(path string) error {
@@ -14,12 +20,58 @@ func File(path string) error {
 	return f.Sync()
 }
 
+// syncDir is the directory fsync itself; tests replace it.
+var syncDir = func(d *os.File) error { return d.Sync() }
+
 // Dir fsyncs a directory, making renames and creations in it durable.
+// File systems that cannot fsync a directory (some network and FUSE file
+// systems answer EINVAL or ENOTSUP) are tolerated, as restic's local
+// backend does: there is nothing more they can promise.
 func Dir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err
 	}
 	defer d.Close()
-	return d.Sync()
+	if err := syncDir(d); err != nil && !unsupported(err) {
+		return fmt.Errorf("fsync directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+func unsupported(err error) bool {
+	return errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.ENOTSUP) || errors.Is(err, syscall.EOPNOTSUPP)
+}
+
+// MkdirAll is os.MkdirAll that also makes every directory it creates
+// durable: after each is created, its parent is fsynced, so a crash cannot
+// lose a directory that a later durable file lives in.
+func MkdirAll(dir string, perm os.FileMode) error {
+	if st, err := os.Stat(dir); err == nil {
+		if !st.IsDir() {
+			return fmt.Errorf("%s exists and is not a directory", dir)
+		}
+		return nil
+	}
+	// Find the missing directories, outermost first.
+	var missing []string
+	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
+		if _, err := os.Stat(d); err == nil {
+			break
+		}
+		missing = append(missing, d)
+		if filepath.Dir(d) == d {
+			break
+		}
+	}
+	for i := len(missing) - 1; i >= 0; i-- {
+		d := missing[i]
+		if err := os.Mkdir(d, perm); err != nil && !errors.Is(err, os.ErrExist) {
+			return err
+		}
+		if err := Dir(filepath.Dir(d)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
