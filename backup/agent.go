@@ -148,6 +148,9 @@ func backupInterval(ctx context.Context, dir string) (time.Duration, bool) {
 func (a *Agent) RunOnce(ctx context.Context) ([]*Result, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.Log == nil {
+		a.Log = slog.Default()
+	}
 	a.CheckInterval(ctx)
 	results, err := BackupDir(ctx, a.Store, a.Dir, a.Options)
 	if a.Metrics != nil {
@@ -175,9 +178,6 @@ func (a *Agent) RunOnce(ctx context.Context) ([]*Result, error) {
 // Run backs up once now, then on every tick of the schedule until ctx ends.
 // A run still going when the next tick comes makes that tick skip.
 func (a *Agent) Run(ctx context.Context) error {
-	if a.Log == nil {
-		a.Log = slog.Default()
-	}
 	a.RunOnce(ctx)
 	c := cron.New(cron.WithChain(cron.SkipIfStillRunning(cron.DiscardLogger)))
 	c.Schedule(a.Schedule, cron.FuncJob(func() {

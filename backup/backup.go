@@ -58,6 +58,9 @@ type Options struct {
 	Partitions []int
 	// Parallel backs up this many partitions at once (DefaultParallel).
 	Parallel int
+
+	// quarantined are the chunks verify found damaged (nil: not loaded).
+	quarantined map[string]bool
 }
 
 // Validate refuses settings that would make backups unsafe.
@@ -105,11 +108,19 @@ type Result struct {
 	Manifest        *Manifest
 	Kind            string // "base" or "delta"
 	ObjectsUploaded int64
-	ObjectsSkipped  int64
-	BytesUploaded   int64
-	BytesRead       int64
-	Duration        time.Duration
-	Err             error
+	// ObjectsSkipped were already stored: confirmed present, with their
+	// size, before the manifest named them.
+	ObjectsSkipped int64
+	// ObjectsHealed were named by the previous backup but missing, of the
+	// wrong size, or quarantined by verify: uploaded again.
+	ObjectsHealed int64
+	BytesUploaded int64
+	BytesRead     int64
+	// BaseNote says why a new base was taken when a delta was possible
+	// (e.g. the base's chunks were not all stored).
+	BaseNote string
+	Duration time.Duration
+	Err      error
 }
 
 // Version is the agent version recorded in manifests.
@@ -121,18 +132,18 @@ func Version() string {
 }
 
 // LoadLatest returns the newest manifest of a partition, from its latest
-// pointer; nil if there is none (or it is unreadable: the next backup is
-// then a full one).
+// pointer; nil if there is none, or if it is corrupt (the next backup is
+// then a full one, and rewrites the pointer). Any other read error is
+// returned: an unread pointer is not a missing one.
 func LoadLatest(ctx context.Context, s Store, uid string, idx int) (*Manifest, error) {
-	b, err := ReadAll(ctx, s, LatestKey(uid, idx), MaxManifestBytes)
+	m, err := ReadManifest(ctx, s, LatestKey(uid, idx))
 	if errors.Is(err, ErrNotFound) || errors.Is(err, ErrCorrupt) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("read latest pointer: %w", err)
 	}
-	m, err := ParseManifest(b)
-	if err != nil || m.Flow.UID != uid || m.Partition.Index != idx {
+	if m.Flow.UID != uid || m.Partition.Index != idx {
 		return nil, nil
 	}
 	return m, nil
@@ -152,6 +163,9 @@ func BackupDir(ctx context.Context, s Store, dir string, o Options) ([]*Result, 
 		return nil, err
 	}
 	defer recovery.CloseAll(ps)
+	if o.quarantined, err = LoadQuarantine(ctx, s); err != nil {
+		return nil, err
+	}
 	if len(ps) == 0 {
 		return nil, fmt.Errorf("%w in %s: nothing to back up (is -r the flow's recovery directory?)", recovery.ErrNoPartitions, dir)
 	}
@@ -195,8 +209,10 @@ func BackupDir(ctx context.Context, s Store, dir string, o Options) ([]*Result, 
 	return results, errors.Join(errs...)
 }
 
-// BackupPartition takes one backup of p under its lock. The manifest is
-// written only after every object it names is stored.
+// BackupPartition takes one backup of p under its lock, which it renews
+// while it works (losing it cancels the backup), and refuses to start while
+// a prune runs. Every chunk the manifest names is confirmed stored, with its
+// size, or uploaded; the manifest is written last.
 func BackupPartition(ctx context.Context, s Store, p *recovery.Partition, o Options) *Result {
 	o.defaults()
 	began := o.Now()
@@ -205,36 +221,56 @@ func BackupPartition(ctx context.Context, s Store, p *recovery.Partition, o Opti
 		if err := o.Validate(); err != nil {
 			return err
 		}
-		lock, err := AcquireLock(ctx, s, LockKey(p.FlowUID, int(p.Index)), o.Holder, o.LockTTL, o.Now())
+		lock, err := AcquireLock(ctx, s, LockKey(p.FlowUID, int(p.Index)), o.Holder, o.LockTTL, o.Now)
 		if err != nil {
 			return err
 		}
 		defer lock.Release(context.WithoutCancel(ctx))
-		prev, err := LoadLatest(ctx, s, p.FlowUID, int(p.Index))
-		if err != nil {
+		if err := checkNoPrune(ctx, s, o.Now()); err != nil {
 			return err
+		}
+		lctx, stop := lock.KeepAlive(ctx)
+		defer stop()
+		if o.quarantined == nil {
+			if o.quarantined, err = LoadQuarantine(lctx, s); err != nil {
+				return err
+			}
+		}
+		prev, err := LoadLatest(lctx, s, p.FlowUID, int(p.Index))
+		if err != nil {
+			return lockCause(lctx, err)
 		}
 		var xfer Transfer
-		m, kind, err := capture(ctx, s, p, prev, o, &xfer)
+		m, kind, err := capture(lctx, s, p, prev, o, &xfer, res)
 		res.ObjectsUploaded, res.ObjectsSkipped = xfer.ObjectsUploaded.Load(), xfer.ObjectsSkipped.Load()
+		res.ObjectsHealed = xfer.ObjectsHealed.Load()
 		res.BytesUploaded, res.BytesRead = xfer.BytesUploaded.Load(), xfer.BytesRead.Load()
 		if err != nil {
-			return err
+			return lockCause(lctx, err)
 		}
-		if err := lock.Check(ctx, o.Now()); err != nil {
+		if err := lock.Check(lctx); err != nil {
 			return err
 		}
 		data, err := m.Marshal()
 		if err != nil {
 			return err
 		}
-		if err := s.Put(ctx, ManifestKey(m.Flow.UID, m.Partition.Index, m.ID), data); err != nil {
-			return fmt.Errorf("write manifest: %w", err)
+		if err := s.Put(lctx, ManifestKey(m.Flow.UID, m.Partition.Index, m.ID), data); err != nil {
+			return lockCause(lctx, fmt.Errorf("write manifest: %w", err))
 		}
-		if err := s.Put(ctx, LatestKey(m.Flow.UID, m.Partition.Index), data); err != nil {
-			return fmt.Errorf("write latest pointer: %w", err)
+		if err := s.Put(lctx, LatestKey(m.Flow.UID, m.Partition.Index), data); err != nil {
+			return lockCause(lctx, fmt.Errorf("write latest pointer: %w", err))
 		}
 		res.Manifest, res.Kind = m, kind
+		// Chunks verify had quarantined that this backup stored again are
+		// whole once more.
+		for _, ob := range m.Objects() {
+			if o.quarantined[ob.SHA256] && xfer.stored(ob.SHA256) {
+				if err := s.Delete(lctx, QuarantineKey(ob.SHA256)); err != nil {
+					return fmt.Errorf("clear quarantine of healed chunk %s: %w", ob.SHA256[:12], err)
+				}
+			}
+		}
 		return nil
 	}()
 	if res.Err != nil {
@@ -244,9 +280,18 @@ func BackupPartition(ctx context.Context, s Store, p *recovery.Partition, o Opti
 	return res
 }
 
+// lockCause returns the lock's loss instead of err when the work stopped
+// because the lock was lost.
+func lockCause(ctx context.Context, err error) error {
+	if cause := context.Cause(ctx); errors.Is(cause, ErrLockLost) {
+		return cause
+	}
+	return err
+}
+
 // capture reads the partition under one read transaction and uploads a base
 // image or a delta over prev's base.
-func capture(ctx context.Context, s Store, p *recovery.Partition, prev *Manifest, o Options, xfer *Transfer) (*Manifest, string, error) {
+func capture(ctx context.Context, s Store, p *recovery.Partition, prev *Manifest, o Options, xfer *Transfer, res *Result) (*Manifest, string, error) {
 	conn, err := p.DB.Conn(ctx)
 	if err != nil {
 		return nil, "", err
@@ -284,13 +329,26 @@ func capture(ctx context.Context, s Store, p *recovery.Partition, prev *Manifest
 	if m.Epochs.HiTime, err = recovery.EpochTime(ctx, conn, v.Hi()); err != nil {
 		return nil, "", err
 	}
-	up := &uploader{store: s, workers: o.Workers, xfer: xfer, known: map[string]Object{}}
+	up := &uploader{store: s, workers: o.Workers, xfer: xfer, known: map[string]Object{}, quarantined: o.quarantined}
 	if prev != nil {
 		for _, ob := range prev.Objects() {
-			up.known[ob.SHA256] = ob
+			if !o.quarantined[ob.SHA256] {
+				up.known[ob.SHA256] = ob
+			}
 		}
 	}
-	if w, ok := deltaWatermark(prev, v, now, o.BaseMaxAge); ok {
+	w, ok := deltaWatermark(prev, v, now, o.BaseMaxAge)
+	if ok {
+		// A delta names its base's chunks: trust the store, not the last
+		// manifest. Anything missing, resized or quarantined means a new base.
+		if note, err := confirmAll(ctx, s, prev.Base.Chunks, o.quarantined, o.Workers); err != nil {
+			return nil, "", err
+		} else if note != "" {
+			ok = false
+			res.BaseNote = note
+		}
+	}
+	if ok {
 		var rows int64
 		if err := conn.QueryRowContext(ctx, `SELECT count(*) FROM snaps WHERE epoch >= ?`, w).Scan(&rows); err != nil {
 			return nil, "", err

@@ -2,6 +2,7 @@ package backup
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 
@@ -26,7 +27,10 @@ type BrokenManifest struct {
 }
 
 // LoadCatalog lists and reads every manifest (one LIST, then GETs in
-// parallel, workers at once; DefaultCatalogWorkers if workers <= 0). A manifest whose content disagrees with its key is broken.
+// parallel, workers at once; DefaultCatalogWorkers if workers <= 0). A
+// manifest that cannot be read, does not parse or match its seal (after
+// three reads), or disagrees with its key is Broken: the catalog is then an
+// incomplete view, on which prune refuses to delete anything.
 func LoadCatalog(ctx context.Context, s Store, workers int) (*Catalog, error) {
 	var refs []ManifestRef
 	var strays []BrokenManifest
@@ -82,11 +86,7 @@ func LoadCatalog(ctx context.Context, s Store, workers int) (*Catalog, error) {
 }
 
 func loadManifest(ctx context.Context, s Store, r ManifestRef) (*Manifest, error) {
-	b, err := ReadAll(ctx, s, r.Key, MaxManifestBytes)
-	if err != nil {
-		return nil, err
-	}
-	m, err := ParseManifest(b)
+	m, err := ReadManifest(ctx, s, r.Key)
 	if err != nil {
 		return nil, err
 	}
@@ -94,6 +94,27 @@ func loadManifest(ctx context.Context, s Store, r ManifestRef) (*Manifest, error
 		return nil, fmt.Errorf("%w: manifest %s says flow %s partition %d id %s", ErrCorrupt, r.Key, m.Flow.UID, m.Partition.Index, m.ID)
 	}
 	return m, nil
+}
+
+// ReadManifest reads and parses the manifest at key. A manifest that does
+// not parse or match its seal is read again (twice) before it is called
+// corrupt: a byte flipped in transit is not damage in the store.
+func ReadManifest(ctx context.Context, s Store, key string) (*Manifest, error) {
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		var b []byte
+		if b, err = ReadAll(ctx, s, key, MaxManifestBytes); err != nil {
+			if errors.Is(err, ErrCorrupt) {
+				continue // a body longer than a manifest may be: read again
+			}
+			return nil, err
+		}
+		var m *Manifest
+		if m, err = ParseManifest(b); err == nil {
+			return m, nil
+		}
+	}
+	return nil, fmt.Errorf("%s: %w", key, err)
 }
 
 // Flows groups manifests by flow uid.

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 
 	"github.com/klauspost/compress/zstd"
+	"golang.org/x/sync/errgroup"
 )
 
 // ChunkSize is the size of every chunk but a stream's last. 4 MiB pages of a
@@ -23,8 +24,28 @@ const ChunkSize = 4 << 20
 type Transfer struct {
 	ObjectsUploaded atomic.Int64
 	BytesUploaded   atomic.Int64 // stored (compressed) bytes
-	ObjectsSkipped  atomic.Int64 // already in the store
+	ObjectsSkipped  atomic.Int64 // confirmed already in the store
+	ObjectsHealed   atomic.Int64 // known from the last backup, but not (whole) in the store: uploaded again
 	BytesRead       atomic.Int64 // uncompressed bytes captured
+
+	mu       sync.Mutex
+	uploaded map[string]bool // chunks this transfer stored
+}
+
+func (t *Transfer) markStored(h string) {
+	t.mu.Lock()
+	if t.uploaded == nil {
+		t.uploaded = map[string]bool{}
+	}
+	t.uploaded[h] = true
+	t.mu.Unlock()
+}
+
+// stored reports whether this transfer uploaded chunk h.
+func (t *Transfer) stored(h string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.uploaded[h]
 }
 
 var (
@@ -65,13 +86,14 @@ func SumHex(b []byte) string {
 	return hex.EncodeToString(s[:])
 }
 
-// uploader cuts a byte stream into chunks and stores each one it does not
-// know to exist, several at a time.
+// uploader cuts a byte stream into chunks and stores each one that is not
+// confirmed to exist, several at a time.
 type uploader struct {
-	store   Store
-	known   map[string]Object // chunks known to be stored, by sha256
-	workers int
-	xfer    *Transfer
+	store       Store
+	known       map[string]Object // chunks the last backup named, by sha256: confirmed before reuse
+	quarantined map[string]bool   // chunks verify found damaged: always uploaded
+	workers     int
+	xfer        *Transfer
 }
 
 type chunkJob struct {
@@ -163,16 +185,72 @@ func (u *uploader) produce(ctx context.Context, r io.Reader, whole hash.Hash, jo
 
 func (u *uploader) storeChunk(ctx context.Context, b, zbuf []byte) (Object, []byte, error) {
 	h := SumHex(b)
-	if o, ok := u.known[h]; ok && o.Size == int64(len(b)) {
-		u.xfer.ObjectsSkipped.Add(1)
-		return o, zbuf, nil
+	o, known := u.known[h]
+	if known && o.Size == int64(len(b)) {
+		ok, err := confirm(ctx, u.store, o)
+		if err != nil {
+			return o, zbuf, err
+		}
+		if ok {
+			u.xfer.ObjectsSkipped.Add(1)
+			return o, zbuf, nil
+		}
 	}
 	z := Compress(zbuf, b)
-	o := Object{SHA256: h, Size: int64(len(b)), Stored: int64(len(z))}
+	o = Object{SHA256: h, Size: int64(len(b)), Stored: int64(len(z))}
 	if err := u.store.Put(ctx, ChunkKey(h), z); err != nil {
 		return o, z, fmt.Errorf("upload chunk %s: %w", h[:12], err)
 	}
+	if known || u.quarantined[h] {
+		u.xfer.ObjectsHealed.Add(1)
+	}
+	u.xfer.markStored(h)
 	u.xfer.ObjectsUploaded.Add(1)
 	u.xfer.BytesUploaded.Add(int64(len(z)))
 	return o, z, nil
+}
+
+// confirm reports whether chunk o is stored with its stored size.
+func confirm(ctx context.Context, s Store, o Object) (bool, error) {
+	oi, err := s.Stat(ctx, ChunkKey(o.SHA256))
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("confirm chunk %s is stored: %w", o.SHA256[:12], err)
+	}
+	return oi.Size == o.Stored, nil
+}
+
+// confirmAll checks that every chunk in objs is stored with its size and
+// not quarantined, several at once. It returns a note naming the first one
+// that is not ("" if all are).
+func confirmAll(ctx context.Context, s Store, objs []Object, quarantined map[string]bool, workers int) (string, error) {
+	var g errgroup.Group
+	g.SetLimit(max(workers, 1))
+	var mu sync.Mutex
+	var note string
+	seen := map[string]bool{}
+	for _, o := range objs {
+		if seen[o.SHA256] {
+			continue
+		}
+		seen[o.SHA256] = true
+		if quarantined[o.SHA256] {
+			return fmt.Sprintf("the base's chunk %s was quarantined by verify", o.SHA256[:12]), nil
+		}
+		g.Go(func() error {
+			ok, err := confirm(ctx, s, o)
+			if err == nil && !ok {
+				mu.Lock()
+				if note == "" {
+					note = fmt.Sprintf("the base's chunk %s is missing or truncated in the store", o.SHA256[:12])
+				}
+				mu.Unlock()
+			}
+			return err
+		})
+	}
+	err := g.Wait()
+	return note, err
 }

@@ -9,7 +9,10 @@
 //	chunks/<h[0:2]>/<h>                        zstd-compressed chunk; h = hex sha256 of the uncompressed bytes
 //	manifests/<flow-uid>/part-<iiii>/<id>.json one backup of one partition; written after all its chunks
 //	latest/<flow-uid>/part-<iiii>.json         copy of that partition's newest manifest (saves a LIST)
-//	locks/<flow-uid>/part-<iiii>.json          agent lock, created only if absent; expires by itself
+//	locks/<flow-uid>/part-<iiii>.json          backup lock, created only if absent; renewed; expires by itself
+//	locks/prune.json                           prune lock: no backup starts while it is held, and prune
+//	                                           does not start while a backup lock is
+//	quarantine/<h>.json                        chunk h was found damaged in the store by verify --deep
 //
 // <iiii> is the partition index in four or more decimal digits; <id> is the
 // backup's UTC time, "20060102T150405.000Z", a dash and 8 random hex digits,
@@ -38,6 +41,27 @@
 // name), the partition (index, count), every object with its sha256, size and
 // stored size, the restorable epoch range [lo, hi] with wall times (lo is the
 // partition's commit epoch, hi its frontier), the flow's -s and -b, the agent
-// version and host. An object is only ever named by a manifest after it was
-// uploaded, so a crash mid-backup leaves no visible backup.
+// version and host. It is sealed: stored as {"format", "sha256",
+// "manifest"}, the sha256 covering the manifest's compact JSON.
+//
+// # Integrity rules
+//
+//   - A manifest never names an object it has not confirmed is stored: chunks
+//     uploaded by this backup, or chunks of the previous backup whose
+//     presence and stored size a Stat (HEAD) confirmed just before. A delta
+//     is only taken over a base whose every chunk is so confirmed; otherwise
+//     the backup takes a new base and uploads what is missing.
+//   - Bit rot is found by verify --deep (a chunk read three times, never
+//     matching its sha256), which writes a quarantine marker; the next
+//     backup treats a quarantined chunk as not stored, uploads its content
+//     again if the partition still holds it (or takes a new base), and
+//     removes the marker. Damaged objects are never deleted by verify.
+//   - Reads that fail to parse or to match a checksum are read again (twice)
+//     before an object is called corrupt: damage in transit is not damage in
+//     the store.
+//   - Prune runs under the prune lock and deletes nothing unless it read
+//     every manifest and latest pointer; its chunk grace period is at least
+//     the lock TTL. Locks are renewed every third of their TTL; work under a
+//     lock that is lost (taken over, or not renewed in time) is cancelled.
+//   - Listings stream: no backend, and no caller, holds a whole listing.
 package backup

@@ -64,8 +64,8 @@ func ParseManifestKey(key string) (ManifestRef, bool) {
 		return ManifestRef{}, false
 	}
 	id := strings.TrimSuffix(parts[2], ".json")
-	if !backupIDRE.MatchString(id) {
-		return ManifestRef{}, false
+	if !backupIDRE.MatchString(id) || ManifestKey(parts[0], idx, id) != key {
+		return ManifestRef{}, false // not in the canonical form this package writes
 	}
 	return ManifestRef{Key: key, FlowUID: parts[0], Index: idx, ID: id}, true
 }

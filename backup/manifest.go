@@ -2,13 +2,29 @@ package backup
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"time"
 )
 
-// ManifestFormat identifies the manifest format this package writes.
-const ManifestFormat = "flowkeep-backup/1"
+// ManifestFormat identifies the manifest format this package writes: a
+// sealed manifest, {"format", "sha256", "manifest"}, whose sha256 covers the
+// compact JSON of "manifest", so a changed byte that still parses (an epoch,
+// a size) is caught. ManifestFormatV1 manifests (unsealed, written before)
+// are still read.
+const (
+	ManifestFormat   = "flowkeep-backup/2"
+	ManifestFormatV1 = "flowkeep-backup/1"
+)
+
+// sealed is the stored form of a manifest.
+type sealed struct {
+	Format   string          `json:"format"`
+	SHA256   string          `json:"sha256"`
+	Manifest json.RawMessage `json:"manifest"`
+}
 
 // Limits a manifest must respect; anything beyond is refused as corrupt or
 // malicious before a byte of its objects is fetched.
@@ -126,27 +142,62 @@ func (m *Manifest) StoredBytes() int64 {
 	return n
 }
 
-// Marshal encodes the manifest.
-func (m *Manifest) Marshal() ([]byte, error) { return json.MarshalIndent(m, "", " ") }
+// Marshal encodes the manifest in its sealed form.
+func (m *Manifest) Marshal() ([]byte, error) {
+	body, err := json.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(body)
+	return json.MarshalIndent(sealed{Format: ManifestFormat, SHA256: hex.EncodeToString(sum[:]), Manifest: body}, "", " ")
+}
 
-// ParseManifest decodes and validates a manifest. It never trusts sizes,
-// counts or names: everything a restore will act on is checked here.
+// ParseManifest decodes, checks the seal of, and validates a manifest. It
+// never trusts sizes, counts or names: everything a restore will act on is
+// checked here.
 func ParseManifest(b []byte) (*Manifest, error) {
 	if len(b) > MaxManifestBytes {
 		return nil, fmt.Errorf("%w: manifest of %d bytes exceeds %d", ErrCorrupt, len(b), MaxManifestBytes)
 	}
-	var m Manifest
-	dec := json.NewDecoder(bytes.NewReader(b))
-	if err := dec.Decode(&m); err != nil {
+	var outer sealed
+	if err := decodeOne(b, &outer); err != nil {
 		return nil, fmt.Errorf("%w: manifest: %v", ErrCorrupt, err)
 	}
-	if dec.More() {
-		return nil, fmt.Errorf("%w: manifest: trailing data", ErrCorrupt)
+	body := b
+	if outer.Format == ManifestFormat {
+		var compact bytes.Buffer
+		if err := json.Compact(&compact, outer.Manifest); err != nil {
+			return nil, fmt.Errorf("%w: manifest: %v", ErrCorrupt, err)
+		}
+		sum := sha256.Sum256(compact.Bytes())
+		if !hexSHA256RE.MatchString(outer.SHA256) || hex.EncodeToString(sum[:]) != outer.SHA256 {
+			return nil, fmt.Errorf("%w: manifest does not match its own sha256 (changed after it was written)", ErrCorrupt)
+		}
+		body = outer.Manifest
+	}
+	var m Manifest
+	if err := decodeOne(body, &m); err != nil {
+		return nil, fmt.Errorf("%w: manifest: %v", ErrCorrupt, err)
+	}
+	if outer.Format == ManifestFormat && m.Format != ManifestFormat {
+		return nil, fmt.Errorf("%w: sealed manifest of format %q", ErrCorrupt, m.Format)
 	}
 	if err := m.Validate(); err != nil {
 		return nil, err
 	}
 	return &m, nil
+}
+
+// decodeOne decodes exactly one JSON value.
+func decodeOne(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return fmt.Errorf("trailing data")
+	}
+	return nil
 }
 
 // Validate checks a manifest's invariants.
@@ -155,7 +206,7 @@ func (m *Manifest) Validate() error {
 		return fmt.Errorf("%w: manifest %s: %s", ErrCorrupt, m.ID, fmt.Sprintf(format, args...))
 	}
 	switch {
-	case m.Format != ManifestFormat:
+	case m.Format != ManifestFormat && m.Format != ManifestFormatV1:
 		return bad("format %q, want %q", m.Format, ManifestFormat)
 	case !backupIDRE.MatchString(m.ID):
 		return bad("id is not a backup id")

@@ -1,6 +1,7 @@
 package backup
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"strings"
@@ -37,7 +38,7 @@ func TestParseManifest_RejectsWhatARestoreMustNotTrust(t *testing.T) {
 		{"bad page size", func(m *Manifest) { m.Base.PageSize = 1000 }},
 		{"bad id", func(m *Manifest) { m.ID = "../../x" }},
 	}
-	ok, _ := json.Marshal(validManifest())
+	ok, _ := validManifest().Marshal()
 	if _, err := ParseManifest(ok); err != nil {
 		t.Fatalf("valid manifest refused: %v", err)
 	}
@@ -45,7 +46,7 @@ func TestParseManifest_RejectsWhatARestoreMustNotTrust(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			m := validManifest()
 			tt.mutate(m)
-			b, _ := json.Marshal(m)
+			b, _ := m.Marshal()
 			if _, err := ParseManifest(b); !errors.Is(err, ErrCorrupt) {
 				t.Fatalf("accepted (err %v)", err)
 			}
@@ -56,9 +57,40 @@ func TestParseManifest_RejectsWhatARestoreMustNotTrust(t *testing.T) {
 	}
 }
 
+// A byte changed in a sealed manifest is caught even where the JSON still
+// parses and validates (an epoch, a size); unsealed version-1 manifests
+// written before the seal still parse.
+func TestParseManifest_SealCatchesChangedValues(t *testing.T) {
+	b, err := validManifest().Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := bytes.Replace(b, []byte(`"hi": 9`), []byte(`"hi": 8`), 1)
+	if bytes.Equal(changed, b) {
+		t.Fatalf("test setup: no hi in %s", b)
+	}
+	if _, err := ParseManifest(changed); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "sha256") {
+		t.Fatalf("changed manifest: %v", err)
+	}
+	// Re-indenting is not a change.
+	var pretty bytes.Buffer
+	json.Indent(&pretty, b, "", "\t")
+	if _, err := ParseManifest(pretty.Bytes()); err != nil {
+		t.Fatalf("re-indented manifest refused: %v", err)
+	}
+	v1 := validManifest()
+	v1.Format = ManifestFormatV1
+	old, _ := json.Marshal(v1)
+	if m, err := ParseManifest(old); err != nil || m.Epochs.Hi != 9 {
+		t.Fatalf("version-1 manifest: %+v, %v", m, err)
+	}
+}
+
 func FuzzParseManifest(f *testing.F) {
-	ok, _ := json.Marshal(validManifest())
+	ok, _ := validManifest().Marshal()
 	f.Add(ok)
+	v1, _ := json.Marshal(validManifest())
+	f.Add(v1)
 	f.Add([]byte(`{"format":"flowkeep-backup/1"}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := ParseManifest(b)

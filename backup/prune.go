@@ -2,16 +2,21 @@ package backup
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
 	"fmt"
+	"os"
 	"sort"
+	"strings"
 	"time"
 )
 
 // PruneOptions say what to keep. A backup is kept if it is among its
 // partition's KeepLast newest, or younger than KeepWithin, or part of the
 // newest restorable overlap of its flow; everything else is deleted, then
-// every chunk no kept backup names, unless it is younger than Grace (a
-// backup may be uploading it right now).
+// every chunk no kept backup (and no latest pointer) names, unless it is
+// younger than Grace.
 type PruneOptions struct {
 	KeepLast   int
 	KeepWithin time.Duration
@@ -19,10 +24,13 @@ type PruneOptions struct {
 	// at least LockTTL, the longest a backup can run without renewing its
 	// lock. The CLI's default is DefaultGrace.
 	Grace time.Duration
-	// LockTTL is the backups' lock TTL (DefaultLockTTL if zero).
+	// LockTTL is the prune lock's TTL, and the backups' (DefaultLockTTL if
+	// zero).
 	LockTTL time.Duration
-	DryRun  bool
-	Now     func() time.Time
+	// Holder names this prune in its lock (default host/pid/random).
+	Holder string
+	DryRun bool
+	Now    func() time.Time
 }
 
 // DefaultGrace is the chunk grace period the CLI uses.
@@ -39,6 +47,8 @@ func (o PruneOptions) Validate() error {
 		return fmt.Errorf("keep-last must be at least 1: the newest backup of each partition is always kept")
 	case o.KeepWithin < 0:
 		return fmt.Errorf("keep-within must not be negative, got %v", o.KeepWithin)
+	case ttl < MinLockTTL:
+		return fmt.Errorf("lock TTL %v is too short: at least %v", ttl, MinLockTTL)
 	case o.Grace < ttl:
 		return fmt.Errorf("grace %v is shorter than the lock TTL %v: a chunk a running backup just uploaded could be deleted; use a grace of at least %v", o.Grace, ttl, ttl)
 	}
@@ -52,9 +62,18 @@ type PruneResult struct {
 	DeletedChunks    int
 	DeletedBytes     int64
 	Protected        []string // manifests kept only because the newest overlap needs them
+	SweptTemp        int      // leftover temporary files of killed writers removed (file://)
 }
 
-// Prune deletes old backups and unreferenced chunks.
+// ErrIncompleteView says prune could not read every manifest or latest
+// pointer, so it cannot know which chunks are referenced: it deleted
+// nothing.
+var ErrIncompleteView = errors.New("prune refused: some manifests could not be read")
+
+// Prune deletes old backups and unreferenced chunks, under the prune lock
+// (no backup runs meanwhile; the lock is renewed and losing it stops the
+// prune). It deletes nothing unless it read every manifest and latest
+// pointer: an unreadable one could name any chunk.
 func Prune(ctx context.Context, s Store, o PruneOptions) (*PruneResult, error) {
 	if err := o.Validate(); err != nil {
 		return nil, err
@@ -62,13 +81,71 @@ func Prune(ctx context.Context, s Store, o PruneOptions) (*PruneResult, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	now := o.Now()
-	cat, err := LoadCatalog(ctx, s, 0)
+	if o.LockTTL <= 0 {
+		o.LockTTL = DefaultLockTTL
+	}
+	if o.Holder == "" {
+		host, _ := os.Hostname()
+		var r [4]byte
+		rand.Read(r[:])
+		o.Holder = fmt.Sprintf("prune %s/%d/%s", host, os.Getpid(), hex.EncodeToString(r[:]))
+	}
+	res := &PruneResult{}
+	if o.DryRun {
+		return res, prune(ctx, s, o, res, nil)
+	}
+	lock, err := AcquirePruneLock(ctx, s, o.Holder, o.LockTTL, o.Now)
 	if err != nil {
 		return nil, err
 	}
+	defer lock.Release(context.WithoutCancel(ctx))
+	lctx, stop := lock.KeepAlive(ctx)
+	defer stop()
+	if err := prune(lctx, s, o, res, lock); err != nil {
+		return res, lockCause(lctx, err)
+	}
+	return res, nil
+}
+
+func prune(ctx context.Context, s Store, o PruneOptions, res *PruneResult, lock *Lock) error {
+	now := o.Now()
+	cat, err := LoadCatalog(ctx, s, 0)
+	if err != nil {
+		return err
+	}
+	if len(cat.Broken) > 0 {
+		var keys []string
+		for _, b := range cat.Broken {
+			keys = append(keys, fmt.Sprintf("%s (%v)", b.Key, b.Err))
+		}
+		return fmt.Errorf("%w: %s; nothing was deleted. Fix the store's access, or move unreadable manifests out of %s, then prune again",
+			ErrIncompleteView, strings.Join(keys, "; "), ManifestsPrefix)
+	}
+	referenced := map[string]bool{}
+	// Latest pointers name manifests too; their chunks stay.
+	var unreadLatest []string
+	err = s.List(ctx, LatestPrefix, "", func(oi ObjectInfo) error {
+		m, err := ReadManifest(ctx, s, oi.Key)
+		if errors.Is(err, ErrNotFound) {
+			return nil // deleted meanwhile
+		}
+		if err != nil {
+			unreadLatest = append(unreadLatest, fmt.Sprintf("%s (%v)", oi.Key, err))
+			return nil
+		}
+		for _, ob := range m.Objects() {
+			referenced[ob.SHA256] = true
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("list latest pointers: %w", err)
+	}
+	if len(unreadLatest) > 0 {
+		return fmt.Errorf("%w: latest pointers %s; nothing was deleted. Delete a damaged pointer (the next backup of its partition writes it again), then prune again",
+			ErrIncompleteView, strings.Join(unreadLatest, "; "))
+	}
 	keep := map[*Manifest]bool{}
-	res := &PruneResult{}
 	for _, ms := range cat.Flows() {
 		byPart := map[int][]*Manifest{}
 		count := 0
@@ -93,7 +170,6 @@ func Prune(ctx context.Context, s Store, o PruneOptions) (*PruneResult, error) {
 			}
 		}
 	}
-	referenced := map[string]bool{}
 	for _, m := range cat.Manifests {
 		if !keep[m] {
 			continue
@@ -103,21 +179,12 @@ func Prune(ctx context.Context, s Store, o PruneOptions) (*PruneResult, error) {
 			referenced[ob.SHA256] = true
 		}
 	}
-	// Latest pointers name manifests too; their chunks stay.
-	err = s.List(ctx, LatestPrefix, "", func(oi ObjectInfo) error {
-		b, err := ReadAll(ctx, s, oi.Key, MaxManifestBytes)
-		if err != nil {
-			return nil
+	if lock != nil {
+		// Everything was read under the lock; make sure it still is ours
+		// before the first delete.
+		if err := lock.Check(ctx); err != nil {
+			return err
 		}
-		if m, err := ParseManifest(b); err == nil {
-			for _, ob := range m.Objects() {
-				referenced[ob.SHA256] = true
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("list latest pointers: %w", err)
 	}
 	for _, m := range cat.Manifests {
 		if keep[m] {
@@ -127,29 +194,45 @@ func Prune(ctx context.Context, s Store, o PruneOptions) (*PruneResult, error) {
 		res.DeletedManifests = append(res.DeletedManifests, key)
 		if !o.DryRun {
 			if err := s.Delete(ctx, key); err != nil {
-				return res, fmt.Errorf("delete %s: %w", key, err)
+				return fmt.Errorf("delete %s: %w", key, err)
 			}
 		}
 	}
-	var doomed []ObjectInfo
+	quarantined, err := LoadQuarantine(ctx, s)
+	if err != nil {
+		return err
+	}
+	// The chunk listing streams; chunks are deleted as they are found.
 	err = s.List(ctx, ChunksPrefix, "", func(oi ObjectInfo) error {
 		h := oi.Key[len(oi.Key)-min(64, len(oi.Key)):]
-		if !referenced[h] && now.Sub(oi.Modified) > o.Grace {
-			doomed = append(doomed, oi)
+		if referenced[h] || now.Sub(oi.Modified) <= o.Grace {
+			return nil
 		}
-		return nil
-	})
-	if err != nil {
-		return res, fmt.Errorf("list chunks: %w", err)
-	}
-	for _, oi := range doomed {
 		if !o.DryRun {
 			if err := s.Delete(ctx, oi.Key); err != nil {
-				return res, fmt.Errorf("delete %s: %w", oi.Key, err)
+				return fmt.Errorf("delete %s: %w", oi.Key, err)
+			}
+			// A quarantine marker of a chunk that is gone has nothing left
+			// to heal.
+			if quarantined[h] {
+				if err := s.Delete(ctx, QuarantineKey(h)); err != nil {
+					return fmt.Errorf("delete %s: %w", QuarantineKey(h), err)
+				}
 			}
 		}
 		res.DeletedChunks++
 		res.DeletedBytes += oi.Size
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("prune chunks: %w", err)
 	}
-	return res, nil
+	if sw, ok := s.(TempSweeper); ok && !o.DryRun {
+		n, err := sw.SweepTemp(ctx, o.Grace)
+		res.SweptTemp = n
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }

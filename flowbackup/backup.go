@@ -82,7 +82,13 @@ func printResults(out io.Writer, results []*backup.Result) {
 			continue
 		}
 		m := r.Manifest
-		fmt.Fprintf(out, "partition %d/%d: %s backup %s, epochs %d..%d, uploaded %d chunks (%s), %d already stored, in %v\n",
+		fmt.Fprintf(out, "partition %d/%d: %s backup %s, epochs %d..%d, uploaded %d chunks (%s), %d confirmed already stored, in %v\n",
 			m.Partition.Index, m.Partition.Count, r.Kind, m.ID, m.Epochs.Lo, m.Epochs.Hi, r.ObjectsUploaded, human.Bytes(r.BytesUploaded), r.ObjectsSkipped, r.Duration.Round(time.Millisecond))
+		if r.BaseNote != "" {
+			fmt.Fprintf(out, "  new base: %s\n", r.BaseNote)
+		}
+		if r.ObjectsHealed > 0 {
+			fmt.Fprintf(out, "  healed %d chunks the store had lost or damaged\n", r.ObjectsHealed)
+		}
 	}
 }

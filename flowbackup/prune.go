@@ -17,6 +17,7 @@ type pruneOptions struct {
 	KeepLast   int
 	KeepWithin time.Duration
 	Grace      time.Duration
+	LockTTL    time.Duration
 	DryRun     bool
 	storageOptions
 }
@@ -28,8 +29,11 @@ func newPruneCommand() *cobra.Command {
 		Short: "Delete old backups and unreferenced chunks, never what the newest restore needs",
 		Long: `Delete backups that are neither among the newest --keep-last of their partition
 nor younger than --keep-within, except those the newest restorable overlap
-needs; then delete chunks no kept backup names and older than --grace (a
-backup may be uploading them right now).
+needs; then delete chunks no kept backup names and older than --grace.
+
+Prune holds a lock that backups respect (it does not start while a backup
+runs, and backups wait for it), and deletes nothing unless it could read
+every manifest and latest pointer: an unreadable one could name any chunk.
 
 ` + exitCodesHelp,
 		Example: "  flowbackup prune --from s3://my-bucket/flows/wc --keep-last 10 --keep-within 24h\n  flowbackup prune --from file:///mnt/backups/wc --keep-last 3 --dry-run",
@@ -43,6 +47,7 @@ backup may be uploading them right now).
 	f.IntVar(&o.KeepLast, "keep-last", 0, "keep the newest N backups of each partition (at least 1)")
 	f.DurationVar(&o.KeepWithin, "keep-within", 0, "also keep backups younger than this (e.g. 24h)")
 	f.DurationVar(&o.Grace, "grace", backup.DefaultGrace, "never delete chunks younger than this (at least the lock TTL)")
+	f.DurationVar(&o.LockTTL, "lock-ttl", backup.DefaultLockTTL, "how long the prune lock lasts if prune dies holding it (the backups' lock TTL; --grace must be at least this)")
 	f.BoolVar(&o.DryRun, "dry-run", false, "say what would be deleted, delete nothing")
 	o.storageOptions.addFlags(f)
 	return cmd
@@ -57,11 +62,11 @@ func runPrune(ctx context.Context, o pruneOptions, out io.Writer) error {
 		return err
 	}
 	defer s.Close()
-	po := backup.PruneOptions{KeepLast: o.KeepLast, KeepWithin: o.KeepWithin, Grace: o.Grace, DryRun: o.DryRun}
+	po := backup.PruneOptions{KeepLast: o.KeepLast, KeepWithin: o.KeepWithin, Grace: o.Grace, LockTTL: o.LockTTL, DryRun: o.DryRun}
 	if err := po.Validate(); err != nil {
 		return usageError{err}
 	}
-	res, err := backup.Prune(ctx, s, backup.PruneOptions{KeepLast: o.KeepLast, KeepWithin: o.KeepWithin, Grace: o.Grace, DryRun: o.DryRun})
+	res, err := backup.Prune(ctx, s, po)
 	if err != nil {
 		return err
 	}
@@ -76,5 +81,8 @@ func runPrune(ctx context.Context, o pruneOptions, out io.Writer) error {
 		fmt.Fprintf(out, "kept %s: the newest restorable overlap needs it\n", k)
 	}
 	fmt.Fprintf(out, "%s %d backups and %d chunks (%s); kept %d backups\n", verb, len(res.DeletedManifests), res.DeletedChunks, human.Bytes(res.DeletedBytes), res.KeptManifests)
+	if res.SweptTemp > 0 {
+		fmt.Fprintf(out, "removed %d temporary files that killed uploads left behind\n", res.SweptTemp)
+	}
 	return nil
 }

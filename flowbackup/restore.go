@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/user"
 	"strconv"
 	"strings"
 	"time"
@@ -28,6 +29,8 @@ type restoreOptions struct {
 	Force      bool
 	DryRun     bool
 	Workers    int
+	Owner      string
+	Mode       string
 	storageOptions
 }
 
@@ -72,6 +75,8 @@ To restore a cluster onto several new machines, give each machine its share:
 	f.BoolVar(&o.Force, "force", false, "replace partitions already in DIR (kept as *.replaced-TIME)")
 	f.BoolVar(&o.DryRun, "dry-run", false, "print the plan; download and write nothing")
 	f.IntVar(&o.Workers, "workers", 8, "objects downloaded at once")
+	f.StringVar(&o.Owner, "owner", "", "give the restored files to USER[:GROUP] (names or numbers), e.g. the flowrun service user when restoring as root")
+	f.StringVar(&o.Mode, "mode", "0644", "permissions of the restored partition files (octal)")
 	o.storageOptions.addFlags(f)
 	return cmd
 }
@@ -104,6 +109,18 @@ func runRestore(ctx context.Context, o restoreOptions, out, errOut io.Writer) er
 	}
 	ro := restore.Options{Plan: restore.PlanOptions{FlowUID: o.Flow, Epoch: o.Epoch}, Force: o.Force, DryRun: o.DryRun, Workers: o.Workers,
 		Note: func(msg string) { fmt.Fprintln(errOut, "flowbackup: "+msg) }}
+	mode, err := strconv.ParseUint(o.Mode, 8, 32)
+	if err != nil || mode > 0o777 || mode&0o600 != 0o600 {
+		return usagef("--mode %q: give octal permissions that let the owner read and write, e.g. 0640", o.Mode)
+	}
+	ro.Mode = os.FileMode(mode)
+	if o.Owner != "" {
+		uid, gid, err := parseOwner(o.Owner)
+		if err != nil {
+			return err
+		}
+		ro = ro.WithOwner(uid, gid)
+	}
 	switch {
 	case o.Partitions != "" && o.Processes > 0:
 		return usagef("use --partitions or --process-id/--processes, not both")
@@ -153,7 +170,7 @@ func runRestore(ctx context.Context, o restoreOptions, out, errOut io.Writer) er
 		if errors.Is(err, restore.ErrNotRestorable) {
 			return exitError{exitNotRestorable, err}
 		}
-		if errors.Is(err, restore.ErrAmbiguous) {
+		if errors.Is(err, restore.ErrAmbiguous) || errors.Is(err, restore.ErrOccupied) {
 			return usageError{err}
 		}
 		return err
@@ -175,6 +192,31 @@ func runRestore(ctx context.Context, o restoreOptions, out, errOut io.Writer) er
 		fmt.Fprintf(out, "downloaded %s in %v; resume with: flowrun run %s -r %s -s … -b …\n", human.Bytes(res.Bytes), time.Since(began).Round(time.Millisecond), p.Flow.Name, o.To)
 	}
 	return nil
+}
+
+// parseOwner parses USER[:GROUP], names or numbers; a missing group keeps
+// the files' group (-1).
+func parseOwner(s string) (int, int, error) {
+	us, gs, hasGroup := strings.Cut(s, ":")
+	uid, err := strconv.Atoi(us)
+	if err != nil {
+		u, lerr := user.Lookup(us)
+		if lerr != nil {
+			return 0, 0, usagef("--owner %q: no user %q", s, us)
+		}
+		uid, _ = strconv.Atoi(u.Uid)
+	}
+	gid := -1
+	if hasGroup {
+		if gid, err = strconv.Atoi(gs); err != nil {
+			g, lerr := user.LookupGroup(gs)
+			if lerr != nil {
+				return 0, 0, usagef("--owner %q: no group %q", s, gs)
+			}
+			gid, _ = strconv.Atoi(g.Gid)
+		}
+	}
+	return uid, gid, nil
 }
 
 // progressBar draws download progress on a terminal, at most 10 times a second.

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -38,6 +39,9 @@ type FetchOptions struct {
 // sha256 against wantSum. Several objects download at once; they are written
 // in order.
 func FetchObjects(ctx context.Context, s backup.Store, objs []backup.Object, wantSum string, w io.Writer, o FetchOptions, done *atomic.Int64) error {
+	if o.ImageSum && len(wantSum) != 64 {
+		return fmt.Errorf("%w: image sha256 %q is not a sha256", backup.ErrCorrupt, wantSum)
+	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	workers := o.Workers
@@ -125,6 +129,19 @@ func FetchObjects(ctx context.Context, s backup.Store, objs []backup.Object, wan
 	return nil
 }
 
+// damagedChunk is a chunk that arrived damaged three times in a row: the
+// damage is in the store, not in transit.
+type damagedChunk struct {
+	sha256 string
+	reason string
+}
+
+func (d *damagedChunk) Error() string {
+	return fmt.Sprintf("chunk %s is damaged in the store (%s, read three times)", d.sha256[:12], d.reason)
+}
+
+func (d *damagedChunk) Unwrap() error { return backup.ErrCorrupt }
+
 // FetchObject downloads one chunk and verifies it. A chunk that arrives
 // damaged is downloaded again (twice) before it is declared corrupt: damage
 // in transit is not damage in the store.
@@ -136,7 +153,7 @@ func FetchObject(ctx context.Context, s backup.Store, ob backup.Object) ([]byte,
 			return b, err
 		}
 	}
-	return nil, err
+	return nil, &damagedChunk{sha256: ob.SHA256, reason: strings.TrimPrefix(err.Error(), backup.ErrCorrupt.Error()+": ")}
 }
 
 func fetchObject(ctx context.Context, s backup.Store, ob backup.Object) ([]byte, error) {
@@ -263,13 +280,18 @@ func IntegrityCheck(ctx context.Context, path string) error {
 	var msgs []string
 	for rows.Next() {
 		var m string
-		rows.Scan(&m)
+		if err := rows.Scan(&m); err != nil {
+			return fmt.Errorf("%w: integrity_check: %v", backup.ErrCorrupt, err)
+		}
 		msgs = append(msgs, m)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("%w: integrity_check: %v", backup.ErrCorrupt, err)
 	}
 	if len(msgs) != 1 || msgs[0] != "ok" {
 		return fmt.Errorf("%w: integrity_check: %v", backup.ErrCorrupt, msgs)
 	}
-	return errors.Join(rows.Err())
+	return nil
 }
 
 // isIOError reports whether a SQLite error is about the disk (full, I/O)

@@ -106,10 +106,7 @@ func MakePlan(all []*backup.Manifest, o PlanOptions) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	count := 0
-	for _, m := range ms {
-		count = max(count, m.Partition.Count)
-	}
+	count := flowCount(ms, o.Exclude)
 	var usable []*backup.Manifest
 	for _, m := range ms {
 		if m.Partition.Count != count {
@@ -150,6 +147,39 @@ func MakePlan(all []*backup.Manifest, o PlanOptions) (*Plan, error) {
 	}
 	p.EpochTime = epochTime(ov)
 	return p, nil
+}
+
+// flowCount is the partition count of one flow's backups: the count most
+// usable manifests claim (a flow's count never changes, so others are
+// strays). Ties go to the count whose manifests cover more partitions, then
+// to the smaller count.
+func flowCount(ms []*backup.Manifest, exclude map[string]bool) int {
+	votes := map[int]int{}
+	parts := map[int]map[int]bool{}
+	for _, m := range ms {
+		if exclude[m.ID] {
+			continue
+		}
+		c := m.Partition.Count
+		votes[c]++
+		if parts[c] == nil {
+			parts[c] = map[int]bool{}
+		}
+		parts[c][m.Partition.Index] = true
+	}
+	best := 0
+	for c, v := range votes {
+		switch {
+		case best == 0, v > votes[best],
+			v == votes[best] && len(parts[c]) > len(parts[best]),
+			v == votes[best] && len(parts[c]) == len(parts[best]) && c < best:
+			best = c
+		}
+	}
+	if best == 0 && len(exclude) > 0 {
+		return flowCount(ms, nil) // every manifest excluded: their shape
+	}
+	return best
 }
 
 // epochTime is when the flow reached the plan's epoch, as the backups tell:

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -38,6 +39,20 @@ type Options struct {
 	// Note receives what the restore decided on the way (fallbacks).
 	Note func(string)
 	Now  func() time.Time
+	// Mode is the permission of the restored partition files (default
+	// 0o644). UID and GID, if not -1, make them (and a directory the
+	// restore creates) owned by that user and group, so a restore run as
+	// root leaves files the flowrun service user can write. The zero
+	// Options leave ownership alone.
+	Mode     os.FileMode
+	UID, GID int
+	chown    bool
+}
+
+// WithOwner sets the owner of restored files (-1 keeps one unchanged).
+func (o Options) WithOwner(uid, gid int) Options {
+	o.UID, o.GID, o.chown = uid, gid, uid >= 0 || gid >= 0
+	return o
 }
 
 // Result says what was restored.
@@ -81,9 +96,14 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 	if o.DryRun {
 		return res, nil
 	}
-	if err := prepareDir(ctx, dir, o.Force); err != nil {
+	if o.Mode == 0 {
+		o.Mode = 0o644
+	}
+	unlock, err := prepareDir(ctx, dir, o)
+	if err != nil {
 		return nil, err
 	}
+	defer unlock()
 	fetched := map[string]string{} // manifest id -> temp file
 	defer func() {
 		for _, p := range fetched {
@@ -116,6 +136,10 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 			return nil, fmt.Errorf("backup %s of partition %d is unusable (%v), and without it: %w", bad.m.ID, bad.m.Partition.Index, bad.err, perr)
 		}
 		note := fmt.Sprintf("backup %s of partition %d is unusable (%v): fell back from epoch %d to epoch %d", bad.m.ID, bad.m.Partition.Index, bad.err, plan.Epoch, next.Epoch)
+		if next.Epoch == plan.Epoch {
+			note = fmt.Sprintf("backup %s of partition %d is unusable (%v): used its older backup %s, which also restores epoch %d",
+				bad.m.ID, bad.m.Partition.Index, bad.err, next.Chosen[bad.m.Partition.Index].ID, next.Epoch)
+		}
 		res.Fallbacks = append(res.Fallbacks, note)
 		o.Note(note)
 		plan = next
@@ -143,6 +167,12 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 	}
 	for _, p := range parts {
 		id := plan.Chosen[p].ID
+		if err := setOwner(fetched[id], o); err != nil {
+			return nil, fmt.Errorf("partition %d: %w", p, err)
+		}
+	}
+	for _, p := range parts {
+		id := plan.Chosen[p].ID
 		final := filepath.Join(dir, fmt.Sprintf("part-%d.sqlite3", p))
 		if err := os.Rename(fetched[id], final); err != nil {
 			return nil, fmt.Errorf("place partition %d: %w", p, err)
@@ -150,6 +180,19 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 		delete(fetched, id)
 	}
 	return res, fsync.Dir(dir)
+}
+
+// setOwner gives a restored file its mode and, if asked, its owner.
+func setOwner(path string, o Options) error {
+	if err := os.Chmod(path, o.Mode); err != nil {
+		return err
+	}
+	if o.chown {
+		if err := os.Chown(path, o.UID, o.GID); err != nil {
+			return fmt.Errorf("give %s to uid %d gid %d: %w (run the restore as root, or as that user)", path, o.UID, o.GID, err)
+		}
+	}
+	return nil
 }
 
 type badBackup struct {
@@ -186,7 +229,7 @@ func fetchAll(ctx context.Context, s backup.Store, dir string, plan *Plan, parts
 			removeDB(j.tmp)
 			j.err = FetchImage(ctx, s, j.m, j.tmp, fo, done)
 			if j.err == nil {
-				if j.err = checkIdentity(ctx, j.tmp, j.m); j.err != nil {
+				if j.err = checkImage(ctx, j.tmp, j.m); j.err != nil {
 					removeDB(j.tmp)
 				}
 			}
@@ -214,8 +257,10 @@ func fetchAll(ctx context.Context, s backup.Store, dir string, plan *Plan, parts
 	return bad, nil
 }
 
-// checkIdentity makes sure the image is the partition its manifest names.
-func checkIdentity(ctx context.Context, path string, m *backup.Manifest) error {
+// checkImage makes sure the image is the partition its manifest names, and
+// can be resumed at every epoch of the range the manifest claims: a
+// manifest is only believed where the image agrees.
+func checkImage(ctx context.Context, path string, m *backup.Manifest) error {
 	p, err := recovery.OpenPartition(ctx, path, true)
 	if err != nil {
 		return fmt.Errorf("%w: %v", backup.ErrCorrupt, err)
@@ -227,6 +272,14 @@ func checkIdentity(ctx context.Context, path string, m *backup.Manifest) error {
 	if p.FlowUID != m.Flow.UID || int(p.Index) != m.Partition.Index || int(p.Count) != m.Partition.Count {
 		return fmt.Errorf("%w: the image is partition %d/%d of flow %s, the manifest says %d/%d of %s",
 			backup.ErrCorrupt, p.Index, p.Count, p.FlowUID, m.Partition.Index, m.Partition.Count, m.Flow.UID)
+	}
+	v, err := recovery.ReadView(ctx, p.DB)
+	if err != nil {
+		return fmt.Errorf("%w: read the image: %v", backup.ErrCorrupt, err)
+	}
+	if uint64(v.Lo()) != m.Epochs.Lo || uint64(v.Hi()) != m.Epochs.Hi {
+		return fmt.Errorf("%w: the image restores epochs %d..%d, the manifest claims %d..%d",
+			backup.ErrCorrupt, v.Lo(), v.Hi(), m.Epochs.Lo, m.Epochs.Hi)
 	}
 	return nil
 }
@@ -281,19 +334,62 @@ func PartitionsForProcess(id, n, count int) []int {
 	return out
 }
 
-// prepareDir creates dir if needed and refuses one that holds partitions
-// (or files named like them) unless force.
-func prepareDir(ctx context.Context, dir string, force bool) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("create %s: %w", dir, err)
+// prepareDir creates dir if needed (durably, and owned as asked), takes the
+// directory's restore lock, removes what killed restores left there, and
+// refuses a directory that holds partitions (or files named like them)
+// unless force. The returned func releases the lock.
+func prepareDir(ctx context.Context, dir string, o Options) (func(), error) {
+	_, statErr := os.Stat(dir)
+	if err := fsync.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create %s: %w", dir, err)
+	}
+	if os.IsNotExist(statErr) && o.chown {
+		if err := os.Chown(dir, o.UID, o.GID); err != nil {
+			return nil, fmt.Errorf("give %s to uid %d gid %d: %w", dir, o.UID, o.GID, err)
+		}
+	}
+	unlock, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := sweepRestoreTemps(dir); err != nil {
+		unlock()
+		return nil, err
 	}
 	taken, err := occupied(ctx, dir)
 	if err != nil {
+		unlock()
+		return nil, err
+	}
+	if len(taken) > 0 && !o.Force {
+		unlock()
+		return nil, fmt.Errorf("%w: %s already holds recovery partitions (%s): restore into an empty directory, or pass --force to replace them (the old files are kept as *.replaced-TIME)",
+			ErrOccupied, dir, strings.Join(taken, ", "))
+	}
+	return unlock, nil
+}
+
+// ErrOccupied says the target directory holds partitions already.
+var ErrOccupied = errors.New("restore target is not empty")
+
+// restoreTempRE names what a restore writes before it publishes: the
+// fetched image (.part-N.ID.restoring, its -wal, -shm, -journal), its
+// .restore-tmp while it is assembled and the delta beside it.
+var restoreTempRE = regexp.MustCompile(`^\.part-\d+\..+\.restoring(\.restore-tmp)?(\.delta|-wal|-shm|-journal)?$`)
+
+// sweepRestoreTemps removes a killed restore's temporary files. The caller
+// holds the directory's restore lock, so none of them is a live restore's.
+func sweepRestoreTemps(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
 		return err
 	}
-	if len(taken) > 0 && !force {
-		return fmt.Errorf("%s already holds recovery partitions (%s): restore into an empty directory, or pass --force to replace them (the old files are kept as *.replaced-TIME)",
-			dir, strings.Join(taken, ", "))
+	for _, e := range ents {
+		if e.Type().IsRegular() && restoreTempRE.MatchString(e.Name()) {
+			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !os.IsNotExist(err) {
+				return fmt.Errorf("remove a killed restore's %s: %w", e.Name(), err)
+			}
+		}
 	}
 	return nil
 }

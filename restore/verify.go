@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -69,7 +71,10 @@ type Report struct {
 }
 
 // Verify audits the backups in s and says whether, and to which epoch and
-// wall time, each flow can be restored.
+// wall time, each flow can be restored. It streams the chunk listing (memory
+// follows the chunks the manifests name, not the bucket's size), checks the
+// latest pointers, and reports manifests that disagree with their flow's
+// partition count.
 func Verify(ctx context.Context, s backup.Store, o VerifyOptions) (*Report, error) {
 	if o.Now == nil {
 		o.Now = time.Now
@@ -83,6 +88,9 @@ func Verify(ctx context.Context, s backup.Store, o VerifyOptions) (*Report, erro
 		return nil, err
 	}
 	for _, b := range cat.Broken {
+		if o.FlowUID != "" && b.Ref.FlowUID != o.FlowUID {
+			continue
+		}
 		pr := Problem{Backup: b.Key, Message: "unreadable manifest: " + b.Err.Error()}
 		if b.Ref.FlowUID != "" {
 			pr.Flow = b.Ref.FlowUID
@@ -91,45 +99,36 @@ func Verify(ctx context.Context, s backup.Store, o VerifyOptions) (*Report, erro
 		}
 		rep.Problems = append(rep.Problems, pr)
 	}
-	stored := map[string]int64{}
-	err = s.List(ctx, backup.ChunksPrefix, "", func(oi backup.ObjectInfo) error {
-		stored[oi.Key] = oi.Size
-		return nil
-	})
+	quarantined, err := backup.LoadQuarantine(ctx, s)
 	if err != nil {
-		return nil, fmt.Errorf("list chunks: %w", err)
+		return nil, err
 	}
 	bad := map[string]bool{}
 	problem := func(m *backup.Manifest, msg string) {
+		if bad[m.ID] {
+			return // one finding per backup
+		}
 		i := m.Partition.Index
 		rep.Problems = append(rep.Problems, Problem{Flow: m.Flow.UID, Partition: &i, Backup: m.ID, Message: msg})
 		bad[m.ID] = true
 	}
 	var ms []*backup.Manifest
 	for _, m := range cat.Manifests {
-		if o.FlowUID != "" && m.Flow.UID != o.FlowUID {
-			continue
+		if o.FlowUID == "" || m.Flow.UID == o.FlowUID {
+			ms = append(ms, m)
 		}
-		ms = append(ms, m)
-		rep.Checked++
-		for _, ob := range m.Objects() {
-			rep.Objects++
-			size, ok := stored[backup.ChunkKey(ob.SHA256)]
-			switch {
-			case !ok:
-				problem(m, fmt.Sprintf("chunk %s is missing", ob.SHA256[:12]))
-			case size != ob.Stored:
-				problem(m, fmt.Sprintf("chunk %s is %d bytes, the manifest says %d (truncated or replaced)", ob.SHA256[:12], size, ob.Stored))
-			default:
-				continue
-			}
-			break
-		}
+	}
+	rep.Checked = len(ms)
+	if err := checkChunksListed(ctx, s, ms, quarantined, problem, rep); err != nil {
+		return nil, err
 	}
 	if o.Deep {
 		if err := deepCheck(ctx, s, ms, bad, problem, o); err != nil {
 			return nil, err
 		}
+	}
+	if err := checkLatest(ctx, s, ms, o.FlowUID, rep); err != nil {
+		return nil, err
 	}
 	flows := flowsOf(ms)
 	if o.FlowUID == "" && len(flows) > 1 {
@@ -146,13 +145,20 @@ func Verify(ctx context.Context, s backup.Store, o VerifyOptions) (*Report, erro
 	now := o.Now()
 	for _, uid := range uids {
 		fr := FlowReport{UID: uid, Name: flows[uid].Name}
+		var mine []*backup.Manifest
 		for _, m := range ms {
 			if m.Flow.UID == uid {
-				fr.Backups++
-				fr.Partitions = max(fr.Partitions, m.Partition.Count)
-				if !bad[m.ID] {
-					fr.Healthy++
-				}
+				mine = append(mine, m)
+			}
+		}
+		fr.Partitions = flowCount(mine, bad)
+		for _, m := range mine {
+			fr.Backups++
+			if m.Partition.Count != fr.Partitions {
+				problem(m, fmt.Sprintf("claims %d partitions, but the flow's other backups have %d: a stray, not used by restore", m.Partition.Count, fr.Partitions))
+			}
+			if !bad[m.ID] {
+				fr.Healthy++
 			}
 		}
 		plan, err := MakePlan(ms, PlanOptions{FlowUID: uid, Exclude: bad})
@@ -179,9 +185,12 @@ func Verify(ctx context.Context, s backup.Store, o VerifyOptions) (*Report, erro
 	if len(rep.Problems) > 0 {
 		rep.Status = StatusDegraded
 	}
-	restorable := len(rep.Flows) > 0
+	// Not restorable when no flow audited can be restored: a stray
+	// manifest of another flow beside a restorable one is a problem, not a
+	// lost flow.
+	restorable := false
 	for _, f := range rep.Flows {
-		restorable = restorable && f.Restorable
+		restorable = restorable || f.Restorable
 	}
 	if !restorable {
 		rep.Status = StatusNotRestorable
@@ -189,8 +198,120 @@ func Verify(ctx context.Context, s backup.Store, o VerifyOptions) (*Report, erro
 	return rep, nil
 }
 
+// checkChunksListed streams the chunk listing and checks every chunk the
+// manifests name is there with its stored size and not quarantined.
+func checkChunksListed(ctx context.Context, s backup.Store, ms []*backup.Manifest, quarantined map[string]bool, problem func(*backup.Manifest, string), rep *Report) error {
+	type need struct {
+		stored int64
+		users  []*backup.Manifest
+	}
+	needs := map[string]*need{}
+	for _, m := range ms {
+		for _, ob := range m.Objects() {
+			rep.Objects++
+			k := backup.ChunkKey(ob.SHA256)
+			n := needs[k]
+			if n == nil {
+				n = &need{stored: ob.Stored}
+				needs[k] = n
+			}
+			if len(n.users) == 0 || n.users[len(n.users)-1] != m {
+				n.users = append(n.users, m)
+			}
+			if quarantined[ob.SHA256] {
+				problem(m, fmt.Sprintf("chunk %s is quarantined: verify --deep found it damaged in the store; the next backup uploads it again, or takes a new base", ob.SHA256[:12]))
+			}
+		}
+	}
+	err := s.List(ctx, backup.ChunksPrefix, "", func(oi backup.ObjectInfo) error {
+		n, ok := needs[oi.Key]
+		if !ok {
+			return nil
+		}
+		delete(needs, oi.Key)
+		if oi.Size != n.stored {
+			for _, m := range n.users {
+				problem(m, fmt.Sprintf("chunk %s is %d bytes, the manifest says %d (truncated or replaced)", path.Base(oi.Key)[:12], oi.Size, n.stored))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("list chunks: %w", err)
+	}
+	for k, n := range needs {
+		for _, m := range n.users {
+			problem(m, fmt.Sprintf("chunk %s is missing", path.Base(k)[:12]))
+		}
+	}
+	return nil
+}
+
+// checkLatest checks each partition's latest pointer: present, readable,
+// and naming that partition's newest backup.
+func checkLatest(ctx context.Context, s backup.Store, ms []*backup.Manifest, flow string, rep *Report) error {
+	type part struct {
+		uid string
+		idx int
+	}
+	newest := map[part]*backup.Manifest{}
+	for _, m := range ms {
+		k := part{m.Flow.UID, m.Partition.Index}
+		if cur := newest[k]; cur == nil || m.ID > cur.ID {
+			newest[k] = m
+		}
+	}
+	add := func(uid string, idx int, msg string) {
+		rep.Problems = append(rep.Problems, Problem{Flow: uid, Partition: &idx, Message: msg})
+	}
+	seen := map[part]bool{}
+	err := s.List(ctx, backup.LatestPrefix, "", func(oi backup.ObjectInfo) error {
+		m, err := backup.ReadManifest(ctx, s, oi.Key)
+		if errors.Is(err, backup.ErrNotFound) {
+			return nil
+		}
+		if err != nil && !errors.Is(err, backup.ErrCorrupt) {
+			return err
+		}
+		if err != nil {
+			if flow == "" || strings.Contains(oi.Key, flow) {
+				rep.Problems = append(rep.Problems, Problem{Backup: oi.Key, Message: "damaged latest pointer: " + err.Error() + "; the next backup of its partition rewrites it (and starts a new base)"})
+			}
+			return nil
+		}
+		if flow != "" && m.Flow.UID != flow {
+			return nil
+		}
+		k := part{m.Flow.UID, m.Partition.Index}
+		seen[k] = true
+		if oi.Key != backup.LatestKey(k.uid, k.idx) {
+			add(k.uid, k.idx, fmt.Sprintf("latest pointer %s names partition %d of flow %s", oi.Key, k.idx, k.uid))
+			return nil
+		}
+		switch n := newest[k]; {
+		case n == nil:
+			add(k.uid, k.idx, fmt.Sprintf("the latest pointer names backup %s, but no manifest of this partition is stored", m.ID))
+		case n.ID != m.ID:
+			add(k.uid, k.idx, fmt.Sprintf("the latest pointer names backup %s, but %s is newer (a backup stopped between its manifest and its pointer?); the next backup sets it right", m.ID, n.ID))
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("check latest pointers: %w", err)
+	}
+	for k := range newest {
+		if !seen[k] {
+			add(k.uid, k.idx, fmt.Sprintf("has no latest pointer (%s); the next backup writes one, starting from a full image", backup.LatestKey(k.uid, k.idx)))
+		}
+	}
+	return nil
+}
+
 // deepCheck restores every healthy-looking backup into a temporary directory
-// and checks it end to end.
+// and checks it end to end: every object's sha256 (each read again before it
+// is called damaged; damaged chunks are quarantined, so the next backup
+// heals them), the image's identity and restorable range against the
+// manifest's, and PRAGMA integrity_check.
 func deepCheck(ctx context.Context, s backup.Store, ms []*backup.Manifest, bad map[string]bool, problem func(*backup.Manifest, string), o VerifyOptions) error {
 	tmp, err := os.MkdirTemp(o.TempDir, "flowkeep-verify-")
 	if err != nil {
@@ -204,7 +325,7 @@ func deepCheck(ctx context.Context, s backup.Store, ms []*backup.Manifest, bad m
 		path := filepath.Join(tmp, m.ID+".sqlite3")
 		err := FetchImage(ctx, s, m, path, FetchOptions{Workers: o.Workers, ImageSum: true}, new(atomic.Int64))
 		if err == nil {
-			err = checkIdentity(ctx, path, m)
+			err = checkImage(ctx, path, m)
 		}
 		if err == nil {
 			err = IntegrityCheck(ctx, path)
@@ -212,7 +333,16 @@ func deepCheck(ctx context.Context, s backup.Store, ms []*backup.Manifest, bad m
 		removeDB(path)
 		if err != nil {
 			if errors.Is(err, backup.ErrCorrupt) || errors.Is(err, backup.ErrNotFound) {
-				problem(m, err.Error())
+				msg := err.Error()
+				var de *damagedChunk
+				if errors.As(err, &de) {
+					if qerr := backup.Quarantine(ctx, s, de.sha256, de.reason, o.Now()); qerr != nil {
+						msg += fmt.Sprintf("; could not quarantine it (%v): run verify --deep with the agent's credentials so the next backup heals it", qerr)
+					} else {
+						msg += "; quarantined: the next backup uploads it again, or takes a new base"
+					}
+				}
+				problem(m, msg)
 				continue
 			}
 			return fmt.Errorf("deep check of backup %s: %w", m.ID, err)

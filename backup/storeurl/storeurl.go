@@ -19,6 +19,9 @@ import (
 type Options struct {
 	S3  s3.Options
 	GCS gcs.Options
+	// Retry is the policy for opening the store (its first request checks
+	// the bucket, and may meet a transient 503 like any other).
+	Retry backup.RetryPolicy
 }
 
 // Schemes lists the URL forms, for messages.
@@ -47,10 +50,17 @@ func Open(ctx context.Context, raw string, o Options) (backup.Store, error) {
 		if err := checkPrefix(prefix); err != nil {
 			return nil, fmt.Errorf("bad storage URL %q: %w", raw, err)
 		}
-		if u.Scheme == "s3" {
-			return s3.New(ctx, u.Host, prefix, o.S3)
-		}
-		return gcs.New(ctx, u.Host, prefix, o.GCS)
+		var st backup.Store
+		err := backup.Retry(ctx, o.Retry, "open "+raw, func() error {
+			var err error
+			if u.Scheme == "s3" {
+				st, err = s3.New(ctx, u.Host, prefix, o.S3)
+			} else {
+				st, err = gcs.New(ctx, u.Host, prefix, o.GCS)
+			}
+			return err
+		})
+		return st, err
 	case "":
 		return nil, fmt.Errorf("bad storage URL %q: no scheme (use %s)", raw, Schemes)
 	}
