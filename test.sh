@@ -43,6 +43,12 @@ tflint --chdir=terraform --recursive --minimum-failure-severity=warning
 echo "test.sh: go test" >&2
 go test -count=1 -timeout 30m $(go list ./... | grep -v '/integration$')
 
+# Each fuzz target runs briefly beyond its seed corpus (which go test ran).
+echo "test.sh: fuzzing (5s per target)" >&2
+for target in FuzzParseManifest FuzzParseManifestKey FuzzLoadCatalog FuzzLockObject FuzzDecompress; do
+	go test -run '^$' -fuzz "^${target}\$" -fuzztime 5s ./backup > /dev/null
+done
+
 # The drills print what each lost (must be nothing) and its wall time.
 echo "test.sh: disaster-recovery drills (integration/)" >&2
 log=$(mktemp)

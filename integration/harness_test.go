@@ -286,17 +286,20 @@ func drillLog(t *testing.T, began time.Time, lost string) {
 	t.Logf("%s: lost %s; wall time %v", t.Name(), lost, time.Since(began).Round(10*time.Millisecond))
 }
 
-// faultProxy sits between the tools and a server. While on, it answers some
-// requests with 500 or 503, drops some connections, delays some responses,
-// and cuts some response bodies short.
+// faultProxy sits between the tools and a server. While on, it gives a
+// share of requests (rate) a fault: an answer of 500 or 503, a dropped
+// connection, a slow response, a response body cut short, or a body with a
+// byte flipped (as a bad NIC or middlebox would).
 type faultProxy struct {
-	addr string
-	on   atomic.Bool
-	srv  *http.Server
-	rp   *httputil.ReverseProxy
-	mu   sync.Mutex
-	rnd  *rand.Rand
-	hits atomic.Int64
+	addr    string
+	on      atomic.Bool
+	srv     *http.Server
+	rp      *httputil.ReverseProxy
+	mu      sync.Mutex
+	rnd     *rand.Rand
+	rate    float64
+	hits    atomic.Int64
+	flipped atomic.Int64
 }
 
 // newFaultProxy proxies to target. keepHost keeps the client's Host header
@@ -305,7 +308,7 @@ type faultProxy struct {
 func newFaultProxy(t *testing.T, target string, keepHost bool) *faultProxy {
 	t.Helper()
 	u, _ := neturl.Parse("http://" + target)
-	p := &faultProxy{rnd: rand.New(rand.NewSource(time.Now().UnixNano()))}
+	p := &faultProxy{rnd: rand.New(rand.NewSource(time.Now().UnixNano())), rate: 0.6}
 	p.rp = &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) {
 		// SetURL sends the target's Host, which servers that route on it
 		// (fake-gcs-server's public host) need; S3 signs the client's.
@@ -346,6 +349,25 @@ func (c *cutWriter) Write(b []byte) (int, error) {
 	return c.ResponseWriter.Write(b)
 }
 
+// flipWriter flips one bit of the body byte at offset at (or of the last
+// byte, for a shorter body: see Flush).
+type flipWriter struct {
+	http.ResponseWriter
+	at   int
+	done bool
+}
+
+func (f *flipWriter) Write(b []byte) (int, error) {
+	if !f.done && f.at < len(b) {
+		c := append([]byte(nil), b...)
+		c[f.at] ^= 0x04
+		f.done = true
+		return f.ResponseWriter.Write(c)
+	}
+	f.at -= len(b)
+	return f.ResponseWriter.Write(b)
+}
+
 func (p *faultProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !p.on.Load() {
 		p.rp.ServeHTTP(w, r)
@@ -353,14 +375,20 @@ func (p *faultProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	p.mu.Lock()
 	x := p.rnd.Float64()
+	kind := p.rnd.Intn(6)
+	at := p.rnd.Intn(200)
 	p.mu.Unlock()
+	if x >= p.rate {
+		p.rp.ServeHTTP(w, r)
+		return
+	}
 	p.hits.Add(1)
 	switch {
-	case x < 0.2:
+	case kind == 0:
 		http.Error(w, "slow down", http.StatusServiceUnavailable)
-	case x < 0.3:
+	case kind == 1:
 		http.Error(w, "internal error", http.StatusInternalServerError)
-	case x < 0.4:
+	case kind == 2:
 		if hj, ok := w.(http.Hijacker); ok {
 			if c, _, err := hj.Hijack(); err == nil {
 				c.Close()
@@ -368,11 +396,17 @@ func (p *faultProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		panic(http.ErrAbortHandler)
-	case x < 0.5:
+	case kind == 3:
 		time.Sleep(400 * time.Millisecond)
 		p.rp.ServeHTTP(w, r)
-	case x < 0.6 && r.Method == http.MethodGet:
+	case kind == 4 && r.Method == http.MethodGet:
 		p.rp.ServeHTTP(&cutWriter{ResponseWriter: w, left: 100}, r)
+	case kind == 5 && r.Method == http.MethodGet:
+		fw := &flipWriter{ResponseWriter: w, at: at}
+		p.rp.ServeHTTP(fw, r)
+		if fw.done {
+			p.flipped.Add(1)
+		}
 	default:
 		p.rp.ServeHTTP(w, r)
 	}
