@@ -337,7 +337,17 @@ func capture(ctx context.Context, s Store, p *recovery.Partition, prev *Manifest
 			}
 		}
 	}
+	schema, err := recovery.SchemaOf(ctx, conn)
+	if err != nil {
+		return nil, "", err
+	}
 	w, ok := deltaWatermark(prev, v, now, o.BaseMaxAge)
+	if ok && (schema != recovery.SchemaVersion || prev.Base.SchemaVersion() != recovery.SchemaVersion) {
+		// Deltas are between images of this schema only; a partition or a
+		// base of an older one (run flowrun once to migrate) gets a base.
+		ok = false
+		res.BaseNote = fmt.Sprintf("the partition (schema %d) or its last base (schema %d) predates schema %d", schema, prev.Base.SchemaVersion(), recovery.SchemaVersion)
+	}
 	if ok {
 		// A delta names its base's chunks: trust the store, not the last
 		// manifest. Anything missing, resized or quarantined means a new base.
@@ -349,8 +359,8 @@ func capture(ctx context.Context, s Store, p *recovery.Partition, prev *Manifest
 		}
 	}
 	if ok {
-		var rows int64
-		if err := conn.QueryRowContext(ctx, `SELECT count(*) FROM snaps WHERE epoch >= ?`, w).Scan(&rows); err != nil {
+		rows, err := recovery.ChangesSince(ctx, conn, recovery.Epoch(w))
+		if err != nil {
 			return nil, "", err
 		}
 		if rows*2 <= prev.Base.Rows {
@@ -359,7 +369,7 @@ func capture(ctx context.Context, s Store, p *recovery.Partition, prev *Manifest
 				return nil, "", err
 			}
 			defer os.Remove(path)
-			n, err := buildDelta(ctx, conn, w, path)
+			n, err := recovery.WriteDelta(ctx, conn, recovery.Epoch(w), path)
 			if err != nil {
 				return nil, "", fmt.Errorf("build delta: %w", err)
 			}
@@ -375,7 +385,7 @@ func capture(ctx context.Context, s Store, p *recovery.Partition, prev *Manifest
 				return nil, "", err
 			}
 			m.Base = prev.Base
-			m.Delta = &Delta{Watermark: w, Size: size, SHA256: sum, Chunks: objs, Rows: n}
+			m.Delta = &Delta{Watermark: w, Size: size, SHA256: sum, Chunks: objs, Rows: n, Schema: schema}
 			return m, "delta", m.Validate()
 		}
 	}
@@ -384,8 +394,10 @@ func capture(ctx context.Context, s Store, p *recovery.Partition, prev *Manifest
 		return nil, "", err
 	}
 	var rows int64
-	if err := conn.QueryRowContext(ctx, `SELECT count(*) FROM snaps`).Scan(&rows); err != nil {
-		return nil, "", err
+	if schema == recovery.SchemaVersion {
+		if rows, err = recovery.ChangesSince(ctx, conn, 0); err != nil {
+			return nil, "", err
+		}
 	}
 	pr, err := newPageReader(ctx, conn)
 	if err != nil {
@@ -397,7 +409,7 @@ func capture(ctx context.Context, s Store, p *recovery.Partition, prev *Manifest
 		return nil, "", err
 	}
 	m.Base = Image{ID: m.ID, Captured: now.UTC(), PageSize: pageSize, Size: size, SHA256: sum, Chunks: objs,
-		Hi: m.Epochs.Hi, Execution: m.Execution, ExecutionStarted: exStarted, Rows: rows}
+		Hi: m.Epochs.Hi, Execution: m.Execution, ExecutionStarted: exStarted, Rows: rows, Schema: schema}
 	return m, "base", m.Validate()
 }
 

@@ -98,7 +98,7 @@ func restoreTo(t *testing.T, s backup.Store, m *backup.Manifest) string {
 func TestBackup_DeltaRestoresSameStateAndUploadsLittle(t *testing.T) {
 	ctx := context.Background()
 	dir, st := flowDir(t, 1, time.Hour) // no GC in the way
-	commitKeys(t, st, 1, seq(0, 20000), "v")
+	commitKeys(t, st, 1, seq(0, 100000), "v")
 	s := memstore.New()
 	res, err := backup.BackupDir(ctx, s, dir, backup.Options{})
 	if err != nil {
@@ -108,7 +108,7 @@ func TestBackup_DeltaRestoresSameStateAndUploadsLittle(t *testing.T) {
 	if first.Kind != "base" || first.ObjectsUploaded == 0 {
 		t.Fatalf("first backup: %+v", first)
 	}
-	commitKeys(t, st, 2, seq(0, 200), "w") // 1% of keys change
+	commitKeys(t, st, 2, seq(0, 1000), "w") // 1% of keys change
 	s.ResetCalls()
 	res, err = backup.BackupDir(ctx, s, dir, backup.Options{})
 	if err != nil {
@@ -178,10 +178,10 @@ func (f *failingStore) Put(ctx context.Context, key string, data []byte) error {
 func TestBackup_CrashMidUploadLeavesNoVisibleBackup(t *testing.T) {
 	ctx := context.Background()
 	dir, st := flowDir(t, 1, time.Hour)
-	commitKeys(t, st, 1, seq(0, 60000), strings.Repeat("z", 40))
+	commitKeys(t, st, 1, seq(0, 60000), strings.Repeat("z", 100)) // two chunks or more
 	mem := memstore.New()
 	fs := &failingStore{Store: mem}
-	fs.left.Store(2)
+	fs.left.Store(1)
 	if _, err := backup.BackupDir(ctx, fs, dir, backup.Options{Workers: 1}); err == nil {
 		t.Fatal("backup succeeded despite failures")
 	}

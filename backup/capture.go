@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/flowkeep/flowkeep/recovery"
 )
@@ -62,97 +61,6 @@ func (p *pageReader) Read(b []byte) (int, error) {
 }
 
 func (p *pageReader) Close() error { return p.rows.Close() }
-
-// buildDelta writes, into a new SQLite file at path, the partition's small
-// tables and every snapshot row and dropped key at or after epoch w, read
-// through conn's open read transaction. It returns the number of rows.
-func buildDelta(ctx context.Context, conn *sql.Conn, w uint64, path string) (int64, error) {
-	db, err := recovery.CreateEmpty(ctx, path)
-	if err != nil {
-		return 0, err
-	}
-	defer db.Close()
-	tx, err := db.BeginTx(ctx, nil)
-	if err != nil {
-		return 0, err
-	}
-	defer tx.Rollback()
-	for _, t := range []struct{ table, where string }{
-		{"parts", ""}, {"meta", ""}, {"executions", ""}, {"fronts", ""}, {"epoch_times", ""},
-		{"dropped", " WHERE epoch >= ?"},
-	} {
-		if _, err := copyTable(ctx, conn, tx, t.table, t.where, w); err != nil {
-			return 0, fmt.Errorf("delta: copy %s: %w", t.table, err)
-		}
-	}
-	rows, err := conn.QueryContext(ctx, `SELECT step_id, state_key, epoch, ser FROM snaps WHERE epoch >= ?`, w)
-	if err != nil {
-		return 0, err
-	}
-	defer rows.Close()
-	var n int64
-	batch := make([]recovery.Row, 0, 4096)
-	for rows.Next() {
-		var r recovery.Row
-		var step, key string
-		if err := rows.Scan(&step, &key, &r.Epoch, &r.Value); err != nil {
-			return 0, err
-		}
-		r.Step, r.Key = recovery.StepID(step), recovery.StateKey(key)
-		batch = append(batch, r)
-		if len(batch) == cap(batch) {
-			if err := recovery.InsertRows(ctx, tx, batch); err != nil {
-				return 0, err
-			}
-			n += int64(len(batch))
-			batch = batch[:0]
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return 0, err
-	}
-	if err := recovery.InsertRows(ctx, tx, batch); err != nil {
-		return 0, err
-	}
-	n += int64(len(batch))
-	if err := tx.Commit(); err != nil {
-		return 0, err
-	}
-	return n, db.Close()
-}
-
-func copyTable(ctx context.Context, src *sql.Conn, dst *sql.Tx, table, where string, arg uint64) (int, error) {
-	var args []any
-	if where != "" {
-		args = append(args, arg)
-	}
-	rows, err := src.QueryContext(ctx, "SELECT * FROM "+table+where, args...)
-	if err != nil {
-		return 0, err
-	}
-	defer rows.Close()
-	cols, err := rows.Columns()
-	if err != nil {
-		return 0, err
-	}
-	ins := "INSERT INTO " + table + " VALUES (" + strings.TrimSuffix(strings.Repeat("?, ", len(cols)), ", ") + ")"
-	vals := make([]any, len(cols))
-	ptrs := make([]any, len(cols))
-	for i := range vals {
-		ptrs[i] = &vals[i]
-	}
-	n := 0
-	for rows.Next() {
-		if err := rows.Scan(ptrs...); err != nil {
-			return n, err
-		}
-		if _, err := dst.ExecContext(ctx, ins, vals...); err != nil {
-			return n, err
-		}
-		n++
-	}
-	return n, rows.Err()
-}
 
 // ApplyDelta lays a delta (a file made by buildDelta) over a restored base
 // image db: base rows at or after the watermark are replaced by the delta's,

@@ -113,6 +113,16 @@ type Image struct {
 	Execution        int64  `json:"execution"`
 	ExecutionStarted int64  `json:"execution_started_ms"`
 	Rows             int64  `json:"rows"`
+	// Schema is the partition's schema version at capture (absent: 1).
+	Schema int `json:"schema,omitempty"`
+}
+
+// SchemaVersion is the image's partition schema version.
+func (i Image) SchemaVersion() int {
+	if i.Schema == 0 {
+		return 1
+	}
+	return i.Schema
 }
 
 // Delta holds the rows at or after Watermark, to lay over the image.
@@ -122,6 +132,8 @@ type Delta struct {
 	SHA256    string   `json:"sha256"`
 	Chunks    []Object `json:"chunks"`
 	Rows      int64    `json:"rows"`
+	// Schema is the delta file's schema version (absent: 1).
+	Schema int `json:"schema,omitempty"`
 }
 
 // Objects returns every object the manifest needs.

@@ -22,8 +22,10 @@ type Change struct {
 //     with an error that tells the user what to do when the partitions cannot
 //     be resumed from.
 //   - Load calls fn once for every key whose newest row below `below` is not
-//     a tombstone, with that row's value. fn may be called concurrently from
-//     several goroutines; values are not reused after fn returns.
+//     a tombstone, with that row's value (which may be empty: only a
+//     tombstone means "no state"). fn may be called concurrently from
+//     several goroutines; the value is only valid during the call, so fn
+//     copies what it keeps.
 //   - Commit records changes and that worker w's frontier is now `frontier`
 //     (every epoch below it is durable on w). It may return before the data is
 //     durable, so the flow runs on while snapshots are written; commits of one

@@ -26,7 +26,9 @@ type Config struct {
 	// EpochInterval is how often inputs close an epoch (the snapshot
 	// interval). Zero means 10s.
 	EpochInterval time.Duration
-	// Recovery keeps snapshots; nil runs without recovery.
+	// Recovery keeps snapshots; nil runs without recovery. Run owns it: it
+	// closes it before returning, whatever happens (also when the run fails
+	// before it starts).
 	Recovery Recovery
 	// OnEpoch, if set, is told each epoch this process opens (every
 	// EpochInterval while input lasts; in a cluster as process 0's clock
@@ -49,11 +51,17 @@ type Result struct {
 // Run executes the flow until every input ends, or until ctx is cancelled or
 // a step fails.
 func Run(ctx context.Context, f *Flow, cfg Config) (*Result, error) {
-	if err := f.Err(); err != nil {
+	fail := func(err error) (*Result, error) {
+		if cfg.Recovery != nil {
+			cfg.Recovery.Close()
+		}
 		return nil, err
 	}
+	if err := f.Err(); err != nil {
+		return fail(err)
+	}
 	if cfg.Workers < 1 {
-		return nil, fmt.Errorf("workers must be at least 1, got %d", cfg.Workers)
+		return fail(fmt.Errorf("workers must be at least 1, got %d", cfg.Workers))
 	}
 	if cfg.EpochInterval <= 0 {
 		cfg.EpochInterval = 10 * time.Second
@@ -128,9 +136,17 @@ func (s *segment) report(frontier Epoch) error {
 func (x *execution) run(parent context.Context) (res *Result, err error) {
 	x.ctx, x.cancel = context.WithCancelCause(parent)
 	defer x.cancel(nil)
+	closeRec := func(err error) error {
+		if x.rec != nil {
+			if cerr := x.rec.Close(); err == nil && cerr != nil {
+				err = fmt.Errorf("recovery: %w", cerr)
+			}
+		}
+		return err
+	}
 	if x.procs > 1 {
 		if err := x.joinCluster(); err != nil {
-			return nil, err
+			return nil, closeRec(err)
 		}
 		defer func() { x.mesh.Close(err) }()
 	}
@@ -138,7 +154,7 @@ func (x *execution) run(parent context.Context) (res *Result, err error) {
 	if x.rec != nil {
 		var err error
 		if info, err = x.rec.Begin(x.ctx, x.workers); err != nil {
-			return nil, err
+			return nil, closeRec(err)
 		}
 		info.Workers = x.workers
 	}
@@ -149,12 +165,7 @@ func (x *execution) run(parent context.Context) (res *Result, err error) {
 		// Every process finished and sent its last commits before this.
 		err = x.mesh.Barrier(x.ctx, "done")
 	}
-	if x.rec != nil {
-		if cerr := x.rec.Close(); err == nil && cerr != nil {
-			err = fmt.Errorf("recovery: %w", cerr)
-		}
-	}
-	if err != nil {
+	if err = closeRec(err); err != nil {
 		return nil, err
 	}
 	res = &Result{StartEpoch: x.start, FinalEpoch: final, Counters: map[string]int64{}, IgnoredRows: x.ignored.Load()}
@@ -390,7 +401,7 @@ func (x *execution) applyLoaded(step StepID, key StateKey, value []byte, mine bo
 	}
 	if n.kind == kindInput {
 		x.resumeMu.Lock()
-		x.resume[n][string(key)] = value
+		x.resume[n][string(key)] = append([]byte{}, value...)
 		x.resumeMu.Unlock()
 		return nil
 	}

@@ -80,7 +80,7 @@ type sinkOp[T any] struct {
 func (o *sinkOp[T]) restore(key string, value []byte) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.resume[key] = value
+	o.resume[key] = append([]byte{}, value...)
 	return nil
 }
 

@@ -189,6 +189,9 @@ func (o *statefulOp[V, S, O]) snapshot(e Epoch) error {
 		if err != nil {
 			return fmt.Errorf("step %s: encode state of key %q: %w", o.step, k, err)
 		}
+		if b == nil {
+			b = []byte{} // state that encodes to nothing is still state: only nil is a tombstone
+		}
 		o.seg.record(o.step, k, e, b)
 	}
 	clear(o.dirty)

@@ -16,8 +16,9 @@ import (
 )
 
 type recoveryInspectOptions struct {
-	Dir  string
-	JSON bool
+	Dir   string
+	JSON  bool
+	Count bool
 }
 
 func newRecoveryInspectCommand() *cobra.Command {
@@ -37,6 +38,7 @@ run while flowrun writes to DIR.`,
 		},
 	}
 	cmd.Flags().BoolVar(&o.JSON, "json", false, "print JSON instead of text")
+	cmd.Flags().BoolVar(&o.Count, "count", false, "also count rows, tombstones and keys (reads every key: slow on a large state)")
 	return cmd
 }
 
@@ -48,7 +50,7 @@ type inspectReport struct {
 }
 
 func runRecoveryInspect(ctx context.Context, o recoveryInspectOptions, out io.Writer) error {
-	dr, err := recovery.InspectDir(ctx, o.Dir)
+	dr, err := recovery.InspectDir(ctx, o.Dir, recovery.InspectOptions{Count: o.Count})
 	if err != nil {
 		return err
 	}
@@ -89,7 +91,10 @@ func runRecoveryInspect(ctx context.Context, o recoveryInspectOptions, out io.Wr
 			}
 			fmt.Fprintln(out)
 		}
-		fmt.Fprintf(out, "  rows            %d (%d tombstones) over %d keys\n", in.Rows, in.Tombstones, in.Keys)
+		fmt.Fprintf(out, "  changelog       %d segments (%s) not yet compacted; compacted below epoch %d\n", in.Segments, human.Bytes(in.SegmentBytes), in.CompactedEpoch)
+		if in.Counted {
+			fmt.Fprintf(out, "  rows            %d (%d tombstones) over %d keys\n", in.Rows, in.Tombstones, in.Keys)
+		}
 		fmt.Fprintf(out, "  files           db %s, wal %s, shm %s\n", human.Bytes(in.FileBytes), human.Bytes(in.WALBytes), human.Bytes(in.SHMBytes))
 	}
 	if finding != nil {

@@ -256,11 +256,6 @@ func TestDrill5_BackupsApart(t *testing.T) {
 // Drill 6: the restore target's disk is full. The restore fails with a
 // clear error and leaves nothing half-restored behind.
 func TestDrill6_DiskFullOnRestore(t *testing.T) {
-	mnt := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", mnt).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a small tmpfs here (%v: %s): this drill needs root", err, out)
-	}
-	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
 	for _, b := range backends(t) {
 		t.Run(b.name, func(t *testing.T) {
 			began := time.Now()
@@ -268,10 +263,24 @@ func TestDrill6_DiskFullOnRestore(t *testing.T) {
 			url := b.newURL(t)
 			rec, _, _ := bigFlow(t, t.TempDir(), 4)
 			mustCmd(t, env, backupBin, "backup", "-r", rec, "--to", url)
+			// A disk with room for about half of the partitions.
+			var total int64
+			files, _ := filepath.Glob(filepath.Join(rec, "*"))
+			for _, f := range files {
+				if st, err := os.Stat(f); err == nil {
+					total += st.Size()
+				}
+			}
+			mnt := t.TempDir()
+			size := fmt.Sprintf("size=%dk", max(total/2048, 64))
+			if out, err := exec.Command("mount", "-t", "tmpfs", "-o", size, "tmpfs", mnt).CombinedOutput(); err != nil {
+				t.Skipf("cannot mount a small tmpfs here (%v: %s): this drill needs root", err, out)
+			}
+			t.Cleanup(func() { exec.Command("umount", mnt).Run() })
 			dst := filepath.Join(mnt, b.name)
 			r := runCmd(t, env, backupBin, "restore", "--from", url, "--to", dst)
 			if r.code == 0 || !strings.Contains(r.out, "no space left on device") {
-				t.Fatalf("restore onto a full disk: exit %d\n%s", r.code, r.out)
+				t.Fatalf("restore of %d bytes onto a disk of %s: exit %d\n%s", total, size, r.code, r.out)
 			}
 			left, _ := os.ReadDir(dst)
 			if len(left) > 0 {

@@ -16,52 +16,72 @@
 // version is PRAGMA user_version and migrations (schema.go) move a file
 // forward one version at a time.
 //
-// # Schema (version 1)
+// # Schema (version 2)
 //
 //	parts(part_index, part_count, flow_uid, created_unix_ms)   one row
-//	meta(key, value)         flow_name, commit_epoch, snapshot_interval_ms, backup_interval_ms
+//	meta(key, value)         flow_name, commit_epoch, compacted_epoch, snapshot_interval_ms, backup_interval_ms
 //	executions(ex_num, worker_count, resume_epoch, started_unix_ms, snapshot_interval_ms, backup_interval_ms)
 //	fronts(ex_num, worker_index, frontier)                     highest frontier per worker
-//	snaps(step_id, state_key, epoch, ser)                      ser NULL is a tombstone; PK (step_id, state_key, epoch)
-//	changelog(epoch, seq, keys)                                which keys each commit wrote at epoch (see below)
+//	steps(num, step_id, keys)                                  a number per step, in order of first use; keys: base rows, as last counted
+//	segments(seq, epoch, entries, data)                        one changelog segment per commit and epoch
+//	base(k, epoch, ser)                                        per key, its newest value below compacted_epoch; PK k
 //	epoch_times(epoch, unix_ms)                                when this partition's frontier reached epoch
-//	dropped(step_id, state_key, epoch, unix_ms)                keys whose tombstone GC removed (for incremental backups)
+//	dropped(k, epoch, unix_ms)                                 keys whose tombstone compaction applied (for incremental backups)
 //
-// A snapshot row for (step, key) lives in partition FNV-1a-64(step "\x00" key)
-// mod N.
+// A key k is uvarint(step number) followed by the state key's bytes; keys
+// sort bytewise, in base and in segments alike. A snapshot row for (step,
+// key) lives in partition FNV-1a-64(step "\x00" key) mod N.
+//
+// Storage is write-optimised. Each commit writes, per epoch, one segment:
+// the partition's changed keys of that epoch, sorted by k, each with its
+// value or a tombstone, in one BLOB (segment.go). Only NULL-free framing is
+// used: a zero-length value is a value; only a tombstone means "no state".
+// So a snapshot costs in proportion to the bytes that changed, not one
+// B-tree operation per key.
 //
 // # Resume
 //
 // Each run is an execution 0, 1, 2 … recording its worker count and resume
 // epoch. A worker's frontier f means "every epoch below f is durable here";
-// rows and the frontier of one commit are written in one transaction per
-// partition. The resume epoch is the minimum, over every partition and over
-// the last execution's workers, of their highest frontier; a worker that never
-// reported (or a partition that never saw the last execution) counts as that
-// execution's resume epoch. A fresh flow starts at epoch 1. On resume each key
-// gets its newest row below the resume epoch (tombstones mean "no state"), in
-// one ordered scan of each partition's primary key; rows at or after the
-// resume epoch are deleted first (they belong to epochs that run again).
+// segments and the frontier of one commit are written in one transaction
+// per partition. The resume epoch is the minimum, over every partition and
+// over the last execution's workers, of their highest frontier; a worker
+// that never reported (or a partition that never saw the last execution)
+// counts as that execution's resume epoch. A fresh flow starts at epoch 1.
+// On resume the segments at or after the resume epoch are deleted (one
+// range delete: those epochs run again), and each key gets its newest state
+// below the resume epoch: the base, scanned in k order, merged with the
+// segments below the resume epoch (the newest epoch wins; a tombstone means
+// no state).
 //
-// # Garbage collection
+// # Garbage collection and compaction
 //
 // With s the snapshot interval, b the backup interval and d = ceil(b/s)
 // (d = 0 when b = 0): once every partition has committed frontier F (epoch
 // e = F-1 is durable everywhere), each partition sets its commit epoch to
-// C = F-d, the lowest epoch it can still resume from. It keeps, per key, its
-// newest row below C (at or before e-d) plus every newer row, and drops a
-// tombstone that is a key's newest row below C. Only keys with rows in
-// [old C, new C) are touched: every commit appends, per epoch, one changelog
-// row listing the keys it wrote (a compact blob: a step table, then per key
-// the step's index, the key and a tombstone flag), and GC reads the
-// changelog of the collectable epochs instead of an index on snaps. That
-// keeps each snapshot row to one B-tree insert. Changelog rows below C are
-// deleted with the GC that consumed them; resume deletes those at or after
-// the resume epoch together with their rows. Backups of different partitions taken up to
-// about b apart therefore still share a resume epoch. Old executions'
-// frontiers are deleted when a new execution starts.
+// C = F-d, the lowest epoch it can still resume from, and keeps, per key,
+// its newest state below C plus every newer change. Moving C touches no
+// state. Every few epochs (Options.CompactEvery, default max(8, d)),
+// compaction merges the segments below C into the base (one upsert per key
+// changed since the last compaction, in key order; a tombstone deletes the
+// key and records it in dropped), then deletes those segments with one range
+// delete and records compacted_epoch. It runs in slices between commits, so
+// durability never waits for more than one slice; until it ends, base and
+// segments together still hold exactly the same state, and a compaction cut
+// short starts again. Backups of different partitions taken up to about b
+// apart therefore still share a resume epoch. Old executions' frontiers are
+// deleted when a new execution starts.
 //
 // A partition's restorable epoch range is [commit epoch, its own resume
 // epoch]: resuming from any epoch in it loses nothing. Resuming from an epoch
-// below a partition's commit epoch fails with ErrTooOld.
+// below a partition's commit epoch fails with ErrTooOld. Trim (restore) to
+// an epoch in the range is a range delete of segments.
+//
+// # Migrations
+//
+// Version 1 kept one row per key and epoch (snaps) and a changelog of keys;
+// the migration to version 2 (on the first writable open) collapses each
+// key's rows below the commit epoch into its base row and turns the rows at
+// or after it into segments. Images of version 1 (old backups) are migrated
+// when restored, and version-1 deltas are laid over them.
 package recovery

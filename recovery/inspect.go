@@ -29,9 +29,19 @@ type Info struct {
 	SnapshotInterval time.Duration `json:"snapshot_interval_ns"`
 	BackupInterval   time.Duration `json:"backup_interval_ns"`
 
-	Rows       int64 `json:"rows"`
-	Tombstones int64 `json:"tombstones"`
-	Keys       int64 `json:"keys"`
+	// Counted only when asked (InspectOptions.Count): each is a pass over
+	// the partition's state. Rows are base rows plus segment entries,
+	// Tombstones the segment entries that discard a key, Keys the keys a
+	// resume at Hi would load.
+	Counted    bool  `json:"counted"`
+	Rows       int64 `json:"rows,omitempty"`
+	Tombstones int64 `json:"tombstones,omitempty"`
+	Keys       int64 `json:"keys,omitempty"`
+	// Segments and SegmentBytes are the changelog not yet compacted.
+	Segments       int64 `json:"segments"`
+	SegmentBytes   int64 `json:"segment_bytes"`
+	CompactedEpoch Epoch `json:"compacted_epoch"`
+	Schema         int   `json:"schema"`
 
 	FileBytes int64 `json:"file_bytes"`
 	WALBytes  int64 `json:"wal_bytes"`
@@ -52,8 +62,16 @@ func EpochTime(ctx context.Context, q queryer, e Epoch) (time.Time, error) {
 	return time.UnixMilli(ms).UTC(), nil
 }
 
+// InspectOptions say what an inspection reads.
+type InspectOptions struct {
+	// Count reads the partitions' state to count rows, tombstones and keys
+	// (a pass over every key); without it inspection reads a few small
+	// tables and is cheap at any state size.
+	Count bool
+}
+
 // InspectPartition reports on p inside one read transaction.
-func InspectPartition(ctx context.Context, p *Partition) (*Info, error) {
+func InspectPartition(ctx context.Context, p *Partition, o InspectOptions) (*Info, error) {
 	tx, err := p.DB.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
 	if err != nil {
 		return nil, err
@@ -75,13 +93,23 @@ func InspectPartition(ctx context.Context, p *Partition) (*Info, error) {
 	if in.HiTime, err = EpochTime(ctx, tx, in.Hi); err != nil {
 		return nil, err
 	}
-	err = tx.QueryRowContext(ctx, `SELECT count(*), count(*) - count(ser) FROM snaps`).Scan(&in.Rows, &in.Tombstones)
+	if in.Schema, err = SchemaOf(ctx, tx); err != nil {
+		return nil, err
+	}
+	if in.Schema != SchemaVersion {
+		return nil, fmt.Errorf("%s has schema version %d; run flowrun on it once (it migrates to version %d) before inspecting it", p.Path, in.Schema, SchemaVersion)
+	}
+	if in.CompactedEpoch, err = metaEpoch(ctx, tx, "compacted_epoch"); err != nil {
+		return nil, err
+	}
+	err = tx.QueryRowContext(ctx, `SELECT count(*), coalesce(sum(length(data)), 0) FROM segments`).Scan(&in.Segments, &in.SegmentBytes)
 	if err != nil {
 		return nil, err
 	}
-	err = tx.QueryRowContext(ctx, `SELECT count(*) FROM (SELECT 1 FROM snaps NOT INDEXED GROUP BY step_id, state_key)`).Scan(&in.Keys)
-	if err != nil {
-		return nil, err
+	if o.Count {
+		if err := countState(ctx, tx, in); err != nil {
+			return nil, err
+		}
 	}
 	in.FileBytes = fileSize(p.Path)
 	in.WALBytes = fileSize(p.Path + "-wal")
@@ -108,18 +136,36 @@ type DirReport struct {
 	Problem error
 }
 
-// InspectDir reports on every partition in dir without writing to any.
-func InspectDir(ctx context.Context, dir string) (*DirReport, error) {
-	ps, err := discoverAny(ctx, dir, true)
+// InspectDir reports on every partition in dir without writing to any: a
+// partition with a WAL (a flow running, or crashed) is read through a
+// read-only connection, which never checkpoints; one without is opened
+// immutable, which creates no -wal or -shm.
+func InspectDir(ctx context.Context, dir string, o InspectOptions) (*DirReport, error) {
+	files, err := candidates(dir)
 	if err != nil {
 		return nil, err
+	}
+	var ps []*Partition
+	for _, f := range files {
+		mode := "ro"
+		if st, err := os.Stat(f + "-wal"); err != nil || st.Size() == 0 {
+			mode = "immutable"
+		}
+		p, err := openPartition(ctx, f, mode)
+		if err != nil {
+			closeAll(ps)
+			return nil, err
+		}
+		if p != nil {
+			ps = append(ps, p)
+		}
 	}
 	defer closeAll(ps)
 	sort.Slice(ps, func(i, j int) bool { return ps[i].Index < ps[j].Index })
 	rep := &DirReport{}
 	var views []*View
 	for _, p := range ps {
-		in, err := InspectPartition(ctx, p)
+		in, err := InspectPartition(ctx, p, o)
 		if err != nil {
 			return nil, fmt.Errorf("inspect %s: %w", p.Path, err)
 		}
@@ -135,4 +181,46 @@ func InspectDir(ctx context.Context, dir string) (*DirReport, error) {
 		rep.Resume, rep.Problem = Resume(views)
 	}
 	return rep, nil
+}
+
+// countState counts a partition's rows, tombstones and live keys.
+func countState(ctx context.Context, q queryer, in *Info) error {
+	var base int64
+	if err := q.QueryRowContext(ctx, `SELECT count(*) FROM base`).Scan(&base); err != nil {
+		return err
+	}
+	in.Rows = base
+	rows, err := q.QueryContext(ctx, `SELECT epoch, data FROM segments`)
+	if err != nil {
+		return err
+	}
+	for rows.Next() {
+		var e Epoch
+		var data []byte
+		if err := rows.Scan(&e, &data); err != nil {
+			rows.Close()
+			return err
+		}
+		it, err := newSegmentIter(data, e)
+		if err != nil {
+			rows.Close()
+			return err
+		}
+		for it.next() {
+			in.Rows++
+			if it.cur.tomb {
+				in.Tombstones++
+			}
+		}
+		if it.err != nil {
+			rows.Close()
+			return it.err
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	in.Counted = true
+	return LoadPartition(ctx, q, in.Hi, func(Row) error { in.Keys++; return nil })
 }

@@ -31,6 +31,13 @@ type Partition struct {
 // txlock, if set, is how transactions begin (immediate: take the write
 // lock at BEGIN rather than fail at the first write).
 func open(path string, single bool, txlock string, pragmas ...string) (*sql.DB, error) {
+	return openMode(path, "", single, txlock, pragmas...)
+}
+
+// openMode is open with a SQLite URI mode: "ro" (never writes, so never
+// checkpoints a WAL on close), "immutable" (nothing can change the file:
+// no locks, no -wal or -shm made), or "" (read-write).
+func openMode(path, mode string, single bool, txlock string, pragmas ...string) (*sql.DB, error) {
 	q := url.Values{}
 	for _, p := range pragmas {
 		q.Add("_pragma", p)
@@ -38,7 +45,14 @@ func open(path string, single bool, txlock string, pragmas ...string) (*sql.DB, 
 	if txlock != "" {
 		q.Add("_txlock", txlock)
 	}
-	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	switch mode {
+	case "ro":
+		q.Add("mode", "ro")
+	case "immutable":
+		q.Add("mode", "ro")
+		q.Add("immutable", "1")
+	}
+	db, err := sql.Open("sqlite", fileURI(path)+"?"+q.Encode())
 	if err != nil {
 		return nil, err
 	}
@@ -48,11 +62,20 @@ func open(path string, single bool, txlock string, pragmas ...string) (*sql.DB, 
 	return db, nil
 }
 
+// fileURI is path as a SQLite URI filename: '?', '#' and '%' in a path
+// would otherwise end it (and create a file elsewhere).
+func fileURI(path string) string {
+	return "file:" + (&url.URL{Path: path}).EscapedPath()
+}
+
 // OpenDB opens a SQLite file with the settings partitions use. readOnly
-// connections never write (query_only) and so never disturb a running flow.
+// connections never write (mode=ro, query_only) and so never disturb a
+// running flow.
 func OpenDB(path string, readOnly bool) (*sql.DB, error) {
 	if readOnly {
-		return open(path, false, "", "busy_timeout(20000)", "query_only(1)")
+		// mode=ro: a read-only connection never checkpoints the WAL when
+		// it closes, so reading a crashed flow's partitions changes nothing.
+		return openMode(path, "ro", false, "", "busy_timeout(20000)", "query_only(1)")
 	}
 	return open(path, true, "immediate", "busy_timeout(20000)", "journal_mode(WAL)", "synchronous(FULL)", "cache_size(-16384)")
 }
@@ -79,7 +102,25 @@ func CloseScratchDB(ctx context.Context, db *sql.DB) error {
 // OpenPartition opens path and reads its identity. It returns (nil, nil) if
 // the file is a SQLite database without a parts row (not a partition).
 func OpenPartition(ctx context.Context, path string, readOnly bool) (*Partition, error) {
-	db, err := OpenDB(path, readOnly)
+	mode := ""
+	if readOnly {
+		mode = "ro"
+	}
+	return openPartition(ctx, path, mode)
+}
+
+// openPartition is OpenPartition with an open mode (see openMode); a
+// writable partition is migrated to the current schema.
+func openPartition(ctx context.Context, path, mode string) (*Partition, error) {
+	readOnly := mode != ""
+	var db *sql.DB
+	var err error
+	switch mode {
+	case "", "ro":
+		db, err = OpenDB(path, readOnly)
+	default:
+		db, err = openMode(path, mode, false, "", "query_only(1)")
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}

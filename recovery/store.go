@@ -26,7 +26,19 @@ type Options struct {
 	// OnCommitted, if set, is told when a partition's committed frontier
 	// (its minimum over the execution's workers) rises.
 	OnCommitted func(PartitionIndex, Epoch)
+	// MaxPendingBytes bounds the snapshot bytes committed but not yet
+	// written: Commit waits while more are queued (DefaultMaxPendingBytes
+	// if zero). A single commit larger than the bound still goes through,
+	// alone.
+	MaxPendingBytes int64
+	// CompactEvery is how many epochs the commit epoch moves between
+	// compactions (default max(8, d)).
+	CompactEvery Epoch
 }
+
+// DefaultMaxPendingBytes is the default bound on snapshot bytes queued for
+// the partitions' writers.
+const DefaultMaxPendingBytes = 256 << 20
 
 // Store writes one flow's snapshots into its partitions. Create it with
 // Open, call Begin once, Load, then Commit as epochs close, then Close.
@@ -43,9 +55,14 @@ type Store struct {
 	writers []*writer
 	wg      sync.WaitGroup
 
-	mu     sync.Mutex
-	err    error
-	fronts [][]Epoch // committed frontier per partition and worker
+	mu      sync.Mutex
+	err     error
+	fronts  [][]Epoch     // committed frontier per partition and worker
+	changed chan struct{} // closed and replaced when a frontier rises or the store fails
+
+	pmu     sync.Mutex
+	pending int64 // bytes queued for the writers
+	pcond   *sync.Cond
 }
 
 // Open discovers and opens the partitions in dir for writing.
@@ -71,11 +88,22 @@ func NewStore(ps []*Partition, count PartitionCount, opts Options) *Store {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	s := &Store{opts: opts, parts: ps, count: count, byIdx: map[PartitionIndex]int{}}
+	if opts.MaxPendingBytes <= 0 {
+		opts.MaxPendingBytes = DefaultMaxPendingBytes
+	}
+	s := &Store{opts: opts, parts: ps, count: count, byIdx: map[PartitionIndex]int{}, changed: make(chan struct{})}
+	s.pcond = sync.NewCond(&s.pmu)
 	for i, p := range ps {
 		s.byIdx[p.Index] = i
 	}
 	return s
+}
+
+func (s *Store) compactEvery() Epoch {
+	if s.opts.CompactEvery > 0 {
+		return s.opts.CompactEvery
+	}
+	return max(8, s.opts.Intervals.D())
 }
 
 // Views reads what each of the store's partitions says about the flow.
@@ -133,21 +161,31 @@ func (s *Store) BeginAt(ctx context.Context, rp ResumePoint, workers int) error 
 			s.fronts[i][w] = rp.Epoch
 		}
 	}
-	s.writers = make([]*writer, len(s.parts))
+	// Build every writer before starting any, so a failure leaves nothing
+	// running (and Close has nothing to stop).
+	writers := make([]*writer, len(s.parts))
 	for i, p := range s.parts {
 		ce, err := metaEpoch(ctx, p.DB, "commit_epoch")
 		if err != nil {
 			return err
 		}
-		w := &writer{s: s, p: p, idx: i, ch: make(chan submission, 16), commit: max(ce, 1), frontier: rp.Epoch,
-			front: make([]Epoch, workers)}
-		if err := p.DB.QueryRowContext(ctx, `SELECT coalesce(max(seq), 0) FROM changelog`).Scan(&w.seq); err != nil {
+		compacted, err := metaEpoch(ctx, p.DB, "compacted_epoch")
+		if err != nil {
 			return err
 		}
+		steps, err := loadSteps(ctx, p.DB)
+		if err != nil {
+			return fmt.Errorf("partition %d: %w", p.Index, err)
+		}
+		w := &writer{s: s, p: p, idx: i, ch: make(chan submission, 16), commit: max(ce, 1), compact: max(compacted, 1),
+			frontier: rp.Epoch, front: make([]Epoch, workers), steps: steps}
 		for j := range w.front {
 			w.front[j] = rp.Epoch
 		}
-		s.writers[i] = w
+		writers[i] = w
+	}
+	s.writers = writers
+	for _, w := range writers {
 		s.wg.Add(1)
 		go w.loop()
 	}
@@ -186,8 +224,9 @@ func (s *Store) beginPartition(ctx context.Context, p *Partition, rp ResumePoint
 }
 
 // Load calls fn for every key's newest row below `below` that is not a
-// tombstone, scanning each partition once in primary-key order; partitions
-// are scanned concurrently, so fn must be safe for concurrent use.
+// tombstone, merging each partition's base with its segments in one ordered
+// pass; partitions are loaded concurrently, so fn must be safe for
+// concurrent use. A row's Value is only valid during the call.
 func (s *Store) Load(ctx context.Context, below Epoch, fn func(Row) error) error {
 	var wg sync.WaitGroup
 	errs := make([]error, len(s.parts))
@@ -204,92 +243,272 @@ func (s *Store) Load(ctx context.Context, below Epoch, fn func(Row) error) error
 	return errors.Join(errs...)
 }
 
-// LoadPartition scans one partition (see Store.Load).
+// KeyHint estimates, per step, how many keys a Load below `below` yields
+// (base rows, as last counted, plus changed keys in later segments): a hint
+// for sizing maps, never a promise.
+func (s *Store) KeyHint(ctx context.Context, below Epoch) (map[StepID]int64, error) {
+	out := map[StepID]int64{}
+	for _, p := range s.parts {
+		rows, err := p.DB.QueryContext(ctx, `SELECT step_id, keys FROM steps`)
+		if err != nil {
+			return nil, err
+		}
+		for rows.Next() {
+			var id string
+			var n int64
+			if err := rows.Scan(&id, &n); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			out[StepID(id)] += n
+		}
+		rows.Close()
+		var seg int64
+		if err := p.DB.QueryRowContext(ctx, `SELECT coalesce(sum(entries), 0) FROM segments WHERE epoch < ?`, below).Scan(&seg); err != nil {
+			return nil, err
+		}
+		// Segment entries are not split by step: spread them like the base.
+		var total int64
+		for _, n := range out {
+			total += n
+		}
+		for id, n := range out {
+			if total > 0 {
+				out[id] = n + seg*n/total
+			}
+		}
+	}
+	return out, nil
+}
+
+// baseCursor walks the base table in k order.
+type baseCursor struct {
+	rows *sql.Rows
+	cur  entry
+	k, v sql.RawBytes
+	err  error
+}
+
+func (b *baseCursor) next() bool {
+	if !b.rows.Next() {
+		b.err = b.rows.Err()
+		return false
+	}
+	if err := b.rows.Scan(&b.k, &b.cur.epoch, &b.v); err != nil {
+		b.err = err
+		return false
+	}
+	b.cur.k, b.cur.val, b.cur.tomb = b.k, b.v, false
+	return true
+}
+
+func (b *baseCursor) entry() *entry { return &b.cur }
+func (b *baseCursor) error() error  { return b.err }
+
+// LoadPartition loads one partition (see Store.Load): the base scanned in
+// key order, merged with the segments below `below`.
 func LoadPartition(ctx context.Context, q queryer, below Epoch, fn func(Row) error) error {
-	rows, err := q.QueryContext(ctx, `SELECT step_id, state_key, ser FROM snaps NOT INDEXED WHERE epoch < ? ORDER BY step_id, state_key, epoch`, below)
+	steps, err := loadSteps(ctx, q)
+	if err != nil {
+		return err
+	}
+	// Segments first: a compaction finishing meanwhile moves their changes
+	// into the base, where the scan after finds them; the other order could
+	// miss them. (A writer's single connection also serves one query at a
+	// time.)
+	var segIters []cursor
+	segs, err := q.QueryContext(ctx, `SELECT epoch, data FROM segments WHERE epoch < ? ORDER BY epoch, seq`, below)
+	if err != nil {
+		return err
+	}
+	for segs.Next() {
+		var e Epoch
+		var data []byte
+		if err := segs.Scan(&e, &data); err != nil {
+			segs.Close()
+			return err
+		}
+		it, err := newSegmentIter(data, e)
+		if err != nil {
+			segs.Close()
+			return err
+		}
+		segIters = append(segIters, it)
+	}
+	segs.Close()
+	if err := segs.Err(); err != nil {
+		return err
+	}
+	rows, err := q.QueryContext(ctx, `SELECT k, epoch, ser FROM base ORDER BY k`)
 	if err != nil {
 		return err
 	}
 	defer rows.Close()
-	var step, key sql.RawBytes
-	var val sql.RawBytes
-	var curStep, curKey []byte
-	var curVal []byte
-	have := false
-	emit := func() error {
-		if !have || curVal == nil {
-			return nil
-		}
-		return fn(Row{Step: StepID(curStep), Key: StateKey(curKey), Value: curVal})
-	}
-	for rows.Next() {
-		if err := rows.Scan(&step, &key, &val); err != nil {
-			return err
-		}
-		if have && string(step) == string(curStep) && string(key) == string(curKey) {
-			curVal = cloneOrNil(val)
+	cs := append([]cursor{&baseCursor{rows: rows}}, segIters...)
+	m := newMerger(cs)
+	for m.next() {
+		if m.out.tomb {
 			continue
 		}
-		if err := emit(); err != nil {
+		num, key, ok := splitKey(m.out.k)
+		step, known := steps.id(num)
+		if !ok || !known {
+			return fmt.Errorf("%w: key of unknown step %d", ErrCorrupt, num)
+		}
+		if err := fn(Row{Step: step, Key: StateKey(key), Epoch: m.out.epoch, Value: m.out.val}); err != nil {
 			return err
 		}
-		curStep = append(curStep[:0], step...)
-		curKey = append(curKey[:0], key...)
-		curVal = cloneOrNil(val)
-		have = true
 	}
-	if err := rows.Err(); err != nil {
-		return err
-	}
-	return emit()
-}
-
-func cloneOrNil(b []byte) []byte {
-	if b == nil {
-		return nil
-	}
-	return append(make([]byte, 0, len(b)), b...)
+	return m.err
 }
 
 // Commit queues changes and worker w's new frontier; every partition gets
 // the frontier, each row goes to PartitionFor(step, key). It returns the
-// error of an earlier failed commit, if any. Blocks when writers are behind.
+// error of an earlier failed commit, if any. It waits while the writers
+// hold more than MaxPendingBytes of earlier commits. The store reads rows
+// until they are written: the caller must not change them.
 func (s *Store) Commit(ctx context.Context, w WorkerIndex, frontier Epoch, rows []Row) error {
 	if err := s.Err(); err != nil {
 		return err
 	}
+	if s.writers == nil {
+		return fmt.Errorf("commit before Begin")
+	}
 	if int(w) < 0 || int(w) >= s.workers {
 		return fmt.Errorf("commit from worker %d of %d", w, s.workers)
 	}
-	split := make([][]Row, len(s.parts))
-	if s.count == 1 && len(s.parts) == 1 {
-		split[0] = rows
+	var size int64
+	for i := range rows {
+		size += int64(len(rows[i].Key)+len(rows[i].Value)) + 64
+	}
+	if err := s.reserve(ctx, size); err != nil {
+		return err
+	}
+	subs := make([]submission, len(s.parts))
+	if len(s.parts) == 1 && s.count == 1 {
+		subs[0] = submission{w: w, frontier: frontier, rows: rows, bytes: size}
 	} else {
-		idx := make([]int, len(rows))
-		counts := make([]int, len(s.parts))
+		sel := make([][]int32, len(s.parts))
 		for j, r := range rows {
 			i, ok := s.byIdx[PartitionFor(r.Step, r.Key, s.count)]
 			if !ok {
+				s.release(size)
 				return fmt.Errorf("row %s/%s belongs to partition %d, which this store does not hold", r.Step, r.Key, PartitionFor(r.Step, r.Key, s.count))
 			}
-			idx[j] = i
-			counts[i]++
+			sel[i] = append(sel[i], int32(j))
 		}
-		for i := range split {
-			split[i] = make([]Row, 0, counts[i])
+		for i := range subs {
+			subs[i] = submission{w: w, frontier: frontier, rows: rows, sel: sel[i]}
+			if subs[i].sel == nil {
+				subs[i].sel = []int32{}
+			}
 		}
-		for j, r := range rows {
-			split[idx[j]] = append(split[idx[j]], r)
-		}
+		subs[0].bytes = size // released by partition 0's writer
 	}
 	for i, wr := range s.writers {
 		select {
-		case wr.ch <- submission{w: w, frontier: frontier, rows: split[i]}:
+		case wr.ch <- subs[i]:
 		case <-ctx.Done():
+			for _, rest := range subs[i:] {
+				s.release(rest.bytes)
+			}
 			return ctx.Err()
 		}
 	}
 	return nil
+}
+
+// reserve waits until size more bytes fit in the writers' budget (or the
+// queue is empty: one commit larger than the budget still goes, alone).
+func (s *Store) reserve(ctx context.Context, size int64) error {
+	s.pmu.Lock()
+	defer s.pmu.Unlock()
+	for s.pending > 0 && s.pending+size > s.opts.MaxPendingBytes {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if s.err != nil {
+			return s.err
+		}
+		s.pcond.Wait()
+	}
+	s.pending += size
+	return nil
+}
+
+func (s *Store) release(size int64) {
+	if size == 0 {
+		return
+	}
+	s.pmu.Lock()
+	s.pending -= size
+	s.pmu.Unlock()
+	s.pcond.Broadcast()
+}
+
+// WaitDurable waits until every epoch below frontier is durable in every
+// partition (and, in a cluster, wherever Options.Global says), or the store
+// failed.
+func (s *Store) WaitDurable(ctx context.Context, frontier Epoch) error {
+	for {
+		s.mu.Lock()
+		g, err, ch := s.globalLocked(), s.err, s.changed
+		s.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		if g >= frontier {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Changed returns a channel closed at the next rise of a committed frontier
+// (for waiters on frontiers the store learns of from outside, e.g. other
+// processes, call Notify).
+func (s *Store) Changed() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.changed
+}
+
+// Notify wakes WaitDurable callers (Options.Global may have risen).
+func (s *Store) Notify() {
+	s.mu.Lock()
+	close(s.changed)
+	s.changed = make(chan struct{})
+	s.mu.Unlock()
+}
+
+// Compact merges every segment below each partition's commit epoch into
+// its base now, after the commits queued before it.
+func (s *Store) Compact(ctx context.Context) error {
+	errs := make([]chan error, len(s.writers))
+	for i, wr := range s.writers {
+		errs[i] = make(chan error, 1)
+		select {
+		case wr.ch <- submission{compact: errs[i]}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	var all []error
+	for i, c := range errs {
+		select {
+		case err := <-c:
+			if err != nil {
+				all = append(all, fmt.Errorf("compact partition %d: %w", s.parts[i].Index, err))
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return errors.Join(all...)
 }
 
 // Flush waits until every commit queued before it is applied (durable, or
@@ -325,8 +544,13 @@ func (s *Store) fail(err error) {
 	s.mu.Lock()
 	if s.err == nil {
 		s.err = err
+		close(s.changed)
+		s.changed = make(chan struct{})
 	}
 	s.mu.Unlock()
+	s.pmu.Lock()
+	s.pcond.Broadcast()
+	s.pmu.Unlock()
 }
 
 // committed records that partition i durably holds frontier f for worker w,
@@ -336,6 +560,8 @@ func (s *Store) committed(i int, w WorkerIndex, f Epoch) Epoch {
 	defer s.mu.Unlock()
 	if f > s.fronts[i][w] {
 		s.fronts[i][w] = f
+		close(s.changed)
+		s.changed = make(chan struct{})
 	}
 	return s.globalLocked()
 }
@@ -363,18 +589,20 @@ func (s *Store) globalLocked() Epoch {
 func (s *Store) PartitionCount() PartitionCount { return s.count }
 
 // Close waits for every queued commit to be durable and closes the
-// partitions. It returns the first commit error.
+// partitions. It returns the first commit error. The commit epoch moves for
+// what the last commits made durable; a compaction under way is left to
+// the next run (it starts again, and loses nothing meanwhile). Close is
+// safe after a failed Begin, and twice.
 func (s *Store) Close() error {
 	for _, w := range s.writers {
 		close(w.ch)
 	}
 	s.wg.Wait()
-	// Every commit is in: collect what the last commits made collectable.
 	for _, w := range s.writers {
 		if s.Err() != nil {
 			break
 		}
-		if err := w.maybeGC(); err != nil {
+		if err := w.maybeGC(false); err != nil {
 			s.fail(fmt.Errorf("partition %d: %w", w.p.Index, err))
 		}
 	}

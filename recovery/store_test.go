@@ -185,25 +185,52 @@ func TestStore_ResumeLoadsNewestBelowAndTrims(t *testing.T) {
 	}
 }
 
-// rowsOf returns every row of a partition set as "step/key@epoch[=tomb]".
+// rowsOf returns every change a partition set holds, base rows and segment
+// entries, as "step/key@epoch[=tomb]".
 func rowsOf(t *testing.T, st *Store) []string {
 	t.Helper()
+	ctx := context.Background()
 	var out []string
 	for _, p := range st.parts {
-		rows, err := p.DB.Query(`SELECT step_id, state_key, epoch, ser IS NULL FROM snaps`)
+		steps, err := loadSteps(ctx, p.DB)
+		if err != nil {
+			t.Fatal(err)
+		}
+		name := func(k []byte) string {
+			num, key, _ := splitKey(k)
+			id, _ := steps.id(num)
+			return fmt.Sprintf("%s/%s", id, key)
+		}
+		rows, err := p.DB.Query(`SELECT k, epoch FROM base`)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for rows.Next() {
-			var s, k string
+			var k []byte
 			var e Epoch
-			var tomb bool
-			rows.Scan(&s, &k, &e, &tomb)
-			r := fmt.Sprintf("%s/%s@%d", s, k, e)
-			if tomb {
-				r += "=tomb"
+			rows.Scan(&k, &e)
+			out = append(out, fmt.Sprintf("%s@%d", name(k), e))
+		}
+		rows.Close()
+		rows, err = p.DB.Query(`SELECT epoch, data FROM segments`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			var e Epoch
+			var data []byte
+			rows.Scan(&e, &data)
+			it, err := newSegmentIter(data, e)
+			if err != nil {
+				t.Fatal(err)
 			}
-			out = append(out, r)
+			for it.next() {
+				r := fmt.Sprintf("%s@%d", name(it.cur.k), e)
+				if it.cur.tomb {
+					r += "=tomb"
+				}
+				out = append(out, r)
+			}
 		}
 		rows.Close()
 	}
@@ -248,6 +275,10 @@ func TestGC_KeepsNewestAtOrBeforeEMinusDPlusNewer(t *testing.T) {
 			}
 			// One more (empty) commit: GC runs against what was durable before it.
 			st.Commit(ctx, 0, 7, nil)
+			// Compaction runs every few epochs, in slices; here, at once.
+			if err := st.Compact(ctx); err != nil {
+				t.Fatal(err)
+			}
 			if err := st.Close(); err != nil {
 				t.Fatal(err)
 			}
@@ -333,4 +364,86 @@ func TestGC_FileSizeBoundedWithFixedKeys(t *testing.T) {
 		t.Fatalf("file grew from %d (epoch 50) to %d (epoch 200)", sizeAt50, size)
 	}
 	t.Logf("size at epoch 50: %d, at epoch %d: %d", sizeAt50, epochs, size)
+}
+
+// A Begin that fails part-way leaves no writer running, and Close after it
+// neither panics nor hangs.
+func TestStore_CloseAfterAFailedBegin(t *testing.T) {
+	ctx := context.Background()
+	dir := initDir(t, 3)
+	st := openStore(t, dir, time.Second, 0)
+	st.parts[2].DB.Close() // the third partition fails
+	if _, err := st.Begin(ctx, 2); err == nil {
+		t.Fatal("Begin on a closed partition succeeded")
+	}
+	done := make(chan error, 1)
+	go func() { done <- st.Close() }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close hangs after a failed Begin")
+	}
+	if err := st.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+}
+
+// Partition paths with ?, # or % are files in DIR, not URI syntax.
+func TestStore_PathsWithURICharacters(t *testing.T) {
+	ctx := context.Background()
+	parent := t.TempDir()
+	dir := filepath.Join(parent, "we?ird#dir%41")
+	os.Mkdir(dir, 0o755)
+	if err := Init(ctx, dir, 2); err != nil {
+		t.Fatal(err)
+	}
+	st := openStore(t, dir, time.Second, 0)
+	if _, err := st.Begin(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Commit(ctx, 0, 2, []Row{{"s", "k", 1, []byte("v")}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	st = openStore(t, dir, time.Second, 0)
+	defer st.Close()
+	rp, err := st.Begin(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := loadAll(t, st, rp.Epoch); got["s/k"] != "v" {
+		t.Fatalf("loaded %v", got)
+	}
+	ents, _ := os.ReadDir(parent)
+	if len(ents) != 1 {
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		t.Fatalf("files outside the recovery directory: %v", names)
+	}
+}
+
+// A zero-length value is a value: only a tombstone means "no state".
+func TestStore_ZeroLengthValueIsState(t *testing.T) {
+	ctx := context.Background()
+	dir := initDir(t, 1)
+	st := openStore(t, dir, time.Second, 0)
+	st.Begin(ctx, 1)
+	st.Commit(ctx, 0, 2, []Row{{"s", "empty", 1, []byte{}}, {"s", "gone", 1, []byte("x")}})
+	st.Commit(ctx, 0, 3, []Row{{"s", "gone", 2, nil}})
+	if err := st.Compact(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st.Commit(ctx, 0, 4, []Row{{"s", "empty2", 3, []byte{}}})
+	st.Close()
+	st = openStore(t, dir, time.Second, 0)
+	defer st.Close()
+	rp, _ := st.Begin(ctx, 1)
+	got := loadAll(t, st, rp.Epoch)
+	if _, ok := got["s/empty"]; !ok || len(got) != 2 {
+		t.Fatalf("loaded %v: want s/empty (from the base) and s/empty2 (from a segment)", got)
+	}
 }

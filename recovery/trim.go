@@ -7,12 +7,16 @@ import (
 	"time"
 )
 
-// Trim makes the partition resume exactly at epoch e: it deletes rows at or
-// after e and records a marker execution `ex` with no workers and resume
-// epoch e (which, by the resume rule, pins the partition's frontier to e).
-// Restore uses it on every restored partition with the same e and ex. e must
-// lie in the partition's restorable range.
+// Trim makes the partition resume exactly at epoch e: it deletes the
+// segments at or after e (one range delete) and records a marker execution
+// `ex` with no workers and resume epoch e (which, by the resume rule, pins
+// the partition's frontier to e). Restore uses it on every restored
+// partition with the same e and ex. e must lie in the partition's
+// restorable range. A partition of an older schema is migrated first.
 func Trim(ctx context.Context, db *sql.DB, e Epoch, ex ExecutionNumber, now time.Time) error {
+	if err := migrate(ctx, db); err != nil {
+		return err
+	}
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
@@ -36,7 +40,6 @@ func Trim(ctx context.Context, db *sql.DB, e Epoch, ex ExecutionNumber, now time
 		q    string
 		args []any
 	}{
-		{`DELETE FROM dropped WHERE epoch >= ?`, []any{e}},
 		{`INSERT OR IGNORE INTO epoch_times (epoch, unix_ms) SELECT ?1, unix_ms FROM epoch_times WHERE epoch >= ?1 ORDER BY epoch LIMIT 1`, []any{e}},
 		{`DELETE FROM epoch_times WHERE epoch > ?`, []any{e}},
 		{`DELETE FROM fronts`, nil},
@@ -49,3 +52,15 @@ func Trim(ctx context.Context, db *sql.DB, e Epoch, ex ExecutionNumber, now time
 	}
 	return tx.Commit()
 }
+
+// trimFrom deletes every change at or after epoch e: the segments of those
+// epochs (the base only holds epochs below the commit epoch, and e is never
+// below it).
+func trimFrom(ctx context.Context, tx *sql.Tx, e Epoch) error {
+	_, err := tx.ExecContext(ctx, `DELETE FROM segments WHERE epoch >= ?`, int64(e))
+	return err
+}
+
+// Migrate brings a partition file opened with OpenDB or OpenScratchDB to
+// the current schema (OpenPartition does it for writable partitions).
+func Migrate(ctx context.Context, db *sql.DB) error { return migrate(ctx, db) }

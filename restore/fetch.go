@@ -242,7 +242,12 @@ func FetchImage(ctx context.Context, s backup.Store, m *backup.Manifest, path st
 		if err != nil {
 			return err
 		}
-		err = backup.ApplyDelta(ctx, db, dpath, m.Delta.Watermark)
+		// A base of an older schema is brought to this one first; the
+		// delta (of either schema) is then laid over it.
+		err = recovery.Migrate(ctx, db)
+		if err == nil {
+			err = backup.ApplyDelta(ctx, db, dpath, m.Delta.Watermark)
+		}
 		if err == nil {
 			err = recovery.CloseScratchDB(ctx, db)
 		} else {

@@ -355,12 +355,17 @@ func (r *Recovery) global() recovery.Epoch {
 	return g
 }
 
-// Close implements core.Recovery.
+// Close implements core.Recovery; it is safe before (or after a failed)
+// Begin.
 func (r *Recovery) Close() error {
 	if r.done != nil {
 		close(r.done)
+		r.done = nil
 	}
-	err := r.store.Close()
+	var err error
+	if r.store != nil {
+		err = r.store.Close()
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.failure != nil {
