@@ -13,8 +13,16 @@ type Codec[S any] interface {
 	Decode(b []byte) (*S, error)
 }
 
+// appender is a Codec that can also encode into a buffer it is given:
+// snapshots of many keys then share one buffer instead of allocating one
+// slice per key.
+type appender[S any] interface {
+	Append(dst []byte, s *S) ([]byte, error)
+}
+
 // DefaultCodec uses S's MarshalBinary/UnmarshalBinary when *S implements
-// them, and encoding/json otherwise.
+// them (and AppendBinary, if it does, to encode without allocating), and
+// encoding/json otherwise.
 func DefaultCodec[S any]() Codec[S] {
 	var p any = new(S)
 	if _, ok := p.(encoding.BinaryMarshaler); ok {
@@ -29,6 +37,15 @@ type binaryCodec[S any] struct{}
 
 func (binaryCodec[S]) Encode(s *S) ([]byte, error) {
 	return any(s).(encoding.BinaryMarshaler).MarshalBinary()
+}
+
+// Append implements appender with AppendBinary where *S has it.
+func (binaryCodec[S]) Append(dst []byte, s *S) ([]byte, error) {
+	if a, ok := any(s).(encoding.BinaryAppender); ok {
+		return a.AppendBinary(dst)
+	}
+	b, err := any(s).(encoding.BinaryMarshaler).MarshalBinary()
+	return append(dst, b...), err
 }
 
 func (binaryCodec[S]) Decode(b []byte) (*S, error) {

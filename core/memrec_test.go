@@ -125,7 +125,8 @@ func (m *memRecovery) Commit(_ context.Context, w core.WorkerIndex, frontier cor
 	if m.frozen {
 		return nil
 	}
-	m.commitLog = append(m.commitLog, memCommit{w, frontier, changes})
+	// Commit must not keep the caller's slice: the runtime reuses it.
+	m.commitLog = append(m.commitLog, memCommit{w, frontier, append([]core.Change(nil), changes...)})
 	for _, c := range changes {
 		k := string(c.Step) + "\x00" + string(c.Key)
 		rs := m.rows[k]
@@ -147,5 +148,8 @@ func (m *memRecovery) Commit(_ context.Context, w core.WorkerIndex, frontier cor
 	}
 	return nil
 }
+
+// WaitDurable implements core.Recovery: commits here are durable at once.
+func (m *memRecovery) WaitDurable(context.Context, core.Epoch) error { return nil }
 
 func (m *memRecovery) Close() error { return nil }

@@ -31,13 +31,23 @@ type Change struct {
 //     durable, so the flow runs on while snapshots are written; commits of one
 //     worker are applied in call order and each atomically per partition. An
 //     error of an earlier asynchronous commit is returned by a later Commit
-//     or by Close.
+//     or by Close. A worker may commit changes of epochs at or after its
+//     frontier early, in pieces, with its frontier unchanged: they count only
+//     once a later commit moves the frontier past them (a resume below them
+//     discards them). Commit does not keep changes, or the slices they hold,
+//     after it returns.
+//   - WaitDurable returns once every epoch below frontier is durable for
+//     every worker of the run (in a cluster, of every process), or with an
+//     error of an earlier commit. The runtime uses it to pace epochs: an
+//     epoch closes only once the snapshot before it is durable, so at most
+//     one epoch's snapshot waits to be written.
 //   - Close waits until every accepted commit is durable, then releases the
 //     partitions.
 type Recovery interface {
 	Begin(ctx context.Context, workers int) (RunInfo, error)
 	Load(ctx context.Context, below Epoch, fn func(step StepID, key StateKey, value []byte) error) error
 	Commit(ctx context.Context, w WorkerIndex, frontier Epoch, changes []Change) error
+	WaitDurable(ctx context.Context, frontier Epoch) error
 	Close() error
 }
 

@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sort"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -34,6 +34,10 @@ type Config struct {
 	// EpochInterval while input lasts; in a cluster as process 0's clock
 	// says). It is called from the clock and must return quickly.
 	OnEpoch func(Epoch)
+	// OnStretch, if set, is told when an epoch lasted longer than
+	// EpochInterval because the snapshot before it was not yet durable
+	// (pacing), and by how much. Called from the clock.
+	OnStretch func(e Epoch, by time.Duration)
 }
 
 // Result summarises a finished run.
@@ -112,10 +116,37 @@ type segment struct {
 	sender  int // index as a sender into downstream exchanges
 	comp    int // index in the worker's ledger
 	changes []Change
+	vals    []byte // encoded values of changes, until they are handed over
 }
 
 func (s *segment) record(step StepID, key string, epoch Epoch, value []byte) {
 	s.changes = append(s.changes, Change{Step: step, Key: StateKey(key), Epoch: epoch, Value: value})
+}
+
+// snapshotChunk is how many changes a segment hands to recovery at once
+// while it snapshots: an epoch that changed a million keys is written in
+// pieces, never held whole.
+const snapshotChunk = 1 << 14
+
+// flushIfFull hands the changes recorded so far to recovery once there are
+// snapshotChunk of them, without moving the segment's frontier.
+func (s *segment) flushIfFull() error {
+	if len(s.changes) < snapshotChunk {
+		return nil
+	}
+	l := s.x.ledgers[s.worker]
+	return s.hand(l.frontOf(s.comp))
+}
+
+// hand gives the recorded changes to the ledger with frontier, and keeps
+// the slice for the next ones (recovery does not keep it).
+func (s *segment) hand(frontier Epoch) error {
+	ch := s.changes
+	err := s.x.ledgers[s.worker].report(s.x.ctx, s.comp, frontier, ch)
+	clear(ch)
+	s.changes = ch[:0]
+	s.vals = s.vals[:0]
+	return err
 }
 
 // reportEnd reports that the segment finished the final epoch. Worker 0's
@@ -127,11 +158,7 @@ func (s *segment) reportEnd(final Epoch) error {
 	return s.report(final + 1)
 }
 
-func (s *segment) report(frontier Epoch) error {
-	ch := s.changes
-	s.changes = nil
-	return s.x.ledgers[s.worker].report(s.x.ctx, s.comp, frontier, ch)
-}
+func (s *segment) report(frontier Epoch) error { return s.hand(frontier) }
 
 func (x *execution) run(parent context.Context) (res *Result, err error) {
 	x.ctx, x.cancel = context.WithCancelCause(parent)
@@ -251,6 +278,10 @@ func (x *execution) plan() error {
 	}
 	x.clock = newClock(x.start, total)
 	x.clock.onEpoch = x.cfg.OnEpoch
+	x.clock.onStretch = x.cfg.OnStretch
+	if x.rec != nil {
+		x.clock.pace = x.rec.WaitDurable
+	}
 	if x.mesh != nil {
 		if err := x.checkSamePartitions(parts); err != nil {
 			return err
@@ -599,10 +630,15 @@ type clock struct {
 	stopped chan struct{}
 	stopOne sync.Once
 
-	hook     func(e Epoch, final bool) // leader: called after each change
-	onEpoch  func(Epoch)               // Config.OnEpoch
-	follower bool                      // does not tick; set by the leader's messages
-	forward  func()                    // follower: report a partition's end to the leader
+	hook      func(e Epoch, final bool) // leader: called after each change
+	onEpoch   func(Epoch)               // Config.OnEpoch
+	onStretch func(Epoch, time.Duration)
+	// pace, if set, waits until every epoch below its frontier is durable:
+	// an epoch closes only once the one before it is, so when snapshots
+	// fall behind, epochs stretch instead of their snapshots queuing up.
+	pace     func(ctx context.Context, frontier Epoch) error
+	follower bool   // does not tick; set by the leader's messages
+	forward  func() // follower: report a partition's end to the leader
 }
 
 func newClock(start Epoch, partitions int) *clock {
@@ -677,6 +713,23 @@ func (c *clock) tick(ctx context.Context, every time.Duration) {
 	for {
 		select {
 		case <-t.C:
+			if c.pace != nil {
+				c.mu.Lock()
+				e, final := c.epoch, c.final
+				c.mu.Unlock()
+				if !final {
+					began := time.Now()
+					if err := c.waitDurable(ctx, e); err != nil {
+						return // the run ends; its error surfaces elsewhere
+					}
+					if by := time.Since(began); by > time.Millisecond {
+						if c.onStretch != nil {
+							c.onStretch(e, by)
+						}
+						t.Reset(every)
+					}
+				}
+			}
 			c.mu.Lock()
 			ticked := !c.final
 			if ticked {
@@ -701,16 +754,54 @@ func (c *clock) tick(ctx context.Context, every time.Duration) {
 
 func (c *clock) stop() { c.stopOne.Do(func() { close(c.stopped) }) }
 
-// ledger collects a worker's snapshot rows and hands them to Recovery once
-// every component of the worker has closed their epochs.
+// waitDurable waits until epoch e-1 is durable (frontier e), or until input
+// ends or the clock stops (then the epoch closes anyway, as the final one).
+func (c *clock) waitDurable(ctx context.Context, e Epoch) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		for {
+			c.mu.Lock()
+			final, ch := c.final, c.changed
+			c.mu.Unlock()
+			if final {
+				cancel()
+				return
+			}
+			select {
+			case <-ch:
+			case <-c.stopped:
+				cancel()
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	err := c.pace(ctx, e)
+	if err != nil && ctx.Err() != nil {
+		select {
+		case <-c.stopped:
+			return err
+		default:
+		}
+		return nil // input ended meanwhile: no more pacing needed
+	}
+	return err
+}
+
+// ledger hands a worker's snapshot rows to Recovery as its components
+// report them, and moves the worker's frontier once every component has
+// closed its epochs. Changes of epochs the frontier has not passed count
+// only when it does (see Recovery.Commit).
 type ledger struct {
 	mu       sync.Mutex
 	worker   WorkerIndex
 	front    []Epoch
-	pending  []Change
 	frontier Epoch
 	rec      Recovery
 	ended    bool
+	end      []Change // the runtime row naming the final epoch, until committed
 }
 
 func newLedger(w WorkerIndex, comps int, start Epoch, rec Recovery) *ledger {
@@ -721,6 +812,13 @@ func newLedger(w WorkerIndex, comps int, start Epoch, rec Recovery) *ledger {
 	return l
 }
 
+// frontOf is component comp's last reported frontier.
+func (l *ledger) frontOf(comp int) Epoch {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.front[comp]
+}
+
 // markEnd records (once) the runtime row naming the final epoch.
 func (l *ledger) markEnd(final Epoch) {
 	l.mu.Lock()
@@ -729,7 +827,7 @@ func (l *ledger) markEnd(final Epoch) {
 		return
 	}
 	l.ended = true
-	l.pending = append(l.pending, Change{Step: runtimeStep, Key: "end", Epoch: final, Value: strconv.AppendUint(nil, uint64(final), 10)})
+	l.end = []Change{{Step: runtimeStep, Key: "end", Epoch: final, Value: strconv.AppendUint(nil, uint64(final), 10)}}
 }
 
 func (l *ledger) report(ctx context.Context, comp int, frontier Epoch, changes []Change) error {
@@ -738,31 +836,15 @@ func (l *ledger) report(ctx context.Context, comp int, frontier Epoch, changes [
 	if l.rec == nil {
 		return nil
 	}
-	l.front[comp] = frontier
-	l.pending = append(l.pending, changes...)
-	m := l.front[0]
-	for _, f := range l.front {
-		m = min(m, f)
+	l.front[comp] = max(l.front[comp], frontier)
+	if l.end != nil {
+		changes = append(slices.Clip(changes), l.end...)
+		l.end = nil
 	}
-	if m <= l.frontier {
+	m := slices.Min(l.front)
+	if m <= l.frontier && len(changes) == 0 {
 		return nil
 	}
-	out, keep := l.pending, []Change(nil)
-	for i, c := range l.pending {
-		if c.Epoch >= m { // some changes are for later epochs: split
-			out = append([]Change(nil), l.pending[:i]...)
-			for _, c := range l.pending[i:] {
-				if c.Epoch < m {
-					out = append(out, c)
-				} else {
-					keep = append(keep, c)
-				}
-			}
-			break
-		}
-	}
-	sort.SliceStable(out, func(i, j int) bool { return out[i].Epoch < out[j].Epoch })
-	l.pending = keep
-	l.frontier = m
-	return l.rec.Commit(ctx, l.worker, m, out)
+	l.frontier = max(l.frontier, m)
+	return l.rec.Commit(ctx, l.worker, l.frontier, changes)
 }

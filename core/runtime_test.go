@@ -154,10 +154,16 @@ func TestRecovery_OnlyChangedKeysAndTombstones(t *testing.T) {
 		t.Fatalf("counts = %v", got)
 	}
 	var tomb []string
+	// A change may go early, before its worker's frontier passes its epoch;
+	// by the end every worker's frontier has passed every change's epoch.
+	final := map[core.WorkerIndex]core.Epoch{}
+	for _, c := range rec.commitLog {
+		final[c.w] = max(final[c.w], c.frontier)
+	}
 	for _, c := range rec.commitLog {
 		for _, ch := range c.changes {
-			if ch.Epoch >= c.frontier {
-				t.Errorf("change at epoch %d committed with frontier %d", ch.Epoch, c.frontier)
+			if ch.Epoch >= final[c.w] {
+				t.Errorf("change at epoch %d never covered: worker %d ended at frontier %d", ch.Epoch, c.w, final[c.w])
 			}
 			if ch.Step == "t.count" && ch.Value == nil {
 				tomb = append(tomb, string(ch.Key))
@@ -354,5 +360,83 @@ func TestRun_OnEpochHearsEachEpochOpen(t *testing.T) {
 	}
 	if last := heard[len(heard)-1]; last != res.FinalEpoch {
 		t.Fatalf("last epoch heard %d, final epoch %d", last, res.FinalEpoch)
+	}
+}
+
+// slowRecovery makes each commit durable only after delay: a writer that
+// falls behind.
+type slowRecovery struct {
+	*memRecovery
+	delay   time.Duration
+	mu      sync.Mutex
+	durable map[core.WorkerIndex]core.Epoch
+	changed chan struct{}
+	workers int
+}
+
+func (s *slowRecovery) Begin(ctx context.Context, workers int) (core.RunInfo, error) {
+	s.workers = workers
+	return s.memRecovery.Begin(ctx, workers)
+}
+
+func (s *slowRecovery) Commit(ctx context.Context, w core.WorkerIndex, frontier core.Epoch, changes []core.Change) error {
+	if err := s.memRecovery.Commit(ctx, w, frontier, changes); err != nil {
+		return err
+	}
+	time.AfterFunc(s.delay, func() {
+		s.mu.Lock()
+		if frontier > s.durable[w] {
+			s.durable[w] = frontier
+		}
+		close(s.changed)
+		s.changed = make(chan struct{})
+		s.mu.Unlock()
+	})
+	return nil
+}
+
+func (s *slowRecovery) WaitDurable(ctx context.Context, frontier core.Epoch) error {
+	for {
+		s.mu.Lock()
+		ok := len(s.durable) == s.workers
+		for w := 0; w < s.workers; w++ {
+			ok = ok && s.durable[core.WorkerIndex(w)] >= frontier
+		}
+		ch := s.changed
+		s.mu.Unlock()
+		if ok || frontier <= 1 {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// When snapshots are written more slowly than epochs close, epochs stretch
+// (the next one closes only once the snapshot before it is durable) instead
+// of queuing snapshots: far fewer epochs than the interval asks, and the
+// stretching is reported.
+func TestRun_EpochsStretchWhenSnapshotsFallBehind(t *testing.T) {
+	rec := &slowRecovery{memRecovery: newMemRecovery(), delay: 60 * time.Millisecond, durable: map[core.WorkerIndex]core.Epoch{}, changed: make(chan struct{})}
+	var stretched atomic.Int64
+	sink := newCollect[core.KV[int64]]()
+	began := time.Now()
+	res, err := core.Run(context.Background(), countFlow(genWords(2, 60*1024, 10*time.Millisecond), sink), core.Config{Workers: 2, EpochInterval: 2 * time.Millisecond, Recovery: rec,
+		OnStretch: func(core.Epoch, time.Duration) { stretched.Add(1) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(began)
+	epochs := int(res.FinalEpoch - res.StartEpoch + 1)
+	// Unpaced, a 2ms interval would give about took/2ms epochs; paced, each
+	// epoch lasts at least the 60ms a snapshot takes to become durable.
+	if limit := int(took/(60*time.Millisecond)) + 2; epochs > limit {
+		t.Fatalf("%d epochs in %v: more than %d, epochs did not wait for durable snapshots", epochs, took, limit)
+	}
+	if stretched.Load() == 0 {
+		t.Fatal("no stretched epoch reported")
 	}
 }

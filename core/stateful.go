@@ -103,6 +103,7 @@ func (s *statefulImpl[V, S, O]) root(seg *segment, out op) rootOp {
 }
 
 type entry[S any] struct {
+	key   string
 	s     *S
 	dirty bool
 }
@@ -114,7 +115,7 @@ type statefulOp[V, S, O any] struct {
 	logic  KeyedLogic[V, S, O]
 	out    op
 	states map[string]*entry[S]
-	dirty  []string
+	dirty  []*entry[S] // changed in the current epoch: snapshot them without looking them up
 	obuf   []KV[O]
 	curKey string
 	emitFn func(O)
@@ -126,7 +127,7 @@ func (o *statefulOp[V, S, O]) restore(key string, value []byte) error {
 		return err
 	}
 	o.mu.Lock()
-	o.states[key] = &entry[S]{s: st}
+	o.states[key] = &entry[S]{key: key, s: st}
 	o.mu.Unlock()
 	return nil
 }
@@ -144,12 +145,12 @@ func (o *statefulOp[V, S, O]) touch(key string) *entry[S] {
 	if e == nil {
 		// Keys are often slices of a larger string (a line); keep only the key.
 		key = strings.Clone(key)
-		e = &entry[S]{}
+		e = &entry[S]{key: key}
 		o.states[key] = e
 	}
 	if !e.dirty {
 		e.dirty = true
-		o.dirty = append(o.dirty, key)
+		o.dirty = append(o.dirty, e)
 	}
 	return e
 }
@@ -176,16 +177,31 @@ func (o *statefulOp[V, S, O]) flush() error {
 // snapshot records the keys changed in epoch e: their encoded state, or a
 // tombstone for discarded keys.
 func (o *statefulOp[V, S, O]) snapshot(e Epoch) error {
-	o.seg.changes = slices.Grow(o.seg.changes, len(o.dirty))
-	for _, k := range o.dirty {
-		en := o.states[k]
+	o.seg.changes = slices.Grow(o.seg.changes, min(len(o.dirty), snapshotChunk))
+	for i, en := range o.dirty {
+		if err := o.seg.flushIfFull(); err != nil {
+			clear(o.dirty[i:])
+			o.dirty = o.dirty[:0]
+			return err
+		}
+		k := en.key
 		en.dirty = false
 		if en.s == nil {
 			delete(o.states, k)
 			o.seg.record(o.step, k, e, nil)
 			continue
 		}
-		b, err := o.logic.Codec.Encode(en.s)
+		var b []byte
+		var err error
+		if app, ok := o.logic.Codec.(appender[S]); ok {
+			// Into the segment's buffer, which lives until the changes are
+			// handed over (recovery copies what it keeps).
+			start := len(o.seg.vals)
+			o.seg.vals, err = app.Append(o.seg.vals, en.s)
+			b = o.seg.vals[start:len(o.seg.vals):len(o.seg.vals)]
+		} else {
+			b, err = o.logic.Codec.Encode(en.s)
+		}
 		if err != nil {
 			return fmt.Errorf("step %s: encode state of key %q: %w", o.step, k, err)
 		}

@@ -27,11 +27,16 @@ func (a recoveryAdapter) Load(ctx context.Context, below core.Epoch, fn func(cor
 }
 
 func (a recoveryAdapter) Commit(ctx context.Context, w core.WorkerIndex, frontier core.Epoch, changes []core.Change) error {
-	rows := make([]recovery.Row, len(changes))
-	for i, c := range changes {
-		rows[i] = recovery.Row{Step: recovery.StepID(c.Step), Key: recovery.StateKey(c.Key), Epoch: recovery.Epoch(c.Epoch), Value: c.Value}
-	}
-	return a.st.Commit(ctx, recovery.WorkerIndex(w), recovery.Epoch(frontier), rows)
+	var r recovery.Row
+	return a.st.CommitFunc(ctx, recovery.WorkerIndex(w), recovery.Epoch(frontier), len(changes), func(i int) *recovery.Row {
+		c := &changes[i]
+		r = recovery.Row{Step: recovery.StepID(c.Step), Key: recovery.StateKey(c.Key), Epoch: recovery.Epoch(c.Epoch), Value: c.Value}
+		return &r
+	})
+}
+
+func (a recoveryAdapter) WaitDurable(ctx context.Context, frontier core.Epoch) error {
+	return a.st.WaitDurable(ctx, recovery.Epoch(frontier))
 }
 
 func (a recoveryAdapter) Close() error { return a.st.Close() }

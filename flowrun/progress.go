@@ -25,6 +25,7 @@ type progress struct {
 	epoch   core.Epoch
 	parts   int                                    // partitions this process writes (0: no recovery)
 	durable map[recovery.PartitionIndex]core.Epoch // committed frontier per partition
+	stretch time.Duration                          // how much the last epoch was stretched
 	drawn   bool
 	last    time.Time // last drawn
 }
@@ -62,6 +63,19 @@ func (p *progress) opened(e core.Epoch) {
 	defer p.mu.Unlock()
 	p.epoch = e
 	p.drawLocked()
+	p.stretch = 0
+}
+
+// stretched is core.Config.OnStretch: epoch e lasted by longer than -s,
+// waiting for the snapshot before it.
+func (p *progress) stretched(_ core.Epoch, by time.Duration) {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.stretch = by
+	p.drawLocked()
 }
 
 // committed is recovery.Options.OnCommitted: every epoch below frontier is
@@ -80,6 +94,9 @@ func (p *progress) committed(i recovery.PartitionIndex, frontier recovery.Epoch)
 
 func (p *progress) drawLocked() {
 	line := fmt.Sprintf("flowrun: %s: epoch %d", p.flow, p.epoch)
+	if p.stretch > 0 {
+		line += fmt.Sprintf(" (stretched %v: snapshots are behind)", p.stretch.Round(100*time.Millisecond))
+	}
 	if p.parts > 0 {
 		if len(p.durable) < p.parts {
 			line += ", no epoch durable yet"

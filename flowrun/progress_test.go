@@ -76,3 +76,23 @@ func TestProgress_SilentOffATerminal(t *testing.T) {
 		t.Fatalf("wrote %d bytes into a file", fi.Size())
 	}
 }
+
+// An epoch stretched by pacing says so on its line.
+func TestProgress_ShowsStretchedEpochs(t *testing.T) {
+	var buf bytes.Buffer
+	now := time.Unix(100, 0)
+	p := newProgressTo(&buf, "wc", func() time.Time { return now })
+	p.writes(1)
+	p.committed(0, 4)
+	p.stretched(4, 2300*time.Millisecond)
+	buf.Reset()
+	p.opened(5)
+	if got := buf.String(); !strings.Contains(got, "epoch 5 (stretched 2.3s: snapshots are behind)") {
+		t.Fatalf("line %q", got)
+	}
+	buf.Reset()
+	p.opened(6)
+	if got := buf.String(); strings.Contains(got, "stretched") {
+		t.Fatalf("an epoch on time still says stretched: %q", got)
+	}
+}

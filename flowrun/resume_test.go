@@ -101,7 +101,8 @@ func (c *closeCounter) Load(context.Context, core.Epoch, func(core.StepID, core.
 func (c *closeCounter) Commit(context.Context, core.WorkerIndex, core.Epoch, []core.Change) error {
 	return nil
 }
-func (c *closeCounter) Close() error { c.closed++; return nil }
+func (c *closeCounter) WaitDurable(context.Context, core.Epoch) error { return nil }
+func (c *closeCounter) Close() error                                  { c.closed++; return nil }
 
 // Run owns its Recovery: a run that fails to begin still closes it.
 func TestRun_ClosesRecoveryWhenBeginFails(t *testing.T) {

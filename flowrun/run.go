@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/flowkeep/flowkeep/core"
+	"github.com/flowkeep/flowkeep/internal/human"
 	"github.com/flowkeep/flowkeep/recovery"
 	"github.com/flowkeep/flowkeep/recovery/clustered"
 )
@@ -28,6 +29,7 @@ type runOptions struct {
 	RecoveryDirs []string
 	ProcessID    int
 	Addresses    []string
+	SnapshotBuf  string
 	FlowOptions
 }
 
@@ -92,6 +94,7 @@ Flows: ` + flowNames(specs) + `
 	f.BoolVar(&o.Overwrite, "overwrite", false, "let a fresh run replace an existing non-empty output file")
 	f.DurationVar(&o.Window, "window", time.Minute, "logstats: tumbling window size (e.g. --window 5m)")
 	f.DurationVar(&o.Lateness, "lateness", 0, "logstats: how late a line may be and still count in its window (e.g. --lateness 30s)")
+	f.StringVar(&o.SnapshotBuf, "snapshot-buffer", "256MiB", "how much snapshot data may wait to be written to the recovery partitions (e.g. 64MiB); beyond it the flow waits, and epochs stretch while snapshots are behind")
 	f.IntVar(&o.ProcessID, "process-id", 0, "this process's index into --addresses when the flow runs as several processes (e.g. --process-id 1)")
 	f.StringSliceVar(&o.Addresses, "addresses", nil, "host:port of every process of the cluster, in process order; each listens on its own (e.g. --addresses 10.0.0.1:7400,10.0.0.2:7400)")
 	return cmd
@@ -136,6 +139,9 @@ func (o runOptions) validate() error {
 		}
 		return usagef("-r needs %s", strings.Join(missing, " and "))
 	}
+	if n, err := human.ParseBytes(o.SnapshotBuf); err != nil || n < 1<<20 {
+		return usagef("--snapshot-buffer %q: give a size of at least 1MiB (e.g. 256MiB)", o.SnapshotBuf)
+	}
 	if len(o.Addresses) > 0 && (o.ProcessID < 0 || o.ProcessID >= len(o.Addresses)) {
 		return usagef("--process-id %d is not an index into the %d --addresses", o.ProcessID, len(o.Addresses))
 	}
@@ -160,10 +166,12 @@ func runRun(ctx context.Context, o runOptions, specs []FlowSpec, stderr io.Write
 		return usageError{err}
 	}
 	cfg := core.Config{Workers: o.Workers, EpochInterval: o.Snapshot}
-	ropts := recovery.Options{FlowName: flow.Name(), Intervals: recovery.Intervals{Snapshot: o.Snapshot, Backup: o.Backup}}
+	buf, _ := human.ParseBytes(o.SnapshotBuf)
+	ropts := recovery.Options{FlowName: flow.Name(), Intervals: recovery.Intervals{Snapshot: o.Snapshot, Backup: o.Backup}, MaxPendingBytes: buf}
 	prog := newProgress(stderr, flow.Name())
 	if prog != nil {
 		cfg.OnEpoch = prog.opened
+		cfg.OnStretch = prog.stretched
 		ropts.OnCommitted = prog.committed
 	}
 	switch {

@@ -62,8 +62,11 @@ type WordTotal struct {
 }
 
 // MarshalBinary encodes the state as two varints.
-func (w *WordTotal) MarshalBinary() ([]byte, error) {
-	b := binary.AppendVarint(make([]byte, 0, 20), w.Count)
+func (w *WordTotal) MarshalBinary() ([]byte, error) { return w.AppendBinary(make([]byte, 0, 20)) }
+
+// AppendBinary appends MarshalBinary's encoding to b.
+func (w *WordTotal) AppendBinary(b []byte) ([]byte, error) {
+	b = binary.AppendVarint(b, w.Count)
 	return binary.AppendUvarint(b, w.SeenAt), nil
 }
 

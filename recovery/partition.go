@@ -77,7 +77,7 @@ func OpenDB(path string, readOnly bool) (*sql.DB, error) {
 		// it closes, so reading a crashed flow's partitions changes nothing.
 		return openMode(path, "ro", false, "", "busy_timeout(20000)", "query_only(1)")
 	}
-	return open(path, true, "immediate", "busy_timeout(20000)", "journal_mode(WAL)", "synchronous(FULL)", "cache_size(-16384)")
+	return open(path, true, "immediate", "busy_timeout(20000)", "journal_mode(WAL)", "synchronous(FULL)", "cache_size(-4096)")
 }
 
 // OpenScratchDB opens a partition image that nothing else can see yet (a

@@ -32,7 +32,7 @@ type Options struct {
 	// alone.
 	MaxPendingBytes int64
 	// CompactEvery is how many epochs the commit epoch moves between
-	// compactions (default max(8, d)).
+	// compactions (default max(16, d)).
 	CompactEvery Epoch
 }
 
@@ -63,6 +63,8 @@ type Store struct {
 	pmu     sync.Mutex
 	pending int64 // bytes queued for the writers
 	pcond   *sync.Cond
+
+	compacting chan struct{} // holds a token while a partition compacts
 }
 
 // Open discovers and opens the partitions in dir for writing.
@@ -91,7 +93,7 @@ func NewStore(ps []*Partition, count PartitionCount, opts Options) *Store {
 	if opts.MaxPendingBytes <= 0 {
 		opts.MaxPendingBytes = DefaultMaxPendingBytes
 	}
-	s := &Store{opts: opts, parts: ps, count: count, byIdx: map[PartitionIndex]int{}, changed: make(chan struct{})}
+	s := &Store{opts: opts, parts: ps, count: count, byIdx: map[PartitionIndex]int{}, changed: make(chan struct{}), compacting: make(chan struct{}, 1)}
 	s.pcond = sync.NewCond(&s.pmu)
 	for i, p := range ps {
 		s.byIdx[p.Index] = i
@@ -103,7 +105,7 @@ func (s *Store) compactEvery() Epoch {
 	if s.opts.CompactEvery > 0 {
 		return s.opts.CompactEvery
 	}
-	return max(8, s.opts.Intervals.D())
+	return max(16, s.opts.Intervals.D())
 }
 
 // Views reads what each of the store's partitions says about the flow.
@@ -178,7 +180,7 @@ func (s *Store) BeginAt(ctx context.Context, rp ResumePoint, workers int) error 
 			return fmt.Errorf("partition %d: %w", p.Index, err)
 		}
 		w := &writer{s: s, p: p, idx: i, ch: make(chan submission, 16), commit: max(ce, 1), compact: max(compacted, 1),
-			frontier: rp.Epoch, front: make([]Epoch, workers), steps: steps}
+			frontier: rp.Epoch, front: make([]Epoch, workers), steps: &sharedSteps{t: steps, persisted: len(steps.byNum)}}
 		for j := range w.front {
 			w.front[j] = rp.Epoch
 		}
@@ -364,10 +366,16 @@ func LoadPartition(ctx context.Context, q queryer, below Epoch, fn func(Row) err
 
 // Commit queues changes and worker w's new frontier; every partition gets
 // the frontier, each row goes to PartitionFor(step, key). It returns the
-// error of an earlier failed commit, if any. It waits while the writers
-// hold more than MaxPendingBytes of earlier commits. The store reads rows
-// until they are written: the caller must not change them.
+// error of an earlier failed commit, if any. The rows are encoded before it
+// returns (the caller may reuse them); it waits while the writers hold more
+// than MaxPendingBytes of earlier commits.
 func (s *Store) Commit(ctx context.Context, w WorkerIndex, frontier Epoch, rows []Row) error {
+	return s.CommitFunc(ctx, w, frontier, len(rows), func(i int) *Row { return &rows[i] })
+}
+
+// CommitFunc is Commit over n rows given by at (valid until the next call
+// of at), for callers whose changes are not Rows.
+func (s *Store) CommitFunc(ctx context.Context, w WorkerIndex, frontier Epoch, n int, at func(int) *Row) error {
 	if err := s.Err(); err != nil {
 		return err
 	}
@@ -377,40 +385,69 @@ func (s *Store) Commit(ctx context.Context, w WorkerIndex, frontier Epoch, rows 
 	if int(w) < 0 || int(w) >= s.workers {
 		return fmt.Errorf("commit from worker %d of %d", w, s.workers)
 	}
+	batches := make([]*batch, len(s.parts))
+	type stepCache struct {
+		id  StepID
+		num uint64
+	}
+	cache := make([]stepCache, len(s.parts))
+	var lastStep StepID
+	var lastHash uint64
+	single := len(s.parts) == 1 && s.count == 1
+	// Rows come in chunks: first every row's partition, then the rows
+	// copied into their partitions' batches.
+	const chunk = 512
+	var where [chunk]int32
+	for base := 0; base < n; base += chunk {
+		m := min(chunk, n-base)
+		if !single {
+			for j := 0; j < m; j++ {
+				r := at(base + j)
+				if r.Step != lastStep || lastHash == 0 {
+					lastStep, lastHash = r.Step, stepHash(r.Step)
+				}
+				pi := partitionAfter(lastHash, r.Key, s.count)
+				i, ok := s.byIdx[pi]
+				if !ok {
+					return fmt.Errorf("row %s/%s belongs to partition %d, which this store does not hold", r.Step, r.Key, pi)
+				}
+				where[j] = int32(i)
+			}
+		}
+		for j := 0; j < m; j++ {
+			r := at(base + j)
+			i := int(where[j])
+			b := batches[i]
+			if b == nil {
+				b = getBatch(n/len(s.parts) + 16)
+				batches[i] = b
+			}
+			c := &cache[i]
+			if c.num == 0 || c.id != r.Step {
+				c.id, c.num = r.Step, s.writers[i].steps.num(r.Step)
+			}
+			b.add(c.num, r.Key, r.Epoch, r.Value)
+		}
+	}
 	var size int64
-	for i := range rows {
-		size += int64(len(rows[i].Key)+len(rows[i].Value)) + 64
+	for _, b := range batches {
+		if b != nil {
+			size += b.bytes()
+		}
 	}
 	if err := s.reserve(ctx, size); err != nil {
 		return err
 	}
-	subs := make([]submission, len(s.parts))
-	if len(s.parts) == 1 && s.count == 1 {
-		subs[0] = submission{w: w, frontier: frontier, rows: rows, bytes: size}
-	} else {
-		sel := make([][]int32, len(s.parts))
-		for j, r := range rows {
-			i, ok := s.byIdx[PartitionFor(r.Step, r.Key, s.count)]
-			if !ok {
-				s.release(size)
-				return fmt.Errorf("row %s/%s belongs to partition %d, which this store does not hold", r.Step, r.Key, PartitionFor(r.Step, r.Key, s.count))
-			}
-			sel[i] = append(sel[i], int32(j))
-		}
-		for i := range subs {
-			subs[i] = submission{w: w, frontier: frontier, rows: rows, sel: sel[i]}
-			if subs[i].sel == nil {
-				subs[i].sel = []int32{}
-			}
-		}
-		subs[0].bytes = size // released by partition 0's writer
-	}
 	for i, wr := range s.writers {
+		sub := submission{w: w, frontier: frontier, b: batches[i]}
+		if i == 0 {
+			sub.bytes = size // released by partition 0's writer
+		}
 		select {
-		case wr.ch <- subs[i]:
+		case wr.ch <- sub:
 		case <-ctx.Done():
-			for _, rest := range subs[i:] {
-				s.release(rest.bytes)
+			if i == 0 {
+				s.release(size)
 			}
 			return ctx.Err()
 		}

@@ -63,12 +63,21 @@ func (iv Intervals) D() Epoch {
 // PartitionFor returns the partition holding (step, key) among n:
 // FNV-1a-64 over step, a zero byte, and key.
 func PartitionFor(step StepID, key StateKey, n PartitionCount) PartitionIndex {
+	return partitionAfter(stepHash(step), key, n)
+}
+
+// stepHash is FNV-1a-64 over step and the zero separator: the state
+// PartitionFor continues from for every key of the step.
+func stepHash(step StepID) uint64 {
 	h := uint64(14695981039346656037)
 	for i := 0; i < len(step); i++ {
 		h ^= uint64(step[i])
 		h *= 1099511628211
 	}
-	h *= 1099511628211 // the zero separator: h ^= 0 is a no-op
+	return h * 1099511628211 // the zero separator: h ^= 0 is a no-op
+}
+
+func partitionAfter(h uint64, key StateKey, n PartitionCount) PartitionIndex {
 	for i := 0; i < len(key); i++ {
 		h ^= uint64(key[i])
 		h *= 1099511628211

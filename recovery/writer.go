@@ -1,7 +1,6 @@
 package recovery
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
 	"fmt"
@@ -12,8 +11,7 @@ import (
 type submission struct {
 	w        WorkerIndex
 	frontier Epoch
-	rows     []Row
-	sel      []int32         // indexes into rows of this partition's rows (nil: all)
+	b        *batch          // this partition's changes (nil: none)
 	bytes    int64           // what the submission holds against the store's budget
 	done     chan<- struct{} // if set: a flush marker, closed once everything before it is applied
 	compact  chan<- error    // if set: compact now, fully, and report
@@ -33,21 +31,11 @@ type writer struct {
 	compact  Epoch   // every segment below it is merged into the base
 	front    []Epoch // this partition's frontier per worker
 	frontier Epoch   // min of front
-	steps    *stepTable
+	steps    *sharedSteps
 
-	// per-commit scratch, reused
-	keys []byte
-	refs []keyRef
-	blob []byte
+	body, blob []byte // segment scratch, reused
 
 	job *compaction // a compaction under way
-}
-
-// keyRef is one row of a commit being encoded: its partition key's place
-// in the writer's key buffer.
-type keyRef struct {
-	off, n int32
-	row    *Row
 }
 
 const maxGroup = 64
@@ -64,6 +52,7 @@ const compactSlice = 20_000
 
 func (w *writer) loop() {
 	defer w.s.wg.Done()
+	defer w.endCompaction() // a compaction under way is left to the next run
 	for {
 		var sub submission
 		var ok bool
@@ -126,6 +115,11 @@ func (w *writer) applyGroup(group []submission) {
 		held += g.bytes
 	}
 	defer w.s.release(held)
+	defer func() {
+		for _, g := range group {
+			putBatch(g.b)
+		}
+	}()
 	if w.s.Err() != nil || len(group) == 0 {
 		return // a failed store drops further commits; Close reports the error
 	}
@@ -144,8 +138,17 @@ func (w *writer) applyGroup(group []submission) {
 // step runs one compaction slice, recording a failure.
 func (w *writer) step() {
 	if err := w.compactStep(); err != nil {
-		w.job = nil
+		w.endCompaction()
 		w.s.fail(fmt.Errorf("compact partition %d: %w", w.p.Index, err))
+	}
+}
+
+// endCompaction drops the job (finished, failed or abandoned) and lets
+// another partition compact.
+func (w *writer) endCompaction() {
+	if w.job != nil {
+		w.job = nil
+		<-w.s.compacting
 	}
 }
 
@@ -173,7 +176,17 @@ func (w *writer) maybeGC(compact bool) error {
 		w.commit = c
 	}
 	if compact && w.job == nil && w.commit >= w.compact+w.s.compactEvery() {
-		return w.startCompaction(w.commit)
+		// One partition compacts at a time: its segments are in memory
+		// while it does.
+		select {
+		case w.s.compacting <- struct{}{}:
+		default:
+			return nil // another partition is compacting: try after the next commit
+		}
+		if err := w.startCompaction(w.commit); err != nil {
+			<-w.s.compacting
+			return err
+		}
 	}
 	return nil
 }
@@ -196,40 +209,21 @@ func (w *writer) apply(group []submission) error {
 		return err
 	}
 	defer tx.Rollback()
-	w.keys, w.refs = w.keys[:0], w.refs[:0]
-	for gi := range group {
-		g := &group[gi]
+	stepsDone, err := w.steps.persist(ctx, tx)
+	if err != nil {
+		return err
+	}
+	var bs []*batch
+	for _, g := range group {
 		if g.frontier > w.front[g.w] {
 			w.front[g.w] = g.frontier
 		}
-		add := func(r *Row) error {
-			num, ok := w.steps.num(r.Step)
-			if !ok {
-				if num, err = w.steps.add(ctx, tx, r.Step); err != nil {
-					return err
-				}
-			}
-			off := len(w.keys)
-			w.keys = appendKey(w.keys, num, r.Key)
-			w.refs = append(w.refs, keyRef{off: int32(off), n: int32(len(w.keys) - off), row: r})
-			return nil
-		}
-		if g.sel == nil {
-			for i := range g.rows {
-				if err := add(&g.rows[i]); err != nil {
-					return err
-				}
-			}
-		} else {
-			for _, i := range g.sel {
-				if err := add(&g.rows[i]); err != nil {
-					return err
-				}
-			}
+		if g.b != nil && len(g.b.refs) > 0 {
+			bs = append(bs, g.b)
 		}
 	}
-	if len(w.refs) > 0 {
-		if err := w.writeSegments(ctx, tx); err != nil {
+	if len(bs) > 0 {
+		if w.body, w.blob, err = writeSegments(ctx, tx, bs, w.body, w.blob); err != nil {
 			return err
 		}
 	}
@@ -250,6 +244,10 @@ func (w *writer) apply(group []submission) error {
 	if err := tx.Commit(); err != nil {
 		return err
 	}
+	stepsDone()
+	if cap(w.blob) > 16<<20 {
+		w.body, w.blob = nil, nil // one huge epoch need not pin its buffers for good
+	}
 	if risen {
 		w.frontier = mine
 		if w.s.opts.OnCommitted != nil {
@@ -257,69 +255,6 @@ func (w *writer) apply(group []submission) error {
 		}
 	}
 	return nil
-}
-
-// writeSegments sorts the group's rows by (epoch, k) and writes one segment
-// per epoch. A key given twice in one epoch keeps its later row.
-func (w *writer) writeSegments(ctx context.Context, tx *sql.Tx) error {
-	keys := w.keys
-	kof := func(r keyRef) []byte { return keys[r.off : r.off+r.n] }
-	slices.SortStableFunc(w.refs, func(a, b keyRef) int {
-		if a.row.Epoch != b.row.Epoch {
-			if a.row.Epoch < b.row.Epoch {
-				return -1
-			}
-			return 1
-		}
-		return bytes.Compare(kof(a), kof(b))
-	})
-	for start := 0; start < len(w.refs); {
-		e := w.refs[start].row.Epoch
-		end := start
-		for end < len(w.refs) && w.refs[end].row.Epoch == e {
-			end++
-		}
-		w.blob = w.encode(w.blob[:0], w.refs[start:end], kof)
-		n := countEntries(w.refs[start:end], kof)
-		if _, err := tx.ExecContext(ctx, `INSERT INTO segments (epoch, entries, data) VALUES (?, ?, ?)`, int64(e), n, w.blob); err != nil {
-			return err
-		}
-		start = end
-	}
-	return nil
-}
-
-func countEntries(refs []keyRef, kof func(keyRef) []byte) int {
-	n := 0
-	for i, r := range refs {
-		if i+1 < len(refs) && bytes.Equal(kof(refs[i+1]), kof(r)) {
-			continue
-		}
-		n++
-	}
-	return n
-}
-
-// encode writes a segment of refs (sorted by k) without building entries.
-func (w *writer) encode(dst []byte, refs []keyRef, kof func(keyRef) []byte) []byte {
-	dst = append(dst, segmentFormat)
-	dst = appendUvarint(dst, uint64(countEntries(refs, kof)))
-	for i, r := range refs {
-		k := kof(r)
-		if i+1 < len(refs) && bytes.Equal(kof(refs[i+1]), k) {
-			continue // a later row of the same key wins
-		}
-		dst = appendUvarint(dst, uint64(len(k)))
-		dst = append(dst, k...)
-		if r.row.Value == nil {
-			dst = append(dst, 1)
-			continue
-		}
-		dst = append(dst, 0)
-		dst = appendUvarint(dst, uint64(len(r.row.Value)))
-		dst = append(dst, r.row.Value...)
-	}
-	return dst
 }
 
 // compaction merges the segments below target into the base, a slice at a
@@ -433,7 +368,7 @@ func (w *writer) compactStep() error {
 	}
 	if finished {
 		w.compact = j.target
-		w.job = nil
+		w.endCompaction()
 	}
 	return nil
 }
@@ -445,23 +380,17 @@ func (w *writer) compactAll() error {
 		return err
 	}
 	if w.job == nil && w.commit > w.compact {
+		w.s.compacting <- struct{}{}
 		if err := w.startCompaction(w.commit); err != nil {
+			<-w.s.compacting
 			return err
 		}
 	}
 	for w.job != nil {
 		if err := w.compactStep(); err != nil {
-			w.job = nil
+			w.endCompaction()
 			return err
 		}
 	}
 	return nil
-}
-
-func appendUvarint(dst []byte, v uint64) []byte {
-	for v >= 0x80 {
-		dst = append(dst, byte(v)|0x80)
-		v >>= 7
-	}
-	return append(dst, byte(v))
 }

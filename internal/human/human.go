@@ -1,7 +1,11 @@
 // Package human formats numbers for people.
 package human
 
-import "fmt"
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
 
 // Bytes formats n with a binary unit: "512 B", "1.5 KiB", "3.0 GiB".
 func Bytes(n int64) string {
@@ -15,4 +19,32 @@ func Bytes(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// ParseBytes parses a size: a whole number with an optional unit, binary
+// (KiB, MiB, GiB, TiB) or decimal (KB, MB, GB, TB), or B: "256MiB",
+// "64 MB", "1048576".
+func ParseBytes(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	i := 0
+	for i < len(t) && t[i] >= '0' && t[i] <= '9' {
+		i++
+	}
+	if i == 0 {
+		return 0, fmt.Errorf("size %q: give a whole number with an optional unit, e.g. 256MiB", s)
+	}
+	n, err := strconv.ParseInt(t[:i], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("size %q: %v", s, err)
+	}
+	units := map[string]int64{"": 1, "B": 1, "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40,
+		"KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+	m, ok := units[strings.ToUpper(strings.TrimSpace(t[i:]))]
+	if !ok {
+		return 0, fmt.Errorf("size %q: unknown unit %q (use B, KiB, MiB, GiB, TiB or KB, MB, GB, TB)", s, strings.TrimSpace(t[i:]))
+	}
+	if n > (1<<62)/m {
+		return 0, fmt.Errorf("size %q is too large", s)
+	}
+	return n * m, nil
 }

@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/flowkeep/flowkeep/core"
 	"github.com/flowkeep/flowkeep/recovery"
@@ -32,6 +33,7 @@ type Recovery struct {
 	mu      sync.Mutex
 	pmin    []recovery.Epoch // per partition: committed frontier, as last heard
 	pminC   chan struct{}
+	risen   chan struct{} // closed and replaced when a pmin rises
 	pending map[recovery.PartitionIndex]recovery.Epoch
 	done    chan struct{}
 	failure error
@@ -114,6 +116,7 @@ func (r *Recovery) Begin(ctx context.Context, workers int) (core.RunInfo, error)
 	}
 	r.pmin = make([]recovery.Epoch, count)
 	r.pminC = make(chan struct{}, 1)
+	r.risen = make(chan struct{})
 	r.done = make(chan struct{})
 	opts := r.opts
 	opts.Global = r.global
@@ -287,6 +290,7 @@ func (r *Recovery) committed(i recovery.PartitionIndex, f recovery.Epoch) {
 	r.mu.Lock()
 	if f > r.pmin[i] {
 		r.pmin[i] = f
+		r.riseLocked()
 	}
 	if r.pending == nil {
 		r.pending = map[recovery.PartitionIndex]recovery.Epoch{}
@@ -339,8 +343,43 @@ func (r *Recovery) onPmin(_ int, b []byte) {
 		}
 		if recovery.Epoch(f) > r.pmin[i] {
 			r.pmin[i] = recovery.Epoch(f)
+			r.riseLocked()
 		}
 		b = b[k+k2:]
+	}
+}
+
+func (r *Recovery) riseLocked() {
+	close(r.risen)
+	r.risen = make(chan struct{})
+}
+
+// WaitDurable implements core.Recovery: it waits until every partition of
+// the flow, wherever it is, has committed frontier.
+func (r *Recovery) WaitDurable(ctx context.Context, frontier core.Epoch) error {
+	for {
+		r.mu.Lock()
+		g := recovery.Epoch(1<<63 - 1)
+		for _, f := range r.pmin {
+			g = min(g, f)
+		}
+		err, ch := r.failure, r.risen
+		r.mu.Unlock()
+		if err == nil && r.store != nil {
+			err = r.store.Err()
+		}
+		if err != nil {
+			return err
+		}
+		if g >= recovery.Epoch(frontier) {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-time.After(time.Second): // a store failure has no channel here
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 }
 
