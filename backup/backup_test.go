@@ -73,8 +73,10 @@ func stateAt(t *testing.T, path string, e recovery.Epoch) map[string]string {
 	}
 	defer db.Close()
 	got := map[string]string{}
-	err = recovery.LoadPartition(context.Background(), db, e, func(r recovery.Row) error {
-		got[string(r.Key)] = string(r.Value)
+	err = recovery.LoadPartition(context.Background(), db, e, func(rows []recovery.Row) error {
+		for _, r := range rows {
+			got[string(r.Key)] = string(r.Value)
+		}
 		return nil
 	})
 	if err != nil {

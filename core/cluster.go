@@ -273,13 +273,14 @@ func (x *execution) setupClusterClock() {
 }
 
 // routeLoaded sends a loaded row to the process whose worker owns it.
-func (x *execution) routeLoaded(to int, step StepID, key StateKey, value []byte) {
+func (x *execution) routeLoaded(to int, r Loaded) {
 	x.cl.loadMu.Lock()
 	defer x.cl.loadMu.Unlock()
 	b := x.cl.loadBuf[to]
-	b = appendStr(b, string(step))
-	b = appendStr(b, string(key))
-	b = appendStr(b, string(value))
+	b = appendStr(b, string(r.Step))
+	b = appendStr(b, string(r.Key))
+	b = binary.AppendUvarint(b, uint64(r.Epoch))
+	b = appendStr(b, string(r.Value))
 	x.cl.loadBuf[to] = b
 	if len(b) > 1<<20 {
 		x.mesh.Send(x.ctx, to, "load.rows", b)
@@ -306,21 +307,28 @@ func (x *execution) onLoadRows(from int, b []byte) {
 		x.cancel(fmt.Errorf("snapshot rows from process %d arrived before this process was ready", from))
 		return
 	}
+	var rows []Loaded
 	for len(b) > 0 {
 		var step, key, value string
 		var err error
+		var e uint64
 		if step, b, err = readStr(b); err == nil {
 			if key, b, err = readStr(b); err == nil {
-				value, b, err = readStr(b)
+				var k int
+				if e, k = binary.Uvarint(b); k <= 0 {
+					err = errWire
+				} else if value, b, err = readStr(b[k:]); err == nil {
+					rows = append(rows, Loaded{StepID(step), StateKey(key), Epoch(e), []byte(value)})
+				}
 			}
-		}
-		if err == nil {
-			err = x.applyLoaded(StepID(step), StateKey(key), []byte(value), false)
 		}
 		if err != nil {
 			x.cancel(fmt.Errorf("snapshot rows from process %d: %w", from, err))
 			return
 		}
+	}
+	if err := x.applyLoaded(rows, false); err != nil {
+		x.cancel(fmt.Errorf("snapshot rows from process %d: %w", from, err))
 	}
 }
 

@@ -48,12 +48,26 @@ func (binaryCodec[S]) Append(dst []byte, s *S) ([]byte, error) {
 	return append(dst, b...), err
 }
 
+// DecodeInto implements decoderInto.
+func (binaryCodec[S]) DecodeInto(b []byte, s *S) error {
+	return any(s).(encoding.BinaryUnmarshaler).UnmarshalBinary(b)
+}
+
 func (binaryCodec[S]) Decode(b []byte) (*S, error) {
 	s := new(S)
 	if err := any(s).(encoding.BinaryUnmarshaler).UnmarshalBinary(b); err != nil {
 		return nil, err
 	}
 	return s, nil
+}
+
+// DecodeInto decodes into s (a batch of restored states is then one
+// allocation).
+func (JSONCodec[S]) DecodeInto(b []byte, s *S) error {
+	if err := json.Unmarshal(b, s); err != nil {
+		return fmt.Errorf("decode state: %w", err)
+	}
+	return nil
 }
 
 // JSONCodec encodes state with encoding/json.

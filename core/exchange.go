@@ -50,9 +50,9 @@ type exchangedImpl interface {
 // exchange's batches as *[]T (pointers pool without allocating).
 type rootOp interface {
 	op
-	// restore loads one snapshot row routed to this worker. It may be called
-	// concurrently before open.
-	restore(key string, value []byte) error
+	// restore loads snapshot rows routed to this worker (values valid only
+	// during the call). It may be called concurrently before open.
+	restore(rows []Loaded) error
 	open(ctx context.Context) error
 	close() error
 }

@@ -78,7 +78,7 @@ func (m *memRecovery) Begin(_ context.Context, workers int) (core.RunInfo, error
 	return core.RunInfo{Execution: len(m.execs) - 1, StartEpoch: r}, nil
 }
 
-func (m *memRecovery) Load(_ context.Context, below core.Epoch, fn func(core.StepID, core.StateKey, []byte) error) error {
+func (m *memRecovery) Load(_ context.Context, below core.Epoch, fn func([]core.Loaded) error) error {
 	m.mu.Lock()
 	keys := make([]string, 0, len(m.rows))
 	for k := range m.rows {
@@ -86,9 +86,10 @@ func (m *memRecovery) Load(_ context.Context, below core.Epoch, fn func(core.Ste
 	}
 	sort.Strings(keys)
 	type item struct {
-		step core.StepID
-		key  core.StateKey
-		v    []byte
+		step  core.StepID
+		key   core.StateKey
+		epoch core.Epoch
+		v     []byte
 	}
 	var items []item
 	for _, k := range keys {
@@ -103,12 +104,12 @@ func (m *memRecovery) Load(_ context.Context, below core.Epoch, fn func(core.Ste
 			for k[i] != 0 {
 				i++
 			}
-			items = append(items, item{core.StepID(k[:i]), core.StateKey(k[i+1:]), best.value})
+			items = append(items, item{core.StepID(k[:i]), core.StateKey(k[i+1:]), best.epoch, best.value})
 		}
 	}
 	m.mu.Unlock()
 	for _, it := range items {
-		if err := fn(it.step, it.key, it.v); err != nil {
+		if err := fn([]core.Loaded{{Step: it.step, Key: it.key, Epoch: it.epoch, Value: it.v}}); err != nil {
 			return err
 		}
 	}

@@ -21,11 +21,11 @@ type Change struct {
 //     their highest frontier). It fails
 //     with an error that tells the user what to do when the partitions cannot
 //     be resumed from.
-//   - Load calls fn once for every key whose newest row below `below` is not
-//     a tombstone, with that row's value (which may be empty: only a
-//     tombstone means "no state"). fn may be called concurrently from
-//     several goroutines; the value is only valid during the call, so fn
-//     copies what it keeps.
+//   - Load hands fn, in batches, every key whose newest row below `below`
+//     is not a tombstone, with that row's epoch and value (which may be
+//     empty: only a tombstone means "no state"). fn may be called
+//     concurrently from several goroutines; a batch and its values are only
+//     valid during the call, so fn copies what it keeps.
 //   - Commit records changes and that worker w's frontier is now `frontier`
 //     (every epoch below it is durable on w). It may return before the data is
 //     durable, so the flow runs on while snapshots are written; commits of one
@@ -45,10 +45,25 @@ type Change struct {
 //     partitions.
 type Recovery interface {
 	Begin(ctx context.Context, workers int) (RunInfo, error)
-	Load(ctx context.Context, below Epoch, fn func(step StepID, key StateKey, value []byte) error) error
+	Load(ctx context.Context, below Epoch, fn func(rows []Loaded) error) error
 	Commit(ctx context.Context, w WorkerIndex, frontier Epoch, changes []Change) error
 	WaitDurable(ctx context.Context, frontier Epoch) error
 	Close() error
+}
+
+// Loaded is one row Load hands over: the state of (Step, Key) as it was
+// after Epoch.
+type Loaded struct {
+	Step  StepID
+	Key   StateKey
+	Epoch Epoch
+	Value []byte
+}
+
+// KeyHinter is a Recovery that can tell, before Load, about how many keys
+// each step's state will hold (so state maps are sized once, not grown).
+type KeyHinter interface {
+	KeyHint(ctx context.Context, below Epoch) (map[StepID]int64, error)
 }
 
 // RunInfo describes the execution that is starting.

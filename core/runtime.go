@@ -377,9 +377,20 @@ func (x *execution) load() error {
 	if x.mesh != nil {
 		x.cl.loadBuf = map[int][]byte{}
 	}
-	err := x.rec.Load(x.ctx, x.start, func(step StepID, key StateKey, value []byte) error {
-		return x.applyLoaded(step, key, value, true)
-	})
+	if h, ok := x.rec.(KeyHinter); ok && x.mesh == nil {
+		counts, err := h.KeyHint(x.ctx, x.start)
+		if err != nil {
+			return err
+		}
+		for n, rs := range x.roots {
+			for _, r := range rs {
+				if sz, ok := r.(presizer); ok && r != nil && counts[n.id] > 0 {
+					sz.presize(int(counts[n.id]/int64(x.workers)) + 1)
+				}
+			}
+		}
+	}
+	err := x.rec.Load(x.ctx, x.start, func(rows []Loaded) error { return x.applyLoaded(rows, true) })
 	if err != nil {
 		return err
 	}
@@ -393,51 +404,69 @@ func (x *execution) load() error {
 	return nil
 }
 
-// applyLoaded restores one row here, or (mine: scanned by this process)
-// forwards it to the process that owns it.
-func (x *execution) applyLoaded(step StepID, key StateKey, value []byte, mine bool) error {
-	n := x.flow.ids[step]
-	owner := -1
-	switch {
-	case step == runtimeStep && key == "end":
-		e, err := parseEnd(value)
-		if err != nil {
-			return err
+// presizer is a root that can size its state for n keys before a load.
+type presizer interface{ presize(n int) }
+
+// restoreTarget is one root instance and the rows of a batch it owns.
+type restoreTarget struct {
+	n     *node
+	owner int
+}
+
+// applyLoaded restores a batch of rows here (one call per owning instance,
+// not one lock per row), or (mine: scanned by this process) forwards rows
+// to the process that owns them.
+func (x *execution) applyLoaded(rows []Loaded, mine bool) error {
+	var lastStep StepID
+	var last *node
+	groups := map[restoreTarget][]Loaded{}
+	for _, r := range rows {
+		if r.Step != lastStep || last == nil {
+			lastStep, last = r.Step, x.flow.ids[r.Step]
 		}
-		x.resumeMu.Lock()
-		x.info.PreviousEnd = e
-		x.resumeMu.Unlock()
-		if mine && x.mesh != nil {
-			for p := 0; p < x.procs; p++ {
-				if p != x.proc {
-					x.routeLoaded(p, step, key, value)
+		n := last
+		switch {
+		case r.Step == runtimeStep && r.Key == "end":
+			e, err := parseEnd(r.Value)
+			if err != nil {
+				return err
+			}
+			x.resumeMu.Lock()
+			x.info.PreviousEnd = e
+			x.resumeMu.Unlock()
+			if mine && x.mesh != nil {
+				for p := 0; p < x.procs; p++ {
+					if p != x.proc {
+						x.routeLoaded(p, r)
+					}
 				}
 			}
+			continue
+		case n == nil || (n.kind != kindInput && n.kind != kindExchanged):
+			x.ignored.Add(1)
+			continue
 		}
-		return nil
-	case n != nil && n.kind == kindInput:
-		owner = int(WorkerFor(string(key), x.workers))
-	case n != nil && n.kind == kindExchanged:
-		owner = int(WorkerFor(string(key), x.workers))
-	default:
-		x.ignored.Add(1)
-		return nil
-	}
-	if !x.isLocal(owner) {
-		if !mine {
-			return fmt.Errorf("row %s/%s for worker %d, which is not here", step, key, owner)
+		owner := int(WorkerFor(string(r.Key), x.workers))
+		if !x.isLocal(owner) {
+			if !mine {
+				return fmt.Errorf("row %s/%s for worker %d, which is not here", r.Step, r.Key, owner)
+			}
+			x.routeLoaded(x.ownerOf(owner), r)
+			continue
 		}
-		x.routeLoaded(x.ownerOf(owner), step, key, value)
-		return nil
+		if n.kind == kindInput {
+			x.resumeMu.Lock()
+			x.resume[n][string(r.Key)] = append([]byte{}, r.Value...)
+			x.resumeMu.Unlock()
+			continue
+		}
+		t := restoreTarget{n, owner}
+		groups[t] = append(groups[t], r)
 	}
-	if n.kind == kindInput {
-		x.resumeMu.Lock()
-		x.resume[n][string(key)] = append([]byte{}, value...)
-		x.resumeMu.Unlock()
-		return nil
-	}
-	if err := x.roots[n][owner].restore(string(key), value); err != nil {
-		return fmt.Errorf("restore %s key %q: %w", step, key, err)
+	for t, rs := range groups {
+		if err := x.roots[t.n][t.owner].restore(rs); err != nil {
+			return fmt.Errorf("restore %s: %w", t.n.id, err)
+		}
 	}
 	return nil
 }

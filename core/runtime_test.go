@@ -440,3 +440,83 @@ func TestRun_EpochsStretchWhenSnapshotsFallBehind(t *testing.T) {
 		t.Fatal("no stretched epoch reported")
 	}
 }
+
+// End of input visits the keys of this pass: those touched by this run and
+// those a crashed run of the same pass changed, even if this run never
+// sees them again; keys of earlier passes are left alone, unless the step
+// asks for every key.
+func TestRecovery_EndOfInputVisitsThePassKeys(t *testing.T) {
+	// seen runs the flow over items and returns the keys its end of input
+	// visited, and how many items of key "a" this run read.
+	seen := func(rec core.Recovery, items []string, every bool, crashAfter int) ([]string, int, error) {
+		f := core.NewFlow("p")
+		in := core.Input(f, "in", gen.Generator[string]{Parts: 1, Count: int64(len(items)), Make: func(_ int, i int64) string { return items[i] }, Delay: time.Millisecond, Batch: 1})
+		kv := core.KeyOn(in, "key", func(s string) string { return s })
+		var out sync.Mutex
+		var got []string
+		readA := 0
+		st := core.Stateful(kv, "s", core.KeyedLogic[string, int, string]{
+			EOFForEveryKey: every,
+			OnItem: func(k string, s *int, _ string, _ func(string)) *int {
+				if k == "a" {
+					out.Lock()
+					readA++
+					out.Unlock()
+				}
+				if s == nil {
+					s = new(int)
+				}
+				*s++
+				return s
+			},
+			OnEOF: func(k string, s *int, emit func(string)) (*int, bool) {
+				emit(k)
+				return s, false
+			},
+		})
+		core.Inspect(st, "out", func(_ core.WorkerIndex, kv core.KV[string]) {
+			out.Lock()
+			got = append(got, kv.Value)
+			out.Unlock()
+		})
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		m := rec.(*memRecovery)
+		m.crashAt, m.onCrash = core.Epoch(crashAfter), cancel
+		_, err := core.Run(ctx, f, core.Config{Workers: 2, EpochInterval: 3 * time.Millisecond, Recovery: rec})
+		sort.Strings(got)
+		return got, readA, err
+	}
+	rec := newMemRecovery()
+	// Pass 1: a few "a", then many "b"; the crash comes while "b" is read,
+	// so the resumed run never reads "a" again, yet "a" belongs to its pass.
+	items := make([]string, 0, 405)
+	for i := 0; i < 5; i++ {
+		items = append(items, "a")
+	}
+	for i := 0; i < 400; i++ {
+		items = append(items, "b")
+	}
+	if _, _, err := seen(rec, items, false, 20); err == nil {
+		t.Fatal("the run finished before the crash")
+	}
+	got, readA, err := seen(rec, items, false, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if readA != 0 {
+		t.Fatalf("the resumed run read %d items of a; the test needs it to resume after them", readA)
+	}
+	if fmt.Sprint(got) != "[a b]" {
+		t.Fatalf("end of the resumed pass visited %v, want [a b]", got)
+	}
+	// Pass 2 reads only more "c": a and b belong to an earlier pass.
+	items = append(items, "c")
+	if got, _, _ = seen(rec, items, false, 0); fmt.Sprint(got) != "[c]" {
+		t.Fatalf("end of pass 2 visited %v, want [c]", got)
+	}
+	items = append(items, "d")
+	if got, _, _ = seen(rec, items, true, 0); fmt.Sprint(got) != "[a b c d]" {
+		t.Fatalf("with EOFForEveryKey, end of pass 3 visited %v, want every key", got)
+	}
+}

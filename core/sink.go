@@ -77,10 +77,12 @@ type sinkOp[T any] struct {
 	bufs   map[string][]T
 }
 
-func (o *sinkOp[T]) restore(key string, value []byte) error {
+func (o *sinkOp[T]) restore(rows []Loaded) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.resume[key] = append([]byte{}, value...)
+	for _, r := range rows {
+		o.resume[string(r.Key)] = append([]byte{}, r.Value...)
+	}
 	return nil
 }
 

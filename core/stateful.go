@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"sort"
 	"strings"
 )
 
@@ -14,10 +13,18 @@ import (
 type KeyedLogic[V, S, O any] struct {
 	// OnItem is called for every item of the key, in arrival order.
 	OnItem func(key string, state *S, v V, emit func(O)) *S
-	// OnEOF, if set, is called at end of input for every key that has state,
-	// in key order. It reports whether it changed the state (so only changed
+	// OnEOF, if set, is called at end of input, in key order, for every key
+	// that has state and changed in this pass over the input: touched by
+	// this run, or changed after the previous end of input by a run this
+	// one resumes (RunInfo.PreviousEnd). A key left alone since then is not
+	// visited (so a continuation over a little more input costs in
+	// proportion to what it read). Set EOFForEveryKey to visit every key
+	// with state. It reports whether it changed the state (so only changed
 	// keys are snapshotted).
 	OnEOF func(key string, state *S, emit func(O)) (next *S, changed bool)
+	// EOFForEveryKey makes OnEOF visit every key that has state, changed in
+	// this pass or not.
+	EOFForEveryKey bool
 	// Codec encodes state for snapshots; nil means DefaultCodec[S]().
 	Codec Codec[S]
 	// Init, if set, is called on every worker's instance before the first
@@ -106,6 +113,7 @@ type entry[S any] struct {
 	key   string
 	s     *S
 	dirty bool
+	pass  bool // changed in the current pass over the input (see OnEOF)
 }
 
 type statefulOp[V, S, O any] struct {
@@ -116,27 +124,98 @@ type statefulOp[V, S, O any] struct {
 	out    op
 	states map[string]*entry[S]
 	dirty  []*entry[S] // changed in the current epoch: snapshot them without looking them up
+	inPass []*entry[S] // changed in the current pass: what end of input visits
+	// loaded are the restored keys and the epochs they changed at, until
+	// open knows where the pass began.
+	loaded []loadedRef[S]
 	obuf   []KV[O]
 	curKey string
 	emitFn func(O)
 }
 
-func (o *statefulOp[V, S, O]) restore(key string, value []byte) error {
-	st, err := o.logic.Codec.Decode(value)
-	if err != nil {
-		return err
+type loadedRef[S any] struct {
+	e     *entry[S]
+	epoch Epoch
+}
+
+// decoderInto is a Codec that decodes into a state it is given (so a batch
+// of restored states is one allocation, not one per key).
+type decoderInto[S any] interface {
+	DecodeInto(b []byte, s *S) error
+}
+
+// presize sizes the state map (and the list of restored keys) for n keys
+// before a load.
+func (o *statefulOp[V, S, O]) presize(n int) {
+	o.mu.Lock()
+	if len(o.states) == 0 {
+		o.states = make(map[string]*entry[S], n)
+		if o.logic.OnEOF != nil {
+			o.loaded = make([]loadedRef[S], 0, n)
+		}
+	}
+	o.mu.Unlock()
+}
+
+// restore decodes a batch of loaded rows (entries and, where the codec
+// can, states allocated together) and adds them under one lock.
+func (o *statefulOp[V, S, O]) restore(rows []Loaded) error {
+	ents := make([]entry[S], len(rows))
+	var states []S
+	di, into := o.logic.Codec.(decoderInto[S])
+	if into {
+		states = make([]S, len(rows))
+	}
+	for i, r := range rows {
+		ents[i].key = string(r.Key)
+		if into {
+			if err := di.DecodeInto(r.Value, &states[i]); err != nil {
+				return fmt.Errorf("key %q: %w", r.Key, err)
+			}
+			ents[i].s = &states[i]
+			continue
+		}
+		st, err := o.logic.Codec.Decode(r.Value)
+		if err != nil {
+			return fmt.Errorf("key %q: %w", r.Key, err)
+		}
+		ents[i].s = st
 	}
 	o.mu.Lock()
-	o.states[key] = &entry[S]{key: key, s: st}
-	o.mu.Unlock()
+	defer o.mu.Unlock()
+	if o.logic.OnEOF != nil && o.loaded == nil {
+		o.loaded = make([]loadedRef[S], 0, len(o.states)+len(rows))
+	}
+	for i := range ents {
+		o.states[ents[i].key] = &ents[i]
+		if o.logic.OnEOF != nil {
+			o.loaded = append(o.loaded, loadedRef[S]{&ents[i], rows[i].Epoch})
+		}
+	}
 	return nil
 }
 
 func (o *statefulOp[V, S, O]) open(ctx context.Context) error {
+	ri := RunInfoFrom(ctx)
+	// Restored keys changed after the previous end of input belong to the
+	// pass this run continues.
+	for _, l := range o.loaded {
+		if l.epoch > ri.PreviousEnd {
+			o.markPass(l.e)
+		}
+	}
+	o.loaded = nil
 	if o.logic.Init != nil {
-		o.logic.Init(RunInfoFrom(ctx))
+		o.logic.Init(ri)
 	}
 	return nil
+}
+
+func (o *statefulOp[V, S, O]) markPass(e *entry[S]) {
+	if !e.pass {
+		e.pass = true
+		o.inPass = append(o.inPass, e)
+	}
 }
 func (o *statefulOp[V, S, O]) close() error { return nil }
 
@@ -151,6 +230,9 @@ func (o *statefulOp[V, S, O]) touch(key string) *entry[S] {
 	if !e.dirty {
 		e.dirty = true
 		o.dirty = append(o.dirty, e)
+		if o.logic.OnEOF != nil {
+			o.markPass(e)
+		}
 	}
 	return e
 }
@@ -224,15 +306,20 @@ func (o *statefulOp[V, S, O]) advance(from, to Epoch) error {
 
 func (o *statefulOp[V, S, O]) finish(final Epoch) error {
 	if o.logic.OnEOF != nil {
-		keys := make([]string, 0, len(o.states))
-		for k, e := range o.states {
-			if e.s != nil {
-				keys = append(keys, k)
+		var visit []*entry[S]
+		if o.logic.EOFForEveryKey {
+			visit = make([]*entry[S], 0, len(o.states))
+			for _, e := range o.states {
+				visit = append(visit, e)
 			}
+		} else {
+			visit = o.inPass
 		}
-		sort.Strings(keys)
-		for _, k := range keys {
-			e := o.states[k]
+		visit = slices.DeleteFunc(visit, func(e *entry[S]) bool { return e.s == nil || o.states[e.key] != e })
+		slices.SortFunc(visit, func(a, b *entry[S]) int { return strings.Compare(a.key, b.key) })
+		o.inPass = nil
+		for _, e := range visit {
+			k := e.key
 			o.curKey = k
 			next, changed := o.logic.OnEOF(k, e.s, o.emitFn)
 			if changed || next != e.s {

@@ -20,10 +20,33 @@ func (a recoveryAdapter) Begin(ctx context.Context, workers int) (core.RunInfo, 
 	return core.RunInfo{Execution: int(rp.Execution), StartEpoch: core.Epoch(rp.Epoch), Workers: workers}, nil
 }
 
-func (a recoveryAdapter) Load(ctx context.Context, below core.Epoch, fn func(core.StepID, core.StateKey, []byte) error) error {
-	return a.st.Load(ctx, recovery.Epoch(below), func(r recovery.Row) error {
-		return fn(core.StepID(r.Step), core.StateKey(r.Key), r.Value)
+func (a recoveryAdapter) Load(ctx context.Context, below core.Epoch, fn func([]core.Loaded) error) error {
+	return a.st.Load(ctx, recovery.Epoch(below), func(rows []recovery.Row) error {
+		return fn(loadedRows(rows))
 	})
+}
+
+// loadedRows converts a batch of rows for core (a new slice: batches of
+// several partitions arrive at once).
+func loadedRows(rows []recovery.Row) []core.Loaded {
+	out := make([]core.Loaded, len(rows))
+	for i, r := range rows {
+		out[i] = core.Loaded{Step: core.StepID(r.Step), Key: core.StateKey(r.Key), Epoch: core.Epoch(r.Epoch), Value: r.Value}
+	}
+	return out
+}
+
+// KeyHint implements core.KeyHinter.
+func (a recoveryAdapter) KeyHint(ctx context.Context, below core.Epoch) (map[core.StepID]int64, error) {
+	h, err := a.st.KeyHint(ctx, recovery.Epoch(below))
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[core.StepID]int64, len(h))
+	for id, n := range h {
+		out[core.StepID(id)] = n
+	}
+	return out, nil
 }
 
 func (a recoveryAdapter) Commit(ctx context.Context, w core.WorkerIndex, frontier core.Epoch, changes []core.Change) error {

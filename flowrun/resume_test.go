@@ -95,7 +95,7 @@ type closeCounter struct{ closed int }
 func (c *closeCounter) Begin(context.Context, int) (core.RunInfo, error) {
 	return core.RunInfo{}, errors.New("begin failed")
 }
-func (c *closeCounter) Load(context.Context, core.Epoch, func(core.StepID, core.StateKey, []byte) error) error {
+func (c *closeCounter) Load(context.Context, core.Epoch, func([]core.Loaded) error) error {
 	return nil
 }
 func (c *closeCounter) Commit(context.Context, core.WorkerIndex, core.Epoch, []core.Change) error {

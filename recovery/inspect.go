@@ -222,5 +222,5 @@ func countState(ctx context.Context, q queryer, in *Info) error {
 		return err
 	}
 	in.Counted = true
-	return LoadPartition(ctx, q, in.Hi, func(Row) error { in.Keys++; return nil })
+	return LoadPartition(ctx, q, in.Hi, func(rows []Row) error { in.Keys += int64(len(rows)); return nil })
 }

@@ -172,6 +172,26 @@ func (m *merger) next() bool {
 	if m.err != nil || len(m.h) == 0 {
 		return false
 	}
+	if len(m.h) == 1 {
+		// One source left: no heap, no comparisons (a cursor's keys are
+		// distinct and sorted).
+		c := m.h[0].c
+		e := c.entry()
+		m.kbuf = append(m.kbuf[:0], e.k...)
+		m.vbuf = append(m.vbuf[:0], e.val...)
+		m.out.k, m.out.epoch, m.out.tomb, m.out.val = m.kbuf, e.epoch, e.tomb, m.vbuf
+		if m.out.tomb {
+			m.out.val = nil
+		}
+		if !c.next() {
+			if err := c.error(); err != nil {
+				m.err = err
+				return false
+			}
+			m.h = m.h[:0]
+		}
+		return true
+	}
 	m.kbuf = append(m.kbuf[:0], m.h[0].c.entry().k...)
 	first := true
 	for len(m.h) > 0 && bytes.Equal(m.h[0].c.entry().k, m.kbuf) {

@@ -225,11 +225,11 @@ func (s *Store) beginPartition(ctx context.Context, p *Partition, rp ResumePoint
 	return tx.Commit()
 }
 
-// Load calls fn for every key's newest row below `below` that is not a
-// tombstone, merging each partition's base with its segments in one ordered
-// pass; partitions are loaded concurrently, so fn must be safe for
-// concurrent use. A row's Value is only valid during the call.
-func (s *Store) Load(ctx context.Context, below Epoch, fn func(Row) error) error {
+// Load hands fn, in batches, every key's newest row below `below` that is
+// not a tombstone, merging each partition's base with its segments in one
+// ordered pass; partitions are loaded concurrently, so fn must be safe for
+// concurrent use. A batch and its values are only valid during the call.
+func (s *Store) Load(ctx context.Context, below Epoch, fn func([]Row) error) error {
 	var wg sync.WaitGroup
 	errs := make([]error, len(s.parts))
 	for i, p := range s.parts {
@@ -245,16 +245,20 @@ func (s *Store) Load(ctx context.Context, below Epoch, fn func(Row) error) error
 	return errors.Join(errs...)
 }
 
-// KeyHint estimates, per step, how many keys a Load below `below` yields
-// (base rows, as last counted, plus changed keys in later segments): a hint
-// for sizing maps, never a promise.
+// KeyHint estimates, per step, how many keys a Load below `below` yields:
+// its base rows (as last counted) plus the changes of the epoch below
+// `below` that changed the most keys (keys change again and again across
+// epochs; the largest epoch is the best cheap guess of how many keys the
+// segments add). A hint for sizing maps, never a promise.
 func (s *Store) KeyHint(ctx context.Context, below Epoch) (map[StepID]int64, error) {
 	out := map[StepID]int64{}
 	for _, p := range s.parts {
+		base := map[StepID]int64{}
 		rows, err := p.DB.QueryContext(ctx, `SELECT step_id, keys FROM steps`)
 		if err != nil {
 			return nil, err
 		}
+		var total int64
 		for rows.Next() {
 			var id string
 			var n int64
@@ -262,21 +266,20 @@ func (s *Store) KeyHint(ctx context.Context, below Epoch) (map[StepID]int64, err
 				rows.Close()
 				return nil, err
 			}
-			out[StepID(id)] += n
-		}
-		rows.Close()
-		var seg int64
-		if err := p.DB.QueryRowContext(ctx, `SELECT coalesce(sum(entries), 0) FROM segments WHERE epoch < ?`, below).Scan(&seg); err != nil {
-			return nil, err
-		}
-		// Segment entries are not split by step: spread them like the base.
-		var total int64
-		for _, n := range out {
+			base[StepID(id)] = n
 			total += n
 		}
-		for id, n := range out {
-			if total > 0 {
-				out[id] = n + seg*n/total
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+		var seg int64
+		if err := p.DB.QueryRowContext(ctx, `SELECT coalesce(max(n), 0) FROM (SELECT sum(entries) AS n FROM segments WHERE epoch < ? GROUP BY epoch)`, below).Scan(&seg); err != nil {
+			return nil, err
+		}
+		for id, n := range base {
+			if n > 0 || total == 0 {
+				out[id] += n + seg
 			}
 		}
 	}
@@ -307,9 +310,12 @@ func (b *baseCursor) next() bool {
 func (b *baseCursor) entry() *entry { return &b.cur }
 func (b *baseCursor) error() error  { return b.err }
 
+// loadBatch is how many rows Load hands over at once.
+const loadBatch = 1024
+
 // LoadPartition loads one partition (see Store.Load): the base scanned in
 // key order, merged with the segments below `below`.
-func LoadPartition(ctx context.Context, q queryer, below Epoch, fn func(Row) error) error {
+func LoadPartition(ctx context.Context, q queryer, below Epoch, fn func([]Row) error) error {
 	steps, err := loadSteps(ctx, q)
 	if err != nil {
 		return err
@@ -348,6 +354,28 @@ func LoadPartition(ctx context.Context, q queryer, below Epoch, fn func(Row) err
 	defer rows.Close()
 	cs := append([]cursor{&baseCursor{rows: rows}}, segIters...)
 	m := newMerger(cs)
+	batch := make([]Row, 0, loadBatch)
+	var vals []byte   // the batch's values: the merger reuses its own
+	var keys []byte   // the batch's keys, made one string at flush
+	var ends [][2]int // where each row's value and key end in vals and keys
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		// One allocation for the batch's keys (they live on as state map
+		// keys); vals may have moved while it grew: point the rows at both.
+		all := string(keys)
+		var voff, koff int
+		for i := range batch {
+			batch[i].Value = vals[voff:ends[i][0]:ends[i][0]]
+			batch[i].Key = StateKey(all[koff:ends[i][1]])
+			voff, koff = ends[i][0], ends[i][1]
+		}
+		err := fn(batch)
+		clear(batch)
+		batch, vals, keys, ends = batch[:0], vals[:0], keys[:0], ends[:0]
+		return err
+	}
 	for m.next() {
 		if m.out.tomb {
 			continue
@@ -357,11 +385,20 @@ func LoadPartition(ctx context.Context, q queryer, below Epoch, fn func(Row) err
 		if !ok || !known {
 			return fmt.Errorf("%w: key of unknown step %d", ErrCorrupt, num)
 		}
-		if err := fn(Row{Step: step, Key: StateKey(key), Epoch: m.out.epoch, Value: m.out.val}); err != nil {
-			return err
+		vals = append(vals, m.out.val...)
+		keys = append(keys, key...)
+		ends = append(ends, [2]int{len(vals), len(keys)})
+		batch = append(batch, Row{Step: step, Epoch: m.out.epoch})
+		if len(batch) == loadBatch {
+			if err := flush(); err != nil {
+				return err
+			}
 		}
 	}
-	return m.err
+	if m.err != nil {
+		return m.err
+	}
+	return flush()
 }
 
 // Commit queues changes and worker w's new frontier; every partition gets

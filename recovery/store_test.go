@@ -43,10 +43,12 @@ func loadAll(t *testing.T, st *Store, below Epoch) map[string]string {
 	t.Helper()
 	var mu sync.Mutex
 	got := map[string]string{}
-	err := st.Load(context.Background(), below, func(r Row) error {
+	err := st.Load(context.Background(), below, func(rows []Row) error {
 		mu.Lock()
 		defer mu.Unlock()
-		got[string(r.Step)+"/"+string(r.Key)] = string(r.Value)
+		for _, r := range rows {
+			got[string(r.Step)+"/"+string(r.Key)] = string(r.Value)
+		}
 		return nil
 	})
 	if err != nil {

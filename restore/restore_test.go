@@ -91,9 +91,11 @@ func loadDir(t *testing.T, dir string) (recovery.Epoch, map[string]string) {
 	}
 	got := map[string]string{}
 	var mu = make(chan struct{}, 1)
-	err = st.Load(ctx, rp.Epoch, func(r recovery.Row) error {
+	err = st.Load(ctx, rp.Epoch, func(rows []recovery.Row) error {
 		mu <- struct{}{}
-		got[string(r.Key)] = string(r.Value)
+		for _, r := range rows {
+			got[string(r.Key)] = string(r.Value)
+		}
 		<-mu
 		return nil
 	})

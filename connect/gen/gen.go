@@ -20,6 +20,8 @@ type Generator[T any] struct {
 	Make  func(part int, i int64) T
 	// Delay, if set, is slept before each batch (to simulate a slow input).
 	Delay time.Duration
+	// Batch bounds the items one batch holds; 0 means 1024.
+	Batch int
 }
 
 // Partitions implements core.Source.
@@ -48,7 +50,7 @@ func (g Generator[T]) Open(_ context.Context, part string, resume []byte) (core.
 	return p, nil
 }
 
-// batchSize bounds the items one NextBatch returns.
+// batchSize bounds the items one NextBatch returns unless Generator.Batch says otherwise.
 const batchSize = 1024
 
 type genPart[T any] struct {
@@ -67,7 +69,11 @@ func (p *genPart[T]) NextBatch(ctx context.Context, _ time.Duration) ([]T, error
 		}
 	}
 	p.batch = p.batch[:0]
-	for p.next < p.g.Count && len(p.batch) < batchSize {
+	size := p.g.Batch
+	if size <= 0 {
+		size = batchSize
+	}
+	for p.next < p.g.Count && len(p.batch) < size {
 		p.batch = append(p.batch, p.g.Make(p.part, p.next))
 		p.next++
 	}

@@ -221,9 +221,13 @@ func assign(reach map[int][]found, procs int, flowName, dirs string) ([]int, int
 func (r *Recovery) Owners() []int { return r.owners }
 
 // Load implements core.Recovery: this process scans the partitions it owns.
-func (r *Recovery) Load(ctx context.Context, below core.Epoch, fn func(core.StepID, core.StateKey, []byte) error) error {
-	return r.store.Load(ctx, recovery.Epoch(below), func(row recovery.Row) error {
-		return fn(core.StepID(row.Step), core.StateKey(row.Key), row.Value)
+func (r *Recovery) Load(ctx context.Context, below core.Epoch, fn func([]core.Loaded) error) error {
+	return r.store.Load(ctx, recovery.Epoch(below), func(rows []recovery.Row) error {
+		out := make([]core.Loaded, len(rows))
+		for i, row := range rows {
+			out[i] = core.Loaded{Step: core.StepID(row.Step), Key: core.StateKey(row.Key), Epoch: core.Epoch(row.Epoch), Value: row.Value}
+		}
+		return fn(out)
 	})
 }
 
