@@ -374,6 +374,7 @@ func (x *execution) downstream(seg *segment, n *node) op {
 // exchanged step's instance on worker KeyHash(key) mod W, on whichever
 // process hosts that worker.
 func (x *execution) load() error {
+	defer gcPause()()
 	if x.mesh != nil {
 		x.cl.loadBuf = map[int][]byte{}
 	}
@@ -419,8 +420,14 @@ type restoreTarget struct {
 func (x *execution) applyLoaded(rows []Loaded, mine bool) error {
 	var lastStep StepID
 	var last *node
-	groups := map[restoreTarget][]Loaded{}
-	for _, r := range rows {
+	// Group the batch's state rows by target in two passes (count, then
+	// place), so no per-target slice grows row by row.
+	var targets []restoreTarget
+	var counts []int
+	which := make([]int32, len(rows)) // target index, or -1
+	lastT := -1
+	for i, r := range rows {
+		which[i] = -1
 		if r.Step != lastStep || last == nil {
 			lastStep, last = r.Step, x.flow.ids[r.Step]
 		}
@@ -461,10 +468,33 @@ func (x *execution) applyLoaded(rows []Loaded, mine bool) error {
 			continue
 		}
 		t := restoreTarget{n, owner}
-		groups[t] = append(groups[t], r)
+		if lastT < 0 || targets[lastT] != t {
+			lastT = slices.Index(targets, t)
+			if lastT < 0 {
+				lastT = len(targets)
+				targets = append(targets, t)
+				counts = append(counts, 0)
+			}
+		}
+		which[i] = int32(lastT)
+		counts[lastT]++
 	}
-	for t, rs := range groups {
-		if err := x.roots[t.n][t.owner].restore(rs); err != nil {
+	if len(targets) == 0 {
+		return nil
+	}
+	groups := make([][]Loaded, len(targets))
+	all := make([]Loaded, 0, len(rows))
+	for i, c := range counts {
+		groups[i] = all[len(all) : len(all) : len(all)+c]
+		all = all[:len(all)+c]
+	}
+	for i, t := range which {
+		if t >= 0 {
+			groups[t] = append(groups[t], rows[i])
+		}
+	}
+	for i, t := range targets {
+		if err := x.roots[t.n][t.owner].restore(groups[i]); err != nil {
 			return fmt.Errorf("restore %s: %w", t.n.id, err)
 		}
 	}

@@ -520,3 +520,45 @@ func TestRecovery_EndOfInputVisitsThePassKeys(t *testing.T) {
 		t.Fatalf("with EOFForEveryKey, end of pass 3 visited %v, want every key", got)
 	}
 }
+
+func TestRecovery_RestoredKeyDiscardedThenRecreatedStartsAfresh(t *testing.T) {
+	rec := newMemRecovery()
+	run := func(items []string) []string {
+		f := core.NewFlow("p")
+		in := core.Input(f, "in", gen.Generator[string]{Parts: 1, Count: int64(len(items)), Make: func(_ int, i int64) string { return items[i] }, Delay: 2 * time.Millisecond, Batch: 1})
+		kv := core.KeyOn(in, "key", func(s string) string { return s[:1] })
+		st := core.StatefulMap(kv, "count", func(n *int, s string) (*int, string) {
+			if s[1] == '-' {
+				return nil, "x=deleted"
+			}
+			if n == nil {
+				n = new(int)
+			}
+			*n++
+			return n, fmt.Sprintf("%s=%d", s[:1], *n)
+		})
+		got := newCollect[core.KV[string]]()
+		core.Output(st, "out", got)
+		if _, err := core.Run(context.Background(), f, core.Config{Workers: 2, EpochInterval: time.Millisecond, Recovery: rec}); err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, kv := range got.get() {
+			out = append(out, kv.Value)
+		}
+		return out
+	}
+	items := []string{"x+", "x+", "y+"}
+	run(items)
+	// The continuation discards the restored x, and (epochs later) counts it
+	// again from nothing; y, restored and never touched, keeps its count.
+	items = append(items, "x-", "y+", "y+", "x+", "y+")
+	// Workers interleave keys; each key's own outputs keep their order.
+	perKey := map[byte][]string{}
+	for _, v := range run(items) {
+		perKey[v[0]] = append(perKey[v[0]], v)
+	}
+	if got, want := fmt.Sprint(perKey['x'], perKey['y']), "[x=deleted x=1] [y=2 y=3 y=4]"; got != want {
+		t.Fatalf("continuation emitted %s, want %s", got, want)
+	}
+}

@@ -110,10 +110,13 @@ func (s *statefulImpl[V, S, O]) root(seg *segment, out op) rootOp {
 }
 
 type entry[S any] struct {
-	key   string
-	s     *S
-	dirty bool
-	pass  bool // changed in the current pass over the input (see OnEOF)
+	key      string
+	s        *S
+	epoch    Epoch // of the loaded row, for a restored entry
+	dirty    bool
+	pass     bool // changed in the current pass over the input (see OnEOF)
+	restored bool // in the restored index, not (yet) in the map
+	dead     bool // deleted from the map (a later touch makes a new entry)
 }
 
 type statefulOp[V, S, O any] struct {
@@ -122,20 +125,16 @@ type statefulOp[V, S, O any] struct {
 	step   StepID
 	logic  KeyedLogic[V, S, O]
 	out    op
-	states map[string]*entry[S]
-	dirty  []*entry[S] // changed in the current epoch: snapshot them without looking them up
-	inPass []*entry[S] // changed in the current pass: what end of input visits
-	// loaded are the restored keys and the epochs they changed at, until
-	// open knows where the pass began.
-	loaded []loadedRef[S]
-	obuf   []KV[O]
-	curKey string
-	emitFn func(O)
-}
-
-type loadedRef[S any] struct {
-	e     *entry[S]
-	epoch Epoch
+	states map[string]*entry[S] // keys touched by this run
+	// restored holds the loaded keys this run has not touched yet (nil if
+	// nothing was loaded); hint sizes it.
+	restored *restoredIndex[S]
+	hint     int
+	dirty    []*entry[S] // changed in the current epoch: snapshot them without looking them up
+	inPass   []*entry[S] // changed in the current pass: what end of input visits
+	obuf     []KV[O]
+	curKey   string
+	emitFn   func(O)
 }
 
 // decoderInto is a Codec that decodes into a state it is given (so a batch
@@ -144,53 +143,51 @@ type decoderInto[S any] interface {
 	DecodeInto(b []byte, s *S) error
 }
 
-// presize sizes the state map (and the list of restored keys) for n keys
-// before a load.
+// presize sizes the index of restored keys for n keys before a load.
 func (o *statefulOp[V, S, O]) presize(n int) {
 	o.mu.Lock()
-	if len(o.states) == 0 {
-		o.states = make(map[string]*entry[S], n)
-		if o.logic.OnEOF != nil {
-			o.loaded = make([]loadedRef[S], 0, n)
-		}
-	}
+	o.hint = n
 	o.mu.Unlock()
 }
 
 // restore decodes a batch of loaded rows (entries and, where the codec
-// can, states allocated together) and adds them under one lock.
+// can, states allocated together) and adds them to the restored index
+// under one lock.
 func (o *statefulOp[V, S, O]) restore(rows []Loaded) error {
-	ents := make([]entry[S], len(rows))
-	var states []S
 	di, into := o.logic.Codec.(decoderInto[S])
-	if into {
-		states = make([]S, len(rows))
-	}
-	for i, r := range rows {
-		ents[i].key = string(r.Key)
+	var slabs [][]entry[S]
+	for len(rows) > 0 {
+		n := min(len(rows), slabSize)
+		ents := make([]entry[S], n)
+		var states []S
 		if into {
-			if err := di.DecodeInto(r.Value, &states[i]); err != nil {
+			states = make([]S, n)
+		}
+		for i, r := range rows[:n] {
+			ents[i] = entry[S]{key: string(r.Key), epoch: r.Epoch, restored: true}
+			if into {
+				if err := di.DecodeInto(r.Value, &states[i]); err != nil {
+					return fmt.Errorf("key %q: %w", r.Key, err)
+				}
+				ents[i].s = &states[i]
+				continue
+			}
+			st, err := o.logic.Codec.Decode(r.Value)
+			if err != nil {
 				return fmt.Errorf("key %q: %w", r.Key, err)
 			}
-			ents[i].s = &states[i]
-			continue
+			ents[i].s = st
 		}
-		st, err := o.logic.Codec.Decode(r.Value)
-		if err != nil {
-			return fmt.Errorf("key %q: %w", r.Key, err)
-		}
-		ents[i].s = st
+		slabs = append(slabs, ents)
+		rows = rows[n:]
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if o.logic.OnEOF != nil && o.loaded == nil {
-		o.loaded = make([]loadedRef[S], 0, len(o.states)+len(rows))
+	if o.restored == nil {
+		o.restored = newRestoredIndex[S](o.hint)
 	}
-	for i := range ents {
-		o.states[ents[i].key] = &ents[i]
-		if o.logic.OnEOF != nil {
-			o.loaded = append(o.loaded, loadedRef[S]{&ents[i], rows[i].Epoch})
-		}
+	for _, ents := range slabs {
+		o.restored.add(ents)
 	}
 	return nil
 }
@@ -199,12 +196,13 @@ func (o *statefulOp[V, S, O]) open(ctx context.Context) error {
 	ri := RunInfoFrom(ctx)
 	// Restored keys changed after the previous end of input belong to the
 	// pass this run continues.
-	for _, l := range o.loaded {
-		if l.epoch > ri.PreviousEnd {
-			o.markPass(l.e)
-		}
+	if o.restored != nil && o.logic.OnEOF != nil {
+		o.restored.each(func(e *entry[S]) {
+			if e.epoch > ri.PreviousEnd {
+				o.markPass(e)
+			}
+		})
 	}
-	o.loaded = nil
 	if o.logic.Init != nil {
 		o.logic.Init(ri)
 	}
@@ -221,6 +219,11 @@ func (o *statefulOp[V, S, O]) close() error { return nil }
 
 func (o *statefulOp[V, S, O]) touch(key string) *entry[S] {
 	e := o.states[key]
+	if e == nil && o.restored != nil {
+		if e = o.restored.take(key); e != nil {
+			o.states[e.key] = e
+		}
+	}
 	if e == nil {
 		// Keys are often slices of a larger string (a line); keep only the key.
 		key = strings.Clone(key)
@@ -270,6 +273,7 @@ func (o *statefulOp[V, S, O]) snapshot(e Epoch) error {
 		en.dirty = false
 		if en.s == nil {
 			delete(o.states, k)
+			en.dead = true
 			o.seg.record(o.step, k, e, nil)
 			continue
 		}
@@ -312,10 +316,13 @@ func (o *statefulOp[V, S, O]) finish(final Epoch) error {
 			for _, e := range o.states {
 				visit = append(visit, e)
 			}
+			if o.restored != nil {
+				o.restored.each(func(e *entry[S]) { visit = append(visit, e) })
+			}
 		} else {
 			visit = o.inPass
 		}
-		visit = slices.DeleteFunc(visit, func(e *entry[S]) bool { return e.s == nil || o.states[e.key] != e })
+		visit = slices.DeleteFunc(visit, func(e *entry[S]) bool { return e.s == nil || e.dead })
 		slices.SortFunc(visit, func(a, b *entry[S]) int { return strings.Compare(a.key, b.key) })
 		o.inPass = nil
 		for _, e := range visit {
