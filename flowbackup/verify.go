@@ -86,14 +86,10 @@ func runVerify(ctx context.Context, o verifyOptions, out io.Writer) error {
 			}
 		}
 		for _, p := range rep.Problems {
-			where := ""
-			if p.Partition != nil {
-				where = fmt.Sprintf("partition %d ", *p.Partition)
-			}
-			if p.Backup != "" {
-				where += "backup " + p.Backup + ": "
-			}
-			fmt.Fprintf(out, "problem: %s%s\n", where, p.Message)
+			fmt.Fprintf(out, "problem: %s\n", describe(p))
+		}
+		for _, p := range rep.Notes {
+			fmt.Fprintf(out, "note: %s\n", describe(p))
 		}
 	}
 	switch rep.Status {
@@ -103,4 +99,16 @@ func runVerify(ctx context.Context, o verifyOptions, out io.Writer) error {
 		return exitError{exitFailed, fmt.Errorf("restorable, with %d problems", len(rep.Problems))}
 	}
 	return nil
+}
+
+// describe says where a problem or note is, then what it is.
+func describe(p restore.Problem) string {
+	where := ""
+	if p.Partition != nil {
+		where = fmt.Sprintf("partition %d ", *p.Partition)
+	}
+	if p.Backup != "" {
+		where += "backup " + p.Backup + ": "
+	}
+	return where + p.Message
 }

@@ -66,8 +66,12 @@ type Report struct {
 	Status   string       `json:"status"`
 	Flows    []FlowReport `json:"flows"`
 	Problems []Problem    `json:"problems"`
-	Checked  int          `json:"backups_checked"`
-	Objects  int          `json:"objects_checked"`
+	// Notes are conditions the next backup heals by itself (a backup
+	// stopped between its manifest and its latest pointer); they do not
+	// make a flow degraded.
+	Notes   []Problem `json:"notes"`
+	Checked int       `json:"backups_checked"`
+	Objects int       `json:"objects_checked"`
 }
 
 // Verify audits the backups in s and says whether, and to which epoch and
@@ -79,7 +83,7 @@ func Verify(ctx context.Context, s backup.Store, o VerifyOptions) (*Report, erro
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	rep := &Report{From: s.String(), Mode: "quick", Problems: []Problem{}}
+	rep := &Report{From: s.String(), Mode: "quick", Problems: []Problem{}, Notes: []Problem{}}
 	if o.Deep {
 		rep.Mode = "deep"
 	}
@@ -264,6 +268,9 @@ func checkLatest(ctx context.Context, s backup.Store, ms []*backup.Manifest, flo
 	add := func(uid string, idx int, msg string) {
 		rep.Problems = append(rep.Problems, Problem{Flow: uid, Partition: &idx, Message: msg})
 	}
+	note := func(uid string, idx int, msg string) {
+		rep.Notes = append(rep.Notes, Problem{Flow: uid, Partition: &idx, Message: msg})
+	}
 	seen := map[part]bool{}
 	err := s.List(ctx, backup.LatestPrefix, "", func(oi backup.ObjectInfo) error {
 		m, err := backup.ReadManifest(ctx, s, oi.Key)
@@ -292,7 +299,7 @@ func checkLatest(ctx context.Context, s backup.Store, ms []*backup.Manifest, flo
 		case n == nil:
 			add(k.uid, k.idx, fmt.Sprintf("the latest pointer names backup %s, but no manifest of this partition is stored", m.ID))
 		case n.ID != m.ID:
-			add(k.uid, k.idx, fmt.Sprintf("the latest pointer names backup %s, but %s is newer (a backup stopped between its manifest and its pointer?); the next backup sets it right", m.ID, n.ID))
+			note(k.uid, k.idx, fmt.Sprintf("the latest pointer names backup %s, but %s is newer (a backup stopped between its manifest and its pointer); the next backup sets it right", m.ID, n.ID))
 		}
 		return nil
 	})
@@ -301,7 +308,7 @@ func checkLatest(ctx context.Context, s backup.Store, ms []*backup.Manifest, flo
 	}
 	for k := range newest {
 		if !seen[k] {
-			add(k.uid, k.idx, fmt.Sprintf("has no latest pointer (%s); the next backup writes one, starting from a full image", backup.LatestKey(k.uid, k.idx)))
+			note(k.uid, k.idx, fmt.Sprintf("has no latest pointer (%s; a backup stopped between its manifest and its pointer); the next backup writes one, starting from a full image", backup.LatestKey(k.uid, k.idx)))
 		}
 	}
 	return nil
