@@ -158,6 +158,7 @@ func (e *exchangeSender[T]) broadcast(kind msgKind, ep Epoch) error {
 
 func (e *exchangeSender[T]) advance(_, to Epoch) error { return e.broadcast(msgAdvance, to) }
 func (e *exchangeSender[T]) finish(final Epoch) error  { return e.broadcast(msgEOF, final) }
+func (e *exchangeSender[T]) drain() error              { return e.flush() }
 
 func send(ctx context.Context, ch chan msg, m msg) error {
 	select {

@@ -4,11 +4,14 @@ package core
 // to an op are read-only and valid only during the call: an op that keeps items
 // copies them. advance says every epoch below `to` is complete and that items
 // pushed since the previous boundary belonged to epoch `from`. finish runs
-// end-of-input logic in the final epoch, closes it and propagates.
+// end-of-input logic in the final epoch, closes it and propagates. drain
+// says the upstream has nothing more to give right now: an op that holds a
+// partial batch hands it on (and propagates), so epochs never add latency.
 type op interface {
 	push(batch any) error
 	advance(from, to Epoch) error
 	finish(final Epoch) error
+	drain() error
 }
 
 type statelessImpl interface {
@@ -21,6 +24,7 @@ type nopOp struct{}
 func (nopOp) push(any) error             { return nil }
 func (nopOp) advance(Epoch, Epoch) error { return nil }
 func (nopOp) finish(Epoch) error         { return nil }
+func (nopOp) drain() error               { return nil }
 
 // fanout feeds one batch to several consumers.
 type fanout []op
@@ -43,6 +47,15 @@ func (f fanout) advance(from, to Epoch) error {
 	return nil
 }
 
+func (f fanout) drain() error {
+	for _, o := range f {
+		if err := o.drain(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (f fanout) finish(e Epoch) error {
 	for _, o := range f {
 		if err := o.finish(e); err != nil {
@@ -57,6 +70,7 @@ type passOp struct{ out op }
 
 func (p passOp) advance(from, to Epoch) error { return p.out.advance(from, to) }
 func (p passOp) finish(e Epoch) error         { return p.out.finish(e) }
+func (p passOp) drain() error                 { return p.out.drain() }
 
 // statelessFunc adapts a per-batch transformation into a statelessImpl.
 type statelessFunc[A, B any] struct {

@@ -23,10 +23,18 @@ import (
 // nothing.
 type restoredIndex[S any] struct {
 	seed    maphash.Seed
-	slabs   [][]entry[S]
+	slabs   []restoredSlab[S]
 	shift   uint             // 64 - log2(buckets)
 	pending [][]restoredSlot // per bucket, until built
 	tables  [][]restoredSlot // per bucket, once built
+}
+
+// restoredSlab is up to slabSize loaded entries, their keys and the epochs
+// of their rows.
+type restoredSlab[S any] struct {
+	ents   []entry[S]
+	keys   []string
+	epochs []Epoch
 }
 
 type restoredSlot struct {
@@ -49,22 +57,24 @@ func newRestoredIndex[S any](expect int) *restoredIndex[S] {
 }
 
 // add adds a slab of entries (at most slabSize).
-func (ix *restoredIndex[S]) add(slab []entry[S]) {
+func (ix *restoredIndex[S]) add(slab restoredSlab[S]) {
 	if ix.tables != nil {
 		panic("core: restoredIndex.add after the first lookup")
 	}
 	base := uint32(len(ix.slabs)) << slabBits
 	ix.slabs = append(ix.slabs, slab)
-	for off := range slab {
-		h := maphash.String(ix.seed, slab[off].key)
+	for off := range slab.ents {
+		h := maphash.String(ix.seed, slab.keys[off])
 		b := h >> ix.shift
 		ix.pending[b] = append(ix.pending[b], restoredSlot{tag: uint32(h), ref: base | uint32(off) + 1})
 	}
 }
 
-func (ix *restoredIndex[S]) entry(ref uint32) *entry[S] {
+// at returns the entry a slot refers to, its key and its row's epoch.
+func (ix *restoredIndex[S]) at(ref uint32) (*entry[S], string, Epoch) {
 	r := ref - 1
-	return &ix.slabs[r>>slabBits][r&(slabSize-1)]
+	sl, off := &ix.slabs[r>>slabBits], r&(slabSize-1)
+	return &sl.ents[off], sl.keys[off], sl.epochs[off]
 }
 
 // build fills each bucket's table from its pending slots.
@@ -91,8 +101,9 @@ func (ix *restoredIndex[S]) build() {
 					continue
 				}
 				// A key loaded twice (Load promises once): the newer row wins.
-				if old, e := ix.entry(s.ref), ix.entry(p.ref); old.key == e.key {
-					if e.epoch > old.epoch {
+				old, oldKey, oldEpoch := ix.at(s.ref)
+				if e, key, epoch := ix.at(p.ref); oldKey == key {
+					if epoch > oldEpoch {
 						old.restored = false
 						t[i] = p
 					} else {
@@ -107,45 +118,46 @@ func (ix *restoredIndex[S]) build() {
 	ix.pending = nil
 }
 
-// take returns the restored entry of key and removes it from the index, or
-// nil.
-func (ix *restoredIndex[S]) take(key string) *entry[S] {
+// take returns the restored entry of key (and the index's copy of the key)
+// and removes it from the index, or returns nil.
+func (ix *restoredIndex[S]) take(key string) (string, *entry[S]) {
 	if ix.tables == nil {
 		ix.build()
 	}
 	h := maphash.String(ix.seed, key)
 	t := ix.tables[h>>ix.shift]
 	if len(t) == 0 {
-		return nil
+		return "", nil
 	}
 	tag, mask := uint32(h), uint32(len(t)-1)
 	for i := tag & mask; ; i = (i + 1) & mask {
 		s := t[i]
 		if s.ref == 0 {
-			return nil
+			return "", nil
 		}
 		if s.tag != tag {
 			continue
 		}
-		if e := ix.entry(s.ref); e.key == key {
+		if e, k, _ := ix.at(s.ref); k == key {
 			if !e.restored {
-				return nil // taken before (and perhaps deleted since)
+				return "", nil // taken before (and perhaps deleted since)
 			}
 			e.restored = false
-			return e
+			return k, e
 		}
 	}
 }
 
-// each calls fn for every entry still in the index.
-func (ix *restoredIndex[S]) each(fn func(e *entry[S])) {
+// each calls fn for every entry still in the index, with its key and its
+// row's epoch.
+func (ix *restoredIndex[S]) each(fn func(key string, e *entry[S], epoch Epoch)) {
 	if ix.tables == nil {
 		ix.build() // which settles keys loaded twice
 	}
-	for _, slab := range ix.slabs {
-		for i := range slab {
-			if slab[i].restored {
-				fn(&slab[i])
+	for _, sl := range ix.slabs {
+		for i := range sl.ents {
+			if sl.ents[i].restored {
+				fn(sl.keys[i], &sl.ents[i], sl.epochs[i])
 			}
 		}
 	}

@@ -8,13 +8,14 @@ import (
 	"time"
 )
 
-func restoredSlab(keys []string, epoch Epoch) []entry[int] {
-	slab := make([]entry[int], len(keys))
-	for i, k := range keys {
+func makeSlab(keys []string, epoch Epoch) restoredSlab[int] {
+	sl := restoredSlab[int]{ents: make([]entry[int], len(keys)), keys: keys, epochs: make([]Epoch, len(keys))}
+	for i := range keys {
 		v := int(epoch)
-		slab[i] = entry[int]{key: k, s: &v, epoch: epoch, restored: true}
+		sl.ents[i] = entry[int]{s: &v, restored: true}
+		sl.epochs[i] = epoch
 	}
-	return slab
+	return sl
 }
 
 func TestRestoredIndex(t *testing.T) {
@@ -42,30 +43,30 @@ func TestRestoredIndex(t *testing.T) {
 			for _, s := range tc.slabs {
 				for len(s) > 0 {
 					n := min(len(s), slabSize)
-					ix.add(restoredSlab(s[:n], 1))
+					ix.add(makeSlab(s[:n], 1))
 					all = append(all, s[:n]...)
 					s = s[n:]
 				}
 			}
-			if e := ix.take("not there"); e != nil {
-				t.Fatalf("take of a missing key = %q", e.key)
+			if k, e := ix.take("not there"); e != nil {
+				t.Fatalf("take of a missing key = %q", k)
 			}
 			// Take half; each is found once, then never again.
 			for i, k := range all {
 				if i%2 == 1 {
 					continue
 				}
-				e := ix.take(k)
-				if e == nil || e.key != k || e.restored {
-					t.Fatalf("take(%q) = %+v", k, e)
+				got, e := ix.take(k)
+				if e == nil || got != k || e.restored {
+					t.Fatalf("take(%q) = %q, %+v", k, got, e)
 				}
-				if again := ix.take(k); again != nil {
+				if _, again := ix.take(k); again != nil {
 					t.Fatalf("%q taken twice", k)
 				}
 			}
 			// each visits exactly the rest.
 			var left []string
-			ix.each(func(e *entry[int]) { left = append(left, e.key) })
+			ix.each(func(k string, _ *entry[int], _ Epoch) { left = append(left, k) })
 			var want []string
 			for i, k := range all {
 				if i%2 == 1 {
@@ -84,18 +85,18 @@ func TestRestoredIndex(t *testing.T) {
 func TestRestoredIndex_KeyLoadedTwiceKeepsTheNewerRow(t *testing.T) {
 	for _, order := range [][]Epoch{{3, 5}, {5, 3}} {
 		ix := newRestoredIndex[int](0)
-		ix.add(restoredSlab([]string{"x", "y"}, order[0]))
-		ix.add(restoredSlab([]string{"x"}, order[1]))
+		ix.add(makeSlab([]string{"x", "y"}, order[0]))
+		ix.add(makeSlab([]string{"x"}, order[1]))
 		n := 0
-		ix.each(func(*entry[int]) { n++ })
-		if e := ix.take("x"); e == nil || e.epoch != 5 || *e.s != 5 {
+		ix.each(func(string, *entry[int], Epoch) { n++ })
+		if _, e := ix.take("x"); e == nil || *e.s != 5 {
 			t.Fatalf("loaded at %v: take(x) = %+v, want the row of epoch 5", order, e)
 		}
 		if n != 2 {
 			t.Fatalf("loaded at %v: each visited %d entries, want 2 (x once, y)", order, n)
 		}
 		n = 0
-		ix.each(func(*entry[int]) { n++ })
+		ix.each(func(string, *entry[int], Epoch) { n++ })
 		if n != 1 {
 			t.Fatalf("loaded at %v: %d entries left after taking x, want 1 (y)", order, n)
 		}
@@ -117,9 +118,9 @@ func BenchmarkRestoredIndex(b *testing.B) {
 	}
 	var add, build, take float64
 	for b.Loop() {
-		ents := make([][]entry[int], len(slabs))
+		ents := make([]restoredSlab[int], len(slabs))
 		for i, s := range slabs {
-			ents[i] = restoredSlab(s, 1)
+			ents[i] = makeSlab(s, 1)
 		}
 		t0 := time.Now()
 		ix := newRestoredIndex[int](n)
@@ -131,7 +132,7 @@ func BenchmarkRestoredIndex(b *testing.B) {
 		t2 := time.Now()
 		for _, s := range slabs[:10] {
 			for _, k := range s {
-				if ix.take(k) == nil {
+				if _, e := ix.take(k); e == nil {
 					b.Fatal("missing")
 				}
 			}

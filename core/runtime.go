@@ -24,8 +24,13 @@ type Config struct {
 	// process of a cluster.
 	Cluster *ClusterConfig
 	// EpochInterval is how often inputs close an epoch (the snapshot
-	// interval). Zero means 10s.
+	// interval). Zero means 10s. Epochs never hold items back: a partial
+	// batch moves on as soon as its upstream has nothing more to give.
 	EpochInterval time.Duration
+	// MaxDelay bounds how long an item waits in a partial batch while input
+	// keeps arriving (under load, batches fill; when input pauses they are
+	// handed on at once). Zero means 5ms.
+	MaxDelay time.Duration
 	// Recovery keeps snapshots; nil runs without recovery. Run owns it: it
 	// closes it before returning, whatever happens (also when the run fails
 	// before it starts).
@@ -66,6 +71,9 @@ func Run(ctx context.Context, f *Flow, cfg Config) (*Result, error) {
 	}
 	if cfg.Workers < 1 {
 		return fail(fmt.Errorf("workers must be at least 1, got %d", cfg.Workers))
+	}
+	if cfg.MaxDelay <= 0 {
+		cfg.MaxDelay = 5 * time.Millisecond
 	}
 	if cfg.EpochInterval <= 0 {
 		cfg.EpochInterval = 10 * time.Second
@@ -562,6 +570,11 @@ func (x *execution) runSource(ss *sourceSeg) error {
 	wait := min(100*time.Millisecond, x.cfg.EpochInterval)
 	cur := x.start
 	eof := false
+	// Items pushed since the last drain, and when the first of them was:
+	// while they wait, the source is polled without waiting, and the chain
+	// is drained as soon as a poll finds nothing (or MaxDelay passed).
+	pending := false
+	var since time.Time
 	snap := func(e Epoch) {
 		if pos := p.Position(); pos != nil && string(pos) != string(last) {
 			last = append([]byte(nil), pos...)
@@ -570,7 +583,11 @@ func (x *execution) runSource(ss *sourceSeg) error {
 	}
 	for {
 		if !eof {
-			b, n, err := p.next(x.ctx, wait)
+			w := wait
+			if pending {
+				w = 0
+			}
+			b, n, err := p.next(x.ctx, w)
 			if err != nil && !errors.Is(err, io.EOF) {
 				return fmt.Errorf("input %s: partition %q: %w", ss.in.id, ss.part, err)
 			}
@@ -578,6 +595,15 @@ func (x *execution) runSource(ss *sourceSeg) error {
 				if perr := ss.chain.push(b); perr != nil {
 					return perr
 				}
+				if !pending {
+					pending, since = true, time.Now()
+				}
+			}
+			if pending && (n == 0 || err != nil || time.Since(since) >= x.cfg.MaxDelay) {
+				if derr := ss.chain.drain(); derr != nil {
+					return derr
+				}
+				pending = false
 			}
 			if err != nil {
 				eof = true
@@ -623,6 +649,10 @@ func (x *execution) runExchanged(es *exchangedSeg) error {
 	if x.mesh != nil {
 		credits = &creditReturn{x: x, node: x.cl.nodeIdx[seg.node], dst: uint32(seg.worker), owed: map[int]uint32{}}
 	}
+	// Data applied since the last drain, and when: drained once the inbox
+	// is empty (the upstream has nothing more right now) or MaxDelay passed.
+	pending := false
+	var since time.Time
 	for {
 		var m msg
 		select {
@@ -633,6 +663,15 @@ func (x *execution) runExchanged(es *exchangedSeg) error {
 		}
 		if err := r.handle(m); err != nil {
 			return err
+		}
+		if m.kind == msgData && !pending {
+			pending, since = true, time.Now()
+		}
+		if pending && (len(es.inbox) == 0 && len(es.rinbox) == 0 || time.Since(since) >= x.cfg.MaxDelay) {
+			if err := es.root.drain(); err != nil {
+				return err
+			}
+			pending = false
 		}
 		if credits != nil {
 			if err := credits.add(m.origin); err != nil {

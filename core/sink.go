@@ -31,6 +31,13 @@ type SinkPartition[T any] interface {
 	Close() error
 }
 
+// Flusher is a SinkPartition that buffers writes and can make them visible
+// (not durable) at once. The runtime calls Flush when the flow has nothing
+// more to give right now, so output does not wait for the epoch to close.
+type Flusher interface {
+	Flush() error
+}
+
 // Output adds a step that writes s to sink.
 func Output[T any](s Stream[T], name string, sink Sink[T]) {
 	n := s.n.flow.add(s.n, name, kindExchanged)
@@ -144,6 +151,17 @@ func (o *sinkOp[T]) advance(from, to Epoch) error {
 }
 
 func (o *sinkOp[T]) finish(e Epoch) error { return o.advance(e, e+1) }
+
+func (o *sinkOp[T]) drain() error {
+	for _, p := range o.names {
+		if f, ok := o.parts[p].(Flusher); ok {
+			if err := f.Flush(); err != nil {
+				return fmt.Errorf("output %s: flush partition %q: %w", o.step, p, err)
+			}
+		}
+	}
+	return nil
+}
 
 func (o *sinkOp[T]) close() error {
 	var first error

@@ -109,14 +109,20 @@ func (s *statefulImpl[V, S, O]) root(seg *segment, out op) rootOp {
 	return o
 }
 
+// entry is one key's state. It is kept small (16 bytes): every item of the
+// key reads it, and a large state's entries should stay in the CPU cache.
 type entry[S any] struct {
-	key      string
 	s        *S
-	epoch    Epoch // of the loaded row, for a restored entry
 	dirty    bool
 	pass     bool // changed in the current pass over the input (see OnEOF)
 	restored bool // in the restored index, not (yet) in the map
 	dead     bool // deleted from the map (a later touch makes a new entry)
+}
+
+// keyed is an entry and its key, where a list needs both.
+type keyed[S any] struct {
+	key string
+	e   *entry[S]
 }
 
 type statefulOp[V, S, O any] struct {
@@ -130,8 +136,8 @@ type statefulOp[V, S, O any] struct {
 	// nothing was loaded); hint sizes it.
 	restored *restoredIndex[S]
 	hint     int
-	dirty    []*entry[S] // changed in the current epoch: snapshot them without looking them up
-	inPass   []*entry[S] // changed in the current pass: what end of input visits
+	dirty    []keyed[S] // changed in the current epoch: snapshot them without looking them up
+	inPass   []keyed[S] // changed in the current pass: what end of input visits
 	obuf     []KV[O]
 	curKey   string
 	emitFn   func(O)
@@ -155,16 +161,19 @@ func (o *statefulOp[V, S, O]) presize(n int) {
 // under one lock.
 func (o *statefulOp[V, S, O]) restore(rows []Loaded) error {
 	di, into := o.logic.Codec.(decoderInto[S])
-	var slabs [][]entry[S]
+	var slabs []restoredSlab[S]
 	for len(rows) > 0 {
 		n := min(len(rows), slabSize)
 		ents := make([]entry[S], n)
+		keys := make([]string, n)
+		epochs := make([]Epoch, n)
 		var states []S
 		if into {
 			states = make([]S, n)
 		}
 		for i, r := range rows[:n] {
-			ents[i] = entry[S]{key: string(r.Key), epoch: r.Epoch, restored: true}
+			ents[i] = entry[S]{restored: true}
+			keys[i], epochs[i] = string(r.Key), r.Epoch
 			if into {
 				if err := di.DecodeInto(r.Value, &states[i]); err != nil {
 					return fmt.Errorf("key %q: %w", r.Key, err)
@@ -178,7 +187,7 @@ func (o *statefulOp[V, S, O]) restore(rows []Loaded) error {
 			}
 			ents[i].s = st
 		}
-		slabs = append(slabs, ents)
+		slabs = append(slabs, restoredSlab[S]{ents, keys, epochs})
 		rows = rows[n:]
 	}
 	o.mu.Lock()
@@ -186,8 +195,8 @@ func (o *statefulOp[V, S, O]) restore(rows []Loaded) error {
 	if o.restored == nil {
 		o.restored = newRestoredIndex[S](o.hint)
 	}
-	for _, ents := range slabs {
-		o.restored.add(ents)
+	for _, sl := range slabs {
+		o.restored.add(sl)
 	}
 	return nil
 }
@@ -197,9 +206,9 @@ func (o *statefulOp[V, S, O]) open(ctx context.Context) error {
 	// Restored keys changed after the previous end of input belong to the
 	// pass this run continues.
 	if o.restored != nil && o.logic.OnEOF != nil {
-		o.restored.each(func(e *entry[S]) {
-			if e.epoch > ri.PreviousEnd {
-				o.markPass(e)
+		o.restored.each(func(key string, e *entry[S], epoch Epoch) {
+			if epoch > ri.PreviousEnd {
+				o.markPass(key, e)
 			}
 		})
 	}
@@ -209,32 +218,42 @@ func (o *statefulOp[V, S, O]) open(ctx context.Context) error {
 	return nil
 }
 
-func (o *statefulOp[V, S, O]) markPass(e *entry[S]) {
+// markPass adds a key to the pass; key must be a string the op owns (not
+// a slice of an input line, which the list would keep alive).
+func (o *statefulOp[V, S, O]) markPass(key string, e *entry[S]) {
 	if !e.pass {
 		e.pass = true
-		o.inPass = append(o.inPass, e)
+		o.inPass = append(o.inPass, keyed[S]{key, e})
 	}
 }
 func (o *statefulOp[V, S, O]) close() error { return nil }
 
 func (o *statefulOp[V, S, O]) touch(key string) *entry[S] {
 	e := o.states[key]
+	owned := false
 	if e == nil && o.restored != nil {
-		if e = o.restored.take(key); e != nil {
-			o.states[e.key] = e
+		var k string
+		if k, e = o.restored.take(key); e != nil {
+			key, owned = k, true
+			o.states[key] = e
 		}
 	}
 	if e == nil {
 		// Keys are often slices of a larger string (a line); keep only the key.
-		key = strings.Clone(key)
-		e = &entry[S]{key: key}
+		key, owned = strings.Clone(key), true
+		e = &entry[S]{}
 		o.states[key] = e
 	}
 	if !e.dirty {
 		e.dirty = true
-		o.dirty = append(o.dirty, e)
-		if o.logic.OnEOF != nil {
-			o.markPass(e)
+		// The dirty list may hold the caller's key until the epoch's
+		// snapshot; the pass list lives longer and gets an owned copy.
+		o.dirty = append(o.dirty, keyed[S]{key, e})
+		if o.logic.OnEOF != nil && !e.pass {
+			if !owned {
+				key = strings.Clone(key)
+			}
+			o.markPass(key, e)
 		}
 	}
 	return e
@@ -263,13 +282,13 @@ func (o *statefulOp[V, S, O]) flush() error {
 // tombstone for discarded keys.
 func (o *statefulOp[V, S, O]) snapshot(e Epoch) error {
 	o.seg.changes = slices.Grow(o.seg.changes, min(len(o.dirty), snapshotChunk))
-	for i, en := range o.dirty {
+	for i, d := range o.dirty {
 		if err := o.seg.flushIfFull(); err != nil {
 			clear(o.dirty[i:])
 			o.dirty = o.dirty[:0]
 			return err
 		}
-		k := en.key
+		k, en := d.key, d.e
 		en.dirty = false
 		if en.s == nil {
 			delete(o.states, k)
@@ -301,6 +320,13 @@ func (o *statefulOp[V, S, O]) snapshot(e Epoch) error {
 	return nil
 }
 
+func (o *statefulOp[V, S, O]) drain() error {
+	if err := o.flush(); err != nil {
+		return err
+	}
+	return o.out.drain()
+}
+
 func (o *statefulOp[V, S, O]) advance(from, to Epoch) error {
 	if err := o.snapshot(from); err != nil {
 		return err
@@ -310,23 +336,23 @@ func (o *statefulOp[V, S, O]) advance(from, to Epoch) error {
 
 func (o *statefulOp[V, S, O]) finish(final Epoch) error {
 	if o.logic.OnEOF != nil {
-		var visit []*entry[S]
+		var visit []keyed[S]
 		if o.logic.EOFForEveryKey {
-			visit = make([]*entry[S], 0, len(o.states))
-			for _, e := range o.states {
-				visit = append(visit, e)
+			visit = make([]keyed[S], 0, len(o.states))
+			for k, e := range o.states {
+				visit = append(visit, keyed[S]{k, e})
 			}
 			if o.restored != nil {
-				o.restored.each(func(e *entry[S]) { visit = append(visit, e) })
+				o.restored.each(func(k string, e *entry[S], _ Epoch) { visit = append(visit, keyed[S]{k, e}) })
 			}
 		} else {
 			visit = o.inPass
 		}
-		visit = slices.DeleteFunc(visit, func(e *entry[S]) bool { return e.s == nil || e.dead })
-		slices.SortFunc(visit, func(a, b *entry[S]) int { return strings.Compare(a.key, b.key) })
+		visit = slices.DeleteFunc(visit, func(v keyed[S]) bool { return v.e.s == nil || v.e.dead })
+		slices.SortFunc(visit, func(a, b keyed[S]) int { return strings.Compare(a.key, b.key) })
 		o.inPass = nil
-		for _, e := range visit {
-			k := e.key
+		for _, v := range visit {
+			k, e := v.key, v.e
 			o.curKey = k
 			next, changed := o.logic.OnEOF(k, e.s, o.emitFn)
 			if changed || next != e.s {

@@ -141,8 +141,11 @@ func (p *linePartition) Close() error     { return p.f.Close() }
 // Sink writes lines to one file (one partition, named after the file's
 // base name). Commit flushes and fsyncs, and its position is the file size;
 // on resume the file is truncated to the stored position, so together with
-// recovery the file's content is exactly-once. A fresh run refuses a
-// non-empty file unless Overwrite is set. With Sorted, the lines of each
+// recovery the file's content is exactly-once. A file this flow has not
+// written (a fresh run, or a later run pointed at another file) must be
+// empty unless Overwrite is set. Written lines reach the file (not the disk)
+// as soon as the flow has nothing more to give, before the epoch closes;
+// with Sorted, the lines of each
 // epoch are written in sorted order, which makes the file independent of how
 // many workers produced it.
 type Sink struct {
@@ -184,10 +187,16 @@ func (s Sink) Open(ctx context.Context, _ string, resume []byte) (core.SinkParti
 			f.Close()
 			return nil, fmt.Errorf("output %s has %d bytes but %d were already written: it was truncated or replaced; restore it or write to a new file", s.Path, st.Size(), off)
 		}
+	case st.Size() == 0 || s.Overwrite:
+	case core.RunInfoFrom(ctx).Execution > 0 && core.RunInfoFrom(ctx).StartEpoch <= 1:
+		// A re-execution before any epoch was durable: what the file holds
+		// was written by an earlier attempt that never committed.
 	case core.RunInfoFrom(ctx).Execution > 0:
-		// A re-execution with no stored position: anything in the file was
-		// written by an earlier attempt that never committed.
-	case st.Size() > 0 && !s.Overwrite:
+		// Epochs are durable, and none recorded a position for this file:
+		// this flow never wrote it.
+		f.Close()
+		return nil, fmt.Errorf("output %s is not empty and this flow never wrote it (it resumes at epoch %d with no position for this file): remove it, choose another output, or allow overwriting it (flowrun --overwrite)", s.Path, core.RunInfoFrom(ctx).StartEpoch)
+	default:
 		f.Close()
 		return nil, fmt.Errorf("output %s already exists and is not empty: remove it, choose another output, or allow overwriting it (flowrun --overwrite)", s.Path)
 	}
@@ -241,6 +250,15 @@ func (p *fileSinkPart) Commit() ([]byte, error) {
 		return nil, err
 	}
 	return strconv.AppendInt(nil, p.pos, 10), nil
+}
+
+// Flush implements core.Flusher: unsorted lines written so far reach the
+// file (a resume truncates what no epoch committed).
+func (p *fileSinkPart) Flush() error {
+	if p.sorted {
+		return nil
+	}
+	return p.w.Flush()
 }
 
 func (p *fileSinkPart) Close() error {

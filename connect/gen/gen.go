@@ -18,7 +18,9 @@ type Generator[T any] struct {
 	Parts int
 	Count int64
 	Make  func(part int, i int64) T
-	// Delay, if set, is slept before each batch (to simulate a slow input).
+	// Delay, if set, spaces batches: each becomes available Delay after the
+	// previous one (or after Open), to simulate a slow input. A poll that
+	// comes earlier waits at most its wait, then returns an empty batch.
 	Delay time.Duration
 	// Batch bounds the items one batch holds; 0 means 1024.
 	Batch int
@@ -39,7 +41,7 @@ func (g Generator[T]) Open(_ context.Context, part string, resume []byte) (core.
 	if _, err := fmt.Sscanf(part, "gen-%d", &idx); err != nil {
 		return nil, fmt.Errorf("unknown generator partition %q", part)
 	}
-	p := &genPart[T]{g: g, part: idx}
+	p := &genPart[T]{g: g, part: idx, ready: time.Now().Add(g.Delay)}
 	if resume != nil {
 		n, err := strconv.ParseInt(string(resume), 10, 64)
 		if err != nil {
@@ -58,17 +60,26 @@ type genPart[T any] struct {
 	part  int
 	next  int64
 	batch []T
+	ready time.Time // when the next batch is available (with Delay)
 }
 
-func (p *genPart[T]) NextBatch(ctx context.Context, _ time.Duration) ([]T, error) {
-	if p.g.Delay > 0 {
-		select {
-		case <-time.After(p.g.Delay):
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
+func (p *genPart[T]) NextBatch(ctx context.Context, wait time.Duration) ([]T, error) {
 	p.batch = p.batch[:0]
+	if p.g.Delay > 0 {
+		if d := time.Until(p.ready); d > 0 {
+			t := time.NewTimer(min(d, wait))
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return nil, ctx.Err()
+			}
+			if d > wait {
+				return p.batch, nil
+			}
+		}
+		p.ready = time.Now().Add(p.g.Delay)
+	}
 	size := p.g.Batch
 	if size <= 0 {
 		size = batchSize
