@@ -86,8 +86,8 @@ Flows: ` + flowNames(specs) + `
 	}
 	f := cmd.Flags()
 	f.IntVarP(&o.Workers, "workers", "w", 1, "number of workers; keys are spread over them (e.g. -w 4)")
-	f.DurationVarP(&o.Snapshot, "snapshot-interval", "s", 0, "how often to close an epoch and snapshot changed state (e.g. -s 10s); required with -r")
-	f.DurationVarP(&o.Backup, "backup-interval", "b", 0, "keep snapshots this long so partition backups taken this far apart still restore together (e.g. -b 5m, or -b 0); required with -r")
+	f.VarP(human.Duration{D: &o.Snapshot}, "snapshot-interval", "s", "how often to close an epoch and snapshot changed state: seconds or a duration (e.g. -s 10 or -s 10s); required with -r")
+	f.VarP(human.Duration{D: &o.Backup}, "backup-interval", "b", "keep snapshots this long so partition backups taken this far apart still restore together: seconds or a duration (e.g. -b 300 or -b 5m, or -b 0); required with -r")
 	f.StringSliceVarP(&o.RecoveryDirs, "recovery-dir", "r", nil, "directory of recovery partitions (e.g. -r /var/lib/flowkeep); repeat it (or separate with commas) when they are spread over several directories; without it the run keeps no state")
 	f.StringVarP(&o.Input, "input", "i", "", "input file, directory (one partition per file) or - for stdin (e.g. --input access.log)")
 	f.StringVarP(&o.Output, "output", "o", "", "output file or - for stdout (e.g. --output counts.csv)")
@@ -119,6 +119,13 @@ func flagsFromEnv(fs *pflag.FlagSet) error {
 	return err
 }
 
+// The longest intervals run accepts: beyond them a typo (-s 1000000h) is
+// likelier than a wish.
+const (
+	maxSnapshotInterval = 24 * time.Hour
+	maxBackupInterval   = 31 * 24 * time.Hour
+)
+
 func (o runOptions) validate() error {
 	if o.Workers < 1 {
 		return usagef("-w must be at least 1, got %d", o.Workers)
@@ -126,8 +133,14 @@ func (o runOptions) validate() error {
 	if o.snapshotSet && o.Snapshot <= 0 {
 		return usagef("-s must be positive, got %v", o.Snapshot)
 	}
+	if o.Snapshot > maxSnapshotInterval {
+		return usagef("-s %v is longer than %v: a crash would lose that much progress; snapshot more often", o.Snapshot, maxSnapshotInterval)
+	}
 	if o.Backup < 0 {
 		return usagef("-b must not be negative, got %v", o.Backup)
+	}
+	if o.Backup > maxBackupInterval {
+		return usagef("-b %v is longer than %v: every snapshot would be kept that long; back up more often", o.Backup, maxBackupInterval)
 	}
 	if len(o.RecoveryDirs) > 0 && (!o.snapshotSet || !o.backupSet) {
 		var missing []string

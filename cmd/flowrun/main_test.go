@@ -114,6 +114,9 @@ func TestCLI_BadInputClearErrorsAndExitCodes(t *testing.T) {
 		{"-r without -b", []string{"run", "wordcount", "-i", in, "-o", out, "-r", dir, "-s", "1s"}, 2, "-r needs the backup interval"},
 		{"-r on a dir without partitions", []string{"run", "wordcount", "-i", in, "-o", out, "-r", dir, "-s", "1s", "-b", "0"}, 1, "no recovery partitions"},
 		{"bad flag", []string{"run", "wordcount", "--bogus"}, 2, "unknown flag"},
+		{"-s not a duration", []string{"run", "wordcount", "-i", in, "-o", out, "-s", "soon"}, 2, "give seconds (30) or a number with a unit"},
+		{"-s absurdly long", []string{"run", "wordcount", "-i", in, "-o", out, "-r", dir, "-s", "1000000h", "-b", "0"}, 2, "-s 1000000h0m0s is longer than 24h0m0s"},
+		{"-b absurdly long", []string{"run", "wordcount", "-i", in, "-o", out, "-r", dir, "-s", "10", "-b", "9999h"}, 2, "-b 9999h0m0s is longer than"},
 		{"init on a missing dir", []string{"recovery", "init", filepath.Join(dir, "nope"), "2"}, 1, "no such file"},
 		{"init with bad count", []string{"recovery", "init", dir, "zero"}, 2, "positive number"},
 	}
@@ -124,6 +127,20 @@ func TestCLI_BadInputClearErrorsAndExitCodes(t *testing.T) {
 				t.Fatalf("exit %d, output:\n%s\nwant exit %d and %q", code, msg, tt.code, tt.msg)
 			}
 		})
+	}
+}
+
+// -s and -b take a bare number of seconds, as Bytewax does.
+func TestCLI_IntervalsInBareSeconds(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "in.txt")
+	os.WriteFile(in, []byte("a b a\n"), 0o644)
+	rec := filepath.Join(dir, "rec")
+	os.Mkdir(rec, 0o755)
+	mustRun(t, "recovery", "init", rec, "2")
+	mustRun(t, "run", "wordcount", "-i", in, "-o", filepath.Join(dir, "out.csv"), "-r", rec, "-s", "30", "-b", "300")
+	if got := mustRun(t, "recovery", "inspect", rec); !strings.Contains(got, "snapshot 30s, backup 5m0s") {
+		t.Fatalf("inspect does not show -s 30 -b 300 as 30s and 5m:\n%s", got)
 	}
 }
 

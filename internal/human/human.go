@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Bytes formats n with a binary unit: "512 B", "1.5 KiB", "3.0 GiB".
@@ -48,3 +49,41 @@ func ParseBytes(s string) (int64, error) {
 	}
 	return n * m, nil
 }
+
+// ParseDuration parses a duration as Go writes it ("90s", "1m30s", "5m")
+// or, like Bytewax, a bare number of seconds ("30" is 30s, "0.5" is 500ms).
+func ParseDuration(s string) (time.Duration, error) {
+	t := strings.TrimSpace(s)
+	unit := ""
+	if t != "" && strings.Trim(t, "0123456789.") == "" {
+		unit = "s"
+	}
+	d, err := time.ParseDuration(t + unit)
+	if err != nil {
+		return 0, fmt.Errorf("duration %q: give seconds (30) or a number with a unit (30s, 5m, 1h30m)", s)
+	}
+	return d, nil
+}
+
+// Duration is a flag value (pflag.Value) read by ParseDuration.
+type Duration struct{ D *time.Duration }
+
+func (d Duration) String() string {
+	if d.D == nil {
+		return "0s"
+	}
+	return d.D.String()
+}
+
+// Set implements pflag.Value.
+func (d Duration) Set(s string) error {
+	v, err := ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d.D = v
+	return nil
+}
+
+// Type implements pflag.Value.
+func (d Duration) Type() string { return "duration" }

@@ -1,6 +1,9 @@
 package human
 
-import "testing"
+import (
+	"testing"
+	"time"
+)
 
 func TestBytes(t *testing.T) {
 	for n, want := range map[int64]string{0: "0 B", 1023: "1023 B", 1024: "1.0 KiB", 1536: "1.5 KiB", 5 << 30: "5.0 GiB"} {
@@ -19,6 +22,19 @@ func TestParseBytes(t *testing.T) {
 	for _, bad := range []string{"", "MiB", "-5MiB", "1.5GiB", "3 parsecs", "99999999999999999999"} {
 		if _, err := ParseBytes(bad); err == nil {
 			t.Errorf("ParseBytes(%q) accepted", bad)
+		}
+	}
+}
+
+func TestParseDuration(t *testing.T) {
+	for in, want := range map[string]time.Duration{"30": 30 * time.Second, " 0 ": 0, "90s": 90 * time.Second, "1m30s": 90 * time.Second, "5m": 5 * time.Minute, "250ms": 250 * time.Millisecond, "-5m": -5 * time.Minute, "0.5": 500 * time.Millisecond} {
+		if got, err := ParseDuration(in); err != nil || got != want {
+			t.Errorf("ParseDuration(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "s", ".", "1.2.3", "5 parsecs", "99999999999999999999", "9999999999999"} {
+		if _, err := ParseDuration(bad); err == nil {
+			t.Errorf("ParseDuration(%q) accepted", bad)
 		}
 	}
 }
