@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/flowkeep/flowkeep/core"
-	"github.com/flowkeep/flowkeep/flowrun"
 	"github.com/flowkeep/flowkeep/recovery"
+	"github.com/flowkeep/flowkeep/recovery/local"
 )
 
 // pacedSource emits Count items per partition at Rate items a second (0:
@@ -181,7 +181,7 @@ func BenchmarkLatency(b *testing.B) {
 						if err != nil {
 							b.Fatal(err)
 						}
-						cfg.Recovery = flowrun.NewRecovery(st)
+						cfg.Recovery = local.New(st)
 					}
 					start := time.Now()
 					if _, err := core.Run(context.Background(), latencyFlow(keyed, src, sink), cfg); err != nil {

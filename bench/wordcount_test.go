@@ -12,9 +12,9 @@ import (
 	"time"
 
 	"github.com/flowkeep/flowkeep/core"
-	"github.com/flowkeep/flowkeep/flowrun"
 	"github.com/flowkeep/flowkeep/flows"
 	"github.com/flowkeep/flowkeep/recovery"
+	"github.com/flowkeep/flowkeep/recovery/local"
 )
 
 const (
@@ -111,7 +111,7 @@ func benchOverhead(b *testing.B, vocab int) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		wall, cpu = runWordcount(b, in, dir, 2, flowrun.NewRecovery(st), time.Second)
+		wall, cpu = runWordcount(b, in, dir, 2, local.New(st), time.Second)
 		on, onCPU = append(on, wall), append(onCPU, cpu)
 	}
 	mOn, mOff := median(on), median(off)

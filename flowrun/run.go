@@ -17,6 +17,7 @@ import (
 	"github.com/flowkeep/flowkeep/internal/human"
 	"github.com/flowkeep/flowkeep/recovery"
 	"github.com/flowkeep/flowkeep/recovery/clustered"
+	"github.com/flowkeep/flowkeep/recovery/local"
 )
 
 type runOptions struct {
@@ -198,7 +199,7 @@ func runRun(ctx context.Context, o runOptions, specs []FlowSpec, stderr io.Write
 		if err != nil {
 			return err
 		}
-		cfg.Recovery = recoveryAdapter{st}
+		cfg.Recovery = local.New(st)
 		prog.writes(len(st.Partitions()))
 	}
 	began := time.Now()

@@ -1,4 +1,7 @@
-package flowrun
+// Package local runs a flow's recovery in one process: it adapts a
+// recovery.Store (the partition files) to core.Recovery. A cluster of
+// processes uses recovery/clustered instead.
+package local
 
 import (
 	"context"
@@ -7,12 +10,13 @@ import (
 	"github.com/flowkeep/flowkeep/recovery"
 )
 
-// recoveryAdapter lets core use a recovery.Store through core.Recovery.
-type recoveryAdapter struct{ st *recovery.Store }
+// adapter lets core use a recovery.Store through core.Recovery.
+type adapter struct{ st *recovery.Store }
 
-var _ core.Recovery = recoveryAdapter{}
+var _ core.Recovery = adapter{}
+var _ core.KeyHinter = adapter{}
 
-func (a recoveryAdapter) Begin(ctx context.Context, workers int) (core.RunInfo, error) {
+func (a adapter) Begin(ctx context.Context, workers int) (core.RunInfo, error) {
 	rp, err := a.st.Begin(ctx, workers)
 	if err != nil {
 		return core.RunInfo{}, err
@@ -20,7 +24,7 @@ func (a recoveryAdapter) Begin(ctx context.Context, workers int) (core.RunInfo, 
 	return core.RunInfo{Execution: int(rp.Execution), StartEpoch: core.Epoch(rp.Epoch), Workers: workers}, nil
 }
 
-func (a recoveryAdapter) Load(ctx context.Context, below core.Epoch, fn func([]core.Loaded) error) error {
+func (a adapter) Load(ctx context.Context, below core.Epoch, fn func([]core.Loaded) error) error {
 	return a.st.Load(ctx, recovery.Epoch(below), func(rows []recovery.Row) error {
 		return fn(loadedRows(rows))
 	})
@@ -37,7 +41,7 @@ func loadedRows(rows []recovery.Row) []core.Loaded {
 }
 
 // KeyHint implements core.KeyHinter.
-func (a recoveryAdapter) KeyHint(ctx context.Context, below core.Epoch) (map[core.StepID]int64, error) {
+func (a adapter) KeyHint(ctx context.Context, below core.Epoch) (map[core.StepID]int64, error) {
 	h, err := a.st.KeyHint(ctx, recovery.Epoch(below))
 	if err != nil {
 		return nil, err
@@ -49,7 +53,7 @@ func (a recoveryAdapter) KeyHint(ctx context.Context, below core.Epoch) (map[cor
 	return out, nil
 }
 
-func (a recoveryAdapter) Commit(ctx context.Context, w core.WorkerIndex, frontier core.Epoch, changes []core.Change) error {
+func (a adapter) Commit(ctx context.Context, w core.WorkerIndex, frontier core.Epoch, changes []core.Change) error {
 	var r recovery.Row
 	return a.st.CommitFunc(ctx, recovery.WorkerIndex(w), recovery.Epoch(frontier), len(changes), func(i int) *recovery.Row {
 		c := &changes[i]
@@ -58,12 +62,12 @@ func (a recoveryAdapter) Commit(ctx context.Context, w core.WorkerIndex, frontie
 	})
 }
 
-func (a recoveryAdapter) WaitDurable(ctx context.Context, frontier core.Epoch) error {
+func (a adapter) WaitDurable(ctx context.Context, frontier core.Epoch) error {
 	return a.st.WaitDurable(ctx, recovery.Epoch(frontier))
 }
 
-func (a recoveryAdapter) Close() error { return a.st.Close() }
+func (a adapter) Close() error { return a.st.Close() }
 
-// NewRecovery adapts a recovery.Store to core.Recovery, for programs that
-// run flows with core.Run directly.
-func NewRecovery(st *recovery.Store) core.Recovery { return recoveryAdapter{st} }
+// New adapts a recovery.Store to core.Recovery (and core.KeyHinter), for
+// core.Run. The run owns it: core.Run closes it, and so the Store.
+func New(st *recovery.Store) core.Recovery { return adapter{st} }

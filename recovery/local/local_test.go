@@ -1,4 +1,4 @@
-package flowrun
+package local
 
 import (
 	"context"
@@ -75,7 +75,7 @@ func TestRecovery_ZeroLengthStateSurvivesResume(t *testing.T) {
 			t.Fatal(err)
 		}
 		out := lines{mu: &sync.Mutex{}, got: new([]string)}
-		if _, err := core.Run(ctx, seenFlow(count, out), core.Config{Workers: 2, EpochInterval: time.Second, Recovery: NewRecovery(st)}); err != nil {
+		if _, err := core.Run(ctx, seenFlow(count, out), core.Config{Workers: 2, EpochInterval: time.Second, Recovery: New(st)}); err != nil {
 			t.Fatal(err)
 		}
 		sort.Strings(*out.got)
