@@ -45,8 +45,9 @@ go test -count=1 -timeout 30m $(go list ./... | grep -v '/integration$')
 
 # Each fuzz target runs briefly beyond its seed corpus (which go test ran).
 echo "test.sh: fuzzing (5s per target)" >&2
-for target in FuzzParseManifest FuzzParseManifestKey FuzzLoadCatalog FuzzLockObject FuzzDecompress; do
-	go test -run '^$' -fuzz "^${target}\$" -fuzztime 5s ./backup > /dev/null
+for spec in backup:FuzzParseManifest backup:FuzzParseManifestKey backup:FuzzLoadCatalog backup:FuzzLockObject backup:FuzzDecompress \
+	internal/mesh:FuzzDispatch core:FuzzWireDecode recovery/clustered:FuzzPeerMessages; do
+	go test -run '^$' -fuzz "^${spec#*:}\$" -fuzztime 5s "./${spec%%:*}" > /dev/null
 done
 
 # The drills print what each lost (must be nothing) and its wall time.

@@ -3,6 +3,7 @@ package core
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
@@ -47,6 +48,19 @@ type ClusterConfig struct {
 	Addresses []string
 	// ConnectTimeout bounds the wait for all peers (default 60s).
 	ConnectTimeout time.Duration
+	// Listen is the address to listen on (default: this process's entry
+	// of Addresses), e.g. ":7400" behind NAT or a Kubernetes Service.
+	Listen string
+	// OnWaiting, if set, is told every few seconds while peers are
+	// missing at start-up, which ones and why.
+	OnWaiting func(msg string)
+	// Secret, if set, must be the same on every process: each connection
+	// proves both ends hold it, and a stranger is refused.
+	Secret []byte
+	// TLS, if set, runs the connections over mutually authenticated TLS:
+	// Certificates is this process's, RootCAs and ClientCAs the CA of its
+	// peers (ClientAuth is set to require and verify theirs).
+	TLS *tls.Config
 }
 
 // ClusterRecovery is a Recovery that spans the processes of a cluster.
@@ -84,7 +98,13 @@ func (x *execution) joinCluster() error {
 	}
 	ident := fmt.Sprintf("flowkeep/1 %s w=%d p=%d steps=%s", x.flow.name, x.local, x.procs, strings.Join(steps, ","))
 	c := x.cfg.Cluster
-	m, err := mesh.Dial(x.ctx, mesh.Config{Self: c.ProcessID, Addresses: c.Addresses, ConnectTimeout: c.ConnectTimeout}, ident, func(err error) { x.cancel(err) })
+	var tc *tls.Config
+	if c.TLS != nil {
+		tc = c.TLS.Clone()
+		tc.ClientAuth = tls.RequireAndVerifyClientCert
+		tc.MinVersion = max(tc.MinVersion, tls.VersionTLS12)
+	}
+	m, err := mesh.Dial(x.ctx, mesh.Config{Self: c.ProcessID, Addresses: c.Addresses, ConnectTimeout: c.ConnectTimeout, Listen: c.Listen, Waiting: c.OnWaiting, Secret: c.Secret, TLS: tc}, ident, func(err error) { x.cancel(err) })
 	if err != nil {
 		return err
 	}
@@ -167,6 +187,9 @@ func (x *execution) onData(from int, h mesh.DataHeader, payload []byte) error {
 	n := x.flow.nodes[nodeIdx]
 	if x.cl.rinbox[n] == nil || x.cl.rinbox[n][dst] == nil {
 		return fmt.Errorf("data for %s worker %d before this process was ready", n.id, dst)
+	}
+	if m.kind > msgEOF || m.from < 0 || int(m.from) >= x.senders[n] {
+		return fmt.Errorf("malformed data frame for %s (kind %d from sender %d)", n.id, m.kind, m.from)
 	}
 	if m.kind == msgData {
 		b, err := x.cl.wires[n].decode(payload)

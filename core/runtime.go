@@ -109,6 +109,7 @@ type execution struct {
 	resume   map[*node]map[string][]byte // source positions by input node
 	resumeMu sync.Mutex
 	roots    map[*node][]rootOp
+	senders  map[*node]int // per exchanged step: how many segments send to each instance
 	srcSegs  []*sourceSeg
 	exSegs   []*exchangedSeg
 	ledgers  []*ledger
@@ -323,6 +324,10 @@ func (x *execution) plan() error {
 		if up := n.upstreamRoot(); up.kind == kindInput {
 			ns = len(parts[up])
 		}
+		if x.senders == nil {
+			x.senders = map[*node]int{}
+		}
+		x.senders[n] = ns
 		rs := make([]rootOp, x.workers)
 		for w := 0; w < x.workers; w++ {
 			if !x.isLocal(w) {

@@ -2,6 +2,8 @@ package flowrun
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -31,6 +33,12 @@ type runOptions struct {
 	ProcessID    int
 	Addresses    []string
 	SnapshotBuf  string
+	Listen       string
+	ConnTimeout  time.Duration
+	Secret       string
+	SecretFile   string
+	Cert, Key    string
+	CA           string
 	FlowOptions
 }
 
@@ -98,6 +106,13 @@ Flows: ` + flowNames(specs) + `
 	f.StringVar(&o.SnapshotBuf, "snapshot-buffer", "256MiB", "how much snapshot data may wait to be written to the recovery partitions (e.g. 64MiB); beyond it the flow waits, and epochs stretch while snapshots are behind")
 	f.IntVar(&o.ProcessID, "process-id", 0, "this process's index into --addresses when the flow runs as several processes (e.g. --process-id 1)")
 	f.StringSliceVar(&o.Addresses, "addresses", nil, "host:port of every process of the cluster, in process order; each listens on its own (e.g. --addresses 10.0.0.1:7400,10.0.0.2:7400)")
+	f.StringVar(&o.Listen, "listen", "", "address this process listens on for its peers (default: its own --addresses entry), e.g. --listen :7400 behind NAT or a Kubernetes Service")
+	f.Var(human.Duration{D: &o.ConnTimeout}, "connect-timeout", "how long to wait for every process of the cluster to connect at start-up: seconds or a duration (default 60s)")
+	f.StringVar(&o.Secret, "cluster-secret", "", "a secret shared by every process of the cluster: each connection proves both ends hold it, and strangers are refused (prefer FLOWRUN_CLUSTER_SECRET or --cluster-secret-file: a flag shows in ps)")
+	f.StringVar(&o.SecretFile, "cluster-secret-file", "", "read --cluster-secret from this file (e.g. a mounted Kubernetes Secret)")
+	f.StringVar(&o.Cert, "cluster-cert", "", "PEM certificate of this process: run the cluster's connections over mutual TLS (with --cluster-key and --cluster-ca)")
+	f.StringVar(&o.Key, "cluster-key", "", "PEM private key of --cluster-cert")
+	f.StringVar(&o.CA, "cluster-ca", "", "PEM certificate(s) of the CA that signs every process's --cluster-cert")
 	return cmd
 }
 
@@ -159,6 +174,15 @@ func (o runOptions) validate() error {
 	if len(o.Addresses) > 0 && (o.ProcessID < 0 || o.ProcessID >= len(o.Addresses)) {
 		return usagef("--process-id %d is not an index into the %d --addresses", o.ProcessID, len(o.Addresses))
 	}
+	if o.ConnTimeout < 0 {
+		return usagef("--connect-timeout must not be negative, got %v", o.ConnTimeout)
+	}
+	if o.Secret != "" && o.SecretFile != "" {
+		return usagef("give --cluster-secret or --cluster-secret-file, not both")
+	}
+	if set := btoi(o.Cert != "") + btoi(o.Key != "") + btoi(o.CA != ""); set != 0 && set != 3 {
+		return usagef("TLS needs all of --cluster-cert, --cluster-key and --cluster-ca")
+	}
 	return nil
 }
 
@@ -190,7 +214,11 @@ func runRun(ctx context.Context, o runOptions, specs []FlowSpec, stderr io.Write
 	}
 	switch {
 	case len(o.Addresses) > 1:
-		cfg.Cluster = &core.ClusterConfig{ProcessID: o.ProcessID, Addresses: o.Addresses}
+		cfg.Cluster = &core.ClusterConfig{ProcessID: o.ProcessID, Addresses: o.Addresses, Listen: o.Listen, ConnectTimeout: o.ConnTimeout,
+			OnWaiting: func(msg string) { fmt.Fprintf(stderr, "flowrun: process %d: %s\n", o.ProcessID, msg) }}
+		if err := o.clusterSecurity(cfg.Cluster, stderr); err != nil {
+			return err
+		}
 		if len(o.RecoveryDirs) > 0 {
 			cfg.Recovery = clustered.New(o.RecoveryDirs, ropts)
 		}
@@ -228,5 +256,48 @@ func runRun(ctx context.Context, o runOptions, specs []FlowSpec, stderr io.Write
 		fmt.Fprintf(stderr, ", ignored %d snapshot rows of steps this flow no longer has", res.IgnoredRows)
 	}
 	fmt.Fprintln(stderr)
+	return nil
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// clusterSecurity reads the cluster's secret and TLS material into c, and
+// warns when the cluster would run on plain, unauthenticated TCP.
+func (o runOptions) clusterSecurity(c *core.ClusterConfig, stderr io.Writer) error {
+	secret := o.Secret
+	if o.SecretFile != "" {
+		b, err := os.ReadFile(o.SecretFile)
+		if err != nil {
+			return fmt.Errorf("read the cluster secret: %w", err)
+		}
+		secret = strings.TrimSpace(string(b))
+		if secret == "" {
+			return fmt.Errorf("the cluster secret file %s is empty", o.SecretFile)
+		}
+	}
+	c.Secret = []byte(secret)
+	if o.Cert != "" {
+		cert, err := tls.LoadX509KeyPair(o.Cert, o.Key)
+		if err != nil {
+			return fmt.Errorf("load the cluster certificate: %w", err)
+		}
+		pem, err := os.ReadFile(o.CA)
+		if err != nil {
+			return fmt.Errorf("read the cluster CA: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("the cluster CA file %s holds no PEM certificate", o.CA)
+		}
+		c.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, ClientCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	if secret == "" && c.TLS == nil {
+		fmt.Fprintln(stderr, "flowrun: warning: the cluster's connections are not authenticated: anyone who reaches --addresses during start-up can join; set FLOWRUN_CLUSTER_SECRET (or --cluster-secret-file) on every process, or use --cluster-cert/--cluster-key/--cluster-ca")
+	}
 	return nil
 }

@@ -32,6 +32,13 @@ type procResult struct {
 // directories recs[i]) and waits for all of them.
 func runClusterCmd(t *testing.T, workers int, recs [][]string, args ...string) []procResult {
 	t.Helper()
+	return runClusterEnv(t, workers, recs, nil, args...)
+}
+
+// runClusterEnv is runClusterCmd with extra environment variables for each
+// process (env[i], if any).
+func runClusterEnv(t *testing.T, workers int, recs [][]string, env [][]string, args ...string) []procResult {
+	t.Helper()
 	addrs := clusterAddrs(t, len(recs))
 	res := make([]procResult, len(recs))
 	var wg sync.WaitGroup
@@ -46,6 +53,9 @@ func runClusterCmd(t *testing.T, workers int, recs [][]string, args ...string) [
 			}
 			cmd := exec.Command(flowrunBin, a...)
 			cmd.Env = append(os.Environ(), fmt.Sprintf("FLOWRUN_PROCESS_ID=%d", i)) // env form of --process-id
+			if i < len(env) {
+				cmd.Env = append(cmd.Env, env[i]...)
+			}
 			var out bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &out, &out
 			err := cmd.Run()
@@ -170,5 +180,34 @@ func TestCluster_SIGKILLOneProcessThenResumeLosesNothing(t *testing.T) {
 	wantB, _ := os.ReadFile(want)
 	if !bytes.Equal(got, wantB) {
 		t.Fatalf("resumed cluster output differs from the uninterrupted run (%d vs %d bytes)", len(got), len(wantB))
+	}
+}
+
+// With a shared secret (FLOWRUN_CLUSTER_SECRET) the cluster runs; a process
+// with another secret is refused, and both say why.
+func TestCluster_SharedSecret(t *testing.T) {
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	splitPartitions(t, a, 4, map[string][]int{b: {0, 1}})
+	in := filepath.Join(dir, "in.txt")
+	writeWords(t, in, 1000, 1, false)
+	flags := []string{"-i", in, "-o", filepath.Join(dir, "o.csv"), "-s", "1", "-b", "0", "--connect-timeout", "3"}
+	secret := func(s string) []string { return []string{"FLOWRUN_CLUSTER_SECRET=" + s} }
+	for i, r := range runClusterEnv(t, 1, [][]string{{a}, {b}}, [][]string{secret("right"), secret("right")}, flags...) {
+		if r.code != 0 || strings.Contains(r.out, "not authenticated") {
+			t.Fatalf("process %d with the shared secret: exit %d\n%s", i, r.code, r.out)
+		}
+	}
+	res := runClusterEnv(t, 1, [][]string{{a}, {b}}, [][]string{secret("right"), secret("wrong")}, flags...)
+	for i, r := range res {
+		if r.code == 0 || !strings.Contains(r.out, "the cluster secrets differ") {
+			t.Fatalf("process %d with mismatched secrets: exit %d\n%s", i, r.code, r.out)
+		}
+	}
+	// Without any secret it still runs, with a warning.
+	for i, r := range runClusterCmd(t, 1, [][]string{{a}, {b}}, flags...) {
+		if r.code != 0 || !strings.Contains(r.out, "not authenticated") {
+			t.Fatalf("process %d without a secret: exit %d\n%s", i, r.code, r.out)
+		}
 	}
 }

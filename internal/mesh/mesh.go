@@ -7,7 +7,15 @@
 //   - Dial connects process Self to every other process of Addresses: lower
 //     indexes dial higher ones, and every connection starts with a hello that
 //     names the process and the run's identity string, which must match on
-//     both ends. Dial returns once every peer answered, or fails.
+//     both ends. With a Secret, both ends then prove they hold it (HMAC-SHA256
+//     over both hellos and their random nonces, so a recorded handshake
+//     cannot be replayed); with TLS, the connection is TLS with certificates
+//     checked both ways. An inbound connection that fails the handshake is
+//     refused and the wait goes on (a stranger cannot take a peer's place or
+//     stop the start); the reason is in the error if the wait times out.
+//     Dial returns once every peer answered, or fails.
+//   - Frames from a peer are bounded (maxFrame, and 64 KiB before it is
+//     authenticated) and are allocated as their bytes arrive.
 //   - Send is ordered per (sender, receiver) pair and blocks while the
 //     connection's bounded queue is full.
 //   - Handlers (Handle, and the OnData and OnCredit hooks) run on the
@@ -30,11 +38,17 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -49,6 +63,19 @@ type Config struct {
 	Addresses []string
 	// ConnectTimeout bounds the wait for all peers (default 60s).
 	ConnectTimeout time.Duration
+	// Listen is the address to listen on (default: this process's entry of
+	// Addresses), e.g. ":7400" behind NAT or a Kubernetes Service.
+	Listen string
+	// Waiting, if set, is told every few seconds while peers are missing,
+	// which ones and why.
+	Waiting func(msg string)
+	// Secret, if set, is shared by every process of the cluster: a peer
+	// must prove it holds it.
+	Secret []byte
+	// TLS, if set, runs every connection over TLS with this configuration
+	// (own certificate, and the CA that signs the peers': RootCAs for
+	// dialing, ClientCAs with RequireAndVerifyClientCert for accepting).
+	TLS *tls.Config
 }
 
 // DataHeader is the fixed part of a data frame: which exchange (Node) and
@@ -70,10 +97,22 @@ const (
 	framePing   = 5
 	frameBye    = 6
 	frameAbort  = 7
+	frameAuth   = 8
 )
 
+// helloVersion is the handshake's version; a hello carries it and whether
+// the sender requires the secret.
+const helloVersion = 2
+
+// waitReport is how often Dial's Waiting hears of missing peers (a
+// variable for tests).
+var waitReport = 5 * time.Second
+
 const (
-	maxFrame    = 64 << 20
+	maxFrame      = 64 << 20
+	maxHelloFrame = 64 << 10
+	helloTimeout  = 10 * time.Second // for one connection's handshake
+
 	peerQueue   = 256
 	pingEvery   = time.Second
 	peerSilence = 15 * time.Second
@@ -86,11 +125,13 @@ type frame struct {
 
 // Mesh is this process's end of the cluster's connections.
 type Mesh struct {
-	self  int
-	addrs []string
-	ident string
-	ln    net.Listener
-	peers []*peer
+	self   int
+	addrs  []string
+	ident  string
+	secret []byte
+	tls    *tls.Config
+	ln     net.Listener
+	peers  []*peer
 
 	mu       sync.Mutex
 	handlers map[string]func(int, []byte)
@@ -236,11 +277,18 @@ func Dial(ctx context.Context, cfg Config, ident string, fail func(error)) (*Mes
 	if timeout <= 0 {
 		timeout = 60 * time.Second
 	}
-	m := &Mesh{self: cfg.Self, addrs: cfg.Addresses, ident: ident, peers: make([]*peer, n),
+	m := &Mesh{self: cfg.Self, addrs: cfg.Addresses, ident: ident, secret: cfg.Secret, tls: cfg.TLS, peers: make([]*peer, n),
 		handlers: map[string]func(int, []byte){}, barriers: map[string]map[int]bool{}, gathered: map[string]map[int][]byte{}, barrierC: make(chan struct{}), fail: fail}
-	ln, err := net.Listen("tcp", cfg.Addresses[cfg.Self])
+	listen := cfg.Listen
+	if listen == "" {
+		listen = cfg.Addresses[cfg.Self]
+	}
+	ln, err := net.Listen("tcp", listen)
 	if err != nil {
-		return nil, fmt.Errorf("listen on %s (process %d): %w", cfg.Addresses[cfg.Self], cfg.Self, err)
+		return nil, fmt.Errorf("listen on %s (process %d): %w", listen, cfg.Self, err)
+	}
+	if cfg.TLS != nil {
+		ln = tls.NewListener(ln, cfg.TLS)
 	}
 	m.ln = ln
 	ctx, cancel := context.WithTimeout(ctx, timeout)
@@ -251,89 +299,145 @@ func Dial(ctx context.Context, cfg Config, ident string, fail func(error)) (*Mes
 		err  error
 	}
 	results := make(chan result, n)
-	expectIn := 0
-	for j := 0; j < m.self; j++ {
-		expectIn++
+	// Why each missing peer is missing: the last dial error (peers this
+	// process dials) or the last refused connection (peers that dial it).
+	var whyMu sync.Mutex
+	why := map[int]string{}
+	var refused string
+	setWhy := func(j int, err error) {
+		whyMu.Lock()
+		why[j] = err.Error()
+		whyMu.Unlock()
 	}
 	go func() {
-		for k := 0; k < expectIn; k++ {
+		for {
 			c, err := ln.Accept()
 			if err != nil {
-				results <- result{-1, nil, err}
-				return
+				return // closed (Dial is done) or broken: the wait below times out
 			}
 			go func() {
-				c.SetDeadline(time.Now().Add(timeout))
-				id, err := m.readHello(c)
-				if err == nil {
-					err = m.writeHello(c)
-				}
+				c.SetDeadline(time.Now().Add(min(timeout, helloTimeout)))
+				id, err := m.accept(c)
 				c.SetDeadline(time.Time{})
-				results <- result{id, c, err}
+				if err != nil {
+					c.Close()
+					whyMu.Lock()
+					refused = fmt.Sprintf("refused a connection from %s: %v", c.RemoteAddr(), err)
+					whyMu.Unlock()
+					return
+				}
+				select {
+				case results <- result{id, c, nil}:
+				default: // more peers than expected: Dial has failed
+					c.Close()
+				}
 			}()
 		}
 	}()
 	for j := m.self + 1; j < n; j++ {
 		go func(j int) {
-			var d net.Dialer
 			for {
-				c, err := d.DialContext(ctx, "tcp", cfg.Addresses[j])
+				c, err := m.dialOnce(ctx, cfg.Addresses[j])
 				if err == nil {
-					c.SetDeadline(time.Now().Add(timeout))
-					err = m.writeHello(c)
+					c.SetDeadline(time.Now().Add(min(timeout, helloTimeout)))
 					var id int
-					if err == nil {
-						id, err = m.readHello(c)
-					}
+					id, err = m.greet(c, j)
 					c.SetDeadline(time.Time{})
-					if err == nil && id != j {
-						err = fmt.Errorf("%s answered as process %d, not %d", cfg.Addresses[j], id, j)
+					if err == nil {
+						results <- result{id, c, nil}
+						return
 					}
-					results <- result{j, c, err}
-					return
+					c.Close()
+					if !retryable(err) {
+						results <- result{j, nil, fmt.Errorf("process %d at %s: %w", j, cfg.Addresses[j], err)}
+						return
+					}
 				}
+				setWhy(j, err)
 				select {
 				case <-ctx.Done():
-					results <- result{j, nil, fmt.Errorf("process %d at %s did not come up within %v: %w", j, cfg.Addresses[j], timeout, err)}
-					return
-				case <-time.After(100 * time.Millisecond):
+					return // the wait below reports it
+				case <-time.After(200 * time.Millisecond):
 				}
 			}
 		}(j)
 	}
+	// missing describes the peers not connected yet and why.
+	missing := func() string {
+		whyMu.Lock()
+		defer whyMu.Unlock()
+		var parts []string
+		for j := 0; j < n; j++ {
+			if j == m.self || m.peers[j] != nil {
+				continue
+			}
+			p := fmt.Sprintf("process %d (%s)", j, cfg.Addresses[j])
+			switch {
+			case why[j] != "":
+				p += ": " + why[j]
+			case j < m.self:
+				p += ": has not connected"
+				if refused != "" {
+					p += " (" + refused + ")"
+				}
+			}
+			parts = append(parts, p)
+		}
+		return strings.Join(parts, "; ")
+	}
+	report := time.NewTicker(waitReport)
+	defer report.Stop()
 	var firstErr error
-	for k := 0; k < n-1; k++ {
+	for k := 0; k < n-1 && firstErr == nil; k++ {
 		var r result
-		select {
-		case r = <-results:
-		case <-ctx.Done():
-			r = result{-1, nil, fmt.Errorf("waiting for the other processes: %w", ctx.Err())}
+	wait:
+		for {
+			select {
+			case r = <-results:
+				break wait
+			case <-report.C:
+				if cfg.Waiting != nil {
+					cfg.Waiting("waiting for " + missing())
+				}
+			case <-ctx.Done():
+				err := fmt.Errorf("the cluster did not form within %v: missing %s", timeout, missing())
+				if ctx.Err() != context.DeadlineExceeded {
+					err = context.Cause(ctx)
+				}
+				r = result{-1, nil, err}
+				break wait
+			}
 		}
 		if r.err != nil {
-			if firstErr == nil {
-				firstErr = r.err
-			}
-			if r.conn != nil {
-				r.conn.Close()
-			}
-			if r.id < 0 {
-				break
-			}
-			continue
+			firstErr = r.err
+			break
 		}
 		if r.id < 0 || r.id >= n || r.id == m.self || m.peers[r.id] != nil {
 			r.conn.Close()
-			if firstErr == nil {
-				firstErr = fmt.Errorf("unexpected connection from process %d", r.id)
-			}
-			continue
+			firstErr = fmt.Errorf("unexpected connection from process %d", r.id)
+			break
 		}
+		whyMu.Lock()
 		m.peers[r.id] = &peer{id: r.id, conn: r.conn, out: make(chan frame, peerQueue), done: make(chan struct{}), wdone: make(chan struct{})}
+		whyMu.Unlock()
 	}
 	if firstErr != nil {
 		m.closeNow()
+		// Connections that finished their handshake late are closed too.
+		for {
+			select {
+			case r := <-results:
+				if r.conn != nil {
+					r.conn.Close()
+				}
+				continue
+			default:
+			}
+			break
+		}
 		return nil, firstErr
 	}
+	ln.Close() // every peer is here; nobody else may connect
 	for _, p := range m.peers {
 		if p != nil {
 			go m.writeLoop(p)
@@ -343,30 +447,174 @@ func Dial(ctx context.Context, cfg Config, ident string, fail func(error)) (*Mes
 	return m, nil
 }
 
-func (m *Mesh) writeHello(c net.Conn) error {
-	b := binary.AppendUvarint([]byte{frameHello}, uint64(m.self))
-	b = append(b, m.ident...)
-	return writeFrame(c, b)
+// retryable says whether a failed handshake with a peer may succeed on a
+// new connection (the peer was still starting), or is a configuration
+// mismatch to report at once.
+func retryable(err error) bool {
+	var cfgErr *mismatchError
+	return !errors.As(err, &cfgErr)
 }
 
-func (m *Mesh) readHello(c net.Conn) (int, error) {
-	// Unbuffered: the peer's first frames may follow the hello at once, and
-	// must be left in the connection for the reader.
-	b, err := readFrame(c)
+// mismatchError is a handshake failure no retry can fix: the peers are set
+// up differently (secret, identity, version).
+type mismatchError struct{ msg string }
+
+func (e *mismatchError) Error() string { return e.msg }
+
+func mismatch(format string, args ...any) error { return &mismatchError{fmt.Sprintf(format, args...)} }
+
+func (m *Mesh) dialOnce(ctx context.Context, addr string) (net.Conn, error) {
+	if m.tls == nil {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", addr)
+	}
+	cfg := m.tls.Clone()
+	if cfg.ServerName == "" {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, err
+		}
+		cfg.ServerName = host
+	}
+	d := tls.Dialer{Config: cfg}
+	return d.DialContext(ctx, "tcp", addr)
+}
+
+// hello is the first frame each end sends: its process id, a fresh nonce,
+// whether it requires the secret, and the run's identity.
+func (m *Mesh) hello() ([]byte, error) {
+	b := []byte{frameHello, helloVersion, 0}
+	if len(m.secret) > 0 {
+		b[2] = 1
+	}
+	b = binary.AppendUvarint(b, uint64(m.self))
+	var nonce [32]byte
+	if _, err := rand.Read(nonce[:]); err != nil {
+		return nil, err
+	}
+	b = append(b, nonce[:]...)
+	return append(b, m.ident...), nil
+}
+
+// parseHello checks a peer's hello against this process's and returns the
+// peer's id.
+func (m *Mesh) parseHello(b []byte) (int, error) {
+	if len(b) < 3 || b[0] != frameHello {
+		return -1, errors.New("not a flowrun peer")
+	}
+	if b[1] != helloVersion {
+		return -1, mismatch("the peer speaks handshake version %d, this process %d: run the same flowrun version everywhere", b[1], helloVersion)
+	}
+	id, k := binary.Uvarint(b[3:])
+	if k <= 0 || len(b) < 3+k+32 || id >= uint64(len(m.addrs)) {
+		return -1, errors.New("malformed hello")
+	}
+	peerAuth, selfAuth := b[2] == 1, len(m.secret) > 0
+	switch {
+	case peerAuth && !selfAuth:
+		return -1, mismatch("process %d requires a cluster secret and this one (%d) has none: give every process the same --cluster-secret", id, m.self)
+	case !peerAuth && selfAuth:
+		return -1, mismatch("process %d has no cluster secret and this one (%d) requires one: give every process the same --cluster-secret", id, m.self)
+	}
+	if got := string(b[3+k+32:]); got != m.ident {
+		return -1, mismatch("process %d runs %q but this one (%d) runs %q: start every process with the same flow, -w and addresses", id, got, m.self, m.ident)
+	}
+	return int(id), nil
+}
+
+// proof is this end's HMAC over both hellos, for role "dialer" or
+// "acceptor" (so one end's proof cannot be reflected as the other's).
+func (m *Mesh) proof(role string, dialerHello, acceptorHello []byte) []byte {
+	h := hmac.New(sha256.New, m.secret)
+	h.Write([]byte("flowkeep-mesh-v2 " + role + "\x00"))
+	for _, b := range [][]byte{dialerHello, acceptorHello} {
+		var l [4]byte
+		binary.BigEndian.PutUint32(l[:], uint32(len(b)))
+		h.Write(l[:])
+		h.Write(b)
+	}
+	return h.Sum(nil)
+}
+
+func (m *Mesh) checkProof(c net.Conn, role string, dh, ah []byte) error {
+	b, err := readFrameMax(c, maxHelloFrame)
+	if err != nil {
+		return fmt.Errorf("handshake: %w", err)
+	}
+	if len(b) != 1+sha256.Size || b[0] != frameAuth {
+		return errors.New("handshake: the peer did not authenticate")
+	}
+	if !hmac.Equal(b[1:], m.proof(role, dh, ah)) {
+		return mismatch("authentication failed: the cluster secrets differ")
+	}
+	return nil
+}
+
+// greet is the dialing end's handshake with process want.
+func (m *Mesh) greet(c net.Conn, want int) (int, error) {
+	dh, err := m.hello()
+	if err != nil {
+		return -1, err
+	}
+	if err := writeFrame(c, dh); err != nil {
+		return -1, fmt.Errorf("handshake: %w", err)
+	}
+	// Unbuffered reads: the peer's first frames may follow the handshake
+	// at once, and must be left in the connection for the reader.
+	ah, err := readFrameMax(c, maxHelloFrame)
 	if err != nil {
 		return -1, fmt.Errorf("handshake: %w", err)
 	}
-	if len(b) < 2 || b[0] != frameHello {
-		return -1, errors.New("handshake: not a flowrun peer")
+	id, err := m.parseHello(ah)
+	if err != nil {
+		return -1, err
 	}
-	id, k := binary.Uvarint(b[1:])
-	if k <= 0 {
-		return -1, errors.New("handshake: malformed hello")
+	if id != want {
+		return -1, mismatch("answered as process %d: is --addresses the same, in the same order, on every process?", id)
 	}
-	if got := string(b[1+k:]); got != m.ident {
-		return -1, fmt.Errorf("process %d runs %q but this one (%d) runs %q: start every process with the same flow, -w and addresses", id, got, m.self, m.ident)
+	if len(m.secret) > 0 {
+		perr := m.checkProof(c, "acceptor", dh, ah)
+		// Our proof goes out even when theirs failed, so that both ends
+		// can say the secrets differ.
+		if err := writeFrame(c, append([]byte{frameAuth}, m.proof("dialer", dh, ah)...)); err != nil && perr == nil {
+			return -1, fmt.Errorf("handshake: %w", err)
+		}
+		if perr != nil {
+			return -1, perr
+		}
 	}
-	return int(id), nil
+	return id, nil
+}
+
+// accept is the accepting end's handshake; only lower processes dial.
+func (m *Mesh) accept(c net.Conn) (int, error) {
+	dh, err := readFrameMax(c, maxHelloFrame)
+	if err != nil {
+		return -1, fmt.Errorf("handshake: %w", err)
+	}
+	id, err := m.parseHello(dh)
+	if err != nil {
+		return -1, err
+	}
+	if id >= m.self {
+		return -1, fmt.Errorf("process %d dialed this one (%d); only lower processes do", id, m.self)
+	}
+	ah, err := m.hello()
+	if err != nil {
+		return -1, err
+	}
+	if err := writeFrame(c, ah); err != nil {
+		return -1, fmt.Errorf("handshake: %w", err)
+	}
+	if len(m.secret) > 0 {
+		if err := writeFrame(c, append([]byte{frameAuth}, m.proof("acceptor", dh, ah)...)); err != nil {
+			return -1, fmt.Errorf("handshake: %w", err)
+		}
+		if err := m.checkProof(c, "dialer", dh, ah); err != nil {
+			return -1, err
+		}
+	}
+	return id, nil
 }
 
 func writeFrame(w io.Writer, b []byte) error {
@@ -392,18 +640,33 @@ func writeTyped(w *bufio.Writer, typ byte, b []byte) error {
 	return err
 }
 
-func readFrame(r io.Reader) ([]byte, error) {
+// readFrameMax reads one frame of at most max bytes. Its buffer grows as
+// the bytes arrive, so a peer that announces a large frame and sends
+// little makes this process allocate little.
+func readFrameMax(r io.Reader, max uint32) ([]byte, error) {
 	var h [4]byte
 	if _, err := io.ReadFull(r, h[:]); err != nil {
 		return nil, err
 	}
 	n := binary.BigEndian.Uint32(h[:])
-	if n == 0 || n > maxFrame {
-		return nil, fmt.Errorf("frame of %d bytes", n)
+	if n == 0 || n > max {
+		return nil, fmt.Errorf("frame of %d bytes (at most %d)", n, max)
 	}
-	b := make([]byte, n)
-	_, err := io.ReadFull(r, b)
-	return b, err
+	b := make([]byte, 0, min(n, 1<<20))
+	for uint32(len(b)) < n {
+		if len(b) == cap(b) {
+			b = slices.Grow(b, min(int(n)-len(b), len(b)))
+		}
+		k, err := r.Read(b[len(b):min(cap(b), int(n))])
+		b = b[:len(b)+k]
+		if err != nil && uint32(len(b)) < n {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
+	}
+	return b, nil
 }
 
 func (m *Mesh) writeLoop(p *peer) {
@@ -449,7 +712,7 @@ func (m *Mesh) readLoop(p *peer) {
 	r := bufio.NewReaderSize(p.conn, 256<<10)
 	for {
 		p.conn.SetReadDeadline(time.Now().Add(peerSilence))
-		b, err := readFrame(r)
+		b, err := readFrameMax(r, maxFrame)
 		if err != nil {
 			if p.bye.Load() {
 				return
@@ -479,8 +742,9 @@ func (m *Mesh) dispatch(p *peer, b []byte) error {
 		if len(b) < 2 || int(b[1]) > len(b)-2 {
 			return errors.New("malformed frame")
 		}
-		topic := string(b[2 : 2+b[1]])
-		payload := b[2+b[1]:]
+		n := 2 + int(b[1]) // not b[1]+2: that is a byte, and wraps
+		topic := string(b[2:n])
+		payload := b[n:]
 		if topic == "$gather" {
 			name, data, ok := bytes.Cut(payload, []byte{0})
 			if !ok {
@@ -581,20 +845,28 @@ func (m *Mesh) Close(cause error) {
 		case <-time.After(2 * time.Second):
 		}
 	}
-	deadline := time.After(5 * time.Second)
+	// One deadline for all the waits (a time.After channel fires once, so
+	// it cannot be shared by several selects).
+	deadline := time.NewTimer(5 * time.Second)
+	defer deadline.Stop()
+	expired := false
+	wait := func(ch <-chan struct{}) {
+		if expired {
+			return
+		}
+		select {
+		case <-ch:
+		case <-deadline.C:
+			expired = true
+		}
+	}
 	for _, p := range m.peers {
 		if p == nil {
 			continue
 		}
-		select {
-		case <-p.wdone:
-		case <-deadline:
-		}
+		wait(p.wdone)
 		if cause == nil {
-			select {
-			case <-p.done:
-			case <-deadline:
-			}
+			wait(p.done)
 		}
 	}
 	m.closeNow()

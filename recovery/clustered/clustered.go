@@ -342,7 +342,7 @@ func (r *Recovery) onPmin(_ int, b []byte) {
 			return
 		}
 		f, k2 := binary.Uvarint(b[k:])
-		if k2 <= 0 || int(i) >= len(r.pmin) {
+		if k2 <= 0 || i >= uint64(len(r.pmin)) {
 			return
 		}
 		if recovery.Epoch(f) > r.pmin[i] {
@@ -447,7 +447,7 @@ func decodeCommit(b []byte) (int, uint64, []recovery.Row, error) {
 		return 0, 0, nil, bad
 	}
 	f, err := binary.ReadUvarint(rd)
-	if err != nil {
+	if err != nil || w >= 1<<31 || f >= 1<<62 {
 		return 0, 0, nil, bad
 	}
 	readBytes := func() ([]byte, error) {
