@@ -39,6 +39,9 @@ type Config struct {
 	// EpochInterval while input lasts; in a cluster as process 0's clock
 	// says). It is called from the clock and must return quickly.
 	OnEpoch func(Epoch)
+	// ItemsRead, if set, counts the items the sources of this process read
+	// (for progress displays).
+	ItemsRead *atomic.Int64
 	// OnStretch, if set, is told when an epoch lasted longer than
 	// EpochInterval because the snapshot before it was not yet durable
 	// (pacing), and by how much. Called from the clock.
@@ -599,6 +602,9 @@ func (x *execution) runSource(ss *sourceSeg) error {
 			if n > 0 {
 				if perr := ss.chain.push(b); perr != nil {
 					return perr
+				}
+				if x.cfg.ItemsRead != nil {
+					x.cfg.ItemsRead.Add(int64(n))
 				}
 				if !pending {
 					pending, since = true, time.Now()

@@ -43,12 +43,15 @@ const (
 	ExitOK      = 0
 	ExitFailure = 1 // the run or command failed
 	ExitUsage   = 2 // bad flags or arguments
+	// A run stopped by SIGINT exits 130, by SIGTERM 143 (128 + signal),
+	// after a clean stop.
 )
 
 const exitCodesHelp = `Exit codes:
   0  success
   1  the run or command failed (the message says why and what to do)
-  2  usage error: unknown flow, bad flag or argument`
+  2  usage error: unknown flow, bad flag or argument
+  130, 143  stopped by SIGINT or SIGTERM, cleanly (the message says what was saved)`
 
 // usageError marks errors that are the caller's to fix (exit code 2).
 type usageError struct{ err error }
@@ -61,13 +64,52 @@ func usagef(format string, args ...any) error { return usageError{fmt.Errorf(for
 // ExitCode maps an error returned by a command to the process exit code.
 func ExitCode(err error) int {
 	var u usageError
+	var i interruptedError
 	switch {
 	case err == nil:
 		return ExitOK
 	case errors.As(err, &u):
 		return ExitUsage
+	case errors.As(err, &i):
+		if s, ok := i.sig.sig.(syscall.Signal); ok {
+			return 128 + int(s)
+		}
 	}
 	return ExitFailure
+}
+
+// signalError is the cause of a context cancelled by a signal.
+type signalError struct{ sig os.Signal }
+
+func (s signalError) Error() string { return "stopped by " + s.sig.String() }
+
+// interruptedError is a run stopped cleanly by a signal.
+type interruptedError struct {
+	sig signalError
+	msg string
+}
+
+func (i interruptedError) Error() string { return i.msg }
+
+// signalContext is cancelled, with a signalError as its cause, at SIGINT or
+// SIGTERM.
+func signalContext() (context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		select {
+		case s := <-sigs:
+			cancel(signalError{s})
+		case <-done:
+		}
+	}()
+	return ctx, func() {
+		signal.Stop(sigs)
+		close(done)
+		cancel(nil)
+	}
 }
 
 // NewRootCommand builds the flowrun command tree for the given flows.
@@ -92,7 +134,7 @@ worker count, if you like), and continues after end of input.
 
 // Main runs the flowrun CLI with the given flows and exits.
 func Main(specs ...FlowSpec) {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signalContext()
 	root := NewRootCommand(os.Stdout, os.Stderr, specs...)
 	err := root.ExecuteContext(ctx)
 	stop()

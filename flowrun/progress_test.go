@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -94,5 +95,30 @@ func TestProgress_ShowsStretchedEpochs(t *testing.T) {
 	p.opened(6)
 	if got := buf.String(); strings.Contains(got, "stretched") {
 		t.Fatalf("an epoch on time still says stretched: %q", got)
+	}
+}
+
+// The line shows items read and their rate, and in a cluster the durable
+// epoch of the whole flow.
+func TestProgress_ReadRateAndClusterDurable(t *testing.T) {
+	var buf bytes.Buffer
+	now := time.Unix(100, 0)
+	p := newProgressTo(&buf, "wc", func() time.Time { return now })
+	var read atomic.Int64
+	p.counts(&read)
+	frontier := core.Epoch(1)
+	p.durableFrom(func() core.Epoch { return frontier })
+	read.Store(5000)
+	p.opened(2)
+	if got := buf.String(); !strings.Contains(got, "read 5000 items") || !strings.Contains(got, "no epoch durable yet") {
+		t.Fatalf("first line %q", got)
+	}
+	buf.Reset()
+	now = now.Add(2 * time.Second)
+	read.Store(2_005_000)
+	frontier = 3
+	p.opened(3)
+	if got := buf.String(); !strings.Contains(got, "read 2.0M items (1.0M/s)") || !strings.Contains(got, "durable through epoch 2") {
+		t.Fatalf("second line %q", got)
 	}
 }

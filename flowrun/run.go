@@ -10,6 +10,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -207,11 +208,18 @@ func runRun(ctx context.Context, o runOptions, specs []FlowSpec, stderr io.Write
 	buf, _ := human.ParseBytes(o.SnapshotBuf)
 	ropts := recovery.Options{FlowName: flow.Name(), Intervals: recovery.Intervals{Snapshot: o.Snapshot, Backup: o.Backup}, MaxPendingBytes: buf}
 	prog := newProgress(stderr, flow.Name())
+	var read atomic.Int64
+	cfg.ItemsRead = &read
+	prog.counts(&read)
 	if prog != nil {
 		cfg.OnEpoch = prog.opened
 		cfg.OnStretch = prog.stretched
-		ropts.OnCommitted = prog.committed
 	}
+	// What is durable, for the status line and for what an interrupted
+	// run says it saved.
+	tracker := &durableTracker{notify: prog.committed}
+	durable := tracker.frontier
+	ropts.OnCommitted = tracker.committed
 	switch {
 	case len(o.Addresses) > 1:
 		cfg.Cluster = &core.ClusterConfig{ProcessID: o.ProcessID, Addresses: o.Addresses, Listen: o.Listen, ConnectTimeout: o.ConnTimeout,
@@ -220,7 +228,10 @@ func runRun(ctx context.Context, o runOptions, specs []FlowSpec, stderr io.Write
 			return err
 		}
 		if len(o.RecoveryDirs) > 0 {
-			cfg.Recovery = clustered.New(o.RecoveryDirs, ropts)
+			cr := clustered.New(o.RecoveryDirs, ropts)
+			cfg.Recovery = cr
+			durable = cr.Durable
+			prog.durableFrom(cr.Durable)
 		}
 	case len(o.RecoveryDirs) > 0:
 		st, err := recovery.OpenDirs(ctx, o.RecoveryDirs, ropts)
@@ -229,13 +240,14 @@ func runRun(ctx context.Context, o runOptions, specs []FlowSpec, stderr io.Write
 		}
 		cfg.Recovery = local.New(st)
 		prog.writes(len(st.Partitions()))
+		tracker.parts = len(st.Partitions())
 	}
 	began := time.Now()
 	res, err := core.Run(ctx, flow, cfg)
 	prog.clear()
 	if err != nil {
-		if errors.Is(err, context.Canceled) && ctx.Err() != nil {
-			return fmt.Errorf("interrupted; run again with the same -r to resume")
+		if ctx.Err() != nil {
+			return interrupted(context.Cause(ctx), cfg.Recovery != nil, durable())
 		}
 		return err
 	}
@@ -300,4 +312,23 @@ func (o runOptions) clusterSecurity(c *core.ClusterConfig, stderr io.Writer) err
 		fmt.Fprintln(stderr, "flowrun: warning: the cluster's connections are not authenticated: anyone who reaches --addresses during start-up can join; set FLOWRUN_CLUSTER_SECRET (or --cluster-secret-file) on every process, or use --cluster-cert/--cluster-key/--cluster-ca")
 	}
 	return nil
+}
+
+// interrupted is the error of a run stopped by a signal: it says what was
+// saved, and exits 128+signal.
+func interrupted(cause error, withRecovery bool, frontier core.Epoch) error {
+	var sig signalError
+	if !errors.As(cause, &sig) {
+		return cause
+	}
+	msg := fmt.Sprintf("stopped by %v", sig.sig)
+	switch {
+	case !withRecovery:
+		msg += "; nothing was saved (no -r): a new run starts over"
+	case frontier > 1:
+		msg += fmt.Sprintf("; state is durable through epoch %d: run again with the same -r to resume after it", frontier-1)
+	default:
+		msg += "; no epoch of this run became durable: run again with the same -r to resume where it began"
+	}
+	return interruptedError{sig, msg}
 }

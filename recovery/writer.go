@@ -3,8 +3,11 @@ package recovery
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
+	"path/filepath"
 	"slices"
+	"syscall"
 	"time"
 )
 
@@ -124,14 +127,14 @@ func (w *writer) applyGroup(group []submission) {
 		return // a failed store drops further commits; Close reports the error
 	}
 	if err := w.apply(group); err != nil {
-		w.s.fail(fmt.Errorf("commit to partition %d: %w", w.p.Index, err))
+		w.s.fail(w.failure("commit to", err))
 		return
 	}
 	for _, g := range group {
 		w.s.committed(w.idx, g.w, g.frontier)
 	}
 	if err := w.maybeGC(true); err != nil {
-		w.s.fail(fmt.Errorf("partition %d: %w", w.p.Index, err))
+		w.s.fail(w.failure("clean up", err))
 	}
 }
 
@@ -139,7 +142,7 @@ func (w *writer) applyGroup(group []submission) {
 func (w *writer) step() {
 	if err := w.compactStep(); err != nil {
 		w.endCompaction()
-		w.s.fail(fmt.Errorf("compact partition %d: %w", w.p.Index, err))
+		w.s.fail(w.failure("compact", err))
 	}
 }
 
@@ -394,3 +397,25 @@ func (w *writer) compactAll() error {
 	}
 	return nil
 }
+
+// failure describes a write error of this partition: which file, and on a
+// full disk, which directory and what to do.
+func (w *writer) failure(what string, err error) error {
+	err = fmt.Errorf("%s partition %d (%s): %w", what, w.p.Index, w.p.Path, err)
+	if DiskFull(err) {
+		err = fmt.Errorf("%w: the disk holding %s is full: free space there (or move the partitions to a larger disk) and run again with the same -r; the epochs already durable are kept", err, filepath.Dir(w.p.Path))
+	}
+	return err
+}
+
+// DiskFull says whether err is a full disk (ENOSPC, or SQLite's
+// SQLITE_FULL).
+func DiskFull(err error) bool {
+	if errors.Is(err, syscall.ENOSPC) {
+		return true
+	}
+	var coded interface{ Code() int }
+	return errors.As(err, &coded) && coded.Code()&0xff == sqliteFull
+}
+
+const sqliteFull = 13 // SQLITE_FULL

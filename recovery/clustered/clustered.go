@@ -12,6 +12,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -385,6 +386,17 @@ func (r *Recovery) WaitDurable(ctx context.Context, frontier core.Epoch) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// Durable is the frontier committed in every partition of the flow, as
+// this process last heard: every epoch below it is durable.
+func (r *Recovery) Durable() core.Epoch {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.pmin) == 0 {
+		return 0
+	}
+	return core.Epoch(slices.Min(r.pmin))
 }
 
 // global is the frontier committed in every partition of the flow.
