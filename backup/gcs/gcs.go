@@ -46,6 +46,9 @@ func New(ctx context.Context, bucket, prefix string, o Options) (*Store, error) 
 	}
 	client, err := storage.NewClient(ctx, copts...)
 	if err != nil {
+		if strings.Contains(err.Error(), "could not find default credentials") {
+			return nil, fmt.Errorf("gcs: %w: no Google credentials were found (set GOOGLE_APPLICATION_CREDENTIALS to a key file, run gcloud auth application-default login, or run where a service account is attached)", backup.ErrAccess)
+		}
 		return nil, fmt.Errorf("gcs: create client (credentials come from Application Default Credentials): %w", err)
 	}
 	if o.ChunkSize == 0 {

@@ -17,6 +17,7 @@ import (
 	"strings"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
@@ -87,6 +88,17 @@ func New(ctx context.Context, bucket, prefix string, o Options) (*Store, error) 
 	})
 	s := &Store{client: client, bucket: bucket, prefix: strings.Trim(prefix, "/"), opts: o}
 	if _, err := client.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: aws.String(bucket)}); err != nil {
+		// A HEAD answer has no body, so a 404 cannot say whether the bucket
+		// is missing or the access key unknown (some servers answer an
+		// unknown key so): a listing's error body says which.
+		var re interface{ HTTPStatusCode() int }
+		if errors.As(err, &re) && re.HTTPStatusCode() == http.StatusNotFound {
+			_, lerr := client.ListObjectsV2(ctx, &s3.ListObjectsV2Input{Bucket: aws.String(bucket), MaxKeys: aws.Int32(1)})
+			if lerr == nil {
+				return s, nil
+			}
+			err = lerr
+		}
 		return nil, s.wrap("open bucket", "", err)
 	}
 	return s, nil
@@ -105,6 +117,12 @@ func (s *Store) wrap(op, key string, err error) error {
 	if key != "" {
 		what += " " + key
 	}
+	// The SDK reports missing credentials as text only (get identity: get
+	// credentials: failed to refresh cached credentials, ...).
+	var se *v4.SigningError
+	if errors.As(err, &se) || strings.Contains(err.Error(), "get credentials: ") || strings.Contains(err.Error(), "failed to refresh cached credentials") {
+		return fmt.Errorf("s3: %s: %w: no AWS credentials were found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run where an instance role or web identity provides them)", what, backup.ErrAccess)
+	}
 	var ae smithy.APIError
 	if errors.As(err, &ae) {
 		switch ae.ErrorCode() {
@@ -115,7 +133,8 @@ func (s *Store) wrap(op, key string, err error) error {
 			return fmt.Errorf("s3: %s: %w", what, backup.ErrNotFound)
 		case "NoSuchBucket":
 			return fmt.Errorf("s3: %s: %w: %s", what, backup.ErrNoBucket, s.bucket)
-		case "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden", "ExpiredToken", "InvalidToken":
+		case "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden", "ExpiredToken", "InvalidToken",
+			"XAdminUserNotFound": // versitygw: an unknown access key
 			return fmt.Errorf("s3: %s: %w (%s): check the credentials and the bucket policy", what, backup.ErrAccess, ae.ErrorCode())
 		case "PreconditionFailed", "ConditionalRequestConflict":
 			return fmt.Errorf("s3: %s: %w", what, backup.ErrExists)

@@ -75,6 +75,33 @@ func TestNew_BadCredentials(t *testing.T) {
 	}
 }
 
+// An unknown access key is an access error, not a missing bucket (the
+// server may answer the bucket check with a bare 404); no credentials at
+// all say so in words, not in the SDK's chain.
+func TestNew_UnknownKeyAndMissingCredentials(t *testing.T) {
+	bucket := newBucket(t)
+	t.Run("unknown access key", func(t *testing.T) {
+		t.Setenv("AWS_ACCESS_KEY_ID", "nobody-knows-me")
+		_, err := New(context.Background(), bucket, "", opts())
+		if !errors.Is(err, backup.ErrAccess) || errors.Is(err, backup.ErrNoBucket) {
+			t.Fatalf("err = %v, want an access error", err)
+		}
+	})
+	t.Run("no credentials", func(t *testing.T) {
+		for _, v := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE"} {
+			t.Setenv(v, "")
+			os.Unsetenv(v)
+		}
+		t.Setenv("AWS_SHARED_CREDENTIALS_FILE", t.TempDir()+"/none")
+		t.Setenv("AWS_CONFIG_FILE", t.TempDir()+"/none")
+		t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+		_, err := New(context.Background(), bucket, "", opts())
+		if !errors.Is(err, backup.ErrAccess) || !strings.Contains(err.Error(), "no AWS credentials were found") || strings.Contains(err.Error(), "IMDS") {
+			t.Fatalf("err = %v", err)
+		}
+	})
+}
+
 func TestNew_UnknownSSE(t *testing.T) {
 	if _, err := New(context.Background(), "b", "", Options{SSE: "rot13"}); err == nil || !strings.Contains(err.Error(), "unknown server-side encryption") {
 		t.Fatal("accepted")
