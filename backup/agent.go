@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -15,9 +16,21 @@ import (
 	"github.com/flowkeep/flowkeep/recovery"
 )
 
+// ScheduleFloor is the shortest gap between backups the agent runs without
+// a warning.
+const ScheduleFloor = time.Minute
+
 // ParseSchedule parses a cron spec: five fields ("*/5 * * * *") or a
-// descriptor ("@hourly", "@every 5m").
+// descriptor ("@hourly", "@every 5m"). An @every interval must be positive
+// (the cron library would quietly make "@every 0s" or "@every -5m" one
+// second).
 func ParseSchedule(spec string) (cron.Schedule, error) {
+	if rest, ok := strings.CutPrefix(strings.TrimSpace(spec), "@every"); ok {
+		d, err := time.ParseDuration(strings.TrimSpace(rest))
+		if err != nil || d <= 0 {
+			return nil, fmt.Errorf("invalid schedule %q: @every needs a positive duration, e.g. \"@every 5m\"", spec)
+		}
+	}
 	p := cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
 	s, err := p.Parse(spec)
 	if err != nil {
@@ -28,37 +41,74 @@ func ParseSchedule(spec string) (cron.Schedule, error) {
 
 // MaxGap is the longest time between two runs of s, over its next runs.
 func MaxGap(s cron.Schedule, from time.Time) time.Duration {
-	var gap time.Duration
+	gap, _ := gaps(s, from)
+	return gap
+}
+
+// MinGap is the shortest time between two runs of s, over its next runs.
+func MinGap(s cron.Schedule, from time.Time) time.Duration {
+	_, gap := gaps(s, from)
+	return gap
+}
+
+func gaps(s cron.Schedule, from time.Time) (longest, shortest time.Duration) {
 	t := s.Next(from)
 	for i := 0; i < 200; i++ {
 		n := s.Next(t)
 		if n.IsZero() {
 			break
 		}
-		gap = max(gap, n.Sub(t))
+		d := n.Sub(t)
+		longest = max(longest, d)
+		if shortest == 0 || d < shortest {
+			shortest = d
+		}
 		t = n
 	}
-	return gap
+	return longest, shortest
 }
 
-// Metrics are the agent's Prometheus metrics.
+// Metrics are the agent's Prometheus metrics, labelled by flow (name) and
+// partition.
 type Metrics struct {
 	LastSuccess    *prometheus.GaugeVec
+	LastAttempt    *prometheus.GaugeVec
 	RestorableHi   *prometheus.GaugeVec
 	BytesUploaded  *prometheus.CounterVec
 	ObjectsUpload  *prometheus.CounterVec
 	ObjectsSkipped *prometheus.CounterVec
+	Skipped        *prometheus.CounterVec
 	Duration       *prometheus.HistogramVec
 	Failures       *prometheus.CounterVec
+	PruneFailures  prometheus.Counter
 	GapTooLong     prometheus.Gauge
+
+	mu     sync.Mutex
+	hiTime map[[2]string]time.Time // newest restorable point per flow and partition
+	now    func() time.Time
 }
+
+// MetricNames lists every metric NewMetrics registers (dashboards and
+// alert rules are checked against it).
+var MetricNames = []string{
+	"flowkeep_backup_last_success_timestamp_seconds", "flowkeep_backup_last_attempt_timestamp_seconds",
+	"flowkeep_backup_restorable_epoch", "flowkeep_backup_rpo_seconds", "flowkeep_backup_uploaded_bytes_total",
+	"flowkeep_backup_uploaded_objects_total", "flowkeep_backup_skipped_objects_total", "flowkeep_backup_skipped_total",
+	"flowkeep_backup_duration_seconds", "flowkeep_backup_failures_total", "flowkeep_backup_prune_failures_total",
+	"flowkeep_backup_schedule_exceeds_backup_interval",
+}
+
+var rpoDesc = prometheus.NewDesc("flowkeep_backup_rpo_seconds",
+	"Age of the newest restorable point of each partition's backups: how much a restore now would lose.", []string{"flow", "partition"}, nil)
 
 // NewMetrics registers the agent's metrics with reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
-	part := []string{"partition"}
+	part := []string{"flow", "partition"}
 	m := &Metrics{
 		LastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "flowkeep_backup_last_success_timestamp_seconds",
 			Help: "Unix time of the last successful backup of each partition."}, part),
+		LastAttempt: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "flowkeep_backup_last_attempt_timestamp_seconds",
+			Help: "Unix time of the last backup attempt of each partition (successful, failed or skipped)."}, part),
 		RestorableHi: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "flowkeep_backup_restorable_epoch",
 			Help: "Highest epoch the last backup of each partition can restore to."}, part),
 		BytesUploaded: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flowkeep_backup_uploaded_bytes_total",
@@ -67,31 +117,82 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Chunks uploaded, per partition."}, part),
 		ObjectsSkipped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flowkeep_backup_skipped_objects_total",
 			Help: "Chunks not uploaded because they were already stored, per partition."}, part),
+		Skipped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flowkeep_backup_skipped_total",
+			Help: "Partition backups skipped: unchanged since the last one, or locked by another agent or a prune."}, append(part, "reason")),
 		Duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "flowkeep_backup_duration_seconds",
 			Help: "Duration of partition backups.", Buckets: prometheus.ExponentialBuckets(0.05, 2, 14)}, part),
 		Failures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flowkeep_backup_failures_total",
 			Help: "Failed partition backups."}, part),
+		PruneFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "flowkeep_backup_prune_failures_total",
+			Help: "Failed retention runs (prune after backups)."}),
 		GapTooLong: prometheus.NewGauge(prometheus.GaugeOpts{Name: "flowkeep_backup_schedule_exceeds_backup_interval",
 			Help: "1 if the schedule's longest gap exceeds the flow's backup interval (-b): partition backups may not overlap."}),
+		hiTime: map[[2]string]time.Time{},
+		now:    time.Now,
 	}
-	reg.MustRegister(m.LastSuccess, m.RestorableHi, m.BytesUploaded, m.ObjectsUpload, m.ObjectsSkipped, m.Duration, m.Failures, m.GapTooLong)
+	reg.MustRegister(m.LastSuccess, m.LastAttempt, m.RestorableHi, m.BytesUploaded, m.ObjectsUpload, m.ObjectsSkipped, m.Skipped,
+		m.Duration, m.Failures, m.PruneFailures, m.GapTooLong, rpoCollector{m})
 	return m
 }
 
+type rpoCollector struct{ m *Metrics }
+
+func (c rpoCollector) Describe(ch chan<- *prometheus.Desc) { ch <- rpoDesc }
+func (c rpoCollector) Collect(ch chan<- prometheus.Metric) {
+	c.m.mu.Lock()
+	defer c.m.mu.Unlock()
+	for k, t := range c.m.hiTime {
+		ch <- prometheus.MustNewConstMetric(rpoDesc, prometheus.GaugeValue, c.m.now().Sub(t).Seconds(), k[0], k[1])
+	}
+}
+
+// Known makes every counter of a flow's partitions exist at 0 before the
+// first backup (so rates and alerts see them from the start).
+func (m *Metrics) Known(flow string, partitions []int) {
+	for _, i := range partitions {
+		p := strconv.Itoa(i)
+		m.BytesUploaded.WithLabelValues(flow, p)
+		m.ObjectsUpload.WithLabelValues(flow, p)
+		m.ObjectsSkipped.WithLabelValues(flow, p)
+		m.Failures.WithLabelValues(flow, p)
+		for _, r := range []string{SkipUnchanged, SkipLocked} {
+			m.Skipped.WithLabelValues(flow, p, r)
+		}
+	}
+}
+
 // Observe records one backup run's results.
-func (m *Metrics) Observe(results []*Result) {
+func (m *Metrics) Observe(flow string, results []*Result) {
 	for _, r := range results {
 		p := strconv.Itoa(r.Partition)
-		m.BytesUploaded.WithLabelValues(p).Add(float64(r.BytesUploaded))
-		m.ObjectsUpload.WithLabelValues(p).Add(float64(r.ObjectsUploaded))
-		m.ObjectsSkipped.WithLabelValues(p).Add(float64(r.ObjectsSkipped))
-		m.Duration.WithLabelValues(p).Observe(r.Duration.Seconds())
-		if r.Err != nil {
-			m.Failures.WithLabelValues(p).Inc()
+		m.LastAttempt.WithLabelValues(flow, p).Set(float64(m.now().Unix()))
+		switch {
+		case r.Skipped != "":
+			m.Skipped.WithLabelValues(flow, p, r.Skipped).Inc()
+			if r.Skipped == SkipUnchanged {
+				// The backup holds everything the partition does.
+				m.mu.Lock()
+				m.hiTime[[2]string{flow, p}] = m.now()
+				m.mu.Unlock()
+			}
+			continue
+		case errors.Is(r.Err, ErrLocked):
+			m.Skipped.WithLabelValues(flow, p, SkipLocked).Inc()
 			continue
 		}
-		m.LastSuccess.WithLabelValues(p).Set(float64(r.Manifest.Created.Unix()))
-		m.RestorableHi.WithLabelValues(p).Set(float64(r.Manifest.Epochs.Hi))
+		m.BytesUploaded.WithLabelValues(flow, p).Add(float64(r.BytesUploaded))
+		m.ObjectsUpload.WithLabelValues(flow, p).Add(float64(r.ObjectsUploaded))
+		m.ObjectsSkipped.WithLabelValues(flow, p).Add(float64(r.ObjectsSkipped))
+		m.Duration.WithLabelValues(flow, p).Observe(r.Duration.Seconds())
+		if r.Err != nil {
+			m.Failures.WithLabelValues(flow, p).Inc()
+			continue
+		}
+		m.LastSuccess.WithLabelValues(flow, p).Set(float64(r.Manifest.Created.Unix()))
+		m.RestorableHi.WithLabelValues(flow, p).Set(float64(r.Manifest.Epochs.Hi))
+		m.mu.Lock()
+		m.hiTime[[2]string{flow, p}] = r.Manifest.Epochs.HiTime
+		m.mu.Unlock()
 	}
 }
 
@@ -104,10 +205,14 @@ type Agent struct {
 	Options  Options
 	Metrics  *Metrics
 	Log      *slog.Logger
+	// Retention, if set, prunes after every run (under the prune lock, as
+	// Prune always does).
+	Retention *PruneOptions
 	// OnRun, if set, is called after every run (tests).
 	OnRun func([]*Result, error)
 
-	mu sync.Mutex
+	mu   sync.Mutex
+	flow string // the flow's name, for metric labels (read at the first run)
 }
 
 // CheckInterval warns when the schedule's longest gap is longer than the
@@ -152,13 +257,33 @@ func (a *Agent) RunOnce(ctx context.Context) ([]*Result, error) {
 		a.Log = slog.Default()
 	}
 	a.CheckInterval(ctx)
-	results, err := BackupDir(ctx, a.Store, a.Dir, a.Options)
-	if a.Metrics != nil {
-		a.Metrics.Observe(results)
+	if a.flow == "" {
+		if name, idx, err := flowInfo(ctx, a.Dir); err == nil {
+			a.flow = name
+			if a.Metrics != nil {
+				a.Metrics.Known(name, idx)
+			}
+		}
 	}
+	opts := a.Options
+	opts.SkipUnchanged = true
+	results, err := BackupDir(ctx, a.Store, a.Dir, opts)
+	if a.Metrics != nil {
+		a.Metrics.Observe(a.flow, results)
+	}
+	var errs []error
 	for _, r := range results {
-		if r.Err != nil {
+		switch {
+		case r.Skipped != "":
+			a.Log.Info("skipped: unchanged since the latest backup", "partition", r.Partition, "latest", r.Manifest.ID,
+				"epochs", fmt.Sprintf("%d..%d", r.Manifest.Epochs.Lo, r.Manifest.Epochs.Hi))
+			continue
+		case errors.Is(r.Err, ErrLocked):
+			a.Log.Warn("skipped: the partition is locked", "partition", r.Partition, "reason", r.Err)
+			continue
+		case r.Err != nil:
 			a.Log.Error("backup failed", "partition", r.Partition, "err", r.Err)
+			errs = append(errs, r.Err)
 			continue
 		}
 		a.Log.Info("backed up", "partition", r.Partition, "kind", r.Kind, "id", r.Manifest.ID,
@@ -168,11 +293,52 @@ func (a *Agent) RunOnce(ctx context.Context) ([]*Result, error) {
 	}
 	if err != nil && len(results) == 0 {
 		a.Log.Error("backup run failed", "err", err)
+	} else {
+		err = errors.Join(errs...) // a locked partition is not a failure
+	}
+	if a.Retention != nil && ctx.Err() == nil {
+		a.retain(ctx)
 	}
 	if a.OnRun != nil {
 		a.OnRun(results, err)
 	}
 	return results, err
+}
+
+// retain prunes to the retention policy after a run.
+func (a *Agent) retain(ctx context.Context) {
+	res, err := Prune(ctx, a.Store, *a.Retention)
+	switch {
+	case errors.Is(err, ErrLocked):
+		a.Log.Warn("retention skipped: a backup or another prune holds the lock", "reason", err)
+	case err != nil:
+		a.Log.Error("retention failed", "err", err)
+		if a.Metrics != nil {
+			a.Metrics.PruneFailures.Inc()
+		}
+	case len(res.DeletedManifests) > 0 || res.DeletedChunks > 0:
+		a.Log.Info("retention pruned", "deleted_backups", len(res.DeletedManifests), "deleted_chunks", res.DeletedChunks,
+			"deleted_bytes", res.DeletedBytes, "kept_backups", res.KeptManifests)
+	}
+}
+
+// flowInfo reads the name of the flow whose partitions are in dir, and
+// their indexes.
+func flowInfo(ctx context.Context, dir string) (string, []int, error) {
+	ps, err := recovery.Find(ctx, dir, true)
+	if err != nil || len(ps) == 0 {
+		return "", nil, fmt.Errorf("no partitions in %s: %v", dir, err)
+	}
+	defer recovery.CloseAll(ps)
+	v, err := recovery.ReadView(ctx, ps[0].DB)
+	if err != nil {
+		return "", nil, err
+	}
+	var idx []int
+	for _, p := range ps {
+		idx = append(idx, int(p.Index))
+	}
+	return v.FlowName, idx, nil
 }
 
 // Run backs up once now, then on every tick of the schedule until ctx ends.

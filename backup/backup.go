@@ -7,11 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime/debug"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/flowkeep/flowkeep/internal/version"
 	"github.com/flowkeep/flowkeep/recovery"
 )
 
@@ -58,6 +58,13 @@ type Options struct {
 	Partitions []int
 	// Parallel backs up this many partitions at once (DefaultParallel).
 	Parallel int
+	// Progress, if set, counts every partition's reads and uploads as they
+	// happen (for a progress display).
+	Progress *Transfer
+	// SkipUnchanged skips a partition whose restorable range and execution
+	// are those of its latest backup (an idle flow), unless verify
+	// quarantined chunks that a new backup would heal.
+	SkipUnchanged bool
 
 	// quarantined are the chunks verify found damaged (nil: not loaded).
 	quarantined map[string]bool
@@ -119,17 +126,21 @@ type Result struct {
 	// BaseNote says why a new base was taken when a delta was possible
 	// (e.g. the base's chunks were not all stored).
 	BaseNote string
+	// Skipped, if set, says why no backup was taken (SkipUnchanged); the
+	// Manifest is then the latest one, which still stands.
+	Skipped  string
 	Duration time.Duration
 	Err      error
 }
 
-// Version is the agent version recorded in manifests.
-func Version() string {
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
-	}
-	return "dev"
-}
+// Why a partition's backup was skipped.
+const (
+	SkipUnchanged = "unchanged" // the partition did not move since its latest backup
+	SkipLocked    = "locked"    // another agent or a prune holds the lock
+)
+
+// Version is the flowkeep version recorded in manifests.
+func Version() string { return version.String() }
 
 // LoadLatest returns the newest manifest of a partition, from its latest
 // pointer; nil if there is none, or if it is corrupt (the next backup is
@@ -240,7 +251,15 @@ func BackupPartition(ctx context.Context, s Store, p *recovery.Partition, o Opti
 		if err != nil {
 			return lockCause(lctx, err)
 		}
-		var xfer Transfer
+		if o.SkipUnchanged && prev != nil && len(o.quarantined) == 0 {
+			if same, err := unchangedSince(lctx, p, prev); err != nil {
+				return err
+			} else if same {
+				res.Manifest, res.Skipped = prev, SkipUnchanged
+				return nil
+			}
+		}
+		xfer := Transfer{Also: o.Progress}
 		m, kind, err := capture(lctx, s, p, prev, o, &xfer, res)
 		res.ObjectsUploaded, res.ObjectsSkipped = xfer.ObjectsUploaded.Load(), xfer.ObjectsSkipped.Load()
 		res.ObjectsHealed = xfer.ObjectsHealed.Load()
@@ -435,4 +454,18 @@ func deltaWatermark(prev *Manifest, v *recovery.View, now time.Time, maxAge time
 		}
 	}
 	return w, continued && w >= 1
+}
+
+// unchangedSince says whether p's restorable range and execution are still
+// those prev recorded: nothing a new backup would add.
+func unchangedSince(ctx context.Context, p *recovery.Partition, prev *Manifest) (bool, error) {
+	v, err := recovery.ReadView(ctx, p.DB)
+	if err != nil {
+		return false, fmt.Errorf("read partition: %w", err)
+	}
+	ex := int64(-1)
+	if last := v.Last(); last != nil {
+		ex = int64(last.Number)
+	}
+	return uint64(v.Lo()) == prev.Epochs.Lo && uint64(v.Hi()) == prev.Epochs.Hi && ex == prev.Execution, nil
 }

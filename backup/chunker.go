@@ -27,6 +27,9 @@ type Transfer struct {
 	ObjectsSkipped  atomic.Int64 // confirmed already in the store
 	ObjectsHealed   atomic.Int64 // known from the last backup, but not (whole) in the store: uploaded again
 	BytesRead       atomic.Int64 // uncompressed bytes captured
+	// Also, if set, counts the same reads, uploads and skips (one total
+	// for several partitions' transfers: progress displays).
+	Also *Transfer
 
 	mu       sync.Mutex
 	uploaded map[string]bool // chunks this transfer stored
@@ -167,6 +170,9 @@ func (u *uploader) produce(ctx context.Context, r io.Reader, whole hash.Hash, jo
 			whole.Write(buf[:k])
 			size += int64(k)
 			u.xfer.BytesRead.Add(int64(k))
+			if u.xfer.Also != nil {
+				u.xfer.Also.BytesRead.Add(int64(k))
+			}
 			select {
 			case jobs <- chunkJob{i: n, buf: buf[:k]}:
 			case <-ctx.Done():
@@ -193,6 +199,9 @@ func (u *uploader) storeChunk(ctx context.Context, b, zbuf []byte) (Object, []by
 		}
 		if ok {
 			u.xfer.ObjectsSkipped.Add(1)
+			if u.xfer.Also != nil {
+				u.xfer.Also.ObjectsSkipped.Add(1)
+			}
 			return o, zbuf, nil
 		}
 	}
@@ -207,6 +216,10 @@ func (u *uploader) storeChunk(ctx context.Context, b, zbuf []byte) (Object, []by
 	u.xfer.markStored(h)
 	u.xfer.ObjectsUploaded.Add(1)
 	u.xfer.BytesUploaded.Add(int64(len(z)))
+	if a := u.xfer.Also; a != nil {
+		a.ObjectsUploaded.Add(1)
+		a.BytesUploaded.Add(int64(len(z)))
+	}
 	return o, z, nil
 }
 

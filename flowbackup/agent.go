@@ -1,10 +1,10 @@
 package flowbackup
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -14,13 +14,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
-	"gopkg.in/yaml.v3"
 
 	"github.com/flowkeep/flowkeep/backup"
+	"github.com/flowkeep/flowkeep/internal/human"
 )
 
-// agentOptions are the agent's settings, from flags or a YAML file.
+// agentOptions are the agent's settings (flags, FLOWBACKUP_* variables or
+// the --config file).
 type agentOptions struct {
 	RecoveryDir string
 	To          string
@@ -28,124 +28,79 @@ type agentOptions struct {
 	MetricsAddr string
 	Workers     int
 	LockTTL     time.Duration
+	KeepLast    int
+	KeepWithin  time.Duration
+	LogFormat   string
+	LogLevel    string
 	storageOptions
 }
 
-// agentFile is the YAML form of agentOptions.
-type agentFile struct {
-	RecoveryDir string        `yaml:"recovery_dir"`
-	To          string        `yaml:"to"`
-	Schedule    string        `yaml:"schedule"`
-	MetricsAddr string        `yaml:"metrics_addr"`
-	Workers     int           `yaml:"workers"`
-	LockTTL     time.Duration `yaml:"lock_ttl"`
-	S3          struct {
-		Endpoint  string `yaml:"endpoint"`
-		Region    string `yaml:"region"`
-		PathStyle bool   `yaml:"path_style"`
-		SSE       string `yaml:"sse"`
-		KMSKeyID  string `yaml:"kms_key_id"`
-	} `yaml:"s3"`
-}
-
-// merge fills every setting not given on the command line from the file.
-func (o *agentOptions) merge(file agentFile, flags *pflag.FlagSet) {
-	str := func(flag string, dst *string, v string) {
-		if !flags.Changed(flag) && v != "" {
-			*dst = v
-		}
-	}
-	str("recovery-dir", &o.RecoveryDir, file.RecoveryDir)
-	str("to", &o.To, file.To)
-	str("schedule", &o.Schedule, file.Schedule)
-	str("metrics-addr", &o.MetricsAddr, file.MetricsAddr)
-	str("s3-endpoint", &o.S3Endpoint, file.S3.Endpoint)
-	str("s3-region", &o.S3Region, file.S3.Region)
-	str("s3-sse", &o.S3SSE, file.S3.SSE)
-	str("s3-sse-kms-key-id", &o.S3KMSKeyID, file.S3.KMSKeyID)
-	if !flags.Changed("workers") && file.Workers > 0 {
-		o.Workers = file.Workers
-	}
-	if !flags.Changed("lock-ttl") && file.LockTTL > 0 {
-		o.LockTTL = file.LockTTL
-	}
-	if !flags.Changed("s3-path-style") && file.S3.PathStyle {
-		o.S3PathStyle = true
-	}
-}
-
-const agentConfigExample = `# flowbackup agent --config agent.yaml
-recovery_dir: /var/lib/flowkeep
-to: s3://my-bucket/flows/wordcount
-schedule: "*/5 * * * *"     # or "@every 5m"
-metrics_addr: ":9464"
-lock_ttl: 15m
-s3:
-  region: eu-west-1
-  sse: aws:kms`
-
 func newAgentCommand() *cobra.Command {
 	var o agentOptions
-	var config string
 	cmd := &cobra.Command{
 		Use:   "agent -r DIR --to URL --schedule SPEC",
 		Short: "Back up DIR on a cron schedule, with Prometheus metrics",
 		Long: `Run as a daemon: back up every partition in DIR now, then on every tick of the
 schedule (five cron fields, or @every DURATION). A run still going when the
-next tick comes makes that tick skip. Settings come from flags or a YAML file
-(--config); flags given on the command line win.
+next tick comes makes that tick skip; a partition whose restorable range did
+not move since its last backup is skipped (and counted). With --keep-last
+(and --keep-within) the agent prunes after each run, as flowbackup prune does.
+Settings come from flags, FLOWBACKUP_* variables or the --config file.
 
 The schedule's longest gap must not exceed the flow's backup interval (flowrun
 -b): otherwise backups of different partitions may not share a restorable
 epoch. The agent warns loudly when it does, and exports
 flowkeep_backup_schedule_exceeds_backup_interval.
 
-Metrics (--metrics-addr): flowkeep_backup_last_success_timestamp_seconds,
-flowkeep_backup_restorable_epoch, flowkeep_backup_uploaded_bytes_total,
-flowkeep_backup_uploaded_objects_total, flowkeep_backup_skipped_objects_total,
-flowkeep_backup_duration_seconds, flowkeep_backup_failures_total, per partition.
-
-Config file:
-` + agentConfigExample + `
+Metrics (--metrics-addr), labelled by flow and partition:
+flowkeep_backup_last_success_timestamp_seconds,
+flowkeep_backup_last_attempt_timestamp_seconds, flowkeep_backup_restorable_epoch,
+flowkeep_backup_rpo_seconds (age of the newest restorable point),
+flowkeep_backup_uploaded_bytes_total, flowkeep_backup_uploaded_objects_total,
+flowkeep_backup_skipped_objects_total, flowkeep_backup_skipped_total,
+flowkeep_backup_duration_seconds (histogram), flowkeep_backup_failures_total.
 
 ` + exitCodesHelp,
-		Example: "  flowbackup agent -r /var/lib/flowkeep --to s3://my-bucket/flows/wc --schedule '*/5 * * * *' --metrics-addr :9464\n  flowbackup agent --config /etc/flowkeep/agent.yaml",
-		Args:    cobra.NoArgs,
+		Example: "  flowbackup agent -r /var/lib/flowkeep --to s3://my-bucket/flows/wc --schedule '*/5 * * * *' --metrics-addr :9464\n  flowbackup agent --config /etc/flowkeep/flowbackup.yaml",
+		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if config != "" {
-				file, err := loadAgentConfig(config)
-				if err != nil {
-					return err
-				}
-				o.merge(file, cmd.Flags())
+			log, err := newLogger(cmd.ErrOrStderr(), o.LogFormat, o.LogLevel)
+			if err != nil {
+				return err
 			}
-			return runAgent(cmd.Context(), o, slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil)))
+			return runAgent(cmd.Context(), o, log)
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&config, "config", "", "YAML file with the agent's settings (see above)")
 	f.StringVarP(&o.RecoveryDir, "recovery-dir", "r", "", "the flow's recovery directory (as given to flowrun -r)")
-	f.StringVar(&o.To, "to", "", "destination URL: file:///path, s3://bucket/prefix or gs://bucket/prefix")
+	f.StringVar(&o.To, "to", "", "destination URL: file:///path (created if missing), s3://bucket/prefix or gs://bucket/prefix")
 	f.StringVar(&o.Schedule, "schedule", "", `when to back up: cron fields ("*/5 * * * *") or "@every 5m"`)
 	f.StringVar(&o.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics at this address (e.g. :9464)")
-	f.IntVar(&o.Workers, "workers", 8, "chunks uploaded at once")
-	f.DurationVar(&o.LockTTL, "lock-ttl", 15*time.Minute, "how long a partition lock lasts if the agent dies holding it")
+	f.IntVar(&o.Workers, "workers", backup.DefaultWorkers, "chunks uploaded at once")
+	f.Var(human.Duration{D: &o.LockTTL}, "lock-ttl", "how long a partition lock lasts if the agent dies holding it (default 15m)")
+	f.IntVar(&o.KeepLast, "keep-last", 0, "after each run, prune to the newest N backups of each partition (0: no pruning)")
+	f.Var(human.Duration{D: &o.KeepWithin}, "keep-within", "with --keep-last: also keep backups younger than this (e.g. 24h)")
+	f.StringVar(&o.LogFormat, "log-format", "text", "log as text or json")
+	f.StringVar(&o.LogLevel, "log-level", "info", "least level logged: debug, info, warn or error")
 	o.storageOptions.addFlags(f)
+	o.LockTTL = backup.DefaultLockTTL
 	return cmd
 }
 
-func loadAgentConfig(path string) (agentFile, error) {
-	var file agentFile
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return file, usagef("read config: %v", err)
+// newLogger is the agent's structured logger.
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, usagef("--log-level %q: use debug, info, warn or error", level)
 	}
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(&file); err != nil {
-		return file, usagef("config %s: %v", path, err)
+	ho := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, ho)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, ho)), nil
 	}
-	return file, nil
+	return nil, usagef("--log-format %q: use text or json", format)
 }
 
 func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
@@ -159,10 +114,19 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 	if err != nil {
 		return usageError{err}
 	}
+	if err := checkWorkersAndTTL(o.Workers, o.LockTTL); err != nil {
+		return err
+	}
+	if o.KeepLast < 0 || o.KeepWithin < 0 || (o.KeepWithin > 0 && o.KeepLast == 0) {
+		return usagef("retention: --keep-last must be at least 1 (and --keep-within is only used with it)")
+	}
+	if gap := backup.MinGap(sched, time.Now()); gap < backup.ScheduleFloor {
+		log.Warn("the schedule backs up more often than every "+backup.ScheduleFloor.String()+": each run lists and uploads; is that meant?", "schedule", o.Schedule, "shortest_gap", gap)
+	}
 	if st, err := os.Stat(o.RecoveryDir); err != nil || !st.IsDir() {
 		return usagef("recovery directory %s does not exist", o.RecoveryDir)
 	}
-	s, err := o.open(ctx, o.To)
+	s, err := o.openDest(ctx, o.To)
 	if err != nil {
 		return err
 	}
@@ -181,6 +145,9 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 	}
 	a := &backup.Agent{Store: s, Dir: o.RecoveryDir, Schedule: sched, Spec: o.Schedule, Metrics: metrics, Log: log,
 		Options: backup.Options{Workers: o.Workers, LockTTL: o.LockTTL}}
+	if o.KeepLast > 0 {
+		a.Retention = &backup.PruneOptions{KeepLast: o.KeepLast, KeepWithin: o.KeepWithin, LockTTL: o.LockTTL, Grace: max(backup.DefaultGrace, o.LockTTL)}
+	}
 	log.Info("agent started", "dir", o.RecoveryDir, "to", s.String(), "schedule", o.Schedule)
 	err = a.Run(ctx)
 	if errors.Is(err, context.Canceled) {

@@ -19,6 +19,7 @@ type backupOptions struct {
 	Workers     int
 	LockTTL     time.Duration
 	Partitions  string
+	JSON        bool
 	storageOptions
 }
 
@@ -35,24 +36,28 @@ last: an interrupted backup leaves nothing visible.
 
 ` + exitCodesHelp,
 		Example: "  flowbackup backup -r /var/lib/flowkeep --to s3://my-bucket/flows/wordcount\n  flowbackup backup -r /var/lib/flowkeep --to file:///mnt/backups/wordcount",
-		Args:    cobra.NoArgs,
+		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runBackup(cmd.Context(), o, cmd.OutOrStdout())
+			return runBackup(cmd.Context(), o, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
 	f := cmd.Flags()
 	f.StringVarP(&o.RecoveryDir, "recovery-dir", "r", "", "the flow's recovery directory (as given to flowrun -r)")
-	f.StringVar(&o.To, "to", "", "destination URL: file:///path, s3://bucket/prefix or gs://bucket/prefix")
-	f.IntVar(&o.Workers, "workers", 8, "chunks uploaded at once")
-	f.DurationVar(&o.LockTTL, "lock-ttl", 15*time.Minute, "how long a partition lock lasts if the agent dies holding it")
+	f.StringVar(&o.To, "to", "", "destination URL: file:///path (created if missing), s3://bucket/prefix or gs://bucket/prefix")
+	f.IntVar(&o.Workers, "workers", backup.DefaultWorkers, "chunks uploaded at once")
+	f.DurationVar(&o.LockTTL, "lock-ttl", backup.DefaultLockTTL, "how long a partition lock lasts if the agent dies holding it")
+	f.BoolVar(&o.JSON, "json", false, "print the results as JSON")
 	f.StringVar(&o.Partitions, "partitions", "", "back up only these partitions, e.g. 0,2 or 0-3 (default: every partition in DIR)")
 	o.storageOptions.addFlags(f)
 	return cmd
 }
 
-func runBackup(ctx context.Context, o backupOptions, out io.Writer) error {
+func runBackup(ctx context.Context, o backupOptions, out, errOut io.Writer) error {
 	if o.RecoveryDir == "" {
 		return usagef("-r is required: the flow's recovery directory")
+	}
+	if err := checkWorkersAndTTL(o.Workers, o.LockTTL); err != nil {
+		return err
 	}
 	if st, err := os.Stat(o.RecoveryDir); err != nil || !st.IsDir() {
 		return usagef("recovery directory %s: no such file or directory", o.RecoveryDir)
@@ -65,20 +70,70 @@ func runBackup(ctx context.Context, o backupOptions, out io.Writer) error {
 		}
 		bo.Partitions = ps
 	}
-	s, err := o.open(ctx, o.To)
+	s, err := o.openDest(ctx, o.To)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
+	bar := newTransferBar(errOut, "backing up (read)")
+	var xfer backup.Transfer
+	bo.Progress = &xfer
+	bar.run(func() (int64, int64, int64) {
+		return xfer.BytesRead.Load(), 0, xfer.ObjectsUploaded.Load() + xfer.ObjectsSkipped.Load()
+	})
 	results, err := backup.BackupDir(ctx, s, o.RecoveryDir, bo)
+	bar.finish()
+	if o.JSON {
+		if jerr := printJSON(out, backupJSON(results)); jerr != nil {
+			return jerr
+		}
+		return err
+	}
 	printResults(out, results)
 	return err
+}
+
+type backupEntry struct {
+	Partition       int       `json:"partition"`
+	OK              bool      `json:"ok"`
+	Error           string    `json:"error,omitempty"`
+	Skipped         string    `json:"skipped,omitempty"`
+	ID              string    `json:"id,omitempty"`
+	Kind            string    `json:"kind,omitempty"`
+	Lo              uint64    `json:"lo,omitempty"`
+	Hi              uint64    `json:"hi,omitempty"`
+	HiTime          time.Time `json:"hi_time,omitzero"`
+	UploadedBytes   int64     `json:"uploaded_bytes"`
+	UploadedObjects int64     `json:"uploaded_objects"`
+	ReusedObjects   int64     `json:"reused_objects"`
+	HealedObjects   int64     `json:"healed_objects"`
+	Seconds         float64   `json:"seconds"`
+}
+
+func backupJSON(results []*backup.Result) map[string]any {
+	out := []backupEntry{}
+	for _, r := range results {
+		e := backupEntry{Partition: r.Partition, OK: r.Err == nil, Skipped: r.Skipped, UploadedBytes: r.BytesUploaded,
+			UploadedObjects: r.ObjectsUploaded, ReusedObjects: r.ObjectsSkipped, HealedObjects: r.ObjectsHealed, Seconds: r.Duration.Seconds()}
+		if r.Err != nil {
+			e.Error = r.Err.Error()
+		}
+		if m := r.Manifest; m != nil {
+			e.ID, e.Kind, e.Lo, e.Hi, e.HiTime = m.ID, r.Kind, m.Epochs.Lo, m.Epochs.Hi, m.Epochs.HiTime.UTC()
+		}
+		out = append(out, e)
+	}
+	return map[string]any{"partitions": out}
 }
 
 func printResults(out io.Writer, results []*backup.Result) {
 	for _, r := range results {
 		if r.Err != nil {
 			fmt.Fprintf(out, "partition %d: FAILED: %v\n", r.Partition, r.Err)
+			continue
+		}
+		if r.Skipped != "" {
+			fmt.Fprintf(out, "partition %d: skipped (%s): backup %s still holds epochs %d..%d\n", r.Partition, r.Skipped, r.Manifest.ID, r.Manifest.Epochs.Lo, r.Manifest.Epochs.Hi)
 			continue
 		}
 		m := r.Manifest

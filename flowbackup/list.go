@@ -13,6 +13,7 @@ import (
 
 	"github.com/flowkeep/flowkeep/backup"
 	"github.com/flowkeep/flowkeep/internal/human"
+	"github.com/flowkeep/flowkeep/restore"
 )
 
 type listOptions struct {
@@ -32,7 +33,7 @@ and stored size; then the newest epoch every partition's backups share.
 
 ` + exitCodesHelp,
 		Example: "  flowbackup list --from s3://my-bucket/flows/wordcount\n  flowbackup list --from file:///mnt/backups/wc --json",
-		Args:    cobra.NoArgs,
+		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runList(cmd.Context(), o, cmd.OutOrStdout())
 		},
@@ -108,7 +109,7 @@ func runList(ctx context.Context, o listOptions, out io.Writer) error {
 		}
 		if ov, ok := backup.PlanOverlap(ms, lf.Partitions); ok {
 			lf.OverlapEpoch = ov.Epoch
-			lf.OverlapTime = overlapTime(ov)
+			lf.OverlapTime = restore.OverlapTime(ov) // as verify and restore say it
 		} else {
 			lf.NoOverlapNote = "no epoch is covered by a backup of every partition"
 		}
@@ -123,13 +124,13 @@ func runList(ctx context.Context, o listOptions, out io.Writer) error {
 		fmt.Fprintf(out, "no backups in %s\n", rep.From)
 	}
 	for _, lf := range rep.Flows {
-		fmt.Fprintf(out, "flow %s (%s), %d partitions\n", lf.Name, lf.UID, lf.Partitions)
+		fmt.Fprintf(out, "flow %s (%s), %s\n", lf.Name, lf.UID, human.Count(lf.Partitions, "partition"))
 		for _, e := range lf.Backups {
 			fmt.Fprintf(out, "  part %-3d %s  %-5s  epochs %d..%d  (%s .. %s)  %s\n", e.Partition, e.ID, e.Kind, e.Lo, e.Hi,
-				e.LoTime.Format(time.RFC3339), e.HiTime.Format(time.RFC3339), human.Bytes(e.Stored))
+				e.LoTime.UTC().Format(time.RFC3339), e.HiTime.UTC().Format(time.RFC3339), human.Bytes(e.Stored))
 		}
 		if lf.OverlapEpoch > 0 {
-			fmt.Fprintf(out, "  restorable to epoch %d (%s)\n", lf.OverlapEpoch, lf.OverlapTime.Format(time.RFC3339))
+			fmt.Fprintf(out, "  restorable to epoch %d (%s)\n", lf.OverlapEpoch, lf.OverlapTime.UTC().Format(time.RFC3339))
 		} else {
 			fmt.Fprintf(out, "  not restorable: %s\n", lf.NoOverlapNote)
 		}
@@ -138,25 +139,4 @@ func runList(ctx context.Context, o listOptions, out io.Writer) error {
 		fmt.Fprintf(out, "broken: %s\n", b)
 	}
 	return nil
-}
-
-// overlapTime is the wall time of the overlap epoch: when the last of the
-// chosen partitions reached it (the latest of their times for it is a safe
-// upper bound; we report the hi time of the partition whose hi is the epoch
-// if any, else the earliest hi time).
-func overlapTime(ov backup.Overlap) time.Time {
-	var t time.Time
-	for _, m := range ov.Chosen {
-		if m.Epochs.Hi == ov.Epoch && m.Epochs.HiTime.After(t) {
-			t = m.Epochs.HiTime
-		}
-	}
-	if t.IsZero() {
-		for _, m := range ov.Chosen {
-			if t.IsZero() || m.Epochs.HiTime.Before(t) {
-				t = m.Epochs.HiTime
-			}
-		}
-	}
-	return t
 }

@@ -8,16 +8,20 @@ package flowbackup
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/flowkeep/flowkeep/backup"
+	"github.com/flowkeep/flowkeep/internal/version"
 	"github.com/flowkeep/flowkeep/recovery"
 )
 
@@ -33,8 +37,10 @@ const exitCodesHelp = `Exit codes:
   0  success (verify: healthy)
   1  failed; verify: restorable, but with problems (corrupt backups, RPO over --max-age)
   2  not restorable: no epoch every partition's backups share
-  3  usage or access error: bad flag, URL, schedule or config, missing bucket,
-     bad credentials, a recovery directory without partitions or with another flow's`
+  3  usage or access error: bad flag, argument, URL, schedule or config, unknown
+     flow, missing bucket, bad credentials, a recovery directory without
+     partitions or with another flow's, a restore into partitions already there
+  130, 143  stopped by SIGINT or SIGTERM (after cleaning up)`
 
 // usageError marks errors the caller must fix (exit 3).
 type usageError struct{ err error }
@@ -77,29 +83,103 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		Long: `flowbackup ships consistent backups of flowkeep recovery partitions to object
 storage and brings them back onto new machines.
 
-Destinations are URLs: file:///path (a local or mounted directory), s3://bucket/prefix
-(AWS default credentials; --s3-endpoint and --s3-path-style for S3-compatible
-servers), gs://bucket/prefix (Application Default Credentials;
-STORAGE_EMULATOR_HOST for an emulator).
+Destinations are URLs: file:///path (a local or mounted directory, created by
+backup if missing), s3://bucket/prefix (AWS default credentials; --s3-endpoint
+or AWS_ENDPOINT_URL_S3 for S3-compatible servers, which turns on path-style
+addressing unless --s3-path-style=false), gs://bucket/prefix (Application
+Default Credentials; STORAGE_EMULATOR_HOST for an emulator).
+
+Every flag can also be set as FLOWBACKUP_<FLAG> (capitals, dashes as
+underscores: FLOWBACKUP_RECOVERY_DIR, FLOWBACKUP_S3_ENDPOINT) or in the
+--config file; the command line wins, then the environment, then the file.
+
+` + configHelp + `
 
 ` + exitCodesHelp,
+		Version:       version.String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Args:          noArgs,
+		RunE:          func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			return applySettings(cmd.Root(), cmd)
+		},
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
+	root.SetVersionTemplate("flowbackup {{.Version}}\n")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newBackupCommand(), newAgentCommand(), newListCommand(), newPruneCommand(), newRestoreCommand(), newVerifyCommand())
+	root.PersistentFlags().String("config", "", "YAML file of settings for every subcommand (see flowbackup --help); env FLOWBACKUP_CONFIG")
+	root.AddCommand(newBackupCommand(), newAgentCommand(), newListCommand(), newPruneCommand(), newRestoreCommand(), newVerifyCommand(),
+		newVersionCommand(), newDocsCommand())
 	return root
 }
 
-// Main runs the flowbackup CLI and exits.
+// noArgs refuses arguments (and unknown subcommands) as usage errors.
+func noArgs(cmd *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		return nil
+	}
+	if cmd.HasSubCommands() {
+		return usagef("unknown command %q: flowbackup has %s", args[0], strings.Join(subcommands, ", "))
+	}
+	return usagef("%s takes no arguments, got %q (flags start with --)", cmd.CommandPath(), strings.Join(args, " "))
+}
+
+func newVersionCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the flowbackup version and VCS revision",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			fmt.Fprintln(cmd.OutOrStdout(), "flowbackup", version.String())
+			return nil
+		},
+	}
+}
+
+// checkWorkersAndTTL refuses worker counts and lock TTLs that are given but
+// unusable (the library would quietly take its defaults).
+func checkWorkersAndTTL(workers int, ttl time.Duration) error {
+	if workers < 1 {
+		return usagef("--workers must be at least 1, got %d", workers)
+	}
+	if ttl < backup.MinLockTTL {
+		return usagef("--lock-ttl %v is too short: at least %v (a shorter lock could expire while its holder works, letting two agents overlap)", ttl, backup.MinLockTTL)
+	}
+	return nil
+}
+
+// Main runs the flowbackup CLI and exits. SIGINT or SIGTERM stop it after
+// cleaning up (a backup or restore in progress leaves nothing visible), with
+// exit code 130 or 143.
 func Main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, cancel := context.WithCancelCause(context.Background())
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	var got os.Signal
+	go func() {
+		if s, ok := <-sigs; ok {
+			got = s
+			cancel(fmt.Errorf("stopped by %v", s))
+		}
+	}()
 	err := NewRootCommand(os.Stdout, os.Stderr).ExecuteContext(ctx)
-	stop()
+	signal.Stop(sigs)
+	close(sigs)
+	code := ExitCode(err)
+	if s, ok := got.(syscall.Signal); ok && ctx.Err() != nil {
+		err, code = fmt.Errorf("stopped by %v after cleaning up; nothing partial is visible", s), 128+int(s)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "flowbackup:", err)
 	}
-	os.Exit(ExitCode(err))
+	os.Exit(code)
+}
+
+// printJSON writes v as indented JSON.
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }

@@ -19,6 +19,7 @@ type pruneOptions struct {
 	Grace      time.Duration
 	LockTTL    time.Duration
 	DryRun     bool
+	JSON       bool
 	storageOptions
 }
 
@@ -37,7 +38,7 @@ every manifest and latest pointer: an unreadable one could name any chunk.
 
 ` + exitCodesHelp,
 		Example: "  flowbackup prune --from s3://my-bucket/flows/wc --keep-last 10 --keep-within 24h\n  flowbackup prune --from file:///mnt/backups/wc --keep-last 3 --dry-run",
-		Args:    cobra.NoArgs,
+		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runPrune(cmd.Context(), o, cmd.OutOrStdout())
 		},
@@ -49,6 +50,7 @@ every manifest and latest pointer: an unreadable one could name any chunk.
 	f.DurationVar(&o.Grace, "grace", backup.DefaultGrace, "never delete chunks younger than this (at least the lock TTL)")
 	f.DurationVar(&o.LockTTL, "lock-ttl", backup.DefaultLockTTL, "how long the prune lock lasts if prune dies holding it (the backups' lock TTL; --grace must be at least this)")
 	f.BoolVar(&o.DryRun, "dry-run", false, "say what would be deleted, delete nothing")
+	f.BoolVar(&o.JSON, "json", false, "print the result as JSON")
 	o.storageOptions.addFlags(f)
 	return cmd
 }
@@ -70,6 +72,11 @@ func runPrune(ctx context.Context, o pruneOptions, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if o.JSON {
+		return printJSON(out, map[string]any{"dry_run": o.DryRun, "deleted_backups": append([]string{}, res.DeletedManifests...),
+			"protected_backups": append([]string{}, res.Protected...), "deleted_chunks": res.DeletedChunks, "deleted_bytes": res.DeletedBytes,
+			"kept_backups": res.KeptManifests, "swept_temporary_files": res.SweptTemp})
+	}
 	verb := "deleted"
 	if o.DryRun {
 		verb = "would delete"
@@ -80,7 +87,7 @@ func runPrune(ctx context.Context, o pruneOptions, out io.Writer) error {
 	for _, k := range res.Protected {
 		fmt.Fprintf(out, "kept %s: the newest restorable overlap needs it\n", k)
 	}
-	fmt.Fprintf(out, "%s %d backups and %d chunks (%s); kept %d backups\n", verb, len(res.DeletedManifests), res.DeletedChunks, human.Bytes(res.DeletedBytes), res.KeptManifests)
+	fmt.Fprintf(out, "%s %s and %s (%s); kept %s\n", verb, human.Count(len(res.DeletedManifests), "backup"), human.Count(res.DeletedChunks, "chunk"), human.Bytes(res.DeletedBytes), human.Count(res.KeptManifests, "backup"))
 	if res.SweptTemp > 0 {
 		fmt.Fprintf(out, "removed %d temporary files that killed uploads left behind\n", res.SweptTemp)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/user"
 	"strconv"
@@ -12,9 +13,10 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/term"
 
+	"github.com/flowkeep/flowkeep/backup"
 	"github.com/flowkeep/flowkeep/internal/human"
+	"github.com/flowkeep/flowkeep/recovery"
 	"github.com/flowkeep/flowkeep/restore"
 )
 
@@ -31,6 +33,9 @@ type restoreOptions struct {
 	Workers    int
 	Owner      string
 	Mode       string
+	IfEmpty    bool
+	IfBackups  bool
+	JSON       bool
 	storageOptions
 }
 
@@ -49,13 +54,17 @@ so. Partitions appear in DIR only once all of them are complete. A DIR that
 already holds partitions is refused unless --force (the old files are kept as
 *.replaced-TIME). Nothing is ever written outside DIR, whatever a manifest says.
 
+On every boot (an init container, an ExecStartPre), --if-empty restores only
+into a DIR without partitions, and --if-backups-exist only when the URL holds
+backups; otherwise restore exits 0 and says why it did nothing.
+
 To restore a cluster onto several new machines, give each machine its share:
 --partitions 0,1 on one and --partitions 2,3 on the other, or
 --process-id I --processes P (partitions i with i mod P = I).
 
 ` + exitCodesHelp,
 		Example: "  flowbackup restore --from s3://my-bucket/flows/wc --to /var/lib/flowkeep\n  flowbackup restore --from gs://bkt/wc --to /data/rec --partitions 2,3\n  flowbackup restore --from file:///mnt/backups/wc --to /tmp/rec --dry-run",
-		Args:    cobra.NoArgs,
+		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.ProcessID = -1
 			if cmd.Flags().Changed("process-id") {
@@ -71,7 +80,10 @@ To restore a cluster onto several new machines, give each machine its share:
 	f.Int("process-id", 0, "with --processes: restore the share of this machine (0-based)")
 	f.IntVar(&o.Processes, "processes", 0, "number of machines sharing the partitions")
 	f.Uint64Var(&o.Epoch, "epoch", 0, "restore this epoch instead of the latest one")
-	f.StringVar(&o.Flow, "flow", "", "flow uid, when backups of several flows share the URL")
+	f.StringVar(&o.Flow, "flow", "", "the flow's name or uid, when backups of several flows share the URL")
+	f.BoolVar(&o.IfEmpty, "if-empty", false, "do nothing (exit 0) if DIR already holds partitions")
+	f.BoolVar(&o.IfBackups, "if-backups-exist", false, "do nothing (exit 0) if the URL holds no backups yet (a first boot)")
+	f.BoolVar(&o.JSON, "json", false, "print the result as JSON")
 	f.BoolVar(&o.Force, "force", false, "replace partitions already in DIR (kept as *.replaced-TIME)")
 	f.BoolVar(&o.DryRun, "dry-run", false, "print the plan; download and write nothing")
 	f.IntVar(&o.Workers, "workers", 8, "objects downloaded at once")
@@ -137,11 +149,32 @@ func runRestore(ctx context.Context, o restoreOptions, out, errOut io.Writer) er
 	case o.ProcessID >= 0:
 		return usagef("--process-id needs --processes")
 	}
+	if o.IfEmpty && o.To != "" {
+		n, err := partitionFiles(ctx, o.To)
+		if err != nil {
+			return err
+		}
+		if n > 0 {
+			return o.nothing(out, fmt.Sprintf("%s already holds %d recovery partitions; nothing restored (--if-empty)", o.To, n))
+		}
+	}
 	s, err := o.open(ctx, o.From)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
+	if o.IfBackups {
+		any, err := hasBackups(ctx, s)
+		if err != nil {
+			return err
+		}
+		if !any {
+			return o.nothing(out, fmt.Sprintf("%s holds no backups yet; nothing restored (--if-backups-exist)", s))
+		}
+	}
+	if ro.Plan.FlowUID, err = resolveFlow(ctx, s, o.Flow); err != nil {
+		return err
+	}
 	if o.Processes > 0 {
 		// The share depends on the partition count, which the plan knows.
 		plan, err := restore.PlanFrom(ctx, s, ro.Plan)
@@ -157,25 +190,26 @@ func runRestore(ctx context.Context, o restoreOptions, out, errOut io.Writer) er
 			return nil
 		}
 	}
-	bar := newProgressBar(errOut)
-	if bar != nil {
-		ro.Progress = bar.update
-	}
+	bar := newTransferBar(errOut, "restoring")
+	var pc progressCounter
+	ro.Progress = pc.update
+	bar.run(pc.poll)
 	began := time.Now()
 	res, err := restore.Restore(ctx, s, o.To, ro)
-	if bar != nil {
-		bar.done()
-	}
+	bar.finish()
 	if err != nil {
 		if errors.Is(err, restore.ErrNotRestorable) {
 			return exitError{exitNotRestorable, err}
 		}
-		if errors.Is(err, restore.ErrAmbiguous) || errors.Is(err, restore.ErrOccupied) {
+		if errors.Is(err, restore.ErrAmbiguous) || errors.Is(err, restore.ErrOccupied) || errors.Is(err, restore.ErrNoSuchEpoch) {
 			return usageError{err}
 		}
 		return err
 	}
 	p := res.Plan
+	if o.JSON {
+		return printJSON(out, restoreJSON(res, o, time.Since(began)))
+	}
 	verb := "restored"
 	if o.DryRun {
 		verb = "would restore"
@@ -189,7 +223,7 @@ func runRestore(ctx context.Context, o restoreOptions, out, errOut io.Writer) er
 		fmt.Fprintf(out, "  fallback: %s\n", f)
 	}
 	if !o.DryRun {
-		fmt.Fprintf(out, "downloaded %s in %v; resume with: flowrun run %s -r %s -s … -b …\n", human.Bytes(res.Bytes), time.Since(began).Round(time.Millisecond), p.Flow.Name, o.To)
+		fmt.Fprintf(out, "downloaded %s (laid down %s) in %v; resume with: flowrun run %s -r %s -s … -b …\n", human.Bytes(res.Downloaded), human.Bytes(res.Bytes), time.Since(began).Round(time.Millisecond), p.Flow.Name, o.To)
 	}
 	return nil
 }
@@ -219,32 +253,62 @@ func parseOwner(s string) (int, int, error) {
 	return uid, gid, nil
 }
 
-// progressBar draws download progress on a terminal, at most 10 times a second.
-type progressBar struct {
-	w     io.Writer
-	last  time.Time
-	start time.Time
-}
-
-func newProgressBar(w io.Writer) *progressBar {
-	f, ok := w.(*os.File)
-	if !ok || !term.IsTerminal(int(f.Fd())) {
-		return nil
+// nothing reports a restore that had nothing to do.
+func (o restoreOptions) nothing(out io.Writer, why string) error {
+	if o.JSON {
+		return printJSON(out, map[string]any{"restored": false, "reason": why})
 	}
-	return &progressBar{w: w, start: time.Now()}
+	fmt.Fprintln(out, why)
+	return nil
 }
 
-func (b *progressBar) update(done, total int64) {
-	if time.Since(b.last) < 100*time.Millisecond || total <= 0 {
-		return
+// partitionFiles counts the recovery partitions in dir (found by content,
+// as flowrun finds them; a missing dir holds none).
+func partitionFiles(ctx context.Context, dir string) (int, error) {
+	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
 	}
-	b.last = time.Now()
-	const width = 30
-	frac := float64(done) / float64(total)
-	frac = min(frac, 1)
-	n := int(frac * width)
-	rate := float64(done) / time.Since(b.start).Seconds()
-	fmt.Fprintf(b.w, "\r[%s%s] %3.0f%% %s/%s %s/s ", strings.Repeat("#", n), strings.Repeat(".", width-n), frac*100, human.Bytes(done), human.Bytes(total), human.Bytes(int64(rate)))
+	ps, err := recovery.Find(ctx, dir, true)
+	if err != nil {
+		return 0, fmt.Errorf("look for partitions in %s: %w", dir, err)
+	}
+	recovery.CloseAll(ps)
+	return len(ps), nil
 }
 
-func (b *progressBar) done() { fmt.Fprintln(b.w) }
+// hasBackups says whether s holds any manifest.
+func hasBackups(ctx context.Context, s backup.Store) (bool, error) {
+	found := false
+	err := s.List(ctx, backup.ManifestsPrefix, "", func(backup.ObjectInfo) error {
+		found = true
+		return errStopListing
+	})
+	if errors.Is(err, errStopListing) {
+		err = nil
+	}
+	return found, err
+}
+
+var errStopListing = errors.New("stop")
+
+type restoredPartition struct {
+	Partition int    `json:"partition"`
+	Backup    string `json:"backup"`
+	Lo        uint64 `json:"lo"`
+	Hi        uint64 `json:"hi"`
+	Host      string `json:"host"`
+}
+
+func restoreJSON(res *restore.Result, o restoreOptions, took time.Duration) map[string]any {
+	p := res.Plan
+	parts := []restoredPartition{}
+	for _, i := range res.Restored {
+		m := p.Chosen[i]
+		parts = append(parts, restoredPartition{i, m.ID, m.Epochs.Lo, m.Epochs.Hi, m.Agent.Host})
+	}
+	return map[string]any{
+		"restored": !o.DryRun, "dry_run": o.DryRun, "flow": p.Flow.UID, "flow_name": p.Flow.Name, "partition_count": p.Count,
+		"epoch": p.Epoch, "epoch_time": p.EpochTime.UTC(), "partitions": parts, "fallbacks": append([]string{}, res.Fallbacks...),
+		"downloaded_bytes": res.Downloaded, "written_bytes": res.Bytes, "seconds": took.Seconds(), "to": o.To,
+	}
+}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/flowkeep/flowkeep/internal/human"
 	"github.com/flowkeep/flowkeep/restore"
 )
 
@@ -41,9 +42,9 @@ Exit codes:
   1  restorable, but with problems (corrupt or unreadable backups, several
      flows in one place, restorable epoch older than --max-age)
   2  not restorable
-  3  usage or access error`,
+  3  usage or access error (an unknown --flow included)`,
 		Example: "  flowbackup verify --from s3://my-bucket/flows/wc --max-age 15m\n  flowbackup verify --from gs://bkt/wc --deep --json",
-		Args:    cobra.NoArgs,
+		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runVerify(cmd.Context(), o, cmd.OutOrStdout())
 		},
@@ -53,19 +54,29 @@ Exit codes:
 	f.BoolVar(&o.Deep, "deep", false, "download and check every object and rebuild every image")
 	f.BoolVar(&o.JSON, "json", false, "print the report as JSON")
 	f.DurationVar(&o.MaxAge, "max-age", 0, "report a problem if the restorable epoch is older than this (e.g. 15m)")
-	f.StringVar(&o.Flow, "flow", "", "audit only this flow uid")
+	f.StringVar(&o.Flow, "flow", "", "audit only this flow (its name or uid)")
 	f.IntVar(&o.Workers, "workers", 32, "requests at once")
 	o.storageOptions.addFlags(f)
 	return cmd
 }
 
 func runVerify(ctx context.Context, o verifyOptions, out io.Writer) error {
+	if o.MaxAge < 0 {
+		return usagef("--max-age must not be negative, got %v", o.MaxAge)
+	}
+	if o.Workers < 1 {
+		return usagef("--workers must be at least 1, got %d", o.Workers)
+	}
 	s, err := o.open(ctx, o.From)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
-	rep, err := restore.Verify(ctx, s, restore.VerifyOptions{Deep: o.Deep, MaxAge: o.MaxAge, FlowUID: o.Flow, Workers: o.Workers})
+	uid, err := resolveFlow(ctx, s, o.Flow)
+	if err != nil {
+		return err
+	}
+	rep, err := restore.Verify(ctx, s, restore.VerifyOptions{Deep: o.Deep, MaxAge: o.MaxAge, FlowUID: uid, Workers: o.Workers})
 	if err != nil {
 		return err
 	}
@@ -76,7 +87,7 @@ func runVerify(ctx context.Context, o verifyOptions, out io.Writer) error {
 			return err
 		}
 	} else {
-		fmt.Fprintf(out, "%s: %s (%s check of %d backups, %d objects)\n", rep.From, rep.Status, rep.Mode, rep.Checked, rep.Objects)
+		fmt.Fprintf(out, "%s: %s (%s check of %s, %s)\n", rep.From, rep.Status, rep.Mode, human.Count(rep.Checked, "backup"), human.Count(rep.Objects, "object"))
 		for _, f := range rep.Flows {
 			if f.Restorable {
 				fmt.Fprintf(out, "flow %s (%s): restorable to epoch %d of %s, %v ago; %d of %d backups healthy\n", f.Name, f.UID, f.Epoch,
@@ -96,7 +107,7 @@ func runVerify(ctx context.Context, o verifyOptions, out io.Writer) error {
 	case restore.StatusNotRestorable:
 		return exitError{exitNotRestorable, fmt.Errorf("not restorable")}
 	case restore.StatusDegraded:
-		return exitError{exitFailed, fmt.Errorf("restorable, with %d problems", len(rep.Problems))}
+		return exitError{exitFailed, fmt.Errorf("restorable, with %s", human.Count(len(rep.Problems), "problem"))}
 	}
 	return nil
 }

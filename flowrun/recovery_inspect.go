@@ -28,8 +28,8 @@ func newRecoveryInspectCommand() *cobra.Command {
 		Short: "Show what the recovery partitions in DIR hold, without changing them",
 		Long: `Print, per partition: index/count, flow identity, executions, frontiers,
 commit epoch, restorable epoch range with wall times, row counts and file
-sizes; then the epoch the next run would resume at, or why it cannot. Safe to
-run while flowrun writes to DIR.`,
+sizes; then the epoch the next run would resume at, or why it cannot (and then
+exit 1, so a check script notices). Safe to run while flowrun writes to DIR.`,
 		Example: "  flowrun recovery inspect /var/lib/flowkeep\n  flowrun recovery inspect /var/lib/flowkeep --json | jq .resume_epoch",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -61,10 +61,21 @@ func runRecoveryInspect(ctx context.Context, o recoveryInspectOptions, out io.Wr
 	} else {
 		rep.ResumeEpoch = dr.Resume.Epoch
 	}
+	// A directory the next run cannot resume from fails the command (after
+	// the report), with the finding as the error.
+	result := func() error {
+		if finding != nil {
+			return fmt.Errorf("cannot resume from %s: %w", o.Dir, finding)
+		}
+		return nil
+	}
 	if o.JSON {
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+		if err := enc.Encode(rep); err != nil {
+			return err
+		}
+		return result()
 	}
 	for _, in := range infos {
 		fmt.Fprintf(out, "partition %d/%d  %s\n", in.Index, in.Count, filepath.Base(in.Path))
@@ -77,7 +88,7 @@ func runRecoveryInspect(ctx context.Context, o recoveryInspectOptions, out io.Wr
 		fmt.Fprintf(out, "  commit epoch    %d\n", in.CommitEpoch)
 		fmt.Fprintf(out, "  intervals       snapshot %v, backup %v\n", in.SnapshotInterval, in.BackupInterval)
 		for _, ex := range in.Executions {
-			fmt.Fprintf(out, "  execution %-4d  %d workers from epoch %d, started %s\n", ex.Number, ex.Workers, ex.ResumeEpoch, fmtTime(ex.Started))
+			fmt.Fprintf(out, "  execution %-4d  %s from epoch %d, started %s\n", ex.Number, human.Count(ex.Workers, "worker"), ex.ResumeEpoch, fmtTime(ex.Started))
 		}
 		if len(in.Frontiers) > 0 {
 			ws := make([]int, 0, len(in.Frontiers))
@@ -102,7 +113,7 @@ func runRecoveryInspect(ctx context.Context, o recoveryInspectOptions, out io.Wr
 	} else {
 		fmt.Fprintf(out, "next run resumes at epoch %d\n", rep.ResumeEpoch)
 	}
-	return nil
+	return result()
 }
 
 func fmtTime(t time.Time) string {

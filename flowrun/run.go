@@ -251,9 +251,9 @@ func runRun(ctx context.Context, o runOptions, specs []FlowSpec, stderr io.Write
 		}
 		return err
 	}
-	where := fmt.Sprintf("%d workers", o.Workers)
+	where := human.Count(o.Workers, "worker")
 	if cfg.Cluster != nil {
-		where = fmt.Sprintf("%d workers of process %d of %d", o.Workers, o.ProcessID, len(o.Addresses))
+		where = fmt.Sprintf("%s of process %d of %d", human.Count(o.Workers, "worker"), o.ProcessID, len(o.Addresses))
 	}
 	fmt.Fprintf(stderr, "flowrun: %s finished in %v: epochs %d..%d on %s", flow.Name(), time.Since(began).Round(time.Millisecond), res.StartEpoch, res.FinalEpoch, where)
 	names := make([]string, 0, len(res.Counters))

@@ -46,14 +46,20 @@ func TestDrill2_AgentKilledMidUpload(t *testing.T) {
 			mustCmd(t, env, backupBin, "backup", "-r", rec, "--to", url)
 			r := rand.New(rand.NewSource(time.Now().UnixNano()))
 			kills := 0
-			for k := 1; k <= 3; k++ {
+			// Kill at a random point of the upload; when a backup finished
+			// before the kill, aim earlier next time (and go on until a
+			// kill lands, up to 10 rounds).
+			window := 170 * time.Millisecond
+			for k := 1; k <= 3 || kills == 0 && k <= 10; k++ {
 				// Most rows are new: the next backup is a fresh base, the biggest upload.
 				appendWordsFrom(t, in, 60_000, 120_000*k, 120_000, int64(k))
 				wcRun(t, in, out, rec)
 				p := startCmd(t, env, backupBin, "backup", "-r", rec, "--to", url)
-				time.Sleep(time.Duration(20+r.Intn(150)) * time.Millisecond)
+				time.Sleep(5*time.Millisecond + time.Duration(r.Int63n(int64(window))))
 				if p.kill() {
 					kills++
+				} else {
+					window = max(window/2, 10*time.Millisecond)
 				}
 				v := runCmd(t, env, backupBin, "verify", "--from", url)
 				if v.code != 0 {

@@ -32,6 +32,8 @@ type FetchOptions struct {
 	// --deep). Restores rely on every chunk's own sha256 and the validated,
 	// ordered chunk list, which already pin the image down.
 	ImageSum bool
+	// Downloaded, if set, counts the stored (compressed) bytes fetched.
+	Downloaded *atomic.Int64
 }
 
 // FetchObjects downloads objs in order into w, verifying each object's
@@ -101,6 +103,9 @@ func FetchObjects(ctx context.Context, s backup.Store, objs []backup.Object, wan
 		if r.err != nil {
 			err = r.err
 			break
+		}
+		if o.Downloaded != nil {
+			o.Downloaded.Add(objs[i].Stored)
 		}
 		if o.ImageSum {
 			h.Write(r.data)

@@ -18,6 +18,9 @@ var (
 	ErrNotRestorable = errors.New("not restorable")
 	// ErrAmbiguous: the store holds several flows and none was chosen.
 	ErrAmbiguous = errors.New("several flows in one place")
+	// ErrNoSuchEpoch: the flow is restorable, but not to the epoch asked
+	// for (PlanOptions.Epoch).
+	ErrNoSuchEpoch = errors.New("epoch not restorable")
 )
 
 // Plan is what a restore will lay down.
@@ -135,6 +138,23 @@ func MakePlan(all []*backup.Manifest, o PlanOptions) (*Plan, error) {
 	if o.Epoch > 0 {
 		ov, ok = backup.OverlapAt(usable, count, o.Epoch)
 		if !ok {
+			newest, any := backup.PlanOverlap(usable, count)
+			oldest := uint64(0)
+			for _, l := range byPart {
+				lo := uint64(1 << 63)
+				for _, m := range l {
+					lo = min(lo, m.Epochs.Lo)
+				}
+				oldest = max(oldest, lo)
+			}
+			switch {
+			case any && o.Epoch > newest.Epoch:
+				return nil, fmt.Errorf("%w: epoch %d is newer than the newest restorable epoch, %d (%s); restore without --epoch to get it", ErrNoSuchEpoch, o.Epoch, newest.Epoch, fmtT(epochTime(newest)))
+			case any && o.Epoch < oldest:
+				return nil, fmt.Errorf("%w: epoch %d is older than every partition's oldest kept backup allows (the oldest restorable epoch is about %d; older backups were pruned)", ErrNoSuchEpoch, o.Epoch, oldest)
+			case any:
+				return nil, fmt.Errorf("%w: epoch %d is not covered by a usable backup of every partition (the newest restorable epoch is %d); %s", ErrNoSuchEpoch, o.Epoch, newest.Epoch, explainGap(byPart))
+			}
 			return nil, fmt.Errorf("%w: epoch %d is not covered by a usable backup of every partition; %s", ErrNotRestorable, o.Epoch, explainGap(byPart))
 		}
 	} else if ov, ok = backup.PlanOverlap(usable, count); !ok {
@@ -181,6 +201,10 @@ func flowCount(ms []*backup.Manifest, exclude map[string]bool) int {
 	}
 	return best
 }
+
+// OverlapTime is when the flow reached an overlap's epoch, as its backups
+// tell (what restore, verify and list all report for it).
+func OverlapTime(ov backup.Overlap) time.Time { return epochTime(ov) }
 
 // epochTime is when the flow reached the plan's epoch, as the backups tell:
 // the time recorded with it by a partition whose hi it is, else the latest

@@ -60,7 +60,10 @@ type Result struct {
 	Plan      *Plan
 	Restored  []int
 	Fallbacks []string
-	Bytes     int64
+	// Bytes were laid down (partition images, uncompressed); Downloaded
+	// were fetched from the store (compressed, fallbacks included).
+	Bytes      int64
+	Downloaded int64
 }
 
 // Restore lays the partitions of the latest (or chosen) overlapping epoch
@@ -117,13 +120,14 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 				total += imageBytes(plan.Chosen[p])
 			}
 		}
-		var done atomic.Int64
-		fo := FetchOptions{Workers: o.Workers, Parallel: o.Parallel}
+		var done, downloaded atomic.Int64
+		fo := FetchOptions{Workers: o.Workers, Parallel: o.Parallel, Downloaded: &downloaded}
 		if o.Progress != nil {
 			fo.Progress = func(n, _ int64) { o.Progress(n, total) }
 		}
 		bad, err := fetchAll(ctx, s, dir, plan, parts, fetched, fo, &done)
 		res.Bytes += done.Load()
+		res.Downloaded += downloaded.Load()
 		if err != nil {
 			return nil, err
 		}

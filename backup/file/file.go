@@ -47,6 +47,15 @@ func New(root string) (*Store, error) {
 	return &Store{Root: root}, nil
 }
 
+// Create is New for a destination: a missing directory is created (with
+// its parents), durably.
+func Create(root string) (*Store, error) {
+	if err := fsync.MkdirAll(root, 0o755); err != nil {
+		return nil, fmt.Errorf("create backup directory %s: %w", root, err)
+	}
+	return New(root)
+}
+
 func (s *Store) String() string { return "file://" + s.Root }
 func (s *Store) Close() error   { return nil }
 

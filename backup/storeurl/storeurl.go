@@ -19,6 +19,9 @@ import (
 type Options struct {
 	S3  s3.Options
 	GCS gcs.Options
+	// Create makes a missing file:// directory (for a backup destination;
+	// buckets are never created).
+	Create bool
 	// Retry is the policy for opening the store (its first request checks
 	// the bucket, and may meet a transient 503 like any other).
 	Retry backup.RetryPolicy
@@ -40,6 +43,9 @@ func Open(ctx context.Context, raw string, o Options) (backup.Store, error) {
 		}
 		if u.Path == "" || !filepath.IsAbs(u.Path) {
 			return nil, fmt.Errorf("bad storage URL %q: write file:///absolute/path", raw)
+		}
+		if o.Create {
+			return file.Create(filepath.Clean(u.Path))
 		}
 		return file.New(filepath.Clean(u.Path))
 	case "s3", "gs":

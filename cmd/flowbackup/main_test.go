@@ -85,7 +85,7 @@ func TestCLI_BadInputExitsThreeAndWritesNothing(t *testing.T) {
 		{"bad URL", []string{"backup", "-r", rec, "--to", "::not a url"}, "bad storage URL"},
 		{"unknown scheme", []string{"backup", "-r", rec, "--to", "ftp://host/x"}, `unknown storage scheme "ftp"`},
 		{"relative file URL", []string{"backup", "-r", rec, "--to", "file://relative/path"}, "file URL has no host"},
-		{"missing bucket", []string{"backup", "-r", rec, "--to", "file://" + filepath.Join(bucket, "nope")}, "does not exist"},
+		{"missing bucket", []string{"list", "--from", "file://" + filepath.Join(bucket, "nope")}, "does not exist"},
 		{"empty recovery dir", []string{"backup", "-r", other, "--to", to}, "no recovery partitions"},
 		{"missing recovery dir", []string{"backup", "-r", filepath.Join(other, "x"), "--to", to}, "no such file"},
 		{"no -r", []string{"backup", "--to", to}, "-r is required"},
@@ -203,13 +203,13 @@ func TestAgent_MetricsWarningAndConfigFile(t *testing.T) {
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	for _, want := range []string{
-		`flowkeep_backup_last_success_timestamp_seconds{partition="0"}`,
-		`flowkeep_backup_last_success_timestamp_seconds{partition="1"}`,
-		`flowkeep_backup_uploaded_bytes_total{partition="0"}`,
-		`flowkeep_backup_uploaded_objects_total{partition="1"}`,
-		`flowkeep_backup_duration_seconds_count{partition="0"} 1`,
+		`flowkeep_backup_last_success_timestamp_seconds{flow="wordcount",partition="0"}`,
+		`flowkeep_backup_last_success_timestamp_seconds{flow="wordcount",partition="1"}`,
+		`flowkeep_backup_uploaded_bytes_total{flow="wordcount",partition="0"}`,
+		`flowkeep_backup_uploaded_objects_total{flow="wordcount",partition="1"}`,
+		`flowkeep_backup_duration_seconds_count{flow="wordcount",partition="0"} 1`,
 		`flowkeep_backup_schedule_exceeds_backup_interval 1`,
-		`flowkeep_backup_restorable_epoch{partition="0"} 2`,
+		`flowkeep_backup_restorable_epoch{flow="wordcount",partition="0"} 2`,
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %s", want)

@@ -386,6 +386,15 @@ func TestRecovery_InspectShowsPartitions(t *testing.T) {
 	if !strings.Contains(js, `"resume_epoch": 2`) || !strings.Contains(js, `"flow_name": "wordcount"`) {
 		t.Errorf("json: %s", js)
 	}
+	// A directory missing a partition cannot be resumed from: inspect says
+	// why and exits 1 (text and JSON alike).
+	os.Remove(filepath.Join(rec, "part-1.sqlite3"))
+	for _, args := range [][]string{{"recovery", "inspect", rec}, {"recovery", "inspect", rec, "--json"}} {
+		out, code := runCLI(t, args...)
+		if code != 1 || !strings.Contains(out, "cannot resume") || !strings.Contains(out, "partition 0/2") && !strings.Contains(out, `"index": 0`) {
+			t.Errorf("%v on a directory missing a partition: exit %d\n%s", args, code, out)
+		}
+	}
 }
 
 // copyTree copies the files under from into to.

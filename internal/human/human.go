@@ -87,3 +87,12 @@ func (d Duration) Set(s string) error {
 
 // Type implements pflag.Value.
 func (d Duration) Type() string { return "duration" }
+
+// Count says "1 worker", "0 workers", "3 workers": n and the noun, plural
+// (with an s) unless n is 1.
+func Count[N int | int64 | uint64](n N, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}

@@ -38,3 +38,14 @@ func TestParseDuration(t *testing.T) {
 		}
 	}
 }
+
+func TestCount(t *testing.T) {
+	for _, tc := range []struct {
+		n    int
+		want string
+	}{{0, "0 workers"}, {1, "1 worker"}, {2, "2 workers"}} {
+		if got := Count(tc.n, "worker"); got != tc.want {
+			t.Errorf("Count(%d) = %q, want %q", tc.n, got, tc.want)
+		}
+	}
+}
