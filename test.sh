@@ -50,7 +50,21 @@ go test -count=1 -timeout 30m $(go list ./... | grep -v '/integration$')
 echo "test.sh: fuzzing (5s per target)" >&2
 for spec in backup:FuzzParseManifest backup:FuzzParseManifestKey backup:FuzzLoadCatalog backup:FuzzLockObject backup:FuzzDecompress \
 	internal/mesh:FuzzDispatch core:FuzzWireDecode recovery/clustered:FuzzPeerMessages; do
-	go test -run '^$' -fuzz "^${spec#*:}\$" -fuzztime 5s "./${spec%%:*}" > /dev/null
+	# A finding fails the run (Go writes the input under testdata/fuzz/). The
+	# fuzzing engine itself can stall on a loaded machine ("fuzzing process
+	# hung or terminated unexpectedly"): that, and only that, is retried once.
+	for try in 1 2; do
+		if out=$(go test -run '^$' -fuzz "^${spec#*:}\$" -fuzztime 5s "./${spec%%:*}" 2>&1); then
+			break
+		fi
+		if [ "$try" = 2 ] || grep -q 'Failing input written' <<< "$out"; then
+			echo "$out" >&2
+			echo "test.sh: fuzzing ${spec} failed" >&2
+			exit 1
+		fi
+		echo "test.sh: fuzzing ${spec} stopped without a finding; once more:" >&2
+		tail -5 <<< "$out" >&2
+	done
 done
 
 # The drills print what each lost (must be nothing) and its wall time.

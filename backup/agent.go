@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -85,6 +86,8 @@ type Metrics struct {
 
 	mu     sync.Mutex
 	hiTime map[[2]string]time.Time // newest restorable point per flow and partition
+	hi     map[[2]string]uint64    // newest restorable epoch per flow and partition
+	dir    string                  // the recovery directory whose lag is measured (Watch)
 	now    func() time.Time
 }
 
@@ -95,7 +98,7 @@ var MetricNames = []string{
 	"flowkeep_backup_restorable_epoch", "flowkeep_backup_rpo_seconds", "flowkeep_backup_uploaded_bytes_total",
 	"flowkeep_backup_uploaded_objects_total", "flowkeep_backup_skipped_objects_total", "flowkeep_backup_skipped_total",
 	"flowkeep_backup_duration_seconds", "flowkeep_backup_failures_total", "flowkeep_backup_prune_failures_total",
-	"flowkeep_backup_schedule_exceeds_backup_interval",
+	"flowkeep_backup_schedule_exceeds_backup_interval", "flowkeep_backup_lag_epochs", "flowkeep_backup_lag_seconds",
 }
 
 var rpoDesc = prometheus.NewDesc("flowkeep_backup_rpo_seconds",
@@ -128,10 +131,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		GapTooLong: prometheus.NewGauge(prometheus.GaugeOpts{Name: "flowkeep_backup_schedule_exceeds_backup_interval",
 			Help: "1 if the schedule's longest gap exceeds the flow's backup interval (-b): partition backups may not overlap."}),
 		hiTime: map[[2]string]time.Time{},
+		hi:     map[[2]string]uint64{},
 		now:    time.Now,
 	}
 	reg.MustRegister(m.LastSuccess, m.LastAttempt, m.RestorableHi, m.BytesUploaded, m.ObjectsUpload, m.ObjectsSkipped, m.Skipped,
-		m.Duration, m.Failures, m.PruneFailures, m.GapTooLong, rpoCollector{m})
+		m.Duration, m.Failures, m.PruneFailures, m.GapTooLong, rpoCollector{m}, lagCollector{m})
 	return m
 }
 
@@ -144,6 +148,92 @@ func (c rpoCollector) Collect(ch chan<- prometheus.Metric) {
 	for k, t := range c.m.hiTime {
 		ch <- prometheus.MustNewConstMetric(rpoDesc, prometheus.GaugeValue, c.m.now().Sub(t).Seconds(), k[0], k[1])
 	}
+}
+
+var (
+	lagEpochsDesc = prometheus.NewDesc("flowkeep_backup_lag_epochs",
+		"Epochs by which each partition's newest backup trails the flow's durable epoch as the partition records it now (read at scrape time).", []string{"flow", "partition"}, nil)
+	lagSecondsDesc = prometheus.NewDesc("flowkeep_backup_lag_seconds",
+		"Seconds of the flow's progress (epoch close times) by which each partition's newest backup trails its durable epoch now.", []string{"flow", "partition"}, nil)
+)
+
+// Watch makes the lag metrics compare the backups with the partitions in
+// dir: at each scrape, each partition's durable epoch is read (read-only)
+// and set against the newest epoch its backups restore to.
+func (m *Metrics) Watch(dir string) {
+	m.mu.Lock()
+	m.dir = dir
+	m.mu.Unlock()
+}
+
+type lagCollector struct{ m *Metrics }
+
+func (c lagCollector) Describe(ch chan<- *prometheus.Desc) { ch <- lagEpochsDesc; ch <- lagSecondsDesc }
+func (c lagCollector) Collect(ch chan<- prometheus.Metric) {
+	c.m.mu.Lock()
+	dir := c.m.dir
+	c.m.mu.Unlock()
+	if dir == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, l := range PartitionLags(ctx, dir, c.m.backedUp) {
+		ch <- prometheus.MustNewConstMetric(lagEpochsDesc, prometheus.GaugeValue, float64(l.Epochs), l.Flow, strconv.Itoa(l.Partition))
+		ch <- prometheus.MustNewConstMetric(lagSecondsDesc, prometheus.GaugeValue, l.Seconds, l.Flow, strconv.Itoa(l.Partition))
+	}
+}
+
+// backedUp is the newest restorable epoch and its time of a partition's
+// backups, as the agent last saw them.
+func (m *Metrics) backedUp(flow string, partition int) (uint64, time.Time, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	k := [2]string{flow, strconv.Itoa(partition)}
+	hi, ok := m.hi[k]
+	return hi, m.hiTime[k], ok
+}
+
+// Lag is how far one partition's newest backup trails the flow's durable
+// epoch as that partition records it.
+type Lag struct {
+	Flow      string
+	Partition int
+	Durable   uint64 // the partition's durable epoch now
+	BackedUp  uint64 // the newest epoch its backups restore to
+	Epochs    uint64 // Durable - BackedUp (0 when the backup is current)
+	Seconds   float64
+}
+
+// PartitionLags reads each partition in dir and compares its durable epoch
+// with the newest epoch its backups restore to (from backedUp). Partitions
+// without a backup yet, or that cannot be read, are left out.
+func PartitionLags(ctx context.Context, dir string, backedUp func(flow string, partition int) (uint64, time.Time, bool)) []Lag {
+	ps, err := recovery.Find(ctx, dir, true)
+	if err != nil {
+		return nil
+	}
+	defer recovery.CloseAll(ps)
+	var out []Lag
+	for _, p := range ps {
+		v, err := recovery.ReadView(ctx, p.DB)
+		if err != nil {
+			continue
+		}
+		hi, hiTime, ok := backedUp(v.FlowName, int(p.Index))
+		if !ok {
+			continue
+		}
+		l := Lag{Flow: v.FlowName, Partition: int(p.Index), Durable: uint64(v.Hi()), BackedUp: hi}
+		if l.Durable > hi {
+			l.Epochs = l.Durable - hi
+			if t, err := recovery.EpochTime(ctx, p.DB, v.Hi()); err == nil && !t.IsZero() && !hiTime.IsZero() {
+				l.Seconds = max(0, t.Sub(hiTime).Seconds())
+			}
+		}
+		out = append(out, l)
+	}
+	return out
 }
 
 // Known makes every counter of a flow's partitions exist at 0 before the
@@ -173,6 +263,7 @@ func (m *Metrics) Observe(flow string, results []*Result) {
 				// The backup holds everything the partition does.
 				m.mu.Lock()
 				m.hiTime[[2]string{flow, p}] = m.now()
+				m.hi[[2]string{flow, p}] = r.Manifest.Epochs.Hi
 				m.mu.Unlock()
 			}
 			continue
@@ -192,6 +283,7 @@ func (m *Metrics) Observe(flow string, results []*Result) {
 		m.RestorableHi.WithLabelValues(flow, p).Set(float64(r.Manifest.Epochs.Hi))
 		m.mu.Lock()
 		m.hiTime[[2]string{flow, p}] = r.Manifest.Epochs.HiTime
+		m.hi[[2]string{flow, p}] = r.Manifest.Epochs.Hi
 		m.mu.Unlock()
 	}
 }
@@ -255,6 +347,9 @@ func (a *Agent) RunOnce(ctx context.Context) ([]*Result, error) {
 	defer a.mu.Unlock()
 	if a.Log == nil {
 		a.Log = slog.Default()
+	}
+	if a.Metrics != nil {
+		a.Metrics.Watch(a.Dir)
 	}
 	a.CheckInterval(ctx)
 	if a.flow == "" {
@@ -344,6 +439,15 @@ func flowInfo(ctx context.Context, dir string) (string, []int, error) {
 // Run backs up once now, then on every tick of the schedule until ctx ends.
 // A run still going when the next tick comes makes that tick skip.
 func (a *Agent) Run(ctx context.Context) error {
+	if a.Log == nil {
+		a.Log = slog.Default()
+	}
+	// A killed agent leaves its half-built delta files behind.
+	if gone, err := SweepTemp(a.Options.TempDir); err != nil {
+		a.Log.Warn("could not remove a leftover delta file", "err", err)
+	} else if len(gone) > 0 {
+		a.Log.Info("removed delta files a killed backup left behind", "files", len(gone), "dir", filepath.Dir(gone[0]))
+	}
 	a.RunOnce(ctx)
 	c := cron.New(cron.WithChain(cron.SkipIfStillRunning(cron.DiscardLogger)))
 	c.Schedule(a.Schedule, cron.FuncJob(func() {

@@ -3,7 +3,11 @@ package backup_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -171,3 +175,110 @@ func TestMetrics_StartAtZeroWithTheFlowLabel(t *testing.T) {
 }
 
 func recoveryEpoch(e int) recovery.Epoch { return recovery.Epoch(e) }
+
+// The lag metrics say how far each partition's newest backup trails the
+// flow's durable epoch now: zero right after a backup, growing as the flow
+// moves on without one, and only for the partitions that trail.
+func TestMetrics_LagBehindTheDurableEpoch(t *testing.T) {
+	dir, st := flowDir(t, 2, time.Hour)
+	commitKeys(t, st, 1, seq(0, 10), "v")
+	a, reg, _ := newAgent(t, dir, memstore.New())
+	if _, err := a.RunOnce(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	lag := func(name string) map[string]float64 {
+		t.Helper()
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]float64{}
+		for _, mf := range mfs {
+			if mf.GetName() != name {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "partition" {
+						out[l.GetValue()] = m.GetGauge().GetValue()
+					}
+				}
+			}
+		}
+		return out
+	}
+	if got := lag("flowkeep_backup_lag_epochs"); got["0"] != 0 || got["1"] != 0 || len(got) != 2 {
+		t.Fatalf("lag right after a backup: %v, want 0 for both partitions", got)
+	}
+	for e := recovery.Epoch(2); e <= 4; e++ {
+		time.Sleep(5 * time.Millisecond) // epochs close at distinct times
+		commitKeys(t, st, e, seq(0, 10), "w")
+	}
+	got := lag("flowkeep_backup_lag_epochs")
+	if got["0"] != 3 || got["1"] != 3 {
+		t.Fatalf("lag after 3 more epochs without a backup: %v, want 3 for both partitions", got)
+	}
+	if secs := lag("flowkeep_backup_lag_seconds"); secs["0"] <= 0 {
+		t.Fatalf("lag in seconds after 3 more epochs: %v, want > 0", secs)
+	}
+	// A backup of only partition 1 (e.g. partition 0's agent is behind):
+	// partition 0 still trails, partition 1 does not.
+	res, err := backup.BackupDir(context.Background(), a.Store, dir, backup.Options{Partitions: []int{1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Metrics.Observe("t", res)
+	if got := lag("flowkeep_backup_lag_epochs"); got["0"] != 3 || got["1"] != 0 {
+		t.Fatalf("lag after a backup of partition 1 only: %v, want partition 0 at 3 and partition 1 at 0", got)
+	}
+}
+
+// A killed agent leaves half-built delta files in its temp directory; the
+// next agent removes them when it starts, and leaves alone those of
+// backups still running and unnamed ones too young to be sure about.
+func TestAgent_SweepsDeltaFilesAKilledBackupLeft(t *testing.T) {
+	tmp := t.TempDir()
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	deadPid := dead.Process.Pid
+	files := []struct {
+		name string
+		age  time.Duration
+		kept bool
+	}{
+		{fmt.Sprintf("flowkeep-delta-%d-123.sqlite3", deadPid), 0, false},
+		{fmt.Sprintf("flowkeep-delta-%d-123.sqlite3-journal", deadPid), 0, false},
+		{fmt.Sprintf("flowkeep-delta-%d-456.sqlite3", os.Getpid()), 0, true}, // a live backup's
+		{"flowkeep-delta-789.sqlite3", 2 * time.Hour, false},                 // an older version's, stale
+		{"flowkeep-delta-790.sqlite3", 0, true},                              // an older version's, maybe live
+		{"unrelated.sqlite3", 0, true},
+	}
+	for _, f := range files {
+		p := filepath.Join(tmp, f.name)
+		if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		old := time.Now().Add(-f.age)
+		os.Chtimes(p, old, old)
+	}
+	dir, st := flowDir(t, 1, time.Hour)
+	commitKeys(t, st, 1, seq(0, 10), "v")
+	a, _, log := newAgent(t, dir, memstore.New())
+	a.Options.TempDir = tmp
+	ctx, cancel := context.WithCancel(context.Background())
+	a.OnRun = func([]*backup.Result, error) { cancel() }
+	if err := a.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		_, err := os.Stat(filepath.Join(tmp, f.name))
+		if kept := err == nil; kept != f.kept {
+			t.Errorf("%s: kept %v, want %v", f.name, kept, f.kept)
+		}
+	}
+	if !strings.Contains(log.String(), "removed delta files a killed backup left behind") || !strings.Contains(log.String(), "files=3") {
+		t.Fatalf("log:\n%s", log)
+	}
+}

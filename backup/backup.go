@@ -383,7 +383,7 @@ func capture(ctx context.Context, s Store, p *recovery.Partition, prev *Manifest
 			return nil, "", err
 		}
 		if rows*2 <= prev.Base.Rows {
-			path, err := tempPath(o.TempDir, "flowkeep-delta-*.sqlite3")
+			path, err := tempPath(o.TempDir, deltaPattern())
 			if err != nil {
 				return nil, "", err
 			}

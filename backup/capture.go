@@ -7,6 +7,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
 
 	"github.com/flowkeep/flowkeep/recovery"
 )
@@ -80,4 +83,40 @@ func tempPath(dir, pattern string) (string, error) {
 	f.Close()
 	os.Remove(name)
 	return name, nil
+}
+
+// deltaPattern names delta files while they are built: the pid of the
+// process building one lets SweepTemp tell a live one from a leftover.
+func deltaPattern() string { return "flowkeep-delta-" + strconv.Itoa(os.Getpid()) + "-*.sqlite3" }
+
+// SweepTemp removes the delta files (and their SQLite journals) that a
+// killed backup left in dir (os.TempDir() if empty): those of processes
+// that no longer run, and unnamed ones (older versions) an hour old. It
+// returns what it removed.
+func SweepTemp(dir string) ([]string, error) {
+	if dir == "" {
+		dir = os.TempDir()
+	}
+	ms, err := filepath.Glob(filepath.Join(dir, "flowkeep-delta-*"))
+	if err != nil {
+		return nil, err
+	}
+	var gone []string
+	for _, m := range ms {
+		rest := strings.TrimPrefix(filepath.Base(m), "flowkeep-delta-")
+		pidStr, _, named := strings.Cut(rest, "-")
+		pid, err := strconv.Atoi(pidStr)
+		if named && err == nil {
+			if processAlive(pid) {
+				continue
+			}
+		} else if st, err := os.Stat(m); err != nil || time.Since(st.ModTime()) < time.Hour {
+			continue
+		}
+		if err := os.Remove(m); err != nil && !os.IsNotExist(err) {
+			return gone, fmt.Errorf("remove leftover %s: %w", m, err)
+		}
+		gone = append(gone, m)
+	}
+	return gone, nil
 }

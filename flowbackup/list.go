@@ -61,14 +61,27 @@ type listEntry struct {
 	Host      string    `json:"host"`
 }
 
+// listNewest is one partition's newest restorable epoch and how far it
+// trails the partition whose backups are furthest ahead (backups of a
+// cluster's hosts can lag unevenly, and a restore can only pick an epoch
+// every partition has).
+type listNewest struct {
+	Partition     int       `json:"partition"`
+	Epoch         uint64    `json:"epoch"`
+	Time          time.Time `json:"time"`
+	BehindEpochs  uint64    `json:"behind_epochs"`
+	BehindSeconds float64   `json:"behind_seconds"`
+}
+
 type listFlow struct {
-	UID           string      `json:"uid"`
-	Name          string      `json:"name"`
-	Partitions    int         `json:"partitions"`
-	Backups       []listEntry `json:"backups"`
-	OverlapEpoch  uint64      `json:"overlap_epoch,omitempty"`
-	OverlapTime   time.Time   `json:"overlap_time,omitempty"`
-	NoOverlapNote string      `json:"no_overlap,omitempty"`
+	UID           string       `json:"uid"`
+	Name          string       `json:"name"`
+	Partitions    int          `json:"partitions"`
+	Backups       []listEntry  `json:"backups"`
+	Newest        []listNewest `json:"newest_per_partition"`
+	OverlapEpoch  uint64       `json:"overlap_epoch,omitempty"`
+	OverlapTime   time.Time    `json:"overlap_time,omitempty"`
+	NoOverlapNote string       `json:"no_overlap,omitempty"`
 }
 
 type listReport struct {
@@ -107,6 +120,7 @@ func runList(ctx context.Context, o listOptions, out io.Writer) error {
 				ID: m.ID, Kind: kind, Created: m.Created, Lo: m.Epochs.Lo, Hi: m.Epochs.Hi, LoTime: m.Epochs.LoTime, HiTime: m.Epochs.HiTime,
 				Stored: m.StoredBytes(), Size: size, Host: m.Agent.Host})
 		}
+		lf.Newest = newestPerPartition(lf.Backups)
 		if ov, ok := backup.PlanOverlap(ms, lf.Partitions); ok {
 			lf.OverlapEpoch = ov.Epoch
 			lf.OverlapTime = restore.OverlapTime(ov) // as verify and restore say it
@@ -129,6 +143,15 @@ func runList(ctx context.Context, o listOptions, out io.Writer) error {
 			fmt.Fprintf(out, "  part %-3d %s  %-5s  epochs %d..%d  (%s .. %s)  %s\n", e.Partition, e.ID, e.Kind, e.Lo, e.Hi,
 				e.LoTime.UTC().Format(time.RFC3339), e.HiTime.UTC().Format(time.RFC3339), human.Bytes(e.Stored))
 		}
+		fmt.Fprintln(out, "  newest restorable epoch per partition:")
+		for _, n := range lf.Newest {
+			behind := ""
+			if n.BehindEpochs > 0 {
+				behind = fmt.Sprintf("  %s (%s) behind the newest", human.Count(n.BehindEpochs, "epoch"),
+					time.Duration(n.BehindSeconds*float64(time.Second)).Round(time.Second))
+			}
+			fmt.Fprintf(out, "    part %-3d epoch %d (%s)%s\n", n.Partition, n.Epoch, n.Time.UTC().Format(time.RFC3339), behind)
+		}
 		if lf.OverlapEpoch > 0 {
 			fmt.Fprintf(out, "  restorable to epoch %d (%s)\n", lf.OverlapEpoch, lf.OverlapTime.UTC().Format(time.RFC3339))
 		} else {
@@ -139,4 +162,29 @@ func runList(ctx context.Context, o listOptions, out io.Writer) error {
 		fmt.Fprintf(out, "broken: %s\n", b)
 	}
 	return nil
+}
+
+// newestPerPartition is each partition's newest restorable epoch and its lag
+// behind the newest of all partitions.
+func newestPerPartition(bs []listEntry) []listNewest {
+	by := map[int]listNewest{}
+	var top listNewest
+	for _, e := range bs {
+		if n, ok := by[e.Partition]; !ok || e.Hi > n.Epoch {
+			by[e.Partition] = listNewest{Partition: e.Partition, Epoch: e.Hi, Time: e.HiTime}
+		}
+		if e.Hi > top.Epoch {
+			top = listNewest{Epoch: e.Hi, Time: e.HiTime}
+		}
+	}
+	var out []listNewest
+	for _, i := range slices.Sorted(maps.Keys(by)) {
+		n := by[i]
+		n.BehindEpochs = top.Epoch - n.Epoch
+		if n.BehindEpochs > 0 && !top.Time.IsZero() && !n.Time.IsZero() {
+			n.BehindSeconds = max(0, top.Time.Sub(n.Time).Seconds())
+		}
+		out = append(out, n)
+	}
+	return out
 }

@@ -267,7 +267,7 @@ func TestNodes_RunBothServicesWithTheirOwnDiskAndIdentity(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"flowrun.service", "flowbackup-agent.service", "/var/lib/flowkeep", "systemctl, enable, --now", "flowbackup agent --config"} {
+	for _, want := range []string{"flowrun.service", "flowbackup-agent.service", "/var/lib/flowkeep", "flowbackup agent --config", "systemctl enable --now"} {
 		if !strings.Contains(string(tpl), want) {
 			t.Errorf("cloud-init template lacks %q", want)
 		}

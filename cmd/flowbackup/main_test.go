@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -252,5 +253,42 @@ func TestCLI_RestoresSchemaV1Backups(t *testing.T) {
 	}
 	if got, want := totals(out), totals(one); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("restored and continued: %d words, one run: %d", len(got), len(want))
+	}
+}
+
+// When one host's backups trail another's, list says which partitions are
+// behind the newest and by how much (a restore can only pick an epoch all
+// partitions have).
+func TestCLI_ListShowsPartitionsThatTrail(t *testing.T) {
+	rec := flowDir(t, "5s")
+	to := "file://" + t.TempDir()
+	must(t, backupBin, "backup", "-r", rec, "--to", to)
+	in := filepath.Join(filepath.Dir(rec), "in.txt")
+	f, _ := os.OpenFile(in, os.O_APPEND|os.O_WRONLY, 0)
+	f.WriteString("delta epsilon\n")
+	f.Close()
+	must(t, flowrunBin, "run", "wordcount", "-i", in, "-o", filepath.Join(filepath.Dir(rec), "out.csv"), "-r", rec, "-s", "1s", "-b", "5s")
+	must(t, backupBin, "backup", "-r", rec, "--to", to, "--partitions", "1")
+	list := must(t, backupBin, "list", "--from", to)
+	re := regexp.MustCompile(`part 0\s+epoch (\d+) \([^)]*\)\s+(\d+) epochs? \([^)]*\) behind the newest`)
+	m := re.FindStringSubmatch(list)
+	if m == nil || strings.Contains(regexp.MustCompile(`part 1\s+epoch.*`).FindString(list), "behind") {
+		t.Fatalf("list does not show partition 0 alone behind:\n%s", list)
+	}
+	var js struct {
+		Flows []struct {
+			Newest []struct {
+				Partition    int    `json:"partition"`
+				Epoch        uint64 `json:"epoch"`
+				BehindEpochs uint64 `json:"behind_epochs"`
+			} `json:"newest_per_partition"`
+		} `json:"flows"`
+	}
+	if err := json.Unmarshal([]byte(must(t, backupBin, "list", "--from", to, "--json")), &js); err != nil {
+		t.Fatal(err)
+	}
+	n := js.Flows[0].Newest
+	if len(n) != 2 || n[0].BehindEpochs == 0 || n[0].Epoch+n[0].BehindEpochs != n[1].Epoch || n[1].BehindEpochs != 0 {
+		t.Fatalf("list --json newest per partition: %+v", n)
 	}
 }

@@ -52,4 +52,6 @@ module "node" {
   cluster_cidrs         = [var.subnet_cidr]
   backup_url            = "s3://${module.bucket.bucket_name}/${local.prefix}"
   release_url           = var.release_url
+  flowrun_sha256        = var.flowrun_sha256
+  flowbackup_sha256     = var.flowbackup_sha256
 }

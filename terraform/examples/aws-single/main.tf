@@ -46,5 +46,7 @@ module "node" {
   backup_schedule       = "*/5 * * * *"
   backup_interval       = "10m"
   release_url           = var.release_url
+  flowrun_sha256        = var.flowrun_sha256
+  flowbackup_sha256     = var.flowbackup_sha256
   init_partitions       = var.init_partitions
 }

@@ -46,6 +46,16 @@ variable "release_url" {
   type        = string
 }
 
+variable "flowrun_sha256" {
+  description = "sha256 of the flowrun binary at release_url (sha256sum flowrun)."
+  type        = string
+}
+
+variable "flowbackup_sha256" {
+  description = "sha256 of the flowbackup binary at release_url (sha256sum flowbackup)."
+  type        = string
+}
+
 variable "init_partitions" {
   description = "Partitions to create on first boot; set 0 when replacing a lost machine (then restore)."
   type        = number

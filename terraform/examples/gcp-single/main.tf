@@ -46,5 +46,7 @@ module "node" {
   flow_args             = var.flow_args
   backup_url            = "gs://${module.bucket.bucket_name}/${local.prefix}"
   release_url           = var.release_url
+  flowrun_sha256        = var.flowrun_sha256
+  flowbackup_sha256     = var.flowbackup_sha256
   init_partitions       = 4
 }

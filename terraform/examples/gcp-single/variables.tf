@@ -46,3 +46,13 @@ variable "release_url" {
   description = "Base URL serving the flowrun and flowbackup binaries."
   type        = string
 }
+
+variable "flowrun_sha256" {
+  description = "sha256 of the flowrun binary at release_url (sha256sum flowrun)."
+  type        = string
+}
+
+variable "flowbackup_sha256" {
+  description = "sha256 of the flowbackup binary at release_url (sha256sum flowbackup)."
+  type        = string
+}

@@ -8,6 +8,8 @@ locals {
     "-w ${var.workers}", "-s ${var.snapshot_interval}", "-b ${var.backup_interval}",
     var.addresses == "" ? "" : "--process-id ${var.process_id} --addresses ${var.addresses}",
   ]))
+  # A replaced machine of a cluster restores only its share of the partitions.
+  restore_args = var.addresses == "" ? "" : "--process-id ${var.process_id} --processes ${length(split(",", var.addresses))}"
 }
 
 resource "google_compute_disk" "recovery" {
@@ -54,12 +56,15 @@ resource "google_compute_instance" "node" {
   metadata = {
     block-project-ssh-keys = "true"
     user-data = templatefile("${path.module}/../cloud-init/flowkeep.yaml.tftpl", {
-      data_device     = "/dev/disk/by-id/google-flowkeep-data"
-      flowrun_args    = local.flowrun_args
-      backup_url      = var.backup_url
-      backup_schedule = var.backup_schedule
-      release_url     = var.release_url
-      init_partitions = var.init_partitions
+      data_device       = "/dev/disk/by-id/google-flowkeep-data"
+      flowrun_args      = local.flowrun_args
+      backup_url        = var.backup_url
+      backup_schedule   = var.backup_schedule
+      release_url       = var.release_url
+      flowrun_sha256    = var.flowrun_sha256
+      flowbackup_sha256 = var.flowbackup_sha256
+      restore_args      = local.restore_args
+      init_partitions   = var.init_partitions
     })
   }
 }

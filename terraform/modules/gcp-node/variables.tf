@@ -85,6 +85,24 @@ variable "release_url" {
   type        = string
 }
 
+variable "flowrun_sha256" {
+  description = "sha256 of the flowrun binary at release_url (the machine refuses a binary that differs)."
+  type        = string
+  validation {
+    condition     = can(regex("^[0-9a-f]{64}$", var.flowrun_sha256))
+    error_message = "flowrun_sha256 must be 64 lowercase hex digits (sha256sum flowrun)."
+  }
+}
+
+variable "flowbackup_sha256" {
+  description = "sha256 of the flowbackup binary at release_url (the machine refuses a binary that differs)."
+  type        = string
+  validation {
+    condition     = can(regex("^[0-9a-f]{64}$", var.flowbackup_sha256))
+    error_message = "flowbackup_sha256 must be 64 lowercase hex digits (sha256sum flowbackup)."
+  }
+}
+
 variable "init_partitions" {
   description = "Create this many recovery partitions on a fresh disk (0: do not; restore instead)."
   type        = number
