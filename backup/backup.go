@@ -61,6 +61,10 @@ type Options struct {
 	// Progress, if set, counts every partition's reads and uploads as they
 	// happen (for a progress display).
 	Progress *Transfer
+	// Memory bounds the chunk data every partition of the backup holds in
+	// memory at once (default: a budget of DefaultMemory bytes, shared by
+	// the partitions of one BackupDir).
+	Memory *Budget
 	// SkipUnchanged skips a partition whose restorable range and execution
 	// are those of its latest backup (an idle flow), unless verify
 	// quarantined chunks that a new backup would heal.
@@ -94,6 +98,9 @@ func (o *Options) defaults() {
 	}
 	if o.LockTTL <= 0 {
 		o.LockTTL = DefaultLockTTL
+	}
+	if o.Memory == nil {
+		o.Memory = NewBudget(DefaultMemory)
 	}
 	if o.BaseMaxAge <= 0 {
 		o.BaseMaxAge = DefaultBaseMaxAge
@@ -348,7 +355,7 @@ func capture(ctx context.Context, s Store, p *recovery.Partition, prev *Manifest
 	if m.Epochs.HiTime, err = recovery.EpochTime(ctx, conn, v.Hi()); err != nil {
 		return nil, "", err
 	}
-	up := &uploader{store: s, workers: o.Workers, xfer: xfer, known: map[string]Object{}, quarantined: o.quarantined}
+	up := &uploader{store: s, workers: o.Workers, xfer: xfer, known: map[string]Object{}, quarantined: o.quarantined, budget: o.Memory}
 	if prev != nil {
 		for _, ob := range prev.Objects() {
 			if !o.quarantined[ob.SHA256] {

@@ -96,6 +96,14 @@ type Object struct {
 	SHA256 string `json:"sha256"`
 	Size   int64  `json:"size"`
 	Stored int64  `json:"stored"`
+	// StoredSHA256 is the sha256 of the stored (compressed) bytes, when the
+	// backup that uploaded the chunk recorded it. A restore checks it
+	// instead of the content's sha256: decompression is a function of the
+	// stored bytes, so it pins the content as firmly, over about half the
+	// bytes. Should it differ (a chunk stored again, compressed another
+	// way), the content's sha256 decides. Deep verify always checks the
+	// content.
+	StoredSHA256 string `json:"stored_sha256,omitempty"`
 }
 
 // Image is a page image of the partition file.
@@ -272,6 +280,9 @@ func checkObjects(objs []Object, size int64, sum string) error {
 	for _, o := range objs {
 		if !hexSHA256RE.MatchString(o.SHA256) {
 			return fmt.Errorf("chunk sha256 %q is not hex", o.SHA256)
+		}
+		if o.StoredSHA256 != "" && !hexSHA256RE.MatchString(o.StoredSHA256) {
+			return fmt.Errorf("chunk %s: stored sha256 %q is not hex", o.SHA256[:12], o.StoredSHA256)
 		}
 		if o.Size <= 0 || o.Size > MaxChunkBytes || o.Stored <= 0 || o.Stored > MaxChunkBytes+MaxChunkBytes/8 {
 			return fmt.Errorf("chunk %s size %d (stored %d) out of range", o.SHA256[:12], o.Size, o.Stored)

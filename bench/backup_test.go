@@ -134,6 +134,7 @@ func sdkClient(b *testing.B, srv *testserver.Server) *awss3.Client {
 		o.BaseEndpoint = aws.String(srv.S3Endpoint())
 		o.UsePathStyle = true
 		o.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
+		o.DisableLogOutputChecksumValidationSkipped = true
 	})
 }
 

@@ -27,6 +27,7 @@ type agentOptions struct {
 	Schedule    string
 	MetricsAddr string
 	Workers     int
+	Memory      int64
 	LockTTL     time.Duration
 	KeepLast    int
 	KeepWithin  time.Duration
@@ -76,7 +77,8 @@ flowkeep_backup_duration_seconds (histogram), flowkeep_backup_failures_total.
 	f.StringVar(&o.To, "to", "", "destination URL: file:///path (created if missing), s3://bucket/prefix or gs://bucket/prefix")
 	f.StringVar(&o.Schedule, "schedule", "", `when to back up: cron fields ("*/5 * * * *") or "@every 5m"`)
 	f.StringVar(&o.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics at this address (e.g. :9464)")
-	f.IntVar(&o.Workers, "workers", backup.DefaultWorkers, "chunks uploaded at once")
+	f.IntVar(&o.Workers, "workers", backup.DefaultWorkers, "chunks uploaded at once (within --memory)")
+	addMemoryFlag(f, &o.Memory)
 	f.Var(human.Duration{D: &o.LockTTL}, "lock-ttl", "how long a partition lock lasts if the agent dies holding it (default 15m)")
 	f.IntVar(&o.KeepLast, "keep-last", 0, "after each run, prune to the newest N backups of each partition (0: no pruning)")
 	f.Var(human.Duration{D: &o.KeepWithin}, "keep-within", "with --keep-last: also keep backups younger than this (e.g. 24h)")
@@ -117,6 +119,10 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 	if err := checkWorkersAndTTL(o.Workers, o.LockTTL); err != nil {
 		return err
 	}
+	budget, err := useMemory(o.Memory)
+	if err != nil {
+		return err
+	}
 	if o.KeepLast < 0 || o.KeepWithin < 0 || (o.KeepWithin > 0 && o.KeepLast == 0) {
 		return usagef("retention: --keep-last must be at least 1 (and --keep-within is only used with it)")
 	}
@@ -144,7 +150,7 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 		log.Info("serving metrics", "addr", ln.Addr().String())
 	}
 	a := &backup.Agent{Store: s, Dir: o.RecoveryDir, Schedule: sched, Spec: o.Schedule, Metrics: metrics, Log: log,
-		Options: backup.Options{Workers: o.Workers, LockTTL: o.LockTTL}}
+		Options: backup.Options{Workers: o.Workers, LockTTL: o.LockTTL, Memory: budget}}
 	if o.KeepLast > 0 {
 		a.Retention = &backup.PruneOptions{KeepLast: o.KeepLast, KeepWithin: o.KeepWithin, LockTTL: o.LockTTL, Grace: max(backup.DefaultGrace, o.LockTTL)}
 	}

@@ -20,6 +20,7 @@ type backupOptions struct {
 	LockTTL     time.Duration
 	Partitions  string
 	JSON        bool
+	Memory      int64
 	storageOptions
 }
 
@@ -44,7 +45,8 @@ last: an interrupted backup leaves nothing visible.
 	f := cmd.Flags()
 	f.StringVarP(&o.RecoveryDir, "recovery-dir", "r", "", "the flow's recovery directory (as given to flowrun -r)")
 	f.StringVar(&o.To, "to", "", "destination URL: file:///path (created if missing), s3://bucket/prefix or gs://bucket/prefix")
-	f.IntVar(&o.Workers, "workers", backup.DefaultWorkers, "chunks uploaded at once")
+	f.IntVar(&o.Workers, "workers", backup.DefaultWorkers, "chunks uploaded at once (within --memory)")
+	addMemoryFlag(f, &o.Memory)
 	f.DurationVar(&o.LockTTL, "lock-ttl", backup.DefaultLockTTL, "how long a partition lock lasts if the agent dies holding it")
 	f.BoolVar(&o.JSON, "json", false, "print the results as JSON")
 	f.StringVar(&o.Partitions, "partitions", "", "back up only these partitions, e.g. 0,2 or 0-3 (default: every partition in DIR)")
@@ -62,7 +64,11 @@ func runBackup(ctx context.Context, o backupOptions, out, errOut io.Writer) erro
 	if st, err := os.Stat(o.RecoveryDir); err != nil || !st.IsDir() {
 		return usagef("recovery directory %s: no such file or directory", o.RecoveryDir)
 	}
-	bo := backup.Options{Workers: o.Workers, LockTTL: o.LockTTL}
+	budget, err := useMemory(o.Memory)
+	if err != nil {
+		return err
+	}
+	bo := backup.Options{Workers: o.Workers, LockTTL: o.LockTTL, Memory: budget}
 	if o.Partitions != "" {
 		ps, err := parsePartitions(o.Partitions)
 		if err != nil {

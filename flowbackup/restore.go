@@ -31,6 +31,7 @@ type restoreOptions struct {
 	Force      bool
 	DryRun     bool
 	Workers    int
+	Memory     int64
 	Owner      string
 	Mode       string
 	IfEmpty    bool
@@ -86,7 +87,8 @@ To restore a cluster onto several new machines, give each machine its share:
 	f.BoolVar(&o.JSON, "json", false, "print the result as JSON")
 	f.BoolVar(&o.Force, "force", false, "replace partitions already in DIR (kept as *.replaced-TIME)")
 	f.BoolVar(&o.DryRun, "dry-run", false, "print the plan; download and write nothing")
-	f.IntVar(&o.Workers, "workers", 8, "objects downloaded at once")
+	f.IntVar(&o.Workers, "workers", 8, "objects downloaded at once per partition (within --memory)")
+	addMemoryFlag(f, &o.Memory)
 	f.StringVar(&o.Owner, "owner", "", "give the restored files to USER[:GROUP] (names or numbers), e.g. the flowrun service user when restoring as root")
 	f.StringVar(&o.Mode, "mode", "0644", "permissions of the restored partition files (octal)")
 	o.storageOptions.addFlags(f)
@@ -119,8 +121,11 @@ func runRestore(ctx context.Context, o restoreOptions, out, errOut io.Writer) er
 	if o.To == "" && !o.DryRun {
 		return usagef("--to DIR is required: where to lay the partitions")
 	}
+	if _, err := useMemory(o.Memory); err != nil {
+		return err
+	}
 	ro := restore.Options{Plan: restore.PlanOptions{FlowUID: o.Flow, Epoch: o.Epoch}, Force: o.Force, DryRun: o.DryRun, Workers: o.Workers,
-		Note: func(msg string) { fmt.Fprintln(errOut, "flowbackup: "+msg) }}
+		Memory: o.Memory, Note: func(msg string) { fmt.Fprintln(errOut, "flowbackup: "+msg) }}
 	mode, err := strconv.ParseUint(o.Mode, 8, 32)
 	if err != nil || mode > 0o777 || mode&0o600 != 0o600 {
 		return usagef("--mode %q: give octal permissions that let the owner read and write, e.g. 0640", o.Mode)

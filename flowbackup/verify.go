@@ -20,6 +20,10 @@ type verifyOptions struct {
 	MaxAge  time.Duration
 	Flow    string
 	Workers int
+	Sample  float64
+	Newest  bool
+	Memory  int64
+	TempDir string
 	storageOptions
 }
 
@@ -33,9 +37,16 @@ each flow can be restored, and how old that is (the RPO).
 
 Quick mode reads every manifest and checks that every object it names is
 present with the right size, that every partition has a usable backup, and
-that their epoch ranges overlap. --deep also downloads every object, checks its
-sha256, rebuilds each partition image in a temporary directory and runs
-PRAGMA integrity_check on it.
+that their epoch ranges overlap. --deep also downloads every object the backups
+name, once however many backups share it, and checks its sha256; it rebuilds
+each base image once in a temporary directory (PRAGMA integrity_check) and lays
+each delta over a copy of its base, checking each result against its manifest.
+It reports the objects and bytes it read. The temporary directory (--temp-dir,
+default $TMPDIR) needs room for every base image.
+
+--newest limits --deep to the backups the newest restore would use; --sample P
+reads a random P percent of the objects and checks only their sha256 (a
+routine audit that covers everything over repeated runs). Both imply --deep.
 
 Exit codes:
   0  healthy
@@ -46,7 +57,7 @@ Exit codes:
 		Example: "  flowbackup verify --from s3://my-bucket/flows/wc --max-age 15m\n  flowbackup verify --from gs://bkt/wc --deep --json",
 		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runVerify(cmd.Context(), o, cmd.OutOrStdout())
+			return runVerify(cmd.Context(), o, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
 	f := cmd.Flags()
@@ -55,14 +66,30 @@ Exit codes:
 	f.BoolVar(&o.JSON, "json", false, "print the report as JSON")
 	f.DurationVar(&o.MaxAge, "max-age", 0, "report a problem if the restorable epoch is older than this (e.g. 15m)")
 	f.StringVar(&o.Flow, "flow", "", "audit only this flow (its name or uid)")
-	f.IntVar(&o.Workers, "workers", 32, "requests at once")
+	f.IntVar(&o.Workers, "workers", 32, "requests at once (per partition for --deep, within --memory)")
+	f.Float64Var(&o.Sample, "sample", 0, "with --deep: read only this percentage of the objects, chosen at random, and check their sha256 (0 < P <= 100)")
+	f.BoolVar(&o.Newest, "newest", false, "with --deep: check only the backups the newest restore would use")
+	f.StringVar(&o.TempDir, "temp-dir", "", "where --deep rebuilds images (default $TMPDIR)")
+	addMemoryFlag(f, &o.Memory)
 	o.storageOptions.addFlags(f)
 	return cmd
 }
 
-func runVerify(ctx context.Context, o verifyOptions, out io.Writer) error {
+func runVerify(ctx context.Context, o verifyOptions, out, errOut io.Writer) error {
 	if o.MaxAge < 0 {
 		return usagef("--max-age must not be negative, got %v", o.MaxAge)
+	}
+	if o.Sample < 0 || o.Sample > 100 {
+		return usagef("--sample must be a percentage above 0 and at most 100, got %g", o.Sample)
+	}
+	if o.Sample > 0 || o.Newest {
+		o.Deep = true
+	}
+	if o.Sample > 0 && o.Newest {
+		return usagef("--sample and --newest cannot be combined: --sample reads objects of every backup")
+	}
+	if _, err := useMemory(o.Memory); err != nil {
+		return err
 	}
 	if o.Workers < 1 {
 		return usagef("--workers must be at least 1, got %d", o.Workers)
@@ -76,7 +103,17 @@ func runVerify(ctx context.Context, o verifyOptions, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	rep, err := restore.Verify(ctx, s, restore.VerifyOptions{Deep: o.Deep, MaxAge: o.MaxAge, FlowUID: uid, Workers: o.Workers})
+	vo := restore.VerifyOptions{Deep: o.Deep, Sample: o.Sample, Newest: o.Newest, MaxAge: o.MaxAge, FlowUID: uid, Workers: o.Workers,
+		Memory: o.Memory, TempDir: o.TempDir}
+	var bar *transferBar
+	if o.Deep {
+		bar = newTransferBar(errOut, "verifying")
+		var pc progressCounter
+		vo.Progress = pc.update
+		bar.run(pc.poll)
+	}
+	rep, err := restore.Verify(ctx, s, vo)
+	bar.finish()
 	if err != nil {
 		return err
 	}
@@ -88,6 +125,13 @@ func runVerify(ctx context.Context, o verifyOptions, out io.Writer) error {
 		}
 	} else {
 		fmt.Fprintf(out, "%s: %s (%s check of %s, %s)\n", rep.From, rep.Status, rep.Mode, human.Count(rep.Checked, "backup"), human.Count(rep.Objects, "object"))
+		if o.Deep {
+			read := fmt.Sprintf("read %s, %s of the %s the checked backups store", human.Count(rep.ObjectsRead, "object"), human.Bytes(rep.BytesRead), human.Bytes(rep.BytesStored))
+			if rep.Sampled > 0 {
+				read += fmt.Sprintf(" (a %g%% sample: %s)", o.Sample, human.Count(rep.Sampled, "object"))
+			}
+			fmt.Fprintln(out, read)
+		}
 		for _, f := range rep.Flows {
 			if f.Restorable {
 				fmt.Fprintf(out, "flow %s (%s): restorable to epoch %d of %s, %v ago; %d of %d backups healthy\n", f.Name, f.UID, f.Epoch,

@@ -35,6 +35,9 @@ type Options struct {
 	// (backup.DefaultParallel).
 	Workers  int
 	Parallel int
+	// Memory bounds the chunk data in memory at once, all partitions
+	// together (default backup.DefaultMemory bytes).
+	Memory   int64
 	Progress Progress
 	// Note receives what the restore decided on the way (fallbacks).
 	Note func(string)
@@ -107,6 +110,10 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 		return nil, err
 	}
 	defer unlock()
+	if o.Memory <= 0 {
+		o.Memory = backup.DefaultMemory
+	}
+	budget := backup.NewBudget(o.Memory)
 	fetched := map[string]string{} // manifest id -> temp file
 	defer func() {
 		for _, p := range fetched {
@@ -121,7 +128,7 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 			}
 		}
 		var done, downloaded atomic.Int64
-		fo := FetchOptions{Workers: o.Workers, Parallel: o.Parallel, Downloaded: &downloaded}
+		fo := FetchOptions{Workers: o.Workers, Parallel: o.Parallel, Downloaded: &downloaded, Memory: budget}
 		if o.Progress != nil {
 			fo.Progress = func(n, _ int64) { o.Progress(n, total) }
 		}
@@ -159,6 +166,10 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 		err = recovery.Trim(ctx, db, recovery.Epoch(plan.Epoch), recovery.ExecutionNumber(plan.Execution), o.Now())
 		if cerr := db.Close(); err == nil {
 			err = cerr
+		}
+		if err == nil {
+			// The one fsync of the file: before it takes its final name.
+			err = fsync.File(tmp)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("partition %d: %w", p, err)

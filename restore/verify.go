@@ -4,12 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path"
-	"path/filepath"
 	"sort"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/flowkeep/flowkeep/backup"
@@ -17,9 +14,25 @@ import (
 
 // VerifyOptions configure an audit.
 type VerifyOptions struct {
-	// Deep downloads every object, checks its sha256, assembles each image
-	// in a temporary directory and runs PRAGMA integrity_check on it.
+	// Deep downloads every object the backups name, once, checks its
+	// sha256, rebuilds each base once in a temporary directory (PRAGMA
+	// integrity_check) and lays each delta over a copy of its base (see
+	// deep.go).
 	Deep bool
+	// Sample (with Deep), between 0 and 100 exclusive: read only this
+	// percentage of the unique objects, chosen at random, and check each
+	// one's sha256 (no image is rebuilt): a routine audit that reads a
+	// different part of the store each time.
+	Sample float64
+	// Newest (with Deep) checks only the backups the newest restore of
+	// each flow would use.
+	Newest bool
+	// Memory bounds the chunk data in memory (backup.DefaultMemory);
+	// Parallel is how many partitions are checked at once.
+	Memory   int64
+	Parallel int
+	// Progress, if set, receives stored bytes read and to read.
+	Progress func(done, total int64)
 	// MaxAge: a restorable epoch older than this is a problem (RPO).
 	MaxAge time.Duration
 	// FlowUID restricts the audit to one flow.
@@ -72,6 +85,12 @@ type Report struct {
 	Notes   []Problem `json:"notes"`
 	Checked int       `json:"backups_checked"`
 	Objects int       `json:"objects_checked"`
+	// Deep checks: objects and stored bytes read from the store, and the
+	// stored bytes of the unique objects the checked backups name.
+	ObjectsRead int   `json:"objects_read,omitempty"`
+	BytesRead   int64 `json:"bytes_read,omitempty"`
+	BytesStored int64 `json:"bytes_stored,omitempty"`
+	Sampled     int   `json:"objects_sampled,omitempty"`
 }
 
 // Verify audits the backups in s and says whether, and to which epoch and
@@ -86,6 +105,12 @@ func Verify(ctx context.Context, s backup.Store, o VerifyOptions) (*Report, erro
 	rep := &Report{From: s.String(), Mode: "quick", Problems: []Problem{}, Notes: []Problem{}}
 	if o.Deep {
 		rep.Mode = "deep"
+		switch {
+		case o.Sample > 0 && o.Sample < 100:
+			rep.Mode = fmt.Sprintf("deep-sample-%g%%", o.Sample)
+		case o.Newest:
+			rep.Mode = "deep-newest"
+		}
 	}
 	cat, err := backup.LoadCatalog(ctx, s, o.Workers)
 	if err != nil {
@@ -127,7 +152,7 @@ func Verify(ctx context.Context, s backup.Store, o VerifyOptions) (*Report, erro
 		return nil, err
 	}
 	if o.Deep {
-		if err := deepCheck(ctx, s, ms, bad, problem, o); err != nil {
+		if err := deepCheck(ctx, s, ms, bad, problem, o, rep); err != nil {
 			return nil, err
 		}
 	}
@@ -309,50 +334,6 @@ func checkLatest(ctx context.Context, s backup.Store, ms []*backup.Manifest, flo
 	for k := range newest {
 		if !seen[k] {
 			note(k.uid, k.idx, fmt.Sprintf("has no latest pointer (%s; a backup stopped between its manifest and its pointer); the next backup writes one, starting from a full image", backup.LatestKey(k.uid, k.idx)))
-		}
-	}
-	return nil
-}
-
-// deepCheck restores every healthy-looking backup into a temporary directory
-// and checks it end to end: every object's sha256 (each read again before it
-// is called damaged; damaged chunks are quarantined, so the next backup
-// heals them), the image's identity and restorable range against the
-// manifest's, and PRAGMA integrity_check.
-func deepCheck(ctx context.Context, s backup.Store, ms []*backup.Manifest, bad map[string]bool, problem func(*backup.Manifest, string), o VerifyOptions) error {
-	tmp, err := os.MkdirTemp(o.TempDir, "flowkeep-verify-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(tmp)
-	for _, m := range ms {
-		if bad[m.ID] {
-			continue
-		}
-		path := filepath.Join(tmp, m.ID+".sqlite3")
-		err := FetchImage(ctx, s, m, path, FetchOptions{Workers: o.Workers, ImageSum: true}, new(atomic.Int64))
-		if err == nil {
-			err = checkImage(ctx, path, m)
-		}
-		if err == nil {
-			err = IntegrityCheck(ctx, path)
-		}
-		removeDB(path)
-		if err != nil {
-			if errors.Is(err, backup.ErrCorrupt) || errors.Is(err, backup.ErrNotFound) {
-				msg := err.Error()
-				var de *damagedChunk
-				if errors.As(err, &de) {
-					if qerr := backup.Quarantine(ctx, s, de.sha256, de.reason, o.Now()); qerr != nil {
-						msg += fmt.Sprintf("; could not quarantine it (%v): run verify --deep with the agent's credentials so the next backup heals it", qerr)
-					} else {
-						msg += "; quarantined: the next backup uploads it again, or takes a new base"
-					}
-				}
-				problem(m, msg)
-				continue
-			}
-			return fmt.Errorf("deep check of backup %s: %w", m.ID, err)
 		}
 	}
 	return nil

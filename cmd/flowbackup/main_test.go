@@ -94,6 +94,9 @@ func TestCLI_BadInputExitsThreeAndWritesNothing(t *testing.T) {
 		{"bad flag", []string{"list", "--bogus"}, "unknown flag"},
 		{"keep-last 0", []string{"prune", "--from", to, "--keep-last", "0"}, "--keep-last must be at least 1"},
 		{"partition out of range", []string{"backup", "-r", rec, "--to", to, "--partitions", "7"}, "partitions [7] are not in"},
+		{"sample out of range", []string{"verify", "--from", to, "--sample", "150"}, "--sample must be a percentage"},
+		{"memory below one chunk", []string{"backup", "-r", rec, "--to", to, "--memory", "1MiB"}, "--memory: memory budget 1 MiB is too small"},
+		{"memory not a size", []string{"restore", "--from", to, "--to", other, "--memory", "lots"}, "size \"lots\""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -148,8 +151,11 @@ func TestCLI_BackupListVerifyRestorePrune(t *testing.T) {
 	if !strings.Contains(pr, "deleted 2 backups") {
 		t.Fatalf("prune:\n%s", pr)
 	}
-	// The kept delta still restores: its base's chunks were kept.
-	must(t, backupBin, "verify", "--from", to, "--deep")
+	// The kept delta still restores: its base's chunks were kept; deep
+	// verify reads each object once and says so.
+	if v := must(t, backupBin, "verify", "--from", to, "--deep"); !regexp.MustCompile(`read \d+ objects?, [0-9.]+ KiB of the [0-9.]+ KiB the checked backups store`).MatchString(v) {
+		t.Fatalf("verify --deep does not say what it read:\n%s", v)
+	}
 	dst := filepath.Join(t.TempDir(), "restored")
 	must(t, backupBin, "restore", "--from", to, "--to", dst)
 	out, code := run(t, backupBin, "restore", "--from", to, "--to", dst)

@@ -46,3 +46,10 @@ func setDirect(f *os.File, on bool) error {
 	}
 	return serr
 }
+
+func allocate(f *os.File, size int64) error {
+	if err := syscall.Fallocate(int(f.Fd()), 0, 0, size); err == nil {
+		return nil
+	}
+	return f.Truncate(size)
+}

@@ -10,3 +10,5 @@ func create(path string) (*os.File, bool, error) {
 }
 
 func setDirect(*os.File, bool) error { return nil }
+
+func allocate(f *os.File, size int64) error { return f.Truncate(size) }

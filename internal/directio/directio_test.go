@@ -5,6 +5,7 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 )
 
@@ -108,5 +109,52 @@ func TestCreateRefusesExisting(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(path); string(b) != "keep" {
 		t.Fatalf("existing file changed to %q", b)
+	}
+}
+
+// Pieces written at their offsets in any order, from several goroutines,
+// aligned ones and a short unaligned last one, make exactly the file.
+func TestWriteAtOutOfOrder(t *testing.T) {
+	const piece = 4 * Align
+	want := make([]byte, 9*piece+1234)
+	for i := range want {
+		want[i] = byte(i*7 + i/piece)
+	}
+	path := filepath.Join(t.TempDir(), "f")
+	w, err := Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Truncate(int64(len(want))); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 10)
+	for i := 9; i >= 0; i-- { // the short last piece first
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			end := min((i+1)*piece, len(want))
+			b := Buffer(piece)[:end-i*piece]
+			copy(b, want[i*piece:end])
+			if _, err := w.WriteAt(b, int64(i*piece)); err != nil {
+				errs <- err
+			}
+		}(i)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if err := w.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(path)
+	if !bytes.Equal(got, want) {
+		t.Fatalf("file differs from what was written (%d bytes, want %d)", len(got), len(want))
 	}
 }

@@ -96,3 +96,29 @@ func Count[N int | int64 | uint64](n N, noun string) string {
 	}
 	return fmt.Sprintf("%d %ss", n, noun)
 }
+
+// Size is a pflag.Value for a byte size (ParseBytes) stored in *N.
+type Size struct{ N *int64 }
+
+func (s Size) String() string {
+	if s.N == nil {
+		return "0"
+	}
+	if *s.N%(1<<20) == 0 {
+		return fmt.Sprintf("%dMiB", *s.N>>20)
+	}
+	return strconv.FormatInt(*s.N, 10)
+}
+
+// Set implements pflag.Value.
+func (s Size) Set(v string) error {
+	n, err := ParseBytes(v)
+	if err != nil {
+		return err
+	}
+	*s.N = n
+	return nil
+}
+
+// Type implements pflag.Value.
+func (s Size) Type() string { return "size" }

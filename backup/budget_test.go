@@ -1,0 +1,55 @@
+package backup
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// The budget never lets more bytes in at once than its size, a request
+// larger than the whole budget still goes through (alone), and a cancelled
+// wait returns.
+func TestBudget_BoundsBytesInFlight(t *testing.T) {
+	b := NewBudget(3 * minMemory)
+	var in, peak atomic.Int64
+	var wg sync.WaitGroup
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			n := int64(minMemory)
+			if i == 7 {
+				n = 10 * minMemory // capped at the budget
+			}
+			release, err := b.Acquire(context.Background(), n)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			now := in.Add(min(n, b.Bytes()))
+			for p := peak.Load(); now > p && !peak.CompareAndSwap(p, now); p = peak.Load() {
+			}
+			time.Sleep(time.Millisecond)
+			in.Add(-min(n, b.Bytes()))
+			release()
+			release() // twice is once
+		}(i)
+	}
+	wg.Wait()
+	if peak.Load() > b.Bytes() {
+		t.Fatalf("%d bytes in at once, budget %d", peak.Load(), b.Bytes())
+	}
+	hold, _ := b.Acquire(context.Background(), b.Bytes())
+	defer hold()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+	defer cancel()
+	if _, err := b.Acquire(ctx, 1); err == nil {
+		t.Fatal("acquired from a full budget")
+	}
+	var nilBudget *Budget
+	if r, err := nilBudget.Acquire(context.Background(), 1<<40); err != nil || r == nil {
+		t.Fatal("a nil budget must bound nothing")
+	}
+}
