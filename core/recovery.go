@@ -78,6 +78,13 @@ type RunInfo struct {
 	// input (0 if none): epochs after it belong to the current "pass" over
 	// the input, even across crashes and resumes.
 	PreviousEnd Epoch
+	// Recovery says whether the run snapshots into recovery partitions
+	// (connectors that promise exactly-once output need it).
+	Recovery bool
+	// FlowUID identifies the flow's recovery partitions (empty without
+	// recovery): stable across runs, rescales and restores, and different
+	// for another flow of the same name.
+	FlowUID string
 }
 
 // runtimeStep keys the runtime's own rows (the last end-of-input epoch).
@@ -90,4 +97,10 @@ type runInfoKey struct{}
 func RunInfoFrom(ctx context.Context) RunInfo {
 	ri, _ := ctx.Value(runInfoKey{}).(RunInfo)
 	return ri
+}
+
+// WithRunInfo returns ctx carrying ri, as the runtime passes it to Open:
+// for testing a connector outside a run.
+func WithRunInfo(ctx context.Context, ri RunInfo) context.Context {
+	return context.WithValue(ctx, runInfoKey{}, ri)
 }

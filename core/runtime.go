@@ -196,6 +196,7 @@ func (x *execution) run(parent context.Context) (res *Result, err error) {
 			return nil, closeRec(err)
 		}
 		info.Workers = x.workers
+		info.Recovery = true
 	}
 	x.start = info.StartEpoch
 	x.info = info
@@ -244,6 +245,11 @@ func (x *execution) execute() (Epoch, error) {
 	}
 	if err == nil {
 		err = x.runSegments()
+	}
+	if err == nil && x.rec != nil {
+		// Sinks that publish only durable output publish the final epoch's
+		// once every epoch of the run is durable.
+		err = x.publishDurable(x.clock.finalEpoch() + 1)
 	}
 	for _, es := range x.exSegs[:opened] {
 		if cerr := es.root.close(); err == nil {

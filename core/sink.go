@@ -38,6 +38,18 @@ type Flusher interface {
 	Flush() error
 }
 
+// DurableSink is a SinkPartition that publishes its output only once the
+// epochs it was written in are durable in the recovery partitions, so that a
+// crash and resume can neither lose nor repeat it (exactly-once into a
+// system that cannot be rolled back, such as Kafka with transactions).
+// With recovery on, the runtime calls Durable(below) when every epoch below
+// `below` is durable for every worker of the run: before each Commit (below
+// is the epoch being committed) and, after the final epoch, once with every
+// epoch durable, before Close. Without recovery it is never called.
+type DurableSink interface {
+	Durable(below Epoch) error
+}
+
 // Output adds a step that writes s to sink.
 func Output[T any](s Stream[T], name string, sink Sink[T]) {
 	n := s.n.flow.add(s.n, name, kindExchanged)
@@ -137,6 +149,9 @@ func (o *sinkOp[T]) push(b any) error {
 }
 
 func (o *sinkOp[T]) advance(from, to Epoch) error {
+	if err := o.durable(from); err != nil {
+		return err
+	}
 	for _, p := range o.names {
 		pos, err := o.parts[p].Commit()
 		if err != nil {
@@ -151,6 +166,32 @@ func (o *sinkOp[T]) advance(from, to Epoch) error {
 }
 
 func (o *sinkOp[T]) finish(e Epoch) error { return o.advance(e, e+1) }
+
+// durable tells the DurableSink partitions that every epoch below `below`
+// is durable, once it is (with recovery on).
+func (o *sinkOp[T]) durable(below Epoch) error {
+	x := o.seg.x
+	if x.rec == nil {
+		return nil
+	}
+	waited := false
+	for _, p := range o.names {
+		d, ok := o.parts[p].(DurableSink)
+		if !ok {
+			continue
+		}
+		if !waited {
+			if err := x.rec.WaitDurable(x.ctx, below); err != nil {
+				return fmt.Errorf("output %s: %w", o.step, err)
+			}
+			waited = true
+		}
+		if err := d.Durable(below); err != nil {
+			return fmt.Errorf("output %s: publish partition %q: %w", o.step, p, err)
+		}
+	}
+	return nil
+}
 
 func (o *sinkOp[T]) drain() error {
 	for _, p := range o.names {
@@ -171,4 +212,22 @@ func (o *sinkOp[T]) close() error {
 		}
 	}
 	return first
+}
+
+// durablePublisher is a root op with DurableSink partitions.
+type durablePublisher interface {
+	durable(below Epoch) error
+}
+
+// publishDurable tells every DurableSink partition of this process that
+// every epoch below `below` is durable, once it is.
+func (x *execution) publishDurable(below Epoch) error {
+	for _, es := range x.exSegs {
+		if dp, ok := es.root.(durablePublisher); ok {
+			if err := dp.durable(below); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }

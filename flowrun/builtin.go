@@ -50,5 +50,6 @@ func builtinIO(o FlowOptions) (flows.IO, error) {
 	if o.Output == "" {
 		return flows.IO{}, errors.New("--output is required (a file, or - for stdout)")
 	}
-	return flows.IO{Input: o.Input, Output: o.Output, Overwrite: o.Overwrite}, nil
+	io := flows.IO{Input: o.Input, Output: o.Output, Overwrite: o.Overwrite}
+	return io, io.Check()
 }

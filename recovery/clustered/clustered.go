@@ -159,7 +159,11 @@ func (r *Recovery) Begin(ctx context.Context, workers int) (core.RunInfo, error)
 	if err := r.mesh.Barrier(ctx, "rec.begun"); err != nil {
 		return core.RunInfo{}, err
 	}
-	return core.RunInfo{Execution: int(rp.Execution), StartEpoch: core.Epoch(rp.Epoch), Workers: workers}, nil
+	var uid string
+	if ps := r.store.Partitions(); len(ps) > 0 {
+		uid = ps[0].FlowUID
+	}
+	return core.RunInfo{Execution: int(rp.Execution), StartEpoch: core.Epoch(rp.Epoch), Workers: workers, FlowUID: uid}, nil
 }
 
 // assign checks that the processes together reach every partition of one

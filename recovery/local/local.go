@@ -21,7 +21,11 @@ func (a adapter) Begin(ctx context.Context, workers int) (core.RunInfo, error) {
 	if err != nil {
 		return core.RunInfo{}, err
 	}
-	return core.RunInfo{Execution: int(rp.Execution), StartEpoch: core.Epoch(rp.Epoch), Workers: workers}, nil
+	var uid string
+	if ps := a.st.Partitions(); len(ps) > 0 {
+		uid = ps[0].FlowUID
+	}
+	return core.RunInfo{Execution: int(rp.Execution), StartEpoch: core.Epoch(rp.Epoch), Workers: workers, FlowUID: uid}, nil
 }
 
 func (a adapter) Load(ctx context.Context, below core.Epoch, fn func([]core.Loaded) error) error {

@@ -1,0 +1,348 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/flowkeep/flowkeep/core"
+)
+
+// broker starts an in-process Kafka-protocol broker (kfake) with topics of
+// the given partition counts; clients reach it over real connections.
+func broker(t testing.TB, topics map[string]int32) *kfake.Cluster {
+	t.Helper()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	for name, n := range topics {
+		if err := c.CreateTopic(name, n, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return c
+}
+
+func produce(t testing.TB, brokers []string, topic string, partition int32, values ...string) {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	var rs []*kgo.Record
+	for _, v := range values {
+		rs = append(rs, &kgo.Record{Topic: topic, Partition: partition, Value: []byte(v)})
+	}
+	if err := cl.ProduceSync(context.Background(), rs...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// readAll reads a partition's committed records (read_committed).
+func readAll(t testing.TB, brokers []string, topic string, partition int32) []*kgo.Record {
+	t.Helper()
+	src := Source[*kgo.Record]{Brokers: brokers, Topics: []string{topic}, Decode: func(r *kgo.Record) (*kgo.Record, error) { return r, nil }}
+	p, err := src.Open(context.Background(), partName(topic, partition), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	var out []*kgo.Record
+	for {
+		b, err := p.NextBatch(context.Background(), 100*time.Millisecond)
+		out = append(out, b...)
+		if errors.Is(err, io.EOF) {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func drain(t *testing.T, p core.SourcePartition[string]) []string {
+	t.Helper()
+	var out []string
+	for {
+		b, err := p.NextBatch(context.Background(), 100*time.Millisecond)
+		out = append(out, b...)
+		if errors.Is(err, io.EOF) {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// The port of Bytewax's test_input_resume_state: a partition read to its
+// end after two messages, snapshotted, and opened again from that snapshot
+// once a third arrived yields the third only, then ends.
+func TestSource_ResumeState(t *testing.T) {
+	c := broker(t, map[string]int32{"in": 1})
+	brokers := c.ListenAddrs()
+	produce(t, brokers, "in", 0, "a", "b")
+	src := Lines(brokers, []string{"in"})
+	parts, err := src.Partitions(context.Background())
+	if err != nil || len(parts) != 1 || parts[0] != "in/0" {
+		t.Fatalf("partitions %v, %v", parts, err)
+	}
+	p, err := src.Open(context.Background(), "in/0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := drain(t, p); strings.Join(got, "") != "ab" {
+		t.Fatalf("first run read %q", got)
+	}
+	snap := p.Position()
+	p.Close()
+	produce(t, brokers, "in", 0, "c")
+	p, err = src.Open(context.Background(), "in/0", snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if got := drain(t, p); strings.Join(got, "") != "c" {
+		t.Fatalf("resumed partition read %q, want only the third message", got)
+	}
+}
+
+// Start positions and clear errors: latest skips what is there, a missing
+// topic is named, and an offset retention deleted is refused.
+func TestSource_StartsAndErrors(t *testing.T) {
+	c := broker(t, map[string]int32{"in": 2})
+	brokers := c.ListenAddrs()
+	produce(t, brokers, "in", 0, "old")
+	src := Lines(brokers, []string{"in"})
+	src.Start = Latest
+	p, err := src.Open(context.Background(), "in/0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := drain(t, p); len(got) != 0 {
+		t.Fatalf("latest read %q", got)
+	}
+	if pos := string(p.Position()); pos != "1" {
+		t.Fatalf("latest position %q, want the end offset pinned (1)", pos)
+	}
+	p.Close()
+
+	missing := Lines(brokers, []string{"nope"})
+	missing.Outage = time.Second
+	if _, err := missing.Partitions(context.Background()); err == nil || !strings.Contains(err.Error(), `topic "nope" does not exist`) {
+		t.Fatalf("missing topic: %v", err)
+	}
+	produce(t, brokers, "in", 1, "x", "y", "z")
+	if err := c.DeleteRecords("in", 1, 2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.Open(context.Background(), "in/1", []byte("1")); err == nil || !strings.Contains(err.Error(), "retention deleted them") {
+		t.Fatalf("resume below the log start: %v", err)
+	}
+}
+
+// sinkRun opens an exactly-once sink partition as a run with recovery would.
+func sinkRun(t *testing.T, s *Sink[string], resume []byte) core.SinkPartition[string] {
+	t.Helper()
+	ctx := core.WithRunInfo(context.Background(), core.RunInfo{Recovery: true, FlowUID: "f00d"})
+	p, err := s.Open(ctx, "out/0", resume)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func values(rs []*kgo.Record) string {
+	var out []string
+	for _, r := range rs {
+		out = append(out, string(r.Value))
+	}
+	return strings.Join(out, " ")
+}
+
+// The exactly-once protocol across crashes: an epoch's records reach the
+// topic only once the epoch is durable; a run resumed from a snapshot whose
+// records were already published does not publish them again; one resumed
+// from a snapshot whose transaction never committed publishes them; a
+// transaction a killed producer left open is fenced and never seen.
+func TestSink_ExactlyOnceAcrossCrashes(t *testing.T) {
+	c := broker(t, map[string]int32{"out": 1})
+	brokers := c.ListenAddrs()
+	s := LineSink(brokers, "out", true)
+	p := sinkRun(t, s, nil)
+	p.Write([]string{"a,1", "b,1"})
+	snap1, err := p.Commit() // epoch 1 closes: kept, not published
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := values(readAll(t, brokers, "out", 0)); got != "" {
+		t.Fatalf("published before the epoch was durable: %q", got)
+	}
+	// Crash here. The next run resumes from snap1 (epoch 1 durable): it
+	// publishes epoch 1's records.
+	p2 := sinkRun(t, s, snap1)
+	if got := values(readAll(t, brokers, "out", 0)); got != "a,1 b,1" {
+		t.Fatalf("after resuming from the durable epoch: %q", got)
+	}
+	// Crash again before the next snapshot: the run after it resumes from
+	// snap1 again, and must not publish a second time.
+	p2.Close()
+	p3 := sinkRun(t, s, snap1)
+	if got := values(readAll(t, brokers, "out", 0)); got != "a,1 b,1" {
+		t.Fatalf("published twice: %q", got)
+	}
+	// A normal epoch: written, committed, made durable, published.
+	p3.Write([]string{"c,1"})
+	snap2, _ := p3.Commit()
+	p3.(core.DurableSink).Durable(3)
+	if got := values(readAll(t, brokers, "out", 0)); got != "a,1 b,1 c,1" {
+		t.Fatalf("after a durable epoch: %q", got)
+	}
+	p3.Close()
+	// A producer killed inside a transaction leaves it open; the next run
+	// fences it, and its records are never visible.
+	zombie, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.TransactionalID("flowkeep-f00d-out/0"),
+		kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := zombie.BeginTransaction(); err != nil {
+		t.Fatal(err)
+	}
+	if err := zombie.ProduceSync(context.Background(), &kgo.Record{Topic: "out", Partition: 0, Value: []byte("zombie")}).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	p4 := sinkRun(t, s, snap2)
+	defer p4.Close()
+	if got := values(readAll(t, brokers, "out", 0)); got != "a,1 b,1 c,1" {
+		t.Fatalf("after fencing a zombie transaction: %q", got)
+	}
+	for _, r := range readAll(t, brokers, "out", 0) {
+		if seq, ok := ParseSeq(r); !ok || seq == 0 {
+			t.Fatalf("record %q has no transaction sequence number", r.Value)
+		}
+	}
+}
+
+// Exactly-once output without recovery is refused with what to do.
+func TestSink_ExactlyOnceNeedsRecovery(t *testing.T) {
+	c := broker(t, map[string]int32{"out": 2})
+	s := LineSink(c.ListenAddrs(), "out", true)
+	if got := s.Partitions(); fmt.Sprint(got) != "[out/0 out/1]" {
+		t.Fatalf("partitions %v", got)
+	}
+	if _, err := s.Open(context.Background(), "out/0", nil); err == nil || !strings.Contains(err.Error(), "needs recovery") {
+		t.Fatalf("err = %v", err)
+	}
+	missing := LineSink(c.ListenAddrs(), "nope", false)
+	missing.Outage = time.Second
+	if _, err := missing.Open(context.Background(), missing.Partitions()[0], nil); err == nil || !strings.Contains(err.Error(), `"nope" does not exist`) {
+		t.Fatalf("missing topic: %v", err)
+	}
+}
+
+// At least once: records written are in the topic once the epoch closes.
+func TestSink_AtLeastOnce(t *testing.T) {
+	c := broker(t, map[string]int32{"out": 2})
+	brokers := c.ListenAddrs()
+	s := LineSink(brokers, "out", false)
+	byPart := map[string][]string{}
+	for _, line := range []string{"a,1", "b,2", "c,3", "a,4"} {
+		p := s.PartitionFor(line)
+		byPart[p] = append(byPart[p], line)
+	}
+	if s.PartitionFor("a,1") != s.PartitionFor("a,9") {
+		t.Fatal("one key went to two partitions")
+	}
+	for part, lines := range byPart {
+		p, err := s.Open(context.Background(), part, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Write(lines); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		p.Close()
+	}
+	var got []string
+	for p := int32(0); p < 2; p++ {
+		for _, r := range readAll(t, brokers, "out", p) {
+			got = append(got, string(r.Value))
+		}
+	}
+	if len(got) != 4 {
+		t.Fatalf("topic holds %v", got)
+	}
+}
+
+// Tail keeps reading as records arrive; a group, if given, gets the offsets
+// of each epoch close (lag monitoring); partitions added to a topic are
+// listed by the next run; an unreachable broker fails the read after the
+// outage bound, with the partition named.
+func TestSource_TailGroupNewPartitionsAndOutage(t *testing.T) {
+	c := broker(t, map[string]int32{"in": 1})
+	brokers := c.ListenAddrs()
+	src := Lines(brokers, []string{"in"})
+	src.Tail, src.Group, src.Outage = true, "lag", time.Second
+	p, err := src.Open(context.Background(), "in/0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	var got []string
+	deadline := time.Now().Add(5 * time.Second)
+	produce(t, brokers, "in", 0, "x")
+	for len(got) < 2 && time.Now().Before(deadline) {
+		b, err := p.NextBatch(context.Background(), 50*time.Millisecond)
+		if err != nil {
+			t.Fatalf("tailing partition: %v", err)
+		}
+		got = append(got, b...)
+		if len(got) == 1 {
+			produce(t, brokers, "in", 0, "y")
+		}
+	}
+	if strings.Join(got, "") != "xy" {
+		t.Fatalf("tail read %q", got)
+	}
+	if pos := string(p.Position()); pos != "2" {
+		t.Fatalf("position %q", pos)
+	}
+	cl, _ := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	defer cl.Close()
+	offs, err := kadm.NewClient(cl).FetchOffsets(context.Background(), "lag")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o, ok := offs.Lookup("in", 0); !ok || o.At != 2 {
+		t.Fatalf("group offset %+v, want 2", o)
+	}
+	if _, err := kadm.NewClient(cl).CreatePartitions(context.Background(), 2, "in"); err != nil {
+		t.Fatal(err)
+	}
+	if parts, err := src.Partitions(context.Background()); err != nil || len(parts) != 3 {
+		t.Fatalf("after adding partitions: %v %v", parts, err)
+	}
+	c.Close() // the broker goes away
+	var rerr error
+	for gone := time.Now().Add(10 * time.Second); time.Now().Before(gone) && rerr == nil; {
+		_, rerr = p.NextBatch(context.Background(), 100*time.Millisecond)
+	}
+	if rerr == nil || !strings.Contains(rerr.Error(), "kafka in/0") {
+		t.Fatalf("broker gone: %v", rerr)
+	}
+}

@@ -1,0 +1,90 @@
+package core_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/flowkeep/flowkeep/core"
+)
+
+// durableSink records the calls a DurableSink partition gets.
+type durableSink struct {
+	mu     *sync.Mutex
+	events *[]string
+	info   *core.RunInfo
+}
+
+func (d durableSink) Partitions() []string                { return []string{"d"} }
+func (d durableSink) PartitionFor(core.KV[int64]) string { return "d" }
+func (d durableSink) Open(ctx context.Context, _ string, _ []byte) (core.SinkPartition[core.KV[int64]], error) {
+	*d.info = core.RunInfoFrom(ctx)
+	return d, nil
+}
+func (d durableSink) Write([]core.KV[int64]) error { return nil }
+func (d durableSink) log(s string) {
+	d.mu.Lock()
+	*d.events = append(*d.events, s)
+	d.mu.Unlock()
+}
+func (d durableSink) Commit() ([]byte, error)       { d.log("commit"); return nil, nil }
+func (d durableSink) Durable(below core.Epoch) error { d.log(fmt.Sprint("durable ", below)); return nil }
+func (d durableSink) Close() error                   { d.log("close"); return nil }
+
+// With recovery, a DurableSink hears which epochs are durable before each
+// Commit (the epoch being committed: those below it are durable), and once
+// more after the final epoch with all of them durable, before Close.
+// Without recovery it hears nothing.
+func TestDurableSink_HearsDurableEpochs(t *testing.T) {
+	for _, withRec := range []bool{true, false} {
+		var mu sync.Mutex
+		var events []string
+		var info core.RunInfo
+		sink := durableSink{mu: &mu, events: &events, info: &info}
+		cfg := core.Config{Workers: 2, EpochInterval: time.Millisecond}
+		if withRec {
+			cfg.Recovery = newMemRecovery()
+		}
+		res, err := core.Run(context.Background(), countFlow(genWords(2, 3000, 0), sink), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.Recovery != withRec {
+			t.Fatalf("RunInfo.Recovery = %v with recovery %v", info.Recovery, withRec)
+		}
+		if !withRec {
+			for _, e := range events {
+				if e != "commit" && e != "close" {
+					t.Fatalf("without recovery the sink heard %q", e)
+				}
+			}
+			continue
+		}
+		commits, last := 0, core.Epoch(0)
+		for i, e := range events {
+			switch {
+			case e == "commit":
+				commits++
+				if i == 0 || events[i-1][:7] != "durable" {
+					t.Fatalf("commit %d not preceded by durable: %v", commits, events)
+				}
+			case e == "close":
+				if want := fmt.Sprint("durable ", res.FinalEpoch+1); events[i-1] != want {
+					t.Fatalf("before close: %q, want %q (every epoch durable): %v", events[i-1], want, events)
+				}
+			default:
+				var b core.Epoch
+				fmt.Sscanf(e, "durable %d", &b)
+				if b < last {
+					t.Fatalf("durable went back from %d to %d", last, b)
+				}
+				last = b
+			}
+		}
+		if commits == 0 || events[len(events)-1] != "close" {
+			t.Fatalf("events %v", events)
+		}
+	}
+}
