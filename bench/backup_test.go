@@ -79,6 +79,24 @@ func buildPartitions(b *testing.B, dir string, mb int) (*recovery.Store, []recov
 	return st, keys
 }
 
+// changeOnePercent gives 1% of the keys (drawn at random) a new value in
+// epoch 2 and makes it durable.
+func changeOnePercent(b *testing.B, st *recovery.Store, keys []recovery.StateKey) {
+	b.Helper()
+	ctx := context.Background()
+	r := rand.New(rand.NewSource(2))
+	var rows []recovery.Row
+	for i := 0; i < len(keys)/100; i++ {
+		rows = append(rows, recovery.Row{Step: "bench.state", Key: keys[r.Intn(len(keys))], Epoch: 2, Value: letters(r, rowValue)})
+	}
+	if err := st.Commit(ctx, 0, 3, rows); err != nil {
+		b.Fatal(err)
+	}
+	if err := st.Flush(ctx); err != nil {
+		b.Fatal(err)
+	}
+}
+
 func letters(r *rand.Rand, n int) []byte {
 	b := make([]byte, n)
 	for i := range b {
@@ -196,15 +214,7 @@ func BenchmarkBackupRestore(b *testing.B) {
 	}
 
 	// Change 1% of keys and back up again.
-	r := rand.New(rand.NewSource(2))
-	var rows []recovery.Row
-	for i := 0; i < len(keys)/100; i++ {
-		rows = append(rows, recovery.Row{Step: "bench.state", Key: keys[r.Intn(len(keys))], Epoch: 2, Value: letters(r, rowValue)})
-	}
-	if err := st.Commit(ctx, 0, 3, rows); err != nil {
-		b.Fatal(err)
-	}
-	st.Flush(ctx)
+	changeOnePercent(b, st, keys)
 	store.puts.Store(0)
 	store.lists.Store(0)
 	second, err := backup.BackupDir(ctx, store, dir, backup.Options{})

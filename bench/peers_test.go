@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"math/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,7 +18,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/feature/s3/transfermanager"
 
 	"github.com/flowkeep/flowkeep/internal/testserver"
-	"github.com/flowkeep/flowkeep/recovery"
 )
 
 // run is one timed process: wall time and peak RSS.
@@ -98,15 +96,7 @@ func BenchmarkRestoreVerifyPeers(b *testing.B) {
 
 	// flowbackup: the first backup, then 1% of keys change and a second.
 	first := timed(b, env, bin, "backup", "-r", dir, "--to", url, "--json")
-	r := rand.New(rand.NewSource(2))
-	var rows []recovery.Row
-	for i := 0; i < len(keys)/100; i++ {
-		rows = append(rows, recovery.Row{Step: "bench.state", Key: keys[r.Intn(len(keys))], Epoch: 2, Value: letters(r, rowValue)})
-	}
-	if err := st.Commit(ctx, 0, 3, rows); err != nil {
-		b.Fatal(err)
-	}
-	st.Flush(ctx)
+	changeOnePercent(b, st, keys)
 	second := timed(b, env, bin, "backup", "-r", dir, "--to", url, "--json")
 	st.Close()
 	uploaded := func(out []byte) int64 {

@@ -58,22 +58,13 @@ func readAll(t testing.TB, brokers []string, topic string, partition int32) []*k
 		t.Fatal(err)
 	}
 	defer p.Close()
-	var out []*kgo.Record
-	for {
-		b, err := p.NextBatch(context.Background(), 100*time.Millisecond)
-		out = append(out, b...)
-		if errors.Is(err, io.EOF) {
-			return out
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	return drain(t, p)
 }
 
-func drain(t *testing.T, p core.SourcePartition[string]) []string {
+// drain reads a partition to its end.
+func drain[T any](t testing.TB, p core.SourcePartition[T]) []T {
 	t.Helper()
-	var out []string
+	var out []T
 	for {
 		b, err := p.NextBatch(context.Background(), 100*time.Millisecond)
 		out = append(out, b...)
@@ -344,5 +335,29 @@ func TestSource_TailGroupNewPartitionsAndOutage(t *testing.T) {
 	}
 	if rerr == nil || !strings.Contains(rerr.Error(), "kafka in/0") {
 		t.Fatalf("broker gone: %v", rerr)
+	}
+}
+
+// A topic deleted under a running source stops the run after the outage
+// bound, naming it.
+func TestSource_DeletedTopic(t *testing.T) {
+	c := broker(t, map[string]int32{"gone": 1})
+	brokers := c.ListenAddrs()
+	src := Lines(brokers, []string{"gone"})
+	src.Tail, src.Outage = true, time.Second
+	p, err := src.Open(context.Background(), "gone/0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if err := c.DeleteTopic("gone"); err != nil {
+		t.Fatal(err)
+	}
+	var rerr error
+	for until := time.Now().Add(10 * time.Second); time.Now().Before(until) && rerr == nil; {
+		_, rerr = p.NextBatch(context.Background(), 100*time.Millisecond)
+	}
+	if rerr == nil || !strings.Contains(rerr.Error(), "gone") {
+		t.Fatalf("deleted topic: %v", rerr)
 	}
 }
