@@ -17,7 +17,7 @@ type durableSink struct {
 	info   *core.RunInfo
 }
 
-func (d durableSink) Partitions() []string                { return []string{"d"} }
+func (d durableSink) Partitions() []string               { return []string{"d"} }
 func (d durableSink) PartitionFor(core.KV[int64]) string { return "d" }
 func (d durableSink) Open(ctx context.Context, _ string, _ []byte) (core.SinkPartition[core.KV[int64]], error) {
 	*d.info = core.RunInfoFrom(ctx)
@@ -29,9 +29,12 @@ func (d durableSink) log(s string) {
 	*d.events = append(*d.events, s)
 	d.mu.Unlock()
 }
-func (d durableSink) Commit() ([]byte, error)       { d.log("commit"); return nil, nil }
-func (d durableSink) Durable(below core.Epoch) error { d.log(fmt.Sprint("durable ", below)); return nil }
-func (d durableSink) Close() error                   { d.log("close"); return nil }
+func (d durableSink) Commit() ([]byte, error) { d.log("commit"); return nil, nil }
+func (d durableSink) Durable(below core.Epoch) error {
+	d.log(fmt.Sprint("durable ", below))
+	return nil
+}
+func (d durableSink) Close() error { d.log("close"); return nil }
 
 // With recovery, a DurableSink hears which epochs are durable before each
 // Commit (the epoch being committed: those below it are durable), and once
