@@ -9,9 +9,9 @@ import (
 	"time"
 )
 
-// BenchmarkCommit measures writing one epoch of 10k changed keys to 4
-// partitions (with GC at d=1).
-func BenchmarkCommit10kKeys(b *testing.B) {
+// benchStore opens 4 fresh partitions and begins a run of one worker.
+func benchStore(b *testing.B) *Store {
+	b.Helper()
 	ctx := context.Background()
 	dir := b.TempDir()
 	if err := Init(ctx, dir, 4); err != nil {
@@ -21,7 +21,17 @@ func BenchmarkCommit10kKeys(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	st.Begin(ctx, 1)
+	if _, err := st.Begin(ctx, 1); err != nil {
+		b.Fatal(err)
+	}
+	return st
+}
+
+// BenchmarkCommit measures writing one epoch of 10k changed keys to 4
+// partitions (with GC at d=1).
+func BenchmarkCommit10kKeys(b *testing.B) {
+	ctx := context.Background()
+	st := benchStore(b)
 	keys := make([]StateKey, 10000)
 	for i := range keys {
 		keys[i] = StateKey(fmt.Sprintf("word%05d", i))
@@ -66,15 +76,7 @@ func BenchmarkWriteAndCompact(b *testing.B) {
 		}
 		b.Run(name, func(b *testing.B) {
 			ctx := context.Background()
-			dir := b.TempDir()
-			if err := Init(ctx, dir, 4); err != nil {
-				b.Fatal(err)
-			}
-			st, err := Open(ctx, dir, Options{FlowName: "bench", Intervals: Intervals{Snapshot: time.Second, Backup: time.Second}})
-			if err != nil {
-				b.Fatal(err)
-			}
-			st.Begin(ctx, 1)
+			st := benchStore(b)
 			const perEpoch, epochs = 50_000, 24
 			val := []byte{12, 1}
 			r := rand.New(rand.NewSource(1))

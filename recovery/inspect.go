@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"sort"
 	"time"
@@ -190,35 +191,16 @@ func countState(ctx context.Context, q queryer, in *Info) error {
 		return err
 	}
 	in.Rows = base
-	rows, err := q.QueryContext(ctx, `SELECT epoch, data FROM segments`)
-	if err != nil {
-		return err
-	}
-	for rows.Next() {
-		var e Epoch
-		var data []byte
-		if err := rows.Scan(&e, &data); err != nil {
-			rows.Close()
-			return err
-		}
-		it, err := newSegmentIter(data, e)
-		if err != nil {
-			rows.Close()
-			return err
-		}
+	err := eachSegment(ctx, q, math.MaxInt64, func(it *segmentIter) error {
 		for it.next() {
 			in.Rows++
 			if it.cur.tomb {
 				in.Tombstones++
 			}
 		}
-		if it.err != nil {
-			rows.Close()
-			return it.err
-		}
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
+		return it.err
+	})
+	if err != nil {
 		return err
 	}
 	in.Counted = true

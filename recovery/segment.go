@@ -3,6 +3,7 @@ package recovery
 import (
 	"bytes"
 	"container/heap"
+	"context"
 	"encoding/binary"
 	"fmt"
 	"slices"
@@ -55,6 +56,31 @@ type segmentIter struct {
 	left  uint64
 	cur   entry
 	err   error
+}
+
+// eachSegment hands fn each segment of an epoch below `below`, in epoch
+// and sequence order, as an iterator over its entries.
+func eachSegment(ctx context.Context, q queryer, below Epoch, fn func(*segmentIter) error) error {
+	rows, err := q.QueryContext(ctx, `SELECT epoch, data FROM segments WHERE epoch < ? ORDER BY epoch, seq`, int64(below))
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var e Epoch
+		var data []byte
+		if err := rows.Scan(&e, &data); err != nil {
+			return err
+		}
+		it, err := newSegmentIter(data, e)
+		if err != nil {
+			return err
+		}
+		if err := fn(it); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
 }
 
 func newSegmentIter(b []byte, epoch Epoch) (*segmentIter, error) {

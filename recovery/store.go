@@ -325,26 +325,7 @@ func LoadPartition(ctx context.Context, q queryer, below Epoch, fn func([]Row) e
 	// miss them. (A writer's single connection also serves one query at a
 	// time.)
 	var segIters []cursor
-	segs, err := q.QueryContext(ctx, `SELECT epoch, data FROM segments WHERE epoch < ? ORDER BY epoch, seq`, below)
-	if err != nil {
-		return err
-	}
-	for segs.Next() {
-		var e Epoch
-		var data []byte
-		if err := segs.Scan(&e, &data); err != nil {
-			segs.Close()
-			return err
-		}
-		it, err := newSegmentIter(data, e)
-		if err != nil {
-			segs.Close()
-			return err
-		}
-		segIters = append(segIters, it)
-	}
-	segs.Close()
-	if err := segs.Err(); err != nil {
+	if err := eachSegment(ctx, q, below, func(it *segmentIter) error { segIters = append(segIters, it); return nil }); err != nil {
 		return err
 	}
 	rows, err := q.QueryContext(ctx, `SELECT k, epoch, ser FROM base ORDER BY k`)

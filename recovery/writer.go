@@ -273,27 +273,8 @@ type compaction struct {
 }
 
 func (w *writer) startCompaction(target Epoch) error {
-	rows, err := w.p.DB.QueryContext(context.Background(), `SELECT epoch, data FROM segments WHERE epoch < ? ORDER BY epoch, seq`, target)
-	if err != nil {
-		return err
-	}
 	var cs []cursor
-	for rows.Next() {
-		var e Epoch
-		var data []byte
-		if err := rows.Scan(&e, &data); err != nil {
-			rows.Close()
-			return err
-		}
-		it, err := newSegmentIter(data, e)
-		if err != nil {
-			rows.Close()
-			return err
-		}
-		cs = append(cs, it)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
+	if err := eachSegment(context.Background(), w.p.DB, target, func(it *segmentIter) error { cs = append(cs, it); return nil }); err != nil {
 		return err
 	}
 	w.job = &compaction{target: target, m: newMerger(cs), began: time.Now()}
