@@ -31,6 +31,25 @@ type SourcePartition[T any] interface {
 	Close() error
 }
 
+// WaitUntil is for a source partition that paces its batches: it sleeps
+// until t, but at most wait (NextBatch's argument), and reports whether t
+// was reached; if not, NextBatch should return an empty batch so epochs
+// keep closing. It returns ctx's error if ctx ends first.
+func WaitUntil(ctx context.Context, t time.Time, wait time.Duration) (bool, error) {
+	d := time.Until(t)
+	if d <= 0 {
+		return true, nil
+	}
+	timer := time.NewTimer(min(d, wait))
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return d <= wait, nil
+	case <-ctx.Done():
+		return false, ctx.Err()
+	}
+}
+
 type inputImpl interface {
 	partitions(ctx context.Context) ([]string, error)
 	open(ctx context.Context, part string, resume []byte) (anyPartition, error)

@@ -138,17 +138,8 @@ type sourcePart[T any] struct {
 // NextBatch returns the items up to the next marker (or Pace's batch).
 func (p *sourcePart[T]) NextBatch(ctx context.Context, wait time.Duration) ([]T, error) {
 	p.batch = p.batch[:0]
-	if d := time.Until(p.ready); d > 0 {
-		t := time.NewTimer(min(d, wait))
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return nil, ctx.Err()
-		}
-		if d > wait {
-			return p.batch, nil
-		}
+	if due, err := core.WaitUntil(ctx, p.ready, wait); err != nil || !due {
+		return p.batch, err
 	}
 	p.s.mu.Lock()
 	defer p.s.mu.Unlock()

@@ -66,17 +66,8 @@ type genPart[T any] struct {
 func (p *genPart[T]) NextBatch(ctx context.Context, wait time.Duration) ([]T, error) {
 	p.batch = p.batch[:0]
 	if p.g.Delay > 0 {
-		if d := time.Until(p.ready); d > 0 {
-			t := time.NewTimer(min(d, wait))
-			select {
-			case <-t.C:
-			case <-ctx.Done():
-				t.Stop()
-				return nil, ctx.Err()
-			}
-			if d > wait {
-				return p.batch, nil
-			}
+		if due, err := core.WaitUntil(ctx, p.ready, wait); err != nil || !due {
+			return p.batch, err
 		}
 		p.ready = time.Now().Add(p.g.Delay)
 	}
