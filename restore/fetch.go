@@ -30,137 +30,22 @@ type FetchOptions struct {
 	// Downloaded, if set, counts the stored (compressed) bytes fetched.
 	Downloaded *atomic.Int64
 	// Memory bounds the chunk data in memory at once, shared by every
-	// partition fetched together (nil: a window of 2×Workers chunks per
-	// partition only).
+	// partition fetched together (nil: only Workers chunks per partition
+	// at once bound it).
 	Memory *backup.Budget
 	// Get, if set, fetches and verifies one object instead of FetchObject
 	// (verify reads objects it already checked from local images).
 	Get func(ctx context.Context, ob backup.Object) ([]byte, error)
 }
 
-// FetchObjects downloads objs into w, verifying each object's stored and
-// uncompressed size and its sha256 (every chunk's own sha256 and the
-// validated, ordered chunk list pin the whole image down). Several objects
-// download at once; a w that is an io.WriterAt gets each where it belongs
-// as soon as it is verified, any other w gets them in order.
-func FetchObjects(ctx context.Context, s backup.Store, objs []backup.Object, w io.Writer, o FetchOptions, done *atomic.Int64) error {
-	if wa, ok := w.(io.WriterAt); ok {
-		return fetchAt(ctx, s, objs, wa, o, done)
-	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	workers := o.Workers
-	if workers <= 0 {
-		workers = 8
-	}
-	type result struct {
-		data    []byte
-		err     error
-		release func()
-	}
-	get := o.Get
-	if get == nil {
-		get = func(ctx context.Context, ob backup.Object) ([]byte, error) { return FetchObject(ctx, s, ob) }
-	}
-	slots := make([]chan result, len(objs))
-	for i := range slots {
-		slots[i] = make(chan result, 1)
-	}
-	type job struct {
-		i       int
-		release func()
-	}
-	next := make(chan job)
-	var wg sync.WaitGroup
-	// At most workers+window chunks are in memory at once.
-	window := make(chan struct{}, workers*2)
-	for k := 0; k < workers; k++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for j := range next {
-				b, err := get(ctx, objs[j.i])
-				slots[j.i] <- result{b, err, j.release}
-			}
-		}()
-	}
-	go func() {
-		defer close(next)
-		for i := range objs {
-			select {
-			case window <- struct{}{}:
-			case <-ctx.Done():
-				return
-			}
-			release, err := o.Memory.Acquire(ctx, backup.ChunkCost(objs[i].Size))
-			if err != nil {
-				return
-			}
-			select {
-			case next <- job{i, release}:
-			case <-ctx.Done():
-				release()
-				return
-			}
-		}
-	}()
-	var err error
-	for i := range objs {
-		var r result
-		select {
-		case r = <-slots[i]:
-		case <-ctx.Done():
-			err = context.Cause(ctx)
-		}
-		if err != nil {
-			break
-		}
-		<-window
-		if r.err != nil {
-			r.release()
-			err = r.err
-			break
-		}
-		if o.Downloaded != nil {
-			o.Downloaded.Add(objs[i].Stored)
-		}
-		_, werr := w.Write(r.data)
-		putBuffer(r.data)
-		r.release()
-		if werr != nil {
-			err = werr
-			break
-		}
-		if done != nil {
-			n := done.Add(int64(len(r.data)))
-			if o.Progress != nil {
-				o.Progress(n, -1)
-			}
-		}
-	}
-	cancel(err)
-	wg.Wait()
-	if err != nil {
-		// Give back what fetched chunks not written hold: other partitions
-		// share the budget.
-		for _, sl := range slots {
-			select {
-			case r := <-sl:
-				r.release()
-				putBuffer(r.data)
-			default:
-			}
-		}
-		return err
-	}
-	return nil
-}
-
-// fetchAt is FetchObjects into a file written at offsets: each object is
-// written where it belongs as soon as it is verified, by the goroutine that
-// fetched it, so no chunk waits for the one before it and the disk gets
-// several writes at once. The file should already have its final size.
-func fetchAt(ctx context.Context, s backup.Store, objs []backup.Object, w io.WriterAt, o FetchOptions, done *atomic.Int64) error {
+// FetchObjects downloads objs into w, each at its offset, verifying each
+// object's stored and uncompressed size and its sha256 (every chunk's own
+// sha256 and the validated, ordered chunk list pin the whole image down).
+// Several objects download at once; each is written as soon as it is
+// verified, by the goroutine that fetched it, so no chunk waits for the one
+// before it and the disk gets several writes at once. w should already
+// have its final size.
+func FetchObjects(ctx context.Context, s backup.Store, objs []backup.Object, w io.WriterAt, o FetchOptions, done *atomic.Int64) error {
 	get := o.Get
 	if get == nil {
 		get = func(ctx context.Context, ob backup.Object) ([]byte, error) { return FetchObject(ctx, s, ob) }
