@@ -70,74 +70,25 @@ func LineSink(brokers []string, topic string, exactlyOnce bool) *Sink[string] {
 // seqHeader carries an exactly-once sink's transaction sequence number.
 const seqHeader = "flowkeep-seq"
 
-func (s *Sink[T]) outage() time.Duration {
-	if s.Outage > 0 {
-		return s.Outage
-	}
-	return DefaultOutage
-}
+func (s *Sink[T]) outage() time.Duration { return outageOr(s.Outage) }
 
 func (s *Sink[T]) client(extra ...kgo.Opt) (*kgo.Client, error) {
-	if len(s.Brokers) == 0 {
-		return nil, errors.New("kafka: no brokers given")
-	}
-	opts := append([]kgo.Opt{kgo.SeedBrokers(s.Brokers...), kgo.RetryTimeout(s.outage())}, s.Opts...)
-	return kgo.NewClient(append(opts, extra...)...)
+	return newClient(s.Brokers, s.Outage, s.Opts, extra...)
 }
 
 // Partitions implements core.Sink. The topic must exist: a failure to list
 // its partitions is reported by Open.
 func (s *Sink[T]) Partitions() []string {
 	s.once.Do(func() {
-		cl, err := s.client()
-		if err != nil {
-			s.err = err
-			return
-		}
-		defer cl.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), s.outage())
-		defer cancel()
-		for {
-			tds, err := kadm.NewClient(cl).ListTopics(ctx, s.Topic)
-			if err == nil {
-				td, ok := tds[s.Topic]
-				switch {
-				case !ok || td.Err != nil || len(td.Partitions) == 0:
-					err = fmt.Errorf("output topic %q does not exist (create it first)", s.Topic)
-				default:
-					for p := range td.Partitions {
-						s.parts = append(s.parts, partName(s.Topic, p))
-					}
-					sortParts(s.parts)
-					return
-				}
-			}
-			select {
-			case <-ctx.Done():
-				s.err = fmt.Errorf("kafka %v: %w", s.Brokers, err)
-				return
-			case <-time.After(250 * time.Millisecond):
-			}
+		s.parts, s.err = topicPartitions(context.Background(), s.Brokers, s.Outage, s.Opts, s.Topic)
+		if s.err != nil {
+			s.err = fmt.Errorf("output: %w (create it first)", s.err)
 		}
 	})
 	if s.err != nil {
 		return []string{s.Topic + "/?"}
 	}
 	return s.parts
-}
-
-func sortParts(ps []string) {
-	for i := 1; i < len(ps); i++ {
-		for j := i; j > 0 && less(ps[j], ps[j-1]); j-- {
-			ps[j], ps[j-1] = ps[j-1], ps[j]
-		}
-	}
-}
-
-func less(a, b string) bool {
-	_, pa, _ := parsePart(a)
-	_, pb, _ := parsePart(b)
-	return pa < pb
 }
 
 // PartitionFor implements core.Sink: the topic partition of the item's key.

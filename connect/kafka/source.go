@@ -15,7 +15,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sort"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -75,59 +76,73 @@ func Lines(brokers, topics []string) Source[string] {
 	return Source[string]{Brokers: brokers, Topics: topics, Decode: func(r *kgo.Record) (string, error) { return string(r.Value), nil }}
 }
 
-func (s Source[T]) outage() time.Duration {
-	if s.Outage > 0 {
-		return s.Outage
-	}
-	return DefaultOutage
-}
+func (s Source[T]) outage() time.Duration { return outageOr(s.Outage) }
 
 func (s Source[T]) client(extra ...kgo.Opt) (*kgo.Client, error) {
-	if len(s.Brokers) == 0 {
-		return nil, errors.New("kafka: no brokers given")
-	}
-	opts := append([]kgo.Opt{kgo.SeedBrokers(s.Brokers...), kgo.RetryTimeout(s.outage())}, s.Opts...)
-	return kgo.NewClient(append(opts, extra...)...)
+	return newClient(s.Brokers, s.Outage, s.Opts, extra...)
 }
 
 // Partitions implements core.Source: every partition of every topic, as
 // "topic/N". Partitions added to a topic are read by the next run, from
 // Start.
 func (s Source[T]) Partitions(ctx context.Context) ([]string, error) {
-	cl, err := s.client()
+	return topicPartitions(ctx, s.Brokers, s.Outage, s.Opts, s.Topics...)
+}
+
+func outageOr(d time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return DefaultOutage
+}
+
+// newClient is a franz-go client for brokers whose requests retry for up
+// to the outage bound.
+func newClient(brokers []string, outage time.Duration, opts []kgo.Opt, extra ...kgo.Opt) (*kgo.Client, error) {
+	if len(brokers) == 0 {
+		return nil, errors.New("kafka: no brokers given")
+	}
+	all := append([]kgo.Opt{kgo.SeedBrokers(brokers...), kgo.RetryTimeout(outageOr(outage))}, opts...)
+	return kgo.NewClient(append(all, extra...)...)
+}
+
+// topicPartitions lists every partition of topics as "topic/N", ordered by
+// topic and partition number, retrying (an unreachable broker, a topic not
+// there yet) for up to the outage bound.
+func topicPartitions(ctx context.Context, brokers []string, outage time.Duration, opts []kgo.Opt, topics ...string) ([]string, error) {
+	cl, err := newClient(brokers, outage, opts)
 	if err != nil {
 		return nil, err
 	}
 	defer cl.Close()
-	ctx, cancel := context.WithTimeout(ctx, s.outage())
+	ctx, cancel := context.WithTimeout(ctx, outageOr(outage))
 	defer cancel()
-	var out []string
 	for {
-		out = out[:0]
-		tds, err := kadm.NewClient(cl).ListTopics(ctx, s.Topics...)
-		if err == nil {
-			for _, t := range s.Topics {
-				td, ok := tds[t]
-				if !ok || errors.Is(td.Err, kerr.UnknownTopicOrPartition) {
-					err = fmt.Errorf("topic %q does not exist", t)
-					break
-				}
-				if td.Err != nil {
-					err = fmt.Errorf("topic %q: %w", t, td.Err)
-					break
-				}
-				for p := range td.Partitions {
+		var out []string
+		tds, err := kadm.NewClient(cl).ListTopics(ctx, topics...)
+		for _, t := range topics {
+			if err != nil {
+				break
+			}
+			td, ok := tds[t]
+			switch {
+			case !ok || errors.Is(td.Err, kerr.UnknownTopicOrPartition) || (td.Err == nil && len(td.Partitions) == 0):
+				err = fmt.Errorf("topic %q does not exist", t)
+			case td.Err != nil:
+				err = fmt.Errorf("topic %q: %w", t, td.Err)
+			default:
+				ps := slices.Sorted(maps.Keys(td.Partitions))
+				for _, p := range ps {
 					out = append(out, partName(t, p))
 				}
 			}
 		}
 		if err == nil {
-			sort.Strings(out)
 			return out, nil
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("kafka %s: %w (gave up after %v)", strings.Join(s.Brokers, ","), err, s.outage())
+			return nil, fmt.Errorf("kafka %s: %w (gave up after %v)", strings.Join(brokers, ","), err, outageOr(outage))
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
