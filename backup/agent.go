@@ -69,6 +69,14 @@ func gaps(s cron.Schedule, from time.Time) (longest, shortest time.Duration) {
 	return longest, shortest
 }
 
+// restorable is the newest point a partition's backups restore to: its
+// epoch, and the time the RPO counts from (the epoch's close, or the last
+// check that found the partition unchanged).
+type restorable struct {
+	epoch uint64
+	at    time.Time
+}
+
 // Metrics are the agent's Prometheus metrics, labelled by flow (name) and
 // partition.
 type Metrics struct {
@@ -85,9 +93,8 @@ type Metrics struct {
 	GapTooLong     prometheus.Gauge
 
 	mu     sync.Mutex
-	hiTime map[[2]string]time.Time // newest restorable point per flow and partition
-	hi     map[[2]string]uint64    // newest restorable epoch per flow and partition
-	dir    string                  // the recovery directory whose lag is measured (Watch)
+	newest map[[2]string]restorable // per flow and partition
+	dir    string                   // the recovery directory whose lag is measured (Watch)
 	now    func() time.Time
 }
 
@@ -130,8 +137,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Failed retention runs (prune after backups)."}),
 		GapTooLong: prometheus.NewGauge(prometheus.GaugeOpts{Name: "flowkeep_backup_schedule_exceeds_backup_interval",
 			Help: "1 if the schedule's longest gap exceeds the flow's backup interval (-b): partition backups may not overlap."}),
-		hiTime: map[[2]string]time.Time{},
-		hi:     map[[2]string]uint64{},
+		newest: map[[2]string]restorable{},
 		now:    time.Now,
 	}
 	reg.MustRegister(m.LastSuccess, m.LastAttempt, m.RestorableHi, m.BytesUploaded, m.ObjectsUpload, m.ObjectsSkipped, m.Skipped,
@@ -145,8 +151,8 @@ func (c rpoCollector) Describe(ch chan<- *prometheus.Desc) { ch <- rpoDesc }
 func (c rpoCollector) Collect(ch chan<- prometheus.Metric) {
 	c.m.mu.Lock()
 	defer c.m.mu.Unlock()
-	for k, t := range c.m.hiTime {
-		ch <- prometheus.MustNewConstMetric(rpoDesc, prometheus.GaugeValue, c.m.now().Sub(t).Seconds(), k[0], k[1])
+	for k, r := range c.m.newest {
+		ch <- prometheus.MustNewConstMetric(rpoDesc, prometheus.GaugeValue, c.m.now().Sub(r.at).Seconds(), k[0], k[1])
 	}
 }
 
@@ -190,8 +196,8 @@ func (m *Metrics) backedUp(flow string, partition int) (uint64, time.Time, bool)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	k := [2]string{flow, strconv.Itoa(partition)}
-	hi, ok := m.hi[k]
-	return hi, m.hiTime[k], ok
+	r, ok := m.newest[k]
+	return r.epoch, r.at, ok
 }
 
 // Lag is how far one partition's newest backup trails the flow's durable
@@ -262,8 +268,7 @@ func (m *Metrics) Observe(flow string, results []*Result) {
 			if r.Skipped == SkipUnchanged {
 				// The backup holds everything the partition does.
 				m.mu.Lock()
-				m.hiTime[[2]string{flow, p}] = m.now()
-				m.hi[[2]string{flow, p}] = r.Manifest.Epochs.Hi
+				m.newest[[2]string{flow, p}] = restorable{r.Manifest.Epochs.Hi, m.now()}
 				m.mu.Unlock()
 			}
 			continue
@@ -282,8 +287,7 @@ func (m *Metrics) Observe(flow string, results []*Result) {
 		m.LastSuccess.WithLabelValues(flow, p).Set(float64(r.Manifest.Created.Unix()))
 		m.RestorableHi.WithLabelValues(flow, p).Set(float64(r.Manifest.Epochs.Hi))
 		m.mu.Lock()
-		m.hiTime[[2]string{flow, p}] = r.Manifest.Epochs.HiTime
-		m.hi[[2]string{flow, p}] = r.Manifest.Epochs.Hi
+		m.newest[[2]string{flow, p}] = restorable{r.Manifest.Epochs.Hi, r.Manifest.Epochs.HiTime}
 		m.mu.Unlock()
 	}
 }
