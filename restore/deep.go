@@ -187,9 +187,9 @@ func (d *deepScope) get(ctx context.Context, ob backup.Object) ([]byte, error) {
 			return b, nil
 		}
 	}
-	var n atomic.Int64
-	b, err := fetchCounted(ctx, d.s, ob, &n)
-	d.read.Add(n.Load())
+	// The content's sha256 is checked even where the stored bytes' is known.
+	b, err := fetchChecked(ctx, d.s, ob, true)
+	d.read.Add(ob.Stored)
 	d.mu.Lock()
 	if !d.fetched[ob.SHA256] {
 		d.fetched[ob.SHA256] = true
@@ -220,14 +220,6 @@ func (d *deepScope) get(ctx context.Context, ob backup.Object) ([]byte, error) {
 		d.mu.Unlock()
 		return nil, fmt.Errorf("%w: %s", backup.ErrCorrupt, msg)
 	}
-	return b, err
-}
-
-// fetchCounted fetches an object and checks its content's sha256,
-// counting the stored bytes read.
-func fetchCounted(ctx context.Context, s backup.Store, ob backup.Object, n *atomic.Int64) ([]byte, error) {
-	b, err := fetchChecked(ctx, s, ob, true)
-	n.Add(ob.Stored) // what a successful read takes; failed reads are rare
 	return b, err
 }
 
