@@ -75,3 +75,40 @@ func MkdirAll(dir string, perm os.FileMode) error {
 	}
 	return nil
 }
+
+// WriteFile writes data to path atomically and durably: a temporary file
+// beside it, fsynced, then renamed over path (or, if replace is false,
+// linked to path, failing with an error wrapping os.ErrExist if path
+// exists), then the directory fsynced. A crash leaves the old file or the
+// new one, never a mix.
+func WriteFile(path string, data []byte, perm os.FileMode, replace bool) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Chmod(perm)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if replace {
+		err = os.Rename(tmp, path)
+	} else {
+		err = os.Link(tmp, path)
+	}
+	if err != nil {
+		return err
+	}
+	return Dir(dir)
+}
