@@ -7,7 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
+
+	"filippo.io/age"
 
 	"golang.org/x/sync/errgroup"
 
@@ -69,7 +72,16 @@ type Options struct {
 	// are those of its latest backup (an idle flow), unless verify
 	// quarantined chunks that a new backup would heal.
 	SkipUnchanged bool
+	// Recipients, if set, encrypts the backups to these age recipients
+	// (see Cipher); the chunk key is kept in the recovery directory
+	// (ChunkKeyFile). A location holds encrypted or plaintext backups,
+	// never both (see CheckScheme).
+	Recipients []age.Recipient
 
+	// cipher seals this backup's objects (from Recipients); prepared says
+	// it was made and the location's scheme checked.
+	cipher   *Cipher
+	prepared bool
 	// quarantined are the chunks verify found damaged (nil: not loaded).
 	quarantined map[string]bool
 }
@@ -153,18 +165,40 @@ func Version() string { return version.String() }
 // pointer; nil if there is none, or if it is corrupt (the next backup is
 // then a full one, and rewrites the pointer). Any other read error is
 // returned: an unread pointer is not a missing one.
-func LoadLatest(ctx context.Context, s Store, uid string, idx int) (*Manifest, error) {
-	m, err := ReadManifest(ctx, s, LatestKey(uid, idx))
+// An encrypted one that c cannot open (sealed under another chunk key) is
+// nil as well: the next backup takes a new base under c's key.
+func LoadLatest(ctx context.Context, s Store, uid string, idx int, c *Cipher) (*Manifest, error) {
+	m, err := ReadManifest(ctx, s, LatestKey(uid, idx), c)
 	if errors.Is(err, ErrNotFound) || errors.Is(err, ErrCorrupt) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read latest pointer: %w", err)
 	}
-	if m.Flow.UID != uid || m.Partition.Index != idx {
+	if m.Flow.UID != uid || m.Partition.Index != idx || m.Locked || m.Encryption.KeyID() != c.KeyID() {
 		return nil, nil
 	}
 	return m, nil
+}
+
+// prepare makes the cipher from Recipients (with dir's chunk key) and
+// checks the location's scheme, once.
+func (o *Options) prepare(ctx context.Context, s Store, dir string) error {
+	if o.prepared {
+		return nil
+	}
+	if o.Recipients != nil {
+		c, err := SealerFor(dir, o.Recipients, o.Now())
+		if err != nil {
+			return err
+		}
+		o.cipher = c
+	}
+	if err := CheckScheme(ctx, s, o.cipher != nil, o.Now()); err != nil {
+		return err
+	}
+	o.prepared = true
+	return nil
 }
 
 // BackupDir backs up every partition in dir (all of one flow; a cluster
@@ -181,11 +215,14 @@ func BackupDir(ctx context.Context, s Store, dir string, o Options) ([]*Result, 
 		return nil, err
 	}
 	defer recovery.CloseAll(ps)
-	if o.quarantined, err = LoadQuarantine(ctx, s); err != nil {
-		return nil, err
-	}
 	if len(ps) == 0 {
 		return nil, fmt.Errorf("%w in %s: nothing to back up (is -r the flow's recovery directory?)", recovery.ErrNoPartitions, dir)
+	}
+	if err := o.prepare(ctx, s, dir); err != nil {
+		return nil, err
+	}
+	if o.quarantined, err = LoadQuarantine(ctx, s); err != nil {
+		return nil, err
 	}
 	if o.Partitions != nil {
 		want := map[int]bool{}
@@ -239,6 +276,9 @@ func BackupPartition(ctx context.Context, s Store, p *recovery.Partition, o Opti
 		if err := o.Validate(); err != nil {
 			return err
 		}
+		if err := o.prepare(ctx, s, filepath.Dir(p.Path)); err != nil {
+			return err
+		}
 		lock, err := AcquireLock(ctx, s, LockKey(p.FlowUID, int(p.Index)), o.Holder, o.LockTTL, o.Now)
 		if err != nil {
 			return err
@@ -254,7 +294,7 @@ func BackupPartition(ctx context.Context, s Store, p *recovery.Partition, o Opti
 				return err
 			}
 		}
-		prev, err := LoadLatest(lctx, s, p.FlowUID, int(p.Index))
+		prev, err := LoadLatest(lctx, s, p.FlowUID, int(p.Index), o.cipher)
 		if err != nil {
 			return lockCause(lctx, err)
 		}
@@ -277,7 +317,7 @@ func BackupPartition(ctx context.Context, s Store, p *recovery.Partition, o Opti
 		if err := lock.Check(lctx); err != nil {
 			return err
 		}
-		data, err := m.Marshal()
+		data, err := m.Seal(o.cipher)
 		if err != nil {
 			return err
 		}
@@ -344,6 +384,9 @@ func capture(ctx context.Context, s Store, p *recovery.Partition, prev *Manifest
 		Intervals: Intervals{SnapshotMs: v.Intervals.Snapshot.Milliseconds(), BackupMs: v.Intervals.Backup.Milliseconds()},
 		Agent:     AgentInfo{Version: Version(), Host: host},
 	}
+	if c := o.cipher; c != nil {
+		m.Encryption = &EncryptionInfo{Scheme: SchemeAge, Key: c.KeyID(), Recipients: c.Recipients()}
+	}
 	var exStarted int64
 	if ex := v.Last(); ex != nil {
 		m.Execution = int64(ex.Number)
@@ -355,7 +398,7 @@ func capture(ctx context.Context, s Store, p *recovery.Partition, prev *Manifest
 	if m.Epochs.HiTime, err = recovery.EpochTime(ctx, conn, v.Hi()); err != nil {
 		return nil, "", err
 	}
-	up := &uploader{store: s, workers: o.Workers, xfer: xfer, known: map[string]Object{}, quarantined: o.quarantined, budget: o.Memory}
+	up := &uploader{store: s, workers: o.Workers, xfer: xfer, known: map[string]Object{}, quarantined: o.quarantined, budget: o.Memory, cipher: o.cipher}
 	if prev != nil {
 		for _, ob := range prev.Objects() {
 			if !o.quarantined[ob.SHA256] {

@@ -30,8 +30,10 @@ type BrokenManifest struct {
 // parallel, workers at once; DefaultCatalogWorkers if workers <= 0). A
 // manifest that cannot be read, does not parse or match its seal (after
 // three reads), or disagrees with its key is Broken: the catalog is then an
-// incomplete view, on which prune refuses to delete anything.
-func LoadCatalog(ctx context.Context, s Store, workers int) (*Catalog, error) {
+// incomplete view, on which prune refuses to delete anything. Encrypted
+// manifests are opened with c; those it cannot open (or all, with c nil)
+// are in the catalog Locked.
+func LoadCatalog(ctx context.Context, s Store, workers int, keys *Cipher) (*Catalog, error) {
 	var refs []ManifestRef
 	var strays []BrokenManifest
 	err := s.List(ctx, ManifestsPrefix, "", func(o ObjectInfo) error {
@@ -55,7 +57,7 @@ func LoadCatalog(ctx context.Context, s Store, workers int) (*Catalog, error) {
 	g.SetLimit(workers)
 	for i := range refs {
 		g.Go(func() error {
-			ms[i], errs[i] = loadManifest(ctx, s, refs[i])
+			ms[i], errs[i] = loadManifest(ctx, s, refs[i], keys)
 			return nil
 		})
 	}
@@ -85,8 +87,8 @@ func LoadCatalog(ctx context.Context, s Store, workers int) (*Catalog, error) {
 	return c, nil
 }
 
-func loadManifest(ctx context.Context, s Store, r ManifestRef) (*Manifest, error) {
-	m, err := ReadManifest(ctx, s, r.Key)
+func loadManifest(ctx context.Context, s Store, r ManifestRef, c *Cipher) (*Manifest, error) {
+	m, err := ReadManifest(ctx, s, r.Key, c)
 	if err != nil {
 		return nil, err
 	}
@@ -98,8 +100,9 @@ func loadManifest(ctx context.Context, s Store, r ManifestRef) (*Manifest, error
 
 // ReadManifest reads and parses the manifest at key. A manifest that does
 // not parse or match its seal is read again (twice) before it is called
-// corrupt: a byte flipped in transit is not damage in the store.
-func ReadManifest(ctx context.Context, s Store, key string) (*Manifest, error) {
+// corrupt: a byte flipped in transit is not damage in the store. An
+// encrypted manifest is opened with c (see OpenManifest).
+func ReadManifest(ctx context.Context, s Store, key string, c *Cipher) (*Manifest, error) {
 	var err error
 	for attempt := 0; attempt < 3; attempt++ {
 		var b []byte
@@ -110,7 +113,7 @@ func ReadManifest(ctx context.Context, s Store, key string) (*Manifest, error) {
 			return nil, err
 		}
 		var m *Manifest
-		if m, err = ParseManifest(b); err == nil {
+		if m, err = OpenManifest(b, c); err == nil {
 			return m, nil
 		}
 	}

@@ -103,6 +103,7 @@ type uploader struct {
 	workers     int
 	xfer        *Transfer
 	budget      *Budget // chunk data in memory, shared with other partitions
+	cipher      *Cipher // names and seals chunks (nil: plaintext)
 }
 
 type chunkJob struct {
@@ -116,6 +117,9 @@ type chunkJob struct {
 var (
 	rawBuffers = sync.Pool{New: func() any { b := make([]byte, ChunkSize); return &b }}
 	zBuffers   = sync.Pool{New: func() any { b := make([]byte, 0, ChunkSize+ChunkSize/8); return &b }}
+	// sealBuffers hold a chunk's encrypted form (ChunkSize+ChunkSize/8
+	// and room for age's header and tags).
+	sealBuffers = sync.Pool{New: func() any { b := make([]byte, 0, ChunkSize+ChunkSize/8+64<<10); return &b }}
 )
 
 // upload reads r to EOF and returns its chunks, total size and sha256.
@@ -206,7 +210,7 @@ func (u *uploader) produce(ctx context.Context, r io.Reader, whole hash.Hash, jo
 }
 
 func (u *uploader) storeChunk(ctx context.Context, b, zbuf []byte) (Object, []byte, error) {
-	h := SumHex(b)
+	h := u.cipher.ContentID(b)
 	o, known := u.known[h]
 	if known && o.Size == int64(len(b)) {
 		ok, err := confirm(ctx, u.store, o)
@@ -222,8 +226,22 @@ func (u *uploader) storeChunk(ctx context.Context, b, zbuf []byte) (Object, []by
 		}
 	}
 	z := Compress(zbuf, b)
-	o = Object{SHA256: h, Size: int64(len(b)), Stored: int64(len(z)), StoredSHA256: SumHex(z)}
-	if err := u.store.Put(ctx, ChunkKey(h), z); err != nil {
+	stored := z
+	if u.cipher != nil {
+		sp := sealBuffers.Get().(*[]byte)
+		defer sealBuffers.Put(sp)
+		var err error
+		if stored, err = u.cipher.sealChunk(*sp, z, h); err != nil {
+			return o, z, err
+		}
+		*sp = stored[:0]
+	}
+	o = Object{SHA256: h, Size: int64(len(b)), Stored: int64(len(stored))}
+	if u.cipher == nil {
+		// An encrypted chunk is pinned by age and the name it carries.
+		o.StoredSHA256 = SumHex(stored)
+	}
+	if err := u.store.Put(ctx, ChunkKey(h), stored); err != nil {
 		return o, z, fmt.Errorf("upload chunk %s: %w", h[:12], err)
 	}
 	if known || u.quarantined[h] {
@@ -231,10 +249,10 @@ func (u *uploader) storeChunk(ctx context.Context, b, zbuf []byte) (Object, []by
 	}
 	u.xfer.markStored(h)
 	u.xfer.ObjectsUploaded.Add(1)
-	u.xfer.BytesUploaded.Add(int64(len(z)))
+	u.xfer.BytesUploaded.Add(int64(len(stored)))
 	if a := u.xfer.Also; a != nil {
 		a.ObjectsUploaded.Add(1)
-		a.BytesUploaded.Add(int64(len(z)))
+		a.BytesUploaded.Add(int64(len(stored)))
 	}
 	return o, z, nil
 }

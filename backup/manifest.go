@@ -5,9 +5,15 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"regexp"
 	"time"
+
+	"filippo.io/age"
 )
+
+var keyIDRE = regexp.MustCompile(`^[0-9a-f]{16}$`)
 
 // ManifestFormat identifies the manifest format this package writes: a
 // sealed manifest, {"format", "sha256", "manifest"}, whose sha256 covers the
@@ -17,6 +23,11 @@ import (
 const (
 	ManifestFormat   = "flowkeep-backup/2"
 	ManifestFormatV1 = "flowkeep-backup/1"
+	// ManifestFormatAge is an encrypted manifest (see Cipher): {"format",
+	// "sha256", "index", "sealed"}, the index in plaintext, the sealed
+	// ManifestFormat manifest and the chunk key age-encrypted, the sha256
+	// covering the compact index and the sealed bytes.
+	ManifestFormatAge = "flowkeep-backup/2+age"
 )
 
 // sealed is the stored form of a manifest.
@@ -53,7 +64,29 @@ type Manifest struct {
 	Agent     AgentInfo `json:"agent"`
 	Base      Image     `json:"base"`
 	Delta     *Delta    `json:"delta,omitempty"`
+	// Encryption, if set, says the backup is encrypted (see Cipher).
+	Encryption *EncryptionInfo `json:"encryption,omitempty"`
+
+	// Locked says the manifest is encrypted and was not opened (no identity
+	// given opens it): only its plaintext index is known, which is what
+	// quick verify, list and prune need (ids, epochs, chunk names and
+	// stored sizes; no content sha256s, sizes or agent).
+	Locked bool `json:"-"`
+	cipher *Cipher
 }
+
+// EncryptionInfo says how a backup is encrypted.
+type EncryptionInfo struct {
+	Scheme string `json:"scheme"`
+	// Key is the id of the chunk key that names its chunks.
+	Key string `json:"key"`
+	// Recipients is the fingerprint of the recipient set it is sealed to.
+	Recipients string `json:"recipients"`
+}
+
+// Cipher is what opens the manifest's chunks and checks their names: nil
+// for a plaintext backup (and for a Locked one).
+func (m *Manifest) Cipher() *Cipher { return m.cipher }
 
 // FlowRef identifies a flow.
 type FlowRef struct {
@@ -172,13 +205,182 @@ func (m *Manifest) Marshal() ([]byte, error) {
 	return json.MarshalIndent(sealed{Format: ManifestFormat, SHA256: hex.EncodeToString(sum[:]), Manifest: body}, "", " ")
 }
 
-// ParseManifest decodes, checks the seal of, and validates a manifest. It
-// never trusts sizes, counts or names: everything a restore will act on is
-// checked here.
-func ParseManifest(b []byte) (*Manifest, error) {
+// Seal encodes the manifest as it is stored: sealed (Marshal), or with c
+// encrypted, behind its plaintext index.
+func (m *Manifest) Seal(c *Cipher) ([]byte, error) {
+	plain, err := m.Marshal()
+	if err != nil || c == nil {
+		return plain, err
+	}
+	if m.Encryption == nil || m.Encryption.Key != c.KeyID() {
+		return nil, fmt.Errorf("manifest %s does not name the chunk key it is sealed with", m.ID)
+	}
+	payload, err := json.Marshal(manifestPayload{ChunkKey: c.key.secret, Manifest: plain})
+	if err != nil {
+		return nil, err
+	}
+	box, err := c.sealManifest(payload)
+	if err != nil {
+		return nil, err
+	}
+	idx, err := json.Marshal(m.index())
+	if err != nil {
+		return nil, err
+	}
+	return json.MarshalIndent(lockedForm{Format: ManifestFormatAge, SHA256: lockedSum(idx, box), Index: idx, Sealed: box}, "", " ")
+}
+
+// lockedForm is the stored form of an encrypted manifest.
+type lockedForm struct {
+	Format string          `json:"format"`
+	SHA256 string          `json:"sha256"`
+	Index  json.RawMessage `json:"index"`
+	Sealed []byte          `json:"sealed"`
+}
+
+// manifestPayload is what an encrypted manifest's age file holds.
+type manifestPayload struct {
+	ChunkKey []byte          `json:"chunk_key"`
+	Manifest json.RawMessage `json:"manifest"`
+}
+
+// manifestIndex is the plaintext part of an encrypted manifest.
+type manifestIndex struct {
+	ID         string         `json:"id"`
+	Created    time.Time      `json:"created"`
+	Flow       FlowRef        `json:"flow"`
+	Partition  PartitionRef   `json:"partition"`
+	Epochs     EpochRange     `json:"epochs"`
+	Execution  int64          `json:"execution"`
+	Intervals  Intervals      `json:"intervals"`
+	Encryption EncryptionInfo `json:"encryption"`
+	BaseID     string         `json:"base_id"`
+	Base       []indexObject  `json:"base"`
+	Delta      []indexObject  `json:"delta,omitempty"`
+}
+
+// indexObject is a chunk as the index names it: its name and stored size.
+type indexObject struct {
+	ID     string `json:"id"`
+	Stored int64  `json:"stored"`
+}
+
+func indexObjects(objs []Object) []indexObject {
+	out := make([]indexObject, len(objs))
+	for i, o := range objs {
+		out[i] = indexObject{ID: o.SHA256, Stored: o.Stored}
+	}
+	return out
+}
+
+func (m *Manifest) index() manifestIndex {
+	ix := manifestIndex{ID: m.ID, Created: m.Created, Flow: m.Flow, Partition: m.Partition, Epochs: m.Epochs,
+		Execution: m.Execution, Intervals: m.Intervals, BaseID: m.Base.ID, Base: indexObjects(m.Base.Chunks)}
+	if m.Encryption != nil {
+		ix.Encryption = *m.Encryption
+	}
+	if m.Delta != nil {
+		ix.Delta = indexObjects(m.Delta.Chunks)
+	}
+	return ix
+}
+
+// manifest is the Locked manifest an index describes.
+func (ix *manifestIndex) manifest() *Manifest {
+	objs := func(io []indexObject) []Object {
+		out := make([]Object, len(io))
+		for i, o := range io {
+			out[i] = Object{SHA256: o.ID, Stored: o.Stored}
+		}
+		return out
+	}
+	enc := ix.Encryption
+	m := &Manifest{Format: ManifestFormat, ID: ix.ID, Created: ix.Created, Flow: ix.Flow, Partition: ix.Partition, Epochs: ix.Epochs,
+		Execution: ix.Execution, Intervals: ix.Intervals, Encryption: &enc, Base: Image{ID: ix.BaseID, Chunks: objs(ix.Base)}, Locked: true}
+	if len(ix.Delta) > 0 {
+		m.Delta = &Delta{Chunks: objs(ix.Delta)}
+	}
+	return m
+}
+
+func lockedSum(idx, box []byte) string {
+	h := sha256.New()
+	h.Write(idx)
+	h.Write(box)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// ParseManifest is OpenManifest without keys: an encrypted manifest comes
+// back Locked.
+func ParseManifest(b []byte) (*Manifest, error) { return OpenManifest(b, nil) }
+
+// OpenManifest decodes, checks the seal of, and validates a manifest,
+// opening it with c if it is encrypted. It never trusts sizes, counts or
+// names: everything a restore will act on is checked here. An encrypted
+// manifest that none of c's identities (or its chunk key) opens comes back
+// Locked, its plaintext index checked; one whose index disagrees with what
+// it seals is corrupt.
+func OpenManifest(b []byte, c *Cipher) (*Manifest, error) {
 	if len(b) > MaxManifestBytes {
 		return nil, fmt.Errorf("%w: manifest of %d bytes exceeds %d", ErrCorrupt, len(b), MaxManifestBytes)
 	}
+	var head struct {
+		Format string `json:"format"`
+	}
+	if json.Unmarshal(b, &head) == nil && head.Format == ManifestFormatAge {
+		return openLocked(b, c)
+	}
+	return parsePlain(b)
+}
+
+func openLocked(b []byte, c *Cipher) (*Manifest, error) {
+	var lf lockedForm
+	if err := decodeOne(b, &lf); err != nil {
+		return nil, fmt.Errorf("%w: encrypted manifest: %v", ErrCorrupt, err)
+	}
+	var idx bytes.Buffer
+	if err := json.Compact(&idx, lf.Index); err != nil {
+		return nil, fmt.Errorf("%w: encrypted manifest: %v", ErrCorrupt, err)
+	}
+	if !hexSHA256RE.MatchString(lf.SHA256) || lockedSum(idx.Bytes(), lf.Sealed) != lf.SHA256 {
+		return nil, fmt.Errorf("%w: encrypted manifest does not match its own sha256 (changed after it was written)", ErrCorrupt)
+	}
+	var ix manifestIndex
+	if err := decodeOne(idx.Bytes(), &ix); err != nil {
+		return nil, fmt.Errorf("%w: encrypted manifest index: %v", ErrCorrupt, err)
+	}
+	locked := ix.manifest()
+	if err := locked.Validate(); err != nil {
+		return nil, err
+	}
+	payload, err := c.openManifest(lf.Sealed)
+	var none *age.NoIdentityMatchError
+	if errors.As(err, &none) {
+		return locked, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: manifest %s does not decrypt: %v", ErrCorrupt, ix.ID, err)
+	}
+	var p manifestPayload
+	if err := decodeOne(payload, &p); err != nil || len(p.ChunkKey) != 32 {
+		return nil, fmt.Errorf("%w: manifest %s: sealed payload: %v", ErrCorrupt, ix.ID, err)
+	}
+	m, err := parsePlain(p.Manifest)
+	if err != nil {
+		return nil, err
+	}
+	if m.Encryption == nil || m.Encryption.Scheme != SchemeAge || m.Encryption.Key != newChunkKey(p.ChunkKey).id {
+		return nil, fmt.Errorf("%w: manifest %s does not name the chunk key it carries", ErrCorrupt, ix.ID)
+	}
+	if again, _ := json.Marshal(m.index()); !bytes.Equal(again, idx.Bytes()) {
+		return nil, fmt.Errorf("%w: manifest %s: its plaintext index disagrees with the manifest it seals", ErrCorrupt, ix.ID)
+	}
+	m.cipher = c.withKey(p.ChunkKey)
+	return m, nil
+}
+
+// parsePlain parses a plaintext manifest (sealed or v1).
+func parsePlain(b []byte) (*Manifest, error) {
 	var outer sealed
 	if err := decodeOne(b, &outer); err != nil {
 		return nil, fmt.Errorf("%w: manifest: %v", ErrCorrupt, err)
@@ -242,6 +444,10 @@ func (m *Manifest) Validate() error {
 		return bad("epoch range [%d, %d] is empty", m.Epochs.Lo, m.Epochs.Hi)
 	case m.Execution < -1:
 		return bad("execution %d", m.Execution)
+	case m.Encryption != nil && (m.Encryption.Scheme != SchemeAge || !keyIDRE.MatchString(m.Encryption.Key) || !keyIDRE.MatchString(m.Encryption.Recipients)):
+		return bad("encryption %+v", *m.Encryption)
+	case m.Locked:
+		return m.validateIndex()
 	}
 	if err := checkObjects(m.Base.Chunks, m.Base.Size, m.Base.SHA256); err != nil {
 		return bad("base: %v", err)
@@ -261,6 +467,28 @@ func (m *Manifest) Validate() error {
 		}
 		if m.Delta.Size == 0 || m.Delta.Watermark < 1 {
 			return bad("empty delta")
+		}
+	}
+	return nil
+}
+
+// validateIndex checks what a Locked manifest's index says.
+func (m *Manifest) validateIndex() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: manifest %s: %s", ErrCorrupt, m.ID, fmt.Sprintf(format, args...))
+	}
+	if m.Encryption == nil {
+		return bad("locked, but not encrypted")
+	}
+	if !backupIDRE.MatchString(m.Base.ID) {
+		return bad("base id is not a backup id")
+	}
+	if len(m.Base.Chunks) == 0 || len(m.Objects()) > 2*MaxChunks {
+		return bad("%d chunks", len(m.Objects()))
+	}
+	for _, o := range m.Objects() {
+		if !hexSHA256RE.MatchString(o.SHA256) || o.Stored <= 0 || o.Stored > MaxChunkBytes+MaxChunkBytes/8 {
+			return bad("chunk %q of stored size %d", o.SHA256, o.Stored)
 		}
 	}
 	return nil
@@ -293,4 +521,12 @@ func checkObjects(objs []Object, size int64, sum string) error {
 		return fmt.Errorf("chunks add up to %d bytes, not %d", total, size)
 	}
 	return nil
+}
+
+// KeyID is the chunk key id, "" for a plaintext backup (e nil).
+func (e *EncryptionInfo) KeyID() string {
+	if e == nil {
+		return ""
+	}
+	return e.Key
 }

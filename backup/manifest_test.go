@@ -1,6 +1,8 @@
 package backup
 
 import (
+	"filippo.io/age"
+
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -92,10 +94,27 @@ func FuzzParseManifest(f *testing.F) {
 	v1, _ := json.Marshal(validManifest())
 	f.Add(v1)
 	f.Add([]byte(`{"format":"flowkeep-backup/1"}`))
+	// Encrypted manifests are fuzzed opened by the chunk key that sealed
+	// them (the payload's parser is reached too).
+	id, _ := age.GenerateX25519Identity()
+	c, err := NewSealer([]age.Recipient{id.Recipient()}, make([]byte, 32))
+	if err != nil {
+		f.Fatal(err)
+	}
+	enc := validManifest()
+	enc.Encryption = &EncryptionInfo{Scheme: SchemeAge, Key: c.KeyID(), Recipients: c.Recipients()}
+	sealed, err := enc.Seal(c)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(sealed)
 	f.Fuzz(func(t *testing.T, b []byte) {
-		m, err := ParseManifest(b)
+		m, err := OpenManifest(b, c)
 		if err != nil {
 			return
+		}
+		if m.Encryption != nil && !m.Locked && m.Cipher() == nil {
+			t.Fatal("an opened encrypted manifest without its cipher")
 		}
 		// Anything accepted must be safe to act on.
 		if m.Partition.Index < 0 || m.Partition.Index >= m.Partition.Count || m.Partition.Count > MaxPartitions {

@@ -33,6 +33,7 @@ type agentOptions struct {
 	KeepWithin  time.Duration
 	LogFormat   string
 	LogLevel    string
+	Recipients  []string
 	storageOptions
 }
 
@@ -84,6 +85,7 @@ flowkeep_backup_duration_seconds (histogram), flowkeep_backup_failures_total.
 	f.Var(human.Duration{D: &o.KeepWithin}, "keep-within", "with --keep-last: also keep backups younger than this (e.g. 24h)")
 	f.StringVar(&o.LogFormat, "log-format", "text", "log as text or json")
 	f.StringVar(&o.LogLevel, "log-level", "info", "least level logged: debug, info, warn or error")
+	addRecipientsFlag(f, &o.Recipients)
 	o.storageOptions.addFlags(f)
 	o.LockTTL = backup.DefaultLockTTL
 	return cmd
@@ -132,11 +134,19 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 	if st, err := os.Stat(o.RecoveryDir); err != nil || !st.IsDir() {
 		return usagef("recovery directory %s does not exist", o.RecoveryDir)
 	}
+	recipients, err := loadRecipients(o.Recipients)
+	if err != nil {
+		return err
+	}
 	s, err := o.openDest(ctx, o.To)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
+	// A location of the other scheme is a setup error: refuse to start.
+	if err := backup.CheckScheme(ctx, s, recipients != nil, time.Now()); err != nil {
+		return err
+	}
 	reg := prometheus.NewRegistry()
 	metrics := backup.NewMetrics(reg)
 	if o.MetricsAddr != "" {
@@ -150,7 +160,7 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 		log.Info("serving metrics", "addr", ln.Addr().String())
 	}
 	a := &backup.Agent{Store: s, Dir: o.RecoveryDir, Schedule: sched, Spec: o.Schedule, Metrics: metrics, Log: log,
-		Options: backup.Options{Workers: o.Workers, LockTTL: o.LockTTL, Memory: budget}}
+		Options: backup.Options{Workers: o.Workers, LockTTL: o.LockTTL, Memory: budget, Recipients: recipients}}
 	if o.KeepLast > 0 {
 		a.Retention = &backup.PruneOptions{KeepLast: o.KeepLast, KeepWithin: o.KeepWithin, LockTTL: o.LockTTL, Grace: max(backup.DefaultGrace, o.LockTTL)}
 	}

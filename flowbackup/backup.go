@@ -21,6 +21,7 @@ type backupOptions struct {
 	Partitions  string
 	JSON        bool
 	Memory      int64
+	Recipients  []string
 	storageOptions
 }
 
@@ -50,6 +51,7 @@ last: an interrupted backup leaves nothing visible.
 	f.DurationVar(&o.LockTTL, "lock-ttl", backup.DefaultLockTTL, "how long a partition lock lasts if the agent dies holding it")
 	f.BoolVar(&o.JSON, "json", false, "print the results as JSON")
 	f.StringVar(&o.Partitions, "partitions", "", "back up only these partitions, e.g. 0,2 or 0-3 (default: every partition in DIR)")
+	addRecipientsFlag(f, &o.Recipients)
 	o.storageOptions.addFlags(f)
 	return cmd
 }
@@ -68,7 +70,11 @@ func runBackup(ctx context.Context, o backupOptions, out, errOut io.Writer) erro
 	if err != nil {
 		return err
 	}
-	bo := backup.Options{Workers: o.Workers, LockTTL: o.LockTTL, Memory: budget}
+	recipients, err := loadRecipients(o.Recipients)
+	if err != nil {
+		return err
+	}
+	bo := backup.Options{Workers: o.Workers, LockTTL: o.LockTTL, Memory: budget, Recipients: recipients}
 	if o.Partitions != "" {
 		ps, err := parsePartitions(o.Partitions)
 		if err != nil {

@@ -59,6 +59,9 @@ type listEntry struct {
 	Stored    int64     `json:"stored_bytes"`
 	Size      int64     `json:"size_bytes"`
 	Host      string    `json:"host"`
+	// Encrypted backups show no size or host: only their plaintext index
+	// is read (list needs no identity).
+	Encrypted bool `json:"encrypted,omitempty"`
 }
 
 // listNewest is one partition's newest restorable epoch and how far it
@@ -96,7 +99,7 @@ func runList(ctx context.Context, o listOptions, out io.Writer) error {
 		return err
 	}
 	defer s.Close()
-	cat, err := backup.LoadCatalog(ctx, s, 0)
+	cat, err := backup.LoadCatalog(ctx, s, 0, nil)
 	if err != nil {
 		return err
 	}
@@ -118,7 +121,7 @@ func runList(ctx context.Context, o listOptions, out io.Writer) error {
 			}
 			lf.Backups = append(lf.Backups, listEntry{Flow: uid, FlowName: m.Flow.Name, Partition: m.Partition.Index, Count: m.Partition.Count,
 				ID: m.ID, Kind: kind, Created: m.Created, Lo: m.Epochs.Lo, Hi: m.Epochs.Hi, LoTime: m.Epochs.LoTime, HiTime: m.Epochs.HiTime,
-				Stored: m.StoredBytes(), Size: size, Host: m.Agent.Host})
+				Stored: m.StoredBytes(), Size: size, Host: m.Agent.Host, Encrypted: m.Encryption != nil})
 		}
 		lf.Newest = newestPerPartition(lf.Backups)
 		if ov, ok := backup.PlanOverlap(ms, lf.Partitions); ok {
@@ -140,8 +143,12 @@ func runList(ctx context.Context, o listOptions, out io.Writer) error {
 	for _, lf := range rep.Flows {
 		fmt.Fprintf(out, "flow %s (%s), %s\n", lf.Name, lf.UID, human.Count(lf.Partitions, "partition"))
 		for _, e := range lf.Backups {
-			fmt.Fprintf(out, "  part %-3d %s  %-5s  epochs %d..%d  (%s .. %s)  %s\n", e.Partition, e.ID, e.Kind, e.Lo, e.Hi,
-				e.LoTime.UTC().Format(time.RFC3339), e.HiTime.UTC().Format(time.RFC3339), human.Bytes(e.Stored))
+			enc := ""
+			if e.Encrypted {
+				enc = "  encrypted"
+			}
+			fmt.Fprintf(out, "  part %-3d %s  %-5s  epochs %d..%d  (%s .. %s)  %s%s\n", e.Partition, e.ID, e.Kind, e.Lo, e.Hi,
+				e.LoTime.UTC().Format(time.RFC3339), e.HiTime.UTC().Format(time.RFC3339), human.Bytes(e.Stored), enc)
 		}
 		fmt.Fprintln(out, "  newest restorable epoch per partition:")
 		for _, n := range lf.Newest {

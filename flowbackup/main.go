@@ -35,11 +35,14 @@ const (
 
 const exitCodesHelp = `Exit codes:
   0  success (verify: healthy)
-  1  failed; verify: restorable, but with problems (corrupt backups, RPO over --max-age)
+  1  failed; verify: restorable, but with problems (corrupt backups, RPO over --max-age);
+     encrypted backups that the given identities cannot decrypt
   2  not restorable: no epoch every partition's backups share
   3  usage or access error: bad flag, argument, URL, schedule or config, unknown
      flow, missing bucket, bad credentials, a recovery directory without
-     partitions or with another flow's, a restore into partitions already there
+     partitions or with another flow's, a restore into partitions already there,
+     encrypted backups without --identity-file (restore, verify --deep), or
+     encrypted and plaintext backups mixed in one location
   130, 143  stopped by SIGINT or SIGTERM (after cleaning up)`
 
 // usageError marks errors the caller must fix (exit 3).
@@ -69,7 +72,8 @@ func ExitCode(err error) int {
 	case errors.As(err, &e):
 		return e.code
 	case errors.As(err, &u), errors.Is(err, backup.ErrAccess), errors.Is(err, backup.ErrNoBucket),
-		errors.Is(err, recovery.ErrNoPartitions), errors.Is(err, recovery.ErrForeignFlow), errors.Is(err, recovery.ErrMissingPartitions):
+		errors.Is(err, recovery.ErrNoPartitions), errors.Is(err, recovery.ErrForeignFlow), errors.Is(err, recovery.ErrMissingPartitions),
+		errors.Is(err, backup.ErrIdentityRequired), errors.Is(err, backup.ErrEncryptionMismatch):
 		return exitUsageOrAccess
 	}
 	return exitFailed

@@ -37,6 +37,7 @@ type restoreOptions struct {
 	IfEmpty    bool
 	IfBackups  bool
 	JSON       bool
+	Identities []string
 	storageOptions
 }
 
@@ -91,6 +92,7 @@ To restore a cluster onto several new machines, give each machine its share:
 	addMemoryFlag(f, &o.Memory)
 	f.StringVar(&o.Owner, "owner", "", "give the restored files to USER[:GROUP] (names or numbers), e.g. the flowrun service user when restoring as root")
 	f.StringVar(&o.Mode, "mode", "0644", "permissions of the restored partition files (octal)")
+	addIdentityFlag(f, &o.Identities)
 	o.storageOptions.addFlags(f)
 	return cmd
 }
@@ -131,6 +133,9 @@ func runRestore(ctx context.Context, o restoreOptions, out, errOut io.Writer) er
 		return usagef("--mode %q: give octal permissions that let the owner read and write, e.g. 0640", o.Mode)
 	}
 	ro.Mode = os.FileMode(mode)
+	if ro.Keys, err = loadKeys(o.Identities); err != nil {
+		return err
+	}
 	if o.Owner != "" {
 		uid, gid, err := parseOwner(o.Owner)
 		if err != nil {
@@ -175,6 +180,12 @@ func runRestore(ctx context.Context, o restoreOptions, out, errOut io.Writer) er
 		}
 		if !any {
 			return o.nothing(out, fmt.Sprintf("%s holds no backups yet; nothing restored (--if-backups-exist)", s))
+		}
+	}
+	if !ro.Keys.CanOpen() {
+		// Fail fast (the plan would find it too): the config says so.
+		if scheme, err := backup.LocationScheme(ctx, s); err == nil && scheme == backup.SchemeAge {
+			return fmt.Errorf("%s: %w", s, backup.ErrIdentityRequired)
 		}
 	}
 	if ro.Plan.FlowUID, err = resolveFlow(ctx, s, o.Flow); err != nil {

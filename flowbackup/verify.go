@@ -24,6 +24,7 @@ type verifyOptions struct {
 	Newest  bool
 	Memory  int64
 	TempDir string
+	Keys    []string
 	storageOptions
 }
 
@@ -71,6 +72,7 @@ Exit codes:
 	f.BoolVar(&o.Newest, "newest", false, "with --deep: check only the backups the newest restore would use")
 	f.StringVar(&o.TempDir, "temp-dir", "", "where --deep rebuilds images (default $TMPDIR)")
 	addMemoryFlag(f, &o.Memory)
+	addIdentityFlag(f, &o.Keys)
 	o.storageOptions.addFlags(f)
 	return cmd
 }
@@ -103,8 +105,12 @@ func runVerify(ctx context.Context, o verifyOptions, out, errOut io.Writer) erro
 	if err != nil {
 		return err
 	}
+	keys, err := loadKeys(o.Keys)
+	if err != nil {
+		return err
+	}
 	vo := restore.VerifyOptions{Deep: o.Deep, Sample: o.Sample, Newest: o.Newest, MaxAge: o.MaxAge, FlowUID: uid, Workers: o.Workers,
-		Memory: o.Memory, TempDir: o.TempDir}
+		Memory: o.Memory, TempDir: o.TempDir, Keys: keys}
 	var bar *transferBar
 	if o.Deep {
 		bar = newTransferBar(errOut, "verifying")

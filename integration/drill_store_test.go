@@ -176,7 +176,7 @@ func TestDrill4_BitRot(t *testing.T) {
 
 			ctx := context.Background()
 			st := b.open(t, url)
-			cat, err := backup.LoadCatalog(ctx, st, 0)
+			cat, err := backup.LoadCatalog(ctx, st, 0, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -47,10 +47,11 @@ type deepScope struct {
 	total    int64
 
 	mu          sync.Mutex
-	local       map[string]localChunk // verified chunks on local disk, by sha256
-	fetched     map[string]bool       // chunks read from the store (counted once)
-	damaged     map[string]string     // chunk -> why it is unusable
-	quarantined map[string]bool       // chunks quarantined by this check
+	local       map[string]localChunk     // verified chunks on local disk, by sha256
+	fetched     map[string]bool           // chunks read from the store (counted once)
+	damaged     map[string]string         // chunk -> why it is unusable
+	quarantined map[string]bool           // chunks quarantined by this check
+	ciphers     map[string]*backup.Cipher // encrypted chunks: their manifest's Cipher
 }
 
 // localChunk is a verified chunk inside a local file.
@@ -63,10 +64,25 @@ type localChunk struct {
 // reading every unique object once; with o.Sample it only reads that
 // percentage of the unique objects and checks each one's sha256.
 func deepCheck(ctx context.Context, s backup.Store, ms []*backup.Manifest, bad map[string]bool, problem func(*backup.Manifest, string), o VerifyOptions, rep *Report) error {
-	var todo []*backup.Manifest
+	var todo, locked []*backup.Manifest
 	for _, m := range ms {
-		if !bad[m.ID] {
+		switch {
+		case bad[m.ID]:
+		case m.Locked:
+			locked = append(locked, m)
+		default:
 			todo = append(todo, m)
+		}
+	}
+	if len(locked) > 0 {
+		if !o.Keys.CanOpen() {
+			return backup.ErrIdentityRequired
+		}
+		if len(todo) == 0 {
+			return fmt.Errorf("%w: none of the %d encrypted backups opens with them (sealed to recipient set %s)", backup.ErrWrongIdentity, len(locked), locked[0].Encryption.Recipients)
+		}
+		for _, m := range locked {
+			problem(m, fmt.Sprintf("%v: sealed to recipient set %s, not checked", backup.ErrWrongIdentity, m.Encryption.Recipients))
 		}
 	}
 	if o.Newest {
@@ -77,11 +93,15 @@ func deepCheck(ctx context.Context, s backup.Store, ms []*backup.Manifest, bad m
 		mem = backup.DefaultMemory
 	}
 	d := &deepScope{s: s, o: o, budget: backup.NewBudget(mem), problem: problem, progress: o.Progress,
-		local: map[string]localChunk{}, fetched: map[string]bool{}, damaged: map[string]string{}, quarantined: map[string]bool{}}
+		local: map[string]localChunk{}, fetched: map[string]bool{}, damaged: map[string]string{}, quarantined: map[string]bool{},
+		ciphers: map[string]*backup.Cipher{}}
 	unique := map[string]backup.Object{}
 	for _, m := range todo {
 		for _, ob := range m.Objects() {
 			unique[ob.SHA256] = ob
+			if c := m.Cipher(); c != nil {
+				d.ciphers[ob.SHA256] = c
+			}
 		}
 	}
 	for _, ob := range unique {
@@ -188,7 +208,10 @@ func (d *deepScope) get(ctx context.Context, ob backup.Object) ([]byte, error) {
 		}
 	}
 	// The content's sha256 is checked even where the stored bytes' is known.
-	b, err := fetchChecked(ctx, d.s, ob, true)
+	d.mu.Lock()
+	c := d.ciphers[ob.SHA256]
+	d.mu.Unlock()
+	b, err := fetchChecked(ctx, d.s, ob, c, true)
 	d.read.Add(ob.Stored)
 	d.mu.Lock()
 	if !d.fetched[ob.SHA256] {

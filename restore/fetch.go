@@ -36,6 +36,9 @@ type FetchOptions struct {
 	// Get, if set, fetches and verifies one object instead of FetchObject
 	// (verify reads objects it already checked from local images).
 	Get func(ctx context.Context, ob backup.Object) ([]byte, error)
+	// Cipher opens encrypted chunks and checks their names: the Cipher of
+	// the manifest naming them (FetchImage sets it).
+	Cipher *backup.Cipher
 }
 
 // FetchObjects downloads objs into w, each at its offset, verifying each
@@ -48,7 +51,7 @@ type FetchOptions struct {
 func FetchObjects(ctx context.Context, s backup.Store, objs []backup.Object, w io.WriterAt, o FetchOptions, done *atomic.Int64) error {
 	get := o.Get
 	if get == nil {
-		get = func(ctx context.Context, ob backup.Object) ([]byte, error) { return FetchObject(ctx, s, ob) }
+		get = func(ctx context.Context, ob backup.Object) ([]byte, error) { return FetchObject(ctx, s, ob, o.Cipher) }
 	}
 	workers := o.Workers
 	if workers <= 0 {
@@ -106,27 +109,29 @@ func (d *damagedChunk) Error() string {
 
 func (d *damagedChunk) Unwrap() error { return backup.ErrCorrupt }
 
-// FetchObject downloads one chunk and verifies it. A chunk that arrives
-// damaged is downloaded again (twice) before it is declared corrupt: damage
-// in transit is not damage in the store.
-func FetchObject(ctx context.Context, s backup.Store, ob backup.Object) ([]byte, error) {
-	return fetchChecked(ctx, s, ob, false)
+// FetchObject downloads one chunk, decrypts it with c if its backup is
+// encrypted (c is that manifest's Cipher), and verifies it. A chunk that
+// arrives damaged is downloaded again (twice) before it is declared
+// corrupt: damage in transit is not damage in the store.
+func FetchObject(ctx context.Context, s backup.Store, ob backup.Object, c *backup.Cipher) ([]byte, error) {
+	return fetchChecked(ctx, s, ob, c, false)
 }
 
-// fetchChecked is FetchObject; content makes it check the content's sha256
-// even where the stored bytes' sha256 is known (deep verify).
-func fetchChecked(ctx context.Context, s backup.Store, ob backup.Object, content bool) ([]byte, error) {
+// fetchChecked is FetchObject; content makes it check the content's name
+// (sha256, or keyed hash) even where the stored bytes' sha256 is known
+// (deep verify).
+func fetchChecked(ctx context.Context, s backup.Store, ob backup.Object, c *backup.Cipher, content bool) ([]byte, error) {
 	var err error
 	for attempt := 0; attempt < 3; attempt++ {
 		var b []byte
-		if b, err = fetchObject(ctx, s, ob, content); err == nil || !errors.Is(err, backup.ErrCorrupt) {
+		if b, err = fetchObject(ctx, s, ob, c, content); err == nil || !errors.Is(err, backup.ErrCorrupt) {
 			return b, err
 		}
 	}
 	return nil, &damagedChunk{sha256: ob.SHA256, reason: strings.TrimPrefix(err.Error(), backup.ErrCorrupt.Error()+": ")}
 }
 
-func fetchObject(ctx context.Context, s backup.Store, ob backup.Object, content bool) ([]byte, error) {
+func fetchObject(ctx context.Context, s backup.Store, ob backup.Object, c *backup.Cipher, content bool) ([]byte, error) {
 	key := backup.ChunkKey(ob.SHA256)
 	zp := storedBuffers.Get().(*[]byte)
 	defer storedBuffers.Put(zp)
@@ -137,12 +142,21 @@ func fetchObject(ctx context.Context, s backup.Store, ob backup.Object, content 
 	if int64(len(z)) != ob.Stored {
 		return nil, fmt.Errorf("%w: chunk %s is %d bytes stored, manifest says %d (truncated)", backup.ErrCorrupt, ob.SHA256[:12], len(z), ob.Stored)
 	}
-	pinned := !content && ob.StoredSHA256 != "" && backup.SumHex(z) == ob.StoredSHA256
+	// The stored bytes pin the content: by their sha256, or, encrypted,
+	// by age's authentication and the name sealed inside (OpenChunk).
+	pinned := !content && (c != nil || ob.StoredSHA256 != "" && backup.SumHex(z) == ob.StoredSHA256)
+	if c != nil {
+		op := openBuffers.Get().(*[]byte)
+		defer openBuffers.Put(op)
+		if z, err = c.OpenChunk(*op, z, ob.SHA256); err != nil {
+			return nil, fmt.Errorf("chunk %s: %w", ob.SHA256[:12], err)
+		}
+	}
 	b, err := backup.Decompress(getBuffer(ob.Size), z, ob.Size)
 	if err != nil {
 		return nil, fmt.Errorf("chunk %s: %w", ob.SHA256[:12], err)
 	}
-	if int64(len(b)) != ob.Size || (!pinned && backup.SumHex(b) != ob.SHA256) {
+	if int64(len(b)) != ob.Size || (!pinned && c.ContentID(b) != ob.SHA256) {
 		putBuffer(b)
 		return nil, fmt.Errorf("%w: chunk %s does not match its sha256", backup.ErrCorrupt, ob.SHA256[:12])
 	}
@@ -152,6 +166,9 @@ func fetchObject(ctx context.Context, s backup.Store, ob backup.Object, content 
 // storedBuffers recycles the buffers chunks are read into before they are
 // decompressed.
 var storedBuffers = sync.Pool{New: func() any { b := make([]byte, 0, backup.ChunkSize+backup.ChunkSize/8+bytes.MinRead); return &b }}
+
+// openBuffers recycles the buffers encrypted chunks decrypt into.
+var openBuffers = sync.Pool{New: func() any { b := make([]byte, 0, backup.ChunkSize+backup.ChunkSize/8+bytes.MinRead); return &b }}
 
 // chunkBuffers recycles the aligned buffers whole chunks decompress into,
 // so they can be written past the page cache without a copy.
@@ -181,6 +198,10 @@ func FetchImage(ctx context.Context, s backup.Store, m *backup.Manifest, path st
 	if _, err := os.Stat(path); err == nil {
 		return fmt.Errorf("%s already exists", path)
 	}
+	if m.Locked {
+		return fmt.Errorf("backup %s: %w", m.ID, backup.ErrWrongIdentity)
+	}
+	o.Cipher = m.Cipher()
 	tmp := path + ".restore-tmp"
 	defer func() {
 		if err != nil {

@@ -50,6 +50,8 @@ type Options struct {
 	Mode     os.FileMode
 	UID, GID int
 	chown    bool
+	// Keys open encrypted backups (backup.NewOpener of the identities).
+	Keys *backup.Cipher
 }
 
 // WithOwner sets the owner of restored files (-1 keeps one unchanged).
@@ -85,7 +87,7 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 	if o.Plan.Exclude == nil {
 		o.Plan.Exclude = map[string]bool{}
 	}
-	cat, err := backup.LoadCatalog(ctx, s, 0)
+	cat, err := backup.LoadCatalog(ctx, s, 0, o.Keys)
 	if err != nil {
 		return nil, err
 	}
@@ -96,6 +98,9 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 	}
 	parts, err := selectPartitions(o.Partitions, plan.Count)
 	if err != nil {
+		return nil, err
+	}
+	if err := opened(plan, parts, o.Keys); err != nil {
 		return nil, err
 	}
 	res.Plan, res.Restored = plan, parts
@@ -146,6 +151,9 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 		if perr != nil {
 			return nil, fmt.Errorf("backup %s of partition %d is unusable (%v), and without it: %w", bad.m.ID, bad.m.Partition.Index, bad.err, perr)
 		}
+		if err := opened(next, parts, o.Keys); err != nil {
+			return nil, fmt.Errorf("backup %s of partition %d is unusable (%v), and the next best backups: %w", bad.m.ID, bad.m.Partition.Index, bad.err, err)
+		}
 		note := fmt.Sprintf("backup %s of partition %d is unusable (%v): fell back from epoch %d to epoch %d", bad.m.ID, bad.m.Partition.Index, bad.err, plan.Epoch, next.Epoch)
 		if next.Epoch == plan.Epoch {
 			note = fmt.Sprintf("backup %s of partition %d is unusable (%v): used its older backup %s, which also restores epoch %d",
@@ -194,7 +202,30 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 		}
 		delete(fetched, id)
 	}
+	// The next backup from dir continues the restored backups' chain.
+	if err := backup.WriteChunkKey(dir, plan.Chosen[parts[0]]); err != nil {
+		return nil, err
+	}
 	return res, fsync.Dir(dir)
+}
+
+// opened checks that every backup a restore would read is open: one that
+// is encrypted and Locked needs an identity (backup.ErrIdentityRequired),
+// or another one (backup.ErrWrongIdentity). A restore never falls back
+// past a backup for want of its key: that would hide the reason.
+func opened(plan *Plan, parts []int, keys *backup.Cipher) error {
+	for _, p := range parts {
+		m := plan.Chosen[p]
+		if !m.Locked {
+			continue
+		}
+		if !keys.CanOpen() {
+			return backup.ErrIdentityRequired
+		}
+		return fmt.Errorf("%w: backup %s of partition %d is sealed to recipient set %s; give an identity of that set (--identity-file, repeatable)",
+			backup.ErrWrongIdentity, m.ID, p, m.Encryption.Recipients)
+	}
+	return nil
 }
 
 // setOwner gives a restored file its mode and, if asked, its owner.

@@ -40,6 +40,10 @@ type VerifyOptions struct {
 	TempDir string
 	Workers int
 	Now     func() time.Time
+	// Keys open encrypted backups (backup.NewOpener): deep verify needs
+	// them; quick verify reads only what encrypted manifests leave in the
+	// clear.
+	Keys *backup.Cipher
 }
 
 // Status values of a Report.
@@ -91,6 +95,11 @@ type Report struct {
 	BytesRead   int64 `json:"bytes_read,omitempty"`
 	BytesStored int64 `json:"bytes_stored,omitempty"`
 	Sampled     int   `json:"objects_sampled,omitempty"`
+	// Encrypted says the backups checked are encrypted (age); Locked
+	// counts those the given identities (none, for a quick check) did not
+	// open: a quick check reads only their plaintext index.
+	Encrypted bool `json:"encrypted"`
+	Locked    int  `json:"locked_backups,omitempty"`
 }
 
 // Verify audits the backups in s and says whether, and to which epoch and
@@ -112,7 +121,7 @@ func Verify(ctx context.Context, s backup.Store, o VerifyOptions) (*Report, erro
 			rep.Mode = "deep-newest"
 		}
 	}
-	cat, err := backup.LoadCatalog(ctx, s, o.Workers)
+	cat, err := backup.LoadCatalog(ctx, s, o.Workers, o.Keys)
 	if err != nil {
 		return nil, err
 	}
@@ -148,6 +157,12 @@ func Verify(ctx context.Context, s backup.Store, o VerifyOptions) (*Report, erro
 		}
 	}
 	rep.Checked = len(ms)
+	for _, m := range ms {
+		rep.Encrypted = rep.Encrypted || m.Encryption != nil
+		if m.Locked {
+			rep.Locked++
+		}
+	}
 	if err := checkChunksListed(ctx, s, ms, quarantined, problem, rep); err != nil {
 		return nil, err
 	}
@@ -156,7 +171,7 @@ func Verify(ctx context.Context, s backup.Store, o VerifyOptions) (*Report, erro
 			return nil, err
 		}
 	}
-	if err := checkLatest(ctx, s, ms, o.FlowUID, rep); err != nil {
+	if err := checkLatest(ctx, s, ms, o.FlowUID, o.Keys, rep); err != nil {
 		return nil, err
 	}
 	flows := flowsOf(ms)
@@ -278,7 +293,7 @@ func checkChunksListed(ctx context.Context, s backup.Store, ms []*backup.Manifes
 
 // checkLatest checks each partition's latest pointer: present, readable,
 // and naming that partition's newest backup.
-func checkLatest(ctx context.Context, s backup.Store, ms []*backup.Manifest, flow string, rep *Report) error {
+func checkLatest(ctx context.Context, s backup.Store, ms []*backup.Manifest, flow string, keys *backup.Cipher, rep *Report) error {
 	type part struct {
 		uid string
 		idx int
@@ -298,7 +313,7 @@ func checkLatest(ctx context.Context, s backup.Store, ms []*backup.Manifest, flo
 	}
 	seen := map[part]bool{}
 	err := s.List(ctx, backup.LatestPrefix, "", func(oi backup.ObjectInfo) error {
-		m, err := backup.ReadManifest(ctx, s, oi.Key)
+		m, err := backup.ReadManifest(ctx, s, oi.Key, keys)
 		if errors.Is(err, backup.ErrNotFound) {
 			return nil
 		}

@@ -1,0 +1,119 @@
+package backup_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"filippo.io/age"
+
+	"github.com/flowkeep/flowkeep/backup"
+	"github.com/flowkeep/flowkeep/backup/memstore"
+)
+
+func recipient(t *testing.T) age.Recipient {
+	t.Helper()
+	id, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id.Recipient()
+}
+
+// A location holds encrypted backups or plaintext ones, never both; the
+// first backup records which, and a location written before configs
+// existed is judged by its manifests.
+func TestCheckScheme_ALocationNeverMixesSchemes(t *testing.T) {
+	ctx := context.Background()
+	legacy := func(s *memstore.Store) {
+		s.Put(ctx, "manifests/00112233/part-0000/20261124T101010.123Z-0a0b0c0d.json", []byte(`{"format":"flowkeep-backup/2"}`))
+	}
+	config := func(scheme string) func(*memstore.Store) {
+		return func(s *memstore.Store) {
+			s.Put(ctx, backup.ConfigKey, []byte(`{"format":"flowkeep-repo/1","encryption":"`+scheme+`"}`))
+		}
+	}
+	for _, c := range []struct {
+		name      string
+		setup     func(*memstore.Store)
+		encrypted bool
+		want      error
+		scheme    string // the config afterwards
+	}{
+		{"empty, encrypted", func(*memstore.Store) {}, true, nil, "age"},
+		{"empty, plaintext", func(*memstore.Store) {}, false, nil, "none"},
+		{"encrypted, plaintext write", config("age"), false, backup.ErrEncryptionMismatch, "age"},
+		{"plaintext, encrypted write", config("none"), true, backup.ErrEncryptionMismatch, "none"},
+		{"older plaintext backups, encrypted write", legacy, true, backup.ErrEncryptionMismatch, ""},
+		{"older plaintext backups, plaintext write", legacy, false, nil, "none"},
+		{"damaged config", func(s *memstore.Store) { s.Put(ctx, backup.ConfigKey, []byte("{")) }, true, backup.ErrCorrupt, ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := memstore.New()
+			c.setup(s)
+			err := backup.CheckScheme(ctx, s, c.encrypted, time.Now())
+			if !errors.Is(err, c.want) || (c.want == nil) != (err == nil) {
+				t.Fatalf("CheckScheme: %v, want %v", err, c.want)
+			}
+			got := ""
+			if b, err := backup.ReadAll(ctx, s, backup.ConfigKey, 1<<16); err == nil {
+				var rc backup.RepoConfig
+				json.Unmarshal(b, &rc)
+				got = rc.Encryption
+			}
+			if got != c.scheme {
+				t.Fatalf("config says %q, want %q", got, c.scheme)
+			}
+		})
+	}
+}
+
+// A plaintext backup to an encrypted location uploads nothing.
+func TestBackup_PlaintextIntoAnEncryptedLocationIsRefused(t *testing.T) {
+	ctx := context.Background()
+	s := memstore.New()
+	dir, st := flowDir(t, 1, time.Hour)
+	commitKeys(t, st, 1, seq(0, 100), "v")
+	if _, err := backup.BackupDir(ctx, s, dir, backup.Options{Recipients: []age.Recipient{recipient(t)}}); err != nil {
+		t.Fatal(err)
+	}
+	before := s.Calls["put"]
+	if _, err := backup.BackupDir(ctx, s, dir, backup.Options{}); !errors.Is(err, backup.ErrEncryptionMismatch) {
+		t.Fatalf("plaintext backup: %v, want ErrEncryptionMismatch", err)
+	}
+	if s.Calls["put"] != before {
+		t.Fatalf("the refused backup wrote %d objects", s.Calls["put"]-before)
+	}
+}
+
+// The chunk key file: private, kept while the recipients stay, renewed
+// when they change, and a damaged one is an error, not a silent new key.
+func TestSealerFor_KeepsTheKeyUntilTheRecipientsChange(t *testing.T) {
+	dir := t.TempDir()
+	a, b := recipient(t), recipient(t)
+	now := time.Now()
+	first, err := backup.SealerFor(dir, []age.Recipient{a}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(filepath.Join(dir, backup.ChunkKeyFile))
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("key file: %v, mode %v", err, st.Mode())
+	}
+	same, _ := backup.SealerFor(dir, []age.Recipient{a}, now)
+	other, _ := backup.SealerFor(dir, []age.Recipient{a, b}, now)
+	if same.KeyID() != first.KeyID() || other.KeyID() == first.KeyID() || other.Recipients() == first.Recipients() {
+		t.Fatalf("keys %s, %s, %s", first.KeyID(), same.KeyID(), other.KeyID())
+	}
+	if again, _ := backup.SealerFor(dir, []age.Recipient{b, a}, now); again.KeyID() != other.KeyID() {
+		t.Fatal("the order of the recipients changed the key")
+	}
+	os.WriteFile(filepath.Join(dir, backup.ChunkKeyFile), []byte("garbage"), 0o600)
+	if _, err := backup.SealerFor(dir, []age.Recipient{a}, now); err == nil {
+		t.Fatal("a damaged key file was replaced silently")
+	}
+}

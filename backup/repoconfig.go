@@ -1,0 +1,115 @@
+package backup
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// ConfigKey holds a location's configuration, in plaintext: whether its
+// backups are encrypted. The first backup to a location writes it (only if
+// absent); every backup checks it, so a location never mixes encrypted and
+// plaintext backups.
+const ConfigKey = "config.json"
+
+const repoFormat = "flowkeep-repo/1"
+
+// Encryption schemes a location's config names.
+const (
+	SchemeNone = "none"
+	SchemeAge  = "age"
+)
+
+// RepoConfig is the stored form of ConfigKey.
+type RepoConfig struct {
+	Format     string    `json:"format"`
+	Encryption string    `json:"encryption"`
+	Created    time.Time `json:"created"`
+}
+
+// LocationScheme returns how the backups in s are encrypted: its config's
+// scheme; without a config, that of its first manifest (a location written
+// before configs existed); "" for an empty location.
+func LocationScheme(ctx context.Context, s Store) (string, error) {
+	scheme, _, err := locationScheme(ctx, s)
+	return scheme, err
+}
+
+// locationScheme is LocationScheme; configured says the config named it.
+func locationScheme(ctx context.Context, s Store) (string, bool, error) {
+	b, err := ReadAll(ctx, s, ConfigKey, 1<<16)
+	switch {
+	case err == nil:
+		var c RepoConfig
+		if err := decodeOne(b, &c); err != nil || c.Format != repoFormat || (c.Encryption != SchemeNone && c.Encryption != SchemeAge) {
+			return "", false, fmt.Errorf("%w: %s in %s is damaged or of an unknown format; remove it only if you know which scheme the backups there use", ErrCorrupt, ConfigKey, s)
+		}
+		return c.Encryption, true, nil
+	case !errors.Is(err, ErrNotFound):
+		return "", false, fmt.Errorf("read %s: %w", ConfigKey, err)
+	}
+	scheme := ""
+	stop := errors.New("stop")
+	err = s.List(ctx, ManifestsPrefix, "", func(o ObjectInfo) error {
+		if _, ok := ParseManifestKey(o.Key); !ok {
+			return nil
+		}
+		b, err := ReadAll(ctx, s, o.Key, MaxManifestBytes)
+		if errors.Is(err, ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		var head struct {
+			Format string `json:"format"`
+		}
+		if json.Unmarshal(b, &head) != nil {
+			return nil // a broken manifest says nothing
+		}
+		scheme = SchemeNone
+		if head.Format == ManifestFormatAge {
+			scheme = SchemeAge
+		}
+		return stop
+	})
+	if err != nil && !errors.Is(err, stop) {
+		return "", false, fmt.Errorf("list manifests in %s: %w", s, err)
+	}
+	return scheme, false, nil
+}
+
+// CheckScheme refuses to write encrypted backups (or plaintext ones) to a
+// location whose backups use the other scheme, and records the scheme in
+// the location's config if it has none.
+func CheckScheme(ctx context.Context, s Store, encrypted bool, now time.Time) error {
+	want := SchemeNone
+	if encrypted {
+		want = SchemeAge
+	}
+	have, configured, err := locationScheme(ctx, s)
+	if err != nil {
+		return err
+	}
+	if have != "" && have != want {
+		if want == SchemeAge {
+			return fmt.Errorf("%w: the backups in %s are not encrypted, and encrypted ones may not join them; back up to a new prefix", ErrEncryptionMismatch, s)
+		}
+		return fmt.Errorf("%w: the backups in %s are encrypted with age: give --recipients-file", ErrEncryptionMismatch, s)
+	}
+	if configured {
+		return nil
+	}
+	data, _ := json.Marshal(RepoConfig{Format: repoFormat, Encryption: want, Created: now.UTC()})
+	switch err := s.PutIfAbsent(ctx, ConfigKey, data); {
+	case err == nil:
+		return nil
+	case errors.Is(err, ErrExists):
+		// Another writer configured the location first: it must agree.
+		return CheckScheme(ctx, s, encrypted, now)
+	default:
+		return fmt.Errorf("write %s: %w", ConfigKey, err)
+	}
+}
