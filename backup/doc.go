@@ -13,6 +13,7 @@
 //	locks/prune.json                           prune lock: no backup starts while it is held, and prune
 //	                                           does not start while a backup lock is
 //	quarantine/<h>.json                        chunk h was found damaged in the store by verify --deep
+//	config.json                                whether the location's backups are encrypted (see CheckScheme)
 //
 // <iiii> is the partition index in four or more decimal digits; <id> is the
 // backup's UTC time, "20060102T150405.000Z", a dash and 8 random hex digits,
@@ -43,6 +44,17 @@
 // partition's commit epoch, hi its frontier), the flow's -s and -b, the agent
 // version and host. It is sealed: stored as {"format", "sha256",
 // "manifest"}, the sha256 covering the manifest's compact JSON.
+//
+// # Encryption
+//
+// With age recipients (Options.Recipients) every chunk and manifest is
+// encrypted (see Cipher): a chunk is age(name || zstd), its name h the
+// HMAC-SHA256 of its content under the chunk key; a manifest is
+// {"format": ManifestFormatAge, "sha256", "index", "sealed"}, the index
+// plaintext (ids, epochs, chunk names and stored sizes: what quick verify,
+// list and prune read), the sealed manifest and the chunk key age-encrypted
+// to the recipients and to the chunk key. Locks and quarantine markers
+// carry no state and stay plaintext.
 //
 // # Integrity rules
 //

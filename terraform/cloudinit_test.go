@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"filippo.io/age"
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/zclconf/go-cty/cty"
@@ -17,6 +18,7 @@ import (
 	"github.com/zclconf/go-cty/cty/function/stdlib"
 	"gopkg.in/yaml.v3"
 
+	"github.com/flowkeep/flowkeep/backup"
 	"github.com/flowkeep/flowkeep/flowbackup"
 	"github.com/flowkeep/flowkeep/flowrun"
 )
@@ -53,6 +55,52 @@ func templateVars(release, flowrunSum, flowbackupSum, restoreArgs string) map[st
 		"data_device": "/dev/nvme1n1", "flowrun_args": "wordcount -w 2", "backup_url": "s3://b/p",
 		"backup_schedule": "*/5 * * * *", "release_url": release, "init_partitions": "0",
 		"flowrun_sha256": flowrunSum, "flowbackup_sha256": flowbackupSum, "restore_args": restoreArgs,
+		"age_recipients": "", "age_identity_file": "",
+	}
+}
+
+// Encrypted backups: the agent gets the recipients file the machine is
+// given, the restore step the identity file, under the flags that read
+// them, and the recipients file is one age reads.
+func TestCloudInit_EncryptedBackups(t *testing.T) {
+	sum := strings.Repeat("a", 64)
+	var keys []string
+	for i := 0; i < 2; i++ {
+		id, err := age.GenerateX25519Identity()
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, id.Recipient().String())
+	}
+	vars := templateVars("https://r.example/v1", sum, sum, "")
+	// As the node modules pass them: join(var.age_recipients).
+	vars["age_recipients"], vars["age_identity_file"] = strings.Join(keys, "\n      "), "/run/secrets/flowkeep-age.key"
+	_, doc := cloudConfig(t, vars)
+	files := map[string]string{}
+	for _, f := range doc["write_files"].([]any) {
+		files[f.(map[string]any)["path"].(string)] = f.(map[string]any)["content"].(string)
+	}
+	var settings map[string]string
+	if err := yaml.Unmarshal([]byte(files["/etc/flowkeep/agent.yaml"]), &settings); err != nil {
+		t.Fatal(err)
+	}
+	if settings["recipients_file"] != "/etc/flowkeep/age-recipients.txt" || settings["identity_file"] != "/run/secrets/flowkeep-age.key" {
+		t.Fatalf("agent.yaml: %v", settings)
+	}
+	checkFlags(t, "flowbackup", []string{"agent", "--recipients-file"})
+	checkFlags(t, "flowbackup", []string{"restore", "--identity-file"})
+	path := filepath.Join(t.TempDir(), "recipients")
+	os.WriteFile(path, []byte(files["/etc/flowkeep/age-recipients.txt"]), 0o644)
+	rs, err := backup.LoadRecipients(path)
+	if err != nil || len(rs) != 2 {
+		t.Fatalf("the recipients file holds %d recipients: %v\n%s", len(rs), err, files["/etc/flowkeep/age-recipients.txt"])
+	}
+	// Without keys, nothing of the kind is written.
+	_, doc = cloudConfig(t, templateVars("https://r.example/v1", sum, sum, ""))
+	for _, f := range doc["write_files"].([]any) {
+		if c := f.(map[string]any)["content"].(string); strings.Contains(c, "recipients") || strings.Contains(c, "identity_file") {
+			t.Fatalf("%s names age keys without any given", f.(map[string]any)["path"])
+		}
 	}
 }
 

@@ -194,6 +194,15 @@ func TestGCSBucket_VersionedPrivateAndExpiring(t *testing.T) {
 	if got := m.source(t, child(t, lr, "condition"), "days_since_noncurrent_time"); got != "var.noncurrent_version_days" {
 		t.Errorf("non-current versions deleted after %s", got)
 	}
+	// CMEK: Cloud Storage's service agent may use the key before the
+	// bucket is made with it.
+	kms := m.one(t, "resource", "google_kms_crypto_key_iam_member")
+	if literal(t, kms, "role").AsString() != "roles/cloudkms.cryptoKeyEncrypterDecrypter" || m.source(t, kms, "crypto_key_id") != "var.kms_key_name" {
+		t.Error("the storage service agent is not allowed to use the CMEK key")
+	}
+	if got := m.source(t, b, "depends_on"); !strings.Contains(got, "google_kms_crypto_key_iam_member.storage") {
+		t.Errorf("the bucket does not wait for the key grant: depends_on = %s", got)
+	}
 }
 
 func TestAWSAgentIdentity_ActionsAreExactlyWhatTheCodeCalls(t *testing.T) {

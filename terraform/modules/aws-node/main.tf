@@ -75,6 +75,8 @@ resource "aws_instance" "node" {
     flowrun_sha256    = var.flowrun_sha256
     flowbackup_sha256 = var.flowbackup_sha256
     restore_args      = local.restore_args
+    age_recipients    = join("\n      ", var.age_recipients)
+    age_identity_file = var.age_identity_file
     init_partitions   = var.init_partitions
   })
 }

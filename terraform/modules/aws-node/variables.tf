@@ -151,3 +151,19 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "age_recipients" {
+  description = "age public keys (age1...) to encrypt backups to; empty: backups are not encrypted. A location is encrypted or not, never both."
+  type        = list(string)
+  default     = []
+  validation {
+    condition     = alltrue([for r in var.age_recipients : can(regex("^age1[0-9a-z]+$", r))])
+    error_message = "age_recipients must be age public keys (age1...), one per element."
+  }
+}
+
+variable "age_identity_file" {
+  description = "Path, on the machine, of the age identity file the restore step opens encrypted backups with (provided out of band, e.g. by a secret manager; readable by the user flowkeep). Empty: none."
+  type        = string
+  default     = ""
+}

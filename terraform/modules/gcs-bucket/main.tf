@@ -16,6 +16,9 @@ resource "google_storage_bucket" "backups" {
     enabled = true
   }
 
+  # With CMEK, Cloud Storage must be allowed to use the key first.
+  depends_on = [google_kms_crypto_key_iam_member.storage]
+
   dynamic "encryption" {
     for_each = var.kms_key_name == null ? [] : [var.kms_key_name]
     content {
@@ -32,4 +35,18 @@ resource "google_storage_bucket" "backups" {
       type = "Delete"
     }
   }
+}
+
+# CMEK: Cloud Storage's own service agent encrypts and decrypts with the key
+# (the backup agent's identity needs no key permission of its own).
+data "google_storage_project_service_account" "storage" {
+  count   = var.kms_key_name == null ? 0 : 1
+  project = var.project
+}
+
+resource "google_kms_crypto_key_iam_member" "storage" {
+  count         = var.kms_key_name == null ? 0 : 1
+  crypto_key_id = var.kms_key_name
+  role          = "roles/cloudkms.cryptoKeyEncrypterDecrypter"
+  member        = "serviceAccount:${data.google_storage_project_service_account.storage[0].email_address}"
 }
