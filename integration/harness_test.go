@@ -27,6 +27,8 @@ import (
 	"testing"
 	"time"
 
+	"filippo.io/age"
+
 	"github.com/flowkeep/flowkeep/backup"
 	"github.com/flowkeep/flowkeep/backup/gcs"
 	"github.com/flowkeep/flowkeep/backup/s3"
@@ -61,6 +63,34 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// ageKeys writes an age identity file and its recipients file into dir.
+func ageKeys(dir, name string) (recipients, identity string) {
+	id, err := age.GenerateX25519Identity()
+	if err != nil {
+		panic(err)
+	}
+	recipients, identity = filepath.Join(dir, name+".pub"), filepath.Join(dir, name+".key")
+	if err := os.WriteFile(recipients, []byte("# "+name+"\n"+id.Recipient().String()+"\n"), 0o644); err != nil {
+		panic(err)
+	}
+	if err := os.WriteFile(identity, []byte(id.String()+"\n"), 0o600); err != nil {
+		panic(err)
+	}
+	return recipients, identity
+}
+
+// sealed is b with every flowbackup command encrypting (backup, agent) and
+// opening (restore, verify) with age keys, given as FLOWBACKUP_* variables.
+func sealed(b backend) backend {
+	e := b
+	e.recipients, e.identity = ageKeys(binDir, fmt.Sprintf("%s-%d", b.name, time.Now().UnixNano()))
+	e.name, e.plain = b.name+"+age", b.env
+	e.env = func(addr string) []string {
+		return append(b.env(addr), "FLOWBACKUP_RECIPIENTS_FILE="+e.recipients, "FLOWBACKUP_IDENTITY_FILE="+e.identity)
+	}
+	return e
+}
+
 // backend is an object store the tools are pointed at.
 type backend struct {
 	name string
@@ -74,6 +104,10 @@ type backend struct {
 	signsHost bool
 	// open returns an in-process client for url (to damage objects).
 	open func(t *testing.T, url string) backup.Store
+	// recipients and identity, if set, are the age key files the tools
+	// run with (see sealed); plain is env without them.
+	recipients, identity string
+	plain                func(addr string) []string
 }
 
 func backends(t *testing.T) []backend {
@@ -125,7 +159,8 @@ func backends(t *testing.T) []backend {
 		t.Cleanup(func() { st.Close() })
 		return st
 	}
-	return []backend{s3b, gcsb}
+	// Every drill runs once in the clear and once encrypted, on each server.
+	return []backend{s3b, gcsb, sealed(s3b), sealed(gcsb)}
 }
 
 func splitURL(url string) (string, string) {
