@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"filippo.io/age"
 
@@ -290,5 +291,37 @@ func TestEncrypted_DamageIsCorruptNotAKeyProblem(t *testing.T) {
 	s.Put(ctx, mkey, forged)
 	if _, err := backup.ReadManifest(ctx, s, mkey, keys); !errors.Is(err, backup.ErrCorrupt) {
 		t.Fatalf("forged index: %v, want ErrCorrupt", err)
+	}
+}
+
+// Prune needs no private key: it reads the plaintext indexes, deletes the
+// old backups and their chunks, and what it keeps still restores.
+func TestEncrypted_PruneWithoutAKey(t *testing.T) {
+	ctx := context.Background()
+	s := memstore.New()
+	f := newFlow(t, 2, s)
+	id := newIdentity(t)
+	for i := 0; i < 3; i++ {
+		f.epoch(400) // every key changes: each backup is a new base
+		f.backupSealed(id.Recipient())
+	}
+	later := func() time.Time { return time.Now().Add(2 * backup.DefaultGrace) }
+	res, err := backup.Prune(ctx, s, backup.PruneOptions{KeepLast: 1, Grace: backup.DefaultGrace, Now: later})
+	if err != nil || len(res.DeletedManifests) != 4 || res.DeletedChunks == 0 {
+		t.Fatalf("prune: %+v, %v", res, err)
+	}
+	if objs := storedObjects(t, s); objs[backup.ConfigKey] == nil {
+		t.Fatal("prune deleted the location's config")
+	}
+	keys := backup.NewOpener([]age.Identity{id})
+	if rep, err := Verify(ctx, s, VerifyOptions{Deep: true, Keys: keys}); err != nil || rep.Status != StatusHealthy {
+		t.Fatalf("deep verify after prune: %+v, %v", rep, err)
+	}
+	dst := filepath.Join(t.TempDir(), "new")
+	if _, err := Restore(ctx, s, dst, Options{Keys: keys}); err != nil {
+		t.Fatal(err)
+	}
+	if e, got := loadDir(t, dst); e != 4 || len(got) != 400 || got["k3"] != "v3" {
+		t.Fatalf("restored epoch %d, %d keys, k3=%q", e, len(got), got["k3"])
 	}
 }
