@@ -166,7 +166,8 @@ func Version() string { return version.String() }
 // then a full one, and rewrites the pointer). Any other read error is
 // returned: an unread pointer is not a missing one.
 // An encrypted one that c cannot open (sealed under another chunk key) is
-// nil as well: the next backup takes a new base under c's key.
+// nil as well: the next backup takes a new base under c's key. One of the
+// other scheme than c's is ErrEncryptionMismatch.
 func LoadLatest(ctx context.Context, s Store, uid string, idx int, c *Cipher) (*Manifest, error) {
 	m, err := ReadManifest(ctx, s, LatestKey(uid, idx), c)
 	if errors.Is(err, ErrNotFound) || errors.Is(err, ErrCorrupt) {
@@ -174,6 +175,11 @@ func LoadLatest(ctx context.Context, s Store, uid string, idx int, c *Cipher) (*
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read latest pointer: %w", err)
+	}
+	if (m.Encryption != nil) != (c != nil) {
+		// The config may be gone (a hostile or careless hand): the
+		// partition's own chain still says which scheme it uses.
+		return nil, fmt.Errorf("%w: the latest backup of partition %d in %s is %s", ErrEncryptionMismatch, idx, s, map[bool]string{true: "encrypted: give --recipients-file", false: "not encrypted, and encrypted ones may not join it; back up to a new prefix"}[m.Encryption != nil])
 	}
 	if m.Flow.UID != uid || m.Partition.Index != idx || m.Locked || m.Encryption.KeyID() != c.KeyID() {
 		return nil, nil
@@ -218,12 +224,6 @@ func BackupDir(ctx context.Context, s Store, dir string, o Options) ([]*Result, 
 	if len(ps) == 0 {
 		return nil, fmt.Errorf("%w in %s: nothing to back up (is -r the flow's recovery directory?)", recovery.ErrNoPartitions, dir)
 	}
-	if err := o.prepare(ctx, s, dir); err != nil {
-		return nil, err
-	}
-	if o.quarantined, err = LoadQuarantine(ctx, s); err != nil {
-		return nil, err
-	}
 	if o.Partitions != nil {
 		want := map[int]bool{}
 		for _, i := range o.Partitions {
@@ -244,6 +244,14 @@ func BackupDir(ctx context.Context, s Store, dir string, o Options) ([]*Result, 
 			return nil, fmt.Errorf("%w: partitions %v are not in %s", recovery.ErrMissingPartitions, miss, dir)
 		}
 		ps = keep
+	}
+	// Only now that the request is known to be good may the location's
+	// config be written.
+	if err := o.prepare(ctx, s, dir); err != nil {
+		return nil, err
+	}
+	if o.quarantined, err = LoadQuarantine(ctx, s); err != nil {
+		return nil, err
 	}
 	results := make([]*Result, len(ps))
 	var g errgroup.Group
@@ -386,6 +394,7 @@ func capture(ctx context.Context, s Store, p *recovery.Partition, prev *Manifest
 	}
 	if c := o.cipher; c != nil {
 		m.Encryption = &EncryptionInfo{Scheme: SchemeAge, Key: c.KeyID(), Recipients: c.Recipients()}
+		m.cipher = c
 	}
 	var exStarted int64
 	if ex := v.Last(); ex != nil {

@@ -25,8 +25,8 @@ func recipient(t *testing.T) age.Recipient {
 }
 
 // A location holds encrypted backups or plaintext ones, never both; the
-// first backup records which, and a location written before configs
-// existed is judged by its manifests.
+// first encrypted backup records it, and a location without a config is
+// judged by its manifests.
 func TestCheckScheme_ALocationNeverMixesSchemes(t *testing.T) {
 	ctx := context.Background()
 	legacy := func(s *memstore.Store) {
@@ -45,11 +45,15 @@ func TestCheckScheme_ALocationNeverMixesSchemes(t *testing.T) {
 		scheme    string // the config afterwards
 	}{
 		{"empty, encrypted", func(*memstore.Store) {}, true, nil, "age"},
-		{"empty, plaintext", func(*memstore.Store) {}, false, nil, "none"},
+		{"empty, plaintext", func(*memstore.Store) {}, false, nil, ""},
 		{"encrypted, plaintext write", config("age"), false, backup.ErrEncryptionMismatch, "age"},
 		{"plaintext, encrypted write", config("none"), true, backup.ErrEncryptionMismatch, "none"},
 		{"older plaintext backups, encrypted write", legacy, true, backup.ErrEncryptionMismatch, ""},
-		{"older plaintext backups, plaintext write", legacy, false, nil, "none"},
+		{"older plaintext backups, plaintext write", legacy, false, nil, ""},
+		{"older encrypted backups, plaintext write", func(s *memstore.Store) {
+			s.Put(ctx, "manifests/00112233/part-0000/20261124T101010.123Z-0a0b0c0d.json", []byte(`{"format":"flowkeep-backup/2+age"}`))
+			config("age")(s)
+		}, false, backup.ErrEncryptionMismatch, "age"},
 		{"damaged config", func(s *memstore.Store) { s.Put(ctx, backup.ConfigKey, []byte("{")) }, true, backup.ErrCorrupt, ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -115,5 +119,22 @@ func TestSealerFor_KeepsTheKeyUntilTheRecipientsChange(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, backup.ChunkKeyFile), []byte("garbage"), 0o600)
 	if _, err := backup.SealerFor(dir, []age.Recipient{a}, now); err == nil {
 		t.Fatal("a damaged key file was replaced silently")
+	}
+}
+
+// Even with the location's config gone, a partition's own latest backup
+// keeps a plaintext backup out of an encrypted chain.
+func TestBackup_PlaintextRefusedByTheChainWhenTheConfigIsGone(t *testing.T) {
+	ctx := context.Background()
+	s := memstore.New()
+	dir, st := flowDir(t, 1, time.Hour)
+	commitKeys(t, st, 1, seq(0, 100), "v")
+	if _, err := backup.BackupDir(ctx, s, dir, backup.Options{Recipients: []age.Recipient{recipient(t)}}); err != nil {
+		t.Fatal(err)
+	}
+	s.Delete(ctx, backup.ConfigKey)
+	res, err := backup.BackupDir(ctx, s, dir, backup.Options{})
+	if !errors.Is(err, backup.ErrEncryptionMismatch) || res[0].Manifest != nil {
+		t.Fatalf("plaintext backup over an encrypted chain: %v", err)
 	}
 }

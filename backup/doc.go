@@ -13,7 +13,7 @@
 //	locks/prune.json                           prune lock: no backup starts while it is held, and prune
 //	                                           does not start while a backup lock is
 //	quarantine/<h>.json                        chunk h was found damaged in the store by verify --deep
-//	config.json                                whether the location's backups are encrypted (see CheckScheme)
+//	config.json                                written by the first encrypted backup: the location is encrypted (see CheckScheme)
 //
 // <iiii> is the partition index in four or more decimal digits; <id> is the
 // backup's UTC time, "20060102T150405.000Z", a dash and 8 random hex digits,

@@ -8,9 +8,10 @@ import (
 	"time"
 )
 
-// ConfigKey holds a location's configuration, in plaintext: whether its
-// backups are encrypted. The first backup to a location writes it (only if
-// absent); every backup checks it, so a location never mixes encrypted and
+// ConfigKey holds a location's configuration, in plaintext: that its
+// backups are encrypted. The first encrypted backup to a location writes it
+// (only if absent); every backup checks it, and a location without one is
+// judged by its manifests, so a location never mixes encrypted and
 // plaintext backups.
 const ConfigKey = "config.json"
 
@@ -33,12 +34,13 @@ type RepoConfig struct {
 // scheme; without a config, that of its first manifest (a location written
 // before configs existed); "" for an empty location.
 func LocationScheme(ctx context.Context, s Store) (string, error) {
-	scheme, _, err := locationScheme(ctx, s)
+	scheme, _, err := locationScheme(ctx, s, true)
 	return scheme, err
 }
 
 // locationScheme is LocationScheme; configured says the config named it.
-func locationScheme(ctx context.Context, s Store) (string, bool, error) {
+// Without infer, a location without a config is "" (no listing).
+func locationScheme(ctx context.Context, s Store, infer bool) (string, bool, error) {
 	b, err := ReadAll(ctx, s, ConfigKey, 1<<16)
 	switch {
 	case err == nil:
@@ -49,6 +51,8 @@ func locationScheme(ctx context.Context, s Store) (string, bool, error) {
 		return c.Encryption, true, nil
 	case !errors.Is(err, ErrNotFound):
 		return "", false, fmt.Errorf("read %s: %w", ConfigKey, err)
+	case !infer:
+		return "", false, nil
 	}
 	scheme := ""
 	stop := errors.New("stop")
@@ -82,14 +86,17 @@ func locationScheme(ctx context.Context, s Store) (string, bool, error) {
 }
 
 // CheckScheme refuses to write encrypted backups (or plaintext ones) to a
-// location whose backups use the other scheme, and records the scheme in
-// the location's config if it has none.
+// location whose backups use the other scheme, and records an encrypted
+// location's scheme in its config if it has none.
 func CheckScheme(ctx context.Context, s Store, encrypted bool, now time.Time) error {
 	want := SchemeNone
 	if encrypted {
 		want = SchemeAge
 	}
-	have, configured, err := locationScheme(ctx, s)
+	// A plaintext backup needs only the config's word (a GET); an encrypted
+	// one about to write the config first looks at the manifests (a LIST,
+	// once per location).
+	have, configured, err := locationScheme(ctx, s, encrypted)
 	if err != nil {
 		return err
 	}
@@ -99,7 +106,9 @@ func CheckScheme(ctx context.Context, s Store, encrypted bool, now time.Time) er
 		}
 		return fmt.Errorf("%w: the backups in %s are encrypted with age: give --recipients-file", ErrEncryptionMismatch, s)
 	}
-	if configured {
+	if configured || !encrypted {
+		// A plaintext location is known by its manifests: it gets no
+		// config (its layout stays what it was before encryption existed).
 		return nil
 	}
 	data, _ := json.Marshal(RepoConfig{Format: repoFormat, Encryption: want, Created: now.UTC()})
