@@ -114,7 +114,6 @@ func (s *statefulImpl[V, S, O]) root(seg *segment, out op) rootOp {
 type entry[S any] struct {
 	s        *S
 	dirty    bool
-	pass     bool // changed in the current pass over the input (see OnEOF)
 	restored bool // in the restored index, not (yet) in the map
 	dead     bool // deleted from the map (a later touch makes a new entry)
 }
@@ -137,10 +136,12 @@ type statefulOp[V, S, O any] struct {
 	restored *restoredIndex[S]
 	hint     int
 	dirty    []keyed[S] // changed in the current epoch: snapshot them without looking them up
-	inPass   []keyed[S] // changed in the current pass: what end of input visits
-	obuf     []KV[O]
-	curKey   string
-	emitFn   func(O)
+	// previousEnd is the epoch of the previous end of input: restored keys
+	// changed after it are in the current pass (see OnEOF).
+	previousEnd Epoch
+	obuf        []KV[O]
+	curKey      string
+	emitFn      func(O)
 }
 
 // decoderInto is a Codec that decodes into a state it is given (so a batch
@@ -204,57 +205,36 @@ func (o *statefulOp[V, S, O]) restore(rows []Loaded) error {
 func (o *statefulOp[V, S, O]) open(ctx context.Context) error {
 	ri := RunInfoFrom(ctx)
 	// Restored keys changed after the previous end of input belong to the
-	// pass this run continues.
-	if o.restored != nil && o.logic.OnEOF != nil {
-		o.restored.each(func(key string, e *entry[S], epoch Epoch) {
-			if epoch > ri.PreviousEnd {
-				o.markPass(key, e)
-			}
-		})
-	}
+	// pass this run continues (finish visits them).
+	o.previousEnd = ri.PreviousEnd
 	if o.logic.Init != nil {
 		o.logic.Init(ri)
 	}
 	return nil
 }
 
-// markPass adds a key to the pass; key must be a string the op owns (not
-// a slice of an input line, which the list would keep alive).
-func (o *statefulOp[V, S, O]) markPass(key string, e *entry[S]) {
-	if !e.pass {
-		e.pass = true
-		o.inPass = append(o.inPass, keyed[S]{key, e})
-	}
-}
 func (o *statefulOp[V, S, O]) close() error { return nil }
 
 func (o *statefulOp[V, S, O]) touch(key string) *entry[S] {
 	e := o.states[key]
-	owned := false
 	if e == nil && o.restored != nil {
 		var k string
 		if k, e = o.restored.take(key); e != nil {
-			key, owned = k, true
+			key = k
 			o.states[key] = e
 		}
 	}
 	if e == nil {
 		// Keys are often slices of a larger string (a line); keep only the key.
-		key, owned = strings.Clone(key), true
+		key = strings.Clone(key)
 		e = &entry[S]{}
 		o.states[key] = e
 	}
 	if !e.dirty {
 		e.dirty = true
 		// The dirty list may hold the caller's key until the epoch's
-		// snapshot; the pass list lives longer and gets an owned copy.
+		// snapshot (the map holds an owned copy).
 		o.dirty = append(o.dirty, keyed[S]{key, e})
-		if o.logic.OnEOF != nil && !e.pass {
-			if !owned {
-				key = strings.Clone(key)
-			}
-			o.markPass(key, e)
-		}
 	}
 	return e
 }
@@ -336,21 +316,25 @@ func (o *statefulOp[V, S, O]) advance(from, to Epoch) error {
 
 func (o *statefulOp[V, S, O]) finish(final Epoch) error {
 	if o.logic.OnEOF != nil {
-		var visit []keyed[S]
-		if o.logic.EOFForEveryKey {
-			visit = make([]keyed[S], 0, len(o.states))
-			for k, e := range o.states {
+		// The pass is every key this run touched (the map holds exactly
+		// those) and every restored key changed after the previous end of
+		// input; EOFForEveryKey adds the other restored keys. The list is
+		// made here, once and at its size: a list kept up as keys were
+		// touched cost a quarter of the state map's memory all run long.
+		visit := make([]keyed[S], 0, len(o.states))
+		for k, e := range o.states {
+			if e.s != nil && !e.dead {
 				visit = append(visit, keyed[S]{k, e})
 			}
-			if o.restored != nil {
-				o.restored.each(func(k string, e *entry[S], _ Epoch) { visit = append(visit, keyed[S]{k, e}) })
-			}
-		} else {
-			visit = o.inPass
 		}
-		visit = slices.DeleteFunc(visit, func(v keyed[S]) bool { return v.e.s == nil || v.e.dead })
+		if o.restored != nil {
+			o.restored.each(func(k string, e *entry[S], epoch Epoch) {
+				if e.s != nil && (o.logic.EOFForEveryKey || epoch > o.previousEnd) {
+					visit = append(visit, keyed[S]{k, e})
+				}
+			})
+		}
 		slices.SortFunc(visit, func(a, b keyed[S]) int { return strings.Compare(a.key, b.key) })
-		o.inPass = nil
 		for _, v := range visit {
 			k, e := v.key, v.e
 			o.curKey = k
