@@ -164,7 +164,12 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 	if o.KeepLast > 0 {
 		a.Retention = &backup.PruneOptions{KeepLast: o.KeepLast, KeepWithin: o.KeepWithin, LockTTL: o.LockTTL, Grace: max(backup.DefaultGrace, o.LockTTL)}
 	}
-	log.Info("agent started", "dir", o.RecoveryDir, "to", s.String(), "schedule", o.Schedule)
+	enc := "none"
+	if recipients != nil {
+		fp, _ := backup.RecipientsFingerprint(recipients)
+		enc = fmt.Sprintf("age, %d recipients (set %s)", len(recipients), fp)
+	}
+	log.Info("agent started", "dir", o.RecoveryDir, "to", s.String(), "schedule", o.Schedule, "encryption", enc)
 	err = a.Run(ctx)
 	if errors.Is(err, context.Canceled) {
 		return nil
