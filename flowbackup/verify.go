@@ -138,6 +138,10 @@ func runVerify(ctx context.Context, o verifyOptions, out, errOut io.Writer) erro
 			}
 			fmt.Fprintln(out, read)
 		}
+		if rep.Locked > 0 {
+			fmt.Fprintf(out, "encrypted with age: %s checked from their plaintext index only (names, sizes, epochs); --deep --identity-file FILE reads them whole\n",
+				human.Count(rep.Locked, "backup"))
+		}
 		for _, f := range rep.Flows {
 			if f.Restorable {
 				fmt.Fprintf(out, "flow %s (%s): restorable to epoch %d of %s, %v ago; %d of %d backups healthy\n", f.Name, f.UID, f.Epoch,
