@@ -27,7 +27,7 @@ func TestDrill1_VMDestroyed(t *testing.T) {
 			url := b.newURL(t)
 			first, second := filepath.Join(dir, "v1.txt"), filepath.Join(dir, "v2.txt")
 			appendWords(t, first, 100_000, 4000, 1)
-			appendWords(t, second, 5_000_000, 4000, 2)
+			appendWords(t, second, 8_000_000, 4000, 2)
 			flowArgs := func(in, out string, w string, recs ...string) []string {
 				a := []string{"run", "wordcount", "-i", in, "-o", out, "-s", "100ms", "-b", "3s", "-w", w}
 				for _, r := range recs {

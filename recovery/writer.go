@@ -400,3 +400,19 @@ func DiskFull(err error) bool {
 }
 
 const sqliteFull = 13 // SQLITE_FULL
+
+// LocalIOError says whether err is a fault of the local disk rather than
+// of a file's content: a full disk, or SQLite's SQLITE_IOERR (a failed
+// read, write, sync or shared-memory resize) or SQLITE_CANTOPEN.
+func LocalIOError(err error) bool {
+	if DiskFull(err) || errors.Is(err, syscall.EIO) {
+		return true
+	}
+	var coded interface{ Code() int }
+	return errors.As(err, &coded) && (coded.Code()&0xff == sqliteIOErr || coded.Code()&0xff == sqliteCantOpen)
+}
+
+const (
+	sqliteIOErr    = 10 // SQLITE_IOERR
+	sqliteCantOpen = 14 // SQLITE_CANTOPEN
+)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -246,5 +247,34 @@ func TestFetchObject_StoredSHA256PinsTheContent(t *testing.T) {
 	s.Put(ctx, backup.ChunkKey(ob.SHA256), damaged)
 	if _, err := FetchObject(ctx, s, ob, nil); !errors.Is(err, backup.ErrCorrupt) {
 		t.Fatalf("damaged stored bytes: %v, want ErrCorrupt", err)
+	}
+}
+
+type sqliteCoded int
+
+func (c sqliteCoded) Error() string { return fmt.Sprintf("sqlite error (%d)", int(c)) }
+func (c sqliteCoded) Code() int     { return int(c) }
+
+// A fetched image that cannot be opened because of the local disk (a full
+// one makes SQLite fail to size its shared memory, SQLITE_IOERR_SHMSIZE)
+// ends the restore with the disk's fault; only what is wrong with the
+// image itself makes the backup corrupt (and the restore fall back).
+func TestImageError_TheDiskIsNotTheBackup(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "img")
+	for _, c := range []struct {
+		err     error
+		corrupt bool
+	}{
+		{sqliteCoded(4874), false}, // SQLITE_IOERR_SHMSIZE
+		{sqliteCoded(13), false},   // SQLITE_FULL
+		{fmt.Errorf("write: %w", syscall.ENOSPC), false},
+		{sqliteCoded(11), true}, // SQLITE_CORRUPT
+		{sqliteCoded(26), true}, // SQLITE_NOTADB
+		{errors.New("no such table: parts"), true},
+	} {
+		err := imageError(path, "open the image", c.err)
+		if errors.Is(err, backup.ErrCorrupt) != c.corrupt {
+			t.Errorf("%v: %v (corrupt %v, want %v)", c.err, err, errors.Is(err, backup.ErrCorrupt), c.corrupt)
+		}
 	}
 }

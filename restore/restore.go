@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -309,7 +310,7 @@ func fetchAll(ctx context.Context, s backup.Store, dir string, plan *Plan, parts
 func checkImage(ctx context.Context, path string, m *backup.Manifest) error {
 	p, err := recovery.OpenPartition(ctx, path, true)
 	if err != nil {
-		return fmt.Errorf("%w: %v", backup.ErrCorrupt, err)
+		return imageError(path, "open the image", err)
 	}
 	if p == nil {
 		return fmt.Errorf("%w: the image is not a recovery partition", backup.ErrCorrupt)
@@ -321,13 +322,27 @@ func checkImage(ctx context.Context, path string, m *backup.Manifest) error {
 	}
 	v, err := recovery.ReadView(ctx, p.DB)
 	if err != nil {
-		return fmt.Errorf("%w: read the image: %v", backup.ErrCorrupt, err)
+		return imageError(path, "read the image", err)
 	}
 	if uint64(v.Lo()) != m.Epochs.Lo || uint64(v.Hi()) != m.Epochs.Hi {
 		return fmt.Errorf("%w: the image restores epochs %d..%d, the manifest claims %d..%d",
 			backup.ErrCorrupt, v.Lo(), v.Hi(), m.Epochs.Lo, m.Epochs.Hi)
 	}
 	return nil
+}
+
+// imageError labels an error reading a fetched image: a fault of the local
+// disk (a full one above all: SQLite then reports a failed shared-memory
+// resize, not ENOSPC) ends the restore with what to fix; anything else
+// makes the backup corrupt, and the restore falls back.
+func imageError(path, what string, err error) error {
+	if !recovery.LocalIOError(err) {
+		return fmt.Errorf("%w: %s: %v", backup.ErrCorrupt, what, err)
+	}
+	if free, ok := freeBytes(filepath.Dir(path)); ok && free < 1<<20 {
+		return fmt.Errorf("%s %s: %w (%v)", what, path, syscall.ENOSPC, err)
+	}
+	return fmt.Errorf("%s %s: %w", what, path, err)
 }
 
 func imageBytes(m *backup.Manifest) int64 {
