@@ -14,8 +14,16 @@ import (
 // slow responses, bodies cut short and bodies with a flipped byte. Each
 // operation either succeeds with correct data or fails cleanly with its
 // documented exit code; none succeeds with wrong data.
+// It runs on S3, in the clear and encrypted.
 func TestDrill7_HostileNetwork(t *testing.T) {
-	b := backends(t)[0] // S3
+	for _, b := range backends(t) {
+		if b.name == "s3" || b.name == "s3+age" {
+			t.Run(b.name, func(t *testing.T) { hostileNetwork(t, b) })
+		}
+	}
+}
+
+func hostileNetwork(t *testing.T, b backend) {
 	began := time.Now()
 	url := b.newURL(t)
 	direct := b.env(b.addr)
