@@ -34,7 +34,9 @@ func newBackupCommand() *cobra.Command {
 one read transaction while flowrun keeps writing, uploaded as content-addressed
 zstd chunks (chunks already stored are not uploaded again; after the first
 backup, only the rows that changed are), and published by a manifest written
-last: an interrupted backup leaves nothing visible.
+last: an interrupted backup leaves nothing visible. With --recipients-file
+every object is encrypted with age to those public keys, and chunks are named
+by a keyed hash (see the README, "Encrypted backups").
 
 ` + exitCodesHelp,
 		Example: "  flowbackup backup -r /var/lib/flowkeep --to s3://my-bucket/flows/wordcount\n  flowbackup backup -r /var/lib/flowkeep --to file:///mnt/backups/wordcount",
