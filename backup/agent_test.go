@@ -51,7 +51,7 @@ func TestAgent_SkipsPartitionsThatDidNotMove(t *testing.T) {
 			}
 		}
 	}
-	cat, _ := backup.LoadCatalog(ctx, s, 0, nil)
+	cat, _ := backup.LoadCatalog(ctx, s, 0)
 	if len(cat.Manifests) != 2 {
 		t.Fatalf("%d backups of an idle flow of 2 partitions after 3 runs, want 2", len(cat.Manifests))
 	}
@@ -80,7 +80,7 @@ func TestAgent_LockedPartitionIsSkippedNotFailed(t *testing.T) {
 	if _, err := a.RunOnce(ctx); err != nil { // learns the flow's uid into the store
 		t.Fatal(err)
 	}
-	cat, _ := backup.LoadCatalog(ctx, s, 0, nil)
+	cat, _ := backup.LoadCatalog(ctx, s, 0)
 	uid := cat.Manifests[0].Flow.UID
 	if _, err := backup.AcquireLock(ctx, s, backup.LockKey(uid, 0), "another-agent", time.Hour, time.Now); err != nil {
 		t.Fatal(err)
@@ -113,7 +113,7 @@ func TestAgent_RetentionPrunesAfterEachRun(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	cat, _ := backup.LoadCatalog(ctx, s, 0, nil)
+	cat, _ := backup.LoadCatalog(ctx, s, 0)
 	if len(cat.Manifests) != 2 {
 		t.Fatalf("%d backups kept, want 2", len(cat.Manifests))
 	}

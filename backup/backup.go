@@ -164,12 +164,18 @@ func Version() string { return version.String() }
 // LoadLatest returns the newest manifest of a partition, from its latest
 // pointer; nil if there is none, or if it is corrupt (the next backup is
 // then a full one, and rewrites the pointer). Any other read error is
-// returned: an unread pointer is not a missing one.
-// An encrypted one that c cannot open (sealed under another chunk key) is
-// nil as well: the next backup takes a new base under c's key. One of the
-// other scheme than c's is ErrEncryptionMismatch.
-func LoadLatest(ctx context.Context, s Store, uid string, idx int, c *Cipher) (*Manifest, error) {
-	m, err := ReadManifest(ctx, s, LatestKey(uid, idx), c)
+// returned: an unread pointer is not a missing one. An encrypted one is
+// ErrEncryptionMismatch (LoadLatestWith reads those).
+func LoadLatest(ctx context.Context, s Store, uid string, idx int) (*Manifest, error) {
+	return LoadLatestWith(ctx, s, uid, idx, nil)
+}
+
+// LoadLatestWith is LoadLatest for backups sealed with c (nil: plaintext).
+// An encrypted pointer that c cannot open (sealed under another chunk key)
+// is nil as well: the next backup takes a new base under c's key. One of
+// the other scheme than c's is ErrEncryptionMismatch.
+func LoadLatestWith(ctx context.Context, s Store, uid string, idx int, c *Cipher) (*Manifest, error) {
+	m, err := ReadManifestWith(ctx, s, LatestKey(uid, idx), c)
 	if errors.Is(err, ErrNotFound) || errors.Is(err, ErrCorrupt) {
 		return nil, nil
 	}
@@ -302,7 +308,7 @@ func BackupPartition(ctx context.Context, s Store, p *recovery.Partition, o Opti
 				return err
 			}
 		}
-		prev, err := LoadLatest(lctx, s, p.FlowUID, int(p.Index), o.cipher)
+		prev, err := LoadLatestWith(lctx, s, p.FlowUID, int(p.Index), o.cipher)
 		if err != nil {
 			return lockCause(lctx, err)
 		}

@@ -31,9 +31,14 @@ type BrokenManifest struct {
 // manifest that cannot be read, does not parse or match its seal (after
 // three reads), or disagrees with its key is Broken: the catalog is then an
 // incomplete view, on which prune refuses to delete anything. Encrypted
-// manifests are opened with c; those it cannot open (or all, with c nil)
-// are in the catalog Locked.
-func LoadCatalog(ctx context.Context, s Store, workers int, keys *Cipher) (*Catalog, error) {
+// manifests come back Locked (LoadCatalogWith opens them).
+func LoadCatalog(ctx context.Context, s Store, workers int) (*Catalog, error) {
+	return LoadCatalogWith(ctx, s, workers, nil)
+}
+
+// LoadCatalogWith is LoadCatalog opening encrypted manifests with keys;
+// those it cannot open are in the catalog Locked.
+func LoadCatalogWith(ctx context.Context, s Store, workers int, keys *Cipher) (*Catalog, error) {
 	var refs []ManifestRef
 	var strays []BrokenManifest
 	err := s.List(ctx, ManifestsPrefix, "", func(o ObjectInfo) error {
@@ -88,7 +93,7 @@ func LoadCatalog(ctx context.Context, s Store, workers int, keys *Cipher) (*Cata
 }
 
 func loadManifest(ctx context.Context, s Store, r ManifestRef, c *Cipher) (*Manifest, error) {
-	m, err := ReadManifest(ctx, s, r.Key, c)
+	m, err := ReadManifestWith(ctx, s, r.Key, c)
 	if err != nil {
 		return nil, err
 	}
@@ -101,8 +106,14 @@ func loadManifest(ctx context.Context, s Store, r ManifestRef, c *Cipher) (*Mani
 // ReadManifest reads and parses the manifest at key. A manifest that does
 // not parse or match its seal is read again (twice) before it is called
 // corrupt: a byte flipped in transit is not damage in the store. An
-// encrypted manifest is opened with c (see OpenManifest).
-func ReadManifest(ctx context.Context, s Store, key string, c *Cipher) (*Manifest, error) {
+// encrypted manifest comes back Locked (ReadManifestWith opens it).
+func ReadManifest(ctx context.Context, s Store, key string) (*Manifest, error) {
+	return ReadManifestWith(ctx, s, key, nil)
+}
+
+// ReadManifestWith is ReadManifest opening an encrypted manifest with c
+// (see OpenManifest).
+func ReadManifestWith(ctx context.Context, s Store, key string, c *Cipher) (*Manifest, error) {
 	var err error
 	for attempt := 0; attempt < 3; attempt++ {
 		var b []byte

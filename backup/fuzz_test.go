@@ -78,7 +78,7 @@ func FuzzLoadCatalog(f *testing.F) {
 			return
 		}
 		s := &fuzzStore{objs: map[string][]byte{key: body}}
-		cat, err := LoadCatalog(context.Background(), s, 2, nil)
+		cat, err := LoadCatalog(context.Background(), s, 2)
 		if err != nil {
 			t.Fatal(err)
 		}

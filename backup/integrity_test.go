@@ -425,7 +425,7 @@ func TestCatalog_FlippedInTransitIsReadAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	fs := &faultyStore{Store: mem, flip: func(k string) bool { return strings.HasSuffix(k, ".json") }}
-	cat, err := backup.LoadCatalog(ctx, fs, 0, nil)
+	cat, err := backup.LoadCatalog(ctx, fs, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -109,7 +109,7 @@ func Prune(ctx context.Context, s Store, o PruneOptions) (*PruneResult, error) {
 
 func prune(ctx context.Context, s Store, o PruneOptions, res *PruneResult, lock *Lock) error {
 	now := o.Now()
-	cat, err := LoadCatalog(ctx, s, 0, nil)
+	cat, err := LoadCatalog(ctx, s, 0)
 	if err != nil {
 		return err
 	}
@@ -125,7 +125,7 @@ func prune(ctx context.Context, s Store, o PruneOptions, res *PruneResult, lock 
 	// Latest pointers name manifests too; their chunks stay.
 	var unreadLatest []string
 	err = s.List(ctx, LatestPrefix, "", func(oi ObjectInfo) error {
-		m, err := ReadManifest(ctx, s, oi.Key, nil)
+		m, err := ReadManifest(ctx, s, oi.Key)
 		if errors.Is(err, ErrNotFound) {
 			return nil // deleted meanwhile
 		}

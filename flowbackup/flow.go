@@ -17,7 +17,7 @@ func resolveFlow(ctx context.Context, s backup.Store, flow string) (string, erro
 	if flow == "" {
 		return "", nil
 	}
-	cat, err := backup.LoadCatalog(ctx, s, 0, nil)
+	cat, err := backup.LoadCatalog(ctx, s, 0)
 	if err != nil {
 		return "", err
 	}

@@ -99,7 +99,7 @@ func runList(ctx context.Context, o listOptions, out io.Writer) error {
 		return err
 	}
 	defer s.Close()
-	cat, err := backup.LoadCatalog(ctx, s, 0, nil)
+	cat, err := backup.LoadCatalog(ctx, s, 0)
 	if err != nil {
 		return err
 	}

@@ -176,7 +176,7 @@ func TestDrill4_BitRot(t *testing.T) {
 
 			ctx := context.Background()
 			st := b.open(t, url)
-			cat, err := backup.LoadCatalog(ctx, st, 0, nil)
+			cat, err := backup.LoadCatalog(ctx, st, 0)
 			if err != nil {
 				t.Fatal(err)
 			}

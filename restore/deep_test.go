@@ -105,7 +105,7 @@ func TestDeepVerify_DamageIsChargedToTheBackupsThatUseIt(t *testing.T) {
 			ctx := context.Background()
 			s := memstore.New()
 			manyBackups(t, s, 4)
-			cat, _ := backup.LoadCatalog(ctx, s, 0, nil)
+			cat, _ := backup.LoadCatalog(ctx, s, 0)
 			ob, _ := tc.pick(cat.Manifests)
 			s.Mutate(backup.ChunkKey(ob.SHA256), func(b []byte) []byte { b[len(b)/2] ^= 0x10; return b })
 			rep, err := Verify(ctx, s, VerifyOptions{Deep: true})
@@ -190,7 +190,7 @@ func TestDeepVerify_NewestAndSample(t *testing.T) {
 
 func seenAll(ctx context.Context, t *testing.T, s backup.Store) map[string]bool {
 	t.Helper()
-	cat, err := backup.LoadCatalog(ctx, s, 0, nil)
+	cat, err := backup.LoadCatalog(ctx, s, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -99,7 +99,7 @@ func TestEncrypted_TheBucketNeverSeesStateInTheClear(t *testing.T) {
 			t.Fatalf("%s is a bare zstd frame", key)
 		}
 	}
-	cat, err := backup.LoadCatalog(ctx, s, 0, keys)
+	cat, err := backup.LoadCatalogWith(ctx, s, 0, keys)
 	if err != nil || len(cat.Manifests) != 2 {
 		t.Fatal(err)
 	}
@@ -221,7 +221,7 @@ func TestEncrypted_RotatingRecipients(t *testing.T) {
 		keys   *backup.Cipher
 		locked int
 	}{{onlyNext, 2}, {backup.NewOpener([]age.Identity{old}), 2}, {backup.NewOpener([]age.Identity{next, old}), 0}} {
-		cat, err := backup.LoadCatalog(ctx, s, 0, c.keys)
+		cat, err := backup.LoadCatalogWith(ctx, s, 0, c.keys)
 		if err != nil || len(cat.Broken) > 0 {
 			t.Fatal(err, cat.Broken)
 		}
@@ -289,7 +289,7 @@ func TestEncrypted_DamageIsCorruptNotAKeyProblem(t *testing.T) {
 	lf["index"], lf["sha256"] = compact.Bytes(), []byte(`"`+hex.EncodeToString(sum[:])+`"`)
 	forged, _ := json.Marshal(lf)
 	s.Put(ctx, mkey, forged)
-	if _, err := backup.ReadManifest(ctx, s, mkey, keys); !errors.Is(err, backup.ErrCorrupt) {
+	if _, err := backup.ReadManifestWith(ctx, s, mkey, keys); !errors.Is(err, backup.ErrCorrupt) {
 		t.Fatalf("forged index: %v, want ErrCorrupt", err)
 	}
 }

@@ -51,7 +51,9 @@ type FetchOptions struct {
 func FetchObjects(ctx context.Context, s backup.Store, objs []backup.Object, w io.WriterAt, o FetchOptions, done *atomic.Int64) error {
 	get := o.Get
 	if get == nil {
-		get = func(ctx context.Context, ob backup.Object) ([]byte, error) { return FetchObject(ctx, s, ob, o.Cipher) }
+		get = func(ctx context.Context, ob backup.Object) ([]byte, error) {
+			return FetchObjectWith(ctx, s, ob, o.Cipher)
+		}
 	}
 	workers := o.Workers
 	if workers <= 0 {
@@ -109,11 +111,16 @@ func (d *damagedChunk) Error() string {
 
 func (d *damagedChunk) Unwrap() error { return backup.ErrCorrupt }
 
-// FetchObject downloads one chunk, decrypts it with c if its backup is
-// encrypted (c is that manifest's Cipher), and verifies it. A chunk that
-// arrives damaged is downloaded again (twice) before it is declared
-// corrupt: damage in transit is not damage in the store.
-func FetchObject(ctx context.Context, s backup.Store, ob backup.Object, c *backup.Cipher) ([]byte, error) {
+// FetchObject downloads one chunk of a plaintext backup and verifies it. A
+// chunk that arrives damaged is downloaded again (twice) before it is
+// declared corrupt: damage in transit is not damage in the store.
+func FetchObject(ctx context.Context, s backup.Store, ob backup.Object) ([]byte, error) {
+	return FetchObjectWith(ctx, s, ob, nil)
+}
+
+// FetchObjectWith is FetchObject for a chunk of a backup encrypted with c
+// (that manifest's Cipher; nil: plaintext), which decrypts it.
+func FetchObjectWith(ctx context.Context, s backup.Store, ob backup.Object, c *backup.Cipher) ([]byte, error) {
 	return fetchChecked(ctx, s, ob, c, false)
 }
 

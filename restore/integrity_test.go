@@ -234,18 +234,18 @@ func TestFetchObject_StoredSHA256PinsTheContent(t *testing.T) {
 	if err := s.Put(ctx, backup.ChunkKey(ob.SHA256), z); err != nil {
 		t.Fatal(err)
 	}
-	if b, err := FetchObject(ctx, s, ob, nil); err != nil || string(b) != string(content) {
+	if b, err := FetchObject(ctx, s, ob); err != nil || string(b) != string(content) {
 		t.Fatalf("intact chunk: %v", err)
 	}
 	other := ob
 	other.StoredSHA256 = backup.SumHex([]byte("another encoding"))
-	if b, err := FetchObject(ctx, s, other, nil); err != nil || string(b) != string(content) {
+	if b, err := FetchObject(ctx, s, other); err != nil || string(b) != string(content) {
 		t.Fatalf("chunk stored another way, content right: %v", err)
 	}
 	damaged := append([]byte(nil), z...)
 	damaged[len(damaged)/2] ^= 0x40
 	s.Put(ctx, backup.ChunkKey(ob.SHA256), damaged)
-	if _, err := FetchObject(ctx, s, ob, nil); !errors.Is(err, backup.ErrCorrupt) {
+	if _, err := FetchObject(ctx, s, ob); !errors.Is(err, backup.ErrCorrupt) {
 		t.Fatalf("damaged stored bytes: %v, want ErrCorrupt", err)
 	}
 }

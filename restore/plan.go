@@ -93,7 +93,7 @@ func PickFlow(ms []*backup.Manifest, uid string) ([]*backup.Manifest, error) {
 
 // PlanFrom reads the store's catalog and plans a restore.
 func PlanFrom(ctx context.Context, s backup.Store, o PlanOptions) (*Plan, error) {
-	cat, err := backup.LoadCatalog(ctx, s, 0, nil)
+	cat, err := backup.LoadCatalog(ctx, s, 0)
 	if err != nil {
 		return nil, err
 	}

@@ -88,7 +88,7 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 	if o.Plan.Exclude == nil {
 		o.Plan.Exclude = map[string]bool{}
 	}
-	cat, err := backup.LoadCatalog(ctx, s, 0, o.Keys)
+	cat, err := backup.LoadCatalogWith(ctx, s, 0, o.Keys)
 	if err != nil {
 		return nil, err
 	}

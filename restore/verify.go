@@ -121,7 +121,7 @@ func Verify(ctx context.Context, s backup.Store, o VerifyOptions) (*Report, erro
 			rep.Mode = "deep-newest"
 		}
 	}
-	cat, err := backup.LoadCatalog(ctx, s, o.Workers, o.Keys)
+	cat, err := backup.LoadCatalogWith(ctx, s, o.Workers, o.Keys)
 	if err != nil {
 		return nil, err
 	}
@@ -313,7 +313,7 @@ func checkLatest(ctx context.Context, s backup.Store, ms []*backup.Manifest, flo
 	}
 	seen := map[part]bool{}
 	err := s.List(ctx, backup.LatestPrefix, "", func(oi backup.ObjectInfo) error {
-		m, err := backup.ReadManifest(ctx, s, oi.Key, keys)
+		m, err := backup.ReadManifestWith(ctx, s, oi.Key, keys)
 		if errors.Is(err, backup.ErrNotFound) {
 			return nil
 		}
