@@ -203,9 +203,17 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 		}
 		delete(fetched, id)
 	}
-	// The next backup from dir continues the restored backups' chain.
-	if err := backup.WriteChunkKey(dir, plan.Chosen[parts[0]]); err != nil {
-		return nil, err
+	// The next backup from dir continues the restored backups' chain; the
+	// key belongs to whoever owns the partitions (the agent runs as them).
+	if m := plan.Chosen[parts[0]]; m.Encryption != nil {
+		if err := backup.WriteChunkKey(dir, m); err != nil {
+			return nil, err
+		}
+		if key := filepath.Join(dir, backup.ChunkKeyFile); o.chown {
+			if err := os.Chown(key, o.UID, o.GID); err != nil {
+				return nil, fmt.Errorf("give %s to uid %d gid %d: %w", key, o.UID, o.GID, err)
+			}
+		}
 	}
 	return res, fsync.Dir(dir)
 }
