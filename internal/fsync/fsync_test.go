@@ -1,6 +1,7 @@
 package fsync
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -49,5 +50,31 @@ func TestMkdirAll_SyncsEveryParentItCreates(t *testing.T) {
 	synced = nil
 	if err := MkdirAll(target, 0o755); err != nil || len(synced) != 0 {
 		t.Fatalf("existing directory: err %v, synced %v", err, synced)
+	}
+}
+
+// WriteFile replaces a file or, create-only, refuses one that exists and
+// leaves it as it was; no temporary file is left either way.
+func TestWriteFile_ReplaceOrCreateOnly(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "key")
+	if err := WriteFile(path, []byte("one"), 0o600, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteFile(path, []byte("two"), 0o600, false); !errors.Is(err, os.ErrExist) {
+		t.Fatalf("create-only over an existing file: %v", err)
+	}
+	if b, _ := os.ReadFile(path); string(b) != "one" {
+		t.Fatalf("the refused write changed the file to %q", b)
+	}
+	if err := WriteFile(path, []byte("three"), 0o600, true); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := os.Stat(path)
+	if b, _ := os.ReadFile(path); string(b) != "three" || st.Mode().Perm() != 0o600 {
+		t.Fatalf("replaced file: %q, mode %v", b, st.Mode().Perm())
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Fatalf("%d files in the directory, want 1", len(ents))
 	}
 }
