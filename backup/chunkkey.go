@@ -33,8 +33,9 @@ type keyFile struct {
 }
 
 // SealerFor returns the Cipher that backs up dir's partitions to
-// recipients: with dir's chunk key, or with a new one (written to dir) if
-// dir has none or has one made for another recipient set.
+// recipients: with dir's chunk key, or with a new one (written to dir, and
+// owned by dir's owner) if dir has none or has one made for another
+// recipient set.
 func SealerFor(dir string, recipients []age.Recipient, now time.Time) (*Cipher, error) {
 	fp, err := RecipientsFingerprint(recipients)
 	if err != nil {
@@ -65,6 +66,9 @@ func SealerFor(dir string, recipients []age.Recipient, now time.Time) (*Cipher, 
 	}
 	if err != nil {
 		return nil, fmt.Errorf("store the chunk key: %w", err)
+	}
+	if err := giveToDirOwner(path, dir); err != nil {
+		return nil, fmt.Errorf("give the chunk key to the owner of %s: %w", dir, err)
 	}
 	return NewSealer(recipients, secret)
 }
