@@ -4,8 +4,6 @@ package file
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -30,7 +28,8 @@ var (
 	_ backup.TempSweeper = (*Store)(nil)
 )
 
-const tmpMarker = ".flowkeep-tmp-"
+// tmpMarker starts the names of temporary files (see fsync.WriteFile).
+const tmpMarker = fsync.TempPrefix
 
 // New opens a store rooted at an existing directory.
 func New(root string) (*Store, error) {
@@ -66,51 +65,16 @@ func (s *Store) path(key string) (string, error) {
 	return filepath.Join(s.Root, filepath.FromSlash(key)), nil
 }
 
-// writeTemp writes data to a synced temporary file next to path.
-func writeTemp(path string, data []byte) (string, error) {
-	dir := filepath.Dir(path)
-	if err := fsync.MkdirAll(dir, 0o755); err != nil {
-		return "", err
-	}
-	var r [6]byte
-	rand.Read(r[:])
-	tmp := filepath.Join(dir, tmpMarker+hex.EncodeToString(r[:]))
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return "", err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return "", err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return "", err
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(tmp)
-		return "", err
-	}
-	return tmp, nil
-}
-
 // Put implements backup.Store.
 func (s *Store) Put(_ context.Context, key string, data []byte) error {
 	p, err := s.path(key)
 	if err != nil {
 		return err
 	}
-	tmp, err := writeTemp(p, data)
-	if err != nil {
+	if err := write(p, data, true); err != nil {
 		return fmt.Errorf("put %s: %w", key, err)
 	}
-	if err := os.Rename(tmp, p); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("put %s: %w", key, err)
-	}
-	return fsync.Dir(filepath.Dir(p))
+	return nil
 }
 
 // PutIfAbsent implements backup.Store with a hard link, which fails if the
@@ -120,18 +84,23 @@ func (s *Store) PutIfAbsent(_ context.Context, key string, data []byte) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := writeTemp(p, data)
-	if err != nil {
-		return fmt.Errorf("put %s: %w", key, err)
-	}
-	defer os.Remove(tmp)
-	if err := os.Link(tmp, p); err != nil {
+	if err := write(p, data, false); err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			return fmt.Errorf("put %s: %w", key, backup.ErrExists)
 		}
 		return fmt.Errorf("put %s: %w", key, err)
 	}
-	return fsync.Dir(filepath.Dir(p))
+	return nil
+}
+
+// write stores an object's file, its directories made first, through a
+// temporary file (fsync.TempPrefix...) that is renamed over it, or, unless
+// replace, linked to it.
+func write(path string, data []byte, replace bool) error {
+	if err := fsync.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	return fsync.WriteFile(path, data, 0o644, replace)
 }
 
 // Get implements backup.Store.

@@ -76,14 +76,19 @@ func MkdirAll(dir string, perm os.FileMode) error {
 	return nil
 }
 
+// TempPrefix starts the name of every temporary file WriteFile makes
+// beside its target, so that a killed writer's leftovers can be told apart
+// (and swept: the file backup store does).
+const TempPrefix = ".flowkeep-tmp-"
+
 // WriteFile writes data to path atomically and durably: a temporary file
-// beside it, fsynced, then renamed over path (or, if replace is false,
-// linked to path, failing with an error wrapping os.ErrExist if path
-// exists), then the directory fsynced. A crash leaves the old file or the
-// new one, never a mix.
+// beside it (named TempPrefix...), fsynced, then renamed over path (or, if
+// replace is false, linked to path, failing with an error wrapping
+// os.ErrExist if path exists), then the directory fsynced. A crash leaves
+// the old file or the new one, never a mix.
 func WriteFile(path string, data []byte, perm os.FileMode, replace bool) error {
 	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	f, err := os.CreateTemp(dir, TempPrefix+"*")
 	if err != nil {
 		return err
 	}
