@@ -209,10 +209,8 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 		if err := backup.WriteChunkKey(dir, m); err != nil {
 			return nil, err
 		}
-		if key := filepath.Join(dir, backup.ChunkKeyFile); o.chown {
-			if err := os.Chown(key, o.UID, o.GID); err != nil {
-				return nil, fmt.Errorf("give %s to uid %d gid %d: %w", key, o.UID, o.GID, err)
-			}
+		if err := giveAway(filepath.Join(dir, backup.ChunkKeyFile), o); err != nil {
+			return nil, err
 		}
 	}
 	return res, fsync.Dir(dir)
@@ -242,10 +240,16 @@ func setOwner(path string, o Options) error {
 	if err := os.Chmod(path, o.Mode); err != nil {
 		return err
 	}
-	if o.chown {
-		if err := os.Chown(path, o.UID, o.GID); err != nil {
-			return fmt.Errorf("give %s to uid %d gid %d: %w (run the restore as root, or as that user)", path, o.UID, o.GID, err)
-		}
+	return giveAway(path, o)
+}
+
+// giveAway gives path to the owner the restore was asked for, if any.
+func giveAway(path string, o Options) error {
+	if !o.chown {
+		return nil
+	}
+	if err := os.Chown(path, o.UID, o.GID); err != nil {
+		return fmt.Errorf("give %s to uid %d gid %d: %w (run the restore as root, or as that user)", path, o.UID, o.GID, err)
 	}
 	return nil
 }
@@ -412,9 +416,9 @@ func prepareDir(ctx context.Context, dir string, o Options) (func(), error) {
 	if err := fsync.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create %s: %w", dir, err)
 	}
-	if os.IsNotExist(statErr) && o.chown {
-		if err := os.Chown(dir, o.UID, o.GID); err != nil {
-			return nil, fmt.Errorf("give %s to uid %d gid %d: %w", dir, o.UID, o.GID, err)
+	if os.IsNotExist(statErr) {
+		if err := giveAway(dir, o); err != nil {
+			return nil, err
 		}
 	}
 	unlock, err := lockDir(dir)
