@@ -47,7 +47,7 @@ func SealerFor(dir string, recipients []age.Recipient, now time.Time) (*Cipher, 
 		return nil, err
 	}
 	if kf != nil && kf.Recipients == fp {
-		return NewSealer(recipients, kf.Key)
+		return newSealer(recipients, fp, kf.Key)
 	}
 	secret := make([]byte, 32)
 	rand.Read(secret)
@@ -62,7 +62,7 @@ func SealerFor(dir string, recipients []age.Recipient, now time.Time) (*Cipher, 
 		if kf == nil || kf.Recipients != fp {
 			return nil, fmt.Errorf("chunk key %s changed while it was created: run the backup again", path)
 		}
-		return NewSealer(recipients, kf.Key)
+		return newSealer(recipients, fp, kf.Key)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("store the chunk key: %w", err)
@@ -70,7 +70,7 @@ func SealerFor(dir string, recipients []age.Recipient, now time.Time) (*Cipher, 
 	if err := giveToDirOwner(path, dir); err != nil {
 		return nil, fmt.Errorf("give the chunk key to the owner of %s: %w", dir, err)
 	}
-	return NewSealer(recipients, secret)
+	return newSealer(recipients, fp, secret)
 }
 
 func readKeyFile(path string) (*keyFile, error) {

@@ -70,23 +70,30 @@ func newChunkKey(secret []byte) *chunkKey {
 // NewSealer returns the Cipher a backup seals with: recipients and the
 // chunk key, secret (32 bytes).
 func NewSealer(recipients []age.Recipient, secret []byte) (*Cipher, error) {
+	fp, err := RecipientsFingerprint(recipients)
+	if err != nil {
+		return nil, err
+	}
+	return newSealer(recipients, fp, secret)
+}
+
+// newSealer is NewSealer for recipients whose fingerprint is fp.
+func newSealer(recipients []age.Recipient, fp string, secret []byte) (*Cipher, error) {
 	if len(recipients) == 0 {
 		return nil, errors.New("no age recipients")
 	}
 	if len(secret) != 32 {
 		return nil, fmt.Errorf("chunk key of %d bytes, want 32", len(secret))
 	}
-	fp, err := RecipientsFingerprint(recipients)
-	if err != nil {
-		return nil, err
-	}
 	c := &Cipher{recipients: recipients, fp: fp, key: newChunkKey(secret)}
 	// Our own stanza must carry the recipients' labels (age refuses to mix
 	// post-quantum and classic recipients).
 	if l, ok := recipients[0].(age.RecipientWithLabels); ok {
-		if _, c.labels, err = l.WrapWithLabels(make([]byte, 16)); err != nil {
+		_, labels, err := l.WrapWithLabels(make([]byte, 16))
+		if err != nil {
 			return nil, fmt.Errorf("age recipient: %w", err)
 		}
+		c.labels = labels
 	}
 	return c, nil
 }
@@ -304,37 +311,30 @@ func RecipientsFingerprint(rs []age.Recipient) (string, error) {
 // LoadRecipients reads age recipients files (one public key per line, "#"
 // comments), as age -R reads them.
 func LoadRecipients(paths ...string) ([]age.Recipient, error) {
-	var out []age.Recipient
-	for _, p := range paths {
-		f, err := os.Open(p)
-		if err != nil {
-			return nil, fmt.Errorf("recipients file: %w", err)
-		}
-		rs, err := age.ParseRecipients(f)
-		f.Close()
-		if err != nil {
-			return nil, fmt.Errorf("recipients file %s: %w", p, err)
-		}
-		out = append(out, rs...)
-	}
-	return out, nil
+	return parseKeyFiles("recipients file", paths, age.ParseRecipients)
 }
 
 // LoadIdentities reads age identity files (AGE-SECRET-KEY-1... lines), as
 // age -i reads them.
 func LoadIdentities(paths ...string) ([]age.Identity, error) {
-	var out []age.Identity
+	return parseKeyFiles("identity file", paths, age.ParseIdentities)
+}
+
+// parseKeyFiles parses every file in paths with parse, what naming them in
+// errors.
+func parseKeyFiles[T any](what string, paths []string, parse func(io.Reader) ([]T, error)) ([]T, error) {
+	var out []T
 	for _, p := range paths {
 		f, err := os.Open(p)
 		if err != nil {
-			return nil, fmt.Errorf("identity file: %w", err)
+			return nil, fmt.Errorf("%s: %w", what, err)
 		}
-		ids, err := age.ParseIdentities(f)
+		keys, err := parse(f)
 		f.Close()
 		if err != nil {
-			return nil, fmt.Errorf("identity file %s: %w", p, err)
+			return nil, fmt.Errorf("%s %s: %w", what, p, err)
 		}
-		out = append(out, ids...)
+		out = append(out, keys...)
 	}
 	return out, nil
 }
