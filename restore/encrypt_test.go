@@ -46,18 +46,7 @@ func (f *flow) backupSealed(rs ...age.Recipient) []*backup.Result {
 
 // secretEpoch writes n keys whose values carry a recognisable secret.
 func (f *flow) secretEpoch(n int, secret string) {
-	rows := make([]recovery.Row, n)
-	for i := range rows {
-		rows[i] = recovery.Row{Step: "t.s", Key: recovery.StateKey(fmt.Sprint("user-", i)), Epoch: f.e, Value: []byte(fmt.Sprintf("%s-%d", secret, i))}
-	}
-	ctx := context.Background()
-	if err := f.st.Commit(ctx, 0, f.e+1, rows); err != nil {
-		f.t.Fatal(err)
-	}
-	if err := f.st.Flush(ctx); err != nil {
-		f.t.Fatal(err)
-	}
-	f.e++
+	f.epochOf(n, func(i int) (string, string) { return fmt.Sprint("user-", i), fmt.Sprintf("%s-%d", secret, i) })
 }
 
 func storedObjects(t *testing.T, s backup.Store) map[string][]byte {

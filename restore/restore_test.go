@@ -46,9 +46,17 @@ func newFlow(t *testing.T, parts int, s *memstore.Store) *flow {
 
 // epoch writes keys k0..k(n-1) with a value naming the epoch, and closes it.
 func (f *flow) epoch(n int) {
+	e := f.e
+	f.epochOf(n, func(i int) (string, string) { return fmt.Sprint("k", i), fmt.Sprint("v", e) })
+}
+
+// epochOf writes n keys and values, kv(i) giving the i-th, and closes the
+// epoch.
+func (f *flow) epochOf(n int, kv func(i int) (key, value string)) {
 	rows := make([]recovery.Row, n)
 	for i := range rows {
-		rows[i] = recovery.Row{Step: "t.s", Key: recovery.StateKey(fmt.Sprint("k", i)), Epoch: f.e, Value: []byte(fmt.Sprint("v", f.e))}
+		k, v := kv(i)
+		rows[i] = recovery.Row{Step: "t.s", Key: recovery.StateKey(k), Epoch: f.e, Value: []byte(v)}
 	}
 	ctx := context.Background()
 	if err := f.st.Commit(ctx, 0, f.e+1, rows); err != nil {
