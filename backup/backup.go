@@ -182,10 +182,13 @@ func LoadLatestWith(ctx context.Context, s Store, uid string, idx int, c *Cipher
 	if err != nil {
 		return nil, fmt.Errorf("read latest pointer: %w", err)
 	}
-	if (m.Encryption != nil) != (c != nil) {
-		// The config may be gone (a hostile or careless hand): the
-		// partition's own chain still says which scheme it uses.
-		return nil, fmt.Errorf("%w: the latest backup of partition %d in %s is %s", ErrEncryptionMismatch, idx, s, map[bool]string{true: "encrypted: give --recipients-file", false: "not encrypted, and encrypted ones may not join it; back up to a new prefix"}[m.Encryption != nil])
+	// The config may be gone (a hostile or careless hand): the partition's
+	// own chain still says which scheme it uses.
+	switch {
+	case m.Encryption != nil && c == nil:
+		return nil, fmt.Errorf("%w: the latest backup of partition %d in %s is encrypted: give --recipients-file", ErrEncryptionMismatch, idx, s)
+	case m.Encryption == nil && c != nil:
+		return nil, fmt.Errorf("%w: the latest backup of partition %d in %s is not encrypted, and encrypted ones may not join it; back up to a new prefix", ErrEncryptionMismatch, idx, s)
 	}
 	if m.Flow.UID != uid || m.Partition.Index != idx || m.Locked || m.Encryption.KeyID() != c.KeyID() {
 		return nil, nil

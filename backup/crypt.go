@@ -309,9 +309,17 @@ func RecipientsFingerprint(rs []age.Recipient) (string, error) {
 }
 
 // LoadRecipients reads age recipients files (one public key per line, "#"
-// comments), as age -R reads them.
+// comments), as age -R reads them. It refuses recipients without a public
+// key form (plugins), which cannot be fingerprinted.
 func LoadRecipients(paths ...string) ([]age.Recipient, error) {
-	return parseKeyFiles("recipients file", paths, age.ParseRecipients)
+	rs, err := parseKeyFiles("recipients file", paths, age.ParseRecipients)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := RecipientsFingerprint(rs); err != nil {
+		return nil, err
+	}
+	return rs, nil
 }
 
 // LoadIdentities reads age identity files (AGE-SECRET-KEY-1... lines), as

@@ -30,16 +30,10 @@ type RepoConfig struct {
 	Created    time.Time `json:"created"`
 }
 
-// LocationScheme returns how the backups in s are encrypted: its config's
-// scheme; without a config, that of its first manifest (a location written
-// before configs existed); "" for an empty location.
-func LocationScheme(ctx context.Context, s Store) (string, error) {
-	scheme, _, err := locationScheme(ctx, s, true)
-	return scheme, err
-}
-
-// locationScheme is LocationScheme; configured says the config named it.
-// Without infer, a location without a config is "" (no listing).
+// locationScheme returns how the backups in s are encrypted: its config's
+// scheme (configured true); without a config and with infer, that of its
+// first manifest (a location written before configs existed); "" for an
+// empty location, or without a config and infer (no listing).
 func locationScheme(ctx context.Context, s Store, infer bool) (string, bool, error) {
 	b, err := ReadAll(ctx, s, ConfigKey, 1<<16)
 	switch {

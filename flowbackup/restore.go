@@ -182,12 +182,6 @@ func runRestore(ctx context.Context, o restoreOptions, out, errOut io.Writer) er
 			return o.nothing(out, fmt.Sprintf("%s holds no backups yet; nothing restored (--if-backups-exist)", s))
 		}
 	}
-	if !ro.Keys.CanOpen() {
-		// Fail fast (the plan would find it too): the config says so.
-		if scheme, err := backup.LocationScheme(ctx, s); err == nil && scheme == backup.SchemeAge {
-			return fmt.Errorf("%s: %w", s, backup.ErrIdentityRequired)
-		}
-	}
 	if ro.Plan.FlowUID, err = resolveFlow(ctx, s, o.Flow); err != nil {
 		return err
 	}

@@ -51,7 +51,7 @@ type deepScope struct {
 	fetched     map[string]bool           // chunks read from the store (counted once)
 	damaged     map[string]string         // chunk -> why it is unusable
 	quarantined map[string]bool           // chunks quarantined by this check
-	ciphers     map[string]*backup.Cipher // encrypted chunks: their manifest's Cipher
+	ciphers     map[string]*backup.Cipher // encrypted chunks: their manifest's Cipher (read-only once the check starts)
 }
 
 // localChunk is a verified chunk inside a local file.
@@ -208,10 +208,7 @@ func (d *deepScope) get(ctx context.Context, ob backup.Object) ([]byte, error) {
 		}
 	}
 	// The content's sha256 is checked even where the stored bytes' is known.
-	d.mu.Lock()
-	c := d.ciphers[ob.SHA256]
-	d.mu.Unlock()
-	b, err := fetchChecked(ctx, d.s, ob, c, true)
+	b, err := fetchChecked(ctx, d.s, ob, d.ciphers[ob.SHA256], true)
 	d.read.Add(ob.Stored)
 	d.mu.Lock()
 	if !d.fetched[ob.SHA256] {
