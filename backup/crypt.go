@@ -12,7 +12,6 @@ import (
 	"io"
 	"os"
 	"slices"
-	"sort"
 	"strings"
 
 	"filippo.io/age"
@@ -302,7 +301,7 @@ func RecipientsFingerprint(rs []age.Recipient) (string, error) {
 		}
 		keys = append(keys, s.String())
 	}
-	sort.Strings(keys)
+	slices.Sort(keys)
 	keys = slices.Compact(keys)
 	sum := sha256.Sum256([]byte(strings.Join(keys, "\n")))
 	return hex.EncodeToString(sum[:8]), nil

@@ -129,10 +129,7 @@ func openPartition(ctx context.Context, path, mode string) (*Partition, error) {
 	err = db.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_master WHERE type='table' AND name='parts'`).Scan(&n)
 	if err != nil {
 		db.Close()
-		if LocalIOError(err) {
-			return nil, fmt.Errorf("open %s: %w", path, err) // the disk, not the file
-		}
-		return nil, fmt.Errorf("open %s: %w: %v", path, ErrCorrupt, err)
+		return nil, fmt.Errorf("open %s: %w", path, corruptUnlessDisk(err))
 	}
 	if n == 0 {
 		db.Close()
@@ -145,10 +142,7 @@ func openPartition(ctx context.Context, path, mode string) (*Partition, error) {
 	}
 	if err != nil {
 		db.Close()
-		if LocalIOError(err) {
-			return nil, fmt.Errorf("read identity of %s: %w", path, err)
-		}
-		return nil, fmt.Errorf("read identity of %s: %w: %v", path, ErrCorrupt, err)
+		return nil, fmt.Errorf("read identity of %s: %w", path, corruptUnlessDisk(err))
 	}
 	if p.Count < 1 || p.Index < 0 || int(p.Index) >= int(p.Count) {
 		db.Close()

@@ -412,6 +412,15 @@ func LocalIOError(err error) bool {
 	return errors.As(err, &coded) && (coded.Code()&0xff == sqliteIOErr || coded.Code()&0xff == sqliteCantOpen)
 }
 
+// corruptUnlessDisk labels err as ErrCorrupt, unless it is a fault of the
+// local disk (LocalIOError): the file is not to blame for those.
+func corruptUnlessDisk(err error) error {
+	if LocalIOError(err) {
+		return err
+	}
+	return fmt.Errorf("%w: %v", ErrCorrupt, err)
+}
+
 const (
 	sqliteIOErr    = 10 // SQLITE_IOERR
 	sqliteCantOpen = 14 // SQLITE_CANTOPEN
