@@ -114,21 +114,11 @@ func ReadManifest(ctx context.Context, s Store, key string) (*Manifest, error) {
 // ReadManifestWith is ReadManifest opening an encrypted manifest with c
 // (see OpenManifest).
 func ReadManifestWith(ctx context.Context, s Store, key string, c *Cipher) (*Manifest, error) {
-	var err error
-	for attempt := 0; attempt < 3; attempt++ {
-		var b []byte
-		if b, err = ReadAll(ctx, s, key, MaxManifestBytes); err != nil {
-			if errors.Is(err, ErrCorrupt) {
-				continue // a body longer than a manifest may be: read again
-			}
-			return nil, err
-		}
-		var m *Manifest
-		if m, err = OpenManifest(b, c); err == nil {
-			return m, nil
-		}
+	m, err := readParsed(ctx, s, key, MaxManifestBytes, func(b []byte) (*Manifest, error) { return OpenManifest(b, c) })
+	if errors.Is(err, ErrCorrupt) {
+		return nil, fmt.Errorf("%s: %w", key, err)
 	}
-	return nil, fmt.Errorf("%s: %w", key, err)
+	return m, err
 }
 
 // Flows groups manifests by flow uid.

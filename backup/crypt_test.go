@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -136,5 +138,34 @@ func TestBackup_PlaintextRefusedByTheChainWhenTheConfigIsGone(t *testing.T) {
 	res, err := backup.BackupDir(ctx, s, dir, backup.Options{})
 	if !errors.Is(err, backup.ErrEncryptionMismatch) || res[0].Manifest != nil {
 		t.Fatalf("plaintext backup over an encrypted chain: %v", err)
+	}
+}
+
+// flipOnce damages the first read of one key, as a network would.
+type flipOnce struct {
+	*memstore.Store
+	key  string
+	done bool
+}
+
+func (f *flipOnce) Get(ctx context.Context, key string) (io.ReadCloser, error) {
+	if key != f.key || f.done {
+		return f.Store.Get(ctx, key)
+	}
+	f.done = true
+	return io.NopCloser(strings.NewReader(`{"format":"flowkeep-repo/1","encryption":"a`)), nil
+}
+
+// A config cut short in transit is read again, like a manifest: it is not
+// called damaged, and the backup goes on.
+func TestCheckScheme_AConfigDamagedInTransitIsReadAgain(t *testing.T) {
+	ctx := context.Background()
+	s := &flipOnce{Store: memstore.New(), key: backup.ConfigKey}
+	if err := backup.CheckScheme(ctx, s, true, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	s.done = false
+	if err := backup.CheckScheme(ctx, s, true, time.Now()); err != nil || !s.done {
+		t.Fatalf("second check, its first read cut short: %v", err)
 	}
 }

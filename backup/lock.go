@@ -104,22 +104,13 @@ func AcquireLock(ctx context.Context, s Store, key, holder string, ttl time.Dura
 // readLock reads a lock body, reading a body that does not parse again
 // (twice) before it says ErrCorrupt.
 func readLock(ctx context.Context, s Store, key string) (lockBody, error) {
-	var err error
-	for attempt := 0; attempt < 3; attempt++ {
-		var b []byte
-		if b, err = ReadAll(ctx, s, key, 64<<10); err != nil {
-			if errors.Is(err, ErrCorrupt) {
-				continue
-			}
-			return lockBody{}, err
-		}
+	return readParsed(ctx, s, key, 64<<10, func(b []byte) (lockBody, error) {
 		var body lockBody
-		if err = json.Unmarshal(b, &body); err == nil && body.Holder != "" {
-			return body, nil
+		if err := json.Unmarshal(b, &body); err != nil || body.Holder == "" {
+			return lockBody{}, fmt.Errorf("%w: lock %s is not a lock body", ErrCorrupt, key)
 		}
-		err = fmt.Errorf("%w: lock %s is not a lock body", ErrCorrupt, key)
-	}
-	return lockBody{}, err
+		return body, nil
+	})
 }
 
 // Check returns nil if the lock is still this holder's and unexpired. An

@@ -35,14 +35,19 @@ type RepoConfig struct {
 // first manifest (a location written before configs existed); "" for an
 // empty location, or without a config and infer (no listing).
 func locationScheme(ctx context.Context, s Store, infer bool) (string, bool, error) {
-	b, err := ReadAll(ctx, s, ConfigKey, 1<<16)
-	switch {
-	case err == nil:
+	// Read like a manifest: a body damaged in transit is read again.
+	c, err := readParsed(ctx, s, ConfigKey, 1<<16, func(b []byte) (RepoConfig, error) {
 		var c RepoConfig
 		if err := decodeOne(b, &c); err != nil || c.Format != repoFormat || (c.Encryption != SchemeNone && c.Encryption != SchemeAge) {
-			return "", false, fmt.Errorf("%w: %s in %s is damaged or of an unknown format; remove it only if you know which scheme the backups there use", ErrCorrupt, ConfigKey, s)
+			return c, fmt.Errorf("%w: %s in %s is damaged or of an unknown format; remove it only if you know which scheme the backups there use", ErrCorrupt, ConfigKey, s)
 		}
+		return c, nil
+	})
+	switch {
+	case err == nil:
 		return c.Encryption, true, nil
+	case errors.Is(err, ErrCorrupt):
+		return "", false, err
 	case !errors.Is(err, ErrNotFound):
 		return "", false, fmt.Errorf("read %s: %w", ConfigKey, err)
 	case !infer:

@@ -73,6 +73,28 @@ func ReadAll(ctx context.Context, s Store, key string, limit int64) ([]byte, err
 	return read(ctx, s, key, limit, 0)
 }
 
+// readParsed reads the object at key (at most limit bytes) and parses it.
+// A body that is too long or does not parse is read again (twice) before
+// the last error is returned: a byte flipped or a body cut short in transit
+// is not damage in the store. Other read errors are returned at once.
+func readParsed[T any](ctx context.Context, s Store, key string, limit int64, parse func([]byte) (T, error)) (T, error) {
+	var v T
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		var b []byte
+		if b, err = ReadAll(ctx, s, key, limit); err != nil {
+			if errors.Is(err, ErrCorrupt) {
+				continue
+			}
+			return v, err
+		}
+		if v, err = parse(b); err == nil {
+			return v, nil
+		}
+	}
+	return v, err
+}
+
 // ReadSized reads an object the manifest says is size bytes (at most a
 // chunk's bound), into a buffer of that size from the start; it refuses more.
 func ReadSized(ctx context.Context, s Store, key string, size int64) ([]byte, error) {
