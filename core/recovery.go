@@ -85,6 +85,12 @@ type RunInfo struct {
 	// recovery): stable across runs, rescales and restores, and different
 	// for another flow of the same name.
 	FlowUID string
+	// Lineage identifies the history the run writes (empty without
+	// recovery): a restore, or files moved to another machine, start a new
+	// one, so output a sink tags with it is judged only against its own
+	// history. LineageNote, if set, says why the run started a new one.
+	Lineage     string
+	LineageNote string
 }
 
 // runtimeStep keys the runtime's own rows (the last end-of-input epoch).

@@ -46,6 +46,9 @@ type Config struct {
 	// EpochInterval because the snapshot before it was not yet durable
 	// (pacing), and by how much. Called from the clock.
 	OnStretch func(e Epoch, by time.Duration)
+	// OnStart, if set, is told the run's RunInfo once recovery has begun
+	// (before any input is read).
+	OnStart func(RunInfo)
 }
 
 // Result summarises a finished run.
@@ -200,6 +203,9 @@ func (x *execution) run(parent context.Context) (res *Result, err error) {
 	}
 	x.start = info.StartEpoch
 	x.info = info
+	if x.cfg.OnStart != nil {
+		x.cfg.OnStart(info)
+	}
 	final, err := x.execute()
 	if err == nil && x.mesh != nil {
 		// Every process finished and sent its last commits before this.

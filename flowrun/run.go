@@ -242,6 +242,12 @@ func runRun(ctx context.Context, o runOptions, specs []FlowSpec, stderr io.Write
 		prog.writes(len(st.Partitions()))
 		tracker.parts = len(st.Partitions())
 	}
+	cfg.OnStart = func(ri core.RunInfo) {
+		if ri.LineageNote != "" {
+			prog.clear()
+			fmt.Fprintf(stderr, "flowrun: %s\n", ri.LineageNote)
+		}
+	}
 	began := time.Now()
 	res, err := core.Run(ctx, flow, cfg)
 	prog.clear()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/flowkeep/flowkeep/internal/fsync"
+	"github.com/flowkeep/flowkeep/internal/machine"
 )
 
 // Init creates n partitions part-0.sqlite3 … in the existing directory dir.
@@ -65,9 +67,14 @@ func createPartition(ctx context.Context, final string, idx PartitionIndex, n Pa
 		db.Close()
 		return err
 	}
+	root, err := json.Marshal(RootLineage(uid, machine.Host(), now, LineageInit))
+	if err != nil {
+		db.Close()
+		return err
+	}
 	_, err = db.ExecContext(ctx, `
 		INSERT INTO parts (part_index, part_count, flow_uid, created_unix_ms) VALUES (?, ?, ?, ?);
-		INSERT INTO meta (key, value) VALUES ('commit_epoch', '1');`, idx, n, uid, unixMs(now))
+		INSERT INTO meta (key, value) VALUES ('commit_epoch', '1'), (?, ?);`, idx, n, uid, unixMs(now), metaLineage, string(root))
 	if err != nil {
 		db.Close()
 		return err

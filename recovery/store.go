@@ -51,6 +51,7 @@ type Store struct {
 	ex      ExecutionNumber
 	start   Epoch
 	workers int
+	lineage LineageStart
 
 	writers []*writer
 	wg      sync.WaitGroup
@@ -116,6 +117,7 @@ func (s *Store) Views(ctx context.Context) ([]*View, error) {
 		if err != nil {
 			return nil, fmt.Errorf("partition %d: %w", p.Index, err)
 		}
+		v.Moved = moved(v, p.Path)
 		views[i] = v
 	}
 	return views, nil
@@ -139,6 +141,11 @@ func (s *Store) Begin(ctx context.Context, workers int) (ResumePoint, error) {
 	if err != nil {
 		return ResumePoint{}, err
 	}
+	ls, err := StartLineage(views, rp.Epoch, NewLineageID, s.opts.Now())
+	if err != nil {
+		return ResumePoint{}, err
+	}
+	s.UseLineage(ls)
 	return rp, s.BeginAt(ctx, rp, workers)
 }
 
@@ -148,6 +155,17 @@ func (s *Store) Begin(ctx context.Context, workers int) (ResumePoint, error) {
 func (s *Store) BeginAt(ctx context.Context, rp ResumePoint, workers int) error {
 	if workers < 1 {
 		return fmt.Errorf("workers must be at least 1")
+	}
+	if s.lineage.Lineage.ID == "" {
+		views, err := s.Views(ctx)
+		if err != nil {
+			return err
+		}
+		ls, err := StartLineage(views, rp.Epoch, NewLineageID, s.opts.Now())
+		if err != nil {
+			return err
+		}
+		s.UseLineage(ls)
 	}
 	now := unixMs(s.opts.Now())
 	for _, p := range s.parts {
@@ -222,8 +240,20 @@ func (s *Store) beginPartition(ctx context.Context, p *Partition, rp ResumePoint
 			return err
 		}
 	}
+	if err := writeLineage(ctx, tx, s.lineage.Lineage, false, p.Path); err != nil {
+		return fmt.Errorf("record the lineage: %w", err)
+	}
 	return tx.Commit()
 }
+
+// UseLineage sets the history the next BeginAt records (decided with
+// StartLineage over every partition's view, possibly across processes);
+// without it BeginAt decides from the store's own partitions.
+func (s *Store) UseLineage(ls LineageStart) { s.lineage = ls }
+
+// Lineage is the history the store's execution writes, and why (after
+// Begin).
+func (s *Store) Lineage() LineageStart { return s.lineage }
 
 // Load hands fn, in batches, every key's newest row below `below` that is
 // not a tombstone, merging each partition's base with its segments in one

@@ -2,6 +2,7 @@ package recovery
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"sort"
 	"strings"
@@ -28,6 +29,18 @@ type View struct {
 	Executions  []Execution                               `json:"executions"`
 	Fronts      map[ExecutionNumber]map[WorkerIndex]Epoch `json:"fronts"`
 	Intervals   Intervals                                 `json:"intervals"`
+	// Lineage is the history the partition belongs to; Pending says a
+	// restore laid it down and no run has adopted it yet.
+	Lineage Lineage `json:"lineage"`
+	Pending bool    `json:"lineage_pending,omitempty"`
+	// Machine and FileID are where the last run found the file (see
+	// moved); Moved, set by the process that opened the file, says why it
+	// may not be that file any more.
+	Machine string `json:"machine,omitempty"`
+	FileID  string `json:"file_id,omitempty"`
+	Moved   string `json:"moved,omitempty"`
+	// LastTime is when the partition's newest recorded epoch closed.
+	LastTime time.Time `json:"last_time,omitempty"`
 }
 
 // Last returns the last recorded execution, or nil.
@@ -74,10 +87,27 @@ func (v *View) Lo() Epoch { return max(v.CommitEpoch, 1) }
 // consistent view).
 func ReadView(ctx context.Context, q queryer) (*View, error) {
 	v := &View{Fronts: map[ExecutionNumber]map[WorkerIndex]Epoch{}}
-	if err := q.QueryRowContext(ctx, `SELECT part_index, part_count, flow_uid FROM parts`).Scan(&v.Index, &v.Count, &v.FlowUID); err != nil {
+	var created int64
+	if err := q.QueryRowContext(ctx, `SELECT part_index, part_count, flow_uid, created_unix_ms FROM parts`).Scan(&v.Index, &v.Count, &v.FlowUID, &created); err != nil {
 		return nil, fmt.Errorf("read parts: %w", err)
 	}
 	var err error
+	if v.Lineage, v.Pending, err = readLineage(ctx, q, v.FlowUID, time.UnixMilli(created)); err != nil {
+		return nil, err
+	}
+	if v.Machine, err = metaValue(ctx, q, metaMachine); err != nil {
+		return nil, err
+	}
+	if v.FileID, err = metaValue(ctx, q, metaFileID); err != nil {
+		return nil, err
+	}
+	var last sql.NullInt64
+	if err := q.QueryRowContext(ctx, `SELECT max(unix_ms) FROM epoch_times`).Scan(&last); err != nil {
+		return nil, fmt.Errorf("read epoch times: %w", err)
+	}
+	if last.Valid {
+		v.LastTime = time.UnixMilli(last.Int64).UTC()
+	}
 	if v.FlowName, err = metaValue(ctx, q, "flow_name"); err != nil {
 		return nil, err
 	}

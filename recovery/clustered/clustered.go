@@ -9,7 +9,9 @@ package clustered
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -128,26 +130,37 @@ func (r *Recovery) Begin(ctx context.Context, workers int) (core.RunInfo, error)
 		r.store.Close()
 		return core.RunInfo{}, err
 	}
-	vb, _ := json.Marshal(views)
+	// Each process adds a random nonce: a new lineage's id is derived from
+	// all of them, so every process names it alike and no other cluster
+	// (one started from copies of these files) can.
+	vb, _ := json.Marshal(viewsMsg{Views: views, Nonce: recovery.NewLineageID()})
 	allViews, err := r.mesh.Gather(ctx, "rec.views", vb)
 	if err != nil {
 		r.store.Close()
 		return core.RunInfo{}, err
 	}
 	var every []*recovery.View
+	nonces := make([]string, len(allViews))
 	for p, b := range allViews {
-		var vs []*recovery.View
-		if err := json.Unmarshal(b, &vs); err != nil {
+		var vm viewsMsg
+		if err := json.Unmarshal(b, &vm); err != nil {
 			r.store.Close()
 			return core.RunInfo{}, fmt.Errorf("views from process %d: %w", p, err)
 		}
-		every = append(every, vs...)
+		every = append(every, vm.Views...)
+		nonces[p] = vm.Nonce
 	}
 	rp, err := recovery.Resume(every)
 	if err != nil {
 		r.store.Close()
 		return core.RunInfo{}, err
 	}
+	ls, err := recovery.StartLineage(every, rp.Epoch, func() string { return derivedID(nonces) }, time.Now())
+	if err != nil {
+		r.store.Close()
+		return core.RunInfo{}, err
+	}
+	r.store.UseLineage(ls)
 	for i := range r.pmin {
 		r.pmin[i] = rp.Epoch
 	}
@@ -163,7 +176,26 @@ func (r *Recovery) Begin(ctx context.Context, workers int) (core.RunInfo, error)
 	if ps := r.store.Partitions(); len(ps) > 0 {
 		uid = ps[0].FlowUID
 	}
-	return core.RunInfo{Execution: int(rp.Execution), StartEpoch: core.Epoch(rp.Epoch), Workers: workers, FlowUID: uid}, nil
+	return core.RunInfo{Execution: int(rp.Execution), StartEpoch: core.Epoch(rp.Epoch), Workers: workers, FlowUID: uid,
+		Lineage: ls.Lineage.ID, LineageNote: ls.Note}, nil
+}
+
+// viewsMsg is what each process says at start: its partitions' views and a
+// random nonce.
+type viewsMsg struct {
+	Views []*recovery.View `json:"views"`
+	Nonce string           `json:"nonce"`
+}
+
+// derivedID is a new lineage's id, the same on every process: a hash of
+// every process's nonce, in process order.
+func derivedID(nonces []string) string {
+	h := sha256.New()
+	for _, n := range nonces {
+		h.Write([]byte(n))
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil)[:16])
 }
 
 // assign checks that the processes together reach every partition of one

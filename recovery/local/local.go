@@ -25,7 +25,9 @@ func (a adapter) Begin(ctx context.Context, workers int) (core.RunInfo, error) {
 	if ps := a.st.Partitions(); len(ps) > 0 {
 		uid = ps[0].FlowUID
 	}
-	return core.RunInfo{Execution: int(rp.Execution), StartEpoch: core.Epoch(rp.Epoch), Workers: workers, FlowUID: uid}, nil
+	ls := a.st.Lineage()
+	return core.RunInfo{Execution: int(rp.Execution), StartEpoch: core.Epoch(rp.Epoch), Workers: workers, FlowUID: uid,
+		Lineage: ls.Lineage.ID, LineageNote: ls.Note}, nil
 }
 
 func (a adapter) Load(ctx context.Context, below core.Epoch, fn func([]core.Loaded) error) error {
