@@ -91,6 +91,11 @@ type Metrics struct {
 	Failures       *prometheus.CounterVec
 	PruneFailures  prometheus.Counter
 	GapTooLong     prometheus.Gauge
+	// Fenced is 1 while a newer lineage of the flow claims the location
+	// (this machine's history is not the one restores use); Fork is 1
+	// while another history of the flow is alive beside this one.
+	Fenced *prometheus.GaugeVec
+	Fork   *prometheus.GaugeVec
 
 	mu     sync.Mutex
 	newest map[[2]string]restorable // per flow and partition
@@ -106,6 +111,7 @@ var MetricNames = []string{
 	"flowkeep_backup_uploaded_objects_total", "flowkeep_backup_skipped_objects_total", "flowkeep_backup_skipped_total",
 	"flowkeep_backup_duration_seconds", "flowkeep_backup_failures_total", "flowkeep_backup_prune_failures_total",
 	"flowkeep_backup_schedule_exceeds_backup_interval", "flowkeep_backup_lag_epochs", "flowkeep_backup_lag_seconds",
+	"flowkeep_backup_fenced", "flowkeep_backup_fork",
 }
 
 var rpoDesc = prometheus.NewDesc("flowkeep_backup_rpo_seconds",
@@ -137,11 +143,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Failed retention runs (prune after backups)."}),
 		GapTooLong: prometheus.NewGauge(prometheus.GaugeOpts{Name: "flowkeep_backup_schedule_exceeds_backup_interval",
 			Help: "1 if the schedule's longest gap exceeds the flow's backup interval (-b): partition backups may not overlap."}),
+		Fenced: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "flowkeep_backup_fenced",
+			Help: "1 while a newer lineage (history) of the flow claims the backup location, so this agent stops backing it up: another machine runs the flow (a restore, or a copy of its files). --take-over overrides."}, []string{"flow"}),
+		Fork: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "flowkeep_backup_fork",
+			Help: "1 while another lineage (history) of the flow is alive beside this one: two machines are running it."}, []string{"flow"}),
 		newest: map[[2]string]restorable{},
 		now:    time.Now,
 	}
 	reg.MustRegister(m.LastSuccess, m.LastAttempt, m.RestorableHi, m.BytesUploaded, m.ObjectsUpload, m.ObjectsSkipped, m.Skipped,
-		m.Duration, m.Failures, m.PruneFailures, m.GapTooLong, rpoCollector{m}, lagCollector{m})
+		m.Duration, m.Failures, m.PruneFailures, m.GapTooLong, m.Fenced, m.Fork, rpoCollector{m}, lagCollector{m})
 	return m
 }
 
@@ -251,7 +261,7 @@ func (m *Metrics) Known(flow string, partitions []int) {
 		m.ObjectsUpload.WithLabelValues(flow, p)
 		m.ObjectsSkipped.WithLabelValues(flow, p)
 		m.Failures.WithLabelValues(flow, p)
-		for _, r := range []string{SkipUnchanged, SkipLocked} {
+		for _, r := range []string{SkipUnchanged, SkipLocked, SkipRestored} {
 			m.Skipped.WithLabelValues(flow, p, r)
 		}
 	}
@@ -259,6 +269,19 @@ func (m *Metrics) Known(flow string, partitions []int) {
 
 // Observe records one backup run's results.
 func (m *Metrics) Observe(flow string, results []*Result) {
+	fenced, fork := 0.0, 0.0
+	for _, r := range results {
+		if errors.Is(r.Err, ErrFenced) {
+			fenced = 1
+		}
+		if r.Fork != "" {
+			fork = 1
+		}
+	}
+	if len(results) > 0 {
+		m.Fenced.WithLabelValues(flow).Set(fenced)
+		m.Fork.WithLabelValues(flow).Set(fork)
+	}
 	for _, r := range results {
 		p := strconv.Itoa(r.Partition)
 		m.LastAttempt.WithLabelValues(flow, p).Set(float64(m.now().Unix()))
@@ -275,6 +298,8 @@ func (m *Metrics) Observe(flow string, results []*Result) {
 		case errors.Is(r.Err, ErrLocked):
 			m.Skipped.WithLabelValues(flow, p, SkipLocked).Inc()
 			continue
+		case errors.Is(r.Err, ErrFenced):
+			continue // flowkeep_backup_fenced says so
 		}
 		m.BytesUploaded.WithLabelValues(flow, p).Add(float64(r.BytesUploaded))
 		m.ObjectsUpload.WithLabelValues(flow, p).Add(float64(r.ObjectsUploaded))
@@ -309,6 +334,7 @@ type Agent struct {
 
 	mu   sync.Mutex
 	flow string // the flow's name, for metric labels (read at the first run)
+	runs int
 }
 
 // CheckInterval warns when the schedule's longest gap is longer than the
@@ -366,13 +392,33 @@ func (a *Agent) RunOnce(ctx context.Context) ([]*Result, error) {
 	}
 	opts := a.Options
 	opts.SkipUnchanged = true
+	// --take-over claims the flow once, at the agent's first run: claiming
+	// it on every run would flip-flop with another agent told the same.
+	opts.TakeOver = a.Options.TakeOver && a.runs == 0
+	a.runs++
 	results, err := BackupDir(ctx, a.Store, a.Dir, opts)
 	if a.Metrics != nil {
 		a.Metrics.Observe(a.flow, results)
 	}
 	var errs []error
+	fenced, fork, tookOver := "", "", false
 	for _, r := range results {
+		if r.Fork != "" && fork == "" {
+			fork = r.Fork
+		}
+		if r.Gate != nil && r.Gate.TookOver {
+			tookOver = true
+		}
 		switch {
+		case errors.Is(r.Err, ErrFenced):
+			if fenced == "" {
+				fenced = r.Err.Error()
+			}
+			errs = append(errs, r.Err)
+			continue
+		case r.Skipped == SkipRestored:
+			a.Log.Info("skipped: restored and not run since (nothing new to back up)", "partition", r.Partition)
+			continue
 		case r.Skipped != "":
 			a.Log.Info("skipped: unchanged since the latest backup", "partition", r.Partition, "latest", r.Manifest.ID,
 				"epochs", fmt.Sprintf("%d..%d", r.Manifest.Epochs.Lo, r.Manifest.Epochs.Hi))
@@ -389,6 +435,15 @@ func (a *Agent) RunOnce(ctx context.Context) ([]*Result, error) {
 			"epochs", fmt.Sprintf("%d..%d", r.Manifest.Epochs.Lo, r.Manifest.Epochs.Hi),
 			"uploaded_bytes", r.BytesUploaded, "uploaded_objects", r.ObjectsUploaded, "skipped_objects", r.ObjectsSkipped,
 			"duration", r.Duration.Round(time.Millisecond))
+	}
+	if tookOver {
+		a.Log.Warn("took over: this machine's lineage now claims the flow's backups; the other machine's agent is fenced from its next run")
+	}
+	if fenced != "" {
+		a.Log.Error("FENCED: not backing up", "reason", fenced)
+	}
+	if fork != "" {
+		a.Log.Error("FORK: two machines are running this flow", "seen", fork)
 	}
 	if err != nil && len(results) == 0 {
 		a.Log.Error("backup run failed", "err", err)

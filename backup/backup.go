@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/flowkeep/flowkeep/internal/machine"
 	"github.com/flowkeep/flowkeep/internal/version"
 	"github.com/flowkeep/flowkeep/recovery"
 )
@@ -77,6 +78,10 @@ type Options struct {
 	// (ChunkKeyFile). A location holds encrypted or plaintext backups,
 	// never both (see CheckScheme).
 	Recipients []age.Recipient
+	// TakeOver makes this backup's lineage the flow's current history when
+	// a newer lineage claims the location (which fences backups otherwise;
+	// see LineageGate). The other lineage's backups are fenced from then on.
+	TakeOver bool
 
 	// cipher seals this backup's objects (from Recipients); prepared says
 	// it was made and the location's scheme checked.
@@ -150,12 +155,22 @@ type Result struct {
 	Skipped  string
 	Duration time.Duration
 	Err      error
+	// Gate is what the backup learned about its flow's lineages (nil for a
+	// partition that was not gated: restored and not run since).
+	Gate *LineageGate
+	// Fork, if set, says another history of the flow is alive (from the
+	// registry, or the partition's latest backup).
+	Fork string
 }
 
 // Why a partition's backup was skipped.
 const (
 	SkipUnchanged = "unchanged" // the partition did not move since its latest backup
 	SkipLocked    = "locked"    // another agent or a prune holds the lock
+	// SkipRestored: a restore laid the partition down and no run has
+	// started since; every epoch it holds is in the backups it came from,
+	// and its new lineage is decided by its first run.
+	SkipRestored = "restored"
 )
 
 // Version is the flowkeep version recorded in manifests.
@@ -262,12 +277,27 @@ func BackupDir(ctx context.Context, s Store, dir string, o Options) ([]*Result, 
 	if o.quarantined, err = LoadQuarantine(ctx, s); err != nil {
 		return nil, err
 	}
+	gates, err := gatePartitions(ctx, s, ps, o)
+	if err != nil {
+		return nil, err
+	}
 	results := make([]*Result, len(ps))
 	var g errgroup.Group
 	g.SetLimit(o.Parallel)
 	for i, p := range ps {
 		g.Go(func() error {
-			results[i] = BackupPartition(ctx, s, p, o)
+			switch gate := gates[i]; {
+			case gate == nil:
+				results[i] = &Result{Partition: int(p.Index), Skipped: SkipRestored}
+			case gate.Fenced:
+				results[i] = &Result{Partition: int(p.Index), Gate: gate, Fork: gate.Fork, Err: fmt.Errorf("back up partition %d: %w", p.Index, fencedError(gate))}
+			default:
+				results[i] = BackupPartition(ctx, s, p, o)
+				results[i].Gate = gate
+				if results[i].Fork == "" {
+					results[i].Fork = gate.Fork
+				}
+			}
 			return nil
 		})
 	}
@@ -279,6 +309,38 @@ func BackupDir(ctx context.Context, s Store, dir string, o Options) ([]*Result, 
 		}
 	}
 	return results, errors.Join(errs...)
+}
+
+// gatePartitions checks each partition's lineage against the location's
+// registry, once per lineage (see gateLineage): nil for a partition that
+// was restored and not run since (nothing to back up).
+func gatePartitions(ctx context.Context, s Store, ps []*recovery.Partition, o Options) ([]*LineageGate, error) {
+	out := make([]*LineageGate, len(ps))
+	byID := map[string]*LineageGate{}
+	for i, p := range ps {
+		l, pending, err := recovery.ReadLineage(ctx, p.DB)
+		if err != nil {
+			return nil, fmt.Errorf("partition %d: %w", p.Index, err)
+		}
+		if pending {
+			continue
+		}
+		g := byID[l.ID]
+		if g == nil {
+			if g, err = gateLineage(ctx, s, p.FlowUID, l, o.TakeOver, o.Now()); err != nil {
+				return nil, err
+			}
+			byID[l.ID] = g
+		}
+		out[i] = g
+	}
+	return out, nil
+}
+
+// fencedError says why a backup was fenced and what to do.
+func fencedError(g *LineageGate) error {
+	return fmt.Errorf("%w: lineage %s claimed flow backups here at %s, after this machine's %s; another machine runs a newer history of this flow (a restore, or a copy of these files). Stop this machine's flowrun and agent, or pass --take-over to make this machine's history the one restores use",
+		ErrFenced, recovery.ShortID(g.By), g.At.UTC().Format(time.RFC3339), g.Lineage.Describe())
 }
 
 // BackupPartition takes one backup of p under its lock, which it renews
@@ -314,6 +376,9 @@ func BackupPartition(ctx context.Context, s Store, p *recovery.Partition, o Opti
 		prev, err := LoadLatestWith(lctx, s, p.FlowUID, int(p.Index), o.cipher)
 		if err != nil {
 			return lockCause(lctx, err)
+		}
+		if l, _, err := recovery.ReadLineage(lctx, p.DB); err == nil {
+			res.Fork = forkFromLatest(l, prev)
 		}
 		if o.SkipUnchanged && prev != nil && len(o.quarantined) == 0 {
 			if same, err := unchangedSince(lctx, p, prev); err != nil {
@@ -388,8 +453,12 @@ func capture(ctx context.Context, s Store, p *recovery.Partition, prev *Manifest
 	if err != nil {
 		return nil, "", fmt.Errorf("read partition: %w", err)
 	}
+	if v.Pending {
+		return nil, "", fmt.Errorf("partition %d was restored and has not run since: nothing to back up", v.Index)
+	}
 	now := o.Now()
-	host, _ := os.Hostname()
+	host := machine.Host()
+	lineage := v.Lineage
 	m := &Manifest{
 		Format:    ManifestFormat,
 		ID:        NewBackupID(now),
@@ -400,6 +469,7 @@ func capture(ctx context.Context, s Store, p *recovery.Partition, prev *Manifest
 		Execution: -1,
 		Intervals: Intervals{SnapshotMs: v.Intervals.Snapshot.Milliseconds(), BackupMs: v.Intervals.Backup.Milliseconds()},
 		Agent:     AgentInfo{Version: Version(), Host: host},
+		Lineage:   &lineage,
 	}
 	if c := o.cipher; c != nil {
 		m.Encryption = &EncryptionInfo{Scheme: SchemeAge, Key: c.KeyID(), Recipients: c.Recipients()}
@@ -429,6 +499,12 @@ func capture(ctx context.Context, s Store, p *recovery.Partition, prev *Manifest
 		return nil, "", err
 	}
 	w, ok := deltaWatermark(prev, v, now, o.BaseMaxAge)
+	if ok && uint64(recovery.AgreeUpTo(v.Lineage, prev.LineageOf())) < prev.Base.Hi {
+		// The base holds another history beyond where it parted from
+		// this one: a delta over it would mix the two.
+		ok = false
+		res.BaseNote = fmt.Sprintf("the latest backup is of lineage %s, another history beyond epoch %d", recovery.ShortID(prev.LineageOf().ID), recovery.AgreeUpTo(v.Lineage, prev.LineageOf()))
+	}
 	if ok && (schema != recovery.SchemaVersion || prev.Base.SchemaVersion() != recovery.SchemaVersion) {
 		// Deltas are between images of this schema only; a partition or a
 		// base of an older one (run flowrun once to migrate) gets a base.
@@ -535,5 +611,5 @@ func unchangedSince(ctx context.Context, p *recovery.Partition, prev *Manifest) 
 	if last := v.Last(); last != nil {
 		ex = int64(last.Number)
 	}
-	return uint64(v.Lo()) == prev.Epochs.Lo && uint64(v.Hi()) == prev.Epochs.Hi && ex == prev.Execution, nil
+	return v.Lineage.ID == prev.LineageOf().ID && uint64(v.Lo()) == prev.Epochs.Lo && uint64(v.Hi()) == prev.Epochs.Hi && ex == prev.Execution, nil
 }

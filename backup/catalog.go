@@ -7,6 +7,8 @@ import (
 	"sort"
 
 	"golang.org/x/sync/errgroup"
+
+	"github.com/flowkeep/flowkeep/recovery"
 )
 
 // Catalog is every manifest under a store's root.
@@ -130,54 +132,111 @@ func (c *Catalog) Flows() map[string][]*Manifest {
 	return out
 }
 
-// Overlap is a choice of one backup per partition that all contain Epoch.
+// Overlap is a choice of one backup per partition that all contain Epoch
+// and are one history with Lineage up to it.
 type Overlap struct {
-	Epoch uint64
-	// Chosen[i] is partition i's backup: the newest one containing Epoch.
+	Epoch   uint64
+	Lineage recovery.Lineage
+	// Chosen[i] is partition i's backup: the newest one containing Epoch
+	// of Lineage itself, else of a lineage that agrees with it there.
 	Chosen []*Manifest
 }
 
-// PlanOverlap finds the largest epoch every partition 0..count-1 has a backup
-// for, among ms (one flow's usable manifests). ok is false if there is none.
+// PlanOverlap finds the newest restore of ms (one flow's usable manifests):
+// the newest lineage every partition 0..count-1 can reach, at the largest
+// epoch. ok is false if there is none.
 func PlanOverlap(ms []*Manifest, count int) (Overlap, bool) {
+	return PlanLineage(ms, count, nil, "", 0)
+}
+
+// OverlapAt is PlanOverlap for exactly epoch e.
+func OverlapAt(ms []*Manifest, count int, e uint64) (Overlap, bool) {
+	return PlanLineage(ms, count, nil, "", e)
+}
+
+// PlanLineage plans a restore of lineage id ("": the newest lineage, by
+// reg's claims, that is not retired and every partition can reach) at
+// epoch e (0: the largest it reaches). Backups of two lineages are combined
+// at an epoch only where the lineages agree (recovery.AgreeUpTo).
+func PlanLineage(ms []*Manifest, count int, reg *Registry, id string, e uint64) (Overlap, bool) {
 	byPart := make([][]*Manifest, count)
 	for _, m := range ms {
 		if m.Partition.Count == count && m.Partition.Index < count {
 			byPart[m.Partition.Index] = append(byPart[m.Partition.Index], m)
 		}
 	}
-	// The answer is the largest hi (of some backup) covered by every
-	// partition: candidates are all his, tried from the top.
-	var cands []uint64
+	for _, sum := range Lineages(ms, reg) {
+		if id != "" && sum.Lineage.ID != id || id == "" && sum.Retired {
+			continue
+		}
+		if o, ok := overlapOf(byPart, sum.Lineage, e); ok {
+			return o, true
+		}
+		if id != "" {
+			break
+		}
+	}
+	return Overlap{}, false
+}
+
+// RestorePoints is the newest restore of every lineage of ms that is not
+// retired and can be restored: what prune must keep.
+func RestorePoints(ms []*Manifest, count int, reg *Registry) []Overlap {
+	byPart := make([][]*Manifest, count)
 	for _, m := range ms {
-		cands = append(cands, m.Epochs.Hi)
+		if m.Partition.Count == count && m.Partition.Index < count {
+			byPart[m.Partition.Index] = append(byPart[m.Partition.Index], m)
+		}
+	}
+	var out []Overlap
+	for _, sum := range Lineages(ms, reg) {
+		if sum.Retired {
+			continue
+		}
+		if o, ok := overlapOf(byPart, sum.Lineage, 0); ok {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+// overlapOf finds the largest epoch (or exactly e) at which every
+// partition has a backup of lineage l's history.
+func overlapOf(byPart [][]*Manifest, l recovery.Lineage, e uint64) (Overlap, bool) {
+	if e > 0 {
+		return overlapAt(byPart, l, e)
+	}
+	// The answer is the highest epoch some backup reaches within l's
+	// history: candidates are those, tried from the top.
+	var cands []uint64
+	for _, list := range byPart {
+		for _, m := range list {
+			up := uint64(recovery.AgreeUpTo(m.LineageOf(), l))
+			if c := min(m.Epochs.Hi, up); c >= m.Epochs.Lo {
+				cands = append(cands, c)
+			}
+		}
 	}
 	sort.Slice(cands, func(i, j int) bool { return cands[i] > cands[j] })
-	for _, e := range cands {
-		if o, ok := overlapAt(byPart, e); ok {
+	for i, c := range cands {
+		if i > 0 && c == cands[i-1] {
+			continue
+		}
+		if o, ok := overlapAt(byPart, l, c); ok {
 			return o, true
 		}
 	}
 	return Overlap{}, false
 }
 
-// OverlapAt chooses, for epoch e, the newest backup of each partition
-// containing it.
-func OverlapAt(ms []*Manifest, count int, e uint64) (Overlap, bool) {
-	byPart := make([][]*Manifest, count)
-	for _, m := range ms {
-		if m.Partition.Count == count && m.Partition.Index < count {
-			byPart[m.Partition.Index] = append(byPart[m.Partition.Index], m)
-		}
-	}
-	return overlapAt(byPart, e)
-}
-
-func overlapAt(byPart [][]*Manifest, e uint64) (Overlap, bool) {
-	o := Overlap{Epoch: e, Chosen: make([]*Manifest, len(byPart))}
+func overlapAt(byPart [][]*Manifest, l recovery.Lineage, e uint64) (Overlap, bool) {
+	o := Overlap{Epoch: e, Lineage: l, Chosen: make([]*Manifest, len(byPart))}
 	for i, list := range byPart {
 		for _, m := range list {
-			if m.Epochs.Contains(e) && (o.Chosen[i] == nil || m.ID > o.Chosen[i].ID) {
+			if !m.Epochs.Contains(e) || uint64(recovery.AgreeUpTo(m.LineageOf(), l)) < e {
+				continue
+			}
+			if cur := o.Chosen[i]; cur == nil || better(m, cur, l) {
 				o.Chosen[i] = m
 			}
 		}
@@ -186,4 +245,13 @@ func overlapAt(byPart [][]*Manifest, e uint64) (Overlap, bool) {
 		}
 	}
 	return o, true
+}
+
+// better prefers a backup of l itself, then the newer one.
+func better(m, than *Manifest, l recovery.Lineage) bool {
+	mine, theirs := m.LineageOf().ID == l.ID, than.LineageOf().ID == l.ID
+	if mine != theirs {
+		return mine
+	}
+	return m.ID > than.ID
 }

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"filippo.io/age"
+
+	"github.com/flowkeep/flowkeep/recovery"
 )
 
 var keyIDRE = regexp.MustCompile(`^[0-9a-f]{16}$`)
@@ -66,6 +68,9 @@ type Manifest struct {
 	Delta     *Delta    `json:"delta,omitempty"`
 	// Encryption, if set, says the backup is encrypted (see Cipher).
 	Encryption *EncryptionInfo `json:"encryption,omitempty"`
+	// Lineage is the history of the partition it captured (absent in
+	// backups older than lineages: the flow's root, see LineageOf).
+	Lineage *recovery.Lineage `json:"lineage,omitempty"`
 
 	// Locked says the manifest is encrypted and was not opened (no identity
 	// given opens it): only its plaintext index is known, which is what
@@ -246,17 +251,18 @@ type manifestPayload struct {
 
 // manifestIndex is the plaintext part of an encrypted manifest.
 type manifestIndex struct {
-	ID         string         `json:"id"`
-	Created    time.Time      `json:"created"`
-	Flow       FlowRef        `json:"flow"`
-	Partition  PartitionRef   `json:"partition"`
-	Epochs     EpochRange     `json:"epochs"`
-	Execution  int64          `json:"execution"`
-	Intervals  Intervals      `json:"intervals"`
-	Encryption EncryptionInfo `json:"encryption"`
-	BaseID     string         `json:"base_id"`
-	Base       []indexObject  `json:"base"`
-	Delta      []indexObject  `json:"delta,omitempty"`
+	ID         string            `json:"id"`
+	Created    time.Time         `json:"created"`
+	Flow       FlowRef           `json:"flow"`
+	Partition  PartitionRef      `json:"partition"`
+	Epochs     EpochRange        `json:"epochs"`
+	Execution  int64             `json:"execution"`
+	Intervals  Intervals         `json:"intervals"`
+	Encryption EncryptionInfo    `json:"encryption"`
+	Lineage    *recovery.Lineage `json:"lineage,omitempty"`
+	BaseID     string            `json:"base_id"`
+	Base       []indexObject     `json:"base"`
+	Delta      []indexObject     `json:"delta,omitempty"`
 }
 
 // indexObject is a chunk as the index names it: its name and stored size.
@@ -275,7 +281,7 @@ func indexObjects(objs []Object) []indexObject {
 
 func (m *Manifest) index() manifestIndex {
 	ix := manifestIndex{ID: m.ID, Created: m.Created, Flow: m.Flow, Partition: m.Partition, Epochs: m.Epochs,
-		Execution: m.Execution, Intervals: m.Intervals, BaseID: m.Base.ID, Base: indexObjects(m.Base.Chunks)}
+		Execution: m.Execution, Intervals: m.Intervals, Lineage: m.Lineage, BaseID: m.Base.ID, Base: indexObjects(m.Base.Chunks)}
 	if m.Encryption != nil {
 		ix.Encryption = *m.Encryption
 	}
@@ -296,7 +302,7 @@ func (ix *manifestIndex) manifest() *Manifest {
 	}
 	enc := ix.Encryption
 	m := &Manifest{Format: ManifestFormat, ID: ix.ID, Created: ix.Created, Flow: ix.Flow, Partition: ix.Partition, Epochs: ix.Epochs,
-		Execution: ix.Execution, Intervals: ix.Intervals, Encryption: &enc, Base: Image{ID: ix.BaseID, Chunks: objs(ix.Base)}, Locked: true}
+		Execution: ix.Execution, Intervals: ix.Intervals, Encryption: &enc, Lineage: ix.Lineage, Base: Image{ID: ix.BaseID, Chunks: objs(ix.Base)}, Locked: true}
 	if len(ix.Delta) > 0 {
 		m.Delta = &Delta{Chunks: objs(ix.Delta)}
 	}
@@ -443,6 +449,8 @@ func (m *Manifest) Validate() error {
 		return bad("epoch range [%d, %d] is empty", m.Epochs.Lo, m.Epochs.Hi)
 	case m.Execution < -1:
 		return bad("execution %d", m.Execution)
+	case m.Lineage != nil && m.Lineage.Validate() != nil:
+		return bad("%v", m.Lineage.Validate())
 	case m.Encryption != nil && (m.Encryption.Scheme != SchemeAge || !keyIDRE.MatchString(m.Encryption.Key) || !keyIDRE.MatchString(m.Encryption.Recipients)):
 		return bad("encryption %+v", *m.Encryption)
 	case m.Locked:

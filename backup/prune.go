@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -31,6 +32,10 @@ type PruneOptions struct {
 	Holder string
 	DryRun bool
 	Now    func() time.Time
+	// RetireLineages are lineages (ids or unique prefixes) an operator
+	// retires before the prune: their machines are gone, so they no longer
+	// count as live histories (see RetireLineage).
+	RetireLineages []string
 }
 
 // DefaultGrace is the chunk grace period the CLI uses.
@@ -63,6 +68,7 @@ type PruneResult struct {
 	DeletedBytes     int64
 	Protected        []string // manifests kept only because the newest overlap needs them
 	SweptTemp        int      // leftover temporary files of killed writers removed (file://)
+	Retired          []string // lineages retired (full ids)
 }
 
 // ErrIncompleteView says prune could not read every manifest or latest
@@ -145,8 +151,15 @@ func prune(ctx context.Context, s Store, o PruneOptions, res *PruneResult, lock 
 		return fmt.Errorf("%w: latest pointers %s; nothing was deleted. Delete a damaged pointer (the next backup of its partition writes it again), then prune again",
 			ErrIncompleteView, strings.Join(unreadLatest, "; "))
 	}
+	if err := retire(ctx, s, cat, o, now, res); err != nil {
+		return err
+	}
 	keep := map[*Manifest]bool{}
-	for _, ms := range cat.Flows() {
+	for uid, ms := range cat.Flows() {
+		reg, err := LoadRegistry(ctx, s, uid)
+		if err != nil {
+			return err
+		}
 		byPart := map[int][]*Manifest{}
 		count := 0
 		for _, m := range ms {
@@ -161,7 +174,8 @@ func prune(ctx context.Context, s Store, o PruneOptions, res *PruneResult, lock 
 				}
 			}
 		}
-		if ov, ok := PlanOverlap(ms, count); ok {
+		// The newest restore of every live history stays restorable.
+		for _, ov := range RestorePoints(ms, count, reg) {
 			for _, m := range ov.Chosen {
 				if !keep[m] {
 					res.Protected = append(res.Protected, cat.Keys[m])
@@ -236,3 +250,48 @@ func prune(ctx context.Context, s Store, o PruneOptions, res *PruneResult, lock 
 	}
 	return nil
 }
+
+// retire records the lineages o retires (see RetireNamed).
+func retire(ctx context.Context, s Store, cat *Catalog, o PruneOptions, now time.Time, res *PruneResult) error {
+	ids, err := RetireNamed(ctx, s, cat.Manifests, o.RetireLineages, o.DryRun, now)
+	res.Retired = ids
+	return err
+}
+
+// RetireNamed retires each lineage named (by id or unique prefix) among
+// ms's lineages; dryRun only resolves the names. An unknown or ambiguous
+// name is ErrNoSuchLineage, before anything is written.
+func RetireNamed(ctx context.Context, s Store, ms []*Manifest, names []string, dryRun bool, now time.Time) ([]string, error) {
+	type hit struct{ uid, id string }
+	var hits []hit
+	for _, want := range names {
+		var found []hit
+		for _, m := range ms {
+			h := hit{m.Flow.UID, m.LineageOf().ID}
+			if strings.HasPrefix(h.id, want) && !slices.Contains(found, h) {
+				found = append(found, h)
+			}
+		}
+		switch len(found) {
+		case 0:
+			return nil, fmt.Errorf("%w: no backups of lineage %q here (flowbackup list shows the lineages); nothing was changed", ErrNoSuchLineage, want)
+		case 1:
+			hits = append(hits, found[0])
+		default:
+			return nil, fmt.Errorf("%w: %q names %d lineages; give more of the id; nothing was changed", ErrNoSuchLineage, want, len(found))
+		}
+	}
+	var ids []string
+	for _, h := range hits {
+		if !dryRun {
+			if err := RetireLineage(ctx, s, h.uid, h.id, now); err != nil {
+				return ids, err
+			}
+		}
+		ids = append(ids, h.id)
+	}
+	return ids, nil
+}
+
+// ErrNoSuchLineage says a lineage named by an operator has no backups.
+var ErrNoSuchLineage = errors.New("no such lineage")
