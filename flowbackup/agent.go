@@ -34,6 +34,7 @@ type agentOptions struct {
 	LogFormat   string
 	LogLevel    string
 	Recipients  []string
+	TakeOver    bool
 	storageOptions
 }
 
@@ -60,7 +61,11 @@ flowkeep_backup_last_attempt_timestamp_seconds, flowkeep_backup_restorable_epoch
 flowkeep_backup_rpo_seconds (age of the newest restorable point),
 flowkeep_backup_uploaded_bytes_total, flowkeep_backup_uploaded_objects_total,
 flowkeep_backup_skipped_objects_total, flowkeep_backup_skipped_total,
-flowkeep_backup_duration_seconds (histogram), flowkeep_backup_failures_total.
+flowkeep_backup_duration_seconds (histogram), flowkeep_backup_failures_total;
+labelled by flow: flowkeep_backup_fenced, flowkeep_backup_fork.
+
+` + fencingHelp + ` The agent claims the flow with --take-over once, at
+its first run.
 
 ` + exitCodesHelp,
 		Example: "  flowbackup agent -r /var/lib/flowkeep --to s3://my-bucket/flows/wc --schedule '*/5 * * * *' --metrics-addr :9464\n  flowbackup agent --config /etc/flowkeep/flowbackup.yaml",
@@ -86,6 +91,7 @@ flowkeep_backup_duration_seconds (histogram), flowkeep_backup_failures_total.
 	f.StringVar(&o.LogFormat, "log-format", "text", "log as text or json")
 	f.StringVar(&o.LogLevel, "log-level", "info", "least level logged: debug, info, warn or error")
 	addRecipientsFlag(f, &o.Recipients)
+	addTakeOverFlag(f, &o.TakeOver)
 	o.storageOptions.addFlags(f)
 	o.LockTTL = backup.DefaultLockTTL
 	return cmd
@@ -160,7 +166,7 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 		log.Info("serving metrics", "addr", ln.Addr().String())
 	}
 	a := &backup.Agent{Store: s, Dir: o.RecoveryDir, Schedule: sched, Spec: o.Schedule, Metrics: metrics, Log: log,
-		Options: backup.Options{Workers: o.Workers, LockTTL: o.LockTTL, Memory: budget, Recipients: recipients}}
+		Options: backup.Options{Workers: o.Workers, LockTTL: o.LockTTL, Memory: budget, Recipients: recipients, TakeOver: o.TakeOver}}
 	if o.KeepLast > 0 {
 		a.Retention = &backup.PruneOptions{KeepLast: o.KeepLast, KeepWithin: o.KeepWithin, LockTTL: o.LockTTL, Grace: max(backup.DefaultGrace, o.LockTTL)}
 	}

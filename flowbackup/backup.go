@@ -2,12 +2,14 @@ package flowbackup
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/flowkeep/flowkeep/backup"
 	"github.com/flowkeep/flowkeep/internal/human"
@@ -22,6 +24,7 @@ type backupOptions struct {
 	JSON        bool
 	Memory      int64
 	Recipients  []string
+	TakeOver    bool
 	storageOptions
 }
 
@@ -37,6 +40,8 @@ backup, only the rows that changed are), and published by a manifest written
 last: an interrupted backup leaves nothing visible. With --recipients-file
 every object is encrypted with age to those public keys, and chunks are named
 by a keyed hash (see the README, "Encrypted backups").
+
+` + fencingHelp + `
 
 ` + exitCodesHelp,
 		Example: "  flowbackup backup -r /var/lib/flowkeep --to s3://my-bucket/flows/wordcount\n  flowbackup backup -r /var/lib/flowkeep --to file:///mnt/backups/wordcount",
@@ -54,8 +59,21 @@ by a keyed hash (see the README, "Encrypted backups").
 	f.BoolVar(&o.JSON, "json", false, "print the results as JSON")
 	f.StringVar(&o.Partitions, "partitions", "", "back up only these partitions, e.g. 0,2 or 0-3 (default: every partition in DIR)")
 	addRecipientsFlag(f, &o.Recipients)
+	addTakeOverFlag(f, &o.TakeOver)
 	o.storageOptions.addFlags(f)
 	return cmd
+}
+
+// fencingHelp explains lineages and fencing to backup and agent users.
+const fencingHelp = `Every backup names the lineage (history) of its partitions. A restore onto
+another machine, or the files copied elsewhere, start a new lineage; once it is
+backed up it claims the location, and a backup of an older lineage is fenced:
+it exits 1 (the agent logs FENCED and sets flowkeep_backup_fenced) instead of
+interleaving two histories. --take-over makes this machine's lineage the one
+restores use (the other machine's agent is then fenced).`
+
+func addTakeOverFlag(f *pflag.FlagSet, v *bool) {
+	f.BoolVar(v, "take-over", false, "claim the flow's backups for this machine's lineage even though a newer one claims them (the other machine's backups are then fenced)")
 }
 
 func runBackup(ctx context.Context, o backupOptions, out, errOut io.Writer) error {
@@ -76,7 +94,7 @@ func runBackup(ctx context.Context, o backupOptions, out, errOut io.Writer) erro
 	if err != nil {
 		return err
 	}
-	bo := backup.Options{Workers: o.Workers, LockTTL: o.LockTTL, Memory: budget, Recipients: recipients}
+	bo := backup.Options{Workers: o.Workers, LockTTL: o.LockTTL, Memory: budget, Recipients: recipients, TakeOver: o.TakeOver}
 	if o.Partitions != "" {
 		ps, err := parsePartitions(o.Partitions)
 		if err != nil {
@@ -122,6 +140,9 @@ type backupEntry struct {
 	ReusedObjects   int64     `json:"reused_objects"`
 	HealedObjects   int64     `json:"healed_objects"`
 	Seconds         float64   `json:"seconds"`
+	Lineage         string    `json:"lineage,omitempty"`
+	Fenced          bool      `json:"fenced,omitempty"`
+	Fork            string    `json:"fork,omitempty"`
 }
 
 func backupJSON(results []*backup.Result) map[string]any {
@@ -134,7 +155,9 @@ func backupJSON(results []*backup.Result) map[string]any {
 		}
 		if m := r.Manifest; m != nil {
 			e.ID, e.Kind, e.Lo, e.Hi, e.HiTime = m.ID, r.Kind, m.Epochs.Lo, m.Epochs.Hi, m.Epochs.HiTime.UTC()
+			e.Lineage = m.LineageOf().ID
 		}
+		e.Fenced, e.Fork = errors.Is(r.Err, backup.ErrFenced), r.Fork
 		out = append(out, e)
 	}
 	return map[string]any{"partitions": out}
@@ -144,6 +167,10 @@ func printResults(out io.Writer, results []*backup.Result) {
 	for _, r := range results {
 		if r.Err != nil {
 			fmt.Fprintf(out, "partition %d: FAILED: %v\n", r.Partition, r.Err)
+			continue
+		}
+		if r.Skipped == backup.SkipRestored {
+			fmt.Fprintf(out, "partition %d: skipped: restored and not run since; every epoch it holds is in the backups it came from\n", r.Partition)
 			continue
 		}
 		if r.Skipped != "" {
@@ -158,6 +185,24 @@ func printResults(out io.Writer, results []*backup.Result) {
 		}
 		if r.ObjectsHealed > 0 {
 			fmt.Fprintf(out, "  healed %d chunks the store had lost or damaged\n", r.ObjectsHealed)
+		}
+	}
+	printLineageEvents(out, results)
+}
+
+// printLineageEvents says once what a backup run learned about its flow's
+// histories: a take-over, or another machine running the flow.
+func printLineageEvents(out io.Writer, results []*backup.Result) {
+	for _, r := range results {
+		if r.Gate != nil && r.Gate.TookOver {
+			fmt.Fprintf(out, "took over: %s now claims the flow's backups; the other machine's backups are fenced\n", r.Gate.Lineage.Describe())
+			break
+		}
+	}
+	for _, r := range results {
+		if r.Fork != "" {
+			fmt.Fprintf(out, "WARNING: two machines are running this flow: %s (flowbackup verify names them)\n", r.Fork)
+			break
 		}
 	}
 }

@@ -7,12 +7,14 @@ import (
 	"io"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/flowkeep/flowkeep/backup"
 	"github.com/flowkeep/flowkeep/internal/human"
+	"github.com/flowkeep/flowkeep/recovery"
 	"github.com/flowkeep/flowkeep/restore"
 )
 
@@ -59,6 +61,7 @@ type listEntry struct {
 	Stored    int64     `json:"stored_bytes"`
 	Size      int64     `json:"size_bytes"`
 	Host      string    `json:"host"`
+	Lineage   string    `json:"lineage"`
 	// Encrypted backups show no size or host: only their plaintext index
 	// is read (list needs no identity).
 	Encrypted bool `json:"encrypted,omitempty"`
@@ -85,6 +88,11 @@ type listFlow struct {
 	OverlapEpoch  uint64       `json:"overlap_epoch,omitempty"`
 	OverlapTime   time.Time    `json:"overlap_time,omitempty"`
 	NoOverlapNote string       `json:"no_overlap,omitempty"`
+	// Lineages are the flow's histories, current first; OverlapLineage
+	// the one a restore would lay down.
+	Lineages       []backup.LineageSummary `json:"lineages"`
+	OverlapLineage string                  `json:"overlap_lineage,omitempty"`
+	Forks          []string                `json:"forks,omitempty"`
 }
 
 type listReport struct {
@@ -121,12 +129,21 @@ func runList(ctx context.Context, o listOptions, out io.Writer) error {
 			}
 			lf.Backups = append(lf.Backups, listEntry{Flow: uid, FlowName: m.Flow.Name, Partition: m.Partition.Index, Count: m.Partition.Count,
 				ID: m.ID, Kind: kind, Created: m.Created, Lo: m.Epochs.Lo, Hi: m.Epochs.Hi, LoTime: m.Epochs.LoTime, HiTime: m.Epochs.HiTime,
-				Stored: m.StoredBytes(), Size: size, Host: m.Agent.Host, Encrypted: m.Encryption != nil})
+				Stored: m.StoredBytes(), Size: size, Host: m.Agent.Host, Lineage: m.LineageOf().ID, Encrypted: m.Encryption != nil})
 		}
 		lf.Newest = newestPerPartition(lf.Backups)
-		if ov, ok := backup.PlanOverlap(ms, lf.Partitions); ok {
+		reg, err := backup.LoadRegistry(ctx, s, uid)
+		if err != nil {
+			return err
+		}
+		lf.Lineages = backup.Lineages(ms, reg)
+		if ov, ok := backup.PlanLineage(ms, lf.Partitions, reg, "", 0); ok {
 			lf.OverlapEpoch = ov.Epoch
 			lf.OverlapTime = restore.OverlapTime(ov) // as verify and restore say it
+			lf.OverlapLineage = ov.Lineage.ID
+			for _, f := range backup.Forks(lf.Lineages) {
+				lf.Forks = append(lf.Forks, restore.ForkMessage(lf.Name, f, ov.Lineage.ID))
+			}
 		} else {
 			lf.NoOverlapNote = "no epoch is covered by a backup of every partition"
 		}
@@ -147,9 +164,10 @@ func runList(ctx context.Context, o listOptions, out io.Writer) error {
 			if e.Encrypted {
 				enc = "  encrypted"
 			}
-			fmt.Fprintf(out, "  part %-3d %s  %-5s  epochs %d..%d  (%s .. %s)  %s%s\n", e.Partition, e.ID, e.Kind, e.Lo, e.Hi,
-				e.LoTime.UTC().Format(time.RFC3339), e.HiTime.UTC().Format(time.RFC3339), human.Bytes(e.Stored), enc)
+			fmt.Fprintf(out, "  part %-3d %s  %-5s  epochs %d..%d  (%s .. %s)  %s  lineage %s%s\n", e.Partition, e.ID, e.Kind, e.Lo, e.Hi,
+				e.LoTime.UTC().Format(time.RFC3339), e.HiTime.UTC().Format(time.RFC3339), human.Bytes(e.Stored), recovery.ShortID(e.Lineage), enc)
 		}
+		printLineageTree(out, lf)
 		fmt.Fprintln(out, "  newest restorable epoch per partition:")
 		for _, n := range lf.Newest {
 			behind := ""
@@ -160,9 +178,12 @@ func runList(ctx context.Context, o listOptions, out io.Writer) error {
 			fmt.Fprintf(out, "    part %-3d epoch %d (%s)%s\n", n.Partition, n.Epoch, n.Time.UTC().Format(time.RFC3339), behind)
 		}
 		if lf.OverlapEpoch > 0 {
-			fmt.Fprintf(out, "  restorable to epoch %d (%s)\n", lf.OverlapEpoch, lf.OverlapTime.UTC().Format(time.RFC3339))
+			fmt.Fprintf(out, "  restorable to epoch %d (%s), lineage %s\n", lf.OverlapEpoch, lf.OverlapTime.UTC().Format(time.RFC3339), recovery.ShortID(lf.OverlapLineage))
 		} else {
 			fmt.Fprintf(out, "  not restorable: %s\n", lf.NoOverlapNote)
+		}
+		for _, f := range lf.Forks {
+			fmt.Fprintf(out, "  FORK: %s\n", f)
 		}
 	}
 	for _, b := range rep.Broken {
@@ -194,4 +215,71 @@ func newestPerPartition(bs []listEntry) []listNewest {
 		out = append(out, n)
 	}
 	return out
+}
+
+// printLineageTree draws a flow's lineages as a tree: each under the one it
+// forked from, with its host, fork epoch, time span and state.
+func printLineageTree(out io.Writer, lf listFlow) {
+	fmt.Fprintln(out, "  lineages (histories), each under the one it forked from:")
+	known := map[string]bool{}
+	for _, s := range lf.Lineages {
+		known[s.Lineage.ID] = true
+	}
+	children := map[string][]backup.LineageSummary{}
+	var roots []backup.LineageSummary
+	for _, s := range lf.Lineages {
+		// A lineage hangs under its nearest ancestor that has backups here.
+		parent := ""
+		for _, a := range s.Lineage.Ancestors {
+			if known[a.ID] {
+				parent = a.ID
+				break
+			}
+		}
+		if parent == "" {
+			roots = append(roots, s)
+		} else {
+			children[parent] = append(children[parent], s)
+		}
+	}
+	var walk func(s backup.LineageSummary, depth int)
+	walk = func(s backup.LineageSummary, depth int) {
+		var state []string
+		if s.Lineage.ID == lf.OverlapLineage {
+			state = append(state, "restores use it")
+		}
+		if !s.Fenced.IsZero() {
+			state = append(state, "fenced at "+s.Fenced.UTC().Format(time.RFC3339))
+		}
+		if s.Retired {
+			state = append(state, "retired")
+		}
+		how := s.Lineage.Reason
+		if s.Lineage.Parent() != "" {
+			how = fmt.Sprintf("%s at epoch %d", s.Lineage.Reason, s.Lineage.Fork)
+		}
+		hosts := strings.Join(s.Hosts, ",")
+		if hosts == "" {
+			hosts = s.Lineage.Host
+		}
+		line := fmt.Sprintf("%s- %s  host %s  %s  created %s  %s %s .. %s", strings.Repeat("  ", depth+2), s.Lineage.Short(), hosts, how,
+			fmtTime(s.Lineage.Created), human.Count(s.Backups, "backup"), fmtTime(s.First), fmtTime(s.Last))
+		if len(state) > 0 {
+			line += "  [" + strings.Join(state, "; ") + "]"
+		}
+		fmt.Fprintln(out, line)
+		for _, c := range children[s.Lineage.ID] {
+			walk(c, depth+1)
+		}
+	}
+	for _, r := range roots {
+		walk(r, 0)
+	}
+}
+
+func fmtTime(t time.Time) string {
+	if t.IsZero() {
+		return "?"
+	}
+	return t.UTC().Format(time.RFC3339)
 }

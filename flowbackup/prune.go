@@ -2,6 +2,7 @@ package flowbackup
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -20,6 +21,7 @@ type pruneOptions struct {
 	LockTTL    time.Duration
 	DryRun     bool
 	JSON       bool
+	Retire     []string
 	storageOptions
 }
 
@@ -31,6 +33,13 @@ func newPruneCommand() *cobra.Command {
 		Long: `Delete backups that are neither among the newest --keep-last of their partition
 nor younger than --keep-within, except those the newest restorable overlap
 needs; then delete chunks no kept backup names and older than --grace.
+
+--retire-lineage ID (repeatable) first records that a lineage's machines are
+gone (after a restore onto new machines while the old ones kept running: verify
+reports the fork until then). A retired lineage is no longer restored unless
+asked for (--lineage), its fork is no longer reported, and its backups are kept
+only where retention or another lineage's newest restore needs them. With
+--retire-lineage alone (no --keep-last), nothing is deleted.
 
 Prune holds a lock that backups respect (it does not start while a backup
 runs, and backups wait for it), and deletes nothing unless it could read
@@ -50,13 +59,14 @@ every manifest and latest pointer: an unreadable one could name any chunk.
 	f.DurationVar(&o.Grace, "grace", backup.DefaultGrace, "never delete chunks younger than this (at least the lock TTL)")
 	f.DurationVar(&o.LockTTL, "lock-ttl", backup.DefaultLockTTL, "how long the prune lock lasts if prune dies holding it (the backups' lock TTL; --grace must be at least this)")
 	f.BoolVar(&o.DryRun, "dry-run", false, "say what would be deleted, delete nothing")
+	f.StringArrayVar(&o.Retire, "retire-lineage", nil, "retire this lineage (id or unique prefix) first: its machines are gone (repeatable)")
 	f.BoolVar(&o.JSON, "json", false, "print the result as JSON")
 	o.storageOptions.addFlags(f)
 	return cmd
 }
 
 func runPrune(ctx context.Context, o pruneOptions, out io.Writer) error {
-	if o.KeepLast < 1 {
+	if o.KeepLast < 1 && len(o.Retire) == 0 {
 		return usagef("--keep-last must be at least 1: the newest backup of each partition is always kept")
 	}
 	s, err := o.open(ctx, o.From)
@@ -64,18 +74,27 @@ func runPrune(ctx context.Context, o pruneOptions, out io.Writer) error {
 		return err
 	}
 	defer s.Close()
-	po := backup.PruneOptions{KeepLast: o.KeepLast, KeepWithin: o.KeepWithin, Grace: o.Grace, LockTTL: o.LockTTL, DryRun: o.DryRun}
+	if o.KeepLast < 1 {
+		return retireOnly(ctx, s, o, out)
+	}
+	po := backup.PruneOptions{KeepLast: o.KeepLast, KeepWithin: o.KeepWithin, Grace: o.Grace, LockTTL: o.LockTTL, DryRun: o.DryRun, RetireLineages: o.Retire}
 	if err := po.Validate(); err != nil {
 		return usageError{err}
 	}
 	res, err := backup.Prune(ctx, s, po)
+	if errors.Is(err, backup.ErrNoSuchLineage) {
+		return usageError{err}
+	}
 	if err != nil {
 		return err
+	}
+	for _, id := range res.Retired {
+		fmt.Fprintf(out, "retired lineage %s\n", id)
 	}
 	if o.JSON {
 		return printJSON(out, map[string]any{"dry_run": o.DryRun, "deleted_backups": append([]string{}, res.DeletedManifests...),
 			"protected_backups": append([]string{}, res.Protected...), "deleted_chunks": res.DeletedChunks, "deleted_bytes": res.DeletedBytes,
-			"kept_backups": res.KeptManifests, "swept_temporary_files": res.SweptTemp})
+			"kept_backups": res.KeptManifests, "swept_temporary_files": res.SweptTemp, "retired_lineages": append([]string{}, res.Retired...)})
 	}
 	verb := "deleted"
 	if o.DryRun {
@@ -90,6 +109,28 @@ func runPrune(ctx context.Context, o pruneOptions, out io.Writer) error {
 	fmt.Fprintf(out, "%s %s and %s (%s); kept %s\n", verb, human.Count(len(res.DeletedManifests), "backup"), human.Count(res.DeletedChunks, "chunk"), human.Bytes(res.DeletedBytes), human.Count(res.KeptManifests, "backup"))
 	if res.SweptTemp > 0 {
 		fmt.Fprintf(out, "removed %d temporary files that killed uploads left behind\n", res.SweptTemp)
+	}
+	return nil
+}
+
+// retireOnly retires lineages without pruning (--retire-lineage alone).
+func retireOnly(ctx context.Context, s backup.Store, o pruneOptions, out io.Writer) error {
+	cat, err := backup.LoadCatalog(ctx, s, 0)
+	if err != nil {
+		return err
+	}
+	retired, err := backup.RetireNamed(ctx, s, cat.Manifests, o.Retire, o.DryRun, time.Now())
+	if errors.Is(err, backup.ErrNoSuchLineage) {
+		return usageError{err}
+	}
+	if err != nil {
+		return err
+	}
+	if o.JSON {
+		return printJSON(out, map[string]any{"dry_run": o.DryRun, "retired_lineages": retired})
+	}
+	for _, id := range retired {
+		fmt.Fprintf(out, "retired lineage %s\n", id)
 	}
 	return nil
 }

@@ -27,6 +27,7 @@ type restoreOptions struct {
 	ProcessID  int
 	Processes  int
 	Epoch      uint64
+	Lineage    string
 	Flow       string
 	Force      bool
 	DryRun     bool
@@ -60,9 +61,19 @@ On every boot (an init container, an ExecStartPre), --if-empty restores only
 into a DIR without partitions, and --if-backups-exist only when the URL holds
 backups; otherwise restore exits 0 and says why it did nothing.
 
+A restore lays down one history (lineage) of the flow, never a mix: backups
+of two partitions are combined at an epoch only where their lineages agree.
+It picks the newest lineage (the one that last claimed the location) that every
+partition can reach, says which, and starts a new lineage forked from it, so
+the old machine, should it come back, cannot interleave its backups with the
+new one's (its agent is fenced). --lineage ID restores another one.
+
 To restore a cluster onto several new machines, give each machine its share:
 --partitions 0,1 on one and --partitions 2,3 on the other, or
---process-id I --processes P (partitions i with i mod P = I).
+--process-id I --processes P (partitions i with i mod P = I). Pin every machine
+to one plan: run restore --dry-run --json once, then each machine with the
+plan's --lineage and --epoch (a cluster whose machines restored different
+lineages or epochs refuses to start, and says which).
 
 ` + exitCodesHelp,
 		Example: "  flowbackup restore --from s3://my-bucket/flows/wc --to /var/lib/flowkeep\n  flowbackup restore --from gs://bkt/wc --to /data/rec --partitions 2,3\n  flowbackup restore --from file:///mnt/backups/wc --to /tmp/rec --dry-run",
@@ -82,6 +93,7 @@ To restore a cluster onto several new machines, give each machine its share:
 	f.Int("process-id", 0, "with --processes: restore the share of this machine (0-based)")
 	f.IntVar(&o.Processes, "processes", 0, "number of machines sharing the partitions")
 	f.Uint64Var(&o.Epoch, "epoch", 0, "restore this epoch instead of the latest one")
+	f.StringVar(&o.Lineage, "lineage", "", "restore this lineage (an id or a unique prefix; flowbackup list shows them) instead of the newest one")
 	f.StringVar(&o.Flow, "flow", "", "the flow's name or uid, when backups of several flows share the URL")
 	f.BoolVar(&o.IfEmpty, "if-empty", false, "do nothing (exit 0) if DIR already holds partitions")
 	f.BoolVar(&o.IfBackups, "if-backups-exist", false, "do nothing (exit 0) if the URL holds no backups yet (a first boot)")
@@ -126,7 +138,7 @@ func runRestore(ctx context.Context, o restoreOptions, out, errOut io.Writer) er
 	if _, err := useMemory(o.Memory); err != nil {
 		return err
 	}
-	ro := restore.Options{Plan: restore.PlanOptions{FlowUID: o.Flow, Epoch: o.Epoch}, Force: o.Force, DryRun: o.DryRun, Workers: o.Workers,
+	ro := restore.Options{Plan: restore.PlanOptions{FlowUID: o.Flow, Epoch: o.Epoch, Lineage: o.Lineage}, Force: o.Force, DryRun: o.DryRun, Workers: o.Workers,
 		Memory: o.Memory, Note: func(msg string) { fmt.Fprintln(errOut, "flowbackup: "+msg) }}
 	mode, err := strconv.ParseUint(o.Mode, 8, 32)
 	if err != nil || mode > 0o777 || mode&0o600 != 0o600 {
@@ -211,7 +223,7 @@ func runRestore(ctx context.Context, o restoreOptions, out, errOut io.Writer) er
 		if errors.Is(err, restore.ErrNotRestorable) {
 			return exitError{exitNotRestorable, err}
 		}
-		if errors.Is(err, restore.ErrAmbiguous) || errors.Is(err, restore.ErrOccupied) || errors.Is(err, restore.ErrNoSuchEpoch) {
+		if errors.Is(err, restore.ErrAmbiguous) || errors.Is(err, restore.ErrOccupied) || errors.Is(err, restore.ErrNoSuchEpoch) || errors.Is(err, restore.ErrNoSuchLineage) {
 			return usageError{err}
 		}
 		return err
@@ -225,12 +237,19 @@ func runRestore(ctx context.Context, o restoreOptions, out, errOut io.Writer) er
 		verb = "would restore"
 	}
 	fmt.Fprintf(out, "flow %s (%s): %s partitions %v of %d at epoch %d (%s)\n", p.Flow.Name, p.Flow.UID, verb, res.Restored, p.Count, p.Epoch, p.EpochTime.UTC().Format(time.RFC3339))
+	fmt.Fprintf(out, "  history: %s\n", p.Lineage.Describe())
+	if !o.DryRun {
+		fmt.Fprintf(out, "  the restored partitions start lineage %s, forked from it at epoch %d\n", res.Lineage.Short(), p.Epoch)
+	}
 	for _, i := range res.Restored {
 		m := p.Chosen[i]
-		fmt.Fprintf(out, "  partition %d: backup %s (epochs %d..%d, taken on %s)\n", i, m.ID, m.Epochs.Lo, m.Epochs.Hi, m.Agent.Host)
+		fmt.Fprintf(out, "  partition %d: backup %s (epochs %d..%d, lineage %s, taken on %s)\n", i, m.ID, m.Epochs.Lo, m.Epochs.Hi, recovery.ShortID(m.LineageOf().ID), m.Agent.Host)
 	}
 	for _, f := range res.Fallbacks {
 		fmt.Fprintf(out, "  fallback: %s\n", f)
+	}
+	for _, n := range p.Notes {
+		fmt.Fprintf(out, "  note: %s\n", n)
 	}
 	if !o.DryRun {
 		fmt.Fprintf(out, "downloaded %s (laid down %s) in %v; resume with: flowrun run %s -r %s -s … -b …\n", human.Bytes(res.Downloaded), human.Bytes(res.Bytes), time.Since(began).Round(time.Millisecond), p.Flow.Name, o.To)
@@ -307,6 +326,8 @@ type restoredPartition struct {
 	Lo        uint64 `json:"lo"`
 	Hi        uint64 `json:"hi"`
 	Host      string `json:"host"`
+	Lineage   string `json:"lineage"`
+	Manifest  string `json:"manifest"`
 }
 
 func restoreJSON(res *restore.Result, o restoreOptions, took time.Duration) map[string]any {
@@ -314,11 +335,19 @@ func restoreJSON(res *restore.Result, o restoreOptions, took time.Duration) map[
 	parts := []restoredPartition{}
 	for _, i := range res.Restored {
 		m := p.Chosen[i]
-		parts = append(parts, restoredPartition{i, m.ID, m.Epochs.Lo, m.Epochs.Hi, m.Agent.Host})
+		parts = append(parts, restoredPartition{i, m.ID, m.Epochs.Lo, m.Epochs.Hi, m.Agent.Host, m.LineageOf().ID,
+			backup.ManifestKey(m.Flow.UID, m.Partition.Index, m.ID)})
 	}
-	return map[string]any{
+	out := map[string]any{
 		"restored": !o.DryRun, "dry_run": o.DryRun, "flow": p.Flow.UID, "flow_name": p.Flow.Name, "partition_count": p.Count,
 		"epoch": p.Epoch, "epoch_time": p.EpochTime.UTC(), "partitions": parts, "fallbacks": append([]string{}, res.Fallbacks...),
 		"downloaded_bytes": res.Downloaded, "written_bytes": res.Bytes, "seconds": took.Seconds(), "to": o.To,
+		"lineage": p.Lineage.Lineage.ID, "lineage_info": p.Lineage, "notes": append([]string{}, p.Notes...),
+		// What every machine of a cluster passes to restore the same plan.
+		"pin": fmt.Sprintf("--lineage %s --epoch %d", p.Lineage.Lineage.ID, p.Epoch),
 	}
+	if !o.DryRun {
+		out["new_lineage"] = res.Lineage.ID
+	}
+	return out
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/flowkeep/flowkeep/internal/human"
+	"github.com/flowkeep/flowkeep/recovery"
 	"github.com/flowkeep/flowkeep/restore"
 )
 
@@ -52,7 +53,8 @@ routine audit that covers everything over repeated runs). Both imply --deep.
 Exit codes:
   0  healthy
   1  restorable, but with problems (corrupt or unreadable backups, several
-     flows in one place, restorable epoch older than --max-age)
+     flows in one place, restorable epoch older than --max-age, two machines
+     backing up one flow: two lineages alive after they parted)
   2  not restorable
   3  usage or access error (an unknown --flow included)`,
 		Example: "  flowbackup verify --from s3://my-bucket/flows/wc --max-age 15m\n  flowbackup verify --from gs://bkt/wc --deep --json",
@@ -144,8 +146,8 @@ func runVerify(ctx context.Context, o verifyOptions, out, errOut io.Writer) erro
 		}
 		for _, f := range rep.Flows {
 			if f.Restorable {
-				fmt.Fprintf(out, "flow %s (%s): restorable to epoch %d of %s, %v ago; %d of %d backups healthy\n", f.Name, f.UID, f.Epoch,
-					f.EpochTime.UTC().Format(time.RFC3339), (time.Duration(f.AgeSeconds) * time.Second).Round(time.Second), f.Healthy, f.Backups)
+				fmt.Fprintf(out, "flow %s (%s): restorable to epoch %d of %s, %v ago, lineage %s; %d of %d backups healthy\n", f.Name, f.UID, f.Epoch,
+					f.EpochTime.UTC().Format(time.RFC3339), (time.Duration(f.AgeSeconds) * time.Second).Round(time.Second), recovery.ShortID(f.Lineage), f.Healthy, f.Backups)
 			} else {
 				fmt.Fprintf(out, "flow %s (%s): NOT restorable; %d of %d backups healthy\n", f.Name, f.UID, f.Healthy, f.Backups)
 			}

@@ -9,7 +9,29 @@ import (
 	"time"
 
 	"github.com/flowkeep/flowkeep/backup"
+	"github.com/flowkeep/flowkeep/recovery"
 )
+
+// ForkMessage says that two machines run one flow, which histories they
+// write, which one restore uses, and what to do.
+func ForkMessage(flow string, f backup.Fork, restored string) string {
+	side := func(s backup.LineageSummary) string {
+		hosts := strings.Join(s.Hosts, ", ")
+		if hosts == "" {
+			hosts = s.Lineage.Host
+		}
+		if hosts == "" {
+			hosts = "unknown"
+		}
+		since := s.Lineage.Created
+		if since.IsZero() {
+			since = s.First
+		}
+		return fmt.Sprintf("host %s (lineage %s, since %s)", hosts, s.Lineage.Short(), fmtT(since))
+	}
+	return fmt.Sprintf("two machines are backing up flow %s: %s and %s; %s. Restore uses lineage %s (--lineage picks the other). Stop one machine's flowrun and agent, then retire its lineage (flowbackup prune --retire-lineage ID); or run the agent of the one to keep with --take-over",
+		flow, side(f.A), side(f.B), f.Why, recovery.ShortID(restored))
+}
 
 // Errors a caller acts on.
 var (
@@ -21,6 +43,9 @@ var (
 	// ErrNoSuchEpoch: the flow is restorable, but not to the epoch asked
 	// for (PlanOptions.Epoch).
 	ErrNoSuchEpoch = errors.New("epoch not restorable")
+	// ErrNoSuchLineage: the lineage asked for (PlanOptions.Lineage) has no
+	// backups here, or is named ambiguously.
+	ErrNoSuchLineage = backup.ErrNoSuchLineage
 )
 
 // Plan is what a restore will lay down.
@@ -34,6 +59,12 @@ type Plan struct {
 	Chosen []*backup.Manifest
 	// Execution is the marker execution number written by the trim.
 	Execution int64
+	// Lineage is the history restored: the newest one every partition can
+	// reach, or the one asked for.
+	Lineage backup.LineageSummary
+	// Notes say what the plan passed over (a newer lineage it could not
+	// reach) and which other histories are alive (forks).
+	Notes []string
 }
 
 // PlanOptions narrow a plan.
@@ -44,6 +75,12 @@ type PlanOptions struct {
 	Epoch uint64
 	// Exclude lists manifests (by id) known to be unusable.
 	Exclude map[string]bool
+	// Lineage, if set, restores this lineage (an id, or a unique prefix of
+	// one) instead of the newest one every partition can reach.
+	Lineage string
+	// Registry is the flow's lineage registry (nil: order lineages by
+	// creation alone).
+	Registry *backup.Registry
 }
 
 // Flows lists the flows in ms, by uid.
@@ -91,13 +128,53 @@ func PickFlow(ms []*backup.Manifest, uid string) ([]*backup.Manifest, error) {
 	return out, nil
 }
 
-// PlanFrom reads the store's catalog and plans a restore.
+// PlanFrom reads the store's catalog and lineage registry and plans a
+// restore.
 func PlanFrom(ctx context.Context, s backup.Store, o PlanOptions) (*Plan, error) {
 	cat, err := backup.LoadCatalog(ctx, s, 0)
 	if err != nil {
 		return nil, err
 	}
+	if o.Registry == nil {
+		ms, err := PickFlow(cat.Manifests, o.FlowUID)
+		if err != nil {
+			return nil, err
+		}
+		if o.Registry, err = backup.LoadRegistry(ctx, s, ms[0].Flow.UID); err != nil {
+			return nil, err
+		}
+	}
 	return MakePlan(cat.Manifests, o)
+}
+
+// resolveLineage finds the lineage id or unique id prefix want among ms.
+func resolveLineage(ms []*backup.Manifest, want string) (string, error) {
+	ids := map[string]bool{}
+	for _, m := range ms {
+		ids[m.LineageOf().ID] = true
+	}
+	if ids[want] {
+		return want, nil
+	}
+	var hits []string
+	for id := range ids {
+		if strings.HasPrefix(id, want) {
+			hits = append(hits, id)
+		}
+	}
+	sort.Strings(hits)
+	all := make([]string, 0, len(ids))
+	for id := range ids {
+		all = append(all, id)
+	}
+	sort.Strings(all)
+	switch len(hits) {
+	case 1:
+		return hits[0], nil
+	case 0:
+		return "", fmt.Errorf("%w: no backups of lineage %q here (lineages: %s; flowbackup list shows them)", ErrNoSuchLineage, want, strings.Join(all, ", "))
+	}
+	return "", fmt.Errorf("%w: %q names %d lineages (%s); give more of the id", ErrNoSuchLineage, want, len(hits), strings.Join(hits, ", "))
 }
 
 // MakePlan chooses the latest epoch (or o.Epoch) every partition's usable
@@ -133,12 +210,18 @@ func MakePlan(all []*backup.Manifest, o PlanOptions) (*Plan, error) {
 		return nil, fmt.Errorf("%w: flow %s has %d partitions, but partitions %s have no usable backup; back them up (flowbackup backup -r DIR on the machines that hold them)",
 			ErrNotRestorable, ms[0].Flow.Name, count, strings.Join(missing, ", "))
 	}
+	lineage := ""
+	if o.Lineage != "" {
+		if lineage, err = resolveLineage(ms, o.Lineage); err != nil {
+			return nil, err
+		}
+	}
 	var ov backup.Overlap
 	var ok bool
 	if o.Epoch > 0 {
-		ov, ok = backup.OverlapAt(usable, count, o.Epoch)
+		ov, ok = backup.PlanLineage(usable, count, o.Registry, lineage, o.Epoch)
 		if !ok {
-			newest, any := backup.PlanOverlap(usable, count)
+			newest, any := backup.PlanLineage(usable, count, o.Registry, lineage, 0)
 			oldest := uint64(0)
 			for _, l := range byPart {
 				lo := uint64(1 << 63)
@@ -157,10 +240,26 @@ func MakePlan(all []*backup.Manifest, o PlanOptions) (*Plan, error) {
 			}
 			return nil, fmt.Errorf("%w: epoch %d is not covered by a usable backup of every partition; %s", ErrNotRestorable, o.Epoch, explainGap(byPart))
 		}
-	} else if ov, ok = backup.PlanOverlap(usable, count); !ok {
+	} else if ov, ok = backup.PlanLineage(usable, count, o.Registry, lineage, 0); !ok {
+		if lineage != "" {
+			return nil, fmt.Errorf("%w: lineage %s cannot be restored: no epoch is covered by a backup of its history for every partition; %s", ErrNotRestorable, recovery.ShortID(lineage), explainGap(byPart))
+		}
 		return nil, fmt.Errorf("%w: no epoch is covered by a backup of every partition; %s", ErrNotRestorable, explainGap(byPart))
 	}
 	p := &Plan{Flow: ms[0].Flow, Count: count, Epoch: ov.Epoch, Chosen: ov.Chosen}
+	sums := backup.Lineages(usable, o.Registry)
+	for _, sum := range sums {
+		if sum.Lineage.ID == ov.Lineage.ID {
+			p.Lineage = sum
+			break
+		}
+		if lineage == "" && !sum.Retired {
+			p.Notes = append(p.Notes, fmt.Sprintf("the newer %s cannot be restored: not every partition has a backup of its history", sum.Describe()))
+		}
+	}
+	for _, f := range backup.Forks(sums) {
+		p.Notes = append(p.Notes, ForkMessage(p.Flow.Name, f, ov.Lineage.ID))
+	}
 	for _, m := range ov.Chosen {
 		p.Execution = max(p.Execution, m.Execution+1)
 		p.Flow = m.Flow

@@ -17,6 +17,7 @@ import (
 
 	"github.com/flowkeep/flowkeep/backup"
 	"github.com/flowkeep/flowkeep/internal/fsync"
+	"github.com/flowkeep/flowkeep/internal/machine"
 	"github.com/flowkeep/flowkeep/recovery"
 )
 
@@ -70,6 +71,10 @@ type Result struct {
 	// were fetched from the store (compressed, fallbacks included).
 	Bytes      int64
 	Downloaded int64
+	// Lineage is the new history the restored partitions start (pending
+	// until flowrun's first run adopts it): a child of Plan.Lineage forked
+	// at Plan.Epoch.
+	Lineage recovery.Lineage
 }
 
 // Restore lays the partitions of the latest (or chosen) overlapping epoch
@@ -93,6 +98,15 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 		return nil, err
 	}
 	res := &Result{}
+	if o.Plan.Registry == nil {
+		ms, err := PickFlow(cat.Manifests, o.Plan.FlowUID)
+		if err != nil {
+			return nil, err
+		}
+		if o.Plan.Registry, err = backup.LoadRegistry(ctx, s, ms[0].Flow.UID); err != nil {
+			return nil, err
+		}
+	}
 	plan, err := MakePlan(cat.Manifests, o.Plan)
 	if err != nil {
 		return nil, err
@@ -165,7 +179,9 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 		plan = next
 		res.Plan = plan
 	}
-	// Everything is here and verified: trim, then publish under the final names.
+	// Everything is here and verified: trim, start the partitions' new
+	// history, then publish under the final names.
+	res.Lineage = plan.Lineage.Lineage.Child(recovery.NewLineageID(), machine.Host(), recovery.Epoch(plan.Epoch), plan.Lineage.Progress, o.Now(), recovery.LineageRestore)
 	for _, p := range parts {
 		tmp := fetched[plan.Chosen[p].ID]
 		db, err := recovery.OpenDB(tmp, false)
@@ -173,6 +189,9 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 			return nil, err
 		}
 		err = recovery.Trim(ctx, db, recovery.Epoch(plan.Epoch), recovery.ExecutionNumber(plan.Execution), o.Now())
+		if err == nil {
+			err = recovery.MarkRestored(ctx, db, res.Lineage, tmp)
+		}
 		if cerr := db.Close(); err == nil {
 			err = cerr
 		}

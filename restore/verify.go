@@ -74,6 +74,12 @@ type FlowReport struct {
 	AgeSeconds float64   `json:"age_seconds,omitempty"`
 	Chosen     []string  `json:"chosen_backups,omitempty"`
 	Reason     string    `json:"not_restorable_reason,omitempty"`
+	// Lineage is the history a restore would lay down; Lineages every
+	// history the backups hold, current first; Forks the pairs of them
+	// that are both alive (two machines running the flow).
+	Lineage  string                  `json:"lineage,omitempty"`
+	Lineages []backup.LineageSummary `json:"lineages"`
+	Forks    []string                `json:"forks,omitempty"`
 }
 
 // Report is what verify found.
@@ -205,7 +211,22 @@ func Verify(ctx context.Context, s backup.Store, o VerifyOptions) (*Report, erro
 				fr.Healthy++
 			}
 		}
-		plan, err := MakePlan(ms, PlanOptions{FlowUID: uid, Exclude: bad})
+		reg, err := backup.LoadRegistry(ctx, s, uid)
+		if err != nil {
+			return nil, err
+		}
+		fr.Lineages = backup.Lineages(mine, reg)
+		plan, err := MakePlan(ms, PlanOptions{FlowUID: uid, Exclude: bad, Registry: reg})
+		restored := ""
+		if err == nil {
+			restored = plan.Lineage.Lineage.ID
+			fr.Lineage = restored
+		}
+		for _, f := range backup.Forks(fr.Lineages) {
+			msg := ForkMessage(fr.Name, f, restored)
+			fr.Forks = append(fr.Forks, msg)
+			rep.Problems = append(rep.Problems, Problem{Flow: uid, Message: msg})
+		}
 		if err != nil {
 			fr.Reason = err.Error()
 			rep.Problems = append(rep.Problems, Problem{Flow: uid, Message: err.Error()})
