@@ -1,6 +1,10 @@
 package core
 
-import "context"
+import (
+	"context"
+	"fmt"
+	"log"
+)
 
 // Change is one snapshot row: the state of (Step, Key) after epoch Epoch.
 // A nil Value is a tombstone: the key was discarded.
@@ -109,4 +113,24 @@ func RunInfoFrom(ctx context.Context) RunInfo {
 // for testing a connector outside a run.
 func WithRunInfo(ctx context.Context, ri RunInfo) context.Context {
 	return context.WithValue(ctx, runInfoKey{}, ri)
+}
+
+type warnKey struct{}
+
+// Warnf tells the user of something a source or sink cannot fix and must
+// not hide (Config.OnWarning; the standard logger without it). ctx is the
+// one Open was given.
+func Warnf(ctx context.Context, format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	if f, ok := ctx.Value(warnKey{}).(func(string)); ok {
+		f(msg)
+		return
+	}
+	log.Print("warning: " + msg)
+}
+
+// WithWarnings returns ctx sending Warnf to f: for testing a connector
+// outside a run.
+func WithWarnings(ctx context.Context, f func(string)) context.Context {
+	return context.WithValue(ctx, warnKey{}, f)
 }

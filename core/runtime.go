@@ -49,6 +49,9 @@ type Config struct {
 	// OnStart, if set, is told the run's RunInfo once recovery has begun
 	// (before any input is read).
 	OnStart func(RunInfo)
+	// OnWarning, if set, receives what sources and sinks warn the user of
+	// (Warnf); without it warnings go to the standard logger.
+	OnWarning func(string)
 }
 
 // Result summarises a finished run.
@@ -237,6 +240,9 @@ func (x *execution) execute() (Epoch, error) {
 		}
 	}
 	x.ctx = context.WithValue(x.ctx, runInfoKey{}, x.info)
+	if x.cfg.OnWarning != nil {
+		x.ctx = WithWarnings(x.ctx, x.cfg.OnWarning)
+	}
 	opened := 0
 	var err error
 	for _, es := range x.exSegs {

@@ -101,7 +101,7 @@ func TestAlertRules_QueryExportedMetricsAndSayWhat(t *testing.T) {
 			checkMetrics(t, "alert "+r.Alert, r.Expr)
 		}
 	}
-	for _, want := range []string{"FlowkeepRPOTooHigh", "FlowkeepBackupFailing", "FlowkeepNoBackupAttempt"} {
+	for _, want := range []string{"FlowkeepRPOTooHigh", "FlowkeepBackupFailing", "FlowkeepNoBackupAttempt", "FlowkeepTwoMachinesRunOneFlow", "FlowkeepBackupFenced"} {
 		if !slices.Contains(names, want) {
 			t.Errorf("no alert %s", want)
 		}

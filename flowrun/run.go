@@ -242,6 +242,10 @@ func runRun(ctx context.Context, o runOptions, specs []FlowSpec, stderr io.Write
 		prog.writes(len(st.Partitions()))
 		tracker.parts = len(st.Partitions())
 	}
+	cfg.OnWarning = func(msg string) {
+		prog.clear()
+		fmt.Fprintf(stderr, "flowrun: warning: %s\n", msg)
+	}
 	cfg.OnStart = func(ri core.RunInfo) {
 		if ri.LineageNote != "" {
 			prog.clear()

@@ -1,11 +1,13 @@
 package kafka
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"math"
 	"sync"
 	"time"
 
@@ -26,11 +28,16 @@ import (
 // Exactly once (ExactlyOnce, needs recovery): an epoch's records are kept
 // in the epoch's snapshot, and produced in one Kafka transaction only when
 // that snapshot is durable (the runtime says so through core.DurableSink).
-// Each record carries the transaction's sequence number in a header. A
-// crash before the transaction commits leaves it to the next run, which
-// finds the pending records in its snapshot and produces them unless the
-// partition's last committed record already carries their sequence number
-// (the crash came after the commit). Epochs that were never durable were
+// Each record carries the transaction's sequence number and the flow's
+// lineage (its history, see core.RunInfo) in headers. A crash before the
+// transaction commits leaves it to the next run, which finds the pending
+// records in its snapshot and produces them unless the partition's last
+// committed record of the same lineage already carries their sequence
+// number (the crash came after the commit). A restore to an older epoch
+// starts a new lineage whose sequence numbers repeat the old one's: its
+// transactions are judged only against its own records (those after the
+// offset where it began), and the output of the epochs after the restored
+// one is produced again (the sink warns). Epochs that were never durable were
 // never produced, and their input is read again, so nothing is lost or
 // repeated. Consumers must read with isolation level read_committed, and the
 // topic must be written by this flow only. The transactional id is derived
@@ -67,8 +74,13 @@ func LineSink(brokers []string, topic string, exactlyOnce bool) *Sink[string] {
 	}}
 }
 
-// seqHeader carries an exactly-once sink's transaction sequence number.
-const seqHeader = "flowkeep-seq"
+// seqHeader carries an exactly-once sink's transaction sequence number;
+// lineageHeader the lineage that produced it (absent before lineages: the
+// flow's root lineage, whose id is the flow uid).
+const (
+	seqHeader     = "flowkeep-seq"
+	lineageHeader = "flowkeep-lineage"
+)
 
 func (s *Sink[T]) outage() time.Duration { return outageOr(s.Outage) }
 
@@ -140,12 +152,14 @@ func (s *Sink[T]) Open(ctx context.Context, part string, resume []byte) (core.Si
 		sp.cl.Close()
 		return nil, fmt.Errorf("kafka sink %s: initialize the transactional producer %s: %w", part, txnID, err)
 	}
+	sp.root, sp.lineage = ri.FlowUID, ri.FlowUID
 	if err := sp.decode(resume); err != nil {
 		sp.cl.Close()
 		return nil, fmt.Errorf("kafka sink %s: stored position: %w", part, err)
 	}
 	// Records the last run kept for a transaction it may not have
-	// committed: produce them unless the partition already has them.
+	// committed: produce them unless the partition already has them (of
+	// the lineage that made them).
 	if len(sp.pending) > 0 {
 		last, err := sp.lastCommittedSeq(ctx)
 		if err != nil {
@@ -159,6 +173,25 @@ func (s *Sink[T]) Open(ctx context.Context, part string, resume []byte) (core.Si
 			}
 		}
 		sp.committed, sp.pending = sp.pendingSeq, nil
+	}
+	if ri.Lineage != "" && ri.Lineage != sp.lineage {
+		// A new history (a restore, or files moved): its transactions
+		// are its own from the partition's current end on.
+		end, err := sp.endOffset(ctx)
+		if err == nil && resume != nil {
+			// Did the old history publish beyond where this one resumes
+			// (a restore to an older epoch)? That output comes again.
+			var last uint64
+			if last, err = sp.lastCommittedSeq(ctx); err == nil && last > sp.committed {
+				core.Warnf(ctx, "kafka sink %s: this run starts a new history (lineage %.12s) at epoch %d, but lineage %.12s already published transactions %d..%d, the output of later epochs, to this partition: this run produces the output of those epochs again, so consumers see it twice",
+					part, ri.Lineage, ri.StartEpoch, sp.lineage, sp.committed+1, last)
+			}
+		}
+		if err != nil {
+			sp.cl.Close()
+			return nil, err
+		}
+		sp.lineage, sp.floor = ri.Lineage, end
 	}
 	return sp, nil
 }
@@ -180,6 +213,11 @@ type sinkPart[T any] struct {
 	pending    []*kgo.Record // of the last closed epoch, waiting for it to be durable
 	pendingSeq uint64        // their transaction's sequence number
 	committed  uint64        // the last sequence number published
+	// lineage made the sequence numbers above; its records are at or
+	// after offset floor (root is the flow's root lineage: records
+	// without a lineage header are its).
+	lineage, root string
+	floor         int64
 }
 
 func (p *sinkPart[T]) record(it T) (*kgo.Record, error) {
@@ -239,7 +277,7 @@ func (p *sinkPart[T]) publish(ctx context.Context) error {
 	}
 	seq := binary.BigEndian.AppendUint64(nil, p.pendingSeq)
 	for _, r := range p.pending {
-		r.Headers = append(r.Headers[:0], kgo.RecordHeader{Key: seqHeader, Value: seq})
+		r.Headers = append(r.Headers[:0], kgo.RecordHeader{Key: seqHeader, Value: seq}, kgo.RecordHeader{Key: lineageHeader, Value: []byte(p.lineage)})
 	}
 	if err := p.cl.ProduceSync(ctx, p.pending...).FirstErr(); err != nil {
 		p.cl.EndTransaction(ctx, kgo.TryAbort)
@@ -251,13 +289,11 @@ func (p *sinkPart[T]) publish(ctx context.Context) error {
 	return nil
 }
 
-// lastCommittedSeq reads the sequence number of the partition's last
-// committed record (0 if it has none).
-func (p *sinkPart[T]) lastCommittedSeq(ctx context.Context) (uint64, error) {
+// endOffset is the partition's last stable offset: Open fenced any
+// transaction left open, so every record before it is decided.
+func (p *sinkPart[T]) endOffset(ctx context.Context) (int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, p.sink.outage())
 	defer cancel()
-	// Open fenced any transaction left open; read the last records before
-	// the last stable offset.
 	admin, err := p.sink.client()
 	if err != nil {
 		return 0, err
@@ -271,16 +307,28 @@ func (p *sinkPart[T]) lastCommittedSeq(ctx context.Context) (uint64, error) {
 	if !ok || o.Err != nil {
 		return 0, fmt.Errorf("kafka sink %s: end offset: %v", p.name, o.Err)
 	}
-	if o.Offset == 0 {
+	return o.Offset, nil
+}
+
+// lastCommittedSeq reads the sequence number of the partition's last
+// committed record of the sink's lineage (0 if it has none).
+func (p *sinkPart[T]) lastCommittedSeq(ctx context.Context) (uint64, error) {
+	end, err := p.endOffset(ctx)
+	if err != nil {
+		return 0, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, p.sink.outage())
+	defer cancel()
+	if end <= p.floor {
 		return 0, nil
 	}
-	// The tail may be an aborted transaction (hidden by read_committed):
-	// read further back until a committed record of this sink shows up.
-	end := o.Offset
+	// The tail may be an aborted transaction (hidden by read_committed),
+	// or another lineage's: read further back until a committed record of
+	// this lineage shows up, or the lineage's first offset.
 	for window := int64(64); ; window *= 4 {
-		from := max(0, end-window)
+		from := max(p.floor, end-window)
 		last, found, err := p.scanSeq(ctx, from, end)
-		if err != nil || found || from == 0 {
+		if err != nil || found || from == p.floor {
 			return last, err
 		}
 	}
@@ -308,7 +356,7 @@ func (p *sinkPart[T]) scanSeq(ctx context.Context, from, end int64) (uint64, boo
 			if r.Attrs.IsControl() || r.Offset >= end {
 				return
 			}
-			if seq, ok := ParseSeq(r); ok {
+			if seq, ok := ParseSeq(r); ok && lineageOf(r, p.root) == p.lineage {
 				last, found = seq, true
 			}
 		})
@@ -339,10 +387,21 @@ func (p *sinkPart[T]) Commit() ([]byte, error) {
 	return p.encode(), nil
 }
 
-// encode is the snapshot: the last published sequence number, then the
-// pending records (sequence number, count, key and value of each).
+// snapMagic starts a snapshot that names its lineage. A snapshot of
+// before lineages starts with the uvarint of the last published sequence
+// number; were it 0, the next uvarint (the pending one) is at most 1, so
+// its first byte is never 0xfe.
+var snapMagic = []byte{0x00, 0xfe}
+
+// encode is the snapshot: the magic, the lineage and its first offset, the
+// last published sequence number, then the pending records (sequence
+// number, count, key and value of each).
 func (p *sinkPart[T]) encode() []byte {
-	b := binary.AppendUvarint(nil, p.committed)
+	b := append([]byte(nil), snapMagic...)
+	b = binary.AppendUvarint(b, uint64(len(p.lineage)))
+	b = append(b, p.lineage...)
+	b = binary.AppendUvarint(b, uint64(p.floor))
+	b = binary.AppendUvarint(b, p.committed)
 	b = binary.AppendUvarint(b, p.pendingSeq)
 	b = binary.AppendUvarint(b, uint64(len(p.pending)))
 	for _, r := range p.pending {
@@ -376,6 +435,18 @@ func (p *sinkPart[T]) decode(b []byte) error {
 		return v, nil
 	}
 	var err error
+	if bytes.HasPrefix(b, snapMagic) {
+		b = b[len(snapMagic):]
+		lin, err := bytesOf()
+		if err != nil || len(lin) == 0 || len(lin) > 64 {
+			return errors.New("bad lineage")
+		}
+		floor, err := next()
+		if err != nil || floor > math.MaxInt64 {
+			return errors.New("bad offset")
+		}
+		p.lineage, p.floor = string(lin), int64(floor)
+	}
 	if p.committed, err = next(); err != nil {
 		return err
 	}
@@ -412,6 +483,17 @@ func (p *sinkPart[T]) Close() error {
 }
 
 var _ core.DurableSink = (*sinkPart[string])(nil)
+
+// lineageOf is the lineage a record of an exactly-once sink names (root,
+// the flow's root lineage, for records of before lineages).
+func lineageOf(r *kgo.Record, root string) string {
+	for _, h := range r.Headers {
+		if h.Key == lineageHeader {
+			return string(h.Value)
+		}
+	}
+	return root
+}
 
 // ParseSeq is exported for tests and tools that audit a topic: the
 // transaction sequence number a record of an exactly-once sink carries.
