@@ -2,10 +2,12 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -210,4 +212,77 @@ func TestCluster_SharedSecret(t *testing.T) {
 			t.Fatalf("process %d without a secret: exit %d\n%s", i, r.code, r.out)
 		}
 	}
+}
+
+func mustBackup(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(backupBin, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("flowbackup %v: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
+
+// A 2-process cluster restored onto 3 new machines, each restoring its
+// share pinned to one plan (--lineage, --epoch from restore --dry-run
+// --json), runs on and gives one process's totals; a machine that restored
+// another epoch makes the cluster refuse to start, saying which.
+func TestCluster_RestoredOntoThreeMachinesFromOnePlan(t *testing.T) {
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	splitPartitions(t, a, 4, map[string][]int{b: {2, 3}})
+	in, out := filepath.Join(dir, "in.txt"), filepath.Join(dir, "out.csv")
+	flags := []string{"-i", in, "-o", out, "-s", "30ms", "-b", "1h"}
+	writeWords(t, in, 20000, 1, false)
+	mustCluster(t, 2, [][]string{{a}, {b}}, flags...)
+	bucket := "file://" + filepath.Join(dir, "bucket")
+	mustBackup(t, "backup", "-r", a, "--to", bucket)
+	mustBackup(t, "backup", "-r", b, "--to", bucket)
+	var plan struct {
+		Lineage string `json:"lineage"`
+		Epoch   uint64 `json:"epoch"`
+		Pin     string `json:"pin"`
+	}
+	js := mustBackup(t, "restore", "--from", bucket, "--dry-run", "--json")
+	if err := json.Unmarshal([]byte(js), &plan); err != nil || plan.Epoch < 3 || !strings.Contains(plan.Pin, "--lineage "+plan.Lineage) {
+		t.Fatalf("plan %+v (%v):\n%s", plan, err, js)
+	}
+	restoreShares := func(prefix string, epochs ...uint64) [][]string {
+		var recs [][]string
+		for i, e := range epochs {
+			d := filepath.Join(dir, fmt.Sprintf("%s%d", prefix, i))
+			mustBackup(t, "restore", "--from", bucket, "--to", d, "--process-id", fmt.Sprint(i), "--processes", fmt.Sprint(len(epochs)),
+				"--lineage", plan.Lineage, "--epoch", fmt.Sprint(e))
+			recs = append(recs, []string{d})
+		}
+		return recs
+	}
+	// One machine restored another epoch: refused by every process.
+	bad := restoreShares("bad", plan.Epoch, plan.Epoch, plan.Epoch-1)
+	for i, r := range runClusterCmd(t, 1, bad, flags...) {
+		if r.code == 0 || !strings.Contains(r.out, "restored at epoch") || !strings.Contains(r.out, "every machine must restore one plan") {
+			t.Fatalf("process %d with a machine restored at another epoch: exit %d\n%s", i, r.code, r.out)
+		}
+	}
+	// Pinned to one plan: the three machines' restores (three pending
+	// lineages of one parent and fork) become one history and run on.
+	good := restoreShares("m", plan.Epoch, plan.Epoch, plan.Epoch)
+	writeWords(t, in, 20000, 2, true)
+	res := runClusterCmd(t, 1, good, flags...)
+	for i, r := range res {
+		if r.code != 0 || !strings.Contains(r.out, "restored from a backup: this run starts lineage") {
+			t.Fatalf("process %d: exit %d\n%s", i, r.code, r.out)
+		}
+	}
+	lineage := regexp.MustCompile(`starts lineage ([0-9a-f]+)`).FindStringSubmatch(res[0].out)[1]
+	for i, r := range res {
+		if !strings.Contains(r.out, "starts lineage "+lineage) {
+			t.Fatalf("process %d started another lineage than process 0's %s:\n%s", i, lineage, r.out)
+		}
+	}
+	all, one := filepath.Join(dir, "all.txt"), filepath.Join(dir, "one.csv")
+	writeWords(t, all, 20000, 1, false)
+	writeWords(t, all, 20000, 2, true)
+	mustRun(t, "run", "wordcount", "-i", all, "-o", one, "-w", "2")
+	sameTotals(t, out, one, "2 processes restored onto 3")
 }

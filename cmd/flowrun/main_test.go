@@ -16,16 +16,18 @@ import (
 	"time"
 )
 
-var flowrunBin string
+var flowrunBin, backupBin string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "flowrun-test")
 	if err != nil {
 		panic(err)
 	}
-	flowrunBin = filepath.Join(dir, "flowrun")
-	if out, err := exec.Command("go", "build", "-o", flowrunBin, ".").CombinedOutput(); err != nil {
-		panic(fmt.Sprintf("build flowrun: %v\n%s", err, out))
+	flowrunBin, backupBin = filepath.Join(dir, "flowrun"), filepath.Join(dir, "flowbackup")
+	for bin, pkg := range map[string]string{flowrunBin: ".", backupBin: "../flowbackup"} {
+		if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
+			panic(fmt.Sprintf("build %s: %v\n%s", pkg, err, out))
+		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
