@@ -14,6 +14,8 @@
 //	                                           does not start while a backup lock is
 //	quarantine/<h>.json                        chunk h was found damaged in the store by verify --deep
 //	config.json                                written by the first encrypted backup: the location is encrypted (see CheckScheme)
+//	lineages/<flow-uid>/<lineage>/<event>-<time>-<rand>.json
+//	                                           the lineage registry: claim, fenced, retired (see lineage.go)
 //
 // <iiii> is the partition index in four or more decimal digits; <id> is the
 // backup's UTC time, "20060102T150405.000Z", a dash and 8 random hex digits,
@@ -39,7 +41,8 @@
 //     longer extends the base's.
 //
 // The manifest (JSON, see Manifest) is written last and names the flow (uid,
-// name), the partition (index, count), every object with its sha256, size and
+// name), the partition (index, count), the partition's lineage (its history,
+// with ancestors and fork epochs; absent before lineages, meaning the root), every object with its sha256, size and
 // stored size, the restorable epoch range [lo, hi] with wall times (lo is the
 // partition's commit epoch, hi its frontier), the flow's -s and -b, the agent
 // version and host. It is sealed: stored as {"format", "sha256",
@@ -71,6 +74,11 @@
 //   - Reads that fail to parse or to match a checksum are read again (twice)
 //     before an object is called corrupt: damage in transit is not damage in
 //     the store.
+//   - Backups are combined only along one history: two partitions' backups
+//     restore epoch E together only if their lineages agree up to E; a
+//     delta never extends a base of another lineage beyond where the two
+//     parted; a backup whose lineage is older than the newest claim in the
+//     registry is fenced (ErrFenced) unless it takes over.
 //   - Prune runs under the prune lock and deletes nothing unless it read
 //     every manifest and latest pointer; its chunk grace period is at least
 //     the lock TTL. Locks are renewed every third of their TTL; work under a

@@ -19,7 +19,8 @@
 // # Schema (version 2)
 //
 //	parts(part_index, part_count, flow_uid, created_unix_ms)   one row
-//	meta(key, value)         flow_name, commit_epoch, compacted_epoch, snapshot_interval_ms, backup_interval_ms
+//	meta(key, value)         flow_name, commit_epoch, compacted_epoch, snapshot_interval_ms, backup_interval_ms,
+//	                         lineage (JSON), lineage_pending, machine_id, file_id (see lineage.go)
 //	executions(ex_num, worker_count, resume_epoch, started_unix_ms, snapshot_interval_ms, backup_interval_ms)
 //	fronts(ex_num, worker_index, frontier)                     highest frontier per worker
 //	steps(num, step_id, keys)                                  a number per step, in order of first use; keys: base rows, as last counted
@@ -53,6 +54,17 @@
 // below the resume epoch: the base, scanned in k order, merged with the
 // segments below the resume epoch (the newest epoch wins; a tombstone means
 // no state).
+//
+// # Lineages
+//
+// Every partition names its lineage, the history it belongs to (meta
+// lineage: id, host, creation, fork epoch, ancestors with the epoch up to
+// which each agrees). init starts the root, whose id is the flow uid (a
+// partition without the key is of the root). A restore writes a child
+// forked at the restored epoch, pending until a run adopts it; a run on
+// files whose machine id or device:inode differ from what the last run
+// recorded (machine_id, file_id) starts a child at its resume epoch. A run
+// refuses partitions of two lineages. See StartLineage.
 //
 // # Garbage collection and compaction
 //
