@@ -84,6 +84,11 @@ func runRecoveryInspect(ctx context.Context, o recoveryInspectOptions, out io.Wr
 			name = "(not run yet)"
 		}
 		fmt.Fprintf(out, "  flow            %s (uid %s)\n", name, in.FlowUID)
+		pending := ""
+		if in.Pending {
+			pending = "; restored, the next run adopts it"
+		}
+		fmt.Fprintf(out, "  history         %s%s\n", in.Lineage.Describe(), pending)
 		fmt.Fprintf(out, "  restorable      epochs %d..%d (%s .. %s)\n", in.Lo, in.Hi, fmtTime(in.LoTime), fmtTime(in.HiTime))
 		fmt.Fprintf(out, "  commit epoch    %d\n", in.CommitEpoch)
 		fmt.Fprintf(out, "  intervals       snapshot %v, backup %v\n", in.SnapshotInterval, in.BackupInterval)

@@ -13,11 +13,15 @@ import (
 
 // Info is a read-only report on one partition (`flowrun recovery inspect`).
 type Info struct {
-	Path        string                `json:"path"`
-	Index       PartitionIndex        `json:"index"`
-	Count       PartitionCount        `json:"count"`
-	FlowUID     string                `json:"flow_uid"`
-	FlowName    string                `json:"flow_name"`
+	Path     string         `json:"path"`
+	Index    PartitionIndex `json:"index"`
+	Count    PartitionCount `json:"count"`
+	FlowUID  string         `json:"flow_uid"`
+	FlowName string         `json:"flow_name"`
+	// Lineage is the history the partition belongs to; Pending says a
+	// restore laid it down and no run has adopted it yet.
+	Lineage     Lineage               `json:"lineage"`
+	Pending     bool                  `json:"lineage_pending,omitempty"`
 	Executions  []Execution           `json:"executions"`
 	Frontiers   map[WorkerIndex]Epoch `json:"frontiers"` // of the last execution
 	CommitEpoch Epoch                 `json:"commit_epoch"`
@@ -82,7 +86,7 @@ func InspectPartition(ctx context.Context, p *Partition, o InspectOptions) (*Inf
 	if err != nil {
 		return nil, err
 	}
-	in := &Info{Path: p.Path, Index: v.Index, Count: v.Count, FlowUID: v.FlowUID, FlowName: v.FlowName,
+	in := &Info{Path: p.Path, Index: v.Index, Count: v.Count, FlowUID: v.FlowUID, FlowName: v.FlowName, Lineage: v.Lineage, Pending: v.Pending,
 		Executions: v.Executions, CommitEpoch: v.CommitEpoch, Lo: v.Lo(), Hi: v.Hi(),
 		SnapshotInterval: v.Intervals.Snapshot, BackupInterval: v.Intervals.Backup}
 	if ex := v.Last(); ex != nil {
