@@ -238,7 +238,8 @@ func (u *uploader) storeChunk(ctx context.Context, b, zbuf []byte) (Object, []by
 	}
 	o = Object{SHA256: h, Size: int64(len(b)), Stored: int64(len(stored))}
 	if u.cipher == nil {
-		// An encrypted chunk is pinned by age and the name it carries.
+		// An encrypted chunk is checked by its keyed name on every read
+		// (age alone does not pin it: anyone with the public keys can seal).
 		o.StoredSHA256 = SumHex(stored)
 	}
 	if err := u.store.Put(ctx, ChunkKey(h), stored); err != nil {

@@ -143,10 +143,11 @@ func (c *Cipher) ContentID(b []byte) string {
 }
 
 // sealChunk returns z encrypted to the recipients, in dst's array when it
-// is large enough, with the chunk's name (id, hex) sealed in front of it:
-// age authenticates what it decrypts, and the name inside binds it to its
-// key in the store, so a chunk that decrypts with its name in front is the
-// one stored under that name (see OpenChunk). A nil Cipher returns z.
+// is large enough, with the chunk's name (id, hex) sealed in front of it, so
+// a chunk copied over another is caught before it is decompressed. That
+// does not authenticate it: anyone with the recipients' public keys can
+// seal any content under any name; the keyed name (ContentID, under the
+// secret chunk key) is what a reader checks. A nil Cipher returns z.
 func (c *Cipher) sealChunk(dst, z []byte, id string) ([]byte, error) {
 	if c == nil {
 		return z, nil
@@ -175,8 +176,9 @@ func (c *Cipher) sealChunk(dst, z []byte, id string) ([]byte, error) {
 // OpenChunk returns the stored form of chunk id decrypted (still zstd), in
 // dst's array when it is large enough. A nil Cipher returns stored. A chunk
 // that does not decrypt, or does not carry its own name, is damaged (or
-// misplaced): ErrCorrupt. It needs no other check of the stored bytes: age
-// authenticates every 64 KiB of them.
+// misplaced): ErrCorrupt. The caller still checks the content against the
+// keyed name (ContentID): age authenticates the bytes only against a key
+// their writer chose.
 func (c *Cipher) OpenChunk(dst, stored []byte, id string) ([]byte, error) {
 	if c == nil {
 		return stored, nil

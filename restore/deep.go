@@ -330,7 +330,9 @@ func (d *deepScope) checkBase(ctx context.Context, ms []*backup.Manifest) error 
 	first := ms[0]
 	img := filepath.Join(d.dir, "base-"+baseKey(first)[:16]+".sqlite3")
 	fo := FetchOptions{Workers: d.o.Workers, Memory: d.budget, Get: d.get}
-	err := d.fetchTo(ctx, first.Base.Chunks, img, fo)
+	bo := fo
+	bo.SHA256 = first.Base.SHA256
+	err := d.fetchTo(ctx, first.Base.Chunks, img, bo)
 	if err == nil {
 		err = IntegrityCheck(ctx, img)
 	}
@@ -345,9 +347,12 @@ func (d *deepScope) checkBase(ctx context.Context, ms []*backup.Manifest) error 
 	}
 	for _, m := range ms {
 		var err error
-		if m.Delta == nil {
+		switch {
+		case m.Base.SHA256 != first.Base.SHA256:
+			err = fmt.Errorf("%w: its base image does not match the sha256 it gives (the same chunks rebuilt for backup %s match that backup's)", backup.ErrCorrupt, first.ID)
+		case m.Delta == nil:
 			err = checkImage(ctx, img, m)
-		} else {
+		default:
 			err = d.checkDelta(ctx, img, m, fo)
 		}
 		if err != nil {
@@ -364,6 +369,7 @@ func (d *deepScope) checkBase(ctx context.Context, ms []*backup.Manifest) error 
 // image and checks the result against m.
 func (d *deepScope) checkDelta(ctx context.Context, base string, m *backup.Manifest, fo FetchOptions) error {
 	dpath := filepath.Join(d.dir, "delta-"+m.ID+".sqlite3")
+	fo.SHA256 = m.Delta.SHA256
 	if err := d.fetchTo(ctx, m.Delta.Chunks, dpath, fo); err != nil {
 		return fmt.Errorf("fetch delta of backup %s: %w", m.ID, err)
 	}

@@ -3,8 +3,11 @@ package restore
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 	"strings"
@@ -39,6 +42,10 @@ type FetchOptions struct {
 	// Cipher opens encrypted chunks and checks their names: the Cipher of
 	// the manifest naming them (FetchImage sets it).
 	Cipher *backup.Cipher
+	// SHA256, if set, is the sha256 the objects laid end to end must have
+	// (the image's or the delta's, from its manifest): FetchObjects hashes
+	// them in order as they arrive and fails with ErrCorrupt otherwise.
+	SHA256 string
 }
 
 // FetchObjects downloads objs into w, each at its offset, verifying each
@@ -61,8 +68,12 @@ func FetchObjects(ctx context.Context, s backup.Store, objs []backup.Object, w i
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(workers)
+	var whole *orderedHash
+	if o.SHA256 != "" {
+		whole = &orderedHash{h: sha256.New(), held: map[int]heldChunk{}}
+	}
 	var off int64
-	for _, ob := range objs {
+	for i, ob := range objs {
 		at := off
 		off += ob.Size
 		release, err := o.Memory.Acquire(gctx, backup.ChunkCost(ob.Size))
@@ -70,13 +81,20 @@ func FetchObjects(ctx context.Context, s backup.Store, objs []backup.Object, w i
 			break // the group's error, or ctx's, is returned below
 		}
 		g.Go(func() error {
-			defer release()
 			b, err := get(gctx, ob)
 			if err != nil {
+				release()
 				return err
 			}
 			_, err = w.WriteAt(b, at)
-			putBuffer(b)
+			if whole != nil {
+				// The chunk stays in memory (and in the budget) until the
+				// chunks before it are hashed.
+				whole.add(i, b, release)
+			} else {
+				putBuffer(b)
+				release()
+			}
 			if err != nil {
 				return err
 			}
@@ -92,10 +110,75 @@ func FetchObjects(ctx context.Context, s backup.Store, objs []backup.Object, w i
 			return nil
 		})
 	}
-	if err := g.Wait(); err != nil {
+	err := g.Wait()
+	if whole != nil {
+		whole.drop()
+		if err == nil && ctx.Err() == nil {
+			if whole.next != len(objs) {
+				return fmt.Errorf("%w: %d of %d chunks hashed", backup.ErrCorrupt, whole.next, len(objs))
+			}
+			if got := hex.EncodeToString(whole.h.Sum(nil)); got != o.SHA256 {
+				return fmt.Errorf("%w: the objects laid end to end do not match the sha256 their manifest gives (%s, not %s)", backup.ErrCorrupt, got[:12], o.SHA256[:min(12, len(o.SHA256))])
+			}
+		}
+	}
+	if err != nil {
 		return err
 	}
 	return ctx.Err()
+}
+
+// orderedHash hashes chunks in their order in the file while they arrive
+// in any order: a chunk that arrives early is held until those before it
+// are hashed; whoever completes the next one hashes every held one that
+// follows. Each chunk's buffer and budget are released once it is hashed.
+type orderedHash struct {
+	h       hash.Hash
+	mu      sync.Mutex
+	next    int
+	hashing bool
+	held    map[int]heldChunk
+}
+
+type heldChunk struct {
+	b       []byte
+	release func()
+}
+
+func (o *orderedHash) add(i int, b []byte, release func()) {
+	o.mu.Lock()
+	o.held[i] = heldChunk{b, release}
+	if o.hashing {
+		o.mu.Unlock()
+		return
+	}
+	o.hashing = true
+	for {
+		c, ok := o.held[o.next]
+		if !ok {
+			break
+		}
+		delete(o.held, o.next)
+		o.mu.Unlock()
+		o.h.Write(c.b)
+		putBuffer(c.b)
+		c.release()
+		o.mu.Lock()
+		o.next++
+	}
+	o.hashing = false
+	o.mu.Unlock()
+}
+
+// drop releases chunks still held (a fetch that failed part-way).
+func (o *orderedHash) drop() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for i, c := range o.held {
+		putBuffer(c.b)
+		c.release()
+		delete(o.held, i)
+	}
 }
 
 // damagedChunk is a chunk that arrived damaged three times in a row: the
@@ -149,9 +232,12 @@ func fetchObject(ctx context.Context, s backup.Store, ob backup.Object, c *backu
 	if int64(len(z)) != ob.Stored {
 		return nil, fmt.Errorf("%w: chunk %s is %d bytes stored, manifest says %d (truncated)", backup.ErrCorrupt, ob.SHA256[:12], len(z), ob.Stored)
 	}
-	// The stored bytes pin the content: by their sha256, or, encrypted,
-	// by age's authentication and the name sealed inside (OpenChunk).
-	pinned := !content && (c != nil || ob.StoredSHA256 != "" && backup.SumHex(z) == ob.StoredSHA256)
+	// The stored bytes' sha256, where the backup recorded it, pins the
+	// content of a plaintext chunk (decompression is a function of them).
+	// An encrypted chunk is always checked against its keyed name: age
+	// authenticates only against a key its writer chose, and anyone with
+	// the recipients' public keys can seal a chunk.
+	pinned := !content && c == nil && ob.StoredSHA256 != "" && backup.SumHex(z) == ob.StoredSHA256
 	if c != nil {
 		op := openBuffers.Get().(*[]byte)
 		defer openBuffers.Put(op)
@@ -225,7 +311,9 @@ func FetchImage(ctx context.Context, s backup.Store, m *backup.Manifest, path st
 		f.Close()
 		return err
 	}
-	if err := FetchObjects(ctx, s, m.Base.Chunks, f, o, done); err != nil {
+	bo := o
+	bo.SHA256 = m.Base.SHA256
+	if err := FetchObjects(ctx, s, m.Base.Chunks, f, bo, done); err != nil {
 		f.Close()
 		return fmt.Errorf("fetch base of backup %s: %w", m.ID, err)
 	}
@@ -238,7 +326,9 @@ func FetchImage(ctx context.Context, s backup.Store, m *backup.Manifest, path st
 		if err != nil {
 			return err
 		}
-		err = FetchObjects(ctx, s, m.Delta.Chunks, df, o, done)
+		do := o
+		do.SHA256 = m.Delta.SHA256
+		err = FetchObjects(ctx, s, m.Delta.Chunks, df, do, done)
 		if cerr := df.Close(); err == nil {
 			err = cerr
 		}

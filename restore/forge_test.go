@@ -1,0 +1,149 @@
+package restore
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"filippo.io/age"
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/flowkeep/flowkeep/backup"
+	"github.com/flowkeep/flowkeep/backup/memstore"
+)
+
+// A bucket writer who holds only the recipients' public key (they are
+// published by design) replaces a chunk of the newest backup: the same name
+// sealed in front, other content, padded to the stored size with a zstd
+// skippable frame. Restore must not lay it down: the chunk's keyed name
+// (the HMAC of its content under the secret chunk key) gives it away, and
+// the restore falls back to the older backup.
+func TestEncrypted_APublicKeyHolderCannotReplaceAChunk(t *testing.T) {
+	ctx := context.Background()
+	s := memstore.New()
+	f := newFlow(t, 1, s)
+	id := newIdentity(t)
+	f.epoch(500)
+	f.backupSealed(id.Recipient())
+	f.epoch(500)
+	newest := f.backupSealed(id.Recipient())[0].Manifest
+	keys := backup.NewOpener([]age.Identity{id})
+
+	// The forger's chunk: they know its name and stored size from the
+	// plaintext index; the content is theirs. (The test decrypts the real
+	// chunk only to build a same-sized, plausible forgery.)
+	ob := newest.Objects()[len(newest.Objects())-1]
+	real, err := FetchObjectWith(ctx, s, ob, openManifestCipher(t, s, newest, keys))
+	if err != nil {
+		t.Fatal(err)
+	}
+	evil := bytes.ReplaceAll(real, []byte("v2"), []byte("v9"))
+	if bytes.Equal(evil, real) {
+		t.Fatal("nothing to forge")
+	}
+	enc, _ := zstd.NewWriter(nil)
+	z := enc.EncodeAll(evil, nil)
+	name, _ := hex.DecodeString(ob.SHA256)
+	seal := func(pad int) []byte {
+		var buf bytes.Buffer
+		w, err := age.Encrypt(&buf, id.Recipient())
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Write(name)
+		w.Write(z)
+		if pad > 0 {
+			frame := make([]byte, 8+pad) // a zstd skippable frame: magic, length, bytes
+			binary.LittleEndian.PutUint32(frame, 0x184D2A50)
+			binary.LittleEndian.PutUint32(frame[4:], uint32(pad))
+			w.Write(frame)
+		}
+		w.Close()
+		return buf.Bytes()
+	}
+	pad := int(ob.Stored) - len(seal(0)) - 8
+	if pad < 0 {
+		t.Skipf("the forgery is larger than the chunk (%d bytes over)", -pad)
+	}
+	forged := seal(pad)
+	if int64(len(forged)) != ob.Stored {
+		t.Fatalf("forgery of %d bytes, want %d", len(forged), ob.Stored)
+	}
+	if err := s.Put(ctx, backup.ChunkKey(ob.SHA256), forged); err != nil {
+		t.Fatal(err)
+	}
+
+	dst := filepath.Join(t.TempDir(), "r")
+	res, err := Restore(ctx, s, dst, Options{Keys: keys})
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	if len(res.Fallbacks) == 0 || res.Plan.Chosen[0].ID == newest.ID {
+		t.Fatalf("restore used the backup with the forged chunk (fallbacks %v)", res.Fallbacks)
+	}
+	_, state := loadDir(t, dst)
+	for k, v := range state {
+		if v != "v1" {
+			t.Fatalf("restored %s=%s: not the older backup's state", k, v)
+		}
+	}
+	rep, err := Verify(ctx, s, VerifyOptions{Deep: true, Keys: keys})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Status != StatusDegraded || !strings.Contains(fmt.Sprint(rep.Problems), ob.SHA256[:12]) {
+		t.Fatalf("deep verify: %s %v", rep.Status, rep.Problems)
+	}
+}
+
+// openManifestCipher reads m again with keys: the Cipher its chunks open
+// with.
+func openManifestCipher(t *testing.T, s backup.Store, m *backup.Manifest, keys *backup.Cipher) *backup.Cipher {
+	t.Helper()
+	om, err := backup.ReadManifestWith(context.Background(), s, backup.ManifestKey(m.Flow.UID, m.Partition.Index, m.ID), keys)
+	if err != nil || om.Locked {
+		t.Fatalf("open manifest %s: %v", m.ID, err)
+	}
+	return om.Cipher()
+}
+
+// A manifest whose chunk list is intact but whose image sha256 is not (a
+// writer re-sealed it) is refused by restore and by deep verify: every
+// image is checked against its sha256, every time.
+func TestRestore_ImageSHA256IsChecked(t *testing.T) {
+	ctx := context.Background()
+	s := memstore.New()
+	f := newFlow(t, 1, s)
+	f.epoch(100)
+	f.backupAll()
+	f.epoch(100)
+	newest := f.backupAll()[0]
+	wrong := strings.Repeat("0", 64)
+	forge(t, s, newest, func(m *backup.Manifest) {
+		if m.Delta != nil {
+			m.Delta.SHA256 = wrong
+		} else {
+			m.Base.SHA256 = wrong
+		}
+	})
+	dst := filepath.Join(t.TempDir(), "r")
+	res, err := Restore(ctx, s, dst, Options{})
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	if len(res.Fallbacks) != 1 || !strings.Contains(res.Fallbacks[0], "do not match the sha256") {
+		t.Fatalf("fallbacks %v", res.Fallbacks)
+	}
+	rep, err := Verify(ctx, s, VerifyOptions{Deep: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Status != StatusDegraded || !strings.Contains(fmt.Sprint(rep.Problems), "sha256") {
+		t.Fatalf("deep verify: %s %v", rep.Status, rep.Problems)
+	}
+}
