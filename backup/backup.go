@@ -78,6 +78,14 @@ type Options struct {
 	// (ChunkKeyFile). A location holds encrypted or plaintext backups,
 	// never both (see CheckScheme).
 	Recipients []age.Recipient
+	// SigningKey, if set, signs every manifest, latest pointer and lineage
+	// registry event (see SigningKey); the location's config then says it
+	// holds signed backups, and an unsigned backup to it is refused.
+	SigningKey *SigningKey
+	// TrustedKeys are other writers' public keys whose registry events
+	// (claims, fences) this backup believes in a signed location, besides
+	// its own key's.
+	TrustedKeys *TrustedKeys
 	// TakeOver makes this backup's lineage the flow's current history when
 	// a newer lineage claims the location (which fences backups otherwise;
 	// see LineageGate). The other lineage's backups are fenced from then on.
@@ -227,6 +235,9 @@ func (o *Options) prepare(ctx context.Context, s Store, dir string) error {
 	if err := CheckScheme(ctx, s, o.cipher != nil, o.Now()); err != nil {
 		return err
 	}
+	if err := CheckSigning(ctx, s, o.SigningKey, o.Now()); err != nil {
+		return err
+	}
 	o.prepared = true
 	return nil
 }
@@ -327,7 +338,7 @@ func gatePartitions(ctx context.Context, s Store, ps []*recovery.Partition, o Op
 		}
 		g := byID[l.ID]
 		if g == nil {
-			if g, err = gateLineage(ctx, s, p.FlowUID, l, o.TakeOver, o.Now()); err != nil {
+			if g, err = gateLineage(ctx, s, p.FlowUID, l, o.TakeOver, o.SigningKey, o.TrustedKeys, o.Now()); err != nil {
 				return nil, err
 			}
 			byID[l.ID] = g
@@ -377,6 +388,9 @@ func BackupPartition(ctx context.Context, s Store, p *recovery.Partition, o Opti
 		if err != nil {
 			return lockCause(lctx, err)
 		}
+		if prev != nil && prev.Signer() != "" && o.SigningKey == nil {
+			return fmt.Errorf("%w: the latest backup of partition %d in %s is signed (key %s): give --signing-key", ErrSigningMismatch, p.Index, s, prev.Signer())
+		}
 		if l, _, err := recovery.ReadLineage(lctx, p.DB); err == nil {
 			res.Fork = forkFromLatest(l, prev)
 		}
@@ -399,7 +413,7 @@ func BackupPartition(ctx context.Context, s Store, p *recovery.Partition, o Opti
 		if err := lock.Check(lctx); err != nil {
 			return err
 		}
-		data, err := m.Seal(o.cipher)
+		data, err := m.SealWith(o.cipher, o.SigningKey)
 		if err != nil {
 			return err
 		}

@@ -19,6 +19,10 @@ type Catalog struct {
 	Keys map[*Manifest]string
 	// Broken lists manifest objects that could not be read or are invalid.
 	Broken []BrokenManifest
+	// Strays are valid manifests the reader does not believe (see
+	// LoadTrustedCatalog); Location what the location holds.
+	Strays   []Stray
+	Location LocationInfo
 }
 
 // BrokenManifest is a manifest object that failed to load.

@@ -3,6 +3,7 @@ package backup
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/flowkeep/flowkeep/internal/machine"
@@ -63,7 +65,21 @@ type Registry struct {
 
 // LoadRegistry lists flow uid's lineage registry (one LIST, no reads).
 func LoadRegistry(ctx context.Context, s Store, uid string) (*Registry, error) {
+	return LoadRegistryTrusted(ctx, s, uid, nil)
+}
+
+// LoadRegistryTrusted is LoadRegistry counting only the events signed by
+// one of trusted's keys (nil: every event): in a signed location, a
+// writer without a trusted signing key can neither fence an agent nor
+// retire a lineage nor decide which history restore prefers. Each event's
+// body is read and checked once per process (events never change).
+func LoadRegistryTrusted(ctx context.Context, s Store, uid string, trusted *TrustedKeys) (*Registry, error) {
 	r := &Registry{events: map[string]map[string]time.Time{}}
+	type ev struct {
+		key, id, kind string
+		at            time.Time
+	}
+	var evs []ev
 	err := s.List(ctx, LineagesPrefix+uid+"/", "", func(oi ObjectInfo) error {
 		g := lineageEventRE.FindStringSubmatch(strings.TrimPrefix(oi.Key, LineagesPrefix))
 		if g == nil || g[1] != uid {
@@ -73,13 +89,67 @@ func LoadRegistry(ctx context.Context, s Store, uid string) (*Registry, error) {
 		if err != nil {
 			return nil
 		}
-		r.add(g[2], g[3], at)
+		evs = append(evs, ev{oi.Key, g[2], g[3], at})
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list the lineage registry of flow %s: %w", uid, err)
 	}
+	for _, e := range evs {
+		if trusted != nil {
+			ok, err := trustedEvent(ctx, s, e.key, uid, e.id, e.kind, e.at, trusted)
+			if err != nil {
+				return nil, err
+			}
+			if !ok {
+				continue
+			}
+		}
+		r.add(e.id, e.kind, e.at)
+	}
 	return r, nil
+}
+
+// verifiedEvents remembers registry objects whose signature held, by key
+// and signer (objects are written once and never change).
+var verifiedEvents sync.Map
+
+// trustedEvent reads a registry object and says whether it is signed by a
+// trusted key and says what its key says.
+func trustedEvent(ctx context.Context, s Store, key, uid, id, kind string, at time.Time, trusted *TrustedKeys) (bool, error) {
+	if signer, ok := verifiedEvents.Load(key); ok {
+		_, trustedSigner := trusted.keys[signer.(string)]
+		return trustedSigner, nil
+	}
+	b, err := ReadAll(ctx, s, key, 1<<20)
+	if errors.Is(err, ErrNotFound) || errors.Is(err, ErrCorrupt) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read %s: %w", key, err)
+	}
+	var st storedEvent
+	if decodeOne(b, &st) != nil || st.Sig == nil {
+		return false, nil
+	}
+	sum := sha256.Sum256(st.Event)
+	if hex.EncodeToString(sum[:]) != st.SHA256 || !trusted.verify(st.Sig, "lineage event", st.SHA256) {
+		return false, nil
+	}
+	var e lineageEvent
+	if decodeOne(st.Event, &e) != nil || e.Kind != kind || e.Flow != uid || e.ID != id || !e.At.Equal(at) {
+		return false, nil
+	}
+	verifiedEvents.Store(key, st.Sig.Key)
+	return true, nil
+}
+
+// storedEvent is the stored form of a registry object: the event, its
+// sha256, and the signature of that (in a signed location).
+type storedEvent struct {
+	Event  json.RawMessage `json:"event"`
+	SHA256 string          `json:"sha256"`
+	Sig    *Signature      `json:"sig,omitempty"`
 }
 
 func (r *Registry) add(id, kind string, at time.Time) {
@@ -156,23 +226,30 @@ func (r *Registry) newerClaim(l recovery.Lineage) (string, time.Time, bool) {
 	return best, at, best != ""
 }
 
-// lineageEvent is the body of a registry object (for people and audits;
-// its key says all that flowkeep reads).
+// lineageEvent is a registry object's event. Unsigned, its key says all
+// that flowkeep reads; signed, the event must say what its key says.
 type lineageEvent struct {
 	Kind    string            `json:"kind"`
+	Flow    string            `json:"flow"`
+	ID      string            `json:"id"`
 	At      time.Time         `json:"at"`
 	Host    string            `json:"host"`
 	Lineage *recovery.Lineage `json:"lineage,omitempty"`
 	By      string            `json:"by,omitempty"`
 }
 
-// writeEvent records a lineage event in the registry.
-func writeEvent(ctx context.Context, s Store, uid, id, kind string, at time.Time, ev lineageEvent) error {
+// writeEvent records a lineage event in the registry, signed with k if
+// set.
+func writeEvent(ctx context.Context, s Store, uid, id, kind string, at time.Time, ev lineageEvent, k *SigningKey) error {
 	var r [4]byte
 	rand.Read(r[:])
-	key := fmt.Sprintf("%s%s/%s/%s-%s-%s.json", LineagesPrefix, uid, id, kind, at.UTC().Format("20060102T150405.000Z"), hex.EncodeToString(r[:]))
-	ev.Kind, ev.At, ev.Host = kind, at.UTC(), machine.Host()
-	b, _ := json.Marshal(ev)
+	at = at.UTC().Truncate(time.Millisecond)
+	key := fmt.Sprintf("%s%s/%s/%s-%s-%s.json", LineagesPrefix, uid, id, kind, at.Format("20060102T150405.000Z"), hex.EncodeToString(r[:]))
+	ev.Kind, ev.Flow, ev.ID, ev.At, ev.Host = kind, uid, id, at, machine.Host()
+	body, _ := json.Marshal(ev)
+	sum := sha256.Sum256(body)
+	digest := hex.EncodeToString(sum[:])
+	b, _ := json.Marshal(storedEvent{Event: body, SHA256: digest, Sig: k.sign("lineage event", digest)})
 	if err := s.PutIfAbsent(ctx, key, b); err != nil && !errors.Is(err, ErrExists) {
 		return fmt.Errorf("record lineage %s %s: %w", recovery.ShortID(id), kind, err)
 	}
@@ -182,9 +259,10 @@ func writeEvent(ctx context.Context, s Store, uid, id, kind string, at time.Time
 // RetireLineage records that an operator retired lineage id of flow uid:
 // it no longer counts as a live history (verify stops reporting its fork,
 // restore does not pick it unless asked); its backups stay usable where
-// they agree with another lineage.
-func RetireLineage(ctx context.Context, s Store, uid, id string, now time.Time) error {
-	return writeEvent(ctx, s, uid, id, EventRetired, now, lineageEvent{})
+// they agree with another lineage. In a signed location only a retirement
+// signed with a trusted key (k) counts.
+func RetireLineage(ctx context.Context, s Store, uid, id string, now time.Time, k *SigningKey) error {
+	return writeEvent(ctx, s, uid, id, EventRetired, now, lineageEvent{}, k)
 }
 
 // LineageGate is what a backup learned about its flow's lineages before
@@ -204,8 +282,11 @@ type LineageGate struct {
 // gateLineage checks l against its flow's registry before a backup:
 // claims the flow for l if it never did (at l's creation), or now with
 // takeOver; reports fencing (recording it once) and forks it can see.
-func gateLineage(ctx context.Context, s Store, uid string, l recovery.Lineage, takeOver bool, now time.Time) (*LineageGate, error) {
-	reg, err := LoadRegistry(ctx, s, uid)
+func gateLineage(ctx context.Context, s Store, uid string, l recovery.Lineage, takeOver bool, k *SigningKey, trusted *TrustedKeys, now time.Time) (*LineageGate, error) {
+	if k != nil {
+		trusted = k.Public().With(trusted)
+	}
+	reg, err := LoadRegistryTrusted(ctx, s, uid, trusted)
 	if err != nil {
 		return nil, err
 	}
@@ -213,7 +294,7 @@ func gateLineage(ctx context.Context, s Store, uid string, l recovery.Lineage, t
 	by, at, newer := reg.newerClaim(l)
 	switch {
 	case newer && takeOver:
-		if err := writeEvent(ctx, s, uid, l.ID, EventClaim, now, lineageEvent{Lineage: &l}); err != nil {
+		if err := writeEvent(ctx, s, uid, l.ID, EventClaim, now, lineageEvent{Lineage: &l}, k); err != nil {
 			return nil, err
 		}
 		g.TookOver = true
@@ -221,13 +302,13 @@ func gateLineage(ctx context.Context, s Store, uid string, l recovery.Lineage, t
 	case newer:
 		g.Fenced, g.By, g.At = true, by, at
 		if reg.Fenced(l.ID).IsZero() {
-			if err := writeEvent(ctx, s, uid, l.ID, EventFenced, now, lineageEvent{By: by}); err != nil {
+			if err := writeEvent(ctx, s, uid, l.ID, EventFenced, now, lineageEvent{By: by}, k); err != nil {
 				return nil, err
 			}
 			reg.add(l.ID, EventFenced, now)
 		}
 	case reg.Claimed(l.ID).IsZero():
-		if err := writeEvent(ctx, s, uid, l.ID, EventClaim, l.Created, lineageEvent{Lineage: &l}); err != nil {
+		if err := writeEvent(ctx, s, uid, l.ID, EventClaim, l.Created, lineageEvent{Lineage: &l}, k); err != nil {
 			return nil, err
 		}
 		reg.add(l.ID, EventClaim, l.Created)

@@ -32,11 +32,13 @@ const (
 	ManifestFormatAge = "flowkeep-backup/2+age"
 )
 
-// sealed is the stored form of a manifest.
+// sealed is the stored form of a manifest. Sig, if set, signs SHA256 (see
+// SigningKey).
 type sealed struct {
 	Format   string          `json:"format"`
 	SHA256   string          `json:"sha256"`
 	Manifest json.RawMessage `json:"manifest"`
+	Sig      *Signature      `json:"sig,omitempty"`
 }
 
 // Limits a manifest must respect; anything beyond is refused as corrupt or
@@ -78,6 +80,25 @@ type Manifest struct {
 	// stored sizes; no content sha256s, sizes or agent).
 	Locked bool `json:"-"`
 	cipher *Cipher
+	// sig and digest are the stored form's signature and the sha256 it
+	// signs (see SignedBy).
+	sig    *Signature
+	digest string
+}
+
+// Signer is the id of the key that signed the manifest ("" unsigned); only
+// SignedBy says whether the signature holds.
+func (m *Manifest) Signer() string {
+	if m.sig == nil {
+		return ""
+	}
+	return m.sig.Key
+}
+
+// SignedBy says whether the manifest as stored is signed by one of t's
+// keys.
+func (m *Manifest) SignedBy(t *TrustedKeys) bool {
+	return m.digest != "" && t.verify(m.sig, "manifest", m.digest)
 }
 
 // EncryptionInfo says how a backup is encrypted.
@@ -201,21 +222,30 @@ func (m *Manifest) StoredBytes() int64 {
 }
 
 // Marshal encodes the manifest in its sealed form.
-func (m *Manifest) Marshal() ([]byte, error) {
+func (m *Manifest) Marshal() ([]byte, error) { return m.marshal(nil) }
+
+func (m *Manifest) marshal(k *SigningKey) ([]byte, error) {
 	body, err := json.Marshal(m)
 	if err != nil {
 		return nil, err
 	}
 	sum := sha256.Sum256(body)
-	return json.MarshalIndent(sealed{Format: ManifestFormat, SHA256: hex.EncodeToString(sum[:]), Manifest: body}, "", " ")
+	digest := hex.EncodeToString(sum[:])
+	return json.MarshalIndent(sealed{Format: ManifestFormat, SHA256: digest, Manifest: body, Sig: k.sign("manifest", digest)}, "", " ")
 }
 
 // Seal encodes the manifest as it is stored: sealed (Marshal), or with c
 // encrypted, behind its plaintext index.
-func (m *Manifest) Seal(c *Cipher) ([]byte, error) {
+func (m *Manifest) Seal(c *Cipher) ([]byte, error) { return m.SealWith(c, nil) }
+
+// SealWith is Seal, signed with k (if not nil).
+func (m *Manifest) SealWith(c *Cipher, k *SigningKey) ([]byte, error) {
+	if c == nil {
+		return m.marshal(k)
+	}
 	plain, err := m.Marshal()
-	if err != nil || c == nil {
-		return plain, err
+	if err != nil {
+		return nil, err
 	}
 	if m.Encryption == nil || m.Encryption.Key != c.KeyID() {
 		return nil, fmt.Errorf("manifest %s does not name the chunk key it is sealed with", m.ID)
@@ -232,7 +262,8 @@ func (m *Manifest) Seal(c *Cipher) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return json.MarshalIndent(lockedForm{Format: ManifestFormatAge, SHA256: lockedSum(idx, box), Index: idx, Sealed: box}, "", " ")
+	digest := lockedSum(idx, box)
+	return json.MarshalIndent(lockedForm{Format: ManifestFormatAge, SHA256: digest, Index: idx, Sealed: box, Sig: k.sign("manifest", digest)}, "", " ")
 }
 
 // lockedForm is the stored form of an encrypted manifest.
@@ -241,6 +272,7 @@ type lockedForm struct {
 	SHA256 string          `json:"sha256"`
 	Index  json.RawMessage `json:"index"`
 	Sealed []byte          `json:"sealed"`
+	Sig    *Signature      `json:"sig,omitempty"`
 }
 
 // manifestPayload is what an encrypted manifest's age file holds.
@@ -355,6 +387,7 @@ func openLocked(b []byte, c *Cipher) (*Manifest, error) {
 		return nil, fmt.Errorf("%w: encrypted manifest index: %v", ErrCorrupt, err)
 	}
 	locked := ix.manifest()
+	locked.sig, locked.digest = lf.Sig, lf.SHA256
 	if err := locked.Validate(); err != nil {
 		return nil, err
 	}
@@ -381,6 +414,7 @@ func openLocked(b []byte, c *Cipher) (*Manifest, error) {
 		return nil, fmt.Errorf("%w: manifest %s: its plaintext index disagrees with the manifest it seals", ErrCorrupt, ix.ID)
 	}
 	m.cipher = c.withKey(p.ChunkKey)
+	m.sig, m.digest = lf.Sig, lf.SHA256
 	return m, nil
 }
 
@@ -411,6 +445,9 @@ func parsePlain(b []byte) (*Manifest, error) {
 	}
 	if err := m.Validate(); err != nil {
 		return nil, err
+	}
+	if outer.Format == ManifestFormat {
+		m.sig, m.digest = outer.Sig, outer.SHA256
 	}
 	return &m, nil
 }

@@ -36,6 +36,10 @@ type PruneOptions struct {
 	// retires before the prune: their machines are gone, so they no longer
 	// count as live histories (see RetireLineage).
 	RetireLineages []string
+	// SigningKey signs retirements (in a signed location, only signed ones
+	// count); TrustedKeys are the keys whose signatures prune accepts.
+	SigningKey  *SigningKey
+	TrustedKeys *TrustedKeys
 }
 
 // DefaultGrace is the chunk grace period the CLI uses.
@@ -69,6 +73,10 @@ type PruneResult struct {
 	Protected        []string // manifests kept only because the newest overlap needs them
 	SweptTemp        int      // leftover temporary files of killed writers removed (file://)
 	Retired          []string // lineages retired (full ids)
+	// Ignored are manifests prune neither counted nor deleted, and why:
+	// strays (untrusted, or plaintext in an encrypted location) and
+	// manifests dated in the future.
+	Ignored []string
 }
 
 // ErrIncompleteView says prune could not read every manifest or latest
@@ -115,7 +123,7 @@ func Prune(ctx context.Context, s Store, o PruneOptions) (*PruneResult, error) {
 
 func prune(ctx context.Context, s Store, o PruneOptions, res *PruneResult, lock *Lock) error {
 	now := o.Now()
-	cat, err := LoadCatalog(ctx, s, 0)
+	cat, err := LoadTrustedCatalog(ctx, s, ReadPolicy{Trusted: o.TrustedKeys, RequireTrust: true})
 	if err != nil {
 		return err
 	}
@@ -151,12 +159,34 @@ func prune(ctx context.Context, s Store, o PruneOptions, res *PruneResult, lock 
 		return fmt.Errorf("%w: latest pointers %s; nothing was deleted. Delete a damaged pointer (the next backup of its partition writes it again), then prune again",
 			ErrIncompleteView, strings.Join(unreadLatest, "; "))
 	}
+	// Manifests prune does not believe (strays) or that claim a time after
+	// now (a writer with PUT rights only could otherwise push every genuine
+	// backup out of --keep-last) neither count in its decisions nor are
+	// deleted: what they name stays.
+	for _, st := range cat.Strays {
+		res.Ignored = append(res.Ignored, fmt.Sprintf("%s: %s", st.Key, st.Reason))
+		for _, ob := range st.Manifest.Objects() {
+			referenced[ob.SHA256] = true
+		}
+	}
+	believed := cat.Manifests[:0:0]
+	for _, m := range cat.Manifests {
+		if FutureDated(m, now) {
+			res.Ignored = append(res.Ignored, fmt.Sprintf("%s: dated %s, more than %v in the future: not counted, not deleted", cat.Keys[m], m.ID, FutureSkew))
+			for _, ob := range m.Objects() {
+				referenced[ob.SHA256] = true
+			}
+			continue
+		}
+		believed = append(believed, m)
+	}
+	cat.Manifests = believed
 	if err := retire(ctx, s, cat, o, now, res); err != nil {
 		return err
 	}
 	keep := map[*Manifest]bool{}
 	for uid, ms := range cat.Flows() {
-		reg, err := LoadRegistry(ctx, s, uid)
+		reg, err := LoadRegistryTrusted(ctx, s, uid, o.TrustedKeys)
 		if err != nil {
 			return err
 		}
@@ -253,15 +283,21 @@ func prune(ctx context.Context, s Store, o PruneOptions, res *PruneResult, lock 
 
 // retire records the lineages o retires (see RetireNamed).
 func retire(ctx context.Context, s Store, cat *Catalog, o PruneOptions, now time.Time, res *PruneResult) error {
-	ids, err := RetireNamed(ctx, s, cat.Manifests, o.RetireLineages, o.DryRun, now)
+	ids, err := RetireNamed(ctx, s, cat, o.RetireLineages, o.DryRun, now, o.SigningKey)
 	res.Retired = ids
 	return err
 }
 
 // RetireNamed retires each lineage named (by id or unique prefix) among
-// ms's lineages; dryRun only resolves the names. An unknown or ambiguous
-// name is ErrNoSuchLineage, before anything is written.
-func RetireNamed(ctx context.Context, s Store, ms []*Manifest, names []string, dryRun bool, now time.Time) ([]string, error) {
+// the lineages of cat's manifests; dryRun only resolves the names. An
+// unknown or ambiguous name is ErrNoSuchLineage, before anything is
+// written; so is a retirement in a signed location without k (an unsigned
+// one would not count).
+func RetireNamed(ctx context.Context, s Store, cat *Catalog, names []string, dryRun bool, now time.Time, k *SigningKey) ([]string, error) {
+	if len(names) > 0 && cat.Location.Signed && k == nil {
+		return nil, fmt.Errorf("%w: retiring a lineage here needs --signing-key (the backups are signed; an unsigned retirement would not count)", ErrSigningMismatch)
+	}
+	ms := cat.Manifests
 	type hit struct{ uid, id string }
 	var hits []hit
 	for _, want := range names {
@@ -284,7 +320,7 @@ func RetireNamed(ctx context.Context, s Store, ms []*Manifest, names []string, d
 	var ids []string
 	for _, h := range hits {
 		if !dryRun {
-			if err := RetireLineage(ctx, s, h.uid, h.id, now); err != nil {
+			if err := RetireLineage(ctx, s, h.uid, h.id, now, k); err != nil {
 				return ids, err
 			}
 		}

@@ -28,14 +28,14 @@ type RepoConfig struct {
 	Format     string    `json:"format"`
 	Encryption string    `json:"encryption"`
 	Created    time.Time `json:"created"`
+	// Signed says the location holds signed backups (see SigningKey):
+	// readers must give the public keys they trust.
+	Signed bool `json:"signed,omitempty"`
 }
 
-// locationScheme returns how the backups in s are encrypted: its config's
-// scheme (configured true); without a config and with infer, that of its
-// first manifest (a location written before configs existed); "" for an
-// empty location, or without a config and infer (no listing).
-func locationScheme(ctx context.Context, s Store, infer bool) (string, bool, error) {
-	// Read like a manifest: a body damaged in transit is read again.
+// ReadConfig reads a location's config (nil if it has none). A body that
+// does not parse is read again before it is called damaged.
+func ReadConfig(ctx context.Context, s Store) (*RepoConfig, error) {
 	c, err := readParsed(ctx, s, ConfigKey, 1<<16, func(b []byte) (RepoConfig, error) {
 		var c RepoConfig
 		if err := decodeOne(b, &c); err != nil || c.Format != repoFormat || (c.Encryption != SchemeNone && c.Encryption != SchemeAge) {
@@ -45,11 +45,26 @@ func locationScheme(ctx context.Context, s Store, infer bool) (string, bool, err
 	})
 	switch {
 	case err == nil:
-		return c.Encryption, true, nil
+		return &c, nil
 	case errors.Is(err, ErrCorrupt):
+		return nil, err
+	case errors.Is(err, ErrNotFound):
+		return nil, nil
+	}
+	return nil, fmt.Errorf("read %s: %w", ConfigKey, err)
+}
+
+// locationScheme returns how the backups in s are encrypted: its config's
+// scheme (configured true); without a config and with infer, that of its
+// first manifest (a location written before configs existed); "" for an
+// empty location, or without a config and infer (no listing).
+func locationScheme(ctx context.Context, s Store, infer bool) (string, bool, error) {
+	c, err := ReadConfig(ctx, s)
+	switch {
+	case err != nil:
 		return "", false, err
-	case !errors.Is(err, ErrNotFound):
-		return "", false, fmt.Errorf("read %s: %w", ConfigKey, err)
+	case c != nil:
+		return c.Encryption, true, nil
 	case !infer:
 		return "", false, nil
 	}
@@ -120,4 +135,37 @@ func CheckScheme(ctx context.Context, s Store, encrypted bool, now time.Time) er
 	default:
 		return fmt.Errorf("write %s: %w", ConfigKey, err)
 	}
+}
+
+// CheckSigning makes a location that signed backups go to say so in its
+// config, and refuses an unsigned backup (k nil) to a location whose config
+// says it holds signed ones.
+func CheckSigning(ctx context.Context, s Store, k *SigningKey, now time.Time) error {
+	c, err := ReadConfig(ctx, s)
+	if err != nil {
+		return err
+	}
+	switch {
+	case k == nil && c != nil && c.Signed:
+		return fmt.Errorf("%w: the backups in %s are signed: give --signing-key (an unsigned backup there would never be restored)", ErrSigningMismatch, s)
+	case k == nil || c != nil && c.Signed:
+		return nil
+	}
+	if c == nil {
+		data, _ := json.Marshal(RepoConfig{Format: repoFormat, Encryption: SchemeNone, Created: now.UTC(), Signed: true})
+		switch err := s.PutIfAbsent(ctx, ConfigKey, data); {
+		case err == nil:
+			return nil
+		case errors.Is(err, ErrExists):
+			return CheckSigning(ctx, s, k, now) // another writer made one: add to it
+		default:
+			return fmt.Errorf("write %s: %w", ConfigKey, err)
+		}
+	}
+	c.Signed = true
+	data, _ := json.Marshal(c)
+	if err := s.Put(ctx, ConfigKey, data); err != nil {
+		return fmt.Errorf("write %s: %w", ConfigKey, err)
+	}
+	return nil
 }

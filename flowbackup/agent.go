@@ -35,6 +35,8 @@ type agentOptions struct {
 	LogLevel    string
 	Recipients  []string
 	TakeOver    bool
+	SigningKey  string
+	Trusted     []string
 	storageOptions
 }
 
@@ -92,6 +94,8 @@ its first run.
 	f.StringVar(&o.LogLevel, "log-level", "info", "least level logged: debug, info, warn or error")
 	addRecipientsFlag(f, &o.Recipients)
 	addTakeOverFlag(f, &o.TakeOver)
+	addSigningKeyFlag(f, &o.SigningKey, "sign every manifest")
+	addTrustedKeysFlag(f, &o.Trusted, "; here: other writers' keys, whose lineage claims the agent believes, and the keys its retention (prune) trusts")
 	o.storageOptions.addFlags(f)
 	o.LockTTL = backup.DefaultLockTTL
 	return cmd
@@ -144,6 +148,14 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	signing, err := loadSigningKey(o.SigningKey)
+	if err != nil {
+		return err
+	}
+	trusted, err := loadTrusted(o.Trusted)
+	if err != nil {
+		return err
+	}
 	s, err := o.openDest(ctx, o.To)
 	if err != nil {
 		return err
@@ -151,6 +163,9 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 	defer s.Close()
 	// A location of the other scheme is a setup error: refuse to start.
 	if err := backup.CheckScheme(ctx, s, recipients != nil, time.Now()); err != nil {
+		return err
+	}
+	if err := backup.CheckSigning(ctx, s, signing, time.Now()); err != nil {
 		return err
 	}
 	reg := prometheus.NewRegistry()
@@ -166,9 +181,16 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 		log.Info("serving metrics", "addr", ln.Addr().String())
 	}
 	a := &backup.Agent{Store: s, Dir: o.RecoveryDir, Schedule: sched, Spec: o.Schedule, Metrics: metrics, Log: log,
-		Options: backup.Options{Workers: o.Workers, LockTTL: o.LockTTL, Memory: budget, Recipients: recipients, TakeOver: o.TakeOver}}
+		Options: backup.Options{Workers: o.Workers, LockTTL: o.LockTTL, Memory: budget, Recipients: recipients, TakeOver: o.TakeOver,
+			SigningKey: signing, TrustedKeys: trusted}}
 	if o.KeepLast > 0 {
-		a.Retention = &backup.PruneOptions{KeepLast: o.KeepLast, KeepWithin: o.KeepWithin, LockTTL: o.LockTTL, Grace: max(backup.DefaultGrace, o.LockTTL)}
+		// The agent's retention trusts what it signs itself.
+		var own *backup.TrustedKeys
+		if signing != nil {
+			own = signing.Public()
+		}
+		a.Retention = &backup.PruneOptions{KeepLast: o.KeepLast, KeepWithin: o.KeepWithin, LockTTL: o.LockTTL, Grace: max(backup.DefaultGrace, o.LockTTL),
+			SigningKey: signing, TrustedKeys: own.With(trusted)}
 	}
 	enc := "none"
 	if recipients != nil {

@@ -25,6 +25,8 @@ type backupOptions struct {
 	Memory      int64
 	Recipients  []string
 	TakeOver    bool
+	SigningKey  string
+	Trusted     []string
 	storageOptions
 }
 
@@ -60,6 +62,8 @@ by a keyed hash (see the README, "Encrypted backups").
 	f.StringVar(&o.Partitions, "partitions", "", "back up only these partitions, e.g. 0,2 or 0-3 (default: every partition in DIR)")
 	addRecipientsFlag(f, &o.Recipients)
 	addTakeOverFlag(f, &o.TakeOver)
+	addSigningKeyFlag(f, &o.SigningKey, "sign every manifest")
+	addTrustedKeysFlag(f, &o.Trusted, "; here: other writers' keys, whose lineage claims this backup believes")
 	o.storageOptions.addFlags(f)
 	return cmd
 }
@@ -95,6 +99,12 @@ func runBackup(ctx context.Context, o backupOptions, out, errOut io.Writer) erro
 		return err
 	}
 	bo := backup.Options{Workers: o.Workers, LockTTL: o.LockTTL, Memory: budget, Recipients: recipients, TakeOver: o.TakeOver}
+	if bo.SigningKey, err = loadSigningKey(o.SigningKey); err != nil {
+		return err
+	}
+	if bo.TrustedKeys, err = loadTrusted(o.Trusted); err != nil {
+		return err
+	}
 	if o.Partitions != "" {
 		ps, err := parsePartitions(o.Partitions)
 		if err != nil {

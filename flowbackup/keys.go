@@ -42,3 +42,37 @@ func loadKeys(paths []string) (*backup.Cipher, error) {
 	}
 	return backup.NewOpener(ids), nil
 }
+
+// Signing flags.
+
+func addSigningKeyFlag(f *pflag.FlagSet, p *string, what string) {
+	f.StringVar(p, "signing-key", "", what+" with the Ed25519 signing key in FILE (flowbackup keygen makes one); readers then need its public key (--trusted-keys)")
+}
+
+func addTrustedKeysFlag(f *pflag.FlagSet, p *[]string, what string) {
+	f.StringSliceVar(p, "trusted-keys", nil, "believe only backups signed by the public keys in FILE (one per line; repeatable; list the old and the new key while rotating)"+what)
+}
+
+// loadSigningKey reads --signing-key (nil without one).
+func loadSigningKey(path string) (*backup.SigningKey, error) {
+	if path == "" {
+		return nil, nil
+	}
+	k, err := backup.LoadSigningKey(path)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	return k, nil
+}
+
+// loadTrusted reads --trusted-keys (nil without any).
+func loadTrusted(paths []string) (*backup.TrustedKeys, error) {
+	if len(paths) == 0 {
+		return nil, nil
+	}
+	t, err := backup.LoadTrustedKeys(paths...)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	return t, nil
+}

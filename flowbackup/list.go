@@ -19,8 +19,9 @@ import (
 )
 
 type listOptions struct {
-	From string
-	JSON bool
+	From    string
+	JSON    bool
+	Trusted []string
 	storageOptions
 }
 
@@ -42,6 +43,7 @@ and stored size; then the newest epoch every partition's backups share.
 	}
 	cmd.Flags().StringVar(&o.From, "from", "", "backup URL: file:///path, s3://bucket/prefix or gs://bucket/prefix")
 	cmd.Flags().BoolVar(&o.JSON, "json", false, "print JSON")
+	addTrustedKeysFlag(cmd.Flags(), &o.Trusted, "; without it, list shows signed backups' signers unchecked")
 	o.storageOptions.addFlags(cmd.Flags())
 	return cmd
 }
@@ -99,6 +101,13 @@ type listReport struct {
 	From   string     `json:"from"`
 	Flows  []listFlow `json:"flows"`
 	Broken []string   `json:"broken,omitempty"`
+	// Strays are backups list does not believe (untrusted or unsigned in
+	// a signed location, plaintext in an encrypted one), and why.
+	Strays []string `json:"strays,omitempty"`
+	// Signed says the location holds signed backups; SignaturesChecked
+	// that --trusted-keys was given.
+	Signed            bool `json:"signed"`
+	SignaturesChecked bool `json:"signatures_checked"`
 }
 
 func runList(ctx context.Context, o listOptions, out io.Writer) error {
@@ -107,11 +116,18 @@ func runList(ctx context.Context, o listOptions, out io.Writer) error {
 		return err
 	}
 	defer s.Close()
-	cat, err := backup.LoadCatalog(ctx, s, 0)
+	trusted, err := loadTrusted(o.Trusted)
 	if err != nil {
 		return err
 	}
-	rep := listReport{From: s.String()}
+	cat, err := backup.LoadTrustedCatalog(ctx, s, backup.ReadPolicy{Trusted: trusted})
+	if err != nil {
+		return err
+	}
+	rep := listReport{From: s.String(), Signed: cat.Location.Signed, SignaturesChecked: cat.Location.Trusted}
+	for _, st := range cat.Strays {
+		rep.Strays = append(rep.Strays, fmt.Sprintf("%s: %s", st.Key, st.Reason))
+	}
 	for _, b := range cat.Broken {
 		rep.Broken = append(rep.Broken, fmt.Sprintf("%s: %v", b.Key, b.Err))
 	}
@@ -132,7 +148,7 @@ func runList(ctx context.Context, o listOptions, out io.Writer) error {
 				Stored: m.StoredBytes(), Size: size, Host: m.Agent.Host, Lineage: m.LineageOf().ID, Encrypted: m.Encryption != nil})
 		}
 		lf.Newest = newestPerPartition(lf.Backups)
-		reg, err := backup.LoadRegistry(ctx, s, uid)
+		reg, err := backup.LoadRegistryTrusted(ctx, s, uid, trusted)
 		if err != nil {
 			return err
 		}
@@ -188,6 +204,12 @@ func runList(ctx context.Context, o listOptions, out io.Writer) error {
 	}
 	for _, b := range rep.Broken {
 		fmt.Fprintf(out, "broken: %s\n", b)
+	}
+	for _, b := range rep.Strays {
+		fmt.Fprintf(out, "not believed: %s\n", b)
+	}
+	if rep.Signed && !rep.SignaturesChecked {
+		fmt.Fprintln(out, "the backups here are signed; their signatures were not checked (give --trusted-keys)")
 	}
 	return nil
 }

@@ -41,8 +41,10 @@ const exitCodesHelp = `Exit codes:
   3  usage or access error: bad flag, argument, URL, schedule or config, unknown
      flow, missing bucket, bad credentials, a recovery directory without
      partitions or with another flow's, a restore into partitions already there,
-     encrypted backups without --identity-file (restore, verify --deep), or
-     encrypted and plaintext backups mixed in one location
+     encrypted backups without --identity-file (restore, verify --deep),
+     encrypted and plaintext backups mixed in one location, signed backups
+     without --trusted-keys (restore, verify --deep, prune), or an unsigned
+     backup to a signed location
   130, 143  stopped by SIGINT or SIGTERM (after cleaning up)`
 
 // usageError marks errors the caller must fix (exit 3).
@@ -73,7 +75,8 @@ func ExitCode(err error) int {
 		return e.code
 	case errors.As(err, &u), errors.Is(err, backup.ErrAccess), errors.Is(err, backup.ErrNoBucket),
 		errors.Is(err, recovery.ErrNoPartitions), errors.Is(err, recovery.ErrForeignFlow), errors.Is(err, recovery.ErrMissingPartitions),
-		errors.Is(err, backup.ErrIdentityRequired), errors.Is(err, backup.ErrEncryptionMismatch):
+		errors.Is(err, backup.ErrIdentityRequired), errors.Is(err, backup.ErrEncryptionMismatch),
+		errors.Is(err, backup.ErrTrustRequired), errors.Is(err, backup.ErrSigningMismatch):
 		return exitUsageOrAccess
 	}
 	return exitFailed
@@ -115,7 +118,7 @@ underscores: FLOWBACKUP_RECOVERY_DIR, FLOWBACKUP_S3_ENDPOINT) or in the
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.PersistentFlags().String("config", "", "YAML file of settings for every subcommand (see flowbackup --help); env FLOWBACKUP_CONFIG")
 	root.AddCommand(newBackupCommand(), newAgentCommand(), newListCommand(), newPruneCommand(), newRestoreCommand(), newVerifyCommand(),
-		newVersionCommand(), newDocsCommand())
+		newKeygenCommand(), newVersionCommand(), newDocsCommand())
 	return root
 }
 

@@ -22,6 +22,8 @@ type pruneOptions struct {
 	DryRun     bool
 	JSON       bool
 	Retire     []string
+	SigningKey string
+	Trusted    []string
 	storageOptions
 }
 
@@ -60,6 +62,8 @@ every manifest and latest pointer: an unreadable one could name any chunk.
 	f.DurationVar(&o.LockTTL, "lock-ttl", backup.DefaultLockTTL, "how long the prune lock lasts if prune dies holding it (the backups' lock TTL; --grace must be at least this)")
 	f.BoolVar(&o.DryRun, "dry-run", false, "say what would be deleted, delete nothing")
 	f.StringArrayVar(&o.Retire, "retire-lineage", nil, "retire this lineage (id or unique prefix) first: its machines are gone (repeatable)")
+	addTrustedKeysFlag(f, &o.Trusted, "")
+	addSigningKeyFlag(f, &o.SigningKey, "with --retire-lineage in a signed location: sign the retirement")
 	f.BoolVar(&o.JSON, "json", false, "print the result as JSON")
 	o.storageOptions.addFlags(f)
 	return cmd
@@ -74,10 +78,19 @@ func runPrune(ctx context.Context, o pruneOptions, out io.Writer) error {
 		return err
 	}
 	defer s.Close()
-	if o.KeepLast < 1 {
-		return retireOnly(ctx, s, o, out)
+	signing, err := loadSigningKey(o.SigningKey)
+	if err != nil {
+		return err
 	}
-	po := backup.PruneOptions{KeepLast: o.KeepLast, KeepWithin: o.KeepWithin, Grace: o.Grace, LockTTL: o.LockTTL, DryRun: o.DryRun, RetireLineages: o.Retire}
+	trusted, err := loadTrusted(o.Trusted)
+	if err != nil {
+		return err
+	}
+	if o.KeepLast < 1 {
+		return retireOnly(ctx, s, o, signing, trusted, out)
+	}
+	po := backup.PruneOptions{KeepLast: o.KeepLast, KeepWithin: o.KeepWithin, Grace: o.Grace, LockTTL: o.LockTTL, DryRun: o.DryRun, RetireLineages: o.Retire,
+		SigningKey: signing, TrustedKeys: trusted}
 	if err := po.Validate(); err != nil {
 		return usageError{err}
 	}
@@ -91,10 +104,14 @@ func runPrune(ctx context.Context, o pruneOptions, out io.Writer) error {
 	for _, id := range res.Retired {
 		fmt.Fprintf(out, "retired lineage %s\n", id)
 	}
+	for _, ig := range res.Ignored {
+		fmt.Fprintf(out, "ignored %s\n", ig)
+	}
 	if o.JSON {
 		return printJSON(out, map[string]any{"dry_run": o.DryRun, "deleted_backups": append([]string{}, res.DeletedManifests...),
 			"protected_backups": append([]string{}, res.Protected...), "deleted_chunks": res.DeletedChunks, "deleted_bytes": res.DeletedBytes,
-			"kept_backups": res.KeptManifests, "swept_temporary_files": res.SweptTemp, "retired_lineages": append([]string{}, res.Retired...)})
+			"kept_backups": res.KeptManifests, "swept_temporary_files": res.SweptTemp, "retired_lineages": append([]string{}, res.Retired...),
+			"ignored": append([]string{}, res.Ignored...)})
 	}
 	verb := "deleted"
 	if o.DryRun {
@@ -114,12 +131,12 @@ func runPrune(ctx context.Context, o pruneOptions, out io.Writer) error {
 }
 
 // retireOnly retires lineages without pruning (--retire-lineage alone).
-func retireOnly(ctx context.Context, s backup.Store, o pruneOptions, out io.Writer) error {
-	cat, err := backup.LoadCatalog(ctx, s, 0)
+func retireOnly(ctx context.Context, s backup.Store, o pruneOptions, signing *backup.SigningKey, trusted *backup.TrustedKeys, out io.Writer) error {
+	cat, err := backup.LoadTrustedCatalog(ctx, s, backup.ReadPolicy{Trusted: trusted, RequireTrust: true})
 	if err != nil {
 		return err
 	}
-	retired, err := backup.RetireNamed(ctx, s, cat.Manifests, o.Retire, o.DryRun, time.Now())
+	retired, err := backup.RetireNamed(ctx, s, cat, o.Retire, o.DryRun, time.Now(), signing)
 	if errors.Is(err, backup.ErrNoSuchLineage) {
 		return usageError{err}
 	}

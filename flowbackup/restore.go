@@ -39,6 +39,7 @@ type restoreOptions struct {
 	IfBackups  bool
 	JSON       bool
 	Identities []string
+	Trusted    []string
 	storageOptions
 }
 
@@ -105,6 +106,7 @@ lineages or epochs refuses to start, and says which).
 	f.StringVar(&o.Owner, "owner", "", "give the restored files to USER[:GROUP] (names or numbers), e.g. the flowrun service user when restoring as root")
 	f.StringVar(&o.Mode, "mode", "0644", "permissions of the restored partition files (octal)")
 	addIdentityFlag(f, &o.Identities)
+	addTrustedKeysFlag(f, &o.Trusted, "")
 	o.storageOptions.addFlags(f)
 	return cmd
 }
@@ -146,6 +148,9 @@ func runRestore(ctx context.Context, o restoreOptions, out, errOut io.Writer) er
 	}
 	ro.Mode = os.FileMode(mode)
 	if ro.Keys, err = loadKeys(o.Identities); err != nil {
+		return err
+	}
+	if ro.Plan.Trusted, err = loadTrusted(o.Trusted); err != nil {
 		return err
 	}
 	if o.Owner != "" {

@@ -26,6 +26,7 @@ type verifyOptions struct {
 	Memory  int64
 	TempDir string
 	Keys    []string
+	Trusted []string
 	storageOptions
 }
 
@@ -75,6 +76,7 @@ Exit codes:
 	f.StringVar(&o.TempDir, "temp-dir", "", "where --deep rebuilds images (default $TMPDIR)")
 	addMemoryFlag(f, &o.Memory)
 	addIdentityFlag(f, &o.Keys)
+	addTrustedKeysFlag(f, &o.Trusted, "")
 	o.storageOptions.addFlags(f)
 	return cmd
 }
@@ -111,8 +113,12 @@ func runVerify(ctx context.Context, o verifyOptions, out, errOut io.Writer) erro
 	if err != nil {
 		return err
 	}
+	trusted, err := loadTrusted(o.Trusted)
+	if err != nil {
+		return err
+	}
 	vo := restore.VerifyOptions{Deep: o.Deep, Sample: o.Sample, Newest: o.Newest, MaxAge: o.MaxAge, FlowUID: uid, Workers: o.Workers,
-		Memory: o.Memory, TempDir: o.TempDir, Keys: keys}
+		Memory: o.Memory, TempDir: o.TempDir, Keys: keys, Trusted: trusted}
 	var bar *transferBar
 	if o.Deep {
 		bar = newTransferBar(errOut, "verifying")

@@ -81,6 +81,9 @@ type PlanOptions struct {
 	// Registry is the flow's lineage registry (nil: order lineages by
 	// creation alone).
 	Registry *backup.Registry
+	// Trusted are the public keys whose signatures a plan believes (see
+	// backup.ReadPolicy); a signed location needs them.
+	Trusted *backup.TrustedKeys
 }
 
 // Flows lists the flows in ms, by uid.
@@ -131,20 +134,31 @@ func PickFlow(ms []*backup.Manifest, uid string) ([]*backup.Manifest, error) {
 // PlanFrom reads the store's catalog and lineage registry and plans a
 // restore.
 func PlanFrom(ctx context.Context, s backup.Store, o PlanOptions) (*Plan, error) {
-	cat, err := backup.LoadCatalog(ctx, s, 0)
+	cat, err := backup.LoadTrustedCatalog(ctx, s, backup.ReadPolicy{Trusted: o.Trusted, RequireTrust: true})
 	if err != nil {
 		return nil, err
 	}
-	if o.Registry == nil {
-		ms, err := PickFlow(cat.Manifests, o.FlowUID)
-		if err != nil {
-			return nil, err
-		}
-		if o.Registry, err = backup.LoadRegistry(ctx, s, ms[0].Flow.UID); err != nil {
-			return nil, err
-		}
+	if err := o.loadRegistry(ctx, s, cat); err != nil {
+		return nil, err
 	}
 	return MakePlan(cat.Manifests, o)
+}
+
+// loadRegistry reads the registry of the flow o plans (its trusted events).
+func (o *PlanOptions) loadRegistry(ctx context.Context, s backup.Store, cat *backup.Catalog) error {
+	if o.Registry != nil {
+		return nil
+	}
+	ms, err := PickFlow(cat.Manifests, o.FlowUID)
+	if err != nil {
+		if len(cat.Manifests) == 0 && len(cat.Strays) > 0 {
+			st := cat.Strays[0]
+			return fmt.Errorf("%w: no backup here is believed: %d are strays, e.g. %s: %s", ErrNotRestorable, len(cat.Strays), st.Key, st.Reason)
+		}
+		return err
+	}
+	o.Registry, err = backup.LoadRegistryTrusted(ctx, s, ms[0].Flow.UID, o.Trusted)
+	return err
 }
 
 // resolveLineage finds the lineage id or unique id prefix want among ms.

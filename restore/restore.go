@@ -93,19 +93,13 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 	if o.Plan.Exclude == nil {
 		o.Plan.Exclude = map[string]bool{}
 	}
-	cat, err := backup.LoadCatalogWith(ctx, s, 0, o.Keys)
+	cat, err := backup.LoadTrustedCatalog(ctx, s, backup.ReadPolicy{Keys: o.Keys, Trusted: o.Plan.Trusted, RequireTrust: true})
 	if err != nil {
 		return nil, err
 	}
 	res := &Result{}
-	if o.Plan.Registry == nil {
-		ms, err := PickFlow(cat.Manifests, o.Plan.FlowUID)
-		if err != nil {
-			return nil, err
-		}
-		if o.Plan.Registry, err = backup.LoadRegistry(ctx, s, ms[0].Flow.UID); err != nil {
-			return nil, err
-		}
+	if err := o.Plan.loadRegistry(ctx, s, cat); err != nil {
+		return nil, err
 	}
 	plan, err := MakePlan(cat.Manifests, o.Plan)
 	if err != nil {

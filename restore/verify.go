@@ -44,6 +44,10 @@ type VerifyOptions struct {
 	// them; quick verify reads only what encrypted manifests leave in the
 	// clear.
 	Keys *backup.Cipher
+	// Trusted are the public keys whose signatures verify believes; a
+	// deep verify of a signed location needs them, a quick one without
+	// them says the signatures went unchecked.
+	Trusted *backup.TrustedKeys
 }
 
 // Status values of a Report.
@@ -106,6 +110,10 @@ type Report struct {
 	// open: a quick check reads only their plaintext index.
 	Encrypted bool `json:"encrypted"`
 	Locked    int  `json:"locked_backups,omitempty"`
+	// Signed says the location holds signed backups; SignaturesChecked
+	// that verify was given trusted keys and checked them.
+	Signed            bool `json:"signed"`
+	SignaturesChecked bool `json:"signatures_checked"`
 }
 
 // Verify audits the backups in s and says whether, and to which epoch and
@@ -127,9 +135,20 @@ func Verify(ctx context.Context, s backup.Store, o VerifyOptions) (*Report, erro
 			rep.Mode = "deep-newest"
 		}
 	}
-	cat, err := backup.LoadCatalogWith(ctx, s, o.Workers, o.Keys)
+	cat, err := backup.LoadTrustedCatalog(ctx, s, backup.ReadPolicy{Workers: o.Workers, Keys: o.Keys, Trusted: o.Trusted, RequireTrust: o.Deep})
 	if err != nil {
 		return nil, err
+	}
+	rep.Signed, rep.SignaturesChecked = cat.Location.Signed, cat.Location.Trusted
+	for _, st := range cat.Strays {
+		if o.FlowUID != "" && st.Manifest.Flow.UID != o.FlowUID {
+			continue
+		}
+		i := st.Manifest.Partition.Index
+		rep.Problems = append(rep.Problems, Problem{Flow: st.Manifest.Flow.UID, Partition: &i, Backup: st.Manifest.ID, Message: st.Reason})
+	}
+	if cat.Location.Signed && o.Trusted == nil {
+		rep.Notes = append(rep.Notes, Problem{Message: "the backups here are signed, and their signatures were not checked: give --trusted-keys (restore, deep verify and prune need them)"})
 	}
 	for _, b := range cat.Broken {
 		if o.FlowUID != "" && b.Ref.FlowUID != o.FlowUID {
@@ -164,6 +183,11 @@ func Verify(ctx context.Context, s backup.Store, o VerifyOptions) (*Report, erro
 	}
 	rep.Checked = len(ms)
 	for _, m := range ms {
+		if backup.FutureDated(m, o.Now()) {
+			i := m.Partition.Index
+			rep.Problems = append(rep.Problems, Problem{Flow: m.Flow.UID, Partition: &i, Backup: m.ID,
+				Message: fmt.Sprintf("dated more than %v in the future (a writer's clock is wrong, or someone wrote it to push genuine backups out of prune's --keep-last): prune ignores it", backup.FutureSkew)})
+		}
 		rep.Encrypted = rep.Encrypted || m.Encryption != nil
 		if m.Locked {
 			rep.Locked++
@@ -211,7 +235,7 @@ func Verify(ctx context.Context, s backup.Store, o VerifyOptions) (*Report, erro
 				fr.Healthy++
 			}
 		}
-		reg, err := backup.LoadRegistry(ctx, s, uid)
+		reg, err := backup.LoadRegistryTrusted(ctx, s, uid, o.Trusted)
 		if err != nil {
 			return nil, err
 		}

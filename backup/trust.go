@@ -1,0 +1,108 @@
+package backup
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// What decides restored state must be authenticated. A reader's
+// ReadPolicy says which manifests it believes; the others are strays:
+// never a restore candidate, never counted by prune's keep or overlap
+// decisions (and never deleted by it: it cannot tell whose they are), and
+// reported by verify.
+//
+//   - In an encrypted location (its config says so, a manifest is
+//     encrypted, or the reader gives identities), a plaintext manifest is
+//     a stray: anyone can write one.
+//   - In a signed location (its config says so, a manifest is signed, or
+//     the reader gives trusted keys), a manifest not signed by a trusted
+//     key is a stray; restore, deep verify and prune refuse to start there
+//     without trusted keys (ErrTrustRequired).
+
+// ReadPolicy is what a reader of a location believes.
+type ReadPolicy struct {
+	// Workers reads this many manifests at once (DefaultCatalogWorkers).
+	Workers int
+	// Keys open encrypted manifests (nil: they stay Locked).
+	Keys *Cipher
+	// Trusted are the public keys whose signatures make a manifest
+	// believed in a signed location.
+	Trusted *TrustedKeys
+	// RequireTrust refuses a signed location without Trusted
+	// (ErrTrustRequired): restore, deep verify and prune.
+	RequireTrust bool
+}
+
+// Stray is a manifest a reader does not believe.
+type Stray struct {
+	Key      string
+	Manifest *Manifest
+	Reason   string
+}
+
+// LocationInfo is what a location's config and manifests say of it.
+type LocationInfo struct {
+	// Encrypted and Signed say which schemes the location holds.
+	Encrypted, Signed bool
+	// Trusted says signatures were checked (the reader gave trusted keys).
+	Trusted bool
+}
+
+// LoadTrustedCatalog loads the catalog (LoadCatalogWith) and sets apart
+// the manifests p does not believe (Catalog.Strays).
+func LoadTrustedCatalog(ctx context.Context, s Store, p ReadPolicy) (*Catalog, error) {
+	cfg, err := ReadConfig(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	cat, err := LoadCatalogWith(ctx, s, p.Workers, p.Keys)
+	if err != nil {
+		return nil, err
+	}
+	loc := LocationInfo{Trusted: p.Trusted != nil}
+	loc.Encrypted = cfg != nil && cfg.Encryption == SchemeAge || p.Keys.CanOpen()
+	loc.Signed = cfg != nil && cfg.Signed || p.Trusted != nil
+	for _, m := range cat.Manifests {
+		loc.Encrypted = loc.Encrypted || m.Encryption != nil
+		loc.Signed = loc.Signed || m.Signer() != ""
+	}
+	cat.Location = loc
+	if loc.Signed && p.Trusted == nil && p.RequireTrust {
+		return nil, fmt.Errorf("%w: %s holds signed backups", ErrTrustRequired, s)
+	}
+	believed := cat.Manifests[:0]
+	for _, m := range cat.Manifests {
+		if why := strayReason(m, loc, p.Trusted); why != "" {
+			cat.Strays = append(cat.Strays, Stray{Key: cat.Keys[m], Manifest: m, Reason: why})
+			continue
+		}
+		believed = append(believed, m)
+	}
+	cat.Manifests = believed
+	return cat, nil
+}
+
+// strayReason says why a reader must not believe m ("" if it may).
+func strayReason(m *Manifest, loc LocationInfo, trusted *TrustedKeys) string {
+	switch {
+	case loc.Encrypted && m.Encryption == nil:
+		return "a plaintext backup in an encrypted location (anyone who can write to the bucket can make one): never restored"
+	case trusted != nil && m.Signer() == "":
+		return "not signed, in a location of signed backups (anyone who can write to the bucket can make one): never restored"
+	case trusted != nil && !m.SignedBy(trusted):
+		return fmt.Sprintf("signed by key %s, which is not among the trusted keys (or the signature does not hold): never restored; if the key is yours, add its public key to --trusted-keys", m.Signer())
+	}
+	return ""
+}
+
+// FutureSkew is how far in the future a manifest's id may be dated before
+// prune ignores it (and verify reports it): clocks differ, but not by
+// more.
+const FutureSkew = 10 * time.Minute
+
+// FutureDated says whether m claims to be from after now+FutureSkew.
+func FutureDated(m *Manifest, now time.Time) bool {
+	t, err := BackupIDTime(m.ID)
+	return err == nil && t.After(now.Add(FutureSkew))
+}
