@@ -484,6 +484,7 @@ func capture(ctx context.Context, s Store, p *recovery.Partition, prev *Manifest
 		Intervals: Intervals{SnapshotMs: v.Intervals.Snapshot.Milliseconds(), BackupMs: v.Intervals.Backup.Milliseconds()},
 		Agent:     AgentInfo{Version: Version(), Host: host},
 		Lineage:   &lineage,
+		Runs:      v.Runs,
 	}
 	if c := o.cipher; c != nil {
 		m.Encryption = &EncryptionInfo{Scheme: SchemeAge, Key: c.KeyID(), Recipients: c.Recipients()}
@@ -513,11 +514,14 @@ func capture(ctx context.Context, s Store, p *recovery.Partition, prev *Manifest
 		return nil, "", err
 	}
 	w, ok := deltaWatermark(prev, v, now, o.BaseMaxAge)
-	if ok && uint64(recovery.AgreeUpTo(v.Lineage, prev.LineageOf())) < prev.Base.Hi {
-		// The base holds another history beyond where it parted from
-		// this one: a delta over it would mix the two.
-		ok = false
-		res.BaseNote = fmt.Sprintf("the latest backup is of lineage %s, another history beyond epoch %d", recovery.ShortID(prev.LineageOf().ID), recovery.AgreeUpTo(v.Lineage, prev.LineageOf()))
+	if ok {
+		// A base that holds another history beyond where it parted from
+		// this one (another lineage, or this one's files rolled back and
+		// run again) would mix the two under a delta.
+		if up := recovery.Agree(recovery.History{Lineage: v.Lineage, Runs: v.Runs}, prev.History()); uint64(up) < prev.Base.Hi {
+			ok = false
+			res.BaseNote = fmt.Sprintf("the latest backup (lineage %s) is another history beyond epoch %d", recovery.ShortID(prev.LineageOf().ID), up)
+		}
 	}
 	if ok && (schema != recovery.SchemaVersion || prev.Base.SchemaVersion() != recovery.SchemaVersion) {
 		// Deltas are between images of this schema only; a partition or a
@@ -625,5 +629,13 @@ func unchangedSince(ctx context.Context, p *recovery.Partition, prev *Manifest) 
 	if last := v.Last(); last != nil {
 		ex = int64(last.Number)
 	}
-	return v.Lineage.ID == prev.LineageOf().ID && uint64(v.Lo()) == prev.Epochs.Lo && uint64(v.Hi()) == prev.Epochs.Hi && ex == prev.Execution, nil
+	return v.Lineage.ID == prev.LineageOf().ID && sameLastRun(v.Runs, prev.Runs) && uint64(v.Lo()) == prev.Epochs.Lo && uint64(v.Hi()) == prev.Epochs.Hi && ex == prev.Execution, nil
+}
+
+// sameLastRun says whether two run lists end with the same run.
+func sameLastRun(a, b []recovery.Run) bool {
+	if len(a) == 0 || len(b) == 0 {
+		return len(a) == len(b)
+	}
+	return a[len(a)-1] == b[len(b)-1]
 }

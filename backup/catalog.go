@@ -173,7 +173,7 @@ func PlanLineage(ms []*Manifest, count int, reg *Registry, id string, e uint64) 
 		if id != "" && sum.Lineage.ID != id || id == "" && sum.Retired {
 			continue
 		}
-		if o, ok := overlapOf(byPart, sum.Lineage, e); ok {
+		if o, ok := overlapOf(byPart, sum.History(), e); ok {
 			return o, true
 		}
 		if id != "" {
@@ -197,7 +197,7 @@ func RestorePoints(ms []*Manifest, count int, reg *Registry) []Overlap {
 		if sum.Retired {
 			continue
 		}
-		if o, ok := overlapOf(byPart, sum.Lineage, 0); ok {
+		if o, ok := overlapOf(byPart, sum.History(), 0); ok {
 			out = append(out, o)
 		}
 	}
@@ -205,17 +205,17 @@ func RestorePoints(ms []*Manifest, count int, reg *Registry) []Overlap {
 }
 
 // overlapOf finds the largest epoch (or exactly e) at which every
-// partition has a backup of lineage l's history.
-func overlapOf(byPart [][]*Manifest, l recovery.Lineage, e uint64) (Overlap, bool) {
+// partition has a backup of history h.
+func overlapOf(byPart [][]*Manifest, h recovery.History, e uint64) (Overlap, bool) {
 	if e > 0 {
-		return overlapAt(byPart, l, e)
+		return overlapAt(byPart, h, e)
 	}
-	// The answer is the highest epoch some backup reaches within l's
-	// history: candidates are those, tried from the top.
+	// The answer is the highest epoch some backup reaches within h: the
+	// candidates are those, tried from the top.
 	var cands []uint64
 	for _, list := range byPart {
 		for _, m := range list {
-			up := uint64(recovery.AgreeUpTo(m.LineageOf(), l))
+			up := uint64(recovery.Agree(m.History(), h))
 			if c := min(m.Epochs.Hi, up); c >= m.Epochs.Lo {
 				cands = append(cands, c)
 			}
@@ -226,21 +226,21 @@ func overlapOf(byPart [][]*Manifest, l recovery.Lineage, e uint64) (Overlap, boo
 		if i > 0 && c == cands[i-1] {
 			continue
 		}
-		if o, ok := overlapAt(byPart, l, c); ok {
+		if o, ok := overlapAt(byPart, h, c); ok {
 			return o, true
 		}
 	}
 	return Overlap{}, false
 }
 
-func overlapAt(byPart [][]*Manifest, l recovery.Lineage, e uint64) (Overlap, bool) {
-	o := Overlap{Epoch: e, Lineage: l, Chosen: make([]*Manifest, len(byPart))}
+func overlapAt(byPart [][]*Manifest, h recovery.History, e uint64) (Overlap, bool) {
+	o := Overlap{Epoch: e, Lineage: h.Lineage, Chosen: make([]*Manifest, len(byPart))}
 	for i, list := range byPart {
 		for _, m := range list {
-			if !m.Epochs.Contains(e) || uint64(recovery.AgreeUpTo(m.LineageOf(), l)) < e {
+			if !m.Epochs.Contains(e) || uint64(recovery.Agree(m.History(), h)) < e {
 				continue
 			}
-			if cur := o.Chosen[i]; cur == nil || better(m, cur, l) {
+			if cur := o.Chosen[i]; cur == nil || better(m, cur, h.Lineage) {
 				o.Chosen[i] = m
 			}
 		}

@@ -58,6 +58,12 @@ func (m *Manifest) LineageOf() recovery.Lineage {
 	return recovery.Lineage{ID: m.Flow.UID, Reason: recovery.LineageLegacy}
 }
 
+// History is the history of the partition the manifest captured: its
+// lineage and recent runs.
+func (m *Manifest) History() recovery.History {
+	return recovery.History{Lineage: m.LineageOf(), Runs: m.Runs}
+}
+
 // Registry is a flow's lineage registry as listed.
 type Registry struct {
 	events map[string]map[string]time.Time // lineage -> kind -> latest time
@@ -370,6 +376,14 @@ type LineageSummary struct {
 	Last    time.Time `json:"last_backup,omitempty"`
 	// Progress is the latest epoch close its backups reach.
 	Progress time.Time `json:"progress,omitempty"`
+	// Runs are the recent runs its newest backup names: the history a
+	// restore of this lineage lays down.
+	Runs []recovery.Run `json:"runs,omitempty"`
+}
+
+// History is the history a restore of the lineage lays down.
+func (s LineageSummary) History() recovery.History {
+	return recovery.History{Lineage: s.Lineage, Runs: s.Runs}
 }
 
 // Describe names the lineage, its hosts and its backups' span.
@@ -405,8 +419,11 @@ func Lineages(ms []*Manifest, reg *Registry) []LineageSummary {
 			by[l.ID] = s
 			order = append(order, l.ID)
 		}
-		if m.Lineage != nil && m.ID > newest[l.ID] {
-			s.Lineage, newest[l.ID] = l, m.ID // the newest record (a legacy root learns its host)
+		if m.ID > newest[l.ID] {
+			if m.Lineage != nil {
+				s.Lineage = l // the newest record (a legacy root learns its host)
+			}
+			s.Runs, newest[l.ID] = m.Runs, m.ID
 		}
 		s.Backups++
 		if s.First.IsZero() || m.Created.Before(s.First) {

@@ -73,6 +73,9 @@ type Manifest struct {
 	// Lineage is the history of the partition it captured (absent in
 	// backups older than lineages: the flow's root, see LineageOf).
 	Lineage *recovery.Lineage `json:"lineage,omitempty"`
+	// Runs are the partition's recent runs (see recovery.Run): two
+	// backups of one lineage are one history only along them.
+	Runs []recovery.Run `json:"runs,omitempty"`
 
 	// Locked says the manifest is encrypted and was not opened (no identity
 	// given opens it): only its plaintext index is known, which is what
@@ -292,6 +295,7 @@ type manifestIndex struct {
 	Intervals  Intervals         `json:"intervals"`
 	Encryption EncryptionInfo    `json:"encryption"`
 	Lineage    *recovery.Lineage `json:"lineage,omitempty"`
+	Runs       []recovery.Run    `json:"runs,omitempty"`
 	BaseID     string            `json:"base_id"`
 	Base       []indexObject     `json:"base"`
 	Delta      []indexObject     `json:"delta,omitempty"`
@@ -313,7 +317,7 @@ func indexObjects(objs []Object) []indexObject {
 
 func (m *Manifest) index() manifestIndex {
 	ix := manifestIndex{ID: m.ID, Created: m.Created, Flow: m.Flow, Partition: m.Partition, Epochs: m.Epochs,
-		Execution: m.Execution, Intervals: m.Intervals, Lineage: m.Lineage, BaseID: m.Base.ID, Base: indexObjects(m.Base.Chunks)}
+		Execution: m.Execution, Intervals: m.Intervals, Lineage: m.Lineage, Runs: m.Runs, BaseID: m.Base.ID, Base: indexObjects(m.Base.Chunks)}
 	if m.Encryption != nil {
 		ix.Encryption = *m.Encryption
 	}
@@ -334,7 +338,7 @@ func (ix *manifestIndex) manifest() *Manifest {
 	}
 	enc := ix.Encryption
 	m := &Manifest{Format: ManifestFormat, ID: ix.ID, Created: ix.Created, Flow: ix.Flow, Partition: ix.Partition, Epochs: ix.Epochs,
-		Execution: ix.Execution, Intervals: ix.Intervals, Encryption: &enc, Lineage: ix.Lineage, Base: Image{ID: ix.BaseID, Chunks: objs(ix.Base)}, Locked: true}
+		Execution: ix.Execution, Intervals: ix.Intervals, Encryption: &enc, Lineage: ix.Lineage, Runs: ix.Runs, Base: Image{ID: ix.BaseID, Chunks: objs(ix.Base)}, Locked: true}
 	if len(ix.Delta) > 0 {
 		m.Delta = &Delta{Chunks: objs(ix.Delta)}
 	}
@@ -488,6 +492,8 @@ func (m *Manifest) Validate() error {
 		return bad("execution %d", m.Execution)
 	case m.Lineage != nil && m.Lineage.Validate() != nil:
 		return bad("%v", m.Lineage.Validate())
+	case len(m.Runs) > recovery.MaxRuns:
+		return bad("%d runs", len(m.Runs))
 	case m.Encryption != nil && (m.Encryption.Scheme != SchemeAge || !keyIDRE.MatchString(m.Encryption.Key) || !keyIDRE.MatchString(m.Encryption.Recipients)):
 		return bad("encryption %+v", *m.Encryption)
 	case m.Locked:

@@ -67,6 +67,83 @@ const (
 	LineageLegacy  = "legacy"
 )
 
+// Run is one execution of a history: its number, the epoch it resumed at,
+// and a random id, the same in every partition of the run. Partitions keep
+// their last MaxRuns runs, and every backup names them, so two backups of
+// one lineage are known to be one history (they share their last run, or
+// one's runs extend the other's) or two: files rolled back to a snapshot
+// and run again share the lineage id but not the runs after it.
+type Run struct {
+	N      ExecutionNumber `json:"n"`
+	Resume Epoch           `json:"resume"`
+	ID     string          `json:"id"`
+}
+
+// MaxRuns is how many runs a partition remembers.
+const MaxRuns = 64
+
+// RunsAgree is the highest epoch at which two histories of one lineage
+// whose recent runs are a and b are one: every epoch below the first run
+// either made after the last run both made. Without runs on either side
+// (backups older than runs) the lineage alone decides (MaxEpoch); windows
+// without a run in common are taken as two histories (0).
+func RunsAgree(a, b []Run) Epoch {
+	if len(a) == 0 || len(b) == 0 {
+		return MaxEpoch
+	}
+	at := map[ExecutionNumber]int{}
+	for j, r := range b {
+		at[r.N] = j
+	}
+	for i := len(a) - 1; i >= 0; i-- {
+		j, ok := at[a[i].N]
+		if !ok || b[j].ID != a[i].ID {
+			continue
+		}
+		up := MaxEpoch
+		if i+1 < len(a) {
+			up = min(up, a[i+1].Resume)
+		}
+		if j+1 < len(b) {
+			up = min(up, b[j+1].Resume)
+		}
+		return up
+	}
+	return 0
+}
+
+// History is a lineage as one backup or partition knows it: the lineage
+// and its recent runs.
+type History struct {
+	Lineage Lineage
+	Runs    []Run
+}
+
+// Agree is the highest epoch at which a and b are one history: through
+// their nearest common lineage, the lowest fork on the way, and where
+// their runs of it part.
+func Agree(a, b History) Epoch {
+	type side struct {
+		up   Epoch
+		runs []Run
+	}
+	byID := map[string]side{a.Lineage.ID: {MaxEpoch, a.Runs}}
+	for _, x := range a.Lineage.Ancestors {
+		byID[x.ID] = side{x.Upto, x.Runs}
+	}
+	best := Epoch(0)
+	check := func(id string, up Epoch, runs []Run) {
+		if s, ok := byID[id]; ok {
+			best = max(best, min(s.up, up, RunsAgree(s.runs, runs)))
+		}
+	}
+	check(b.Lineage.ID, MaxEpoch, b.Runs)
+	for _, x := range b.Lineage.Ancestors {
+		check(x.ID, x.Upto, x.Runs)
+	}
+	return best
+}
+
 // Ancestor is a lineage this one descends from.
 type Ancestor struct {
 	ID string `json:"id"`
@@ -80,6 +157,9 @@ type Ancestor struct {
 	// epoch closed). A backup of the ancestor whose epochs reach past Seen
 	// shows the ancestor still ran after the fork.
 	Seen time.Time `json:"seen,omitempty"`
+	// Runs are the ancestor's recent runs as the fork knew them: its
+	// backups agree with this lineage only along these.
+	Runs []Run `json:"runs,omitempty"`
 }
 
 var lineageIDRE = regexp.MustCompile(`^[0-9a-f]{8,64}$`)
@@ -103,10 +183,11 @@ func NewLineageID() string {
 }
 
 // Child is a new lineage forked from l at epoch at: its state below at is
-// l's. seen is l's latest progress the fork knew of.
-func (l Lineage) Child(id, host string, at Epoch, seen, now time.Time, reason string) Lineage {
+// l's, as its runs (l's recent runs at the fork) made it. seen is l's
+// latest progress the fork knew of.
+func (l Lineage) Child(id, host string, at Epoch, runs []Run, seen, now time.Time, reason string) Lineage {
 	c := Lineage{ID: id, Host: host, Created: now.UTC().Truncate(time.Millisecond), Fork: at, Reason: reason}
-	c.Ancestors = append(c.Ancestors, Ancestor{ID: l.ID, Upto: at, Host: l.Host, Created: l.Created, Seen: seen.UTC().Truncate(time.Millisecond)})
+	c.Ancestors = append(c.Ancestors, Ancestor{ID: l.ID, Upto: at, Host: l.Host, Created: l.Created, Seen: seen.UTC().Truncate(time.Millisecond), Runs: runs})
 	for _, a := range l.Ancestors {
 		a.Upto = min(a.Upto, at)
 		c.Ancestors = append(c.Ancestors, a)
@@ -165,29 +246,11 @@ func (l Lineage) Describe() string {
 	return s
 }
 
-// AgreeUpTo is the highest epoch at which a and b are one history: MaxEpoch
-// if they are the same lineage; the lowest fork between them and their
-// nearest common ancestor; 0 if they share none.
-func AgreeUpTo(a, b Lineage) Epoch {
-	if a.ID == b.ID {
-		return MaxEpoch
-	}
-	upA := map[string]Epoch{a.ID: MaxEpoch}
-	for _, x := range a.Ancestors {
-		upA[x.ID] = x.Upto
-	}
-	best := Epoch(0)
-	check := func(id string, up Epoch) {
-		if ua, ok := upA[id]; ok {
-			best = max(best, min(ua, up))
-		}
-	}
-	check(b.ID, MaxEpoch)
-	for _, x := range b.Ancestors {
-		check(x.ID, x.Upto)
-	}
-	return best
-}
+// AgreeUpTo is the highest epoch at which lineages a and b are one
+// history, by their ancestry alone: MaxEpoch if they are the same lineage;
+// the lowest fork between them and their nearest common ancestor; 0 if
+// they share none (see Agree, which also compares runs).
+func AgreeUpTo(a, b Lineage) Epoch { return Agree(History{Lineage: a}, History{Lineage: b}) }
 
 // Related says whether one of a and b descends from the other (or they
 // are one).
@@ -229,7 +292,35 @@ const (
 	metaLineagePending = "lineage_pending"
 	metaMachine        = "machine_id"
 	metaFileID         = "file_id"
+	metaRuns           = "runs"
 )
+
+// readRuns reads a partition's recent runs.
+func readRuns(ctx context.Context, q queryer) ([]Run, error) {
+	raw, err := metaValue(ctx, q, metaRuns)
+	if err != nil || raw == "" {
+		return nil, err
+	}
+	var runs []Run
+	if err := json.Unmarshal([]byte(raw), &runs); err != nil || len(runs) > MaxRuns {
+		return nil, fmt.Errorf("meta runs: %v: %w", err, ErrCorrupt)
+	}
+	return runs, nil
+}
+
+// appendRun records run r as the partition's newest (runs its last ones).
+func appendRun(ctx context.Context, tx execer, runs []Run, r Run) error {
+	for len(runs) > 0 && runs[len(runs)-1].N >= r.N {
+		runs = runs[:len(runs)-1] // a run that began and never got further
+	}
+	runs = append(runs, r)
+	if len(runs) > MaxRuns {
+		runs = runs[len(runs)-MaxRuns:]
+	}
+	b, _ := json.Marshal(runs)
+	_, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)`, metaRuns, string(b))
+	return err
+}
 
 // readLineage reads a partition's lineage; a partition older than lineages
 // is of its flow's root lineage.
@@ -327,6 +418,8 @@ type LineageStart struct {
 	// Note, if set, says the run started a new lineage, or adopted a
 	// restored one, and why.
 	Note string
+	// Run is the run's id (see Run).
+	Run string
 }
 
 // StartLineage decides, from every partition's view (all processes'), the
@@ -408,7 +501,10 @@ func StartLineage(views []*View, at Epoch, newID func() string, now time.Time) (
 			return LineageStart{}, fmt.Errorf("%w: %s were restored to epoch %d, but the flow resumes at epoch %d: restore every partition from one backup (flowbackup restore --force)",
 				ErrTwoLineages, name(pend), l.Fork, at)
 		}
-		return LineageStart{Lineage: l, Note: fmt.Sprintf("restored from a backup: this run starts %s", l.Describe())}, nil
+		return LineageStart{Lineage: l, Run: newID(), Note: fmt.Sprintf("restored from a backup: this run starts %s", l.Describe())}, nil
+	}
+	if err := sameRuns(live, name); err != nil {
+		return LineageStart{}, err
 	}
 	l := live[0].Lineage
 	for _, v := range live {
@@ -419,10 +515,63 @@ func StartLineage(views []*View, at Epoch, newID func() string, now time.Time) (
 		for _, w := range live {
 			seen = later(seen, w.LastTime)
 		}
-		c := l.Child(newID(), machine.Host(), at, seen, now, LineageMoved)
-		return LineageStart{Lineage: c, Note: fmt.Sprintf("partition %d: %s, so this run starts a new history, %s (another machine may still run the old one)", v.Index, v.Moved, c.Describe())}, nil
+		c := l.Child(newID(), machine.Host(), at, live[0].Runs, seen, now, LineageMoved)
+		return LineageStart{Lineage: c, Run: newID(), Note: fmt.Sprintf("partition %d: %s, so this run starts a new history, %s (another machine may still run the old one)", v.Index, v.Moved, c.Describe())}, nil
 	}
-	return LineageStart{Lineage: l}, nil
+	return LineageStart{Lineage: l, Run: newID()}, nil
+}
+
+// sameRuns refuses partitions of one lineage that did not take part in
+// the same runs: one was put back from an older copy (a snapshot, a file
+// copied over it), so its history is not the others'. A partition may
+// only miss runs that made no progress (a start that crashed before it
+// reached every partition), and must hold the epochs they resumed at.
+func sameRuns(live []*View, name func([]*View) string) error {
+	var newest *View
+	for _, v := range live {
+		if len(v.Runs) > 0 && (newest == nil || v.Runs[len(v.Runs)-1].N > newest.Runs[len(newest.Runs)-1].N) {
+			newest = v
+		}
+	}
+	if newest == nil {
+		return nil // partitions older than runs
+	}
+	top := newest.Runs[len(newest.Runs)-1]
+	var behind []*View
+	for _, v := range live {
+		if !caughtUp(v, newest.Runs) {
+			behind = append(behind, v)
+		}
+	}
+	if len(behind) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %s did not take part in the last runs of the others (up to execution %d): put back from an older copy (a disk or VM snapshot, a file copied over it)? Their histories differ; restore every partition from one backup (flowbackup restore --force)",
+		ErrTwoLineages, name(behind), top.N)
+}
+
+// caughtUp says whether partition v took part in every run of runs that
+// made progress, the last one included.
+func caughtUp(v *View, runs []Run) bool {
+	if len(v.Runs) == 0 {
+		return false
+	}
+	mine := v.Runs[len(v.Runs)-1]
+	for j := len(runs) - 1; j >= 0; j-- {
+		if runs[j].N != mine.N {
+			continue
+		}
+		if runs[j].ID != mine.ID {
+			return false
+		}
+		for _, later := range runs[j+1:] {
+			if later.Resume != runs[len(runs)-1].Resume || v.Hi() < later.Resume {
+				return false
+			}
+		}
+		return true
+	}
+	return false
 }
 
 func later(a, b time.Time) time.Time {

@@ -15,10 +15,10 @@ import (
 func TestAgreeUpTo(t *testing.T) {
 	t0 := time.Unix(1e9, 0)
 	a := RootLineage("aaaaaaaa", "h", t0, LineageInit)
-	b := a.Child("bbbbbbbb", "h", 50, t0, t0, LineageRestore) // b = a below 50
-	c := b.Child("cccccccc", "h", 70, t0, t0, LineageMoved)   // c = b below 70, = a below 50
-	d := a.Child("dddddddd", "h", 30, t0, t0, LineageRestore) // a sibling of b
-	e := b.Child("eeeeeeee", "h", 40, t0, t0, LineageRestore) // forked from b below a's fork
+	b := a.Child("bbbbbbbb", "h", 50, nil, t0, t0, LineageRestore) // b = a below 50
+	c := b.Child("cccccccc", "h", 70, nil, t0, t0, LineageMoved)   // c = b below 70, = a below 50
+	d := a.Child("dddddddd", "h", 30, nil, t0, t0, LineageRestore) // a sibling of b
+	e := b.Child("eeeeeeee", "h", 40, nil, t0, t0, LineageRestore) // forked from b below a's fork
 	other := RootLineage("ffffffff", "h", t0, LineageInit)
 	tests := []struct {
 		name string
@@ -54,10 +54,10 @@ func TestAgreeUpTo(t *testing.T) {
 func TestStartLineage(t *testing.T) {
 	t0 := time.Unix(1e9, 0)
 	a := RootLineage("aaaaaaaa", "old", t0, LineageInit)
-	r1 := a.Child("11111111", "new", 40, t0, t0, LineageRestore)
-	r2 := a.Child("22222222", "new2", 40, t0, t0, LineageRestore)
-	r3 := a.Child("33333333", "new3", 41, t0, t0, LineageRestore)
-	b := a.Child("bbbbbbbb", "x", 9, t0, t0, LineageMoved)
+	r1 := a.Child("11111111", "new", 40, nil, t0, t0, LineageRestore)
+	r2 := a.Child("22222222", "new2", 40, nil, t0, t0, LineageRestore)
+	r3 := a.Child("33333333", "new3", 41, nil, t0, t0, LineageRestore)
+	b := a.Child("bbbbbbbb", "x", 9, nil, t0, t0, LineageMoved)
 	v := func(i int, l Lineage, pending bool, moved string) *View {
 		return &View{Index: PartitionIndex(i), Lineage: l, Pending: pending, Moved: moved}
 	}
@@ -170,5 +170,97 @@ func TestLineage_TwoHistoriesInOneDirectoryAreRefused(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(mixed, "part-0.sqlite3")); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestRunsAgree(t *testing.T) {
+	r := func(n int, resume Epoch, id string) Run { return Run{N: ExecutionNumber(n), Resume: resume, ID: id} }
+	base := []Run{r(0, 1, "a"), r(1, 10, "b"), r(2, 20, "c")}
+	tests := []struct {
+		name string
+		a, b []Run
+		want Epoch
+	}{
+		{"one run list", base, base, MaxEpoch},
+		{"one extends the other: it resumed at 30 after the shared run", base, append(base[:3:3], r(3, 30, "d")), 30},
+		{"rolled back to run 1 and run again: they part where the new run resumed", base, []Run{r(0, 1, "a"), r(1, 10, "b"), r(2, 15, "x")}, 15},
+		{"parted at the older of the two next runs", []Run{r(0, 1, "a"), r(1, 12, "y")}, base, 10},
+		{"no run in common", []Run{r(7, 70, "p")}, base, 0},
+		{"backups older than runs", nil, base, MaxEpoch},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := RunsAgree(tt.a, tt.b); got != tt.want {
+				t.Fatalf("RunsAgree = %d, want %d", got, tt.want)
+			}
+			if got := RunsAgree(tt.b, tt.a); got != tt.want {
+				t.Fatalf("RunsAgree (reversed) = %d, want %d", got, tt.want)
+			}
+		})
+	}
+}
+
+// A partition put back from an older copy (a snapshot copied over the
+// file: same inode, same machine) did not take part in the others' runs:
+// the run is refused. One that only missed a start that crashed before
+// reaching it is fine.
+func TestLineage_APartitionPutBackFromAnOlderCopyIsRefused(t *testing.T) {
+	ctx := context.Background()
+	dir := initDir(t, 2)
+	st := openStore(t, dir, time.Second, time.Hour)
+	if _, err := st.Begin(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	st.Commit(ctx, 0, 3, []Row{{"s", "a", 1, []byte("1")}, {"s", "b", 2, []byte("2")}})
+	st.Close()
+	snap := filepath.Join(t.TempDir(), "part-0.sqlite3")
+	copyFile(t, filepath.Join(dir, "part-0.sqlite3"), snap)
+	for i := 0; i < 2; i++ {
+		st := openStore(t, dir, time.Second, time.Hour)
+		rp, err := st.Begin(ctx, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.Commit(ctx, 0, rp.Epoch+2, []Row{{"s", "a", rp.Epoch, []byte("later")}})
+		st.Close()
+	}
+	// Put the old copy back over the file (its contents, same inode).
+	b, _ := os.ReadFile(snap)
+	if err := os.WriteFile(filepath.Join(dir, "part-0.sqlite3"), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(filepath.Join(dir, "part-0.sqlite3-wal"))
+	os.Remove(filepath.Join(dir, "part-0.sqlite3-shm"))
+	st = openStore(t, dir, time.Second, time.Hour)
+	defer st.Close()
+	_, err := st.Begin(ctx, 1)
+	if !errors.Is(err, ErrTwoLineages) || !strings.Contains(err.Error(), "partition 0 did not take part in the last runs") {
+		t.Fatalf("a partition put back from an older copy: %v", err)
+	}
+}
+
+// A start that crashed after recording its run in partition 0 only left
+// partition 1 one run behind, with no progress missed: the next run goes on.
+func TestLineage_AStartThatCrashedHalfwayIsNotARollback(t *testing.T) {
+	ctx := context.Background()
+	dir := initDir(t, 2)
+	st := openStore(t, dir, time.Second, time.Hour)
+	if _, err := st.Begin(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	st.Commit(ctx, 0, 3, []Row{{"s", "a", 1, []byte("1")}})
+	st.Close()
+	st = openStore(t, dir, time.Second, time.Hour)
+	views, _ := st.Views(ctx)
+	rp, _ := Resume(views)
+	st.UseLineage(LineageStart{Lineage: views[0].Lineage, Run: "half"})
+	if err := st.beginPartition(ctx, st.parts[0], rp, 1, unixMs(time.Now())); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	st = openStore(t, dir, time.Second, time.Hour)
+	defer st.Close()
+	if _, err := st.Begin(ctx, 1); err != nil {
+		t.Fatalf("after a start that reached one partition: %v", err)
 	}
 }

@@ -243,6 +243,13 @@ func (s *Store) beginPartition(ctx context.Context, p *Partition, rp ResumePoint
 	if err := writeLineage(ctx, tx, s.lineage.Lineage, false, p.Path); err != nil {
 		return fmt.Errorf("record the lineage: %w", err)
 	}
+	runs, err := readRuns(ctx, tx)
+	if err != nil {
+		return err
+	}
+	if err := appendRun(ctx, tx, runs, Run{N: rp.Execution, Resume: rp.Epoch, ID: s.lineage.Run}); err != nil {
+		return fmt.Errorf("record the run: %w", err)
+	}
 	return tx.Commit()
 }
 

@@ -41,6 +41,8 @@ type View struct {
 	Moved   string `json:"moved,omitempty"`
 	// LastTime is when the partition's newest recorded epoch closed.
 	LastTime time.Time `json:"last_time,omitempty"`
+	// Runs are the partition's recent runs (see Run).
+	Runs []Run `json:"runs,omitempty"`
 }
 
 // Last returns the last recorded execution, or nil.
@@ -99,6 +101,9 @@ func ReadView(ctx context.Context, q queryer) (*View, error) {
 		return nil, err
 	}
 	if v.FileID, err = metaValue(ctx, q, metaFileID); err != nil {
+		return nil, err
+	}
+	if v.Runs, err = readRuns(ctx, q); err != nil {
 		return nil, err
 	}
 	var last sql.NullInt64

@@ -175,7 +175,7 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 	}
 	// Everything is here and verified: trim, start the partitions' new
 	// history, then publish under the final names.
-	res.Lineage = plan.Lineage.Lineage.Child(recovery.NewLineageID(), machine.Host(), recovery.Epoch(plan.Epoch), plan.Lineage.Progress, o.Now(), recovery.LineageRestore)
+	res.Lineage = plan.Lineage.Lineage.Child(recovery.NewLineageID(), machine.Host(), recovery.Epoch(plan.Epoch), plan.Lineage.Runs, plan.Lineage.Progress, o.Now(), recovery.LineageRestore)
 	for _, p := range parts {
 		tmp := fetched[plan.Chosen[p].ID]
 		db, err := recovery.OpenDB(tmp, false)

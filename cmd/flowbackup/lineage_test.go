@@ -298,3 +298,64 @@ func TestLineage_NewestBackupsFromTwoMachinesAreNotMixed(t *testing.T) {
 		t.Fatalf("restored epoch %d continues with totals %v (2 for every word is the one history every partition reaches; OLD's would be 3, NEW's 4)", plan.Epoch, seen)
 	}
 }
+
+// A recovery directory rolled back to a snapshot (the files' contents put
+// back: same inodes, same machine) and run again on other input keeps its
+// lineage id, but not its runs. Its backup of partition 0 beside the
+// pre-rollback backup of partition 1 is never combined past the point the
+// two histories parted: continued, the restore gives the totals of that
+// point for every word.
+func TestLineage_ARolledBackDirectoryIsNotMixedWithItsOldBackups(t *testing.T) {
+	const keys = 400
+	root := t.TempDir()
+	bucket := "file://" + filepath.Join(root, "bucket")
+	rec, in := filepath.Join(root, "rec"), filepath.Join(root, "in.txt")
+	os.MkdirAll(rec, 0o755)
+	run := func() {
+		must(t, flowrunBin, "run", "wordcount", "-i", in, "-o", "-", "-r", rec, "-s", "1s", "-b", "1h")
+	}
+	must(t, flowrunBin, "recovery", "init", rec, "2")
+	appendWords(t, in, 0, keys, 1)
+	run()
+	snap := filepath.Join(root, "snap")
+	os.MkdirAll(snap, 0o755)
+	for _, n := range []string{"part-0.sqlite3", "part-1.sqlite3"} {
+		copyInput(t, filepath.Join(rec, n), filepath.Join(snap, n))
+	}
+	snapIn := filepath.Join(snap, "in.txt")
+	copyInput(t, in, snapIn)
+	for i := 0; i < 3; i++ {
+		appendWords(t, in, 0, keys, 1) // every word, three more times
+		run()
+	}
+	must(t, backupBin, "backup", "-r", rec, "--to", bucket)
+	// Roll back: the old contents into the same files; the input too.
+	for _, n := range []string{"part-0.sqlite3", "part-1.sqlite3"} {
+		b, _ := os.ReadFile(filepath.Join(snap, n))
+		if err := os.WriteFile(filepath.Join(rec, n), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		os.Remove(filepath.Join(rec, n+"-wal"))
+		os.Remove(filepath.Join(rec, n+"-shm"))
+	}
+	copyInput(t, snapIn, in)
+	for i := 0; i < 3; i++ {
+		appendWords(t, in, 0, keys/2, 1) // the first half only
+		run()
+	}
+	must(t, backupBin, "backup", "-r", rec, "--to", bucket, "--partitions", "0")
+
+	dst, dstIn := filepath.Join(root, "r"), filepath.Join(root, "r", "in.txt")
+	out := must(t, backupBin, "restore", "--from", bucket, "--to", dst, "--json")
+	copyInput(t, snapIn, dstIn) // the input as the restored epoch had read it (the source resumes by file name)
+	got := totalsAfter(t, nil, dst, dstIn, keys)
+	counts := map[string]int{}
+	for _, c := range got {
+		counts[c]++
+	}
+	// Restored where the histories part (after the first run: every word
+	// once), then every word once more.
+	if len(counts) != 1 || counts["2"] != keys {
+		t.Fatalf("the restore continues with totals %v (a mix of the histories before and after the rollback?)\n%s", counts, out)
+	}
+}
