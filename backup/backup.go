@@ -134,7 +134,7 @@ func (o *Options) defaults() {
 		o.Now = time.Now
 	}
 	if o.Holder == "" {
-		host, _ := os.Hostname()
+		host := machine.Host()
 		var r [4]byte
 		rand.Read(r[:])
 		o.Holder = fmt.Sprintf("%s/%d/%s", host, os.Getpid(), hex.EncodeToString(r[:]))
@@ -328,6 +328,20 @@ func BackupDir(ctx context.Context, s Store, dir string, o Options) ([]*Result, 
 func gatePartitions(ctx context.Context, s Store, ps []*recovery.Partition, o Options) ([]*LineageGate, error) {
 	out := make([]*LineageGate, len(ps))
 	byID := map[string]*LineageGate{}
+	var live []*recovery.View
+	for _, p := range ps {
+		v, err := recovery.ReadView(ctx, p.DB)
+		if err != nil {
+			return nil, fmt.Errorf("partition %d: %w", p.Index, err)
+		}
+		if !v.Pending {
+			live = append(live, v)
+		}
+	}
+	// A directory flowrun would refuse (two histories) is not backed up.
+	if err := recovery.CheckOneHistory(live); err != nil {
+		return nil, err
+	}
 	for i, p := range ps {
 		l, pending, err := recovery.ReadLineage(ctx, p.DB)
 		if err != nil {
@@ -350,6 +364,10 @@ func gatePartitions(ctx context.Context, s Store, ps []*recovery.Partition, o Op
 
 // fencedError says why a backup was fenced and what to do.
 func fencedError(g *LineageGate) error {
+	if g.Retired {
+		return fmt.Errorf("%w: an operator retired this machine's %s (flowbackup prune --retire-lineage): its machine was taken for gone. Stop this machine's flowrun and agent, or pass --take-over to make its history the one restores use again",
+			ErrFenced, g.Lineage.Describe())
+	}
 	return fmt.Errorf("%w: lineage %s claimed flow backups here at %s, after this machine's %s; another machine runs a newer history of this flow (a restore, or a copy of these files). Stop this machine's flowrun and agent, or pass --take-over to make this machine's history the one restores use",
 		ErrFenced, recovery.ShortID(g.By), g.At.UTC().Format(time.RFC3339), g.Lineage.Describe())
 }

@@ -81,6 +81,7 @@ func LoadRegistry(ctx context.Context, s Store, uid string) (*Registry, error) {
 // body is read and checked once per process (events never change).
 func LoadRegistryTrusted(ctx context.Context, s Store, uid string, trusted *TrustedKeys) (*Registry, error) {
 	r := &Registry{events: map[string]map[string]time.Time{}}
+	now := time.Now()
 	type ev struct {
 		key, id, kind string
 		at            time.Time
@@ -92,8 +93,8 @@ func LoadRegistryTrusted(ctx context.Context, s Store, uid string, trusted *Trus
 			return nil // not ours to trust
 		}
 		at, err := time.Parse("20060102T150405.000Z", g[4])
-		if err != nil {
-			return nil
+		if err != nil || at.After(now.Add(FutureSkew)) {
+			return nil // a claim from the future would fence everyone forever
 		}
 		evs = append(evs, ev{oi.Key, g[2], g[3], at})
 		return nil
@@ -279,6 +280,9 @@ type LineageGate struct {
 	Fenced bool
 	By     string
 	At     time.Time
+	// Retired says the lineage itself was retired by an operator (a
+	// fence without a newer claim).
+	Retired bool
 	// TookOver says this backup claimed the flow now (--take-over).
 	TookOver bool
 	// Fork, if set, says another history of the flow is alive.
@@ -298,15 +302,16 @@ func gateLineage(ctx context.Context, s Store, uid string, l recovery.Lineage, t
 	}
 	g := &LineageGate{Lineage: l}
 	by, at, newer := reg.newerClaim(l)
+	retired := reg.Retired(l.ID)
 	switch {
-	case newer && takeOver:
+	case (newer || retired) && takeOver:
 		if err := writeEvent(ctx, s, uid, l.ID, EventClaim, now, lineageEvent{Lineage: &l}, k); err != nil {
 			return nil, err
 		}
 		g.TookOver = true
 		reg.add(l.ID, EventClaim, now)
-	case newer:
-		g.Fenced, g.By, g.At = true, by, at
+	case newer || retired:
+		g.Fenced, g.By, g.At, g.Retired = true, by, at, retired && !newer
 		if reg.Fenced(l.ID).IsZero() {
 			if err := writeEvent(ctx, s, uid, l.ID, EventFenced, now, lineageEvent{By: by}, k); err != nil {
 				return nil, err
@@ -319,8 +324,9 @@ func gateLineage(ctx context.Context, s Store, uid string, l recovery.Lineage, t
 		}
 		reg.add(l.ID, EventClaim, l.Created)
 	}
-	// Another live history: one not of l's line, or an ancestor whose
-	// agent was fenced after l claimed (it was still running).
+	// Another live history: one not of l's line, or an ancestor still
+	// running after l claimed (its agent was fenced, or it took over).
+	mine := reg.claimOf(l)
 	for _, id := range reg.IDs() {
 		if id == l.ID || reg.Retired(id) {
 			continue
@@ -329,8 +335,12 @@ func gateLineage(ctx context.Context, s Store, uid string, l recovery.Lineage, t
 			g.Fork = fmt.Sprintf("lineage %s also claims flow %s (since %s)", recovery.ShortID(id), uid, reg.Claimed(id).UTC().Format(time.RFC3339))
 			break
 		}
-		if f := reg.Fenced(id); !f.IsZero() && f.After(reg.claimOf(l)) {
+		if f := reg.Fenced(id); !f.IsZero() && f.After(mine) {
 			g.Fork = fmt.Sprintf("lineage %s, which this one forked from, was still backing up flow %s at %s", recovery.ShortID(id), uid, f.UTC().Format(time.RFC3339))
+			break
+		}
+		if c := reg.Claimed(id); c.After(mine) {
+			g.Fork = fmt.Sprintf("lineage %s, which this one forked from, took the flow's backups over at %s", recovery.ShortID(id), c.UTC().Format(time.RFC3339))
 			break
 		}
 	}
@@ -368,14 +378,14 @@ type LineageSummary struct {
 	// Claimed is when it last claimed the flow (registry), else when it
 	// was created; the newest claim is the current history.
 	Claimed time.Time `json:"claimed"`
-	Fenced  time.Time `json:"fenced,omitempty"`
+	Fenced  time.Time `json:"fenced,omitzero"`
 	Retired bool      `json:"retired,omitempty"`
 	Hosts   []string  `json:"hosts,omitempty"`
 	Backups int       `json:"backups"`
-	First   time.Time `json:"first_backup,omitempty"`
-	Last    time.Time `json:"last_backup,omitempty"`
+	First   time.Time `json:"first_backup,omitzero"`
+	Last    time.Time `json:"last_backup,omitzero"`
 	// Progress is the latest epoch close its backups reach.
-	Progress time.Time `json:"progress,omitempty"`
+	Progress time.Time `json:"progress,omitzero"`
 	// Runs are the recent runs its newest backup names: the history a
 	// restore of this lineage lays down.
 	Runs []recovery.Run `json:"runs,omitempty"`
@@ -510,7 +520,7 @@ func forkBetween(a, b LineageSummary) string {
 	}
 	switch {
 	case !a.Fenced.IsZero() && a.Fenced.After(b.Lineage.Created):
-		return fmt.Sprintf("%s's agent was still running at %s (and stopped: fenced)", a.Lineage.Short(), a.Fenced.UTC().Format(time.RFC3339))
+		return fmt.Sprintf("lineage %s still tried to back up at %s (refused: fenced)", a.Lineage.Short(), a.Fenced.UTC().Format(time.RFC3339))
 	case !anc.Seen.IsZero() && a.Progress.After(anc.Seen):
 		return fmt.Sprintf("%s went on after %s forked from it (its backups reach %s)", a.Lineage.Short(), b.Lineage.Short(), a.Progress.UTC().Format(time.RFC3339))
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/flowkeep/flowkeep/internal/machine"
 	"os"
 	"strings"
 	"sync"
@@ -49,7 +50,7 @@ type lockBody struct {
 
 // AcquireLock takes the lock at key for holder, for ttl.
 func AcquireLock(ctx context.Context, s Store, key, holder string, ttl time.Duration, now func() time.Time) (*Lock, error) {
-	host, _ := os.Hostname()
+	host := machine.Host()
 	t := now()
 	body := lockBody{Holder: holder, Host: host, PID: os.Getpid(), Acquired: t.UTC(), Expires: t.Add(ttl).UTC()}
 	data, _ := json.Marshal(body)

@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/flowkeep/flowkeep/internal/machine"
+	"github.com/flowkeep/flowkeep/recovery"
 	"os"
 	"slices"
 	"sort"
@@ -99,7 +101,7 @@ func Prune(ctx context.Context, s Store, o PruneOptions) (*PruneResult, error) {
 		o.LockTTL = DefaultLockTTL
 	}
 	if o.Holder == "" {
-		host, _ := os.Hostname()
+		host := machine.Host()
 		var r [4]byte
 		rand.Read(r[:])
 		o.Holder = fmt.Sprintf("prune %s/%d/%s", host, os.Getpid(), hex.EncodeToString(r[:]))
@@ -283,7 +285,7 @@ func prune(ctx context.Context, s Store, o PruneOptions, res *PruneResult, lock 
 
 // retire records the lineages o retires (see RetireNamed).
 func retire(ctx context.Context, s Store, cat *Catalog, o PruneOptions, now time.Time, res *PruneResult) error {
-	ids, err := RetireNamed(ctx, s, cat, o.RetireLineages, o.DryRun, now, o.SigningKey)
+	ids, err := RetireNamed(ctx, s, cat, o.RetireLineages, o.DryRun, now, o.SigningKey, o.TrustedKeys)
 	res.Retired = ids
 	return err
 }
@@ -292,8 +294,9 @@ func retire(ctx context.Context, s Store, cat *Catalog, o PruneOptions, now time
 // the lineages of cat's manifests; dryRun only resolves the names. An
 // unknown or ambiguous name is ErrNoSuchLineage, before anything is
 // written; so is a retirement in a signed location without k (an unsigned
-// one would not count).
-func RetireNamed(ctx context.Context, s Store, cat *Catalog, names []string, dryRun bool, now time.Time, k *SigningKey) ([]string, error) {
+// one would not count), and one of the lineage restores use now (retire
+// the other one; or make the one to keep current first, with --take-over).
+func RetireNamed(ctx context.Context, s Store, cat *Catalog, names []string, dryRun bool, now time.Time, k *SigningKey, trusted *TrustedKeys) ([]string, error) {
 	if len(names) > 0 && cat.Location.Signed && k == nil {
 		return nil, fmt.Errorf("%w: retiring a lineage here needs --signing-key (the backups are signed; an unsigned retirement would not count)", ErrSigningMismatch)
 	}
@@ -301,6 +304,7 @@ func RetireNamed(ctx context.Context, s Store, cat *Catalog, names []string, dry
 	type hit struct{ uid, id string }
 	var hits []hit
 	for _, want := range names {
+		want = strings.ToLower(want)
 		var found []hit
 		for _, m := range ms {
 			h := hit{m.Flow.UID, m.LineageOf().ID}
@@ -317,6 +321,21 @@ func RetireNamed(ctx context.Context, s Store, cat *Catalog, names []string, dry
 			return nil, fmt.Errorf("%w: %q names %d lineages; give more of the id; nothing was changed", ErrNoSuchLineage, want, len(found))
 		}
 	}
+	flows := cat.Flows()
+	for _, h := range hits {
+		reg, err := LoadRegistryTrusted(ctx, s, h.uid, trusted)
+		if err != nil {
+			return nil, err
+		}
+		count := 0
+		for _, m := range flows[h.uid] {
+			count = max(count, m.Partition.Count)
+		}
+		if ov, ok := PlanLineage(flows[h.uid], count, reg, "", 0); ok && ov.Lineage.ID == h.id {
+			return nil, fmt.Errorf("%w: lineage %s is the history restores use now; retire the other one (flowbackup list shows them), or first make the one to keep current (its agent's --take-over); nothing was changed",
+				ErrRetireCurrent, recovery.ShortID(h.id))
+		}
+	}
 	var ids []string
 	for _, h := range hits {
 		if !dryRun {
@@ -328,6 +347,10 @@ func RetireNamed(ctx context.Context, s Store, cat *Catalog, names []string, dry
 	}
 	return ids, nil
 }
+
+// ErrRetireCurrent says an operator asked to retire the lineage restores
+// use now.
+var ErrRetireCurrent = errors.New("refusing to retire the current lineage")
 
 // ErrNoSuchLineage says a lineage named by an operator has no backups.
 var ErrNoSuchLineage = errors.New("no such lineage")

@@ -4,7 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
+	"github.com/flowkeep/flowkeep/internal/machine"
 	"strings"
 	"time"
 )
@@ -29,7 +29,7 @@ type quarantineMarker struct {
 
 // Quarantine marks chunk h as damaged in the store.
 func Quarantine(ctx context.Context, s Store, h, reason string, now time.Time) error {
-	host, _ := os.Hostname()
+	host := machine.Host()
 	b, _ := json.Marshal(quarantineMarker{SHA256: h, Found: now.UTC(), Host: host, Reason: reason})
 	if err := s.Put(ctx, QuarantineKey(h), b); err != nil {
 		return fmt.Errorf("quarantine chunk %s: %w", h[:min(12, len(h))], err)

@@ -132,7 +132,26 @@ func runBackup(ctx context.Context, o backupOptions, out, errOut io.Writer) erro
 		return err
 	}
 	printResults(out, results)
-	return err
+	return onceFenced(results, err)
+}
+
+// onceFenced says a fence once: when every failure is the same fence (one
+// lineage, every partition), the error is that fence alone.
+func onceFenced(results []*backup.Result, err error) error {
+	var fence error
+	for _, r := range results {
+		switch {
+		case r.Err == nil:
+		case !errors.Is(r.Err, backup.ErrFenced):
+			return err
+		case fence == nil:
+			fence = errors.Unwrap(r.Err) // without "back up partition N: "
+		}
+	}
+	if fence == nil {
+		return err
+	}
+	return fence
 }
 
 type backupEntry struct {
@@ -175,6 +194,10 @@ func backupJSON(results []*backup.Result) map[string]any {
 
 func printResults(out io.Writer, results []*backup.Result) {
 	for _, r := range results {
+		if errors.Is(r.Err, backup.ErrFenced) {
+			fmt.Fprintf(out, "partition %d: not backed up: fenced\n", r.Partition)
+			continue
+		}
 		if r.Err != nil {
 			fmt.Fprintf(out, "partition %d: FAILED: %v\n", r.Partition, r.Err)
 			continue

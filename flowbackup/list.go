@@ -147,13 +147,27 @@ func runList(ctx context.Context, o listOptions, out io.Writer) error {
 				ID: m.ID, Kind: kind, Created: m.Created, Lo: m.Epochs.Lo, Hi: m.Epochs.Hi, LoTime: m.Epochs.LoTime, HiTime: m.Epochs.HiTime,
 				Stored: m.StoredBytes(), Size: size, Host: m.Agent.Host, Lineage: m.LineageOf().ID, Encrypted: m.Encryption != nil})
 		}
-		lf.Newest = newestPerPartition(lf.Backups)
 		reg, err := backup.LoadRegistryTrusted(ctx, s, uid, trusted)
 		if err != nil {
 			return err
 		}
 		lf.Lineages = backup.Lineages(ms, reg)
+		lf.Newest = newestPerPartition(lf.Backups)
 		if ov, ok := backup.PlanLineage(ms, lf.Partitions, reg, "", 0); ok {
+			// How far each partition trails, within the history restores
+			// use (another history's newer backups do not count).
+			for _, sum := range lf.Lineages {
+				if sum.Lineage.ID != ov.Lineage.ID {
+					continue
+				}
+				var within []listEntry
+				for i, m := range ms {
+					if uint64(recovery.Agree(m.History(), sum.History())) >= m.Epochs.Hi {
+						within = append(within, lf.Backups[i])
+					}
+				}
+				lf.Newest = newestPerPartition(within)
+			}
 			lf.OverlapEpoch = ov.Epoch
 			lf.OverlapTime = restore.OverlapTime(ov) // as verify and restore say it
 			lf.OverlapLineage = ov.Lineage.ID

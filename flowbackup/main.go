@@ -76,7 +76,7 @@ func ExitCode(err error) int {
 	case errors.As(err, &u), errors.Is(err, backup.ErrAccess), errors.Is(err, backup.ErrNoBucket),
 		errors.Is(err, recovery.ErrNoPartitions), errors.Is(err, recovery.ErrForeignFlow), errors.Is(err, recovery.ErrMissingPartitions),
 		errors.Is(err, backup.ErrIdentityRequired), errors.Is(err, backup.ErrEncryptionMismatch),
-		errors.Is(err, backup.ErrTrustRequired), errors.Is(err, backup.ErrSigningMismatch):
+		errors.Is(err, backup.ErrTrustRequired), errors.Is(err, backup.ErrSigningMismatch), errors.Is(err, recovery.ErrTwoLineages):
 		return exitUsageOrAccess
 	}
 	return exitFailed

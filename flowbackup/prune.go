@@ -95,14 +95,14 @@ func runPrune(ctx context.Context, o pruneOptions, out io.Writer) error {
 		return usageError{err}
 	}
 	res, err := backup.Prune(ctx, s, po)
-	if errors.Is(err, backup.ErrNoSuchLineage) {
+	if errors.Is(err, backup.ErrNoSuchLineage) || errors.Is(err, backup.ErrRetireCurrent) {
 		return usageError{err}
 	}
 	if err != nil {
 		return err
 	}
 	for _, id := range res.Retired {
-		fmt.Fprintf(out, "retired lineage %s\n", id)
+		fmt.Fprintf(out, "%s lineage %s\n", map[bool]string{false: "retired", true: "would retire"}[o.DryRun], id)
 	}
 	for _, ig := range res.Ignored {
 		fmt.Fprintf(out, "ignored %s\n", ig)
@@ -136,8 +136,8 @@ func retireOnly(ctx context.Context, s backup.Store, o pruneOptions, signing *ba
 	if err != nil {
 		return err
 	}
-	retired, err := backup.RetireNamed(ctx, s, cat, o.Retire, o.DryRun, time.Now(), signing)
-	if errors.Is(err, backup.ErrNoSuchLineage) {
+	retired, err := backup.RetireNamed(ctx, s, cat, o.Retire, o.DryRun, time.Now(), signing, trusted)
+	if errors.Is(err, backup.ErrNoSuchLineage) || errors.Is(err, backup.ErrRetireCurrent) {
 		return usageError{err}
 	}
 	if err != nil {
@@ -147,7 +147,7 @@ func retireOnly(ctx context.Context, s backup.Store, o pruneOptions, signing *ba
 		return printJSON(out, map[string]any{"dry_run": o.DryRun, "retired_lineages": retired})
 	}
 	for _, id := range retired {
-		fmt.Fprintf(out, "retired lineage %s\n", id)
+		fmt.Fprintf(out, "%s lineage %s\n", map[bool]string{false: "retired", true: "would retire"}[o.DryRun], id)
 	}
 	return nil
 }

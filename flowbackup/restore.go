@@ -241,7 +241,11 @@ func runRestore(ctx context.Context, o restoreOptions, out, errOut io.Writer) er
 	if o.DryRun {
 		verb = "would restore"
 	}
-	fmt.Fprintf(out, "flow %s (%s): %s partitions %v of %d at epoch %d (%s)\n", p.Flow.Name, p.Flow.UID, verb, res.Restored, p.Count, p.Epoch, p.EpochTime.UTC().Format(time.RFC3339))
+	when := p.EpochTime.UTC().Format(time.RFC3339)
+	if !p.EpochTimeExact {
+		when = "closed at or before " + when
+	}
+	fmt.Fprintf(out, "flow %s (%s): %s partitions %v of %d at epoch %d (%s)\n", p.Flow.Name, p.Flow.UID, verb, res.Restored, p.Count, p.Epoch, when)
 	fmt.Fprintf(out, "  history: %s\n", p.Lineage.Describe())
 	if !o.DryRun {
 		fmt.Fprintf(out, "  the restored partitions start lineage %s, forked from it at epoch %d\n", res.Lineage.Short(), p.Epoch)
@@ -345,7 +349,7 @@ func restoreJSON(res *restore.Result, o restoreOptions, took time.Duration) map[
 	}
 	out := map[string]any{
 		"restored": !o.DryRun, "dry_run": o.DryRun, "flow": p.Flow.UID, "flow_name": p.Flow.Name, "partition_count": p.Count,
-		"epoch": p.Epoch, "epoch_time": p.EpochTime.UTC(), "partitions": parts, "fallbacks": append([]string{}, res.Fallbacks...),
+		"epoch": p.Epoch, "epoch_time": p.EpochTime.UTC(), "epoch_time_exact": p.EpochTimeExact, "partitions": parts, "fallbacks": append([]string{}, res.Fallbacks...),
 		"downloaded_bytes": res.Downloaded, "written_bytes": res.Bytes, "seconds": took.Seconds(), "to": o.To,
 		"lineage": p.Lineage.Lineage.ID, "lineage_info": p.Lineage, "notes": append([]string{}, p.Notes...),
 		// What every machine of a cluster passes to restore the same plan.

@@ -72,9 +72,10 @@ func createPartition(ctx context.Context, final string, idx PartitionIndex, n Pa
 		db.Close()
 		return err
 	}
-	_, err = db.ExecContext(ctx, `
-		INSERT INTO parts (part_index, part_count, flow_uid, created_unix_ms) VALUES (?, ?, ?, ?);
-		INSERT INTO meta (key, value) VALUES ('commit_epoch', '1'), (?, ?);`, idx, n, uid, unixMs(now), metaLineage, string(root))
+	_, err = db.ExecContext(ctx, `INSERT INTO parts (part_index, part_count, flow_uid, created_unix_ms) VALUES (?, ?, ?, ?)`, idx, n, uid, unixMs(now))
+	if err == nil {
+		_, err = db.ExecContext(ctx, `INSERT INTO meta (key, value) VALUES ('commit_epoch', '1'), (?, ?)`, metaLineage, string(root))
+	}
 	if err != nil {
 		db.Close()
 		return err

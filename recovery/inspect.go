@@ -185,6 +185,10 @@ func InspectDir(ctx context.Context, dir string, o InspectOptions) (*DirReport, 
 	if rep.Problem == nil {
 		rep.Resume, rep.Problem = Resume(views)
 	}
+	if rep.Problem == nil {
+		// The same history checks a run makes (it would refuse them).
+		_, rep.Problem = StartLineage(views, rep.Resume.Epoch, func() string { return "inspect" }, time.Now())
+	}
 	return rep, nil
 }
 

@@ -156,7 +156,7 @@ type Ancestor struct {
 	// of when it forked (in the ancestor's own clock: the time its newest
 	// epoch closed). A backup of the ancestor whose epochs reach past Seen
 	// shows the ancestor still ran after the fork.
-	Seen time.Time `json:"seen,omitempty"`
+	Seen time.Time `json:"seen,omitzero"`
 	// Runs are the ancestor's recent runs as the fork knew them: its
 	// backups agree with this lineage only along these.
 	Runs []Run `json:"runs,omitempty"`
@@ -410,7 +410,7 @@ func moved(v *View, path string) string {
 }
 
 // ErrTwoLineages says a run's partitions come from two histories.
-var ErrTwoLineages = errors.New("partitions of two lineages")
+var ErrTwoLineages = errors.New("partitions of two histories")
 
 // LineageStart is the history a run writes under.
 type LineageStart struct {
@@ -442,45 +442,18 @@ func StartLineage(views []*View, at Epoch, newID func() string, now time.Time) (
 			live = append(live, v)
 		}
 	}
-	groups := func(vs []*View, key func(*View) string) (order []string, by map[string][]*View) {
-		by = map[string][]*View{}
-		for _, v := range vs {
-			k := key(v)
-			if by[k] == nil {
-				order = append(order, k)
-			}
-			by[k] = append(by[k], v)
-		}
-		return order, by
-	}
-	name := func(vs []*View) string {
-		var idx []string
-		for _, v := range vs {
-			idx = append(idx, fmt.Sprint(v.Index))
-		}
-		what := "partition "
-		if len(vs) > 1 {
-			what = "partitions "
-		}
-		return what + strings.Join(idx, ", ")
-	}
-	if order, by := groups(live, func(v *View) string { return v.Lineage.ID }); len(order) > 1 {
-		var parts []string
-		for _, id := range order {
-			parts = append(parts, fmt.Sprintf("%s of %s", name(by[id]), by[id][0].Lineage.Describe()))
-		}
-		return LineageStart{}, fmt.Errorf("%w: %s: they come from two histories (files copied from two machines, or restored at different times); restore every partition from one backup (flowbackup restore --force), or put back the files of one history",
-			ErrTwoLineages, strings.Join(parts, "; "))
+	if err := CheckOneHistory(live); err != nil {
+		return LineageStart{}, err
 	}
 	if len(pend) > 0 {
-		order, by := groups(pend, func(v *View) string {
+		order, by := groupViews(pend, func(v *View) string {
 			return fmt.Sprintf("%s@%d", v.Lineage.Parent(), v.Lineage.Fork)
 		})
 		if len(order) > 1 {
 			var parts []string
 			for _, k := range order {
 				l := by[k][0].Lineage
-				parts = append(parts, fmt.Sprintf("%s restored at epoch %d of lineage %s", name(by[k]), l.Fork, ShortID(l.Parent())))
+				parts = append(parts, fmt.Sprintf("%s restored at epoch %d of lineage %s", nameViews(by[k]), l.Fork, ShortID(l.Parent())))
 			}
 			return LineageStart{}, fmt.Errorf("%w: %s: every machine must restore one plan; pin it with flowbackup restore --lineage ID --epoch E on each (flowbackup restore --dry-run --json prints the plan)",
 				ErrTwoLineages, strings.Join(parts, "; "))
@@ -495,16 +468,13 @@ func StartLineage(views []*View, at Epoch, newID func() string, now time.Time) (
 		}
 		if len(live) > 0 && live[0].Lineage.ID != l.Parent() {
 			return LineageStart{}, fmt.Errorf("%w: %s restored from %s, but %s of %s: restore every partition from one backup (flowbackup restore --force), or put back the files of one history",
-				ErrTwoLineages, name(pend), ShortID(l.Parent()), name(live), live[0].Lineage.Describe())
+				ErrTwoLineages, nameViews(pend), ShortID(l.Parent()), nameViews(live), live[0].Lineage.Describe())
 		}
 		if at != l.Fork {
 			return LineageStart{}, fmt.Errorf("%w: %s were restored to epoch %d, but the flow resumes at epoch %d: restore every partition from one backup (flowbackup restore --force)",
-				ErrTwoLineages, name(pend), l.Fork, at)
+				ErrTwoLineages, nameViews(pend), l.Fork, at)
 		}
 		return LineageStart{Lineage: l, Run: newID(), Note: fmt.Sprintf("restored from a backup: this run starts %s", l.Describe())}, nil
-	}
-	if err := sameRuns(live, name); err != nil {
-		return LineageStart{}, err
 	}
 	l := live[0].Lineage
 	for _, v := range live {
@@ -519,6 +489,49 @@ func StartLineage(views []*View, at Epoch, newID func() string, now time.Time) (
 		return LineageStart{Lineage: c, Run: newID(), Note: fmt.Sprintf("partition %d: %s, so this run starts a new history, %s (another machine may still run the old one)", v.Index, v.Moved, c.Describe())}, nil
 	}
 	return LineageStart{Lineage: l, Run: newID()}, nil
+}
+
+// CheckOneHistory refuses partitions (not restored ones: see
+// StartLineage) that are not one history: of two lineages (files copied
+// from two machines), or of one lineage but not all of its last runs (one
+// put back from an older copy).
+func CheckOneHistory(live []*View) error {
+	if order, by := groupViews(live, func(v *View) string { return v.Lineage.ID }); len(order) > 1 {
+		var parts []string
+		for _, id := range order {
+			parts = append(parts, fmt.Sprintf("%s of %s", nameViews(by[id]), by[id][0].Lineage.Describe()))
+		}
+		return fmt.Errorf("%w: %s: they come from two histories (files copied from two machines, or restored at different times); restore every partition from one backup (flowbackup restore --force), or put back the files of one history",
+			ErrTwoLineages, strings.Join(parts, "; "))
+	}
+	if len(live) == 0 {
+		return nil
+	}
+	return sameRuns(live, nameViews)
+}
+
+func groupViews(vs []*View, key func(*View) string) (order []string, by map[string][]*View) {
+	by = map[string][]*View{}
+	for _, v := range vs {
+		k := key(v)
+		if by[k] == nil {
+			order = append(order, k)
+		}
+		by[k] = append(by[k], v)
+	}
+	return order, by
+}
+
+func nameViews(vs []*View) string {
+	var idx []string
+	for _, v := range vs {
+		idx = append(idx, fmt.Sprint(v.Index))
+	}
+	what := "partition "
+	if len(vs) > 1 {
+		what = "partitions "
+	}
+	return what + strings.Join(idx, ", ")
 }
 
 // sameRuns refuses partitions of one lineage that did not take part in
@@ -554,24 +567,30 @@ func sameRuns(live []*View, name func([]*View) string) error {
 // made progress, the last one included.
 func caughtUp(v *View, runs []Run) bool {
 	if len(v.Runs) == 0 {
-		return false
+		// It never took part in a run (its first start crashed before it
+		// got there, or it is older than runs): only runs without progress
+		// may have passed it by.
+		return missedNoProgress(v, runs)
 	}
 	mine := v.Runs[len(v.Runs)-1]
 	for j := len(runs) - 1; j >= 0; j-- {
 		if runs[j].N != mine.N {
 			continue
 		}
-		if runs[j].ID != mine.ID {
-			return false
-		}
-		for _, later := range runs[j+1:] {
-			if later.Resume != runs[len(runs)-1].Resume || v.Hi() < later.Resume {
-				return false
-			}
-		}
-		return true
+		return runs[j].ID == mine.ID && missedNoProgress(v, runs[j+1:])
 	}
 	return false
+}
+
+// missedNoProgress says whether the runs v missed made no progress (each
+// resumed where the last one did) and v holds the epochs below it.
+func missedNoProgress(v *View, missed []Run) bool {
+	for _, r := range missed {
+		if r.Resume != missed[len(missed)-1].Resume || v.Hi() < r.Resume {
+			return false
+		}
+	}
+	return true
 }
 
 func later(a, b time.Time) time.Time {

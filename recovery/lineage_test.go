@@ -264,3 +264,18 @@ func TestLineage_AStartThatCrashedHalfwayIsNotARollback(t *testing.T) {
 		t.Fatalf("after a start that reached one partition: %v", err)
 	}
 }
+
+func TestInit_StartsTheRootLineage(t *testing.T) {
+	dir := initDir(t, 2)
+	ps, err := Discover(context.Background(), dir, true, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer CloseAll(ps)
+	for _, p := range ps {
+		l, pending, err := ReadLineage(context.Background(), p.DB)
+		if err != nil || pending || l.ID != p.FlowUID || l.Reason != LineageInit || l.Host == "" {
+			t.Fatalf("partition %d: lineage %+v pending %v err %v", p.Index, l, pending, err)
+		}
+	}
+}

@@ -40,7 +40,7 @@ type View struct {
 	FileID  string `json:"file_id,omitempty"`
 	Moved   string `json:"moved,omitempty"`
 	// LastTime is when the partition's newest recorded epoch closed.
-	LastTime time.Time `json:"last_time,omitempty"`
+	LastTime time.Time `json:"last_time,omitzero"`
 	// Runs are the partition's recent runs (see Run).
 	Runs []Run `json:"runs,omitempty"`
 }

@@ -55,6 +55,10 @@ type Plan struct {
 	// Epoch is the epoch every restored partition will resume at.
 	Epoch     uint64
 	EpochTime time.Time
+	// EpochTimeExact says the backups record when Epoch closed; otherwise
+	// EpochTime is the earliest time they know after it (a restore reads
+	// the exact one from the images it lays down).
+	EpochTimeExact bool
 	// Chosen[i] is partition i's backup.
 	Chosen []*backup.Manifest
 	// Execution is the marker execution number written by the trim.
@@ -167,6 +171,7 @@ func resolveLineage(ms []*backup.Manifest, want string) (string, error) {
 	for _, m := range ms {
 		ids[m.LineageOf().ID] = true
 	}
+	want = strings.ToLower(want)
 	if ids[want] {
 		return want, nil
 	}
@@ -246,7 +251,7 @@ func MakePlan(all []*backup.Manifest, o PlanOptions) (*Plan, error) {
 			}
 			switch {
 			case any && o.Epoch > newest.Epoch:
-				return nil, fmt.Errorf("%w: epoch %d is newer than the newest restorable epoch, %d (%s); restore without --epoch to get it", ErrNoSuchEpoch, o.Epoch, newest.Epoch, fmtT(epochTime(newest)))
+				return nil, fmt.Errorf("%w: epoch %d is newer than the newest restorable epoch, %d (%s); restore without --epoch to get it", ErrNoSuchEpoch, o.Epoch, newest.Epoch, fmtT(OverlapTime(newest)))
 			case any && o.Epoch < oldest:
 				return nil, fmt.Errorf("%w: epoch %d is older than every partition's oldest kept backup allows (the oldest restorable epoch is about %d; older backups were pruned)", ErrNoSuchEpoch, o.Epoch, oldest)
 			case any:
@@ -278,7 +283,7 @@ func MakePlan(all []*backup.Manifest, o PlanOptions) (*Plan, error) {
 		p.Execution = max(p.Execution, m.Execution+1)
 		p.Flow = m.Flow
 	}
-	p.EpochTime = epochTime(ov)
+	p.EpochTime, p.EpochTimeExact = epochTime(ov)
 	return p, nil
 }
 
@@ -317,13 +322,16 @@ func flowCount(ms []*backup.Manifest, exclude map[string]bool) int {
 
 // OverlapTime is when the flow reached an overlap's epoch, as its backups
 // tell (what restore, verify and list all report for it).
-func OverlapTime(ov backup.Overlap) time.Time { return epochTime(ov) }
+func OverlapTime(ov backup.Overlap) time.Time {
+	t, _ := epochTime(ov)
+	return t
+}
 
-// epochTime is when the flow reached the plan's epoch, as the backups tell:
-// the time recorded with it by a partition whose hi it is, else the latest
-// time recorded for a later epoch's start is an upper bound; we take the
-// earliest hi time of the chosen backups, which is at or after it.
-func epochTime(ov backup.Overlap) time.Time {
+// epochTime is when the flow reached the plan's epoch, as the backups tell
+// (exact): the time recorded with it by a partition whose hi or lo it is.
+// Otherwise the earliest hi time of the chosen backups is the earliest
+// time known after it (not exact).
+func epochTime(ov backup.Overlap) (time.Time, bool) {
 	var t time.Time
 	for _, m := range ov.Chosen {
 		if m.Epochs.Hi == ov.Epoch && (t.IsZero() || m.Epochs.HiTime.Before(t)) {
@@ -331,11 +339,11 @@ func epochTime(ov backup.Overlap) time.Time {
 		}
 	}
 	if !t.IsZero() {
-		return t
+		return t, true
 	}
 	for _, m := range ov.Chosen {
 		if m.Epochs.Lo == ov.Epoch && !m.Epochs.LoTime.IsZero() {
-			return m.Epochs.LoTime
+			return m.Epochs.LoTime, true
 		}
 	}
 	for _, m := range ov.Chosen {
@@ -343,7 +351,7 @@ func epochTime(ov backup.Overlap) time.Time {
 			t = m.Epochs.HiTime
 		}
 	}
-	return t
+	return t, false
 }
 
 // explainGap names the two partitions whose backups are furthest apart: the

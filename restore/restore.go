@@ -186,6 +186,13 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 		if err == nil {
 			err = recovery.MarkRestored(ctx, db, res.Lineage, tmp)
 		}
+		if err == nil && !plan.EpochTimeExact {
+			// The image knows when the epoch closed; the manifests did not.
+			var t time.Time
+			if t, err = recovery.EpochTime(ctx, db, recovery.Epoch(plan.Epoch)); err == nil && !t.IsZero() {
+				plan.EpochTime, plan.EpochTimeExact = t, true
+			}
+		}
 		if cerr := db.Close(); err == nil {
 			err = cerr
 		}

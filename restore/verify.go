@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/flowkeep/flowkeep/backup"
+	"github.com/flowkeep/flowkeep/recovery"
 )
 
 // VerifyOptions configure an audit.
@@ -250,6 +251,17 @@ func Verify(ctx context.Context, s backup.Store, o VerifyOptions) (*Report, erro
 			msg := ForkMessage(fr.Name, f, restored)
 			fr.Forks = append(fr.Forks, msg)
 			rep.Problems = append(rep.Problems, Problem{Flow: uid, Message: msg})
+		}
+		known := map[string]bool{}
+		for _, sum := range fr.Lineages {
+			known[sum.Lineage.ID] = true
+		}
+		for _, id := range reg.IDs() {
+			if c := reg.Claimed(id); !known[id] && !c.IsZero() && !reg.Retired(id) {
+				rep.Problems = append(rep.Problems, Problem{Flow: uid, Message: fmt.Sprintf(
+					"lineage %s claims the flow's backups (since %s) but has no backup here: a restore whose first backup has not landed yet, or a forged claim (it fences the agents of older lineages; remove %s%s/%s/ if it is not yours)",
+					recovery.ShortID(id), c.UTC().Format(time.RFC3339), backup.LineagesPrefix, uid, id)})
+			}
 		}
 		if err != nil {
 			fr.Reason = err.Error()

@@ -359,3 +359,50 @@ func TestLineage_ARolledBackDirectoryIsNotMixedWithItsOldBackups(t *testing.T) {
 		t.Fatalf("the restore continues with totals %v (a mix of the histories before and after the rollback?)\n%s", counts, out)
 	}
 }
+
+// What an operator could get wrong is refused, with what to do: a
+// directory that mixes two histories (inspect says so, backup refuses it
+// as flowrun does), retiring the history restores use, and a forged
+// claim from the future fences no one.
+func TestLineage_MistakesAreRefused(t *testing.T) {
+	root := t.TempDir()
+	rec := flowDir(t, "1h")
+	bucketDir := filepath.Join(root, "bucket")
+	bucket := "file://" + bucketDir
+	must(t, backupBin, "backup", "-r", rec, "--to", bucket)
+	cp := filepath.Join(root, "copy")
+	os.MkdirAll(cp, 0o755)
+	for _, n := range []string{"part-0.sqlite3", "part-1.sqlite3"} {
+		copyInput(t, filepath.Join(rec, n), filepath.Join(cp, n))
+	}
+	in := filepath.Join(filepath.Dir(rec), "in.txt")
+	must(t, flowrunBin, "run", "wordcount", "-i", in, "-o", "-", "-r", cp, "-s", "1s", "-b", "1h") // the copy forks
+	mixed := filepath.Join(root, "mixed")
+	os.MkdirAll(mixed, 0o755)
+	copyInput(t, filepath.Join(rec, "part-0.sqlite3"), filepath.Join(mixed, "part-0.sqlite3"))
+	copyInput(t, filepath.Join(cp, "part-1.sqlite3"), filepath.Join(mixed, "part-1.sqlite3"))
+	if out, code := run(t, flowrunBin, "recovery", "inspect", mixed); code != 1 || !strings.Contains(out, "two histories") {
+		t.Fatalf("inspect of a mixed directory: exit %d\n%s", code, out)
+	}
+	if out, code := run(t, backupBin, "backup", "-r", mixed, "--to", bucket); code != 3 || !strings.Contains(out, "two histories") {
+		t.Fatalf("backup of a mixed directory: exit %d\n%s", code, out)
+	}
+	lst := must(t, backupBin, "list", "--from", bucket, "--json")
+	var rep struct {
+		Flows []struct {
+			OverlapLineage string `json:"overlap_lineage"`
+		} `json:"flows"`
+	}
+	if err := json.Unmarshal([]byte(lst), &rep); err != nil || len(rep.Flows) != 1 {
+		t.Fatalf("%v\n%s", err, lst)
+	}
+	current := rep.Flows[0].OverlapLineage
+	if out, code := run(t, backupBin, "prune", "--from", bucket, "--retire-lineage", strings.ToUpper(current[:8])); code != 3 || !strings.Contains(out, "restores use now") {
+		t.Fatalf("retiring the current lineage: exit %d\n%s", code, out)
+	}
+	// A claim dated 2099 by someone else fences nobody.
+	forged := filepath.Join(bucketDir, "lineages", current, "0123456789abcdef", "claim-20990101T000000.000Z-00000000.json")
+	os.MkdirAll(filepath.Dir(forged), 0o755)
+	os.WriteFile(forged, []byte(`{}`), 0o644)
+	must(t, backupBin, "backup", "-r", rec, "--to", bucket)
+}
