@@ -207,17 +207,33 @@ func (x *execution) onData(from int, h mesh.DataHeader, payload []byte) error {
 	}
 }
 
-func (x *execution) onCredit(from int, nodeIdx uint16, dst uint32, k uint32) {
-	if int(nodeIdx) >= len(x.flow.nodes) || int(dst) >= x.workers {
-		return
+// onCredit takes back credits that process from returns for its worker
+// dst's window (reader goroutine).
+func (x *execution) onCredit(from int, nodeIdx uint16, dst uint32, k uint32) error {
+	if int(nodeIdx) >= len(x.flow.nodes) {
+		return fmt.Errorf("credit for step %d of %d", nodeIdx, len(x.flow.nodes))
 	}
-	ch := x.cl.credits[x.flow.nodes[nodeIdx]][dst]
-	for i := uint32(0); i < k && ch != nil; i++ {
+	n := x.flow.nodes[nodeIdx]
+	if n.kind != kindExchanged {
+		return fmt.Errorf("credit for %s, which is not an exchange", n.id)
+	}
+	if int(dst) >= x.workers || x.isLocal(int(dst)) || x.ownerOf(int(dst)) != from {
+		return fmt.Errorf("credit for %s worker %d, which is not process %d's", n.id, dst, from)
+	}
+	cr := x.cl.credits[n]
+	if cr == nil || cr[dst] == nil {
+		return fmt.Errorf("credit for %s worker %d before this process was ready", n.id, dst)
+	}
+	if k > remoteCredits {
+		return fmt.Errorf("%d credits for %s worker %d, more than its window of %d", k, n.id, dst, remoteCredits)
+	}
+	for i := uint32(0); i < k; i++ {
 		select {
-		case ch <- struct{}{}:
-		default:
+		case cr[dst] <- struct{}{}:
+		default: // the window is full
 		}
 	}
+	return nil
 }
 
 // creditReturn gives processed remote messages' credits back in batches.

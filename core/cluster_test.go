@@ -11,6 +11,7 @@ import (
 
 	"github.com/flowkeep/flowkeep/core"
 	"github.com/flowkeep/flowkeep/internal/freeport"
+	"github.com/flowkeep/flowkeep/internal/meshtest"
 )
 
 func freeAddrs(t *testing.T, n int) []string {
@@ -121,4 +122,60 @@ func TestCluster_LostPeerStopsPromptlyNamingIt(t *testing.T) {
 	if d := time.Since(began); d > 10*time.Second {
 		t.Fatalf("took %v to notice", d)
 	}
+}
+
+// startRelayed starts a 2-process cluster run of countFlow whose
+// connection from process 0 to process 1 goes through an on-path relay
+// that passes every frame through tamper; it returns each process's error.
+func startRelayed(t *testing.T, secret string, tamper meshtest.Tamper) []error {
+	t.Helper()
+	addrs := freeAddrs(t, 2)
+	relay := meshtest.Start(t, addrs[1], tamper)
+	dialed := []string{addrs[0], relay.Addr} // process 1 listens on addrs[1]
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for p := 0; p < 2; p++ {
+		wg.Add(1)
+		go func(p int) {
+			defer wg.Done()
+			c := &core.ClusterConfig{ProcessID: p, Addresses: dialed, ConnectTimeout: 5 * time.Second, Secret: []byte(secret)}
+			if p == 1 {
+				c.Listen = addrs[1]
+			}
+			_, errs[p] = core.Run(context.Background(), countFlow(genWords(2, 200_000, 0), newCollect[core.KV[int64]]()),
+				core.Config{Workers: 1, EpochInterval: 5 * time.Millisecond, Cluster: c})
+		}(p)
+	}
+	wg.Wait()
+	return errs
+}
+
+// injectBeforeFirstData is a relay that slips frame into the connection
+// from process 0 to process 1 just before the first data frame (type 3):
+// both processes are then running, their exchanges set up.
+func injectBeforeFirstData(frame []byte) meshtest.Tamper {
+	var once sync.Once
+	return func(d meshtest.Dir, i int, f []byte) [][]byte {
+		out := [][]byte{f}
+		if d == meshtest.Forward && len(f) > 0 && f[0] == 3 {
+			once.Do(func() { out = [][]byte{frame, f} })
+		}
+		return out
+	}
+}
+
+// A credit frame naming a step that is not an exchange (here the input,
+// node 0) used to crash the receiving process with an index out of range
+// on its reader goroutine; now it fails the run with an error naming the
+// peer.
+func TestCluster_CreditForAStepThatIsNotAnExchangeFailsTheRun(t *testing.T) {
+	credit := []byte{4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1} // node 0, worker 0, 1 credit
+	errs := startRelayed(t, "", injectBeforeFirstData(credit))
+	if errs[1] == nil || !strings.Contains(errs[1].Error(), "process 0") || !strings.Contains(errs[1].Error(), "credit") {
+		t.Fatalf("process 1: %v", errs[1])
+	}
+	if errs[0] == nil {
+		t.Fatal("process 0 finished although process 1 failed")
+	}
+	t.Logf("process 0: %v\nprocess 1: %v", errs[0], errs[1])
 }

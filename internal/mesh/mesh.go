@@ -143,7 +143,7 @@ type Mesh struct {
 	// before the first frame can arrive: before any process passes a
 	// barrier after Dial).
 	OnData   func(from int, h DataHeader, payload []byte) error
-	OnCredit func(from int, node uint16, dst uint32, n uint32)
+	OnCredit func(from int, node uint16, dst uint32, n uint32) error
 
 	failOnce sync.Once
 	fail     func(error)
@@ -792,7 +792,7 @@ func (m *Mesh) dispatch(p *peer, b []byte) error {
 		if len(b) != 11 {
 			return errors.New("malformed credit frame")
 		}
-		m.OnCredit(p.id, binary.BigEndian.Uint16(b[1:]), binary.BigEndian.Uint32(b[3:]), binary.BigEndian.Uint32(b[7:]))
+		return m.OnCredit(p.id, binary.BigEndian.Uint16(b[1:]), binary.BigEndian.Uint32(b[3:]), binary.BigEndian.Uint32(b[7:]))
 	default:
 		return fmt.Errorf("unknown frame type %d", b[0])
 	}

@@ -282,7 +282,7 @@ func FuzzDispatch(f *testing.F) {
 		m := &Mesh{addrs: []string{"a", "b"}, handlers: map[string]func(int, []byte){"hi": func(int, []byte) {}},
 			barriers: map[string]map[int]bool{}, gathered: map[string]map[int][]byte{}, barrierC: make(chan struct{}), fail: func(error) {}}
 		m.OnData = func(int, DataHeader, []byte) error { return nil }
-		m.OnCredit = func(int, uint16, uint32, uint32) {}
+		m.OnCredit = func(int, uint16, uint32, uint32) error { return nil }
 		m.dispatch(&peer{id: 1}, b)
 		m.parseHello(b)
 	})
