@@ -18,9 +18,13 @@
 //     authenticated) and are allocated as their bytes arrive.
 //   - Send is ordered per (sender, receiver) pair and blocks while the
 //     connection's bounded queue is full.
-//   - Handlers (Handle, and the OnData and OnCredit hooks) run on the
-//     connection's reader goroutine, in arrival order; they may block only on
-//     local resources, never on another message.
+//   - Handlers (Handle, HandleData, HandleCredit) run on the connection's
+//     reader goroutine, in arrival order; they may block only on local
+//     resources, never on another message. Whatever a peer sends, neither
+//     the mesh nor a handler may panic: a frame that is malformed, unknown,
+//     early (no handler yet) or that a handler refuses (returns an error
+//     for) fails the run as a lost peer does, and the frames after it on
+//     that connection are not read.
 //   - Barrier returns once every process reached the barrier of that name,
 //     which also means every message sent before it by any process to this
 //     one has been handled. Gather is a barrier that also collects one
@@ -134,16 +138,12 @@ type Mesh struct {
 	peers  []*peer
 
 	mu       sync.Mutex
-	handlers map[string]func(int, []byte)
+	handlers map[string]func(int, []byte) error
+	onData   func(from int, h DataHeader, payload []byte) error
+	onCredit func(from int, node uint16, dst uint32, n uint32) error
 	barriers map[string]map[int]bool
 	gathered map[string]map[int][]byte
 	barrierC chan struct{} // closed and replaced whenever a barrier or gather message arrives
-
-	// OnData receives data frames and OnCredit credit frames (set them
-	// before the first frame can arrive: before any process passes a
-	// barrier after Dial).
-	OnData   func(from int, h DataHeader, payload []byte) error
-	OnCredit func(from int, node uint16, dst uint32, n uint32) error
 
 	failOnce sync.Once
 	fail     func(error)
@@ -166,10 +166,28 @@ func (m *Mesh) Self() int { return m.self }
 // Processes is the number of processes in the cluster.
 func (m *Mesh) Processes() int { return len(m.addrs) }
 
-// Handle registers fn for messages of topic.
-func (m *Mesh) Handle(topic string, fn func(int, []byte)) {
+// Handle registers fn for messages of topic. An error from fn fails the
+// run (see the package doc); a message of a topic without a handler does
+// too.
+func (m *Mesh) Handle(topic string, fn func(from int, payload []byte) error) {
 	m.mu.Lock()
 	m.handlers[topic] = fn
+	m.mu.Unlock()
+}
+
+// HandleData registers fn for data frames, as Handle does for a topic.
+// Until it is called a data frame fails the run.
+func (m *Mesh) HandleData(fn func(from int, h DataHeader, payload []byte) error) {
+	m.mu.Lock()
+	m.onData = fn
+	m.mu.Unlock()
+}
+
+// HandleCredit registers fn for credit frames, as Handle does for a topic.
+// Until it is called a credit frame fails the run.
+func (m *Mesh) HandleCredit(fn func(from int, node uint16, dst uint32, n uint32) error) {
+	m.mu.Lock()
+	m.onCredit = fn
 	m.mu.Unlock()
 }
 
@@ -278,7 +296,7 @@ func Dial(ctx context.Context, cfg Config, ident string, fail func(error)) (*Mes
 		timeout = 60 * time.Second
 	}
 	m := &Mesh{self: cfg.Self, addrs: cfg.Addresses, ident: ident, secret: cfg.Secret, tls: cfg.TLS, peers: make([]*peer, n),
-		handlers: map[string]func(int, []byte){}, barriers: map[string]map[int]bool{}, gathered: map[string]map[int][]byte{}, barrierC: make(chan struct{}), fail: fail}
+		handlers: map[string]func(int, []byte) error{}, barriers: map[string]map[int]bool{}, gathered: map[string]map[int][]byte{}, barrierC: make(chan struct{}), fail: fail}
 	listen := cfg.Listen
 	if listen == "" {
 		listen = cfg.Addresses[cfg.Self]
@@ -707,6 +725,17 @@ func (m *Mesh) peerFailed(p *peer, err error) {
 	})
 }
 
+// rejected fails the run because peer p sent a frame this process must not
+// act on.
+func (m *Mesh) rejected(p *peer, err error) {
+	if m.closing.Load() {
+		return
+	}
+	m.failOnce.Do(func() {
+		m.fail(fmt.Errorf("process %d (%s) sent a bad frame: %w", p.id, m.addrs[p.id], err))
+	})
+}
+
 func (m *Mesh) readLoop(p *peer) {
 	defer close(p.done)
 	r := bufio.NewReaderSize(p.conn, 256<<10)
@@ -721,7 +750,7 @@ func (m *Mesh) readLoop(p *peer) {
 			return
 		}
 		if err := m.dispatch(p, b); err != nil {
-			m.peerFailed(p, err)
+			m.rejected(p, err)
 			return
 		}
 		if p.bye.Load() {
@@ -730,7 +759,12 @@ func (m *Mesh) readLoop(p *peer) {
 	}
 }
 
+// dispatch acts on one frame from peer p, or says why it must not: it
+// never panics, whatever the frame holds.
 func (m *Mesh) dispatch(p *peer, b []byte) error {
+	if len(b) == 0 {
+		return errors.New("empty frame")
+	}
 	switch b[0] {
 	case framePing:
 	case frameBye:
@@ -778,7 +812,7 @@ func (m *Mesh) dispatch(p *peer, b []byte) error {
 		if h == nil {
 			return fmt.Errorf("no handler for %q", topic)
 		}
-		h(p.id, payload)
+		return h(p.id, payload)
 	case frameData:
 		if len(b) < 20 {
 			return errors.New("malformed data frame")
@@ -787,12 +821,24 @@ func (m *Mesh) dispatch(p *peer, b []byte) error {
 		dst := binary.BigEndian.Uint32(b[3:])
 		from := int32(binary.BigEndian.Uint32(b[7:]))
 		h := DataHeader{Node: node, Dst: dst, From: from, Kind: b[11], Epoch: binary.BigEndian.Uint64(b[12:])}
-		return m.OnData(p.id, h, b[20:])
+		m.mu.Lock()
+		fn := m.onData
+		m.mu.Unlock()
+		if fn == nil {
+			return errors.New("data frame before this process was ready for one")
+		}
+		return fn(p.id, h, b[20:])
 	case frameCredit:
 		if len(b) != 11 {
 			return errors.New("malformed credit frame")
 		}
-		return m.OnCredit(p.id, binary.BigEndian.Uint16(b[1:]), binary.BigEndian.Uint32(b[3:]), binary.BigEndian.Uint32(b[7:]))
+		m.mu.Lock()
+		fn := m.onCredit
+		m.mu.Unlock()
+		if fn == nil {
+			return errors.New("credit frame before this process was ready for one")
+		}
+		return fn(p.id, binary.BigEndian.Uint16(b[1:]), binary.BigEndian.Uint32(b[3:]), binary.BigEndian.Uint32(b[7:]))
 	default:
 		return fmt.Errorf("unknown frame type %d", b[0])
 	}
