@@ -59,7 +59,9 @@ type ClusterConfig struct {
 	// missing at start-up, which ones and why.
 	OnWaiting func(msg string)
 	// Secret, if set, must be the same on every process: each connection
-	// proves both ends hold it, and a stranger is refused.
+	// proves both ends hold it, a stranger is refused, and every frame
+	// after that is authenticated and encrypted with keys derived from it
+	// (unless TLS is set, which protects the frames itself).
 	Secret []byte
 	// TLS, if set, runs the connections over mutually authenticated TLS:
 	// Certificates is this process's, RootCAs and ClientCAs the CA of its
