@@ -319,7 +319,7 @@ func (o runOptions) clusterSecurity(c *core.ClusterConfig, stderr io.Writer) err
 		c.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, ClientCAs: pool, MinVersion: tls.VersionTLS12}
 	}
 	if secret == "" && c.TLS == nil {
-		fmt.Fprintln(stderr, "flowrun: warning: the cluster's connections are not authenticated: anyone who reaches --addresses during start-up can join; set FLOWRUN_CLUSTER_SECRET (or --cluster-secret-file) on every process, or use --cluster-cert/--cluster-key/--cluster-ca")
+		fmt.Fprintln(stderr, "flowrun: warning: the cluster's connections are not authenticated: anyone who reaches --addresses during start-up can join, and anyone between the processes can read and change their frames; set FLOWRUN_CLUSTER_SECRET (or --cluster-secret-file) on every process, or use --cluster-cert/--cluster-key/--cluster-ca")
 	}
 	return nil
 }
