@@ -788,9 +788,13 @@ func (m *Mesh) rejected(p *peer, err error) {
 func (m *Mesh) readLoop(p *peer) {
 	defer close(p.done)
 	r := bufio.NewReaderSize(p.conn, 256<<10)
+	limit := uint32(maxFrame)
+	if p.seal != nil {
+		limit += sealOverhead
+	}
 	for {
 		p.conn.SetReadDeadline(time.Now().Add(peerSilence))
-		b, err := readFrameMax(r, maxFrame+sealOverhead)
+		b, err := readFrameMax(r, limit)
 		if err != nil {
 			if p.bye.Load() {
 				return
