@@ -50,7 +50,7 @@ go test -count=1 -timeout 30m $(go list ./... | grep -v '/integration$')
 # Each fuzz target runs briefly beyond its seed corpus (which go test ran).
 echo "test.sh: fuzzing (5s per target)" >&2
 for spec in backup:FuzzParseManifest backup:FuzzParseManifestKey backup:FuzzLoadCatalog backup:FuzzLockObject backup:FuzzDecompress \
-	internal/mesh:FuzzDispatch core:FuzzWireDecode recovery/clustered:FuzzPeerMessages; do
+	internal/mesh:FuzzDispatch core:FuzzWireDecode core:FuzzClusterFrames recovery/clustered:FuzzPeerMessages; do
 	# A finding fails the run (Go writes the input under testdata/fuzz/). The
 	# fuzzing engine itself can stall on a loaded machine ("fuzzing process
 	# hung or terminated unexpectedly"): that, and only that, is retried once.

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/flowkeep/flowkeep/internal/mesh"
@@ -22,14 +23,17 @@ import (
 // Contract: Send is ordered per (sender, receiver) pair and blocks while the
 // connection's bounded queue is full. Handlers run on the connection's reader
 // goroutine, in arrival order; they may block only on local resources (never
-// on another message). Barrier returns once every process reached the barrier
-// of that name, which also means every message sent before it by any process
-// to this one has been handled.
+// on another message). A handler checks everything a peer sent (indexes,
+// lengths, and that the message is expected now) and returns an error rather
+// than act on a bad message, or panic: the error fails the run, naming the
+// peer. Barrier returns once every process reached the barrier of that name,
+// which also means every message sent before it by any process to this one
+// has been handled.
 type Mesh interface {
 	Self() int
 	Processes() int
 	Send(ctx context.Context, to int, topic string, payload []byte) error
-	Handle(topic string, fn func(from int, payload []byte))
+	Handle(topic string, fn func(from int, payload []byte) error)
 	Barrier(ctx context.Context, name string) error
 	// Gather sends payload to every other process under topic and returns
 	// every process's payload for that topic (this one's included), once all
@@ -55,7 +59,9 @@ type ClusterConfig struct {
 	// missing at start-up, which ones and why.
 	OnWaiting func(msg string)
 	// Secret, if set, must be the same on every process: each connection
-	// proves both ends hold it, and a stranger is refused.
+	// proves both ends hold it, a stranger is refused, and every frame
+	// after that is authenticated and encrypted with keys derived from it
+	// (unless TLS is set, which protects the frames itself).
 	Secret []byte
 	// TLS, if set, runs the connections over mutually authenticated TLS:
 	// Certificates is this process's, RootCAs and ClientCAs the CA of its
@@ -70,6 +76,13 @@ type ClusterRecovery interface {
 	Attach(m Mesh)
 }
 
+// The phases of a cluster run, as its frame handlers see them.
+const (
+	phaseJoined  = iota // connected; exchanges not set up: no data or credit may come
+	phaseLoading        // exchanges set up; snapshot rows from peers may come
+	phaseRunning        // exchanges set up; loading is over (or there was none)
+)
+
 // remoteCredits is how many messages may be in flight per (source process,
 // step, destination worker).
 const remoteCredits = 16
@@ -80,6 +93,16 @@ type clusterState struct {
 	wires   map[*node]wireCodec
 	rinbox  map[*node][]chan msg      // by global worker; this process's workers only
 	credits map[*node][]chan struct{} // by global worker; other processes' workers only
+	// senderProc is, per exchanged step, the process of each sending
+	// segment: a peer may only send as its own segments.
+	senderProc map[*node][]int
+
+	// phase says which frames may arrive now (the handlers run on the
+	// mesh's reader goroutines; the fields above are written before phase
+	// moves past phaseJoined and only read after). phaseMu is held for
+	// writing to leave phaseLoading, and for reading while rows are applied.
+	phase   atomic.Int32
+	phaseMu sync.RWMutex
 
 	loadMu  sync.Mutex
 	loadBuf map[int][]byte // rows bound for each process
@@ -108,18 +131,7 @@ func (x *execution) joinCluster() error {
 	if err != nil {
 		return err
 	}
-	x.mesh = m
-	x.cl.nodeIdx = map[*node]uint16{}
-	x.cl.wires = map[*node]wireCodec{}
-	for i, n := range x.flow.nodes {
-		x.cl.nodeIdx[n] = uint16(i)
-		if n.kind == kindExchanged {
-			x.cl.wires[n] = n.exchanged.wire()
-		}
-	}
-	m.OnData = x.onData
-	m.OnCredit = x.onCredit
-	m.Handle("load.rows", x.onLoadRows)
+	x.attachMesh(m)
 	if x.rec != nil {
 		cr, ok := x.rec.(ClusterRecovery)
 		if !ok {
@@ -131,11 +143,29 @@ func (x *execution) joinCluster() error {
 	return nil
 }
 
+// attachMesh makes m this execution's mesh and registers the runtime's
+// handlers on it.
+func (x *execution) attachMesh(m *mesh.Mesh) {
+	x.mesh = m
+	x.cl.nodeIdx = map[*node]uint16{}
+	x.cl.wires = map[*node]wireCodec{}
+	for i, n := range x.flow.nodes {
+		x.cl.nodeIdx[n] = uint16(i)
+		if n.kind == kindExchanged {
+			x.cl.wires[n] = n.exchanged.wire()
+		}
+	}
+	m.HandleData(x.onData)
+	m.HandleCredit(x.onCredit)
+	m.Handle("load.rows", x.onLoadRows)
+}
+
 // setupClusterExchanges makes the remote inboxes of this process's workers
 // and the credit windows towards other processes' workers.
 func (x *execution) setupClusterExchanges() {
 	x.cl.rinbox = map[*node][]chan msg{}
 	x.cl.credits = map[*node][]chan struct{}{}
+	x.cl.senderProc = map[*node][]int{}
 	for _, n := range x.flow.nodes {
 		if n.kind != kindExchanged {
 			continue
@@ -181,15 +211,24 @@ func (x *execution) sendRemote(n *node, d int, m msg, batch any) error {
 func (x *execution) onData(from int, h mesh.DataHeader, payload []byte) error {
 	nodeIdx, dst := h.Node, h.Dst
 	m := msg{kind: msgKind(h.Kind), from: h.From, epoch: Epoch(h.Epoch)}
-	if int(nodeIdx) >= len(x.flow.nodes) || int(dst) >= x.workers || !x.isLocal(int(dst)) {
-		return fmt.Errorf("data for step %d worker %d, which is not here", nodeIdx, dst)
+	if int(nodeIdx) >= len(x.flow.nodes) {
+		return fmt.Errorf("data for step %d of %d", nodeIdx, len(x.flow.nodes))
 	}
 	n := x.flow.nodes[nodeIdx]
-	if x.cl.rinbox[n] == nil || x.cl.rinbox[n][dst] == nil {
+	if n.kind != kindExchanged {
+		return fmt.Errorf("data for %s, which is not an exchange", n.id)
+	}
+	if int(dst) >= x.workers || !x.isLocal(int(dst)) {
+		return fmt.Errorf("data for %s worker %d, which is not this process's", n.id, dst)
+	}
+	if x.cl.phase.Load() == phaseJoined {
 		return fmt.Errorf("data for %s worker %d before this process was ready", n.id, dst)
 	}
-	if m.kind > msgEOF || m.from < 0 || int(m.from) >= x.senders[n] {
-		return fmt.Errorf("malformed data frame for %s (kind %d from sender %d)", n.id, m.kind, m.from)
+	if m.kind > msgEOF {
+		return fmt.Errorf("data frame for %s of unknown kind %d", n.id, m.kind)
+	}
+	if procs := x.cl.senderProc[n]; m.from < 0 || int(m.from) >= len(procs) || procs[m.from] != from {
+		return fmt.Errorf("data for %s from sender %d, which is not process %d's", n.id, m.from, from)
 	}
 	if m.kind == msgData {
 		b, err := x.cl.wires[n].decode(payload)
@@ -207,17 +246,33 @@ func (x *execution) onData(from int, h mesh.DataHeader, payload []byte) error {
 	}
 }
 
-func (x *execution) onCredit(from int, nodeIdx uint16, dst uint32, k uint32) {
-	if int(nodeIdx) >= len(x.flow.nodes) || int(dst) >= x.workers {
-		return
+// onCredit takes back credits that process from returns for its worker
+// dst's window (reader goroutine).
+func (x *execution) onCredit(from int, nodeIdx uint16, dst uint32, k uint32) error {
+	if int(nodeIdx) >= len(x.flow.nodes) {
+		return fmt.Errorf("credit for step %d of %d", nodeIdx, len(x.flow.nodes))
 	}
-	ch := x.cl.credits[x.flow.nodes[nodeIdx]][dst]
-	for i := uint32(0); i < k && ch != nil; i++ {
+	n := x.flow.nodes[nodeIdx]
+	if n.kind != kindExchanged {
+		return fmt.Errorf("credit for %s, which is not an exchange", n.id)
+	}
+	if int(dst) >= x.workers || x.isLocal(int(dst)) || x.ownerOf(int(dst)) != from {
+		return fmt.Errorf("credit for %s worker %d, which is not process %d's", n.id, dst, from)
+	}
+	if x.cl.phase.Load() == phaseJoined {
+		return fmt.Errorf("credit for %s worker %d before this process was ready", n.id, dst)
+	}
+	cr := x.cl.credits[n]
+	if k > remoteCredits {
+		return fmt.Errorf("%d credits for %s worker %d, more than its window of %d", k, n.id, dst, remoteCredits)
+	}
+	for i := uint32(0); i < k; i++ {
 		select {
-		case ch <- struct{}{}:
-		default:
+		case cr[dst] <- struct{}{}:
+		default: // the window is full
 		}
 	}
+	return nil
 }
 
 // creditReturn gives processed remote messages' credits back in batches.
@@ -282,16 +337,29 @@ func (x *execution) setupClusterClock() {
 			}
 			x.mesh.Broadcast(x.ctx, "clock", b)
 		}
-		x.mesh.Handle("clock.done", func(int, []byte) { c.partitionDone() })
+		x.mesh.Handle("clock.done", func(from int, b []byte) error {
+			if len(b) != 0 {
+				return fmt.Errorf("malformed end of partition")
+			}
+			if !c.ended() {
+				return fmt.Errorf("process %d ended a partition after every partition had ended", from)
+			}
+			return nil
+		})
 		return
 	}
 	c.follower = true
 	c.forward = func() { x.mesh.Send(x.ctx, 0, "clock.done", nil) }
-	x.mesh.Handle("clock", func(_ int, b []byte) {
-		e, k := binary.Uvarint(b)
-		if k > 0 {
-			c.set(Epoch(e), len(b) > k && b[k] == 1)
+	x.mesh.Handle("clock", func(from int, b []byte) error {
+		if from != 0 {
+			return fmt.Errorf("clock from process %d: only process 0 leads it", from)
 		}
+		e, k := binary.Uvarint(b)
+		if k <= 0 || len(b) > k+1 || len(b) == k+1 && b[k] != 1 {
+			return fmt.Errorf("malformed clock message")
+		}
+		c.set(Epoch(e), len(b) == k+1)
+		return nil
 	})
 }
 
@@ -325,10 +393,14 @@ func (x *execution) flushLoaded() error {
 	return nil
 }
 
-func (x *execution) onLoadRows(from int, b []byte) {
-	if x.roots == nil {
-		x.cancel(fmt.Errorf("snapshot rows from process %d arrived before this process was ready", from))
-		return
+func (x *execution) onLoadRows(from int, b []byte) error {
+	x.cl.phaseMu.RLock()
+	defer x.cl.phaseMu.RUnlock()
+	switch x.cl.phase.Load() {
+	case phaseJoined:
+		return fmt.Errorf("snapshot rows arrived before this process was ready")
+	case phaseRunning:
+		return fmt.Errorf("snapshot rows arrived after this process loaded its snapshot (or it loads none)")
 	}
 	var rows []Loaded
 	for len(b) > 0 {
@@ -346,13 +418,13 @@ func (x *execution) onLoadRows(from int, b []byte) {
 			}
 		}
 		if err != nil {
-			x.cancel(fmt.Errorf("snapshot rows from process %d: %w", from, err))
-			return
+			return fmt.Errorf("snapshot rows: %w", err)
 		}
 	}
 	if err := x.applyLoaded(rows, false); err != nil {
-		x.cancel(fmt.Errorf("snapshot rows from process %d: %w", from, err))
+		return fmt.Errorf("snapshot rows: %w", err)
 	}
+	return nil
 }
 
 func parseEnd(value []byte) (Epoch, error) {

@@ -228,7 +228,7 @@ func (x *execution) execute() (Epoch, error) {
 	if err := x.plan(); err != nil {
 		return 0, err
 	}
-	if x.rec != nil && x.start > 1 {
+	if x.loads() {
 		if x.mesh != nil {
 			// Rows for this process's instances may only come once they exist.
 			if err := x.mesh.Barrier(x.ctx, "planned"); err != nil {
@@ -349,6 +349,17 @@ func (x *execution) plan() error {
 			x.senders = map[*node]int{}
 		}
 		x.senders[n] = ns
+		if x.mesh != nil {
+			procs := make([]int, ns)
+			for i := range procs {
+				if up := n.upstreamRoot(); up.kind == kindInput {
+					procs[i] = x.ownerOf(int(WorkerFor(parts[up][i], x.workers)))
+				} else {
+					procs[i] = x.ownerOf(i)
+				}
+			}
+			x.cl.senderProc[n] = procs
+		}
 		rs := make([]rootOp, x.workers)
 		for w := 0; w < x.workers; w++ {
 			if !x.isLocal(w) {
@@ -380,8 +391,19 @@ func (x *execution) plan() error {
 			x.ledgers[w] = newLedger(WorkerIndex(w), comps[w], x.start, x.rec)
 		}
 	}
+	if x.mesh != nil {
+		// Frames from peers may be acted on from here (see clusterState).
+		if x.loads() {
+			x.cl.phase.Store(phaseLoading)
+		} else {
+			x.cl.phase.Store(phaseRunning)
+		}
+	}
 	return nil
 }
+
+// loads says whether this run loads a snapshot before it starts.
+func (x *execution) loads() bool { return x.rec != nil && x.start > 1 }
 
 // downstream builds the ops that consume n's output inside seg.
 func (x *execution) downstream(seg *segment, n *node) op {
@@ -434,7 +456,12 @@ func (x *execution) load() error {
 			return err
 		}
 		// After this every row every process scanned has arrived here.
-		return x.mesh.Barrier(x.ctx, "loaded")
+		if err := x.mesh.Barrier(x.ctx, "loaded"); err != nil {
+			return err
+		}
+		x.cl.phaseMu.Lock()
+		x.cl.phase.Store(phaseRunning)
+		x.cl.phaseMu.Unlock()
 	}
 	return nil
 }
@@ -794,7 +821,18 @@ func (c *clock) partitionDone() {
 		c.forward()
 		return
 	}
+	c.ended()
+}
+
+// ended counts the end of one source partition (on the leader, whose
+// followers report theirs); it reports false, and counts nothing, when every
+// partition had already ended.
+func (c *clock) ended() bool {
 	c.mu.Lock()
+	if c.pending <= 0 {
+		c.mu.Unlock()
+		return false
+	}
 	c.pending--
 	became := c.pending == 0 && !c.final
 	if became {
@@ -806,6 +844,7 @@ func (c *clock) partitionDone() {
 	if became && c.hook != nil {
 		c.hook(e, true)
 	}
+	return true
 }
 
 // set applies the leader's epoch (and finality).

@@ -109,7 +109,7 @@ Flows: ` + flowNames(specs) + `
 	f.StringSliceVar(&o.Addresses, "addresses", nil, "host:port of every process of the cluster, in process order; each listens on its own (e.g. --addresses 10.0.0.1:7400,10.0.0.2:7400)")
 	f.StringVar(&o.Listen, "listen", "", "address this process listens on for its peers (default: its own --addresses entry), e.g. --listen :7400 behind NAT or a Kubernetes Service")
 	f.Var(human.Duration{D: &o.ConnTimeout}, "connect-timeout", "how long to wait for every process of the cluster to connect at start-up: seconds or a duration (default 60s)")
-	f.StringVar(&o.Secret, "cluster-secret", "", "a secret shared by every process of the cluster: each connection proves both ends hold it, and strangers are refused (prefer FLOWRUN_CLUSTER_SECRET or --cluster-secret-file: a flag shows in ps)")
+	f.StringVar(&o.Secret, "cluster-secret", "", "a secret shared by every process of the cluster: each connection proves both ends hold it, strangers are refused, and every frame is authenticated and encrypted (prefer FLOWRUN_CLUSTER_SECRET or --cluster-secret-file: a flag shows in ps)")
 	f.StringVar(&o.SecretFile, "cluster-secret-file", "", "read --cluster-secret from this file (e.g. a mounted Kubernetes Secret)")
 	f.StringVar(&o.Cert, "cluster-cert", "", "PEM certificate of this process: run the cluster's connections over mutual TLS (with --cluster-key and --cluster-ca)")
 	f.StringVar(&o.Key, "cluster-key", "", "PEM private key of --cluster-cert")
@@ -319,7 +319,7 @@ func (o runOptions) clusterSecurity(c *core.ClusterConfig, stderr io.Writer) err
 		c.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, ClientCAs: pool, MinVersion: tls.VersionTLS12}
 	}
 	if secret == "" && c.TLS == nil {
-		fmt.Fprintln(stderr, "flowrun: warning: the cluster's connections are not authenticated: anyone who reaches --addresses during start-up can join; set FLOWRUN_CLUSTER_SECRET (or --cluster-secret-file) on every process, or use --cluster-cert/--cluster-key/--cluster-ca")
+		fmt.Fprintln(stderr, "flowrun: warning: the cluster's connections are not authenticated: anyone who reaches --addresses during start-up can join, and anyone between the processes can read and change their frames; set FLOWRUN_CLUSTER_SECRET (or --cluster-secret-file) on every process, or use --cluster-cert/--cluster-key/--cluster-ca")
 	}
 	return nil
 }

@@ -14,13 +14,33 @@
 //     refused and the wait goes on (a stranger cannot take a peer's place or
 //     stop the start); the reason is in the error if the wait times out.
 //     Dial returns once every peer answered, or fails.
-//   - Frames from a peer are bounded (maxFrame, and 64 KiB before it is
-//     authenticated) and are allocated as their bytes arrive.
+//   - What is protected after the handshake. With a Secret (and no TLS),
+//     every frame in both directions is sealed (seal.go): AES-256-GCM under
+//     a key of its own per connection and direction, derived with HKDF from
+//     the secret and both hellos, with the frame's sequence number in its
+//     direction as the nonce. A frame that someone between the processes
+//     injected, changed, replayed or moved, and the first frame after one
+//     they dropped, fails authentication: it is not acted on, the
+//     connection is closed and the run fails with an error naming the peer
+//     that wraps ErrFrameAuth. The frames' contents are also encrypted (the
+//     hellos are not). Not protected: that frames keep flowing (a relay can
+//     stall or cut a connection, which fails the run as a lost peer does),
+//     and their sizes and timing. With TLS, TLS protects every frame and no
+//     second layer is added. With neither, nothing is: anyone who can reach
+//     the processes, or sit between them, can join, read and inject frames.
+//   - Frames from a peer are bounded (maxFrame plus the seal's tag, and
+//     64 KiB during the handshake) and are allocated as their bytes arrive,
+//     so a frame whose length was forged costs at most that before its
+//     authentication fails.
 //   - Send is ordered per (sender, receiver) pair and blocks while the
 //     connection's bounded queue is full.
-//   - Handlers (Handle, and the OnData and OnCredit hooks) run on the
-//     connection's reader goroutine, in arrival order; they may block only on
-//     local resources, never on another message.
+//   - Handlers (Handle, HandleData, HandleCredit) run on the connection's
+//     reader goroutine, in arrival order; they may block only on local
+//     resources, never on another message. Whatever a peer sends, neither
+//     the mesh nor a handler may panic: a frame that is malformed, unknown,
+//     early (no handler yet) or that a handler refuses (returns an error
+//     for) fails the run as a lost peer does, and the frames after it on
+//     that connection are not read.
 //   - Barrier returns once every process reached the barrier of that name,
 //     which also means every message sent before it by any process to this
 //     one has been handled. Gather is a barrier that also collects one
@@ -70,7 +90,8 @@ type Config struct {
 	// which ones and why.
 	Waiting func(msg string)
 	// Secret, if set, is shared by every process of the cluster: a peer
-	// must prove it holds it.
+	// must prove it holds it, and (without TLS) every frame after the
+	// handshake is sealed with keys derived from it (see the package doc).
 	Secret []byte
 	// TLS, if set, runs every connection over TLS with this configuration
 	// (own certificate, and the CA that signs the peers': RootCAs for
@@ -101,8 +122,9 @@ const (
 )
 
 // helloVersion is the handshake's version; a hello carries it and whether
-// the sender requires the secret.
-const helloVersion = 2
+// the sender requires the secret. Version 3 seals every frame after the
+// handshake when there is a secret (and no TLS).
+const helloVersion = 3
 
 // waitReport is how often Dial's Waiting hears of missing peers (a
 // variable for tests).
@@ -134,16 +156,12 @@ type Mesh struct {
 	peers  []*peer
 
 	mu       sync.Mutex
-	handlers map[string]func(int, []byte)
+	handlers map[string]func(int, []byte) error
+	onData   func(from int, h DataHeader, payload []byte) error
+	onCredit func(from int, node uint16, dst uint32, n uint32) error
 	barriers map[string]map[int]bool
 	gathered map[string]map[int][]byte
 	barrierC chan struct{} // closed and replaced whenever a barrier or gather message arrives
-
-	// OnData receives data frames and OnCredit credit frames (set them
-	// before the first frame can arrive: before any process passes a
-	// barrier after Dial).
-	OnData   func(from int, h DataHeader, payload []byte) error
-	OnCredit func(from int, node uint16, dst uint32, n uint32)
 
 	failOnce sync.Once
 	fail     func(error)
@@ -158,6 +176,7 @@ type peer struct {
 	done   chan struct{} // reader ended
 	wdone  chan struct{} // writer ended
 	closed atomic.Bool
+	seal   *sealing // nil: frames travel as they are (no secret, or TLS)
 }
 
 // Self is this process's index.
@@ -166,10 +185,28 @@ func (m *Mesh) Self() int { return m.self }
 // Processes is the number of processes in the cluster.
 func (m *Mesh) Processes() int { return len(m.addrs) }
 
-// Handle registers fn for messages of topic.
-func (m *Mesh) Handle(topic string, fn func(int, []byte)) {
+// Handle registers fn for messages of topic. An error from fn fails the
+// run (see the package doc); a message of a topic without a handler does
+// too.
+func (m *Mesh) Handle(topic string, fn func(from int, payload []byte) error) {
 	m.mu.Lock()
 	m.handlers[topic] = fn
+	m.mu.Unlock()
+}
+
+// HandleData registers fn for data frames, as Handle does for a topic.
+// Until it is called a data frame fails the run.
+func (m *Mesh) HandleData(fn func(from int, h DataHeader, payload []byte) error) {
+	m.mu.Lock()
+	m.onData = fn
+	m.mu.Unlock()
+}
+
+// HandleCredit registers fn for credit frames, as Handle does for a topic.
+// Until it is called a credit frame fails the run.
+func (m *Mesh) HandleCredit(fn func(from int, node uint16, dst uint32, n uint32) error) {
+	m.mu.Lock()
+	m.onCredit = fn
 	m.mu.Unlock()
 }
 
@@ -278,7 +315,7 @@ func Dial(ctx context.Context, cfg Config, ident string, fail func(error)) (*Mes
 		timeout = 60 * time.Second
 	}
 	m := &Mesh{self: cfg.Self, addrs: cfg.Addresses, ident: ident, secret: cfg.Secret, tls: cfg.TLS, peers: make([]*peer, n),
-		handlers: map[string]func(int, []byte){}, barriers: map[string]map[int]bool{}, gathered: map[string]map[int][]byte{}, barrierC: make(chan struct{}), fail: fail}
+		handlers: map[string]func(int, []byte) error{}, barriers: map[string]map[int]bool{}, gathered: map[string]map[int][]byte{}, barrierC: make(chan struct{}), fail: fail}
 	listen := cfg.Listen
 	if listen == "" {
 		listen = cfg.Addresses[cfg.Self]
@@ -296,6 +333,7 @@ func Dial(ctx context.Context, cfg Config, ident string, fail func(error)) (*Mes
 	type result struct {
 		id   int
 		conn net.Conn
+		seal *sealing
 		err  error
 	}
 	results := make(chan result, n)
@@ -317,7 +355,7 @@ func Dial(ctx context.Context, cfg Config, ident string, fail func(error)) (*Mes
 			}
 			go func() {
 				c.SetDeadline(time.Now().Add(min(timeout, helloTimeout)))
-				id, err := m.accept(c)
+				id, seal, err := m.accept(c)
 				c.SetDeadline(time.Time{})
 				if err != nil {
 					c.Close()
@@ -327,7 +365,7 @@ func Dial(ctx context.Context, cfg Config, ident string, fail func(error)) (*Mes
 					return
 				}
 				select {
-				case results <- result{id, c, nil}:
+				case results <- result{id, c, seal, nil}:
 				default: // more peers than expected: Dial has failed
 					c.Close()
 				}
@@ -341,15 +379,16 @@ func Dial(ctx context.Context, cfg Config, ident string, fail func(error)) (*Mes
 				if err == nil {
 					c.SetDeadline(time.Now().Add(min(timeout, helloTimeout)))
 					var id int
-					id, err = m.greet(c, j)
+					var seal *sealing
+					id, seal, err = m.greet(c, j)
 					c.SetDeadline(time.Time{})
 					if err == nil {
-						results <- result{id, c, nil}
+						results <- result{id, c, seal, nil}
 						return
 					}
 					c.Close()
 					if !retryable(err) {
-						results <- result{j, nil, fmt.Errorf("process %d at %s: %w", j, cfg.Addresses[j], err)}
+						results <- result{j, nil, nil, fmt.Errorf("process %d at %s: %w", j, cfg.Addresses[j], err)}
 						return
 					}
 				}
@@ -404,7 +443,7 @@ func Dial(ctx context.Context, cfg Config, ident string, fail func(error)) (*Mes
 				if ctx.Err() != context.DeadlineExceeded {
 					err = context.Cause(ctx)
 				}
-				r = result{-1, nil, err}
+				r = result{-1, nil, nil, err}
 				break wait
 			}
 		}
@@ -418,7 +457,7 @@ func Dial(ctx context.Context, cfg Config, ident string, fail func(error)) (*Mes
 			break
 		}
 		whyMu.Lock()
-		m.peers[r.id] = &peer{id: r.id, conn: r.conn, out: make(chan frame, peerQueue), done: make(chan struct{}), wdone: make(chan struct{})}
+		m.peers[r.id] = &peer{id: r.id, conn: r.conn, out: make(chan frame, peerQueue), done: make(chan struct{}), wdone: make(chan struct{}), seal: r.seal}
 		whyMu.Unlock()
 	}
 	if firstErr != nil {
@@ -551,70 +590,78 @@ func (m *Mesh) checkProof(c net.Conn, role string, dh, ah []byte) error {
 }
 
 // greet is the dialing end's handshake with process want.
-func (m *Mesh) greet(c net.Conn, want int) (int, error) {
+func (m *Mesh) greet(c net.Conn, want int) (int, *sealing, error) {
 	dh, err := m.hello()
 	if err != nil {
-		return -1, err
+		return -1, nil, err
 	}
 	if err := writeFrame(c, dh); err != nil {
-		return -1, fmt.Errorf("handshake: %w", err)
+		return -1, nil, fmt.Errorf("handshake: %w", err)
 	}
 	// Unbuffered reads: the peer's first frames may follow the handshake
 	// at once, and must be left in the connection for the reader.
 	ah, err := readFrameMax(c, maxHelloFrame)
 	if err != nil {
-		return -1, fmt.Errorf("handshake: %w", err)
+		return -1, nil, fmt.Errorf("handshake: %w", err)
 	}
 	id, err := m.parseHello(ah)
 	if err != nil {
-		return -1, err
+		return -1, nil, err
 	}
 	if id != want {
-		return -1, mismatch("answered as process %d: is --addresses the same, in the same order, on every process?", id)
+		return -1, nil, mismatch("answered as process %d: is --addresses the same, in the same order, on every process?", id)
 	}
 	if len(m.secret) > 0 {
 		perr := m.checkProof(c, "acceptor", dh, ah)
 		// Our proof goes out even when theirs failed, so that both ends
 		// can say the secrets differ.
 		if err := writeFrame(c, append([]byte{frameAuth}, m.proof("dialer", dh, ah)...)); err != nil && perr == nil {
-			return -1, fmt.Errorf("handshake: %w", err)
+			return -1, nil, fmt.Errorf("handshake: %w", err)
 		}
 		if perr != nil {
-			return -1, perr
+			return -1, nil, perr
 		}
 	}
-	return id, nil
+	seal, err := m.sealingFor(dh, ah, true)
+	if err != nil {
+		return -1, nil, err
+	}
+	return id, seal, nil
 }
 
 // accept is the accepting end's handshake; only lower processes dial.
-func (m *Mesh) accept(c net.Conn) (int, error) {
+func (m *Mesh) accept(c net.Conn) (int, *sealing, error) {
 	dh, err := readFrameMax(c, maxHelloFrame)
 	if err != nil {
-		return -1, fmt.Errorf("handshake: %w", err)
+		return -1, nil, fmt.Errorf("handshake: %w", err)
 	}
 	id, err := m.parseHello(dh)
 	if err != nil {
-		return -1, err
+		return -1, nil, err
 	}
 	if id >= m.self {
-		return -1, fmt.Errorf("process %d dialed this one (%d); only lower processes do", id, m.self)
+		return -1, nil, fmt.Errorf("process %d dialed this one (%d); only lower processes do", id, m.self)
 	}
 	ah, err := m.hello()
 	if err != nil {
-		return -1, err
+		return -1, nil, err
 	}
 	if err := writeFrame(c, ah); err != nil {
-		return -1, fmt.Errorf("handshake: %w", err)
+		return -1, nil, fmt.Errorf("handshake: %w", err)
 	}
 	if len(m.secret) > 0 {
 		if err := writeFrame(c, append([]byte{frameAuth}, m.proof("acceptor", dh, ah)...)); err != nil {
-			return -1, fmt.Errorf("handshake: %w", err)
+			return -1, nil, fmt.Errorf("handshake: %w", err)
 		}
 		if err := m.checkProof(c, "dialer", dh, ah); err != nil {
-			return -1, err
+			return -1, nil, err
 		}
 	}
-	return id, nil
+	seal, err := m.sealingFor(dh, ah, false)
+	if err != nil {
+		return -1, nil, err
+	}
+	return id, seal, nil
 }
 
 func writeFrame(w io.Writer, b []byte) error {
@@ -681,7 +728,13 @@ func (m *Mesh) writeLoop(p *peer) {
 		case <-t.C:
 			f = frame{typ: framePing}
 		}
-		if err := writeTyped(w, f.typ, f.b); err != nil {
+		var err error
+		if p.seal != nil {
+			err = p.seal.writeSealed(w, f.typ, f.b)
+		} else {
+			err = writeTyped(w, f.typ, f.b)
+		}
+		if err != nil {
 			m.peerFailed(p, err)
 			return
 		}
@@ -707,12 +760,41 @@ func (m *Mesh) peerFailed(p *peer, err error) {
 	})
 }
 
+// forged fails the run because a frame from peer p failed authentication
+// (it is not acted on) and ends the connection: nothing more is read from
+// it, or sent on it.
+func (m *Mesh) forged(p *peer, err error) {
+	if !m.closing.Load() {
+		m.failOnce.Do(func() {
+			m.fail(fmt.Errorf("connection with process %d (%s): %w; the connection is closed", p.id, m.addrs[p.id], err))
+		})
+	}
+	if p.closed.CompareAndSwap(false, true) {
+		p.conn.Close()
+	}
+}
+
+// rejected fails the run because peer p sent a frame this process must not
+// act on.
+func (m *Mesh) rejected(p *peer, err error) {
+	if m.closing.Load() {
+		return
+	}
+	m.failOnce.Do(func() {
+		m.fail(fmt.Errorf("process %d (%s) sent a bad frame: %w", p.id, m.addrs[p.id], err))
+	})
+}
+
 func (m *Mesh) readLoop(p *peer) {
 	defer close(p.done)
 	r := bufio.NewReaderSize(p.conn, 256<<10)
+	limit := uint32(maxFrame)
+	if p.seal != nil {
+		limit += sealOverhead
+	}
 	for {
 		p.conn.SetReadDeadline(time.Now().Add(peerSilence))
-		b, err := readFrameMax(r, maxFrame)
+		b, err := readFrameMax(r, limit)
 		if err != nil {
 			if p.bye.Load() {
 				return
@@ -720,8 +802,14 @@ func (m *Mesh) readLoop(p *peer) {
 			m.peerFailed(p, err)
 			return
 		}
+		if p.seal != nil {
+			if b, err = p.seal.open(b); err != nil {
+				m.forged(p, err)
+				return
+			}
+		}
 		if err := m.dispatch(p, b); err != nil {
-			m.peerFailed(p, err)
+			m.rejected(p, err)
 			return
 		}
 		if p.bye.Load() {
@@ -730,7 +818,12 @@ func (m *Mesh) readLoop(p *peer) {
 	}
 }
 
+// dispatch acts on one frame from peer p, or says why it must not: it
+// never panics, whatever the frame holds.
 func (m *Mesh) dispatch(p *peer, b []byte) error {
+	if len(b) == 0 {
+		return errors.New("empty frame")
+	}
 	switch b[0] {
 	case framePing:
 	case frameBye:
@@ -778,7 +871,7 @@ func (m *Mesh) dispatch(p *peer, b []byte) error {
 		if h == nil {
 			return fmt.Errorf("no handler for %q", topic)
 		}
-		h(p.id, payload)
+		return h(p.id, payload)
 	case frameData:
 		if len(b) < 20 {
 			return errors.New("malformed data frame")
@@ -787,12 +880,24 @@ func (m *Mesh) dispatch(p *peer, b []byte) error {
 		dst := binary.BigEndian.Uint32(b[3:])
 		from := int32(binary.BigEndian.Uint32(b[7:]))
 		h := DataHeader{Node: node, Dst: dst, From: from, Kind: b[11], Epoch: binary.BigEndian.Uint64(b[12:])}
-		return m.OnData(p.id, h, b[20:])
+		m.mu.Lock()
+		fn := m.onData
+		m.mu.Unlock()
+		if fn == nil {
+			return errors.New("data frame before this process was ready for one")
+		}
+		return fn(p.id, h, b[20:])
 	case frameCredit:
 		if len(b) != 11 {
 			return errors.New("malformed credit frame")
 		}
-		m.OnCredit(p.id, binary.BigEndian.Uint16(b[1:]), binary.BigEndian.Uint32(b[3:]), binary.BigEndian.Uint32(b[7:]))
+		m.mu.Lock()
+		fn := m.onCredit
+		m.mu.Unlock()
+		if fn == nil {
+			return errors.New("credit frame before this process was ready for one")
+		}
+		return fn(p.id, binary.BigEndian.Uint16(b[1:]), binary.BigEndian.Uint32(b[3:]), binary.BigEndian.Uint32(b[7:]))
 	default:
 		return fmt.Errorf("unknown frame type %d", b[0])
 	}

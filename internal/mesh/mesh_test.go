@@ -67,7 +67,7 @@ func pingPong(t *testing.T, ms []*Mesh) {
 	t.Helper()
 	got := make(chan string, len(ms))
 	for _, m := range ms {
-		m.Handle("hi", func(from int, b []byte) { got <- string(b) })
+		m.Handle("hi", func(from int, b []byte) error { got <- string(b); return nil })
 	}
 	for _, m := range ms {
 		if err := m.Broadcast(context.Background(), "hi", []byte("x")); err != nil {
@@ -279,10 +279,11 @@ func FuzzDispatch(f *testing.F) {
 		if len(b) == 0 {
 			return // readFrameMax never returns an empty frame
 		}
-		m := &Mesh{addrs: []string{"a", "b"}, handlers: map[string]func(int, []byte){"hi": func(int, []byte) {}},
+		m := &Mesh{addrs: []string{"a", "b"}, handlers: map[string]func(int, []byte) error{"hi": func(int, []byte) error { return nil }},
 			barriers: map[string]map[int]bool{}, gathered: map[string]map[int][]byte{}, barrierC: make(chan struct{}), fail: func(error) {}}
-		m.OnData = func(int, DataHeader, []byte) error { return nil }
-		m.OnCredit = func(int, uint16, uint32, uint32) {}
+		m.dispatch(&peer{id: 1}, b) // before the data and credit handlers are set
+		m.HandleData(func(int, DataHeader, []byte) error { return nil })
+		m.HandleCredit(func(int, uint16, uint32, uint32) error { return nil })
 		m.dispatch(&peer{id: 1}, b)
 		m.parseHello(b)
 	})

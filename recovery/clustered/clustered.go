@@ -18,6 +18,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/flowkeep/flowkeep/core"
@@ -40,6 +41,9 @@ type Recovery struct {
 	pending map[recovery.PartitionIndex]recovery.Epoch
 	done    chan struct{}
 	failure error
+	// begun is set once this process's partitions began: peers' commits may
+	// come from then on (the handlers run on the mesh's reader goroutines).
+	begun atomic.Bool
 }
 
 var _ core.ClusterRecovery = (*Recovery)(nil)
@@ -117,7 +121,9 @@ func (r *Recovery) Begin(ctx context.Context, workers int) (core.RunInfo, error)
 		}
 		owned = append(owned, p)
 	}
+	r.mu.Lock()
 	r.pmin = make([]recovery.Epoch, count)
+	r.mu.Unlock()
 	r.pminC = make(chan struct{}, 1)
 	r.risen = make(chan struct{})
 	r.done = make(chan struct{})
@@ -161,13 +167,16 @@ func (r *Recovery) Begin(ctx context.Context, workers int) (core.RunInfo, error)
 		return core.RunInfo{}, err
 	}
 	r.store.UseLineage(ls)
+	r.mu.Lock()
 	for i := range r.pmin {
 		r.pmin[i] = rp.Epoch
 	}
+	r.mu.Unlock()
 	if err := r.store.BeginAt(ctx, rp, workers); err != nil {
 		r.store.Close()
 		return core.RunInfo{}, fmt.Errorf("process %d: %w", self, err)
 	}
+	r.begun.Store(true)
 	go r.announce()
 	if err := r.mesh.Barrier(ctx, "rec.begun"); err != nil {
 		return core.RunInfo{}, err
@@ -311,18 +320,26 @@ func (r *Recovery) ownsAny(p int) bool {
 	return false
 }
 
-func (r *Recovery) onCommit(from int, b []byte) {
-	w, f, rows, err := decodeCommit(b)
-	if err == nil {
-		err = r.store.Commit(context.Background(), recovery.WorkerIndex(w), recovery.Epoch(f), rows)
+// onCommit writes rows a peer routed to this process's partitions. A
+// malformed or early message is the peer's fault and fails the run through
+// the mesh; a failed write is this process's, kept for Commit and
+// WaitDurable to return.
+func (r *Recovery) onCommit(from int, b []byte) error {
+	if !r.begun.Load() {
+		return fmt.Errorf("commit before this process began its partitions")
 	}
+	w, f, rows, err := decodeCommit(b)
 	if err != nil {
+		return err
+	}
+	if err := r.store.Commit(context.Background(), recovery.WorkerIndex(w), recovery.Epoch(f), rows); err != nil {
 		r.mu.Lock()
 		if r.failure == nil {
 			r.failure = fmt.Errorf("commit from process %d: %w", from, err)
 		}
 		r.mu.Unlock()
 	}
+	return nil
 }
 
 // committed is called by the store when one of this process's partitions
@@ -370,17 +387,24 @@ func (r *Recovery) announce() {
 	}
 }
 
-func (r *Recovery) onPmin(_ int, b []byte) {
+// onPmin records the committed frontiers a peer announces.
+func (r *Recovery) onPmin(_ int, b []byte) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.pmin == nil {
+		return fmt.Errorf("committed frontiers before this process began its partitions")
+	}
 	for len(b) > 0 {
 		i, k := binary.Uvarint(b)
 		if k <= 0 {
-			return
+			return fmt.Errorf("malformed committed frontiers")
 		}
 		f, k2 := binary.Uvarint(b[k:])
-		if k2 <= 0 || i >= uint64(len(r.pmin)) {
-			return
+		if k2 <= 0 {
+			return fmt.Errorf("malformed committed frontiers")
+		}
+		if i >= uint64(len(r.pmin)) {
+			return fmt.Errorf("committed frontier of partition %d of %d", i, len(r.pmin))
 		}
 		if recovery.Epoch(f) > r.pmin[i] {
 			r.pmin[i] = recovery.Epoch(f)
@@ -388,6 +412,7 @@ func (r *Recovery) onPmin(_ int, b []byte) {
 		}
 		b = b[k+k2:]
 	}
+	return nil
 }
 
 func (r *Recovery) riseLocked() {
