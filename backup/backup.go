@@ -134,10 +134,9 @@ func (o *Options) defaults() {
 		o.Now = time.Now
 	}
 	if o.Holder == "" {
-		host := machine.Host()
 		var r [4]byte
 		rand.Read(r[:])
-		o.Holder = fmt.Sprintf("%s/%d/%s", host, os.Getpid(), hex.EncodeToString(r[:]))
+		o.Holder = fmt.Sprintf("%s/%d/%s", machine.ID(), os.Getpid(), hex.EncodeToString(r[:]))
 	}
 }
 

@@ -40,9 +40,12 @@ type Lock struct {
 	body lockBody
 }
 
+// lockBody is a lock as stored: the holder's opaque name and its
+// machine's id hash (never a host name: a bucket reader learns nothing of
+// the machines), the pid, and the times.
 type lockBody struct {
 	Holder   string    `json:"holder"`
-	Host     string    `json:"host"`
+	Host     string    `json:"machine"`
 	PID      int       `json:"pid"`
 	Acquired time.Time `json:"acquired"`
 	Expires  time.Time `json:"expires"`
@@ -50,7 +53,7 @@ type lockBody struct {
 
 // AcquireLock takes the lock at key for holder, for ttl.
 func AcquireLock(ctx context.Context, s Store, key, holder string, ttl time.Duration, now func() time.Time) (*Lock, error) {
-	host := machine.Host()
+	host := machine.ID()
 	t := now()
 	body := lockBody{Holder: holder, Host: host, PID: os.Getpid(), Acquired: t.UTC(), Expires: t.Add(ttl).UTC()}
 	data, _ := json.Marshal(body)
@@ -90,7 +93,7 @@ func AcquireLock(ctx context.Context, s Store, key, holder string, ttl time.Dura
 			// Our own create, retried after its answer was lost.
 			return l, nil
 		case cur.Expires.After(t) && !(cur.Host == host && !processAlive(cur.PID)):
-			return nil, fmt.Errorf("%w: %s is held by %s (host %s, pid %d) until %s",
+			return nil, fmt.Errorf("%w: %s is held by %s (machine %s, pid %d) until %s",
 				ErrLocked, key, cur.Holder, cur.Host, cur.PID, cur.Expires.Format(time.RFC3339))
 		}
 		// Expired, long unreadable, or held by a dead process of this host:
@@ -125,7 +128,7 @@ func (l *Lock) Check(ctx context.Context) error {
 	mine := l.body
 	l.mu.Unlock()
 	if cur.Holder != l.holder || !cur.Acquired.Equal(mine.Acquired) {
-		return fmt.Errorf("%w: lock %s was taken over by %s (host %s)", ErrLockLost, l.key, cur.Holder, cur.Host)
+		return fmt.Errorf("%w: lock %s was taken over by %s (machine %s)", ErrLockLost, l.key, cur.Holder, cur.Host)
 	}
 	if !cur.Expires.After(l.now()) {
 		return fmt.Errorf("%w: lock %s expired at %s", ErrLockLost, l.key, cur.Expires.Format(time.RFC3339))
@@ -236,7 +239,7 @@ func checkNoPrune(ctx context.Context, s Store, now time.Time) error {
 	case err != nil:
 		return fmt.Errorf("could not read the prune lock %s: %w", PruneLockKey, err)
 	case cur.Expires.After(now):
-		return fmt.Errorf("%w: a prune is running (%s on host %s, until %s); the backup runs after it", ErrLocked, cur.Holder, cur.Host, cur.Expires.Format(time.RFC3339))
+		return fmt.Errorf("%w: a prune is running (%s on machine %s, until %s); the backup runs after it", ErrLocked, cur.Holder, cur.Host, cur.Expires.Format(time.RFC3339))
 	}
 	return nil
 }
@@ -260,7 +263,7 @@ func AcquirePruneLock(ctx context.Context, s Store, holder string, ttl time.Dura
 		case err != nil:
 			busy = fmt.Errorf("could not read lock %s: %w", oi.Key, err)
 		case cur.Expires.After(now()):
-			busy = fmt.Errorf("%w: a backup holds %s (%s on host %s, until %s); prune again when it is done", ErrLocked, oi.Key, cur.Holder, cur.Host, cur.Expires.Format(time.RFC3339))
+			busy = fmt.Errorf("%w: a backup holds %s (%s on machine %s, until %s); prune again when it is done", ErrLocked, oi.Key, cur.Holder, cur.Host, cur.Expires.Format(time.RFC3339))
 		default:
 			return nil
 		}

@@ -261,7 +261,7 @@ func (m *Manifest) SealWith(c *Cipher, k *SigningKey) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	idx, err := json.Marshal(m.index())
+	idx, err := json.Marshal(m.indexV2())
 	if err != nil {
 		return nil, err
 	}
@@ -284,7 +284,88 @@ type manifestPayload struct {
 	Manifest json.RawMessage `json:"manifest"`
 }
 
-// manifestIndex is the plaintext part of an encrypted manifest.
+// indexV2 is the plaintext part of an encrypted manifest: only what list,
+// quick verify and prune need, so the bucket says no more than it must.
+// The backup's id (its time), the flow's uid, the partition, the
+// restorable epochs and the time of the newest, the lineage's ids, fork
+// epochs and runs (no hosts), and the chunks' keyed names and stored
+// sizes. The flow's name, hosts, execution counts, intervals, key ids and
+// recipient fingerprints, sizes and content hashes are sealed.
+type indexV2 struct {
+	V         int            `json:"v"`
+	ID        string         `json:"id"`
+	Flow      string         `json:"flow"`
+	Partition PartitionRef   `json:"partition"`
+	Lo        uint64         `json:"lo"`
+	Hi        uint64         `json:"hi"`
+	HiTime    time.Time      `json:"hi_time"`
+	Lineage   *indexLineage  `json:"lineage,omitempty"`
+	Runs      []recovery.Run `json:"runs,omitempty"`
+	BaseID    string         `json:"base_id"`
+	Base      []indexObject  `json:"base"`
+	Delta     []indexObject  `json:"delta,omitempty"`
+}
+
+// indexLineage is a lineage as an index names it: no hosts, no reasons.
+type indexLineage struct {
+	ID        string          `json:"id"`
+	Created   time.Time       `json:"created"`
+	Fork      recovery.Epoch  `json:"fork,omitempty"`
+	Ancestors []indexAncestor `json:"ancestors,omitempty"`
+}
+
+type indexAncestor struct {
+	ID   string         `json:"id"`
+	Upto recovery.Epoch `json:"upto"`
+	Seen time.Time      `json:"seen,omitzero"`
+	Runs []recovery.Run `json:"runs,omitempty"`
+}
+
+func (m *Manifest) indexV2() indexV2 {
+	ix := indexV2{V: 2, ID: m.ID, Flow: m.Flow.UID, Partition: m.Partition, Lo: m.Epochs.Lo, Hi: m.Epochs.Hi, HiTime: m.Epochs.HiTime,
+		Runs: m.Runs, BaseID: m.Base.ID, Base: indexObjects(m.Base.Chunks)}
+	if l := m.Lineage; l != nil {
+		il := &indexLineage{ID: l.ID, Created: l.Created, Fork: l.Fork}
+		for _, a := range l.Ancestors {
+			il.Ancestors = append(il.Ancestors, indexAncestor{ID: a.ID, Upto: a.Upto, Seen: a.Seen, Runs: a.Runs})
+		}
+		ix.Lineage = il
+	}
+	if m.Delta != nil {
+		ix.Delta = indexObjects(m.Delta.Chunks)
+	}
+	return ix
+}
+
+// manifest is the Locked manifest an index describes.
+func (ix *indexV2) manifest() *Manifest {
+	created, _ := BackupIDTime(ix.ID)
+	m := &Manifest{Format: ManifestFormat, ID: ix.ID, Created: created, Flow: FlowRef{UID: ix.Flow}, Partition: ix.Partition,
+		Epochs: EpochRange{Lo: ix.Lo, Hi: ix.Hi, HiTime: ix.HiTime}, Execution: -1, Encryption: &EncryptionInfo{Scheme: SchemeAge},
+		Runs: ix.Runs, Base: Image{ID: ix.BaseID, Chunks: lockedObjects(ix.Base)}, Locked: true}
+	if il := ix.Lineage; il != nil {
+		l := &recovery.Lineage{ID: il.ID, Created: il.Created, Fork: il.Fork}
+		for _, a := range il.Ancestors {
+			l.Ancestors = append(l.Ancestors, recovery.Ancestor{ID: a.ID, Upto: a.Upto, Seen: a.Seen, Runs: a.Runs})
+		}
+		m.Lineage = l
+	}
+	if len(ix.Delta) > 0 {
+		m.Delta = &Delta{Chunks: lockedObjects(ix.Delta)}
+	}
+	return m
+}
+
+func lockedObjects(io []indexObject) []Object {
+	out := make([]Object, len(io))
+	for i, o := range io {
+		out[i] = Object{SHA256: o.ID, Stored: o.Stored}
+	}
+	return out
+}
+
+// manifestIndex is the plaintext part of an encrypted manifest as
+// flowkeep wrote it before indexV2 (still read).
 type manifestIndex struct {
 	ID         string            `json:"id"`
 	Created    time.Time         `json:"created"`
@@ -386,11 +467,29 @@ func openLocked(b []byte, c *Cipher) (*Manifest, error) {
 	if !hexSHA256RE.MatchString(lf.SHA256) || lockedSum(idx.Bytes(), lf.Sealed) != lf.SHA256 {
 		return nil, fmt.Errorf("%w: encrypted manifest does not match its own sha256 (changed after it was written)", ErrCorrupt)
 	}
-	var ix manifestIndex
-	if err := decodeOne(idx.Bytes(), &ix); err != nil {
+	var version struct {
+		V int `json:"v"`
+	}
+	if err := json.Unmarshal(idx.Bytes(), &version); err != nil {
 		return nil, fmt.Errorf("%w: encrypted manifest index: %v", ErrCorrupt, err)
 	}
-	locked := ix.manifest()
+	var locked *Manifest
+	var ix manifestIndex
+	var ix2 indexV2
+	switch version.V {
+	case 0:
+		if err := decodeOne(idx.Bytes(), &ix); err != nil {
+			return nil, fmt.Errorf("%w: encrypted manifest index: %v", ErrCorrupt, err)
+		}
+		locked = ix.manifest()
+	case 2:
+		if err := decodeOne(idx.Bytes(), &ix2); err != nil {
+			return nil, fmt.Errorf("%w: encrypted manifest index: %v", ErrCorrupt, err)
+		}
+		locked = ix2.manifest()
+	default:
+		return nil, fmt.Errorf("%w: encrypted manifest index of version %d (a newer flowkeep wrote it?)", ErrCorrupt, version.V)
+	}
 	locked.sig, locked.digest = lf.Sig, lf.SHA256
 	if err := locked.Validate(); err != nil {
 		return nil, err
@@ -401,21 +500,27 @@ func openLocked(b []byte, c *Cipher) (*Manifest, error) {
 		return locked, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: manifest %s does not decrypt: %v", ErrCorrupt, ix.ID, err)
+		return nil, fmt.Errorf("%w: manifest %s does not decrypt: %v", ErrCorrupt, locked.ID, err)
 	}
 	var p manifestPayload
 	if err := decodeOne(payload, &p); err != nil || len(p.ChunkKey) != 32 {
-		return nil, fmt.Errorf("%w: manifest %s: sealed payload: %v", ErrCorrupt, ix.ID, err)
+		return nil, fmt.Errorf("%w: manifest %s: sealed payload: %v", ErrCorrupt, locked.ID, err)
 	}
 	m, err := parsePlain(p.Manifest)
 	if err != nil {
 		return nil, err
 	}
 	if m.Encryption == nil || m.Encryption.Scheme != SchemeAge || m.Encryption.Key != newChunkKey(p.ChunkKey).id {
-		return nil, fmt.Errorf("%w: manifest %s does not name the chunk key it carries", ErrCorrupt, ix.ID)
+		return nil, fmt.Errorf("%w: manifest %s does not name the chunk key it carries", ErrCorrupt, locked.ID)
 	}
-	if again, _ := json.Marshal(m.index()); !bytes.Equal(again, idx.Bytes()) {
-		return nil, fmt.Errorf("%w: manifest %s: its plaintext index disagrees with the manifest it seals", ErrCorrupt, ix.ID)
+	var again []byte
+	if version.V == 2 {
+		again, _ = json.Marshal(m.indexV2())
+	} else {
+		again, _ = json.Marshal(m.index())
+	}
+	if !bytes.Equal(again, idx.Bytes()) {
+		return nil, fmt.Errorf("%w: manifest %s: its plaintext index disagrees with the manifest it seals", ErrCorrupt, locked.ID)
 	}
 	m.cipher = c.withKey(p.ChunkKey)
 	m.sig, m.digest = lf.Sig, lf.SHA256
@@ -494,7 +599,7 @@ func (m *Manifest) Validate() error {
 		return bad("%v", m.Lineage.Validate())
 	case len(m.Runs) > recovery.MaxRuns:
 		return bad("%d runs", len(m.Runs))
-	case m.Encryption != nil && (m.Encryption.Scheme != SchemeAge || !keyIDRE.MatchString(m.Encryption.Key) || !keyIDRE.MatchString(m.Encryption.Recipients)):
+	case m.Encryption != nil && (m.Encryption.Scheme != SchemeAge || !m.Locked && (!keyIDRE.MatchString(m.Encryption.Key) || !keyIDRE.MatchString(m.Encryption.Recipients))):
 		return bad("encryption %+v", *m.Encryption)
 	case m.Locked:
 		return m.validateIndex()

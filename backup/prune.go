@@ -101,10 +101,9 @@ func Prune(ctx context.Context, s Store, o PruneOptions) (*PruneResult, error) {
 		o.LockTTL = DefaultLockTTL
 	}
 	if o.Holder == "" {
-		host := machine.Host()
 		var r [4]byte
 		rand.Read(r[:])
-		o.Holder = fmt.Sprintf("prune %s/%d/%s", host, os.Getpid(), hex.EncodeToString(r[:]))
+		o.Holder = fmt.Sprintf("prune %s/%d/%s", machine.ID(), os.Getpid(), hex.EncodeToString(r[:]))
 	}
 	res := &PruneResult{}
 	if o.DryRun {

@@ -23,14 +23,13 @@ func QuarantineKey(h string) string { return QuarantinePrefix + h + ".json" }
 type quarantineMarker struct {
 	SHA256 string    `json:"sha256"`
 	Found  time.Time `json:"found"`
-	Host   string    `json:"host"`
+	Host   string    `json:"machine"`
 	Reason string    `json:"reason"`
 }
 
 // Quarantine marks chunk h as damaged in the store.
 func Quarantine(ctx context.Context, s Store, h, reason string, now time.Time) error {
-	host := machine.Host()
-	b, _ := json.Marshal(quarantineMarker{SHA256: h, Found: now.UTC(), Host: host, Reason: reason})
+	b, _ := json.Marshal(quarantineMarker{SHA256: h, Found: now.UTC(), Host: machine.ID(), Reason: reason})
 	if err := s.Put(ctx, QuarantineKey(h), b); err != nil {
 		return fmt.Errorf("quarantine chunk %s: %w", h[:min(12, len(h))], err)
 	}

@@ -23,7 +23,9 @@ func resolveFlow(ctx context.Context, s backup.Store, flow string) (string, erro
 	}
 	names := map[string]string{} // uid -> name
 	for _, m := range cat.Manifests {
-		names[m.Flow.UID] = m.Flow.Name
+		if names[m.Flow.UID] == "" {
+			names[m.Flow.UID] = m.Flow.Name
+		}
 	}
 	if _, ok := names[flow]; ok {
 		return flow, nil
@@ -32,6 +34,9 @@ func resolveFlow(ctx context.Context, s backup.Store, flow string) (string, erro
 	for uid, name := range names {
 		if name == flow {
 			match = append(match, uid)
+		}
+		if name == "" {
+			name = "name sealed: the backups are encrypted"
 		}
 		all = append(all, fmt.Sprintf("%s (%s)", name, uid))
 	}

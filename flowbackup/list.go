@@ -188,7 +188,11 @@ func runList(ctx context.Context, o listOptions, out io.Writer) error {
 		fmt.Fprintf(out, "no backups in %s\n", rep.From)
 	}
 	for _, lf := range rep.Flows {
-		fmt.Fprintf(out, "flow %s (%s), %s\n", lf.Name, lf.UID, human.Count(lf.Partitions, "partition"))
+		name := lf.Name
+		if name == "" {
+			name = "(name sealed)"
+		}
+		fmt.Fprintf(out, "flow %s (%s), %s\n", name, lf.UID, human.Count(lf.Partitions, "partition"))
 		for _, e := range lf.Backups {
 			enc := ""
 			if e.Encrypted {

@@ -314,3 +314,48 @@ func TestEncrypted_PruneWithoutAKey(t *testing.T) {
 		t.Fatalf("restored epoch %d, %d keys, k3=%q", e, len(got), got["k3"])
 	}
 }
+
+// The plaintext index of an encrypted manifest says only what list, quick
+// verify and prune need: no host, flow name, execution count, intervals,
+// key id or recipient fingerprint; locks name no host either.
+func TestEncrypted_TheIndexSaysNoMoreThanItMust(t *testing.T) {
+	t.Setenv("FLOWKEEP_HOST", "host-that-must-not-leak")
+	ctx := context.Background()
+	s := memstore.New()
+	f := newFlow(t, 1, s)
+	f.epoch(100)
+	id := newIdentity(t)
+	f.backupSealed(id.Recipient())
+	lock, err := backup.AcquireLock(ctx, s, "locks/probe.json", "probe", time.Minute, time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Release(ctx)
+	for key, b := range storedObjects(t, s) {
+		if bytes.Contains(b, []byte("host-that-must-not-leak")) {
+			t.Fatalf("%s names the host", key)
+		}
+		if !strings.HasPrefix(key, backup.ManifestsPrefix) && !strings.HasPrefix(key, backup.LatestPrefix) {
+			continue
+		}
+		var stored struct {
+			Index map[string]json.RawMessage `json:"index"`
+		}
+		if err := json.Unmarshal(b, &stored); err != nil || stored.Index == nil {
+			t.Fatalf("%s: %v", key, err)
+		}
+		for _, k := range []string{"name", "host", "execution", "intervals", "encryption", "created", "lo_time"} {
+			if _, ok := stored.Index[k]; ok {
+				t.Fatalf("%s: the index holds %q", key, k)
+			}
+		}
+		if bytes.Contains(stored.Index["lineage"], []byte(`"host"`)) {
+			t.Fatalf("%s: the index's lineage names a host", key)
+		}
+	}
+	// And quick verify, list and prune still work on it without a key.
+	rep, err := Verify(ctx, s, VerifyOptions{})
+	if err != nil || rep.Status != StatusHealthy {
+		t.Fatalf("quick verify without a key: %v %+v", err, rep)
+	}
+}

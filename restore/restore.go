@@ -249,8 +249,8 @@ func opened(plan *Plan, parts []int, keys *backup.Cipher) error {
 		if !keys.CanOpen() {
 			return backup.ErrIdentityRequired
 		}
-		return fmt.Errorf("%w: backup %s of partition %d is sealed to recipient set %s; give an identity of that set (--identity-file, repeatable)",
-			backup.ErrWrongIdentity, m.ID, p, m.Encryption.Recipients)
+		return fmt.Errorf("%w: backup %s of partition %d is sealed to a recipient set none of them belongs to; give an identity of that set (--identity-file, repeatable)",
+			backup.ErrWrongIdentity, m.ID, p)
 	}
 	return nil
 }
