@@ -32,6 +32,11 @@ type BrokenManifest struct {
 	Err error
 }
 
+// CatalogMemory bounds the manifest bytes a catalog reads and parses at
+// once (each counts twice its stored size: the bytes and what they parse
+// into).
+const CatalogMemory = 64 << 20
+
 // LoadCatalog lists and reads every manifest (one LIST, then GETs in
 // parallel, workers at once; DefaultCatalogWorkers if workers <= 0). A
 // manifest that cannot be read, does not parse or match its seal (after
@@ -46,6 +51,7 @@ func LoadCatalog(ctx context.Context, s Store, workers int) (*Catalog, error) {
 // those it cannot open are in the catalog Locked.
 func LoadCatalogWith(ctx context.Context, s Store, workers int, keys *Cipher) (*Catalog, error) {
 	var refs []ManifestRef
+	var sizes []int64
 	var strays []BrokenManifest
 	err := s.List(ctx, ManifestsPrefix, "", func(o ObjectInfo) error {
 		r, ok := ParseManifestKey(o.Key)
@@ -54,6 +60,7 @@ func LoadCatalogWith(ctx context.Context, s Store, workers int, keys *Cipher) (*
 			return nil
 		}
 		refs = append(refs, r)
+		sizes = append(sizes, o.Size)
 		return nil
 	})
 	if err != nil {
@@ -66,13 +73,24 @@ func LoadCatalogWith(ctx context.Context, s Store, workers int, keys *Cipher) (*
 	errs := make([]error, len(refs))
 	var g errgroup.Group
 	g.SetLimit(workers)
+	// Manifests being read and parsed share one memory budget, whatever
+	// their number and sizes (a hostile one may be MaxManifestBytes).
+	budget := NewBudget(CatalogMemory)
 	for i := range refs {
+		release, err := budget.Acquire(ctx, max(sizes[i], 1<<10)*2)
+		if err != nil {
+			break
+		}
 		g.Go(func() error {
+			defer release()
 			ms[i], errs[i] = loadManifest(ctx, s, refs[i], keys)
 			return nil
 		})
 	}
 	g.Wait()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	c := &Catalog{Keys: map[*Manifest]string{}, Broken: strays}
 	for i, m := range ms {
 		if errs[i] != nil {

@@ -147,3 +147,58 @@ func TestRestore_ImageSHA256IsChecked(t *testing.T) {
 		t.Fatalf("deep verify: %s %v", rep.Status, rep.Problems)
 	}
 }
+
+// A bucket writer without any key copies their own plaintext backup (same
+// flow uid, newer epochs) into an age-encrypted location. Restore with the
+// identity used to lay it down; now a plaintext manifest there is a stray:
+// never restored, reported by verify, not counted (nor deleted) by prune.
+func TestEncrypted_InjectedPlaintextIsNeverRestored(t *testing.T) {
+	ctx := context.Background()
+	s := memstore.New()
+	f := newFlow(t, 1, s)
+	id := newIdentity(t)
+	f.epoch(50)
+	genuine := f.backupSealed(id.Recipient())[0].Manifest
+	keys := backup.NewOpener([]age.Identity{id})
+	// The attacker's backup: the same flow's partition, run on, backed up
+	// in the clear to their own store, then copied in.
+	f.epochOf(50, func(i int) (string, string) { return fmt.Sprint("k", i), "evil" })
+	evil := memstore.New()
+	if r := backup.BackupPartition(ctx, evil, f.st.Partitions()[0], backup.Options{}); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	err := evil.List(ctx, "", "", func(oi backup.ObjectInfo) error {
+		b, err := backup.ReadAll(ctx, evil, oi.Key, 1<<30)
+		if err == nil && !strings.HasPrefix(oi.Key, backup.LatestPrefix) {
+			err = s.Put(ctx, oi.Key, b)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []*backup.Cipher{keys, nil} {
+		cat, err := backup.LoadTrustedCatalog(ctx, s, backup.ReadPolicy{Keys: k})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(cat.Strays) != 1 || len(cat.Manifests) != 1 || cat.Manifests[0].ID != genuine.ID {
+			t.Fatalf("keys %v: believed %d, strays %d", k != nil, len(cat.Manifests), len(cat.Strays))
+		}
+	}
+	dst := filepath.Join(t.TempDir(), "r")
+	res, err := Restore(ctx, s, dst, Options{Keys: keys})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Plan.Chosen[0].ID != genuine.ID {
+		t.Fatalf("restored backup %s, not the genuine %s", res.Plan.Chosen[0].ID, genuine.ID)
+	}
+	if _, state := loadDir(t, dst); state["k0"] == "evil" {
+		t.Fatal("restored the injected state")
+	}
+	rep, err := Verify(ctx, s, VerifyOptions{})
+	if err != nil || rep.Status != StatusDegraded || !strings.Contains(fmt.Sprint(rep.Problems), "a plaintext backup in an encrypted location") {
+		t.Fatalf("verify: %v %s %v", err, rep.Status, rep.Problems)
+	}
+}
