@@ -9,8 +9,7 @@ cd "$(dirname "$0")"
 export PATH="$PATH:/usr/local/go/bin"
 work="${FLOWKEEP_DEMO_DIR:-$(mktemp -d)}"
 mkdir -p "$work/bin" "$work/backups"
-go build -o "$work/bin/flowrun" ./cmd/flowrun
-go build -o "$work/bin/flowbackup" ./cmd/flowbackup
+./build.sh "$work/bin"
 flowrun="$work/bin/flowrun" flowbackup="$work/bin/flowbackup"
 cp testdata/sample.txt "$work/input.txt"
 rm -rf "$work/rec" "$work/restored" "$work/counts.csv"

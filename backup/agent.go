@@ -31,6 +31,10 @@ func ParseSchedule(spec string) (cron.Schedule, error) {
 		if err != nil || d <= 0 {
 			return nil, fmt.Errorf("invalid schedule %q: @every needs a positive duration, e.g. \"@every 5m\"", spec)
 		}
+		if d < time.Second {
+			// The cron library rounds it up to a second in silence.
+			return nil, fmt.Errorf("invalid schedule %q: @every needs at least 1s (cron schedules have a resolution of one second)", spec)
+		}
 	}
 	p := cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
 	s, err := p.Parse(spec)

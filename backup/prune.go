@@ -75,6 +75,12 @@ type PruneResult struct {
 	Protected        []string // manifests kept only because the newest overlap needs them
 	SweptTemp        int      // leftover temporary files of killed writers removed (file://)
 	Retired          []string // lineages retired (full ids)
+	// HeldChunks (HeldBytes) are unreferenced chunks younger than the
+	// grace: kept this time (a running backup may be about to name them),
+	// deleted by a prune after HeldUntil.
+	HeldChunks int
+	HeldBytes  int64
+	HeldUntil  time.Time
 	// Ignored are manifests prune neither counted nor deleted, and why:
 	// strays (untrusted, or plaintext in an encrypted location) and
 	// manifests dated in the future.
@@ -250,7 +256,15 @@ func prune(ctx context.Context, s Store, o PruneOptions, res *PruneResult, lock 
 	// The chunk listing streams; chunks are deleted as they are found.
 	err = s.List(ctx, ChunksPrefix, "", func(oi ObjectInfo) error {
 		h := oi.Key[len(oi.Key)-min(64, len(oi.Key)):]
-		if referenced[h] || now.Sub(oi.Modified) <= o.Grace {
+		if referenced[h] {
+			return nil
+		}
+		if now.Sub(oi.Modified) <= o.Grace {
+			res.HeldChunks++
+			res.HeldBytes += oi.Size
+			if at := oi.Modified.Add(o.Grace); res.HeldUntil.IsZero() || at.After(res.HeldUntil) {
+				res.HeldUntil = at
+			}
 			return nil
 		}
 		if !o.DryRun {

@@ -69,7 +69,7 @@ labelled by flow: flowkeep_backup_fenced, flowkeep_backup_fork.
 ` + fencingHelp + ` The agent claims the flow with --take-over once, at
 its first run.
 
-` + exitCodesHelp,
+` + exitCodesAgent,
 		Example: "  flowbackup agent -r /var/lib/flowkeep --to s3://my-bucket/flows/wc --schedule '*/5 * * * *' --metrics-addr :9464\n  flowbackup agent --config /etc/flowkeep/flowbackup.yaml",
 		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -87,9 +87,9 @@ its first run.
 	f.StringVar(&o.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics at this address (e.g. :9464)")
 	f.IntVar(&o.Workers, "workers", backup.DefaultWorkers, "chunks uploaded at once (within --memory)")
 	addMemoryFlag(f, &o.Memory)
-	f.Var(human.Duration{D: &o.LockTTL}, "lock-ttl", "how long a partition lock lasts if the agent dies holding it (default 15m)")
+	human.DurationVar(f, &o.LockTTL, "lock-ttl", backup.DefaultLockTTL, "how long a partition lock lasts if the agent dies holding it")
 	f.IntVar(&o.KeepLast, "keep-last", 0, "after each run, prune to the newest N backups of each partition (0: no pruning)")
-	f.Var(human.Duration{D: &o.KeepWithin}, "keep-within", "with --keep-last: also keep backups younger than this (e.g. 24h)")
+	human.DurationVar(f, &o.KeepWithin, "keep-within", 0, "with --keep-last: also keep backups younger than this (e.g. 24h, 7d)")
 	f.StringVar(&o.LogFormat, "log-format", "text", "log as text or json")
 	f.StringVar(&o.LogLevel, "log-level", "info", "least level logged: debug, info, warn or error")
 	addRecipientsFlag(f, &o.Recipients)
@@ -97,7 +97,6 @@ its first run.
 	addSigningKeyFlag(f, &o.SigningKey, "sign every manifest")
 	addTrustedKeysFlag(f, &o.Trusted, "; here: other writers' keys, whose lineage claims the agent believes, and the keys its retention (prune) trusts")
 	o.storageOptions.addFlags(f)
-	o.LockTTL = backup.DefaultLockTTL
 	return cmd
 }
 
@@ -146,6 +145,9 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 	}
 	recipients, err := loadRecipients(o.Recipients)
 	if err != nil {
+		return err
+	}
+	if err := notInside(o.To, o.RecoveryDir); err != nil {
 		return err
 	}
 	signing, err := loadSigningKey(o.SigningKey)

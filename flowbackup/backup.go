@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -27,6 +29,7 @@ type backupOptions struct {
 	TakeOver    bool
 	SigningKey  string
 	Trusted     []string
+	Always      bool
 	storageOptions
 }
 
@@ -45,7 +48,7 @@ by a keyed hash (see the README, "Encrypted backups").
 
 ` + fencingHelp + `
 
-` + exitCodesHelp,
+` + exitCodesBackup,
 		Example: "  flowbackup backup -r /var/lib/flowkeep --to s3://my-bucket/flows/wordcount\n  flowbackup backup -r /var/lib/flowkeep --to file:///mnt/backups/wordcount",
 		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -57,15 +60,41 @@ by a keyed hash (see the README, "Encrypted backups").
 	f.StringVar(&o.To, "to", "", "destination URL: file:///path (created if missing), s3://bucket/prefix or gs://bucket/prefix")
 	f.IntVar(&o.Workers, "workers", backup.DefaultWorkers, "chunks uploaded at once (within --memory)")
 	addMemoryFlag(f, &o.Memory)
-	f.DurationVar(&o.LockTTL, "lock-ttl", backup.DefaultLockTTL, "how long a partition lock lasts if the agent dies holding it")
+	human.DurationVar(f, &o.LockTTL, "lock-ttl", backup.DefaultLockTTL, "how long a partition lock lasts if the agent dies holding it")
 	f.BoolVar(&o.JSON, "json", false, "print the results as JSON")
 	f.StringVar(&o.Partitions, "partitions", "", "back up only these partitions, e.g. 0,2 or 0-3 (default: every partition in DIR)")
 	addRecipientsFlag(f, &o.Recipients)
 	addTakeOverFlag(f, &o.TakeOver)
 	addSigningKeyFlag(f, &o.SigningKey, "sign every manifest")
 	addTrustedKeysFlag(f, &o.Trusted, "; here: other writers' keys, whose lineage claims this backup believes")
+	f.BoolVar(&o.Always, "even-unchanged", false, "back up partitions that did not move since their latest backup too (skipped by default, as the agent skips them)")
 	o.storageOptions.addFlags(f)
 	return cmd
+}
+
+// notInside refuses a file:// destination inside the recovery directory (or
+// the directory itself): the backups would be lost with it, and flowrun
+// would find them beside its partitions.
+func notInside(url, recoveryDir string) error {
+	path, ok := strings.CutPrefix(url, "file://")
+	if !ok {
+		return nil
+	}
+	dst, err1 := filepath.Abs(path)
+	rec, err2 := filepath.Abs(recoveryDir)
+	if err1 != nil || err2 != nil {
+		return nil
+	}
+	if r, err := filepath.EvalSymlinks(rec); err == nil {
+		rec = r
+	}
+	if d, err := filepath.EvalSymlinks(dst); err == nil {
+		dst = d
+	}
+	if rel, err := filepath.Rel(rec, dst); err == nil && rel != ".." && !strings.HasPrefix(rel, "../") {
+		return usagef("--to %s is inside the recovery directory %s: a backup must live apart from what it backs up (another disk, bucket or machine)", url, recoveryDir)
+	}
+	return nil
 }
 
 // fencingHelp explains lineages and fencing to backup and agent users.
@@ -98,7 +127,10 @@ func runBackup(ctx context.Context, o backupOptions, out, errOut io.Writer) erro
 	if err != nil {
 		return err
 	}
-	bo := backup.Options{Workers: o.Workers, LockTTL: o.LockTTL, Memory: budget, Recipients: recipients, TakeOver: o.TakeOver}
+	if err := notInside(o.To, o.RecoveryDir); err != nil {
+		return err
+	}
+	bo := backup.Options{Workers: o.Workers, LockTTL: o.LockTTL, Memory: budget, Recipients: recipients, TakeOver: o.TakeOver, SkipUnchanged: !o.Always}
 	if bo.SigningKey, err = loadSigningKey(o.SigningKey); err != nil {
 		return err
 	}

@@ -203,16 +203,42 @@ func applySettings(root, cmd *cobra.Command) error {
 		}
 	}
 	var err error
+	fromEnv := map[string]bool{}
 	fs.VisitAll(func(f *pflag.Flag) {
 		if err != nil || given[f.Name] || f.Name == "help" {
 			return
 		}
 		name := "FLOWBACKUP_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
 		if v, ok := os.LookupEnv(name); ok {
+			fromEnv[f.Name] = true
 			if serr := fs.Set(f.Name, v); serr != nil {
 				err = usagef("%s=%q: %v", name, v, serr)
 			}
 		}
 	})
-	return err
+	if err != nil {
+		return err
+	}
+	// FLOWBACKUP_URL names the location for every subcommand, as the
+	// config's url does: --to of backup and agent, --from of the others.
+	// A flag on the command line, or FLOWBACKUP_TO/FROM, win over it.
+	if v, ok := os.LookupEnv("FLOWBACKUP_URL"); ok {
+		loc := "from"
+		if cmd.Name() == "backup" || cmd.Name() == "agent" {
+			loc = "to"
+		}
+		if f := fs.Lookup(loc); f != nil && !given[loc] && !fromEnv[loc] {
+			if serr := fs.Set(loc, v); serr != nil {
+				return usagef("FLOWBACKUP_URL=%q: %v", v, serr)
+			}
+		}
+	}
+	return nil
+}
+
+// looksLikeURL says whether s names a storage location rather than a
+// directory.
+func looksLikeURL(s string) bool {
+	scheme, _, ok := strings.Cut(s, "://")
+	return ok && scheme != "" && !strings.ContainsAny(scheme, "/.")
 }

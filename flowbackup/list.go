@@ -34,7 +34,7 @@ func newListCommand() *cobra.Command {
 (base image, or delta over a base), restorable epoch range with wall times,
 and stored size; then the newest epoch every partition's backups share.
 
-` + exitCodesHelp,
+` + exitCodesRead,
 		Example: "  flowbackup list --from s3://my-bucket/flows/wordcount\n  flowbackup list --from file:///mnt/backups/wc --json",
 		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -193,6 +193,7 @@ func runList(ctx context.Context, o listOptions, out io.Writer) error {
 			name = "(name sealed)"
 		}
 		fmt.Fprintf(out, "flow %s (%s), %s\n", name, lf.UID, human.Count(lf.Partitions, "partition"))
+		fmt.Fprintf(out, "  %-8s %-29s  %-5s  %s  (%s .. %s)  %s  %s\n", "PART", "BACKUP", "KIND", "EPOCHS", "FROM", "TO", "STORED", "LINEAGE")
 		for _, e := range lf.Backups {
 			enc := ""
 			if e.Encrypted {

@@ -47,6 +47,42 @@ const exitCodesHelp = `Exit codes:
      backup to a signed location
   130, 143  stopped by SIGINT or SIGTERM (after cleaning up)`
 
+// Each subcommand lists only its own exit codes.
+const (
+	exitCodesBackup = `Exit codes:
+  0  every partition backed up, or skipped (unchanged, or restored and not run since)
+  1  a partition's backup failed, or was fenced (a newer lineage claims the location)
+  3  usage or access error: bad flag, URL or config, missing bucket, bad credentials,
+     a recovery directory without partitions, with another flow's or with two
+     histories, a destination inside the recovery directory, a location of the
+     other encryption or signing scheme
+  130, 143  stopped by SIGINT or SIGTERM (nothing partial is visible)`
+	exitCodesAgent = `Exit codes (the agent runs until stopped; a failed run is logged and counted
+in flowkeep_backup_failures_total, not an exit):
+  0  stopped by SIGINT or SIGTERM after cleaning up
+  3  usage or access error at start: bad flag, schedule, URL or config, missing
+     bucket, bad credentials, a location of the other scheme`
+	exitCodesRead = `Exit codes:
+  0  success
+  1  failed
+  3  usage or access error: bad flag, URL or config, missing bucket, bad
+     credentials, an unknown --flow or lineage`
+	exitCodesRestore = `Exit codes:
+  0  restored (or nothing to do with --if-empty / --if-backups-exist)
+  1  failed (the backups it needs could not be read or decrypted)
+  2  not restorable: no epoch every partition's backups share
+  3  usage or access error: bad flag, URL or config, missing bucket, bad
+     credentials, an unknown --flow, lineage, epoch or partition, a target that
+     is not a writable directory or already holds partitions (without --force),
+     encrypted backups without --identity-file, signed ones without --trusted-keys
+  130, 143  stopped by SIGINT or SIGTERM (nothing half-restored is left)`
+	exitCodesPrune = `Exit codes:
+  0  pruned (or nothing to prune)
+  1  failed, or refused because some manifest could not be read (nothing deleted)
+  3  usage or access error: bad flag, URL or config, missing bucket, bad
+     credentials, signed backups without --trusted-keys, an unknown lineage`
+)
+
 // usageError marks errors the caller must fix (exit 3).
 type usageError struct{ err error }
 

@@ -47,7 +47,7 @@ Prune holds a lock that backups respect (it does not start while a backup
 runs, and backups wait for it), and deletes nothing unless it could read
 every manifest and latest pointer: an unreadable one could name any chunk.
 
-` + exitCodesHelp,
+` + exitCodesPrune,
 		Example: "  flowbackup prune --from s3://my-bucket/flows/wc --keep-last 10 --keep-within 24h\n  flowbackup prune --from file:///mnt/backups/wc --keep-last 3 --dry-run",
 		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -57,9 +57,9 @@ every manifest and latest pointer: an unreadable one could name any chunk.
 	f := cmd.Flags()
 	f.StringVar(&o.From, "from", "", "backup URL")
 	f.IntVar(&o.KeepLast, "keep-last", 0, "keep the newest N backups of each partition (at least 1)")
-	f.DurationVar(&o.KeepWithin, "keep-within", 0, "also keep backups younger than this (e.g. 24h)")
-	f.DurationVar(&o.Grace, "grace", backup.DefaultGrace, "never delete chunks younger than this (at least the lock TTL)")
-	f.DurationVar(&o.LockTTL, "lock-ttl", backup.DefaultLockTTL, "how long the prune lock lasts if prune dies holding it (the backups' lock TTL; --grace must be at least this)")
+	human.DurationVar(f, &o.KeepWithin, "keep-within", 0, "also keep backups younger than this (e.g. 24h)")
+	human.DurationVar(f, &o.Grace, "grace", backup.DefaultGrace, "never delete chunks younger than this (at least the lock TTL)")
+	human.DurationVar(f, &o.LockTTL, "lock-ttl", backup.DefaultLockTTL, "how long the prune lock lasts if prune dies holding it (the backups' lock TTL; --grace must be at least this)")
 	f.BoolVar(&o.DryRun, "dry-run", false, "say what would be deleted, delete nothing")
 	f.StringArrayVar(&o.Retire, "retire-lineage", nil, "retire this lineage (id or unique prefix) first: its machines are gone (repeatable)")
 	addTrustedKeysFlag(f, &o.Trusted, "")
@@ -111,7 +111,7 @@ func runPrune(ctx context.Context, o pruneOptions, out io.Writer) error {
 		return printJSON(out, map[string]any{"dry_run": o.DryRun, "deleted_backups": append([]string{}, res.DeletedManifests...),
 			"protected_backups": append([]string{}, res.Protected...), "deleted_chunks": res.DeletedChunks, "deleted_bytes": res.DeletedBytes,
 			"kept_backups": res.KeptManifests, "swept_temporary_files": res.SweptTemp, "retired_lineages": append([]string{}, res.Retired...),
-			"ignored": append([]string{}, res.Ignored...)})
+			"ignored": append([]string{}, res.Ignored...), "held_chunks": res.HeldChunks, "held_bytes": res.HeldBytes, "held_until": res.HeldUntil})
 	}
 	verb := "deleted"
 	if o.DryRun {
@@ -124,6 +124,10 @@ func runPrune(ctx context.Context, o pruneOptions, out io.Writer) error {
 		fmt.Fprintf(out, "kept %s: the newest restorable overlap needs it\n", k)
 	}
 	fmt.Fprintf(out, "%s %s and %s (%s); kept %s\n", verb, human.Count(len(res.DeletedManifests), "backup"), human.Count(res.DeletedChunks, "chunk"), human.Bytes(res.DeletedBytes), human.Count(res.KeptManifests, "backup"))
+	if res.HeldChunks > 0 {
+		fmt.Fprintf(out, "held back %s (%s) no backup names, younger than --grace %v (a running backup may be about to name them): a prune after %s deletes them\n",
+			human.Count(res.HeldChunks, "chunk"), human.Bytes(res.HeldBytes), o.Grace, res.HeldUntil.UTC().Format(time.RFC3339))
+	}
 	if res.SweptTemp > 0 {
 		fmt.Fprintf(out, "removed %d temporary files that killed uploads left behind\n", res.SweptTemp)
 	}

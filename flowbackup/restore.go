@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"os/user"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -76,7 +77,7 @@ to one plan: run restore --dry-run --json once, then each machine with the
 plan's --lineage and --epoch (a cluster whose machines restored different
 lineages or epochs refuses to start, and says which).
 
-` + exitCodesHelp,
+` + exitCodesRestore,
 		Example: "  flowbackup restore --from s3://my-bucket/flows/wc --to /var/lib/flowkeep\n  flowbackup restore --from gs://bkt/wc --to /data/rec --partitions 2,3\n  flowbackup restore --from file:///mnt/backups/wc --to /tmp/rec --dry-run",
 		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -136,6 +137,14 @@ func parsePartitions(s string) ([]int, error) {
 func runRestore(ctx context.Context, o restoreOptions, out, errOut io.Writer) error {
 	if o.To == "" && !o.DryRun {
 		return usagef("--to DIR is required: where to lay the partitions")
+	}
+	if o.To != "" && !o.DryRun {
+		if err := checkTarget(o.To); err != nil {
+			return err
+		}
+	}
+	if looksLikeURL(o.To) {
+		return usagef("--to %q looks like a storage URL, not a directory: restore lays the partitions into --to DIR and reads the backups from --from URL (or FLOWBACKUP_URL); FLOWBACKUP_TO, if set for the agent, is a URL too", o.To)
 	}
 	if _, err := useMemory(o.Memory); err != nil {
 		return err
@@ -228,7 +237,8 @@ func runRestore(ctx context.Context, o restoreOptions, out, errOut io.Writer) er
 		if errors.Is(err, restore.ErrNotRestorable) {
 			return exitError{exitNotRestorable, err}
 		}
-		if errors.Is(err, restore.ErrAmbiguous) || errors.Is(err, restore.ErrOccupied) || errors.Is(err, restore.ErrNoSuchEpoch) || errors.Is(err, restore.ErrNoSuchLineage) {
+		if errors.Is(err, restore.ErrAmbiguous) || errors.Is(err, restore.ErrOccupied) || errors.Is(err, restore.ErrNoSuchEpoch) || errors.Is(err, restore.ErrNoSuchLineage) ||
+			errors.Is(err, restore.ErrNoSuchPartition) {
 			return usageError{err}
 		}
 		return err
@@ -264,6 +274,37 @@ func runRestore(ctx context.Context, o restoreOptions, out, errOut io.Writer) er
 		fmt.Fprintf(out, "downloaded %s (laid down %s) in %v; resume with: flowrun run %s -r %s -s … -b …\n", human.Bytes(res.Downloaded), human.Bytes(res.Bytes), time.Since(began).Round(time.Millisecond), p.Flow.Name, o.To)
 	}
 	return nil
+}
+
+// checkTarget refuses a restore target that cannot be a directory restore
+// writes: an existing non-directory, or one whose nearest existing parent
+// is not a writable directory (exit 3, before anything is read).
+func checkTarget(dir string) error {
+	p := filepath.Clean(dir)
+	for {
+		st, err := os.Stat(p)
+		if err == nil {
+			if !st.IsDir() {
+				return usagef("--to %s: %s is not a directory", dir, p)
+			}
+			// Try it: permissions (which root passes) are not all that can
+			// refuse (a read-only or virtual file system).
+			probe, err := os.MkdirTemp(p, ".flowkeep-probe-")
+			if err != nil {
+				return usagef("--to %s: cannot write in %s (%v): run the restore as a user who can, or as root with --owner", dir, p, errors.Unwrap(err))
+			}
+			os.Remove(probe)
+			return nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return usagef("--to %s: %v", dir, err)
+		}
+		parent := filepath.Dir(p)
+		if parent == p {
+			return usagef("--to %s: no existing parent directory", dir)
+		}
+		p = parent
+	}
 }
 
 // parseOwner parses USER[:GROUP], names or numbers; a missing group keeps

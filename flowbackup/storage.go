@@ -41,7 +41,8 @@ func (o *storageOptions) addFlags(f *pflag.FlagSet) {
 	}
 	f.StringVar(&o.S3Endpoint, "s3-endpoint", os.Getenv("FLOWKEEP_S3_ENDPOINT"), "S3 endpoint for S3-compatible servers (e.g. http://127.0.0.1:7070); buckets are then addressed by path unless --s3-path-style=false. AWS_ENDPOINT_URL_S3 works too")
 	f.StringVar(&o.S3Region, "s3-region", "", "S3 region (default: from the AWS configuration, else us-east-1)")
-	f.Var(&o.S3PathStyle, "s3-path-style", "address S3 buckets by path, not by host name (default: on with a custom endpoint)")
+	f.Var(&o.S3PathStyle, "s3-path-style", "address S3 buckets by path, not by host name (default: on with a custom endpoint; a bare --s3-path-style means true)")
+	f.Lookup("s3-path-style").NoOptDefVal = "true"
 	f.StringVar(&o.S3SSE, "s3-sse", "", "S3 server-side encryption: AES256 or aws:kms")
 	f.StringVar(&o.S3KMSKeyID, "s3-sse-kms-key-id", "", "KMS key for --s3-sse aws:kms (default: the AWS managed key)")
 }

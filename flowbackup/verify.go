@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -61,6 +62,9 @@ Exit codes:
 		Example: "  flowbackup verify --from s3://my-bucket/flows/wc --max-age 15m\n  flowbackup verify --from gs://bkt/wc --deep --json",
 		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cmd.Flags().Changed("sample") && o.Sample <= 0 {
+				return usagef("--sample must be a percentage above 0 and at most 100, got %g", o.Sample)
+			}
 			return runVerify(cmd.Context(), o, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
@@ -68,7 +72,7 @@ Exit codes:
 	f.StringVar(&o.From, "from", "", "backup URL: file:///path, s3://bucket/prefix or gs://bucket/prefix")
 	f.BoolVar(&o.Deep, "deep", false, "download and check every object and rebuild every image")
 	f.BoolVar(&o.JSON, "json", false, "print the report as JSON")
-	f.DurationVar(&o.MaxAge, "max-age", 0, "report a problem if the restorable epoch is older than this (e.g. 15m)")
+	human.DurationVar(f, &o.MaxAge, "max-age", 0, "report a problem if the restorable epoch is older than this (e.g. 15m)")
 	f.StringVar(&o.Flow, "flow", "", "audit only this flow (its name or uid)")
 	f.IntVar(&o.Workers, "workers", 32, "requests at once (per partition for --deep, within --memory)")
 	f.Float64Var(&o.Sample, "sample", 0, "with --deep: read only this percentage of the objects, chosen at random, and check their sha256 (0 < P <= 100)")
@@ -99,6 +103,11 @@ func runVerify(ctx context.Context, o verifyOptions, out, errOut io.Writer) erro
 	}
 	if o.Workers < 1 {
 		return usagef("--workers must be at least 1, got %d", o.Workers)
+	}
+	if o.TempDir != "" {
+		if st, err := os.Stat(o.TempDir); err != nil || !st.IsDir() {
+			return usagef("--temp-dir %s: not a directory (deep verify rebuilds images there)", o.TempDir)
+		}
 	}
 	s, err := o.open(ctx, o.From)
 	if err != nil {

@@ -18,6 +18,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/flowkeep/flowkeep/internal/version"
+
 	"github.com/flowkeep/flowkeep/core"
 )
 
@@ -122,13 +124,23 @@ recovery partitions, resumes from the latest consistent snapshot (with another
 worker count, if you like), and continues after end of input.
 
 ` + exitCodesHelp,
+		Version:       version.String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
+	root.SetVersionTemplate("flowrun {{.Version}}\n")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newRunCommand(specs), newRecoveryCommand())
+	root.AddCommand(newRunCommand(specs), newRecoveryCommand(), &cobra.Command{
+		Use:   "version",
+		Short: "Print the flowrun version and VCS revision",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			fmt.Fprintln(cmd.OutOrStdout(), "flowrun", version.String())
+			return nil
+		},
+	})
 	return root
 }
 

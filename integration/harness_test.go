@@ -91,6 +91,24 @@ func sealed(b backend) backend {
 	return e
 }
 
+// signed is b with every flowbackup command signing (backup, agent,
+// prune) with a new Ed25519 key and trusting its public key (restore,
+// verify, list, prune), as FLOWBACKUP_* variables.
+func signed(b backend) backend {
+	e := b
+	key := filepath.Join(binDir, fmt.Sprintf("%s-%d.key", strings.ReplaceAll(b.name, "+", "-"), time.Now().UnixNano()))
+	if out, err := exec.Command(backupBin, "keygen", "--out", key).CombinedOutput(); err != nil {
+		panic(fmt.Sprintf("keygen: %v\n%s", err, out))
+	}
+	keys := []string{"FLOWBACKUP_SIGNING_KEY=" + key, "FLOWBACKUP_TRUSTED_KEYS=" + key + ".pub"}
+	e.name = b.name + "+signed"
+	e.env = func(addr string) []string { return append(b.env(addr), keys...) }
+	if b.plain != nil {
+		e.plain = func(addr string) []string { return append(b.plain(addr), keys...) }
+	}
+	return e
+}
+
 // backend is an object store the tools are pointed at.
 type backend struct {
 	name string
@@ -159,8 +177,9 @@ func backends(t *testing.T) []backend {
 		t.Cleanup(func() { st.Close() })
 		return st
 	}
-	// Every drill runs once in the clear and once encrypted, on each server.
-	return []backend{s3b, gcsb, sealed(s3b), sealed(gcsb)}
+	// Every drill runs once in the clear and once encrypted and signed, on
+	// each server.
+	return []backend{s3b, gcsb, signed(sealed(s3b)), signed(sealed(gcsb))}
 }
 
 func splitURL(url string) (string, string) {

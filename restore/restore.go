@@ -404,7 +404,7 @@ func selectPartitions(want []int, count int) ([]int, error) {
 	var out []int
 	for _, p := range want {
 		if p < 0 || p >= count {
-			return nil, fmt.Errorf("partition %d does not exist: the flow has partitions 0..%d", p, count-1)
+			return nil, fmt.Errorf("%w: partition %d does not exist: the flow has partitions 0..%d", ErrNoSuchPartition, p, count-1)
 		}
 		if !seen[p] {
 			seen[p] = true
@@ -461,6 +461,10 @@ func prepareDir(ctx context.Context, dir string, o Options) (func(), error) {
 	}
 	return unlock, nil
 }
+
+// ErrNoSuchPartition says a restore was asked for a partition the flow
+// does not have.
+var ErrNoSuchPartition = errors.New("no such partition")
 
 // ErrOccupied says the target directory holds partitions already.
 var ErrOccupied = errors.New("restore target is not empty")

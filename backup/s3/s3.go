@@ -19,6 +19,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/smithy-go/logging"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
@@ -62,7 +63,9 @@ func New(ctx context.Context, bucket, prefix string, o Options) (*Store, error) 
 	default:
 		return nil, fmt.Errorf("s3: unknown server-side encryption %q (use AES256 or aws:kms)", o.SSE)
 	}
-	var loads []func(*config.LoadOptions) error
+	// The SDK's own log lines (an IMDS fallback warning printed before our
+	// error says what is missing) only confuse: errors say what happened.
+	loads := []func(*config.LoadOptions) error{config.WithLogger(logging.Nop{})}
 	if o.Region != "" {
 		loads = append(loads, config.WithRegion(o.Region))
 	}

@@ -125,7 +125,12 @@ func TestCLI_BackupListVerifyRestorePrune(t *testing.T) {
 	rec := flowDir(t, "5s")
 	to := "file://" + t.TempDir()
 	must(t, backupBin, "backup", "-r", rec, "--to", to)
-	must(t, backupBin, "backup", "-r", rec, "--to", to)
+	// A one-shot backup skips partitions that did not move, as the agent
+	// does; --even-unchanged takes them anyway.
+	if again := must(t, backupBin, "backup", "-r", rec, "--to", to); strings.Count(again, "skipped (unchanged)") != 2 {
+		t.Fatalf("second backup of an idle flow:\n%s", again)
+	}
+	must(t, backupBin, "backup", "-r", rec, "--to", to, "--even-unchanged")
 	list := must(t, backupBin, "list", "--from", to)
 	if strings.Count(list, " base ") != 2 || strings.Count(list, " delta ") != 2 || !strings.Contains(list, "restorable to epoch 2") {
 		t.Fatalf("list:\n%s", list)

@@ -86,7 +86,7 @@ verify:
   max_age: 1h
 `), 0o644)
 	env := []string{"FLOWKEEP_TEST_BUCKET=" + bucket}
-	for _, args := range [][]string{{"backup"}, {"backup"}} {
+	for _, args := range [][]string{{"backup"}, {"backup", "--even-unchanged"}} {
 		if out, code := runEnv(t, env, append(args, "--config", cfg)...); code != 0 {
 			t.Fatalf("%v: exit %d\n%s", args, code, out)
 		}

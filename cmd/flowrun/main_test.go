@@ -498,3 +498,12 @@ func TestRun_SignalStopsCleanlyAndSaysWhatWasSaved(t *testing.T) {
 		})
 	}
 }
+
+func TestCLI_VersionFlagAndCommand(t *testing.T) {
+	for _, args := range [][]string{{"--version"}, {"version"}} {
+		out := mustRun(t, args...)
+		if !strings.HasPrefix(out, "flowrun ") {
+			t.Fatalf("flowrun %v: %q", args, out)
+		}
+	}
+}

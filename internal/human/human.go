@@ -3,9 +3,12 @@ package human
 
 import (
 	"fmt"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/spf13/pflag"
 )
 
 // Bytes formats n with a binary unit: "512 B", "1.5 KiB", "3.0 GiB".
@@ -50,27 +53,53 @@ func ParseBytes(s string) (int64, error) {
 	return n * m, nil
 }
 
-// ParseDuration parses a duration as Go writes it ("90s", "1m30s", "5m")
-// or, like Bytewax, a bare number of seconds ("30" is 30s, "0.5" is 500ms).
+// ParseDuration parses a duration as Go writes it ("90s", "1m30s", "5m"),
+// with days and weeks too ("7d", "1d12h", "2w"), or, like Bytewax, a bare
+// number of seconds ("30" is 30s, "0.5" is 500ms).
 func ParseDuration(s string) (time.Duration, error) {
 	t := strings.TrimSpace(s)
 	unit := ""
 	if t != "" && strings.Trim(t, "0123456789.") == "" {
 		unit = "s"
 	}
+	t = daysRE.ReplaceAllStringFunc(t, func(m string) string {
+		n, err := strconv.ParseFloat(m[:len(m)-1], 64)
+		if err != nil {
+			return m
+		}
+		per := 24.0
+		if m[len(m)-1] == 'w' {
+			per = 7 * 24
+		}
+		return strconv.FormatFloat(n*per, 'f', -1, 64) + "h"
+	})
 	d, err := time.ParseDuration(t + unit)
 	if err != nil {
-		return 0, fmt.Errorf("duration %q: give seconds (30) or a number with a unit (30s, 5m, 1h30m)", s)
+		return 0, fmt.Errorf("duration %q: give seconds (30) or a number with a unit (30s, 5m, 1h30m, 7d)", s)
 	}
 	return d, nil
+}
+
+var daysRE = regexp.MustCompile(`[0-9.]+[dw]`)
+
+// DurationVar defines a duration flag read by ParseDuration, with its
+// default shown once in the help.
+func DurationVar(f *pflag.FlagSet, p *time.Duration, name string, def time.Duration, usage string) {
+	DurationVarP(f, p, name, "", def, usage)
+}
+
+// DurationVarP is DurationVar with a shorthand.
+func DurationVarP(f *pflag.FlagSet, p *time.Duration, name, short string, def time.Duration, usage string) {
+	*p = def
+	f.VarP(Duration{D: p}, name, short, usage)
 }
 
 // Duration is a flag value (pflag.Value) read by ParseDuration.
 type Duration struct{ D *time.Duration }
 
 func (d Duration) String() string {
-	if d.D == nil {
-		return "0s"
+	if d.D == nil || *d.D == 0 {
+		return "0" // pflag shows no default for "0"
 	}
 	return d.D.String()
 }
