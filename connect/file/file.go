@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -139,9 +140,13 @@ func (p *linePartition) Position() []byte { return strconv.AppendInt(nil, p.pos,
 func (p *linePartition) Close() error     { return p.f.Close() }
 
 // Sink writes lines to one file (one partition, named after the file's
-// base name). Commit flushes and fsyncs, and its position is the file size;
-// on resume the file is truncated to the stored position, so together with
-// recovery the file's content is exactly-once. A file this flow has not
+// base name). Commit flushes and fsyncs, and its position is the file size
+// with a checksum of the file's first and last 4 KiB before it; on resume the
+// file is truncated to the stored position, so together with recovery the
+// file's content is exactly-once. A resume first checks that the file holds
+// what the flow wrote up to the position (the same file, or a copy of it at
+// any path or on other storage); another file under the same base name is
+// refused with ErrOtherFile and left untouched. A file this flow has not
 // written (a fresh run, or a later run pointed at another file) must be
 // empty unless Overwrite is set. Written lines reach the file (not the disk)
 // as soon as the flow has nothing more to give, before the epoch closes;
@@ -167,26 +172,39 @@ func (s Sink) Open(ctx context.Context, _ string, resume []byte) (core.SinkParti
 	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 		return nil, fmt.Errorf("output directory %s does not exist", dir)
 	}
-	f, err := os.OpenFile(s.Path, os.O_RDWR|os.O_CREATE, 0o644)
+	var pos position
+	if resume != nil {
+		var err error
+		if pos, err = parsePosition(resume); err != nil {
+			return nil, fmt.Errorf("output %s: %w", s.Path, err)
+		}
+	}
+	flag := os.O_RDWR | os.O_CREATE
+	if resume != nil && pos.Offset > 0 {
+		flag = os.O_RDWR // the flow wrote to it: never create it empty
+	}
+	f, err := os.OpenFile(s.Path, flag, 0o644)
+	if errors.Is(err, fs.ErrNotExist) && flag&os.O_CREATE == 0 {
+		return nil, fmt.Errorf("output %s does not exist but this flow already wrote %d bytes to it%s: restore it (or a copy of it) there, or write to a file of another name", s.Path, pos.Offset, pos.elsewhere(s.Path))
+	}
 	if err != nil {
 		return nil, err
 	}
+	path := absPath(s.Path)
 	st, err := f.Stat()
 	if err != nil {
 		f.Close()
 		return nil, err
 	}
+	id := fileID(st)
 	var off int64
 	switch {
 	case resume != nil:
-		if off, err = strconv.ParseInt(string(resume), 10, 64); err != nil || off < 0 {
+		if err := s.checkResume(f, st.Size(), path, id, pos); err != nil {
 			f.Close()
-			return nil, fmt.Errorf("stored position %q of %s is not a byte offset", resume, s.Path)
+			return nil, err
 		}
-		if st.Size() < off {
-			f.Close()
-			return nil, fmt.Errorf("output %s has %d bytes but %d were already written: it was truncated or replaced; restore it or write to a new file", s.Path, st.Size(), off)
-		}
+		off = pos.Offset
 	case st.Size() == 0 || s.Overwrite:
 	case core.RunInfoFrom(ctx).Execution > 0 && core.RunInfoFrom(ctx).StartEpoch <= 1:
 		// A re-execution before any epoch was durable: what the file holds
@@ -208,12 +226,42 @@ func (s Sink) Open(ctx context.Context, _ string, resume []byte) (core.SinkParti
 		f.Close()
 		return nil, err
 	}
-	return &fileSinkPart{f: f, w: bufio.NewWriterSize(f, 256<<10), pos: off, sorted: s.Sorted}, nil
+	return &fileSinkPart{f: f, w: bufio.NewWriterSize(f, 256<<10), path: path, id: id, pos: off, sorted: s.Sorted}, nil
+}
+
+// checkResume returns why the sink must not resume at pos in f (at path,
+// with device and inode id, size bytes long), or nil. It only reads f.
+func (s Sink) checkResume(f io.ReaderAt, size int64, path, id string, pos position) error {
+	if size < pos.Offset {
+		return fmt.Errorf("output %s has %d bytes but %d were already written%s: it was truncated or replaced; restore it or write to a file of another name", s.Path, size, pos.Offset, pos.elsewhere(path))
+	}
+	switch {
+	case !pos.checked():
+		// A bare offset from an earlier version: nothing to check it with.
+		return nil
+	case pos.Offset == 0:
+		// No bytes to compare: only the very file the position was taken
+		// in may hold uncommitted output to discard.
+		if size == 0 || path == pos.Path && id == pos.File {
+			return nil
+		}
+		return otherFile("output %s is not empty and is not the file this flow last committed to (%s, with nothing written yet), so it was left untouched: empty or remove it if it holds only this flow's uncommitted output, or write to a file of another name", s.Path, pos.Path)
+	}
+	ok, err := pos.matches(f)
+	if err != nil {
+		return fmt.Errorf("output %s: check it is the file this flow wrote: %w", s.Path, err)
+	}
+	if !ok {
+		return otherFile("output %s is not the file this flow wrote, so it was left untouched: its first %d bytes differ from those the flow wrote to %s; resume with that file (or a copy of it) as the output, or write to a file of another name", s.Path, pos.Offset, pos.Path)
+	}
+	return nil
 }
 
 type fileSinkPart struct {
 	f      *os.File
 	w      *bufio.Writer
+	path   string // absolute
+	id     string // device and inode
 	pos    int64
 	sorted bool
 	epoch  []string
@@ -249,7 +297,11 @@ func (p *fileSinkPart) Commit() ([]byte, error) {
 	if err := p.f.Sync(); err != nil {
 		return nil, err
 	}
-	return strconv.AppendInt(nil, p.pos, 10), nil
+	pos, err := takePosition(p.f, p.path, p.id, p.pos)
+	if err != nil {
+		return nil, fmt.Errorf("output %s: %w", p.path, err)
+	}
+	return pos.encode(), nil
 }
 
 // Flush implements core.Flusher: unsorted lines written so far reach the
