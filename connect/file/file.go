@@ -23,8 +23,12 @@ import (
 
 // Source reads one file line by line; it has one partition named after
 // the file's base name, and its position is the byte offset after the last
-// line read. A last line without a newline counts as a line. Appending to the
-// file and running again reads only what was appended.
+// line read, with a checksum of the file's first and last 4 KiB before it.
+// A last line without a newline counts as a line. Appending to the
+// file and running again reads only what was appended. A resume first checks
+// that the file holds what was read up to the position (the same file, or a
+// copy of it anywhere); another file under the same base name is refused
+// with ErrOtherFile rather than read from the middle.
 type Source struct{ Path string }
 
 // Partitions implements core.Source.
@@ -41,8 +45,8 @@ func (s Source) Open(_ context.Context, _ string, resume []byte) (core.SourcePar
 }
 
 // DirSource reads every regular file directly in Dir, one partition per file
-// (named by file name), each like Source. Files added between runs are
-// read from the start by the next run.
+// (named by file name), each like Source (with the same check on resume).
+// Files added between runs are read from the start by the next run.
 type DirSource struct{ Dir string }
 
 // Partitions implements core.Source.
@@ -72,37 +76,61 @@ const linesPerBatch = 1024
 type linePartition struct {
 	f     *os.File
 	r     *bufio.Reader
+	path  string // absolute
 	pos   int64
 	batch []string
 	long  []byte
+	// The last position taken, at offset lastOff.
+	last    []byte
+	lastOff int64
 }
 
 func openLines(path string, resume []byte) (*linePartition, error) {
+	var pos position
+	if resume != nil {
+		var err error
+		if pos, err = parsePosition(resume); err != nil {
+			return nil, fmt.Errorf("input %s: %w", path, err)
+		}
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
-	var off int64
 	if resume != nil {
-		if off, err = strconv.ParseInt(string(resume), 10, 64); err != nil || off < 0 {
-			f.Close()
-			return nil, fmt.Errorf("stored position %q of %s is not a byte offset", resume, path)
-		}
-		st, err := f.Stat()
-		if err != nil {
+		if err := checkInput(f, path, pos); err != nil {
 			f.Close()
 			return nil, err
 		}
-		if st.Size() < off {
-			f.Close()
-			return nil, fmt.Errorf("%s has %d bytes but %d were already read: the input was truncated or replaced; restore it or start a new flow", path, st.Size(), off)
-		}
-		if _, err := f.Seek(off, io.SeekStart); err != nil {
+		if _, err := f.Seek(pos.Offset, io.SeekStart); err != nil {
 			f.Close()
 			return nil, err
 		}
 	}
-	return &linePartition{f: f, r: bufio.NewReaderSize(f, 256<<10), pos: off}, nil
+	return &linePartition{f: f, r: bufio.NewReaderSize(f, 256<<10), path: absPath(path), pos: pos.Offset}, nil
+}
+
+// checkInput returns why f, the input at path, must not be read from pos,
+// or nil.
+func checkInput(f *os.File, path string, pos position) error {
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if st.Size() < pos.Offset {
+		return fmt.Errorf("%s has %d bytes but %d were already read%s: the input was truncated or replaced; restore it or start a new flow", path, st.Size(), pos.Offset, pos.elsewhere(path))
+	}
+	if !pos.checked() || pos.Offset == 0 {
+		return nil // an earlier version's bare offset, or nothing read yet
+	}
+	ok, err := pos.matches(f)
+	if err != nil {
+		return fmt.Errorf("input %s: check it is the file this flow read: %w", path, err)
+	}
+	if !ok {
+		return otherFile("input %s is not the file this flow read, so it was not read: its first %d bytes differ from those the flow read from %s; restore that file (or a copy of it) here, or give this one another name to have it read from its start", path, pos.Offset, pos.Path)
+	}
+	return nil
 }
 
 func (p *linePartition) NextBatch(_ context.Context, _ time.Duration) ([]string, error) {
@@ -136,8 +164,24 @@ func (p *linePartition) NextBatch(_ context.Context, _ time.Duration) ([]string,
 	return p.batch, nil
 }
 
-func (p *linePartition) Position() []byte { return strconv.AppendInt(nil, p.pos, 10) }
-func (p *linePartition) Close() error     { return p.f.Close() }
+// Position is the offset after the last line read, with a checksum of the
+// bytes before it (see position).
+func (p *linePartition) Position() []byte {
+	if p.last != nil && p.lastOff == p.pos {
+		return p.last
+	}
+	pos, err := takePosition(p.f, p.path, "", p.pos)
+	if err != nil {
+		// The bytes just read are gone (the input was truncated under the
+		// reader): a bare offset, which a resume checks only against the
+		// size, as earlier versions did.
+		return strconv.AppendInt(nil, p.pos, 10)
+	}
+	p.last, p.lastOff = pos.encode(), p.pos
+	return p.last
+}
+
+func (p *linePartition) Close() error { return p.f.Close() }
 
 // Sink writes lines to one file (one partition, named after the file's
 // base name). Commit flushes and fsyncs, and its position is the file size
