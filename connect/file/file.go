@@ -170,7 +170,7 @@ func (p *linePartition) Position() []byte {
 	if p.last != nil && p.lastOff == p.pos {
 		return p.last
 	}
-	pos, err := takePosition(p.f, p.path, "", p.pos)
+	pos, err := takePosition(p.f, p.path, p.pos)
 	if err != nil {
 		// The bytes just read are gone (the input was truncated under the
 		// reader): a bare offset, which a resume checks only against the
@@ -240,11 +240,10 @@ func (s Sink) Open(ctx context.Context, _ string, resume []byte) (core.SinkParti
 		f.Close()
 		return nil, err
 	}
-	id := fileID(st)
 	var off int64
 	switch {
 	case resume != nil:
-		if err := s.checkResume(f, st.Size(), path, id, pos); err != nil {
+		if err := s.checkResume(f, st.Size(), path, pos); err != nil {
 			f.Close()
 			return nil, err
 		}
@@ -270,12 +269,12 @@ func (s Sink) Open(ctx context.Context, _ string, resume []byte) (core.SinkParti
 		f.Close()
 		return nil, err
 	}
-	return &fileSinkPart{f: f, w: bufio.NewWriterSize(f, 256<<10), path: path, id: id, pos: off, sorted: s.Sorted}, nil
+	return &fileSinkPart{f: f, w: bufio.NewWriterSize(f, 256<<10), path: path, pos: off, sorted: s.Sorted}, nil
 }
 
 // checkResume returns why the sink must not resume at pos in f (at path,
-// with device and inode id, size bytes long), or nil. It only reads f.
-func (s Sink) checkResume(f io.ReaderAt, size int64, path, id string, pos position) error {
+// size bytes long), or nil. It only reads f.
+func (s Sink) checkResume(f io.ReaderAt, size int64, path string, pos position) error {
 	if size < pos.Offset {
 		return fmt.Errorf("output %s has %d bytes but %d were already written%s: it was truncated or replaced; restore it or write to a file of another name", s.Path, size, pos.Offset, pos.elsewhere(path))
 	}
@@ -284,12 +283,12 @@ func (s Sink) checkResume(f io.ReaderAt, size int64, path, id string, pos positi
 		// A bare offset from an earlier version: nothing to check it with.
 		return nil
 	case pos.Offset == 0:
-		// No bytes to compare: only the very file the position was taken
-		// in may hold uncommitted output to discard.
-		if size == 0 || path == pos.Path && id == pos.File {
+		// No bytes to compare: only at the path the flow writes may a
+		// non-empty file be its uncommitted output, to discard.
+		if size == 0 || path == pos.Path {
 			return nil
 		}
-		return otherFile("output %s is not empty and is not the file this flow last committed to (%s, with nothing written yet), so it was left untouched: empty or remove it if it holds only this flow's uncommitted output, or write to a file of another name", s.Path, pos.Path)
+		return otherFile("output %s is not empty, and this flow had written nothing to %s when it last committed, so nothing shows this file is its own; it was left untouched: empty or remove it if it holds only this flow's uncommitted output, or write to a file of another name", s.Path, pos.Path)
 	}
 	ok, err := pos.matches(f)
 	if err != nil {
@@ -305,7 +304,6 @@ type fileSinkPart struct {
 	f      *os.File
 	w      *bufio.Writer
 	path   string // absolute
-	id     string // device and inode
 	pos    int64
 	sorted bool
 	epoch  []string
@@ -341,7 +339,7 @@ func (p *fileSinkPart) Commit() ([]byte, error) {
 	if err := p.f.Sync(); err != nil {
 		return nil, err
 	}
-	pos, err := takePosition(p.f, p.path, p.id, p.pos)
+	pos, err := takePosition(p.f, p.path, p.pos)
 	if err != nil {
 		return nil, fmt.Errorf("output %s: %w", p.path, err)
 	}

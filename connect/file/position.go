@@ -7,10 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"path/filepath"
 	"strconv"
-	"syscall"
 )
 
 // ErrOtherFile is returned (wrapped) when a resume finds another file under
@@ -27,22 +25,23 @@ const checkWindow = 4096
 // bare decimal byte offset; those still parse (Sum empty) and resume
 // unchecked, as they did. This version stores JSON:
 //
-//	{"offset":N,"sha256":HEX,"path":ABS,"file":"DEV:INO"}
+//	{"offset":N,"sha256":HEX,"path":ABS}
 //
 // Sum is the sha256 of the bytes [0,h) and [max(h,N-4096),N) of the file,
 // h = min(N,4096): its first and last 4 KiB before the position (all of them
 // below 8 KiB). A resume compares it with the file it finds before touching
 // it, so the same file, or a copy of it on other storage or at another path
 // (a disaster-recovery restore), resumes, and another file of the same name
-// does not. Path and File (device and inode, "" where the system has none)
-// name the file the position was taken in: Path for messages, and both for
-// the one case the content cannot decide, a sink at offset 0 finding a
-// non-empty file.
+// does not. Path is the absolute path the position was taken at: for
+// messages, and for the one case the content cannot decide, a sink at offset
+// 0 finding a non-empty file (only at that path is it taken to be the flow's
+// own uncommitted output). Device and inode are not kept: shared storage
+// mounted on another machine, or after a reboot, has other numbers for the
+// same file.
 type position struct {
 	Offset int64  `json:"offset"`
 	Sum    string `json:"sha256,omitempty"`
 	Path   string `json:"path,omitempty"`
-	File   string `json:"file,omitempty"`
 }
 
 func parsePosition(b []byte) (position, error) {
@@ -69,14 +68,13 @@ func (p position) encode() []byte {
 // earlier versions cannot).
 func (p position) checked() bool { return p.Sum != "" }
 
-// takePosition makes the position off of f, which is at path (absolute)
-// with device and inode id.
-func takePosition(f io.ReaderAt, path, id string, off int64) (position, error) {
+// takePosition makes the position off of f, which is at path (absolute).
+func takePosition(f io.ReaderAt, path string, off int64) (position, error) {
 	sum, err := contentSum(f, off)
 	if err != nil {
 		return position{}, err
 	}
-	return position{Offset: off, Sum: sum, Path: path, File: id}, nil
+	return position{Offset: off, Sum: sum, Path: path}, nil
 }
 
 // contentSum is the checksum a position at off keeps of r (see position).
@@ -110,15 +108,6 @@ func absPath(path string) string {
 		return a
 	}
 	return path
-}
-
-// fileID names a file by device and inode ("" where the system has none):
-// a copy is another file, a rename within a file system the same.
-func fileID(st fs.FileInfo) string {
-	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
-		return fmt.Sprintf("%d:%d", sys.Dev, sys.Ino)
-	}
-	return ""
 }
 
 // elsewhere says where p was taken if not at path ("" if there, or unknown).
