@@ -28,8 +28,8 @@ const checkWindow = 4096
 //	{"offset":N,"sha256":HEX,"path":ABS}
 //
 // Sum is the sha256 of the bytes [0,h) and [max(h,N-4096),N) of the file,
-// h = min(N,4096): its first and last 4 KiB before the position (all of them
-// below 8 KiB). A resume compares it with the file it finds before touching
+// h = min(N,4096): its first and last 4 KiB before the position (every byte
+// before it when N is at most 8 KiB). A resume compares it with the file it finds before touching
 // it, so the same file, or a copy of it on other storage or at another path
 // (a disaster-recovery restore), resumes, and another file of the same name
 // does not. Path is the absolute path the position was taken at: for
