@@ -507,3 +507,65 @@ func TestCLI_VersionFlagAndCommand(t *testing.T) {
 		}
 	}
 }
+
+// A flow run again with -o pointed at another directory must not resume
+// into the unrelated file of the same name there (the sink's partition is
+// the base name): it refuses, says which file and what to do, and leaves the
+// file as it was. A copy of the flow's own output resumes anywhere.
+func TestRecovery_OutputOfSameNameElsewhereIsRefusedUntouched(t *testing.T) {
+	dir := t.TempDir()
+	in, rec := filepath.Join(dir, "in.txt"), filepath.Join(dir, "rec")
+	for _, d := range []string{rec, filepath.Join(dir, "A"), filepath.Join(dir, "B"), filepath.Join(dir, "C")} {
+		os.Mkdir(d, 0o755)
+	}
+	a, b, c := filepath.Join(dir, "A", "counts.csv"), filepath.Join(dir, "B", "counts.csv"), filepath.Join(dir, "C", "counts.csv")
+	mustRun(t, "recovery", "init", rec, "2")
+	args := func(out string) []string {
+		return []string{"run", "wordcount", "-i", in, "-o", out, "-r", rec, "-s", "1s", "-b", "0"}
+	}
+	appendInput := func(s string) {
+		f, _ := os.OpenFile(in, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		f.WriteString(s)
+		f.Close()
+	}
+	appendInput("apple banana apple\n")
+	mustRun(t, args(a)...)
+
+	appendInput("cherry Apple\n")
+	unrelated := []byte("region,total\nnorth,120\nsouth,75\neast,19\nwest,301\n")
+	os.WriteFile(b, unrelated, 0o644)
+	old := time.Now().Add(-time.Hour).Truncate(time.Second)
+	os.Chtimes(b, old, old)
+	msg, code := runCLI(t, args(b)...)
+	if code != 1 || !strings.Contains(msg, b) || !strings.Contains(msg, a) || !strings.Contains(msg, "left untouched") {
+		t.Fatalf("exit %d, output:\n%s\nwant exit 1 naming %s, the flow's own output %s and what to do", code, msg, b, a)
+	}
+	if got, _ := os.ReadFile(b); !bytes.Equal(got, unrelated) {
+		t.Fatalf("%s changed to %q", b, got)
+	}
+	if st, _ := os.Stat(b); !st.ModTime().Equal(old) {
+		t.Fatalf("%s modified at %v", b, st.ModTime())
+	}
+
+	// The refused run lost nothing: the flow's own output continues, and a
+	// copy of it at another path (a restore from elsewhere) continues too.
+	mustRun(t, args(a)...)
+	if got, want := mustReadString(t, a), "apple,2\nbanana,1\napple,3\ncherry,1\n"; got != want {
+		t.Fatalf("%s: %q, want %q", a, got, want)
+	}
+	copyTree(t, filepath.Join(dir, "A"), filepath.Join(dir, "C"))
+	appendInput("banana\n")
+	mustRun(t, args(c)...)
+	if got, want := mustReadString(t, c), "apple,2\nbanana,1\napple,3\ncherry,1\nbanana,2\n"; got != want {
+		t.Fatalf("%s: %q, want %q", c, got, want)
+	}
+}
+
+func mustReadString(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -22,8 +23,12 @@ import (
 
 // Source reads one file line by line; it has one partition named after
 // the file's base name, and its position is the byte offset after the last
-// line read. A last line without a newline counts as a line. Appending to the
-// file and running again reads only what was appended.
+// line read, with a checksum of the file's first and last 4 KiB before it.
+// A last line without a newline counts as a line. Appending to the
+// file and running again reads only what was appended. A resume first checks
+// that the file holds what was read up to the position (the same file, or a
+// copy of it anywhere); another file under the same base name is refused
+// with ErrOtherFile rather than read from the middle.
 type Source struct{ Path string }
 
 // Partitions implements core.Source.
@@ -40,8 +45,8 @@ func (s Source) Open(_ context.Context, _ string, resume []byte) (core.SourcePar
 }
 
 // DirSource reads every regular file directly in Dir, one partition per file
-// (named by file name), each like Source. Files added between runs are
-// read from the start by the next run.
+// (named by file name), each like Source (with the same check on resume).
+// Files added between runs are read from the start by the next run.
 type DirSource struct{ Dir string }
 
 // Partitions implements core.Source.
@@ -71,37 +76,61 @@ const linesPerBatch = 1024
 type linePartition struct {
 	f     *os.File
 	r     *bufio.Reader
+	path  string // absolute
 	pos   int64
 	batch []string
 	long  []byte
+	// The last position taken, at offset lastOff.
+	last    []byte
+	lastOff int64
 }
 
 func openLines(path string, resume []byte) (*linePartition, error) {
+	var pos position
+	if resume != nil {
+		var err error
+		if pos, err = parsePosition(resume); err != nil {
+			return nil, fmt.Errorf("input %s: %w", path, err)
+		}
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
-	var off int64
 	if resume != nil {
-		if off, err = strconv.ParseInt(string(resume), 10, 64); err != nil || off < 0 {
-			f.Close()
-			return nil, fmt.Errorf("stored position %q of %s is not a byte offset", resume, path)
-		}
-		st, err := f.Stat()
-		if err != nil {
+		if err := checkInput(f, path, pos); err != nil {
 			f.Close()
 			return nil, err
 		}
-		if st.Size() < off {
-			f.Close()
-			return nil, fmt.Errorf("%s has %d bytes but %d were already read: the input was truncated or replaced; restore it or start a new flow", path, st.Size(), off)
-		}
-		if _, err := f.Seek(off, io.SeekStart); err != nil {
+		if _, err := f.Seek(pos.Offset, io.SeekStart); err != nil {
 			f.Close()
 			return nil, err
 		}
 	}
-	return &linePartition{f: f, r: bufio.NewReaderSize(f, 256<<10), pos: off}, nil
+	return &linePartition{f: f, r: bufio.NewReaderSize(f, 256<<10), path: absPath(path), pos: pos.Offset}, nil
+}
+
+// checkInput returns why f, the input at path, must not be read from pos,
+// or nil.
+func checkInput(f *os.File, path string, pos position) error {
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if st.Size() < pos.Offset {
+		return fmt.Errorf("%s has %d bytes but %d were already read%s: the input was truncated or replaced; restore it or start a new flow", path, st.Size(), pos.Offset, pos.elsewhere(path))
+	}
+	if !pos.checked() || pos.Offset == 0 {
+		return nil // an earlier version's bare offset, or nothing read yet
+	}
+	ok, err := pos.matches(f)
+	if err != nil {
+		return fmt.Errorf("input %s: check it is the file this flow read: %w", path, err)
+	}
+	if !ok {
+		return otherFile("input %s is not the file this flow read, so it was not read: its first %d bytes differ from those the flow read from %s; restore that file (or a copy of it) here, or give this one another name to have it read from its start", path, pos.Offset, pos.Path)
+	}
+	return nil
 }
 
 func (p *linePartition) NextBatch(_ context.Context, _ time.Duration) ([]string, error) {
@@ -135,13 +164,33 @@ func (p *linePartition) NextBatch(_ context.Context, _ time.Duration) ([]string,
 	return p.batch, nil
 }
 
-func (p *linePartition) Position() []byte { return strconv.AppendInt(nil, p.pos, 10) }
-func (p *linePartition) Close() error     { return p.f.Close() }
+// Position is the offset after the last line read, with a checksum of the
+// bytes before it (see position).
+func (p *linePartition) Position() []byte {
+	if p.last != nil && p.lastOff == p.pos {
+		return p.last
+	}
+	pos, err := takePosition(p.f, p.path, p.pos)
+	if err != nil {
+		// The bytes just read are gone (the input was truncated under the
+		// reader): a bare offset, which a resume checks only against the
+		// size, as earlier versions did.
+		return strconv.AppendInt(nil, p.pos, 10)
+	}
+	p.last, p.lastOff = pos.encode(), p.pos
+	return p.last
+}
+
+func (p *linePartition) Close() error { return p.f.Close() }
 
 // Sink writes lines to one file (one partition, named after the file's
-// base name). Commit flushes and fsyncs, and its position is the file size;
-// on resume the file is truncated to the stored position, so together with
-// recovery the file's content is exactly-once. A file this flow has not
+// base name). Commit flushes and fsyncs, and its position is the file size
+// with a checksum of the file's first and last 4 KiB before it; on resume the
+// file is truncated to the stored position, so together with recovery the
+// file's content is exactly-once. A resume first checks that the file holds
+// what the flow wrote up to the position (the same file, or a copy of it at
+// any path or on other storage); another file under the same base name is
+// refused with ErrOtherFile and left untouched. A file this flow has not
 // written (a fresh run, or a later run pointed at another file) must be
 // empty unless Overwrite is set. Written lines reach the file (not the disk)
 // as soon as the flow has nothing more to give, before the epoch closes;
@@ -167,10 +216,25 @@ func (s Sink) Open(ctx context.Context, _ string, resume []byte) (core.SinkParti
 	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 		return nil, fmt.Errorf("output directory %s does not exist", dir)
 	}
-	f, err := os.OpenFile(s.Path, os.O_RDWR|os.O_CREATE, 0o644)
+	var pos position
+	if resume != nil {
+		var err error
+		if pos, err = parsePosition(resume); err != nil {
+			return nil, fmt.Errorf("output %s: %w", s.Path, err)
+		}
+	}
+	flag := os.O_RDWR | os.O_CREATE
+	if resume != nil && pos.Offset > 0 {
+		flag = os.O_RDWR // the flow wrote to it: never create it empty
+	}
+	f, err := os.OpenFile(s.Path, flag, 0o644)
+	if errors.Is(err, fs.ErrNotExist) && flag&os.O_CREATE == 0 {
+		return nil, fmt.Errorf("output %s does not exist but this flow already wrote %d bytes to it%s: restore it (or a copy of it) there, or write to a file of another name", s.Path, pos.Offset, pos.elsewhere(s.Path))
+	}
 	if err != nil {
 		return nil, err
 	}
+	path := absPath(s.Path)
 	st, err := f.Stat()
 	if err != nil {
 		f.Close()
@@ -179,14 +243,11 @@ func (s Sink) Open(ctx context.Context, _ string, resume []byte) (core.SinkParti
 	var off int64
 	switch {
 	case resume != nil:
-		if off, err = strconv.ParseInt(string(resume), 10, 64); err != nil || off < 0 {
+		if err := s.checkResume(f, st.Size(), path, pos); err != nil {
 			f.Close()
-			return nil, fmt.Errorf("stored position %q of %s is not a byte offset", resume, s.Path)
+			return nil, err
 		}
-		if st.Size() < off {
-			f.Close()
-			return nil, fmt.Errorf("output %s has %d bytes but %d were already written: it was truncated or replaced; restore it or write to a new file", s.Path, st.Size(), off)
-		}
+		off = pos.Offset
 	case st.Size() == 0 || s.Overwrite:
 	case core.RunInfoFrom(ctx).Execution > 0 && core.RunInfoFrom(ctx).StartEpoch <= 1:
 		// A re-execution before any epoch was durable: what the file holds
@@ -208,12 +269,41 @@ func (s Sink) Open(ctx context.Context, _ string, resume []byte) (core.SinkParti
 		f.Close()
 		return nil, err
 	}
-	return &fileSinkPart{f: f, w: bufio.NewWriterSize(f, 256<<10), pos: off, sorted: s.Sorted}, nil
+	return &fileSinkPart{f: f, w: bufio.NewWriterSize(f, 256<<10), path: path, pos: off, sorted: s.Sorted}, nil
+}
+
+// checkResume returns why the sink must not resume at pos in f (at path,
+// size bytes long), or nil. It only reads f.
+func (s Sink) checkResume(f io.ReaderAt, size int64, path string, pos position) error {
+	if size < pos.Offset {
+		return fmt.Errorf("output %s has %d bytes but %d were already written%s: it was truncated or replaced; restore it or write to a file of another name", s.Path, size, pos.Offset, pos.elsewhere(path))
+	}
+	switch {
+	case !pos.checked():
+		// A bare offset from an earlier version: nothing to check it with.
+		return nil
+	case pos.Offset == 0:
+		// No bytes to compare: only at the path the flow writes may a
+		// non-empty file be its uncommitted output, to discard.
+		if size == 0 || path == pos.Path {
+			return nil
+		}
+		return otherFile("output %s is not empty, and this flow had written nothing to %s when it last committed, so nothing shows this file is its own; it was left untouched: empty or remove it if it holds only this flow's uncommitted output, or write to a file of another name", s.Path, pos.Path)
+	}
+	ok, err := pos.matches(f)
+	if err != nil {
+		return fmt.Errorf("output %s: check it is the file this flow wrote: %w", s.Path, err)
+	}
+	if !ok {
+		return otherFile("output %s is not the file this flow wrote, so it was left untouched: its first %d bytes differ from those the flow wrote to %s; resume with that file (or a copy of it) as the output, or write to a file of another name", s.Path, pos.Offset, pos.Path)
+	}
+	return nil
 }
 
 type fileSinkPart struct {
 	f      *os.File
 	w      *bufio.Writer
+	path   string // absolute
 	pos    int64
 	sorted bool
 	epoch  []string
@@ -249,7 +339,11 @@ func (p *fileSinkPart) Commit() ([]byte, error) {
 	if err := p.f.Sync(); err != nil {
 		return nil, err
 	}
-	return strconv.AppendInt(nil, p.pos, 10), nil
+	pos, err := takePosition(p.f, p.path, p.pos)
+	if err != nil {
+		return nil, fmt.Errorf("output %s: %w", p.path, err)
+	}
+	return pos.encode(), nil
 }
 
 // Flush implements core.Flusher: unsorted lines written so far reach the
