@@ -153,7 +153,7 @@ func TestBackup_BitRotFoundByDeepVerifyHealedByNextBackup(t *testing.T) {
 	}
 	rotten := first[0].Manifest.Base.Chunks[0].SHA256
 	s.Mutate(backup.ChunkKey(rotten), func(b []byte) []byte { b[len(b)/2] ^= 1; return b })
-	rep, err := restore.Verify(ctx, s, restore.VerifyOptions{Deep: true})
+	rep, err := restore.Verify(ctx, s, restore.VerifyOptions{Deep: true, Quarantine: true})
 	if err != nil {
 		t.Fatal(err)
 	}

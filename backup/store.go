@@ -74,13 +74,16 @@ func ReadAll(ctx context.Context, s Store, key string, limit int64) ([]byte, err
 }
 
 // readParsed reads the object at key (at most limit bytes) and parses it.
-// A body that is too long or does not parse is read again (twice) before
-// the last error is returned: a byte flipped or a body cut short in transit
-// is not damage in the store. Other read errors are returned at once.
+// A body that is too long or does not parse is read again: a byte flipped
+// or a body cut short in transit is not damage in the store. The last
+// error is returned once two reads gave the same unparsable bytes (the
+// store's copy is damaged), or after MaxReads reads damaged each time
+// differently (the link's doing). Other read errors are returned at once.
 func readParsed[T any](ctx context.Context, s Store, key string, limit int64, parse func([]byte) (T, error)) (T, error) {
 	var v T
 	var err error
-	for attempt := 0; attempt < 3; attempt++ {
+	seen := map[string]bool{}
+	for attempt := 0; attempt < MaxReads; attempt++ {
 		var b []byte
 		if b, err = ReadAll(ctx, s, key, limit); err != nil {
 			if errors.Is(err, ErrCorrupt) {
@@ -91,9 +94,18 @@ func readParsed[T any](ctx context.Context, s Store, key string, limit int64, pa
 		if v, err = parse(b); err == nil {
 			return v, nil
 		}
+		sum := SumHex(b)
+		if seen[sum] {
+			return v, err // the same damaged bytes twice: the store's
+		}
+		seen[sum] = true
 	}
 	return v, err
 }
+
+// MaxReads bounds the reads of an object that keeps arriving damaged, each
+// time differently.
+const MaxReads = 8
 
 // ReadSized reads an object the manifest says is size bytes (at most a
 // chunk's bound), into a buffer of that size from the start; it refuses more.

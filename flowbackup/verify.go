@@ -16,18 +16,19 @@ import (
 )
 
 type verifyOptions struct {
-	From    string
-	Deep    bool
-	JSON    bool
-	MaxAge  time.Duration
-	Flow    string
-	Workers int
-	Sample  float64
-	Newest  bool
-	Memory  int64
-	TempDir string
-	Keys    []string
-	Trusted []string
+	From       string
+	Deep       bool
+	JSON       bool
+	MaxAge     time.Duration
+	Flow       string
+	Workers    int
+	Sample     float64
+	Newest     bool
+	Quarantine bool
+	Memory     int64
+	TempDir    string
+	Keys       []string
+	Trusted    []string
 	storageOptions
 }
 
@@ -77,6 +78,7 @@ Exit codes:
 	f.IntVar(&o.Workers, "workers", 32, "requests at once (per partition for --deep, within --memory)")
 	f.Float64Var(&o.Sample, "sample", 0, "with --deep: read only this percentage of the objects, chosen at random, and check their sha256 (0 < P <= 100)")
 	f.BoolVar(&o.Newest, "newest", false, "with --deep: check only the backups the newest restore would use")
+	f.BoolVar(&o.Quarantine, "quarantine", false, "with --deep: mark chunks found damaged in the store so the next backup heals them (needs write access; without it verify writes nothing)")
 	f.StringVar(&o.TempDir, "temp-dir", "", "where --deep rebuilds images (default $TMPDIR)")
 	addMemoryFlag(f, &o.Memory)
 	addIdentityFlag(f, &o.Keys)
@@ -126,7 +128,10 @@ func runVerify(ctx context.Context, o verifyOptions, out, errOut io.Writer) erro
 	if err != nil {
 		return err
 	}
-	vo := restore.VerifyOptions{Deep: o.Deep, Sample: o.Sample, Newest: o.Newest, MaxAge: o.MaxAge, FlowUID: uid, Workers: o.Workers,
+	if o.Quarantine && !o.Deep {
+		return usagef("--quarantine needs --deep (only a deep check reads the chunks)")
+	}
+	vo := restore.VerifyOptions{Deep: o.Deep, Sample: o.Sample, Newest: o.Newest, Quarantine: o.Quarantine, MaxAge: o.MaxAge, FlowUID: uid, Workers: o.Workers,
 		Memory: o.Memory, TempDir: o.TempDir, Keys: keys, Trusted: trusted}
 	var bar *transferBar
 	if o.Deep {

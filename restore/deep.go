@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/flowkeep/flowkeep/backup"
+	"github.com/flowkeep/flowkeep/internal/human"
 )
 
 // A deep check reads each object the checked backups name from the store
@@ -43,6 +44,7 @@ type deepScope struct {
 	problem  func(*backup.Manifest, string)
 	read     atomic.Int64 // stored bytes read from the store
 	objects  atomic.Int64 // objects read from the store
+	flaky    atomic.Int64 // objects that arrived damaged, then whole
 	progress func(done, total int64)
 	total    int64
 
@@ -116,6 +118,9 @@ func deepCheck(ctx context.Context, s backup.Store, ms []*backup.Manifest, bad m
 	}
 	rep.ObjectsRead = int(d.objects.Load())
 	rep.BytesRead = d.read.Load()
+	if n := d.flaky.Load(); n > 0 {
+		rep.Notes = append(rep.Notes, Problem{Message: fmt.Sprintf("%s arrived damaged and then whole when read again: the link (a proxy, a NIC) corrupts data in transit; the store's copies are whole", human.Count(n, "object"))})
+	}
 	return err
 }
 
@@ -185,10 +190,16 @@ func (d *deepScope) sample(ctx context.Context, todo []*backup.Manifest, unique 
 // classify turns a damaged or missing object into a finding (nil) and
 // keeps other errors (access, disk).
 func (d *deepScope) classify(err error) error {
-	if err == nil || errors.Is(err, backup.ErrCorrupt) || errors.Is(err, backup.ErrNotFound) {
+	if err == nil || finding(err) {
 		return nil
 	}
 	return err
+}
+
+// finding says whether err is about an object (damaged, missing, or
+// unreadable through a corrupting link), not about the check itself.
+func finding(err error) bool {
+	return errors.Is(err, backup.ErrCorrupt) || errors.Is(err, backup.ErrNotFound) || errors.Is(err, ErrFlakyLink)
 }
 
 // get returns one object's verified content: from a local image if it was
@@ -208,7 +219,7 @@ func (d *deepScope) get(ctx context.Context, ob backup.Object) ([]byte, error) {
 		}
 	}
 	// The content's sha256 is checked even where the stored bytes' is known.
-	b, err := fetchChecked(ctx, d.s, ob, d.ciphers[ob.SHA256], true)
+	b, err := fetchChecked(ctx, d.s, ob, d.ciphers[ob.SHA256], true, &d.flaky)
 	d.read.Add(ob.Stored)
 	d.mu.Lock()
 	if !d.fetched[ob.SHA256] {
@@ -219,21 +230,23 @@ func (d *deepScope) get(ctx context.Context, ob backup.Object) ([]byte, error) {
 	if d.progress != nil {
 		d.progress(d.read.Load(), d.total)
 	}
-	if err != nil && (errors.Is(err, backup.ErrCorrupt) || errors.Is(err, backup.ErrNotFound)) {
+	if err != nil && finding(err) {
 		msg := err.Error()
 		var de *damagedChunk
-		if errors.As(err, &de) {
+		if errors.As(err, &de) && d.o.Quarantine {
 			d.mu.Lock()
 			first := !d.quarantined[de.sha256]
 			d.quarantined[de.sha256] = true
 			d.mu.Unlock()
 			if first {
 				if qerr := backup.Quarantine(ctx, d.s, de.sha256, de.reason, d.o.Now()); qerr != nil {
-					msg += fmt.Sprintf("; could not quarantine it (%v): run verify --deep with the agent's credentials so the next backup heals it", qerr)
+					msg += fmt.Sprintf("; could not quarantine it (%v): run verify --deep --quarantine with the agent's credentials so the next backup heals it", qerr)
 				} else {
 					msg += "; quarantined: the next backup uploads it again, or takes a new base"
 				}
 			}
+		} else if errors.As(err, &de) {
+			msg += "; verify --deep --quarantine (with write access) marks it so the next backup uploads it again, or takes a new base"
 		}
 		d.mu.Lock()
 		d.damaged[ob.SHA256] = msg

@@ -108,7 +108,14 @@ func TestDeepVerify_DamageIsChargedToTheBackupsThatUseIt(t *testing.T) {
 			cat, _ := backup.LoadCatalog(ctx, s, 0)
 			ob, _ := tc.pick(cat.Manifests)
 			s.Mutate(backup.ChunkKey(ob.SHA256), func(b []byte) []byte { b[len(b)/2] ^= 0x10; return b })
-			rep, err := Verify(ctx, s, VerifyOptions{Deep: true})
+			// Verify is read-only unless asked to quarantine.
+			if _, err := Verify(ctx, s, VerifyOptions{Deep: true}); err != nil {
+				t.Fatal(err)
+			}
+			if q, _ := backup.LoadQuarantine(ctx, s); len(q) != 0 {
+				t.Fatalf("verify without --quarantine wrote markers: %v", q)
+			}
+			rep, err := Verify(ctx, s, VerifyOptions{Deep: true, Quarantine: true})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -189,7 +189,7 @@ type damagedChunk struct {
 }
 
 func (d *damagedChunk) Error() string {
-	return fmt.Sprintf("chunk %s is damaged in the store (%s, read three times)", d.sha256[:12], d.reason)
+	return fmt.Sprintf("chunk %s is damaged in the store (%s; two reads returned the same damaged bytes)", d.sha256[:12], d.reason)
 }
 
 func (d *damagedChunk) Unwrap() error { return backup.ErrCorrupt }
@@ -204,31 +204,77 @@ func FetchObject(ctx context.Context, s backup.Store, ob backup.Object) ([]byte,
 // FetchObjectWith is FetchObject for a chunk of a backup encrypted with c
 // (that manifest's Cipher; nil: plaintext), which decrypts it.
 func FetchObjectWith(ctx context.Context, s backup.Store, ob backup.Object, c *backup.Cipher) ([]byte, error) {
-	return fetchChecked(ctx, s, ob, c, false)
+	return fetchChecked(ctx, s, ob, c, false, nil)
 }
+
+// ErrFlakyLink says reads of an object kept arriving damaged, each time
+// differently: the link (a proxy, a NIC) corrupts what it carries; the
+// store's copy may well be whole.
+var ErrFlakyLink = errors.New("every read arrived damaged, each time differently: the network corrupts data in transit")
+
+// Reads of one object before its damage is judged.
+const (
+	// damageReads is how many reads must return the same damaged bytes
+	// for the damage to be the store's.
+	damageReads = 2
+	// maxReads bounds the reads of an object that keeps arriving damaged
+	// differently (a flaky link).
+	maxReads = 8
+)
 
 // fetchChecked is FetchObject; content makes it check the content's name
 // (sha256, or keyed hash) even where the stored bytes' sha256 is known
-// (deep verify).
-func fetchChecked(ctx context.Context, s backup.Store, ob backup.Object, c *backup.Cipher, content bool) ([]byte, error) {
+// (deep verify). An object is damaged in the store only when two reads
+// return the same damaged bytes; reads damaged each time differently are
+// the link's doing (ErrFlakyLink after maxReads). flaky, if set, counts
+// objects that arrived damaged and then whole.
+func fetchChecked(ctx context.Context, s backup.Store, ob backup.Object, c *backup.Cipher, content bool, flaky *atomic.Int64) ([]byte, error) {
+	seen := map[string]int{} // sha256 of damaged stored bytes -> reads
 	var err error
-	for attempt := 0; attempt < 3; attempt++ {
+	for attempt := 0; attempt < maxReads; attempt++ {
 		var b []byte
-		if b, err = fetchObject(ctx, s, ob, c, content); err == nil || !errors.Is(err, backup.ErrCorrupt) {
+		var sum string
+		if b, sum, err = fetchObject(ctx, s, ob, c, content); err == nil || !errors.Is(err, backup.ErrCorrupt) {
+			if err == nil && attempt > 0 && flaky != nil {
+				flaky.Add(1)
+			}
 			return b, err
 		}
+		if seen[sum]++; seen[sum] >= damageReads || sum == "" {
+			break // the same bytes again (or nothing to compare): the store's
+		}
+	}
+	for _, n := range seen {
+		if n >= damageReads {
+			return nil, &damagedChunk{sha256: ob.SHA256, reason: strings.TrimPrefix(err.Error(), backup.ErrCorrupt.Error()+": ")}
+		}
+	}
+	if len(seen) >= maxReads {
+		return nil, fmt.Errorf("chunk %s: %w (%d reads)", ob.SHA256[:12], ErrFlakyLink, len(seen))
 	}
 	return nil, &damagedChunk{sha256: ob.SHA256, reason: strings.TrimPrefix(err.Error(), backup.ErrCorrupt.Error()+": ")}
 }
 
-func fetchObject(ctx context.Context, s backup.Store, ob backup.Object, c *backup.Cipher, content bool) ([]byte, error) {
+// fetchObject reads and checks one chunk; on damage it also returns the
+// sha256 of the damaged stored bytes (to tell the store's damage, the same
+// at every read, from the link's).
+func fetchObject(ctx context.Context, s backup.Store, ob backup.Object, c *backup.Cipher, content bool) ([]byte, string, error) {
 	key := backup.ChunkKey(ob.SHA256)
 	zp := storedBuffers.Get().(*[]byte)
 	defer storedBuffers.Put(zp)
 	z, err := backup.ReadSizedInto(ctx, s, key, ob.Stored, *zp)
 	if err != nil {
-		return nil, fmt.Errorf("chunk %s: %w", ob.SHA256[:12], err)
+		return nil, "", fmt.Errorf("chunk %s: %w", ob.SHA256[:12], err)
 	}
+	b, err := checkChunk(z, ob, c, content)
+	if err != nil && errors.Is(err, backup.ErrCorrupt) {
+		return nil, backup.SumHex(z), err
+	}
+	return b, "", err
+}
+
+// checkChunk turns a chunk's stored bytes z into its verified content.
+func checkChunk(z []byte, ob backup.Object, c *backup.Cipher, content bool) ([]byte, error) {
 	if int64(len(z)) != ob.Stored {
 		return nil, fmt.Errorf("%w: chunk %s is %d bytes stored, manifest says %d (truncated)", backup.ErrCorrupt, ob.SHA256[:12], len(z), ob.Stored)
 	}
@@ -238,6 +284,7 @@ func fetchObject(ctx context.Context, s backup.Store, ob backup.Object, c *backu
 	// authenticates only against a key its writer chose, and anyone with
 	// the recipients' public keys can seal a chunk.
 	pinned := !content && c == nil && ob.StoredSHA256 != "" && backup.SumHex(z) == ob.StoredSHA256
+	var err error
 	if c != nil {
 		op := openBuffers.Get().(*[]byte)
 		defer openBuffers.Put(op)

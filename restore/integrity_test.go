@@ -278,3 +278,38 @@ func TestImageError_TheDiskIsNotTheBackup(t *testing.T) {
 		}
 	}
 }
+
+// A damaged (here: emptied) newest manifest is never skipped in silence:
+// restore says it fell back, and verify counts it unhealthy and names it
+// as the newest backup, not "a backup stopped" naming the older one.
+func TestRestoreAndVerify_ADamagedNewestManifestIsReported(t *testing.T) {
+	ctx := context.Background()
+	s := memstore.New()
+	f := newFlow(t, 1, s)
+	f.epoch(30)
+	f.backupAll()
+	f.epoch(30)
+	newest := f.backupAll()[0]
+	if err := s.Put(ctx, backup.ManifestKey(newest.Flow.UID, 0, newest.ID), nil); err != nil {
+		t.Fatal(err)
+	}
+	res, err := Restore(ctx, s, filepath.Join(t.TempDir(), "r"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Fallbacks) != 1 || !strings.Contains(res.Fallbacks[0], newest.ID) || !strings.Contains(res.Fallbacks[0], "skipped") {
+		t.Fatalf("fallbacks %q", res.Fallbacks)
+	}
+	rep, err := Verify(ctx, s, VerifyOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fr := rep.Flows[0]
+	if fr.Backups != 2 || fr.Healthy != 1 || rep.Status != StatusDegraded {
+		t.Fatalf("verify counts %d of %d healthy (%s)", fr.Healthy, fr.Backups, rep.Status)
+	}
+	msgs := fmt.Sprint(rep.Problems, rep.Notes)
+	if !strings.Contains(msgs, "the newest backup, "+newest.ID+", has a damaged manifest") || strings.Contains(msgs, "a backup stopped") {
+		t.Fatalf("verify's diagnosis: %s", msgs)
+	}
+}

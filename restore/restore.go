@@ -109,6 +109,15 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 	if err != nil {
 		return nil, err
 	}
+	// Manifests that could not be read are never passed over in silence:
+	// the restore may be older than it would have been.
+	for _, b := range cat.Broken {
+		if b.Ref.FlowUID == plan.Flow.UID {
+			note := fmt.Sprintf("backup %s of partition %d is unusable (its manifest: %v): skipped", b.Ref.ID, b.Ref.Index, b.Err)
+			res.Fallbacks = append(res.Fallbacks, note)
+			o.Note(note)
+		}
+	}
 	if err := opened(plan, parts, o.Keys); err != nil {
 		return nil, err
 	}

@@ -28,6 +28,11 @@ type VerifyOptions struct {
 	// Newest (with Deep) checks only the backups the newest restore of
 	// each flow would use.
 	Newest bool
+	// Quarantine (with Deep) marks chunks found damaged in the store
+	// (quarantine/<h>.json) so the next backup uploads them again or takes
+	// a new base. Without it verify writes nothing: a read-only identity
+	// can run every audit.
+	Quarantine bool
 	// Memory bounds the chunk data in memory (backup.DefaultMemory);
 	// Parallel is how many partitions are checked at once.
 	Memory   int64
@@ -202,7 +207,7 @@ func Verify(ctx context.Context, s backup.Store, o VerifyOptions) (*Report, erro
 			return nil, err
 		}
 	}
-	if err := checkLatest(ctx, s, ms, o.FlowUID, o.Keys, rep); err != nil {
+	if err := checkLatest(ctx, s, ms, cat.Broken, o.FlowUID, o.Keys, rep); err != nil {
 		return nil, err
 	}
 	flows := flowsOf(ms)
@@ -227,6 +232,11 @@ func Verify(ctx context.Context, s backup.Store, o VerifyOptions) (*Report, erro
 			}
 		}
 		fr.Partitions = flowCount(mine, bad)
+		for _, b := range cat.Broken {
+			if b.Ref.FlowUID == uid {
+				fr.Backups++ // counted, and not healthy
+			}
+		}
 		for _, m := range mine {
 			fr.Backups++
 			if m.Partition.Count != fr.Partitions {
@@ -350,7 +360,11 @@ func checkChunksListed(ctx context.Context, s backup.Store, ms []*backup.Manifes
 
 // checkLatest checks each partition's latest pointer: present, readable,
 // and naming that partition's newest backup.
-func checkLatest(ctx context.Context, s backup.Store, ms []*backup.Manifest, flow string, keys *backup.Cipher, rep *Report) error {
+func checkLatest(ctx context.Context, s backup.Store, ms []*backup.Manifest, broken []backup.BrokenManifest, flow string, keys *backup.Cipher, rep *Report) error {
+	damaged := map[string]bool{}
+	for _, b := range broken {
+		damaged[b.Ref.ID] = true
+	}
 	type part struct {
 		uid string
 		idx int
@@ -393,8 +407,12 @@ func checkLatest(ctx context.Context, s backup.Store, ms []*backup.Manifest, flo
 			return nil
 		}
 		switch n := newest[k]; {
+		case damaged[m.ID]:
+			add(k.uid, k.idx, fmt.Sprintf("the newest backup, %s, has a damaged manifest (see above): restores use older backups; the next backup of this partition takes a new base", m.ID))
 		case n == nil:
 			add(k.uid, k.idx, fmt.Sprintf("the latest pointer names backup %s, but no manifest of this partition is stored", m.ID))
+		case m.ID > n.ID:
+			add(k.uid, k.idx, fmt.Sprintf("the latest pointer names backup %s, newer than any manifest of this partition (the newest is %s): its manifest is missing", m.ID, n.ID))
 		case n.ID != m.ID:
 			note(k.uid, k.idx, fmt.Sprintf("the latest pointer names backup %s, but %s is newer (a backup stopped between its manifest and its pointer); the next backup sets it right", m.ID, n.ID))
 		}
