@@ -11,66 +11,8 @@ import (
 	"time"
 )
 
-// deltaFlow runs a two-partition flow with a store of its own, keeping the
-// model of its state.
-type deltaFlow struct {
-	t     *testing.T
-	dir   string
-	opts  Options
-	st    *Store
-	m     *flowModel
-	wl    *workload
-	next  Epoch // the next epoch to commit
-	fixed map[Epoch][]Row
-}
-
-func newDeltaFlow(t *testing.T, seed int64, fixed map[Epoch][]Row) *deltaFlow {
-	f := &deltaFlow{t: t, dir: initDir(t, 2), m: newModel(), wl: &workload{r: rand.New(rand.NewSource(seed)), keys: 40}, fixed: fixed,
-		opts: Options{FlowName: "f", Intervals: Intervals{Snapshot: time.Second, Backup: 3 * time.Second}, CompactEvery: 2}}
-	f.open()
-	return f
-}
-
-func (f *deltaFlow) open() {
-	ctx := context.Background()
-	st, err := Open(ctx, f.dir, f.opts)
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	rp, err := st.Begin(ctx, 1)
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	f.st, f.next = st, rp.Epoch
-	f.m.resume(rp.Epoch)
-}
-
-// run commits epochs up to (not including) `until`, one commit each,
-// waiting for each to be durable (an epoch lasts far longer than a commit).
-func (f *deltaFlow) run(until Epoch) {
-	ctx := context.Background()
-	for ; f.next < until; f.next++ {
-		rows := append(f.wl.epoch(f.next, 12), f.fixed[f.next]...)
-		if err := f.st.Commit(ctx, 0, f.next+1, rows); err != nil {
-			f.t.Fatal(err)
-		}
-		f.m.apply(rows)
-		if err := f.st.Flush(ctx); err != nil {
-			f.t.Fatal(err)
-		}
-	}
-}
-
-func (f *deltaFlow) close() {
-	if err := f.st.Close(); err != nil {
-		f.t.Fatal(err)
-	}
-	f.st = nil
-}
-
-func (f *deltaFlow) path(p int) string {
-	return filepath.Join(f.dir, fmt.Sprintf("part-%d.sqlite3", p))
-}
+// deltaOpts: d = 3, compaction every 2 epochs.
+var deltaOpts = Options{FlowName: "f", Intervals: Intervals{Snapshot: time.Second, Backup: 3 * time.Second}, CompactEvery: 2}
 
 // layDelta restores like `flowbackup restore` does: the image copied to
 // out, migrated, the delta laid over it.
@@ -136,7 +78,7 @@ func TestDelta_LaidOverAnImageGivesEveryEpochsState(t *testing.T) {
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx := context.Background()
-			f := newDeltaFlow(t, int64(i), fixed)
+			f := newTestFlow(t, 2, deltaOpts, int64(i), fixed)
 			f.run(imageAt + 1)
 			tmp := t.TempDir()
 			image := func(p int) string { return filepath.Join(tmp, fmt.Sprintf("image-%d.sqlite3", p)) }
@@ -274,8 +216,7 @@ func runRestored(t *testing.T, restored func(p int) string, m *flowModel) {
 			}
 			db.Close()
 		}
-		f := &deltaFlow{t: t, dir: dir, m: m.clone(), wl: &workload{r: rand.New(rand.NewSource(int64(e))), keys: 40},
-			opts: Options{FlowName: "f", Intervals: Intervals{Snapshot: time.Second, Backup: 3 * time.Second}, CompactEvery: 2}}
+		f := &testFlow{t: t, dir: dir, m: m.clone(), wl: &workload{r: rand.New(rand.NewSource(int64(e))), keys: 40}, opts: deltaOpts}
 		f.open()
 		if f.next != e {
 			t.Fatalf("trimmed to %d, resumed at %d", e, f.next)

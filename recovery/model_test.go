@@ -162,6 +162,68 @@ func (w *workload) epoch(e Epoch, n int) []Row {
 	return rows
 }
 
+// testFlow runs a flow with a store of its own (one worker), keeping the
+// model of its state.
+type testFlow struct {
+	t     *testing.T
+	dir   string
+	opts  Options
+	st    *Store
+	m     *flowModel
+	wl    *workload
+	next  Epoch // the next epoch to commit
+	fixed map[Epoch][]Row
+}
+
+// newTestFlow starts a flow of n partitions with opts; fixed are rows
+// committed with the random ones of their epochs.
+func newTestFlow(t *testing.T, n int, opts Options, seed int64, fixed map[Epoch][]Row) *testFlow {
+	f := &testFlow{t: t, dir: initDir(t, n), m: newModel(), wl: &workload{r: rand.New(rand.NewSource(seed)), keys: 40}, fixed: fixed, opts: opts}
+	f.open()
+	return f
+}
+
+func (f *testFlow) open() {
+	ctx := context.Background()
+	st, err := Open(ctx, f.dir, f.opts)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	rp, err := st.Begin(ctx, 1)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.st, f.next = st, rp.Epoch
+	f.m.resume(rp.Epoch)
+}
+
+// run commits epochs up to (not including) `until`, one commit each,
+// waiting for each to be durable (an epoch lasts far longer than a commit).
+func (f *testFlow) run(until Epoch) {
+	ctx := context.Background()
+	for ; f.next < until; f.next++ {
+		rows := append(f.wl.epoch(f.next, 12), f.fixed[f.next]...)
+		if err := f.st.Commit(ctx, 0, f.next+1, rows); err != nil {
+			f.t.Fatal(err)
+		}
+		f.m.apply(rows)
+		if err := f.st.Flush(ctx); err != nil {
+			f.t.Fatal(err)
+		}
+	}
+}
+
+func (f *testFlow) close() {
+	if err := f.st.Close(); err != nil {
+		f.t.Fatal(err)
+	}
+	f.st = nil
+}
+
+func (f *testFlow) path(p int) string {
+	return filepath.Join(f.dir, fmt.Sprintf("part-%d.sqlite3", p))
+}
+
 // copyPartition copies a partition file with its -wal, if any (a crash
 // image when nothing is writing; callers make sure).
 func copyPartition(t *testing.T, from, to string) {
