@@ -181,19 +181,19 @@ func TestDelta_LaidOverAnImageGivesEveryEpochsState(t *testing.T) {
 			}
 			f.close()
 			restored := func(p int) string { return filepath.Join(tmp, fmt.Sprintf("restored-%d.sqlite3", p)) }
-			runRestored(t, restored, f.m)
+			runRestored(t, 2, deltaOpts, restored, f.m)
 		})
 	}
 }
 
-// runRestored trims copies of the restored partitions to every epoch of
+// runRestored trims copies of the n restored partitions to every epoch of
 // their range, runs each on, and checks the state throughout.
-func runRestored(t *testing.T, restored func(p int) string, m *flowModel) {
+func runRestored(t *testing.T, n int, opts Options, restored func(p int) string, m *flowModel) {
 	t.Helper()
 	ctx := context.Background()
 	var lo, hi Epoch
 	var last ExecutionNumber
-	for p := range 2 {
+	for p := range n {
 		db, err := OpenDB(restored(p), true)
 		if err != nil {
 			t.Fatal(err)
@@ -204,7 +204,7 @@ func runRestored(t *testing.T, restored func(p int) string, m *flowModel) {
 	}
 	for e := lo; e <= hi; e++ {
 		dir := t.TempDir()
-		for p := range 2 {
+		for p := range n {
 			path := filepath.Join(dir, fmt.Sprintf("part-%d.sqlite3", p))
 			copyPartition(t, restored(p), path)
 			db, err := OpenDB(path, false)
@@ -216,13 +216,13 @@ func runRestored(t *testing.T, restored func(p int) string, m *flowModel) {
 			}
 			db.Close()
 		}
-		f := &testFlow{t: t, dir: dir, m: m.clone(), wl: &workload{r: rand.New(rand.NewSource(int64(e))), keys: 40}, opts: deltaOpts}
+		f := &testFlow{t: t, dir: dir, m: m.clone(), wl: &workload{r: rand.New(rand.NewSource(int64(e))), keys: 40}, opts: opts}
 		f.open()
 		if f.next != e {
 			t.Fatalf("trimmed to %d, resumed at %d", e, f.next)
 		}
 		for p, part := range f.st.Partitions() {
-			if d := diffState(partState(t, part.DB, e), f.m.below(e, PartitionIndex(p), 2)); d != "" {
+			if d := diffState(partState(t, part.DB, e), f.m.below(e, PartitionIndex(p), PartitionCount(n))); d != "" {
 				t.Fatalf("restored, trimmed to %d: partition %d: %s", e, p, d)
 			}
 		}
@@ -233,7 +233,7 @@ func runRestored(t *testing.T, restored func(p int) string, m *flowModel) {
 		f.run(e + 10)
 		for p, part := range f.st.Partitions() {
 			v := mustView(t, part.DB)
-			checkRange(t, fmt.Sprintf("restored, trimmed to %d, run on", e), part.DB, f.m, PartitionIndex(p), 2, v.Lo(), v.Hi())
+			checkRange(t, fmt.Sprintf("restored, trimmed to %d, run on", e), part.DB, f.m, PartitionIndex(p), PartitionCount(n), v.Lo(), v.Hi())
 		}
 		f.close()
 		os.RemoveAll(dir)

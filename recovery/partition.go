@@ -120,7 +120,14 @@ func openPartition(ctx context.Context, path, mode string) (*Partition, error) {
 		if p == nil || err != nil {
 			return p, err
 		}
+		v, err := SchemaOf(ctx, p.DB)
 		p.Close()
+		if err == nil {
+			err = notNewer(v)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
 	}
 	readOnly := mode != ""
 	var db *sql.DB
