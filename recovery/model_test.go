@@ -173,6 +173,7 @@ type testFlow struct {
 	wl    *workload
 	next  Epoch // the next epoch to commit
 	fixed map[Epoch][]Row
+	slice int // keys a compaction slice merges (0: the default)
 }
 
 // newTestFlow starts a flow of n partitions with opts; fixed are rows
@@ -188,6 +189,9 @@ func (f *testFlow) open() {
 	st, err := Open(ctx, f.dir, f.opts)
 	if err != nil {
 		f.t.Fatal(err)
+	}
+	if f.slice > 0 {
+		st.slice = f.slice
 	}
 	rp, err := st.Begin(ctx, 1)
 	if err != nil {
