@@ -2,6 +2,10 @@ package recovery
 
 import (
 	"context"
+	"fmt"
+	"math/rand"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 )
@@ -91,6 +95,128 @@ func (h *byHand) check(what string) {
 	}
 }
 
+// Compaction runs in slices between commits (here 3 keys a slice, every 2
+// epochs, d = 2, two workers, two partitions): after every commit and
+// every slice, base and segments give, for every epoch of the restorable
+// range, the state an in-memory model of the flow gives. Crashes mid-way
+// (the files as they are between two transactions) and a store closed
+// mid-way resume at the right epoch with its state, start the compaction
+// again, and lose nothing.
+func TestCompaction_SlicesBetweenCommitsKeepEveryEpochsState(t *testing.T) {
+	opts := Options{FlowName: "f", Intervals: Intervals{Snapshot: time.Second, Backup: 2 * time.Second}, CompactEvery: 2}
+	const slice, epochs = 3, 36
+	r := rand.New(rand.NewSource(7))
+	wl := &workload{r: r, keys: 60}
+	dir := initDir(t, 2)
+	h := openByHand(t, dir, opts, slice, newModel())
+	var crashes []*flowModel // models at each crash image, by index
+	var jobCommits, jobSlices, maxCommits, maxSlices int
+	reopened := false
+	for e := Epoch(1); e <= epochs; e++ {
+		rows := wl.epoch(e, 24)
+		var mine [handWorkers][]Row
+		for _, row := range rows {
+			w := PartitionFor(row.Step, row.Key, handWorkers) // a key lives on one worker
+			mine[w] = append(mine[w], row)
+		}
+		for w := range WorkerIndex(handWorkers) {
+			h.commit(w, e+1, mine[w])
+			h.check(fmt.Sprintf("epoch %d, worker %d committed", e, w))
+			if h.compacting() {
+				jobCommits++
+			}
+		}
+		for k := r.Intn(3); k > 0 && h.slice(); k-- {
+			jobSlices++
+			h.check(fmt.Sprintf("epoch %d, a slice", e))
+		}
+		if !h.compacting() {
+			maxCommits, maxSlices = max(maxCommits, jobCommits), max(maxSlices, jobSlices)
+			jobCommits, jobSlices = 0, 0
+		}
+		if h.compacting() && jobSlices > 0 {
+			switch {
+			case len(crashes) < 3 && e%3 == 0:
+				// A crash image: the files as they are now.
+				cdir := filepath.Join(t.TempDir(), "crash")
+				if err := os.Mkdir(cdir, 0o755); err != nil {
+					t.Fatal(err)
+				}
+				for p := range 2 {
+					name := fmt.Sprintf("part-%d.sqlite3", p)
+					copyPartition(t, filepath.Join(dir, name), filepath.Join(cdir, name))
+				}
+				crashes = append(crashes, h.m.clone())
+				t.Run(fmt.Sprintf("crash at epoch %d", e), func(t *testing.T) { resumeAfterCrash(t, cdir, opts, crashes[len(crashes)-1]) })
+			case !reopened && e > epochs/2:
+				// Closed mid-way, reopened: the compaction starts again.
+				if err := h.st.Close(); err != nil {
+					t.Fatal(err)
+				}
+				h = openByHand(t, dir, opts, slice, h.m)
+				h.check(fmt.Sprintf("reopened at epoch %d", e))
+				reopened = true
+			}
+		}
+	}
+	if len(crashes) < 2 || !reopened {
+		t.Fatalf("%d crash images, reopened %v: the schedule did not catch compactions mid-way", len(crashes), reopened)
+	}
+	if maxCommits < 3 || maxSlices < 3 {
+		t.Fatalf("compactions spanned at most %d commits and %d slices: not interleaved", maxCommits, maxSlices)
+	}
+	for h.slice() {
+		h.check("the last slices")
+	}
+	if err := h.st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	resumeAfterCrash(t, dir, opts, h.m)
+}
+
+// resumeAfterCrash runs the store (with its goroutines) on the partitions
+// in dir: it resumes at their resume epoch with its state, runs on with
+// compactions, and keeps the model's state.
+func resumeAfterCrash(t *testing.T, dir string, opts Options, m *flowModel) {
+	t.Helper()
+	ctx := context.Background()
+	var hi Epoch
+	for p := range 2 {
+		db, err := OpenDB(filepath.Join(dir, fmt.Sprintf("part-%d.sqlite3", p)), true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v := mustView(t, db)
+		checkRange(t, "crash image", db, m, PartitionIndex(p), 2, v.Lo(), v.Hi())
+		if p == 0 || v.Hi() < hi {
+			hi = v.Hi()
+		}
+		db.Close()
+	}
+	f := &testFlow{t: t, dir: dir, opts: opts, m: m.clone(), wl: &workload{r: rand.New(rand.NewSource(int64(hi))), keys: 60}, slice: 2}
+	f.open()
+	if f.next != hi {
+		t.Fatalf("resumed at %d, want %d", f.next, hi)
+	}
+	for p, part := range f.st.parts {
+		if d := diffState(partState(t, part.DB, hi), f.m.below(hi, PartitionIndex(p), 2)); d != "" {
+			t.Fatalf("resumed at %d: partition %d: %s", hi, p, d)
+		}
+	}
+	f.run(hi + 8)
+	if err := f.st.Compact(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for p, part := range f.st.parts {
+		v := mustView(t, part.DB)
+		if c, _ := metaEpoch(ctx, part.DB, "compacted_epoch"); c != v.CommitEpoch {
+			t.Fatalf("partition %d: compacted to %d after Compact, commit epoch %d", p, c, v.CommitEpoch)
+		}
+		checkRange(t, "after the crash, run on", part.DB, f.m, PartitionIndex(p), 2, v.Lo(), v.Hi())
+	}
+	f.close()
+}
+
 // Compact finishes a compaction under way and then compacts up to the
 // commit epoch, which may have moved on meanwhile. (It used to stop after
 // the job under way: compacted_epoch stayed at the job's target.)
@@ -121,4 +247,21 @@ func TestCompact_FinishesTheJobUnderWayAndCompactsToTheCommitEpoch(t *testing.T)
 	}
 	h.check("compacted")
 	h.st.Close()
+}
+
+// The same with the writers' goroutines: loads (of every epoch of the
+// range) run while the writers compact in small slices between commits,
+// and always see the model's state.
+func TestCompaction_LoadsWhileSlicesRun(t *testing.T) {
+	opts := Options{FlowName: "f", Intervals: Intervals{Snapshot: time.Second, Backup: 2 * time.Second}, CompactEvery: 2}
+	f := &testFlow{t: t, dir: initDir(t, 2), opts: opts, m: newModel(), wl: &workload{r: rand.New(rand.NewSource(3)), keys: 200}, slice: 2}
+	f.open()
+	for e := Epoch(1); e <= 30; e++ {
+		f.run(e + 1)
+		for p, part := range f.st.parts {
+			v := mustView(t, part.DB)
+			checkRange(t, fmt.Sprintf("after epoch %d", e), part.DB, f.m, PartitionIndex(p), 2, v.Lo(), v.Hi())
+		}
+	}
+	f.close()
 }
