@@ -20,7 +20,7 @@
 //
 //	parts(part_index, part_count, flow_uid, created_unix_ms)   one row
 //	meta(key, value)         flow_name, commit_epoch, compacted_epoch, snapshot_interval_ms, backup_interval_ms,
-//	                         lineage (JSON), lineage_pending, machine_id, file_id (see lineage.go)
+//	                         lineage (JSON), lineage_pending, machine_id, file_id, runs (JSON) (see lineage.go)
 //	executions(ex_num, worker_count, resume_epoch, started_unix_ms, snapshot_interval_ms, backup_interval_ms)
 //	fronts(ex_num, worker_index, frontier)                     highest frontier per worker
 //	steps(num, step_id, keys)                                  a number per step, in order of first use; keys: base rows, as last counted
@@ -38,7 +38,10 @@
 // value or a tombstone, in one BLOB (segment.go). Only NULL-free framing is
 // used: a zero-length value is a value; only a tombstone means "no state".
 // So a snapshot costs in proportion to the bytes that changed, not one
-// B-tree operation per key.
+// B-tree operation per key. Commit encodes the rows at once and queues them
+// for the partitions' writers; it waits while more than
+// Options.MaxPendingBytes (DefaultMaxPendingBytes, 256 MiB) of earlier
+// commits are queued.
 //
 // # Resume
 //
@@ -64,7 +67,9 @@
 // forked at the restored epoch, pending until a run adopts it; a run on
 // files whose machine id or device:inode differ from what the last run
 // recorded (machine_id, file_id) starts a child at its resume epoch. A run
-// refuses partitions of two lineages. See StartLineage.
+// refuses partitions of two lineages. See StartLineage. Each partition also
+// keeps its last MaxRuns (64) runs (meta runs: number, resume epoch, random
+// id), so two histories of one lineage are told apart.
 //
 // # Garbage collection and compaction
 //
@@ -73,11 +78,13 @@
 // e = F-1 is durable everywhere), each partition sets its commit epoch to
 // C = F-d, the lowest epoch it can still resume from, and keeps, per key,
 // its newest state below C plus every newer change. Moving C touches no
-// state. Every few epochs (Options.CompactEvery, default max(8, d)),
+// state. Every few epochs (Options.CompactEvery, default max(16, d)),
 // compaction merges the segments below C into the base (one upsert per key
 // changed since the last compaction, in key order; a tombstone deletes the
-// key and records it in dropped), then deletes those segments with one range
-// delete and records compacted_epoch. It runs in slices between commits, so
+// key and records it in dropped, which remembers it for DroppedRetention (72
+// hours) so that an incremental backup over an older image removes it too),
+// then deletes those segments with one range delete and records
+// compacted_epoch. It runs in slices of at most 20000 keys between commits, so
 // durability never waits for more than one slice; until it ends, base and
 // segments together still hold exactly the same state, and a compaction cut
 // short starts again. Backups of different partitions taken up to about b

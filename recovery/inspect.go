@@ -101,6 +101,9 @@ func InspectPartition(ctx context.Context, p *Partition, o InspectOptions) (*Inf
 	if in.Schema, err = SchemaOf(ctx, tx); err != nil {
 		return nil, err
 	}
+	if in.Schema > SchemaVersion {
+		return nil, fmt.Errorf("%s has schema version %d, newer than this flowkeep (%d): upgrade flowkeep", p.Path, in.Schema, SchemaVersion)
+	}
 	if in.Schema != SchemaVersion {
 		return nil, fmt.Errorf("%s has schema version %d; run flowrun on it once (it migrates to version %d) before inspecting it", p.Path, in.Schema, SchemaVersion)
 	}

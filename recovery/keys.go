@@ -105,10 +105,13 @@ func (t *stepTable) add(ctx context.Context, tx *sql.Tx, id StepID) (uint64, err
 const baseUpsertBatch = 500
 
 // baseUpsertSQL upserts n rows. Compaction gives each key once, its newest
-// change, so a row simply takes what it is given.
+// change among the segments it merges; the base row may still be newer (a
+// delta laid over an image brings base rows newer than the image's
+// segments below the watermark, which stay until the next compaction), and
+// then it stays.
 func baseUpsertSQL(n int) string {
 	return "INSERT INTO base (k, epoch, ser) VALUES (?, ?, ?)" + strings.Repeat(", (?, ?, ?)", n-1) +
-		" ON CONFLICT (k) DO UPDATE SET epoch = excluded.epoch, ser = excluded.ser"
+		" ON CONFLICT (k) DO UPDATE SET epoch = excluded.epoch, ser = excluded.ser WHERE excluded.epoch >= base.epoch"
 }
 
 var fullUpsertSQL = baseUpsertSQL(baseUpsertBatch)

@@ -112,6 +112,23 @@ func OpenPartition(ctx context.Context, path string, readOnly bool) (*Partition,
 // openPartition is OpenPartition with an open mode (see openMode); a
 // writable partition is migrated to the current schema.
 func openPartition(ctx context.Context, path, mode string) (*Partition, error) {
+	if mode == "" {
+		// Look before writing: a writable open switches the file to WAL
+		// and migrates it, so a file that is not a partition (another
+		// program's database) or whose identity is refused is only read.
+		p, err := openPartition(ctx, path, "ro")
+		if p == nil || err != nil {
+			return p, err
+		}
+		v, err := SchemaOf(ctx, p.DB)
+		p.Close()
+		if err == nil {
+			err = notNewer(v)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+	}
 	readOnly := mode != ""
 	var db *sql.DB
 	var err error

@@ -108,8 +108,8 @@ func migrate(ctx context.Context, db *sql.DB) error {
 	if err := db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
 		return fmt.Errorf("read schema version: %w", err)
 	}
-	if v > SchemaVersion {
-		return fmt.Errorf("schema version %d is newer than this flowkeep (%d): upgrade flowkeep", v, SchemaVersion)
+	if err := notNewer(v); err != nil {
+		return err
 	}
 	for ; v < SchemaVersion; v++ {
 		tx, err := db.BeginTx(ctx, nil)
@@ -127,6 +127,14 @@ func migrate(ctx context.Context, db *sql.DB) error {
 		if err := tx.Commit(); err != nil {
 			return fmt.Errorf("migrate schema %d to %d: %w", v, v+1, err)
 		}
+	}
+	return nil
+}
+
+// notNewer refuses a file of a schema newer than this package's.
+func notNewer(v int) error {
+	if v > SchemaVersion {
+		return fmt.Errorf("schema version %d is newer than this flowkeep (%d): upgrade flowkeep", v, SchemaVersion)
 	}
 	return nil
 }
@@ -195,7 +203,9 @@ func migrate1to2(ctx context.Context, tx *sql.Tx) error {
 		have = false
 		return nil
 	}
-	rows, err = tx.QueryContext(ctx, `SELECT step_id, state_key, epoch, ser FROM snaps ORDER BY step_id, state_key, epoch`)
+	// ser IS NULL, not a nil []byte, tells a tombstone: the driver scans a
+	// zero-length BLOB (a value) as nil too.
+	rows, err = tx.QueryContext(ctx, `SELECT step_id, state_key, epoch, ser, ser IS NULL FROM snaps ORDER BY step_id, state_key, epoch`)
 	if err != nil {
 		return err
 	}
@@ -203,7 +213,8 @@ func migrate1to2(ctx context.Context, tx *sql.Tx) error {
 		var step, key string
 		var e Epoch
 		var ser []byte
-		if err := rows.Scan(&step, &key, &e, &ser); err != nil {
+		var tomb bool
+		if err := rows.Scan(&step, &key, &e, &ser, &tomb); err != nil {
 			rows.Close()
 			return err
 		}
@@ -216,7 +227,7 @@ func migrate1to2(ctx context.Context, tx *sql.Tx) error {
 			}
 			curK = k
 		}
-		en := entry{k: k, epoch: e, tomb: ser == nil, val: ser}
+		en := entry{k: k, epoch: e, tomb: tomb, val: ser}
 		if en.val == nil && !en.tomb {
 			en.val = []byte{}
 		}

@@ -66,6 +66,7 @@ type Store struct {
 	pcond   *sync.Cond
 
 	compacting chan struct{} // holds a token while a partition compacts
+	slice      int           // keys one compaction slice merges (compactSlice; tests use fewer)
 }
 
 // Open discovers and opens the partitions in dir for writing.
@@ -94,7 +95,7 @@ func NewStore(ps []*Partition, count PartitionCount, opts Options) *Store {
 	if opts.MaxPendingBytes <= 0 {
 		opts.MaxPendingBytes = DefaultMaxPendingBytes
 	}
-	s := &Store{opts: opts, parts: ps, count: count, byIdx: map[PartitionIndex]int{}, changed: make(chan struct{}), compacting: make(chan struct{}, 1)}
+	s := &Store{opts: opts, parts: ps, count: count, byIdx: map[PartitionIndex]int{}, changed: make(chan struct{}), compacting: make(chan struct{}, 1), slice: compactSlice}
 	s.pcond = sync.NewCond(&s.pmu)
 	for i, p := range ps {
 		s.byIdx[p.Index] = i
@@ -153,6 +154,19 @@ func (s *Store) Begin(ctx context.Context, workers int) (ResumePoint, error) {
 // was computed from every partition's view, possibly across processes) and
 // starts the writers.
 func (s *Store) BeginAt(ctx context.Context, rp ResumePoint, workers int) error {
+	if err := s.prepare(ctx, rp, workers); err != nil {
+		return err
+	}
+	for _, w := range s.writers {
+		s.wg.Add(1)
+		go w.loop()
+	}
+	return nil
+}
+
+// prepare is BeginAt without starting the writers' goroutines (tests drive
+// the writers by hand).
+func (s *Store) prepare(ctx context.Context, rp ResumePoint, workers int) error {
 	if workers < 1 {
 		return fmt.Errorf("workers must be at least 1")
 	}
@@ -205,10 +219,6 @@ func (s *Store) BeginAt(ctx context.Context, rp ResumePoint, workers int) error 
 		writers[i] = w
 	}
 	s.writers = writers
-	for _, w := range writers {
-		s.wg.Add(1)
-		go w.loop()
-	}
 	return nil
 }
 

@@ -50,7 +50,7 @@ const maxGroup = 64
 const DroppedRetention = 72 * time.Hour
 
 // compactSlice bounds the keys one compaction transaction merges, so a
-// commit waits at most that long for the writer.
+// commit waits at most that long for the writer (Store.slice).
 const compactSlice = 20_000
 
 func (w *writer) loop() {
@@ -281,7 +281,7 @@ func (w *writer) startCompaction(target Epoch) error {
 	return nil
 }
 
-// compactStep merges up to compactSlice keys into the base, in one
+// compactStep merges up to Store.slice keys into the base, in one
 // transaction; the last step deletes the merged segments.
 func (w *writer) compactStep() error {
 	j := w.job
@@ -296,7 +296,7 @@ func (w *writer) compactStep() error {
 	var del *sql.Stmt
 	now := unixMs(w.s.opts.Now())
 	n := 0
-	for n < compactSlice && j.m.next() {
+	for n < w.s.slice && j.m.next() {
 		n++
 		e := &j.m.out
 		if !e.tomb {
@@ -327,7 +327,7 @@ func (w *writer) compactStep() error {
 	if err := bw.flush(ctx); err != nil {
 		return err
 	}
-	finished := n < compactSlice
+	finished := n < w.s.slice
 	if finished {
 		for _, st := range []struct {
 			q    string
@@ -358,25 +358,27 @@ func (w *writer) compactStep() error {
 }
 
 // compactAll finishes any compaction under way and compacts everything
-// below the commit epoch.
+// below the commit epoch (which may have moved on since that one began).
 func (w *writer) compactAll() error {
 	if err := w.s.Err(); err != nil {
 		return err
 	}
-	if w.job == nil && w.commit > w.compact {
+	for {
+		for w.job != nil {
+			if err := w.compactStep(); err != nil {
+				w.endCompaction()
+				return err
+			}
+		}
+		if w.commit <= w.compact {
+			return nil
+		}
 		w.s.compacting <- struct{}{}
 		if err := w.startCompaction(w.commit); err != nil {
 			<-w.s.compacting
 			return err
 		}
 	}
-	for w.job != nil {
-		if err := w.compactStep(); err != nil {
-			w.endCompaction()
-			return err
-		}
-	}
-	return nil
 }
 
 // failure describes a write error of this partition: which file, and on a
