@@ -92,17 +92,14 @@ func readKeyFile(path string) (*keyFile, error) {
 	return &kf, nil
 }
 
-// WriteChunkKey writes the chunk key of an opened, encrypted manifest into
-// dir (restore), replacing the one there. A plaintext manifest writes
-// nothing.
-func WriteChunkKey(dir string, m *Manifest) error {
+// ChunkKeyContents is the ChunkKeyFile (mode 0600) that continues the
+// chain of an opened, encrypted manifest: restore writes it beside the
+// partitions it lays down. A plaintext manifest has none (nil).
+func ChunkKeyContents(m *Manifest) []byte {
 	c := m.Cipher()
 	if c == nil || c.key == nil || m.Encryption == nil {
 		return nil
 	}
 	data, _ := json.Marshal(keyFile{Format: chunkKeyFormat, Key: c.key.secret, Recipients: m.Encryption.Recipients, Created: m.Created})
-	if err := fsync.WriteFile(filepath.Join(dir, ChunkKeyFile), data, 0o600, true); err != nil {
-		return fmt.Errorf("store the chunk key: %w", err)
-	}
-	return nil
+	return data
 }
