@@ -3,7 +3,8 @@
 // on, fetches and verifies the chosen images, lays them into a directory,
 // and trims them to that epoch so the next run resumes exactly there; and it
 // verifies buckets. It never writes outside the target directory, whatever a
-// manifest says, and never leaves a half-restored partition behind.
+// manifest says, and never leaves a half-restored partition behind: the
+// partitions take their names all together or not at all.
 //
 // A restore often runs as root into a directory the service user owns, who
 // can change any name in it at any moment. So a restore opens the directory

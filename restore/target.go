@@ -254,8 +254,42 @@ func giveAway(f *os.File, o Options) error {
 }
 
 // renameat renames from in fromDir to to in toDir, never following a
-// symlink at either name.
+// symlink at either name (tests replace it to fail a rename).
 var renameat = renameDirs
+
+// move is one rename of a publish.
+type move struct {
+	fromDir *os.File
+	from    string
+	toDir   *os.File
+	to      string
+}
+
+// journal is the renames a publish has made, in order, so that a failure
+// part-way can undo them.
+type journal []move
+
+func (j *journal) do(m move) error {
+	if err := renameat(m.fromDir, m.from, m.toDir, m.to); err != nil {
+		return err
+	}
+	*j = append(*j, m)
+	return nil
+}
+
+// undo renames back what was done, last first, and returns the first
+// rename that failed (it tries them all).
+func (j *journal) undo() error {
+	var first error
+	for i := len(*j) - 1; i >= 0; i-- {
+		m := (*j)[i]
+		if err := renameat(m.toDir, m.to, m.fromDir, m.from); err != nil && first == nil {
+			first = fmt.Errorf("move %s back to %s: %w", filepath.Join(m.toDir.Name(), m.to), filepath.Join(m.fromDir.Name(), m.from), err)
+		}
+	}
+	*j = nil
+	return first
+}
 
 // staged is a sealed file in the work directory and the name it takes in
 // the target.
@@ -265,19 +299,55 @@ type staged struct {
 	what  string // "partition 3", for errors
 }
 
-// publish renames the staged files to their final names in the target,
-// after, with aside, moving the partition files there aside
-// (NAME.replaced-SUFFIX, kept). Then the target is fsynced.
+// publish renames the staged files to their final names in the target, all
+// or nothing. First, with aside, the partition files there are moved aside
+// (NAME.replaced-SUFFIX, kept); a file at a final name is moved into the
+// work directory (and discarded with it) so that it can be put back. If a
+// rename fails, every rename done is undone, last first, and the error
+// says so. Then the target is fsynced.
 func (t *target) publish(files []staged, aside []string, suffix string) error {
-	for _, n := range aside {
-		if err := renameat(t.dir, n, t.dir, n+suffix); err != nil {
-			return fmt.Errorf("move %s aside: %w", filepath.Join(t.path, n), err)
+	var j journal
+	placed, movedAside := 0, 0
+	fail := func(err error) error {
+		if uerr := j.undo(); uerr != nil {
+			return fmt.Errorf("%w; putting back the %s already placed and the %s moved aside failed too: %v; in %s, remove the restored part-*.sqlite3 and rename the *%s files to their names before the restore, by hand",
+				err, count(placed), count(movedAside), uerr, t.path, suffix)
 		}
+		what := "nothing was restored"
+		switch {
+		case placed > 0 && movedAside > 0:
+			what += fmt.Sprintf(" (took back the %s already placed and put back the %s moved aside)", count(placed), count(movedAside))
+		case placed > 0:
+			what += fmt.Sprintf(" (took back the %s already placed)", count(placed))
+		case movedAside > 0:
+			what += fmt.Sprintf(" (put back the %s moved aside)", count(movedAside))
+		}
+		return fmt.Errorf("%w; %s", err, what)
+	}
+	for _, n := range aside {
+		if err := j.do(move{t.dir, n, t.dir, n + suffix}); err != nil {
+			return fail(fmt.Errorf("move %s aside: %w", filepath.Join(t.path, n), err))
+		}
+		movedAside++
 	}
 	for _, f := range files {
-		if err := renameat(t.work.dir, f.name, t.dir, f.final); err != nil {
-			return fmt.Errorf("place %s: %w", f.what, err)
+		if st, err := t.root.Lstat(f.final); err == nil && !st.IsDir() {
+			if err := j.do(move{t.dir, f.final, t.work.dir, t.work.newName("replaced-%s", f.final)}); err != nil {
+				return fail(fmt.Errorf("place %s: move the %s there out of the way: %w", f.what, f.final, err))
+			}
 		}
+		if err := j.do(move{t.work.dir, f.name, t.dir, f.final}); err != nil {
+			return fail(fmt.Errorf("place %s: %w", f.what, err))
+		}
+		placed++
 	}
 	return fsync.DirFile(t.dir)
+}
+
+// count is "1 file" or "N files".
+func count(n int) string {
+	if n == 1 {
+		return "1 file"
+	}
+	return fmt.Sprintf("%d files", n)
 }

@@ -5,9 +5,11 @@ package restore
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -280,6 +282,62 @@ func TestRestore_AsRootNamesSwappedThroughoutChangeNothingOutside(t *testing.T) 
 	}
 }
 
+// Publishing is all or nothing: when the k-th partition cannot take its
+// name, the ones already placed are taken back and, with --force, the
+// files moved aside are put back; the error says so.
+func TestRestore_PublishIsAllOrNothing(t *testing.T) {
+	s := memstore.New()
+	f := newFlow(t, 3, s)
+	f.epoch(10)
+	f.backupAll()
+	final := regexp.MustCompile(`^part-\d+\.sqlite3$`)
+	for _, force := range []bool{false, true} {
+		t.Run(fmt.Sprint("force=", force), func(t *testing.T) {
+			dst := t.TempDir()
+			old := map[string]os.FileInfo{}
+			if force {
+				if _, err := Restore(context.Background(), s, dst, Options{}); err != nil {
+					t.Fatal(err)
+				}
+				ents, _ := os.ReadDir(dst)
+				for _, e := range ents {
+					st, _ := os.Lstat(filepath.Join(dst, e.Name()))
+					old[e.Name()] = st
+				}
+			}
+			injected := errors.New("injected failure")
+			placed := 0
+			real := renameat
+			renameat = func(fromDir *os.File, from string, toDir *os.File, to string) error {
+				if final.MatchString(filepath.Base(to)) {
+					if placed++; placed == 3 {
+						return injected
+					}
+				}
+				return real(fromDir, from, toDir, to)
+			}
+			defer func() { renameat = real }()
+			_, err := Restore(context.Background(), s, dst, Options{Force: force})
+			t.Log(err)
+			if !errors.Is(err, injected) || !strings.Contains(err.Error(), "nothing was restored") {
+				t.Fatalf("err = %v", err)
+			}
+			ents, _ := os.ReadDir(dst)
+			var names []string
+			for _, e := range ents {
+				names = append(names, e.Name())
+				st, _ := os.Lstat(filepath.Join(dst, e.Name()))
+				if was, ok := old[e.Name()]; !ok || !os.SameFile(was, st) {
+					t.Errorf("%s: not the file that was there before the restore", e.Name())
+				}
+			}
+			if len(names) != len(old) {
+				t.Fatalf("the directory holds %v, before the restore %d files", names, len(old))
+			}
+		})
+	}
+}
+
 // seal and publish work through descriptors only: with the work
 // directory's name swapped for a symlink to root's directory, and a
 // symlink to root's file at the final name, they change nothing outside,
@@ -334,5 +392,46 @@ func TestPublish_WorksThroughDescriptorsOnly(t *testing.T) {
 		ownedAsAsked(t, final, 0o640)
 	} else if st, _ := os.Lstat(final); st.Mode().Perm() != 0o640 {
 		t.Fatalf("%s: mode %v", final, st.Mode())
+	}
+}
+
+// A publish that fails while it moves the old partitions aside puts back
+// those it moved, and places nothing.
+func TestPublish_AFailureMovingAsidePutsBackWhatMoved(t *testing.T) {
+	dst := t.TempDir()
+	for _, n := range []string{"part-0.sqlite3", "part-1.sqlite3"} {
+		os.WriteFile(filepath.Join(dst, n), []byte("old "+n), 0o644)
+	}
+	tg, err := openTarget(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tg.close()
+	if tg.work, err = makeWorkDir(tg); err != nil {
+		t.Fatal(err)
+	}
+	f, _ := tg.work.create("new")
+	f.Close()
+	injected := errors.New("injected failure")
+	real := renameat
+	renameat = func(fromDir *os.File, from string, toDir *os.File, to string) error {
+		if to == "part-1.sqlite3.replaced-X" {
+			return injected
+		}
+		return real(fromDir, from, toDir, to)
+	}
+	defer func() { renameat = real }()
+	err = tg.publish([]staged{{name: "new", final: "part-0.sqlite3", what: "partition 0"}}, []string{"part-0.sqlite3", "part-1.sqlite3"}, ".replaced-X")
+	if !errors.Is(err, injected) || !strings.Contains(err.Error(), "put back the 1 file moved aside") {
+		t.Fatalf("err = %v", err)
+	}
+	ents, _ := os.ReadDir(dst)
+	if len(ents) != 3 { // the two partitions and the work directory
+		t.Fatalf("%d entries in the directory, want 3", len(ents))
+	}
+	for _, n := range []string{"part-0.sqlite3", "part-1.sqlite3"} {
+		if b, _ := os.ReadFile(filepath.Join(dst, n)); string(b) != "old "+n {
+			t.Fatalf("%s holds %q", n, b)
+		}
 	}
 }
