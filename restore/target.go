@@ -113,6 +113,9 @@ func makeWorkDir(t *target) (*workDir, error) {
 	w := &workDir{name: name, path: filepath.Join(t.path, name)}
 	err := w.open(t)
 	if err != nil {
+		if w.dir != nil {
+			w.dir.Close()
+		}
 		if w.root != nil {
 			w.root.Close()
 		}
