@@ -53,7 +53,14 @@ func SealerFor(dir string, recipients []age.Recipient, now time.Time) (*Cipher, 
 	rand.Read(secret)
 	fresh := keyFile{Format: chunkKeyFormat, Key: secret, Recipients: fp, Created: now.UTC()}
 	data, _ := json.Marshal(fresh)
-	err = fsync.WriteFile(path, data, 0o600, kf != nil)
+	uid, gid, err := keyOwner(dir)
+	if err != nil {
+		return nil, fmt.Errorf("give the chunk key to the owner of %s: %w", dir, err)
+	}
+	// The owner is set through the new file's descriptor before the file
+	// is named: a chown by name, in a directory its owner can change,
+	// would follow a symlink swapped in for the key.
+	err = fsync.WriteFileOwned(path, data, 0o600, kf != nil, uid, gid)
 	if errors.Is(err, os.ErrExist) {
 		// Another backup of this directory made one first: use it.
 		if kf, err = readKeyFile(path); err != nil {
@@ -66,9 +73,6 @@ func SealerFor(dir string, recipients []age.Recipient, now time.Time) (*Cipher, 
 	}
 	if err != nil {
 		return nil, fmt.Errorf("store the chunk key: %w", err)
-	}
-	if err := giveToDirOwner(path, dir); err != nil {
-		return nil, fmt.Errorf("give the chunk key to the owner of %s: %w", dir, err)
 	}
 	return newSealer(recipients, fp, secret)
 }
@@ -88,17 +92,14 @@ func readKeyFile(path string) (*keyFile, error) {
 	return &kf, nil
 }
 
-// WriteChunkKey writes the chunk key of an opened, encrypted manifest into
-// dir (restore), replacing the one there. A plaintext manifest writes
-// nothing.
-func WriteChunkKey(dir string, m *Manifest) error {
+// ChunkKeyContents is the ChunkKeyFile (mode 0600) that continues the
+// chain of an opened, encrypted manifest: restore writes it beside the
+// partitions it lays down. A plaintext manifest has none (nil).
+func ChunkKeyContents(m *Manifest) []byte {
 	c := m.Cipher()
 	if c == nil || c.key == nil || m.Encryption == nil {
 		return nil
 	}
 	data, _ := json.Marshal(keyFile{Format: chunkKeyFormat, Key: c.key.secret, Recipients: m.Encryption.Recipients, Created: m.Created})
-	if err := fsync.WriteFile(filepath.Join(dir, ChunkKeyFile), data, 0o600, true); err != nil {
-		return fmt.Errorf("store the chunk key: %w", err)
-	}
-	return nil
+	return data
 }

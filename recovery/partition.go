@@ -36,7 +36,8 @@ func open(path string, single bool, txlock string, pragmas ...string) (*sql.DB, 
 
 // openMode is open with a SQLite URI mode: "ro" (never writes, so never
 // checkpoints a WAL on close), "immutable" (nothing can change the file:
-// no locks, no -wal or -shm made), or "" (read-write).
+// no locks, no -wal or -shm made), "rw" (read-write, but the file must
+// exist: never created), or "" (read-write, created if missing).
 func openMode(path, mode string, single bool, txlock string, pragmas ...string) (*sql.DB, error) {
 	q := url.Values{}
 	for _, p := range pragmas {
@@ -46,8 +47,8 @@ func openMode(path, mode string, single bool, txlock string, pragmas ...string) 
 		q.Add("_txlock", txlock)
 	}
 	switch mode {
-	case "ro":
-		q.Add("mode", "ro")
+	case "ro", "rw":
+		q.Add("mode", mode)
 	case "immutable":
 		q.Add("mode", "ro")
 		q.Add("immutable", "1")
@@ -77,16 +78,30 @@ func OpenDB(path string, readOnly bool) (*sql.DB, error) {
 		// it closes, so reading a crashed flow's partitions changes nothing.
 		return openMode(path, "ro", false, "", "busy_timeout(20000)", "query_only(1)")
 	}
-	return open(path, true, "immediate", "busy_timeout(20000)", "journal_mode(WAL)", "synchronous(FULL)", "cache_size(-4096)")
+	return openWriter(path, "")
+}
+
+// openWriter opens a partition for writing, with mode "" or "rw".
+func openWriter(path, mode string) (*sql.DB, error) {
+	return openMode(path, mode, true, "immediate", "busy_timeout(20000)", "journal_mode(WAL)", "synchronous(FULL)", "cache_size(-4096)")
+}
+
+// OpenImageDB is OpenDB(path, false) for a file that must exist (a
+// restore's image): it never creates one. SQLite opens files by name; if
+// the name no longer leads to the image, opening it fails instead of making
+// an empty database wherever it leads.
+func OpenImageDB(path string) (*sql.DB, error) {
+	return openWriter(path, "rw")
 }
 
 // OpenScratchDB opens a partition image that nothing else can see yet (a
 // restore's temporary file) for one bulk change: exclusive, no journal, no
 // syncs, a large cache, so each changed page is written once. A failure
 // part-way leaves the file unusable, so callers discard it; on success they
-// call CloseScratchDB and then fsync the file.
+// call CloseScratchDB and then fsync the file. Like OpenImageDB, it never
+// creates the file.
 func OpenScratchDB(path string) (*sql.DB, error) {
-	return open(path, true, "", "locking_mode(EXCLUSIVE)", "journal_mode(OFF)", "synchronous(OFF)", "cache_size(-131072)")
+	return openMode(path, "rw", true, "", "locking_mode(EXCLUSIVE)", "journal_mode(OFF)", "synchronous(OFF)", "cache_size(-131072)")
 }
 
 // CloseScratchDB returns a scratch image to the WAL mode partitions use

@@ -19,14 +19,23 @@ func lockDir(dir string) (func(), error) {
 	if err != nil {
 		return nil, fmt.Errorf("lock %s for the restore: %w", dir, err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+	if err := lockOpenDir(f, dir); err != nil {
 		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("another restore into %s is running", dir)
-		}
-		return nil, fmt.Errorf("lock %s for the restore: %w", dir, err)
+		return nil, err
 	}
 	return func() { f.Close() }, nil
+}
+
+// lockOpenDir is lockDir on the open directory f (named dir); closing f
+// releases the lock.
+func lockOpenDir(f *os.File, dir string) error {
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return fmt.Errorf("another restore into %s is running", dir)
+		}
+		return fmt.Errorf("lock %s for the restore: %w", dir, err)
+	}
+	return nil
 }
 
 // freeBytes is the space left for an unprivileged writer in dir's file

@@ -10,6 +10,7 @@ import (
 	"hash"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -331,26 +332,46 @@ func putBuffer(b []byte) {
 
 // FetchImage writes the partition image a manifest describes to path,
 // which must not exist: the base, verified, then the delta laid over it. On
-// any failure nothing is left at path. The image is not synced to disk: a
-// restore syncs each file once, after it is trimmed and before it takes its
-// final name (each fsync on the way cost a restore a fifth of its time).
-func FetchImage(ctx context.Context, s backup.Store, m *backup.Manifest, path string, o FetchOptions, done *atomic.Int64) (err error) {
-	if _, err := os.Stat(path); err == nil {
+// any failure nothing is left at path. It works in a private directory
+// beside path (as a restore does: see target), removed when it returns. The
+// image is not synced to disk: a restore syncs each file once, after it is
+// trimmed and before it takes its final name (each fsync on the way cost a
+// restore a fifth of its time).
+func FetchImage(ctx context.Context, s backup.Store, m *backup.Manifest, path string, o FetchOptions, done *atomic.Int64) error {
+	if _, err := os.Lstat(path); err == nil {
 		return fmt.Errorf("%s already exists", path)
 	}
+	t, err := openTarget(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer t.close()
+	if t.work, err = makeWorkDir(t); err != nil {
+		return err
+	}
+	name := t.work.newName("image")
+	if err := fetchImage(ctx, s, m, t.work, name, o, done); err != nil {
+		return err
+	}
+	return renameat(t.work.dir, name, t.dir, filepath.Base(path))
+}
+
+// fetchImage is FetchImage into a new file name in the work directory w:
+// every file it writes there (the image, the delta, SQLite's beside them)
+// is new, in a directory no one else can write in.
+func fetchImage(ctx context.Context, s backup.Store, m *backup.Manifest, w *workDir, name string, o FetchOptions, done *atomic.Int64) (err error) {
 	if m.Locked {
 		return fmt.Errorf("backup %s: %w", m.ID, backup.ErrWrongIdentity)
 	}
 	o.Cipher = m.Cipher()
-	tmp := path + ".restore-tmp"
+	dname := name + ".delta"
 	defer func() {
 		if err != nil {
-			removeDB(tmp)
-			os.Remove(tmp + ".delta")
+			w.removeDB(name)
+			w.root.Remove(dname)
 		}
 	}()
-	removeDB(tmp)
-	f, err := directio.Create(tmp)
+	f, err := directio.CreateIn(w.root, name)
 	if err != nil {
 		return err
 	}
@@ -368,8 +389,7 @@ func FetchImage(ctx context.Context, s backup.Store, m *backup.Manifest, path st
 		return err
 	}
 	if m.Delta != nil {
-		dpath := tmp + ".delta"
-		df, err := os.OpenFile(dpath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+		df, err := w.create(dname)
 		if err != nil {
 			return err
 		}
@@ -382,13 +402,13 @@ func FetchImage(ctx context.Context, s backup.Store, m *backup.Manifest, path st
 		if err != nil {
 			return fmt.Errorf("fetch delta of backup %s: %w", m.ID, err)
 		}
-		err = layDelta(ctx, tmp, dpath, m)
-		os.Remove(dpath)
+		err = layDelta(ctx, w.pathOf(name), w.pathOf(dname), m)
+		w.root.Remove(dname)
 		if err != nil {
 			return err
 		}
 	}
-	return os.Rename(tmp, path)
+	return nil
 }
 
 // layDelta lays the delta file dpath of backup m over the image at path

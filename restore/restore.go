@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -128,21 +129,17 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 	if o.Mode == 0 {
 		o.Mode = 0o644
 	}
-	unlock, err := prepareDir(ctx, dir, o)
+	t, err := prepareDir(ctx, dir, o)
 	if err != nil {
 		return nil, err
 	}
-	defer unlock()
+	defer t.close() // and with it everything left in the work directory
+	w := t.work
 	if o.Memory <= 0 {
 		o.Memory = backup.DefaultMemory
 	}
 	budget := backup.NewBudget(o.Memory)
-	fetched := map[string]string{} // manifest id -> temp file
-	defer func() {
-		for _, p := range fetched {
-			removeDB(p)
-		}
-	}()
+	fetched := map[string]string{} // manifest id -> image in the work directory
 	for {
 		var total int64
 		for _, p := range parts {
@@ -155,7 +152,7 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 		if o.Progress != nil {
 			fo.Progress = func(n, _ int64) { o.Progress(n, total) }
 		}
-		bad, err := fetchAll(ctx, s, dir, plan, parts, fetched, fo, &done)
+		bad, err := fetchAll(ctx, s, w, plan, parts, fetched, fo, &done)
 		res.Bytes += done.Load()
 		res.Downloaded += downloaded.Load()
 		if err != nil {
@@ -186,8 +183,8 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 	// history, then publish under the final names.
 	res.Lineage = plan.Lineage.Lineage.Child(recovery.NewLineageID(), machine.Host(), recovery.Epoch(plan.Epoch), plan.Lineage.Runs, plan.Lineage.Progress, o.Now(), recovery.LineageRestore)
 	for _, p := range parts {
-		tmp := fetched[plan.Chosen[p].ID]
-		db, err := recovery.OpenDB(tmp, false)
+		tmp := w.pathOf(fetched[plan.Chosen[p].ID])
+		db, err := recovery.OpenImageDB(tmp)
 		if err != nil {
 			return nil, err
 		}
@@ -197,53 +194,60 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 		}
 		if err == nil && !plan.EpochTimeExact {
 			// The image knows when the epoch closed; the manifests did not.
-			var t time.Time
-			if t, err = recovery.EpochTime(ctx, db, recovery.Epoch(plan.Epoch)); err == nil && !t.IsZero() {
-				plan.EpochTime, plan.EpochTimeExact = t, true
+			var closed time.Time
+			if closed, err = recovery.EpochTime(ctx, db, recovery.Epoch(plan.Epoch)); err == nil && !closed.IsZero() {
+				plan.EpochTime, plan.EpochTimeExact = closed, true
 			}
 		}
 		if cerr := db.Close(); err == nil {
 			err = cerr
 		}
-		if err == nil {
-			// The one fsync of the file: before it takes its final name.
-			err = fsync.File(tmp)
-		}
 		if err != nil {
 			return nil, fmt.Errorf("partition %d: %w", p, err)
 		}
 	}
-	if o.Force {
-		if err := moveAside(ctx, dir, o.Now()); err != nil {
-			return nil, err
-		}
+	// SQLite opened the images by name: the names must have led into the
+	// work directory.
+	if err := w.intact(t); err != nil {
+		return nil, err
 	}
+	if testHookStaged != nil {
+		testHookStaged()
+	}
+	// Mode, owner and the one fsync of each file, through its descriptor,
+	// before it has a name in the target.
+	var files []staged
 	for _, p := range parts {
-		id := plan.Chosen[p].ID
-		if err := setOwner(fetched[id], o); err != nil {
+		name := fetched[plan.Chosen[p].ID]
+		if err := w.seal(name, o.Mode, o); err != nil {
 			return nil, fmt.Errorf("partition %d: %w", p, err)
 		}
-	}
-	for _, p := range parts {
-		id := plan.Chosen[p].ID
-		final := filepath.Join(dir, fmt.Sprintf("part-%d.sqlite3", p))
-		if err := os.Rename(fetched[id], final); err != nil {
-			return nil, fmt.Errorf("place partition %d: %w", p, err)
-		}
-		delete(fetched, id)
+		files = append(files, staged{name: name, final: fmt.Sprintf("part-%d.sqlite3", p), what: fmt.Sprintf("partition %d", p)})
 	}
 	// The next backup from dir continues the restored backups' chain; the
 	// key belongs to whoever owns the partitions (the agent runs as them).
-	if m := plan.Chosen[parts[0]]; m.Encryption != nil {
-		if err := backup.WriteChunkKey(dir, m); err != nil {
-			return nil, err
+	if key := backup.ChunkKeyContents(plan.Chosen[parts[0]]); key != nil {
+		name, err := w.writeFile("chunk-key", key, 0o600, o)
+		if err != nil {
+			return nil, fmt.Errorf("store the chunk key: %w", err)
 		}
-		if err := giveAway(filepath.Join(dir, backup.ChunkKeyFile), o); err != nil {
+		files = append(files, staged{name: name, final: backup.ChunkKeyFile, what: "the chunk key"})
+	}
+	var aside []string
+	if o.Force {
+		if aside, err = partitionFiles(ctx, t); err != nil {
 			return nil, err
 		}
 	}
-	return res, fsync.Dir(dir)
+	if err := t.publish(files, aside, ".replaced-"+o.Now().UTC().Format("20060102T150405")); err != nil {
+		return nil, err
+	}
+	return res, nil
 }
+
+// testHookStaged, if set, runs when the images are trimmed and nothing is
+// published yet.
+var testHookStaged func()
 
 // opened checks that every backup a restore would read is open: one that
 // is encrypted and Locked needs an identity (backup.ErrIdentityRequired),
@@ -264,25 +268,6 @@ func opened(plan *Plan, parts []int, keys *backup.Cipher) error {
 	return nil
 }
 
-// setOwner gives a restored file its mode and, if asked, its owner.
-func setOwner(path string, o Options) error {
-	if err := os.Chmod(path, o.Mode); err != nil {
-		return err
-	}
-	return giveAway(path, o)
-}
-
-// giveAway gives path to the owner the restore was asked for, if any.
-func giveAway(path string, o Options) error {
-	if !o.chown {
-		return nil
-	}
-	if err := os.Chown(path, o.UID, o.GID); err != nil {
-		return fmt.Errorf("give %s to uid %d gid %d: %w (run the restore as root, or as that user)", path, o.UID, o.GID, err)
-	}
-	return nil
-}
-
 type badBackup struct {
 	m   *backup.Manifest
 	err error
@@ -291,18 +276,18 @@ type badBackup struct {
 // fetchAll downloads the chosen backups not yet fetched. A backup that turns
 // out corrupt or incomplete is returned as bad (the caller re-plans); other
 // errors (disk full, access) end the restore.
-func fetchAll(ctx context.Context, s backup.Store, dir string, plan *Plan, parts []int, fetched map[string]string, fo FetchOptions, done *atomic.Int64) (*badBackup, error) {
+func fetchAll(ctx context.Context, s backup.Store, w *workDir, plan *Plan, parts []int, fetched map[string]string, fo FetchOptions, done *atomic.Int64) (*badBackup, error) {
 	type job struct {
-		p   int
-		m   *backup.Manifest
-		tmp string
-		err error
+		p    int
+		m    *backup.Manifest
+		name string
+		err  error
 	}
 	var jobs []*job
 	for _, p := range parts {
 		m := plan.Chosen[p]
 		if _, ok := fetched[m.ID]; !ok {
-			jobs = append(jobs, &job{p: p, m: m, tmp: filepath.Join(dir, fmt.Sprintf(".part-%d.%s.restoring", p, m.ID))})
+			jobs = append(jobs, &job{p: p, m: m, name: w.newName("part-%d.sqlite3", p)})
 		}
 	}
 	// Partitions download side by side, each with its own workers.
@@ -314,11 +299,10 @@ func fetchAll(ctx context.Context, s backup.Store, dir string, plan *Plan, parts
 	g.SetLimit(par)
 	for _, j := range jobs {
 		g.Go(func() error {
-			removeDB(j.tmp)
-			j.err = FetchImage(ctx, s, j.m, j.tmp, fo, done)
+			j.err = fetchImage(ctx, s, j.m, w, j.name, fo, done)
 			if j.err == nil {
-				if j.err = checkImage(ctx, j.tmp, j.m); j.err != nil {
-					removeDB(j.tmp)
+				if j.err = checkImage(ctx, w.pathOf(j.name), j.m); j.err != nil {
+					w.removeDB(j.name)
 				}
 			}
 			return nil
@@ -330,7 +314,7 @@ func fetchAll(ctx context.Context, s backup.Store, dir string, plan *Plan, parts
 	for _, j := range jobs {
 		switch {
 		case j.err == nil:
-			fetched[j.m.ID] = j.tmp
+			fetched[j.m.ID] = j.name
 		case errors.Is(j.err, backup.ErrCorrupt) || errors.Is(j.err, backup.ErrNotFound):
 			if bad == nil {
 				bad = &badBackup{j.m, j.err}
@@ -394,6 +378,8 @@ func imageBytes(m *backup.Manifest) int64 {
 	return n
 }
 
+// removeDB removes a scratch database at path and the files SQLite keeps
+// beside it (verify's, in its own temporary directory).
 func removeDB(path string) {
 	for _, suf := range []string{"", "-wal", "-shm", "-journal"} {
 		os.Remove(path + suf)
@@ -436,39 +422,51 @@ func PartitionsForProcess(id, n, count int) []int {
 	return out
 }
 
-// prepareDir creates dir if needed (durably, and owned as asked), takes the
-// directory's restore lock, removes what killed restores left there, and
-// refuses a directory that holds partitions (or files named like them)
-// unless force. The returned func releases the lock.
-func prepareDir(ctx context.Context, dir string, o Options) (func(), error) {
+// prepareDir creates dir if needed (durably, and owned as asked), opens it
+// (resolving a symlink once), takes the directory's restore lock, removes
+// what killed restores left there, refuses a directory that holds
+// partitions (or files named like them) unless force, and makes the
+// restore's private work directory in it. Closing the target releases the
+// lock.
+func prepareDir(ctx context.Context, dir string, o Options) (*target, error) {
 	_, statErr := os.Stat(dir)
 	if err := fsync.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create %s: %w", dir, err)
 	}
+	t, err := openTarget(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", dir, err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			t.close()
+		}
+	}()
 	if os.IsNotExist(statErr) {
-		if err := giveAway(dir, o); err != nil {
+		if err := giveAway(t.dir, o); err != nil {
 			return nil, err
 		}
 	}
-	unlock, err := lockDir(dir)
-	if err != nil {
+	if err := lockOpenDir(t.dir, dir); err != nil {
 		return nil, err
 	}
-	if err := sweepRestoreTemps(dir); err != nil {
-		unlock()
+	if err := sweepRestoreTemps(t); err != nil {
 		return nil, err
 	}
-	taken, err := occupied(ctx, dir)
+	taken, err := occupied(ctx, t)
 	if err != nil {
-		unlock()
 		return nil, err
 	}
 	if len(taken) > 0 && !o.Force {
-		unlock()
 		return nil, fmt.Errorf("%w: %s already holds recovery partitions (%s): restore into an empty directory, or pass --force to replace them (the old files are kept as *.replaced-TIME)",
 			ErrOccupied, dir, strings.Join(taken, ", "))
 	}
-	return unlock, nil
+	if t.work, err = makeWorkDir(t); err != nil {
+		return nil, err
+	}
+	ok = true
+	return t, nil
 }
 
 // ErrNoSuchPartition says a restore was asked for a partition the flow
@@ -478,31 +476,43 @@ var ErrNoSuchPartition = errors.New("no such partition")
 // ErrOccupied says the target directory holds partitions already.
 var ErrOccupied = errors.New("restore target is not empty")
 
-// restoreTempRE names what a restore writes before it publishes: the
-// fetched image (.part-N.ID.restoring, its -wal, -shm, -journal), its
-// .restore-tmp while it is assembled and the delta beside it.
+// restoreTempRE names what restores wrote in the target directory itself
+// before they wrote in a private directory (workDirRE): the fetched image
+// (.part-N.ID.restoring, its -wal, -shm, -journal), its .restore-tmp while
+// it was assembled and the delta beside it.
 var restoreTempRE = regexp.MustCompile(`^\.part-\d+\..+\.restoring(\.restore-tmp)?(\.delta|-wal|-shm|-journal)?$`)
 
-// sweepRestoreTemps removes a killed restore's temporary files. The caller
-// holds the directory's restore lock, so none of them is a live restore's.
-func sweepRestoreTemps(dir string) error {
-	ents, err := os.ReadDir(dir)
+// sweepRestoreTemps removes what killed restores left in the target: their
+// private directories and temporary files, and symlinks at those names
+// (removed, never followed). The caller holds the directory's restore
+// lock, so none of them is a live restore's.
+func sweepRestoreTemps(t *target) error {
+	ents, err := fs.ReadDir(t.root.FS(), ".")
 	if err != nil {
 		return err
 	}
 	for _, e := range ents {
-		if e.Type().IsRegular() && restoreTempRE.MatchString(e.Name()) {
-			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !os.IsNotExist(err) {
-				return fmt.Errorf("remove a killed restore's %s: %w", e.Name(), err)
-			}
+		n, typ := e.Name(), e.Type()
+		switch {
+		case workDirRE.MatchString(n):
+			// os.Root removes a symlink itself, and never follows one
+			// inside the directory.
+			err = t.root.RemoveAll(n)
+		case restoreTempRE.MatchString(n) && (typ.IsRegular() || typ&fs.ModeSymlink != 0):
+			err = t.root.Remove(n)
+		default:
+			continue
+		}
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("remove a killed restore's %s: %w", filepath.Join(t.path, n), err)
 		}
 	}
 	return nil
 }
 
-// occupied lists the files in dir a restore would collide with.
-func occupied(ctx context.Context, dir string) ([]string, error) {
-	ents, err := os.ReadDir(dir)
+// occupied lists the files in the target a restore would collide with.
+func occupied(ctx context.Context, t *target) ([]string, error) {
+	ents, err := fs.ReadDir(t.root.FS(), ".")
 	if err != nil {
 		return nil, err
 	}
@@ -519,7 +529,7 @@ func occupied(ctx context.Context, dir string) ([]string, error) {
 		if strings.HasPrefix(n, "part-") || !strings.HasSuffix(n, ".sqlite3") || !e.Type().IsRegular() {
 			continue
 		}
-		p, err := recovery.OpenPartition(ctx, filepath.Join(dir, n), true)
+		p, err := recovery.OpenPartition(ctx, filepath.Join(t.path, n), true)
 		if err != nil || p == nil {
 			continue // not a partition (or unreadable): not ours to touch
 		}
@@ -529,28 +539,28 @@ func occupied(ctx context.Context, dir string) ([]string, error) {
 	return out, nil
 }
 
-// moveAside renames every partition file (and its -wal and -shm) in dir to
-// NAME.replaced-TIME.
-func moveAside(ctx context.Context, dir string, now time.Time) error {
-	taken, err := occupied(ctx, dir)
+// partitionFiles lists what --force moves aside: every partition file in
+// the target, and its -wal and -shm.
+func partitionFiles(ctx context.Context, t *target) ([]string, error) {
+	taken, err := occupied(ctx, t)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	suffix := ".replaced-" + now.UTC().Format("20060102T150405")
+	var out []string
+	seen := map[string]bool{}
 	for _, n := range taken {
 		for _, s := range []string{"", "-wal", "-shm"} {
-			p := filepath.Join(dir, n+s)
-			if strings.HasSuffix(n, "-wal") || strings.HasSuffix(n, "-shm") {
-				if s != "" {
-					continue
-				}
+			if s != "" && (strings.HasSuffix(n, "-wal") || strings.HasSuffix(n, "-shm")) {
+				continue
 			}
-			if _, err := os.Stat(p); err == nil {
-				if err := os.Rename(p, p+suffix); err != nil {
-					return fmt.Errorf("move %s aside: %w", p, err)
-				}
+			if seen[n+s] {
+				continue
+			}
+			if _, err := t.root.Lstat(n + s); err == nil {
+				seen[n+s] = true
+				out = append(out, n+s)
 			}
 		}
 	}
-	return nil
+	return out, nil
 }

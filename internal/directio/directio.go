@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"unsafe"
@@ -44,6 +45,9 @@ func Aligned(p []byte) bool {
 type Writer struct {
 	f      *os.File
 	direct bool
+	dir    *os.Root // where f is, by name (WriteAt reopens it there)
+	name   string
+	ownDir bool // Create opened dir; Close closes it
 
 	once sync.Once
 	bf   *os.File // the same file without direct I/O (WriteAt's unaligned pieces)
@@ -53,11 +57,29 @@ type Writer struct {
 // Create creates path (which must not exist) for writing, with direct I/O
 // if the file system supports it.
 func Create(path string) (*Writer, error) {
-	f, direct, err := create(path)
+	dir, err := os.OpenRoot(filepath.Dir(path))
 	if err != nil {
 		return nil, err
 	}
-	return &Writer{f: f, direct: direct}, nil
+	w, err := CreateIn(dir, filepath.Base(path))
+	if err != nil {
+		dir.Close()
+		return nil, err
+	}
+	w.ownDir = true
+	return w, nil
+}
+
+// CreateIn is Create for name in dir: the file is created O_EXCL, and
+// never through a symlink (os.Root opens with O_NOFOLLOW), so it is always
+// a new file of this process's, whatever was at its name. dir must stay
+// open until the Writer is closed.
+func CreateIn(dir *os.Root, name string) (*Writer, error) {
+	f, direct, err := create(dir, name)
+	if err != nil {
+		return nil, err
+	}
+	return &Writer{f: f, direct: direct, dir: dir, name: name}, nil
 }
 
 // Direct reports whether writes still bypass the page cache.
@@ -102,12 +124,39 @@ func (w *Writer) WriteAt(p []byte, off int64) (int, error) {
 		}
 		// The device wants a larger alignment than Align.
 	}
-	w.once.Do(func() { w.bf, w.berr = os.OpenFile(w.f.Name(), os.O_WRONLY, 0) })
+	w.once.Do(w.openBuffered)
 	if w.berr != nil {
 		return 0, w.berr
 	}
 	return w.bf.WriteAt(p, off)
 }
+
+// openBuffered opens the file a second time, without direct I/O (a flag of
+// the open file, shared by duplicated descriptors), and makes sure it is
+// the same file: its name could have been changed meanwhile.
+func (w *Writer) openBuffered() {
+	bf, err := w.dir.OpenFile(w.name, os.O_WRONLY, 0)
+	if err != nil {
+		w.berr = err
+		return
+	}
+	a, err := w.f.Stat()
+	if err == nil {
+		var b os.FileInfo
+		if b, err = bf.Stat(); err == nil && !os.SameFile(a, b) {
+			err = fmt.Errorf("%s was replaced while it was written", w.f.Name())
+		}
+	}
+	if err != nil {
+		bf.Close()
+		w.berr = err
+		return
+	}
+	w.bf = bf
+}
+
+// File is the file written: its descriptor sets its mode and owner.
+func (w *Writer) File() *os.File { return w.f }
 
 // Truncate sets the file's size.
 func (w *Writer) Truncate(size int64) error { return w.f.Truncate(size) }
@@ -125,5 +174,9 @@ func (w *Writer) Close() error {
 	if w.bf != nil {
 		w.bf.Close()
 	}
-	return w.f.Close()
+	err := w.f.Close()
+	if w.ownDir {
+		w.dir.Close()
+	}
+	return err
 }

@@ -6,17 +6,18 @@ import (
 	"syscall"
 )
 
-func create(path string) (*os.File, bool, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_DIRECT, 0o644)
+func create(dir *os.Root, name string) (*os.File, bool, error) {
+	f, err := dir.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW|syscall.O_DIRECT, 0o644)
 	if err == nil {
 		return f, true, nil
 	}
 	if !errors.Is(err, syscall.EINVAL) {
 		return nil, false, err
 	}
-	// The file system does not do direct I/O (tmpfs on older kernels).
-	os.Remove(path)
-	f, err = os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	// The file system does not do direct I/O (tmpfs on older kernels, which
+	// create the file before they refuse).
+	dir.Remove(name)
+	f, err = dir.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o644)
 	return f, false, err
 }
 

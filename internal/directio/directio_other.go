@@ -4,8 +4,9 @@ package directio
 
 import "os"
 
-func create(path string) (*os.File, bool, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+func create(dir *os.Root, name string) (*os.File, bool, error) {
+	// os.Root never follows a symlink with O_CREATE|O_EXCL.
+	f, err := dir.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	return f, false, err
 }
 

@@ -112,6 +112,31 @@ func TestCreateRefusesExisting(t *testing.T) {
 	}
 }
 
+// A symlink at the name is refused, not followed: what it points to stays
+// as it was.
+func TestCreateInNeverFollowsASymlink(t *testing.T) {
+	victim := filepath.Join(t.TempDir(), "victim")
+	if err := os.WriteFile(victim, []byte("keep"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := os.Symlink(victim, filepath.Join(dir, "f")); err != nil {
+		t.Fatal(err)
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	if w, err := CreateIn(root, "f"); err == nil {
+		w.Close()
+		t.Fatal("CreateIn opened a symlink")
+	}
+	if b, _ := os.ReadFile(victim); string(b) != "keep" {
+		t.Fatalf("the symlink's target changed to %q", b)
+	}
+}
+
 // Pieces written at their offsets in any order, from several goroutines,
 // aligned ones and a short unaligned last one, make exactly the file.
 func TestWriteAtOutOfOrder(t *testing.T) {

@@ -3,6 +3,8 @@
 package fsync
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -33,8 +35,13 @@ func Dir(dir string) error {
 		return err
 	}
 	defer d.Close()
+	return DirFile(d)
+}
+
+// DirFile is Dir for a directory already open.
+func DirFile(d *os.File) error {
 	if err := syncDir(d); err != nil && !unsupported(err) {
-		return fmt.Errorf("fsync directory %s: %w", dir, err)
+		return fmt.Errorf("fsync directory %s: %w", d.Name(), err)
 	}
 	return nil
 }
@@ -87,16 +94,33 @@ const TempPrefix = ".flowkeep-tmp-"
 // os.ErrExist if path exists), then the directory fsynced. A crash leaves
 // the old file or the new one, never a mix.
 func WriteFile(path string, data []byte, perm os.FileMode, replace bool) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, TempPrefix+"*")
+	return WriteFileOwned(path, data, perm, replace, -1, -1)
+}
+
+// WriteFileOwned is WriteFile that also gives the file to uid and gid (-1
+// leaves either as it is). Mode and owner are set through the temporary
+// file's descriptor before it takes its name, and every step works in the
+// directory opened once, never following a symlink: when root writes into
+// a directory another user owns, that user cannot swap a name for a
+// symlink and have root chmod or chown what it points to.
+func WriteFileOwned(path string, data []byte, perm os.FileMode, replace bool, uid, gid int) error {
+	root, err := os.OpenRoot(filepath.Dir(path))
 	if err != nil {
 		return err
 	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
+	defer root.Close()
+	name := filepath.Base(path)
+	f, tmp, err := createTemp(root)
+	if err != nil {
+		return err
+	}
+	defer root.Remove(tmp)
 	_, err = f.Write(data)
 	if err == nil {
 		err = f.Chmod(perm)
+	}
+	if err == nil && (uid >= 0 || gid >= 0) {
+		err = f.Chown(uid, gid)
 	}
 	if err == nil {
 		err = f.Sync()
@@ -108,12 +132,33 @@ func WriteFile(path string, data []byte, perm os.FileMode, replace bool) error {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	if replace {
-		err = os.Rename(tmp, path)
+		err = root.Rename(tmp, name)
 	} else {
-		err = os.Link(tmp, path)
+		err = root.Link(tmp, name)
 	}
 	if err != nil {
 		return err
 	}
-	return Dir(dir)
+	d, err := root.Open(".")
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return DirFile(d)
+}
+
+// createTemp creates a new file named TempPrefix... in root: O_EXCL, and
+// os.Root opens with O_NOFOLLOW (and never follows a symlink with
+// O_CREATE|O_EXCL), so it is never an existing file or a symlink's target.
+func createTemp(root *os.Root) (*os.File, string, error) {
+	for try := 0; ; try++ {
+		var b [8]byte
+		rand.Read(b[:])
+		name := TempPrefix + hex.EncodeToString(b[:])
+		f, err := root.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		if errors.Is(err, os.ErrExist) && try < 100 {
+			continue
+		}
+		return f, name, err
+	}
 }

@@ -1,0 +1,16 @@
+//go:build !unix
+
+package restore
+
+import (
+	"os"
+	"path/filepath"
+)
+
+// renameDirs renames from in fromDir to to in toDir (by path here).
+func renameDirs(fromDir *os.File, from string, toDir *os.File, to string) error {
+	return os.Rename(filepath.Join(fromDir.Name(), from), filepath.Join(toDir.Name(), to))
+}
+
+// ownedByUs cannot tell here: files have no Unix owner.
+func ownedByUs(os.FileInfo) bool { return true }
