@@ -313,3 +313,28 @@ func TestRestoreAndVerify_ADamagedNewestManifestIsReported(t *testing.T) {
 		t.Fatalf("verify's diagnosis: %s", msgs)
 	}
 }
+
+// A backup whose image is larger than the free disk is passed over with
+// the reason, and the restore falls back to one that fits.
+func TestRestore_AnImageLargerThanTheFreeDiskIsSkippedWithAReason(t *testing.T) {
+	ctx := context.Background()
+	s := memstore.New()
+	f := newFlow(t, 1, s)
+	f.epoch(10)
+	small := f.backupAll()[0]
+	f.epochOf(3000, func(i int) (string, string) { return fmt.Sprint("big", i), strings.Repeat("x", 200) })
+	big := f.backupAll()[0]
+	limit := uint64(small.Base.Size + 4096)
+	if uint64(big.Base.Size) <= limit {
+		t.Fatalf("the big backup (%d bytes) is not bigger than the limit %d", big.Base.Size, limit)
+	}
+	defer func(old func(string) (uint64, bool)) { freeSpace = old }(freeSpace)
+	freeSpace = func(string) (uint64, bool) { return limit, true }
+	res, err := Restore(ctx, s, filepath.Join(t.TempDir(), "r"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Plan.Chosen[0].ID != small.ID || len(res.Fallbacks) != 1 || !strings.Contains(res.Fallbacks[0], "not enough free disk space") {
+		t.Fatalf("restored %s, fallbacks %q", res.Plan.Chosen[0].ID, res.Fallbacks)
+	}
+}

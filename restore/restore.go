@@ -18,6 +18,7 @@ import (
 
 	"github.com/flowkeep/flowkeep/backup"
 	"github.com/flowkeep/flowkeep/internal/fsync"
+	"github.com/flowkeep/flowkeep/internal/human"
 	"github.com/flowkeep/flowkeep/internal/machine"
 	"github.com/flowkeep/flowkeep/recovery"
 )
@@ -152,11 +153,17 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 		if o.Progress != nil {
 			fo.Progress = func(n, _ int64) { o.Progress(n, total) }
 		}
-		bad, err := fetchAll(ctx, s, w, plan, parts, fetched, fo, &done)
-		res.Bytes += done.Load()
-		res.Downloaded += downloaded.Load()
-		if err != nil {
-			return nil, err
+		// A backup whose image alone cannot fit on the disk is passed over
+		// with the reason (an older, smaller one may fit), not a hard stop.
+		bad := tooLarge(w.pathOf("."), plan, parts, fetched)
+		if bad == nil {
+			var err error
+			bad, err = fetchAll(ctx, s, w, plan, parts, fetched, fo, &done)
+			res.Bytes += done.Load()
+			res.Downloaded += downloaded.Load()
+			if err != nil {
+				return nil, err
+			}
 		}
 		if bad == nil {
 			break
@@ -267,6 +274,28 @@ func opened(plan *Plan, parts []int, keys *backup.Cipher) error {
 	}
 	return nil
 }
+
+// tooLarge returns a chosen backup not yet fetched whose image alone is
+// larger than the free space where restore writes.
+func tooLarge(dir string, plan *Plan, parts []int, fetched map[string]string) *badBackup {
+	free, ok := freeSpace(dir)
+	if !ok {
+		return nil
+	}
+	for _, p := range parts {
+		m := plan.Chosen[p]
+		if _, done := fetched[m.ID]; !done && uint64(imageBytes(m)) > free {
+			return &badBackup{m, fmt.Errorf("%w: its image needs %s, and %s has only %s free", ErrNoSpace, human.Bytes(imageBytes(m)), filepath.Dir(dir), human.Bytes(int64(free)))}
+		}
+	}
+	return nil
+}
+
+// freeSpace is freeBytes (a variable for tests).
+var freeSpace = freeBytes
+
+// ErrNoSpace says a backup's image does not fit on the restore's disk.
+var ErrNoSpace = errors.New("not enough free disk space")
 
 type badBackup struct {
 	m   *backup.Manifest
