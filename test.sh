@@ -47,6 +47,10 @@ kill "$ticker" 2>/dev/null || true
 echo "test.sh: go test" >&2
 go test -count=1 -timeout 30m $(go list ./... | grep -v '/integration$')
 
+# The runtime's concurrent parts under the race detector.
+echo "test.sh: go test -race (core, recovery, connectors, mesh)" >&2
+go test -race -short -count=1 -timeout 20m ./core/... ./recovery/... ./connect/... ./internal/mesh/...
+
 # Each fuzz target runs briefly beyond its seed corpus (which go test ran).
 echo "test.sh: fuzzing (5s per target)" >&2
 for spec in backup:FuzzParseManifest backup:FuzzParseManifestKey backup:FuzzLoadCatalog backup:FuzzLockObject backup:FuzzDecompress \

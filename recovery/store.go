@@ -61,9 +61,15 @@ type Store struct {
 	fronts  [][]Epoch     // committed frontier per partition and worker
 	changed chan struct{} // closed and replaced when a frontier rises or the store fails
 
-	pmu     sync.Mutex
-	pending int64 // bytes queued for the writers
-	pcond   *sync.Cond
+	pmu      sync.Mutex
+	pending  int64         // bytes queued for the writers
+	released chan struct{} // closed and replaced when pending falls or the store fails
+
+	// life guards the store's lifecycle: calls that queue work hold it for
+	// reading while they run; Close takes it for writing (waiting for them),
+	// marks the store closed, and only then stops the writers.
+	life   sync.RWMutex
+	closed bool
 
 	compacting chan struct{} // holds a token while a partition compacts
 	slice      int           // keys one compaction slice merges (compactSlice; tests use fewer)
@@ -96,7 +102,7 @@ func NewStore(ps []*Partition, count PartitionCount, opts Options) *Store {
 		opts.MaxPendingBytes = DefaultMaxPendingBytes
 	}
 	s := &Store{opts: opts, parts: ps, count: count, byIdx: map[PartitionIndex]int{}, changed: make(chan struct{}), compacting: make(chan struct{}, 1), slice: compactSlice}
-	s.pcond = sync.NewCond(&s.pmu)
+	s.released = make(chan struct{})
 	for i, p := range ps {
 		s.byIdx[p.Index] = i
 	}
@@ -441,6 +447,10 @@ func (s *Store) Commit(ctx context.Context, w WorkerIndex, frontier Epoch, rows 
 // CommitFunc is Commit over n rows given by at (valid until the next call
 // of at), for callers whose changes are not Rows.
 func (s *Store) CommitFunc(ctx context.Context, w WorkerIndex, frontier Epoch, n int, at func(int) *Row) error {
+	if err := s.enter(); err != nil {
+		return err
+	}
+	defer s.leave()
 	if err := s.Err(); err != nil {
 		return err
 	}
@@ -520,22 +530,44 @@ func (s *Store) CommitFunc(ctx context.Context, w WorkerIndex, frontier Epoch, n
 	return nil
 }
 
+// ErrClosed says the store was closed: it takes no more work.
+var ErrClosed = errors.New("recovery store closed")
+
+// enter admits a call that queues work, unless the store is closed; leave
+// ends it (Close waits for every call admitted).
+func (s *Store) enter() error {
+	s.life.RLock()
+	if s.closed {
+		s.life.RUnlock()
+		return ErrClosed
+	}
+	return nil
+}
+
+func (s *Store) leave() { s.life.RUnlock() }
+
 // reserve waits until size more bytes fit in the writers' budget (or the
-// queue is empty: one commit larger than the budget still goes, alone).
+// queue is empty: one commit larger than the budget still goes, alone),
+// the store fails, or ctx ends.
 func (s *Store) reserve(ctx context.Context, size int64) error {
-	s.pmu.Lock()
-	defer s.pmu.Unlock()
-	for s.pending > 0 && s.pending+size > s.opts.MaxPendingBytes {
-		if err := ctx.Err(); err != nil {
+	for {
+		if err := s.Err(); err != nil {
 			return err
 		}
-		if s.err != nil {
-			return s.err
+		s.pmu.Lock()
+		if s.pending == 0 || s.pending+size <= s.opts.MaxPendingBytes {
+			s.pending += size
+			s.pmu.Unlock()
+			return nil
 		}
-		s.pcond.Wait()
+		wake := s.released
+		s.pmu.Unlock()
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
-	s.pending += size
-	return nil
 }
 
 func (s *Store) release(size int64) {
@@ -544,8 +576,14 @@ func (s *Store) release(size int64) {
 	}
 	s.pmu.Lock()
 	s.pending -= size
+	s.wakeReservers()
 	s.pmu.Unlock()
-	s.pcond.Broadcast()
+}
+
+// wakeReservers wakes every reserve waiting (s.pmu held).
+func (s *Store) wakeReservers() {
+	close(s.released)
+	s.released = make(chan struct{})
 }
 
 // WaitDurable waits until every epoch below frontier is durable in every
@@ -590,6 +628,10 @@ func (s *Store) Notify() {
 // Compact merges every segment below each partition's commit epoch into
 // its base now, after the commits queued before it.
 func (s *Store) Compact(ctx context.Context) error {
+	if err := s.enter(); err != nil {
+		return err
+	}
+	defer s.leave()
 	errs := make([]chan error, len(s.writers))
 	for i, wr := range s.writers {
 		errs[i] = make(chan error, 1)
@@ -616,6 +658,10 @@ func (s *Store) Compact(ctx context.Context) error {
 // Flush waits until every commit queued before it is applied (durable, or
 // failed), and returns the store's error.
 func (s *Store) Flush(ctx context.Context) error {
+	if err := s.enter(); err != nil {
+		return err
+	}
+	defer s.leave()
 	dones := make([]chan struct{}, len(s.writers))
 	for i, wr := range s.writers {
 		dones[i] = make(chan struct{})
@@ -651,7 +697,7 @@ func (s *Store) fail(err error) {
 	}
 	s.mu.Unlock()
 	s.pmu.Lock()
-	s.pcond.Broadcast()
+	s.wakeReservers()
 	s.pmu.Unlock()
 }
 
@@ -694,8 +740,13 @@ func (s *Store) PartitionCount() PartitionCount { return s.count }
 // partitions. It returns the first commit error. The commit epoch moves for
 // what the last commits made durable; a compaction under way is left to
 // the next run (it starts again, and loses nothing meanwhile). Close is
-// safe after a failed Begin, and twice.
+// safe after a failed Begin, and twice. From the moment it is called it
+// refuses new work (ErrClosed); it waits for the calls already admitted,
+// so a commit racing it is either applied or refused, never lost half-way.
 func (s *Store) Close() error {
+	s.life.Lock()
+	s.closed = true
+	s.life.Unlock()
 	for _, w := range s.writers {
 		close(w.ch)
 	}

@@ -450,3 +450,77 @@ func TestStore_ZeroLengthValueIsState(t *testing.T) {
 		t.Fatalf("loaded %v: want s/empty (from the base) and s/empty2 (from a segment)", got)
 	}
 }
+
+// Commits racing Close are applied or refused (ErrClosed), never a panic
+// ("send on closed channel") and never lost half-way.
+func TestStore_CommitsRacingCloseAreAppliedOrRefused(t *testing.T) {
+	ctx := context.Background()
+	for trial := 0; trial < 20; trial++ {
+		dir := initDir(t, 2)
+		st := openStore(t, dir, time.Second, time.Hour)
+		if _, err := st.Begin(ctx, 4); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		for w := 0; w < 4; w++ {
+			wg.Add(1)
+			go func(w int) {
+				defer wg.Done()
+				for e := Epoch(1); e < 200; e++ {
+					err := st.Commit(ctx, WorkerIndex(w), e+1, []Row{{"s", StateKey(fmt.Sprint(w, "-", e)), e, []byte("v")}})
+					if errors.Is(err, ErrClosed) {
+						return
+					}
+					if err != nil {
+						t.Errorf("worker %d epoch %d: %v", w, e, err)
+						return
+					}
+				}
+			}(w)
+		}
+		time.Sleep(time.Duration(trial) * 100 * time.Microsecond)
+		if err := st.Close(); err != nil {
+			t.Fatal(err)
+		}
+		wg.Wait()
+	}
+}
+
+// A commit waiting for room in the writers' budget wakes when the store
+// fails, and when its context ends.
+func TestStore_AWaitForRoomEndsWithAFailureOrTheContext(t *testing.T) {
+	ctx := context.Background()
+	dir := initDir(t, 1)
+	st, err := Open(ctx, dir, Options{FlowName: "f", Intervals: Intervals{Snapshot: time.Second, Backup: time.Hour}, MaxPendingBytes: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := st.Begin(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	st.pmu.Lock()
+	st.pending = 1 << 30 // as if a huge commit were queued
+	st.pmu.Unlock()
+	cctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if err := st.reserve(cctx, 10); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("reserve with an ended context: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- st.reserve(ctx, 10) }()
+	time.Sleep(20 * time.Millisecond)
+	boom := errors.New("disk on fire")
+	st.fail(boom)
+	select {
+	case err := <-done:
+		if !errors.Is(err, boom) {
+			t.Fatalf("reserve after a failure: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("reserve did not wake when the store failed")
+	}
+	st.pmu.Lock()
+	st.pending = 0
+	st.pmu.Unlock()
+}
