@@ -176,6 +176,9 @@ func TestCluster_SIGKILLOneProcessThenResumeLosesNothing(t *testing.T) {
 	if !strings.Contains(outs[0].String(), "process 1") {
 		t.Fatalf("process 0 does not name the lost peer:\n%s", outs[0].String())
 	}
+	if strings.Contains(outs[0].String(), "panic") || strings.Contains(outs[0].String(), "goroutine ") {
+		t.Fatalf("process 0 panicked when its peer died mid-commit:\n%s", outs[0].String())
+	}
 	t.Logf("process 0 stopped %v after the kill: %s", time.Since(killedAt).Round(time.Millisecond), strings.TrimSpace(outs[0].String()))
 	mustCluster(t, 1, [][]string{{a}, {b}}, "-i", in, "-o", out, "-s", "50ms", "-b", "0")
 	got, _ := os.ReadFile(out)

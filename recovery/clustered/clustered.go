@@ -39,7 +39,9 @@ type Recovery struct {
 	pminC   chan struct{}
 	risen   chan struct{} // closed and replaced when a pmin rises
 	pending map[recovery.PartitionIndex]recovery.Epoch
-	done    chan struct{}
+	done    chan struct{} // closed by Close: announce ends
+	stop    sync.Once
+	running sync.WaitGroup // the announce goroutine
 	failure error
 	// begun is set once this process's partitions began: peers' commits may
 	// come from then on (the handlers run on the mesh's reader goroutines).
@@ -177,7 +179,8 @@ func (r *Recovery) Begin(ctx context.Context, workers int) (core.RunInfo, error)
 		return core.RunInfo{}, fmt.Errorf("process %d: %w", self, err)
 	}
 	r.begun.Store(true)
-	go r.announce()
+	r.running.Add(1)
+	go r.announce(r.done)
 	if err := r.mesh.Barrier(ctx, "rec.begun"); err != nil {
 		return core.RunInfo{}, err
 	}
@@ -363,11 +366,12 @@ func (r *Recovery) committed(i recovery.PartitionIndex, f recovery.Epoch) {
 
 // announce sends committed frontiers to the other processes, coalesced, so
 // the store's writers never wait on the network.
-func (r *Recovery) announce() {
+func (r *Recovery) announce(done <-chan struct{}) {
+	defer r.running.Done()
 	for {
 		select {
 		case <-r.pminC:
-		case <-r.done:
+		case <-done:
 			return
 		}
 		r.mu.Lock()
@@ -380,10 +384,45 @@ func (r *Recovery) announce() {
 			b = binary.AppendUvarint(b, uint64(f))
 		}
 		for p := range r.mesh.Processes() {
-			if p != r.mesh.Self() {
-				r.mesh.Send(context.Background(), p, "rec.pmin", b)
+			if p == r.mesh.Self() {
+				continue
+			}
+			// A peer that takes longer than this to take a frame is gone
+			// (the mesh says so too); Close ends the wait at once.
+			ctx, cancel := context.WithTimeout(context.Background(), announceTimeout)
+			go func() {
+				select {
+				case <-done:
+					cancel()
+				case <-ctx.Done():
+				}
+			}()
+			err := r.mesh.Send(ctx, p, "rec.pmin", b)
+			cancel()
+			if err != nil {
+				select {
+				case <-done:
+					return // closing: the peers are told otherwise
+				default:
+				}
+				r.fail(fmt.Errorf("announce committed frontiers to process %d: %w", p, err))
+				return
 			}
 		}
+	}
+}
+
+// announceTimeout bounds one announcement to one peer.
+const announceTimeout = 30 * time.Second
+
+// fail records the first error of the clustered recovery and wakes the
+// waiters.
+func (r *Recovery) fail(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.failure == nil {
+		r.failure = err
+		r.riseLocked()
 	}
 }
 
@@ -440,9 +479,13 @@ func (r *Recovery) WaitDurable(ctx context.Context, frontier core.Epoch) error {
 		if g >= recovery.Epoch(frontier) {
 			return nil
 		}
+		var stored <-chan struct{}
+		if r.store != nil {
+			stored = r.store.Changed() // closed when the store fails, too
+		}
 		select {
 		case <-ch:
-		case <-time.After(time.Second): // a store failure has no channel here
+		case <-stored:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -474,10 +517,12 @@ func (r *Recovery) global() recovery.Epoch {
 // Close implements core.Recovery; it is safe before (or after a failed)
 // Begin.
 func (r *Recovery) Close() error {
-	if r.done != nil {
-		close(r.done)
-		r.done = nil
-	}
+	r.stop.Do(func() {
+		if r.done != nil {
+			close(r.done)
+		}
+	})
+	r.running.Wait()
 	var err error
 	if r.store != nil {
 		err = r.store.Close()
