@@ -242,7 +242,7 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 	}
 	var aside []string
 	if o.Force {
-		if aside, err = partitionFiles(ctx, t); err != nil {
+		if aside, err = partitionFiles(ctx, t, parts); err != nil {
 			return nil, err
 		}
 	}
@@ -568,16 +568,39 @@ func occupied(ctx context.Context, t *target) ([]string, error) {
 	return out, nil
 }
 
-// partitionFiles lists what --force moves aside: every partition file in
-// the target, and its -wal and -shm.
-func partitionFiles(ctx context.Context, t *target) ([]string, error) {
+// partitionFiles lists what --force moves aside for a restore of parts:
+// the files of those partitions (found by content), and whatever holds the
+// names it publishes (part-N.sqlite3), each with its -wal and -shm. Other
+// partitions in the target are left alone.
+func partitionFiles(ctx context.Context, t *target, parts []int) ([]string, error) {
 	taken, err := occupied(ctx, t)
 	if err != nil {
 		return nil, err
 	}
+	restoring := map[int]bool{}
+	names := map[string]bool{}
+	for _, p := range parts {
+		restoring[p] = true
+		names[fmt.Sprintf("part-%d.sqlite3", p)] = true
+	}
+	mine := func(n string) bool {
+		main := strings.TrimSuffix(strings.TrimSuffix(n, "-wal"), "-shm")
+		if names[main] {
+			return true
+		}
+		p, err := recovery.OpenPartition(ctx, filepath.Join(t.path, main), true)
+		if err != nil || p == nil {
+			return false // not a partition, or unreadable: not ours to touch
+		}
+		defer p.Close()
+		return restoring[int(p.Index)]
+	}
 	var out []string
 	seen := map[string]bool{}
 	for _, n := range taken {
+		if !mine(n) {
+			continue
+		}
 		for _, s := range []string{"", "-wal", "-shm"} {
 			if s != "" && (strings.HasSuffix(n, "-wal") || strings.HasSuffix(n, "-shm")) {
 				continue

@@ -353,3 +353,42 @@ func TestVerify_MaxAge(t *testing.T) {
 		t.Fatalf("age %v", rep.Flows[0].AgeSeconds)
 	}
 }
+
+// restore --partitions 2,3 --force replaces partitions 2 and 3 only: the
+// other partitions in the directory stay where they are.
+func TestRestore_ForceOfASubsetTouchesOnlyThoseParts(t *testing.T) {
+	ctx := context.Background()
+	s := memstore.New()
+	f := newFlow(t, 4, s)
+	f.epoch(20)
+	f.backupAll()
+	dir := t.TempDir()
+	if _, err := Restore(ctx, s, dir, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	before := map[string][]byte{}
+	for _, n := range []string{"part-0.sqlite3", "part-1.sqlite3"} {
+		b, err := os.ReadFile(filepath.Join(dir, n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		before[n] = b
+	}
+	if _, err := Restore(ctx, s, dir, Options{Partitions: []int{2, 3}, Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	moved, _ := filepath.Glob(filepath.Join(dir, "*.replaced-*"))
+	for _, m := range moved {
+		if n := filepath.Base(m); !strings.HasPrefix(n, "part-2.") && !strings.HasPrefix(n, "part-3.") {
+			t.Fatalf("--partitions 2,3 --force moved %s aside", n)
+		}
+	}
+	if len(moved) == 0 {
+		t.Fatal("the replaced partitions were not kept aside")
+	}
+	for n, b := range before {
+		if now, err := os.ReadFile(filepath.Join(dir, n)); err != nil || string(now) != string(b) {
+			t.Fatalf("%s changed (%v)", n, err)
+		}
+	}
+}
