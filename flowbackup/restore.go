@@ -271,7 +271,10 @@ func runRestore(ctx context.Context, o restoreOptions, out, errOut io.Writer) er
 		fmt.Fprintf(out, "  note: %s\n", n)
 	}
 	if !o.DryRun {
-		fmt.Fprintf(out, "downloaded %s (laid down %s) in %v; resume with: flowrun run %s -r %s -s … -b …\n", human.Bytes(res.Downloaded), human.Bytes(res.Bytes), time.Since(began).Round(time.Millisecond), p.Flow.Name, o.To)
+		iv := p.Chosen[res.Restored[0]].Intervals
+		fmt.Fprintf(out, "downloaded %s (laid down %s) in %v; resume with: flowrun run %s -r %s -s %v -b %v and the same -i/-o (the output file, or a copy of it, and the input the flow read)\n",
+			human.Bytes(res.Downloaded), human.Bytes(res.Bytes), time.Since(began).Round(time.Millisecond), p.Flow.Name, o.To,
+			time.Duration(iv.SnapshotMs)*time.Millisecond, time.Duration(iv.BackupMs)*time.Millisecond)
 	}
 	return nil
 }
