@@ -12,7 +12,7 @@ func BuiltinFlows() []FlowSpec {
 	return []FlowSpec{
 		{
 			Name:    "wordcount",
-			Short:   "running word totals across runs",
+			Short:   "running word totals across runs (a word is a run of letters, lower-cased: digits and punctuation split words, so \"w8805\" counts as \"w\")",
 			Example: "  flowrun run wordcount --input testdata/sample.txt --output counts.csv -w 2\n  flowrun run wordcount -i input/ -o counts.csv -w 4 -r /var/lib/flowkeep -s 10s -b 5m",
 			Build: func(o FlowOptions) (*core.Flow, error) {
 				io, err := builtinIO(o)
