@@ -59,9 +59,10 @@ func newRunCommand(specs []FlowSpec) *cobra.Command {
 
 Without -r the run keeps no state between runs. With -r DIR the flow snapshots
 into the recovery partitions in DIR (create them with 'flowrun recovery init',
-or with --init-partitions N on the first run) every snapshot interval (-s), resumes from the latest consistent snapshot when
-run again on the same DIR (with any -w), and continues after end of input: a
-later run over an appended input file reads only what was appended.
+or with --init-partitions N on the first run) every snapshot interval (-s),
+resumes from the latest consistent snapshot when run again on the same DIR
+(with any -w), and continues after end of input: a later run over an appended
+input file reads only what was appended.
 
 The backup interval (-b) is how far apart backups of different partitions may
 be taken and still restore together: old snapshots are kept that long. Use -b 0
