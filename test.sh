@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every flowkeep test: installs the real servers and tools the tests use
-# (versitygw, fake-gcs-server, staticcheck) from the Go module proxy into a
-# cache directory if they are missing, then runs the Go tests and checks.
+# (versitygw, fake-gcs-server, staticcheck, and promtool for the alert rules'
+# tests) from the Go module proxy into a cache directory if they are missing,
+# and Debian's systemd for systemd-analyze (the deploy units' check) when it
+# is missing and this runs as root, then runs the Go tests and checks.
 # The Terraform modules are checked in Go (terraform/), formatting included,
 # so no terraform or tflint binary is needed.
 set -euo pipefail
@@ -26,6 +28,17 @@ install() { # name module@version: go install into its own versioned directory
 install versitygw github.com/versity/versitygw/cmd/versitygw@v1.8.0 & servers=($!)
 install fake-gcs-server github.com/fsouza/fake-gcs-server@v1.56.1 & servers+=($!)
 install staticcheck honnef.co/go/tools/cmd/staticcheck@v0.8.2 & lint=$!
+# promtool runs the alert rules' tests (deploy/prometheus/*_test.yaml): the
+# largest build here, minutes on a fresh machine.
+install promtool github.com/prometheus/prometheus/cmd/promtool@v0.316.0 & servers+=($!)
+# deploy/ verifies its units with systemd-analyze and skips, saying so,
+# where it cannot be had.
+if ! command -v systemd-analyze > /dev/null && [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
+	( echo "test.sh: installing systemd (for systemd-analyze)" >&2
+	  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd; } > /dev/null 2>&1; then
+		echo "test.sh: could not install systemd: the deploy units' checks will skip" >&2
+	  fi ) & servers+=($!)
+fi
 # While tools build (minutes on a fresh machine), say so now and then.
 ( while sleep 30; do echo "test.sh: still building ($((SECONDS - began))s)" >&2; done ) & ticker=$!
 trap 'kill "$ticker" 2>/dev/null || true' EXIT

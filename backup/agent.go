@@ -81,8 +81,19 @@ type restorable struct {
 	at    time.Time
 }
 
+// RunPartition is the partition label of the agent's run-level series:
+// flowkeep_backup_last_attempt_timestamp_seconds{partition="all"} is set at
+// the end of every run, whatever happened, and
+// flowkeep_backup_failures_total{partition="all"} counts failed runs,
+// including those that failed before any partition was touched (a
+// destination that cannot be reached or refuses, a recovery directory that
+// cannot be read). They exist before any partition is known; their flow
+// label is empty until the agent has read the flow's name from its
+// partitions (a first run before flowrun made or ran them).
+const RunPartition = "all"
+
 // Metrics are the agent's Prometheus metrics, labelled by flow (name) and
-// partition.
+// partition (an index, or RunPartition for the agent's runs).
 type Metrics struct {
 	LastSuccess    *prometheus.GaugeVec
 	LastAttempt    *prometheus.GaugeVec
@@ -128,7 +139,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		LastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "flowkeep_backup_last_success_timestamp_seconds",
 			Help: "Unix time of the last successful backup of each partition."}, part),
 		LastAttempt: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "flowkeep_backup_last_attempt_timestamp_seconds",
-			Help: "Unix time of the last backup attempt of each partition (successful, failed or skipped)."}, part),
+			Help: "Unix time of the last backup attempt of each partition (successful, failed or skipped); partition=\"all\": the end of the agent's last run, whatever its outcome."}, part),
 		RestorableHi: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "flowkeep_backup_restorable_epoch",
 			Help: "Highest epoch the last backup of each partition can restore to."}, part),
 		BytesUploaded: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flowkeep_backup_uploaded_bytes_total",
@@ -142,7 +153,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "flowkeep_backup_duration_seconds",
 			Help: "Duration of partition backups.", Buckets: prometheus.ExponentialBuckets(0.05, 2, 14)}, part),
 		Failures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flowkeep_backup_failures_total",
-			Help: "Failed partition backups."}, part),
+			Help: "Failed partition backups; partition=\"all\": failed agent runs, those that failed before touching any partition (destination, recovery directory) included."}, part),
 		PruneFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "flowkeep_backup_prune_failures_total",
 			Help: "Failed retention runs (prune after backups)."}),
 		GapTooLong: prometheus.NewGauge(prometheus.GaugeOpts{Name: "flowkeep_backup_schedule_exceeds_backup_interval",
@@ -271,6 +282,38 @@ func (m *Metrics) Known(flow string, partitions []int) {
 	}
 }
 
+// Started makes the run-level series of flow exist (failures at 0) before
+// its first run fails, and drops those of an unknown flow (empty name) once
+// the flow is known, so no stale series keeps an alert firing.
+func (m *Metrics) Started(flow string) {
+	if flow != "" {
+		for _, v := range []*prometheus.MetricVec{m.LastSuccess.MetricVec, m.LastAttempt.MetricVec, m.RestorableHi.MetricVec,
+			m.BytesUploaded.MetricVec, m.ObjectsUpload.MetricVec, m.ObjectsSkipped.MetricVec, m.Skipped.MetricVec,
+			m.Duration.MetricVec, m.Failures.MetricVec} {
+			v.DeletePartialMatch(prometheus.Labels{"flow": ""})
+		}
+		m.mu.Lock()
+		for k := range m.newest {
+			if k[0] == "" {
+				delete(m.newest, k)
+			}
+		}
+		m.mu.Unlock()
+	}
+	m.Failures.WithLabelValues(flow, RunPartition)
+}
+
+// ObserveRun records the end of one agent run: its time, and whether it
+// failed (every failed run counts once, whether or not it touched a
+// partition).
+func (m *Metrics) ObserveRun(flow string, failed bool) {
+	m.Started(flow)
+	m.LastAttempt.WithLabelValues(flow, RunPartition).Set(float64(m.now().Unix()))
+	if failed {
+		m.Failures.WithLabelValues(flow, RunPartition).Inc()
+	}
+}
+
 // Observe records one backup run's results.
 func (m *Metrics) Observe(flow string, results []*Result) {
 	fenced, fork := 0.0, 0.0
@@ -390,6 +433,7 @@ func (a *Agent) RunOnce(ctx context.Context) ([]*Result, error) {
 		if name, idx, err := flowInfo(ctx, a.Dir); err == nil {
 			a.flow = name
 			if a.Metrics != nil {
+				a.Metrics.Started(name)
 				a.Metrics.Known(name, idx)
 			}
 		}
@@ -449,10 +493,29 @@ func (a *Agent) RunOnce(ctx context.Context) ([]*Result, error) {
 	if fork != "" {
 		a.Log.Error("FORK: two machines are running this flow", "seen", fork)
 	}
-	if err != nil && len(results) == 0 {
+	// A run failed if it could not start (before any partition was
+	// touched) or a partition's backup failed; a locked or fenced
+	// partition is not a failure (fenced has its own metric), nor is a
+	// directory that holds no partitions yet (a first boot: flowrun makes
+	// them) or a run cut short because the agent stops.
+	failed := false
+	switch {
+	case err != nil && len(results) == 0 && errors.Is(err, recovery.ErrNoPartitions):
+		a.Log.Warn("nothing to back up yet: no recovery partitions in the directory (flowrun creates them at its first start)", "dir", a.Dir, "err", err)
+		err = nil
+	case err != nil && len(results) == 0:
 		a.Log.Error("backup run failed", "err", err)
-	} else {
+		failed = ctx.Err() == nil
+	default:
 		err = errors.Join(errs...) // a locked partition is not a failure
+		for _, r := range results {
+			if r.Err != nil && !errors.Is(r.Err, ErrFenced) && !errors.Is(r.Err, ErrLocked) {
+				failed = ctx.Err() == nil
+			}
+		}
+	}
+	if a.Metrics != nil {
+		a.Metrics.ObserveRun(a.flow, failed)
 	}
 	if a.Retention != nil && ctx.Err() == nil {
 		a.retain(ctx)

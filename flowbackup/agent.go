@@ -64,7 +64,14 @@ flowkeep_backup_rpo_seconds (age of the newest restorable point),
 flowkeep_backup_uploaded_bytes_total, flowkeep_backup_uploaded_objects_total,
 flowkeep_backup_skipped_objects_total, flowkeep_backup_skipped_total,
 flowkeep_backup_duration_seconds (histogram), flowkeep_backup_failures_total;
-labelled by flow: flowkeep_backup_fenced, flowkeep_backup_fork.
+labelled by flow: flowkeep_backup_fenced, flowkeep_backup_fork. The agent's
+runs have their own series, partition="all": failures_total{partition="all"}
+counts every failed run, including those that fail before any partition is
+touched (a destination that cannot be reached, a recovery directory that
+cannot be read), and last_attempt_timestamp_seconds{partition="all"} is the
+end of the last run, whatever its outcome. Their flow label is empty until
+the agent has read the flow's name from its partitions. A directory that
+holds no partitions yet (a first boot) is not a failure.
 
 ` + fencingHelp + ` The agent claims the flow with --take-over once, at
 its first run.

@@ -31,6 +31,7 @@ type runOptions struct {
 	snapshotSet  bool
 	backupSet    bool
 	RecoveryDirs []string
+	InitParts    int
 	ProcessID    int
 	Addresses    []string
 	SnapshotBuf  string
@@ -57,10 +58,11 @@ func newRunCommand(specs []FlowSpec) *cobra.Command {
 		Long: `Run a registered flow until its input ends.
 
 Without -r the run keeps no state between runs. With -r DIR the flow snapshots
-into the recovery partitions in DIR (create them with 'flowrun recovery init')
-every snapshot interval (-s), resumes from the latest consistent snapshot when
-run again on the same DIR (with any -w), and continues after end of input: a
-later run over an appended input file reads only what was appended.
+into the recovery partitions in DIR (create them with 'flowrun recovery init',
+or with --init-partitions N on the first run) every snapshot interval (-s),
+resumes from the latest consistent snapshot when run again on the same DIR
+(with any -w), and continues after end of input: a later run over an appended
+input file reads only what was appended.
 
 The backup interval (-b) is how far apart backups of different partitions may
 be taken and still restore together: old snapshots are kept that long. Use -b 0
@@ -71,6 +73,15 @@ and --addresses host0:port,…,host(P-1):port, plus its own --process-id; every
 process keeps its recovery partitions in its own -r directory (the cluster
 must reach every partition). Every flag can also be set as FLOWRUN_<FLAG>,
 e.g. FLOWRUN_PROCESS_ID=2, FLOWRUN_ADDRESSES=…, FLOWRUN_RECOVERY_DIR=….
+
+--init-partitions N makes a first start create N partitions when the
+recovery directories hold none, and is a no-op on every later start, so a
+service can always pass it: run the restore step (flowbackup restore
+--if-empty --if-backups-exist) before it, so a replaced machine restores
+instead. Partitions that exist must be N, or the run is refused. In a cluster
+every process is given the same N; the processes agree on one new flow and
+each creates its share (partition i on process i mod P, as restore's
+--process-id/--processes lays them down).
 
 Flows: ` + flowNames(specs) + `
 
@@ -99,6 +110,7 @@ Flows: ` + flowNames(specs) + `
 	f.VarP(human.Duration{D: &o.Snapshot}, "snapshot-interval", "s", "how often to close an epoch and snapshot changed state: seconds or a duration (e.g. -s 10 or -s 10s); required with -r")
 	f.VarP(human.Duration{D: &o.Backup}, "backup-interval", "b", "keep snapshots this long so partition backups taken this far apart still restore together: seconds or a duration (e.g. -b 300 or -b 5m, or -b 0); required with -r")
 	f.StringSliceVarP(&o.RecoveryDirs, "recovery-dir", "r", nil, "directory of recovery partitions (e.g. -r /var/lib/flowkeep); repeat it (or separate with commas) when they are spread over several directories; without it the run keeps no state")
+	f.IntVar(&o.InitParts, "init-partitions", 0, "on a first start, create this many recovery partitions when the -r directories hold none (e.g. --init-partitions 4); partitions that exist must be this many")
 	f.StringVarP(&o.Input, "input", "i", "", "input file, directory (one partition per file), - for stdin, or kafka://BROKERS/TOPICS[?start=earliest|latest|TIME&tail=true&group=NAME] (e.g. --input access.log)")
 	f.StringVarP(&o.Output, "output", "o", "", "output file, - for stdout, or kafka://BROKERS/TOPIC[?exactly_once=true] (e.g. --output counts.csv)")
 	f.BoolVar(&o.Overwrite, "overwrite", false, "let a fresh run replace an existing non-empty output file")
@@ -172,6 +184,12 @@ func (o runOptions) validate() error {
 	if n, err := human.ParseBytes(o.SnapshotBuf); err != nil || n < 1<<20 {
 		return usagef("--snapshot-buffer %q: give a size of at least 1MiB (e.g. 256MiB)", o.SnapshotBuf)
 	}
+	if o.InitParts < 0 {
+		return usagef("--init-partitions must not be negative, got %d", o.InitParts)
+	}
+	if o.InitParts > 0 && len(o.RecoveryDirs) == 0 {
+		return usagef("--init-partitions needs -r: the directories to create the partitions in")
+	}
 	if len(o.Addresses) > 0 && (o.ProcessID < 0 || o.ProcessID >= len(o.Addresses)) {
 		return usagef("--process-id %d is not an index into the %d --addresses", o.ProcessID, len(o.Addresses))
 	}
@@ -229,11 +247,23 @@ func runRun(ctx context.Context, o runOptions, specs []FlowSpec, stderr io.Write
 		}
 		if len(o.RecoveryDirs) > 0 {
 			cr := clustered.New(o.RecoveryDirs, ropts)
+			if o.InitParts > 0 {
+				cr.InitPartitions(o.InitParts, func(msg string) { fmt.Fprintf(stderr, "flowrun: %s\n", msg) })
+			}
 			cfg.Recovery = cr
 			durable = cr.Durable
 			prog.durableFrom(cr.Durable)
 		}
 	case len(o.RecoveryDirs) > 0:
+		if o.InitParts > 0 {
+			created, err := recovery.EnsurePartitions(ctx, o.RecoveryDirs, o.InitParts)
+			if err != nil {
+				return err
+			}
+			if len(created) > 0 {
+				fmt.Fprintf(stderr, "flowrun: first start: created %s in %s\n", human.Count(len(created), "recovery partition"), strings.Join(o.RecoveryDirs, ", "))
+			}
+		}
 		st, err := recovery.OpenDirs(ctx, o.RecoveryDirs, ropts)
 		if err != nil {
 			return err

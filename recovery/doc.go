@@ -5,7 +5,11 @@
 // # Files
 //
 // `flowrun recovery init DIR N` creates part-0.sqlite3 … part-(N-1).sqlite3
-// in an existing DIR. A partition is the set part-N.sqlite3, its -wal and its
+// in an existing DIR; `flowrun run … --init-partitions N` does the same on a
+// first start (no partitions in its directories) and nothing later. In a
+// cluster each process creates its share (partition i on process i mod P)
+// under one flow uid the processes agreed on (process 0's proposal), so
+// that together they make one flow (Init, CreatePartitions, PlanInit). A partition is the set part-N.sqlite3, its -wal and its
 // -shm, moved together. Files are found by content, not by name: every
 // *.sqlite3 file in DIR whose `parts` table holds a row is a partition. N is
 // fixed for the life of the flow. All partitions of one flow share a random

@@ -273,7 +273,7 @@ func closeAll(ps []*Partition) {
 // CheckSet validates partitions as one complete flow (see Discover).
 func checkSet(ctx context.Context, dir string, ps []*Partition, want string) error {
 	if len(ps) == 0 {
-		return fmt.Errorf("%w in %s: create them with `flowrun recovery init %s N`, or restore a backup into it", ErrNoPartitions, dir, dir)
+		return fmt.Errorf("%w in %s: create them with `flowrun recovery init %s N` (or `flowrun run … --init-partitions N`), or restore a backup into it", ErrNoPartitions, dir, dir)
 	}
 	count := ps[0].Count
 	uid := ps[0].FlowUID

@@ -55,7 +55,7 @@ func templateVars(release, flowrunSum, flowbackupSum, restoreArgs string) map[st
 		"data_device": "/dev/nvme1n1", "flowrun_args": "wordcount -w 2", "backup_url": "s3://b/p",
 		"backup_schedule": "*/5 * * * *", "release_url": release, "init_partitions": "0",
 		"flowrun_sha256": flowrunSum, "flowbackup_sha256": flowbackupSum, "restore_args": restoreArgs,
-		"age_recipients": "", "age_identity_file": "",
+		"age_recipients": "", "age_identity_file": "", "run_on_calendar": "",
 	}
 }
 
@@ -183,16 +183,71 @@ func TestCloudInit_UnprivilegedServicesAndRestoreOnFirstBoot(t *testing.T) {
 	if !strings.Contains(strings.Join(us["flowbackup-agent.service"]["Unit"]["After"], " "), "flowrun.service") {
 		t.Error("the agent must start after flowrun's restore step")
 	}
-	var userMade, initAsUser bool
+	var userMade bool
 	for _, c := range doc["runcmd"].([]any) {
 		line := strings.Join(toStrings(c), " ")
 		userMade = userMade || strings.Contains(line, "useradd --system")
+		// Partitions made before the service runs would stop a replaced
+		// machine from restoring, and make a different flow on each
+		// machine of a cluster.
 		if strings.Contains(line, "recovery init") {
-			initAsUser = strings.Contains(line, "runuser -u flowkeep")
+			t.Errorf("cloud-init creates partitions itself, before the restore step: %s", line)
 		}
 	}
-	if !userMade || !initAsUser {
-		t.Errorf("cloud-init must create the user flowkeep (%v) and create partitions as it (%v)", userMade, initAsUser)
+	if !userMade {
+		t.Error("cloud-init must create the user flowkeep")
+	}
+	// A first start creates the partitions, through flowrun's own flag,
+	// after the restore step.
+	if env["FLOWRUN_INIT_PARTITIONS"] != "0" {
+		t.Errorf("flowrun.env: FLOWRUN_INIT_PARTITIONS=%q, want the node's init_partitions", env["FLOWRUN_INIT_PARTITIONS"])
+	}
+	checkFlags(t, "flowrun", []string{"run", "--init-partitions"})
+	// A flow that tails is a service restarted on failure, started at boot.
+	if run["Restart"][0] != "on-failure" || len(run["Type"]) != 0 || us["flowrun.service"]["Install"] == nil {
+		t.Errorf("a flow that tails: %v", us["flowrun.service"])
+	}
+}
+
+// A flow that ends at the end of its input runs as a oneshot on a timer
+// (never Restart=, which reruns a finished flow every few seconds), started
+// on the wall clock's ticks; the restore step still runs first.
+func TestCloudInit_AFlowThatEndsRunsOnATimer(t *testing.T) {
+	sum := strings.Repeat("a", 64)
+	vars := templateVars("https://r.example/v1", sum, sum, "--process-id 1 --processes 3")
+	vars["run_on_calendar"], vars["init_partitions"] = "*:0/5", "6"
+	_, doc := cloudConfig(t, vars)
+	us := units(t, doc)
+	run := us["flowrun.service"]["Service"]
+	if len(run["Type"]) == 0 || run["Type"][0] != "oneshot" || len(run["Restart"]) != 0 || len(run["ExecStartPre"]) != 1 || us["flowrun.service"]["Install"] != nil {
+		t.Errorf("flowrun.service of a flow that ends: %v", us["flowrun.service"])
+	}
+	var timer string
+	for _, f := range doc["write_files"].([]any) {
+		if f.(map[string]any)["path"] == "/etc/systemd/system/flowrun.timer" {
+			timer = f.(map[string]any)["content"].(string)
+		}
+	}
+	if !strings.Contains(timer, "OnCalendar=*:0/5") || !strings.Contains(timer, "Unit=flowrun.service") {
+		t.Errorf("flowrun.timer:\n%s", timer)
+	}
+	var enabled string
+	for _, c := range doc["runcmd"].([]any) {
+		if line := strings.Join(toStrings(c), " "); strings.Contains(line, "systemctl enable") {
+			enabled = line
+		}
+	}
+	if !strings.Contains(enabled, "flowrun.timer") || strings.Contains(enabled, "flowrun.service") {
+		t.Errorf("cloud-init enables: %s", enabled)
+	}
+	out, _ := cloudConfig(t, vars)
+	if !strings.Contains(out, "FLOWRUN_INIT_PARTITIONS=6") {
+		t.Error("flowrun.env does not carry init_partitions")
+	}
+	// Without a calendar there is no timer.
+	out, _ = cloudConfig(t, templateVars("https://r.example/v1", sum, sum, ""))
+	if strings.Contains(out, "/etc/systemd/system/flowrun.timer") || !strings.Contains(out, "systemctl enable --now flowbackup-agent.service flowrun.service") {
+		t.Errorf("a flow that tails got a timer:\n%s", out)
 	}
 }
 

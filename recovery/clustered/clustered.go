@@ -30,6 +30,10 @@ type Recovery struct {
 	dirs []string
 	opts recovery.Options
 	mesh core.Mesh
+	// initCount, if set, is the partition count to create on a first
+	// start (InitPartitions); onCreate hears what this process created.
+	initCount int
+	onCreate  func(msg string)
 
 	store   *recovery.Store
 	count   recovery.PartitionCount
@@ -55,11 +59,111 @@ func New(dirs []string, opts recovery.Options) *Recovery {
 	return &Recovery{dirs: dirs, opts: opts}
 }
 
+// InitPartitions makes Begin create the flow's partitions when no process
+// has any (a first start): the processes agree on one flow uid (process 0's
+// proposal), and each creates its share, partition i on process i mod P
+// (the share restore's --process-id/--processes lays down), spread over its
+// directories. Every process must be given the same n; partitions that
+// exist must be n (see recovery.PlanInit). onCreate, if set, is told what
+// this process created.
+func (r *Recovery) InitPartitions(n int, onCreate func(msg string)) {
+	r.initCount, r.onCreate = n, onCreate
+}
+
 // Attach implements core.ClusterRecovery.
 func (r *Recovery) Attach(m core.Mesh) {
 	r.mesh = m
 	m.Handle("rec.commit", r.onCommit)
 	m.Handle("rec.pmin", r.onPmin)
+}
+
+// foundMsg is what each process says at start: the partitions it can
+// open, the --init-partitions count it was given (0: none), and a flow uid
+// it proposes for a first start.
+type foundMsg struct {
+	Parts    []found `json:"parts"`
+	Init     int     `json:"init,omitempty"`
+	Proposal string  `json:"proposal,omitempty"`
+}
+
+// findMine lists the partitions this process can open.
+func (r *Recovery) findMine(ctx context.Context) ([]found, error) {
+	self := r.mesh.Self()
+	ps, err := recovery.FindDirs(ctx, r.dirs, true)
+	if err != nil {
+		return nil, fmt.Errorf("process %d: %w", self, err)
+	}
+	defer recovery.CloseAll(ps)
+	var mine []found
+	for _, p := range ps {
+		v, err := recovery.ReadView(ctx, p.DB)
+		if err != nil {
+			return nil, fmt.Errorf("process %d: %s: %w", self, p.Path, err)
+		}
+		mine = append(mine, found{int(p.Index), int(p.Count), p.FlowUID, v.FlowName, p.Path, len(v.Executions) == 0 && !v.Pending})
+	}
+	return mine, nil
+}
+
+func decodeFound(all map[int][]byte, procs int) ([]foundMsg, error) {
+	msgs := make([]foundMsg, procs)
+	for p, b := range all {
+		if p < 0 || p >= procs {
+			return nil, fmt.Errorf("partition list from process %d of %d", p, procs)
+		}
+		if err := json.Unmarshal(b, &msgs[p]); err != nil {
+			return nil, fmt.Errorf("partition list from process %d: %w", p, err)
+		}
+	}
+	return msgs, nil
+}
+
+// initShare creates this process's share of the partitions when the flow
+// has none (or a first start crashed while creating them), under the uid
+// process 0 proposed. Every process computes the same plan from the same
+// lists.
+func (r *Recovery) initShare(ctx context.Context, msgs []foundMsg) (string, []int, error) {
+	self, procs := r.mesh.Self(), len(msgs)
+	var every []recovery.Found
+	for _, m := range msgs {
+		for _, f := range m.Parts {
+			every = append(every, recovery.Found{Index: recovery.PartitionIndex(f.Index), Count: recovery.PartitionCount(f.Count), FlowUID: f.UID, Fresh: f.Fresh})
+		}
+	}
+	if msgs[0].Proposal == "" {
+		return "", nil, fmt.Errorf("process 0 proposed no flow uid")
+	}
+	uid, create, err := recovery.PlanInit(every, recovery.PartitionCount(r.initCount), msgs[0].Proposal)
+	if err != nil {
+		return "", nil, fmt.Errorf("process %d: %w", self, err)
+	}
+	// Partition i is created by process i mod P, in its directories in turn.
+	byDir := map[string][]recovery.PartitionIndex{}
+	var mine []int
+	for _, i := range create {
+		if int(i)%procs != self {
+			continue
+		}
+		d := r.dirs[(int(i)/procs)%len(r.dirs)]
+		byDir[d] = append(byDir[d], i)
+		mine = append(mine, int(i))
+	}
+	for _, d := range r.dirs {
+		if len(byDir[d]) > 0 {
+			if err := recovery.CreatePartitions(ctx, d, uid, recovery.PartitionCount(r.initCount), byDir[d]); err != nil {
+				return "", nil, fmt.Errorf("process %d: %w", self, err)
+			}
+		}
+	}
+	return uid, mine, nil
+}
+
+func joinInts(xs []int) string {
+	s := make([]string, len(xs))
+	for i, x := range xs {
+		s[i] = fmt.Sprint(x)
+	}
+	return strings.Join(s, ", ")
 }
 
 // found is what one process can open.
@@ -69,6 +173,7 @@ type found struct {
 	UID      string `json:"uid"`
 	FlowName string `json:"flow_name"`
 	Path     string `json:"path"`
+	Fresh    bool   `json:"fresh,omitempty"`
 }
 
 // Begin implements core.Recovery: every process gathers what the others can
@@ -76,32 +181,52 @@ type found struct {
 // data, and begins its own partitions.
 func (r *Recovery) Begin(ctx context.Context, workers int) (core.RunInfo, error) {
 	self := r.mesh.Self()
-	ps, err := recovery.FindDirs(ctx, r.dirs, true)
+	mine, err := r.findMine(ctx)
 	if err != nil {
-		return core.RunInfo{}, fmt.Errorf("process %d: %w", self, err)
+		return core.RunInfo{}, err
 	}
-	var mine []found
-	for _, p := range ps {
-		v, err := recovery.ReadView(ctx, p.DB)
-		if err != nil {
-			recovery.CloseAll(ps)
-			return core.RunInfo{}, fmt.Errorf("process %d: %s: %w", self, p.Path, err)
-		}
-		mine = append(mine, found{int(p.Index), int(p.Count), p.FlowUID, v.FlowName, p.Path})
-	}
-	recovery.CloseAll(ps)
-	payload, _ := json.Marshal(mine)
+	// The proposal rides along every start: only a first start uses it.
+	payload, _ := json.Marshal(foundMsg{Parts: mine, Init: r.initCount, Proposal: recovery.NewFlowUID()})
 	all, err := r.mesh.Gather(ctx, "rec.found", payload)
 	if err != nil {
 		return core.RunInfo{}, err
 	}
-	reach := map[int][]found{}
-	for p, b := range all {
-		var fs []found
-		if err := json.Unmarshal(b, &fs); err != nil {
-			return core.RunInfo{}, fmt.Errorf("partition list from process %d: %w", p, err)
+	msgs, err := decodeFound(all, r.mesh.Processes())
+	if err != nil {
+		return core.RunInfo{}, err
+	}
+	// Every process takes the same path (the same gathers), or none
+	// starts: --init-partitions must be the same everywhere.
+	for p, m := range msgs {
+		if m.Init != msgs[0].Init {
+			return core.RunInfo{}, fmt.Errorf("process 0 was started with --init-partitions %d and process %d with %d: give every process the same count (or none)", msgs[0].Init, p, m.Init)
 		}
-		reach[p] = fs
+	}
+	if msgs[0].Init > 0 {
+		uid, created, err := r.initShare(ctx, msgs)
+		if err != nil {
+			return core.RunInfo{}, err
+		}
+		// Every process says what it holds now, created or not, so all
+		// assign owners from the same lists.
+		if mine, err = r.findMine(ctx); err != nil {
+			return core.RunInfo{}, err
+		}
+		payload, _ = json.Marshal(foundMsg{Parts: mine, Init: r.initCount})
+		if all, err = r.mesh.Gather(ctx, "rec.found.init", payload); err != nil {
+			return core.RunInfo{}, err
+		}
+		if msgs, err = decodeFound(all, r.mesh.Processes()); err != nil {
+			return core.RunInfo{}, err
+		}
+		if len(created) > 0 && r.onCreate != nil {
+			r.onCreate(fmt.Sprintf("process %d: created recovery partitions %s of %d (flow %s) in %s", self,
+				joinInts(created), r.initCount, uid, strings.Join(r.dirs, ", ")))
+		}
+	}
+	reach := map[int][]found{}
+	for p, m := range msgs {
+		reach[p] = m.Parts
 	}
 	owners, count, err := assign(reach, r.mesh.Processes(), r.opts.FlowName, strings.Join(r.dirs, ","))
 	if err != nil {
@@ -233,7 +358,7 @@ func assign(reach map[int][]found, procs int, flowName, dirs string) ([]int, int
 		}
 	}
 	if count < 0 {
-		return nil, 0, fmt.Errorf("%w: no process found any in its recovery directory (%s on this one): create them with `flowrun recovery init DIR N` or restore a backup", recovery.ErrNoPartitions, dirs)
+		return nil, 0, fmt.Errorf("%w: no process found any in its recovery directory (%s on this one): start every process with the same `--init-partitions N` to create them (a first start), or restore a backup", recovery.ErrNoPartitions, dirs)
 	}
 	var missing []string
 	for i := 0; i < count; i++ {

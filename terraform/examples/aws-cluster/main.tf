@@ -48,6 +48,8 @@ module "node" {
   flow_args             = var.flow_args
   workers               = 2
   process_id            = count.index
+  init_partitions       = 6
+  run_on_calendar       = "*:0/5"
   addresses             = local.addresses
   cluster_cidrs         = [var.subnet_cidr]
   backup_url            = "s3://${module.bucket.bucket_name}/${local.prefix}"

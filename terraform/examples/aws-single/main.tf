@@ -49,4 +49,5 @@ module "node" {
   flowrun_sha256        = var.flowrun_sha256
   flowbackup_sha256     = var.flowbackup_sha256
   init_partitions       = var.init_partitions
+  run_on_calendar       = "*:0/5"
 }

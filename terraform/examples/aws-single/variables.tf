@@ -57,7 +57,7 @@ variable "flowbackup_sha256" {
 }
 
 variable "init_partitions" {
-  description = "Partitions to create on first boot; set 0 when replacing a lost machine (then restore)."
+  description = "Partitions the first start creates when the disk holds none and no backups exist (a replaced machine restores instead); fixed for the life of the flow."
   type        = number
   default     = 4
 }

@@ -78,6 +78,7 @@ resource "aws_instance" "node" {
     age_recipients    = join("\n      ", var.age_recipients)
     age_identity_file = var.age_identity_file
     init_partitions   = var.init_partitions
+    run_on_calendar   = var.run_on_calendar
   })
 }
 

@@ -111,7 +111,7 @@ variable "flowbackup_sha256" {
 }
 
 variable "init_partitions" {
-  description = "Create this many recovery partitions on a fresh disk (0: do not; restore instead)."
+  description = "flowrun --init-partitions: on a first start (no partitions on the disk and no backups to restore) create this many; every machine of a cluster gets the same count and creates its share. 0: never create (only restore)."
   type        = number
   default     = 0
 }
@@ -164,6 +164,12 @@ variable "age_recipients" {
 
 variable "age_identity_file" {
   description = "Path, on the machine, of the age identity file the restore step opens encrypted backups with (provided out of band, e.g. by a secret manager; readable by the user flowkeep). Empty: none."
+  type        = string
+  default     = ""
+}
+
+variable "run_on_calendar" {
+  description = "Empty: the flow tails its input (e.g. Kafka with tail=true) and runs as a long-running service. A systemd calendar spec (e.g. \"*:0/5\", every 5 minutes): the flow ends at the end of its input (files) and a timer runs it again on those ticks; keep their period within backup_interval."
   type        = string
   default     = ""
 }
