@@ -130,7 +130,7 @@ var MetricNames = []string{
 }
 
 var rpoDesc = prometheus.NewDesc("flowkeep_backup_rpo_seconds",
-	"Age of the newest restorable point of each partition's backups: how much a restore now would lose.", []string{"flow", "partition"}, nil)
+	"Age of the oldest change each partition holds that its backups do not (read at scrape time): how much a restore now would lose; 0 for a partition whose backups hold everything (an idle flow).", []string{"flow", "partition"}, nil)
 
 // NewMetrics registers the agent's metrics with reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
@@ -175,9 +175,15 @@ type rpoCollector struct{ m *Metrics }
 func (c rpoCollector) Describe(ch chan<- *prometheus.Desc) { ch <- rpoDesc }
 func (c rpoCollector) Collect(ch chan<- prometheus.Metric) {
 	c.m.mu.Lock()
-	defer c.m.mu.Unlock()
-	for k, r := range c.m.newest {
-		ch <- prometheus.MustNewConstMetric(rpoDesc, prometheus.GaugeValue, c.m.now().Sub(r.at).Seconds(), k[0], k[1])
+	dir, now := c.m.dir, c.m.now
+	c.m.mu.Unlock()
+	if dir == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, l := range partitionLags(ctx, dir, c.m.backedUp, now) {
+		ch <- prometheus.MustNewConstMetric(rpoDesc, prometheus.GaugeValue, l.RPO, l.Flow, strconv.Itoa(l.Partition))
 	}
 }
 
@@ -234,12 +240,19 @@ type Lag struct {
 	BackedUp  uint64 // the newest epoch its backups restore to
 	Epochs    uint64 // Durable - BackedUp (0 when the backup is current)
 	Seconds   float64
+	// RPO is the age of the oldest change the partition holds that its
+	// backups do not (0 when they hold everything: an idle flow).
+	RPO float64
 }
 
 // PartitionLags reads each partition in dir and compares its durable epoch
 // with the newest epoch its backups restore to (from backedUp). Partitions
 // without a backup yet, or that cannot be read, are left out.
 func PartitionLags(ctx context.Context, dir string, backedUp func(flow string, partition int) (uint64, time.Time, bool)) []Lag {
+	return partitionLags(ctx, dir, backedUp, time.Now)
+}
+
+func partitionLags(ctx context.Context, dir string, backedUp func(flow string, partition int) (uint64, time.Time, bool), now func() time.Time) []Lag {
 	ps, err := recovery.Find(ctx, dir, true)
 	if err != nil {
 		return nil
@@ -256,6 +269,11 @@ func PartitionLags(ctx context.Context, dir string, backedUp func(flow string, p
 			continue
 		}
 		l := Lag{Flow: v.FlowName, Partition: int(p.Index), Durable: uint64(v.Hi()), BackedUp: hi}
+		if e, ok, err := recovery.OldestChangeSince(ctx, p.DB, recovery.Epoch(hi)); err == nil && ok {
+			if t, err := recovery.EpochTime(ctx, p.DB, e); err == nil && !t.IsZero() {
+				l.RPO = max(0, now().Sub(t).Seconds())
+			}
+		}
 		if l.Durable > hi {
 			l.Epochs = l.Durable - hi
 			if t, err := recovery.EpochTime(ctx, p.DB, v.Hi()); err == nil && !t.IsZero() && !hiTime.IsZero() {
@@ -265,6 +283,13 @@ func PartitionLags(ctx context.Context, dir string, backedUp func(flow string, p
 		out = append(out, l)
 	}
 	return out
+}
+
+// SetNow sets the clock the scrape-time metrics read (tests).
+func (m *Metrics) SetNow(now func() time.Time) {
+	m.mu.Lock()
+	m.now = now
+	m.mu.Unlock()
 }
 
 // Known makes every counter of a flow's partitions exist at 0 before the

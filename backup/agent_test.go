@@ -18,6 +18,7 @@ import (
 	"github.com/flowkeep/flowkeep/backup"
 	"github.com/flowkeep/flowkeep/backup/memstore"
 	"github.com/flowkeep/flowkeep/recovery"
+	"github.com/flowkeep/flowkeep/restore"
 )
 
 func newAgent(t *testing.T, dir string, s backup.Store) (*backup.Agent, *prometheus.Registry, *bytes.Buffer) {
@@ -280,5 +281,61 @@ func TestAgent_SweepsDeltaFilesAKilledBackupLeft(t *testing.T) {
 	}
 	if !strings.Contains(log.String(), "removed delta files a killed backup left behind") || !strings.Contains(log.String(), "files=3") {
 		t.Fatalf("log:\n%s", log)
+	}
+}
+
+// RPO means one thing: for an idle, fully backed-up flow the agent's
+// flowkeep_backup_rpo_seconds is 0, and verify --max-age, from the bucket
+// alone (the agent's heartbeat), agrees within a tick instead of counting
+// from the last epoch; once the flow changes, the metric counts from the
+// oldest change not backed up.
+func TestAgent_RPOOfAnIdleFlowAgreesWithVerify(t *testing.T) {
+	ctx := context.Background()
+	dir, st := flowDir(t, 2, time.Hour)
+	commitKeys(t, st, 1, seq(0, 50), "v")
+	s := memstore.New()
+	a, reg, _ := newAgent(t, dir, s)
+	t0 := time.Now()
+	clock := t0
+	a.Options.Now = func() time.Time { return clock }
+	a.Metrics.SetNow(func() time.Time { return clock })
+	if _, err := a.RunOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	clock = t0.Add(time.Hour) // an hour later, nothing changed
+	if _, err := a.RunOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rpo := func() float64 {
+		t.Helper()
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		worst := -1.0
+		for _, mf := range mfs {
+			if mf.GetName() == "flowkeep_backup_rpo_seconds" {
+				for _, m := range mf.GetMetric() {
+					worst = max(worst, m.GetGauge().GetValue())
+				}
+			}
+		}
+		return worst
+	}
+	if got := rpo(); got != 0 {
+		t.Fatalf("RPO of an idle, backed-up flow: %v, want 0", got)
+	}
+	rep, err := restore.Verify(ctx, s, restore.VerifyOptions{MaxAge: time.Minute, Now: func() time.Time { return clock.Add(5 * time.Second) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Status != restore.StatusHealthy || rep.Flows[0].RPOSeconds > 60 {
+		t.Fatalf("verify --max-age 1m an hour after the last epoch of an idle flow: %s, RPO %vs: %+v", rep.Status, rep.Flows[0].RPOSeconds, rep.Problems)
+	}
+	// The flow moves on: the metric counts from the oldest change not in a
+	// backup.
+	commitKeys(t, st, 2, seq(0, 5), "w")
+	if got := rpo(); got < 3000 {
+		t.Fatalf("RPO after a change an hour (by the agent's clock) old: %v", got)
 	}
 }

@@ -416,7 +416,9 @@ func BackupPartition(ctx context.Context, s Store, p *recovery.Partition, o Opti
 				return err
 			} else if same {
 				res.Manifest, res.Skipped = prev, SkipUnchanged
-				return nil
+				// Nothing to upload: say, for verify's RPO, that the latest
+				// backup is current as of now.
+				return writeHeartbeat(lctx, s, prev, o.SigningKey, o.Now())
 			}
 		}
 		xfer := Transfer{Also: o.Progress}

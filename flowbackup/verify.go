@@ -73,7 +73,7 @@ Exit codes:
 	f.StringVar(&o.From, "from", "", "backup URL: file:///path, s3://bucket/prefix or gs://bucket/prefix")
 	f.BoolVar(&o.Deep, "deep", false, "download and check every object and rebuild every image")
 	f.BoolVar(&o.JSON, "json", false, "print the report as JSON")
-	human.DurationVar(f, &o.MaxAge, "max-age", 0, "report a problem if the restorable epoch is older than this (e.g. 15m)")
+	human.DurationVar(f, &o.MaxAge, "max-age", 0, "report a problem if the RPO is longer than this (e.g. 15m): how long ago the backups were last known to hold everything the flow had, counting the agent's heartbeats for an idle flow")
 	f.StringVar(&o.Flow, "flow", "", "audit only this flow (its name or uid)")
 	f.IntVar(&o.Workers, "workers", 32, "requests at once (per partition for --deep, within --memory)")
 	f.Float64Var(&o.Sample, "sample", 0, "with --deep: read only this percentage of the objects, chosen at random, and check their sha256 (0 < P <= 100)")
@@ -166,8 +166,8 @@ func runVerify(ctx context.Context, o verifyOptions, out, errOut io.Writer) erro
 		}
 		for _, f := range rep.Flows {
 			if f.Restorable {
-				fmt.Fprintf(out, "flow %s (%s): restorable to epoch %d of %s, %v ago, lineage %s; %d of %d backups healthy\n", f.Name, f.UID, f.Epoch,
-					f.EpochTime.UTC().Format(time.RFC3339), (time.Duration(f.AgeSeconds) * time.Second).Round(time.Second), recovery.ShortID(f.Lineage), f.Healthy, f.Backups)
+				fmt.Fprintf(out, "flow %s (%s): restorable to epoch %d of %s, lineage %s; RPO %v; %d of %d backups healthy\n", f.Name, f.UID, f.Epoch,
+					f.EpochTime.UTC().Format(time.RFC3339), recovery.ShortID(f.Lineage), (time.Duration(f.RPOSeconds * float64(time.Second))).Round(time.Second), f.Healthy, f.Backups)
 			} else {
 				fmt.Fprintf(out, "flow %s (%s): NOT restorable; %d of %d backups healthy\n", f.Name, f.UID, f.Healthy, f.Backups)
 			}

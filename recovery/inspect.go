@@ -217,3 +217,19 @@ func countState(ctx context.Context, q queryer, in *Info) error {
 	in.Counted = true
 	return LoadPartition(ctx, q, in.Hi, func(rows []Row) error { in.Keys += int64(len(rows)); return nil })
 }
+
+// OldestChangeSince returns the oldest epoch at or after e in which the
+// partition q reads holds a change (a segment, a base row compacted from
+// one, or a dropped key's tombstone); ok is false if it holds none: every
+// change is below e.
+func OldestChangeSince(ctx context.Context, q queryer, e Epoch) (Epoch, bool, error) {
+	var oldest sql.NullInt64
+	err := q.QueryRowContext(ctx, `SELECT min(m) FROM (
+		SELECT min(epoch) AS m FROM segments WHERE epoch >= ?1
+		UNION ALL SELECT min(epoch) FROM base WHERE epoch >= ?1
+		UNION ALL SELECT min(epoch) FROM dropped WHERE epoch >= ?1)`, int64(e)).Scan(&oldest)
+	if err != nil || !oldest.Valid {
+		return 0, false, err
+	}
+	return Epoch(oldest.Int64), true, nil
+}

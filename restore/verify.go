@@ -82,6 +82,9 @@ type FlowReport struct {
 	Epoch      uint64    `json:"restorable_epoch,omitempty"`
 	EpochTime  time.Time `json:"restorable_epoch_time,omitempty"`
 	AgeSeconds float64   `json:"age_seconds,omitempty"`
+	// RPOSeconds is how long ago the backups were last known to hold
+	// everything the flow had (see RPO): what verify --max-age checks.
+	RPOSeconds float64 `json:"rpo_seconds"`
 	Chosen     []string  `json:"chosen_backups,omitempty"`
 	Reason     string    `json:"not_restorable_reason,omitempty"`
 	// Lineage is the history a restore would lay down; Lineages every
@@ -285,9 +288,15 @@ func Verify(ctx context.Context, s backup.Store, o VerifyOptions) (*Report, erro
 			for _, m := range plan.Chosen {
 				fr.Chosen = append(fr.Chosen, m.ID)
 			}
-			if o.MaxAge > 0 && now.Sub(plan.EpochTime) > o.MaxAge {
-				rep.Problems = append(rep.Problems, Problem{Flow: uid, Message: fmt.Sprintf("the newest restorable epoch %d is %v old, more than --max-age %v: backups are falling behind (RPO)",
-					plan.Epoch, now.Sub(plan.EpochTime).Round(time.Second), o.MaxAge)})
+			hbs, err := backup.LoadHeartbeats(ctx, s, uid, o.Trusted)
+			if err != nil {
+				return nil, err
+			}
+			rpo := RPO(plan, hbs, now)
+			fr.RPOSeconds = rpo.Seconds()
+			if o.MaxAge > 0 && rpo > o.MaxAge {
+				rep.Problems = append(rep.Problems, Problem{Flow: uid, Message: fmt.Sprintf("RPO %v, more than --max-age %v: the backups were last known to hold everything the flow had %v ago (restorable epoch %d); backups are falling behind",
+					rpo.Round(time.Second), o.MaxAge, rpo.Round(time.Second), plan.Epoch)})
 			}
 		}
 		rep.Flows = append(rep.Flows, fr)
@@ -427,4 +436,34 @@ func checkLatest(ctx context.Context, s backup.Store, ms []*backup.Manifest, bro
 		}
 	}
 	return nil
+}
+
+// RPO is the bucket's view of the flow's recovery point objective: how
+// long ago the backups a restore would use were last known to hold
+// everything the flow had. A chosen backup whose newest epoch is the one
+// restored held everything its partition had when it was captured, and
+// still did when a heartbeat of the agent last found the partition
+// unchanged; a chosen backup that restores an epoch below its newest one
+// holds nothing after that epoch's time. The flow's RPO counts from the
+// oldest of these. So an idle, fully backed-up flow has an RPO of at most
+// one of the agent's ticks, and the agent's flowkeep_backup_rpo_seconds
+// (exact, from the partitions) agrees within one tick.
+func RPO(plan *Plan, hbs map[int]backup.Heartbeat, now time.Time) time.Duration {
+	var oldest time.Time
+	for p, m := range plan.Chosen {
+		t := plan.EpochTime
+		if plan.Epoch == m.Epochs.Hi {
+			t = m.Created
+			if hb, ok := hbs[p]; ok && hb.Backup == m.ID && hb.Checked.After(t) {
+				t = hb.Checked
+			}
+		}
+		if oldest.IsZero() || t.Before(oldest) {
+			oldest = t
+		}
+	}
+	if oldest.IsZero() {
+		return 0
+	}
+	return max(0, now.Sub(oldest))
 }
