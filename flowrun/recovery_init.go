@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 
 	"github.com/spf13/cobra"
@@ -45,6 +46,9 @@ snapshot writes and backups, and let a cluster spread them over machines.`,
 }
 
 func runRecoveryInit(ctx context.Context, o recoveryInitOptions, out io.Writer) error {
+	if st, err := os.Stat(o.Dir); err != nil || !st.IsDir() {
+		return usagef("%s: not a directory (create it first: recovery init makes the partitions in an existing directory)", o.Dir)
+	}
 	if err := recovery.Init(ctx, o.Dir, o.Count); err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -201,6 +202,23 @@ func (o runOptions) validate() error {
 	}
 	if set := btoi(o.Cert != "") + btoi(o.Key != "") + btoi(o.CA != ""); set != 0 && set != 3 {
 		return usagef("TLS needs all of --cluster-cert, --cluster-key and --cluster-ca")
+	}
+	// Paths given on the command line that cannot be what they are for
+	// are the caller's to fix (exit 2), not a failed run.
+	if o.Input != "" && o.Input != "-" && !strings.Contains(o.Input, "://") {
+		if _, err := os.Stat(o.Input); err != nil {
+			return usagef("-i %s: %v", o.Input, errors.Unwrap(err))
+		}
+	}
+	if o.Output != "" && o.Output != "-" && !strings.Contains(o.Output, "://") {
+		if st, err := os.Stat(filepath.Dir(o.Output)); err != nil || !st.IsDir() {
+			return usagef("-o %s: its directory %s does not exist", o.Output, filepath.Dir(o.Output))
+		}
+	}
+	for _, d := range o.RecoveryDirs {
+		if st, err := os.Stat(d); err != nil || !st.IsDir() {
+			return usagef("-r %s: not a directory (create it, then run again; --init-partitions N creates the partitions in it)", d)
+		}
 	}
 	return nil
 }
