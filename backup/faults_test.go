@@ -24,8 +24,10 @@ type scripted struct {
 	// hold, if set, runs before a write reaches the store (it may block).
 	hold func(ctx context.Context, key string)
 	// lose reports whether the n-th write (from 0) of key loses its
-	// answer: the store does it, the caller gets a 503.
+	// answer if the store did it: the caller gets a 503.
 	lose func(key string, n int) bool
+	// dropAll answers every write with a 503, whatever the store did.
+	dropAll bool
 	// flip returns where to flip a bit in the n-th read of key, or -1.
 	flip func(key string, n int) int
 	// afterRead, if set, runs after a read, before it is answered.
@@ -46,7 +48,11 @@ func (s *scripted) write(ctx context.Context, key string, do func() error) error
 	n := s.writes[key]
 	s.writes[key]++
 	s.mu.Unlock()
-	if err := do(); err != nil {
+	err := do()
+	if s.dropAll {
+		return fmt.Errorf("put %s: %w", key, errLostAnswer)
+	}
+	if err != nil {
 		return err
 	}
 	if s.lose != nil && s.lose(key, n) {
