@@ -9,7 +9,8 @@
 //	chunks/<h[0:2]>/<h>                        zstd-compressed chunk; h = hex sha256 of the uncompressed bytes
 //	manifests/<flow-uid>/part-<iiii>/<id>.json one backup of one partition; written after all its chunks
 //	latest/<flow-uid>/part-<iiii>.json         copy of that partition's newest manifest (saves a LIST)
-//	locks/<flow-uid>/part-<iiii>.json          backup lock, created only if absent; renewed; expires by itself
+//	locks/<flow-uid>/part-<iiii>.json          backup lock, created only if absent; renewed and taken
+//	                                           over by conditional writes; expires by itself
 //	locks/prune.json                           prune lock: no backup starts while it is held, and prune
 //	                                           does not start while a backup lock is
 //	quarantine/<h>.json                        chunk h was found damaged in the store by verify --deep
@@ -83,5 +84,21 @@
 //     every manifest and latest pointer; its chunk grace period is at least
 //     the lock TTL. Locks are renewed every third of their TTL; work under a
 //     lock that is lost (taken over, or not renewed in time) is cancelled.
+//   - Every lock write is a conditional write on the lock's current version
+//     (Store.PutIfMatch: S3 If-Match on the ETag or If-None-Match, GCS
+//     generation preconditions, a locked rename or link on files): a lock
+//     is created only if absent, taken over (expired, long unreadable, or a
+//     dead local process's) only from exactly the version that was read, and
+//     renewed only from the holder's own last write. A lock is deleted to
+//     be taken over only when no version of it can be read (an object too
+//     large to be a lock, or a store that calls it present and missing at
+//     once). Of agents racing for one expired lock exactly one wins; a
+//     renewal that meets a change reads the lock and is lost (ErrLockLost)
+//     unless the change is its holder's own write whose answer was lost
+//     (same holder and acquisition time): a retry never turns its own
+//     success into a loss.
+//   - A lock body carries a checksum of its fields, and one that does not
+//     match is read again as above: a bit flipped in transit never reads as
+//     another holder, or as an expired lock to take over.
 //   - Listings stream: no backend, and no caller, holds a whole listing.
 package backup

@@ -1,6 +1,7 @@
 package backup
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"slices"
@@ -21,6 +22,26 @@ func (f *fuzzStore) PutIfAbsent(ctx context.Context, k string, b []byte) error {
 		return ErrExists
 	}
 	return f.Put(ctx, k, b)
+}
+func (f *fuzzStore) PutIfMatch(ctx context.Context, k string, b []byte, v ObjectVersion) (ObjectVersion, error) {
+	var cur ObjectVersion
+	if old, ok := f.objs[k]; ok {
+		cur = "v" + ObjectVersion(old)
+	}
+	if cur != v {
+		return "", ErrConflict
+	}
+	return "v" + ObjectVersion(b), f.Put(ctx, k, b) // its content is its version
+}
+func (f *fuzzStore) GetVersion(_ context.Context, k string, limit int64) ([]byte, ObjectVersion, error) {
+	b, ok := f.objs[k]
+	if !ok {
+		return nil, "", ErrNotFound
+	}
+	if int64(len(b)) > limit {
+		return nil, "", &SizeError{Key: k, Limit: limit}
+	}
+	return bytes.Clone(b), "v" + ObjectVersion(b), nil
 }
 func (f *fuzzStore) Get(_ context.Context, k string) (io.ReadCloser, error) {
 	b, ok := f.objs[k]

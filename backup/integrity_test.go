@@ -81,6 +81,21 @@ func (f *faultyStore) Get(ctx context.Context, key string) (io.ReadCloser, error
 	return io.NopCloser(strings.NewReader(string(b))), nil
 }
 
+// GetVersion has Get's faults.
+func (f *faultyStore) GetVersion(ctx context.Context, key string, limit int64) ([]byte, backup.ObjectVersion, error) {
+	_, v, err := f.Store.GetVersion(ctx, key, limit)
+	if err != nil {
+		return nil, "", err
+	}
+	rc, err := f.Get(ctx, key)
+	if err != nil {
+		return nil, "", err
+	}
+	defer rc.Close()
+	b, err := backup.ReadLimited(rc, key, limit)
+	return b, v, err
+}
+
 func objectCount(t *testing.T, s backup.Store) int {
 	t.Helper()
 	n := 0

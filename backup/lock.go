@@ -2,14 +2,17 @@ package backup
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/flowkeep/flowkeep/internal/machine"
 	"os"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/flowkeep/flowkeep/internal/machine"
 )
 
 // ErrLocked says another agent (or a prune) holds a lock this one needs.
@@ -23,12 +26,21 @@ var ErrLockLost = errors.New("lock lost")
 // held, and prune does not start while any partition lock is.
 const PruneLockKey = LocksPrefix + "prune.json"
 
-// Lock is a lease on a key, created only if absent (S3 If-None-Match, GCS
-// DoesNotExist, a hard link on files) and expiring by itself: a lock whose
-// expiry has passed is taken over, so a crashed agent never blocks backups
-// for longer than the TTL. A live holder renews it (KeepAlive) and checks it
-// is still its own (Check) before it publishes anything; work under a lock
-// that is lost is cancelled.
+// Lock is a lease on a key, created only if absent and expiring by itself:
+// a lock whose expiry has passed is taken over, so a crashed agent never
+// blocks backups for longer than the TTL. A live holder renews it
+// (KeepAlive) and checks it is still its own (Check) before it publishes
+// anything; work under a lock that is lost is cancelled.
+//
+// Every write of a lock is a compare-and-swap (Store.PutIfMatch: S3
+// If-Match on the ETag, GCS generation preconditions, a locked rename on
+// files): creating it expects no object, a takeover expects exactly the
+// version of the expired lock it read, and a renewal the version of the
+// holder's own last write. Of two agents taking over the same expired lock
+// one wins; a renewal that arrives after a takeover fails and the work is
+// cancelled; and a write whose answer was lost is known for the holder's
+// own when it is read back (its holder and acquisition time), not taken
+// for another's.
 type Lock struct {
 	store  Store
 	key    string
@@ -36,19 +48,61 @@ type Lock struct {
 	ttl    time.Duration
 	now    func() time.Time
 
-	mu   sync.Mutex
-	body lockBody
+	mu      sync.Mutex
+	body    lockBody
+	version ObjectVersion // of the holder's last write
 }
 
 // lockBody is a lock as stored: the holder's opaque name and its
 // machine's id hash (never a host name: a bucket reader learns nothing of
-// the machines), the pid, and the times.
+// the machines), the pid, the times, and a checksum of them.
 type lockBody struct {
 	Holder   string    `json:"holder"`
 	Host     string    `json:"machine"`
 	PID      int       `json:"pid"`
 	Acquired time.Time `json:"acquired"`
 	Expires  time.Time `json:"expires"`
+	// Sum is a checksum of the body without it (see seal): a bit flipped
+	// in transit must not read as another holder, or as an expired lock.
+	// Bodies written before it existed have none and are taken as read.
+	Sum string `json:"sum,omitempty"`
+}
+
+// seal encodes a lock body with its checksum.
+func (b lockBody) seal() []byte {
+	b.Sum = ""
+	raw, _ := json.Marshal(b)
+	b.Sum = lockSum(raw)
+	data, _ := json.Marshal(b)
+	return data
+}
+
+func lockSum(raw []byte) string {
+	sum := sha256.Sum256(raw)
+	return hex.EncodeToString(sum[:8])
+}
+
+// parseLock decodes a lock body and checks its checksum, if it has one.
+func parseLock(key string, b []byte) (lockBody, error) {
+	var body lockBody
+	if err := json.Unmarshal(b, &body); err != nil || body.Holder == "" {
+		return lockBody{}, fmt.Errorf("%w: lock %s is not a lock body", ErrCorrupt, key)
+	}
+	if sum := body.Sum; sum != "" {
+		body.Sum = ""
+		if raw, _ := json.Marshal(body); lockSum(raw) != sum {
+			return lockBody{}, fmt.Errorf("%w: lock %s does not match its checksum", ErrCorrupt, key)
+		}
+	}
+	return body, nil
+}
+
+// set records the holder's last write.
+func (l *Lock) set(body lockBody, v ObjectVersion) {
+	body.Sum = ""
+	l.mu.Lock()
+	l.body, l.version = body, v
+	l.mu.Unlock()
 }
 
 // AcquireLock takes the lock at key for holder, for ttl.
@@ -56,24 +110,30 @@ func AcquireLock(ctx context.Context, s Store, key, holder string, ttl time.Dura
 	host := machine.ID()
 	t := now()
 	body := lockBody{Holder: holder, Host: host, PID: os.Getpid(), Acquired: t.UTC(), Expires: t.Add(ttl).UTC()}
-	data, _ := json.Marshal(body)
+	data := body.seal()
 	l := &Lock{store: s, key: key, holder: holder, ttl: ttl, now: now, body: body}
+	var from ObjectVersion // what the write replaces: nothing, or the expired lock read
+	missing := 0
 	for attempt := 0; attempt < 3; attempt++ {
-		err := s.PutIfAbsent(ctx, key, data)
+		v, err := s.PutIfMatch(ctx, key, data, from)
 		if err == nil {
+			l.set(body, v)
 			return l, nil
 		}
-		if !errors.Is(err, ErrExists) {
+		if !errors.Is(err, ErrConflict) {
 			return nil, fmt.Errorf("take lock %s: %w", key, err)
 		}
-		cur, rerr := readLock(ctx, s, key)
+		cur, ver, rerr := readLock(ctx, s, key)
 		switch {
 		case errors.Is(rerr, ErrNotFound):
-			// Released meanwhile, or a store that says "exists" to the
-			// conditional write but "not found" to the read (an upload cut
-			// off half-way): clear it and try again.
-			if err := s.Delete(ctx, key); err != nil {
-				return nil, fmt.Errorf("clear lock %s: %w", key, err)
+			// Released meanwhile: create it. A store that says "exists" to
+			// the conditional write but "not found" to the read twice (an
+			// upload cut off half-way) has it cleared.
+			from = ""
+			if missing++; missing > 1 {
+				if err := s.Delete(ctx, key); err != nil {
+					return nil, fmt.Errorf("clear lock %s: %w", key, err)
+				}
 			}
 			continue
 		case errors.Is(rerr, ErrCorrupt):
@@ -87,40 +147,56 @@ func AcquireLock(ctx context.Context, s Store, key, holder string, ttl time.Dura
 				return nil, fmt.Errorf("could not read lock %s (%v); it is taken over once it is %v old, at %s",
 					key, rerr, ttl, oi.Modified.Add(ttl).UTC().Format(time.RFC3339))
 			}
+			if ver == "" {
+				// Too large to read, so no version to replace: cleared.
+				if err := s.Delete(ctx, key); err != nil {
+					return nil, fmt.Errorf("remove expired lock %s: %w", key, err)
+				}
+			}
 		case rerr != nil:
 			return nil, fmt.Errorf("could not read lock %s: %w", key, rerr)
 		case cur.Holder == holder && cur.Acquired.Equal(body.Acquired):
-			// Our own create, retried after its answer was lost.
+			// Our own write, retried after its answer was lost.
+			l.set(cur, ver)
 			return l, nil
 		case cur.Expires.After(t) && !(cur.Host == host && !processAlive(cur.PID)):
 			return nil, fmt.Errorf("%w: %s is held by %s (machine %s, pid %d) until %s",
 				ErrLocked, key, cur.Holder, cur.Host, cur.PID, cur.Expires.Format(time.RFC3339))
 		}
 		// Expired, long unreadable, or held by a dead process of this host:
-		// take it over.
-		if err := s.Delete(ctx, key); err != nil {
-			return nil, fmt.Errorf("remove expired lock %s: %w", key, err)
-		}
+		// take it over, replacing exactly the version read (an agent that
+		// took it over first has changed it, and this write fails).
+		from = ver
 	}
 	return nil, fmt.Errorf("%w: could not take %s", ErrLocked, key)
 }
 
-// readLock reads a lock body, reading a body that does not parse again
-// (twice) before it says ErrCorrupt.
-func readLock(ctx context.Context, s Store, key string) (lockBody, error) {
-	return readParsed(ctx, s, key, 64<<10, func(b []byte) (lockBody, error) {
-		var body lockBody
-		if err := json.Unmarshal(b, &body); err != nil || body.Holder == "" {
-			return lockBody{}, fmt.Errorf("%w: lock %s is not a lock body", ErrCorrupt, key)
+// readLock reads a lock body and its version, reading a body that does not
+// parse or match its checksum again (twice) before it says ErrCorrupt
+// (with the version of the last read, if one was read whole).
+func readLock(ctx context.Context, s Store, key string) (lockBody, ObjectVersion, error) {
+	var body lockBody
+	var v ObjectVersion
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		var b []byte
+		if b, v, err = s.GetVersion(ctx, key, 64<<10); err != nil {
+			if errors.Is(err, ErrCorrupt) {
+				continue
+			}
+			return lockBody{}, "", err
 		}
-		return body, nil
-	})
+		if body, err = parseLock(key, b); err == nil {
+			return body, v, nil
+		}
+	}
+	return lockBody{}, v, err
 }
 
 // Check returns nil if the lock is still this holder's and unexpired. An
 // unreadable lock is "could not read the lock", never "held by another".
 func (l *Lock) Check(ctx context.Context) error {
-	cur, err := readLock(ctx, l.store, l.key)
+	cur, _, err := readLock(ctx, l.store, l.key)
 	if err != nil {
 		return fmt.Errorf("could not read lock %s: %w", l.key, err)
 	}
@@ -136,23 +212,49 @@ func (l *Lock) Check(ctx context.Context) error {
 	return nil
 }
 
-// Renew extends the lock by its TTL from now, if it is still this holder's.
+// Renew extends the lock by its TTL from now, if it is still this holder's:
+// a compare-and-swap from the version of the holder's last write. If the
+// lock changed since, it is read: another holder's means the lock was lost
+// (ErrLockLost); the holder's own is a write whose answer was lost, and the
+// renewal goes on from it.
 func (l *Lock) Renew(ctx context.Context) error {
-	if err := l.Check(ctx); err != nil {
-		return err
-	}
 	l.mu.Lock()
-	body := l.body
-	body.Expires = l.now().Add(l.ttl).UTC()
+	mine, from := l.body, l.version
 	l.mu.Unlock()
-	data, _ := json.Marshal(body)
-	if err := l.store.Put(ctx, l.key, data); err != nil {
-		return fmt.Errorf("renew lock %s: %w", l.key, err)
+	now := l.now()
+	if !mine.Expires.After(now) {
+		return fmt.Errorf("%w: lock %s expired at %s", ErrLockLost, l.key, mine.Expires.Format(time.RFC3339))
 	}
-	l.mu.Lock()
-	l.body = body
-	l.mu.Unlock()
-	return nil
+	body := mine
+	body.Expires = now.Add(l.ttl).UTC()
+	data := body.seal()
+	for attempt := 0; attempt < 3; attempt++ {
+		v, err := l.store.PutIfMatch(ctx, l.key, data, from)
+		if err == nil {
+			l.set(body, v)
+			return nil
+		}
+		if !errors.Is(err, ErrConflict) {
+			return fmt.Errorf("renew lock %s: %w", l.key, err)
+		}
+		cur, ver, rerr := readLock(ctx, l.store, l.key)
+		switch {
+		case errors.Is(rerr, ErrNotFound):
+			return fmt.Errorf("%w: lock %s was removed", ErrLockLost, l.key)
+		case rerr != nil:
+			return fmt.Errorf("could not read lock %s: %w", l.key, rerr)
+		case cur.Holder != l.holder || !cur.Acquired.Equal(mine.Acquired):
+			return fmt.Errorf("%w: lock %s was taken over by %s (machine %s)", ErrLockLost, l.key, cur.Holder, cur.Host)
+		}
+		// Our own write whose answer was lost: this renewal, or an earlier
+		// one that failed.
+		l.set(cur, ver)
+		if cur.Expires.Equal(body.Expires) {
+			return nil
+		}
+		from = ver
+	}
+	return fmt.Errorf("renew lock %s: it changed under every attempt", l.key)
 }
 
 // Expires is when the lock runs out unless renewed.
@@ -211,7 +313,7 @@ func (l *Lock) KeepAlive(ctx context.Context) (context.Context, func()) {
 
 // Release deletes the lock if it is still this holder's.
 func (l *Lock) Release(ctx context.Context) error {
-	cur, err := readLock(ctx, l.store, l.key)
+	cur, _, err := readLock(ctx, l.store, l.key)
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
 			return nil
@@ -232,7 +334,7 @@ func (l *Lock) Release(ctx context.Context) error {
 // then looks for partition locks, so at least one of the two sees the
 // other.
 func checkNoPrune(ctx context.Context, s Store, now time.Time) error {
-	cur, err := readLock(ctx, s, PruneLockKey)
+	cur, _, err := readLock(ctx, s, PruneLockKey)
 	switch {
 	case errors.Is(err, ErrNotFound):
 		return nil
@@ -256,7 +358,7 @@ func AcquirePruneLock(ctx context.Context, s Store, holder string, ttl time.Dura
 		if oi.Key == PruneLockKey || !strings.HasSuffix(oi.Key, ".json") {
 			return nil
 		}
-		cur, err := readLock(ctx, s, oi.Key)
+		cur, _, err := readLock(ctx, s, oi.Key)
 		switch {
 		case errors.Is(err, ErrNotFound):
 			return nil

@@ -23,10 +23,18 @@ const maxBuffered = MaxChunkBytes + MaxChunkBytes/8
 // WithRetry wraps s so that transient failures (5xx, dropped connections,
 // truncated bodies, timeouts) are retried with exponential backoff and
 // jitter. Answers that are not transient (not found, exists, access denied,
-// missing bucket, bad key, cancellation) are returned at once. Get reads the
-// whole object before returning it, so a body cut short is retried too; List
-// streams and, after a failure, resumes after the last key it delivered, so
-// fn never sees an item twice.
+// missing bucket, bad key, conflict, cancellation) are returned at once. Get
+// reads the whole object before returning it, so a body cut short is
+// retried too; List streams and, after a failure, resumes after the last key
+// it delivered, so fn never sees an item twice.
+//
+// A PutIfMatch whose attempt failed ambiguously (the write may have been
+// done, its answer lost) and whose retry then meets a conflict reads the
+// object back: if it holds exactly this write's bytes, the write was this
+// call's own, and its version is returned, not ErrConflict. (Conditional
+// writers make every write's content unique: see Store.) If the object
+// cannot be read back, the error says the write's fate is unknown and does
+// not wrap ErrConflict.
 func WithRetry(s Store, p RetryPolicy) Store {
 	return &retrying{s: s, p: p.withDefaults()}
 }
@@ -67,7 +75,7 @@ func permanent(err error) bool {
 	var st stopped
 	return errors.As(err, &st) || errors.Is(err, ErrNotFound) || errors.Is(err, ErrExists) || errors.Is(err, ErrAccess) ||
 		errors.Is(err, ErrNoBucket) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
-		errors.Is(err, ErrCorrupt) || errors.Is(err, errBadKey)
+		errors.Is(err, ErrCorrupt) || errors.Is(err, errBadKey) || errors.Is(err, ErrConflict)
 }
 
 func (r *retrying) do(ctx context.Context, op string, fn func() error) error {
@@ -97,6 +105,50 @@ func (r *retrying) Put(ctx context.Context, key string, data []byte) error {
 
 func (r *retrying) PutIfAbsent(ctx context.Context, key string, data []byte) error {
 	return r.do(ctx, "put "+key, func() error { return r.s.PutIfAbsent(ctx, key, data) })
+}
+
+func (r *retrying) PutIfMatch(ctx context.Context, key string, data []byte, v ObjectVersion) (ObjectVersion, error) {
+	var nv ObjectVersion
+	ambiguous := false
+	err := r.do(ctx, "put "+key, func() error {
+		var err error
+		nv, err = r.s.PutIfMatch(ctx, key, data, v)
+		if err != nil && !permanent(err) {
+			ambiguous = true
+		}
+		return err
+	})
+	if !ambiguous || !errors.Is(err, ErrConflict) {
+		return nv, err
+	}
+	// An earlier attempt may have written data: is the object ours? A body
+	// that differs is read again (twice): a bit flipped in transit must not
+	// make our own write another's.
+	for attempt := 0; attempt < 3; attempt++ {
+		b, cur, rerr := r.GetVersion(ctx, key, int64(len(data)))
+		switch {
+		case rerr == nil && bytes.Equal(b, data):
+			return cur, nil
+		case rerr == nil:
+			continue
+		case errors.Is(rerr, ErrNotFound), errors.Is(rerr, ErrCorrupt): // gone, or longer than ours
+			return "", err
+		default:
+			return "", fmt.Errorf("put %s: a retried conditional write met a conflict, and reading the object back to see whether the write was ours failed: %w", key, rerr)
+		}
+	}
+	return "", err
+}
+
+func (r *retrying) GetVersion(ctx context.Context, key string, limit int64) ([]byte, ObjectVersion, error) {
+	var b []byte
+	var v ObjectVersion
+	err := r.do(ctx, "get "+key, func() error {
+		var err error
+		b, v, err = r.s.GetVersion(ctx, key, limit)
+		return err
+	})
+	return b, v, err
 }
 
 func (r *retrying) Get(ctx context.Context, key string) (io.ReadCloser, error) {

@@ -19,22 +19,42 @@ import (
 //   - PutIfAbsent writes only if no object exists at key and returns
 //     ErrExists otherwise; the check and the write are atomic (S3
 //     If-None-Match, GCS DoesNotExist, a hard link on files).
-//   - A Put or PutIfAbsent that returned nil is visible to every later Get,
-//     Stat and List.
-//   - Get and Stat return an error wrapping ErrNotFound when the object does
-//     not exist.
+//   - A Put, PutIfAbsent or PutIfMatch that returned nil is visible to
+//     every later Get, GetVersion, Stat and List.
+//   - Get, GetVersion and Stat return an error wrapping ErrNotFound when
+//     the object does not exist.
 //   - List calls fn for every object whose key starts with prefix and, if
 //     after is not empty, is greater than after, in lexical (byte) key
 //     order; it stops at fn's first error and returns it. It streams: a
 //     backend never holds a whole listing in memory, so a listing of a
 //     million objects costs what one page of it costs.
 //   - Delete removes an object; deleting a missing object is not an error.
+//   - GetVersion reads a whole object (refusing more than limit bytes with
+//     a *SizeError) and the ObjectVersion of what it read, in one request:
+//     the bytes and the version belong to the same write.
+//   - PutIfMatch is a compare-and-swap: it writes data only if the object's
+//     current version is v (the zero ObjectVersion: only if there is no
+//     object), and returns the new version; otherwise it writes nothing and
+//     returns an error wrapping ErrConflict (changed, deleted, or, for the
+//     zero v, present). The check and the write are atomic against every
+//     other PutIfMatch and PutIfAbsent (S3 If-Match and If-None-Match, GCS
+//     generation preconditions, a lock file and a rename on files). A
+//     backend does not retry a PutIfMatch on its own: a write whose answer
+//     was lost returns that error, never ErrConflict for its own write (the
+//     retry decorator recognises such a write; see WithRetry).
+//   - An ObjectVersion is opaque and compared only for equality. It changes
+//     with every write of new content but may repeat when the same bytes
+//     are written again (S3's ETag is their MD5, the file backend's a hash
+//     of them), so a conditional writer makes every write's content unique
+//     (a lock body names its holder and its times).
 //   - Errors are wrapped with the backend's context; ErrAccess marks
 //     credentials or permission problems, ErrNoBucket a missing bucket.
 type Store interface {
 	Put(ctx context.Context, key string, data []byte) error
 	PutIfAbsent(ctx context.Context, key string, data []byte) error
+	PutIfMatch(ctx context.Context, key string, data []byte, v ObjectVersion) (ObjectVersion, error)
 	Get(ctx context.Context, key string) (io.ReadCloser, error)
+	GetVersion(ctx context.Context, key string, limit int64) ([]byte, ObjectVersion, error)
 	Stat(ctx context.Context, key string) (ObjectInfo, error)
 	List(ctx context.Context, prefix, after string, fn func(ObjectInfo) error) error
 	Delete(ctx context.Context, key string) error
@@ -50,6 +70,11 @@ type TempSweeper interface {
 	SweepTemp(ctx context.Context, age time.Duration) (int, error)
 }
 
+// ObjectVersion names one write of an object, as PutIfMatch compares it:
+// S3's ETag, GCS's generation, a hash of the content on files. The zero
+// ObjectVersion names no object.
+type ObjectVersion string
+
 // ObjectInfo describes a stored object.
 type ObjectInfo struct {
 	Key      string
@@ -61,6 +86,9 @@ type ObjectInfo struct {
 var (
 	ErrNotFound = errors.New("object not found")
 	ErrExists   = errors.New("object already exists")
+	// ErrConflict says a PutIfMatch found the object changed since the
+	// version it was given (another writer was first).
+	ErrConflict = errors.New("object changed since it was read")
 	ErrAccess   = errors.New("access denied")
 	ErrNoBucket = errors.New("bucket does not exist")
 	// ErrCorrupt marks an object whose content does not match its manifest.
@@ -138,6 +166,19 @@ func readInto(ctx context.Context, s Store, key string, limit int64, dst []byte)
 		return nil, err
 	}
 	b := buf.Bytes()
+	if int64(len(b)) > limit {
+		return nil, &SizeError{Key: key, Limit: limit}
+	}
+	return b, nil
+}
+
+// ReadLimited reads r to its end, refusing more than limit bytes with a
+// *SizeError naming key: backends read GetVersion's body with it.
+func ReadLimited(r io.Reader, key string, limit int64) ([]byte, error) {
+	b, err := io.ReadAll(io.LimitReader(r, limit+1))
+	if err != nil {
+		return nil, err
+	}
 	if int64(len(b)) > limit {
 		return nil, &SizeError{Key: key, Limit: limit}
 	}

@@ -15,6 +15,7 @@ import (
 	"math/rand"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/http/httputil"
 	neturl "net/url"
 	"os"
@@ -343,10 +344,12 @@ func drillLog(t *testing.T, began time.Time, lost string) {
 // faultProxy sits between the tools and a server. While on, it gives a
 // share of requests (rate) a fault: an answer of 500 or 503, a dropped
 // connection, a slow response, a response body cut short, or a body with a
-// byte flipped (as a bad NIC or middlebox would).
+// byte flipped (as a bad NIC or middlebox would). A script, if set, gives
+// the requests it picks one exact fault, on or off.
 type faultProxy struct {
 	addr    string
 	on      atomic.Bool
+	script  atomic.Pointer[func(*http.Request) scriptedFault]
 	srv     *http.Server
 	rp      *httputil.ReverseProxy
 	mu      sync.Mutex
@@ -381,6 +384,26 @@ func newFaultProxy(t *testing.T, target string, keepHost bool) *faultProxy {
 	go p.srv.Serve(ln)
 	t.Cleanup(func() { p.srv.Close() })
 	return p
+}
+
+// scriptedFault is the fault a script gives one request.
+type scriptedFault struct {
+	// lose forwards the request, then answers 500: the server acted, and
+	// its answer was lost on the way back.
+	lose bool
+	// flip, if flipAt >= 0, flips a bit of the response body's byte flipAt.
+	flip   bool
+	flipAt int
+}
+
+// setScript makes fn choose the faults of the requests it picks (the zero
+// scriptedFault: none); nil ends the script.
+func (p *faultProxy) setScript(fn func(*http.Request) scriptedFault) {
+	if fn == nil {
+		p.script.Store(nil)
+		return
+	}
+	p.script.Store(&fn)
 }
 
 // faultFor turns faults on for d.
@@ -423,6 +446,23 @@ func (f *flipWriter) Write(b []byte) (int, error) {
 }
 
 func (p *faultProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if fn := p.script.Load(); fn != nil {
+		switch f := (*fn)(r); {
+		case f.lose:
+			p.hits.Add(1)
+			p.rp.ServeHTTP(httptest.NewRecorder(), r)
+			http.Error(w, "internal error", http.StatusInternalServerError)
+			return
+		case f.flip:
+			p.hits.Add(1)
+			fw := &flipWriter{ResponseWriter: w, at: f.flipAt}
+			p.rp.ServeHTTP(fw, r)
+			if fw.done {
+				p.flipped.Add(1)
+			}
+			return
+		}
+	}
 	if !p.on.Load() {
 		p.rp.ServeHTTP(w, r)
 		return

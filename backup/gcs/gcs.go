@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"cloud.google.com/go/storage"
@@ -129,6 +130,69 @@ func (s *Store) PutIfAbsent(ctx context.Context, key string, data []byte) error 
 		return err
 	}
 	return s.write(ctx, s.bucket.Object(k).If(storage.Conditions{DoesNotExist: true}), key, data)
+}
+
+// PutIfMatch implements backup.Store with a generation precondition
+// (GenerationMatch, or DoesNotExist for the zero version). The client does
+// not retry it: a retry of a write whose answer was lost would meet its
+// own write as a conflict; the retry decorator retries it and tells the two
+// apart.
+func (s *Store) PutIfMatch(ctx context.Context, key string, data []byte, v backup.ObjectVersion) (backup.ObjectVersion, error) {
+	k, err := s.key(key)
+	if err != nil {
+		return "", err
+	}
+	cond := storage.Conditions{DoesNotExist: true}
+	if v != "" {
+		gen, err := strconv.ParseInt(string(v), 10, 64)
+		if err != nil || gen <= 0 {
+			return "", fmt.Errorf("gcs: put %s: %w: version %q is not a generation", key, backup.ErrConflict, v)
+		}
+		cond = storage.Conditions{GenerationMatch: gen}
+	}
+	obj := s.bucket.Object(k).If(cond).Retryer(storage.WithPolicy(storage.RetryNever))
+	w := obj.NewWriter(ctx)
+	w.ChunkSize = 0 // one request (conditional objects are small)
+	if _, err := w.Write(data); err != nil {
+		w.Close()
+		return "", s.conflict(key, err)
+	}
+	if err := w.Close(); err != nil {
+		return "", s.conflict(key, err)
+	}
+	return backup.ObjectVersion(strconv.FormatInt(w.Attrs().Generation, 10)), nil
+}
+
+// conflict wraps a conditional write's error: a failed precondition (412,
+// or 404 when the object to replace is gone) is ErrConflict.
+func (s *Store) conflict(key string, err error) error {
+	err = s.wrap("put", key, err)
+	if errors.Is(err, backup.ErrExists) || errors.Is(err, backup.ErrNotFound) {
+		return fmt.Errorf("gcs: put %s: %w", key, backup.ErrConflict)
+	}
+	return err
+}
+
+// GetVersion implements backup.Store: the generation read is the one the
+// body belongs to.
+func (s *Store) GetVersion(ctx context.Context, key string, limit int64) ([]byte, backup.ObjectVersion, error) {
+	k, err := s.key(key)
+	if err != nil {
+		return nil, "", err
+	}
+	r, err := s.bucket.Object(k).NewReader(ctx)
+	if err != nil {
+		return nil, "", s.wrap("get", key, err)
+	}
+	defer r.Close()
+	b, err := backup.ReadLimited(r, key, limit)
+	if err != nil {
+		return nil, "", fmt.Errorf("gcs: get %s: %w", key, err)
+	}
+	if r.Attrs.Generation <= 0 {
+		return nil, "", fmt.Errorf("gcs: get %s: the server sent no generation, which conditional writes need", key)
+	}
+	return b, backup.ObjectVersion(strconv.FormatInt(r.Attrs.Generation, 10)), nil
 }
 
 // Get implements backup.Store.

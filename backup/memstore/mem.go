@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -19,13 +20,24 @@ import (
 type Store struct {
 	mu      sync.Mutex
 	objects map[string]memObject
+	writes  int64 // every write's number: its version
 	Calls   map[string]int
 }
 
 type memObject struct {
 	data []byte
 	mod  time.Time
+	gen  int64
 }
+
+// store puts an object, a new version of it; s.mu is held.
+func (s *Store) store(key string, data []byte) backup.ObjectVersion {
+	s.writes++
+	s.objects[key] = memObject{append([]byte(nil), data...), time.Now(), s.writes}
+	return version(s.writes)
+}
+
+func version(gen int64) backup.ObjectVersion { return backup.ObjectVersion(strconv.FormatInt(gen, 10)) }
 
 var _ backup.Store = (*Store)(nil)
 
@@ -47,7 +59,7 @@ func (s *Store) Put(_ context.Context, key string, data []byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.count("put")
-	s.objects[key] = memObject{append([]byte(nil), data...), time.Now()}
+	s.store(key, data)
 	return nil
 }
 
@@ -62,8 +74,27 @@ func (s *Store) PutIfAbsent(_ context.Context, key string, data []byte) error {
 	if _, ok := s.objects[key]; ok {
 		return fmt.Errorf("put %s: %w", key, backup.ErrExists)
 	}
-	s.objects[key] = memObject{append([]byte(nil), data...), time.Now()}
+	s.store(key, data)
 	return nil
+}
+
+// PutIfMatch implements backup.Store: versions are write numbers, so none
+// repeats.
+func (s *Store) PutIfMatch(_ context.Context, key string, data []byte, v backup.ObjectVersion) (backup.ObjectVersion, error) {
+	if err := backup.CheckKey(key); err != nil {
+		return "", err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.count("put")
+	var cur backup.ObjectVersion // none: no object
+	if o, ok := s.objects[key]; ok {
+		cur = version(o.gen)
+	}
+	if cur != v {
+		return "", fmt.Errorf("put %s: %w", key, backup.ErrConflict)
+	}
+	return s.store(key, data), nil
 }
 
 // Get implements backup.Store.
@@ -76,6 +107,21 @@ func (s *Store) Get(_ context.Context, key string) (io.ReadCloser, error) {
 		return nil, fmt.Errorf("get %s: %w", key, backup.ErrNotFound)
 	}
 	return io.NopCloser(bytes.NewReader(o.data)), nil
+}
+
+// GetVersion implements backup.Store.
+func (s *Store) GetVersion(_ context.Context, key string, limit int64) ([]byte, backup.ObjectVersion, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.count("get")
+	o, ok := s.objects[key]
+	if !ok {
+		return nil, "", fmt.Errorf("get %s: %w", key, backup.ErrNotFound)
+	}
+	if int64(len(o.data)) > limit {
+		return nil, "", &backup.SizeError{Key: key, Limit: limit}
+	}
+	return append([]byte(nil), o.data...), version(o.gen), nil
 }
 
 // Stat implements backup.Store.

@@ -201,6 +201,65 @@ func (s *Store) PutIfAbsent(ctx context.Context, key string, data []byte) error 
 	return nil
 }
 
+// PutIfMatch implements backup.Store with If-Match on the ETag (or
+// If-None-Match: * for the zero version). The SDK does not retry it: a
+// retry of a write whose answer was lost would meet its own write as a
+// conflict; the retry decorator retries it and tells the two apart.
+func (s *Store) PutIfMatch(ctx context.Context, key string, data []byte, v backup.ObjectVersion) (backup.ObjectVersion, error) {
+	k, err := s.key(key)
+	if err != nil {
+		return "", err
+	}
+	in := &s3.PutObjectInput{Bucket: aws.String(s.bucket), Key: aws.String(k), Body: bytes.NewReader(data),
+		ContentLength: aws.Int64(int64(len(data)))}
+	if v == "" {
+		in.IfNoneMatch = aws.String("*")
+	} else {
+		in.IfMatch = aws.String(`"` + string(v) + `"`)
+	}
+	s.sse(in)
+	out, err := s.client.PutObject(ctx, in, func(o *s3.Options) { o.RetryMaxAttempts = 1 })
+	if err != nil {
+		err = s.wrap("put", key, err)
+		// 412, or 404 for If-Match on a missing object, or 409 for a
+		// concurrent conditional write.
+		if errors.Is(err, backup.ErrExists) || errors.Is(err, backup.ErrNotFound) {
+			return "", fmt.Errorf("s3: put %s: %w", key, backup.ErrConflict)
+		}
+		return "", err
+	}
+	return etagVersion(out.ETag), nil
+}
+
+// etagVersion is an ETag as a version, without its quotes (servers differ
+// in quoting it).
+func etagVersion(etag *string) backup.ObjectVersion {
+	return backup.ObjectVersion(strings.Trim(aws.ToString(etag), `"`))
+}
+
+// GetVersion implements backup.Store: the body and its ETag come in one
+// GetObject.
+func (s *Store) GetVersion(ctx context.Context, key string, limit int64) ([]byte, backup.ObjectVersion, error) {
+	k, err := s.key(key)
+	if err != nil {
+		return nil, "", err
+	}
+	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(s.bucket), Key: aws.String(k)})
+	if err != nil {
+		return nil, "", s.wrap("get", key, err)
+	}
+	defer out.Body.Close()
+	b, err := backup.ReadLimited(out.Body, key, limit)
+	if err != nil {
+		return nil, "", fmt.Errorf("s3: get %s: %w", key, err)
+	}
+	v := etagVersion(out.ETag)
+	if v == "" {
+		return nil, "", fmt.Errorf("s3: get %s: the server sent no ETag, which conditional writes need", key)
+	}
+	return b, v, nil
+}
+
 // Get implements backup.Store.
 func (s *Store) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 	k, err := s.key(key)

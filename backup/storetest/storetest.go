@@ -105,6 +105,115 @@ func Run(t *testing.T, open func(t *testing.T) backup.Store) {
 			t.Fatalf("%d racers won", wins.Load())
 		}
 	})
+	t.Run("PutIfMatch", func(t *testing.T) {
+		s := open(t)
+		if _, _, err := s.GetVersion(ctx, "locks/v", 1<<20); !errors.Is(err, backup.ErrNotFound) {
+			t.Fatalf("get version of a missing object: %v", err)
+		}
+		if _, err := s.PutIfMatch(ctx, "locks/v", []byte("x"), "no-such-version"); !errors.Is(err, backup.ErrConflict) {
+			t.Fatalf("PutIfMatch of a missing object: %v, want ErrConflict", err)
+		}
+		v1, err := s.PutIfMatch(ctx, "locks/v", []byte("one"), "")
+		if err != nil || v1 == "" {
+			t.Fatalf("create: %q, %v", v1, err)
+		}
+		if _, err := s.PutIfMatch(ctx, "locks/v", []byte("again"), ""); !errors.Is(err, backup.ErrConflict) {
+			t.Fatalf("create over an object: %v, want ErrConflict", err)
+		}
+		if err := s.PutIfAbsent(ctx, "locks/v", []byte("absent")); !errors.Is(err, backup.ErrExists) {
+			t.Fatalf("PutIfAbsent over a PutIfMatch: %v", err)
+		}
+		b, v, err := s.GetVersion(ctx, "locks/v", 1<<20)
+		if err != nil || string(b) != "one" || v != v1 {
+			t.Fatalf("get version = %q %q %v, want %q %q", b, v, err, "one", v1)
+		}
+		v2, err := s.PutIfMatch(ctx, "locks/v", []byte("two"), v1)
+		if err != nil || v2 == "" || v2 == v1 {
+			t.Fatalf("swap from %q: %q, %v", v1, v2, err)
+		}
+		if got := get(t, s, "locks/v"); string(got) != "two" {
+			t.Fatalf("after the swap: %q", got)
+		}
+		if _, err := s.PutIfMatch(ctx, "locks/v", []byte("stale"), v1); !errors.Is(err, backup.ErrConflict) {
+			t.Fatalf("swap from a version replaced: %v, want ErrConflict", err)
+		}
+		if got := get(t, s, "locks/v"); string(got) != "two" {
+			t.Fatalf("a failed swap wrote: %q", got)
+		}
+		// Any write is a new version, a plain Put's too.
+		if err := s.Put(ctx, "locks/v", []byte("three")); err != nil {
+			t.Fatal(err)
+		}
+		_, v3, err := s.GetVersion(ctx, "locks/v", 1<<20)
+		if err != nil || v3 == v2 {
+			t.Fatalf("version after a Put: %q (was %q), %v", v3, v2, err)
+		}
+		if _, err := s.PutIfMatch(ctx, "locks/v", []byte("stale"), v2); !errors.Is(err, backup.ErrConflict) {
+			t.Fatalf("swap from the version a Put replaced: %v, want ErrConflict", err)
+		}
+		// A deleted object has no version to swap from; it may be created.
+		s.Delete(ctx, "locks/v")
+		if _, err := s.PutIfMatch(ctx, "locks/v", []byte("gone"), v3); !errors.Is(err, backup.ErrConflict) {
+			t.Fatalf("swap from a deleted object: %v, want ErrConflict", err)
+		}
+		if _, err := s.Stat(ctx, "locks/v"); !errors.Is(err, backup.ErrNotFound) {
+			t.Fatalf("a failed swap created the object: %v", err)
+		}
+		v4, err := s.PutIfMatch(ctx, "locks/v", []byte("four"), "")
+		if err != nil {
+			t.Fatalf("create after delete: %v", err)
+		}
+		// A PutIfAbsent's object is swapped from the version GetVersion reads.
+		if err := s.PutIfAbsent(ctx, "locks/w", []byte("w1")); err != nil {
+			t.Fatal(err)
+		}
+		_, vw, err := s.GetVersion(ctx, "locks/w", 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.PutIfMatch(ctx, "locks/w", []byte("w2"), vw); err != nil {
+			t.Fatalf("swap a PutIfAbsent's object: %v", err)
+		}
+		if _, err := s.PutIfMatch(ctx, "locks/w", []byte("w3"), v4); !errors.Is(err, backup.ErrConflict) {
+			t.Fatalf("swap from another object's version: %v, want ErrConflict", err)
+		}
+		if _, _, err := s.GetVersion(ctx, "locks/w", 1); !errors.Is(err, backup.ErrCorrupt) {
+			t.Fatalf("get version beyond the limit: %v, want a size error", err)
+		}
+		if got := get(t, s, "locks/w"); string(got) != "w2" {
+			t.Fatalf("got %q", got)
+		}
+	})
+	t.Run("PutIfMatchConcurrentOneWins", func(t *testing.T) {
+		s := open(t)
+		v0, err := s.PutIfMatch(ctx, "race-cas", []byte("start"), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for round, from := range []backup.ObjectVersion{v0, ""} {
+			if from == "" {
+				s.Delete(ctx, "race-cas") // then race to create it
+			}
+			var wins atomic.Int32
+			var wg sync.WaitGroup
+			for i := 0; i < 8; i++ {
+				wg.Add(1)
+				go func(i int) {
+					defer wg.Done()
+					_, err := s.PutIfMatch(ctx, "race-cas", []byte(fmt.Sprintf("round %d racer %d", round, i)), from)
+					if err == nil {
+						wins.Add(1)
+					} else if !errors.Is(err, backup.ErrConflict) {
+						t.Errorf("racer %d: %v", i, err)
+					}
+				}(i)
+			}
+			wg.Wait()
+			if wins.Load() != 1 {
+				t.Fatalf("round %d: %d racers won", round, wins.Load())
+			}
+		}
+	})
 	t.Run("ListOrderedByKeyWithPrefix", func(t *testing.T) {
 		s := open(t)
 		// "m/a-b" sorts before "m/a/c" ('-' < '/'), though a directory
