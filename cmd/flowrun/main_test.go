@@ -109,8 +109,8 @@ func TestCLI_BadInputClearErrorsAndExitCodes(t *testing.T) {
 	}{
 		{"unknown flow", []string{"run", "nope", "-i", in, "-o", out}, 2, `unknown flow "nope": flows are logstats, wordcount`},
 		{"no input flag", []string{"run", "wordcount", "-o", out}, 2, "--input is required"},
-		{"unreadable input", []string{"run", "wordcount", "-i", filepath.Join(dir, "missing.txt"), "-o", out}, 1, "no such file"},
-		{"output dir missing", []string{"run", "wordcount", "-i", in, "-o", filepath.Join(dir, "no", "out.csv")}, 1, "does not exist"},
+		{"unreadable input", []string{"run", "wordcount", "-i", filepath.Join(dir, "missing.txt"), "-o", out}, 2, "no such file"},
+		{"output dir missing", []string{"run", "wordcount", "-i", in, "-o", filepath.Join(dir, "no", "out.csv")}, 2, "does not exist"},
 		{"bad worker count", []string{"run", "wordcount", "-i", in, "-o", out, "-w", "0"}, 2, "-w must be at least 1"},
 		{"-r without -s and -b", []string{"run", "wordcount", "-i", in, "-o", out, "-r", dir}, 2, "-r needs the snapshot interval (e.g. -s 10s) and the backup interval"},
 		{"-r without -b", []string{"run", "wordcount", "-i", in, "-o", out, "-r", dir, "-s", "1s"}, 2, "-r needs the backup interval"},
@@ -119,7 +119,7 @@ func TestCLI_BadInputClearErrorsAndExitCodes(t *testing.T) {
 		{"-s not a duration", []string{"run", "wordcount", "-i", in, "-o", out, "-s", "soon"}, 2, "give seconds (30) or a number with a unit"},
 		{"-s absurdly long", []string{"run", "wordcount", "-i", in, "-o", out, "-r", dir, "-s", "1000000h", "-b", "0"}, 2, "-s 1000000h0m0s is longer than 24h0m0s"},
 		{"-b absurdly long", []string{"run", "wordcount", "-i", in, "-o", out, "-r", dir, "-s", "10", "-b", "9999h"}, 2, "-b 9999h0m0s is longer than"},
-		{"init on a missing dir", []string{"recovery", "init", filepath.Join(dir, "nope"), "2"}, 1, "no such file"},
+		{"init on a missing dir", []string{"recovery", "init", filepath.Join(dir, "nope"), "2"}, 2, "not a directory"},
 		{"init with bad count", []string{"recovery", "init", dir, "zero"}, 2, "positive number"},
 	}
 	for _, tt := range tests {
