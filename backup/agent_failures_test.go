@@ -33,8 +33,14 @@ func (downStore) List(context.Context, string, string, func(backup.ObjectInfo) e
 	return errDown
 }
 func (downStore) Delete(context.Context, string) error { return errDown }
-func (downStore) String() string                       { return "s3://down/flows" }
-func (downStore) Close() error                         { return nil }
+func (downStore) PutIfMatch(context.Context, string, []byte, backup.ObjectVersion) (backup.ObjectVersion, error) {
+	return "", errDown
+}
+func (downStore) GetVersion(context.Context, string, int64) ([]byte, backup.ObjectVersion, error) {
+	return nil, "", errDown
+}
+func (downStore) String() string { return "s3://down/flows" }
+func (downStore) Close() error   { return nil }
 
 // chunklessStore takes every object but chunks (a bucket policy that
 // refuses them): partition backups fail, the run itself starts.
