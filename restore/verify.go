@@ -84,9 +84,9 @@ type FlowReport struct {
 	AgeSeconds float64   `json:"age_seconds,omitempty"`
 	// RPOSeconds is how long ago the backups were last known to hold
 	// everything the flow had (see RPO): what verify --max-age checks.
-	RPOSeconds float64 `json:"rpo_seconds"`
-	Chosen     []string  `json:"chosen_backups,omitempty"`
-	Reason     string    `json:"not_restorable_reason,omitempty"`
+	RPOSeconds float64  `json:"rpo_seconds"`
+	Chosen     []string `json:"chosen_backups,omitempty"`
+	Reason     string   `json:"not_restorable_reason,omitempty"`
 	// Lineage is the history a restore would lay down; Lineages every
 	// history the backups hold, current first; Forks the pairs of them
 	// that are both alive (two machines running the flow).
