@@ -90,13 +90,6 @@ type Options struct {
 	// a newer lineage claims the location (which fences backups otherwise;
 	// see LineageGate). The other lineage's backups are fenced from then on.
 	TakeOver bool
-
-	// cipher seals this backup's objects (from Recipients); prepared says
-	// it was made and the location's scheme checked.
-	cipher   *Cipher
-	prepared bool
-	// quarantined are the chunks verify found damaged (nil: not loaded).
-	quarantined map[string]bool
 }
 
 // Validate refuses settings that would make backups unsafe.
@@ -218,27 +211,49 @@ func LoadLatestWith(ctx context.Context, s Store, uid string, idx int, c *Cipher
 	return m, nil
 }
 
-// prepare makes the cipher from Recipients (with dir's chunk key) and
-// checks the location's scheme, once.
-func (o *Options) prepare(ctx context.Context, s Store, dir string) error {
-	if o.prepared {
-		return nil
+// Repo is a location opened for backups: the store, with what Options ask
+// for resolved once (the cipher made from Recipients and the recovery
+// directory's chunk key, the location's scheme and signing checked, verify's
+// quarantine loaded). Options stay plain configuration: a Repo never writes
+// into them. A Repo serves any number of partitions' backups at once; open a
+// new one to see quarantine changes made since.
+type Repo struct {
+	store Store
+	opts  Options
+	// cipher seals this backup's objects (nil: plaintext).
+	cipher *Cipher
+	// quarantined are the chunks verify found damaged.
+	quarantined map[string]bool
+}
+
+// OpenRepo checks o, makes the cipher (dir is the recovery directory,
+// which keeps the chunk key), checks the location's scheme and signing
+// (writing its config if it has none) and loads verify's quarantine.
+func OpenRepo(ctx context.Context, s Store, dir string, o Options) (*Repo, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
 	}
+	o.defaults()
+	r := &Repo{store: s, opts: o}
 	if o.Recipients != nil {
 		c, err := SealerFor(dir, o.Recipients, o.Now())
 		if err != nil {
-			return err
+			return nil, err
 		}
-		o.cipher = c
+		r.cipher = c
 	}
-	if err := CheckScheme(ctx, s, o.cipher != nil, o.Now()); err != nil {
-		return err
+	if err := CheckScheme(ctx, s, r.cipher != nil, o.Now()); err != nil {
+		return nil, err
 	}
 	if err := CheckSigning(ctx, s, o.SigningKey, o.Now()); err != nil {
-		return err
+		return nil, err
 	}
-	o.prepared = true
-	return nil
+	q, err := LoadQuarantine(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	r.quarantined = q
+	return r, nil
 }
 
 // BackupDir backs up every partition in dir (all of one flow; a cluster
@@ -281,10 +296,8 @@ func BackupDir(ctx context.Context, s Store, dir string, o Options) ([]*Result, 
 	}
 	// Only now that the request is known to be good may the location's
 	// config be written.
-	if err := o.prepare(ctx, s, dir); err != nil {
-		return nil, err
-	}
-	if o.quarantined, err = LoadQuarantine(ctx, s); err != nil {
+	r, err := OpenRepo(ctx, s, dir, o)
+	if err != nil {
 		return nil, err
 	}
 	gates, err := gatePartitions(ctx, s, ps, o)
@@ -302,7 +315,7 @@ func BackupDir(ctx context.Context, s Store, dir string, o Options) ([]*Result, 
 			case gate.Fenced:
 				results[i] = &Result{Partition: int(p.Index), Gate: gate, Fork: gate.Fork, Err: fmt.Errorf("back up partition %d: %w", p.Index, fencedError(gate))}
 			default:
-				results[i] = BackupPartition(ctx, s, p, o)
+				results[i] = r.BackupPartition(ctx, p)
 				results[i].Gate = gate
 				if results[i].Fork == "" {
 					results[i].Fork = gate.Fork
@@ -371,21 +384,25 @@ func fencedError(g *LineageGate) error {
 		ErrFenced, recovery.ShortID(g.By), g.At.UTC().Format(time.RFC3339), g.Lineage.Describe())
 }
 
+// BackupPartition takes one backup of p (see Repo.BackupPartition) in a
+// Repo opened for it.
+func BackupPartition(ctx context.Context, s Store, p *recovery.Partition, o Options) *Result {
+	r, err := OpenRepo(ctx, s, filepath.Dir(p.Path), o)
+	if err != nil {
+		return &Result{Partition: int(p.Index), Err: fmt.Errorf("back up partition %d: %w", p.Index, err)}
+	}
+	return r.BackupPartition(ctx, p)
+}
+
 // BackupPartition takes one backup of p under its lock, which it renews
 // while it works (losing it cancels the backup), and refuses to start while
 // a prune runs. Every chunk the manifest names is confirmed stored, with its
 // size, or uploaded; the manifest is written last.
-func BackupPartition(ctx context.Context, s Store, p *recovery.Partition, o Options) *Result {
-	o.defaults()
+func (r *Repo) BackupPartition(ctx context.Context, p *recovery.Partition) *Result {
+	s, o := r.store, r.opts
 	began := o.Now()
 	res := &Result{Partition: int(p.Index)}
 	res.Err = func() error {
-		if err := o.Validate(); err != nil {
-			return err
-		}
-		if err := o.prepare(ctx, s, filepath.Dir(p.Path)); err != nil {
-			return err
-		}
 		lock, err := AcquireLock(ctx, s, LockKey(p.FlowUID, int(p.Index)), o.Holder, o.LockTTL, o.Now)
 		if err != nil {
 			return err
@@ -396,12 +413,7 @@ func BackupPartition(ctx context.Context, s Store, p *recovery.Partition, o Opti
 		}
 		lctx, stop := lock.KeepAlive(ctx)
 		defer stop()
-		if o.quarantined == nil {
-			if o.quarantined, err = LoadQuarantine(lctx, s); err != nil {
-				return err
-			}
-		}
-		prev, err := LoadLatestWith(lctx, s, p.FlowUID, int(p.Index), o.cipher)
+		prev, err := LoadLatestWith(lctx, s, p.FlowUID, int(p.Index), r.cipher)
 		if err != nil {
 			return lockCause(lctx, err)
 		}
@@ -411,7 +423,7 @@ func BackupPartition(ctx context.Context, s Store, p *recovery.Partition, o Opti
 		if l, _, err := recovery.ReadLineage(lctx, p.DB); err == nil {
 			res.Fork = forkFromLatest(l, prev)
 		}
-		if o.SkipUnchanged && prev != nil && len(o.quarantined) == 0 {
+		if o.SkipUnchanged && prev != nil && len(r.quarantined) == 0 {
 			if same, err := unchangedSince(lctx, p, prev); err != nil {
 				return err
 			} else if same {
@@ -422,7 +434,7 @@ func BackupPartition(ctx context.Context, s Store, p *recovery.Partition, o Opti
 			}
 		}
 		xfer := Transfer{Also: o.Progress}
-		m, kind, err := capture(lctx, s, p, prev, o, &xfer, res)
+		m, kind, err := r.capture(lctx, p, prev, &xfer, res)
 		res.ObjectsUploaded, res.ObjectsSkipped = xfer.ObjectsUploaded.Load(), xfer.ObjectsSkipped.Load()
 		res.ObjectsHealed = xfer.ObjectsHealed.Load()
 		res.BytesUploaded, res.BytesRead = xfer.BytesUploaded.Load(), xfer.BytesRead.Load()
@@ -432,7 +444,7 @@ func BackupPartition(ctx context.Context, s Store, p *recovery.Partition, o Opti
 		if err := lock.Check(lctx); err != nil {
 			return err
 		}
-		data, err := m.SealWith(o.cipher, o.SigningKey)
+		data, err := m.SealWith(r.cipher, o.SigningKey)
 		if err != nil {
 			return err
 		}
@@ -446,7 +458,7 @@ func BackupPartition(ctx context.Context, s Store, p *recovery.Partition, o Opti
 		// Chunks verify had quarantined that this backup stored again are
 		// whole once more.
 		for _, ob := range m.Objects() {
-			if o.quarantined[ob.SHA256] && xfer.stored(ob.SHA256) {
+			if r.quarantined[ob.SHA256] && xfer.stored(ob.SHA256) {
 				if err := s.Delete(lctx, QuarantineKey(ob.SHA256)); err != nil {
 					return fmt.Errorf("clear quarantine of healed chunk %s: %w", ob.SHA256[:12], err)
 				}
@@ -472,7 +484,8 @@ func lockCause(ctx context.Context, err error) error {
 
 // capture reads the partition under one read transaction and uploads a base
 // image or a delta over prev's base.
-func capture(ctx context.Context, s Store, p *recovery.Partition, prev *Manifest, o Options, xfer *Transfer, res *Result) (*Manifest, string, error) {
+func (r *Repo) capture(ctx context.Context, p *recovery.Partition, prev *Manifest, xfer *Transfer, res *Result) (*Manifest, string, error) {
+	s, o := r.store, r.opts
 	conn, err := p.DB.Conn(ctx)
 	if err != nil {
 		return nil, "", err
@@ -505,7 +518,7 @@ func capture(ctx context.Context, s Store, p *recovery.Partition, prev *Manifest
 		Lineage:   &lineage,
 		Runs:      v.Runs,
 	}
-	if c := o.cipher; c != nil {
+	if c := r.cipher; c != nil {
 		m.Encryption = &EncryptionInfo{Scheme: SchemeAge, Key: c.KeyID(), Recipients: c.Recipients()}
 		m.cipher = c
 	}
@@ -520,10 +533,10 @@ func capture(ctx context.Context, s Store, p *recovery.Partition, prev *Manifest
 	if m.Epochs.HiTime, err = recovery.EpochTime(ctx, conn, v.Hi()); err != nil {
 		return nil, "", err
 	}
-	up := &uploader{store: s, workers: o.Workers, xfer: xfer, known: map[string]Object{}, quarantined: o.quarantined, budget: o.Memory, cipher: o.cipher}
+	up := &uploader{store: s, workers: o.Workers, xfer: xfer, known: map[string]Object{}, quarantined: r.quarantined, budget: o.Memory, cipher: r.cipher}
 	if prev != nil {
 		for _, ob := range prev.Objects() {
-			if !o.quarantined[ob.SHA256] {
+			if !r.quarantined[ob.SHA256] {
 				up.known[ob.SHA256] = ob
 			}
 		}
@@ -551,7 +564,7 @@ func capture(ctx context.Context, s Store, p *recovery.Partition, prev *Manifest
 	if ok {
 		// A delta names its base's chunks: trust the store, not the last
 		// manifest. Anything missing, resized or quarantined means a new base.
-		if note, err := confirmAll(ctx, s, prev.Base.Chunks, o.quarantined, o.Workers); err != nil {
+		if note, err := confirmAll(ctx, s, prev.Base.Chunks, r.quarantined, o.Workers); err != nil {
 			return nil, "", err
 		} else if note != "" {
 			ok = false
