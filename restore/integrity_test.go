@@ -50,12 +50,18 @@ func TestRestore_ManifestRangeTheImageDoesNotHoldFallsBack(t *testing.T) {
 		t.Fatalf("deep verify: %s %+v", rep.Status, rep.Problems)
 	}
 	dst := filepath.Join(t.TempDir(), "r")
-	res, err := Restore(ctx, s, dst, Options{})
+	// The caller's options are the caller's: the backup found unusable is
+	// the restore's own exclusion, not written into them.
+	opts := Options{Plan: PlanOptions{Exclude: map[string]bool{}}}
+	res, err := Restore(ctx, s, dst, opts)
 	if err != nil {
 		t.Fatalf("restore: %v", err)
 	}
 	if len(res.Fallbacks) != 1 || !strings.Contains(res.Fallbacks[0], "the manifest claims") {
 		t.Fatalf("fallbacks %v", res.Fallbacks)
+	}
+	if len(opts.Plan.Exclude) != 0 {
+		t.Fatalf("restore wrote into its caller's exclusions: %v", opts.Plan.Exclude)
 	}
 	if e, got := loadDir(t, dst); uint64(e) != res.Plan.Epoch || len(got) != 30 {
 		t.Fatalf("resumed at %d with %d keys, plan said %d", e, len(got), res.Plan.Epoch)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -86,30 +87,79 @@ type Result struct {
 // Files appear under their partition names only when every partition of
 // the restore is complete: on any failure nothing half-restored is left.
 func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Result, error) {
+	o = o.withDefaults()
+	cat, res, err := planRestore(ctx, s, o)
+	if err != nil || o.DryRun {
+		return res, err
+	}
+	t, err := prepareDir(ctx, dir, o)
+	if err != nil {
+		return nil, err
+	}
+	defer t.close() // and with it everything left in the work directory
+	fetched, err := fetchWithFallback(ctx, s, t.work, cat, o, res)
+	if err != nil {
+		return nil, err
+	}
+	files, err := finish(ctx, t, fetched, o, res)
+	if err != nil {
+		return nil, err
+	}
+	var aside []string
+	if o.Force {
+		if aside, err = partitionFiles(ctx, t, res.Restored); err != nil {
+			return nil, err
+		}
+	}
+	if err := t.publish(files, aside, ".replaced-"+o.Now().UTC().Format("20060102T150405")); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// withDefaults fills in o's defaults, on a copy that shares nothing a
+// restore writes to with the caller's (the plan's exclusions grow as
+// backups turn out unusable).
+func (o Options) withDefaults() Options {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
 	if o.Note == nil {
 		o.Note = func(string) {}
 	}
+	o.Plan.Exclude = maps.Clone(o.Plan.Exclude)
 	if o.Plan.Exclude == nil {
 		o.Plan.Exclude = map[string]bool{}
 	}
+	if o.Mode == 0 {
+		o.Mode = 0o644
+	}
+	if o.Memory <= 0 {
+		o.Memory = backup.DefaultMemory
+	}
+	return o
+}
+
+// planRestore reads the location's catalog and plans the restore: which
+// backup of each partition lays down which epoch of which history. It
+// notes the manifests it could not read, and refuses a plan whose backups
+// it holds no key for.
+func planRestore(ctx context.Context, s backup.Store, o Options) (*backup.Catalog, *Result, error) {
 	cat, err := backup.LoadTrustedCatalog(ctx, s, backup.ReadPolicy{Keys: o.Keys, Trusted: o.Plan.Trusted, RequireTrust: true})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	res := &Result{}
 	if err := o.Plan.loadRegistry(ctx, s, cat); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	plan, err := MakePlan(cat.Manifests, o.Plan)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	parts, err := selectPartitions(o.Partitions, plan.Count)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	// Manifests that could not be read are never passed over in silence:
 	// the restore may be older than it would have been.
@@ -121,24 +171,19 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 		}
 	}
 	if err := opened(plan, parts, o.Keys); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	res.Plan, res.Restored = plan, parts
-	if o.DryRun {
-		return res, nil
-	}
-	if o.Mode == 0 {
-		o.Mode = 0o644
-	}
-	t, err := prepareDir(ctx, dir, o)
-	if err != nil {
-		return nil, err
-	}
-	defer t.close() // and with it everything left in the work directory
-	w := t.work
-	if o.Memory <= 0 {
-		o.Memory = backup.DefaultMemory
-	}
+	return cat, res, nil
+}
+
+// fetchWithFallback downloads and checks every chosen backup into the work
+// directory. A backup that turns out unusable (corrupt, missing, too large
+// for the disk) is excluded and the restore replanned without it, down to
+// older backups or an older epoch, each step noted. It returns the image
+// of each manifest in the final plan (res.Plan), by manifest id.
+func fetchWithFallback(ctx context.Context, s backup.Store, w *workDir, cat *backup.Catalog, o Options, res *Result) (map[string]string, error) {
+	plan, parts := res.Plan, res.Restored
 	budget := backup.NewBudget(o.Memory)
 	fetched := map[string]string{} // manifest id -> image in the work directory
 	for {
@@ -166,7 +211,7 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 			}
 		}
 		if bad == nil {
-			break
+			return fetched, nil
 		}
 		o.Plan.Exclude[bad.m.ID] = true
 		next, perr := MakePlan(cat.Manifests, o.Plan)
@@ -186,8 +231,15 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 		plan = next
 		res.Plan = plan
 	}
-	// Everything is here and verified: trim, start the partitions' new
-	// history, then publish under the final names.
+}
+
+// finish makes the fetched images the restored partitions, still in the
+// work directory: each is trimmed to the plan's epoch and starts the new
+// history (res.Lineage); then each file gets its mode, owner and fsync,
+// through its descriptor. It returns the files to publish, the chunk key
+// among them for an encrypted restore.
+func finish(ctx context.Context, t *target, fetched map[string]string, o Options, res *Result) ([]staged, error) {
+	plan, parts, w := res.Plan, res.Restored, t.work
 	res.Lineage = plan.Lineage.Lineage.Child(recovery.NewLineageID(), machine.Host(), recovery.Epoch(plan.Epoch), plan.Lineage.Runs, plan.Lineage.Progress, o.Now(), recovery.LineageRestore)
 	for _, p := range parts {
 		tmp := w.pathOf(fetched[plan.Chosen[p].ID])
@@ -221,8 +273,6 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 	if testHookStaged != nil {
 		testHookStaged()
 	}
-	// Mode, owner and the one fsync of each file, through its descriptor,
-	// before it has a name in the target.
 	var files []staged
 	for _, p := range parts {
 		name := fetched[plan.Chosen[p].ID]
@@ -240,16 +290,7 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 		}
 		files = append(files, staged{name: name, final: backup.ChunkKeyFile, what: "the chunk key"})
 	}
-	var aside []string
-	if o.Force {
-		if aside, err = partitionFiles(ctx, t, parts); err != nil {
-			return nil, err
-		}
-	}
-	if err := t.publish(files, aside, ".replaced-"+o.Now().UTC().Format("20060102T150405")); err != nil {
-		return nil, err
-	}
-	return res, nil
+	return files, nil
 }
 
 // testHookStaged, if set, runs when the images are trimmed and nothing is
