@@ -553,7 +553,17 @@ func (a *Agent) RunOnce(ctx context.Context) ([]*Result, error) {
 
 // retain prunes to the retention policy after a run.
 func (a *Agent) retain(ctx context.Context) {
-	res, err := Prune(ctx, a.Store, *a.Retention)
+	po := *a.Retention
+	if po.Auth == nil && a.Options.Recipients != nil {
+		// The recipients it encrypts to tell its backups from forgeries.
+		auth, err := NewIndexAuth(a.Options.Recipients, nil)
+		if err != nil {
+			a.Log.Error("retention failed", "err", err)
+			return
+		}
+		po.Auth = auth
+	}
+	res, err := Prune(ctx, a.Store, po)
 	switch {
 	case errors.Is(err, ErrLocked):
 		a.Log.Warn("retention skipped: a backup or another prune holds the lock", "reason", err)

@@ -32,6 +32,11 @@ const (
 	// MinLockTTL is the shortest lock TTL accepted: a lock must outlast the
 	// store round trips that renew it.
 	MinLockTTL = 10 * time.Second
+	// MaxLockTTL is the longest lock TTL accepted. A lock that claims to
+	// be held longer than that from now is no lock an agent wrote (a
+	// bucket writer's, or a clock far ahead): it is counted as held for
+	// MaxLockTTL from when the store says it was last written.
+	MaxLockTTL = time.Hour
 	// DefaultBaseMaxAge is the age after which a base image is recaptured.
 	DefaultBaseMaxAge = 48 * time.Hour
 	// MaxBaseMaxAge bounds BaseMaxAge: a delta over an older base could miss
@@ -101,6 +106,8 @@ func (o Options) Validate() error {
 		return fmt.Errorf("parallel partitions must be positive, got %d", o.Parallel)
 	case o.LockTTL < 0 || (o.LockTTL > 0 && o.LockTTL < MinLockTTL):
 		return fmt.Errorf("lock TTL %v is too short: at least %v (a shorter lock could expire while its holder works)", o.LockTTL, MinLockTTL)
+	case o.LockTTL > MaxLockTTL:
+		return fmt.Errorf("lock TTL %v is too long: at most %v (locks are renewed while their holder works; the TTL only bounds how long a dead agent blocks others)", o.LockTTL, MaxLockTTL)
 	case o.BaseMaxAge < 0 || o.BaseMaxAge > MaxBaseMaxAge:
 		return fmt.Errorf("base max age %v is out of range: at most %v, as GC remembers dropped keys for %v", o.BaseMaxAge, MaxBaseMaxAge, recovery.DroppedRetention)
 	}
@@ -187,8 +194,12 @@ func LoadLatest(ctx context.Context, s Store, uid string, idx int) (*Manifest, e
 
 // LoadLatestWith is LoadLatest for backups sealed with c (nil: plaintext).
 // An encrypted pointer that c cannot open (sealed under another chunk key)
-// is nil as well: the next backup takes a new base under c's key. One of
-// the other scheme than c's is ErrEncryptionMismatch.
+// is nil as well: the next backup takes a new base under c's key. So is a
+// plaintext one when c is set: in an encrypted location anyone who can
+// write to the bucket can make one, and its config (checked before, see
+// CheckScheme) says which scheme the location holds. An encrypted one
+// when c is nil is ErrEncryptionMismatch: the config may be gone, and the
+// partition's own chain still says its scheme.
 func LoadLatestWith(ctx context.Context, s Store, uid string, idx int, c *Cipher) (*Manifest, error) {
 	m, err := ReadManifestWith(ctx, s, LatestKey(uid, idx), c)
 	if errors.Is(err, ErrNotFound) || errors.Is(err, ErrCorrupt) {
@@ -197,15 +208,28 @@ func LoadLatestWith(ctx context.Context, s Store, uid string, idx int, c *Cipher
 	if err != nil {
 		return nil, fmt.Errorf("read latest pointer: %w", err)
 	}
-	// The config may be gone (a hostile or careless hand): the partition's
-	// own chain still says which scheme it uses.
 	switch {
 	case m.Encryption != nil && c == nil:
 		return nil, fmt.Errorf("%w: the latest backup of partition %d in %s is encrypted: give --recipients-file", ErrEncryptionMismatch, idx, s)
 	case m.Encryption == nil && c != nil:
-		return nil, fmt.Errorf("%w: the latest backup of partition %d in %s is not encrypted, and encrypted ones may not join it; back up to a new prefix", ErrEncryptionMismatch, idx, s)
+		return nil, nil
 	}
 	if m.Flow.UID != uid || m.Partition.Index != idx || m.Locked || m.Encryption.KeyID() != c.KeyID() {
+		return nil, nil
+	}
+	return m, nil
+}
+
+// latest is the partition's latest backup as this Repo may build on it:
+// LoadLatestWith, and in a signed location only a pointer signed by a
+// trusted key (its own or TrustedKeys'). An unsigned one there could
+// name a forged base that the next delta would then vouch for.
+func (r *Repo) latest(ctx context.Context, uid string, idx int) (*Manifest, error) {
+	m, err := LoadLatestWith(ctx, r.store, uid, idx, r.cipher)
+	if err != nil || m == nil || r.opts.SigningKey == nil {
+		return m, err
+	}
+	if !m.SignedBy(r.opts.SigningKey.Public().With(r.opts.TrustedKeys)) {
 		return nil, nil
 	}
 	return m, nil
@@ -300,7 +324,7 @@ func BackupDir(ctx context.Context, s Store, dir string, o Options) ([]*Result, 
 	if err != nil {
 		return nil, err
 	}
-	gates, err := gatePartitions(ctx, s, ps, o)
+	gates, err := r.gatePartitions(ctx, ps)
 	if err != nil {
 		return nil, err
 	}
@@ -337,7 +361,8 @@ func BackupDir(ctx context.Context, s Store, dir string, o Options) ([]*Result, 
 // gatePartitions checks each partition's lineage against the location's
 // registry, once per lineage (see gateLineage): nil for a partition that
 // was restored and not run since (nothing to back up).
-func gatePartitions(ctx context.Context, s Store, ps []*recovery.Partition, o Options) ([]*LineageGate, error) {
+func (r *Repo) gatePartitions(ctx context.Context, ps []*recovery.Partition) ([]*LineageGate, error) {
+	s, o := r.store, r.opts
 	out := make([]*LineageGate, len(ps))
 	byID := map[string]*LineageGate{}
 	var live []*recovery.View
@@ -364,7 +389,7 @@ func gatePartitions(ctx context.Context, s Store, ps []*recovery.Partition, o Op
 		}
 		g := byID[l.ID]
 		if g == nil {
-			if g, err = gateLineage(ctx, s, p.FlowUID, l, o.TakeOver, o.SigningKey, o.TrustedKeys, o.Now()); err != nil {
+			if g, err = gateLineage(ctx, s, p.FlowUID, l, o.TakeOver, o.SigningKey, o.TrustedKeys, r.cipher.Auth(), o.Now()); err != nil {
 				return nil, err
 			}
 			byID[l.ID] = g
@@ -413,7 +438,7 @@ func (r *Repo) BackupPartition(ctx context.Context, p *recovery.Partition) *Resu
 		}
 		lctx, stop := lock.KeepAlive(ctx)
 		defer stop()
-		prev, err := LoadLatestWith(lctx, s, p.FlowUID, int(p.Index), r.cipher)
+		prev, err := r.latest(lctx, p.FlowUID, int(p.Index))
 		if err != nil {
 			return lockCause(lctx, err)
 		}

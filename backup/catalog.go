@@ -23,6 +23,17 @@ type Catalog struct {
 	// LoadTrustedCatalog); Location what the location holds.
 	Strays   []Stray
 	Location LocationInfo
+	// Auth is what checked the encrypted manifests' indexes (nil in a
+	// plaintext location, or when the reader had no key): the lineage
+	// registry is read with it too (see Policy).
+	Auth *IndexAuth
+}
+
+// Policy is what a reader who loaded c believes of the lineage registry:
+// events signed by trusted (a signed location), and tagged under c.Auth
+// (an encrypted one).
+func (c *Catalog) Policy(trusted *TrustedKeys) RegistryPolicy {
+	return RegistryPolicy{Trusted: trusted, Auth: c.Auth}
 }
 
 // BrokenManifest is a manifest object that failed to load.

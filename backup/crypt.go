@@ -53,6 +53,7 @@ type Cipher struct {
 	fp         string          // fingerprint of the recipient set
 	identities []age.Identity  // restore, deep verify: open with these
 	key        *chunkKey       // names chunks (nil before a manifest is opened)
+	auth       *IndexAuth      // tags and checks plaintext indexes (see IndexAuth)
 }
 
 // chunkKey is the secret that names chunks.
@@ -84,7 +85,11 @@ func newSealer(recipients []age.Recipient, fp string, secret []byte) (*Cipher, e
 	if len(secret) != 32 {
 		return nil, fmt.Errorf("chunk key of %d bytes, want 32", len(secret))
 	}
-	c := &Cipher{recipients: recipients, fp: fp, key: newChunkKey(secret)}
+	auth, err := NewIndexAuth(recipients, nil)
+	if err != nil {
+		return nil, err
+	}
+	c := &Cipher{recipients: recipients, fp: fp, key: newChunkKey(secret), auth: auth}
 	// Our own stanza must carry the recipients' labels (age refuses to mix
 	// post-quantum and classic recipients).
 	if l, ok := recipients[0].(age.RecipientWithLabels); ok {
@@ -102,7 +107,17 @@ func NewOpener(identities []age.Identity) *Cipher {
 	if len(identities) == 0 {
 		return nil
 	}
-	return &Cipher{identities: identities}
+	auth, _ := NewIndexAuth(nil, identities)
+	return &Cipher{identities: identities, auth: auth}
+}
+
+// Auth is what checks plaintext indexes for c: the keys of its recipients
+// or of its identities' public keys (nil for a nil c).
+func (c *Cipher) Auth() *IndexAuth {
+	if c == nil {
+		return nil
+	}
+	return c.auth
 }
 
 // CanOpen reports whether c holds identities (restore, verify --deep).

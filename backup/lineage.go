@@ -71,15 +71,33 @@ type Registry struct {
 
 // LoadRegistry lists flow uid's lineage registry (one LIST, no reads).
 func LoadRegistry(ctx context.Context, s Store, uid string) (*Registry, error) {
-	return LoadRegistryTrusted(ctx, s, uid, nil)
+	return LoadRegistryWith(ctx, s, uid, RegistryPolicy{})
 }
 
-// LoadRegistryTrusted is LoadRegistry counting only the events signed by
-// one of trusted's keys (nil: every event): in a signed location, a
-// writer without a trusted signing key can neither fence an agent nor
-// retire a lineage nor decide which history restore prefers. Each event's
-// body is read and checked once per process (events never change).
+// LoadRegistryTrusted is LoadRegistryWith believing only events signed by
+// one of trusted's keys (nil: every event).
 func LoadRegistryTrusted(ctx context.Context, s Store, uid string, trusted *TrustedKeys) (*Registry, error) {
+	return LoadRegistryWith(ctx, s, uid, RegistryPolicy{Trusted: trusted})
+}
+
+// RegistryPolicy says which registry events a reader believes.
+type RegistryPolicy struct {
+	// Trusted, if set (a signed location), believes only events signed by
+	// one of its keys: a writer without a trusted signing key can neither
+	// fence an agent nor retire a lineage nor decide which history restore
+	// prefers.
+	Trusted *TrustedKeys
+	// Auth, if set (an encrypted location), believes only events tagged
+	// under one of its keys (see IndexAuth): the same, against a writer
+	// without the recipients' public keys.
+	Auth *IndexAuth
+}
+
+// LoadRegistryWith lists flow uid's lineage registry and keeps the events
+// p believes. With neither keys nor tags to check, an event's name says
+// all (one LIST, no reads); otherwise each event's body is read and
+// checked, once per process (events never change).
+func LoadRegistryWith(ctx context.Context, s Store, uid string, p RegistryPolicy) (*Registry, error) {
 	r := &Registry{events: map[string]map[string]time.Time{}}
 	now := time.Now()
 	type ev struct {
@@ -103,12 +121,13 @@ func LoadRegistryTrusted(ctx context.Context, s Store, uid string, trusted *Trus
 		return nil, fmt.Errorf("list the lineage registry of flow %s: %w", uid, err)
 	}
 	for _, e := range evs {
-		if trusted != nil {
-			ok, err := trustedEvent(ctx, s, e.key, uid, e.id, e.kind, e.at, trusted)
+		if p.Trusted != nil || p.Auth != nil {
+			st, err := readEvent(ctx, s, e.key, uid, e.id, e.kind, e.at)
 			if err != nil {
 				return nil, err
 			}
-			if !ok {
+			if st == nil || p.Trusted != nil && !p.Trusted.verify(st.Sig, "lineage event", st.SHA256) ||
+				p.Auth != nil && !p.Auth.verify(st.Auth, "lineage event", st.SHA256) {
 				continue
 			}
 		}
@@ -117,46 +136,47 @@ func LoadRegistryTrusted(ctx context.Context, s Store, uid string, trusted *Trus
 	return r, nil
 }
 
-// verifiedEvents remembers registry objects whose signature held, by key
-// and signer (objects are written once and never change).
-var verifiedEvents sync.Map
+// readEvents remembers registry objects read and found whole, by key
+// (objects are written once and never change).
+var readEvents sync.Map
 
-// trustedEvent reads a registry object and says whether it is signed by a
-// trusted key and says what its key says.
-func trustedEvent(ctx context.Context, s Store, key, uid, id, kind string, at time.Time, trusted *TrustedKeys) (bool, error) {
-	if signer, ok := verifiedEvents.Load(key); ok {
-		_, trustedSigner := trusted.keys[signer.(string)]
-		return trustedSigner, nil
+// readEvent reads a registry object and returns it if it is whole and says
+// what its key says (nil if not, or if it is gone).
+func readEvent(ctx context.Context, s Store, key, uid, id, kind string, at time.Time) (*storedEvent, error) {
+	if st, ok := readEvents.Load(key); ok {
+		return st.(*storedEvent), nil
 	}
 	b, err := ReadAll(ctx, s, key, 1<<20)
 	if errors.Is(err, ErrNotFound) || errors.Is(err, ErrCorrupt) {
-		return false, nil
+		return nil, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("read %s: %w", key, err)
+		return nil, fmt.Errorf("read %s: %w", key, err)
 	}
 	var st storedEvent
-	if decodeOne(b, &st) != nil || st.Sig == nil {
-		return false, nil
+	if decodeOne(b, &st) != nil {
+		return nil, nil
 	}
 	sum := sha256.Sum256(st.Event)
-	if hex.EncodeToString(sum[:]) != st.SHA256 || !trusted.verify(st.Sig, "lineage event", st.SHA256) {
-		return false, nil
+	if hex.EncodeToString(sum[:]) != st.SHA256 {
+		return nil, nil
 	}
 	var e lineageEvent
 	if decodeOne(st.Event, &e) != nil || e.Kind != kind || e.Flow != uid || e.ID != id || !e.At.Equal(at) {
-		return false, nil
+		return nil, nil
 	}
-	verifiedEvents.Store(key, st.Sig.Key)
-	return true, nil
+	readEvents.Store(key, &st)
+	return &st, nil
 }
 
 // storedEvent is the stored form of a registry object: the event, its
-// sha256, and the signature of that (in a signed location).
+// sha256, and the signature of that (in a signed location) and its tags
+// (in an encrypted one).
 type storedEvent struct {
 	Event  json.RawMessage `json:"event"`
 	SHA256 string          `json:"sha256"`
 	Sig    *Signature      `json:"sig,omitempty"`
+	Auth   []string        `json:"auth,omitempty"`
 }
 
 func (r *Registry) add(id, kind string, at time.Time) {
@@ -233,8 +253,10 @@ func (r *Registry) newerClaim(l recovery.Lineage) (string, time.Time, bool) {
 	return best, at, best != ""
 }
 
-// lineageEvent is a registry object's event. Unsigned, its key says all
-// that flowkeep reads; signed, the event must say what its key says.
+// lineageEvent is a registry object's event. Unchecked, its key says all
+// that flowkeep reads; signed or tagged, the event must say what its key
+// says. Host and Lineage are for people reading the bucket, and left out
+// in an encrypted location, whose bucket names no hosts.
 type lineageEvent struct {
 	Kind    string            `json:"kind"`
 	Flow    string            `json:"flow"`
@@ -246,17 +268,21 @@ type lineageEvent struct {
 }
 
 // writeEvent records a lineage event in the registry, signed with k if
-// set.
-func writeEvent(ctx context.Context, s Store, uid, id, kind string, at time.Time, ev lineageEvent, k *SigningKey) error {
+// set, tagged under auth if set (an encrypted location: then without host
+// or lineage).
+func writeEvent(ctx context.Context, s Store, uid, id, kind string, at time.Time, ev lineageEvent, k *SigningKey, auth *IndexAuth) error {
 	var r [4]byte
 	rand.Read(r[:])
 	at = at.UTC().Truncate(time.Millisecond)
 	key := fmt.Sprintf("%s%s/%s/%s-%s-%s.json", LineagesPrefix, uid, id, kind, at.Format("20060102T150405.000Z"), hex.EncodeToString(r[:]))
 	ev.Kind, ev.Flow, ev.ID, ev.At, ev.Host = kind, uid, id, at, machine.Host()
+	if auth != nil {
+		ev.Host, ev.Lineage = "", nil
+	}
 	body, _ := json.Marshal(ev)
 	sum := sha256.Sum256(body)
 	digest := hex.EncodeToString(sum[:])
-	b, _ := json.Marshal(storedEvent{Event: body, SHA256: digest, Sig: k.sign("lineage event", digest)})
+	b, _ := json.Marshal(storedEvent{Event: body, SHA256: digest, Sig: k.sign("lineage event", digest), Auth: auth.tags("lineage event", digest)})
 	if err := s.PutIfAbsent(ctx, key, b); err != nil && !errors.Is(err, ErrExists) {
 		return fmt.Errorf("record lineage %s %s: %w", recovery.ShortID(id), kind, err)
 	}
@@ -267,9 +293,10 @@ func writeEvent(ctx context.Context, s Store, uid, id, kind string, at time.Time
 // it no longer counts as a live history (verify stops reporting its fork,
 // restore does not pick it unless asked); its backups stay usable where
 // they agree with another lineage. In a signed location only a retirement
-// signed with a trusted key (k) counts.
-func RetireLineage(ctx context.Context, s Store, uid, id string, now time.Time, k *SigningKey) error {
-	return writeEvent(ctx, s, uid, id, EventRetired, now, lineageEvent{}, k)
+// signed with a trusted key (k) counts; in an encrypted one, only one
+// tagged under a recipient's key (auth).
+func RetireLineage(ctx context.Context, s Store, uid, id string, now time.Time, k *SigningKey, auth *IndexAuth) error {
+	return writeEvent(ctx, s, uid, id, EventRetired, now, lineageEvent{}, k, auth)
 }
 
 // LineageGate is what a backup learned about its flow's lineages before
@@ -292,11 +319,11 @@ type LineageGate struct {
 // gateLineage checks l against its flow's registry before a backup:
 // claims the flow for l if it never did (at l's creation), or now with
 // takeOver; reports fencing (recording it once) and forks it can see.
-func gateLineage(ctx context.Context, s Store, uid string, l recovery.Lineage, takeOver bool, k *SigningKey, trusted *TrustedKeys, now time.Time) (*LineageGate, error) {
+func gateLineage(ctx context.Context, s Store, uid string, l recovery.Lineage, takeOver bool, k *SigningKey, trusted *TrustedKeys, auth *IndexAuth, now time.Time) (*LineageGate, error) {
 	if k != nil {
 		trusted = k.Public().With(trusted)
 	}
-	reg, err := LoadRegistryTrusted(ctx, s, uid, trusted)
+	reg, err := LoadRegistryWith(ctx, s, uid, RegistryPolicy{Trusted: trusted, Auth: auth})
 	if err != nil {
 		return nil, err
 	}
@@ -305,7 +332,7 @@ func gateLineage(ctx context.Context, s Store, uid string, l recovery.Lineage, t
 	retired := reg.Retired(l.ID)
 	switch {
 	case (newer || retired) && takeOver:
-		if err := writeEvent(ctx, s, uid, l.ID, EventClaim, now, lineageEvent{Lineage: &l}, k); err != nil {
+		if err := writeEvent(ctx, s, uid, l.ID, EventClaim, now, lineageEvent{Lineage: &l}, k, auth); err != nil {
 			return nil, err
 		}
 		g.TookOver = true
@@ -313,13 +340,13 @@ func gateLineage(ctx context.Context, s Store, uid string, l recovery.Lineage, t
 	case newer || retired:
 		g.Fenced, g.By, g.At, g.Retired = true, by, at, retired && !newer
 		if reg.Fenced(l.ID).IsZero() {
-			if err := writeEvent(ctx, s, uid, l.ID, EventFenced, now, lineageEvent{By: by}, k); err != nil {
+			if err := writeEvent(ctx, s, uid, l.ID, EventFenced, now, lineageEvent{By: by}, k, auth); err != nil {
 				return nil, err
 			}
 			reg.add(l.ID, EventFenced, now)
 		}
 	case reg.Claimed(l.ID).IsZero():
-		if err := writeEvent(ctx, s, uid, l.ID, EventClaim, l.Created, lineageEvent{Lineage: &l}, k); err != nil {
+		if err := writeEvent(ctx, s, uid, l.ID, EventClaim, l.Created, lineageEvent{Lineage: &l}, k, auth); err != nil {
 			return nil, err
 		}
 		reg.add(l.ID, EventClaim, l.Created)

@@ -159,9 +159,17 @@ func AcquireLock(ctx context.Context, s Store, key, holder string, ttl time.Dura
 			// Our own write, retried after its answer was lost.
 			l.set(cur, ver)
 			return l, nil
-		case cur.Expires.After(t) && !(cur.Host == host && !processAlive(cur.PID)):
-			return nil, fmt.Errorf("%w: %s is held by %s (machine %s, pid %d) until %s",
-				ErrLocked, key, cur.Holder, cur.Host, cur.PID, cur.Expires.Format(time.RFC3339))
+		case cur.Host == host && !processAlive(cur.PID):
+			// Held by a dead process of this machine: taken over.
+		default:
+			until, err := heldUntil(ctx, s, key, cur, t)
+			if err != nil {
+				return nil, err
+			}
+			if until.After(t) {
+				return nil, fmt.Errorf("%w: %s is held by %s (machine %s, pid %d) until %s",
+					ErrLocked, key, cur.Holder, cur.Host, cur.PID, until.Format(time.RFC3339))
+			}
 		}
 		// Expired, long unreadable, or held by a dead process of this host:
 		// take it over, replacing exactly the version read (an agent that
@@ -169,6 +177,24 @@ func AcquireLock(ctx context.Context, s Store, key, holder string, ttl time.Dura
 		from = ver
 	}
 	return nil, fmt.Errorf("%w: could not take %s", ErrLocked, key)
+}
+
+// heldUntil is when the lock cur (read at key) runs out: its expiry, or,
+// for one that claims to be held longer than any lock lives (MaxLockTTL;
+// only a bucket writer, or a clock far ahead, writes that), MaxLockTTL
+// after the store says it was last written.
+func heldUntil(ctx context.Context, s Store, key string, cur lockBody, now time.Time) (time.Time, error) {
+	if !cur.Expires.After(now.Add(MaxLockTTL + FutureSkew)) {
+		return cur.Expires, nil
+	}
+	oi, err := s.Stat(ctx, key)
+	if errors.Is(err, ErrNotFound) {
+		return time.Time{}, nil
+	}
+	if err != nil {
+		return time.Time{}, fmt.Errorf("could not stat lock %s: %w", key, err)
+	}
+	return oi.Modified.Add(MaxLockTTL), nil
 }
 
 // readLock reads a lock body and its version, reading a body that does not
@@ -340,8 +366,13 @@ func checkNoPrune(ctx context.Context, s Store, now time.Time) error {
 		return nil
 	case err != nil:
 		return fmt.Errorf("could not read the prune lock %s: %w", PruneLockKey, err)
-	case cur.Expires.After(now):
-		return fmt.Errorf("%w: a prune is running (%s on machine %s, until %s); the backup runs after it", ErrLocked, cur.Holder, cur.Host, cur.Expires.Format(time.RFC3339))
+	}
+	until, err := heldUntil(ctx, s, PruneLockKey, cur, now)
+	if err != nil {
+		return err
+	}
+	if until.After(now) {
+		return fmt.Errorf("%w: a prune is running (%s on machine %s, until %s); the backup runs after it", ErrLocked, cur.Holder, cur.Host, until.Format(time.RFC3339))
 	}
 	return nil
 }
@@ -364,8 +395,14 @@ func AcquirePruneLock(ctx context.Context, s Store, holder string, ttl time.Dura
 			return nil
 		case err != nil:
 			busy = fmt.Errorf("could not read lock %s: %w", oi.Key, err)
-		case cur.Expires.After(now()):
-			busy = fmt.Errorf("%w: a backup holds %s (%s on machine %s, until %s); prune again when it is done", ErrLocked, oi.Key, cur.Holder, cur.Host, cur.Expires.Format(time.RFC3339))
+			return busy
+		}
+		until, err := heldUntil(ctx, s, oi.Key, cur, now())
+		switch {
+		case err != nil:
+			busy = err
+		case until.After(now()):
+			busy = fmt.Errorf("%w: a backup holds %s (%s on machine %s, until %s); prune again when it is done", ErrLocked, oi.Key, cur.Holder, cur.Host, until.Format(time.RFC3339))
 		default:
 			return nil
 		}

@@ -307,3 +307,39 @@ func lockStores(t *testing.T) []lockStore {
 		}},
 	}
 }
+
+// A bucket writer's lock that claims to be held for decades (the old
+// format, with no checksum) blocks backups and prune for at most
+// MaxLockTTL from when it was written, not until the date it names.
+func TestLock_AForgedFarExpiryLastsAtMostMaxLockTTL(t *testing.T) {
+	ctx := context.Background()
+	for _, key := range []string{backup.LockKey("f00d", 0), backup.PruneLockKey} {
+		s := memstore.New()
+		forged := `{"holder":"mallory","machine":"m","pid":1,"acquired":"2026-01-01T00:00:00Z","expires":"2099-01-01T00:00:00Z"}`
+		if err := s.Put(ctx, key, []byte(forged)); err != nil {
+			t.Fatal(err)
+		}
+		now := time.Now()
+		_, err := backup.AcquireLock(ctx, s, key, "agent", time.Minute, func() time.Time { return now })
+		if !errors.Is(err, backup.ErrLocked) || strings.Contains(err.Error(), "2099") {
+			t.Fatalf("%s just after the forged lock: %v; want locked, until at most %v from now", key, err, backup.MaxLockTTL)
+		}
+		later := now.Add(backup.MaxLockTTL + time.Minute)
+		l, err := backup.AcquireLock(ctx, s, key, "agent", time.Minute, func() time.Time { return later })
+		if err != nil {
+			t.Fatalf("%s more than MaxLockTTL after the forged lock was written: %v", key, err)
+		}
+		l.Release(ctx)
+	}
+	// Prune's check of backups' locks and backups' check of prune's caps
+	// them the same way.
+	s := memstore.New()
+	forged := `{"holder":"mallory","machine":"m","pid":1,"acquired":"2026-01-01T00:00:00Z","expires":"2099-01-01T00:00:00Z"}`
+	s.Put(ctx, backup.LockKey("f00d", 0), []byte(forged))
+	later := func() time.Time { return time.Now().Add(backup.MaxLockTTL + time.Minute) }
+	l, err := backup.AcquirePruneLock(ctx, s, "prune", time.Minute, later)
+	if err != nil {
+		t.Fatalf("prune after a forged backup lock went stale: %v", err)
+	}
+	l.Release(ctx)
+}

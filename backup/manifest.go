@@ -87,6 +87,8 @@ type Manifest struct {
 	// signs (see SignedBy).
 	sig    *Signature
 	digest string
+	// auth are an encrypted manifest's index tags (see IndexAuth).
+	auth []string
 }
 
 // Signer is the id of the key that signed the manifest ("" unsigned); only
@@ -102,6 +104,18 @@ func (m *Manifest) Signer() string {
 // keys.
 func (m *Manifest) SignedBy(t *TrustedKeys) bool {
 	return m.digest != "" && t.verify(m.sig, "manifest", m.digest)
+}
+
+// AuthenticatedBy says whether an encrypted manifest is known to come
+// from whoever holds a recipient's key: opened by an identity (a writer
+// without a recipient's public key cannot make one that opens), or, Locked,
+// its index tagged under one of a's keys (see IndexAuth). A plaintext
+// manifest is not encrypted, so not authenticated this way.
+func (m *Manifest) AuthenticatedBy(a *IndexAuth) bool {
+	if m.Encryption == nil {
+		return false
+	}
+	return !m.Locked || m.digest != "" && a.verify(m.auth, "manifest", m.digest)
 }
 
 // EncryptionInfo says how a backup is encrypted.
@@ -266,7 +280,7 @@ func (m *Manifest) SealWith(c *Cipher, k *SigningKey) ([]byte, error) {
 		return nil, err
 	}
 	digest := lockedSum(idx, box)
-	return json.MarshalIndent(lockedForm{Format: ManifestFormatAge, SHA256: digest, Index: idx, Sealed: box, Sig: k.sign("manifest", digest)}, "", " ")
+	return json.MarshalIndent(lockedForm{Format: ManifestFormatAge, SHA256: digest, Index: idx, Sealed: box, Sig: k.sign("manifest", digest), Auth: c.auth.tags("manifest", digest)}, "", " ")
 }
 
 // lockedForm is the stored form of an encrypted manifest.
@@ -276,6 +290,8 @@ type lockedForm struct {
 	Index  json.RawMessage `json:"index"`
 	Sealed []byte          `json:"sealed"`
 	Sig    *Signature      `json:"sig,omitempty"`
+	// Auth tags SHA256 for each recipient (see IndexAuth).
+	Auth []string `json:"auth,omitempty"`
 }
 
 // manifestPayload is what an encrypted manifest's age file holds.
@@ -490,7 +506,7 @@ func openLocked(b []byte, c *Cipher) (*Manifest, error) {
 	default:
 		return nil, fmt.Errorf("%w: encrypted manifest index of version %d (a newer flowkeep wrote it?)", ErrCorrupt, version.V)
 	}
-	locked.sig, locked.digest = lf.Sig, lf.SHA256
+	locked.sig, locked.digest, locked.auth = lf.Sig, lf.SHA256, lf.Auth
 	if err := locked.Validate(); err != nil {
 		return nil, err
 	}
@@ -523,7 +539,7 @@ func openLocked(b []byte, c *Cipher) (*Manifest, error) {
 		return nil, fmt.Errorf("%w: manifest %s: its plaintext index disagrees with the manifest it seals", ErrCorrupt, locked.ID)
 	}
 	m.cipher = c.withKey(p.ChunkKey)
-	m.sig, m.digest = lf.Sig, lf.SHA256
+	m.sig, m.digest, m.auth = lf.Sig, lf.SHA256, lf.Auth
 	return m, nil
 }
 

@@ -42,6 +42,12 @@ type PruneOptions struct {
 	// count); TrustedKeys are the keys whose signatures prune accepts.
 	SigningKey  *SigningKey
 	TrustedKeys *TrustedKeys
+	// In an encrypted location, Auth (the recipients' keys) or Keys (an
+	// identity, which opens the manifests) tells genuine backups from
+	// forged ones; prune refuses to run there with neither
+	// (ErrKeysRequired).
+	Auth *IndexAuth
+	Keys *Cipher
 }
 
 // DefaultGrace is the chunk grace period the CLI uses.
@@ -60,6 +66,8 @@ func (o PruneOptions) Validate() error {
 		return fmt.Errorf("keep-within must not be negative, got %v", o.KeepWithin)
 	case ttl < MinLockTTL:
 		return fmt.Errorf("lock TTL %v is too short: at least %v", ttl, MinLockTTL)
+	case ttl > MaxLockTTL:
+		return fmt.Errorf("lock TTL %v is too long: at most %v", ttl, MaxLockTTL)
 	case o.Grace < ttl:
 		return fmt.Errorf("grace %v is shorter than the lock TTL %v: a chunk a running backup just uploaded could be deleted; use a grace of at least %v", o.Grace, ttl, ttl)
 	}
@@ -130,7 +138,7 @@ func Prune(ctx context.Context, s Store, o PruneOptions) (*PruneResult, error) {
 
 func prune(ctx context.Context, s Store, o PruneOptions, res *PruneResult, lock *Lock) error {
 	now := o.Now()
-	cat, err := LoadTrustedCatalog(ctx, s, ReadPolicy{Trusted: o.TrustedKeys, RequireTrust: true})
+	cat, err := LoadTrustedCatalog(ctx, s, ReadPolicy{Trusted: o.TrustedKeys, RequireTrust: true, Keys: o.Keys, Auth: o.Auth.With(o.Keys.Auth()), RequireAuth: true})
 	if err != nil {
 		return err
 	}
@@ -193,7 +201,7 @@ func prune(ctx context.Context, s Store, o PruneOptions, res *PruneResult, lock 
 	}
 	keep := map[*Manifest]bool{}
 	for uid, ms := range cat.Flows() {
-		reg, err := LoadRegistryTrusted(ctx, s, uid, o.TrustedKeys)
+		reg, err := LoadRegistryWith(ctx, s, uid, cat.Policy(o.TrustedKeys))
 		if err != nil {
 			return err
 		}
@@ -336,7 +344,7 @@ func RetireNamed(ctx context.Context, s Store, cat *Catalog, names []string, dry
 	}
 	flows := cat.Flows()
 	for _, h := range hits {
-		reg, err := LoadRegistryTrusted(ctx, s, h.uid, trusted)
+		reg, err := LoadRegistryWith(ctx, s, h.uid, cat.Policy(trusted))
 		if err != nil {
 			return nil, err
 		}
@@ -352,7 +360,7 @@ func RetireNamed(ctx context.Context, s Store, cat *Catalog, names []string, dry
 	var ids []string
 	for _, h := range hits {
 		if !dryRun {
-			if err := RetireLineage(ctx, s, h.uid, h.id, now, k); err != nil {
+			if err := RetireLineage(ctx, s, h.uid, h.id, now, k, cat.Auth); err != nil {
 				return ids, err
 			}
 		}

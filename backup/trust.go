@@ -15,6 +15,13 @@ import (
 //   - In an encrypted location (its config says so, a manifest is
 //     encrypted, or the reader gives identities), a plaintext manifest is
 //     a stray: anyone can write one.
+//   - In an encrypted location, an encrypted manifest that the reader's
+//     identities do not open is believed only if its plaintext index is
+//     tagged under the key of a recipient the reader knows (see
+//     IndexAuth): a writer without the recipients' public keys cannot
+//     make one. A reader with neither recipients nor identities cannot
+//     tell (LocationInfo.Unauthenticated); prune refuses to start so
+//     (ErrKeysRequired).
 //   - In a signed location (its config says so, a manifest is signed, or
 //     the reader gives trusted keys), a manifest not signed by a trusted
 //     key is a stray; restore, deep verify and prune refuse to start there
@@ -32,6 +39,15 @@ type ReadPolicy struct {
 	// RequireTrust refuses a signed location without Trusted
 	// (ErrTrustRequired): restore, deep verify and prune.
 	RequireTrust bool
+	// Auth, if set, checks the plaintext indexes of encrypted manifests
+	// that Keys do not open (see IndexAuth): those it does not
+	// authenticate are strays. Readers that decide from indexes (prune,
+	// quick verify, list) set it, with Keys' own (Cipher.Auth); restore
+	// and deep verify open every manifest they use, and leave it nil.
+	Auth *IndexAuth
+	// RequireAuth refuses an encrypted location when there is nothing to
+	// check its indexes with (ErrKeysRequired): prune.
+	RequireAuth bool
 }
 
 // Stray is a manifest a reader does not believe.
@@ -47,6 +63,11 @@ type LocationInfo struct {
 	Encrypted, Signed bool
 	// Trusted says signatures were checked (the reader gave trusted keys).
 	Trusted bool
+	// Unauthenticated says the location is encrypted and the reader had
+	// no key to check its manifests' plaintext indexes with (nor trusted
+	// signing keys): a writer to the bucket could have forged what it
+	// believed.
+	Unauthenticated bool
 }
 
 // LoadTrustedCatalog loads the catalog (LoadCatalogWith) and sets apart
@@ -67,13 +88,23 @@ func LoadTrustedCatalog(ctx context.Context, s Store, p ReadPolicy) (*Catalog, e
 		loc.Encrypted = loc.Encrypted || m.Encryption != nil
 		loc.Signed = loc.Signed || m.Signer() != ""
 	}
+	auth := p.Auth
+	// Signatures checked authenticate as well as tags do, and manifests
+	// an identity opens need neither.
+	loc.Unauthenticated = loc.Encrypted && auth == nil && p.Trusted == nil && !p.Keys.CanOpen()
 	cat.Location = loc
+	if loc.Encrypted {
+		cat.Auth = auth
+	}
 	if loc.Signed && p.Trusted == nil && p.RequireTrust {
 		return nil, fmt.Errorf("%w: %s holds signed backups", ErrTrustRequired, s)
 	}
+	if loc.Encrypted && auth == nil && p.Trusted == nil && p.RequireAuth {
+		return nil, fmt.Errorf("%w (%s)", ErrKeysRequired, s)
+	}
 	believed := cat.Manifests[:0]
 	for _, m := range cat.Manifests {
-		if why := strayReason(m, loc, p.Trusted); why != "" {
+		if why := strayReason(m, loc, p.Trusted, auth); why != "" {
 			cat.Strays = append(cat.Strays, Stray{Key: cat.Keys[m], Manifest: m, Reason: why})
 			continue
 		}
@@ -84,10 +115,14 @@ func LoadTrustedCatalog(ctx context.Context, s Store, p ReadPolicy) (*Catalog, e
 }
 
 // strayReason says why a reader must not believe m ("" if it may).
-func strayReason(m *Manifest, loc LocationInfo, trusted *TrustedKeys) string {
+func strayReason(m *Manifest, loc LocationInfo, trusted *TrustedKeys, auth *IndexAuth) string {
 	switch {
 	case loc.Encrypted && m.Encryption == nil:
 		return "a plaintext backup in an encrypted location (anyone who can write to the bucket can make one): never restored"
+	case auth != nil && !m.AuthenticatedBy(auth) && len(m.auth) == 0:
+		return "its plaintext index carries no tag (made by a flowkeep older than authenticated indexes, or forged): not believed without an identity that opens it (--identity-file); prune keeps it"
+	case auth != nil && !m.AuthenticatedBy(auth):
+		return "its plaintext index is not tagged under any recipient given (forged by someone without the recipients' public keys, or made for other recipients): never restored, never counted or deleted by prune"
 	case trusted != nil && m.Signer() == "":
 		return "not signed, in a location of signed backups (anyone who can write to the bucket can make one): never restored"
 	case trusted != nil && !m.SignedBy(trusted):

@@ -19,6 +19,32 @@ func addIdentityFlag(f *pflag.FlagSet, p *[]string) {
 	f.StringSliceVar(p, "identity-file", nil, "open encrypted backups with the age identities (private keys) in FILE (as age -i reads them; repeatable: each is tried)")
 }
 
+// addCheckRecipientsFlag is --recipients-file for readers: the keys that
+// tell an encrypted location's genuine plaintext indexes from forged ones.
+func addCheckRecipientsFlag(f *pflag.FlagSet, p *[]string) {
+	f.StringSliceVar(p, "recipients-file", nil, "in an encrypted location: the age public keys the backups are encrypted to (as for backup; repeatable). "+
+		"Tells genuine backups from ones forged by someone who can write to the bucket but holds none of them (an --identity-file does too)")
+}
+
+// loadAuth reads --recipients-file and --identity-file for a reader: the
+// keys that check encrypted backups' plaintext indexes, and the identities
+// that open them (each nil without).
+func loadAuth(recipients, identities []string) (*backup.IndexAuth, *backup.Cipher, error) {
+	rs, err := loadRecipients(recipients)
+	if err != nil {
+		return nil, nil, err
+	}
+	keys, err := loadKeys(identities)
+	if err != nil {
+		return nil, nil, err
+	}
+	auth, err := backup.NewIndexAuth(rs, nil)
+	if err != nil {
+		return nil, nil, usageError{err}
+	}
+	return auth, keys, nil
+}
+
 // loadRecipients reads --recipients-file (nil without one).
 func loadRecipients(paths []string) ([]age.Recipient, error) {
 	if len(paths) == 0 {

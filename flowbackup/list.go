@@ -22,6 +22,9 @@ type listOptions struct {
 	From    string
 	JSON    bool
 	Trusted []string
+	// Recipients and Identities authenticate encrypted backups' indexes.
+	Recipients []string
+	Identities []string
 	storageOptions
 }
 
@@ -44,6 +47,8 @@ and stored size; then the newest epoch every partition's backups share.
 	cmd.Flags().StringVar(&o.From, "from", "", "backup URL: file:///path, s3://bucket/prefix or gs://bucket/prefix")
 	cmd.Flags().BoolVar(&o.JSON, "json", false, "print JSON")
 	addTrustedKeysFlag(cmd.Flags(), &o.Trusted, "; without it, list shows signed backups' signers unchecked")
+	addCheckRecipientsFlag(cmd.Flags(), &o.Recipients)
+	addIdentityFlag(cmd.Flags(), &o.Identities)
 	o.storageOptions.addFlags(cmd.Flags())
 	return cmd
 }
@@ -108,6 +113,9 @@ type listReport struct {
 	// that --trusted-keys was given.
 	Signed            bool `json:"signed"`
 	SignaturesChecked bool `json:"signatures_checked"`
+	// Unauthenticated says the backups are encrypted and list had no key
+	// to tell genuine ones from forged ones.
+	Unauthenticated bool `json:"unauthenticated,omitempty"`
 }
 
 func runList(ctx context.Context, o listOptions, out io.Writer) error {
@@ -120,11 +128,15 @@ func runList(ctx context.Context, o listOptions, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cat, err := backup.LoadTrustedCatalog(ctx, s, backup.ReadPolicy{Trusted: trusted})
+	auth, keys, err := loadAuth(o.Recipients, o.Identities)
 	if err != nil {
 		return err
 	}
-	rep := listReport{From: s.String(), Signed: cat.Location.Signed, SignaturesChecked: cat.Location.Trusted}
+	cat, err := backup.LoadTrustedCatalog(ctx, s, backup.ReadPolicy{Trusted: trusted, Auth: auth.With(keys.Auth()), Keys: keys})
+	if err != nil {
+		return err
+	}
+	rep := listReport{From: s.String(), Signed: cat.Location.Signed, SignaturesChecked: cat.Location.Trusted, Unauthenticated: cat.Location.Unauthenticated}
 	for _, st := range cat.Strays {
 		rep.Strays = append(rep.Strays, fmt.Sprintf("%s: %s", st.Key, st.Reason))
 	}
@@ -147,7 +159,7 @@ func runList(ctx context.Context, o listOptions, out io.Writer) error {
 				ID: m.ID, Kind: kind, Created: m.Created, Lo: m.Epochs.Lo, Hi: m.Epochs.Hi, LoTime: m.Epochs.LoTime, HiTime: m.Epochs.HiTime,
 				Stored: m.StoredBytes(), Size: size, Host: m.Agent.Host, Lineage: m.LineageOf().ID, Encrypted: m.Encryption != nil})
 		}
-		reg, err := backup.LoadRegistryTrusted(ctx, s, uid, trusted)
+		reg, err := backup.LoadRegistryWith(ctx, s, uid, cat.Policy(trusted))
 		if err != nil {
 			return err
 		}
@@ -229,6 +241,9 @@ func runList(ctx context.Context, o listOptions, out io.Writer) error {
 	}
 	if rep.Signed && !rep.SignaturesChecked {
 		fmt.Fprintln(out, "the backups here are signed; their signatures were not checked (give --trusted-keys)")
+	}
+	if rep.Unauthenticated {
+		fmt.Fprintln(out, "the backups here are encrypted; their plaintext indexes were not authenticated (give --recipients-file or --identity-file)")
 	}
 	return nil
 }

@@ -80,7 +80,8 @@ in flowkeep_backup_failures_total, not an exit):
   0  pruned (or nothing to prune)
   1  failed, or refused because some manifest could not be read (nothing deleted)
   3  usage or access error: bad flag, URL or config, missing bucket, bad
-     credentials, signed backups without --trusted-keys, an unknown lineage`
+     credentials, signed backups without --trusted-keys, encrypted ones
+     without --recipients-file or --identity-file, an unknown lineage`
 )
 
 // usageError marks errors the caller must fix (exit 3).
@@ -112,7 +113,7 @@ func ExitCode(err error) int {
 	case errors.As(err, &u), errors.Is(err, backup.ErrAccess), errors.Is(err, backup.ErrNoBucket),
 		errors.Is(err, recovery.ErrNoPartitions), errors.Is(err, recovery.ErrForeignFlow), errors.Is(err, recovery.ErrMissingPartitions),
 		errors.Is(err, backup.ErrIdentityRequired), errors.Is(err, backup.ErrEncryptionMismatch),
-		errors.Is(err, backup.ErrTrustRequired), errors.Is(err, backup.ErrSigningMismatch), errors.Is(err, recovery.ErrTwoLineages):
+		errors.Is(err, backup.ErrTrustRequired), errors.Is(err, backup.ErrKeysRequired), errors.Is(err, backup.ErrSigningMismatch), errors.Is(err, recovery.ErrTwoLineages):
 		return exitUsageOrAccess
 	}
 	return exitFailed
@@ -189,6 +190,9 @@ func checkWorkersAndTTL(workers int, ttl time.Duration) error {
 	}
 	if ttl < backup.MinLockTTL {
 		return usagef("--lock-ttl %v is too short: at least %v (a shorter lock could expire while its holder works, letting two agents overlap)", ttl, backup.MinLockTTL)
+	}
+	if ttl > backup.MaxLockTTL {
+		return usagef("--lock-ttl %v is too long: at most %v (locks are renewed while their holder works; the TTL only bounds how long a dead agent blocks others)", ttl, backup.MaxLockTTL)
 	}
 	return nil
 }

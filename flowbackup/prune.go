@@ -24,6 +24,8 @@ type pruneOptions struct {
 	Retire     []string
 	SigningKey string
 	Trusted    []string
+	Recipients []string
+	Identities []string
 	storageOptions
 }
 
@@ -47,6 +49,13 @@ Prune holds a lock that backups respect (it does not start while a backup
 runs, and backups wait for it), and deletes nothing unless it could read
 every manifest and latest pointer: an unreadable one could name any chunk.
 
+In an encrypted location prune needs --recipients-file (the agent's) or
+--identity-file: without either it cannot tell genuine backups from ones forged
+by someone who can write to the bucket, and refuses (exit 3). Backups whose
+index it cannot authenticate (forged, made for recipients not given, or by a
+flowkeep older than authenticated indexes) are neither counted nor deleted:
+prune says so; --identity-file authenticates the older ones by opening them.
+
 ` + exitCodesPrune,
 		Example: "  flowbackup prune --from s3://my-bucket/flows/wc --keep-last 10 --keep-within 24h\n  flowbackup prune --from file:///mnt/backups/wc --keep-last 3 --dry-run",
 		Args:    noArgs,
@@ -63,6 +72,8 @@ every manifest and latest pointer: an unreadable one could name any chunk.
 	f.BoolVar(&o.DryRun, "dry-run", false, "say what would be deleted, delete nothing")
 	f.StringArrayVar(&o.Retire, "retire-lineage", nil, "retire this lineage (id or unique prefix) first: its machines are gone (repeatable)")
 	addTrustedKeysFlag(f, &o.Trusted, "")
+	addCheckRecipientsFlag(f, &o.Recipients)
+	addIdentityFlag(f, &o.Identities)
 	addSigningKeyFlag(f, &o.SigningKey, "with --retire-lineage in a signed location: sign the retirement")
 	f.BoolVar(&o.JSON, "json", false, "print the result as JSON")
 	o.storageOptions.addFlags(f)
@@ -86,11 +97,15 @@ func runPrune(ctx context.Context, o pruneOptions, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	auth, keys, err := loadAuth(o.Recipients, o.Identities)
+	if err != nil {
+		return err
+	}
 	if o.KeepLast < 1 {
-		return retireOnly(ctx, s, o, signing, trusted, out)
+		return retireOnly(ctx, s, o, signing, backup.ReadPolicy{Trusted: trusted, RequireTrust: true, Auth: auth.With(keys.Auth()), Keys: keys, RequireAuth: true}, out)
 	}
 	po := backup.PruneOptions{KeepLast: o.KeepLast, KeepWithin: o.KeepWithin, Grace: o.Grace, LockTTL: o.LockTTL, DryRun: o.DryRun, RetireLineages: o.Retire,
-		SigningKey: signing, TrustedKeys: trusted}
+		SigningKey: signing, TrustedKeys: trusted, Auth: auth, Keys: keys}
 	if err := po.Validate(); err != nil {
 		return usageError{err}
 	}
@@ -135,12 +150,12 @@ func runPrune(ctx context.Context, o pruneOptions, out io.Writer) error {
 }
 
 // retireOnly retires lineages without pruning (--retire-lineage alone).
-func retireOnly(ctx context.Context, s backup.Store, o pruneOptions, signing *backup.SigningKey, trusted *backup.TrustedKeys, out io.Writer) error {
-	cat, err := backup.LoadTrustedCatalog(ctx, s, backup.ReadPolicy{Trusted: trusted, RequireTrust: true})
+func retireOnly(ctx context.Context, s backup.Store, o pruneOptions, signing *backup.SigningKey, p backup.ReadPolicy, out io.Writer) error {
+	cat, err := backup.LoadTrustedCatalog(ctx, s, p)
 	if err != nil {
 		return err
 	}
-	retired, err := backup.RetireNamed(ctx, s, cat, o.Retire, o.DryRun, time.Now(), signing, trusted)
+	retired, err := backup.RetireNamed(ctx, s, cat, o.Retire, o.DryRun, time.Now(), signing, p.Trusted)
 	if errors.Is(err, backup.ErrNoSuchLineage) || errors.Is(err, backup.ErrRetireCurrent) {
 		return usageError{err}
 	}

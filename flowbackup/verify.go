@@ -28,6 +28,7 @@ type verifyOptions struct {
 	Memory     int64
 	TempDir    string
 	Keys       []string
+	Recipients []string
 	Trusted    []string
 	storageOptions
 }
@@ -82,6 +83,7 @@ Exit codes:
 	f.StringVar(&o.TempDir, "temp-dir", "", "where --deep rebuilds images (default $TMPDIR)")
 	addMemoryFlag(f, &o.Memory)
 	addIdentityFlag(f, &o.Keys)
+	addCheckRecipientsFlag(f, &o.Recipients)
 	addTrustedKeysFlag(f, &o.Trusted, "")
 	o.storageOptions.addFlags(f)
 	return cmd
@@ -120,7 +122,7 @@ func runVerify(ctx context.Context, o verifyOptions, out, errOut io.Writer) erro
 	if err != nil {
 		return err
 	}
-	keys, err := loadKeys(o.Keys)
+	auth, keys, err := loadAuth(o.Recipients, o.Keys)
 	if err != nil {
 		return err
 	}
@@ -132,7 +134,7 @@ func runVerify(ctx context.Context, o verifyOptions, out, errOut io.Writer) erro
 		return usagef("--quarantine needs --deep (only a deep check reads the chunks)")
 	}
 	vo := restore.VerifyOptions{Deep: o.Deep, Sample: o.Sample, Newest: o.Newest, Quarantine: o.Quarantine, MaxAge: o.MaxAge, FlowUID: uid, Workers: o.Workers,
-		Memory: o.Memory, TempDir: o.TempDir, Keys: keys, Trusted: trusted}
+		Memory: o.Memory, TempDir: o.TempDir, Keys: keys, Trusted: trusted, Auth: auth}
 	var bar *transferBar
 	if o.Deep {
 		bar = newTransferBar(errOut, "verifying")

@@ -283,9 +283,11 @@ func TestEncrypted_DamageIsCorruptNotAKeyProblem(t *testing.T) {
 	}
 }
 
-// Prune needs no private key: it reads the plaintext indexes, deletes the
-// old backups and their chunks, and what it keeps still restores.
-func TestEncrypted_PruneWithoutAKey(t *testing.T) {
+// Prune needs no private key: with the recipients' public keys (the
+// agent's) it reads the authenticated plaintext indexes, deletes the old
+// backups and their chunks, and what it keeps still restores. With no key
+// at all it refuses: it could not tell genuine backups from forged ones.
+func TestEncrypted_PruneWithoutAPrivateKey(t *testing.T) {
 	ctx := context.Background()
 	s := memstore.New()
 	f := newFlow(t, 2, s)
@@ -295,7 +297,14 @@ func TestEncrypted_PruneWithoutAKey(t *testing.T) {
 		f.backupSealed(id.Recipient())
 	}
 	later := func() time.Time { return time.Now().Add(2 * backup.DefaultGrace) }
-	res, err := backup.Prune(ctx, s, backup.PruneOptions{KeepLast: 1, Grace: backup.DefaultGrace, Now: later})
+	if _, err := backup.Prune(ctx, s, backup.PruneOptions{KeepLast: 1, Grace: backup.DefaultGrace, Now: later}); !errors.Is(err, backup.ErrKeysRequired) {
+		t.Fatalf("prune with no key: %v, want %v", err, backup.ErrKeysRequired)
+	}
+	auth, err := backup.NewIndexAuth([]age.Recipient{id.Recipient()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := backup.Prune(ctx, s, backup.PruneOptions{KeepLast: 1, Grace: backup.DefaultGrace, Now: later, Auth: auth})
 	if err != nil || len(res.DeletedManifests) != 4 || res.DeletedChunks == 0 {
 		t.Fatalf("prune: %+v, %v", res, err)
 	}

@@ -3,12 +3,15 @@ package restore
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"filippo.io/age"
 	"github.com/klauspost/compress/zstd"
@@ -200,5 +203,132 @@ func TestEncrypted_InjectedPlaintextIsNeverRestored(t *testing.T) {
 	rep, err := Verify(ctx, s, VerifyOptions{})
 	if err != nil || rep.Status != StatusDegraded || !strings.Contains(fmt.Sprint(rep.Problems), "a plaintext backup in an encrypted location") {
 		t.Fatalf("verify: %v %s %v", err, rep.Status, rep.Problems)
+	}
+}
+
+// forgeIndex copies the stored manifest m as a bucket writer without any
+// key can: its index edited (a current id, a higher epoch), the sha256
+// recomputed, the sealed bytes and tags kept as they were.
+func forgeIndex(t *testing.T, s *memstore.Store, m *backup.Manifest, id string, hi uint64) {
+	t.Helper()
+	ctx := context.Background()
+	b, err := backup.ReadAll(ctx, s, backup.ManifestKey(m.Flow.UID, m.Partition.Index, m.ID), 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lf map[string]json.RawMessage
+	if err := json.Unmarshal(b, &lf); err != nil {
+		t.Fatal(err)
+	}
+	var ix map[string]any
+	if err := json.Unmarshal(lf["index"], &ix); err != nil {
+		t.Fatal(err)
+	}
+	ix["id"], ix["hi"] = id, hi
+	idx, _ := json.Marshal(ix)
+	var sealed []byte
+	if err := json.Unmarshal(lf["sealed"], &sealed); err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.New()
+	h.Write(idx)
+	h.Write(sealed)
+	lf["index"] = idx
+	lf["sha256"], _ = json.Marshal(hex.EncodeToString(h.Sum(nil)))
+	out, _ := json.Marshal(lf)
+	if err := s.Put(ctx, backup.ManifestKey(m.Flow.UID, m.Partition.Index, id), out); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A bucket writer who holds no key at all (a leaked bucket credential)
+// copies the newest encrypted manifests under current ids claiming epoch
+// 999. Prune, with the agent's recipients file, must not count them (so
+// deletes no genuine backup), and quick verify must report them and keep
+// saying what the genuine backups restore; without any key, quick verify
+// says it could not authenticate, and prune refuses.
+func TestEncrypted_AKeylessWriterCannotMakePruneDeleteOrVerifyLie(t *testing.T) {
+	ctx := context.Background()
+	s := memstore.New()
+	f := newFlow(t, 2, s)
+	id := newIdentity(t)
+	var newest []*backup.Result
+	for i := 0; i < 3; i++ {
+		f.epoch(50)
+		newest = f.backupSealed(id.Recipient())
+	}
+	genuine := len(storedManifests(t, s))
+	now := time.Now()
+	for i, r := range newest {
+		forgeIndex(t, s, r.Manifest, backup.NewBackupID(now.Add(time.Duration(i+1)*time.Second)), 999)
+	}
+	auth, err := backup.NewIndexAuth([]age.Recipient{id.Recipient()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Verify(ctx, s, VerifyOptions{Auth: auth})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fr := rep.Flows[0]
+	if fr.Epoch == 999 || len(rep.Problems) != 2 || !strings.Contains(rep.Problems[0].Message, "not tagged") || rep.Unauthenticated {
+		t.Fatalf("quick verify with the recipients: epoch %d, problems %+v", fr.Epoch, rep.Problems)
+	}
+	if rep, err := Verify(ctx, s, VerifyOptions{}); err != nil || !rep.Unauthenticated || !strings.Contains(fmt.Sprint(rep.Notes), "not authenticated") {
+		t.Fatalf("quick verify without keys must say it could not authenticate: %+v, %v", rep, err)
+	}
+	later := func() time.Time { return now.Add(2 * backup.DefaultGrace) }
+	res, err := backup.Prune(ctx, s, backup.PruneOptions{KeepLast: 1, Grace: backup.DefaultGrace, Now: later, Auth: auth})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.DeletedManifests) != genuine-2 || len(res.Ignored) != 2 {
+		t.Fatalf("prune deleted %v, ignored %v; want the 4 older genuine backups deleted, the 2 forgeries ignored", res.DeletedManifests, res.Ignored)
+	}
+	keys := backup.NewOpener([]age.Identity{id})
+	dst := filepath.Join(t.TempDir(), "new")
+	if _, err := Restore(ctx, s, dst, Options{Keys: keys}); err != nil {
+		t.Fatal(err)
+	}
+	if e, got := loadDir(t, dst); e != 4 || len(got) != 50 {
+		t.Fatalf("restored epoch %d with %d keys", e, len(got))
+	}
+}
+
+func storedManifests(t *testing.T, s backup.Store) []string {
+	t.Helper()
+	var out []string
+	for k := range storedObjects(t, s) {
+		if strings.HasPrefix(k, backup.ManifestsPrefix) {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// Quarantine markers are hints that anyone who can write to the bucket can
+// leave. A quick verify reports them, but does not call a location whose
+// backups a restore reads whole "not restorable" because of them.
+func TestVerify_AForgedQuarantineMarkerIsReportedNotBelieved(t *testing.T) {
+	ctx := context.Background()
+	s := memstore.New()
+	f := newFlow(t, 1, s)
+	f.epoch(30)
+	newest := f.backupAll()
+	for _, ob := range newest[0].Objects() {
+		if err := backup.Quarantine(ctx, s, ob.SHA256, "forged", time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rep, err := Verify(ctx, s, VerifyOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Status != StatusDegraded || !rep.Flows[0].Restorable || rep.Flows[0].Epoch != newest[0].Epochs.Hi || len(rep.Problems) != 1 {
+		t.Fatalf("quick verify: %s, flow %+v, problems %+v", rep.Status, rep.Flows[0], rep.Problems)
+	}
+	dst := filepath.Join(t.TempDir(), "r")
+	if res, err := Restore(ctx, s, dst, Options{}); err != nil || res.Plan.Epoch != newest[0].Epochs.Hi {
+		t.Fatalf("restore: %v", err)
 	}
 }

@@ -161,7 +161,7 @@ func (o *PlanOptions) loadRegistry(ctx context.Context, s backup.Store, cat *bac
 		}
 		return err
 	}
-	o.Registry, err = backup.LoadRegistryTrusted(ctx, s, ms[0].Flow.UID, o.Trusted)
+	o.Registry, err = backup.LoadRegistryWith(ctx, s, ms[0].Flow.UID, cat.Policy(o.Trusted))
 	return err
 }
 

@@ -54,6 +54,21 @@ type VerifyOptions struct {
 	// deep verify of a signed location needs them, a quick one without
 	// them says the signatures went unchecked.
 	Trusted *backup.TrustedKeys
+	// Auth checks encrypted backups' plaintext indexes (the recipients'
+	// keys, see backup.IndexAuth); Keys' identities do too. Without
+	// either, a quick verify of an encrypted location says it could not
+	// tell genuine backups from forged ones (Report.Unauthenticated).
+	Auth *backup.IndexAuth
+}
+
+// indexAuth is what checks indexes: a quick verify decides from them, with
+// the recipients' keys and the identities'; a deep one opens every backup
+// it checks, and reports those its identities cannot open.
+func (o VerifyOptions) indexAuth() *backup.IndexAuth {
+	if o.Deep {
+		return o.Auth
+	}
+	return o.Auth.With(o.Keys.Auth())
 }
 
 // Status values of a Report.
@@ -123,6 +138,9 @@ type Report struct {
 	// that verify was given trusted keys and checked them.
 	Signed            bool `json:"signed"`
 	SignaturesChecked bool `json:"signatures_checked"`
+	// Unauthenticated says the location is encrypted and verify had no key
+	// to tell genuine backups' plaintext indexes from forged ones.
+	Unauthenticated bool `json:"unauthenticated,omitempty"`
 }
 
 // Verify audits the backups in s and says whether, and to which epoch and
@@ -144,11 +162,15 @@ func Verify(ctx context.Context, s backup.Store, o VerifyOptions) (*Report, erro
 			rep.Mode = "deep-newest"
 		}
 	}
-	cat, err := backup.LoadTrustedCatalog(ctx, s, backup.ReadPolicy{Workers: o.Workers, Keys: o.Keys, Trusted: o.Trusted, RequireTrust: o.Deep})
+	cat, err := backup.LoadTrustedCatalog(ctx, s, backup.ReadPolicy{Workers: o.Workers, Keys: o.Keys, Trusted: o.Trusted, RequireTrust: o.Deep, Auth: o.indexAuth()})
 	if err != nil {
 		return nil, err
 	}
 	rep.Signed, rep.SignaturesChecked = cat.Location.Signed, cat.Location.Trusted
+	rep.Unauthenticated = cat.Location.Unauthenticated
+	if rep.Unauthenticated {
+		rep.Notes = append(rep.Notes, Problem{Message: "the backups here are encrypted, and their plaintext indexes were not authenticated: what this report says of them could be forged by anyone who can write to the bucket. Give --recipients-file (the agent's) or --identity-file"})
+	}
 	for _, st := range cat.Strays {
 		if o.FlowUID != "" && st.Manifest.Flow.UID != o.FlowUID {
 			continue
@@ -202,7 +224,19 @@ func Verify(ctx context.Context, s backup.Store, o VerifyOptions) (*Report, erro
 			rep.Locked++
 		}
 	}
-	if err := checkChunksListed(ctx, s, ms, quarantined, problem, rep); err != nil {
+	// A quarantine marker is a hint anyone who can write to the bucket can
+	// leave: reported, but the backup stays in the plan (restore reads and
+	// checks the chunk itself, and falls back if it is damaged).
+	flagged := map[string]bool{}
+	flag := func(m *backup.Manifest, msg string) {
+		if flagged[m.ID] {
+			return
+		}
+		flagged[m.ID] = true
+		i := m.Partition.Index
+		rep.Problems = append(rep.Problems, Problem{Flow: m.Flow.UID, Partition: &i, Backup: m.ID, Message: msg})
+	}
+	if err := checkChunksListed(ctx, s, ms, quarantined, problem, flag, rep); err != nil {
 		return nil, err
 	}
 	if o.Deep {
@@ -249,7 +283,7 @@ func Verify(ctx context.Context, s backup.Store, o VerifyOptions) (*Report, erro
 				fr.Healthy++
 			}
 		}
-		reg, err := backup.LoadRegistryTrusted(ctx, s, uid, o.Trusted)
+		reg, err := backup.LoadRegistryWith(ctx, s, uid, cat.Policy(o.Trusted))
 		if err != nil {
 			return nil, err
 		}
@@ -319,8 +353,9 @@ func Verify(ctx context.Context, s backup.Store, o VerifyOptions) (*Report, erro
 }
 
 // checkChunksListed streams the chunk listing and checks every chunk the
-// manifests name is there with its stored size and not quarantined.
-func checkChunksListed(ctx context.Context, s backup.Store, ms []*backup.Manifest, quarantined map[string]bool, problem func(*backup.Manifest, string), rep *Report) error {
+// manifests name is there with its stored size (problem), and flags those
+// that are quarantined.
+func checkChunksListed(ctx context.Context, s backup.Store, ms []*backup.Manifest, quarantined map[string]bool, problem, flag func(*backup.Manifest, string), rep *Report) error {
 	type need struct {
 		stored int64
 		users  []*backup.Manifest
@@ -339,7 +374,7 @@ func checkChunksListed(ctx context.Context, s backup.Store, ms []*backup.Manifes
 				n.users = append(n.users, m)
 			}
 			if quarantined[ob.SHA256] {
-				problem(m, fmt.Sprintf("chunk %s is quarantined: verify --deep found it damaged in the store; the next backup uploads it again, or takes a new base", ob.SHA256[:12]))
+				flag(m, fmt.Sprintf("chunk %s is quarantined: verify --deep found it damaged in the store (or someone who can write to the bucket says so); the next backup uploads it again, or takes a new base, and a restore reads and checks it", ob.SHA256[:12]))
 			}
 		}
 	}
