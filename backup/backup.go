@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -157,6 +158,10 @@ type Result struct {
 	// BaseNote says why a new base was taken when a delta was possible
 	// (e.g. the base's chunks were not all stored).
 	BaseNote string
+	// CaptureNote, if set, says why a base was uploaded straight from the
+	// partition, holding its read transaction (and so the WAL's growth)
+	// for the whole upload, instead of staged in TempDir first.
+	CaptureNote string
 	// Skipped, if set, says why no backup was taken (SkipUnchanged); the
 	// Manifest is then the latest one, which still stands.
 	Skipped  string
@@ -508,7 +513,10 @@ func lockCause(ctx context.Context, err error) error {
 }
 
 // capture reads the partition under one read transaction and uploads a base
-// image or a delta over prev's base.
+// image or a delta over prev's base. Either is staged in a local file
+// first, so the read transaction (which keeps SQLite's checkpoints from
+// passing it: the WAL grows while it lasts) ends when the local copy does,
+// not when the upload does.
 func (r *Repo) capture(ctx context.Context, p *recovery.Partition, prev *Manifest, xfer *Transfer, res *Result) (*Manifest, string, error) {
 	s, o := r.store, r.opts
 	conn, err := p.DB.Conn(ctx)
@@ -637,12 +645,35 @@ func (r *Repo) capture(ctx context.Context, p *recovery.Partition, prev *Manifes
 			return nil, "", err
 		}
 	}
+	var pageCount int64
+	if err := conn.QueryRowContext(ctx, `PRAGMA page_count`).Scan(&pageCount); err != nil {
+		return nil, "", err
+	}
 	pr, err := newPageReader(ctx, conn)
 	if err != nil {
 		return nil, "", err
 	}
 	defer pr.Close()
-	objs, size, sum, err := up.upload(ctx, pr)
+	src := io.Reader(pr)
+	if note := stageRoom(o.TempDir, pageCount*int64(pageSize)); note != "" {
+		res.CaptureNote = note
+	} else {
+		// The pages go to a local file as fast as the disk takes them and
+		// the read transaction ends when they are all there: the upload
+		// reads the file as it grows, and no longer holds back the WAL.
+		sctx, cancel := context.WithCancel(ctx)
+		sp, err := newSpool(sctx, o.TempDir, basePattern(), pr, func() {
+			pr.Close()
+			conn.ExecContext(context.WithoutCancel(ctx), "ROLLBACK")
+		})
+		if err != nil {
+			cancel()
+			return nil, "", err
+		}
+		defer func() { cancel(); sp.Close() }()
+		src = sp
+	}
+	objs, size, sum, err := up.upload(ctx, src)
 	if err != nil {
 		return nil, "", err
 	}

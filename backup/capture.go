@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/flowkeep/flowkeep/internal/diskspace"
+	"github.com/flowkeep/flowkeep/internal/human"
 	"github.com/flowkeep/flowkeep/recovery"
 )
 
@@ -88,6 +90,32 @@ func tempPath(dir, pattern string) (string, error) {
 // deltaPattern names delta files while they are built: the pid of the
 // process building one lets SweepTemp tell a live one from a leftover.
 func deltaPattern() string { return "flowkeep-delta-" + strconv.Itoa(os.Getpid()) + "-*.sqlite3" }
+
+// basePattern names a base image staged for upload: among the delta files
+// for SweepTemp, which removes a killed backup's.
+func basePattern() string { return "flowkeep-delta-" + strconv.Itoa(os.Getpid()) + "-*.base" }
+
+// stageRoom says why a base of size bytes cannot be staged in dir ("" if
+// it can): staging needs that much room, and leaves a quarter of the file
+// system's free space to others.
+func stageRoom(dir string, size int64) string {
+	if !stageBase {
+		return "staging is off"
+	}
+	if dir == "" {
+		dir = os.TempDir()
+	}
+	free, ok := diskspace.Free(dir)
+	if ok && uint64(size) > free/4*3 {
+		return fmt.Sprintf("%s has %s free, too little to stage the %s image: uploaded straight from the partition, which holds back its WAL until the upload ends (give --temp-dir a roomier directory)",
+			dir, human.Bytes(int64(free)), human.Bytes(size))
+	}
+	return ""
+}
+
+// stageBase is whether bases are staged (off only in the benchmark that
+// measures what staging saves).
+var stageBase = true
 
 // SweepTemp removes the delta files (and their SQLite journals) that a
 // killed backup left in dir (os.TempDir() if empty): those of processes

@@ -1,0 +1,9 @@
+package backup
+
+// SetStageBase turns base staging on or off (for the benchmark that
+// measures what it saves) and returns a function that undoes it.
+func SetStageBase(on bool) func() {
+	old := stageBase
+	stageBase = on
+	return func() { stageBase = old }
+}
