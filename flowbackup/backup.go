@@ -248,6 +248,9 @@ func printResults(out io.Writer, results []*backup.Result) {
 		if r.BaseNote != "" {
 			fmt.Fprintf(out, "  new base: %s\n", r.BaseNote)
 		}
+		if r.CaptureNote != "" {
+			fmt.Fprintf(out, "  note: %s\n", r.CaptureNote)
+		}
 		if r.ObjectsHealed > 0 {
 			fmt.Fprintf(out, "  healed %d chunks the store had lost or damaged\n", r.ObjectsHealed)
 		}
