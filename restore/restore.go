@@ -101,6 +101,9 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 	if err != nil {
 		return nil, err
 	}
+	if testHookFetched != nil {
+		testHookFetched(t.work.path)
+	}
 	files, err := finish(ctx, t, fetched, o, res)
 	if err != nil {
 		return nil, err
@@ -292,6 +295,11 @@ func finish(ctx context.Context, t *target, fetched map[string]string, o Options
 	}
 	return files, nil
 }
+
+// testHookFetched, if set, runs when every image is fetched and checked,
+// before any is trimmed; it is given the path of the target's private
+// directory.
+var testHookFetched func(workPath string)
 
 // testHookStaged, if set, runs when the images are trimmed and nothing is
 // published yet.
