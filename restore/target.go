@@ -354,3 +354,49 @@ func count(n int) string {
 	}
 	return fmt.Sprintf("%d files", n)
 }
+
+// pathEntry is what safePathOf needs to know of a directory.
+type pathEntry struct {
+	mode os.FileMode
+	uid  int // -1: unknown
+}
+
+// safePathOf reports an error unless no user but euid and root can change
+// what the absolute path dir leads to (OpenSSH's safe_path): dir and every
+// directory above it must be a directory, not a symlink, owned by euid or
+// root, and writable by no one else, unless it is sticky and the entry in
+// it on the way to dir is owned by euid or root (as /tmp protects its
+// entries). lstat describes a name, without following a symlink there.
+func safePathOf(dir string, euid int, lstat func(string) (pathEntry, error)) error {
+	if !filepath.IsAbs(dir) {
+		return fmt.Errorf("%s is not an absolute path", dir)
+	}
+	trusted := func(uid int) bool { return uid == euid || uid == 0 }
+	p := filepath.Clean(dir)
+	leaf, below := true, 0 // below: the owner of the entry in p on the way to dir
+	for {
+		e, err := lstat(p)
+		if err != nil {
+			return err
+		}
+		switch perm := e.mode.Perm(); {
+		case e.mode&os.ModeSymlink != 0:
+			return fmt.Errorf("%s is a symlink", p)
+		case !e.mode.IsDir():
+			return fmt.Errorf("%s is not a directory", p)
+		case !trusted(e.uid):
+			return fmt.Errorf("%s belongs to uid %d", p, e.uid)
+		case perm&0o022 != 0 && (e.mode&os.ModeSticky == 0 || leaf || !trusted(below)):
+			who := "its group"
+			if perm&0o002 != 0 {
+				who = "every user"
+			}
+			return fmt.Errorf("%s can be written by %s", p, who)
+		}
+		parent := filepath.Dir(p)
+		if parent == p {
+			return nil
+		}
+		p, leaf, below = parent, false, e.uid
+	}
+}

@@ -14,3 +14,7 @@ func renameDirs(fromDir *os.File, from string, toDir *os.File, to string) error 
 
 // ownedByUs cannot tell here: files have no Unix owner.
 func ownedByUs(os.FileInfo) bool { return true }
+
+// safePath cannot tell here (no Unix owners): a path counts as safe, and
+// restores work as they always did.
+func safePath(string) error { return nil }

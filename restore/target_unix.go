@@ -24,3 +24,19 @@ func ownedByUs(fi os.FileInfo) bool {
 	s, ok := fi.Sys().(*syscall.Stat_t)
 	return ok && int(s.Uid) == os.Geteuid()
 }
+
+// safePath is safePathOf for this process's user, on the real file
+// system.
+func safePath(path string) error {
+	return safePathOf(path, os.Geteuid(), func(p string) (pathEntry, error) {
+		st, err := os.Lstat(p)
+		if err != nil {
+			return pathEntry{}, err
+		}
+		e := pathEntry{mode: st.Mode(), uid: -1}
+		if s, ok := st.Sys().(*syscall.Stat_t); ok {
+			e.uid = int(s.Uid)
+		}
+		return e, nil
+	})
+}
