@@ -5,6 +5,8 @@ package restore
 import (
 	"os"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -39,4 +41,29 @@ func safePath(path string) error {
 		}
 		return e, nil
 	})
+}
+
+// fdPath is a name that leads to the open file f itself, for a stat by
+// name ("" where there is none).
+func fdPath(f *os.File) string {
+	fd := strconv.Itoa(int(f.Fd()))
+	if runtime.GOOS == "linux" {
+		return "/proc/self/fd/" + fd
+	}
+	return "/dev/fd/" + fd
+}
+
+// sameDevice reports whether two open files are on one file system.
+func sameDevice(a, b *os.File) bool {
+	sa, err := a.Stat()
+	if err != nil {
+		return false
+	}
+	sb, err := b.Stat()
+	if err != nil {
+		return false
+	}
+	x, ok1 := sa.Sys().(*syscall.Stat_t)
+	y, ok2 := sb.Sys().(*syscall.Stat_t)
+	return ok1 && ok2 && x.Dev == y.Dev
 }
