@@ -36,6 +36,7 @@ type restoreOptions struct {
 	Memory     int64
 	Owner      string
 	Mode       string
+	TempDir    string
 	IfEmpty    bool
 	IfBackups  bool
 	JSON       bool
@@ -57,7 +58,8 @@ Every object is checked against its sha256 while it downloads; a corrupt or
 incomplete backup makes the restore fall back to the next best epoch, and say
 so. Partitions appear in DIR only once all of them are complete. A DIR that
 already holds partitions is refused unless --force (the old files are kept as
-*.replaced-TIME). Nothing is ever written outside DIR, whatever a manifest says.
+*.replaced-TIME). Nothing is ever written outside DIR, whatever a manifest says
+(but for a private scratch directory, below).
 
 On every boot (an init container, an ExecStartPre), --if-empty restores only
 into a DIR without partitions, and --if-backups-exist only when the URL holds
@@ -76,6 +78,14 @@ To restore a cluster onto several new machines, give each machine its share:
 to one plan: run restore --dry-run --json once, then each machine with the
 plan's --lineage and --epoch (a cluster whose machines restored different
 lineages or epochs refuses to start, and says which).
+
+When another user can change what names in DIR lead to (root restoring into
+the service user's directory, with --owner), the restore does its SQLite work
+(laying deltas, checks, trimming) in a private scratch directory under
+--temp-dir, which then needs room for the images too, and copies each finished
+file into DIR through descriptors; the scratch directory is removed, and a
+killed restore's by the next one. A --temp-dir other users can change is
+refused.
 
 ` + exitCodesRestore,
 		Example: "  flowbackup restore --from s3://my-bucket/flows/wc --to /var/lib/flowkeep\n  flowbackup restore --from gs://bkt/wc --to /data/rec --partitions 2,3\n  flowbackup restore --from file:///mnt/backups/wc --to /tmp/rec --dry-run",
@@ -106,6 +116,7 @@ lineages or epochs refuses to start, and says which).
 	addMemoryFlag(f, &o.Memory)
 	f.StringVar(&o.Owner, "owner", "", "give the restored files to USER[:GROUP] (names or numbers), e.g. the flowrun service user when restoring as root")
 	f.StringVar(&o.Mode, "mode", "0644", "permissions of the restored partition files (octal)")
+	f.StringVar(&o.TempDir, "temp-dir", "", "where a restore into a directory other users can change (as root, with --owner) works on the images before it copies them in (default $TMPDIR)")
 	addIdentityFlag(f, &o.Identities)
 	addTrustedKeysFlag(f, &o.Trusted, "")
 	o.storageOptions.addFlags(f)
@@ -156,6 +167,12 @@ func runRestore(ctx context.Context, o restoreOptions, out, errOut io.Writer) er
 		return usagef("--mode %q: give octal permissions that let the owner read and write, e.g. 0640", o.Mode)
 	}
 	ro.Mode = os.FileMode(mode)
+	if o.TempDir != "" {
+		if st, err := os.Stat(o.TempDir); err != nil || !st.IsDir() {
+			return usagef("--temp-dir %s: not a directory (a restore into a directory other users can change works on the images there)", o.TempDir)
+		}
+		ro.TempDir = o.TempDir
+	}
 	if ro.Keys, err = loadKeys(o.Identities); err != nil {
 		return err
 	}
@@ -238,7 +255,7 @@ func runRestore(ctx context.Context, o restoreOptions, out, errOut io.Writer) er
 			return exitError{exitNotRestorable, err}
 		}
 		if errors.Is(err, restore.ErrAmbiguous) || errors.Is(err, restore.ErrOccupied) || errors.Is(err, restore.ErrNoSuchEpoch) || errors.Is(err, restore.ErrNoSuchLineage) ||
-			errors.Is(err, restore.ErrNoSuchPartition) {
+			errors.Is(err, restore.ErrNoSuchPartition) || errors.Is(err, restore.ErrUnsafeTempDir) {
 			return usageError{err}
 		}
 		return err

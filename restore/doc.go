@@ -15,4 +15,16 @@
 // it never follows a symlink there. A killed restore's private directory,
 // and anything at the temporary names of older versions, is removed by the
 // next restore into the directory.
+//
+// SQLite opens files by name and follows symlinks. Where another user can
+// change what the private directory's path leads to (its directory, or one
+// above, belongs to that user or is writable by them: see safePath), the
+// restore does its SQLite work (laying deltas, checking images, trimming)
+// in a scratch directory of its own under Options.TempDir (default
+// os.TempDir(); one other users can change is refused), whose files no one
+// else can reach, and copies each finished file into the private
+// directory through descriptors before it seals and publishes it as above.
+// That costs a copy of each image and room for it there; a restore into
+// one's own directory needs neither. A killed restore's scratch directory
+// (flowkeep-restore-PID-*) is removed by the next restore that needs one.
 package restore

@@ -333,10 +333,12 @@ func putBuffer(b []byte) {
 // FetchImage writes the partition image a manifest describes to path,
 // which must not exist: the base, verified, then the delta laid over it. On
 // any failure nothing is left at path. It works in a private directory
-// beside path (as a restore does: see target), removed when it returns. The
-// image is not synced to disk: a restore syncs each file once, after it is
-// trimmed and before it takes its final name (each fsync on the way cost a
-// restore a fifth of its time).
+// beside path (as a restore does: see target), removed when it returns;
+// if other users can change what that directory's path leads to, it lays
+// the delta in a scratch directory under os.TempDir() and copies the
+// result in. The image is not synced to disk: a restore syncs each file
+// once, after it is trimmed and before it takes its final name (each
+// fsync on the way cost a restore a fifth of its time).
 func FetchImage(ctx context.Context, s backup.Store, m *backup.Manifest, path string, o FetchOptions, done *atomic.Int64) error {
 	if _, err := os.Lstat(path); err == nil {
 		return fmt.Errorf("%s already exists", path)
@@ -349,16 +351,33 @@ func FetchImage(ctx context.Context, s backup.Store, m *backup.Manifest, path st
 	if t.work, err = makeWorkDir(t); err != nil {
 		return err
 	}
-	name := t.work.newName("image")
-	if err := fetchImage(ctx, s, m, t.work, name, o, done); err != nil {
+	if _, err := t.guard(""); err != nil {
 		return err
+	}
+	w := t.sqlite()
+	name := w.newName("image")
+	if err := fetchImage(ctx, s, m, w, name, o, done); err != nil {
+		return err
+	}
+	if t.scratch != nil {
+		as := t.work.newName("image")
+		f, err := t.copyIn(name, as, nil)
+		if err != nil {
+			return err
+		}
+		if err := f.Close(); err != nil {
+			return err
+		}
+		name = as
 	}
 	return renameat(t.work.dir, name, t.dir, filepath.Base(path))
 }
 
 // fetchImage is FetchImage into a new file name in the work directory w:
 // every file it writes there (the image, the delta, SQLite's beside them)
-// is new, in a directory no one else can write in.
+// is new, in a directory no one else can write in. SQLite reaches them by
+// their paths: w must be where no other user can change what those lead
+// to (target.sqlite()).
 func fetchImage(ctx context.Context, s backup.Store, m *backup.Manifest, w *workDir, name string, o FetchOptions, done *atomic.Int64) (err error) {
 	if m.Locked {
 		return fmt.Errorf("backup %s: %w", m.ID, backup.ErrWrongIdentity)

@@ -57,6 +57,13 @@ type Options struct {
 	chown    bool
 	// Keys open encrypted backups (backup.NewOpener of the identities).
 	Keys *backup.Cipher
+	// TempDir is where a restore does its SQLite work when other users
+	// can change what names in the target directory lead to (a restore as
+	// root into the service user's directory): in a private scratch
+	// directory made there, which needs room for the images, before it
+	// copies each finished file in. Default os.TempDir(). A TempDir other
+	// users can change is refused (ErrUnsafeTempDir).
+	TempDir string
 }
 
 // WithOwner sets the owner of restored files (-1 keeps one unchanged).
@@ -97,9 +104,12 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 		return nil, err
 	}
 	defer t.close() // and with it everything left in the work directory
-	fetched, err := fetchWithFallback(ctx, s, t.work, cat, o, res)
+	fetched, err := fetchWithFallback(ctx, s, t, cat, o, res)
 	if err != nil {
 		return nil, err
+	}
+	if testHookFetched != nil {
+		testHookFetched(t.work.path)
 	}
 	files, err := finish(ctx, t, fetched, o, res)
 	if err != nil {
@@ -177,15 +187,16 @@ func planRestore(ctx context.Context, s backup.Store, o Options) (*backup.Catalo
 	return cat, res, nil
 }
 
-// fetchWithFallback downloads and checks every chosen backup into the work
-// directory. A backup that turns out unusable (corrupt, missing, too large
-// for the disk) is excluded and the restore replanned without it, down to
-// older backups or an older epoch, each step noted. It returns the image
+// fetchWithFallback downloads and checks every chosen backup into the
+// directory SQLite works in (t.sqlite()). A backup that turns out unusable
+// (corrupt, missing, too large for the disk) is excluded and the restore
+// replanned without it, down to older backups or an older epoch, each
+// step noted. It returns the image
 // of each manifest in the final plan (res.Plan), by manifest id.
-func fetchWithFallback(ctx context.Context, s backup.Store, w *workDir, cat *backup.Catalog, o Options, res *Result) (map[string]string, error) {
-	plan, parts := res.Plan, res.Restored
+func fetchWithFallback(ctx context.Context, s backup.Store, t *target, cat *backup.Catalog, o Options, res *Result) (map[string]string, error) {
+	plan, parts, w := res.Plan, res.Restored, t.sqlite()
 	budget := backup.NewBudget(o.Memory)
-	fetched := map[string]string{} // manifest id -> image in the work directory
+	fetched := map[string]string{} // manifest id -> image in w
 	for {
 		var total int64
 		for _, p := range parts {
@@ -200,7 +211,7 @@ func fetchWithFallback(ctx context.Context, s backup.Store, w *workDir, cat *bac
 		}
 		// A backup whose image alone cannot fit on the disk is passed over
 		// with the reason (an older, smaller one may fit), not a hard stop.
-		bad := tooLarge(w.pathOf("."), plan, parts, fetched)
+		bad := tooLarge(t.rooms(), plan, parts, fetched)
 		if bad == nil {
 			var err error
 			bad, err = fetchAll(ctx, s, w, plan, parts, fetched, fo, &done)
@@ -235,56 +246,63 @@ func fetchWithFallback(ctx context.Context, s backup.Store, w *workDir, cat *bac
 
 // finish makes the fetched images the restored partitions, still in the
 // work directory: each is trimmed to the plan's epoch and starts the new
-// history (res.Lineage); then each file gets its mode, owner and fsync,
-// through its descriptor. It returns the files to publish, the chunk key
-// among them for an encrypted restore.
+// history (res.Lineage) where SQLite works (t.sqlite()), and is copied
+// into the work directory if that is a scratch directory; each file gets
+// its mode, owner and fsync, through its descriptor. It returns the files
+// to publish, the chunk key among them for an encrypted restore.
 func finish(ctx context.Context, t *target, fetched map[string]string, o Options, res *Result) ([]staged, error) {
-	plan, parts, w := res.Plan, res.Restored, t.work
+	plan, parts, w := res.Plan, res.Restored, t.sqlite()
 	res.Lineage = plan.Lineage.Lineage.Child(recovery.NewLineageID(), machine.Host(), recovery.Epoch(plan.Epoch), plan.Lineage.Runs, plan.Lineage.Progress, o.Now(), recovery.LineageRestore)
+	staging := map[int]string{} // partition -> its file in t.work
 	for _, p := range parts {
-		tmp := w.pathOf(fetched[plan.Chosen[p].ID])
-		db, err := recovery.OpenImageDB(tmp)
-		if err != nil {
-			return nil, err
-		}
-		err = recovery.Trim(ctx, db, recovery.Epoch(plan.Epoch), recovery.ExecutionNumber(plan.Execution), o.Now())
-		if err == nil {
-			err = recovery.MarkRestored(ctx, db, res.Lineage, tmp)
-		}
-		if err == nil && !plan.EpochTimeExact {
-			// The image knows when the epoch closed; the manifests did not.
-			var closed time.Time
-			if closed, err = recovery.EpochTime(ctx, db, recovery.Epoch(plan.Epoch)); err == nil && !closed.IsZero() {
-				plan.EpochTime, plan.EpochTimeExact = closed, true
+		name := fetched[plan.Chosen[p].ID]
+		if t.scratch == nil {
+			if err := trimAndMark(ctx, w.pathOf(name), w.pathOf(name), o, res); err != nil {
+				return nil, fmt.Errorf("partition %d: %w", p, err)
 			}
+			staging[p] = name
+			continue
 		}
-		if cerr := db.Close(); err == nil {
-			err = cerr
+		// The partition records which file it is: the copy.
+		as := t.work.newName("part-%d.sqlite3", p)
+		f, err := t.copyIn(name, as, func(copyPath string) error {
+			return trimAndMark(ctx, w.pathOf(name), copyPath, o, res)
+		})
+		if err == nil {
+			err = sealFile(f, o.Mode, o)
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
 		}
 		if err != nil {
 			return nil, fmt.Errorf("partition %d: %w", p, err)
 		}
+		staging[p] = as
 	}
-	// SQLite opened the images by name: the names must have led into the
-	// work directory.
-	if err := w.intact(t); err != nil {
-		return nil, err
+	if t.scratch == nil {
+		// SQLite opened the images by name: the names must have led into
+		// the work directory.
+		if err := w.intact(); err != nil {
+			return nil, err
+		}
 	}
 	if testHookStaged != nil {
 		testHookStaged()
 	}
 	var files []staged
 	for _, p := range parts {
-		name := fetched[plan.Chosen[p].ID]
-		if err := w.seal(name, o.Mode, o); err != nil {
-			return nil, fmt.Errorf("partition %d: %w", p, err)
+		name := staging[p]
+		if t.scratch == nil {
+			if err := w.seal(name, o.Mode, o); err != nil {
+				return nil, fmt.Errorf("partition %d: %w", p, err)
+			}
 		}
 		files = append(files, staged{name: name, final: fmt.Sprintf("part-%d.sqlite3", p), what: fmt.Sprintf("partition %d", p)})
 	}
 	// The next backup from dir continues the restored backups' chain; the
 	// key belongs to whoever owns the partitions (the agent runs as them).
 	if key := backup.ChunkKeyContents(plan.Chosen[parts[0]]); key != nil {
-		name, err := w.writeFile("chunk-key", key, 0o600, o)
+		name, err := t.work.writeFile("chunk-key", key, 0o600, o)
 		if err != nil {
 			return nil, fmt.Errorf("store the chunk key: %w", err)
 		}
@@ -292,6 +310,38 @@ func finish(ctx context.Context, t *target, fetched map[string]string, o Options
 	}
 	return files, nil
 }
+
+// trimAndMark trims the image at path to the plan's epoch and gives it the
+// restore's new lineage, recording the file at as (path, or where the
+// image is copied to) as the partition's file; where the manifests did
+// not say when the epoch closed, it takes that from the image.
+func trimAndMark(ctx context.Context, path, as string, o Options, res *Result) error {
+	plan := res.Plan
+	db, err := recovery.OpenImageDB(path)
+	if err != nil {
+		return err
+	}
+	err = recovery.Trim(ctx, db, recovery.Epoch(plan.Epoch), recovery.ExecutionNumber(plan.Execution), o.Now())
+	if err == nil {
+		err = recovery.MarkRestored(ctx, db, res.Lineage, as)
+	}
+	if err == nil && !plan.EpochTimeExact {
+		// The image knows when the epoch closed; the manifests did not.
+		var closed time.Time
+		if closed, err = recovery.EpochTime(ctx, db, recovery.Epoch(plan.Epoch)); err == nil && !closed.IsZero() {
+			plan.EpochTime, plan.EpochTimeExact = closed, true
+		}
+	}
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// testHookFetched, if set, runs when every image is fetched and checked,
+// before any is trimmed; it is given the path of the target's private
+// directory.
+var testHookFetched func(workPath string)
 
 // testHookStaged, if set, runs when the images are trimmed and nothing is
 // published yet.
@@ -317,16 +367,24 @@ func opened(plan *Plan, parts []int, keys *backup.Cipher) error {
 }
 
 // tooLarge returns a chosen backup not yet fetched whose image alone is
-// larger than the free space where restore writes.
-func tooLarge(dir string, plan *Plan, parts []int, fetched map[string]string) *badBackup {
-	free, ok := freeSpace(dir)
-	if !ok {
-		return nil
-	}
-	for _, p := range parts {
-		m := plan.Chosen[p]
-		if _, done := fetched[m.ID]; !done && uint64(imageBytes(m)) > free {
-			return &badBackup{m, fmt.Errorf("%w: its image needs %s, and %s has only %s free", ErrNoSpace, human.Bytes(imageBytes(m)), filepath.Dir(dir), human.Bytes(int64(free)))}
+// larger than the free space where the restore writes it (each room: the
+// target, and the scratch directory's file system if there is one).
+func tooLarge(rooms []room, plan *Plan, parts []int, fetched map[string]string) *badBackup {
+	for _, r := range rooms {
+		free, ok := freeSpace(r.dir)
+		if !ok {
+			continue
+		}
+		for _, p := range parts {
+			m := plan.Chosen[p]
+			if _, done := fetched[m.ID]; done || uint64(r.n*imageBytes(m)) <= free {
+				continue
+			}
+			needs := human.Bytes(imageBytes(m))
+			if r.n > 1 {
+				needs += fmt.Sprintf(" %d times there (the restore's scratch copy and the restored file)", r.n)
+			}
+			return &badBackup{m, fmt.Errorf("%w: its image needs %s, and %s has only %s free", ErrNoSpace, needs, r.dir, human.Bytes(int64(free)))}
 		}
 	}
 	return nil
@@ -496,8 +554,10 @@ func PartitionsForProcess(id, n, count int) []int {
 // (resolving a symlink once), takes the directory's restore lock, removes
 // what killed restores left there, refuses a directory that holds
 // partitions (or files named like them) unless force, and makes the
-// restore's private work directory in it. Closing the target releases the
-// lock.
+// restore's private work directory in it, and a scratch directory for
+// SQLite under o.TempDir if other users can change what that one's path
+// leads to (see guard). Closing the target releases the lock and removes
+// both.
 func prepareDir(ctx context.Context, dir string, o Options) (*target, error) {
 	_, statErr := os.Stat(dir)
 	if err := fsync.MkdirAll(dir, 0o755); err != nil {
@@ -534,6 +594,13 @@ func prepareDir(ctx context.Context, dir string, o Options) (*target, error) {
 	}
 	if t.work, err = makeWorkDir(t); err != nil {
 		return nil, err
+	}
+	unsafe, err := t.guard(o.TempDir)
+	if err != nil {
+		return nil, err
+	}
+	if unsafe != nil {
+		o.Note(fmt.Sprintf("other users can change what names in %s lead to (%v): the restore works on the images in %s, which needs room for them, and copies them in", dir, unsafe, t.scratch.path))
 	}
 	ok = true
 	return t, nil

@@ -25,13 +25,28 @@ import (
 // keep each file's inode, which the partition records); it sets mode and
 // owner through each file's descriptor before the file is renamed into the
 // target; and it never follows a symlink there.
+//
+// SQLite is the exception: it opens files by name, and resolves every
+// symlink on the way (a /proc/self/fd name included). The owner of the
+// target can rename the private directory (it cannot change what is in it)
+// and put a symlink at its name, and SQLite would follow it wherever it
+// leads. So when another user can change what the private directory's
+// path leads to (safePath), the restore does its SQLite work in a scratch
+// directory of its own under Options.TempDir instead, whose path no one
+// else can change, and copies each finished file into the private
+// directory through descriptors. Otherwise (a restore into one's own
+// directory) SQLite works in the private directory itself, and each file
+// is written once.
 
 // target is the directory a restore lays partitions into, opened once.
 type target struct {
-	path string   // resolved: SQLite opens files by name
+	path string   // resolved
 	root *os.Root // names in the directory, never followed out of it
 	dir  *os.File // the directory itself: lock, fsync, renames into it
 	work *workDir
+	// scratch, if set, is where SQLite works (see guard): the work
+	// directory's path is not safe from other users.
+	scratch *workDir
 }
 
 // openTarget opens dir, which must exist. A symlink there is resolved now,
@@ -67,15 +82,104 @@ func openTarget(dir string) (*target, error) {
 	return t, nil
 }
 
-// close removes the work directory and closes the target (which releases
-// its restore lock).
+// close removes the work directory and the scratch directory, and closes
+// the target (which releases its restore lock).
 func (t *target) close() {
 	if t.work != nil {
-		t.work.remove(t)
+		t.work.remove()
 		t.work = nil
+	}
+	if t.scratch != nil {
+		t.scratch.remove()
+		t.scratch = nil
 	}
 	t.dir.Close()
 	t.root.Close()
+}
+
+// guard makes sure SQLite will work where no other user can change what
+// its names lead to: the work directory, if its path is safe; otherwise a
+// new scratch directory under tempDir (os.TempDir() if empty), whose path
+// must be safe, or the restore is refused. It returns why the work
+// directory was not safe (nil if it was).
+func (t *target) guard(tempDir string) (unsafe error, err error) {
+	if unsafe = t.work.intact(); unsafe == nil {
+		unsafe = safePath(t.work.path)
+	}
+	if unsafe == nil {
+		return nil, nil
+	}
+	if t.scratch, err = makeScratch(tempDir); err != nil {
+		return unsafe, fmt.Errorf("other users can change what the names in %s lead to (%v), so the restore works on the images in a scratch directory of its own; but %w", t.path, unsafe, err)
+	}
+	return unsafe, nil
+}
+
+// sqlite is the directory SQLite works in.
+func (t *target) sqlite() *workDir {
+	if t.scratch != nil {
+		return t.scratch
+	}
+	return t.work
+}
+
+// room is a directory where a restore's images take disk space: n times
+// each image's size.
+type room struct {
+	dir string
+	n   int64
+}
+
+// rooms says where the images take space: in the target; with a scratch
+// directory, also there (twice on one file system: the scratch copy and
+// the restored file).
+func (t *target) rooms() []room {
+	if t.scratch == nil {
+		return []room{{t.path, 1}}
+	}
+	if sameDevice(t.dir, t.scratch.dir) {
+		return []room{{t.scratch.parentPath, 2}}
+	}
+	return []room{{t.scratch.parentPath, 1}, {t.path, 1}}
+}
+
+// copyIn copies the file name in the scratch directory into a new file in
+// the work directory (through descriptors: O_EXCL there, and
+// copy_file_range where the kernel can), removes it from the scratch
+// directory, and returns the new file, open. mark, if set, runs first,
+// with a name that leads to the new file (fdPath), while SQLite still has
+// the scratch file: the partition records which file it is.
+func (t *target) copyIn(name, as string, mark func(newFile string) error) (f *os.File, err error) {
+	if f, err = t.work.create(as); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			t.work.root.Remove(as)
+			f = nil
+		}
+	}()
+	if mark != nil {
+		if err = mark(fdPath(f)); err != nil {
+			return f, err
+		}
+	}
+	// A write-ahead log left beside the file would hold part of it.
+	if st, err := t.scratch.root.Lstat(name + "-wal"); err == nil && st.Size() > 0 {
+		return f, fmt.Errorf("copy %s: SQLite left %d bytes of it in its write-ahead log", name, st.Size())
+	}
+	src, err := t.scratch.root.Open(name)
+	if err != nil {
+		return f, err
+	}
+	_, err = io.Copy(f, src)
+	src.Close()
+	if err != nil {
+		return f, fmt.Errorf("copy %s into %s: %w", t.scratch.pathOf(name), t.work.path, err)
+	}
+	t.scratch.removeDB(name)
+	return f, nil
 }
 
 // workDirPrefix names the private directories restores work in; a killed
@@ -84,34 +188,46 @@ const workDirPrefix = ".flowkeep-restore-"
 
 var workDirRE = regexp.MustCompile(`^` + regexp.QuoteMeta(workDirPrefix) + `[0-9a-f]+$`)
 
-// workDir is a restore's private directory inside its target: made by this
-// process, mode 0700, reached through its descriptor (and, by SQLite, its
-// path). What it holds is removed with it when the restore ends.
+// workDir is a restore's private directory: inside its target, or its
+// scratch directory (see guard). Made by this process, mode 0700, reached
+// through its descriptor (and, by SQLite, its path). What it holds is
+// removed with it when the restore ends.
 type workDir struct {
-	name string // in the target
-	path string
-	root *os.Root
-	dir  *os.File
-	seq  atomic.Int64
+	name       string // in parent
+	path       string
+	parent     *os.Root // the directory it is in
+	parentPath string
+	ownParent  bool // parent is the work directory's own: close it with it
+	root       *os.Root
+	dir        *os.File
+	seq        atomic.Int64
 }
 
 // makeWorkDir makes a new private directory in t.
 func makeWorkDir(t *target) (*workDir, error) {
-	var name string
-	for try := 0; ; try++ {
+	return makeDirIn(t.root, t.path, func() string {
 		var b [8]byte
 		rand.Read(b[:])
-		name = workDirPrefix + hex.EncodeToString(b[:])
-		err := t.root.Mkdir(name, 0o700)
+		return workDirPrefix + hex.EncodeToString(b[:])
+	})
+}
+
+// makeDirIn makes a new private directory in parent (at parentPath), at
+// the first name newName gives that is free.
+func makeDirIn(parent *os.Root, parentPath string, newName func() string) (*workDir, error) {
+	var name string
+	for try := 0; ; try++ {
+		name = newName()
+		err := parent.Mkdir(name, 0o700)
 		if err == nil {
 			break
 		}
 		if !errors.Is(err, fs.ErrExist) || try == 100 {
-			return nil, fmt.Errorf("make the restore's private directory in %s: %w", t.path, err)
+			return nil, fmt.Errorf("make the restore's private directory in %s: %w", parentPath, err)
 		}
 	}
-	w := &workDir{name: name, path: filepath.Join(t.path, name)}
-	err := w.open(t)
+	w := &workDir{name: name, path: filepath.Join(parentPath, name), parent: parent, parentPath: parentPath}
+	err := w.open()
 	if err != nil {
 		if w.dir != nil {
 			w.dir.Close()
@@ -120,8 +236,8 @@ func makeWorkDir(t *target) (*workDir, error) {
 			w.root.Close()
 		}
 		// Only a directory this restore made, and only by its name now.
-		if st, lerr := t.root.Lstat(name); lerr == nil && st.IsDir() && ownedByUs(st) {
-			t.root.Remove(name)
+		if st, lerr := parent.Lstat(name); lerr == nil && st.IsDir() && ownedByUs(st) {
+			parent.Remove(name)
 		}
 		return nil, err
 	}
@@ -130,9 +246,9 @@ func makeWorkDir(t *target) (*workDir, error) {
 
 // open opens the directory just made at w.name and makes sure it is that
 // one: another user could have put one of theirs at its name.
-func (w *workDir) open(t *target) error {
+func (w *workDir) open() error {
 	var err error
-	if w.root, err = t.root.OpenRoot(w.name); err != nil {
+	if w.root, err = w.parent.OpenRoot(w.name); err != nil {
 		return fmt.Errorf("open the restore's private directory: %w", err)
 	}
 	if w.dir, err = w.root.Open("."); err != nil {
@@ -143,17 +259,17 @@ func (w *workDir) open(t *target) error {
 		return err
 	}
 	if _, err := w.dir.Readdirnames(1); !st.IsDir() || !ownedByUs(st) || err != io.EOF {
-		return fmt.Errorf("%s is not the empty directory this restore just made (the owner of %s can replace what is in it): run the restore again", w.path, t.path)
+		return fmt.Errorf("%s is not the empty directory this restore just made (the owner of %s can replace what is in it): run the restore again", w.path, w.parentPath)
 	}
 	// Whatever the umask: no one else may create anything in it.
 	return w.dir.Chmod(0o700)
 }
 
 // intact reports an error unless the work directory is still at its name
-// in the target: SQLite, which opens files by name, then reached the files
-// this restore wrote.
-func (w *workDir) intact(t *target) error {
-	byName, err := t.root.Lstat(w.name)
+// in its parent: SQLite, which opens files by name, then reached the
+// files this restore wrote.
+func (w *workDir) intact() error {
+	byName, err := w.parent.Lstat(w.name)
 	if err == nil {
 		var opened os.FileInfo
 		if opened, err = w.dir.Stat(); err == nil && !os.SameFile(byName, opened) {
@@ -161,24 +277,113 @@ func (w *workDir) intact(t *target) error {
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("the restore's private directory %s was moved while the restore ran (%v): the owner of %s can do that; nothing was restored, run the restore again", w.path, err, t.path)
+		return fmt.Errorf("the restore's private directory %s was moved while the restore ran (%v): the owner of %s can do that; nothing was restored, run the restore again", w.path, err, w.parentPath)
 	}
 	return nil
 }
 
 // remove removes what the work directory holds (through its descriptor),
 // then the directory itself if it still is at its name.
-func (w *workDir) remove(t *target) {
+func (w *workDir) remove() {
 	if ents, err := fs.ReadDir(w.root.FS(), "."); err == nil {
 		for _, e := range ents {
 			w.root.RemoveAll(e.Name())
 		}
 	}
-	if w.intact(t) == nil {
-		t.root.Remove(w.name)
+	if w.intact() == nil {
+		w.parent.Remove(w.name)
 	}
 	w.dir.Close()
 	w.root.Close()
+	if w.ownParent {
+		w.parent.Close()
+	}
+}
+
+// scratchPrefix names the scratch directories restores do their SQLite
+// work in (see guard): scratchPrefix, the restore's pid, "-", a random
+// part. A restore holds a lock on its scratch directory while it runs;
+// the next restore removes those no one holds (a killed restore's).
+const scratchPrefix = "flowkeep-restore-"
+
+var scratchRE = regexp.MustCompile(`^` + regexp.QuoteMeta(scratchPrefix) + `[0-9]+-[0-9a-f]+$`)
+
+// ErrUnsafeTempDir says the scratch directory a restore needed is in a
+// place other users can change.
+var ErrUnsafeTempDir = errors.New("the restore's scratch directory is not safe from other users")
+
+// makeScratch makes a new scratch directory in tempDir (os.TempDir() if
+// empty), locked while this restore runs, and refuses one whose path
+// another user could change. It then removes the scratch directories
+// killed restores left there.
+func makeScratch(tempDir string) (*workDir, error) {
+	if tempDir == "" {
+		tempDir = os.TempDir()
+	}
+	resolved, err := filepath.Abs(tempDir)
+	if err == nil {
+		resolved, err = filepath.EvalSymlinks(resolved)
+	}
+	var parent *os.Root
+	if err == nil {
+		parent, err = os.OpenRoot(resolved)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("its scratch directory: %w (choose another with --temp-dir)", err)
+	}
+	w, err := makeDirIn(parent, resolved, func() string {
+		var b [8]byte
+		rand.Read(b[:])
+		return fmt.Sprintf("%s%d-%s", scratchPrefix, os.Getpid(), hex.EncodeToString(b[:]))
+	})
+	if err != nil {
+		parent.Close()
+		return nil, fmt.Errorf("%w (choose another directory with --temp-dir)", err)
+	}
+	w.ownParent = true
+	err = lockOpenDir(w.dir, w.path)
+	if err == nil {
+		if err = w.intact(); err == nil {
+			err = safePath(w.path)
+		}
+		if err != nil {
+			err = fmt.Errorf("%w: %s (%v): choose a directory only you and root can write in with --temp-dir", ErrUnsafeTempDir, w.path, err)
+		}
+	}
+	if err != nil {
+		w.remove()
+		return nil, err
+	}
+	sweepScratch(parent, w.name)
+	return w, nil
+}
+
+// sweepScratch removes the scratch directories in parent that killed
+// restores left: this user's, that no running restore holds locked. It
+// never follows a symlink.
+func sweepScratch(parent *os.Root, keep string) {
+	ents, err := fs.ReadDir(parent.FS(), ".")
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		n := e.Name()
+		if n == keep || !scratchRE.MatchString(n) || !e.IsDir() {
+			continue
+		}
+		st, err := parent.Lstat(n)
+		if err != nil || !st.IsDir() || !ownedByUs(st) {
+			continue
+		}
+		d, err := parent.Open(n)
+		if err != nil {
+			continue
+		}
+		if opened, err := d.Stat(); err == nil && os.SameFile(st, opened) && lockOpenDir(d, n) == nil {
+			parent.RemoveAll(n)
+		}
+		d.Close()
+	}
 }
 
 // newName returns a fresh name in the work directory.
@@ -210,15 +415,21 @@ func (w *workDir) seal(name string, mode os.FileMode, o Options) error {
 	if err != nil {
 		return err
 	}
-	err = f.Chmod(mode)
+	err = sealFile(f, mode, o)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// sealFile is seal, of the open file f.
+func sealFile(f *os.File, mode os.FileMode, o Options) error {
+	err := f.Chmod(mode)
 	if err == nil {
 		err = giveAway(f, o)
 	}
 	if err == nil {
 		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
 	}
 	return err
 }
@@ -353,4 +564,50 @@ func count(n int) string {
 		return "1 file"
 	}
 	return fmt.Sprintf("%d files", n)
+}
+
+// pathEntry is what safePathOf needs to know of a directory.
+type pathEntry struct {
+	mode os.FileMode
+	uid  int // -1: unknown
+}
+
+// safePathOf reports an error unless no user but euid and root can change
+// what the absolute path dir leads to (OpenSSH's safe_path): dir and every
+// directory above it must be a directory, not a symlink, owned by euid or
+// root, and writable by no one else, unless it is sticky and the entry in
+// it on the way to dir is owned by euid or root (as /tmp protects its
+// entries). lstat describes a name, without following a symlink there.
+func safePathOf(dir string, euid int, lstat func(string) (pathEntry, error)) error {
+	if !filepath.IsAbs(dir) {
+		return fmt.Errorf("%s is not an absolute path", dir)
+	}
+	trusted := func(uid int) bool { return uid == euid || uid == 0 }
+	p := filepath.Clean(dir)
+	leaf, below := true, 0 // below: the owner of the entry in p on the way to dir
+	for {
+		e, err := lstat(p)
+		if err != nil {
+			return err
+		}
+		switch perm := e.mode.Perm(); {
+		case e.mode&os.ModeSymlink != 0:
+			return fmt.Errorf("%s is a symlink", p)
+		case !e.mode.IsDir():
+			return fmt.Errorf("%s is not a directory", p)
+		case !trusted(e.uid):
+			return fmt.Errorf("%s belongs to uid %d", p, e.uid)
+		case perm&0o022 != 0 && (e.mode&os.ModeSticky == 0 || leaf || !trusted(below)):
+			who := "its group"
+			if perm&0o002 != 0 {
+				who = "every user"
+			}
+			return fmt.Errorf("%s can be written by %s", p, who)
+		}
+		parent := filepath.Dir(p)
+		if parent == p {
+			return nil
+		}
+		p, leaf, below = parent, false, e.uid
+	}
 }
