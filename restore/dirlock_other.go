@@ -10,5 +10,3 @@ func lockDir(string) (func(), error) { return func() {}, nil }
 // lockOpenDir cannot lock here either.
 func lockOpenDir(*os.File, string) error { return nil }
 
-// freeBytes cannot tell here.
-func freeBytes(string) (uint64, bool) { return 0, false }

@@ -38,12 +38,3 @@ func lockOpenDir(f *os.File, dir string) error {
 	return nil
 }
 
-// freeBytes is the space left for an unprivileged writer in dir's file
-// system (ok false if it cannot tell).
-func freeBytes(dir string) (uint64, bool) {
-	var st syscall.Statfs_t
-	if syscall.Statfs(dir, &st) != nil {
-		return 0, false
-	}
-	return uint64(st.Bavail) * uint64(st.Bsize), true
-}

@@ -20,6 +20,7 @@ import (
 	"github.com/flowkeep/flowkeep/backup"
 	"github.com/flowkeep/flowkeep/internal/fsync"
 	"github.com/flowkeep/flowkeep/internal/human"
+	"github.com/flowkeep/flowkeep/internal/diskspace"
 	"github.com/flowkeep/flowkeep/internal/machine"
 	"github.com/flowkeep/flowkeep/recovery"
 )
@@ -390,8 +391,8 @@ func tooLarge(rooms []room, plan *Plan, parts []int, fetched map[string]string) 
 	return nil
 }
 
-// freeSpace is freeBytes (a variable for tests).
-var freeSpace = freeBytes
+// freeSpace is diskspace.Free (a variable for tests).
+var freeSpace = diskspace.Free
 
 // ErrNoSpace says a backup's image does not fit on the restore's disk.
 var ErrNoSpace = errors.New("not enough free disk space")
@@ -492,7 +493,7 @@ func imageError(path, what string, err error) error {
 	if !recovery.LocalIOError(err) {
 		return fmt.Errorf("%w: %s: %v", backup.ErrCorrupt, what, err)
 	}
-	if free, ok := freeBytes(filepath.Dir(path)); ok && free < 1<<20 {
+	if free, ok := diskspace.Free(filepath.Dir(path)); ok && free < 1<<20 {
 		return fmt.Errorf("%s %s: %w (%v)", what, path, syscall.ENOSPC, err)
 	}
 	return fmt.Errorf("%s %s: %w", what, path, err)
