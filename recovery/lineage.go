@@ -13,7 +13,6 @@ import (
 	"regexp"
 	"sort"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/flowkeep/flowkeep/internal/machine"
@@ -384,16 +383,14 @@ func MarkRestored(ctx context.Context, db *sql.DB, l Lineage, path string) error
 }
 
 // fileID names the file at path by device and inode: a copy is another
-// file, a rename within a file system the same one.
+// file, a rename within a file system the same one ("" where the system
+// does not say).
 func fileID(path string) string {
 	st, err := os.Stat(path)
 	if err != nil {
 		return ""
 	}
-	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
-		return fmt.Sprintf("%d:%d", sys.Dev, sys.Ino)
-	}
-	return ""
+	return statID(st)
 }
 
 // moved says why the partition at path (whose view v is) may not be the

@@ -37,4 +37,3 @@ func lockOpenDir(f *os.File, dir string) error {
 	}
 	return nil
 }
-

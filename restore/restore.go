@@ -18,9 +18,9 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/flowkeep/flowkeep/backup"
+	"github.com/flowkeep/flowkeep/internal/diskspace"
 	"github.com/flowkeep/flowkeep/internal/fsync"
 	"github.com/flowkeep/flowkeep/internal/human"
-	"github.com/flowkeep/flowkeep/internal/diskspace"
 	"github.com/flowkeep/flowkeep/internal/machine"
 	"github.com/flowkeep/flowkeep/recovery"
 )

@@ -1,0 +1,7 @@
+//go:build !unix
+
+package recovery
+
+import "os"
+
+func statID(os.FileInfo) string { return "" }
