@@ -305,6 +305,11 @@ func (m *Mesh) Gather(ctx context.Context, topic string, payload []byte) (map[in
 // Dial connects this process to every other one (see the package doc).
 // ident is the run's identity: every process must give the same. fail is
 // called once when a peer is lost after Dial returned.
+//
+// Dial runs in phases: it listens, then an acceptor takes the lower
+// processes' connections (acceptPeers) while a dialer per higher process
+// connects to it (dialPeer), and the assembly (assemble) collects their
+// connections until every peer is here or the wait fails.
 func Dial(ctx context.Context, cfg Config, ident string, fail func(error)) (*Mesh, error) {
 	n := len(cfg.Addresses)
 	if cfg.Self < 0 || cfg.Self >= n {
@@ -330,151 +335,15 @@ func Dial(ctx context.Context, cfg Config, ident string, fail func(error)) (*Mes
 	m.ln = ln
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	type result struct {
-		id   int
-		conn net.Conn
-		seal *sealing
-		err  error
+	j := &joining{m: m, timeout: timeout, results: make(chan joined, n), why: map[int]string{}}
+	go j.acceptPeers(ln)
+	for to := m.self + 1; to < n; to++ {
+		go j.dialPeer(ctx, to)
 	}
-	results := make(chan result, n)
-	// Why each missing peer is missing: the last dial error (peers this
-	// process dials) or the last refused connection (peers that dial it).
-	var whyMu sync.Mutex
-	why := map[int]string{}
-	var refused string
-	setWhy := func(j int, err error) {
-		whyMu.Lock()
-		why[j] = err.Error()
-		whyMu.Unlock()
-	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return // closed (Dial is done) or broken: the wait below times out
-			}
-			go func() {
-				c.SetDeadline(time.Now().Add(min(timeout, helloTimeout)))
-				id, seal, err := m.accept(c)
-				c.SetDeadline(time.Time{})
-				if err != nil {
-					c.Close()
-					whyMu.Lock()
-					refused = fmt.Sprintf("refused a connection from %s: %v", c.RemoteAddr(), err)
-					whyMu.Unlock()
-					return
-				}
-				select {
-				case results <- result{id, c, seal, nil}:
-				default: // more peers than expected: Dial has failed
-					c.Close()
-				}
-			}()
-		}
-	}()
-	for j := m.self + 1; j < n; j++ {
-		go func(j int) {
-			for {
-				c, err := m.dialOnce(ctx, cfg.Addresses[j])
-				if err == nil {
-					c.SetDeadline(time.Now().Add(min(timeout, helloTimeout)))
-					var id int
-					var seal *sealing
-					id, seal, err = m.greet(c, j)
-					c.SetDeadline(time.Time{})
-					if err == nil {
-						results <- result{id, c, seal, nil}
-						return
-					}
-					c.Close()
-					if !retryable(err) {
-						results <- result{j, nil, nil, fmt.Errorf("process %d at %s: %w", j, cfg.Addresses[j], err)}
-						return
-					}
-				}
-				setWhy(j, err)
-				select {
-				case <-ctx.Done():
-					return // the wait below reports it
-				case <-time.After(200 * time.Millisecond):
-				}
-			}
-		}(j)
-	}
-	// missing describes the peers not connected yet and why.
-	missing := func() string {
-		whyMu.Lock()
-		defer whyMu.Unlock()
-		var parts []string
-		for j := 0; j < n; j++ {
-			if j == m.self || m.peers[j] != nil {
-				continue
-			}
-			p := fmt.Sprintf("process %d (%s)", j, cfg.Addresses[j])
-			switch {
-			case why[j] != "":
-				p += ": " + why[j]
-			case j < m.self:
-				p += ": has not connected"
-				if refused != "" {
-					p += " (" + refused + ")"
-				}
-			}
-			parts = append(parts, p)
-		}
-		return strings.Join(parts, "; ")
-	}
-	report := time.NewTicker(waitReport)
-	defer report.Stop()
-	var firstErr error
-	for k := 0; k < n-1 && firstErr == nil; k++ {
-		var r result
-	wait:
-		for {
-			select {
-			case r = <-results:
-				break wait
-			case <-report.C:
-				if cfg.Waiting != nil {
-					cfg.Waiting("waiting for " + missing())
-				}
-			case <-ctx.Done():
-				err := fmt.Errorf("the cluster did not form within %v: missing %s", timeout, missing())
-				if ctx.Err() != context.DeadlineExceeded {
-					err = context.Cause(ctx)
-				}
-				r = result{-1, nil, nil, err}
-				break wait
-			}
-		}
-		if r.err != nil {
-			firstErr = r.err
-			break
-		}
-		if r.id < 0 || r.id >= n || r.id == m.self || m.peers[r.id] != nil {
-			r.conn.Close()
-			firstErr = fmt.Errorf("unexpected connection from process %d", r.id)
-			break
-		}
-		whyMu.Lock()
-		m.peers[r.id] = &peer{id: r.id, conn: r.conn, out: make(chan frame, peerQueue), done: make(chan struct{}), wdone: make(chan struct{}), seal: r.seal}
-		whyMu.Unlock()
-	}
-	if firstErr != nil {
+	if err := j.assemble(ctx, cfg.Waiting); err != nil {
 		m.closeNow()
-		// Connections that finished their handshake late are closed too.
-		for {
-			select {
-			case r := <-results:
-				if r.conn != nil {
-					r.conn.Close()
-				}
-				continue
-			default:
-			}
-			break
-		}
-		return nil, firstErr
+		j.abandon()
+		return nil, err
 	}
 	ln.Close() // every peer is here; nobody else may connect
 	for _, p := range m.peers {
@@ -484,6 +353,178 @@ func Dial(ctx context.Context, cfg Config, ident string, fail func(error)) (*Mes
 		}
 	}
 	return m, nil
+}
+
+// joining is the state of Dial while the cluster forms: the connections
+// the acceptor and the dialers made, and why each missing peer is missing.
+type joining struct {
+	m       *Mesh
+	timeout time.Duration // ConnectTimeout: bounds one handshake too
+	results chan joined   // from the acceptor and the dialers, to the assembly
+
+	mu      sync.Mutex // guards why, refused, and m.peers while the cluster forms
+	why     map[int]string
+	refused string
+}
+
+// joined is a connection that passed its handshake with process id, or the
+// error that ends the wait for the cluster.
+type joined struct {
+	id   int
+	conn net.Conn
+	seal *sealing
+	err  error
+}
+
+// handshakeDeadline bounds one connection's handshake.
+func (j *joining) handshakeDeadline() time.Time {
+	return time.Now().Add(min(j.timeout, helloTimeout))
+}
+
+// acceptPeers is the acceptor: it takes the connections of the processes
+// below this one until the listener is closed, runs each one's handshake
+// and hands those that pass to the assembly. A connection that fails its
+// handshake is refused, and why is kept for the wait's report.
+func (j *joining) acceptPeers(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return // closed (Dial is done) or broken: the wait times out
+		}
+		go func() {
+			c.SetDeadline(j.handshakeDeadline())
+			id, seal, err := j.m.accept(c)
+			c.SetDeadline(time.Time{})
+			if err != nil {
+				c.Close()
+				j.mu.Lock()
+				j.refused = fmt.Sprintf("refused a connection from %s: %v", c.RemoteAddr(), err)
+				j.mu.Unlock()
+				return
+			}
+			select {
+			case j.results <- joined{id, c, seal, nil}:
+			default: // more peers than expected: Dial has failed
+				c.Close()
+			}
+		}()
+	}
+}
+
+// dialPeer is the dialer for process to (above this one): it connects and
+// runs the handshake, again every 200ms while the peer is not there yet,
+// until it succeeds, fails in a way no retry can fix, or ctx ends.
+func (j *joining) dialPeer(ctx context.Context, to int) {
+	addr := j.m.addrs[to]
+	for {
+		c, err := j.m.dialOnce(ctx, addr)
+		if err == nil {
+			c.SetDeadline(j.handshakeDeadline())
+			var id int
+			var seal *sealing
+			id, seal, err = j.m.greet(c, to)
+			c.SetDeadline(time.Time{})
+			if err == nil {
+				j.results <- joined{id, c, seal, nil}
+				return
+			}
+			c.Close()
+			if !retryable(err) {
+				j.results <- joined{to, nil, nil, fmt.Errorf("process %d at %s: %w", to, addr, err)}
+				return
+			}
+		}
+		j.mu.Lock()
+		j.why[to] = err.Error()
+		j.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return // the assembly reports it
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// missing describes the peers not connected yet and why.
+func (j *joining) missing() string {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	m := j.m
+	var parts []string
+	for k := range m.addrs {
+		if k == m.self || m.peers[k] != nil {
+			continue
+		}
+		p := fmt.Sprintf("process %d (%s)", k, m.addrs[k])
+		switch {
+		case j.why[k] != "":
+			p += ": " + j.why[k]
+		case k < m.self:
+			p += ": has not connected"
+			if j.refused != "" {
+				p += " (" + j.refused + ")"
+			}
+		}
+		parts = append(parts, p)
+	}
+	return strings.Join(parts, "; ")
+}
+
+// assemble is the assembly: it makes a peer of every connection the
+// acceptor and the dialers hand over, until every other process is here.
+// It fails at the first error they report, at a connection it did not
+// expect, or when ctx ends (saying which peers are missing and why);
+// waiting, if set, hears of the missing peers every waitReport meanwhile.
+func (j *joining) assemble(ctx context.Context, waiting func(string)) error {
+	m := j.m
+	report := time.NewTicker(waitReport)
+	defer report.Stop()
+	for k := 0; k < len(m.addrs)-1; k++ {
+		var r joined
+	wait:
+		for {
+			select {
+			case r = <-j.results:
+				break wait
+			case <-report.C:
+				if waiting != nil {
+					waiting("waiting for " + j.missing())
+				}
+			case <-ctx.Done():
+				err := fmt.Errorf("the cluster did not form within %v: missing %s", j.timeout, j.missing())
+				if ctx.Err() != context.DeadlineExceeded {
+					err = context.Cause(ctx)
+				}
+				return err
+			}
+		}
+		if r.err != nil {
+			return r.err
+		}
+		if r.id < 0 || r.id >= len(m.addrs) || r.id == m.self || m.peers[r.id] != nil {
+			r.conn.Close()
+			return fmt.Errorf("unexpected connection from process %d", r.id)
+		}
+		j.mu.Lock()
+		m.peers[r.id] = &peer{id: r.id, conn: r.conn, out: make(chan frame, peerQueue), done: make(chan struct{}), wdone: make(chan struct{}), seal: r.seal}
+		j.mu.Unlock()
+	}
+	return nil
+}
+
+// abandon closes the connections that finished their handshake after the
+// assembly failed.
+func (j *joining) abandon() {
+	for {
+		select {
+		case r := <-j.results:
+			if r.conn != nil {
+				r.conn.Close()
+			}
+		default:
+			return
+		}
+	}
 }
 
 // retryable says whether a failed handshake with a peer may succeed on a
