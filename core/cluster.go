@@ -21,14 +21,16 @@ import (
 // interface.
 //
 // Contract: Send is ordered per (sender, receiver) pair and blocks while the
-// connection's bounded queue is full. Handlers run on the connection's reader
-// goroutine, in arrival order; they may block only on local resources (never
-// on another message). A handler checks everything a peer sent (indexes,
-// lengths, and that the message is expected now) and returns an error rather
-// than act on a bad message, or panic: the error fails the run, naming the
-// peer. Barrier returns once every process reached the barrier of that name,
-// which also means every message sent before it by any process to this one
-// has been handled.
+// connection's bounded queue is full. A topic's handler runs on a goroutine
+// of the topic's own, one message at a time in arrival order (so per sender
+// and topic in the order sent), off the connection's reader: a handler that
+// blocks holds up its topic, not the peer's other messages. Handlers may
+// block only on local resources (never on another message). A handler
+// checks everything a peer sent (indexes, lengths, and that the message is
+// expected now) and returns an error rather than act on a bad message, or
+// panic: the error fails the run, naming the peer. Barrier returns once
+// every process reached the barrier of that name, which also means every
+// message sent before it by any process to this one has been handled.
 type Mesh interface {
 	Self() int
 	Processes() int

@@ -34,17 +34,31 @@
 //     authentication fails.
 //   - Send is ordered per (sender, receiver) pair and blocks while the
 //     connection's bounded queue is full.
-//   - Handlers (Handle, HandleData, HandleCredit) run on the connection's
-//     reader goroutine, in arrival order; they may block only on local
-//     resources, never on another message. Whatever a peer sends, neither
-//     the mesh nor a handler may panic: a frame that is malformed, unknown,
-//     early (no handler yet) or that a handler refuses (returns an error
-//     for) fails the run as a lost peer does, and the frames after it on
-//     that connection are not read.
+//   - Topic handlers (Handle) run off the connection's reader: each topic
+//     has a queue and a goroutine of its own that calls the handler one
+//     message at a time, in arrival order, so the messages of one topic
+//     from one sender are handled in the order sent (messages of different
+//     topics are not ordered with each other). A queue holds topicQueueLen
+//     messages; when it is full the reader waits for room (backpressure,
+//     nothing is dropped). So a handler that blocks holds up its own topic
+//     only, and a connection only once that topic's queue is full.
+//   - Data and credit handlers (HandleData, HandleCredit) run on the
+//     connection's reader goroutine, in arrival order: they are the
+//     flow-controlled hot path (the runtime's credits bound what may
+//     arrive), so they must not block at all. A data or credit frame may be
+//     handled before a topic message that came before it.
+//   - Any handler may block only on local resources, never on another
+//     message. Whatever a peer sends, neither the mesh nor a handler may
+//     panic: a frame that is malformed, unknown, early (no handler yet) or
+//     that a handler refuses (returns an error for) fails the run as a lost
+//     peer does, naming the peer, and nothing that peer sends after it is
+//     acted on.
 //   - Barrier returns once every process reached the barrier of that name,
 //     which also means every message sent before it by any process to this
-//     one has been handled. Gather is a barrier that also collects one
-//     payload from each process.
+//     one has been handled: a peer's barrier counts only once every topic
+//     message it sent before the barrier was handled (the reader reads on
+//     meanwhile). Gather is a barrier that also collects one payload from
+//     each process.
 //   - A peer that goes silent (no frame, not even a ping, for a while), drops
 //     its connection or aborts makes the mesh call the fail function given to
 //     Dial once, with an error naming the peer; Close says goodbye (or, with
@@ -145,6 +159,11 @@ type frame struct {
 	b   []byte // payload after the type byte
 }
 
+// ErrClosed is wrapped by the errors of what the mesh refuses once it is
+// closing: sends, barriers, gathers, and messages not handled because the
+// handlers stopped.
+var ErrClosed = errors.New("mesh closed")
+
 // Mesh is this process's end of the cluster's connections.
 type Mesh struct {
 	self   int
@@ -156,16 +175,30 @@ type Mesh struct {
 	peers  []*peer
 
 	mu       sync.Mutex
-	handlers map[string]func(int, []byte) error
+	topics   map[string]*topicQueue
 	onData   func(from int, h DataHeader, payload []byte) error
 	onCredit func(from int, node uint16, dst uint32, n uint32) error
 	barriers map[string]map[int]bool
 	gathered map[string]map[int][]byte
-	barrierC chan struct{} // closed and replaced whenever a barrier or gather message arrives
+	barrierC chan struct{} // closed and replaced whenever a barrier or gather message is recorded
+
+	// The handlers' lifecycle (handlers.go): once halted, no handler call
+	// starts; calls counts the calls in flight and the topics' goroutines.
+	life   sync.Mutex
+	halted bool
+	halt   chan struct{} // closed when halted
+	calls  sync.WaitGroup
 
 	failOnce sync.Once
 	fail     func(error)
 	closing  atomic.Bool
+}
+
+// newMesh is the mesh of process self of len(addrs), before it connects.
+func newMesh(self int, addrs []string, fail func(error)) *Mesh {
+	return &Mesh{self: self, addrs: addrs, peers: make([]*peer, len(addrs)), topics: map[string]*topicQueue{},
+		barriers: map[string]map[int]bool{}, gathered: map[string]map[int][]byte{}, barrierC: make(chan struct{}),
+		halt: make(chan struct{}), fail: fail}
 }
 
 type peer struct {
@@ -177,6 +210,10 @@ type peer struct {
 	wdone  chan struct{} // writer ended
 	closed atomic.Bool
 	seal   *sealing // nil: frames travel as they are (no secret, or TLS)
+	// refused is set once a handler refused one of the peer's messages:
+	// nothing more from it is acted on.
+	refused atomic.Bool
+	in      inbox // its topic messages in the handlers' queues
 }
 
 // Self is this process's index.
@@ -185,13 +222,22 @@ func (m *Mesh) Self() int { return m.self }
 // Processes is the number of processes in the cluster.
 func (m *Mesh) Processes() int { return len(m.addrs) }
 
-// Handle registers fn for messages of topic. An error from fn fails the
-// run (see the package doc); a message of a topic without a handler does
-// too.
+// Handle registers fn for messages of topic, replacing the topic's
+// handler if it had one. fn runs on the topic's own goroutine, one message
+// at a time in arrival order (see the package doc). An error from fn fails
+// the run; a message of a topic without a handler does too.
 func (m *Mesh) Handle(topic string, fn func(from int, payload []byte) error) {
 	m.mu.Lock()
-	m.handlers[topic] = fn
-	m.mu.Unlock()
+	defer m.mu.Unlock()
+	if q := m.topics[topic]; q != nil {
+		q.fn = fn
+		return
+	}
+	q := &topicQueue{topic: topic, fn: fn, ch: make(chan topicItem, topicQueueLen)}
+	m.topics[topic] = q
+	if m.enter() {
+		go m.runTopic(q)
+	}
 }
 
 // HandleData registers fn for data frames, as Handle does for a topic.
@@ -319,8 +365,8 @@ func Dial(ctx context.Context, cfg Config, ident string, fail func(error)) (*Mes
 	if timeout <= 0 {
 		timeout = 60 * time.Second
 	}
-	m := &Mesh{self: cfg.Self, addrs: cfg.Addresses, ident: ident, secret: cfg.Secret, tls: cfg.TLS, peers: make([]*peer, n),
-		handlers: map[string]func(int, []byte) error{}, barriers: map[string]map[int]bool{}, gathered: map[string]map[int][]byte{}, barrierC: make(chan struct{}), fail: fail}
+	m := newMesh(cfg.Self, cfg.Addresses, fail)
+	m.ident, m.secret, m.tls = ident, cfg.Secret, cfg.TLS
 	listen := cfg.Listen
 	if listen == "" {
 		listen = cfg.Addresses[cfg.Self]
@@ -849,21 +895,24 @@ func (m *Mesh) readLoop(p *peer) {
 				return
 			}
 		}
-		if err := m.dispatch(p, b); err != nil {
+		if _, err := m.dispatch(p, b, false); err != nil {
 			m.rejected(p, err)
 			return
 		}
-		if p.bye.Load() {
+		if p.bye.Load() || p.refused.Load() {
 			return
 		}
 	}
 }
 
 // dispatch acts on one frame from peer p, or says why it must not: it
-// never panics, whatever the frame holds.
-func (m *Mesh) dispatch(p *peer, b []byte) error {
+// never panics, whatever the frame holds. A topic message goes to its
+// topic's queue (waiting while that is full); with await, the returned
+// channel is told its handler's result. Data and credit frames are handed
+// to their handlers here, on the reader.
+func (m *Mesh) dispatch(p *peer, b []byte, await bool) (<-chan error, error) {
 	if len(b) == 0 {
-		return errors.New("empty frame")
+		return nil, errors.New("empty frame")
 	}
 	switch b[0] {
 	case framePing:
@@ -874,48 +923,33 @@ func (m *Mesh) dispatch(p *peer, b []byte) error {
 		m.failOnce.Do(func() { m.fail(fmt.Errorf("process %d (%s) failed: %s", p.id, m.addrs[p.id], b[1:])) })
 	case frameTopic:
 		if len(b) < 2 || int(b[1]) > len(b)-2 {
-			return errors.New("malformed frame")
+			return nil, errors.New("malformed frame")
 		}
 		n := 2 + int(b[1]) // not b[1]+2: that is a byte, and wraps
 		topic := string(b[2:n])
 		payload := b[n:]
-		if topic == "$gather" {
+		switch topic {
+		case "$gather":
 			name, data, ok := bytes.Cut(payload, []byte{0})
 			if !ok {
-				return errors.New("malformed gather")
+				return nil, errors.New("malformed gather")
 			}
-			m.mu.Lock()
-			if m.gathered[string(name)] == nil {
-				m.gathered[string(name)] = map[int][]byte{}
-			}
-			m.gathered[string(name)][p.id] = append([]byte(nil), data...)
-			close(m.barrierC)
-			m.barrierC = make(chan struct{})
-			m.mu.Unlock()
-			return nil
-		}
-		if topic == "$barrier" {
-			m.mu.Lock()
-			name := string(payload)
-			if m.barriers[name] == nil {
-				m.barriers[name] = map[int]bool{}
-			}
-			m.barriers[name][p.id] = true
-			close(m.barrierC)
-			m.barrierC = make(chan struct{})
-			m.mu.Unlock()
-			return nil
+			m.arrive(p, mark{gather: true, name: string(name), data: append([]byte(nil), data...)})
+			return nil, nil
+		case "$barrier":
+			m.arrive(p, mark{name: string(payload)})
+			return nil, nil
 		}
 		m.mu.Lock()
-		h := m.handlers[topic]
+		q := m.topics[topic]
 		m.mu.Unlock()
-		if h == nil {
-			return fmt.Errorf("no handler for %q", topic)
+		if q == nil {
+			return nil, fmt.Errorf("no handler for %q", topic)
 		}
-		return h(p.id, payload)
+		return m.queue(p, q, payload, await), nil
 	case frameData:
 		if len(b) < 20 {
-			return errors.New("malformed data frame")
+			return nil, errors.New("malformed data frame")
 		}
 		node := binary.BigEndian.Uint16(b[1:])
 		dst := binary.BigEndian.Uint32(b[3:])
@@ -925,24 +959,32 @@ func (m *Mesh) dispatch(p *peer, b []byte) error {
 		fn := m.onData
 		m.mu.Unlock()
 		if fn == nil {
-			return errors.New("data frame before this process was ready for one")
+			return nil, errors.New("data frame before this process was ready for one")
 		}
-		return fn(p.id, h, b[20:])
+		if !m.enter() {
+			return nil, nil // the handlers stopped: dropped
+		}
+		defer m.leave()
+		return nil, fn(p.id, h, b[20:])
 	case frameCredit:
 		if len(b) != 11 {
-			return errors.New("malformed credit frame")
+			return nil, errors.New("malformed credit frame")
 		}
 		m.mu.Lock()
 		fn := m.onCredit
 		m.mu.Unlock()
 		if fn == nil {
-			return errors.New("credit frame before this process was ready for one")
+			return nil, errors.New("credit frame before this process was ready for one")
 		}
-		return fn(p.id, binary.BigEndian.Uint16(b[1:]), binary.BigEndian.Uint32(b[3:]), binary.BigEndian.Uint32(b[7:]))
+		if !m.enter() {
+			return nil, nil
+		}
+		defer m.leave()
+		return nil, fn(p.id, binary.BigEndian.Uint16(b[1:]), binary.BigEndian.Uint32(b[3:]), binary.BigEndian.Uint32(b[7:]))
 	default:
-		return fmt.Errorf("unknown frame type %d", b[0])
+		return nil, fmt.Errorf("unknown frame type %d", b[0])
 	}
-	return nil
+	return nil, nil
 }
 
 // DataHeaderLen is the size of a data frame's header, after the type byte.
@@ -977,6 +1019,7 @@ func (m *Mesh) SendCredit(ctx context.Context, to int, node uint16, dst uint32, 
 // connections.
 func (m *Mesh) Close(cause error) {
 	m.closing.Store(true)
+	m.haltHandlers()
 	f := frame{typ: frameBye}
 	if cause != nil {
 		f = frame{frameAbort, []byte(cause.Error())}
@@ -1020,6 +1063,7 @@ func (m *Mesh) Close(cause error) {
 
 func (m *Mesh) closeNow() {
 	m.closing.Store(true)
+	m.haltHandlers()
 	if m.ln != nil {
 		m.ln.Close()
 	}

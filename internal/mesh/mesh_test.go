@@ -279,12 +279,19 @@ func FuzzDispatch(f *testing.F) {
 		if len(b) == 0 {
 			return // readFrameMax never returns an empty frame
 		}
-		m := &Mesh{addrs: []string{"a", "b"}, handlers: map[string]func(int, []byte) error{"hi": func(int, []byte) error { return nil }},
-			barriers: map[string]map[int]bool{}, gathered: map[string]map[int][]byte{}, barrierC: make(chan struct{}), fail: func(error) {}}
-		m.dispatch(&peer{id: 1}, b) // before the data and credit handlers are set
+		m := newMesh(0, []string{"a", "b"}, func(error) {})
+		defer m.haltHandlers()
+		m.Handle("hi", func(int, []byte) error { return nil })
+		p := &peer{id: 1}
+		wait := func(res <-chan error, _ error) {
+			if res != nil {
+				<-res
+			}
+		}
+		wait(m.dispatch(p, b, true)) // before the data and credit handlers are set
 		m.HandleData(func(int, DataHeader, []byte) error { return nil })
 		m.HandleCredit(func(int, uint16, uint32, uint32) error { return nil })
-		m.dispatch(&peer{id: 1}, b)
+		wait(m.dispatch(p, b, true))
 		m.parseHello(b)
 	})
 }

@@ -48,7 +48,7 @@ type Recovery struct {
 	running sync.WaitGroup // the announce goroutine
 	failure error
 	// begun is set once this process's partitions began: peers' commits may
-	// come from then on (the handlers run on the mesh's reader goroutines).
+	// come from then on (the handlers run on the mesh's goroutines).
 	begun atomic.Bool
 }
 
