@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -137,12 +138,25 @@ func (x *execution) joinCluster() error {
 	if x.rec != nil {
 		cr, ok := x.rec.(ClusterRecovery)
 		if !ok {
-			m.Close(fmt.Errorf("recovery does not span processes"))
-			return fmt.Errorf("this recovery cannot be used by a cluster")
+			err := fmt.Errorf("this recovery cannot be used by a cluster")
+			return errors.Join(err, x.closeMesh(fmt.Errorf("recovery does not span processes")))
 		}
 		cr.Attach(m)
 	}
 	return nil
+}
+
+// meshCloseTimeout bounds the runtime's wait for the mesh to stop: its
+// handler calls in flight, the peers' goodbyes.
+const meshCloseTimeout = 10 * time.Second
+
+// closeMesh closes the mesh, telling the peers cause (nil: a clean end).
+// It runs when the run's context may have ended already, so it waits on a
+// context of its own.
+func (x *execution) closeMesh(cause error) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(x.ctx), meshCloseTimeout)
+	defer cancel()
+	return x.mesh.Close(ctx, cause)
 }
 
 // attachMesh makes m this execution's mesh and registers the runtime's

@@ -193,7 +193,7 @@ func (x *execution) run(parent context.Context) (res *Result, err error) {
 		if err := x.joinCluster(); err != nil {
 			return nil, closeRec(err)
 		}
-		defer func() { x.mesh.Close(err) }()
+		defer func() { x.closeMesh(err) }()
 	}
 	info := RunInfo{StartEpoch: 1, Workers: x.workers}
 	if x.rec != nil {

@@ -77,13 +77,20 @@ func (m *Mesh) leave() { m.calls.Done() }
 // haltHandlers makes sure no handler call starts from now on; frames that
 // arrive later are read and dropped (so the peers are not stalled), and a
 // reader waiting for room in a full queue stops waiting.
-func (m *Mesh) haltHandlers() {
+func (m *Mesh) haltHandlers(why error) {
 	m.life.Lock()
 	defer m.life.Unlock()
 	if !m.halted {
-		m.halted = true
+		m.halted, m.haltErr = true, why
 		close(m.halt)
 	}
+}
+
+// haltCause says why the handlers halted.
+func (m *Mesh) haltCause() error {
+	m.life.Lock()
+	defer m.life.Unlock()
+	return m.haltErr
 }
 
 // awaitHandlers waits, until ctx ends, for the handler calls in flight and

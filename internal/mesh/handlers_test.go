@@ -34,7 +34,7 @@ func formed(t *testing.T, n int) ([]*Mesh, []chan error) {
 		for _, m := range ms {
 			if m != nil {
 				wg.Add(1)
-				go func() { defer wg.Done(); m.Close(nil) }()
+				go func() { defer wg.Done(); m.Close(context.Background(), nil) }()
 			}
 		}
 		wg.Wait()
@@ -272,5 +272,186 @@ func TestHandlers_RefusedMessageFailsTheRunNamingThePeer(t *testing.T) {
 	defer mu.Unlock()
 	if !slices.Equal(got, []string{"ok", "bad"}) {
 		t.Fatalf("handled %q, want nothing after the refused message", got)
+	}
+}
+
+// Once Close has begun, every way of sending is refused with ErrClosed.
+func TestClose_RefusesSends(t *testing.T) {
+	ms, _ := formed(t, 2)
+	go ms[1].Close(context.Background(), nil) // its goodbye ends process 0's wait for one
+	if err := ms[0].Close(context.Background(), nil); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		send func() error
+	}{
+		{"Send", func() error { return ms[0].Send(ctx, 1, "t", nil) }},
+		{"Broadcast", func() error { return ms[0].Broadcast(ctx, "t", nil) }},
+		{"SendData", func() error { return ms[0].SendData(ctx, 1, DataHeader{}, make([]byte, DataHeaderLen)) }},
+		{"SendCredit", func() error { return ms[0].SendCredit(ctx, 1, 0, 0, 1) }},
+		{"Barrier", func() error { return ms[0].Barrier(ctx, "b") }},
+		{"Gather", func() error { _, err := ms[0].Gather(ctx, "g", nil); return err }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := tc.send(); !errors.Is(err, ErrClosed) {
+				t.Fatalf("after Close: %v, want ErrClosed", err)
+			}
+		})
+	}
+	if err := ms[0].Close(context.Background(), nil); err != nil {
+		t.Fatalf("second close: %v", err)
+	}
+}
+
+// Close waits for a handler call in flight, but only until its context
+// ends; it says so. Then no handler runs any more.
+func TestClose_BoundedByContextWhenAHandlerIsStuck(t *testing.T) {
+	ms, _ := formed(t, 2)
+	entered, release := make(chan struct{}), make(chan struct{})
+	defer close(release)
+	ms[1].Handle("stuck", func(int, []byte) error {
+		close(entered)
+		<-release
+		return nil
+	})
+	if err := ms[0].Send(context.Background(), 1, "stuck", nil); err != nil {
+		t.Fatal(err)
+	}
+	<-entered
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	began := time.Now()
+	err := ms[1].Close(ctx, nil)
+	if took := time.Since(began); took > 3*time.Second {
+		t.Fatalf("Close took %v with a 300ms context", took)
+	}
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "handlers still running") {
+		t.Fatalf("Close: %v, want it to say a handler was still running when its context ended", err)
+	}
+}
+
+// A peer that stops reading (its handler is stuck and its queue and the
+// connection are full) cannot hold Close past its context.
+func TestClose_BoundedByContextWhenAPeerIsStuck(t *testing.T) {
+	ms, _ := formed(t, 2)
+	release := make(chan struct{})
+	defer close(release)
+	ms[1].Handle("big", func(int, []byte) error { <-release; return nil })
+	blocked := make(chan struct{})
+	go func() {
+		defer close(blocked)
+		big := make([]byte, 64<<10)
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+			err := ms[0].Send(ctx, 1, "big", big)
+			cancel()
+			if err != nil {
+				return // the connection is full: process 1 reads no more
+			}
+		}
+	}()
+	select {
+	case <-blocked:
+	case <-time.After(20 * time.Second):
+		t.Fatal("sends never blocked")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	began := time.Now()
+	ms[0].Close(ctx, errors.New("giving up"))
+	if took := time.Since(began); took > 3*time.Second {
+		t.Fatalf("Close took %v with a 300ms context and a stuck peer", took)
+	}
+}
+
+// StopHandlers waits for the call in flight; no handler is called after
+// it returns, while sends go on working.
+func TestStopHandlers_WaitsForTheCallInFlightAndEndsHandling(t *testing.T) {
+	ms, _ := formed(t, 2)
+	entered := make(chan struct{}, 1)
+	var running, calls atomic.Int32
+	ms[1].Handle("t", func(int, []byte) error {
+		calls.Add(1)
+		running.Add(1)
+		select {
+		case entered <- struct{}{}:
+		default:
+		}
+		time.Sleep(100 * time.Millisecond)
+		running.Add(-1)
+		return nil
+	})
+	for range 3 {
+		if err := ms[0].Send(context.Background(), 1, "t", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-entered
+	if err := ms[1].StopHandlers(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if running.Load() != 0 {
+		t.Fatal("StopHandlers returned while a handler ran")
+	}
+	n := calls.Load()
+	if err := ms[0].Send(context.Background(), 1, "t", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := ms[1].Send(context.Background(), 0, "other", nil); err != nil {
+		t.Fatalf("a send after StopHandlers: %v", err)
+	}
+	time.Sleep(150 * time.Millisecond)
+	if calls.Load() != n {
+		t.Fatalf("%d handler calls after StopHandlers returned", calls.Load()-n)
+	}
+	if err := ms[1].Barrier(context.Background(), "b"); !errors.Is(err, ErrClosed) {
+		t.Fatalf("a barrier after StopHandlers: %v, want ErrClosed", err)
+	}
+}
+
+// The mesh's work is tied to the context given to Dial: once it ends, no
+// handler runs and sends fail with its cause.
+func TestDial_ContextEndsTheWork(t *testing.T) {
+	cfgs := configs(t, 2, nil)
+	ctx, cancel := context.WithCancelCause(context.Background())
+	ms := make([]*Mesh, 2)
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for i, c := range cfgs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			dctx := context.Background()
+			if i == 1 {
+				dctx = ctx
+			}
+			ms[i], errs[i] = Dial(dctx, c, "test-run", func(error) {})
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("process %d: %v", i, err)
+		}
+	}
+	t.Cleanup(func() {
+		go ms[0].Close(context.Background(), nil)
+		ms[1].Close(context.Background(), nil)
+	})
+	var calls atomic.Int32
+	ms[1].Handle("t", func(int, []byte) error { calls.Add(1); return nil })
+	stop := errors.New("the run ended")
+	cancel(stop)
+	if err := ms[1].Send(context.Background(), 0, "t", nil); !errors.Is(err, stop) {
+		t.Fatalf("send after the Dial context ended: %v, want its cause", err)
+	}
+	if err := ms[0].Send(context.Background(), 1, "t", nil); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if calls.Load() != 0 {
+		t.Fatal("a handler ran after the Dial context ended")
 	}
 }

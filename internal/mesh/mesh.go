@@ -61,8 +61,19 @@
 //     each process.
 //   - A peer that goes silent (no frame, not even a ping, for a while), drops
 //     its connection or aborts makes the mesh call the fail function given to
-//     Dial once, with an error naming the peer; Close says goodbye (or, with
-//     a cause, tells the peers why this process stops).
+//     Dial once, with an error naming the peer.
+//   - Lifecycle. The mesh's work is tied to the context given to Dial: once
+//     it ends, no handler call starts (frames are still read, and dropped,
+//     so the peers are not stalled), and sends, barriers and gathers fail
+//     with its cause; the caller still closes the mesh. StopHandlers stops
+//     the handlers and waits for the calls in flight and the topics'
+//     goroutines; sends go on working. Close refuses new sends, barriers
+//     and gathers (ErrClosed; a send racing Close's start may be dropped
+//     instead), stops the handlers and waits for them, says goodbye (or,
+//     with a cause, tells the peers why this process stops), waits briefly
+//     for the peers' goodbyes, then closes the connections and waits for
+//     its goroutines. Every wait ends when Close's (or StopHandlers')
+//     context does, so neither hangs on a stuck peer or handler.
 //
 // The mesh knows nothing of dataflows: data and credit frames carry an
 // opaque header (DataHeader) and payload for the runtime's exchanges.
@@ -160,9 +171,13 @@ type frame struct {
 }
 
 // ErrClosed is wrapped by the errors of what the mesh refuses once it is
-// closing: sends, barriers, gathers, and messages not handled because the
-// handlers stopped.
+// closing (Close): sends, barriers and gathers; and of barriers, gathers
+// and messages left unfinished because the handlers stopped.
 var ErrClosed = errors.New("mesh closed")
+
+// errHandlersStopped is why the handlers halted when StopHandlers or Close
+// stopped them.
+var errHandlersStopped = fmt.Errorf("handlers stopped: %w", ErrClosed)
 
 // Mesh is this process's end of the cluster's connections.
 type Mesh struct {
@@ -184,10 +199,22 @@ type Mesh struct {
 
 	// The handlers' lifecycle (handlers.go): once halted, no handler call
 	// starts; calls counts the calls in flight and the topics' goroutines.
-	life   sync.Mutex
-	halted bool
-	halt   chan struct{} // closed when halted
-	calls  sync.WaitGroup
+	life    sync.Mutex
+	halted  bool
+	haltErr error         // why: the Dial context's cause, or errHandlersStopped
+	halt    chan struct{} // closed when halted
+	calls   sync.WaitGroup
+
+	// The mesh's lifecycle: ctx is the one given to Dial (stopCtx undoes
+	// its hook that halts the handlers); shut is closed when Close begins,
+	// down when the connections are closed.
+	ctx       context.Context
+	stopCtx   func() bool
+	shut      chan struct{}
+	down      chan struct{}
+	downOnce  sync.Once
+	closeOnce sync.Once
+	closeErr  error
 
 	failOnce sync.Once
 	fail     func(error)
@@ -198,7 +225,8 @@ type Mesh struct {
 func newMesh(self int, addrs []string, fail func(error)) *Mesh {
 	return &Mesh{self: self, addrs: addrs, peers: make([]*peer, len(addrs)), topics: map[string]*topicQueue{},
 		barriers: map[string]map[int]bool{}, gathered: map[string]map[int][]byte{}, barrierC: make(chan struct{}),
-		halt: make(chan struct{}), fail: fail}
+		halt: make(chan struct{}), ctx: context.Background(), stopCtx: func() bool { return false },
+		shut: make(chan struct{}), down: make(chan struct{}), fail: fail}
 }
 
 type peer struct {
@@ -257,9 +285,15 @@ func (m *Mesh) HandleCredit(fn func(from int, node uint16, dst uint32, n uint32)
 }
 
 func (m *Mesh) enqueue(ctx context.Context, to int, f frame) error {
-	p := m.peers[to]
-	if p == nil {
+	if to < 0 || to >= len(m.peers) || m.peers[to] == nil {
 		return fmt.Errorf("no peer %d", to)
+	}
+	p := m.peers[to]
+	if m.closing.Load() {
+		return fmt.Errorf("send to process %d: %w", to, ErrClosed)
+	}
+	if m.ctx.Err() != nil {
+		return fmt.Errorf("send to process %d: %w", to, context.Cause(m.ctx))
 	}
 	select {
 	case p.out <- f:
@@ -268,6 +302,10 @@ func (m *Mesh) enqueue(ctx context.Context, to int, f frame) error {
 		return fmt.Errorf("connection to process %d (%s) is closed", to, m.addrs[to])
 	case <-ctx.Done():
 		return context.Cause(ctx)
+	case <-m.shut:
+		return fmt.Errorf("send to process %d: %w", to, ErrClosed)
+	case <-m.ctx.Done():
+		return fmt.Errorf("send to process %d: %w", to, context.Cause(m.ctx))
 	}
 }
 
@@ -315,6 +353,8 @@ func (m *Mesh) Barrier(ctx context.Context, name string) error {
 		case <-ch:
 		case <-ctx.Done():
 			return context.Cause(ctx)
+		case <-m.halt:
+			return fmt.Errorf("barrier %q: %w", name, m.haltCause())
 		}
 	}
 }
@@ -344,6 +384,8 @@ func (m *Mesh) Gather(ctx context.Context, topic string, payload []byte) (map[in
 		case <-ch:
 		case <-ctx.Done():
 			return nil, context.Cause(ctx)
+		case <-m.halt:
+			return nil, fmt.Errorf("gather %q: %w", topic, m.haltCause())
 		}
 	}
 }
@@ -367,6 +409,7 @@ func Dial(ctx context.Context, cfg Config, ident string, fail func(error)) (*Mes
 	}
 	m := newMesh(cfg.Self, cfg.Addresses, fail)
 	m.ident, m.secret, m.tls = ident, cfg.Secret, cfg.TLS
+	life := ctx
 	listen := cfg.Listen
 	if listen == "" {
 		listen = cfg.Addresses[cfg.Self]
@@ -392,6 +435,8 @@ func Dial(ctx context.Context, cfg Config, ident string, fail func(error)) (*Mes
 		return nil, err
 	}
 	ln.Close() // every peer is here; nobody else may connect
+	m.ctx = life
+	m.stopCtx = context.AfterFunc(life, func() { m.haltHandlers(context.Cause(life)) })
 	for _, p := range m.peers {
 		if p != nil {
 			go m.writeLoop(p)
@@ -814,6 +859,8 @@ func (m *Mesh) writeLoop(p *peer) {
 		case f = <-p.out:
 		case <-t.C:
 			f = frame{typ: framePing}
+		case <-m.down:
+			return
 		}
 		var err error
 		if p.seal != nil {
@@ -1014,56 +1061,107 @@ func (m *Mesh) SendCredit(ctx context.Context, to int, node uint16, dst uint32, 
 	return m.enqueue(ctx, to, frame{frameCredit, b})
 }
 
-// Close says goodbye to every peer (or, with a cause, tells them why this
-// process failed) and waits briefly for their goodbyes before closing the
-// connections.
-func (m *Mesh) Close(cause error) {
+// byeWait bounds Close's wait for the peers (its goodbyes sent, theirs
+// received), whatever Close's context allows.
+const byeWait = 5 * time.Second
+
+// StopHandlers stops the handlers' work: no handler call starts from now
+// on, and it waits, until ctx ends, for the calls in flight and the topics'
+// goroutines to end. Frames that arrive later are read and dropped (so the
+// peers are not stalled); a barrier or gather waiting then fails. Sends
+// still work, until Close. The runtime stops the handlers before it closes
+// what they use (recovery), and closes the mesh after that.
+func (m *Mesh) StopHandlers(ctx context.Context) error {
+	m.haltHandlers(errHandlersStopped)
+	if err := m.awaitHandlers(ctx); err != nil {
+		return fmt.Errorf("stop mesh handlers: %w", err)
+	}
+	return nil
+}
+
+// Close ends the mesh. From its start, sends, barriers and gathers are
+// refused (with an error wrapping ErrClosed); it stops the handlers and
+// waits for the calls in flight (StopHandlers), says goodbye to every peer
+// (or, with a cause, tells them why this process stops) and waits briefly
+// for their goodbyes, then closes the connections and waits for its
+// goroutines to end. Every wait ends when ctx does (and the waits for the
+// peers after byeWait at most), so a stuck peer or handler cannot hold
+// Close forever; it then returns an error saying what was still running.
+// Close is safe to call more than once: later calls return the first's
+// result.
+func (m *Mesh) Close(ctx context.Context, cause error) error {
+	m.closeOnce.Do(func() { m.closeErr = m.close(ctx, cause) })
+	return m.closeErr
+}
+
+func (m *Mesh) close(ctx context.Context, cause error) error {
 	m.closing.Store(true)
-	m.haltHandlers()
+	close(m.shut)
+	m.stopCtx()
+	var errs []error
+	if err := m.StopHandlers(ctx); err != nil {
+		errs = append(errs, err)
+	}
 	f := frame{typ: frameBye}
 	if cause != nil {
 		f = frame{frameAbort, []byte(cause.Error())}
 	}
+	peers, cancel := context.WithTimeout(ctx, byeWait)
+	defer cancel()
 	for _, p := range m.peers {
 		if p == nil {
 			continue
 		}
 		select {
 		case p.out <- f:
+			continue
+		default:
+		}
+		select {
+		case p.out <- f:
 		case <-p.wdone:
-		case <-time.After(2 * time.Second):
+		case <-peers.Done():
 		}
 	}
-	// One deadline for all the waits (a time.After channel fires once, so
-	// it cannot be shared by several selects).
-	deadline := time.NewTimer(5 * time.Second)
-	defer deadline.Stop()
-	expired := false
-	wait := func(ch <-chan struct{}) {
-		if expired {
-			return
+	wait := func(ctx context.Context, ch <-chan struct{}) bool {
+		select {
+		case <-ch:
+			return true
+		default:
 		}
 		select {
 		case <-ch:
-		case <-deadline.C:
-			expired = true
+			return true
+		case <-ctx.Done():
+			return false
 		}
 	}
 	for _, p := range m.peers {
 		if p == nil {
 			continue
 		}
-		wait(p.wdone)
-		if cause == nil {
-			wait(p.done)
+		if wait(peers, p.wdone) && cause == nil {
+			wait(peers, p.done)
 		}
 	}
 	m.closeNow()
+	// Closed connections end the readers and writers promptly.
+	for _, p := range m.peers {
+		if p == nil {
+			continue
+		}
+		if !wait(ctx, p.wdone) || !wait(ctx, p.done) {
+			errs = append(errs, fmt.Errorf("close mesh: the connection with process %d (%s) is still in use: %w", p.id, m.addrs[p.id], context.Cause(ctx)))
+			break
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func (m *Mesh) closeNow() {
 	m.closing.Store(true)
-	m.haltHandlers()
+	m.haltHandlers(errHandlersStopped)
+	m.downOnce.Do(func() { close(m.down) })
 	if m.ln != nil {
 		m.ln.Close()
 	}

@@ -38,7 +38,7 @@ func dialAll(t *testing.T, cfgs []Config) ([]*Mesh, []error) {
 		for _, m := range ms {
 			if m != nil {
 				wg.Add(1)
-				go func() { defer wg.Done(); m.Close(nil) }()
+				go func() { defer wg.Done(); m.Close(context.Background(), nil) }()
 			}
 		}
 		wg.Wait()
@@ -162,8 +162,8 @@ func TestDial_StrangersAreRefusedAndStartGoesOn(t *testing.T) {
 	}
 	<-done
 	t.Cleanup(func() { // both at once: each waits for the other's goodbye
-		go ms[0].Close(nil)
-		m0.Close(nil)
+		go ms[0].Close(context.Background(), nil)
+		m0.Close(context.Background(), nil)
 	})
 	if errs[0] != nil {
 		t.Fatalf("process 1: %v", errs[0])
@@ -185,7 +185,7 @@ func TestDial_TimeoutSaysWhoWasRefused(t *testing.T) {
 	imp.Secret = []byte("guess")
 	m, err := Dial(context.Background(), imp, "test-run", func(error) {})
 	if err == nil {
-		m.Close(nil)
+		m.Close(context.Background(), nil)
 		t.Fatal("the impostor joined")
 	}
 	if !strings.Contains(err.Error(), "the cluster secrets differ") {
@@ -280,7 +280,7 @@ func FuzzDispatch(f *testing.F) {
 			return // readFrameMax never returns an empty frame
 		}
 		m := newMesh(0, []string{"a", "b"}, func(error) {})
-		defer m.haltHandlers()
+		defer m.haltHandlers(errHandlersStopped)
 		m.Handle("hi", func(int, []byte) error { return nil })
 		p := &peer{id: 1}
 		wait := func(res <-chan error, _ error) {
