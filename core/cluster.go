@@ -308,7 +308,9 @@ func (c *creditReturn) add(origin int32) error {
 	if c.owed[p] >= remoteCredits/2 {
 		n := c.owed[p]
 		c.owed[p] = 0
-		return c.x.mesh.SendCredit(c.x.ctx, p, c.node, c.dst, n)
+		if err := c.x.mesh.SendCredit(c.x.ctx, p, c.node, c.dst, n); err != nil {
+			return fmt.Errorf("return %d credits to process %d: %w", n, p, err)
+		}
 	}
 	return nil
 }
@@ -346,12 +348,16 @@ func (x *execution) checkSamePartitions(parts map[*node][]string) error {
 func (x *execution) setupClusterClock() {
 	c := x.clock
 	if x.proc == 0 {
+		// The clock calls these from its own goroutines, which have no
+		// error to return: a failed send fails the run.
 		c.hook = func(e Epoch, final bool) {
 			b := binary.AppendUvarint(nil, uint64(e))
 			if final {
 				b = append(b, 1)
 			}
-			x.mesh.Broadcast(x.ctx, "clock", b)
+			if err := x.mesh.Broadcast(x.ctx, "clock", b); err != nil {
+				x.cancel(fmt.Errorf("send epoch %d (final: %v) to the other processes: %w", e, final, err))
+			}
 		}
 		x.mesh.Handle("clock.done", func(from int, b []byte) error {
 			if len(b) != 0 {
@@ -365,7 +371,11 @@ func (x *execution) setupClusterClock() {
 		return
 	}
 	c.follower = true
-	c.forward = func() { x.mesh.Send(x.ctx, 0, "clock.done", nil) }
+	c.forward = func() {
+		if err := x.mesh.Send(x.ctx, 0, "clock.done", nil); err != nil {
+			x.cancel(fmt.Errorf("tell process 0 that a source partition ended: %w", err))
+		}
+	}
 	x.mesh.Handle("clock", func(from int, b []byte) error {
 		if from != 0 {
 			return fmt.Errorf("clock from process %d: only process 0 leads it", from)
@@ -379,8 +389,9 @@ func (x *execution) setupClusterClock() {
 	})
 }
 
-// routeLoaded sends a loaded row to the process whose worker owns it.
-func (x *execution) routeLoaded(to int, r Loaded) {
+// routeLoaded sends a loaded row to the process whose worker owns it (in
+// batches: a row may wait in this process's buffer until flushLoaded).
+func (x *execution) routeLoaded(to int, r Loaded) error {
 	x.cl.loadMu.Lock()
 	defer x.cl.loadMu.Unlock()
 	b := x.cl.loadBuf[to]
@@ -390,9 +401,12 @@ func (x *execution) routeLoaded(to int, r Loaded) {
 	b = appendStr(b, string(r.Value))
 	x.cl.loadBuf[to] = b
 	if len(b) > 1<<20 {
-		x.mesh.Send(x.ctx, to, "load.rows", b)
 		x.cl.loadBuf[to] = nil
+		if err := x.mesh.Send(x.ctx, to, "load.rows", b); err != nil {
+			return fmt.Errorf("send snapshot rows to process %d: %w", to, err)
+		}
 	}
+	return nil
 }
 
 func (x *execution) flushLoaded() error {
@@ -401,7 +415,7 @@ func (x *execution) flushLoaded() error {
 	for to, b := range x.cl.loadBuf {
 		if len(b) > 0 {
 			if err := x.mesh.Send(x.ctx, to, "load.rows", b); err != nil {
-				return err
+				return fmt.Errorf("send snapshot rows to process %d: %w", to, err)
 			}
 		}
 	}

@@ -504,8 +504,11 @@ func (x *execution) applyLoaded(rows []Loaded, mine bool) error {
 			x.resumeMu.Unlock()
 			if mine && x.mesh != nil {
 				for p := 0; p < x.procs; p++ {
-					if p != x.proc {
-						x.routeLoaded(p, r)
+					if p == x.proc {
+						continue
+					}
+					if err := x.routeLoaded(p, r); err != nil {
+						return err
 					}
 				}
 			}
@@ -519,7 +522,9 @@ func (x *execution) applyLoaded(rows []Loaded, mine bool) error {
 			if !mine {
 				return fmt.Errorf("row %s/%s for worker %d, which is not here", r.Step, r.Key, owner)
 			}
-			x.routeLoaded(x.ownerOf(owner), r)
+			if err := x.routeLoaded(x.ownerOf(owner), r); err != nil {
+				return err
+			}
 			continue
 		}
 		if n.kind == kindInput {
@@ -599,7 +604,9 @@ func (x *execution) runSegments() error {
 	tickDone := make(chan struct{})
 	go func() {
 		defer close(tickDone)
-		x.clock.tick(x.ctx, x.cfg.EpochInterval)
+		if err := x.clock.tick(x.ctx, x.cfg.EpochInterval); err != nil {
+			fail(fmt.Errorf("close epochs: %w", err))
+		}
 	}()
 	wg.Wait()
 	x.clock.stop()
@@ -870,9 +877,12 @@ func (c *clock) finalEpoch() Epoch {
 	return c.epoch
 }
 
-func (c *clock) tick(ctx context.Context, every time.Duration) {
+// tick closes an epoch every interval until the clock stops or ctx ends.
+// It returns pacing's error (recovery failed to make epochs durable) while
+// the run goes on, so that the run fails rather than stop closing epochs.
+func (c *clock) tick(ctx context.Context, every time.Duration) error {
 	if c.follower {
-		return
+		return nil
 	}
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -886,7 +896,15 @@ func (c *clock) tick(ctx context.Context, every time.Duration) {
 				if !final {
 					began := time.Now()
 					if err := c.waitDurable(ctx, e); err != nil {
-						return // the run ends; its error surfaces elsewhere
+						select {
+						case <-c.stopped:
+							return nil // the run ends; its error surfaces elsewhere
+						default:
+						}
+						if ctx.Err() != nil {
+							return nil
+						}
+						return err
 					}
 					if by := time.Since(began); by > time.Millisecond {
 						if c.onStretch != nil {
@@ -911,9 +929,9 @@ func (c *clock) tick(ctx context.Context, every time.Duration) {
 				c.onEpoch(e)
 			}
 		case <-c.stopped:
-			return
+			return nil
 		case <-ctx.Done():
-			return
+			return nil
 		}
 	}
 }

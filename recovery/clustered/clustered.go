@@ -433,7 +433,7 @@ func (r *Recovery) Commit(ctx context.Context, w core.WorkerIndex, frontier core
 			continue
 		}
 		if err := r.mesh.Send(ctx, p, "rec.commit", encodeCommit(int(w), uint64(frontier), rows)); err != nil {
-			return err
+			return fmt.Errorf("send worker %d's commit of frontier %d to process %d: %w", w, frontier, p, err)
 		}
 	}
 	return nil
