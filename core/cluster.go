@@ -146,9 +146,18 @@ func (x *execution) joinCluster() error {
 	return nil
 }
 
-// meshCloseTimeout bounds the runtime's wait for the mesh to stop: its
-// handler calls in flight, the peers' goodbyes.
+// meshCloseTimeout bounds each of the runtime's waits for the mesh to stop:
+// its handler calls in flight, the peers' goodbyes.
 const meshCloseTimeout = 10 * time.Second
+
+// stopMeshHandlers stops the mesh's handlers and waits for their calls in
+// flight, so that nothing a peer sends acts on what the teardown closes
+// next (recovery). Like closeMesh, it waits on a context of its own.
+func (x *execution) stopMeshHandlers() error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(x.ctx), meshCloseTimeout)
+	defer cancel()
+	return x.mesh.StopHandlers(ctx)
+}
 
 // closeMesh closes the mesh, telling the peers cause (nil: a clean end).
 // It runs when the run's context may have ended already, so it waits on a

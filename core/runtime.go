@@ -178,7 +178,7 @@ func (s *segment) reportEnd(final Epoch) error {
 
 func (s *segment) report(frontier Epoch) error { return s.hand(frontier) }
 
-func (x *execution) run(parent context.Context) (res *Result, err error) {
+func (x *execution) run(parent context.Context) (*Result, error) {
 	x.ctx, x.cancel = context.WithCancelCause(parent)
 	defer x.cancel(nil)
 	closeRec := func(err error) error {
@@ -189,17 +189,32 @@ func (x *execution) run(parent context.Context) (res *Result, err error) {
 		}
 		return err
 	}
+	// teardown ends the run's components in reverse dependency order: the
+	// mesh's handlers (they write into recovery), recovery, then the mesh
+	// (recovery sends on it, and the peers hear err from it).
+	teardown := func(err error) error {
+		if x.mesh == nil {
+			return closeRec(err)
+		}
+		if serr := x.stopMeshHandlers(); err == nil && serr != nil {
+			err = serr
+		}
+		err = closeRec(err)
+		if cerr := x.closeMesh(err); err == nil && cerr != nil {
+			err = cerr
+		}
+		return err
+	}
 	if x.procs > 1 {
 		if err := x.joinCluster(); err != nil {
 			return nil, closeRec(err)
 		}
-		defer func() { x.closeMesh(err) }()
 	}
 	info := RunInfo{StartEpoch: 1, Workers: x.workers}
 	if x.rec != nil {
 		var err error
 		if info, err = x.rec.Begin(x.ctx, x.workers); err != nil {
-			return nil, closeRec(err)
+			return nil, teardown(err)
 		}
 		info.Workers = x.workers
 		info.Recovery = true
@@ -214,10 +229,10 @@ func (x *execution) run(parent context.Context) (res *Result, err error) {
 		// Every process finished and sent its last commits before this.
 		err = x.mesh.Barrier(x.ctx, "done")
 	}
-	if err = closeRec(err); err != nil {
+	if err = teardown(err); err != nil {
 		return nil, err
 	}
-	res = &Result{StartEpoch: x.start, FinalEpoch: final, Counters: map[string]int64{}, IgnoredRows: x.ignored.Load()}
+	res := &Result{StartEpoch: x.start, FinalEpoch: final, Counters: map[string]int64{}, IgnoredRows: x.ignored.Load()}
 	for name, c := range x.flow.counters {
 		res.Counters[name] = c.Load()
 	}
