@@ -8,7 +8,10 @@ import (
 
 // topicQueueLen is how many messages of one topic may wait for its handler;
 // a reader that finds the queue full waits (backpressure), it never drops.
-const topicQueueLen = 64
+// Small, because a message may be large (a commit, a batch of snapshot
+// rows): what waits beyond it waits in the connection and the sender's
+// queue, as it did when the reader ran the handler itself.
+const topicQueueLen = 16
 
 // topicQueue hands the messages of one topic to its handler, in arrival
 // order, on a goroutine of the topic's own: a handler that blocks holds up
