@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -21,14 +22,16 @@ import (
 // interface.
 //
 // Contract: Send is ordered per (sender, receiver) pair and blocks while the
-// connection's bounded queue is full. Handlers run on the connection's reader
-// goroutine, in arrival order; they may block only on local resources (never
-// on another message). A handler checks everything a peer sent (indexes,
-// lengths, and that the message is expected now) and returns an error rather
-// than act on a bad message, or panic: the error fails the run, naming the
-// peer. Barrier returns once every process reached the barrier of that name,
-// which also means every message sent before it by any process to this one
-// has been handled.
+// connection's bounded queue is full. A topic's handler runs on a goroutine
+// of the topic's own, one message at a time in arrival order (so per sender
+// and topic in the order sent), off the connection's reader: a handler that
+// blocks holds up its topic, not the peer's other messages. Handlers may
+// block only on local resources (never on another message). A handler
+// checks everything a peer sent (indexes, lengths, and that the message is
+// expected now) and returns an error rather than act on a bad message, or
+// panic: the error fails the run, naming the peer. Barrier returns once
+// every process reached the barrier of that name, which also means every
+// message sent before it by any process to this one has been handled.
 type Mesh interface {
 	Self() int
 	Processes() int
@@ -135,12 +138,34 @@ func (x *execution) joinCluster() error {
 	if x.rec != nil {
 		cr, ok := x.rec.(ClusterRecovery)
 		if !ok {
-			m.Close(fmt.Errorf("recovery does not span processes"))
-			return fmt.Errorf("this recovery cannot be used by a cluster")
+			err := fmt.Errorf("this recovery cannot be used by a cluster")
+			return errors.Join(err, x.closeMesh(fmt.Errorf("recovery does not span processes")))
 		}
 		cr.Attach(m)
 	}
 	return nil
+}
+
+// meshCloseTimeout bounds each of the runtime's waits for the mesh to stop:
+// its handler calls in flight, the peers' goodbyes.
+const meshCloseTimeout = 10 * time.Second
+
+// stopMeshHandlers stops the mesh's handlers and waits for their calls in
+// flight, so that nothing a peer sends acts on what the teardown closes
+// next (recovery). Like closeMesh, it waits on a context of its own.
+func (x *execution) stopMeshHandlers() error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(x.ctx), meshCloseTimeout)
+	defer cancel()
+	return x.mesh.StopHandlers(ctx)
+}
+
+// closeMesh closes the mesh, telling the peers cause (nil: a clean end).
+// It runs when the run's context may have ended already, so it waits on a
+// context of its own.
+func (x *execution) closeMesh(cause error) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(x.ctx), meshCloseTimeout)
+	defer cancel()
+	return x.mesh.Close(ctx, cause)
 }
 
 // attachMesh makes m this execution's mesh and registers the runtime's
@@ -292,7 +317,9 @@ func (c *creditReturn) add(origin int32) error {
 	if c.owed[p] >= remoteCredits/2 {
 		n := c.owed[p]
 		c.owed[p] = 0
-		return c.x.mesh.SendCredit(c.x.ctx, p, c.node, c.dst, n)
+		if err := c.x.mesh.SendCredit(c.x.ctx, p, c.node, c.dst, n); err != nil {
+			return fmt.Errorf("return %d credits to process %d: %w", n, p, err)
+		}
 	}
 	return nil
 }
@@ -330,12 +357,16 @@ func (x *execution) checkSamePartitions(parts map[*node][]string) error {
 func (x *execution) setupClusterClock() {
 	c := x.clock
 	if x.proc == 0 {
+		// The clock calls these from its own goroutines, which have no
+		// error to return: a failed send fails the run.
 		c.hook = func(e Epoch, final bool) {
 			b := binary.AppendUvarint(nil, uint64(e))
 			if final {
 				b = append(b, 1)
 			}
-			x.mesh.Broadcast(x.ctx, "clock", b)
+			if err := x.mesh.Broadcast(x.ctx, "clock", b); err != nil {
+				x.cancel(fmt.Errorf("send epoch %d (final: %v) to the other processes: %w", e, final, err))
+			}
 		}
 		x.mesh.Handle("clock.done", func(from int, b []byte) error {
 			if len(b) != 0 {
@@ -349,7 +380,11 @@ func (x *execution) setupClusterClock() {
 		return
 	}
 	c.follower = true
-	c.forward = func() { x.mesh.Send(x.ctx, 0, "clock.done", nil) }
+	c.forward = func() {
+		if err := x.mesh.Send(x.ctx, 0, "clock.done", nil); err != nil {
+			x.cancel(fmt.Errorf("tell process 0 that a source partition ended: %w", err))
+		}
+	}
 	x.mesh.Handle("clock", func(from int, b []byte) error {
 		if from != 0 {
 			return fmt.Errorf("clock from process %d: only process 0 leads it", from)
@@ -363,8 +398,9 @@ func (x *execution) setupClusterClock() {
 	})
 }
 
-// routeLoaded sends a loaded row to the process whose worker owns it.
-func (x *execution) routeLoaded(to int, r Loaded) {
+// routeLoaded sends a loaded row to the process whose worker owns it (in
+// batches: a row may wait in this process's buffer until flushLoaded).
+func (x *execution) routeLoaded(to int, r Loaded) error {
 	x.cl.loadMu.Lock()
 	defer x.cl.loadMu.Unlock()
 	b := x.cl.loadBuf[to]
@@ -374,9 +410,12 @@ func (x *execution) routeLoaded(to int, r Loaded) {
 	b = appendStr(b, string(r.Value))
 	x.cl.loadBuf[to] = b
 	if len(b) > 1<<20 {
-		x.mesh.Send(x.ctx, to, "load.rows", b)
 		x.cl.loadBuf[to] = nil
+		if err := x.mesh.Send(x.ctx, to, "load.rows", b); err != nil {
+			return fmt.Errorf("send snapshot rows to process %d: %w", to, err)
+		}
 	}
+	return nil
 }
 
 func (x *execution) flushLoaded() error {
@@ -385,7 +424,7 @@ func (x *execution) flushLoaded() error {
 	for to, b := range x.cl.loadBuf {
 		if len(b) > 0 {
 			if err := x.mesh.Send(x.ctx, to, "load.rows", b); err != nil {
-				return err
+				return fmt.Errorf("send snapshot rows to process %d: %w", to, err)
 			}
 		}
 	}

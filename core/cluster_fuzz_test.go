@@ -163,7 +163,7 @@ func FuzzClusterFrames(f *testing.F) {
 			return
 		}
 		x, m := plannedProcess(t, b[0]&1 == 1)
-		defer m.Close(errors.New("done"))
+		defer m.Close(context.Background(), errors.New("done"))
 		defer x.cancel(nil)
 		b = b[1:]
 		for len(b) >= 2 {
@@ -225,7 +225,7 @@ func TestClusterFrames_Refused(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			x, m := plannedProcess(t, tc.loading)
-			defer m.Close(errors.New("done"))
+			defer m.Close(context.Background(), errors.New("done"))
 			defer x.cancel(nil)
 			err := m.Receive(tc.from, tc.frame)
 			switch {
@@ -245,7 +245,7 @@ func TestClusterFrames_BeforeThePlan(t *testing.T) {
 	x.ctx, x.cancel = context.WithCancelCause(context.Background())
 	defer x.cancel(nil)
 	m := mesh.Detached(1, 3, func(err error) { x.cancel(err) })
-	defer m.Close(errors.New("done"))
+	defer m.Close(context.Background(), errors.New("done"))
 	x.attachMesh(m)
 	count := fuzzNode(x.flow, "count")
 	for _, fr := range [][]byte{dataFrame(count, 1, 0, msgAdvance, 2, nil), creditFrame(count, 0, 1), topicFrame("load.rows", nil)} {

@@ -178,7 +178,7 @@ func (s *segment) reportEnd(final Epoch) error {
 
 func (s *segment) report(frontier Epoch) error { return s.hand(frontier) }
 
-func (x *execution) run(parent context.Context) (res *Result, err error) {
+func (x *execution) run(parent context.Context) (*Result, error) {
 	x.ctx, x.cancel = context.WithCancelCause(parent)
 	defer x.cancel(nil)
 	closeRec := func(err error) error {
@@ -189,17 +189,32 @@ func (x *execution) run(parent context.Context) (res *Result, err error) {
 		}
 		return err
 	}
+	// teardown ends the run's components in reverse dependency order: the
+	// mesh's handlers (they write into recovery), recovery, then the mesh
+	// (recovery sends on it, and the peers hear err from it).
+	teardown := func(err error) error {
+		if x.mesh == nil {
+			return closeRec(err)
+		}
+		if serr := x.stopMeshHandlers(); err == nil && serr != nil {
+			err = serr
+		}
+		err = closeRec(err)
+		if cerr := x.closeMesh(err); err == nil && cerr != nil {
+			err = cerr
+		}
+		return err
+	}
 	if x.procs > 1 {
 		if err := x.joinCluster(); err != nil {
 			return nil, closeRec(err)
 		}
-		defer func() { x.mesh.Close(err) }()
 	}
 	info := RunInfo{StartEpoch: 1, Workers: x.workers}
 	if x.rec != nil {
 		var err error
 		if info, err = x.rec.Begin(x.ctx, x.workers); err != nil {
-			return nil, closeRec(err)
+			return nil, teardown(err)
 		}
 		info.Workers = x.workers
 		info.Recovery = true
@@ -214,10 +229,10 @@ func (x *execution) run(parent context.Context) (res *Result, err error) {
 		// Every process finished and sent its last commits before this.
 		err = x.mesh.Barrier(x.ctx, "done")
 	}
-	if err = closeRec(err); err != nil {
+	if err = teardown(err); err != nil {
 		return nil, err
 	}
-	res = &Result{StartEpoch: x.start, FinalEpoch: final, Counters: map[string]int64{}, IgnoredRows: x.ignored.Load()}
+	res := &Result{StartEpoch: x.start, FinalEpoch: final, Counters: map[string]int64{}, IgnoredRows: x.ignored.Load()}
 	for name, c := range x.flow.counters {
 		res.Counters[name] = c.Load()
 	}
@@ -504,8 +519,11 @@ func (x *execution) applyLoaded(rows []Loaded, mine bool) error {
 			x.resumeMu.Unlock()
 			if mine && x.mesh != nil {
 				for p := 0; p < x.procs; p++ {
-					if p != x.proc {
-						x.routeLoaded(p, r)
+					if p == x.proc {
+						continue
+					}
+					if err := x.routeLoaded(p, r); err != nil {
+						return err
 					}
 				}
 			}
@@ -519,7 +537,9 @@ func (x *execution) applyLoaded(rows []Loaded, mine bool) error {
 			if !mine {
 				return fmt.Errorf("row %s/%s for worker %d, which is not here", r.Step, r.Key, owner)
 			}
-			x.routeLoaded(x.ownerOf(owner), r)
+			if err := x.routeLoaded(x.ownerOf(owner), r); err != nil {
+				return err
+			}
 			continue
 		}
 		if n.kind == kindInput {
@@ -599,7 +619,9 @@ func (x *execution) runSegments() error {
 	tickDone := make(chan struct{})
 	go func() {
 		defer close(tickDone)
-		x.clock.tick(x.ctx, x.cfg.EpochInterval)
+		if err := x.clock.tick(x.ctx, x.cfg.EpochInterval); err != nil {
+			fail(fmt.Errorf("close epochs: %w", err))
+		}
 	}()
 	wg.Wait()
 	x.clock.stop()
@@ -870,9 +892,12 @@ func (c *clock) finalEpoch() Epoch {
 	return c.epoch
 }
 
-func (c *clock) tick(ctx context.Context, every time.Duration) {
+// tick closes an epoch every interval until the clock stops or ctx ends.
+// It returns pacing's error (recovery failed to make epochs durable) while
+// the run goes on, so that the run fails rather than stop closing epochs.
+func (c *clock) tick(ctx context.Context, every time.Duration) error {
 	if c.follower {
-		return
+		return nil
 	}
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -886,7 +911,15 @@ func (c *clock) tick(ctx context.Context, every time.Duration) {
 				if !final {
 					began := time.Now()
 					if err := c.waitDurable(ctx, e); err != nil {
-						return // the run ends; its error surfaces elsewhere
+						select {
+						case <-c.stopped:
+							return nil // the run ends; its error surfaces elsewhere
+						default:
+						}
+						if ctx.Err() != nil {
+							return nil
+						}
+						return err
 					}
 					if by := time.Since(began); by > time.Millisecond {
 						if c.onStretch != nil {
@@ -911,9 +944,9 @@ func (c *clock) tick(ctx context.Context, every time.Duration) {
 				c.onEpoch(e)
 			}
 		case <-c.stopped:
-			return
+			return nil
 		case <-ctx.Done():
-			return
+			return nil
 		}
 	}
 }

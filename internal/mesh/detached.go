@@ -12,9 +12,7 @@ import (
 // fuzzing of the handlers, through the same dispatch as a real connection.
 // Close it like a mesh from Dial.
 func Detached(self, processes int, fail func(error)) *Mesh {
-	m := &Mesh{self: self, addrs: make([]string, processes), peers: make([]*peer, processes),
-		handlers: map[string]func(int, []byte) error{}, barriers: map[string]map[int]bool{}, gathered: map[string]map[int][]byte{},
-		barrierC: make(chan struct{}), fail: fail}
+	m := newMesh(self, make([]string, processes), fail)
 	for i := range m.addrs {
 		m.addrs[i] = fmt.Sprintf("detached-%d", i)
 		if i == self {
@@ -36,9 +34,31 @@ func Detached(self, processes int, fail func(error)) *Mesh {
 // Receive acts on frame (a frame's bytes after its length prefix) as if
 // process from had sent it, and returns what the connection's reader would
 // fail the run with: after an error a real connection reads no further.
+// For a topic message it waits for the handler and returns its error.
 func (m *Mesh) Receive(from int, frame []byte) error {
 	if from < 0 || from >= len(m.peers) || m.peers[from] == nil {
 		return fmt.Errorf("no peer %d", from)
 	}
-	return m.dispatch(m.peers[from], frame)
+	p := m.peers[from]
+	if p.refused.Load() {
+		return fmt.Errorf("a message from process %d was refused: nothing after it is read", from)
+	}
+	res, err := m.dispatch(p, frame, true)
+	if err != nil || res == nil {
+		return err
+	}
+	select {
+	case err := <-res:
+		return err
+	case <-m.halt:
+		// The handlers stopped: once the calls in flight end, the message
+		// was either handled or never will be.
+		m.calls.Wait()
+		select {
+		case err := <-res:
+			return err
+		default:
+			return fmt.Errorf("message from process %d not handled: %w", from, ErrClosed)
+		}
+	}
 }

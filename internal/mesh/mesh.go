@@ -34,21 +34,46 @@
 //     authentication fails.
 //   - Send is ordered per (sender, receiver) pair and blocks while the
 //     connection's bounded queue is full.
-//   - Handlers (Handle, HandleData, HandleCredit) run on the connection's
-//     reader goroutine, in arrival order; they may block only on local
-//     resources, never on another message. Whatever a peer sends, neither
-//     the mesh nor a handler may panic: a frame that is malformed, unknown,
-//     early (no handler yet) or that a handler refuses (returns an error
-//     for) fails the run as a lost peer does, and the frames after it on
-//     that connection are not read.
+//   - Topic handlers (Handle) run off the connection's reader: each topic
+//     has a queue and a goroutine of its own that calls the handler one
+//     message at a time, in arrival order, so the messages of one topic
+//     from one sender are handled in the order sent (messages of different
+//     topics are not ordered with each other). A queue holds topicQueueLen
+//     messages; when it is full the reader waits for room (backpressure,
+//     nothing is dropped). So a handler that blocks holds up its own topic
+//     only, and a connection only once that topic's queue is full.
+//   - Data and credit handlers (HandleData, HandleCredit) run on the
+//     connection's reader goroutine, in arrival order: they are the
+//     flow-controlled hot path (the runtime's credits bound what may
+//     arrive), so they must not block at all. A data or credit frame may be
+//     handled before a topic message that came before it.
+//   - Any handler may block only on local resources, never on another
+//     message. Whatever a peer sends, neither the mesh nor a handler may
+//     panic: a frame that is malformed, unknown, early (no handler yet) or
+//     that a handler refuses (returns an error for) fails the run as a lost
+//     peer does, naming the peer, and nothing that peer sends after it is
+//     acted on.
 //   - Barrier returns once every process reached the barrier of that name,
 //     which also means every message sent before it by any process to this
-//     one has been handled. Gather is a barrier that also collects one
-//     payload from each process.
+//     one has been handled: a peer's barrier counts only once every topic
+//     message it sent before the barrier was handled (the reader reads on
+//     meanwhile). Gather is a barrier that also collects one payload from
+//     each process.
 //   - A peer that goes silent (no frame, not even a ping, for a while), drops
 //     its connection or aborts makes the mesh call the fail function given to
-//     Dial once, with an error naming the peer; Close says goodbye (or, with
-//     a cause, tells the peers why this process stops).
+//     Dial once, with an error naming the peer.
+//   - Lifecycle. The mesh's work is tied to the context given to Dial: once
+//     it ends, no handler call starts (frames are still read, and dropped,
+//     so the peers are not stalled), and sends, barriers and gathers fail
+//     with its cause; the caller still closes the mesh. StopHandlers stops
+//     the handlers and waits for the calls in flight and the topics'
+//     goroutines; sends go on working. Close refuses new sends, barriers
+//     and gathers (ErrClosed; a send racing Close's start may be dropped
+//     instead), stops the handlers and waits for them, says goodbye (or,
+//     with a cause, tells the peers why this process stops), waits briefly
+//     for the peers' goodbyes, then closes the connections and waits for
+//     its goroutines. Every wait ends when Close's (or StopHandlers')
+//     context does, so neither hangs on a stuck peer or handler.
 //
 // The mesh knows nothing of dataflows: data and credit frames carry an
 // opaque header (DataHeader) and payload for the runtime's exchanges.
@@ -145,6 +170,15 @@ type frame struct {
 	b   []byte // payload after the type byte
 }
 
+// ErrClosed is wrapped by the errors of what the mesh refuses once it is
+// closing (Close): sends, barriers and gathers; and of barriers, gathers
+// and messages left unfinished because the handlers stopped.
+var ErrClosed = errors.New("mesh closed")
+
+// errHandlersStopped is why the handlers halted when StopHandlers or Close
+// stopped them.
+var errHandlersStopped = fmt.Errorf("handlers stopped: %w", ErrClosed)
+
 // Mesh is this process's end of the cluster's connections.
 type Mesh struct {
 	self   int
@@ -156,16 +190,43 @@ type Mesh struct {
 	peers  []*peer
 
 	mu       sync.Mutex
-	handlers map[string]func(int, []byte) error
+	topics   map[string]*topicQueue
 	onData   func(from int, h DataHeader, payload []byte) error
 	onCredit func(from int, node uint16, dst uint32, n uint32) error
 	barriers map[string]map[int]bool
 	gathered map[string]map[int][]byte
-	barrierC chan struct{} // closed and replaced whenever a barrier or gather message arrives
+	barrierC chan struct{} // closed and replaced whenever a barrier or gather message is recorded
+
+	// The handlers' lifecycle (handlers.go): once halted, no handler call
+	// starts; calls counts the calls in flight and the topics' goroutines.
+	life    sync.Mutex
+	halted  bool
+	haltErr error         // why: the Dial context's cause, or errHandlersStopped
+	halt    chan struct{} // closed when halted
+	calls   sync.WaitGroup
+
+	// The mesh's lifecycle: ctx is the one given to Dial (stopCtx undoes
+	// its hook that halts the handlers); shut is closed when Close begins,
+	// down when the connections are closed.
+	ctx       context.Context
+	stopCtx   func() bool
+	shut      chan struct{}
+	down      chan struct{}
+	downOnce  sync.Once
+	closeOnce sync.Once
+	closeErr  error
 
 	failOnce sync.Once
 	fail     func(error)
 	closing  atomic.Bool
+}
+
+// newMesh is the mesh of process self of len(addrs), before it connects.
+func newMesh(self int, addrs []string, fail func(error)) *Mesh {
+	return &Mesh{self: self, addrs: addrs, peers: make([]*peer, len(addrs)), topics: map[string]*topicQueue{},
+		barriers: map[string]map[int]bool{}, gathered: map[string]map[int][]byte{}, barrierC: make(chan struct{}),
+		halt: make(chan struct{}), ctx: context.Background(), stopCtx: func() bool { return false },
+		shut: make(chan struct{}), down: make(chan struct{}), fail: fail}
 }
 
 type peer struct {
@@ -177,6 +238,10 @@ type peer struct {
 	wdone  chan struct{} // writer ended
 	closed atomic.Bool
 	seal   *sealing // nil: frames travel as they are (no secret, or TLS)
+	// refused is set once a handler refused one of the peer's messages:
+	// nothing more from it is acted on.
+	refused atomic.Bool
+	in      inbox // its topic messages in the handlers' queues
 }
 
 // Self is this process's index.
@@ -185,13 +250,22 @@ func (m *Mesh) Self() int { return m.self }
 // Processes is the number of processes in the cluster.
 func (m *Mesh) Processes() int { return len(m.addrs) }
 
-// Handle registers fn for messages of topic. An error from fn fails the
-// run (see the package doc); a message of a topic without a handler does
-// too.
+// Handle registers fn for messages of topic, replacing the topic's
+// handler if it had one. fn runs on the topic's own goroutine, one message
+// at a time in arrival order (see the package doc). An error from fn fails
+// the run; a message of a topic without a handler does too.
 func (m *Mesh) Handle(topic string, fn func(from int, payload []byte) error) {
 	m.mu.Lock()
-	m.handlers[topic] = fn
-	m.mu.Unlock()
+	defer m.mu.Unlock()
+	if q := m.topics[topic]; q != nil {
+		q.fn = fn
+		return
+	}
+	q := &topicQueue{topic: topic, fn: fn, ch: make(chan topicItem, topicQueueLen)}
+	m.topics[topic] = q
+	if m.enter() {
+		go m.runTopic(q)
+	}
 }
 
 // HandleData registers fn for data frames, as Handle does for a topic.
@@ -211,9 +285,15 @@ func (m *Mesh) HandleCredit(fn func(from int, node uint16, dst uint32, n uint32)
 }
 
 func (m *Mesh) enqueue(ctx context.Context, to int, f frame) error {
-	p := m.peers[to]
-	if p == nil {
+	if to < 0 || to >= len(m.peers) || m.peers[to] == nil {
 		return fmt.Errorf("no peer %d", to)
+	}
+	p := m.peers[to]
+	if m.closing.Load() {
+		return fmt.Errorf("send to process %d: %w", to, ErrClosed)
+	}
+	if m.ctx.Err() != nil {
+		return fmt.Errorf("send to process %d: %w", to, context.Cause(m.ctx))
 	}
 	select {
 	case p.out <- f:
@@ -222,6 +302,10 @@ func (m *Mesh) enqueue(ctx context.Context, to int, f frame) error {
 		return fmt.Errorf("connection to process %d (%s) is closed", to, m.addrs[to])
 	case <-ctx.Done():
 		return context.Cause(ctx)
+	case <-m.shut:
+		return fmt.Errorf("send to process %d: %w", to, ErrClosed)
+	case <-m.ctx.Done():
+		return fmt.Errorf("send to process %d: %w", to, context.Cause(m.ctx))
 	}
 }
 
@@ -269,6 +353,8 @@ func (m *Mesh) Barrier(ctx context.Context, name string) error {
 		case <-ch:
 		case <-ctx.Done():
 			return context.Cause(ctx)
+		case <-m.halt:
+			return fmt.Errorf("barrier %q: %w", name, m.haltCause())
 		}
 	}
 }
@@ -298,6 +384,8 @@ func (m *Mesh) Gather(ctx context.Context, topic string, payload []byte) (map[in
 		case <-ch:
 		case <-ctx.Done():
 			return nil, context.Cause(ctx)
+		case <-m.halt:
+			return nil, fmt.Errorf("gather %q: %w", topic, m.haltCause())
 		}
 	}
 }
@@ -305,6 +393,11 @@ func (m *Mesh) Gather(ctx context.Context, topic string, payload []byte) (map[in
 // Dial connects this process to every other one (see the package doc).
 // ident is the run's identity: every process must give the same. fail is
 // called once when a peer is lost after Dial returned.
+//
+// Dial runs in phases: it listens, then an acceptor takes the lower
+// processes' connections (acceptPeers) while a dialer per higher process
+// connects to it (dialPeer), and the assembly (assemble) collects their
+// connections until every peer is here or the wait fails.
 func Dial(ctx context.Context, cfg Config, ident string, fail func(error)) (*Mesh, error) {
 	n := len(cfg.Addresses)
 	if cfg.Self < 0 || cfg.Self >= n {
@@ -314,8 +407,9 @@ func Dial(ctx context.Context, cfg Config, ident string, fail func(error)) (*Mes
 	if timeout <= 0 {
 		timeout = 60 * time.Second
 	}
-	m := &Mesh{self: cfg.Self, addrs: cfg.Addresses, ident: ident, secret: cfg.Secret, tls: cfg.TLS, peers: make([]*peer, n),
-		handlers: map[string]func(int, []byte) error{}, barriers: map[string]map[int]bool{}, gathered: map[string]map[int][]byte{}, barrierC: make(chan struct{}), fail: fail}
+	m := newMesh(cfg.Self, cfg.Addresses, fail)
+	m.ident, m.secret, m.tls = ident, cfg.Secret, cfg.TLS
+	life := ctx
 	listen := cfg.Listen
 	if listen == "" {
 		listen = cfg.Addresses[cfg.Self]
@@ -330,153 +424,19 @@ func Dial(ctx context.Context, cfg Config, ident string, fail func(error)) (*Mes
 	m.ln = ln
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	type result struct {
-		id   int
-		conn net.Conn
-		seal *sealing
-		err  error
+	j := &joining{m: m, timeout: timeout, results: make(chan joined, n), why: map[int]string{}}
+	go j.acceptPeers(ln)
+	for to := m.self + 1; to < n; to++ {
+		go j.dialPeer(ctx, to)
 	}
-	results := make(chan result, n)
-	// Why each missing peer is missing: the last dial error (peers this
-	// process dials) or the last refused connection (peers that dial it).
-	var whyMu sync.Mutex
-	why := map[int]string{}
-	var refused string
-	setWhy := func(j int, err error) {
-		whyMu.Lock()
-		why[j] = err.Error()
-		whyMu.Unlock()
-	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return // closed (Dial is done) or broken: the wait below times out
-			}
-			go func() {
-				c.SetDeadline(time.Now().Add(min(timeout, helloTimeout)))
-				id, seal, err := m.accept(c)
-				c.SetDeadline(time.Time{})
-				if err != nil {
-					c.Close()
-					whyMu.Lock()
-					refused = fmt.Sprintf("refused a connection from %s: %v", c.RemoteAddr(), err)
-					whyMu.Unlock()
-					return
-				}
-				select {
-				case results <- result{id, c, seal, nil}:
-				default: // more peers than expected: Dial has failed
-					c.Close()
-				}
-			}()
-		}
-	}()
-	for j := m.self + 1; j < n; j++ {
-		go func(j int) {
-			for {
-				c, err := m.dialOnce(ctx, cfg.Addresses[j])
-				if err == nil {
-					c.SetDeadline(time.Now().Add(min(timeout, helloTimeout)))
-					var id int
-					var seal *sealing
-					id, seal, err = m.greet(c, j)
-					c.SetDeadline(time.Time{})
-					if err == nil {
-						results <- result{id, c, seal, nil}
-						return
-					}
-					c.Close()
-					if !retryable(err) {
-						results <- result{j, nil, nil, fmt.Errorf("process %d at %s: %w", j, cfg.Addresses[j], err)}
-						return
-					}
-				}
-				setWhy(j, err)
-				select {
-				case <-ctx.Done():
-					return // the wait below reports it
-				case <-time.After(200 * time.Millisecond):
-				}
-			}
-		}(j)
-	}
-	// missing describes the peers not connected yet and why.
-	missing := func() string {
-		whyMu.Lock()
-		defer whyMu.Unlock()
-		var parts []string
-		for j := 0; j < n; j++ {
-			if j == m.self || m.peers[j] != nil {
-				continue
-			}
-			p := fmt.Sprintf("process %d (%s)", j, cfg.Addresses[j])
-			switch {
-			case why[j] != "":
-				p += ": " + why[j]
-			case j < m.self:
-				p += ": has not connected"
-				if refused != "" {
-					p += " (" + refused + ")"
-				}
-			}
-			parts = append(parts, p)
-		}
-		return strings.Join(parts, "; ")
-	}
-	report := time.NewTicker(waitReport)
-	defer report.Stop()
-	var firstErr error
-	for k := 0; k < n-1 && firstErr == nil; k++ {
-		var r result
-	wait:
-		for {
-			select {
-			case r = <-results:
-				break wait
-			case <-report.C:
-				if cfg.Waiting != nil {
-					cfg.Waiting("waiting for " + missing())
-				}
-			case <-ctx.Done():
-				err := fmt.Errorf("the cluster did not form within %v: missing %s", timeout, missing())
-				if ctx.Err() != context.DeadlineExceeded {
-					err = context.Cause(ctx)
-				}
-				r = result{-1, nil, nil, err}
-				break wait
-			}
-		}
-		if r.err != nil {
-			firstErr = r.err
-			break
-		}
-		if r.id < 0 || r.id >= n || r.id == m.self || m.peers[r.id] != nil {
-			r.conn.Close()
-			firstErr = fmt.Errorf("unexpected connection from process %d", r.id)
-			break
-		}
-		whyMu.Lock()
-		m.peers[r.id] = &peer{id: r.id, conn: r.conn, out: make(chan frame, peerQueue), done: make(chan struct{}), wdone: make(chan struct{}), seal: r.seal}
-		whyMu.Unlock()
-	}
-	if firstErr != nil {
+	if err := j.assemble(ctx, cfg.Waiting); err != nil {
 		m.closeNow()
-		// Connections that finished their handshake late are closed too.
-		for {
-			select {
-			case r := <-results:
-				if r.conn != nil {
-					r.conn.Close()
-				}
-				continue
-			default:
-			}
-			break
-		}
-		return nil, firstErr
+		j.abandon()
+		return nil, err
 	}
 	ln.Close() // every peer is here; nobody else may connect
+	m.ctx = life
+	m.stopCtx = context.AfterFunc(life, func() { m.haltHandlers(context.Cause(life)) })
 	for _, p := range m.peers {
 		if p != nil {
 			go m.writeLoop(p)
@@ -484,6 +444,178 @@ func Dial(ctx context.Context, cfg Config, ident string, fail func(error)) (*Mes
 		}
 	}
 	return m, nil
+}
+
+// joining is the state of Dial while the cluster forms: the connections
+// the acceptor and the dialers made, and why each missing peer is missing.
+type joining struct {
+	m       *Mesh
+	timeout time.Duration // ConnectTimeout: bounds one handshake too
+	results chan joined   // from the acceptor and the dialers, to the assembly
+
+	mu      sync.Mutex // guards why, refused, and m.peers while the cluster forms
+	why     map[int]string
+	refused string
+}
+
+// joined is a connection that passed its handshake with process id, or the
+// error that ends the wait for the cluster.
+type joined struct {
+	id   int
+	conn net.Conn
+	seal *sealing
+	err  error
+}
+
+// handshakeDeadline bounds one connection's handshake.
+func (j *joining) handshakeDeadline() time.Time {
+	return time.Now().Add(min(j.timeout, helloTimeout))
+}
+
+// acceptPeers is the acceptor: it takes the connections of the processes
+// below this one until the listener is closed, runs each one's handshake
+// and hands those that pass to the assembly. A connection that fails its
+// handshake is refused, and why is kept for the wait's report.
+func (j *joining) acceptPeers(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return // closed (Dial is done) or broken: the wait times out
+		}
+		go func() {
+			c.SetDeadline(j.handshakeDeadline())
+			id, seal, err := j.m.accept(c)
+			c.SetDeadline(time.Time{})
+			if err != nil {
+				c.Close()
+				j.mu.Lock()
+				j.refused = fmt.Sprintf("refused a connection from %s: %v", c.RemoteAddr(), err)
+				j.mu.Unlock()
+				return
+			}
+			select {
+			case j.results <- joined{id, c, seal, nil}:
+			default: // more peers than expected: Dial has failed
+				c.Close()
+			}
+		}()
+	}
+}
+
+// dialPeer is the dialer for process to (above this one): it connects and
+// runs the handshake, again every 200ms while the peer is not there yet,
+// until it succeeds, fails in a way no retry can fix, or ctx ends.
+func (j *joining) dialPeer(ctx context.Context, to int) {
+	addr := j.m.addrs[to]
+	for {
+		c, err := j.m.dialOnce(ctx, addr)
+		if err == nil {
+			c.SetDeadline(j.handshakeDeadline())
+			var id int
+			var seal *sealing
+			id, seal, err = j.m.greet(c, to)
+			c.SetDeadline(time.Time{})
+			if err == nil {
+				j.results <- joined{id, c, seal, nil}
+				return
+			}
+			c.Close()
+			if !retryable(err) {
+				j.results <- joined{to, nil, nil, fmt.Errorf("process %d at %s: %w", to, addr, err)}
+				return
+			}
+		}
+		j.mu.Lock()
+		j.why[to] = err.Error()
+		j.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return // the assembly reports it
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// missing describes the peers not connected yet and why.
+func (j *joining) missing() string {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	m := j.m
+	var parts []string
+	for k := range m.addrs {
+		if k == m.self || m.peers[k] != nil {
+			continue
+		}
+		p := fmt.Sprintf("process %d (%s)", k, m.addrs[k])
+		switch {
+		case j.why[k] != "":
+			p += ": " + j.why[k]
+		case k < m.self:
+			p += ": has not connected"
+			if j.refused != "" {
+				p += " (" + j.refused + ")"
+			}
+		}
+		parts = append(parts, p)
+	}
+	return strings.Join(parts, "; ")
+}
+
+// assemble is the assembly: it makes a peer of every connection the
+// acceptor and the dialers hand over, until every other process is here.
+// It fails at the first error they report, at a connection it did not
+// expect, or when ctx ends (saying which peers are missing and why);
+// waiting, if set, hears of the missing peers every waitReport meanwhile.
+func (j *joining) assemble(ctx context.Context, waiting func(string)) error {
+	m := j.m
+	report := time.NewTicker(waitReport)
+	defer report.Stop()
+	for k := 0; k < len(m.addrs)-1; k++ {
+		var r joined
+	wait:
+		for {
+			select {
+			case r = <-j.results:
+				break wait
+			case <-report.C:
+				if waiting != nil {
+					waiting("waiting for " + j.missing())
+				}
+			case <-ctx.Done():
+				err := fmt.Errorf("the cluster did not form within %v: missing %s", j.timeout, j.missing())
+				if ctx.Err() != context.DeadlineExceeded {
+					err = context.Cause(ctx)
+				}
+				return err
+			}
+		}
+		if r.err != nil {
+			return r.err
+		}
+		if r.id < 0 || r.id >= len(m.addrs) || r.id == m.self || m.peers[r.id] != nil {
+			r.conn.Close()
+			return fmt.Errorf("unexpected connection from process %d", r.id)
+		}
+		j.mu.Lock()
+		m.peers[r.id] = &peer{id: r.id, conn: r.conn, out: make(chan frame, peerQueue), done: make(chan struct{}), wdone: make(chan struct{}), seal: r.seal}
+		j.mu.Unlock()
+	}
+	return nil
+}
+
+// abandon closes the connections that finished their handshake after the
+// assembly failed.
+func (j *joining) abandon() {
+	for {
+		select {
+		case r := <-j.results:
+			if r.conn != nil {
+				r.conn.Close()
+			}
+		default:
+			return
+		}
+	}
 }
 
 // retryable says whether a failed handshake with a peer may succeed on a
@@ -727,6 +859,8 @@ func (m *Mesh) writeLoop(p *peer) {
 		case f = <-p.out:
 		case <-t.C:
 			f = frame{typ: framePing}
+		case <-m.down:
+			return
 		}
 		var err error
 		if p.seal != nil {
@@ -808,21 +942,24 @@ func (m *Mesh) readLoop(p *peer) {
 				return
 			}
 		}
-		if err := m.dispatch(p, b); err != nil {
+		if _, err := m.dispatch(p, b, false); err != nil {
 			m.rejected(p, err)
 			return
 		}
-		if p.bye.Load() {
+		if p.bye.Load() || p.refused.Load() {
 			return
 		}
 	}
 }
 
 // dispatch acts on one frame from peer p, or says why it must not: it
-// never panics, whatever the frame holds.
-func (m *Mesh) dispatch(p *peer, b []byte) error {
+// never panics, whatever the frame holds. A topic message goes to its
+// topic's queue (waiting while that is full); with await, the returned
+// channel is told its handler's result. Data and credit frames are handed
+// to their handlers here, on the reader.
+func (m *Mesh) dispatch(p *peer, b []byte, await bool) (<-chan error, error) {
 	if len(b) == 0 {
-		return errors.New("empty frame")
+		return nil, errors.New("empty frame")
 	}
 	switch b[0] {
 	case framePing:
@@ -833,48 +970,33 @@ func (m *Mesh) dispatch(p *peer, b []byte) error {
 		m.failOnce.Do(func() { m.fail(fmt.Errorf("process %d (%s) failed: %s", p.id, m.addrs[p.id], b[1:])) })
 	case frameTopic:
 		if len(b) < 2 || int(b[1]) > len(b)-2 {
-			return errors.New("malformed frame")
+			return nil, errors.New("malformed frame")
 		}
 		n := 2 + int(b[1]) // not b[1]+2: that is a byte, and wraps
 		topic := string(b[2:n])
 		payload := b[n:]
-		if topic == "$gather" {
+		switch topic {
+		case "$gather":
 			name, data, ok := bytes.Cut(payload, []byte{0})
 			if !ok {
-				return errors.New("malformed gather")
+				return nil, errors.New("malformed gather")
 			}
-			m.mu.Lock()
-			if m.gathered[string(name)] == nil {
-				m.gathered[string(name)] = map[int][]byte{}
-			}
-			m.gathered[string(name)][p.id] = append([]byte(nil), data...)
-			close(m.barrierC)
-			m.barrierC = make(chan struct{})
-			m.mu.Unlock()
-			return nil
-		}
-		if topic == "$barrier" {
-			m.mu.Lock()
-			name := string(payload)
-			if m.barriers[name] == nil {
-				m.barriers[name] = map[int]bool{}
-			}
-			m.barriers[name][p.id] = true
-			close(m.barrierC)
-			m.barrierC = make(chan struct{})
-			m.mu.Unlock()
-			return nil
+			m.arrive(p, mark{gather: true, name: string(name), data: append([]byte(nil), data...)})
+			return nil, nil
+		case "$barrier":
+			m.arrive(p, mark{name: string(payload)})
+			return nil, nil
 		}
 		m.mu.Lock()
-		h := m.handlers[topic]
+		q := m.topics[topic]
 		m.mu.Unlock()
-		if h == nil {
-			return fmt.Errorf("no handler for %q", topic)
+		if q == nil {
+			return nil, fmt.Errorf("no handler for %q", topic)
 		}
-		return h(p.id, payload)
+		return m.queue(p, q, payload, await), nil
 	case frameData:
 		if len(b) < 20 {
-			return errors.New("malformed data frame")
+			return nil, errors.New("malformed data frame")
 		}
 		node := binary.BigEndian.Uint16(b[1:])
 		dst := binary.BigEndian.Uint32(b[3:])
@@ -884,24 +1006,32 @@ func (m *Mesh) dispatch(p *peer, b []byte) error {
 		fn := m.onData
 		m.mu.Unlock()
 		if fn == nil {
-			return errors.New("data frame before this process was ready for one")
+			return nil, errors.New("data frame before this process was ready for one")
 		}
-		return fn(p.id, h, b[20:])
+		if !m.enter() {
+			return nil, nil // the handlers stopped: dropped
+		}
+		defer m.leave()
+		return nil, fn(p.id, h, b[20:])
 	case frameCredit:
 		if len(b) != 11 {
-			return errors.New("malformed credit frame")
+			return nil, errors.New("malformed credit frame")
 		}
 		m.mu.Lock()
 		fn := m.onCredit
 		m.mu.Unlock()
 		if fn == nil {
-			return errors.New("credit frame before this process was ready for one")
+			return nil, errors.New("credit frame before this process was ready for one")
 		}
-		return fn(p.id, binary.BigEndian.Uint16(b[1:]), binary.BigEndian.Uint32(b[3:]), binary.BigEndian.Uint32(b[7:]))
+		if !m.enter() {
+			return nil, nil
+		}
+		defer m.leave()
+		return nil, fn(p.id, binary.BigEndian.Uint16(b[1:]), binary.BigEndian.Uint32(b[3:]), binary.BigEndian.Uint32(b[7:]))
 	default:
-		return fmt.Errorf("unknown frame type %d", b[0])
+		return nil, fmt.Errorf("unknown frame type %d", b[0])
 	}
-	return nil
+	return nil, nil
 }
 
 // DataHeaderLen is the size of a data frame's header, after the type byte.
@@ -931,54 +1061,107 @@ func (m *Mesh) SendCredit(ctx context.Context, to int, node uint16, dst uint32, 
 	return m.enqueue(ctx, to, frame{frameCredit, b})
 }
 
-// Close says goodbye to every peer (or, with a cause, tells them why this
-// process failed) and waits briefly for their goodbyes before closing the
-// connections.
-func (m *Mesh) Close(cause error) {
+// byeWait bounds Close's wait for the peers (its goodbyes sent, theirs
+// received), whatever Close's context allows.
+const byeWait = 5 * time.Second
+
+// StopHandlers stops the handlers' work: no handler call starts from now
+// on, and it waits, until ctx ends, for the calls in flight and the topics'
+// goroutines to end. Frames that arrive later are read and dropped (so the
+// peers are not stalled); a barrier or gather waiting then fails. Sends
+// still work, until Close. The runtime stops the handlers before it closes
+// what they use (recovery), and closes the mesh after that.
+func (m *Mesh) StopHandlers(ctx context.Context) error {
+	m.haltHandlers(errHandlersStopped)
+	if err := m.awaitHandlers(ctx); err != nil {
+		return fmt.Errorf("stop mesh handlers: %w", err)
+	}
+	return nil
+}
+
+// Close ends the mesh. From its start, sends, barriers and gathers are
+// refused (with an error wrapping ErrClosed); it stops the handlers and
+// waits for the calls in flight (StopHandlers), says goodbye to every peer
+// (or, with a cause, tells them why this process stops) and waits briefly
+// for their goodbyes, then closes the connections and waits for its
+// goroutines to end. Every wait ends when ctx does (and the waits for the
+// peers after byeWait at most), so a stuck peer or handler cannot hold
+// Close forever; it then returns an error saying what was still running.
+// Close is safe to call more than once: later calls return the first's
+// result.
+func (m *Mesh) Close(ctx context.Context, cause error) error {
+	m.closeOnce.Do(func() { m.closeErr = m.close(ctx, cause) })
+	return m.closeErr
+}
+
+func (m *Mesh) close(ctx context.Context, cause error) error {
 	m.closing.Store(true)
+	close(m.shut)
+	m.stopCtx()
+	var errs []error
+	if err := m.StopHandlers(ctx); err != nil {
+		errs = append(errs, err)
+	}
 	f := frame{typ: frameBye}
 	if cause != nil {
 		f = frame{frameAbort, []byte(cause.Error())}
 	}
+	peers, cancel := context.WithTimeout(ctx, byeWait)
+	defer cancel()
 	for _, p := range m.peers {
 		if p == nil {
 			continue
 		}
 		select {
 		case p.out <- f:
+			continue
+		default:
+		}
+		select {
+		case p.out <- f:
 		case <-p.wdone:
-		case <-time.After(2 * time.Second):
+		case <-peers.Done():
 		}
 	}
-	// One deadline for all the waits (a time.After channel fires once, so
-	// it cannot be shared by several selects).
-	deadline := time.NewTimer(5 * time.Second)
-	defer deadline.Stop()
-	expired := false
-	wait := func(ch <-chan struct{}) {
-		if expired {
-			return
+	wait := func(ctx context.Context, ch <-chan struct{}) bool {
+		select {
+		case <-ch:
+			return true
+		default:
 		}
 		select {
 		case <-ch:
-		case <-deadline.C:
-			expired = true
+			return true
+		case <-ctx.Done():
+			return false
 		}
 	}
 	for _, p := range m.peers {
 		if p == nil {
 			continue
 		}
-		wait(p.wdone)
-		if cause == nil {
-			wait(p.done)
+		if wait(peers, p.wdone) && cause == nil {
+			wait(peers, p.done)
 		}
 	}
 	m.closeNow()
+	// Closed connections end the readers and writers promptly.
+	for _, p := range m.peers {
+		if p == nil {
+			continue
+		}
+		if !wait(ctx, p.wdone) || !wait(ctx, p.done) {
+			errs = append(errs, fmt.Errorf("close mesh: the connection with process %d (%s) is still in use: %w", p.id, m.addrs[p.id], context.Cause(ctx)))
+			break
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func (m *Mesh) closeNow() {
 	m.closing.Store(true)
+	m.haltHandlers(errHandlersStopped)
+	m.downOnce.Do(func() { close(m.down) })
 	if m.ln != nil {
 		m.ln.Close()
 	}

@@ -38,7 +38,7 @@ func dialAll(t *testing.T, cfgs []Config) ([]*Mesh, []error) {
 		for _, m := range ms {
 			if m != nil {
 				wg.Add(1)
-				go func() { defer wg.Done(); m.Close(nil) }()
+				go func() { defer wg.Done(); m.Close(context.Background(), nil) }()
 			}
 		}
 		wg.Wait()
@@ -162,8 +162,8 @@ func TestDial_StrangersAreRefusedAndStartGoesOn(t *testing.T) {
 	}
 	<-done
 	t.Cleanup(func() { // both at once: each waits for the other's goodbye
-		go ms[0].Close(nil)
-		m0.Close(nil)
+		go ms[0].Close(context.Background(), nil)
+		m0.Close(context.Background(), nil)
 	})
 	if errs[0] != nil {
 		t.Fatalf("process 1: %v", errs[0])
@@ -185,7 +185,7 @@ func TestDial_TimeoutSaysWhoWasRefused(t *testing.T) {
 	imp.Secret = []byte("guess")
 	m, err := Dial(context.Background(), imp, "test-run", func(error) {})
 	if err == nil {
-		m.Close(nil)
+		m.Close(context.Background(), nil)
 		t.Fatal("the impostor joined")
 	}
 	if !strings.Contains(err.Error(), "the cluster secrets differ") {
@@ -279,12 +279,19 @@ func FuzzDispatch(f *testing.F) {
 		if len(b) == 0 {
 			return // readFrameMax never returns an empty frame
 		}
-		m := &Mesh{addrs: []string{"a", "b"}, handlers: map[string]func(int, []byte) error{"hi": func(int, []byte) error { return nil }},
-			barriers: map[string]map[int]bool{}, gathered: map[string]map[int][]byte{}, barrierC: make(chan struct{}), fail: func(error) {}}
-		m.dispatch(&peer{id: 1}, b) // before the data and credit handlers are set
+		m := newMesh(0, []string{"a", "b"}, func(error) {})
+		defer m.haltHandlers(errHandlersStopped)
+		m.Handle("hi", func(int, []byte) error { return nil })
+		p := &peer{id: 1}
+		wait := func(res <-chan error, _ error) {
+			if res != nil {
+				<-res
+			}
+		}
+		wait(m.dispatch(p, b, true)) // before the data and credit handlers are set
 		m.HandleData(func(int, DataHeader, []byte) error { return nil })
 		m.HandleCredit(func(int, uint16, uint32, uint32) error { return nil })
-		m.dispatch(&peer{id: 1}, b)
+		wait(m.dispatch(p, b, true))
 		m.parseHello(b)
 	})
 }

@@ -70,7 +70,7 @@ func startRelayed(t *testing.T, secret string, tamper meshtest.Tamper) *relayedP
 		var wg sync.WaitGroup
 		for _, m := range r.ms {
 			wg.Add(1)
-			go func() { defer wg.Done(); m.Close(nil) }()
+			go func() { defer wg.Done(); m.Close(context.Background(), nil) }()
 		}
 		wg.Wait()
 	})

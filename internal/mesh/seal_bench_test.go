@@ -86,8 +86,8 @@ func BenchmarkMeshThroughput(b *testing.B) {
 				}
 			}
 			defer func() {
-				go ms[1].Close(nil)
-				ms[0].Close(nil)
+				go ms[1].Close(context.Background(), nil)
+				ms[0].Close(context.Background(), nil)
 			}()
 			const size = 16 << 10
 			got := make(chan struct{}, 1024)

@@ -48,8 +48,12 @@ type Recovery struct {
 	running sync.WaitGroup // the announce goroutine
 	failure error
 	// begun is set once this process's partitions began: peers' commits may
-	// come from then on (the handlers run on the mesh's reader goroutines).
+	// come from then on (the handlers run on the mesh's goroutines).
 	begun atomic.Bool
+	// runCtx is the context Begin was given (the run's): peers' commits are
+	// written under it, so a run that fails does not leave a handler
+	// waiting on the store.
+	runCtx context.Context
 }
 
 var _ core.ClusterRecovery = (*Recovery)(nil)
@@ -303,6 +307,7 @@ func (r *Recovery) Begin(ctx context.Context, workers int) (core.RunInfo, error)
 		r.store.Close()
 		return core.RunInfo{}, fmt.Errorf("process %d: %w", self, err)
 	}
+	r.runCtx = ctx
 	r.begun.Store(true)
 	r.running.Add(1)
 	go r.announce(r.done)
@@ -433,7 +438,7 @@ func (r *Recovery) Commit(ctx context.Context, w core.WorkerIndex, frontier core
 			continue
 		}
 		if err := r.mesh.Send(ctx, p, "rec.commit", encodeCommit(int(w), uint64(frontier), rows)); err != nil {
-			return err
+			return fmt.Errorf("send worker %d's commit of frontier %d to process %d: %w", w, frontier, p, err)
 		}
 	}
 	return nil
@@ -450,8 +455,10 @@ func (r *Recovery) ownsAny(p int) bool {
 
 // onCommit writes rows a peer routed to this process's partitions. A
 // malformed or early message is the peer's fault and fails the run through
-// the mesh; a failed write is this process's, kept for Commit and
-// WaitDurable to return.
+// the mesh; a failed write is this process's, kept for Commit, WaitDurable
+// and Close to return. The runtime stops the mesh's handlers before it
+// closes the recovery; should a commit come later all the same, the
+// closed store refuses it (recovery.ErrClosed) and that is the error kept.
 func (r *Recovery) onCommit(from int, b []byte) error {
 	if !r.begun.Load() {
 		return fmt.Errorf("commit before this process began its partitions")
@@ -460,7 +467,7 @@ func (r *Recovery) onCommit(from int, b []byte) error {
 	if err != nil {
 		return err
 	}
-	if err := r.store.Commit(context.Background(), recovery.WorkerIndex(w), recovery.Epoch(f), rows); err != nil {
+	if err := r.store.Commit(r.runCtx, recovery.WorkerIndex(w), recovery.Epoch(f), rows); err != nil {
 		r.mu.Lock()
 		if r.failure == nil {
 			r.failure = fmt.Errorf("commit from process %d: %w", from, err)
