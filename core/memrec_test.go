@@ -19,6 +19,11 @@ type memRecovery struct {
 	// commit reaching that frontier, which is then dropped too.
 	crashAt   core.Epoch
 	onCrash   func()
+	// crashOnlyResumable holds the crash until every worker has committed
+	// past epoch 1, so the crashed run leaves something to resume from;
+	// crashResume is then the epoch a resume must start at.
+	crashOnlyResumable bool
+	crashResume        core.Epoch
 	commitLog []memCommit
 }
 
@@ -119,8 +124,9 @@ func (m *memRecovery) Load(_ context.Context, below core.Epoch, fn func([]core.L
 func (m *memRecovery) Commit(_ context.Context, w core.WorkerIndex, frontier core.Epoch, changes []core.Change) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.crashAt > 0 && frontier >= m.crashAt && !m.frozen {
+	if m.crashAt > 0 && frontier >= m.crashAt && !m.frozen && (!m.crashOnlyResumable || m.resumeEpoch() > 1) {
 		m.frozen = true
+		m.crashResume = m.resumeEpoch()
 		m.onCrash()
 	}
 	if m.frozen {
