@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"filippo.io/age"
@@ -96,6 +97,9 @@ type Options struct {
 	// a newer lineage claims the location (which fences backups otherwise;
 	// see LineageGate). The other lineage's backups are fenced from then on.
 	TakeOver bool
+	// Tags label every backup taken (see Retention.Tags): at most
+	// MaxTags, each as ValidateTag allows.
+	Tags []string
 }
 
 // Validate refuses settings that would make backups unsafe.
@@ -109,8 +113,15 @@ func (o Options) Validate() error {
 		return fmt.Errorf("lock TTL %v is too short: at least %v (a shorter lock could expire while its holder works)", o.LockTTL, MinLockTTL)
 	case o.LockTTL > MaxLockTTL:
 		return fmt.Errorf("lock TTL %v is too long: at most %v (locks are renewed while their holder works; the TTL only bounds how long a dead agent blocks others)", o.LockTTL, MaxLockTTL)
+	case len(o.Tags) > MaxTags:
+		return fmt.Errorf("%d tags: at most %d", len(o.Tags), MaxTags)
 	case o.BaseMaxAge < 0 || o.BaseMaxAge > MaxBaseMaxAge:
 		return fmt.Errorf("base max age %v is out of range: at most %v, as GC remembers dropped keys for %v", o.BaseMaxAge, MaxBaseMaxAge, recovery.DroppedRetention)
+	}
+	for _, t := range o.Tags {
+		if err := ValidateTag(t); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -453,7 +464,10 @@ func (r *Repo) BackupPartition(ctx context.Context, p *recovery.Partition) *Resu
 		if l, _, err := recovery.ReadLineage(lctx, p.DB); err == nil {
 			res.Fork = forkFromLatest(l, prev)
 		}
-		if o.SkipUnchanged && prev != nil && len(r.quarantined) == 0 {
+		// A backup asked to carry a tag the latest one lacks is taken even
+		// if nothing changed: the tag is what was asked for.
+		tagged := !slices.ContainsFunc(o.Tags, func(t string) bool { return prev == nil || !slices.Contains(prev.Tags, t) })
+		if o.SkipUnchanged && prev != nil && len(r.quarantined) == 0 && tagged {
 			if same, err := unchangedSince(lctx, p, prev); err != nil {
 				return err
 			} else if same {
@@ -550,6 +564,7 @@ func (r *Repo) capture(ctx context.Context, p *recovery.Partition, prev *Manifes
 		Agent:     AgentInfo{Version: Version(), Host: host},
 		Lineage:   &lineage,
 		Runs:      v.Runs,
+		Tags:      slices.Clone(o.Tags),
 	}
 	if c := r.cipher; c != nil {
 		m.Encryption = &EncryptionInfo{Scheme: SchemeAge, Key: c.KeyID(), Recipients: c.Recipients()}

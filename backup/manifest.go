@@ -49,6 +49,7 @@ const (
 	MaxPartitions    = 1 << 16
 	MaxChunks        = 1 << 20
 	MaxImageBytes    = 1 << 44 // 16 TiB
+	MaxTags          = 16
 )
 
 // Manifest describes one backup of one partition. It is written last.
@@ -76,6 +77,9 @@ type Manifest struct {
 	// Runs are the partition's recent runs (see recovery.Run): two
 	// backups of one lineage are one history only along them.
 	Runs []recovery.Run `json:"runs,omitempty"`
+	// Tags are the operator's labels (backup --tag), which retention can
+	// keep by (prune --keep-tag).
+	Tags []string `json:"tags,omitempty"`
 
 	// Locked says the manifest is encrypted and was not opened (no identity
 	// given opens it): only its plaintext index is known, which is what
@@ -304,8 +308,8 @@ type manifestPayload struct {
 // quick verify and prune need, so the bucket says no more than it must.
 // The backup's id (its time), the flow's uid, the partition, the
 // restorable epochs and the time of the newest, the lineage's ids, fork
-// epochs and runs (no hosts), and the chunks' keyed names and stored
-// sizes. The flow's name, hosts, execution counts, intervals, key ids and
+// epochs and runs (no hosts), the chunks' keyed names and stored sizes,
+// and the operator's tags (prune keeps by them). The flow's name, hosts, execution counts, intervals, key ids and
 // recipient fingerprints, sizes and content hashes are sealed.
 type indexV2 struct {
 	V         int            `json:"v"`
@@ -320,6 +324,7 @@ type indexV2 struct {
 	BaseID    string         `json:"base_id"`
 	Base      []indexObject  `json:"base"`
 	Delta     []indexObject  `json:"delta,omitempty"`
+	Tags      []string       `json:"tags,omitempty"`
 }
 
 // indexLineage is a lineage as an index names it: no hosts, no reasons.
@@ -339,7 +344,7 @@ type indexAncestor struct {
 
 func (m *Manifest) indexV2() indexV2 {
 	ix := indexV2{V: 2, ID: m.ID, Flow: m.Flow.UID, Partition: m.Partition, Lo: m.Epochs.Lo, Hi: m.Epochs.Hi, HiTime: m.Epochs.HiTime,
-		Runs: m.Runs, BaseID: m.Base.ID, Base: indexObjects(m.Base.Chunks)}
+		Runs: m.Runs, BaseID: m.Base.ID, Base: indexObjects(m.Base.Chunks), Tags: m.Tags}
 	if l := m.Lineage; l != nil {
 		il := &indexLineage{ID: l.ID, Created: l.Created, Fork: l.Fork}
 		for _, a := range l.Ancestors {
@@ -358,7 +363,7 @@ func (ix *indexV2) manifest() *Manifest {
 	created, _ := BackupIDTime(ix.ID)
 	m := &Manifest{Format: ManifestFormat, ID: ix.ID, Created: created, Flow: FlowRef{UID: ix.Flow}, Partition: ix.Partition,
 		Epochs: EpochRange{Lo: ix.Lo, Hi: ix.Hi, HiTime: ix.HiTime}, Execution: -1, Encryption: &EncryptionInfo{Scheme: SchemeAge},
-		Runs: ix.Runs, Base: Image{ID: ix.BaseID, Chunks: lockedObjects(ix.Base)}, Locked: true}
+		Runs: ix.Runs, Base: Image{ID: ix.BaseID, Chunks: lockedObjects(ix.Base)}, Tags: ix.Tags, Locked: true}
 	if il := ix.Lineage; il != nil {
 		l := &recovery.Lineage{ID: il.ID, Created: il.Created, Fork: il.Fork}
 		for _, a := range il.Ancestors {
@@ -615,9 +620,17 @@ func (m *Manifest) Validate() error {
 		return bad("%v", m.Lineage.Validate())
 	case len(m.Runs) > recovery.MaxRuns:
 		return bad("%d runs", len(m.Runs))
+	case len(m.Tags) > MaxTags:
+		return bad("%d tags", len(m.Tags))
 	case m.Encryption != nil && (m.Encryption.Scheme != SchemeAge || !m.Locked && (!keyIDRE.MatchString(m.Encryption.Key) || !keyIDRE.MatchString(m.Encryption.Recipients))):
 		return bad("encryption %+v", *m.Encryption)
-	case m.Locked:
+	}
+	for _, t := range m.Tags {
+		if err := ValidateTag(t); err != nil {
+			return bad("%v", err)
+		}
+	}
+	if m.Locked {
 		return m.validateIndex()
 	}
 	if err := checkObjects(m.Base.Chunks, m.Base.Size, m.Base.SHA256); err != nil {

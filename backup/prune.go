@@ -10,17 +10,19 @@ import (
 	"github.com/flowkeep/flowkeep/recovery"
 	"os"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 )
 
-// PruneOptions say what to keep. A backup is kept if it is among its
-// partition's KeepLast newest, or younger than KeepWithin, or part of the
-// newest restorable overlap of its flow; everything else is deleted, then
-// every chunk no kept backup (and no latest pointer) names, unless it is
-// younger than Grace.
+// PruneOptions say what to keep. A backup is kept if its partition's
+// retention policy keeps it (Retention, with KeepLast and KeepWithin), or
+// the newest restorable overlap of a live history of its flow needs it;
+// everything else is deleted, then every chunk no kept backup (and no
+// latest pointer) names, unless it is younger than Grace.
 type PruneOptions struct {
+	// Retention is the policy (see Retention); KeepLast and KeepWithin,
+	// if set, are its Last and Within (as before it existed).
+	Retention  Retention
 	KeepLast   int
 	KeepWithin time.Duration
 	// Grace is how old an unreferenced chunk must be before it is deleted:
@@ -50,6 +52,16 @@ type PruneOptions struct {
 	Keys *Cipher
 }
 
+// policy is Retention with KeepLast and KeepWithin.
+func (o PruneOptions) policy() Retention {
+	r := o.Retention
+	r.Last = max(r.Last, o.KeepLast)
+	if o.KeepWithin > 0 {
+		r.Within = o.KeepWithin
+	}
+	return r
+}
+
 // DefaultGrace is the chunk grace period the CLI uses.
 const DefaultGrace = time.Hour
 
@@ -59,11 +71,15 @@ func (o PruneOptions) Validate() error {
 	if ttl <= 0 {
 		ttl = DefaultLockTTL
 	}
+	r := o.policy()
+	if err := r.Validate(); err != nil {
+		return err
+	}
 	switch {
-	case o.KeepLast < 1:
-		return fmt.Errorf("keep-last must be at least 1: the newest backup of each partition is always kept")
-	case o.KeepWithin < 0:
-		return fmt.Errorf("keep-within must not be negative, got %v", o.KeepWithin)
+	case o.KeepLast < 0 || o.KeepWithin < 0:
+		return fmt.Errorf("keep-last and keep-within must not be negative, got %d and %v", o.KeepLast, o.KeepWithin)
+	case r.Empty():
+		return fmt.Errorf("give at least one retention rule (--keep-last, --keep-within, --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly or --keep-tag); the newest backup of each partition is always kept")
 	case ttl < MinLockTTL:
 		return fmt.Errorf("lock TTL %v is too short: at least %v", ttl, MinLockTTL)
 	case ttl > MaxLockTTL:
@@ -89,6 +105,10 @@ type PruneResult struct {
 	HeldChunks int
 	HeldBytes  int64
 	HeldUntil  time.Time
+	// Reasons says, for each backup the policy kept, which rules kept it
+	// ("last 1", "daily 2026-12-05", "tag release"); backups kept only
+	// for a restore are in Protected.
+	Reasons map[string][]string
 	// Ignored are manifests prune neither counted nor deleted, and why:
 	// strays (untrusted, or plaintext in an encrypted location) and
 	// manifests dated in the future.
@@ -119,7 +139,7 @@ func Prune(ctx context.Context, s Store, o PruneOptions) (*PruneResult, error) {
 		rand.Read(r[:])
 		o.Holder = fmt.Sprintf("prune %s/%d/%s", machine.ID(), os.Getpid(), hex.EncodeToString(r[:]))
 	}
-	res := &PruneResult{}
+	res := &PruneResult{Reasons: map[string][]string{}}
 	if o.DryRun {
 		return res, prune(ctx, s, o, res, nil)
 	}
@@ -211,11 +231,12 @@ func prune(ctx context.Context, s Store, o PruneOptions, res *PruneResult, lock 
 			byPart[m.Partition.Index] = append(byPart[m.Partition.Index], m)
 			count = max(count, m.Partition.Count)
 		}
+		policy := o.policy()
 		for _, list := range byPart {
-			sort.Slice(list, func(i, j int) bool { return list[i].ID > list[j].ID })
-			for i, m := range list {
-				if i < o.KeepLast || (o.KeepWithin > 0 && now.Sub(m.Created) <= o.KeepWithin) {
-					keep[m] = true
+			for m, why := range policy.Keep(list, now) {
+				keep[m] = true
+				if res.Reasons != nil {
+					res.Reasons[cat.Keys[m]] = why
 				}
 			}
 		}

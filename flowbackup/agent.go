@@ -29,8 +29,8 @@ type agentOptions struct {
 	Workers     int
 	Memory      int64
 	LockTTL     time.Duration
-	KeepLast    int
-	KeepWithin  time.Duration
+	Keep        retentionFlags
+	Tags        []string
 	LogFormat   string
 	LogLevel    string
 	Recipients  []string
@@ -48,8 +48,9 @@ func newAgentCommand() *cobra.Command {
 		Long: `Run as a daemon: back up every partition in DIR now, then on every tick of the
 schedule (five cron fields, or @every DURATION). A run still going when the
 next tick comes makes that tick skip; a partition whose restorable range did
-not move since its last backup is skipped (and counted). With --keep-last
-(and --keep-within) the agent prunes after each run, as flowbackup prune does.
+not move since its last backup is skipped (and counted). With any --keep-*
+rule the agent prunes after each run, as flowbackup prune does (see its help
+for the rules); --tag labels every backup it takes.
 Settings come from flags, FLOWBACKUP_* variables or the --config file.
 
 The schedule's longest gap must not exceed the flow's backup interval (flowrun
@@ -95,8 +96,8 @@ its first run.
 	f.IntVar(&o.Workers, "workers", backup.DefaultWorkers, "chunks uploaded at once (within --memory)")
 	addMemoryFlag(f, &o.Memory)
 	human.DurationVar(f, &o.LockTTL, "lock-ttl", backup.DefaultLockTTL, "how long a partition lock lasts if the agent dies holding it")
-	f.IntVar(&o.KeepLast, "keep-last", 0, "after each run, prune to the newest N backups of each partition (0: no pruning)")
-	human.DurationVar(f, &o.KeepWithin, "keep-within", 0, "with --keep-last: also keep backups younger than this (e.g. 24h, 7d)")
+	o.Keep.add(f, "after each run, prune to these rules (none: no pruning): ")
+	addTagFlag(f, &o.Tags)
 	f.StringVar(&o.LogFormat, "log-format", "text", "log as text or json")
 	f.StringVar(&o.LogLevel, "log-level", "info", "least level logged: debug, info, warn or error")
 	addRecipientsFlag(f, &o.Recipients)
@@ -141,8 +142,12 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	if o.KeepLast < 0 || o.KeepWithin < 0 || (o.KeepWithin > 0 && o.KeepLast == 0) {
-		return usagef("retention: --keep-last must be at least 1 (and --keep-within is only used with it)")
+	policy, err := o.Keep.policy()
+	if err != nil {
+		return err
+	}
+	if err := checkTags(o.Tags); err != nil {
+		return err
 	}
 	if gap := backup.MinGap(sched, time.Now()); gap < backup.ScheduleFloor {
 		log.Warn("the schedule backs up more often than every "+backup.ScheduleFloor.String()+": each run lists and uploads; is that meant?", "schedule", o.Schedule, "shortest_gap", gap)
@@ -190,15 +195,15 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 		log.Info("serving metrics", "addr", ln.Addr().String())
 	}
 	a := &backup.Agent{Store: s, Dir: o.RecoveryDir, Schedule: sched, Spec: o.Schedule, Metrics: metrics, Log: log,
-		Options: backup.Options{Workers: o.Workers, LockTTL: o.LockTTL, Memory: budget, Recipients: recipients, TakeOver: o.TakeOver,
+		Options: backup.Options{Workers: o.Workers, LockTTL: o.LockTTL, Memory: budget, Recipients: recipients, TakeOver: o.TakeOver, Tags: o.Tags,
 			SigningKey: signing, TrustedKeys: trusted}}
-	if o.KeepLast > 0 {
+	if !policy.Empty() {
 		// The agent's retention trusts what it signs itself.
 		var own *backup.TrustedKeys
 		if signing != nil {
 			own = signing.Public()
 		}
-		a.Retention = &backup.PruneOptions{KeepLast: o.KeepLast, KeepWithin: o.KeepWithin, LockTTL: o.LockTTL, Grace: max(backup.DefaultGrace, o.LockTTL),
+		a.Retention = &backup.PruneOptions{Retention: policy, LockTTL: o.LockTTL, Grace: max(backup.DefaultGrace, o.LockTTL),
 			SigningKey: signing, TrustedKeys: own.With(trusted)}
 	}
 	enc := "none"

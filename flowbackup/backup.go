@@ -27,6 +27,7 @@ type backupOptions struct {
 	Memory      int64
 	Recipients  []string
 	TakeOver    bool
+	Tags        []string
 	SigningKey  string
 	Trusted     []string
 	Always      bool
@@ -65,6 +66,7 @@ by a keyed hash (see the README, "Encrypted backups").
 	f.StringVar(&o.Partitions, "partitions", "", "back up only these partitions, e.g. 0,2 or 0-3 (default: every partition in DIR)")
 	addRecipientsFlag(f, &o.Recipients)
 	addTakeOverFlag(f, &o.TakeOver)
+	addTagFlag(f, &o.Tags)
 	addSigningKeyFlag(f, &o.SigningKey, "sign every manifest")
 	addTrustedKeysFlag(f, &o.Trusted, "; here: other writers' keys, whose lineage claims this backup believes")
 	f.BoolVar(&o.Always, "even-unchanged", false, "back up partitions that did not move since their latest backup too (skipped by default, as the agent skips them)")
@@ -130,7 +132,10 @@ func runBackup(ctx context.Context, o backupOptions, out, errOut io.Writer) erro
 	if err := notInside(o.To, o.RecoveryDir); err != nil {
 		return err
 	}
-	bo := backup.Options{Workers: o.Workers, LockTTL: o.LockTTL, Memory: budget, Recipients: recipients, TakeOver: o.TakeOver, SkipUnchanged: !o.Always}
+	if err := checkTags(o.Tags); err != nil {
+		return err
+	}
+	bo := backup.Options{Workers: o.Workers, LockTTL: o.LockTTL, Memory: budget, Recipients: recipients, TakeOver: o.TakeOver, SkipUnchanged: !o.Always, Tags: o.Tags}
 	if bo.SigningKey, err = loadSigningKey(o.SigningKey); err != nil {
 		return err
 	}

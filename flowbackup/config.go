@@ -41,6 +41,7 @@ the file. ${VAR} is replaced by the environment variable VAR.
   log_level: info                      # agent: debug, info, warn, error
   keep_last: 10                        # prune, and the agent's retention
   keep_within: 24h                     # prune, and the agent's retention
+  keep_daily: 7                        # ... and keep_hourly, keep_weekly, keep_monthly, keep_yearly, keep_tag
   s3:
     endpoint: https://minio.internal:9000   # path-style addressing is then the default
     region: eu-west-1

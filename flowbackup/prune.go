@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -15,8 +18,7 @@ import (
 
 type pruneOptions struct {
 	From       string
-	KeepLast   int
-	KeepWithin time.Duration
+	Keep       retentionFlags
 	Grace      time.Duration
 	LockTTL    time.Duration
 	DryRun     bool
@@ -32,11 +34,13 @@ type pruneOptions struct {
 func newPruneCommand() *cobra.Command {
 	var o pruneOptions
 	cmd := &cobra.Command{
-		Use:   "prune --from URL --keep-last N [--keep-within DUR]",
+		Use:   "prune --from URL --keep-last N [--keep-daily N ...] [--keep-within DUR] [--keep-tag TAG]",
 		Short: "Delete old backups and unreferenced chunks, never what the newest restore needs",
-		Long: `Delete backups that are neither among the newest --keep-last of their partition
-nor younger than --keep-within, except those the newest restorable overlap
-needs; then delete chunks no kept backup names and older than --grace.
+		Long: `Delete backups that no retention rule keeps, except those the newest
+restorable overlap needs; then delete chunks no kept backup names and older
+than --grace. --dry-run says which rule keeps each backup.
+
+` + retentionHelp + `
 
 --retire-lineage ID (repeatable) first records that a lineage's machines are
 gone (after a restore onto new machines while the old ones kept running: verify
@@ -65,8 +69,7 @@ prune says so; --identity-file authenticates the older ones by opening them.
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.From, "from", "", "backup URL")
-	f.IntVar(&o.KeepLast, "keep-last", 0, "keep the newest N backups of each partition (at least 1)")
-	human.DurationVar(f, &o.KeepWithin, "keep-within", 0, "also keep backups younger than this (e.g. 24h)")
+	o.Keep.add(f, "")
 	human.DurationVar(f, &o.Grace, "grace", backup.DefaultGrace, "never delete chunks younger than this (at least the lock TTL)")
 	human.DurationVar(f, &o.LockTTL, "lock-ttl", backup.DefaultLockTTL, "how long the prune lock lasts if prune dies holding it (the backups' lock TTL; --grace must be at least this)")
 	f.BoolVar(&o.DryRun, "dry-run", false, "say what would be deleted, delete nothing")
@@ -81,8 +84,12 @@ prune says so; --identity-file authenticates the older ones by opening them.
 }
 
 func runPrune(ctx context.Context, o pruneOptions, out io.Writer) error {
-	if o.KeepLast < 1 && len(o.Retire) == 0 {
-		return usagef("--keep-last must be at least 1: the newest backup of each partition is always kept")
+	policy, err := o.Keep.policy()
+	if err != nil {
+		return err
+	}
+	if policy.Empty() && len(o.Retire) == 0 {
+		return usagef("give at least one retention rule (--keep-last, --keep-within, --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly or --keep-tag): the newest backup of each partition is always kept")
 	}
 	s, err := o.open(ctx, o.From)
 	if err != nil {
@@ -101,10 +108,10 @@ func runPrune(ctx context.Context, o pruneOptions, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if o.KeepLast < 1 {
+	if policy.Empty() {
 		return retireOnly(ctx, s, o, signing, backup.ReadPolicy{Trusted: trusted, RequireTrust: true, Auth: auth.With(keys.Auth()), Keys: keys, RequireAuth: true}, out)
 	}
-	po := backup.PruneOptions{KeepLast: o.KeepLast, KeepWithin: o.KeepWithin, Grace: o.Grace, LockTTL: o.LockTTL, DryRun: o.DryRun, RetireLineages: o.Retire,
+	po := backup.PruneOptions{Retention: policy, Grace: o.Grace, LockTTL: o.LockTTL, DryRun: o.DryRun, RetireLineages: o.Retire,
 		SigningKey: signing, TrustedKeys: trusted, Auth: auth, Keys: keys}
 	if err := po.Validate(); err != nil {
 		return usageError{err}
@@ -126,7 +133,7 @@ func runPrune(ctx context.Context, o pruneOptions, out io.Writer) error {
 		return printJSON(out, map[string]any{"dry_run": o.DryRun, "deleted_backups": append([]string{}, res.DeletedManifests...),
 			"protected_backups": append([]string{}, res.Protected...), "deleted_chunks": res.DeletedChunks, "deleted_bytes": res.DeletedBytes,
 			"kept_backups": res.KeptManifests, "swept_temporary_files": res.SweptTemp, "retired_lineages": append([]string{}, res.Retired...),
-			"ignored": append([]string{}, res.Ignored...), "held_chunks": res.HeldChunks, "held_bytes": res.HeldBytes, "held_until": res.HeldUntil})
+			"ignored": append([]string{}, res.Ignored...), "kept_by": res.Reasons, "held_chunks": res.HeldChunks, "held_bytes": res.HeldBytes, "held_until": res.HeldUntil})
 	}
 	verb := "deleted"
 	if o.DryRun {
@@ -137,6 +144,11 @@ func runPrune(ctx context.Context, o pruneOptions, out io.Writer) error {
 	}
 	for _, k := range res.Protected {
 		fmt.Fprintf(out, "kept %s: the newest restorable overlap needs it\n", k)
+	}
+	if o.DryRun {
+		for _, k := range slices.Sorted(maps.Keys(res.Reasons)) {
+			fmt.Fprintf(out, "would keep %s: %s\n", k, strings.Join(res.Reasons[k], ", "))
+		}
 	}
 	fmt.Fprintf(out, "%s %s and %s (%s); kept %s\n", verb, human.Count(len(res.DeletedManifests), "backup"), human.Count(res.DeletedChunks, "chunk"), human.Bytes(res.DeletedBytes), human.Count(res.KeptManifests, "backup"))
 	if res.HeldChunks > 0 {
