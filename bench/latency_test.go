@@ -105,9 +105,9 @@ func (s latencySink) PartitionFor(string) string { return "lat" }
 func (s latencySink) Open(context.Context, string, []byte) (core.SinkPartition[string], error) {
 	return s, nil
 }
-func (s latencySink) Commit() ([]byte, error) { return nil, nil }
-func (s latencySink) Close() error            { return nil }
-func (s latencySink) Write(items []string) error {
+func (s latencySink) Commit(context.Context, core.Epoch) ([]byte, error) { return nil, nil }
+func (s latencySink) Close(context.Context) error                        { return nil }
+func (s latencySink) Write(_ context.Context, items []string) error {
 	now := time.Now().UnixNano()
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -126,9 +126,9 @@ func (s *arrivalSink) PartitionFor(int64) string { return "mem" }
 func (s *arrivalSink) Open(context.Context, string, []byte) (core.SinkPartition[int64], error) {
 	return s, nil
 }
-func (s *arrivalSink) Commit() ([]byte, error) { return nil, nil }
-func (s *arrivalSink) Close() error            { return nil }
-func (s *arrivalSink) Write(items []int64) error {
+func (s *arrivalSink) Commit(context.Context, core.Epoch) ([]byte, error) { return nil, nil }
+func (s *arrivalSink) Close(context.Context) error                        { return nil }
+func (s *arrivalSink) Write(_ context.Context, items []int64) error {
 	now := time.Now().UnixNano()
 	s.mu.Lock()
 	defer s.mu.Unlock()

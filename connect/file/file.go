@@ -309,7 +309,7 @@ type fileSinkPart struct {
 	epoch  []string
 }
 
-func (p *fileSinkPart) Write(items []string) error {
+func (p *fileSinkPart) Write(_ context.Context, items []string) error {
 	if p.sorted {
 		p.epoch = append(p.epoch, items...)
 		return nil
@@ -322,7 +322,7 @@ func (p *fileSinkPart) Write(items []string) error {
 	return nil
 }
 
-func (p *fileSinkPart) Commit() ([]byte, error) {
+func (p *fileSinkPart) Commit(context.Context, core.Epoch) ([]byte, error) {
 	if p.sorted && len(p.epoch) > 0 {
 		sort.Strings(p.epoch)
 		for _, it := range p.epoch {
@@ -348,14 +348,14 @@ func (p *fileSinkPart) Commit() ([]byte, error) {
 
 // Flush implements core.Flusher: unsorted lines written so far reach the
 // file (a resume truncates what no epoch committed).
-func (p *fileSinkPart) Flush() error {
+func (p *fileSinkPart) Flush(context.Context) error {
 	if p.sorted {
 		return nil
 	}
 	return p.w.Flush()
 }
 
-func (p *fileSinkPart) Close() error {
+func (p *fileSinkPart) Close(context.Context) error {
 	if err := p.w.Flush(); err != nil {
 		p.f.Close()
 		return err

@@ -228,7 +228,7 @@ func (p *sinkPart[T]) record(it T) (*kgo.Record, error) {
 	return &kgo.Record{Topic: p.topic, Partition: p.part, Key: k, Value: v}, nil
 }
 
-func (p *sinkPart[T]) Write(items []T) error {
+func (p *sinkPart[T]) Write(ctx context.Context, items []T) error {
 	for _, it := range items {
 		r, err := p.record(it)
 		if err != nil {
@@ -239,7 +239,7 @@ func (p *sinkPart[T]) Write(items []T) error {
 			continue
 		}
 		p.inflight.Add(1)
-		p.cl.Produce(context.Background(), r, func(_ *kgo.Record, err error) {
+		p.cl.Produce(ctx, r, func(_ *kgo.Record, err error) {
 			if err != nil {
 				p.mu.Lock()
 				if p.perr == nil {
@@ -257,11 +257,11 @@ func (p *sinkPart[T]) Write(items []T) error {
 
 // Durable implements core.DurableSink: the epoch whose records are pending
 // is durable, so they are published.
-func (p *sinkPart[T]) Durable(core.Epoch) error {
+func (p *sinkPart[T]) Durable(ctx context.Context, _ core.Epoch) error {
 	if !p.sink.ExactlyOnce || len(p.pending) == 0 {
 		return nil
 	}
-	if err := p.publish(context.Background()); err != nil {
+	if err := p.publish(ctx); err != nil {
 		return err
 	}
 	p.committed, p.pending = p.pendingSeq, nil
@@ -364,9 +364,9 @@ func (p *sinkPart[T]) scanSeq(ctx context.Context, from, end int64) (uint64, boo
 	return last, found, nil
 }
 
-func (p *sinkPart[T]) Commit() ([]byte, error) {
+func (p *sinkPart[T]) Commit(ctx context.Context, _ core.Epoch) ([]byte, error) {
 	if !p.sink.ExactlyOnce {
-		if err := p.cl.Flush(context.Background()); err != nil {
+		if err := p.cl.Flush(ctx); err != nil {
 			return nil, err
 		}
 		p.inflight.Wait()
@@ -474,9 +474,9 @@ func (p *sinkPart[T]) decode(b []byte) error {
 	return nil
 }
 
-func (p *sinkPart[T]) Close() error {
-	if !p.sink.ExactlyOnce {
-		p.cl.Flush(context.Background())
+func (p *sinkPart[T]) Close(ctx context.Context) error {
+	if !p.sink.ExactlyOnce && ctx.Err() == nil {
+		p.cl.Flush(ctx)
 	}
 	p.cl.Close()
 	return nil

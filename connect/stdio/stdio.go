@@ -111,7 +111,7 @@ func (s Stdout) Open(context.Context, string, []byte) (core.SinkPartition[string
 
 type stdoutPart struct{ w *bufio.Writer }
 
-func (p *stdoutPart) Write(items []string) error {
+func (p *stdoutPart) Write(_ context.Context, items []string) error {
 	for _, it := range items {
 		p.w.WriteString(it)
 		if err := p.w.WriteByte('\n'); err != nil {
@@ -120,5 +120,5 @@ func (p *stdoutPart) Write(items []string) error {
 	}
 	return nil
 }
-func (p *stdoutPart) Commit() ([]byte, error) { return nil, p.w.Flush() }
-func (p *stdoutPart) Close() error            { return p.w.Flush() }
+func (p *stdoutPart) Commit(context.Context, core.Epoch) ([]byte, error) { return nil, p.w.Flush() }
+func (p *stdoutPart) Close(context.Context) error                        { return p.w.Flush() }
