@@ -143,10 +143,11 @@ func TestSource_StartsAndErrors(t *testing.T) {
 	}
 }
 
-// sinkRun opens an exactly-once sink partition as a run with recovery would.
-func sinkRun(t *testing.T, s *Sink[string], resume []byte) core.SinkPartition[string] {
+// sinkRun opens an exactly-once sink partition as a run with recovery
+// starting at epoch start would.
+func sinkRun(t *testing.T, s *Sink[string], resume []byte, start core.Epoch) core.SinkPartition[string] {
 	t.Helper()
-	ctx := core.WithRunInfo(context.Background(), core.RunInfo{Recovery: true, FlowUID: "f00d"})
+	ctx := core.WithRunInfo(context.Background(), core.RunInfo{Recovery: true, FlowUID: "f00d", StartEpoch: start})
 	p, err := s.Open(ctx, "out/0", resume)
 	if err != nil {
 		t.Fatal(err)
@@ -172,7 +173,7 @@ func TestSink_ExactlyOnceAcrossCrashes(t *testing.T) {
 	brokers := c.ListenAddrs()
 	s := LineSink(brokers, "out", true)
 	ctx := context.Background()
-	p := sinkRun(t, s, nil)
+	p := sinkRun(t, s, nil, 1)
 	p.Write(ctx, []string{"a,1", "b,1"})
 	snap1, err := p.Commit(ctx, 1) // epoch 1 closes: kept, not published
 	if err != nil {
@@ -183,18 +184,19 @@ func TestSink_ExactlyOnceAcrossCrashes(t *testing.T) {
 	}
 	// Crash here. The next run resumes from snap1 (epoch 1 durable): it
 	// publishes epoch 1's records.
-	p2 := sinkRun(t, s, snap1)
+	p2 := sinkRun(t, s, snap1, 2)
 	if got := values(readAll(t, brokers, "out", 0)); got != "a,1 b,1" {
 		t.Fatalf("after resuming from the durable epoch: %q", got)
 	}
 	// Crash again before the next snapshot: the run after it resumes from
 	// snap1 again, and must not publish a second time.
 	p2.Close(ctx)
-	p3 := sinkRun(t, s, snap1)
+	p3 := sinkRun(t, s, snap1, 2)
 	if got := values(readAll(t, brokers, "out", 0)); got != "a,1 b,1" {
 		t.Fatalf("published twice: %q", got)
 	}
 	// A normal epoch: written, committed, made durable, published.
+	p3.(core.DurableSink).Durable(ctx, 2)
 	p3.Write(ctx, []string{"c,1"})
 	snap2, _ := p3.Commit(ctx, 2)
 	p3.(core.DurableSink).Durable(ctx, 3)
@@ -215,7 +217,7 @@ func TestSink_ExactlyOnceAcrossCrashes(t *testing.T) {
 	if err := zombie.ProduceSync(context.Background(), &kgo.Record{Topic: "out", Partition: 0, Value: []byte("zombie")}).FirstErr(); err != nil {
 		t.Fatal(err)
 	}
-	p4 := sinkRun(t, s, snap2)
+	p4 := sinkRun(t, s, snap2, 3)
 	defer p4.Close(ctx)
 	if got := values(readAll(t, brokers, "out", 0)); got != "a,1 b,1 c,1" {
 		t.Fatalf("after fencing a zombie transaction: %q", got)
@@ -364,10 +366,10 @@ func TestSource_DeletedTopic(t *testing.T) {
 }
 
 // sinkRunIn opens an exactly-once sink partition as a run of lineage
-// lineage would.
-func sinkRunIn(t *testing.T, s *Sink[string], resume []byte, lineage string) core.SinkPartition[string] {
+// lineage starting at epoch start would.
+func sinkRunIn(t *testing.T, s *Sink[string], resume []byte, lineage string, start core.Epoch) core.SinkPartition[string] {
 	t.Helper()
-	ctx := core.WithRunInfo(context.Background(), core.RunInfo{Recovery: true, FlowUID: "f00d", Lineage: lineage})
+	ctx := core.WithRunInfo(context.Background(), core.RunInfo{Recovery: true, FlowUID: "f00d", Lineage: lineage, StartEpoch: start})
 	p, err := s.Open(ctx, "out/0", resume)
 	if err != nil {
 		t.Fatal(err)
@@ -385,16 +387,17 @@ func TestSink_RestoredToAnOlderEpochPublishesItsOwnEpochs(t *testing.T) {
 	brokers := c.ListenAddrs()
 	s := LineSink(brokers, "out", true)
 	bg := context.Background()
-	old := sinkRunIn(t, s, nil, "aaaaaaaa")
+	old := sinkRunIn(t, s, nil, "aaaaaaaa", 1)
 	var snaps [][]byte
 	for i, v := range []string{"e1", "e2", "e3", "e4"} {
+		e := core.Epoch(i + 1)
 		old.Write(bg, []string{v})
-		snap, err := old.Commit(bg, core.Epoch(i+1))
+		snap, err := old.Commit(bg, e)
 		if err != nil {
 			t.Fatal(err)
 		}
 		snaps = append(snaps, snap)
-		if err := old.(core.DurableSink).Durable(bg, 0); err != nil {
+		if err := old.(core.DurableSink).Durable(bg, e+1); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -419,13 +422,13 @@ func TestSink_RestoredToAnOlderEpochPublishesItsOwnEpochs(t *testing.T) {
 	}
 	restored.Close(bg) // b3's epoch is durable; the run crashes before publishing it
 	warned = nil
-	again := sinkRunIn(t, s, snapB3, "bbbbbbbb")
+	again := sinkRunIn(t, s, snapB3, "bbbbbbbb", 4)
 	again.Close(bg)
 	if got := values(readAll(t, brokers, "out", 0)); got != "e1 e2 e3 e4 b3" {
 		t.Fatalf("the restored lineage's durable epoch after a crash: %q, want it published once after the old lineage's", got)
 	}
 	// And once only: another restart from the same snapshot adds nothing.
-	sinkRunIn(t, s, snapB3, "bbbbbbbb").Close(bg)
+	sinkRunIn(t, s, snapB3, "bbbbbbbb", 4).Close(bg)
 	if got := values(readAll(t, brokers, "out", 0)); got != "e1 e2 e3 e4 b3" {
 		t.Fatalf("published twice: %q", got)
 	}
