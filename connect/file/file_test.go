@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/flowkeep/flowkeep/core"
 )
 
 // writeSink opens the sink at path (resuming at resume), writes lines, commits
@@ -261,4 +263,39 @@ func readFile(t *testing.T, path string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// Written lines are in the file after Flush, before the epoch commits (a
+// resume truncates them if no epoch does); with Sorted, an epoch's lines
+// wait for Commit and arrive sorted.
+func TestSink_FlushShowsLinesSortedWaitsForCommit(t *testing.T) {
+	ctx := context.Background()
+	for _, sorted := range []bool{false, true} {
+		path := filepath.Join(t.TempDir(), "out.csv")
+		p, err := Sink{Path: path, Sorted: sorted}.Open(ctx, "out.csv", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Write(ctx, []string{"b,1", "a,1"})
+		if err := p.(core.Flusher).Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		want := "b,1\na,1\n"
+		if sorted {
+			want = ""
+		}
+		if got := string(readFile(t, path)); got != want {
+			t.Fatalf("sorted=%v: after Flush the file holds %q, want %q", sorted, got, want)
+		}
+		if _, err := p.Commit(ctx, 1); err != nil {
+			t.Fatal(err)
+		}
+		if sorted {
+			want = "a,1\nb,1\n"
+		}
+		if got := string(readFile(t, path)); got != want {
+			t.Fatalf("sorted=%v: after Commit the file holds %q, want %q", sorted, got, want)
+		}
+		p.Close(ctx)
+	}
 }
