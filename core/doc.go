@@ -28,6 +28,12 @@
 // epoch below e+1 is durable here once Commit returns". Recovery commits
 // asynchronously, so the next epoch runs while the previous one is written.
 //
+// Epochs never hold output back: a sink makes what it is given visible at once
+// (Write, or Flush when the flow goes idle; see Flusher), and Commit, when the
+// epoch closes, only makes it durable. Exactly-once output into a file comes
+// from the resume truncating it to the last durable position, not from
+// waiting.
+//
 // Sources snapshot their read position (the position after the last item read)
 // and sinks their write position (the position of the next write), keyed by
 // partition name under the step id; partition p of a source or sink lives on

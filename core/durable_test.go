@@ -3,6 +3,7 @@ package core_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -23,21 +24,25 @@ func (d durableSink) Open(ctx context.Context, _ string, _ []byte) (core.SinkPar
 	*d.info = core.RunInfoFrom(ctx)
 	return d, nil
 }
-func (d durableSink) Write([]core.KV[int64]) error { return nil }
+func (d durableSink) Write(context.Context, []core.KV[int64]) error { return nil }
 func (d durableSink) log(s string) {
 	d.mu.Lock()
 	*d.events = append(*d.events, s)
 	d.mu.Unlock()
 }
-func (d durableSink) Commit() ([]byte, error) { d.log("commit"); return nil, nil }
-func (d durableSink) Durable(below core.Epoch) error {
+func (d durableSink) Commit(_ context.Context, e core.Epoch) ([]byte, error) {
+	d.log(fmt.Sprint("commit ", e))
+	return nil, nil
+}
+func (d durableSink) Durable(_ context.Context, below core.Epoch) error {
 	d.log(fmt.Sprint("durable ", below))
 	return nil
 }
-func (d durableSink) Close() error { d.log("close"); return nil }
+func (d durableSink) Close(context.Context) error { d.log("close"); return nil }
 
 // With recovery, a DurableSink hears which epochs are durable before each
-// Commit (the epoch being committed: those below it are durable), and once
+// Commit (the epoch being committed: those below it are durable, so every
+// epoch committed before is), and once
 // more after the final epoch with all of them durable, before Close.
 // Without recovery it hears nothing.
 func TestDurableSink_HearsDurableEpochs(t *testing.T) {
@@ -59,7 +64,7 @@ func TestDurableSink_HearsDurableEpochs(t *testing.T) {
 		}
 		if !withRec {
 			for _, e := range events {
-				if e != "commit" && e != "close" {
+				if !strings.HasPrefix(e, "commit ") && e != "close" {
 					t.Fatalf("without recovery the sink heard %q", e)
 				}
 			}
@@ -68,10 +73,11 @@ func TestDurableSink_HearsDurableEpochs(t *testing.T) {
 		commits, last := 0, core.Epoch(0)
 		for i, e := range events {
 			switch {
-			case e == "commit":
+			case strings.HasPrefix(e, "commit "):
 				commits++
-				if i == 0 || events[i-1][:7] != "durable" {
-					t.Fatalf("commit %d not preceded by durable: %v", commits, events)
+				// Committing epoch E follows "every epoch below E is durable".
+				if want := "durable " + strings.TrimPrefix(e, "commit "); i == 0 || events[i-1] != want {
+					t.Fatalf("%q not preceded by %q: %v", e, want, events)
 				}
 			case e == "close":
 				if want := fmt.Sprint("durable ", res.FinalEpoch+1); events[i-1] != want {

@@ -1,8 +1,11 @@
 package core_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -13,6 +16,7 @@ import (
 
 	"github.com/flowkeep/flowkeep/connect/file"
 	"github.com/flowkeep/flowkeep/connect/gen"
+	"github.com/flowkeep/flowkeep/connect/stdio"
 	"github.com/flowkeep/flowkeep/core"
 )
 
@@ -56,31 +60,105 @@ func TestRun_EpochsDoNotDelayItems(t *testing.T) {
 	}
 }
 
-// The file sink's lines reach the file while the epoch is still open (a
-// resume truncates what no epoch committed).
-func TestFileSink_LinesReachTheFileBeforeTheEpochCloses(t *testing.T) {
-	dir := t.TempDir()
-	out := filepath.Join(dir, "out.txt")
-	f := core.NewFlow("t")
-	in := core.Input(f, "in", gen.Generator[string]{Parts: 1, Count: 30, Delay: 20 * time.Millisecond, Batch: 1,
-		Make: func(_ int, i int64) string { return strconv.FormatInt(i, 10) }})
-	core.Output(in, "out", file.Sink{Path: out})
-	seen := make(chan int64, 1)
-	go func() {
-		time.Sleep(350 * time.Millisecond)
-		st, err := os.Stat(out)
-		if err != nil {
-			seen <- -1
-			return
+// Output is visible at once, where a user sees it: with a 10s epoch, every
+// line of a slow input is read from standard output (the stdout sink on a
+// pipe) and from the output file (the file sink, tailed) within
+// milliseconds, with and without recovery; nothing waits for the epoch to
+// close (a resume truncates the file's uncommitted lines).
+func TestRun_OutputVisibleBeforeTheEpochCloses(t *testing.T) {
+	for _, toFile := range []bool{false, true} {
+		for _, withRec := range []bool{false, true} {
+			t.Run(fmt.Sprintf("file=%v/recovery=%v", toFile, withRec), func(t *testing.T) {
+				f := core.NewFlow("t")
+				in := core.Input(f, "in", gen.Generator[string]{Parts: 2, Count: 15, Delay: 40 * time.Millisecond, Batch: 1,
+					Make: func(int, int64) string { return strconv.FormatInt(time.Now().UnixNano(), 10) }})
+				var sink core.Sink[string]
+				var lines <-chan int64 // when each line was read
+				if toFile {
+					path := filepath.Join(t.TempDir(), "out.txt")
+					sink, lines = file.Sink{Path: path}, tailLines(t, path)
+				} else {
+					r, w, err := os.Pipe()
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer w.Close()
+					sink, lines = stdio.Stdout{W: w}, readLines(r)
+				}
+				core.Output(in, "out", sink)
+				cfg := core.Config{Workers: 2, EpochInterval: 10 * time.Second}
+				if withRec {
+					cfg.Recovery = newMemRecovery()
+				}
+				if _, err := core.Run(context.Background(), f, cfg); err != nil {
+					t.Fatal(err)
+				}
+				var worst time.Duration
+				for range 30 {
+					select {
+					case d := <-lines:
+						worst = max(worst, time.Duration(d))
+					case <-time.After(5 * time.Second):
+						t.Fatal("fewer than 30 lines became visible")
+					}
+				}
+				// The run takes about 600ms; a line held until the epoch
+				// closes (here: end of input) would wait up to that long.
+				if worst > 250*time.Millisecond {
+					t.Fatalf("a line took %v to become visible; output must not wait for the epoch", worst)
+				}
+			})
 		}
-		seen <- st.Size()
+	}
+}
+
+// readLines sends, for each line read from r, how long ago (ns) the Unix
+// nanosecond it holds was.
+func readLines(r io.ReadCloser) <-chan int64 {
+	out := make(chan int64, 1024)
+	go func() {
+		defer r.Close()
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			made, _ := strconv.ParseInt(sc.Text(), 10, 64)
+			out <- time.Now().UnixNano() - made
+		}
 	}()
-	if _, err := core.Run(context.Background(), f, core.Config{Workers: 1, EpochInterval: 10 * time.Second}); err != nil {
-		t.Fatal(err)
-	}
-	if size := <-seen; size <= 0 {
-		t.Fatalf("mid-run the output held %d bytes; lines must not wait for the epoch", size)
-	}
+	return out
+}
+
+// tailLines is readLines over the file at path, read as it grows, until
+// the test ends.
+func tailLines(t *testing.T, path string) <-chan int64 {
+	r, w := io.Pipe()
+	stop := make(chan struct{})
+	t.Cleanup(func() { close(stop) })
+	go func() {
+		defer w.Close()
+		var f *os.File
+		buf := make([]byte, 64<<10)
+		for {
+			if f == nil {
+				f, _ = os.Open(path)
+			}
+			for f != nil {
+				n, _ := f.Read(buf)
+				if n == 0 {
+					break
+				}
+				w.Write(buf[:n])
+			}
+			select {
+			case <-stop:
+				if f != nil {
+					f.Close()
+				}
+				return
+			case <-time.After(time.Millisecond):
+			}
+		}
+	}()
+	return readLines(r)
 }
 
 // A later run pointed at another, non-empty file that this flow never
@@ -126,9 +204,9 @@ func (s *arrivalSink) PartitionFor(int64) string { return "mem" }
 func (s *arrivalSink) Open(context.Context, string, []byte) (core.SinkPartition[int64], error) {
 	return s, nil
 }
-func (s *arrivalSink) Commit() ([]byte, error) { return nil, nil }
-func (s *arrivalSink) Close() error            { return nil }
-func (s *arrivalSink) Write(items []int64) error {
+func (s *arrivalSink) Commit(context.Context, core.Epoch) ([]byte, error) { return nil, nil }
+func (s *arrivalSink) Close(context.Context) error                        { return nil }
+func (s *arrivalSink) Write(_ context.Context, items []int64) error {
 	now := time.Now().UnixNano()
 	s.mu.Lock()
 	defer s.mu.Unlock()

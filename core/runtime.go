@@ -113,16 +113,17 @@ type execution struct {
 	cancel context.CancelCauseFunc
 	clock  *clock
 
-	inboxes  map[*node][]chan msg
-	pools    map[*node]*sync.Pool        // recycled batches per exchanged step
-	resume   map[*node]map[string][]byte // source positions by input node
-	resumeMu sync.Mutex
-	roots    map[*node][]rootOp
-	senders  map[*node]int // per exchanged step: how many segments send to each instance
-	srcSegs  []*sourceSeg
-	exSegs   []*exchangedSeg
-	ledgers  []*ledger
-	ignored  atomic.Int64
+	inboxes   map[*node][]chan msg
+	pools     map[*node]*sync.Pool        // recycled batches per exchanged step
+	resume    map[*node]map[string][]byte // source positions by input node
+	resumeMu  sync.Mutex
+	roots     map[*node][]rootOp
+	senders   map[*node]int      // per exchanged step: how many segments send to each instance
+	sinkParts map[*node][]string // per output step: its sink's partitions in this run
+	srcSegs   []*sourceSeg
+	exSegs    []*exchangedSeg
+	ledgers   []*ledger
+	ignored   atomic.Int64
 }
 
 // segment is one goroutine's share of the flow: a source partition or one
@@ -310,6 +311,7 @@ func (x *execution) plan() error {
 	x.pools = map[*node]*sync.Pool{}
 	x.resume = map[*node]map[string][]byte{}
 	x.roots = map[*node][]rootOp{}
+	x.sinkParts = map[*node][]string{}
 	parts := map[*node][]string{}
 	total := 0
 	for _, in := range x.flow.inputs {

@@ -32,14 +32,14 @@ func (c collectSink[T]) PartitionFor(T) string { return "mem" }
 func (c collectSink[T]) Open(context.Context, string, []byte) (core.SinkPartition[T], error) {
 	return c, nil
 }
-func (c collectSink[T]) Write(items []T) error {
+func (c collectSink[T]) Write(_ context.Context, items []T) error {
 	c.mu.Lock()
 	*c.items = append(*c.items, items...)
 	c.mu.Unlock()
 	return nil
 }
-func (c collectSink[T]) Commit() ([]byte, error) { return nil, nil }
-func (c collectSink[T]) Close() error            { return nil }
+func (c collectSink[T]) Commit(context.Context, core.Epoch) ([]byte, error) { return nil, nil }
+func (c collectSink[T]) Close(context.Context) error                        { return nil }
 func (c collectSink[T]) get() []T {
 	c.mu.Lock()
 	defer c.mu.Unlock()

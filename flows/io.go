@@ -13,7 +13,10 @@ import (
 // IO names a built-in flow's input and output. Input is a file, a directory
 // (one partition per file), "-" for standard input or a kafka:// URL
 // (KafkaURL); Output is a file, "-" for standard output or a kafka:// URL.
-// Check them with Check first.
+// Lines written to a file or to standard output are visible at once, in
+// the order the workers write them (with several workers, their lines
+// interleave), never held until the epoch ends. Check them with Check
+// first.
 type IO struct {
 	Input     string
 	Output    string
@@ -59,5 +62,7 @@ func (io IO) sink() core.Sink[string] {
 	if io.Output == "-" {
 		return stdio.Stdout{}
 	}
-	return file.Sink{Path: io.Output, Sorted: true, Overwrite: io.Overwrite}
+	// Not Sorted: lines are visible as they are written, in the order the
+	// workers write them, rather than held until the epoch ends.
+	return file.Sink{Path: io.Output, Overwrite: io.Overwrite}
 }

@@ -223,20 +223,25 @@ func (s *Sink[T]) Open(ctx context.Context, _ string, resume []byte) (core.SinkP
 
 type sinkPart[T any] struct{ s *Sink[T] }
 
-func (p sinkPart[T]) Write(items []T) error {
+// Write implements core.SinkPartition: the items are collected (and so
+// visible to Items) at once.
+func (p sinkPart[T]) Write(_ context.Context, items []T) error {
 	p.s.mu.Lock()
 	defer p.s.mu.Unlock()
 	p.s.items = append(p.s.items, items...)
 	return nil
 }
 
-func (p sinkPart[T]) Commit() ([]byte, error) {
+// Commit implements core.SinkPartition: the position is the number of
+// items collected.
+func (p sinkPart[T]) Commit(context.Context, core.Epoch) ([]byte, error) {
 	p.s.mu.Lock()
 	defer p.s.mu.Unlock()
 	return strconv.AppendInt(nil, int64(len(p.s.items)), 10), nil
 }
 
-func (p sinkPart[T]) Close() error { return nil }
+// Close implements core.SinkPartition.
+func (p sinkPart[T]) Close(context.Context) error { return nil }
 
 // Runner runs flows on recovery partitions in a temporary directory that
 // lives as long as the test.

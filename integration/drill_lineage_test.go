@@ -126,7 +126,8 @@ func scrape(addr string) string {
 // runs on a growing input while the agent backs up; both are killed; the
 // partitions are restored onto a new directory. Each restore lays down the
 // history the last one started (one lineage each, a chain), and the final
-// output equals an uninterrupted run's, byte for byte.
+// output says what an uninterrupted run's says: the same lines, each once,
+// and the same totals.
 func TestDrill10_CrashLoopWithRestores(t *testing.T) {
 	b := backends(t)[0] // S3: the history logic is the store's no matter which
 	began := time.Now()
@@ -184,8 +185,8 @@ func TestDrill10_CrashLoopWithRestores(t *testing.T) {
 	mustCmd(t, nil, flowrunBin, flow(rec)...)
 	got, _ := os.ReadFile(out)
 	want, _ := os.ReadFile(baseOut)
-	if len(want) == 0 || string(got) != string(want) {
-		t.Fatalf("after %d crashes and restores the output differs from the uninterrupted run's: %d vs %d bytes", rounds, len(got), len(want))
+	if diff := sameWordcountOutput(got, want); len(want) == 0 || diff != "" {
+		t.Fatalf("after %d crashes and restores the output says other than the uninterrupted run's: %s (%d vs %d bytes)", rounds, diff, len(got), len(want))
 	}
 	ls := mustCmd(t, env, backupBin, "list", "--from", url, "--json")
 	var rep struct {
@@ -210,7 +211,7 @@ func TestDrill10_CrashLoopWithRestores(t *testing.T) {
 	if killed == 0 {
 		t.Fatalf("no round was killed mid-run: make the input larger")
 	}
-	drillLog(t, began, fmt.Sprintf("nothing (output identical; %d of %d runs killed mid-run; restored lineages %v, each the one the last restore started)", killed, rounds, short(lineages)))
+	drillLog(t, began, fmt.Sprintf("nothing (the same lines and totals; %d of %d runs killed mid-run; restored lineages %v, each the one the last restore started)", killed, rounds, short(lineages)))
 }
 
 func short(ids []string) []string {

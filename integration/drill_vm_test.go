@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -16,8 +15,9 @@ import (
 // a growing input while the agent backs up every second; both are killed;
 // the recovery directory is deleted; the partitions are restored onto two
 // new directories (as two machines would hold them) and the flow resumes as
-// one run with 3 workers. The output must equal an uninterrupted run's,
-// byte for byte.
+// one run with 3 workers. The output must say what an uninterrupted run's
+// says: the same lines, each once, and the same totals read from the top
+// (their order within a pass depends on the workers, which write as they go).
 func TestDrill1_VMDestroyed(t *testing.T) {
 	for _, b := range backends(t) {
 		t.Run(b.name, func(t *testing.T) {
@@ -90,10 +90,10 @@ func TestDrill1_VMDestroyed(t *testing.T) {
 			mustCmd(t, env, backupBin, "restore", "--from", url, "--to", machB, "--partitions", "2-3")
 			mustCmd(t, nil, flowrunBin, flowArgs(in, out, "3", machA, machB)...)
 			got, _ := os.ReadFile(out)
-			if !bytes.Equal(got, want) {
-				t.Fatalf("output after restore differs from the uninterrupted run: %d vs %d bytes\nrestore said:\n%s", len(got), len(want), ra)
+			if diff := sameWordcountOutput(got, want); diff != "" {
+				t.Fatalf("output after restore says other than the uninterrupted run's: %s (%d vs %d bytes)\nrestore said:\n%s", diff, len(got), len(want), ra)
 			}
-			drillLog(t, began, fmt.Sprintf("nothing (output identical; pass 1 ended at epoch %d; %s)", end1, firstLine(ra)))
+			drillLog(t, began, fmt.Sprintf("nothing (the same lines and totals; pass 1 ended at epoch %d; %s)", end1, firstLine(ra)))
 		})
 	}
 }

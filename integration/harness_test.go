@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -504,4 +505,46 @@ func (p *faultProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		p.rp.ServeHTTP(w, r)
 	}
+}
+
+// sameWordcountOutput reports how a wordcount output file differs in what it
+// says from want's (an uninterrupted run over the same input), or "".
+// Lines are written as they come, so with several workers their order
+// within a pass varies: the two must hold the same lines, each as often
+// (exactly once), and read from the top, taking each word's last line, the
+// same totals.
+func sameWordcountOutput(got, want []byte) string {
+	lines := func(b []byte) []string {
+		return strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+	}
+	g, w := lines(got), lines(want)
+	if len(g) != len(w) {
+		return fmt.Sprintf("%d lines, want %d", len(g), len(w))
+	}
+	totals := func(ls []string) map[string]string {
+		m := map[string]string{}
+		for _, l := range ls {
+			word, n, _ := strings.Cut(l, ",")
+			m[word] = n
+		}
+		return m
+	}
+	gt, wt := totals(g), totals(w)
+	for word, n := range wt {
+		if gt[word] != n {
+			return fmt.Sprintf("word %q totals %q, want %q", word, gt[word], n)
+		}
+	}
+	if len(gt) != len(wt) {
+		return fmt.Sprintf("%d words, want %d", len(gt), len(wt))
+	}
+	gs, ws := slices.Clone(g), slices.Clone(w)
+	slices.Sort(gs)
+	slices.Sort(ws)
+	for i := range gs {
+		if gs[i] != ws[i] {
+			return fmt.Sprintf("line %q where the uninterrupted run has %q (sorted, line %d)", gs[i], ws[i], i)
+		}
+	}
+	return ""
 }

@@ -184,21 +184,25 @@ func (p *linePartition) Position() []byte {
 func (p *linePartition) Close() error { return p.f.Close() }
 
 // Sink writes lines to one file (one partition, named after the file's
-// base name). Commit flushes and fsyncs, and its position is the file size
-// with a checksum of the file's first and last 4 KiB before it; on resume the
-// file is truncated to the stored position, so together with recovery the
-// file's content is exactly-once. A resume first checks that the file holds
-// what the flow wrote up to the position (the same file, or a copy of it at
-// any path or on other storage); another file under the same base name is
-// refused with ErrOtherFile and left untouched. A file this flow has not
-// written (a fresh run, or a later run pointed at another file) must be
-// empty unless Overwrite is set. Written lines reach the file (not the disk)
-// as soon as the flow has nothing more to give, before the epoch closes;
-// with Sorted, the lines of each
-// epoch are written in sorted order, which makes the file independent of how
-// many workers produced it.
+// base name). Written lines are visible at once: they reach the file (not
+// yet the disk) when the flow has nothing more to give right now, and at
+// least every few milliseconds under load, never held until the epoch
+// closes. Commit fsyncs, and its position is the file size with a checksum
+// of the file's first and last 4 KiB before it; on resume the file is
+// truncated to the stored position, so together with recovery the file's
+// content is exactly-once (a reader may see lines a crash then takes back).
+// A resume first checks that the file holds what the flow wrote up to the
+// position (the same file, or a copy of it at any path or on other
+// storage); another file under the same base name is refused with
+// ErrOtherFile and left untouched. A file this flow has not written (a
+// fresh run, or a later run pointed at another file) must be empty unless
+// Overwrite is set.
 type Sink struct {
-	Path   string
+	Path string
+	// Sorted holds each epoch's lines and writes them in sorted order when
+	// the epoch commits, which makes the file independent of how many
+	// workers produced it and in which order. It delays visibility: no line
+	// reaches the file before its epoch ends (-s later at worst).
 	Sorted bool
 	// Overwrite allows a fresh run to replace an existing non-empty file.
 	Overwrite bool
@@ -309,27 +313,31 @@ type fileSinkPart struct {
 	epoch  []string
 }
 
-func (p *fileSinkPart) Write(items []string) error {
+// Write implements core.SinkPartition: lines go to the file's buffer (or,
+// with Sorted, are held until Commit).
+func (p *fileSinkPart) Write(_ context.Context, items []string) error {
 	if p.sorted {
 		p.epoch = append(p.epoch, items...)
 		return nil
 	}
+	p.write(items)
+	return nil
+}
+
+func (p *fileSinkPart) write(items []string) {
 	for _, it := range items {
 		n, _ := p.w.WriteString(it)
 		p.w.WriteByte('\n')
 		p.pos += int64(n) + 1
 	}
-	return nil
 }
 
-func (p *fileSinkPart) Commit() ([]byte, error) {
+// Commit implements core.SinkPartition: flush, fsync, and the position
+// after the epoch's lines.
+func (p *fileSinkPart) Commit(context.Context, core.Epoch) ([]byte, error) {
 	if p.sorted && len(p.epoch) > 0 {
 		sort.Strings(p.epoch)
-		for _, it := range p.epoch {
-			n, _ := p.w.WriteString(it)
-			p.w.WriteByte('\n')
-			p.pos += int64(n) + 1
-		}
+		p.write(p.epoch)
 		clear(p.epoch)
 		p.epoch = p.epoch[:0]
 	}
@@ -346,19 +354,23 @@ func (p *fileSinkPart) Commit() ([]byte, error) {
 	return pos.encode(), nil
 }
 
-// Flush implements core.Flusher: unsorted lines written so far reach the
-// file (a resume truncates what no epoch committed).
-func (p *fileSinkPart) Flush() error {
+// Flush implements core.Flusher: the lines written so far reach the file
+// (a resume truncates what no epoch committed). With Sorted it does nothing:
+// an epoch's lines wait for Commit.
+func (p *fileSinkPart) Flush(context.Context) error {
 	if p.sorted {
 		return nil
 	}
 	return p.w.Flush()
 }
 
-func (p *fileSinkPart) Close() error {
+// Close implements core.SinkPartition.
+func (p *fileSinkPart) Close(context.Context) error {
 	if err := p.w.Flush(); err != nil {
 		p.f.Close()
 		return err
 	}
 	return p.f.Close()
 }
+
+var _ core.Flusher = (*fileSinkPart)(nil)

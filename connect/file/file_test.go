@@ -11,24 +11,27 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/flowkeep/flowkeep/core"
 )
 
 // writeSink opens the sink at path (resuming at resume), writes lines, commits
 // and returns the committed position.
 func writeSink(t *testing.T, path string, resume []byte, lines ...string) []byte {
 	t.Helper()
-	p, err := Sink{Path: path}.Open(context.Background(), filepath.Base(path), resume)
+	ctx := context.Background()
+	p, err := Sink{Path: path}.Open(ctx, filepath.Base(path), resume)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := p.Write(lines); err != nil {
+	if err := p.Write(ctx, lines); err != nil {
 		t.Fatal(err)
 	}
-	pos, err := p.Commit()
+	pos, err := p.Commit(ctx, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := p.Close(); err != nil {
+	if err := p.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
 	return pos
@@ -87,9 +90,9 @@ func TestSink_ResumeLeavesUnrelatedFileOfSameNameUntouched(t *testing.T) {
 	before := stateOf(t, b)
 	p, err := Sink{Path: b}.Open(context.Background(), "counts.csv", pos)
 	if err == nil {
-		p.Write([]string{"cherry,1"})
-		p.Commit()
-		p.Close()
+		p.Write(context.Background(), []string{"cherry,1"})
+		p.Commit(context.Background(), 2)
+		p.Close(context.Background())
 		t.Errorf("resumed into an unrelated file")
 	} else if !errors.Is(err, ErrOtherFile) || !strings.Contains(err.Error(), a) || !strings.Contains(err.Error(), b) {
 		t.Errorf("error %q: want ErrOtherFile naming both files", err)
@@ -204,18 +207,18 @@ func TestSink_Resume(t *testing.T) {
 				if err != nil {
 					t.Fatalf("refused: %v", err)
 				}
-				p.Write([]string{"new,1"})
-				if _, err := p.Commit(); err != nil {
+				p.Write(context.Background(), []string{"new,1"})
+				if _, err := p.Commit(context.Background(), 2); err != nil {
 					t.Fatal(err)
 				}
-				p.Close()
+				p.Close(context.Background())
 				if got := string(readFile(t, path)); got != want+"new,1\n" {
 					t.Fatalf("%s holds %d bytes, want the %d committed and a new line", path, len(got), len(want))
 				}
 				return
 			}
 			if err == nil {
-				p.Close()
+				p.Close(context.Background())
 				t.Fatalf("resumed, want %v", tt.want)
 			}
 			if tt.want != errAny && !errors.Is(err, tt.want) || !strings.Contains(err.Error(), tt.msg) || !strings.Contains(err.Error(), path) {
@@ -260,4 +263,39 @@ func readFile(t *testing.T, path string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// Written lines are in the file after Flush, before the epoch commits (a
+// resume truncates them if no epoch does); with Sorted, an epoch's lines
+// wait for Commit and arrive sorted.
+func TestSink_FlushShowsLinesSortedWaitsForCommit(t *testing.T) {
+	ctx := context.Background()
+	for _, sorted := range []bool{false, true} {
+		path := filepath.Join(t.TempDir(), "out.csv")
+		p, err := Sink{Path: path, Sorted: sorted}.Open(ctx, "out.csv", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Write(ctx, []string{"b,1", "a,1"})
+		if err := p.(core.Flusher).Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		want := "b,1\na,1\n"
+		if sorted {
+			want = ""
+		}
+		if got := string(readFile(t, path)); got != want {
+			t.Fatalf("sorted=%v: after Flush the file holds %q, want %q", sorted, got, want)
+		}
+		if _, err := p.Commit(ctx, 1); err != nil {
+			t.Fatal(err)
+		}
+		if sorted {
+			want = "a,1\nb,1\n"
+		}
+		if got := string(readFile(t, path)); got != want {
+			t.Fatalf("sorted=%v: after Commit the file holds %q, want %q", sorted, got, want)
+		}
+		p.Close(ctx)
+	}
 }

@@ -143,10 +143,11 @@ func TestSource_StartsAndErrors(t *testing.T) {
 	}
 }
 
-// sinkRun opens an exactly-once sink partition as a run with recovery would.
-func sinkRun(t *testing.T, s *Sink[string], resume []byte) core.SinkPartition[string] {
+// sinkRun opens an exactly-once sink partition as a run with recovery
+// starting at epoch start would.
+func sinkRun(t *testing.T, s *Sink[string], resume []byte, start core.Epoch) core.SinkPartition[string] {
 	t.Helper()
-	ctx := core.WithRunInfo(context.Background(), core.RunInfo{Recovery: true, FlowUID: "f00d"})
+	ctx := core.WithRunInfo(context.Background(), core.RunInfo{Recovery: true, FlowUID: "f00d", StartEpoch: start})
 	p, err := s.Open(ctx, "out/0", resume)
 	if err != nil {
 		t.Fatal(err)
@@ -171,9 +172,10 @@ func TestSink_ExactlyOnceAcrossCrashes(t *testing.T) {
 	c := broker(t, map[string]int32{"out": 1})
 	brokers := c.ListenAddrs()
 	s := LineSink(brokers, "out", true)
-	p := sinkRun(t, s, nil)
-	p.Write([]string{"a,1", "b,1"})
-	snap1, err := p.Commit() // epoch 1 closes: kept, not published
+	ctx := context.Background()
+	p := sinkRun(t, s, nil, 1)
+	p.Write(ctx, []string{"a,1", "b,1"})
+	snap1, err := p.Commit(ctx, 1) // epoch 1 closes: kept, not published
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,25 +184,26 @@ func TestSink_ExactlyOnceAcrossCrashes(t *testing.T) {
 	}
 	// Crash here. The next run resumes from snap1 (epoch 1 durable): it
 	// publishes epoch 1's records.
-	p2 := sinkRun(t, s, snap1)
+	p2 := sinkRun(t, s, snap1, 2)
 	if got := values(readAll(t, brokers, "out", 0)); got != "a,1 b,1" {
 		t.Fatalf("after resuming from the durable epoch: %q", got)
 	}
 	// Crash again before the next snapshot: the run after it resumes from
 	// snap1 again, and must not publish a second time.
-	p2.Close()
-	p3 := sinkRun(t, s, snap1)
+	p2.Close(ctx)
+	p3 := sinkRun(t, s, snap1, 2)
 	if got := values(readAll(t, brokers, "out", 0)); got != "a,1 b,1" {
 		t.Fatalf("published twice: %q", got)
 	}
 	// A normal epoch: written, committed, made durable, published.
-	p3.Write([]string{"c,1"})
-	snap2, _ := p3.Commit()
-	p3.(core.DurableSink).Durable(3)
+	p3.(core.DurableSink).Durable(ctx, 2)
+	p3.Write(ctx, []string{"c,1"})
+	snap2, _ := p3.Commit(ctx, 2)
+	p3.(core.DurableSink).Durable(ctx, 3)
 	if got := values(readAll(t, brokers, "out", 0)); got != "a,1 b,1 c,1" {
 		t.Fatalf("after a durable epoch: %q", got)
 	}
-	p3.Close()
+	p3.Close(ctx)
 	// A producer killed inside a transaction leaves it open; the next run
 	// fences it, and its records are never visible.
 	zombie, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.TransactionalID("flowkeep-f00d-out/0"),
@@ -214,8 +217,8 @@ func TestSink_ExactlyOnceAcrossCrashes(t *testing.T) {
 	if err := zombie.ProduceSync(context.Background(), &kgo.Record{Topic: "out", Partition: 0, Value: []byte("zombie")}).FirstErr(); err != nil {
 		t.Fatal(err)
 	}
-	p4 := sinkRun(t, s, snap2)
-	defer p4.Close()
+	p4 := sinkRun(t, s, snap2, 3)
+	defer p4.Close(ctx)
 	if got := values(readAll(t, brokers, "out", 0)); got != "a,1 b,1 c,1" {
 		t.Fatalf("after fencing a zombie transaction: %q", got)
 	}
@@ -261,13 +264,13 @@ func TestSink_AtLeastOnce(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := p.Write(lines); err != nil {
+		if err := p.Write(context.Background(), lines); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := p.Commit(); err != nil {
+		if _, err := p.Commit(context.Background(), 1); err != nil {
 			t.Fatal(err)
 		}
-		p.Close()
+		p.Close(context.Background())
 	}
 	var got []string
 	for p := int32(0); p < 2; p++ {
@@ -363,10 +366,10 @@ func TestSource_DeletedTopic(t *testing.T) {
 }
 
 // sinkRunIn opens an exactly-once sink partition as a run of lineage
-// lineage would.
-func sinkRunIn(t *testing.T, s *Sink[string], resume []byte, lineage string) core.SinkPartition[string] {
+// lineage starting at epoch start would.
+func sinkRunIn(t *testing.T, s *Sink[string], resume []byte, lineage string, start core.Epoch) core.SinkPartition[string] {
 	t.Helper()
-	ctx := core.WithRunInfo(context.Background(), core.RunInfo{Recovery: true, FlowUID: "f00d", Lineage: lineage})
+	ctx := core.WithRunInfo(context.Background(), core.RunInfo{Recovery: true, FlowUID: "f00d", Lineage: lineage, StartEpoch: start})
 	p, err := s.Open(ctx, "out/0", resume)
 	if err != nil {
 		t.Fatal(err)
@@ -383,20 +386,22 @@ func TestSink_RestoredToAnOlderEpochPublishesItsOwnEpochs(t *testing.T) {
 	c := broker(t, map[string]int32{"out": 1})
 	brokers := c.ListenAddrs()
 	s := LineSink(brokers, "out", true)
-	old := sinkRunIn(t, s, nil, "aaaaaaaa")
+	bg := context.Background()
+	old := sinkRunIn(t, s, nil, "aaaaaaaa", 1)
 	var snaps [][]byte
-	for _, v := range []string{"e1", "e2", "e3", "e4"} {
-		old.Write([]string{v})
-		snap, err := old.Commit()
+	for i, v := range []string{"e1", "e2", "e3", "e4"} {
+		e := core.Epoch(i + 1)
+		old.Write(bg, []string{v})
+		snap, err := old.Commit(bg, e)
 		if err != nil {
 			t.Fatal(err)
 		}
 		snaps = append(snaps, snap)
-		if err := old.(core.DurableSink).Durable(0); err != nil {
+		if err := old.(core.DurableSink).Durable(bg, e+1); err != nil {
 			t.Fatal(err)
 		}
 	}
-	old.Close()
+	old.Close(bg)
 	// Restored at the epoch after e2: its snapshot still holds e2 as
 	// pending, which the old lineage published (not again). The sink warns
 	// that e3 and e4's epochs will be produced again.
@@ -410,20 +415,20 @@ func TestSink_RestoredToAnOlderEpochPublishesItsOwnEpochs(t *testing.T) {
 	if len(warned) != 1 || !strings.Contains(warned[0], "transactions 3..4") || !strings.Contains(warned[0], "consumers see it twice") {
 		t.Fatalf("warnings: %q", warned)
 	}
-	restored.Write([]string{"b3"})
-	snapB3, err := restored.Commit()
+	restored.Write(bg, []string{"b3"})
+	snapB3, err := restored.Commit(bg, 3)
 	if err != nil {
 		t.Fatal(err)
 	}
-	restored.Close() // b3's epoch is durable; the run crashes before publishing it
+	restored.Close(bg) // b3's epoch is durable; the run crashes before publishing it
 	warned = nil
-	again := sinkRunIn(t, s, snapB3, "bbbbbbbb")
-	again.Close()
+	again := sinkRunIn(t, s, snapB3, "bbbbbbbb", 4)
+	again.Close(bg)
 	if got := values(readAll(t, brokers, "out", 0)); got != "e1 e2 e3 e4 b3" {
 		t.Fatalf("the restored lineage's durable epoch after a crash: %q, want it published once after the old lineage's", got)
 	}
 	// And once only: another restart from the same snapshot adds nothing.
-	sinkRunIn(t, s, snapB3, "bbbbbbbb").Close()
+	sinkRunIn(t, s, snapB3, "bbbbbbbb", 4).Close(bg)
 	if got := values(readAll(t, brokers, "out", 0)); got != "e1 e2 e3 e4 b3" {
 		t.Fatalf("published twice: %q", got)
 	}

@@ -9,6 +9,7 @@ import (
 	"hash/fnv"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -21,42 +22,45 @@ import (
 // ("topic/N", each written by one worker; an item goes to the partition of
 // its key's hash, so one key's items keep their order).
 //
-// At least once (the default): records are produced as they come and each
-// epoch close waits for them to be acknowledged. After a crash, the output
-// of the epochs after the last durable one is produced again.
+// At least once (the default): records are produced as they are written
+// (without lingering, so they are in the topic within milliseconds) and
+// each epoch close waits for them to be acknowledged. After a crash, the
+// output of the epochs after the last durable one is produced again.
 //
 // Exactly once (ExactlyOnce, needs recovery): an epoch's records are kept
-// in the epoch's snapshot, and produced in one Kafka transaction only when
-// that snapshot is durable (the runtime says so through core.DurableSink).
-// Each record carries the transaction's sequence number and the flow's
-// lineage (its history, see core.RunInfo) in headers. A crash before the
-// transaction commits leaves it to the next run, which finds the pending
-// records in its snapshot and produces them unless the partition's last
-// committed record of the same lineage already carries their sequence
-// number (the crash came after the commit). A restore to an older epoch
-// starts a new lineage whose sequence numbers repeat the old one's: its
-// transactions are judged only against its own records (those after the
-// offset where it began), and the output of the epochs after the restored
-// one is produced again (the sink warns). Epochs that were never durable were
-// never produced, and their input is read again, so nothing is lost or
-// repeated. Consumers must read with isolation level read_committed, and the
-// topic must be written by this flow only. The transactional id is derived
-// from the flow's uid and the partition, so a rescaled or restored run
-// fences any transaction a dead worker left open. Output reaches the topic
-// one epoch (-s) after it is computed.
+// in the epoch's snapshot, tagged with the epoch, and produced in one Kafka
+// transaction per epoch only when that epoch is durable (the runtime says so
+// through core.DurableSink: Durable(below) publishes exactly the kept epochs
+// below `below`, oldest first). Each record carries the transaction's
+// sequence number and the flow's lineage (its history, see core.RunInfo) in
+// headers. A crash before a transaction commits leaves it to the next run,
+// which finds the kept records in its snapshot and produces them unless the
+// partition's last committed record of the same lineage already carries
+// their sequence number (the crash came after the commit). A restore to an
+// older epoch starts a new lineage whose sequence numbers repeat the old
+// one's: its transactions are judged only against its own records (those
+// after the offset where it began), and the output of the epochs after the
+// restored one is produced again (the sink warns). Epochs that were never
+// durable were never produced, and their input is read again, so nothing is
+// lost or repeated. Consumers must read with isolation level
+// read_committed, and the topic must be written by this flow only. The
+// transactional id is derived from the flow's uid and the partition, so a
+// rescaled or restored run fences any transaction a dead worker left open.
+// Output reaches the topic one epoch (-s) after it is computed.
 type Sink[T any] struct {
 	Brokers []string
 	Topic   string
 	// Encode gives an item's key and value.
 	Encode      func(T) (key, value []byte, err error)
 	ExactlyOnce bool
-	// Outage bounds retries of an unreachable broker (DefaultOutage).
+	// Outage bounds retries of an unreachable broker, listing the topic's
+	// partitions included (DefaultOutage).
 	Outage time.Duration
 	Opts   []kgo.Opt
 
-	once  sync.Once
-	parts []string
-	err   error
+	parts atomic.Pointer[[]string] // the topic's partitions, once listed
+	mu    sync.Mutex
+	err   error // why the last listing failed (none has succeeded)
 }
 
 // LineSink writes strings as record values, keyed by what comes before the
@@ -88,19 +92,28 @@ func (s *Sink[T]) client(extra ...kgo.Opt) (*kgo.Client, error) {
 	return newClient(s.Brokers, s.Outage, s.Opts, extra...)
 }
 
-// Partitions implements core.Sink. The topic must exist: a failure to list
-// its partitions is reported by Open.
+// unlisted is the partition name Partitions gives when it could not list
+// the topic's partitions; Open of it reports why.
+func (s *Sink[T]) unlisted() string { return s.Topic + "/?" }
+
+// Partitions implements core.Sink. The topic must exist. The list is asked
+// of the brokers, retrying for up to the outage bound, until it succeeds
+// once; a failure is not kept (the next call asks again) and is reported by
+// Open of the placeholder partition returned meanwhile.
 func (s *Sink[T]) Partitions() []string {
-	s.once.Do(func() {
-		s.parts, s.err = topicPartitions(context.Background(), s.Brokers, s.Outage, s.Opts, s.Topic)
-		if s.err != nil {
-			s.err = fmt.Errorf("output: %w (create it first)", s.err)
-		}
-	})
-	if s.err != nil {
-		return []string{s.Topic + "/?"}
+	if parts := s.parts.Load(); parts != nil {
+		return *parts
 	}
-	return s.parts
+	parts, err := topicPartitions(context.Background(), s.Brokers, s.Outage, s.Opts, s.Topic)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil {
+		s.err = err
+		return []string{s.unlisted()}
+	}
+	s.err = nil
+	s.parts.Store(&parts)
+	return parts
 }
 
 // PartitionFor implements core.Sink: the topic partition of the item's key.
@@ -115,10 +128,21 @@ func (s *Sink[T]) PartitionFor(item T) string {
 	return parts[int(h.Sum32()%uint32(len(parts)))]
 }
 
+// listError is why the topic's partitions could not be listed, and what to do.
+func (s *Sink[T]) listError() error {
+	s.mu.Lock()
+	err := s.err
+	s.mu.Unlock()
+	if err == nil {
+		err = errors.New("they were not listed")
+	}
+	return fmt.Errorf("output: cannot list the partitions of topic %q (retried for %v): %w; create the topic, or make the brokers reachable (or allow a longer outage), and run again", s.Topic, s.outage(), err)
+}
+
 // Open implements core.Sink.
 func (s *Sink[T]) Open(ctx context.Context, part string, resume []byte) (core.SinkPartition[T], error) {
-	if s.Partitions(); s.err != nil {
-		return nil, s.err
+	if part == s.unlisted() {
+		return nil, s.listError()
 	}
 	if s.Encode == nil {
 		return nil, errors.New("kafka sink: Encode is not set")
@@ -127,9 +151,14 @@ func (s *Sink[T]) Open(ctx context.Context, part string, resume []byte) (core.Si
 	if err != nil {
 		return nil, err
 	}
-	sp := &sinkPart[T]{sink: s, topic: topic, part: p, name: part}
+	base := partBase[T]{sink: s, topic: topic, part: p, name: part}
 	if !s.ExactlyOnce {
-		if sp.cl, err = s.client(kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.DefaultProduceTopic(topic)); err != nil {
+		// No lingering: a record goes out as soon as no request is in
+		// flight (batches still form under load), so written output is
+		// visible at once. Opts may set another linger.
+		opts := append([]kgo.Opt{kgo.ProducerLinger(0)}, s.Opts...)
+		sp := &atLeastOncePart[T]{partBase: base}
+		if sp.cl, err = newClient(s.Brokers, s.Outage, opts, kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.DefaultProduceTopic(topic)); err != nil {
 			return nil, err
 		}
 		return sp, nil
@@ -138,6 +167,7 @@ func (s *Sink[T]) Open(ctx context.Context, part string, resume []byte) (core.Si
 	if !ri.Recovery || ri.FlowUID == "" {
 		return nil, errors.New("kafka sink: exactly-once output needs recovery (run with -r DIR): without snapshots a crash cannot be resumed without repeating output")
 	}
+	sp := &exactlyOncePart[T]{partBase: base}
 	txnID := "flowkeep-" + ri.FlowUID + "-" + part
 	if sp.cl, err = s.client(kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.DefaultProduceTopic(topic),
 		kgo.TransactionalID(txnID), kgo.TransactionTimeout(time.Minute)); err != nil {
@@ -157,22 +187,16 @@ func (s *Sink[T]) Open(ctx context.Context, part string, resume []byte) (core.Si
 		sp.cl.Close()
 		return nil, fmt.Errorf("kafka sink %s: stored position: %w", part, err)
 	}
-	// Records the last run kept for a transaction it may not have
+	// Every epoch below the start epoch is durable, and no other.
+	sp.heard, sp.last = ri.StartEpoch, ri.StartEpoch-min(ri.StartEpoch, 1)
+	// Epochs the last run kept for transactions it may not have
 	// committed: produce them unless the partition already has them (of
 	// the lineage that made them).
 	if len(sp.pending) > 0 {
-		last, err := sp.lastCommittedSeq(ctx)
-		if err != nil {
+		if err := sp.resumePending(ctx, ri.StartEpoch); err != nil {
 			sp.cl.Close()
 			return nil, err
 		}
-		if last < sp.pendingSeq {
-			if err := sp.publish(ctx); err != nil {
-				sp.cl.Close()
-				return nil, err
-			}
-		}
-		sp.committed, sp.pending = sp.pendingSeq, nil
 	}
 	if ri.Lineage != "" && ri.Lineage != sp.lineage {
 		// A new history (a restore, or files moved): its transactions
@@ -196,31 +220,16 @@ func (s *Sink[T]) Open(ctx context.Context, part string, resume []byte) (core.Si
 	return sp, nil
 }
 
-type sinkPart[T any] struct {
+// partBase is what both kinds of sink partition hold.
+type partBase[T any] struct {
 	sink  *Sink[T]
 	cl    *kgo.Client
 	topic string
 	part  int32
 	name  string
-
-	// at least once
-	inflight sync.WaitGroup
-	mu       sync.Mutex
-	perr     error
-
-	// exactly once
-	epoch      []*kgo.Record // written during the open epoch
-	pending    []*kgo.Record // of the last closed epoch, waiting for it to be durable
-	pendingSeq uint64        // their transaction's sequence number
-	committed  uint64        // the last sequence number published
-	// lineage made the sequence numbers above; its records are at or
-	// after offset floor (root is the flow's root lineage: records
-	// without a lineage header are its).
-	lineage, root string
-	floor         int64
 }
 
-func (p *sinkPart[T]) record(it T) (*kgo.Record, error) {
+func (p *partBase[T]) record(it T) (*kgo.Record, error) {
 	k, v, err := p.sink.Encode(it)
 	if err != nil {
 		return nil, fmt.Errorf("kafka sink %s: encode: %w", p.name, err)
@@ -228,70 +237,213 @@ func (p *sinkPart[T]) record(it T) (*kgo.Record, error) {
 	return &kgo.Record{Topic: p.topic, Partition: p.part, Key: k, Value: v}, nil
 }
 
-func (p *sinkPart[T]) Write(items []T) error {
+// atLeastOncePart produces records as they are written.
+type atLeastOncePart[T any] struct {
+	partBase[T]
+	inflight sync.WaitGroup
+	mu       sync.Mutex
+	perr     error
+}
+
+var _ core.Flusher = (*atLeastOncePart[string])(nil)
+
+// Write implements core.SinkPartition: the records are produced at once.
+// ctx ending fails the records still waiting for buffer space.
+func (p *atLeastOncePart[T]) Write(ctx context.Context, items []T) error {
 	for _, it := range items {
 		r, err := p.record(it)
 		if err != nil {
 			return err
 		}
-		if p.sink.ExactlyOnce {
-			p.epoch = append(p.epoch, r)
-			continue
-		}
 		p.inflight.Add(1)
-		p.cl.Produce(context.Background(), r, func(_ *kgo.Record, err error) {
+		p.cl.Produce(ctx, r, func(_ *kgo.Record, err error) {
 			if err != nil {
 				p.mu.Lock()
 				if p.perr == nil {
-					p.perr = err
+					p.perr = fmt.Errorf("kafka sink %s: produce: %w", p.name, err)
 				}
 				p.mu.Unlock()
 			}
 			p.inflight.Done()
 		})
 	}
+	return p.produceErr()
+}
+
+func (p *atLeastOncePart[T]) produceErr() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.perr
 }
 
-// Durable implements core.DurableSink: the epoch whose records are pending
-// is durable, so they are published.
-func (p *sinkPart[T]) Durable(core.Epoch) error {
-	if !p.sink.ExactlyOnce || len(p.pending) == 0 {
-		return nil
+// Flush implements core.Flusher. Records are sent as they are written, so
+// there is nothing to push; it reports a failed produce early.
+func (p *atLeastOncePart[T]) Flush(context.Context) error { return p.produceErr() }
+
+// Commit implements core.SinkPartition: it waits until every record written
+// so far is acknowledged (or ctx ends).
+func (p *atLeastOncePart[T]) Commit(ctx context.Context, _ core.Epoch) ([]byte, error) {
+	if err := p.cl.Flush(ctx); err != nil {
+		return nil, fmt.Errorf("kafka sink %s: wait for acknowledgements: %w", p.name, err)
 	}
-	if err := p.publish(context.Background()); err != nil {
-		return err
+	p.inflight.Wait()
+	return nil, p.produceErr()
+}
+
+// Close implements core.SinkPartition: it waits for the records in flight
+// unless ctx has ended.
+func (p *atLeastOncePart[T]) Close(ctx context.Context) error {
+	var err error
+	if ctx.Err() == nil {
+		err = p.cl.Flush(ctx)
 	}
-	p.committed, p.pending = p.pendingSeq, nil
+	p.cl.Close()
+	return err
+}
+
+// keptEpoch is an exactly-once partition's output of one committed epoch,
+// kept until the epoch is durable, and the sequence number its transaction
+// carries.
+type keptEpoch struct {
+	epoch   core.Epoch // 0: of a snapshot from before epochs were kept (below the resume epoch)
+	seq     uint64
+	records []*kgo.Record
+}
+
+// exactlyOncePart publishes each committed epoch's records in a transaction
+// once the epoch is durable.
+type exactlyOncePart[T any] struct {
+	partBase[T]
+	open      []*kgo.Record // written during the open epoch
+	pending   []keptEpoch   // committed, waiting to be durable, oldest first
+	committed uint64        // the last sequence number published
+	published core.Epoch    // the newest epoch published (0: none)
+	last      core.Epoch    // the last epoch committed (or the one before the start)
+	heard     core.Epoch    // every epoch below it is durable, as the runtime said
+	// lineage made the sequence numbers above; its records are at or
+	// after offset floor (root is the flow's root lineage: records
+	// without a lineage header are its).
+	lineage, root string
+	floor         int64
+}
+
+var _ core.DurableSink = (*exactlyOncePart[string])(nil)
+
+// Write implements core.SinkPartition: the records are kept for the open
+// epoch's transaction.
+func (p *exactlyOncePart[T]) Write(_ context.Context, items []T) error {
+	for _, it := range items {
+		r, err := p.record(it)
+		if err != nil {
+			return err
+		}
+		p.open = append(p.open, r)
+	}
 	return nil
 }
 
-// publish produces the pending records in one transaction and commits it.
-func (p *sinkPart[T]) publish(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, p.sink.outage())
+// Commit implements core.SinkPartition: the records written in epoch are
+// kept, with the sequence number of their transaction, in the snapshot.
+func (p *exactlyOncePart[T]) Commit(_ context.Context, epoch core.Epoch) ([]byte, error) {
+	if epoch <= p.last {
+		return nil, fmt.Errorf("kafka sink %s: commit of epoch %d after epoch %d: epochs must increase", p.name, epoch, p.last)
+	}
+	if epoch < p.heard {
+		return nil, fmt.Errorf("kafka sink %s: commit of epoch %d, which was already said to be durable (every epoch below %d): its records could never be published", p.name, epoch, p.heard)
+	}
+	p.last = epoch
+	if len(p.open) > 0 {
+		seq := p.committed + 1
+		if n := len(p.pending); n > 0 {
+			seq = p.pending[n-1].seq + 1
+		}
+		p.pending = append(p.pending, keptEpoch{epoch: epoch, seq: seq, records: p.open})
+		p.open = nil
+	}
+	return p.encode(), nil
+}
+
+// Durable implements core.DurableSink: the kept epochs below `below` are
+// published, each in its own transaction, oldest first. Every kept epoch
+// must be below it (the runtime says so before committing the next), and
+// below never goes back: anything else is a broken protocol, which fails
+// rather than publishing what may not be durable or dropping what is.
+func (p *exactlyOncePart[T]) Durable(ctx context.Context, below core.Epoch) error {
+	if below < p.heard {
+		return fmt.Errorf("kafka sink %s: told that every epoch below %d is durable after being told so of every epoch below %d (epoch %d is published): the durable frontier must not go back", p.name, below, p.heard, p.published)
+	}
+	for _, k := range p.pending {
+		if k.epoch >= below {
+			return fmt.Errorf("kafka sink %s: told that every epoch below %d is durable, but epoch %d was committed already: the runtime must say which epochs are durable before it commits the next, so its records are neither published early nor held back", p.name, below, k.epoch)
+		}
+	}
+	p.heard = below
+	for len(p.pending) > 0 {
+		if err := p.publish(ctx, p.pending[0]); err != nil {
+			return err
+		}
+		p.committed, p.published = p.pending[0].seq, p.pending[0].epoch
+		p.pending[0] = keptEpoch{}
+		p.pending = p.pending[1:]
+	}
+	p.pending = nil
+	return nil
+}
+
+// resumePending produces the epochs a snapshot kept, each unless the
+// partition already has its transaction (of the lineage that made it).
+// They are all below start, the run's start epoch, so durable.
+func (p *exactlyOncePart[T]) resumePending(ctx context.Context, start core.Epoch) error {
+	for _, k := range p.pending {
+		if k.epoch >= start {
+			return fmt.Errorf("kafka sink %s: the stored position keeps epoch %d's records, but the run resumes at epoch %d, so that epoch is not durable: the position is not from before the resume epoch", p.name, k.epoch, start)
+		}
+	}
+	last, err := p.lastCommittedSeq(ctx)
+	if err != nil {
+		return err
+	}
+	for _, k := range p.pending {
+		if last < k.seq {
+			if err := p.publish(ctx, k); err != nil {
+				return err
+			}
+		}
+		p.committed, p.published = k.seq, k.epoch
+	}
+	p.pending = nil
+	return nil
+}
+
+// publish produces k's records in one transaction and commits it.
+func (p *exactlyOncePart[T]) publish(run context.Context, k keptEpoch) error {
+	ctx, cancel := context.WithTimeout(run, p.sink.outage())
 	defer cancel()
 	if err := p.cl.BeginTransaction(); err != nil {
 		return fmt.Errorf("kafka sink %s: begin transaction: %w", p.name, err)
 	}
-	seq := binary.BigEndian.AppendUint64(nil, p.pendingSeq)
-	for _, r := range p.pending {
+	seq := binary.BigEndian.AppendUint64(nil, k.seq)
+	for _, r := range k.records {
 		r.Headers = append(r.Headers[:0], kgo.RecordHeader{Key: seqHeader, Value: seq}, kgo.RecordHeader{Key: lineageHeader, Value: []byte(p.lineage)})
 	}
-	if err := p.cl.ProduceSync(ctx, p.pending...).FirstErr(); err != nil {
-		p.cl.EndTransaction(ctx, kgo.TryAbort)
-		return fmt.Errorf("kafka sink %s: produce: %w", p.name, err)
+	if err := p.cl.ProduceSync(ctx, k.records...).FirstErr(); err != nil {
+		// Try to abort, for a few seconds at most and not at all once the
+		// run is over; the next run's producer fences the transaction
+		// anyway.
+		actx, acancel := context.WithTimeout(run, 5*time.Second)
+		p.cl.EndTransaction(actx, kgo.TryAbort)
+		acancel()
+		return fmt.Errorf("kafka sink %s: produce epoch %d: %w", p.name, k.epoch, err)
 	}
 	if err := p.cl.EndTransaction(ctx, kgo.TryCommit); err != nil {
-		return fmt.Errorf("kafka sink %s: commit transaction %d: %w", p.name, p.pendingSeq, err)
+		return fmt.Errorf("kafka sink %s: commit transaction %d (epoch %d): %w", p.name, k.seq, k.epoch, err)
 	}
 	return nil
 }
 
 // endOffset is the partition's last stable offset: Open fenced any
 // transaction left open, so every record before it is decided.
-func (p *sinkPart[T]) endOffset(ctx context.Context) (int64, error) {
+func (p *exactlyOncePart[T]) endOffset(ctx context.Context) (int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, p.sink.outage())
 	defer cancel()
 	admin, err := p.sink.client()
@@ -312,7 +464,7 @@ func (p *sinkPart[T]) endOffset(ctx context.Context) (int64, error) {
 
 // lastCommittedSeq reads the sequence number of the partition's last
 // committed record of the sink's lineage (0 if it has none).
-func (p *sinkPart[T]) lastCommittedSeq(ctx context.Context) (uint64, error) {
+func (p *exactlyOncePart[T]) lastCommittedSeq(ctx context.Context) (uint64, error) {
 	end, err := p.endOffset(ctx)
 	if err != nil {
 		return 0, err
@@ -336,7 +488,7 @@ func (p *sinkPart[T]) lastCommittedSeq(ctx context.Context) (uint64, error) {
 
 // scanSeq reads [from, end) and returns the sequence number of the last
 // committed record there that carries one.
-func (p *sinkPart[T]) scanSeq(ctx context.Context, from, end int64) (uint64, bool, error) {
+func (p *exactlyOncePart[T]) scanSeq(ctx context.Context, from, end int64) (uint64, bool, error) {
 	cl, err := p.sink.client(kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{p.topic: {p.part: kgo.NewOffset().At(from)}}),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.KeepControlRecords())
 	if err != nil {
@@ -364,56 +516,47 @@ func (p *sinkPart[T]) scanSeq(ctx context.Context, from, end int64) (uint64, boo
 	return last, found, nil
 }
 
-func (p *sinkPart[T]) Commit() ([]byte, error) {
-	if !p.sink.ExactlyOnce {
-		if err := p.cl.Flush(context.Background()); err != nil {
-			return nil, err
-		}
-		p.inflight.Wait()
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		return nil, p.perr
-	}
-	if len(p.pending) > 0 {
-		// Durable was not called for the epoch before (no recovery pacing
-		// reached it): keep both for one transaction.
-		p.epoch = append(p.pending, p.epoch...)
-		p.pending = nil
-	}
-	if len(p.epoch) > 0 {
-		p.pending, p.epoch = p.epoch, nil
-		p.pendingSeq = p.committed + 1
-	}
-	return p.encode(), nil
-}
+// Snapshot formats. The first, from before lineages, is the uvarints of
+// the last published sequence number and the kept one, then the kept
+// records. snapMagic starts the second, which first names the lineage and
+// its first offset; epochMagic the current one, which keeps several epochs,
+// each with its epoch number. Were the first format's published sequence
+// number 0, its next uvarint (the kept one) is at most 1, so its first two
+// bytes are never either magic.
+var (
+	snapMagic  = []byte{0x00, 0xfe}
+	epochMagic = []byte{0x00, 0xfd}
+)
 
-// snapMagic starts a snapshot that names its lineage. A snapshot of
-// before lineages starts with the uvarint of the last published sequence
-// number; were it 0, the next uvarint (the pending one) is at most 1, so
-// its first byte is never 0xfe.
-var snapMagic = []byte{0x00, 0xfe}
-
-// encode is the snapshot: the magic, the lineage and its first offset, the
-// last published sequence number, then the pending records (sequence
-// number, count, key and value of each).
-func (p *sinkPart[T]) encode() []byte {
-	b := append([]byte(nil), snapMagic...)
+// encode is the snapshot: epochMagic, the lineage and its first offset,
+// the last published sequence number, then the kept epochs (count, then of
+// each its epoch, sequence number, record count and each record's key and
+// value).
+func (p *exactlyOncePart[T]) encode() []byte {
+	b := append([]byte(nil), epochMagic...)
 	b = binary.AppendUvarint(b, uint64(len(p.lineage)))
 	b = append(b, p.lineage...)
 	b = binary.AppendUvarint(b, uint64(p.floor))
 	b = binary.AppendUvarint(b, p.committed)
-	b = binary.AppendUvarint(b, p.pendingSeq)
 	b = binary.AppendUvarint(b, uint64(len(p.pending)))
-	for _, r := range p.pending {
-		b = binary.AppendUvarint(b, uint64(len(r.Key)))
-		b = append(b, r.Key...)
-		b = binary.AppendUvarint(b, uint64(len(r.Value)))
-		b = append(b, r.Value...)
+	for _, k := range p.pending {
+		b = binary.AppendUvarint(b, uint64(k.epoch))
+		b = binary.AppendUvarint(b, k.seq)
+		b = binary.AppendUvarint(b, uint64(len(k.records)))
+		for _, r := range k.records {
+			b = binary.AppendUvarint(b, uint64(len(r.Key)))
+			b = append(b, r.Key...)
+			b = binary.AppendUvarint(b, uint64(len(r.Value)))
+			b = append(b, r.Value...)
+		}
 	}
 	return b
 }
 
-func (p *sinkPart[T]) decode(b []byte) error {
+// decode reads a snapshot of any of the three formats. The kept records of
+// the older two are one epoch whose number was not stored (0): it is below
+// the resume epoch, as every snapshot's epochs are.
+func (p *exactlyOncePart[T]) decode(b []byte) error {
 	if b == nil {
 		return nil
 	}
@@ -434,8 +577,30 @@ func (p *sinkPart[T]) decode(b []byte) error {
 		b = b[n:]
 		return v, nil
 	}
-	var err error
-	if bytes.HasPrefix(b, snapMagic) {
+	records := func() ([]*kgo.Record, error) {
+		n, err := next()
+		if err != nil {
+			return nil, err
+		}
+		if n > uint64(len(b)) { // each record takes at least 2 bytes
+			return nil, errors.New("truncated")
+		}
+		rs := make([]*kgo.Record, 0, n)
+		for i := uint64(0); i < n; i++ {
+			k, err := bytesOf()
+			if err != nil {
+				return nil, err
+			}
+			v, err := bytesOf()
+			if err != nil {
+				return nil, err
+			}
+			rs = append(rs, &kgo.Record{Topic: p.topic, Partition: p.part, Key: k, Value: v})
+		}
+		return rs, nil
+	}
+	epochs := bytes.HasPrefix(b, epochMagic)
+	if epochs || bytes.HasPrefix(b, snapMagic) {
 		b = b[len(snapMagic):]
 		lin, err := bytesOf()
 		if err != nil || len(lin) == 0 || len(lin) > 64 {
@@ -447,26 +612,50 @@ func (p *sinkPart[T]) decode(b []byte) error {
 		}
 		p.lineage, p.floor = string(lin), int64(floor)
 	}
+	var err error
 	if p.committed, err = next(); err != nil {
 		return err
 	}
-	if p.pendingSeq, err = next(); err != nil {
-		return err
-	}
-	n, err := next()
-	if err != nil {
-		return err
-	}
-	for i := uint64(0); i < n; i++ {
-		k, err := bytesOf()
+	if !epochs {
+		seq, err := next()
 		if err != nil {
 			return err
 		}
-		v, err := bytesOf()
+		rs, err := records()
 		if err != nil {
 			return err
 		}
-		p.pending = append(p.pending, &kgo.Record{Topic: p.topic, Partition: p.part, Key: k, Value: v})
+		if len(rs) > 0 {
+			p.pending = []keptEpoch{{seq: seq, records: rs}}
+		}
+	} else {
+		n, err := next()
+		if err != nil {
+			return err
+		}
+		if n > uint64(len(b)) {
+			return errors.New("truncated")
+		}
+		seq := p.committed
+		for i := uint64(0); i < n; i++ {
+			e, err := next()
+			if err != nil {
+				return err
+			}
+			s, err := next()
+			if err != nil {
+				return err
+			}
+			rs, err := records()
+			if err != nil {
+				return err
+			}
+			if s != seq+1 || (i > 0 && core.Epoch(e) <= p.pending[i-1].epoch) {
+				return fmt.Errorf("kept epoch %d (transaction %d) does not follow transaction %d", e, s, seq)
+			}
+			seq = s
+			p.pending = append(p.pending, keptEpoch{epoch: core.Epoch(e), seq: s, records: rs})
+		}
 	}
 	if len(b) != 0 {
 		return errors.New("trailing bytes")
@@ -474,15 +663,12 @@ func (p *sinkPart[T]) decode(b []byte) error {
 	return nil
 }
 
-func (p *sinkPart[T]) Close() error {
-	if !p.sink.ExactlyOnce {
-		p.cl.Flush(context.Background())
-	}
+// Close implements core.SinkPartition. Kept epochs not yet published stay
+// in the snapshot for the next run.
+func (p *exactlyOncePart[T]) Close(context.Context) error {
 	p.cl.Close()
 	return nil
 }
-
-var _ core.DurableSink = (*sinkPart[string])(nil)
 
 // lineageOf is the lineage a record of an exactly-once sink names (root,
 // the flow's root lineage, for records of before lineages).

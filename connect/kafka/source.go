@@ -110,7 +110,9 @@ func newClient(brokers []string, outage time.Duration, opts []kgo.Opt, extra ...
 // topic and partition number, retrying (an unreachable broker, a topic not
 // there yet) for up to the outage bound.
 func topicPartitions(ctx context.Context, brokers []string, outage time.Duration, opts []kgo.Opt, topics ...string) ([]string, error) {
-	cl, err := newClient(brokers, outage, opts)
+	// Each try asks the brokers: metadata cached for the default 5s would
+	// hide a topic created meanwhile.
+	cl, err := newClient(brokers, outage, opts, kgo.MetadataMinAge(retryEvery))
 	if err != nil {
 		return nil, err
 	}
@@ -143,10 +145,13 @@ func topicPartitions(ctx context.Context, brokers []string, outage time.Duration
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("kafka %s: %w (gave up after %v)", strings.Join(brokers, ","), err, outageOr(outage))
-		case <-time.After(250 * time.Millisecond):
+		case <-time.After(retryEvery):
 		}
 	}
 }
+
+// retryEvery is how often listing a topic's partitions is tried again.
+const retryEvery = 250 * time.Millisecond
 
 func partName(topic string, p int32) string { return topic + "/" + strconv.Itoa(int(p)) }
 

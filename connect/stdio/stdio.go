@@ -91,7 +91,10 @@ func (p *stdinPart) Position() []byte { return nil }
 func (p *stdinPart) Close() error     { return nil }
 
 // Stdout writes lines to standard output (one partition, "stdout").
-// Standard output cannot be rewound: around a resume it is at-least-once.
+// Written lines are visible at once: they are flushed whenever the flow has
+// nothing more to give right now, and at least every few milliseconds under
+// load, never held until the epoch closes. Standard output cannot be
+// rewound: around a resume it is at-least-once.
 type Stdout struct{ W io.Writer }
 
 // Partitions implements core.Sink.
@@ -111,7 +114,11 @@ func (s Stdout) Open(context.Context, string, []byte) (core.SinkPartition[string
 
 type stdoutPart struct{ w *bufio.Writer }
 
-func (p *stdoutPart) Write(items []string) error {
+var _ core.Flusher = (*stdoutPart)(nil)
+
+// Write implements core.SinkPartition: lines go to the buffer, which Flush
+// empties.
+func (p *stdoutPart) Write(_ context.Context, items []string) error {
 	for _, it := range items {
 		p.w.WriteString(it)
 		if err := p.w.WriteByte('\n'); err != nil {
@@ -120,5 +127,12 @@ func (p *stdoutPart) Write(items []string) error {
 	}
 	return nil
 }
-func (p *stdoutPart) Commit() ([]byte, error) { return nil, p.w.Flush() }
-func (p *stdoutPart) Close() error            { return p.w.Flush() }
+
+// Flush implements core.Flusher.
+func (p *stdoutPart) Flush(context.Context) error { return p.w.Flush() }
+
+// Commit implements core.SinkPartition (standard output has no position).
+func (p *stdoutPart) Commit(context.Context, core.Epoch) ([]byte, error) { return nil, p.w.Flush() }
+
+// Close implements core.SinkPartition.
+func (p *stdoutPart) Close(context.Context) error { return p.w.Flush() }

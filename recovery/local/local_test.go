@@ -32,14 +32,14 @@ func (l lines) PartitionFor(string) string { return "mem" }
 func (l lines) Open(context.Context, string, []byte) (core.SinkPartition[string], error) {
 	return l, nil
 }
-func (l lines) Write(items []string) error {
+func (l lines) Write(_ context.Context, items []string) error {
 	l.mu.Lock()
 	*l.got = append(*l.got, items...)
 	l.mu.Unlock()
 	return nil
 }
-func (l lines) Commit() ([]byte, error) { return nil, nil }
-func (l lines) Close() error            { return nil }
+func (l lines) Commit(context.Context, core.Epoch) ([]byte, error) { return nil, nil }
+func (l lines) Close(context.Context) error                        { return nil }
 
 // seenFlow says for each item whether its key had state before it.
 func seenFlow(count int64, out lines) *core.Flow {
