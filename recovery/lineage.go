@@ -439,6 +439,27 @@ func StartLineage(views []*View, at Epoch, newID func() string, now time.Time) (
 			live = append(live, v)
 		}
 	}
+	// The first start after a restore records the restored lineage on one
+	// partition after another: one that crashed part-way left some of them
+	// on it already. They count with the restored ones, not as another
+	// history (nothing ran on them: every partition starts before any
+	// commit).
+	var started []*View
+	if len(pend) > 0 {
+		p := pend[0].Lineage
+		rest := live[:0:0]
+		for _, v := range live {
+			if v.Lineage.Reason == LineageRestore && v.Lineage.Parent() == p.Parent() && v.Lineage.Fork == p.Fork && v.Lineage.ID != p.Parent() {
+				started = append(started, v)
+			} else {
+				rest = append(rest, v)
+			}
+		}
+		live = rest
+		if err := CheckOneHistory(started); err != nil {
+			return LineageStart{}, err
+		}
+	}
 	if err := CheckOneHistory(live); err != nil {
 		return LineageStart{}, err
 	}
@@ -462,6 +483,10 @@ func StartLineage(views []*View, at Epoch, newID func() string, now time.Time) (
 			if v.Lineage.ID < l.ID {
 				l = v.Lineage
 			}
+		}
+		if len(started) > 0 {
+			// The crashed start had chosen already.
+			l = started[0].Lineage
 		}
 		if len(live) > 0 && live[0].Lineage.ID != l.Parent() {
 			return LineageStart{}, fmt.Errorf("%w: %s restored from %s, but %s of %s: restore every partition from one backup (flowbackup restore --force), or put back the files of one history",

@@ -3,6 +3,7 @@ package recovery
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -75,6 +76,8 @@ func TestStartLineage(t *testing.T) {
 		{"restored: adopt it", []*View{v(0, r1, true, ""), v(1, r1, true, "")}, 40, "11111111", "aaaaaaaa", ""},
 		{"restored by two machines from one plan: the smaller id", []*View{v(0, r2, true, ""), v(1, r1, true, "moved")}, 40, "11111111", "aaaaaaaa", ""},
 		{"one partition restored beside its parent's", []*View{v(0, a, false, ""), v(1, r1, true, "")}, 40, "11111111", "aaaaaaaa", ""},
+		{"restored, and the first start crashed after one partition", []*View{v(0, r1, false, ""), v(1, r1, true, "")}, 40, "11111111", "aaaaaaaa", ""},
+		{"restored by two machines, the first start crashed after one", []*View{v(0, r1, false, ""), v(1, r2, true, ""), v(2, a, false, "")}, 40, "11111111", "aaaaaaaa", ""},
 		{"two histories", []*View{v(0, a, false, ""), v(1, b, false, "")}, 7, "", "", "partition 0 of lineage aaaaaaaa"},
 		{"restored at two epochs", []*View{v(0, r1, true, ""), v(1, r3, true, "")}, 40, "", "", "restored at epoch 41"},
 		{"restored beside another history", []*View{v(0, b, false, ""), v(1, r1, true, "")}, 40, "", "", "restored from aaaaaaaa"},
@@ -262,6 +265,65 @@ func TestLineage_AStartThatCrashedHalfwayIsNotARollback(t *testing.T) {
 	defer st.Close()
 	if _, err := st.Begin(ctx, 1); err != nil {
 		t.Fatalf("after a start that reached one partition: %v", err)
+	}
+}
+
+// The first start after a restore records the restored lineage on each
+// partition in turn. Killed after the first, the directory must still
+// start (it is one history: nothing ran), and so must the starts after.
+func TestLineage_AFirstStartAfterARestoreThatCrashedHalfwayResumes(t *testing.T) {
+	ctx := context.Background()
+	dir := initDir(t, 2)
+	st := openStore(t, dir, time.Second, time.Hour)
+	if _, err := st.Begin(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	st.Commit(ctx, 0, 3, []Row{{"s", "a", 1, []byte("1")}, {"s", "b", 2, []byte("2")}})
+	st.Close()
+	// What restore leaves: every partition of one child lineage, pending.
+	st = openStore(t, dir, time.Second, time.Hour)
+	views, _ := st.Views(ctx)
+	rp, _ := Resume(views)
+	st.Close()
+	t0 := time.Now()
+	child := views[0].Lineage.Child("c0ffee11", "new", rp.Epoch, views[0].Runs, t0, t0, LineageRestore)
+	for _, v := range views {
+		path := filepath.Join(dir, fmt.Sprintf("part-%d.sqlite3", v.Index))
+		db, err := OpenDB(path, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := MarkRestored(ctx, db, child, path); err != nil {
+			t.Fatal(err)
+		}
+		db.Close()
+	}
+	// The first start, killed after it reached partition 0.
+	st = openStore(t, dir, time.Second, time.Hour)
+	views, _ = st.Views(ctx)
+	rp, _ = Resume(views)
+	ls, err := StartLineage(views, rp.Epoch, NewLineageID, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.UseLineage(ls)
+	if err := st.beginPartition(ctx, st.parts[0], rp, 1, unixMs(t0)); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	for i := 0; i < 2; i++ {
+		st = openStore(t, dir, time.Second, time.Hour)
+		got, err := st.Begin(ctx, 1)
+		if err != nil {
+			t.Fatalf("start %d after the half-way one: %v", i+1, err)
+		}
+		if st.Lineage().Lineage.ID != child.ID || got.Epoch != rp.Epoch {
+			t.Fatalf("start %d: lineage %s at epoch %d, want the restored %s at %d", i+1, st.Lineage().Lineage.ID, got.Epoch, child.ID, rp.Epoch)
+		}
+		if state := loadAll(t, st, got.Epoch); state["s/a"] != "1" || state["s/b"] != "2" {
+			t.Fatalf("start %d: state %v", i+1, state)
+		}
+		st.Close()
 	}
 }
 
