@@ -139,6 +139,9 @@ type segment struct {
 }
 
 func (s *segment) record(step StepID, key string, epoch Epoch, value []byte) {
+	if s.x.rec == nil {
+		return // nothing keeps snapshots
+	}
 	s.changes = append(s.changes, Change{Step: step, Key: StateKey(key), Epoch: epoch, Value: value})
 }
 

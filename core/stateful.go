@@ -261,6 +261,19 @@ func (o *statefulOp[V, S, O]) flush() error {
 // snapshot records the keys changed in epoch e: their encoded state, or a
 // tombstone for discarded keys.
 func (o *statefulOp[V, S, O]) snapshot(e Epoch) error {
+	if o.seg.x.rec == nil {
+		// Nothing keeps snapshots: forget discarded keys, encode nothing.
+		for _, d := range o.dirty {
+			d.e.dirty = false
+			if d.e.s == nil {
+				delete(o.states, d.key)
+				d.e.dead = true
+			}
+		}
+		clear(o.dirty)
+		o.dirty = o.dirty[:0]
+		return nil
+	}
 	o.seg.changes = slices.Grow(o.seg.changes, min(len(o.dirty), snapshotChunk))
 	for i, d := range o.dirty {
 		if err := o.seg.flushIfFull(); err != nil {
