@@ -17,14 +17,14 @@ type memRecovery struct {
 	frozen bool // a crashed process: commits are dropped
 	// crashAt, when set, crashes the store (and calls onCrash) at the first
 	// commit reaching that frontier, which is then dropped too.
-	crashAt   core.Epoch
-	onCrash   func()
+	crashAt core.Epoch
+	onCrash func()
 	// crashOnlyResumable holds the crash until every worker has committed
 	// past epoch 1, so the crashed run leaves something to resume from;
 	// crashResume is then the epoch a resume must start at.
 	crashOnlyResumable bool
 	crashResume        core.Epoch
-	commitLog []memCommit
+	commitLog          []memCommit
 }
 
 type memRow struct {
