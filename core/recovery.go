@@ -3,17 +3,13 @@ package core
 import (
 	"context"
 	"fmt"
+	"github.com/flowkeep/flowkeep/model"
 	"log"
 )
 
 // Change is one snapshot row: the state of (Step, Key) after epoch Epoch.
 // A nil Value is a tombstone: the key was discarded.
-type Change struct {
-	Step  StepID
-	Key   StateKey
-	Epoch Epoch
-	Value []byte
-}
+type Change = model.Row
 
 // Recovery is where a run keeps its snapshots. core defines it and the
 // recovery package implements it; core never touches recovery files itself.
@@ -57,12 +53,7 @@ type Recovery interface {
 
 // Loaded is one row Load hands over: the state of (Step, Key) as it was
 // after Epoch.
-type Loaded struct {
-	Step  StepID
-	Key   StateKey
-	Epoch Epoch
-	Value []byte
-}
+type Loaded = model.Row
 
 // KeyHinter is a Recovery that can tell, before Load, about how many keys
 // each step's state will hold (so state maps are sized once, not grown).

@@ -44,7 +44,7 @@ func BenchmarkCommit10kKeys(b *testing.B) {
 		e := Epoch(i + 1)
 		rows := make([]Row, len(keys))
 		for k := range rows {
-			rows[k] = Row{"wordcount.count", keys[k], e, val}
+			rows[k] = Row{Step: "wordcount.count", Key: keys[k], Epoch: e, Value: val}
 		}
 		if err := st.Commit(ctx, 0, e+1, rows); err != nil {
 			b.Fatal(err)
@@ -88,7 +88,7 @@ func BenchmarkWriteAndCompact(b *testing.B) {
 					if distinct {
 						id = int(e)*perEpoch + k
 					}
-					rows[k] = Row{"wordcount.count", StateKey(fmt.Sprintf("w%09d", id)), e, val}
+					rows[k] = Row{Step: "wordcount.count", Key: StateKey(fmt.Sprintf("w%09d", id)), Epoch: e, Value: val}
 				}
 				r.Shuffle(len(rows), func(i, j int) { rows[i], rows[j] = rows[j], rows[i] })
 				all[e] = rows

@@ -224,7 +224,7 @@ func TestCompact_FinishesTheJobUnderWayAndCompactsToTheCommitEpoch(t *testing.T)
 	ctx := context.Background()
 	opts := Options{FlowName: "f", Intervals: Intervals{Snapshot: time.Second}, CompactEvery: 2}
 	h := openByHand(t, initDir(t, 1), opts, 1, newModel())
-	row := func(e Epoch, k string) Row { return Row{"s", StateKey(k), e, []byte(k)} }
+	row := func(e Epoch, k string) Row { return Row{Step: "s", Key: StateKey(k), Epoch: e, Value: []byte(k)} }
 	for e := Epoch(1); e <= 3; e++ {
 		h.commit(0, e+1, []Row{row(e, "a"), row(e, "b"), row(e, "c")})
 		h.commit(1, e+1, nil)

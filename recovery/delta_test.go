@@ -49,10 +49,10 @@ func TestDelta_LaidOverAnImageGivesEveryEpochsState(t *testing.T) {
 	// compacted before the delta (so the delta holds them as base rows or
 	// as dropped keys).
 	fixed := map[Epoch][]Row{
-		1:           {{"pin", "in-base", 1, []byte("base")}, {"pin", "dropped-from-base", 1, []byte("x")}},
-		imageAt - 1: {{"pin", "overwritten", imageAt - 1, []byte("old")}, {"pin", "dropped", imageAt - 1, []byte("x")}, {"pin", "dropped-and-back", imageAt - 1, []byte("x")}, {"pin", "empty", imageAt - 1, []byte("x")}},
-		imageAt + 1: {{"pin", "overwritten", imageAt + 1, []byte("new")}, {"pin", "dropped", imageAt + 1, nil}, {"pin", "dropped-from-base", imageAt + 1, nil}, {"pin", "dropped-and-back", imageAt + 1, nil}, {"pin", "empty", imageAt + 1, []byte{}}},
-		imageAt + 3: {{"pin", "dropped-and-back", imageAt + 3, []byte("back")}},
+		1:           {{Step: "pin", Key: "in-base", Epoch: 1, Value: []byte("base")}, {Step: "pin", Key: "dropped-from-base", Epoch: 1, Value: []byte("x")}},
+		imageAt - 1: {{Step: "pin", Key: "overwritten", Epoch: imageAt - 1, Value: []byte("old")}, {Step: "pin", Key: "dropped", Epoch: imageAt - 1, Value: []byte("x")}, {Step: "pin", Key: "dropped-and-back", Epoch: imageAt - 1, Value: []byte("x")}, {Step: "pin", Key: "empty", Epoch: imageAt - 1, Value: []byte("x")}},
+		imageAt + 1: {{Step: "pin", Key: "overwritten", Epoch: imageAt + 1, Value: []byte("new")}, {Step: "pin", Key: "dropped", Epoch: imageAt + 1, Value: nil}, {Step: "pin", Key: "dropped-from-base", Epoch: imageAt + 1, Value: nil}, {Step: "pin", Key: "dropped-and-back", Epoch: imageAt + 1, Value: nil}, {Step: "pin", Key: "empty", Epoch: imageAt + 1, Value: []byte{}}},
+		imageAt + 3: {{Step: "pin", Key: "dropped-and-back", Epoch: imageAt + 3, Value: []byte("back")}},
 	}
 	tests := []struct {
 		name string
@@ -262,11 +262,11 @@ func TestDelta_CompactionAfterRestoreKeepsTheDeltasNewerBaseRows(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	must(st.Commit(ctx, 0, 2, []Row{{"s", "k", 1, []byte("old")}}))
+	must(st.Commit(ctx, 0, 2, []Row{{Step: "s", Key: "k", Epoch: 1, Value: []byte("old")}}))
 	must(st.Flush(ctx))
 	image := filepath.Join(tmp, "image.sqlite3")
 	vacuumInto(t, st.parts[0].DB, image) // frontier 2; k@1 in a segment
-	must(st.Commit(ctx, 0, 3, []Row{{"s", "k", 2, []byte("new")}}))
+	must(st.Commit(ctx, 0, 3, []Row{{Step: "s", Key: "k", Epoch: 2, Value: []byte("new")}}))
 	for f := Epoch(4); f <= 7; f++ {
 		must(st.Commit(ctx, 0, f, nil))
 	}

@@ -214,7 +214,7 @@ func TestLineage_APartitionPutBackFromAnOlderCopyIsRefused(t *testing.T) {
 	if _, err := st.Begin(ctx, 1); err != nil {
 		t.Fatal(err)
 	}
-	st.Commit(ctx, 0, 3, []Row{{"s", "a", 1, []byte("1")}, {"s", "b", 2, []byte("2")}})
+	st.Commit(ctx, 0, 3, []Row{{Step: "s", Key: "a", Epoch: 1, Value: []byte("1")}, {Step: "s", Key: "b", Epoch: 2, Value: []byte("2")}})
 	st.Close()
 	snap := filepath.Join(t.TempDir(), "part-0.sqlite3")
 	copyFile(t, filepath.Join(dir, "part-0.sqlite3"), snap)
@@ -224,7 +224,7 @@ func TestLineage_APartitionPutBackFromAnOlderCopyIsRefused(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		st.Commit(ctx, 0, rp.Epoch+2, []Row{{"s", "a", rp.Epoch, []byte("later")}})
+		st.Commit(ctx, 0, rp.Epoch+2, []Row{{Step: "s", Key: "a", Epoch: rp.Epoch, Value: []byte("later")}})
 		st.Close()
 	}
 	// Put the old copy back over the file (its contents, same inode).
@@ -251,7 +251,7 @@ func TestLineage_AStartThatCrashedHalfwayIsNotARollback(t *testing.T) {
 	if _, err := st.Begin(ctx, 1); err != nil {
 		t.Fatal(err)
 	}
-	st.Commit(ctx, 0, 3, []Row{{"s", "a", 1, []byte("1")}})
+	st.Commit(ctx, 0, 3, []Row{{Step: "s", Key: "a", Epoch: 1, Value: []byte("1")}})
 	st.Close()
 	st = openStore(t, dir, time.Second, time.Hour)
 	views, _ := st.Views(ctx)
@@ -278,7 +278,7 @@ func TestLineage_AFirstStartAfterARestoreThatCrashedHalfwayResumes(t *testing.T)
 	if _, err := st.Begin(ctx, 1); err != nil {
 		t.Fatal(err)
 	}
-	st.Commit(ctx, 0, 3, []Row{{"s", "a", 1, []byte("1")}, {"s", "b", 2, []byte("2")}})
+	st.Commit(ctx, 0, 3, []Row{{Step: "s", Key: "a", Epoch: 1, Value: []byte("1")}, {Step: "s", Key: "b", Epoch: 2, Value: []byte("2")}})
 	st.Close()
 	// What restore leaves: every partition of one child lineage, pending.
 	st = openStore(t, dir, time.Second, time.Hour)

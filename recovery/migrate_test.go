@@ -20,15 +20,15 @@ func v1History() *flowModel {
 	v := func(s string) []byte { return []byte(s) }
 	m := newModel()
 	m.apply([]Row{
-		{"wc.count", "c", 1, v("c1")}, {"wc.count", "f", 1, v("f1")}, {"win.sum", "w1", 1, v("w1")},
-		{"wc.count", "a", 2, v("a2")}, {"win.sum", "gone", 2, v("g2")},
-		{"wc.count", "b", 3, v("b3")}, {"win.sum", "gone", 3, nil},
-		{"wc.count", "d", 4, v("")}, {"wc.count", "f", 4, nil},
-		{"wc.count", "a", 5, v("a5")}, {"wc.count", "c", 5, nil}, {"wc.count", "e", 5, v("")},
-		{"wc.count", "a", 6, v("a6")}, {"wc.count", "c", 6, v("c6")}, {"wc.count", "d", 6, nil}, {"wc.count", "f", 6, v("f6")}, {"wc.count", "h", 6, v("h6")},
-		{"wc.count", "h", 7, nil}, {"win.sum", "w1", 7, v("w1.7")},
-		{"wc.count", "b", 8, v("b8")},
-		{"wc.count", "a", 9, v("a9")},
+		{Step: "wc.count", Key: "c", Epoch: 1, Value: v("c1")}, {Step: "wc.count", Key: "f", Epoch: 1, Value: v("f1")}, {Step: "win.sum", Key: "w1", Epoch: 1, Value: v("w1")},
+		{Step: "wc.count", Key: "a", Epoch: 2, Value: v("a2")}, {Step: "win.sum", Key: "gone", Epoch: 2, Value: v("g2")},
+		{Step: "wc.count", Key: "b", Epoch: 3, Value: v("b3")}, {Step: "win.sum", Key: "gone", Epoch: 3, Value: nil},
+		{Step: "wc.count", Key: "d", Epoch: 4, Value: v("")}, {Step: "wc.count", Key: "f", Epoch: 4, Value: nil},
+		{Step: "wc.count", Key: "a", Epoch: 5, Value: v("a5")}, {Step: "wc.count", Key: "c", Epoch: 5, Value: nil}, {Step: "wc.count", Key: "e", Epoch: 5, Value: v("")},
+		{Step: "wc.count", Key: "a", Epoch: 6, Value: v("a6")}, {Step: "wc.count", Key: "c", Epoch: 6, Value: v("c6")}, {Step: "wc.count", Key: "d", Epoch: 6, Value: nil}, {Step: "wc.count", Key: "f", Epoch: 6, Value: v("f6")}, {Step: "wc.count", Key: "h", Epoch: 6, Value: v("h6")},
+		{Step: "wc.count", Key: "h", Epoch: 7, Value: nil}, {Step: "win.sum", Key: "w1", Epoch: 7, Value: v("w1.7")},
+		{Step: "wc.count", Key: "b", Epoch: 8, Value: v("b8")},
+		{Step: "wc.count", Key: "a", Epoch: 9, Value: v("a9")},
 	})
 	return m
 }

@@ -111,7 +111,7 @@ func TestDoc_SchemaIsThePartitions(t *testing.T) {
 		t.Fatal(err)
 	}
 	for e := Epoch(1); e <= 6; e++ {
-		if err := st.Commit(ctx, 0, e+1, []Row{{"s", "k", e, []byte("v")}, {"s", StateKey(strconv.Itoa(int(e))), e, nil}}); err != nil {
+		if err := st.Commit(ctx, 0, e+1, []Row{{Step: "s", Key: "k", Epoch: e, Value: []byte("v")}, {Step: "s", Key: StateKey(strconv.Itoa(int(e))), Epoch: e, Value: nil}}); err != nil {
 			t.Fatal(err)
 		}
 	}

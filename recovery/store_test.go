@@ -154,11 +154,11 @@ func TestStore_ResumeLoadsNewestBelowAndTrims(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	commit(0, 2, Row{"s", "a", 1, []byte("a1")}, Row{"s", "b", 1, []byte("b1")})
-	commit(1, 2, Row{"s", "c", 1, []byte("c1")})
-	commit(0, 3, Row{"s", "a", 2, []byte("a2")}, Row{"s", "b", 2, nil})
+	commit(0, 2, Row{Step: "s", Key: "a", Epoch: 1, Value: []byte("a1")}, Row{Step: "s", Key: "b", Epoch: 1, Value: []byte("b1")})
+	commit(1, 2, Row{Step: "s", Key: "c", Epoch: 1, Value: []byte("c1")})
+	commit(0, 3, Row{Step: "s", Key: "a", Epoch: 2, Value: []byte("a2")}, Row{Step: "s", Key: "b", Epoch: 2, Value: nil})
 	commit(1, 3)
-	commit(0, 4, Row{"s", "a", 3, []byte("a3")}) // worker 1 never gets to 4
+	commit(0, 4, Row{Step: "s", Key: "a", Epoch: 3, Value: []byte("a3")}) // worker 1 never gets to 4
 	if err := st.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -263,12 +263,12 @@ func TestGC_KeepsNewestAtOrBeforeEMinusDPlusNewer(t *testing.T) {
 				t.Fatal(err)
 			}
 			rows := map[Epoch][]Row{
-				1: {{"s", "a", 1, []byte("x")}},
-				2: {{"s", "a", 2, []byte("x")}, {"s", "b", 2, []byte("x")}},
-				3: {{"s", "a", 3, []byte("x")}},
-				4: {{"s", "a", 4, []byte("x")}, {"s", "b", 4, nil}},
-				5: {{"s", "a", 5, []byte("x")}, {"s", "c", 5, nil}},
-				6: {{"s", "a", 6, []byte("x")}},
+				1: {{Step: "s", Key: "a", Epoch: 1, Value: []byte("x")}},
+				2: {{Step: "s", Key: "a", Epoch: 2, Value: []byte("x")}, {Step: "s", Key: "b", Epoch: 2, Value: []byte("x")}},
+				3: {{Step: "s", Key: "a", Epoch: 3, Value: []byte("x")}},
+				4: {{Step: "s", Key: "a", Epoch: 4, Value: []byte("x")}, {Step: "s", Key: "b", Epoch: 4, Value: nil}},
+				5: {{Step: "s", Key: "a", Epoch: 5, Value: []byte("x")}, {Step: "s", Key: "c", Epoch: 5, Value: nil}},
+				6: {{Step: "s", Key: "a", Epoch: 6, Value: []byte("x")}},
 			}
 			for e := Epoch(1); e <= 6; e++ {
 				if err := st.Commit(ctx, 0, e+1, rows[e]); err != nil {
@@ -303,7 +303,7 @@ func TestGC_TooOldToResume(t *testing.T) {
 	st := openStore(t, dir, time.Second, 0)
 	st.Begin(ctx, 1)
 	for e := Epoch(1); e <= 5; e++ {
-		st.Commit(ctx, 0, e+1, []Row{{"s", StateKey(fmt.Sprint("k", e)), e, []byte("v")}})
+		st.Commit(ctx, 0, e+1, []Row{{Step: "s", Key: StateKey(fmt.Sprint("k", e)), Epoch: e, Value: []byte("v")}})
 	}
 	st.Close()
 	// Simulate restoring an old backup of partition 1: roll its frontiers back.
@@ -338,7 +338,7 @@ func TestGC_FileSizeBoundedWithFixedKeys(t *testing.T) {
 	for e := Epoch(1); e <= epochs; e++ {
 		rows := make([]Row, keys)
 		for k := range rows {
-			rows[k] = Row{"wc.count", StateKey(fmt.Sprintf("key-%05d", k)), e, val}
+			rows[k] = Row{Step: "wc.count", Key: StateKey(fmt.Sprintf("key-%05d", k)), Epoch: e, Value: val}
 		}
 		if err := st.Commit(ctx, 0, e+1, rows); err != nil {
 			t.Fatal(err)
@@ -404,7 +404,7 @@ func TestStore_PathsWithURICharacters(t *testing.T) {
 	if _, err := st.Begin(ctx, 1); err != nil {
 		t.Fatal(err)
 	}
-	if err := st.Commit(ctx, 0, 2, []Row{{"s", "k", 1, []byte("v")}}); err != nil {
+	if err := st.Commit(ctx, 0, 2, []Row{{Step: "s", Key: "k", Epoch: 1, Value: []byte("v")}}); err != nil {
 		t.Fatal(err)
 	}
 	if err := st.Close(); err != nil {
@@ -435,12 +435,12 @@ func TestStore_ZeroLengthValueIsState(t *testing.T) {
 	dir := initDir(t, 1)
 	st := openStore(t, dir, time.Second, 0)
 	st.Begin(ctx, 1)
-	st.Commit(ctx, 0, 2, []Row{{"s", "empty", 1, []byte{}}, {"s", "gone", 1, []byte("x")}})
-	st.Commit(ctx, 0, 3, []Row{{"s", "gone", 2, nil}})
+	st.Commit(ctx, 0, 2, []Row{{Step: "s", Key: "empty", Epoch: 1, Value: []byte{}}, {Step: "s", Key: "gone", Epoch: 1, Value: []byte("x")}})
+	st.Commit(ctx, 0, 3, []Row{{Step: "s", Key: "gone", Epoch: 2, Value: nil}})
 	if err := st.Compact(ctx); err != nil {
 		t.Fatal(err)
 	}
-	st.Commit(ctx, 0, 4, []Row{{"s", "empty2", 3, []byte{}}})
+	st.Commit(ctx, 0, 4, []Row{{Step: "s", Key: "empty2", Epoch: 3, Value: []byte{}}})
 	st.Close()
 	st = openStore(t, dir, time.Second, 0)
 	defer st.Close()
@@ -467,7 +467,7 @@ func TestStore_CommitsRacingCloseAreAppliedOrRefused(t *testing.T) {
 			go func(w int) {
 				defer wg.Done()
 				for e := Epoch(1); e < 200; e++ {
-					err := st.Commit(ctx, WorkerIndex(w), e+1, []Row{{"s", StateKey(fmt.Sprint(w, "-", e)), e, []byte("v")}})
+					err := st.Commit(ctx, WorkerIndex(w), e+1, []Row{{Step: "s", Key: StateKey(fmt.Sprint(w, "-", e)), Epoch: e, Value: []byte("v")}})
 					if errors.Is(err, ErrClosed) {
 						return
 					}

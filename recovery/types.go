@@ -2,37 +2,29 @@ package recovery
 
 import (
 	"errors"
+	"github.com/flowkeep/flowkeep/model"
 	"time"
 )
 
-// Epoch numbers a span of input between snapshots; a fresh flow starts at 1.
-type Epoch uint64
-
-// ExecutionNumber numbers the runs of a flow: 0, 1, 2 …
-type ExecutionNumber int64
-
-// WorkerIndex identifies a worker of an execution.
-type WorkerIndex int
-
-// PartitionIndex identifies a partition: 0..PartitionCount-1.
-type PartitionIndex int
-
-// PartitionCount is the fixed number of partitions of a flow.
-type PartitionCount int
-
-// StepID is a step's dotted id.
-type StepID string
-
-// StateKey is the key state is kept under.
-type StateKey string
-
-// Row is one snapshot row. A nil Value is a tombstone.
-type Row struct {
-	Step  StepID
-	Key   StateKey
-	Epoch Epoch
-	Value []byte
-}
+// The domain types are model's (shared with core and backup).
+type (
+	// Epoch numbers a span of input between snapshots; a fresh flow starts at 1.
+	Epoch = model.Epoch
+	// ExecutionNumber numbers the runs of a flow: 0, 1, 2 …
+	ExecutionNumber = model.ExecutionNumber
+	// WorkerIndex identifies a worker of an execution.
+	WorkerIndex = model.WorkerIndex
+	// PartitionIndex identifies a partition: 0..PartitionCount-1.
+	PartitionIndex = model.PartitionIndex
+	// PartitionCount is the fixed number of partitions of a flow.
+	PartitionCount = model.PartitionCount
+	// StepID is a step's dotted id.
+	StepID = model.StepID
+	// StateKey is the key state is kept under.
+	StateKey = model.StateKey
+	// Row is one snapshot row. A nil Value is a tombstone.
+	Row = model.Row
+)
 
 // Sentinel errors a caller can act on. Messages wrapping them say what to do.
 var (
@@ -61,26 +53,15 @@ func (iv Intervals) D() Epoch {
 }
 
 // PartitionFor returns the partition holding (step, key) among n:
-// FNV-1a-64 over step, a zero byte, and key.
+// FNV-1a-64 over step, a zero byte, and key (model.PartitionFor).
 func PartitionFor(step StepID, key StateKey, n PartitionCount) PartitionIndex {
-	return partitionAfter(stepHash(step), key, n)
+	return model.PartitionFor(step, key, n)
 }
 
-// stepHash is FNV-1a-64 over step and the zero separator: the state
-// PartitionFor continues from for every key of the step.
-func stepHash(step StepID) uint64 {
-	h := uint64(14695981039346656037)
-	for i := 0; i < len(step); i++ {
-		h ^= uint64(step[i])
-		h *= 1099511628211
-	}
-	return h * 1099511628211 // the zero separator: h ^= 0 is a no-op
-}
+// stepHash and partitionAfter split PartitionFor for callers that place
+// many keys of one step.
+func stepHash(step StepID) uint64 { return model.StepHash(step) }
 
 func partitionAfter(h uint64, key StateKey, n PartitionCount) PartitionIndex {
-	for i := 0; i < len(key); i++ {
-		h ^= uint64(key[i])
-		h *= 1099511628211
-	}
-	return PartitionIndex(h % uint64(n))
+	return model.PartitionAfter(h, key, n)
 }

@@ -318,7 +318,7 @@ func (r *Recovery) Begin(ctx context.Context, workers int) (core.RunInfo, error)
 	if ps := r.store.Partitions(); len(ps) > 0 {
 		uid = ps[0].FlowUID
 	}
-	return core.RunInfo{Execution: int(rp.Execution), StartEpoch: core.Epoch(rp.Epoch), Workers: workers, FlowUID: uid,
+	return core.RunInfo{Execution: int(rp.Execution), StartEpoch: rp.Epoch, Workers: workers, FlowUID: uid,
 		Lineage: ls.Lineage.ID, LineageNote: ls.Note}, nil
 }
 
@@ -401,13 +401,7 @@ func (r *Recovery) Owners() []int { return r.owners }
 
 // Load implements core.Recovery: this process scans the partitions it owns.
 func (r *Recovery) Load(ctx context.Context, below core.Epoch, fn func([]core.Loaded) error) error {
-	return r.store.Load(ctx, recovery.Epoch(below), func(rows []recovery.Row) error {
-		out := make([]core.Loaded, len(rows))
-		for i, row := range rows {
-			out[i] = core.Loaded{Step: core.StepID(row.Step), Key: core.StateKey(row.Key), Epoch: core.Epoch(row.Epoch), Value: row.Value}
-		}
-		return fn(out)
-	})
+	return r.store.Load(ctx, below, fn)
 }
 
 // Commit implements core.Recovery: rows go to their partition's owner,
@@ -426,13 +420,12 @@ func (r *Recovery) Commit(ctx context.Context, w core.WorkerIndex, frontier core
 		}
 	}
 	for _, c := range changes {
-		row := recovery.Row{Step: recovery.StepID(c.Step), Key: recovery.StateKey(c.Key), Epoch: recovery.Epoch(c.Epoch), Value: c.Value}
-		p := r.owners[recovery.PartitionFor(row.Step, row.Key, r.count)]
-		byProc[p] = append(byProc[p], row)
+		p := r.owners[recovery.PartitionFor(c.Step, c.Key, r.count)]
+		byProc[p] = append(byProc[p], c)
 	}
 	for p, rows := range byProc {
 		if p == r.mesh.Self() {
-			if err := r.store.Commit(ctx, recovery.WorkerIndex(w), recovery.Epoch(frontier), rows); err != nil {
+			if err := r.store.Commit(ctx, w, frontier, rows); err != nil {
 				return err
 			}
 			continue

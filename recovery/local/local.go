@@ -26,50 +26,25 @@ func (a adapter) Begin(ctx context.Context, workers int) (core.RunInfo, error) {
 		uid = ps[0].FlowUID
 	}
 	ls := a.st.Lineage()
-	return core.RunInfo{Execution: int(rp.Execution), StartEpoch: core.Epoch(rp.Epoch), Workers: workers, FlowUID: uid,
+	return core.RunInfo{Execution: int(rp.Execution), StartEpoch: rp.Epoch, Workers: workers, FlowUID: uid,
 		Lineage: ls.Lineage.ID, LineageNote: ls.Note}, nil
 }
 
 func (a adapter) Load(ctx context.Context, below core.Epoch, fn func([]core.Loaded) error) error {
-	return a.st.Load(ctx, recovery.Epoch(below), func(rows []recovery.Row) error {
-		return fn(loadedRows(rows))
-	})
-}
-
-// loadedRows converts a batch of rows for core (a new slice: batches of
-// several partitions arrive at once).
-func loadedRows(rows []recovery.Row) []core.Loaded {
-	out := make([]core.Loaded, len(rows))
-	for i, r := range rows {
-		out[i] = core.Loaded{Step: core.StepID(r.Step), Key: core.StateKey(r.Key), Epoch: core.Epoch(r.Epoch), Value: r.Value}
-	}
-	return out
+	return a.st.Load(ctx, below, fn)
 }
 
 // KeyHint implements core.KeyHinter.
 func (a adapter) KeyHint(ctx context.Context, below core.Epoch) (map[core.StepID]int64, error) {
-	h, err := a.st.KeyHint(ctx, recovery.Epoch(below))
-	if err != nil {
-		return nil, err
-	}
-	out := make(map[core.StepID]int64, len(h))
-	for id, n := range h {
-		out[core.StepID(id)] = n
-	}
-	return out, nil
+	return a.st.KeyHint(ctx, below)
 }
 
 func (a adapter) Commit(ctx context.Context, w core.WorkerIndex, frontier core.Epoch, changes []core.Change) error {
-	var r recovery.Row
-	return a.st.CommitFunc(ctx, recovery.WorkerIndex(w), recovery.Epoch(frontier), len(changes), func(i int) *recovery.Row {
-		c := &changes[i]
-		r = recovery.Row{Step: recovery.StepID(c.Step), Key: recovery.StateKey(c.Key), Epoch: recovery.Epoch(c.Epoch), Value: c.Value}
-		return &r
-	})
+	return a.st.Commit(ctx, w, frontier, changes)
 }
 
 func (a adapter) WaitDurable(ctx context.Context, frontier core.Epoch) error {
-	return a.st.WaitDurable(ctx, recovery.Epoch(frontier))
+	return a.st.WaitDurable(ctx, frontier)
 }
 
 func (a adapter) Close() error { return a.st.Close() }
