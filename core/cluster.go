@@ -452,7 +452,7 @@ func (x *execution) onLoadRows(from int, b []byte) error {
 				if e, k = binary.Uvarint(b); k <= 0 {
 					err = errWire
 				} else if value, b, err = readStr(b[k:]); err == nil {
-					rows = append(rows, Loaded{StepID(step), StateKey(key), Epoch(e), []byte(value)})
+					rows = append(rows, Loaded{Step: StepID(step), Key: StateKey(key), Epoch: Epoch(e), Value: []byte(value)})
 				}
 			}
 		}

@@ -51,6 +51,15 @@ type Recovery interface {
 	Close() error
 }
 
+// RecoveryShutdowner is a Recovery whose Close can be bounded: Shutdown is
+// Close that gives up, with an error, when ctx ends (what it could not
+// finish may not be durable). The runtime bounds it when a run fails (a
+// stuck disk must not hang the process's exit); a run that ends well
+// always waits for Close.
+type RecoveryShutdowner interface {
+	Shutdown(ctx context.Context) error
+}
+
 // Loaded is one row Load hands over: the state of (Step, Key) as it was
 // after Epoch.
 type Loaded = model.Row

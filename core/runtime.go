@@ -182,14 +182,29 @@ func (s *segment) reportEnd(final Epoch) error {
 
 func (s *segment) report(frontier Epoch) error { return s.hand(frontier) }
 
+// failedShutdown bounds how long a failed run waits for recovery to write
+// what it had accepted.
+const failedShutdown = 30 * time.Second
+
 func (x *execution) run(parent context.Context) (*Result, error) {
 	x.ctx, x.cancel = context.WithCancelCause(parent)
 	defer x.cancel(nil)
 	closeRec := func(err error) error {
-		if x.rec != nil {
-			if cerr := x.rec.Close(); err == nil && cerr != nil {
-				err = fmt.Errorf("recovery: %w", cerr)
-			}
+		if x.rec == nil {
+			return err
+		}
+		var cerr error
+		if sd, ok := x.rec.(RecoveryShutdowner); ok && err != nil {
+			// The run failed: what is still being written may wait for a
+			// disk that is gone; do not hang on it.
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(parent), failedShutdown)
+			cerr = sd.Shutdown(ctx)
+			cancel()
+		} else {
+			cerr = x.rec.Close()
+		}
+		if err == nil && cerr != nil {
+			err = fmt.Errorf("recovery: %w", cerr)
 		}
 		return err
 	}

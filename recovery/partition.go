@@ -83,7 +83,7 @@ func OpenDB(path string, readOnly bool) (*sql.DB, error) {
 
 // openWriter opens a partition for writing, with mode "" or "rw".
 func openWriter(path, mode string) (*sql.DB, error) {
-	return openMode(path, mode, true, "immediate", "busy_timeout(20000)", "journal_mode(WAL)", "synchronous(FULL)", "cache_size(-4096)")
+	return openMode(path, mode, true, "immediate", "busy_timeout(20000)", "journal_mode(WAL)", "synchronous(FULL)", "cache_size(-1024)")
 }
 
 // OpenImageDB is OpenDB(path, false) for a file that must exist (a

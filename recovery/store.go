@@ -743,14 +743,36 @@ func (s *Store) PartitionCount() PartitionCount { return s.count }
 // safe after a failed Begin, and twice. From the moment it is called it
 // refuses new work (ErrClosed); it waits for the calls already admitted,
 // so a commit racing it is either applied or refused, never lost half-way.
-func (s *Store) Close() error {
+func (s *Store) Close() error { return s.Shutdown(context.Background()) }
+
+// ErrShutdownTimeout says Shutdown's context ended while commits it had
+// accepted were still being written: they may not be durable, and the
+// partitions were left open (the writers still use them).
+var ErrShutdownTimeout = errors.New("recovery store: commits still being written when shutdown's time ran out")
+
+// Shutdown is Close bounded by ctx: it refuses new work (ErrClosed), waits
+// for the calls in flight and for the writers to make every accepted commit
+// durable, stops them, then runs GC and releases the partitions. If ctx
+// ends first it returns ErrShutdownTimeout (wrapping the context's cause)
+// and leaves the writers running and the partitions open: a process that
+// gives up on them should exit.
+func (s *Store) Shutdown(ctx context.Context) error {
 	s.life.Lock()
+	already := s.closed
 	s.closed = true
 	s.life.Unlock()
-	for _, w := range s.writers {
-		close(w.ch)
+	if !already {
+		for _, w := range s.writers {
+			close(w.ch)
+		}
 	}
-	s.wg.Wait()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %w", ErrShutdownTimeout, context.Cause(ctx))
+	}
 	for _, w := range s.writers {
 		if s.Err() != nil {
 			break

@@ -524,3 +524,50 @@ func TestStore_AWaitForRoomEndsWithAFailureOrTheContext(t *testing.T) {
 	st.pending = 0
 	st.pmu.Unlock()
 }
+
+// A store whose writes cannot go through (here another connection holds
+// the partition locked, as a stuck disk would keep them) does not hang
+// Shutdown past its context: it says so, and a later Close still makes
+// the accepted commit durable once the writes can go through.
+func TestStore_ShutdownIsBoundedByItsContext(t *testing.T) {
+	ctx := context.Background()
+	dir := initDir(t, 1)
+	st := openStore(t, dir, time.Second, time.Hour)
+	if _, err := st.Begin(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	blocker, err := OpenDB(filepath.Join(dir, "part-0.sqlite3"), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := blocker.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.ExecContext(ctx, "BEGIN EXCLUSIVE"); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Commit(ctx, 0, 2, []Row{{Step: "s", Key: "k", Epoch: 1, Value: []byte("v")}}); err != nil {
+		t.Fatal(err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	began := time.Now()
+	if err := st.Shutdown(sctx); !errors.Is(err, ErrShutdownTimeout) || time.Since(began) > 5*time.Second {
+		t.Fatalf("shutdown with the partition locked: %v after %v", err, time.Since(began))
+	}
+	if err := st.Commit(ctx, 0, 3, nil); !errors.Is(err, ErrClosed) {
+		t.Fatalf("a commit after shutdown began: %v, want ErrClosed", err)
+	}
+	conn.ExecContext(ctx, "ROLLBACK")
+	conn.Close()
+	blocker.Close()
+	if err := st.Close(); err != nil {
+		t.Fatalf("close once the writes can go through: %v", err)
+	}
+	st = openStore(t, dir, time.Second, time.Hour)
+	defer st.Close()
+	if got := loadAll(t, st, 2); got["s/k"] != "v" {
+		t.Fatalf("the accepted commit was lost: %v", got)
+	}
+}

@@ -641,16 +641,25 @@ func (r *Recovery) global() recovery.Epoch {
 
 // Close implements core.Recovery; it is safe before (or after a failed)
 // Begin.
-func (r *Recovery) Close() error {
+func (r *Recovery) Close() error { return r.Shutdown(context.Background()) }
+
+// Shutdown is Close bounded by ctx (see recovery.Store.Shutdown).
+func (r *Recovery) Shutdown(ctx context.Context) error {
 	r.stop.Do(func() {
 		if r.done != nil {
 			close(r.done)
 		}
 	})
-	r.running.Wait()
+	stopped := make(chan struct{})
+	go func() { r.running.Wait(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-ctx.Done():
+		return fmt.Errorf("%w: the announcements still run: %w", recovery.ErrShutdownTimeout, context.Cause(ctx))
+	}
 	var err error
 	if r.store != nil {
-		err = r.store.Close()
+		err = r.store.Shutdown(ctx)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -49,6 +49,9 @@ func (a adapter) WaitDurable(ctx context.Context, frontier core.Epoch) error {
 
 func (a adapter) Close() error { return a.st.Close() }
 
+// Shutdown implements core.RecoveryShutdowner.
+func (a adapter) Shutdown(ctx context.Context) error { return a.st.Shutdown(ctx) }
+
 // New adapts a recovery.Store to core.Recovery (and core.KeyHinter), for
 // core.Run. The run owns it: core.Run closes it, and so the Store.
 func New(st *recovery.Store) core.Recovery { return adapter{st} }
