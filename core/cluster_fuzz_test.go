@@ -24,8 +24,8 @@ func (fuzzSource) Open(context.Context, string, []byte) (SourcePartition[string]
 
 type fuzzSink struct{}
 
-func (fuzzSink) Partitions() []string             { return []string{"x", "y"} }
-func (fuzzSink) PartitionFor(kv KV[int64]) string { return "x" }
+func (fuzzSink) Partitions(context.Context) ([]string, error) { return []string{"x", "y"}, nil }
+func (fuzzSink) PartitionFor(kv KV[int64]) string             { return "x" }
 func (fuzzSink) Open(context.Context, string, []byte) (SinkPartition[KV[int64]], error) {
 	return nil, errors.New("not opened in this test")
 }

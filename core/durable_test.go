@@ -18,8 +18,8 @@ type durableSink struct {
 	info   *core.RunInfo
 }
 
-func (d durableSink) Partitions() []string               { return []string{"d"} }
-func (d durableSink) PartitionFor(core.KV[int64]) string { return "d" }
+func (d durableSink) Partitions(context.Context) ([]string, error) { return []string{"d"}, nil }
+func (d durableSink) PartitionFor(core.KV[int64]) string           { return "d" }
 func (d durableSink) Open(ctx context.Context, _ string, _ []byte) (core.SinkPartition[core.KV[int64]], error) {
 	*d.info = core.RunInfoFrom(ctx)
 	return d, nil

@@ -199,8 +199,8 @@ type arrivalSink struct {
 	worst time.Duration
 }
 
-func (s *arrivalSink) Partitions() []string      { return []string{"mem"} }
-func (s *arrivalSink) PartitionFor(int64) string { return "mem" }
+func (s *arrivalSink) Partitions(context.Context) ([]string, error) { return []string{"mem"}, nil }
+func (s *arrivalSink) PartitionFor(int64) string                    { return "mem" }
 func (s *arrivalSink) Open(context.Context, string, []byte) (core.SinkPartition[int64], error) {
 	return s, nil
 }

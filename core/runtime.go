@@ -341,6 +341,17 @@ func (x *execution) plan() error {
 		x.resume[in] = map[string][]byte{}
 		total += len(ps)
 	}
+	for _, n := range x.flow.nodes {
+		if out, ok := n.exchanged.(interface {
+			listPartitions(context.Context) ([]string, error)
+		}); ok {
+			ps, err := out.listPartitions(x.ctx)
+			if err != nil {
+				return fmt.Errorf("output %s: list its partitions: %w", n.id, err)
+			}
+			x.sinkParts[n] = ps
+		}
+	}
 	x.clock = newClock(x.start, total)
 	x.clock.onEpoch = x.cfg.OnEpoch
 	x.clock.onStretch = x.cfg.OnStretch

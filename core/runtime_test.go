@@ -27,8 +27,8 @@ type collectSink[T any] struct {
 
 func newCollect[T any]() collectSink[T] { return collectSink[T]{mu: &sync.Mutex{}, items: new([]T)} }
 
-func (c collectSink[T]) Partitions() []string  { return []string{"mem"} }
-func (c collectSink[T]) PartitionFor(T) string { return "mem" }
+func (c collectSink[T]) Partitions(context.Context) ([]string, error) { return []string{"mem"}, nil }
+func (c collectSink[T]) PartitionFor(T) string                        { return "mem" }
 func (c collectSink[T]) Open(context.Context, string, []byte) (core.SinkPartition[T], error) {
 	return c, nil
 }

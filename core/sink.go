@@ -10,11 +10,11 @@ import (
 // Sink is a partitioned output. Partition p is written by worker
 // KeyHash(p) mod W; every item goes to the partition PartitionFor names.
 type Sink[T any] interface {
-	// Partitions lists the partition names. The runtime asks once per run
-	// and uses that list throughout it. A sink that cannot list its
-	// partitions (an unreachable system) returns a placeholder name and
-	// reports why from Open.
-	Partitions() []string
+	// Partitions lists the partition names. The runtime asks once per run,
+	// before anything runs, and uses that list throughout it; an error
+	// (an unreachable system, after the sink's own retries) fails the run
+	// before it starts, with the error. ctx is the run's context.
+	Partitions(ctx context.Context) ([]string, error)
 	// PartitionFor names the partition an item is written to.
 	PartitionFor(item T) string
 	// Open opens partition part. resume is the write position recorded at the
@@ -93,16 +93,19 @@ func Output[T any](s Stream[T], name string, sink Sink[T]) {
 
 type sinkImpl[T any] struct{ sink Sink[T] }
 
+// listPartitions asks the sink for its partitions (once per run, see
+// execution.plan).
+func (s *sinkImpl[T]) listPartitions(ctx context.Context) ([]string, error) {
+	parts, err := s.sink.Partitions(ctx)
+	if err == nil && len(parts) == 0 {
+		err = fmt.Errorf("the sink has no partitions")
+	}
+	return parts, err
+}
+
 // partitions is the sink's partition list for this run: listed once, so
 // that the routes to the workers and the partitions they open agree.
-func (s *sinkImpl[T]) partitions(x *execution, n *node) []string {
-	if parts, ok := x.sinkParts[n]; ok {
-		return parts
-	}
-	parts := s.sink.Partitions()
-	x.sinkParts[n] = parts
-	return parts
-}
+func (s *sinkImpl[T]) partitions(x *execution, n *node) []string { return x.sinkParts[n] }
 
 func (s *sinkImpl[T]) sender(x *execution, target *node, from int) op {
 	parts := s.partitions(x, target)

@@ -199,7 +199,7 @@ func (s *Sink[T]) Items() []T {
 }
 
 // Partitions implements core.Sink.
-func (s *Sink[T]) Partitions() []string { return []string{"flowtest"} }
+func (s *Sink[T]) Partitions(context.Context) ([]string, error) { return []string{"flowtest"}, nil }
 
 // PartitionFor implements core.Sink.
 func (s *Sink[T]) PartitionFor(T) string { return "flowtest" }

@@ -209,7 +209,9 @@ type Sink struct {
 }
 
 // Partitions implements core.Sink.
-func (s Sink) Partitions() []string { return []string{filepath.Base(s.Path)} }
+func (s Sink) Partitions(context.Context) ([]string, error) {
+	return []string{filepath.Base(s.Path)}, nil
+}
 
 // PartitionFor implements core.Sink.
 func (s Sink) PartitionFor(string) string { return filepath.Base(s.Path) }

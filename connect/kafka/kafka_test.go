@@ -233,15 +233,15 @@ func TestSink_ExactlyOnceAcrossCrashes(t *testing.T) {
 func TestSink_ExactlyOnceNeedsRecovery(t *testing.T) {
 	c := broker(t, map[string]int32{"out": 2})
 	s := LineSink(c.ListenAddrs(), "out", true)
-	if got := s.Partitions(); fmt.Sprint(got) != "[out/0 out/1]" {
-		t.Fatalf("partitions %v", got)
+	if got, err := s.Partitions(context.Background()); fmt.Sprint(got) != "[out/0 out/1]" {
+		t.Fatalf("partitions %v, %v", got, err)
 	}
 	if _, err := s.Open(context.Background(), "out/0", nil); err == nil || !strings.Contains(err.Error(), "needs recovery") {
 		t.Fatalf("err = %v", err)
 	}
 	missing := LineSink(c.ListenAddrs(), "nope", false)
 	missing.Outage = time.Second
-	if _, err := missing.Open(context.Background(), missing.Partitions()[0], nil); err == nil || !strings.Contains(err.Error(), `"nope" does not exist`) {
+	if _, err := missing.Partitions(context.Background()); err == nil || !strings.Contains(err.Error(), `"nope" does not exist`) {
 		t.Fatalf("missing topic: %v", err)
 	}
 }
@@ -251,6 +251,9 @@ func TestSink_AtLeastOnce(t *testing.T) {
 	c := broker(t, map[string]int32{"out": 2})
 	brokers := c.ListenAddrs()
 	s := LineSink(brokers, "out", false)
+	if _, err := s.Partitions(context.Background()); err != nil { // as the runtime does first
+		t.Fatal(err)
+	}
 	byPart := map[string][]string{}
 	for _, line := range []string{"a,1", "b,2", "c,3", "a,4"} {
 		p := s.PartitionFor(line)

@@ -59,8 +59,6 @@ type Sink[T any] struct {
 	Opts   []kgo.Opt
 
 	parts atomic.Pointer[[]string] // the topic's partitions, once listed
-	mu    sync.Mutex
-	err   error // why the last listing failed (none has succeeded)
 }
 
 // LineSink writes strings as record values, keyed by what comes before the
@@ -92,33 +90,25 @@ func (s *Sink[T]) client(extra ...kgo.Opt) (*kgo.Client, error) {
 	return newClient(s.Brokers, s.Outage, s.Opts, extra...)
 }
 
-// unlisted is the partition name Partitions gives when it could not list
-// the topic's partitions; Open of it reports why.
-func (s *Sink[T]) unlisted() string { return s.Topic + "/?" }
-
 // Partitions implements core.Sink. The topic must exist. The list is asked
-// of the brokers, retrying for up to the outage bound, until it succeeds
-// once; a failure is not kept (the next call asks again) and is reported by
-// Open of the placeholder partition returned meanwhile.
-func (s *Sink[T]) Partitions() []string {
+// of the brokers, retrying for up to the outage bound; once listed it is
+// kept (a run lists once), a failure is not (the next call asks again).
+func (s *Sink[T]) Partitions(ctx context.Context) ([]string, error) {
 	if parts := s.parts.Load(); parts != nil {
-		return *parts
+		return *parts, nil
 	}
-	parts, err := topicPartitions(context.Background(), s.Brokers, s.Outage, s.Opts, s.Topic)
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	parts, err := topicPartitions(ctx, s.Brokers, s.Outage, s.Opts, s.Topic)
 	if err != nil {
-		s.err = err
-		return []string{s.unlisted()}
+		return nil, fmt.Errorf("cannot list the partitions of topic %q (retried for %v): %w; create the topic, or make the brokers reachable (or allow a longer outage), and run again", s.Topic, s.outage(), err)
 	}
-	s.err = nil
 	s.parts.Store(&parts)
-	return parts
+	return parts, nil
 }
 
-// PartitionFor implements core.Sink: the topic partition of the item's key.
+// PartitionFor implements core.Sink: the topic partition of the item's key,
+// among the partitions Partitions listed (the runtime lists them first).
 func (s *Sink[T]) PartitionFor(item T) string {
-	parts := s.Partitions()
+	parts := s.listed()
 	key, _, err := s.Encode(item)
 	if err != nil || len(parts) == 1 {
 		return parts[0]
@@ -128,22 +118,17 @@ func (s *Sink[T]) PartitionFor(item T) string {
 	return parts[int(h.Sum32()%uint32(len(parts)))]
 }
 
-// listError is why the topic's partitions could not be listed, and what to do.
-func (s *Sink[T]) listError() error {
-	s.mu.Lock()
-	err := s.err
-	s.mu.Unlock()
-	if err == nil {
-		err = errors.New("they were not listed")
+// listed is the partition list Partitions got (the runtime lists before
+// it routes anything).
+func (s *Sink[T]) listed() []string {
+	if parts := s.parts.Load(); parts != nil {
+		return *parts
 	}
-	return fmt.Errorf("output: cannot list the partitions of topic %q (retried for %v): %w; create the topic, or make the brokers reachable (or allow a longer outage), and run again", s.Topic, s.outage(), err)
+	return []string{s.Topic + "/?"}
 }
 
 // Open implements core.Sink.
 func (s *Sink[T]) Open(ctx context.Context, part string, resume []byte) (core.SinkPartition[T], error) {
-	if part == s.unlisted() {
-		return nil, s.listError()
-	}
 	if s.Encode == nil {
 		return nil, errors.New("kafka sink: Encode is not set")
 	}

@@ -98,7 +98,7 @@ func (p *stdinPart) Close() error     { return nil }
 type Stdout struct{ W io.Writer }
 
 // Partitions implements core.Sink.
-func (Stdout) Partitions() []string { return []string{"stdout"} }
+func (Stdout) Partitions(context.Context) ([]string, error) { return []string{"stdout"}, nil }
 
 // PartitionFor implements core.Sink.
 func (Stdout) PartitionFor(string) string { return "stdout" }

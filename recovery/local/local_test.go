@@ -27,8 +27,8 @@ type lines struct {
 	got *[]string
 }
 
-func (l lines) Partitions() []string       { return []string{"mem"} }
-func (l lines) PartitionFor(string) string { return "mem" }
+func (l lines) Partitions(context.Context) ([]string, error) { return []string{"mem"}, nil }
+func (l lines) PartitionFor(string) string                   { return "mem" }
 func (l lines) Open(context.Context, string, []byte) (core.SinkPartition[string], error) {
 	return l, nil
 }
