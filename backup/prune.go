@@ -93,6 +93,15 @@ type PruneResult struct {
 	// strays (untrusted, or plaintext in an encrypted location) and
 	// manifests dated in the future.
 	Ignored []string
+	// LockedManifests are backups the policy would delete but that are
+	// under an object lock: kept (with their chunks), as KeptManifests
+	// count them. LockedObjects (LockedBytes) count those manifests and
+	// the unreferenced chunks kept for their lock; the latest of their
+	// locks ends at LockedUntil, after which a prune deletes them.
+	LockedManifests []string
+	LockedObjects   int
+	LockedBytes     int64
+	LockedUntil     time.Time
 }
 
 // ErrIncompleteView says prune could not read every manifest or latest
@@ -229,6 +238,11 @@ func prune(ctx context.Context, s Store, o PruneOptions, res *PruneResult, lock 
 			}
 		}
 	}
+	// A locked backup is kept, whatever the policy says, until its lock ends.
+	locks := newPruneLocks(s, now, res)
+	if err := locks.keepLocked(ctx, cat, keep); err != nil {
+		return err
+	}
 	for _, m := range cat.Manifests {
 		if !keep[m] {
 			continue
@@ -274,6 +288,9 @@ func prune(ctx context.Context, s Store, o PruneOptions, res *PruneResult, lock 
 				res.HeldUntil = at
 			}
 			return nil
+		}
+		if locked, err := locks.held(ctx, oi.Key, oi); err != nil || locked {
+			return err
 		}
 		if !o.DryRun {
 			if err := s.Delete(ctx, oi.Key); err != nil {
