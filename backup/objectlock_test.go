@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
-		"testing"
+	"testing"
 	"time"
 
 	"github.com/flowkeep/flowkeep/backup"
