@@ -455,6 +455,9 @@ func (r *Repo) BackupPartition(ctx context.Context, p *recovery.Partition) *Resu
 		if err != nil {
 			return err
 		}
+		if o.ObjectLock != nil {
+			lock.keepOnRelease()
+		}
 		defer lock.Release(context.WithoutCancel(ctx))
 		if err := checkNoPrune(ctx, s, o.Now()); err != nil {
 			return err

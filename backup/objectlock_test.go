@@ -58,8 +58,7 @@ func lockedBackup(t *testing.T, s backup.Store, dir string, c *clock, l backup.O
 
 // Every chunk, manifest and registry event a backup writes is locked for
 // the period from the backup's start; latest pointers and locks are not
-// (they are rewritten and deleted in normal work), and the backup's own
-// partition lock was released (deleted) at its end.
+// (they are rewritten and deleted in normal work).
 func TestObjectLock_LocksWhatMakesUpABackupAndNothingItRewrites(t *testing.T) {
 	ctx := context.Background()
 	c := lockClock()
@@ -94,9 +93,6 @@ func TestObjectLock_LocksWhatMakesUpABackupAndNothingItRewrites(t *testing.T) {
 		if seen[top] == 0 {
 			t.Errorf("no %s/ objects written: %v", top, seen)
 		}
-	}
-	if seen["locks"] != 0 {
-		t.Errorf("partition locks left behind: %v", seen)
 	}
 	// The agent's own credentials (this store) cannot delete a backup.
 	var chunk string
