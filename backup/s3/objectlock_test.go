@@ -139,18 +139,3 @@ func TestObjectLock_ABucketWithoutObjectLockIsNamed(t *testing.T) {
 
 func timeIn(minutes int) time.Time { return time.Now().Add(time.Duration(minutes) * time.Minute).UTC() }
 
-// The whole Store contract holds in a versioned bucket with Object Lock
-// (locks' conditional writes and deletes included), where backups with
-// --object-lock go.
-func TestConformanceInAnObjectLockBucket(t *testing.T) {
-	bucket, o := newLockBucket(t)
-	n := 0
-	storetest.Run(t, func(t *testing.T) backup.Store {
-		n++
-		s, err := New(context.Background(), bucket, fmt.Sprintf("suite/%d", n), o)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	})
-}
