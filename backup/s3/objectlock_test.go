@@ -138,4 +138,3 @@ func TestObjectLock_ABucketWithoutObjectLockIsNamed(t *testing.T) {
 }
 
 func timeIn(minutes int) time.Time { return time.Now().Add(time.Duration(minutes) * time.Minute).UTC() }
-
