@@ -267,7 +267,8 @@ func (u *uploader) skipped() {
 }
 
 // put stores chunk o's stored bytes. Without object lock it overwrites
-// whatever is there. With it, a chunk is written only if absent, locked;
+// whatever is there (or, where a locked copy refuses that, reuses the copy
+// once a Stat confirms its size). With it, a chunk is written only if absent, locked;
 // one already stored with its size (another partition's, or a twin in the
 // same stream) is confirmed and its lock extended instead (there is true),
 // and one damaged (heal: the last backup named it but it was missing or
@@ -278,7 +279,15 @@ func (u *uploader) put(ctx context.Context, o Object, stored []byte, heal bool) 
 	key := ChunkKey(o.SHA256)
 	lk := u.lock
 	if lk == nil {
-		return false, u.store.Put(ctx, key, stored)
+		err := u.store.Put(ctx, key, stored)
+		if errors.Is(err, ErrObjectLocked) && !heal {
+			// A locked copy is there already (the location was backed up
+			// with --object-lock, and GCS refuses to replace it): reuse it.
+			if ok, cerr := confirm(ctx, u.store, o, nil); cerr == nil && ok {
+				return true, nil
+			}
+		}
+		return false, err
 	}
 	if !heal {
 		err := lk.r.PutRetained(ctx, key, stored, lk.chunk())

@@ -272,3 +272,34 @@ func TestObjectLock_RefusedWhereObjectsCannotBeLocked(t *testing.T) {
 		t.Fatal("a retried memstore is not a Retainer")
 	}
 }
+
+// A backup without --object-lock into a location whose chunks are locked
+// (GCS refuses to replace a retained object) reuses a locked copy of the
+// same size instead of failing.
+func TestObjectLock_AnUnlockedBackupReusesLockedChunks(t *testing.T) {
+	ctx := context.Background()
+	c := lockClock()
+	dir, st := flowDir(t, 2, 2*time.Second)
+	commitKeys(t, st, 1, seq(0, 100), "v")
+	s := memstore.New()
+	s.SetClock(c.Now)
+	lockedBackup(t, s, dir, c, backup.ObjectLock{Mode: backup.LockCompliance, Period: time.Hour})
+	// Without latest pointers the next backup knows no chunk: it writes
+	// every one, and meets the locked copies.
+	var latest []string
+	s.List(ctx, backup.LatestPrefix, "", func(oi backup.ObjectInfo) error { latest = append(latest, oi.Key); return nil })
+	for _, k := range latest {
+		if err := s.Delete(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rs, err := backup.BackupDir(ctx, s, dir, backup.Options{Now: c.Now})
+	if err != nil {
+		t.Fatalf("unlocked backup over locked chunks: %v", err)
+	}
+	for _, r := range rs {
+		if r.Kind != "base" || r.ObjectsSkipped == 0 {
+			t.Fatalf("partition %d: %s backup, %d chunks reused; want a base reusing the locked chunks", r.Partition, r.Kind, r.ObjectsSkipped)
+		}
+	}
+}
