@@ -100,6 +100,11 @@ type Options struct {
 	// Tags label every backup taken (see Retention.Tags): at most
 	// MaxTags, each as ValidateTag allows.
 	Tags []string
+	// ObjectLock, if set, locks every chunk, manifest and lineage registry
+	// event a backup writes for ObjectLock.Period from the backup's start,
+	// and extends the locks of the chunks it reuses (see objectlock.go).
+	// The store must be a Retainer (ErrNoObjectLock otherwise).
+	ObjectLock *ObjectLock
 }
 
 // Validate refuses settings that would make backups unsafe.
@@ -117,6 +122,8 @@ func (o Options) Validate() error {
 		return fmt.Errorf("%d tags: at most %d", len(o.Tags), MaxTags)
 	case o.BaseMaxAge < 0 || o.BaseMaxAge > MaxBaseMaxAge:
 		return fmt.Errorf("base max age %v is out of range: at most %v, as GC remembers dropped keys for %v", o.BaseMaxAge, MaxBaseMaxAge, recovery.DroppedRetention)
+	case o.ObjectLock != nil && (o.ObjectLock.Period <= 0 || o.ObjectLock.Period > MaxLockPeriod || (o.ObjectLock.Mode != LockGovernance && o.ObjectLock.Mode != LockCompliance)):
+		return fmt.Errorf("object lock %s: the mode is GOVERNANCE or COMPLIANCE and the period positive, at most %v", o.ObjectLock, MaxLockPeriod)
 	}
 	for _, t := range o.Tags {
 		if err := ValidateTag(t); err != nil {
@@ -275,6 +282,9 @@ func OpenRepo(ctx context.Context, s Store, dir string, o Options) (*Repo, error
 	}
 	o.defaults()
 	r := &Repo{store: s, opts: o}
+	if _, err := newLocker(s, o.ObjectLock, o.Now(), o.Now); err != nil {
+		return nil, err
+	}
 	if o.Recipients != nil {
 		c, err := SealerFor(dir, o.Recipients, o.Now())
 		if err != nil {
@@ -391,6 +401,14 @@ func (r *Repo) gatePartitions(ctx context.Context, ps []*recovery.Partition) ([]
 			live = append(live, v)
 		}
 	}
+	// With object lock, the claims and fences written here are locked too.
+	lk, err := newLocker(s, o.ObjectLock, o.Now(), o.Now)
+	if err != nil {
+		return nil, err
+	}
+	if lk != nil {
+		s = lockedEvents{s, lk}
+	}
 	// A directory flowrun would refuse (two histories) is not backed up.
 	if err := recovery.CheckOneHistory(live); err != nil {
 		return nil, err
@@ -448,6 +466,9 @@ func (r *Repo) BackupPartition(ctx context.Context, p *recovery.Partition) *Resu
 		if err != nil {
 			return err
 		}
+		if o.ObjectLock != nil {
+			lock.keepOnRelease()
+		}
 		defer lock.Release(context.WithoutCancel(ctx))
 		if err := checkNoPrune(ctx, s, o.Now()); err != nil {
 			return err
@@ -464,11 +485,22 @@ func (r *Repo) BackupPartition(ctx context.Context, p *recovery.Partition) *Resu
 		if l, _, err := recovery.ReadLineage(lctx, p.DB); err == nil {
 			res.Fork = forkFromLatest(l, prev)
 		}
+		lk, err := newLocker(s, o.ObjectLock, began, o.Now)
+		if err != nil {
+			return err
+		}
 		// A backup asked to carry a tag the latest one lacks is taken even
 		// if nothing changed: the tag is what was asked for.
 		tagged := !slices.ContainsFunc(o.Tags, func(t string) bool { return prev == nil || !slices.Contains(prev.Tags, t) })
 		if o.SkipUnchanged && prev != nil && len(r.quarantined) == 0 && tagged {
-			if same, err := unchangedSince(lctx, p, prev); err != nil {
+			same, err := unchangedSince(lctx, p, prev)
+			if err == nil && same && lk != nil {
+				// An idle partition's newest backup stays under lock: once
+				// its lock runs low, back it up again.
+				low, lerr := lk.runsLow(lctx, prev)
+				same, err = !low, lerr
+			}
+			if err != nil {
 				return err
 			} else if same {
 				res.Manifest, res.Skipped = prev, SkipUnchanged
@@ -478,7 +510,7 @@ func (r *Repo) BackupPartition(ctx context.Context, p *recovery.Partition) *Resu
 			}
 		}
 		xfer := Transfer{Also: o.Progress}
-		m, kind, err := r.capture(lctx, p, prev, &xfer, res)
+		m, kind, err := r.capture(lctx, p, prev, &xfer, res, lk)
 		res.ObjectsUploaded, res.ObjectsSkipped = xfer.ObjectsUploaded.Load(), xfer.ObjectsSkipped.Load()
 		res.ObjectsHealed = xfer.ObjectsHealed.Load()
 		res.BytesUploaded, res.BytesRead = xfer.BytesUploaded.Load(), xfer.BytesRead.Load()
@@ -492,7 +524,12 @@ func (r *Repo) BackupPartition(ctx context.Context, p *recovery.Partition) *Resu
 		if err != nil {
 			return err
 		}
-		if err := s.Put(lctx, ManifestKey(m.Flow.UID, m.Partition.Index, m.ID), data); err != nil {
+		if lk != nil {
+			err = lk.put(lctx, ManifestKey(m.Flow.UID, m.Partition.Index, m.ID), data)
+		} else {
+			err = s.Put(lctx, ManifestKey(m.Flow.UID, m.Partition.Index, m.ID), data)
+		}
+		if err != nil {
 			return lockCause(lctx, fmt.Errorf("write manifest: %w", err))
 		}
 		if err := s.Put(lctx, LatestKey(m.Flow.UID, m.Partition.Index), data); err != nil {
@@ -531,7 +568,7 @@ func lockCause(ctx context.Context, err error) error {
 // first, so the read transaction (which keeps SQLite's checkpoints from
 // passing it: the WAL grows while it lasts) ends when the local copy does,
 // not when the upload does.
-func (r *Repo) capture(ctx context.Context, p *recovery.Partition, prev *Manifest, xfer *Transfer, res *Result) (*Manifest, string, error) {
+func (r *Repo) capture(ctx context.Context, p *recovery.Partition, prev *Manifest, xfer *Transfer, res *Result, lk *locker) (*Manifest, string, error) {
 	s, o := r.store, r.opts
 	conn, err := p.DB.Conn(ctx)
 	if err != nil {
@@ -581,7 +618,7 @@ func (r *Repo) capture(ctx context.Context, p *recovery.Partition, prev *Manifes
 	if m.Epochs.HiTime, err = recovery.EpochTime(ctx, conn, v.Hi()); err != nil {
 		return nil, "", err
 	}
-	up := &uploader{store: s, workers: o.Workers, xfer: xfer, known: map[string]Object{}, quarantined: r.quarantined, budget: o.Memory, cipher: r.cipher}
+	up := &uploader{store: s, workers: o.Workers, xfer: xfer, known: map[string]Object{}, quarantined: r.quarantined, budget: o.Memory, cipher: r.cipher, lock: lk}
 	if prev != nil {
 		for _, ob := range prev.Objects() {
 			if !r.quarantined[ob.SHA256] {
@@ -612,7 +649,7 @@ func (r *Repo) capture(ctx context.Context, p *recovery.Partition, prev *Manifes
 	if ok {
 		// A delta names its base's chunks: trust the store, not the last
 		// manifest. Anything missing, resized or quarantined means a new base.
-		if note, err := confirmAll(ctx, s, prev.Base.Chunks, r.quarantined, o.Workers); err != nil {
+		if note, err := confirmAll(ctx, s, prev.Base.Chunks, r.quarantined, o.Workers, lk); err != nil {
 			return nil, "", err
 		} else if note != "" {
 			ok = false

@@ -104,6 +104,7 @@ type uploader struct {
 	xfer        *Transfer
 	budget      *Budget // chunk data in memory, shared with other partitions
 	cipher      *Cipher // names and seals chunks (nil: plaintext)
+	lock        *locker // locks what is stored and extends what is reused (nil: no object lock)
 }
 
 type chunkJob struct {
@@ -213,15 +214,12 @@ func (u *uploader) storeChunk(ctx context.Context, b, zbuf []byte) (Object, []by
 	h := u.cipher.ContentID(b)
 	o, known := u.known[h]
 	if known && o.Size == int64(len(b)) {
-		ok, err := confirm(ctx, u.store, o)
+		ok, err := confirm(ctx, u.store, o, u.lock)
 		if err != nil {
 			return o, zbuf, err
 		}
 		if ok {
-			u.xfer.ObjectsSkipped.Add(1)
-			if u.xfer.Also != nil {
-				u.xfer.Also.ObjectsSkipped.Add(1)
-			}
+			u.skipped()
 			return o, zbuf, nil
 		}
 	}
@@ -242,8 +240,11 @@ func (u *uploader) storeChunk(ctx context.Context, b, zbuf []byte) (Object, []by
 		// (age alone does not pin it: anyone with the public keys can seal).
 		o.StoredSHA256 = SumHex(stored)
 	}
-	if err := u.store.Put(ctx, ChunkKey(h), stored); err != nil {
+	if there, err := u.put(ctx, o, stored, known || u.quarantined[h]); err != nil {
 		return o, z, fmt.Errorf("upload chunk %s: %w", h[:12], err)
+	} else if there {
+		u.skipped()
+		return o, z, nil
 	}
 	if known || u.quarantined[h] {
 		u.xfer.ObjectsHealed.Add(1)
@@ -258,8 +259,58 @@ func (u *uploader) storeChunk(ctx context.Context, b, zbuf []byte) (Object, []by
 	return o, z, nil
 }
 
-// confirm reports whether chunk o is stored with its stored size.
-func confirm(ctx context.Context, s Store, o Object) (bool, error) {
+func (u *uploader) skipped() {
+	u.xfer.ObjectsSkipped.Add(1)
+	if u.xfer.Also != nil {
+		u.xfer.Also.ObjectsSkipped.Add(1)
+	}
+}
+
+// put stores chunk o's stored bytes. Without object lock it overwrites
+// whatever is there (or, where a locked copy refuses that, reuses the copy
+// once a Stat confirms its size). With it, a chunk is written only if absent, locked;
+// one already stored with its size (another partition's, or a twin in the
+// same stream) is confirmed and its lock extended instead (there is true),
+// and one damaged (heal: the last backup named it but it was missing or
+// resized, or verify quarantined it) is replaced by a plain write, then
+// locked: on S3 a new version over the damaged one; on GCS, where a locked
+// object cannot be replaced, the error says so.
+func (u *uploader) put(ctx context.Context, o Object, stored []byte, heal bool) (there bool, err error) {
+	key := ChunkKey(o.SHA256)
+	lk := u.lock
+	if lk == nil {
+		err := u.store.Put(ctx, key, stored)
+		if errors.Is(err, ErrObjectLocked) && !heal {
+			// A locked copy is there already (the location was backed up
+			// with --object-lock, and GCS refuses to replace it): reuse it.
+			if ok, cerr := confirm(ctx, u.store, o, nil); cerr == nil && ok {
+				return true, nil
+			}
+		}
+		return false, err
+	}
+	if !heal {
+		err := lk.r.PutRetained(ctx, key, stored, lk.chunk())
+		if !errors.Is(err, ErrExists) {
+			return false, err
+		}
+		if ok, err := confirm(ctx, u.store, o, lk); err != nil || ok {
+			return ok, err
+		}
+	}
+	if err := u.store.Put(ctx, key, stored); err != nil {
+		if errors.Is(err, ErrObjectLocked) || errors.Is(err, ErrAccess) {
+			return false, fmt.Errorf("the stored copy is damaged and could not be replaced (a locked object can be replaced only once its lock ends): %w", err)
+		}
+		return false, err
+	}
+	return false, lk.r.SetRetention(ctx, key, lk.chunk())
+}
+
+// confirm reports whether chunk o is stored with its stored size; with
+// object lock (lk), a stored one's lock is extended to what this backup
+// needs.
+func confirm(ctx context.Context, s Store, o Object, lk *locker) (bool, error) {
 	oi, err := s.Stat(ctx, ChunkKey(o.SHA256))
 	switch {
 	case errors.Is(err, ErrNotFound):
@@ -267,13 +318,21 @@ func confirm(ctx context.Context, s Store, o Object) (bool, error) {
 	case err != nil:
 		return false, fmt.Errorf("confirm chunk %s is stored: %w", o.SHA256[:12], err)
 	}
-	return oi.Size == o.Stored, nil
+	if oi.Size != o.Stored {
+		return false, nil
+	}
+	if lk != nil {
+		if err := lk.keep(ctx, oi); err != nil {
+			return false, err
+		}
+	}
+	return true, nil
 }
 
 // confirmAll checks that every chunk in objs is stored with its size and
 // not quarantined, several at once. It returns a note naming the first one
 // that is not ("" if all are).
-func confirmAll(ctx context.Context, s Store, objs []Object, quarantined map[string]bool, workers int) (string, error) {
+func confirmAll(ctx context.Context, s Store, objs []Object, quarantined map[string]bool, workers int, lk *locker) (string, error) {
 	var g errgroup.Group
 	g.SetLimit(max(workers, 1))
 	var mu sync.Mutex
@@ -288,7 +347,7 @@ func confirmAll(ctx context.Context, s Store, objs []Object, quarantined map[str
 			return fmt.Sprintf("the base's chunk %s was quarantined by verify", o.SHA256[:12]), nil
 		}
 		g.Go(func() error {
-			ok, err := confirm(ctx, s, o)
+			ok, err := confirm(ctx, s, o, lk)
 			if err == nil && !ok {
 				mu.Lock()
 				if note == "" {

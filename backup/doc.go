@@ -60,6 +60,15 @@
 // to the recipients and to the chunk key. Locks and quarantine markers
 // carry no state and stay plaintext.
 //
+// # Object lock
+//
+// With Options.ObjectLock (backup --object-lock) chunks, manifests and the
+// lineage registry events a backup writes are locked (Retainer: S3 Object
+// Lock, GCS object retention) until the backup's start plus the period;
+// reused chunks have their locks extended; prune keeps and reports locked
+// objects; latest pointers, heartbeats, locks, quarantine markers and
+// config.json stay unlocked (see objectlock.go).
+//
 // # Integrity rules
 //
 //   - A manifest never names an object it has not confirmed is stored: chunks

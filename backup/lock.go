@@ -51,6 +51,7 @@ type Lock struct {
 	mu      sync.Mutex
 	body    lockBody
 	version ObjectVersion // of the holder's last write
+	keep    bool          // Release rewrites the lock as released instead of deleting it
 }
 
 // lockBody is a lock as stored: the holder's opaque name and its
@@ -66,6 +67,9 @@ type lockBody struct {
 	// in transit must not read as another holder, or as an expired lock.
 	// Bodies written before it existed have none and are taken as read.
 	Sum string `json:"sum,omitempty"`
+	// Released says the holder gave the lock up (see Release): it is held
+	// by nobody, whatever Expires says.
+	Released bool `json:"released,omitempty"`
 }
 
 // seal encodes a lock body with its checksum.
@@ -184,6 +188,9 @@ func AcquireLock(ctx context.Context, s Store, key, holder string, ttl time.Dura
 // only a bucket writer, or a clock far ahead, writes that), MaxLockTTL
 // after the store says it was last written.
 func heldUntil(ctx context.Context, s Store, key string, cur lockBody, now time.Time) (time.Time, error) {
+	if cur.Released {
+		return time.Time{}, nil
+	}
 	if !cur.Expires.After(now.Add(MaxLockTTL + FutureSkew)) {
 		return cur.Expires, nil
 	}
@@ -337,8 +344,20 @@ func (l *Lock) KeepAlive(ctx context.Context) (context.Context, func()) {
 	}
 }
 
-// Release deletes the lock if it is still this holder's.
+// Release gives the lock up if it is still this holder's: it deletes it,
+// or, for a lock kept on release (keepOnRelease), rewrites it as released.
 func (l *Lock) Release(ctx context.Context) error {
+	l.mu.Lock()
+	mine, from, keep := l.body, l.version, l.keep
+	l.mu.Unlock()
+	if keep {
+		mine.Released, mine.Expires = true, mine.Acquired
+		_, err := l.store.PutIfMatch(ctx, l.key, mine.seal(), from)
+		if errors.Is(err, ErrConflict) {
+			return nil // taken over (or gone): not this holder's to release
+		}
+		return err
+	}
 	cur, _, err := readLock(ctx, l.store, l.key)
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
@@ -346,13 +365,23 @@ func (l *Lock) Release(ctx context.Context) error {
 		}
 		return err
 	}
-	l.mu.Lock()
-	mine := l.body
-	l.mu.Unlock()
 	if cur.Holder != l.holder || !cur.Acquired.Equal(mine.Acquired) {
 		return nil
 	}
 	return l.store.Delete(ctx, l.key)
+}
+
+// keepOnRelease makes Release rewrite the lock as released (and expired),
+// conditionally on the holder's own last write, instead of deleting it.
+// Object-locked backups release so: their agent's identity need not be
+// allowed to delete, and the key never goes away (in a versioned bucket,
+// which S3 Object Lock needs, a delete stacks a delete marker, which
+// versitygw 1.8 then takes for an object present when the next agent
+// creates the lock only if absent).
+func (l *Lock) keepOnRelease() {
+	l.mu.Lock()
+	l.keep = true
+	l.mu.Unlock()
 }
 
 // checkNoPrune fails with ErrLocked while a live prune holds PruneLockKey.

@@ -15,14 +15,14 @@ import (
 )
 
 // PruneOptions say what to keep. A backup is kept if its partition's
-// retention policy keeps it (Retention, with KeepLast and KeepWithin), or
+// retention policy keeps it (Keep, with KeepLast and KeepWithin), or
 // the newest restorable overlap of a live history of its flow needs it;
 // everything else is deleted, then every chunk no kept backup (and no
 // latest pointer) names, unless it is younger than Grace.
 type PruneOptions struct {
-	// Retention is the policy (see Retention); KeepLast and KeepWithin,
-	// if set, are its Last and Within (as before it existed).
-	Retention  Retention
+	// Keep is the retention policy (see KeepPolicy); KeepLast and
+	// KeepWithin, if set, are its Last and Within (as before it existed).
+	Keep       KeepPolicy
 	KeepLast   int
 	KeepWithin time.Duration
 	// Grace is how old an unreferenced chunk must be before it is deleted:
@@ -52,9 +52,9 @@ type PruneOptions struct {
 	Keys *Cipher
 }
 
-// policy is Retention with KeepLast and KeepWithin.
-func (o PruneOptions) policy() Retention {
-	r := o.Retention
+// policy is Keep with KeepLast and KeepWithin.
+func (o PruneOptions) policy() KeepPolicy {
+	r := o.Keep
 	r.Last = max(r.Last, o.KeepLast)
 	if o.KeepWithin > 0 {
 		r.Within = o.KeepWithin
@@ -113,6 +113,15 @@ type PruneResult struct {
 	// strays (untrusted, or plaintext in an encrypted location) and
 	// manifests dated in the future.
 	Ignored []string
+	// LockedManifests are backups the policy would delete but that are
+	// under an object lock: kept (with their chunks), as KeptManifests
+	// count them. LockedObjects (LockedBytes) count those manifests and
+	// the unreferenced chunks kept for their lock; the latest of their
+	// locks ends at LockedUntil, after which a prune deletes them.
+	LockedManifests []string
+	LockedObjects   int
+	LockedBytes     int64
+	LockedUntil     time.Time
 }
 
 // ErrIncompleteView says prune could not read every manifest or latest
@@ -250,6 +259,11 @@ func prune(ctx context.Context, s Store, o PruneOptions, res *PruneResult, lock 
 			}
 		}
 	}
+	// A locked backup is kept, whatever the policy says, until its lock ends.
+	locks := newPruneLocks(s, now, res)
+	if err := locks.keepLocked(ctx, cat, keep); err != nil {
+		return err
+	}
 	for _, m := range cat.Manifests {
 		if !keep[m] {
 			continue
@@ -295,6 +309,9 @@ func prune(ctx context.Context, s Store, o PruneOptions, res *PruneResult, lock 
 				res.HeldUntil = at
 			}
 			return nil
+		}
+		if locked, err := locks.held(ctx, oi.Key, oi); err != nil || locked {
+			return err
 		}
 		if !o.DryRun {
 			if err := s.Delete(ctx, oi.Key); err != nil {

@@ -9,7 +9,7 @@ import (
 	"time"
 )
 
-// Retention is which backups of a partition prune keeps, with restic's
+// KeepPolicy is which backups of a partition prune keeps (its retention), with restic's
 // names and meanings (restic forget --keep-*):
 //
 //   - Last keeps the newest Last backups (always at least the newest one).
@@ -25,7 +25,7 @@ import (
 //
 // A backup is kept if any rule keeps it. Prune then keeps also what the
 // newest restore of every live history needs, whatever the policy says.
-type Retention struct {
+type KeepPolicy struct {
 	Last, Hourly, Daily, Weekly, Monthly, Yearly int
 	Within                                       time.Duration
 	Tags                                         []string
@@ -33,7 +33,7 @@ type Retention struct {
 }
 
 // Validate refuses a policy with a negative count or duration, or a bad tag.
-func (r Retention) Validate() error {
+func (r KeepPolicy) Validate() error {
 	for _, c := range []struct {
 		name string
 		n    int
@@ -55,12 +55,12 @@ func (r Retention) Validate() error {
 
 // Empty says whether the policy names no rule at all (prune then keeps
 // only the newest backup of each partition and what restores need).
-func (r Retention) Empty() bool {
+func (r KeepPolicy) Empty() bool {
 	return r.Last == 0 && r.Hourly == 0 && r.Daily == 0 && r.Weekly == 0 && r.Monthly == 0 && r.Yearly == 0 && r.Within == 0 && len(r.Tags) == 0
 }
 
 // String describes the policy as the flags that make it.
-func (r Retention) String() string {
+func (r KeepPolicy) String() string {
 	var parts []string
 	for _, c := range []struct {
 		name string
@@ -94,7 +94,7 @@ func ValidateTag(t string) error {
 // Keep says which of one partition's backups r keeps at now, and why:
 // each kept backup maps to its reasons ("last 1", "daily 2026-12-05",
 // "within 7d", "tag release"). It is a pure function of its arguments.
-func (r Retention) Keep(ms []*Manifest, now time.Time) map[*Manifest][]string {
+func (r KeepPolicy) Keep(ms []*Manifest, now time.Time) map[*Manifest][]string {
 	loc := r.Location
 	if loc == nil {
 		loc = time.Local

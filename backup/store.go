@@ -80,6 +80,9 @@ type ObjectInfo struct {
 	Key      string
 	Size     int64
 	Modified time.Time
+	// Retention is the object's lock, where the backend reports it (a
+	// Retainer's Stat does); zero when it has none or it is not known.
+	Retention Retention
 }
 
 // Errors a caller acts on.

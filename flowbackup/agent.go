@@ -37,6 +37,7 @@ type agentOptions struct {
 	TakeOver    bool
 	SigningKey  string
 	Trusted     []string
+	ObjectLock  string
 	storageOptions
 }
 
@@ -74,6 +75,11 @@ end of the last run, whatever its outcome. Their flow label is empty until
 the agent has read the flow's name from its partitions. A directory that
 holds no partitions yet (a first boot) is not a failure.
 
+` + objectLockHelp + ` With --object-lock the agent does not prune
+(--keep-last is refused): its identity should have no right to delete
+backups; run flowbackup prune under a separate identity (the Terraform
+modules' prune identity).
+
 ` + fencingHelp + ` The agent claims the flow with --take-over once, at
 its first run.
 
@@ -104,6 +110,7 @@ its first run.
 	addTakeOverFlag(f, &o.TakeOver)
 	addSigningKeyFlag(f, &o.SigningKey, "sign every manifest")
 	addTrustedKeysFlag(f, &o.Trusted, "; here: other writers' keys, whose lineage claims the agent believes, and the keys its retention (prune) trusts")
+	addObjectLockFlag(f, &o.ObjectLock)
 	o.storageOptions.addFlags(f)
 	return cmd
 }
@@ -149,6 +156,13 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 	if err := checkTags(o.Tags); err != nil {
 		return err
 	}
+	lock, err := objectLock(o.ObjectLock)
+	if err != nil {
+		return err
+	}
+	if lock != nil && !policy.Empty() {
+		return usagef("--object-lock with a --keep-* rule: an agent that locks its backups does not prune them; its identity should have no right to delete backups (the Terraform modules deny it). Run flowbackup prune on a schedule under the separate prune identity instead")
+	}
 	if gap := backup.MinGap(sched, time.Now()); gap < backup.ScheduleFloor {
 		log.Warn("the schedule backs up more often than every "+backup.ScheduleFloor.String()+": each run lists and uploads; is that meant?", "schedule", o.Schedule, "shortest_gap", gap)
 	}
@@ -175,6 +189,9 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 		return err
 	}
 	defer s.Close()
+	if err := checkObjectLock(lock, s); err != nil {
+		return err
+	}
 	// A location of the other scheme is a setup error: refuse to start.
 	if err := backup.CheckScheme(ctx, s, recipients != nil, time.Now()); err != nil {
 		return err
@@ -196,14 +213,14 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 	}
 	a := &backup.Agent{Store: s, Dir: o.RecoveryDir, Schedule: sched, Spec: o.Schedule, Metrics: metrics, Log: log,
 		Options: backup.Options{Workers: o.Workers, LockTTL: o.LockTTL, Memory: budget, Recipients: recipients, TakeOver: o.TakeOver, Tags: o.Tags,
-			SigningKey: signing, TrustedKeys: trusted}}
+			SigningKey: signing, TrustedKeys: trusted, ObjectLock: lock}}
 	if !policy.Empty() {
 		// The agent's retention trusts what it signs itself.
 		var own *backup.TrustedKeys
 		if signing != nil {
 			own = signing.Public()
 		}
-		a.Retention = &backup.PruneOptions{Retention: policy, LockTTL: o.LockTTL, Grace: max(backup.DefaultGrace, o.LockTTL),
+		a.Retention = &backup.PruneOptions{Keep: policy, LockTTL: o.LockTTL, Grace: max(backup.DefaultGrace, o.LockTTL),
 			SigningKey: signing, TrustedKeys: own.With(trusted)}
 	}
 	enc := "none"
@@ -211,7 +228,11 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 		fp, _ := backup.RecipientsFingerprint(recipients)
 		enc = fmt.Sprintf("age, %d recipients (set %s)", len(recipients), fp)
 	}
-	log.Info("agent started", "dir", o.RecoveryDir, "to", s.String(), "schedule", o.Schedule, "encryption", enc)
+	locking := "off"
+	if lock != nil {
+		locking = lock.String()
+	}
+	log.Info("agent started", "dir", o.RecoveryDir, "to", s.String(), "schedule", o.Schedule, "encryption", enc, "object_lock", locking)
 	err = a.Run(ctx)
 	if errors.Is(err, context.Canceled) {
 		return nil

@@ -31,6 +31,7 @@ type backupOptions struct {
 	SigningKey  string
 	Trusted     []string
 	Always      bool
+	ObjectLock  string
 	storageOptions
 }
 
@@ -46,6 +47,8 @@ backup, only the rows that changed are), and published by a manifest written
 last: an interrupted backup leaves nothing visible. With --recipients-file
 every object is encrypted with age to those public keys, and chunks are named
 by a keyed hash (see the README, "Encrypted backups").
+
+` + objectLockHelp + `
 
 ` + fencingHelp + `
 
@@ -69,6 +72,7 @@ by a keyed hash (see the README, "Encrypted backups").
 	addTagFlag(f, &o.Tags)
 	addSigningKeyFlag(f, &o.SigningKey, "sign every manifest")
 	addTrustedKeysFlag(f, &o.Trusted, "; here: other writers' keys, whose lineage claims this backup believes")
+	addObjectLockFlag(f, &o.ObjectLock)
 	f.BoolVar(&o.Always, "even-unchanged", false, "back up partitions that did not move since their latest backup too (skipped by default, as the agent skips them)")
 	o.storageOptions.addFlags(f)
 	return cmd
@@ -136,6 +140,9 @@ func runBackup(ctx context.Context, o backupOptions, out, errOut io.Writer) erro
 		return err
 	}
 	bo := backup.Options{Workers: o.Workers, LockTTL: o.LockTTL, Memory: budget, Recipients: recipients, TakeOver: o.TakeOver, SkipUnchanged: !o.Always, Tags: o.Tags}
+	if bo.ObjectLock, err = objectLock(o.ObjectLock); err != nil {
+		return err
+	}
 	if bo.SigningKey, err = loadSigningKey(o.SigningKey); err != nil {
 		return err
 	}
@@ -154,6 +161,9 @@ func runBackup(ctx context.Context, o backupOptions, out, errOut io.Writer) erro
 		return err
 	}
 	defer s.Close()
+	if err := checkObjectLock(bo.ObjectLock, s); err != nil {
+		return err
+	}
 	bar := newTransferBar(errOut, "backing up (read)")
 	var xfer backup.Transfer
 	bo.Progress = &xfer

@@ -42,6 +42,7 @@ the file. ${VAR} is replaced by the environment variable VAR.
   keep_last: 10                        # prune, and the agent's retention
   keep_within: 24h                     # prune, and the agent's retention
   keep_daily: 7                        # ... and keep_hourly, keep_weekly, keep_monthly, keep_yearly, keep_tag
+  object_lock: GOVERNANCE:30d          # backup, agent: lock what each backup writes
   s3:
     endpoint: https://minio.internal:9000   # path-style addressing is then the default
     region: eu-west-1
@@ -58,7 +59,7 @@ var configAliases = map[string]string{
 	"s3.kms_key_id": "s3-sse-kms-key-id",
 }
 
-var subcommands = []string{"backup", "agent", "list", "verify", "restore", "prune"}
+var subcommands = []string{"backup", "agent", "list", "verify", "restore", "prune", "undelete"}
 
 var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
 

@@ -43,8 +43,9 @@ const exitCodesHelp = `Exit codes:
      partitions or with another flow's, a restore into partitions already there,
      encrypted backups without --identity-file (restore, verify --deep),
      encrypted and plaintext backups mixed in one location, signed backups
-     without --trusted-keys (restore, verify --deep, prune), or an unsigned
-     backup to a signed location
+     without --trusted-keys (restore, verify --deep, prune), an unsigned
+     backup to a signed location, or --object-lock where objects cannot be
+     locked (file://, a bucket without Object Lock or object retention)
   130, 143  stopped by SIGINT or SIGTERM (after cleaning up)`
 
 // Each subcommand lists only its own exit codes.
@@ -55,13 +56,15 @@ const (
   3  usage or access error: bad flag, URL or config, missing bucket, bad credentials,
      a recovery directory without partitions, with another flow's or with two
      histories, a destination inside the recovery directory, a location of the
-     other encryption or signing scheme
+     other encryption or signing scheme, --object-lock where objects cannot be
+     locked (file://, a bucket without Object Lock or object retention)
   130, 143  stopped by SIGINT or SIGTERM (nothing partial is visible)`
 	exitCodesAgent = `Exit codes (the agent runs until stopped; a failed run is logged and counted
 in flowkeep_backup_failures_total, not an exit):
   0  stopped by SIGINT or SIGTERM after cleaning up
   3  usage or access error at start: bad flag, schedule, URL or config, missing
-     bucket, bad credentials, a location of the other scheme`
+     bucket, bad credentials, a location of the other scheme, --object-lock
+     with --keep-last or where objects cannot be locked (file://)`
 	exitCodesRead = `Exit codes:
   0  success
   1  failed
@@ -113,7 +116,8 @@ func ExitCode(err error) int {
 	case errors.As(err, &u), errors.Is(err, backup.ErrAccess), errors.Is(err, backup.ErrNoBucket),
 		errors.Is(err, recovery.ErrNoPartitions), errors.Is(err, recovery.ErrForeignFlow), errors.Is(err, recovery.ErrMissingPartitions),
 		errors.Is(err, backup.ErrIdentityRequired), errors.Is(err, backup.ErrEncryptionMismatch),
-		errors.Is(err, backup.ErrTrustRequired), errors.Is(err, backup.ErrKeysRequired), errors.Is(err, backup.ErrSigningMismatch), errors.Is(err, recovery.ErrTwoLineages):
+		errors.Is(err, backup.ErrTrustRequired), errors.Is(err, backup.ErrKeysRequired), errors.Is(err, backup.ErrSigningMismatch), errors.Is(err, recovery.ErrTwoLineages),
+		errors.Is(err, backup.ErrNoObjectLock):
 		return exitUsageOrAccess
 	}
 	return exitFailed
@@ -155,7 +159,7 @@ underscores: FLOWBACKUP_RECOVERY_DIR, FLOWBACKUP_S3_ENDPOINT) or in the
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.PersistentFlags().String("config", "", "YAML file of settings for every subcommand (see flowbackup --help); env FLOWBACKUP_CONFIG")
 	root.AddCommand(newBackupCommand(), newAgentCommand(), newListCommand(), newPruneCommand(), newRestoreCommand(), newVerifyCommand(),
-		newKeygenCommand(), newVersionCommand(), newDocsCommand())
+		newKeygenCommand(), newVersionCommand(), newDocsCommand(), newUndeleteCommand())
 	return root
 }
 

@@ -49,6 +49,13 @@ asked for (--lineage), its fork is no longer reported, and its backups are kept
 only where retention or another lineage's newest restore needs them. With
 --retire-lineage alone (no --keep-last), nothing is deleted.
 
+Objects under an object lock (backup --object-lock) are never deleted: a
+locked backup is kept (with its chunks) whatever the policy says, locked
+chunks are skipped, and prune says how many objects, how many bytes and
+until when; a prune after their locks end deletes them. In a versioned
+bucket a delete leaves the object's older versions behind: the bucket's
+lifecycle rule expires them (the Terraform modules set one).
+
 Prune holds a lock that backups respect (it does not start while a backup
 runs, and backups wait for it), and deletes nothing unless it could read
 every manifest and latest pointer: an unreadable one could name any chunk.
@@ -111,7 +118,7 @@ func runPrune(ctx context.Context, o pruneOptions, out io.Writer) error {
 	if policy.Empty() {
 		return retireOnly(ctx, s, o, signing, backup.ReadPolicy{Trusted: trusted, RequireTrust: true, Auth: auth.With(keys.Auth()), Keys: keys, RequireAuth: true}, out)
 	}
-	po := backup.PruneOptions{Retention: policy, Grace: o.Grace, LockTTL: o.LockTTL, DryRun: o.DryRun, RetireLineages: o.Retire,
+	po := backup.PruneOptions{Keep: policy, Grace: o.Grace, LockTTL: o.LockTTL, DryRun: o.DryRun, RetireLineages: o.Retire,
 		SigningKey: signing, TrustedKeys: trusted, Auth: auth, Keys: keys}
 	if err := po.Validate(); err != nil {
 		return usageError{err}
@@ -133,7 +140,8 @@ func runPrune(ctx context.Context, o pruneOptions, out io.Writer) error {
 		return printJSON(out, map[string]any{"dry_run": o.DryRun, "deleted_backups": append([]string{}, res.DeletedManifests...),
 			"protected_backups": append([]string{}, res.Protected...), "deleted_chunks": res.DeletedChunks, "deleted_bytes": res.DeletedBytes,
 			"kept_backups": res.KeptManifests, "swept_temporary_files": res.SweptTemp, "retired_lineages": append([]string{}, res.Retired...),
-			"ignored": append([]string{}, res.Ignored...), "kept_by": res.Reasons, "held_chunks": res.HeldChunks, "held_bytes": res.HeldBytes, "held_until": res.HeldUntil})
+			"ignored": append([]string{}, res.Ignored...), "kept_by": res.Reasons, "held_chunks": res.HeldChunks, "held_bytes": res.HeldBytes, "held_until": res.HeldUntil,
+			"locked_backups": append([]string{}, res.LockedManifests...), "locked_objects": res.LockedObjects, "locked_bytes": res.LockedBytes, "locked_until": res.LockedUntil})
 	}
 	verb := "deleted"
 	if o.DryRun {
@@ -158,6 +166,7 @@ func runPrune(ctx context.Context, o pruneOptions, out io.Writer) error {
 	if res.SweptTemp > 0 {
 		fmt.Fprintf(out, "removed %d temporary files that killed uploads left behind\n", res.SweptTemp)
 	}
+	printLocked(out, res)
 	return nil
 }
 

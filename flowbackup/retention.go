@@ -31,8 +31,8 @@ func (r *retentionFlags) add(f *pflag.FlagSet, what string) {
 
 // policy is the retention the flags ask for (calendar periods in the
 // local time zone, $TZ); a bad value is a usage error.
-func (r retentionFlags) policy() (backup.Retention, error) {
-	p := backup.Retention{Last: r.Last, Hourly: r.Hourly, Daily: r.Daily, Weekly: r.Weekly, Monthly: r.Monthly, Yearly: r.Yearly,
+func (r retentionFlags) policy() (backup.KeepPolicy, error) {
+	p := backup.KeepPolicy{Last: r.Last, Hourly: r.Hourly, Daily: r.Daily, Weekly: r.Weekly, Monthly: r.Monthly, Yearly: r.Yearly,
 		Within: r.Within, Tags: r.Tags, Location: time.Local}
 	if err := p.Validate(); err != nil {
 		return p, usageError{err}
@@ -40,7 +40,7 @@ func (r retentionFlags) policy() (backup.Retention, error) {
 	return p, nil
 }
 
-const retentionHelp = `Retention rules, with restic's names: a backup is kept if any rule keeps it.
+const retentionHelp = `KeepPolicy rules, with restic's names: a backup is kept if any rule keeps it.
 --keep-last N keeps each partition's newest N; --keep-within DUR those younger
 than DUR; --keep-hourly/-daily/-weekly/-monthly/-yearly N the newest backup of
 each of the last N hours (days, ISO weeks, months, years) that have one, in the

@@ -241,10 +241,10 @@ func TestGCSAgentIdentity_PermissionsAreExactlyWhatTheCodeCalls(t *testing.T) {
 	if got := strings_(t, literal(t, locals, "readonly_permissions")); !slices.Equal(got, gcs.ReadOnlyPermissions) {
 		t.Errorf("read-only permissions %v, want %v", got, gcs.ReadOnlyPermissions)
 	}
-	if got := m.source(t, m.one(t, "resource", "google_project_iam_custom_role"), "permissions"); got != "local.permissions" {
+	if got := m.source(t, m.one(t, "resource", "google_project_iam_custom_role", "agent"), "permissions"); got != "local.permissions" {
 		t.Errorf("custom role permissions = %s", got)
 	}
-	cond := child(t, m.one(t, "resource", "google_storage_bucket_iam_member"), "condition")
+	cond := child(t, m.one(t, "resource", "google_storage_bucket_iam_member", "agent"), "condition")
 	if !strings.Contains(m.source(t, cond, "expression"), "objects/${local.prefix}/") {
 		t.Error("the binding is not limited to the prefix")
 	}

@@ -81,6 +81,9 @@ func (s *Store) wrap(op, key string, err error) error {
 	case errors.Is(err, storage.ErrObjectNotExist):
 		return fmt.Errorf("gcs: %s: %w", what, backup.ErrNotFound)
 	}
+	if lerr := lockError(what, err); lerr != nil {
+		return lerr
+	}
 	var ge *googleapi.Error
 	if errors.As(err, &ge) {
 		switch ge.Code {
@@ -218,7 +221,7 @@ func (s *Store) Stat(ctx context.Context, key string) (backup.ObjectInfo, error)
 	if err != nil {
 		return backup.ObjectInfo{}, s.wrap("stat", key, err)
 	}
-	return backup.ObjectInfo{Key: key, Size: a.Size, Modified: a.Updated}, nil
+	return backup.ObjectInfo{Key: key, Size: a.Size, Modified: a.Updated, Retention: retentionOf(a.Retention)}, nil
 }
 
 // List implements backup.Store (GCS lists in lexical order).
@@ -235,7 +238,7 @@ func (s *Store) List(ctx context.Context, prefix, after string, fn func(backup.O
 		}
 		q.StartOffset = k + "\x00" // StartOffset is inclusive; the next name after k
 	}
-	if err := q.SetAttrSelection([]string{"Name", "Size", "Updated"}); err != nil {
+	if err := q.SetAttrSelection([]string{"Name", "Size", "Updated", "Retention"}); err != nil {
 		return err
 	}
 	it := s.bucket.Objects(ctx, q)
@@ -254,7 +257,7 @@ func (s *Store) List(ctx context.Context, prefix, after string, fn func(backup.O
 		if s.prefix != "" {
 			k = strings.TrimPrefix(k, s.prefix+"/")
 		}
-		if err := fn(backup.ObjectInfo{Key: k, Size: a.Size, Modified: a.Updated}); err != nil {
+		if err := fn(backup.ObjectInfo{Key: k, Size: a.Size, Modified: a.Updated, Retention: retentionOf(a.Retention)}); err != nil {
 			return err
 		}
 	}

@@ -116,3 +116,20 @@ func permissionOf(r *http.Request) string {
 type rtFunc func(*http.Request) (*http.Response, error)
 
 func (f rtFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// fake-gcs-server stores and reports object retentions (it does not
+// enforce them on deletes and overwrites, and refuses to change a Locked
+// one at all, so the suite runs Unlocked, GOVERNANCE locks).
+func TestRetainerConformance(t *testing.T) {
+	bucket := newBucket(t)
+	n := 0
+	storetest.RunRetainer(t, backup.LockGovernance, func(t *testing.T) backup.Store {
+		n++
+		s, err := New(context.Background(), bucket, fmt.Sprintf("retainer/%d", n), Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	})
+}

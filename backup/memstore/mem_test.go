@@ -10,3 +10,7 @@ import (
 func TestConformance(t *testing.T) {
 	storetest.Run(t, func(*testing.T) backup.Store { return New() })
 }
+
+func TestRetainerConformance(t *testing.T) {
+	storetest.RunRetainer(t, backup.LockCompliance, func(*testing.T) backup.Store { return New() })
+}

@@ -126,6 +126,9 @@ func (s *Store) wrap(op, key string, err error) error {
 	if errors.As(err, &se) || strings.Contains(err.Error(), "get credentials: ") || strings.Contains(err.Error(), "failed to refresh cached credentials") {
 		return fmt.Errorf("s3: %s: %w: no AWS credentials were found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run where an instance role or web identity provides them)", what, backup.ErrAccess)
 	}
+	if lerr := lockError(what, err); lerr != nil {
+		return lerr
+	}
 	var ae smithy.APIError
 	if errors.As(err, &ae) {
 		switch ae.ErrorCode() {
@@ -283,7 +286,8 @@ func (s *Store) Stat(ctx context.Context, key string) (backup.ObjectInfo, error)
 	if err != nil {
 		return backup.ObjectInfo{}, s.wrap("stat", key, err)
 	}
-	return backup.ObjectInfo{Key: key, Size: aws.ToInt64(out.ContentLength), Modified: aws.ToTime(out.LastModified)}, nil
+	return backup.ObjectInfo{Key: key, Size: aws.ToInt64(out.ContentLength), Modified: aws.ToTime(out.LastModified),
+		Retention: retentionOf(out.ObjectLockMode, out.ObjectLockRetainUntilDate)}, nil
 }
 
 // List implements backup.Store (ListObjectsV2 returns keys in order).

@@ -26,6 +26,7 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	server.Stop()
+	lockServer.Stop()
 	os.Exit(code)
 }
 

@@ -137,6 +137,17 @@ func StartVersity() (*Server, error) {
 	}, func(addr string) bool { return httpReady("http://" + addr + "/")(addr) })
 }
 
+// StartVersityVersioned starts versitygw with a POSIX backend that keeps
+// object versions (--versioning-dir), which buckets with Object Lock need
+// (CreateS3LockBucket).
+func StartVersityVersioned() (*Server, error) {
+	return start("versitygw", func(addr, dir string) []string {
+		versions := filepath.Join(filepath.Dir(dir), "versions")
+		os.MkdirAll(versions, 0o755)
+		return []string{"--port", addr, "--access", S3AccessKey, "--secret", S3SecretKey, "--region", S3Region, "posix", "--versioning-dir", versions, dir}
+	}, func(addr string) bool { return httpReady("http://" + addr + "/")(addr) })
+}
+
 // StartFakeGCS starts fake-gcs-server over plain HTTP.
 func StartFakeGCS() (*Server, error) {
 	return start("fake-gcs-server", func(addr, dir string) []string {
@@ -175,17 +186,39 @@ func NewName(prefix string) string {
 
 // CreateS3Bucket creates a bucket on the S3 server s.
 func (s *Server) CreateS3Bucket(ctx context.Context, name string) error {
-	cfg, err := config.LoadDefaultConfig(ctx, config.WithRegion(S3Region),
-		config.WithCredentialsProvider(credentials.NewStaticCredentialsProvider(S3AccessKey, S3SecretKey, "")))
+	c, err := s.S3Client(ctx)
 	if err != nil {
 		return err
 	}
-	c := s3.NewFromConfig(cfg, func(o *s3.Options) {
-		o.BaseEndpoint = aws.String(s.S3Endpoint())
-		o.UsePathStyle = true
-	})
 	_, err = c.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(name)})
 	return err
+}
+
+// CreateS3LockBucket creates a bucket with Object Lock enabled (and so
+// versioning) on the S3 server s (StartVersityVersioned).
+func (s *Server) CreateS3LockBucket(ctx context.Context, name string) error {
+	c, err := s.S3Client(ctx)
+	if err != nil {
+		return err
+	}
+	_, err = c.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(name), ObjectLockEnabledForBucket: aws.Bool(true)})
+	return err
+}
+
+// S3Client is an SDK client of the S3 server s as its root user (tests use
+// it to do what flowkeep does not: raw deletes, version listings).
+func (s *Server) S3Client(ctx context.Context) (*s3.Client, error) {
+	cfg, err := config.LoadDefaultConfig(ctx, config.WithRegion(S3Region),
+		config.WithCredentialsProvider(credentials.NewStaticCredentialsProvider(S3AccessKey, S3SecretKey, "")))
+	if err != nil {
+		return nil, err
+	}
+	return s3.NewFromConfig(cfg, func(o *s3.Options) {
+		o.BaseEndpoint = aws.String(s.S3Endpoint())
+		o.UsePathStyle = true
+		o.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
+		o.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
+	}), nil
 }
 
 // CreateGCSBucket creates a bucket on the GCS emulator s.

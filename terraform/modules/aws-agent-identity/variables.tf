@@ -34,3 +34,9 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "object_lock" {
+  description = "The bucket has S3 Object Lock and the agent runs with --object-lock: deny the agent deleting or unlocking backups, and create a separate prune identity (prune_role_name)."
+  type        = bool
+  default     = false
+}

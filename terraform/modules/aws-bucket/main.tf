@@ -1,11 +1,33 @@
 # Backup bucket for flowbackup: versioned, encrypted at rest (SSE-S3, or
 # SSE-KMS with a customer key), public access blocked, non-current versions
-# expired after var.noncurrent_version_days.
+# expired after var.noncurrent_version_days. With var.object_lock the
+# bucket is created with S3 Object Lock enabled (only a bucket's creation
+# can turn it on), for flowbackup backup/agent --object-lock; an optional
+# default retention locks every object version written without a lock of
+# its own.
 
 resource "aws_s3_bucket" "backups" {
-  bucket        = var.bucket_name
-  force_destroy = var.force_destroy
-  tags          = var.tags
+  bucket              = var.bucket_name
+  force_destroy       = var.force_destroy
+  object_lock_enabled = var.object_lock
+  tags                = var.tags
+}
+
+# A default retention locks every new object version (latest pointers,
+# heartbeats and lock objects included, whose old versions it then keeps
+# for as long); the agent's --object-lock locks exactly what a backup
+# needs, and is the recommended way. The default is a backstop for writers
+# that forget the flag.
+resource "aws_s3_bucket_object_lock_configuration" "backups" {
+  count  = var.object_lock && var.object_lock_default_retention != null ? 1 : 0
+  bucket = aws_s3_bucket.backups.id
+  rule {
+    default_retention {
+      mode = var.object_lock_default_retention.mode
+      days = var.object_lock_default_retention.days
+    }
+  }
+  depends_on = [aws_s3_bucket_versioning.backups]
 }
 
 resource "aws_s3_bucket_ownership_controls" "backups" {
@@ -52,6 +74,12 @@ resource "aws_s3_bucket_lifecycle_configuration" "backups" {
     filter {}
     noncurrent_version_expiration {
       noncurrent_days = var.noncurrent_version_days
+    }
+    # Delete markers left alone once the versions under them expired
+    # (prune's deletes, in a versioned bucket). A version under Object
+    # Lock is never expired before its lock ends.
+    expiration {
+      expired_object_delete_marker = true
     }
     abort_incomplete_multipart_upload {
       days_after_initiation = 7

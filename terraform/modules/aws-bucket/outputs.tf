@@ -7,3 +7,8 @@ output "bucket_arn" {
   description = "The bucket's ARN, for the agent identity module."
   value       = aws_s3_bucket.backups.arn
 }
+
+output "object_lock_enabled" {
+  description = "Whether the bucket has S3 Object Lock (flowbackup --object-lock needs it)."
+  value       = aws_s3_bucket.backups.object_lock_enabled
+}

@@ -30,3 +30,22 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "object_lock" {
+  description = "Create the bucket with S3 Object Lock enabled, for flowbackup --object-lock (only a new bucket can have it; it keeps versioning on for good)."
+  type        = bool
+  default     = false
+}
+
+variable "object_lock_default_retention" {
+  description = "With object_lock: a default retention ({mode = \"GOVERNANCE\" or \"COMPLIANCE\", days = N}) for every object version written without a lock of its own; null (default) leaves locking to flowbackup --object-lock."
+  type = object({
+    mode = string
+    days = number
+  })
+  default = null
+  validation {
+    condition     = var.object_lock_default_retention == null ? true : contains(["GOVERNANCE", "COMPLIANCE"], var.object_lock_default_retention.mode) && var.object_lock_default_retention.days >= 1
+    error_message = "object_lock_default_retention: mode is GOVERNANCE or COMPLIANCE, days at least 1."
+  }
+}

@@ -7,3 +7,8 @@ output "permissions" {
   description = "The permissions granted."
   value       = local.permissions
 }
+
+output "prune_email" {
+  description = "With object_lock: the service account flowbackup prune runs as (the agent's cannot delete backups); null otherwise."
+  value       = local.prune ? google_service_account.prune[0].email : null
+}

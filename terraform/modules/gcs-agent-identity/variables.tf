@@ -27,3 +27,9 @@ variable "read_only" {
   type        = bool
   default     = false
 }
+
+variable "object_lock" {
+  description = "The bucket has object retention and the agent runs with --object-lock: the agent may delete only what it rewrites, and a separate prune service account (prune_email) is created."
+  type        = bool
+  default     = false
+}

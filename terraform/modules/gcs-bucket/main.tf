@@ -1,7 +1,12 @@
 # Backup bucket for flowbackup on Google Cloud Storage: versioned, encrypted
 # at rest (Google-managed keys, or CMEK), public access prevented, uniform
 # bucket-level access, non-current versions deleted after
-# var.noncurrent_version_days.
+# var.noncurrent_version_days. With var.object_retention the bucket is
+# created with object retention enabled (only a bucket's creation can turn
+# it on), for flowbackup --object-lock: each backup object then carries its
+# own retention. A bucket retention policy is not used: it would keep the
+# lock objects, latest pointers and heartbeats flowkeep rewrites and
+# deletes in normal work from being rewritten or deleted.
 
 resource "google_storage_bucket" "backups" {
   name                        = var.bucket_name
@@ -10,6 +15,7 @@ resource "google_storage_bucket" "backups" {
   force_destroy               = var.force_destroy
   uniform_bucket_level_access = true
   public_access_prevention    = "enforced"
+  enable_object_retention     = var.object_retention
   labels                      = var.labels
 
   versioning {

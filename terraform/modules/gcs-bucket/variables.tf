@@ -40,3 +40,9 @@ variable "labels" {
   type        = map(string)
   default     = {}
 }
+
+variable "object_retention" {
+  description = "Create the bucket with object retention enabled, for flowbackup --object-lock (only a new bucket can have it)."
+  type        = bool
+  default     = false
+}
