@@ -189,6 +189,12 @@ func TestCopy_EncryptedAndSignedWithoutAKey(t *testing.T) {
 			t.Fatalf("a refused copy changed %s", c.to)
 		}
 	}
+	// An agent whose --copy-to holds backups of another scheme does not
+	// start.
+	rec := flowDir(t, "1h")
+	if o, code := runEnv(t, writer, "agent", "-r", rec, "--to", a, "--schedule", "@every 1h", "--copy-to", plain); code != 3 || !strings.Contains(o, "encryption does not match") {
+		t.Fatalf("agent --copy-to a plaintext location: exit %d\n%s", code, o)
+	}
 }
 
 // tree lists the files under dir with their sizes.
