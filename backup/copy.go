@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -1021,11 +1020,14 @@ func (c *copier) holds(p *copyPointer) bool {
 // A could not give ("" when all are in B).
 func (c *copier) copyChunks(ctx context.Context, it *copyItem, sem chan struct{}) (string, error) {
 	var seen []string
+	once := map[string]bool{}
 	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(c.o.Workers)
 	for _, ob := range it.m.Objects() {
-		if slices.Contains(seen, ob.SHA256) {
+		if once[ob.SHA256] {
 			continue
 		}
+		once[ob.SHA256] = true
 		seen = append(seen, ob.SHA256)
 		ch := c.chunks[ob.SHA256]
 		g.Go(func() error {
