@@ -143,6 +143,14 @@ func TestCopy_CompleteIncrementalRestorable(t *testing.T) {
 	if o, code := run(t, backupBin, "copy", "--from", a, "--to", a); code != 3 || !strings.Contains(o, "the same location") {
 		t.Fatalf("copy onto itself: exit %d\n%s", code, o)
 	}
+	// --flow names a flow of the source, by name or uid; a typo is exit 3.
+	c := "file://" + filepath.Join(root, "c")
+	if o, code := run(t, backupBin, "copy", "--from", a, "--to", c, "--flow", "wordcuont"); code != 3 || !strings.Contains(o, `no flow "wordcuont"`) {
+		t.Fatalf("copy --flow with a typo: exit %d\n%s", code, o)
+	}
+	if r := copyJSON(t, nil, "--from", a, "--to", c, "--flow", "wordcount"); r.CopiedBackups != 4 {
+		t.Fatalf("copy --flow wordcount: %+v", r)
+	}
 }
 
 // Encrypted and signed backups are copied with no key at all, byte for
