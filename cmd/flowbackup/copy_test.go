@@ -151,6 +151,13 @@ func TestCopy_CompleteIncrementalRestorable(t *testing.T) {
 	if r := copyJSON(t, nil, "--from", a, "--to", c, "--flow", "wordcount"); r.CopiedBackups != 4 {
 		t.Fatalf("copy --flow wordcount: %+v", r)
 	}
+	// In the config file every subcommand shares, url (or the agent's to)
+	// is what copy copies; its destination is copy.to.
+	cfg := filepath.Join(root, "flowbackup.yaml")
+	os.WriteFile(cfg, []byte("to: "+a+"\ncopy:\n  to: file://"+filepath.Join(root, "d")+"\n"), 0o644)
+	if r := copyJSON(t, nil, "--config", cfg); r.CopiedBackups != 4 {
+		t.Fatalf("copy --config: %+v", r)
+	}
 }
 
 // Encrypted and signed backups are copied with no key at all, byte for
