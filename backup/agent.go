@@ -403,6 +403,10 @@ type Agent struct {
 	Retention *PruneOptions
 	// OnRun, if set, is called after every run (tests).
 	OnRun func([]*Result, error)
+	// CopyTo are locations the agent copies its backups to after each
+	// run (see CopyTarget), exporting CopyMetrics if set.
+	CopyTo      []*CopyTarget
+	CopyMetrics *CopyMetrics
 
 	mu   sync.Mutex
 	flow string // the flow's name, for metric labels (read at the first run)
@@ -545,6 +549,7 @@ func (a *Agent) RunOnce(ctx context.Context) ([]*Result, error) {
 	if a.Retention != nil && ctx.Err() == nil {
 		a.retain(ctx)
 	}
+	a.queueCopies(results)
 	if a.OnRun != nil {
 		a.OnRun(results, err)
 	}
@@ -609,6 +614,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	} else if len(gone) > 0 {
 		a.Log.Info("removed delta files a killed backup left behind", "files", len(gone), "dir", filepath.Dir(gone[0]))
 	}
+	defer a.startCopies(ctx)()
 	a.RunOnce(ctx)
 	c := cron.New(cron.WithChain(cron.SkipIfStillRunning(cron.DiscardLogger)))
 	c.Schedule(a.Schedule, cron.FuncJob(func() {

@@ -24,6 +24,7 @@ import (
 	"github.com/flowkeep/flowkeep/backup"
 	"github.com/flowkeep/flowkeep/flowbackup"
 	"github.com/flowkeep/flowkeep/flowrun"
+	"github.com/flowkeep/flowkeep/restore"
 )
 
 // checkCommand fails unless args (a flowrun or flowbackup command line
@@ -58,16 +59,20 @@ func checkCommand(t *testing.T, where, bin string, args []string) {
 var metricRef = regexp.MustCompile(`flowkeep_[a-z_]+`)
 
 // checkMetrics fails for a metric the agent does not export.
+// agentMetricNames are every metric flowbackup agent exports: its
+// backups', its copies' (--copy-to) and its audits' (--verify-schedule).
+var agentMetricNames = slices.Concat(backup.MetricNames, backup.CopyMetricNames, restore.AuditMetricNames)
+
 func checkMetrics(t *testing.T, where, expr string) {
 	t.Helper()
 	for _, m := range metricRef.FindAllString(expr, -1) {
 		base := m
 		for _, suf := range []string{"_bucket", "_count", "_sum"} {
-			if b, ok := strings.CutSuffix(m, suf); ok && slices.Contains(backup.MetricNames, b) {
+			if b, ok := strings.CutSuffix(m, suf); ok && slices.Contains(agentMetricNames, b) {
 				base = b
 			}
 		}
-		if !slices.Contains(backup.MetricNames, base) {
+		if !slices.Contains(agentMetricNames, base) {
 			t.Errorf("%s: %q queries %s, which flowbackup agent does not export", where, expr, m)
 		}
 	}
@@ -101,7 +106,8 @@ func TestAlertRules_QueryExportedMetricsAndSayWhat(t *testing.T) {
 			checkMetrics(t, "alert "+r.Alert, r.Expr)
 		}
 	}
-	for _, want := range []string{"FlowkeepRPOTooHigh", "FlowkeepBackupFailing", "FlowkeepNoBackupAttempt", "FlowkeepTwoMachinesRunOneFlow", "FlowkeepBackupFenced"} {
+	for _, want := range []string{"FlowkeepRPOTooHigh", "FlowkeepBackupFailing", "FlowkeepNoBackupAttempt", "FlowkeepTwoMachinesRunOneFlow", "FlowkeepBackupFenced",
+		"FlowkeepCopyLagging", "FlowkeepCopyFailing", "FlowkeepAuditFoundProblems", "FlowkeepAuditOverdue"} {
 		if !slices.Contains(names, want) {
 			t.Errorf("no alert %s", want)
 		}

@@ -22,6 +22,7 @@ import (
 	"github.com/flowkeep/flowkeep/backup/memstore"
 	"github.com/flowkeep/flowkeep/internal/testserver"
 	"github.com/flowkeep/flowkeep/recovery"
+	"github.com/flowkeep/flowkeep/restore"
 )
 
 // exported runs a real agent over a real flow's partitions, once backing
@@ -56,9 +57,20 @@ func exported(t *testing.T) map[string]map[string][]string {
 	reg := prometheus.NewRegistry()
 	m := backup.NewMetrics(reg)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	ok := &backup.Agent{Store: memstore.New(), Dir: dir, Schedule: sched, Spec: "*/5 * * * *", Metrics: m, Log: log,
-		Retention: &backup.PruneOptions{KeepLast: 1, Grace: backup.DefaultGrace}}
+	// It copies to a second location (--copy-to), and audits on a
+	// schedule (--verify-schedule).
+	source := memstore.New()
+	copyTo := &backup.CopyTarget{Store: named{memstore.New(), "mem://copy"}}
+	ok := &backup.Agent{Store: source, Dir: dir, Schedule: sched, Spec: "*/5 * * * *", Metrics: m, Log: log,
+		Retention: &backup.PruneOptions{KeepLast: 1, Grace: backup.DefaultGrace},
+		CopyTo:    []*backup.CopyTarget{copyTo}, CopyMetrics: backup.NewCopyMetrics(reg)}
+	ok.CopyMetrics.Track(copyTo)
 	if _, err := ok.RunOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ok.CopyNow(ctx)
+	audits := &restore.Auditor{Store: source, Schedule: sched, Options: restore.VerifyOptions{Sample: 50}, Metrics: restore.NewAuditMetrics(reg), Log: log}
+	if _, err := audits.RunOnce(ctx); err != nil {
 		t.Fatal(err)
 	}
 	failing := &backup.Agent{Store: brokenStore{memstore.New()}, Dir: dir, Schedule: sched, Spec: "*/5 * * * *", Metrics: m, Log: log}
@@ -93,6 +105,15 @@ func exported(t *testing.T) map[string]map[string][]string {
 	return out
 }
 
+// named is a store of another name (a copy's source and destination
+// differ).
+type named struct {
+	backup.Store
+	name string
+}
+
+func (n named) String() string { return n.name }
+
 // brokenStore refuses every write (a wrong bucket, a revoked key).
 type brokenStore struct{ backup.Store }
 
@@ -111,7 +132,8 @@ var labelRef = regexp.MustCompile(`\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"([^"]*)"\s
 // which Prometheus adds), with values of the kind the agent gives.
 func TestAlertRuleTests_UseTheSeriesTheAgentExports(t *testing.T) {
 	real := exported(t)
-	for _, n := range backup.MetricNames {
+	names := agentMetricNames
+	for _, n := range names {
 		if real[n] == nil && real[n+"_bucket"] == nil {
 			t.Errorf("%s is in backup.MetricNames but a real agent did not export it", n)
 		}
@@ -154,8 +176,8 @@ func TestAlertRuleTests_UseTheSeriesTheAgentExports(t *testing.T) {
 					}
 					continue
 				}
-				if !slices.Contains(backup.MetricNames, strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(name, "_bucket"), "_sum"), "_count")) {
-					t.Errorf("%s: %s is not a metric the agent exports (backup.MetricNames)", f, name)
+				if !slices.Contains(names, strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(name, "_bucket"), "_sum"), "_count")) {
+					t.Errorf("%s: %s is not a metric the agent exports (backup.MetricNames, CopyMetricNames, restore.AuditMetricNames)", f, name)
 					continue
 				}
 				have := real[name]

@@ -17,6 +17,7 @@ import (
 
 	"github.com/flowkeep/flowkeep/backup"
 	"github.com/flowkeep/flowkeep/internal/human"
+	"github.com/flowkeep/flowkeep/restore"
 )
 
 // agentOptions are the agent's settings (flags, FLOWBACKUP_* variables or
@@ -39,6 +40,7 @@ type agentOptions struct {
 	Trusted     []string
 	ObjectLock  string
 	storageOptions
+	agentJobs
 }
 
 func newAgentCommand() *cobra.Command {
@@ -83,8 +85,10 @@ modules' prune identity).
 ` + fencingHelp + ` The agent claims the flow with --take-over once, at
 its first run.
 
+` + agentJobsHelp + `
+
 ` + exitCodesAgent,
-		Example: "  flowbackup agent -r /var/lib/flowkeep --to s3://my-bucket/flows/wc --schedule '*/5 * * * *' --metrics-addr :9464\n  flowbackup agent --config /etc/flowkeep/flowbackup.yaml",
+		Example: "  flowbackup agent -r /var/lib/flowkeep --to s3://my-bucket/flows/wc --schedule '*/5 * * * *' --metrics-addr :9464\n  flowbackup agent --config /etc/flowkeep/flowbackup.yaml\n  flowbackup agent -r /var/lib/flowkeep --to s3://b/wc --schedule '@every 5m' --copy-to gs://dr/wc --verify-schedule '0 3 * * *' --verify-sample 5",
 		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := newLogger(cmd.ErrOrStderr(), o.LogFormat, o.LogLevel)
@@ -112,6 +116,7 @@ its first run.
 	addTrustedKeysFlag(f, &o.Trusted, "; here: other writers' keys, whose lineage claims the agent believes, and the keys its retention (prune) trusts")
 	addObjectLockFlag(f, &o.ObjectLock)
 	o.storageOptions.addFlags(f)
+	o.agentJobs.addFlags(f)
 	return cmd
 }
 
@@ -147,6 +152,9 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 	}
 	budget, err := useMemory(o.Memory)
 	if err != nil {
+		return err
+	}
+	if err := o.agentJobs.check(o.To); err != nil {
 		return err
 	}
 	policy, err := o.Keep.policy()
@@ -223,6 +231,24 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 		a.Retention = &backup.PruneOptions{Keep: policy, LockTTL: o.LockTTL, Grace: max(backup.DefaultGrace, o.LockTTL),
 			SigningKey: signing, TrustedKeys: own.With(trusted)}
 	}
+	readTrusted, auth, err := readerKeys(signing, trusted, recipients)
+	if err != nil {
+		return err
+	}
+	scheme := backup.Scheme{Encrypted: recipients != nil, Signed: signing != nil, Known: true}
+	targets, closeTargets, err := o.agentJobs.copyTargets(ctx, o.storageOptions, scheme,
+		backup.CopyOptions{Workers: o.Workers, Memory: budget, LockTTL: o.LockTTL, Trusted: readTrusted, Auth: auth})
+	if err != nil {
+		return err
+	}
+	defer closeTargets()
+	if len(targets) > 0 {
+		a.CopyTo, a.CopyMetrics = targets, backup.NewCopyMetrics(reg)
+		for _, t := range targets {
+			a.CopyMetrics.Track(t)
+		}
+	}
+	defer o.agentJobs.startAudits(ctx, s, reg, log, restore.VerifyOptions{Workers: o.Workers, Memory: o.Memory, Trusted: readTrusted, Auth: auth})()
 	enc := "none"
 	if recipients != nil {
 		fp, _ := backup.RecipientsFingerprint(recipients)
@@ -232,7 +258,7 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 	if lock != nil {
 		locking = lock.String()
 	}
-	log.Info("agent started", "dir", o.RecoveryDir, "to", s.String(), "schedule", o.Schedule, "encryption", enc, "object_lock", locking)
+	log.Info("agent started", "dir", o.RecoveryDir, "to", s.String(), "schedule", o.Schedule, "encryption", enc, "object_lock", locking, "copy_to", o.CopyTo)
 	err = a.Run(ctx)
 	if errors.Is(err, context.Canceled) {
 		return nil

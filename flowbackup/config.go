@@ -24,8 +24,9 @@ import (
 // subcommand knows is an error (a typo must not pass silently). `url` (or
 // `to`, as the agent's file always said) names the backup storage: --to of
 // backup and agent, --from of the others. A section named after a
-// subcommand (restore:, prune:, verify:, agent:, backup:, list:) applies
-// to that subcommand only. The s3: section holds the --s3-* flags.
+// subcommand (restore:, prune:, verify:, agent:, backup:, list:, copy:)
+// applies to that subcommand only; copy takes `url` as its --from and
+// copy.to as its --to. The s3: section holds the --s3-* flags.
 // ${VAR} is replaced by the environment variable VAR (which must be set).
 const configHelp = `Configuration file (--config FILE, or FLOWBACKUP_CONFIG), YAML; every key is
 optional and the command line wins over it, FLOWBACKUP_<FLAG> variables over
@@ -52,14 +53,16 @@ the file. ${VAR} is replaced by the environment variable VAR.
   restore:                             # keys for one subcommand only
     if_empty: true
   verify:
-    max_age: 15m`
+    max_age: 15m
+  copy:                                # copy --from is url; its --to:
+    to: gs://dr-bucket/flows/wordcount`
 
 // configAliases maps file keys that are not a flag's name to the flag.
 var configAliases = map[string]string{
 	"s3.kms_key_id": "s3-sse-kms-key-id",
 }
 
-var subcommands = []string{"backup", "agent", "list", "verify", "restore", "prune", "undelete"}
+var subcommands = []string{"backup", "agent", "list", "verify", "restore", "prune", "undelete", "copy"}
 
 var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
 
@@ -132,6 +135,12 @@ func flagFor(root, cmd *cobra.Command, key string) (flag string, known bool) {
 	case "url", "to":
 		if cmd.Name() == "restore" && key == "to" && sectioned {
 			return "to", true // restore: {to: DIR}
+		}
+		if cmd.Name() == "copy" {
+			if key == "to" && sectioned {
+				return "to", true // copy: {to: URL}
+			}
+			return "from", true // what copy copies is the configured location
 		}
 		for _, f := range []string{"to", "from"} {
 			if cmd.Name() != "restore" || f == "from" {

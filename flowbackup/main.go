@@ -159,7 +159,7 @@ underscores: FLOWBACKUP_RECOVERY_DIR, FLOWBACKUP_S3_ENDPOINT) or in the
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.PersistentFlags().String("config", "", "YAML file of settings for every subcommand (see flowbackup --help); env FLOWBACKUP_CONFIG")
 	root.AddCommand(newBackupCommand(), newAgentCommand(), newListCommand(), newPruneCommand(), newRestoreCommand(), newVerifyCommand(),
-		newKeygenCommand(), newVersionCommand(), newDocsCommand(), newUndeleteCommand())
+		newCopyCommand(), newKeygenCommand(), newVersionCommand(), newDocsCommand(), newUndeleteCommand())
 	return root
 }
 

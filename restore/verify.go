@@ -450,7 +450,17 @@ func checkLatest(ctx context.Context, s backup.Store, ms []*backup.Manifest, bro
 			add(k.uid, k.idx, fmt.Sprintf("latest pointer %s names partition %d of flow %s", oi.Key, k.idx, k.uid))
 			return nil
 		}
-		switch n := newest[k]; {
+		n := newest[k]
+		if !damaged[m.ID] && (n == nil || m.ID > n.ID) {
+			// A backup that landed while verify read the rest is not a
+			// missing manifest.
+			if _, err := s.Stat(ctx, backup.ManifestKey(k.uid, k.idx, m.ID)); err == nil {
+				return nil
+			} else if !errors.Is(err, backup.ErrNotFound) {
+				return err
+			}
+		}
+		switch {
 		case damaged[m.ID]:
 			add(k.uid, k.idx, fmt.Sprintf("the newest backup, %s, has a damaged manifest (see above): restores use older backups; the next backup of this partition takes a new base", m.ID))
 		case n == nil:
