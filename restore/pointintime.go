@@ -198,7 +198,7 @@ func planAt(ms, usable []*backup.Manifest, byPart [][]*backup.Manifest, count in
 		ov, pit, ok := pointOf(usable, count, sum.History(), o)
 		if !ok {
 			if i < len(live) {
-				notes = append(notes, fmt.Sprintf("%s, live at %s (since %s), has no state that old that every partition's backups share", sum.Describe(), fmtT(o.At), fmtT(since[sum.Lineage.ID])))
+				notes = append(notes, fmt.Sprintf("%s, live at %s (since %s), has no state that old that every partition's backups share", sum.Describe(), fmtMs(o.At), fmtMs(since[sum.Lineage.ID])))
 			}
 			continue
 		}
@@ -208,10 +208,10 @@ func planAt(ms, usable []*backup.Manifest, byPart [][]*backup.Manifest, count in
 			p.EpochTime, p.EpochTimeExact = t, true
 		}
 		if i >= len(live) {
-			notes = append(notes, fmt.Sprintf("no history live at %s can restore anything that old; restored %s, which started after it", fmtT(o.At), sum.Describe()))
+			notes = append(notes, fmt.Sprintf("no history live at %s can restore anything that old; restored %s, which started after it", fmtMs(o.At), sum.Describe()))
 		} else if cur := current(sums); lineage == "" && cur != nil && cur.Lineage.ID != sum.Lineage.ID {
 			notes = append(notes, fmt.Sprintf("the current history, lineage %s, claimed the flow after %s (at %s): restored the history live then, %s",
-				cur.Lineage.Short(), fmtT(o.At), fmtT(cur.Claimed), sum.Describe()))
+				cur.Lineage.Short(), fmtMs(o.At), fmtMs(cur.Claimed), sum.Describe()))
 		}
 		p.Notes = append(notes, p.Notes...)
 		return p, nil
@@ -221,12 +221,12 @@ func planAt(ms, usable []*backup.Manifest, byPart [][]*backup.Manifest, count in
 		all.settledOnly = false
 		if p, err := planAt(ms, usable, byPart, count, lineage, all); err == nil {
 			return nil, fmt.Errorf("%w: the manifests do not show which epoch the flow was in at %s (at most %d), and a restore of some partitions cannot read every image to find out: restore every partition on one machine, or pin every machine with --epoch",
-				ErrNotRestorable, fmtT(o.At), p.Epoch)
+				ErrNotRestorable, fmtMs(o.At), p.Epoch)
 		}
 	}
 	if pt, ok := oldestPoint(usable, count, append(live, later...)); ok {
 		return nil, fmt.Errorf("%w: nothing is restorable as old as %s: the oldest restorable point is epoch %d (%s) of lineage %s",
-			ErrNotRestorable, fmtT(o.At), pt.Epoch, fmtT(pt.Time), recovery.ShortID(pt.Lineage))
+			ErrNotRestorable, fmtMs(o.At), pt.Epoch, fmtMs(pt.Time), recovery.ShortID(pt.Lineage))
 	}
 	if lineage != "" {
 		return nil, fmt.Errorf("%w: lineage %s cannot be restored: no epoch is covered by a backup of its history for every partition; %s", ErrNotRestorable, recovery.ShortID(lineage), explainGap(byPart))
@@ -386,12 +386,12 @@ func settleAt(ctx context.Context, w *workDir, fetched map[string]string, o *Opt
 		o.Plan.known = k
 		next, err := MakePlan(cat, o.Plan)
 		if err != nil {
-			return false, fmt.Errorf("the images show epoch %d closed after %s, and without the backups of later epochs: %w", reached+1, fmtT(at), err)
+			return false, fmt.Errorf("the images show epoch %d closed after %s, and without the backups of later epochs: %w", reached+1, fmtMs(at), err)
 		}
 		if err := opened(next, res.Restored, o.Keys); err != nil {
 			return false, err
 		}
-		note := fmt.Sprintf("the images show the flow closed epoch %d after %s: planned again for an older epoch (at most %d)", reached+1, fmtT(at), next.Epoch)
+		note := fmt.Sprintf("the images show the flow closed epoch %d after %s: planned again for an older epoch (at most %d)", reached+1, fmtMs(at), next.Epoch)
 		res.Fallbacks = append(res.Fallbacks, note)
 		o.Note(note)
 		res.Plan = next
@@ -426,4 +426,13 @@ func settleAt(ctx context.Context, w *workDir, fetched map[string]string, o *Opt
 	}
 	plan.Epoch, plan.At = e, &pit
 	return false, nil
+}
+
+// fmtMs is t in RFC 3339 with milliseconds, as epoch close times are
+// recorded (several epochs may close within a second).
+func fmtMs(t time.Time) string {
+	if t.IsZero() {
+		return "time unknown"
+	}
+	return t.UTC().Format("2006-01-02T15:04:05.000Z07:00")
 }

@@ -131,7 +131,7 @@ func TestPlanAt_OneHistory(t *testing.T) {
 	// Before the oldest point: not restorable, and the message says how
 	// far back the backups reach.
 	_, err := MakePlan(ms, PlanOptions{At: h.closed(1).Add(-sec)})
-	if !errors.Is(err, ErrNotRestorable) || !strings.Contains(err.Error(), "the oldest restorable point is epoch 1 (2030-03-01T12:00:10Z)") {
+	if !errors.Is(err, ErrNotRestorable) || !strings.Contains(err.Error(), "the oldest restorable point is epoch 1 (2030-03-01T12:00:10.000Z)") {
 		t.Fatalf("before the oldest point: %v", err)
 	}
 	// A time and an epoch exclude each other.
