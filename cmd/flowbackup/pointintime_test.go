@@ -204,3 +204,27 @@ func TestCLI_RestoreFromSeveralLocations(t *testing.T) {
 		t.Fatalf("a mistyped second location: exit %d\n%s", code, out)
 	}
 }
+
+// Several locations as one setting: a list in the config file names them
+// all; the environment's location replaces the file's (it does not add to
+// it), as it does for every setting.
+func TestCLI_LocationsFromTheConfigAndTheEnvironment(t *testing.T) {
+	root := t.TempDir()
+	rec := flowDir(t, "1h")
+	a, b := filepath.Join(root, "a"), filepath.Join(root, "b")
+	must(t, backupBin, "backup", "-r", rec, "--to", "file://"+a)
+	copyTree(t, a, b)
+	cfg := filepath.Join(root, "flowbackup.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("restore:\n  from: [file://%s, file://%s]\n", a, b)), 0o644)
+	out := must(t, backupBin, "restore", "--config", cfg, "--to", filepath.Join(root, "r1"))
+	if !strings.Contains(out, "read chunks from: file://"+a) || !strings.Contains(out, "file://"+b) {
+		t.Fatalf("restore with from: [A, B] in the config:\n%s", out)
+	}
+	os.WriteFile(cfg, []byte(fmt.Sprintf("url: file://%s\n", a)), 0o644)
+	cmd := exec.Command(backupBin, "restore", "--config", cfg, "--to", filepath.Join(root, "r2"))
+	cmd.Env = append(os.Environ(), "FLOWBACKUP_FROM=file://"+b)
+	got, err := cmd.CombinedOutput()
+	if err != nil || strings.Contains(string(got), "file://"+a) || strings.Contains(string(got), "read chunks from") {
+		t.Fatalf("FLOWBACKUP_FROM=B over a config naming A: %v\n%s", err, got)
+	}
+}
