@@ -56,7 +56,7 @@ func describeAt(p *restore.Plan) string {
 	case a.Reached > p.Epoch:
 		return fmt.Sprintf("point in time %s: the flow had reached epoch %d by then, which not every partition's backups cover; restored epoch %d (closed at %s), the newest before it that they do", at, a.Reached, p.Epoch, closed)
 	}
-	return fmt.Sprintf("point in time %s: epoch %d (closed at %s), the newest epoch every partition's backups share that had closed by then (settled from the manifests alone: a newer one without a backup of every partition may have closed too)", at, p.Epoch, closed)
+	return fmt.Sprintf("point in time %s: epoch %d (closed at %s), the newest epoch every partition's backups share that had closed by then; the backups do not show whether the flow had closed a newer one by then", at, p.Epoch, closed)
 }
 
 // fmtMilli is t in RFC 3339 with milliseconds (epochs may close several

@@ -324,6 +324,14 @@ func settleAt(ctx context.Context, w *workDir, fetched map[string]string, o *Opt
 	}
 	at := plan.At.At
 	reached, known := uint64(math.MaxUint64), true
+	// byPart[i] is what partition i's image shows it reached by at, and
+	// whether the image also shows the epoch after it closed later (it
+	// records epochs up to its backup's newest only).
+	type shown struct {
+		e       uint64
+		bounded bool
+	}
+	byPart := make([]shown, plan.Count)
 	var maxLo uint64
 	dbs := make([]*recovery.Partition, plan.Count)
 	defer func() {
@@ -353,10 +361,16 @@ func settleAt(ctx context.Context, w *workDir, fetched map[string]string, o *Opt
 		}
 		if !ok {
 			// Even its oldest restorable epoch closed after at.
-			reached, known = min(reached, m.Epochs.Lo-1), false
+			known = false
+			if m.Epochs.Lo == 0 {
+				reached = 0
+			} else {
+				reached = min(reached, m.Epochs.Lo-1)
+			}
 			continue
 		}
 		reached = min(reached, uint64(e))
+		byPart[i] = shown{uint64(e), uint64(e) < m.Epochs.Hi}
 	}
 	// closeOf is when the flow closed epoch e: when its last partition
 	// did (zero if some image does not record it).
@@ -413,12 +427,24 @@ func settleAt(ctx context.Context, w *workDir, fetched map[string]string, o *Opt
 	e := plan.Epoch
 	if known {
 		e = min(e, reached)
-		pit.Reached = max(pit.Reached, reached)
+		pit.Reached = reached // exact, where the manifests' records only bound it
 		if pit.Next, err = closeOf(reached + 1); err != nil {
 			return false, err
 		}
 	}
-	pit.Exact = known && e == reached
+	// Exact: the epoch after it closed after at, as an image shows (or as
+	// the images of the backups fetched before showed).
+	bounded := false
+	for _, b := range byPart {
+		bounded = bounded || b.e == reached && b.bounded
+	}
+	if k := o.Plan.known; k != nil && k.lineage == plan.Lineage.Lineage.ID && k.after == reached+1 {
+		bounded = true
+		if pit.Next.IsZero() {
+			pit.Next = k.next
+		}
+	}
+	pit.Exact = known && e == reached && bounded
 	if t, err := closeOf(e); err != nil {
 		return false, err
 	} else if !t.IsZero() {

@@ -1,7 +1,11 @@
 package restore
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -263,5 +267,79 @@ func TestRestoreAt_TheImagesSettleTheEpoch(t *testing.T) {
 	_, err = Restore(context.Background(), s, filepath.Join(t.TempDir(), "x"), Options{Plan: PlanOptions{At: t0.Add(-time.Second)}})
 	if !errors.Is(err, ErrNotRestorable) || !strings.Contains(err.Error(), "the oldest restorable point is epoch 1") {
 		t.Fatalf("a time before the flow began: %v", err)
+	}
+}
+
+// backdate rewrites m's stored manifest (plaintext, unsigned) so that it
+// claims its lowest epoch closed at lo: a writer's clock that was wrong,
+// or a partition that closed the epoch later than another.
+func backdate(t *testing.T, s *memstore.Store, m *backup.Manifest, lo time.Time) {
+	t.Helper()
+	key := backup.ManifestKey(m.Flow.UID, m.Partition.Index, m.ID)
+	ok := s.Mutate(key, func(b []byte) []byte {
+		var outer map[string]json.RawMessage
+		if err := json.Unmarshal(b, &outer); err != nil {
+			t.Fatal(err)
+		}
+		dec := json.NewDecoder(bytes.NewReader(outer["manifest"]))
+		dec.UseNumber()
+		var body map[string]any
+		if err := dec.Decode(&body); err != nil {
+			t.Fatal(err)
+		}
+		body["epochs"].(map[string]any)["lo_time"] = lo
+		raw, _ := json.Marshal(body)
+		sum := sha256.Sum256(raw)
+		outer["manifest"] = raw
+		outer["sha256"], _ = json.Marshal(hex.EncodeToString(sum[:]))
+		out, _ := json.Marshal(outer)
+		return out
+	})
+	if !ok {
+		t.Fatalf("no manifest at %s", key)
+	}
+}
+
+// When the images show the state at the time is older than the backups
+// fetched for it reach, the restore plans again with what it learned and
+// fetches older backups, and says so.
+func TestRestoreAt_ImagesBelowTheFetchedBackupsPlanAgain(t *testing.T) {
+	s := memstore.New()
+	f := clockFlow(t, 2, s, 2*time.Second) // each backup reaches back a few epochs
+	for i := 0; i < 3; i++ {
+		f.epoch(20)
+	}
+	f.backupAll() // epochs ..4
+	for i := 0; i < 4; i++ {
+		f.epoch(20)
+	}
+	newer := f.backupAll() // epochs lo..8
+	// Frontier e was reached at (e-1)*10s. Restore to 5s before the newer
+	// backups' lowest epoch (lo) was reached, while they claim it was 6s
+	// before: fetched, they show the flow was at lo-1 then, and the
+	// restore plans again for the older backups.
+	lo := max(newer[0].Epochs.Lo, newer[1].Epochs.Lo)
+	if lo < 5 {
+		t.Fatalf("the newer backups restore %d..%d and %d..%d", newer[0].Epochs.Lo, newer[0].Epochs.Hi, newer[1].Epochs.Lo, newer[1].Epochs.Hi)
+	}
+	closed := func(e uint64) time.Time { return t0.Add(time.Duration(e-1) * 10 * time.Second) }
+	at := closed(lo).Add(-5 * time.Second)
+	for _, m := range newer {
+		if m.Epochs.Lo == lo {
+			backdate(t, s, m, closed(lo).Add(-6*time.Second))
+		}
+	}
+	var notes []string
+	res, err := Restore(context.Background(), s, filepath.Join(t.TempDir(), "new"), Options{Plan: PlanOptions{At: at}, Note: func(n string) { notes = append(notes, n) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The older backups end at epoch 4: exactly the state at the time if
+	// lo is 5 (the images showed 5 closed after it), else the newest
+	// state before it that they hold.
+	p := res.Plan
+	if p.Epoch != 4 || !p.At.Settled || p.At.Exact != (lo == 5) || !p.EpochTime.Equal(closed(4)) || p.Chosen[0].Epochs.Hi != 4 ||
+		!strings.Contains(strings.Join(notes, "\n"), fmt.Sprintf("the images show the flow closed epoch %d after", lo)) {
+		t.Fatalf("restored epoch %d (%+v) from %d..%d; notes %q", p.Epoch, *p.At, p.Chosen[0].Epochs.Lo, p.Chosen[0].Epochs.Hi, notes)
 	}
 }
