@@ -212,3 +212,62 @@ func m2(ms []*backup.Manifest, id string) *backup.Manifest {
 	}
 	return nil
 }
+
+// Each location's rules apply to what it holds: an unsigned backup a
+// bucket writer put into the copy of a signed location is a stray there,
+// never restored, though it is newer; without trusted keys the restore
+// refuses, as it does for one signed location.
+func TestRestoreFrom_EachLocationsTrustRules(t *testing.T) {
+	ctx := context.Background()
+	keyPath := filepath.Join(t.TempDir(), "signing.key")
+	if _, err := backup.GenerateSigningKey(keyPath); err != nil {
+		t.Fatal(err)
+	}
+	k, err := backup.LoadSigningKey(keyPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := &place{Store: memstore.New(), name: "mem://a"}, &place{Store: memstore.New(), name: "mem://b"}
+	f := newFlow(t, 2, nil)
+	f.epoch(50)
+	f.epoch(50)
+	for _, p := range f.st.Partitions() {
+		if r := backup.BackupPartition(ctx, a, p, backup.Options{SigningKey: k}); r.Err != nil {
+			t.Fatal(r.Err)
+		}
+	}
+	copyAll(t, a, b)
+	// The forger's newer, unsigned backups of the same flow, copied into B.
+	f.epoch(50)
+	forged := memstore.New()
+	for _, p := range f.st.Partitions() {
+		if r := backup.BackupPartition(ctx, forged, p, backup.Options{}); r.Err != nil {
+			t.Fatal(r.Err)
+		}
+	}
+	err = forged.List(ctx, "", "", func(oi backup.ObjectInfo) error {
+		if !strings.HasPrefix(oi.Key, backup.ManifestsPrefix) && !strings.HasPrefix(oi.Key, backup.ChunksPrefix) {
+			return nil
+		}
+		data, err := backup.ReadAll(ctx, forged, oi.Key, 1<<30)
+		if err != nil {
+			return err
+		}
+		return b.Put(ctx, oi.Key, data)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, err := PlanFrom(ctx, forged, PlanOptions{}); err != nil || p.Epoch != 4 {
+		t.Fatalf("the forged backups restore %v (%v), want epoch 4", p, err)
+	}
+	for _, stores := range [][]backup.Store{{a, b}, {b, a}, {b}} {
+		res, err := RestoreFrom(ctx, stores, filepath.Join(t.TempDir(), "x"), Options{DryRun: true, Plan: PlanOptions{Trusted: k.Public()}})
+		if err != nil || res.Plan.Epoch != 3 {
+			t.Fatalf("from %v: %v, %v; want the signed epoch 3", stores, res, err)
+		}
+	}
+	if _, err := RestoreFrom(ctx, []backup.Store{a, b}, filepath.Join(t.TempDir(), "y"), Options{DryRun: true}); !errors.Is(err, backup.ErrTrustRequired) {
+		t.Fatalf("signed locations without trusted keys: %v", err)
+	}
+}
