@@ -136,14 +136,16 @@ func LoadRegistryWith(ctx context.Context, s Store, uid string, p RegistryPolicy
 	return r, nil
 }
 
-// readEvents remembers registry objects read and found whole, by key
-// (objects are written once and never change).
+// readEvents remembers registry objects read and found whole, by store
+// and key (objects are written once and never change; a copy in another
+// location is read on its own).
 var readEvents sync.Map
 
 // readEvent reads a registry object and returns it if it is whole and says
 // what its key says (nil if not, or if it is gone).
 func readEvent(ctx context.Context, s Store, key, uid, id, kind string, at time.Time) (*storedEvent, error) {
-	if st, ok := readEvents.Load(key); ok {
+	cacheKey := s.String() + "\x00" + key
+	if st, ok := readEvents.Load(cacheKey); ok {
 		return st.(*storedEvent), nil
 	}
 	b, err := ReadAll(ctx, s, key, 1<<20)
@@ -165,7 +167,7 @@ func readEvent(ctx context.Context, s Store, key, uid, id, kind string, at time.
 	if decodeOne(st.Event, &e) != nil || e.Kind != kind || e.Flow != uid || e.ID != id || !e.At.Equal(at) {
 		return nil, nil
 	}
-	readEvents.Store(key, &st)
+	readEvents.Store(cacheKey, &st)
 	return &st, nil
 }
 

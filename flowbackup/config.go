@@ -208,7 +208,7 @@ func applySettings(root, cmd *cobra.Command) error {
 			if flag == "" || given[flag] {
 				continue
 			}
-			if err := fs.Set(flag, cfg[k]); err != nil {
+			if err := setSetting(fs, flag, cfg[k]); err != nil {
 				return usagef("config %s: %s: %v", path, k, err)
 			}
 		}
@@ -222,7 +222,7 @@ func applySettings(root, cmd *cobra.Command) error {
 		name := "FLOWBACKUP_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
 		if v, ok := os.LookupEnv(name); ok {
 			fromEnv[f.Name] = true
-			if serr := fs.Set(f.Name, v); serr != nil {
+			if serr := setSetting(fs, f.Name, v); serr != nil {
 				err = usagef("%s=%q: %v", name, v, serr)
 			}
 		}
@@ -239,12 +239,28 @@ func applySettings(root, cmd *cobra.Command) error {
 			loc = "to"
 		}
 		if f := fs.Lookup(loc); f != nil && !given[loc] && !fromEnv[loc] {
-			if serr := fs.Set(loc, v); serr != nil {
+			if serr := setSetting(fs, loc, v); serr != nil {
 				return usagef("FLOWBACKUP_URL=%q: %v", v, serr)
 			}
 		}
 	}
 	return nil
+}
+
+// setSetting sets flag name from the environment or the config file. The
+// value replaces what a source of lower precedence set: a repeatable flag
+// (restore --from, --trusted-keys) set by the file and by the environment
+// takes the environment's, as a single-valued one does; only the command
+// line repeats it.
+func setSetting(fs *pflag.FlagSet, name, v string) error {
+	if f := fs.Lookup(name); f != nil && f.Changed {
+		if sv, ok := f.Value.(pflag.SliceValue); ok {
+			if err := sv.Replace(nil); err != nil {
+				return err
+			}
+		}
+	}
+	return fs.Set(name, v)
 }
 
 // looksLikeURL says whether s names a storage location rather than a

@@ -20,6 +20,7 @@ import (
 
 type listOptions struct {
 	From    string
+	At      string
 	JSON    bool
 	Trusted []string
 	// Recipients and Identities authenticate encrypted backups' indexes.
@@ -31,14 +32,29 @@ type listOptions struct {
 func newListCommand() *cobra.Command {
 	var o listOptions
 	cmd := &cobra.Command{
-		Use:   "list --from URL",
+		Use:   "list --from URL [--at TIME]",
 		Short: "List backups per flow and partition, with epochs and times",
 		Long: `List every backup under URL: per flow and partition, each backup's id, kind
 (base image, or delta over a base), restorable epoch range with wall times,
-and stored size; then the newest epoch every partition's backups share.
+and stored size; then the newest epoch every partition's backups share, and
+the restorable window: from the oldest state any live history's backups can
+restore to the newest (restore --at reaches back that far).
 
-` + exitCodesRead,
-		Example: "  flowbackup list --from s3://my-bucket/flows/wordcount\n  flowbackup list --from file:///mnt/backups/wc --json",
+--at TIME shows what restore --at TIME would use: the epoch, its history,
+and each partition's backup. Where the manifests only bound the epoch (they
+record when the ends of each backup's range closed), it says so: the
+restore settles it from the images.
+
+list reads one location (restore reads several: --from A --from B).
+
+Exit codes:
+  0  success
+  1  failed
+  2  with --at: no flow listed can be restored to that time (the window
+     shows how far back the backups reach)
+  3  usage or access error: bad flag, URL or config, missing bucket, bad
+     credentials, an --at time in the future`,
+		Example: "  flowbackup list --from s3://my-bucket/flows/wordcount\n  flowbackup list --from file:///mnt/backups/wc --json\n  flowbackup list --from s3://my-bucket/flows/wordcount --at 2h",
 		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runList(cmd.Context(), o, cmd.OutOrStdout())
@@ -46,6 +62,7 @@ and stored size; then the newest epoch every partition's backups share.
 	}
 	cmd.Flags().StringVar(&o.From, "from", "", "backup URL: file:///path, s3://bucket/prefix or gs://bucket/prefix")
 	cmd.Flags().BoolVar(&o.JSON, "json", false, "print JSON")
+	cmd.Flags().StringVar(&o.At, "at", "", "show what a restore to this time would use: "+atHelp)
 	addTrustedKeysFlag(cmd.Flags(), &o.Trusted, "; without it, list shows signed backups' signers unchecked")
 	addCheckRecipientsFlag(cmd.Flags(), &o.Recipients)
 	addIdentityFlag(cmd.Flags(), &o.Identities)
@@ -100,6 +117,28 @@ type listFlow struct {
 	Lineages       []backup.LineageSummary `json:"lineages"`
 	OverlapLineage string                  `json:"overlap_lineage,omitempty"`
 	Forks          []string                `json:"forks,omitempty"`
+	// The restorable window: the oldest state any live history can
+	// restore, and the newest restore.
+	RestorableFrom      time.Time `json:"restorable_from,omitzero"`
+	RestorableFromEpoch uint64    `json:"restorable_from_epoch,omitempty"`
+	RestorableTo        time.Time `json:"restorable_to,omitzero"`
+	RestorableToEpoch   uint64    `json:"restorable_to_epoch,omitempty"`
+	// At is what a restore to --at would use; AtError why there is none.
+	At      *listAt `json:"at,omitempty"`
+	AtError string  `json:"at_error,omitempty"`
+}
+
+// listAt is what restore --at would lay down.
+type listAt struct {
+	Time           time.Time            `json:"time"`
+	Epoch          uint64               `json:"epoch"`
+	EpochTime      time.Time            `json:"epoch_time"`
+	EpochTimeExact bool                 `json:"epoch_time_exact"`
+	Lineage        string               `json:"lineage"`
+	Point          *restore.PointInTime `json:"point"`
+	Partitions     []restoredPartition  `json:"partitions"`
+	Notes          []string             `json:"notes,omitempty"`
+	Description    string               `json:"description"`
 }
 
 type listReport struct {
@@ -119,6 +158,13 @@ type listReport struct {
 }
 
 func runList(ctx context.Context, o listOptions, out io.Writer) error {
+	var at time.Time
+	if o.At != "" {
+		var err error
+		if at, err = parseAt(o.At, time.Now()); err != nil {
+			return err
+		}
+	}
 	s, err := o.open(ctx, o.From)
 	if err != nil {
 		return err
@@ -189,12 +235,43 @@ func runList(ctx context.Context, o listOptions, out io.Writer) error {
 		} else {
 			lf.NoOverlapNote = "no epoch is covered by a backup of every partition"
 		}
+		po := restore.PlanOptions{FlowUID: uid, Registry: reg}
+		if w, err := restore.RestorableWindow(ms, po); err == nil {
+			lf.RestorableFrom, lf.RestorableFromEpoch = w.From.Time, w.From.Epoch
+			lf.RestorableTo, lf.RestorableToEpoch = w.To.Time, w.To.Epoch
+		}
+		if !at.IsZero() {
+			po.At = at
+			if p, err := restore.MakePlan(ms, po); err != nil {
+				lf.AtError = err.Error()
+			} else {
+				lf.At = &listAt{Time: at, Epoch: p.Epoch, EpochTime: p.EpochTime, EpochTimeExact: p.EpochTimeExact, Lineage: p.Lineage.Lineage.ID,
+					Point: p.At, Notes: p.Notes, Description: describeAt(p), Partitions: []restoredPartition{}}
+				for i, m := range p.Chosen {
+					lf.At.Partitions = append(lf.At.Partitions, restoredPartition{i, m.ID, m.Epochs.Lo, m.Epochs.Hi, m.Agent.Host, m.LineageOf().ID,
+						backup.ManifestKey(m.Flow.UID, m.Partition.Index, m.ID)})
+				}
+			}
+		}
 		rep.Flows = append(rep.Flows, lf)
+	}
+	// With --at, exit 2 when no flow listed can be restored to the time.
+	var atErr error
+	if !at.IsZero() {
+		atErr = exitError{exitNotRestorable, fmt.Errorf("no flow here can be restored to %s", fmtTime(at))}
+		for _, lf := range rep.Flows {
+			if lf.At != nil {
+				atErr = nil
+			}
+		}
 	}
 	if o.JSON {
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+		if err := enc.Encode(rep); err != nil {
+			return err
+		}
+		return atErr
 	}
 	if len(rep.Flows) == 0 {
 		fmt.Fprintf(out, "no backups in %s\n", rep.From)
@@ -226,8 +303,21 @@ func runList(ctx context.Context, o listOptions, out io.Writer) error {
 		}
 		if lf.OverlapEpoch > 0 {
 			fmt.Fprintf(out, "  restorable to epoch %d (%s), lineage %s\n", lf.OverlapEpoch, lf.OverlapTime.UTC().Format(time.RFC3339), recovery.ShortID(lf.OverlapLineage))
+			fmt.Fprintf(out, "  restorable window: from epoch %d (%s) to epoch %d (%s)\n", lf.RestorableFromEpoch, fmtTime(lf.RestorableFrom), lf.RestorableToEpoch, fmtTime(lf.RestorableTo))
 		} else {
 			fmt.Fprintf(out, "  not restorable: %s\n", lf.NoOverlapNote)
+		}
+		if a := lf.At; a != nil {
+			fmt.Fprintf(out, "  a restore to %s would use epoch %d of lineage %s:\n", fmtMilli(a.Time), a.Epoch, recovery.ShortID(a.Lineage))
+			fmt.Fprintf(out, "    %s\n", a.Description)
+			for _, pp := range a.Partitions {
+				fmt.Fprintf(out, "    part %-3d backup %s (epochs %d..%d)\n", pp.Partition, pp.Backup, pp.Lo, pp.Hi)
+			}
+			for _, n := range a.Notes {
+				fmt.Fprintf(out, "    note: %s\n", n)
+			}
+		} else if lf.AtError != "" {
+			fmt.Fprintf(out, "  a restore to %s: %s\n", fmtMilli(at), lf.AtError)
 		}
 		for _, f := range lf.Forks {
 			fmt.Fprintf(out, "  FORK: %s\n", f)
@@ -245,7 +335,7 @@ func runList(ctx context.Context, o listOptions, out io.Writer) error {
 	if rep.Unauthenticated {
 		fmt.Fprintln(out, "the backups here are encrypted; their plaintext indexes were not authenticated (give --recipients-file or --identity-file)")
 	}
-	return nil
+	return atErr
 }
 
 // newestPerPartition is each partition's newest restorable epoch and its lag

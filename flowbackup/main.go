@@ -73,11 +73,13 @@ in flowkeep_backup_failures_total, not an exit):
 	exitCodesRestore = `Exit codes:
   0  restored (or nothing to do with --if-empty / --if-backups-exist)
   1  failed (the backups it needs could not be read or decrypted)
-  2  not restorable: no epoch every partition's backups share
+  2  not restorable: no epoch every partition's backups share (with --at:
+     none as old as that time)
   3  usage or access error: bad flag, URL or config, missing bucket, bad
-     credentials, an unknown --flow, lineage, epoch or partition, a target that
-     is not a writable directory or already holds partitions (without --force),
-     encrypted backups without --identity-file, signed ones without --trusted-keys
+     credentials, an unknown --flow, lineage, epoch or partition, --at with
+     --epoch or in the future, a target that is not a writable directory or
+     already holds partitions (without --force), encrypted backups without
+     --identity-file, signed ones without --trusted-keys
   130, 143  stopped by SIGINT or SIGTERM (nothing half-restored is left)`
 	exitCodesPrune = `Exit codes:
   0  pruned (or nothing to prune)

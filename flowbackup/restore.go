@@ -22,7 +22,8 @@ import (
 )
 
 type restoreOptions struct {
-	From       string
+	From       []string
+	At         string
 	To         string
 	Partitions string
 	ProcessID  int
@@ -48,7 +49,7 @@ type restoreOptions struct {
 func newRestoreCommand() *cobra.Command {
 	var o restoreOptions
 	cmd := &cobra.Command{
-		Use:   "restore --from URL --to DIR",
+		Use:   "restore --from URL [--from URL2 ...] --to DIR [--at TIME]",
 		Short: "Restore the latest snapshot every partition's backups share into DIR",
 		Long: `Choose the largest epoch that a usable backup of every partition contains, lay
 those partitions into DIR (created if missing), and trim each to that epoch so
@@ -72,6 +73,29 @@ partition can reach, says which, and starts a new lineage forked from it, so
 the old machine, should it come back, cannot interleave its backups with the
 new one's (its agent is fenced). --lineage ID restores another one.
 
+--at TIME restores the state the flow was in at TIME (Litestream's
+-timestamp, pgBackRest's --type=time): an RFC 3339 time or how long ago
+(2h, 7d). That is the newest epoch that had closed by TIME, of the history
+live then (a TIME before a restore forked the flow takes the old history's
+backups). The manifests record when the ends of each backup's range closed;
+once the images are fetched, each one's record of every epoch settles the
+epoch exactly before anything is trimmed. Where not every partition's
+backups cover that epoch, the newest one before it that they do is restored,
+and the output says so. Nothing that old: exit 2, naming the oldest
+restorable point (flowbackup list shows the window). --at and --epoch
+exclude each other. A restore of some partitions (--partitions,
+--process-id) settles the epoch from the manifests alone, so every machine
+picks the same one.
+
+--from is repeatable: copies of the backups in several locations
+(flowbackup copy, or a plain copy of the objects) are planned over together,
+each backup counted once, and each chunk is read from a location that holds
+it whole, the next one when it is missing, damaged or unreachable, before
+falling back to an older backup. A location that cannot be read is skipped
+with a note while another serves; the output says what was read where.
+Each location's own rules apply to it (signed, encrypted, strays). list and
+verify read one location.
+
 To restore a cluster onto several new machines, give each machine its share:
 --partitions 0,1 on one and --partitions 2,3 on the other, or
 --process-id I --processes P (partitions i with i mod P = I). Pin every machine
@@ -88,8 +112,9 @@ killed restore's by the next one. A --temp-dir other users can change is
 refused.
 
 ` + exitCodesRestore,
-		Example: "  flowbackup restore --from s3://my-bucket/flows/wc --to /var/lib/flowkeep\n  flowbackup restore --from gs://bkt/wc --to /data/rec --partitions 2,3\n  flowbackup restore --from file:///mnt/backups/wc --to /tmp/rec --dry-run",
-		Args:    noArgs,
+		Example: "  flowbackup restore --from s3://my-bucket/flows/wc --to /var/lib/flowkeep\n  flowbackup restore --from gs://bkt/wc --to /data/rec --partitions 2,3\n  flowbackup restore --from file:///mnt/backups/wc --to /tmp/rec --dry-run\n" +
+			"  flowbackup restore --from s3://my-bucket/flows/wc --to /var/lib/flowkeep --at 2025-06-01T12:00:00Z\n  flowbackup restore --from s3://primary/wc --from gs://dr-copy/wc --to /var/lib/flowkeep --at 2h",
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.ProcessID = -1
 			if cmd.Flags().Changed("process-id") {
@@ -99,12 +124,13 @@ refused.
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.From, "from", "", "backup URL: file:///path, s3://bucket/prefix or gs://bucket/prefix")
+	f.StringArrayVar(&o.From, "from", nil, "backup URL: file:///path, s3://bucket/prefix or gs://bucket/prefix; repeatable: copies in several locations are read together")
 	f.StringVar(&o.To, "to", "", "directory to lay the partitions into (becomes flowrun's -r)")
 	f.StringVar(&o.Partitions, "partitions", "", "restore only these partitions, e.g. 0,2 or 0-3")
 	f.Int("process-id", 0, "with --processes: restore the share of this machine (0-based)")
 	f.IntVar(&o.Processes, "processes", 0, "number of machines sharing the partitions")
 	f.Uint64Var(&o.Epoch, "epoch", 0, "restore this epoch instead of the latest one")
+	f.StringVar(&o.At, "at", "", "restore the state the flow was in at this time: "+atHelp)
 	f.StringVar(&o.Lineage, "lineage", "", "restore this lineage (an id or a unique prefix; flowbackup list shows them) instead of the newest one")
 	f.StringVar(&o.Flow, "flow", "", "the flow's name or uid, when backups of several flows share the URL")
 	f.BoolVar(&o.IfEmpty, "if-empty", false, "do nothing (exit 0) if DIR already holds partitions")
@@ -160,8 +186,19 @@ func runRestore(ctx context.Context, o restoreOptions, out, errOut io.Writer) er
 	if _, err := useMemory(o.Memory); err != nil {
 		return err
 	}
-	ro := restore.Options{Plan: restore.PlanOptions{FlowUID: o.Flow, Epoch: o.Epoch, Lineage: o.Lineage}, Force: o.Force, DryRun: o.DryRun, Workers: o.Workers,
-		Memory: o.Memory, Note: func(msg string) { fmt.Fprintln(errOut, "flowbackup: "+msg) }}
+	var at time.Time
+	if o.At != "" {
+		if o.Epoch > 0 {
+			return usagef("--at and --epoch exclude each other: restore the state at a time, or an epoch")
+		}
+		var err error
+		if at, err = parseAt(o.At, time.Now()); err != nil {
+			return err
+		}
+	}
+	note := func(msg string) { fmt.Fprintln(errOut, "flowbackup: "+msg) }
+	ro := restore.Options{Plan: restore.PlanOptions{FlowUID: o.Flow, Epoch: o.Epoch, Lineage: o.Lineage, At: at}, Force: o.Force, DryRun: o.DryRun, Workers: o.Workers,
+		Memory: o.Memory, Note: note}
 	mode, err := strconv.ParseUint(o.Mode, 8, 32)
 	if err != nil || mode > 0o777 || mode&0o600 != 0o600 {
 		return usagef("--mode %q: give octal permissions that let the owner read and write, e.g. 0640", o.Mode)
@@ -211,26 +248,30 @@ func runRestore(ctx context.Context, o restoreOptions, out, errOut io.Writer) er
 			return o.nothing(out, fmt.Sprintf("%s already holds %d recovery partitions; nothing restored (--if-empty)", o.To, n))
 		}
 	}
-	s, err := o.open(ctx, o.From)
+	urls := splitLocations(o.From)
+	stores, skipped, err := o.openLocations(ctx, urls)
+	for _, n := range skipped {
+		note(n)
+	}
 	if err != nil {
 		return err
 	}
-	defer s.Close()
+	defer closeAll(stores)
 	if o.IfBackups {
-		any, err := hasBackups(ctx, s)
+		any, err := hasBackupsIn(ctx, stores)
 		if err != nil {
 			return err
 		}
 		if !any {
-			return o.nothing(out, fmt.Sprintf("%s holds no backups yet; nothing restored (--if-backups-exist)", s))
+			return o.nothing(out, fmt.Sprintf("%s holds no backups yet; nothing restored (--if-backups-exist)", strings.Join(urls, " and ")))
 		}
 	}
-	if ro.Plan.FlowUID, err = resolveFlow(ctx, s, o.Flow); err != nil {
+	if ro.Plan.FlowUID, err = resolveFlowIn(ctx, stores, o.Flow); err != nil {
 		return err
 	}
 	if o.Processes > 0 {
 		// The share depends on the partition count, which the plan knows.
-		plan, err := restore.PlanFrom(ctx, s, ro.Plan)
+		plan, err := restore.PlanFromAll(ctx, stores, ro.Plan, nil)
 		if errors.Is(err, restore.ErrNotRestorable) {
 			return exitError{exitNotRestorable, err}
 		}
@@ -248,7 +289,7 @@ func runRestore(ctx context.Context, o restoreOptions, out, errOut io.Writer) er
 	ro.Progress = pc.update
 	bar.run(pc.poll)
 	began := time.Now()
-	res, err := restore.Restore(ctx, s, o.To, ro)
+	res, err := restore.RestoreFrom(ctx, stores, o.To, ro)
 	bar.finish()
 	if err != nil {
 		if errors.Is(err, restore.ErrNotRestorable) {
@@ -260,6 +301,7 @@ func runRestore(ctx context.Context, o restoreOptions, out, errOut io.Writer) er
 		}
 		return err
 	}
+	res.Fallbacks = append(skipped, res.Fallbacks...)
 	p := res.Plan
 	if o.JSON {
 		return printJSON(out, restoreJSON(res, o, time.Since(began)))
@@ -272,7 +314,14 @@ func runRestore(ctx context.Context, o restoreOptions, out, errOut io.Writer) er
 	if !p.EpochTimeExact {
 		when = "closed at or before " + when
 	}
-	fmt.Fprintf(out, "flow %s (%s): %s partitions %v of %d at epoch %d (%s)\n", p.Flow.Name, p.Flow.UID, verb, res.Restored, p.Count, p.Epoch, when)
+	if p.At != nil && !p.At.Settled {
+		fmt.Fprintf(out, "flow %s (%s): %s partitions %v of %d at epoch %d at most (%s)\n", p.Flow.Name, p.Flow.UID, verb, res.Restored, p.Count, p.Epoch, when)
+	} else {
+		fmt.Fprintf(out, "flow %s (%s): %s partitions %v of %d at epoch %d (%s)\n", p.Flow.Name, p.Flow.UID, verb, res.Restored, p.Count, p.Epoch, when)
+	}
+	if p.At != nil {
+		fmt.Fprintf(out, "  %s\n", describeAt(p))
+	}
 	fmt.Fprintf(out, "  history: %s\n", p.Lineage.Describe())
 	if !o.DryRun {
 		fmt.Fprintf(out, "  the restored partitions start lineage %s, forked from it at epoch %d\n", res.Lineage.Short(), p.Epoch)
@@ -286,6 +335,13 @@ func runRestore(ctx context.Context, o restoreOptions, out, errOut io.Writer) er
 	}
 	for _, n := range p.Notes {
 		fmt.Fprintf(out, "  note: %s\n", n)
+	}
+	if len(urls) > 1 && !o.DryRun {
+		var read []string
+		for _, u := range stores {
+			read = append(read, fmt.Sprintf("%s %s", u, human.Bytes(res.ReadFrom[u.String()])))
+		}
+		fmt.Fprintf(out, "  read chunks from: %s\n", strings.Join(read, ", "))
 	}
 	if !o.DryRun {
 		iv := p.Chosen[res.Restored[0]].Intervals
@@ -414,7 +470,13 @@ func restoreJSON(res *restore.Result, o restoreOptions, took time.Duration) map[
 		"downloaded_bytes": res.Downloaded, "written_bytes": res.Bytes, "seconds": took.Seconds(), "to": o.To,
 		"lineage": p.Lineage.Lineage.ID, "lineage_info": p.Lineage, "notes": append([]string{}, p.Notes...),
 		// What every machine of a cluster passes to restore the same plan.
-		"pin": fmt.Sprintf("--lineage %s --epoch %d", p.Lineage.Lineage.ID, p.Epoch),
+		"pin": atPin(p),
+	}
+	if p.At != nil {
+		out["at"] = p.At
+	}
+	if res.ReadFrom != nil {
+		out["read_from"] = res.ReadFrom
 	}
 	if !o.DryRun {
 		out["new_lineage"] = res.Lineage.ID

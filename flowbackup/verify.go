@@ -43,7 +43,9 @@ each flow can be restored, and how old that is (the RPO).
 
 Quick mode reads every manifest and checks that every object it names is
 present with the right size, that every partition has a usable backup, and
-that their epoch ranges overlap. --deep also downloads every object the backups
+that their epoch ranges overlap, and the restorable window: from the oldest
+state the usable backups restore (restore --at reaches back that far) to the
+newest. --deep also downloads every object the backups
 name, once however many backups share it, and checks its sha256; it rebuilds
 each base image once in a temporary directory (PRAGMA integrity_check) and lays
 each delta over a copy of its base, checking each result against its manifest.
@@ -53,6 +55,8 @@ default $TMPDIR) needs room for every base image.
 --newest limits --deep to the backups the newest restore would use; --sample P
 reads a random P percent of the objects and checks only their sha256 (a
 routine audit that covers everything over repeated runs). Both imply --deep.
+
+verify reads one location (restore reads several: --from A --from B).
 
 Exit codes:
   0  healthy
@@ -170,6 +174,7 @@ func runVerify(ctx context.Context, o verifyOptions, out, errOut io.Writer) erro
 			if f.Restorable {
 				fmt.Fprintf(out, "flow %s (%s): restorable to epoch %d of %s, lineage %s; RPO %v; %d of %d backups healthy\n", f.Name, f.UID, f.Epoch,
 					f.EpochTime.UTC().Format(time.RFC3339), recovery.ShortID(f.Lineage), (time.Duration(f.RPOSeconds * float64(time.Second))).Round(time.Second), f.Healthy, f.Backups)
+				fmt.Fprintf(out, "  restorable window: from epoch %d (%s) to epoch %d (%s)\n", f.RestorableFromEpoch, fmtTime(f.RestorableFrom), f.RestorableToEpoch, fmtTime(f.RestorableTo))
 			} else {
 				fmt.Fprintf(out, "flow %s (%s): NOT restorable; %d of %d backups healthy\n", f.Name, f.UID, f.Healthy, f.Backups)
 			}

@@ -69,6 +69,9 @@ type Plan struct {
 	// Notes say what the plan passed over (a newer lineage it could not
 	// reach) and which other histories are alive (forks).
 	Notes []string
+	// At says how a plan for a point in time (PlanOptions.At) chose
+	// Epoch (nil otherwise).
+	At *PointInTime
 }
 
 // PlanOptions narrow a plan.
@@ -88,6 +91,18 @@ type PlanOptions struct {
 	// Trusted are the public keys whose signatures a plan believes (see
 	// backup.ReadPolicy); a signed location needs them.
 	Trusted *backup.TrustedKeys
+	// At, if set, restores the state the flow was in at that time: the
+	// newest epoch at or before it that every partition's backups share
+	// along one history, the history live at At (see PointInTime). It
+	// excludes Epoch.
+	At time.Time
+
+	// What a restore learned from the images of one history about when
+	// its epochs closed (see settleAt), and whether the plan must be
+	// settled from the manifests alone (a restore of some partitions,
+	// which cannot read every image).
+	known       *closedBy
+	settledOnly bool
 }
 
 // Flows lists the flows in ms, by uid.
@@ -138,31 +153,7 @@ func PickFlow(ms []*backup.Manifest, uid string) ([]*backup.Manifest, error) {
 // PlanFrom reads the store's catalog and lineage registry and plans a
 // restore.
 func PlanFrom(ctx context.Context, s backup.Store, o PlanOptions) (*Plan, error) {
-	cat, err := backup.LoadTrustedCatalog(ctx, s, backup.ReadPolicy{Trusted: o.Trusted, RequireTrust: true})
-	if err != nil {
-		return nil, err
-	}
-	if err := o.loadRegistry(ctx, s, cat); err != nil {
-		return nil, err
-	}
-	return MakePlan(cat.Manifests, o)
-}
-
-// loadRegistry reads the registry of the flow o plans (its trusted events).
-func (o *PlanOptions) loadRegistry(ctx context.Context, s backup.Store, cat *backup.Catalog) error {
-	if o.Registry != nil {
-		return nil
-	}
-	ms, err := PickFlow(cat.Manifests, o.FlowUID)
-	if err != nil {
-		if len(cat.Manifests) == 0 && len(cat.Strays) > 0 {
-			st := cat.Strays[0]
-			return fmt.Errorf("%w: no backup here is believed: %d are strays, e.g. %s: %s", ErrNotRestorable, len(cat.Strays), st.Key, st.Reason)
-		}
-		return err
-	}
-	o.Registry, err = backup.LoadRegistryWith(ctx, s, ms[0].Flow.UID, cat.Policy(o.Trusted))
-	return err
+	return PlanFromAll(ctx, []backup.Store{s}, o, nil)
 }
 
 // resolveLineage finds the lineage id or unique id prefix want among ms.
@@ -235,6 +226,12 @@ func MakePlan(all []*backup.Manifest, o PlanOptions) (*Plan, error) {
 			return nil, err
 		}
 	}
+	if !o.At.IsZero() {
+		if o.Epoch > 0 {
+			return nil, fmt.Errorf("restore to an epoch or to a time, not both (epoch %d, time %s)", o.Epoch, fmtT(o.At))
+		}
+		return planAt(ms, usable, byPart, count, lineage, o)
+	}
 	var ov backup.Overlap
 	var ok bool
 	if o.Epoch > 0 {
@@ -265,6 +262,13 @@ func MakePlan(all []*backup.Manifest, o PlanOptions) (*Plan, error) {
 		}
 		return nil, fmt.Errorf("%w: no epoch is covered by a backup of every partition; %s", ErrNotRestorable, explainGap(byPart))
 	}
+	return planOf(ms, usable, count, ov, lineage, o), nil
+}
+
+// planOf is the plan that restores overlap ov of flow ms (usable: the
+// manifests it may use), with notes on the lineages it passed over (for a
+// plan of the newest state) and the forks it sees.
+func planOf(ms, usable []*backup.Manifest, count int, ov backup.Overlap, lineage string, o PlanOptions) *Plan {
 	p := &Plan{Flow: ms[0].Flow, Count: count, Epoch: ov.Epoch, Chosen: ov.Chosen}
 	sums := backup.Lineages(usable, o.Registry)
 	for _, sum := range sums {
@@ -272,7 +276,7 @@ func MakePlan(all []*backup.Manifest, o PlanOptions) (*Plan, error) {
 			p.Lineage = sum
 			break
 		}
-		if lineage == "" && !sum.Retired {
+		if lineage == "" && !sum.Retired && o.At.IsZero() {
 			p.Notes = append(p.Notes, fmt.Sprintf("the newer %s cannot be restored: not every partition has a backup of its history", sum.Describe()))
 		}
 	}
@@ -284,7 +288,7 @@ func MakePlan(all []*backup.Manifest, o PlanOptions) (*Plan, error) {
 		p.Flow = m.Flow
 	}
 	p.EpochTime, p.EpochTimeExact = epochTime(ov)
-	return p, nil
+	return p
 }
 
 // flowCount is the partition count of one flow's backups: the count most

@@ -86,6 +86,9 @@ type Result struct {
 	// until flowrun's first run adopts it): a child of Plan.Lineage forked
 	// at Plan.Epoch.
 	Lineage recovery.Lineage
+	// ReadFrom is the stored bytes of chunks read from each location, by
+	// its name (RestoreFrom: see sources).
+	ReadFrom map[string]int64
 }
 
 // Restore lays the partitions of the latest (or chosen) overlapping epoch
@@ -94,9 +97,19 @@ type Result struct {
 // backup makes the restore fall back to the next best overlap, and says so.
 // Files appear under their partition names only when every partition of
 // the restore is complete: on any failure nothing half-restored is left.
+// A plan for a time (PlanOptions.At) is settled from the fetched images
+// before anything is trimmed (see settleAt).
 func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Result, error) {
+	return RestoreFrom(ctx, []backup.Store{s}, dir, o)
+}
+
+// RestoreFrom is Restore over the backups of several locations that hold
+// copies of them (see sources): a location that cannot be read is skipped
+// while another one serves, and each chunk is read from a location that
+// holds it whole before the restore falls back to an older backup.
+func RestoreFrom(ctx context.Context, stores []backup.Store, dir string, o Options) (*Result, error) {
 	o = o.withDefaults()
-	cat, res, err := planRestore(ctx, s, o)
+	src, res, err := planRestore(ctx, stores, &o)
 	if err != nil || o.DryRun {
 		return res, err
 	}
@@ -105,10 +118,21 @@ func Restore(ctx context.Context, s backup.Store, dir string, o Options) (*Resul
 		return nil, err
 	}
 	defer t.close() // and with it everything left in the work directory
-	fetched, err := fetchWithFallback(ctx, s, t, cat, o, res)
-	if err != nil {
-		return nil, err
+
+	fetched := map[string]string{} // manifest id -> image in t.sqlite()
+	for {
+		if err := fetchWithFallback(ctx, src, t, o, res, fetched); err != nil {
+			return nil, err
+		}
+		again, err := settleAt(ctx, t.sqlite(), fetched, &o, res, src.manifests)
+		if err != nil {
+			return nil, err
+		}
+		if !again {
+			break
+		}
 	}
+	res.ReadFrom = src.readFrom()
 	if testHookFetched != nil {
 		testHookFetched(t.work.path)
 	}
@@ -151,20 +175,19 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
-// planRestore reads the location's catalog and plans the restore: which
+// planRestore reads the locations' catalogs and plans the restore: which
 // backup of each partition lays down which epoch of which history. It
-// notes the manifests it could not read, and refuses a plan whose backups
-// it holds no key for.
-func planRestore(ctx context.Context, s backup.Store, o Options) (*backup.Catalog, *Result, error) {
-	cat, err := backup.LoadTrustedCatalog(ctx, s, backup.ReadPolicy{Keys: o.Keys, Trusted: o.Plan.Trusted, RequireTrust: true})
+// notes the locations it skipped and the manifests it could not read, and
+// refuses a plan whose backups it holds no key for. What the plan needs
+// again (the registry, a subset's settling) stays in o.Plan.
+func planRestore(ctx context.Context, stores []backup.Store, o *Options) (*sources, *Result, error) {
+	src, err := loadSources(ctx, stores, backup.ReadPolicy{Keys: o.Keys, Trusted: o.Plan.Trusted, RequireTrust: true}, &o.Plan)
 	if err != nil {
 		return nil, nil, err
 	}
 	res := &Result{}
-	if err := o.Plan.loadRegistry(ctx, s, cat); err != nil {
-		return nil, nil, err
-	}
-	plan, err := MakePlan(cat.Manifests, o.Plan)
+	res.note(src.takeNotes(), o.Note)
+	plan, err := MakePlan(src.manifests, o.Plan)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -172,32 +195,45 @@ func planRestore(ctx context.Context, s backup.Store, o Options) (*backup.Catalo
 	if err != nil {
 		return nil, nil, err
 	}
+	if plan.At != nil && len(parts) < plan.Count {
+		// One machine's share: every machine must settle on the same
+		// epoch, from what they all read alike.
+		o.Plan.settledOnly = true
+		if plan, err = MakePlan(src.manifests, o.Plan); err != nil {
+			return nil, nil, err
+		}
+	}
 	// Manifests that could not be read are never passed over in silence:
 	// the restore may be older than it would have been.
-	for _, b := range cat.Broken {
+	for _, b := range src.broken {
 		if b.Ref.FlowUID == plan.Flow.UID {
-			note := fmt.Sprintf("backup %s of partition %d is unusable (its manifest: %v): skipped", b.Ref.ID, b.Ref.Index, b.Err)
-			res.Fallbacks = append(res.Fallbacks, note)
-			o.Note(note)
+			res.note([]string{fmt.Sprintf("backup %s of partition %d is unusable (its manifest: %v): skipped", b.Ref.ID, b.Ref.Index, b.Err)}, o.Note)
 		}
 	}
 	if err := opened(plan, parts, o.Keys); err != nil {
 		return nil, nil, err
 	}
 	res.Plan, res.Restored = plan, parts
-	return cat, res, nil
+	return src, res, nil
+}
+
+// note records what a restore decided on the way.
+func (res *Result) note(notes []string, to func(string)) {
+	for _, n := range notes {
+		res.Fallbacks = append(res.Fallbacks, n)
+		to(n)
+	}
 }
 
 // fetchWithFallback downloads and checks every chosen backup into the
 // directory SQLite works in (t.sqlite()). A backup that turns out unusable
 // (corrupt, missing, too large for the disk) is excluded and the restore
 // replanned without it, down to older backups or an older epoch, each
-// step noted. It returns the image
-// of each manifest in the final plan (res.Plan), by manifest id.
-func fetchWithFallback(ctx context.Context, s backup.Store, t *target, cat *backup.Catalog, o Options, res *Result) (map[string]string, error) {
+// step noted. It adds the image of each manifest in the final plan
+// (res.Plan) to fetched, by manifest id.
+func fetchWithFallback(ctx context.Context, src *sources, t *target, o Options, res *Result, fetched map[string]string) error {
 	plan, parts, w := res.Plan, res.Restored, t.sqlite()
 	budget := backup.NewBudget(o.Memory)
-	fetched := map[string]string{} // manifest id -> image in w
 	for {
 		var total int64
 		for _, p := range parts {
@@ -215,23 +251,24 @@ func fetchWithFallback(ctx context.Context, s backup.Store, t *target, cat *back
 		bad := tooLarge(t.rooms(), plan, parts, fetched)
 		if bad == nil {
 			var err error
-			bad, err = fetchAll(ctx, s, w, plan, parts, fetched, fo, &done)
+			bad, err = fetchAll(ctx, src, w, plan, parts, fetched, fo, &done)
 			res.Bytes += done.Load()
 			res.Downloaded += downloaded.Load()
+			res.note(src.takeNotes(), o.Note)
 			if err != nil {
-				return nil, err
+				return err
 			}
 		}
 		if bad == nil {
-			return fetched, nil
+			return nil
 		}
 		o.Plan.Exclude[bad.m.ID] = true
-		next, perr := MakePlan(cat.Manifests, o.Plan)
+		next, perr := MakePlan(src.manifests, o.Plan)
 		if perr != nil {
-			return nil, fmt.Errorf("backup %s of partition %d is unusable (%v), and without it: %w", bad.m.ID, bad.m.Partition.Index, bad.err, perr)
+			return fmt.Errorf("backup %s of partition %d is unusable (%v), and without it: %w", bad.m.ID, bad.m.Partition.Index, bad.err, perr)
 		}
 		if err := opened(next, parts, o.Keys); err != nil {
-			return nil, fmt.Errorf("backup %s of partition %d is unusable (%v), and the next best backups: %w", bad.m.ID, bad.m.Partition.Index, bad.err, err)
+			return fmt.Errorf("backup %s of partition %d is unusable (%v), and the next best backups: %w", bad.m.ID, bad.m.Partition.Index, bad.err, err)
 		}
 		note := fmt.Sprintf("backup %s of partition %d is unusable (%v): fell back from epoch %d to epoch %d", bad.m.ID, bad.m.Partition.Index, bad.err, plan.Epoch, next.Epoch)
 		if next.Epoch == plan.Epoch {
@@ -405,7 +442,7 @@ type badBackup struct {
 // fetchAll downloads the chosen backups not yet fetched. A backup that turns
 // out corrupt or incomplete is returned as bad (the caller re-plans); other
 // errors (disk full, access) end the restore.
-func fetchAll(ctx context.Context, s backup.Store, w *workDir, plan *Plan, parts []int, fetched map[string]string, fo FetchOptions, done *atomic.Int64) (*badBackup, error) {
+func fetchAll(ctx context.Context, src *sources, w *workDir, plan *Plan, parts []int, fetched map[string]string, fo FetchOptions, done *atomic.Int64) (*badBackup, error) {
 	type job struct {
 		p    int
 		m    *backup.Manifest
@@ -428,7 +465,9 @@ func fetchAll(ctx context.Context, s backup.Store, w *workDir, plan *Plan, parts
 	g.SetLimit(par)
 	for _, j := range jobs {
 		g.Go(func() error {
-			j.err = fetchImage(ctx, s, j.m, w, j.name, fo, done)
+			jo := fo
+			jo.Get = src.getter(j.m)
+			j.err = fetchImage(ctx, src.store(j.m), j.m, w, j.name, jo, done)
 			if j.err == nil {
 				if j.err = checkImage(ctx, w.pathOf(j.name), j.m); j.err != nil {
 					w.removeDB(j.name)

@@ -23,6 +23,8 @@ type flow struct {
 	st  *recovery.Store
 	s   *memstore.Store
 	e   recovery.Epoch
+	// tick, if set, moves the partitions' clock before each epoch.
+	tick func()
 }
 
 func newFlow(t *testing.T, parts int, s *memstore.Store) *flow {
@@ -53,6 +55,9 @@ func (f *flow) epoch(n int) {
 // epochOf writes n keys and values, kv(i) giving the i-th, and closes the
 // epoch.
 func (f *flow) epochOf(n int, kv func(i int) (key, value string)) {
+	if f.tick != nil {
+		f.tick()
+	}
 	rows := make([]recovery.Row, n)
 	for i := range rows {
 		k, v := kv(i)

@@ -108,6 +108,12 @@ type FlowReport struct {
 	Lineage  string                  `json:"lineage,omitempty"`
 	Lineages []backup.LineageSummary `json:"lineages"`
 	Forks    []string                `json:"forks,omitempty"`
+	// The restorable window (see RestorableWindow): from the oldest state
+	// any live history's usable backups restore to the newest restore.
+	RestorableFrom      time.Time `json:"restorable_from,omitzero"`
+	RestorableFromEpoch uint64    `json:"restorable_from_epoch,omitempty"`
+	RestorableTo        time.Time `json:"restorable_to,omitzero"`
+	RestorableToEpoch   uint64    `json:"restorable_to_epoch,omitempty"`
 }
 
 // Report is what verify found.
@@ -321,6 +327,10 @@ func Verify(ctx context.Context, s backup.Store, o VerifyOptions) (*Report, erro
 			}
 			for _, m := range plan.Chosen {
 				fr.Chosen = append(fr.Chosen, m.ID)
+			}
+			if w, err := RestorableWindow(ms, PlanOptions{FlowUID: uid, Exclude: bad, Registry: reg}); err == nil {
+				fr.RestorableFrom, fr.RestorableFromEpoch = w.From.Time, w.From.Epoch
+				fr.RestorableTo, fr.RestorableToEpoch = w.To.Time, w.To.Epoch
 			}
 			hbs, err := backup.LoadHeartbeats(ctx, s, uid, o.Trusted)
 			if err != nil {
