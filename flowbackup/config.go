@@ -199,7 +199,15 @@ func applySettings(root, cmd *cobra.Command) error {
 		for k := range cfg {
 			keys = append(keys, k)
 		}
-		sort.Strings(keys)
+		// Top-level keys first, then the subcommand's section: a section's
+		// setting is the more specific one, and wins.
+		sort.Slice(keys, func(i, j int) bool {
+			si, sj := strings.Contains(keys[i], "."), strings.Contains(keys[j], ".")
+			if si != sj {
+				return sj
+			}
+			return keys[i] < keys[j]
+		})
 		for _, k := range keys {
 			flag, known := flagFor(root, cmd, k)
 			if !known {

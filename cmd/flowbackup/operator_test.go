@@ -229,3 +229,16 @@ func TestCLI_S3EndpointImpliesPathStyle(t *testing.T) {
 		t.Fatalf("--s3-path-style=false against a server that needs it worked:\n%s", out)
 	}
 }
+
+// A subcommand's section of the config file is more specific than the
+// top level: it wins, whatever the keys' names.
+func TestCLI_ConfigSectionWinsOverTheTopLevel(t *testing.T) {
+	rec := flowDir(t, "5s")
+	bucket := "file://" + t.TempDir()
+	must(t, backupBin, "backup", "-r", rec, "--to", bucket)
+	cfg := filepath.Join(t.TempDir(), "flowbackup.yaml")
+	os.WriteFile(cfg, []byte("url: file://"+t.TempDir()+"\nlist:\n  from: "+bucket+"\n"), 0o644)
+	if out, code := run(t, backupBin, "list", "--config", cfg); code != 0 || !strings.Contains(out, "restorable to epoch 2") {
+		t.Fatalf("list: the list section's from did not win over the top-level url: exit %d\n%s", code, out)
+	}
+}
