@@ -710,18 +710,15 @@ func (r *Repo) capture(ctx context.Context, p *recovery.Partition, prev *Manifes
 	if note := stageRoom(o.TempDir, pageCount*int64(pageSize)); note != "" {
 		res.CaptureNote = note
 	} else {
-		// The pages go to a local file as fast as the disk takes them and
-		// the read transaction ends when they are all there: the upload
-		// reads the file as it grows, and no longer holds back the WAL.
+		// The pages are read as fast as the disk gives them, and the read
+		// transaction ends when they all are: what the upload has not
+		// taken yet waits in memory, then in a local file, and no longer
+		// holds back the WAL.
 		sctx, cancel := context.WithCancel(ctx)
-		sp, err := newSpool(sctx, o.TempDir, basePattern(), pr, func() {
+		sp := newSpool(sctx, o.TempDir, basePattern(), spoolMemory, pr, func() {
 			pr.Close()
 			conn.ExecContext(context.WithoutCancel(ctx), "ROLLBACK")
 		})
-		if err != nil {
-			cancel()
-			return nil, "", err
-		}
 		defer func() { cancel(); sp.Close() }()
 		src = sp
 	}

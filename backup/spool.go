@@ -9,56 +9,67 @@ import (
 	"sync"
 )
 
-// spool copies a reader into a local temporary file on its own goroutine,
-// as fast as the disk takes it, while Read hands out what was copied so
-// far: the upload starts at once and never waits for more than the copy
-// has reached. A base capture reads its pages under a SQLite read
+// spool copies a reader on its own goroutine, as fast as the source gives,
+// while Read hands out what was copied so far: the upload starts at once
+// and never waits for more than the copy has reached. What the upload has
+// not taken yet waits in memory, up to a bound, and beyond it in a local
+// temporary file. A base capture reads its pages under a SQLite read
 // transaction, which keeps checkpoints from passing it (so the WAL grows
 // while it lasts): through a spool, that transaction lasts as long as the
-// local copy, not as long as the upload.
+// copy, not as long as a slow upload; and when the upload keeps up, no byte
+// touches the disk.
 type spool struct {
-	f    *os.File
-	done chan struct{} // closed when the copy ended (see err)
+	dir, pattern string
+	memLimit     int
+	done         chan struct{} // closed when the copy ended (see err)
 
-	mu      sync.Mutex
-	cond    *sync.Cond
-	written int64 // bytes in f
-	ended   bool
-	err     error // why the copy ended: nil at EOF
-	off     int64 // Read's position
+	mu    sync.Mutex
+	cond  *sync.Cond
+	queue []spoolItem // what Read has not taken yet, in order
+	mem   int         // bytes of queue held in memory
+	f     *os.File    // the overflow file (nil until needed)
+	fend  int64       // bytes written to f
+	ended bool
+	err   error // why the copy ended: nil at EOF
+	spilt int64 // bytes that went through the file
 }
 
-// newSpool starts copying src into a new file in dir (os.TempDir() if
-// empty), named by pattern; finished runs on the copying goroutine when
-// the copy ends, before Read sees the end (release the source there).
-func newSpool(ctx context.Context, dir, pattern string, src io.Reader, finished func()) (*spool, error) {
-	f, err := os.CreateTemp(dir, pattern)
-	if err != nil {
-		return nil, fmt.Errorf("stage the base image: %w", err)
-	}
-	sp := &spool{f: f, done: make(chan struct{})}
+// spoolItem is a piece of the stream: in memory (b), or in the overflow
+// file at off (n bytes).
+type spoolItem struct {
+	b      []byte
+	off, n int64
+}
+
+// spoolMemory is how much a spool holds in memory before it writes to its
+// file.
+const spoolMemory = 32 << 20
+
+// newSpool starts copying src; what waits beyond memLimit bytes goes to a
+// new file in dir (os.TempDir() if empty) named by pattern. finished runs
+// on the copying goroutine when the copy ends, before Read sees the end
+// (release the source there).
+func newSpool(ctx context.Context, dir, pattern string, memLimit int, src io.Reader, finished func()) *spool {
+	sp := &spool{dir: dir, pattern: pattern, memLimit: memLimit, done: make(chan struct{})}
 	sp.cond = sync.NewCond(&sp.mu)
 	go sp.copy(ctx, src, finished)
-	return sp, nil
+	return sp
 }
 
 func (sp *spool) copy(ctx context.Context, src io.Reader, finished func()) {
-	buf := make([]byte, 1<<20)
+	const block = 1 << 20
 	var err error
 	for err == nil {
 		if err = context.Cause(ctx); err != nil {
 			break
 		}
+		buf := make([]byte, block)
 		var n int
 		n, err = io.ReadFull(src, buf)
 		if n > 0 {
-			if _, werr := sp.f.Write(buf[:n]); werr != nil {
-				err = fmt.Errorf("stage the base image: %w", werr)
+			if werr := sp.add(buf[:n]); werr != nil {
+				err = werr
 			}
-			sp.mu.Lock()
-			sp.written += int64(n)
-			sp.cond.Broadcast()
-			sp.mu.Unlock()
 		}
 	}
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
@@ -72,36 +83,102 @@ func (sp *spool) copy(ctx context.Context, src io.Reader, finished func()) {
 	close(sp.done)
 }
 
-// Read reads what the copy has written, waiting for more until it ends;
-// it returns the copy's error, if it failed, once it has read all before.
-func (sp *spool) Read(b []byte) (int, error) {
+// add queues b: in memory while there is room, else at the file's end.
+func (sp *spool) add(b []byte) error {
 	sp.mu.Lock()
-	for sp.off == sp.written && !sp.ended {
+	if sp.mem+len(b) <= sp.memLimit {
+		sp.queue = append(sp.queue, spoolItem{b: b})
+		sp.mem += len(b)
+		sp.cond.Broadcast()
+		sp.mu.Unlock()
+		return nil
+	}
+	f, off := sp.f, sp.fend
+	sp.mu.Unlock()
+	if f == nil {
+		var err error
+		if f, err = os.CreateTemp(sp.dir, sp.pattern); err != nil {
+			return fmt.Errorf("stage the base image: %w", err)
+		}
+		sp.mu.Lock()
+		sp.f = f
+		sp.mu.Unlock()
+	}
+	// Only this goroutine writes, at the end, where Read never reads yet.
+	if _, err := f.WriteAt(b, off); err != nil {
+		return fmt.Errorf("stage the base image: %w", err)
+	}
+	sp.mu.Lock()
+	sp.queue = append(sp.queue, spoolItem{off: off, n: int64(len(b))})
+	sp.fend += int64(len(b))
+	sp.spilt += int64(len(b))
+	sp.cond.Broadcast()
+	sp.mu.Unlock()
+	return nil
+}
+
+// Read reads what the copy has queued, waiting for more until it ends; it
+// returns the copy's error, if it failed, once it has read all before.
+func (sp *spool) Read(p []byte) (int, error) {
+	sp.mu.Lock()
+	for len(sp.queue) == 0 && !sp.ended {
 		sp.cond.Wait()
 	}
-	avail, ended, err := sp.written-sp.off, sp.ended, sp.err
-	sp.mu.Unlock()
-	if avail == 0 && ended {
+	if len(sp.queue) == 0 {
+		err := sp.err
+		sp.mu.Unlock()
 		if err != nil {
 			return 0, err
 		}
 		return 0, io.EOF
 	}
-	n, rerr := sp.f.ReadAt(b[:min(int64(len(b)), avail)], sp.off)
-	sp.mu.Lock()
-	sp.off += int64(n)
+	it := &sp.queue[0]
+	if it.b != nil {
+		n := copy(p, it.b)
+		it.b = it.b[n:]
+		sp.mem -= n
+		if len(it.b) == 0 {
+			sp.queue = sp.queue[1:]
+		}
+		sp.mu.Unlock()
+		return n, nil
+	}
+	f, off, want := sp.f, it.off, min(int64(len(p)), it.n)
 	sp.mu.Unlock()
-	if rerr != nil && !errors.Is(rerr, io.EOF) {
-		return n, fmt.Errorf("read the staged base image: %w", rerr)
+	n, err := f.ReadAt(p[:want], off)
+	sp.mu.Lock()
+	it = &sp.queue[0]
+	it.off += int64(n)
+	it.n -= int64(n)
+	if it.n == 0 {
+		sp.queue = sp.queue[1:]
+	}
+	sp.mu.Unlock()
+	if err != nil && !errors.Is(err, io.EOF) {
+		return n, fmt.Errorf("read the staged base image: %w", err)
 	}
 	return n, nil
 }
 
+// Spilt is how many bytes went through the file (0: the upload kept up).
+func (sp *spool) Spilt() int64 {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	return sp.spilt
+}
+
 // Close waits for the copy to end (cancel its context to end it early)
-// and removes the file.
+// and removes the file, if there is one.
 func (sp *spool) Close() error {
 	<-sp.done
-	name := sp.f.Name()
-	sp.f.Close()
+	sp.mu.Lock()
+	f := sp.f
+	sp.f, sp.queue = nil, nil
+	sp.mu.Unlock()
+	if f == nil {
+		return nil
+	}
+	name := f.Name()
+	f.Close()
 	return os.Remove(name)
 }

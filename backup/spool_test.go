@@ -39,21 +39,24 @@ func TestSpool_ReadsWhatTheCopyWroteAndEndsAsItDid(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			finished := make(chan struct{})
-			sp, err := newSpool(context.Background(), t.TempDir(), "spool-*", c.src, func() { close(finished) })
-			if err != nil {
-				t.Fatal(err)
-			}
+			dir := t.TempDir()
+			// A memory bound of 64 KiB: most of the stream goes through
+			// the file when the reader lags, as here, where it reads only
+			// once the copy has ended.
+			sp := newSpool(context.Background(), dir, "spool-*", 64<<10, c.src, func() { close(finished) })
+			<-finished
 			got, err := io.ReadAll(sp)
 			if !bytes.Equal(got, c.want) || !errors.Is(err, c.wantErr) || (c.wantErr == nil && err != nil) {
 				t.Fatalf("read %d bytes (want %d), err %v (want %v)", len(got), len(c.want), err, c.wantErr)
 			}
-			<-finished // the source was released
-			name := sp.f.Name()
+			if len(c.want) > 64<<10 && sp.Spilt() == 0 {
+				t.Fatal("nothing went through the file beyond the memory bound")
+			}
 			if err := sp.Close(); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := os.Stat(name); !os.IsNotExist(err) {
-				t.Fatalf("the staged file is still there: %v", err)
+			if left, _ := os.ReadDir(dir); len(left) != 0 {
+				t.Fatalf("the staged file is still there: %v", left)
 			}
 		})
 	}
@@ -64,12 +67,24 @@ func TestSpool_ReadsWhatTheCopyWroteAndEndsAsItDid(t *testing.T) {
 func TestSpool_CancelledCopyEnds(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	endless := iotest.OneByteReader(bytes.NewReader(bytes.Repeat([]byte("x"), 8<<20)))
-	sp, err := newSpool(ctx, t.TempDir(), "spool-*", endless, func() {})
-	if err != nil {
-		t.Fatal(err)
-	}
+	sp := newSpool(ctx, t.TempDir(), "spool-*", 64<<10, endless, func() {})
 	cancel()
 	if err := sp.Close(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// A reader that keeps up takes everything from memory: nothing is
+// written to the disk.
+func TestSpool_AReaderThatKeepsUpLeavesTheDiskAlone(t *testing.T) {
+	data := bytes.Repeat([]byte("p"), 8<<20)
+	sp := newSpool(context.Background(), t.TempDir(), "spool-*", spoolMemory, bytes.NewReader(data), func() {})
+	got, err := io.ReadAll(sp)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read %d bytes: %v", len(got), err)
+	}
+	if sp.Spilt() != 0 {
+		t.Fatalf("%d bytes went through the file", sp.Spilt())
+	}
+	sp.Close()
 }
