@@ -296,7 +296,7 @@ func runRestore(ctx context.Context, o restoreOptions, out, errOut io.Writer) er
 			return exitError{exitNotRestorable, err}
 		}
 		if errors.Is(err, restore.ErrAmbiguous) || errors.Is(err, restore.ErrOccupied) || errors.Is(err, restore.ErrNoSuchEpoch) || errors.Is(err, restore.ErrNoSuchLineage) ||
-			errors.Is(err, restore.ErrNoSuchPartition) || errors.Is(err, restore.ErrUnsafeTempDir) {
+			errors.Is(err, restore.ErrNoSuchPartition) || errors.Is(err, restore.ErrUnsafeTempDir) || errors.Is(err, restore.ErrUnsafeTarget) {
 			return usageError{err}
 		}
 		return err
@@ -365,11 +365,11 @@ func checkTarget(dir string) error {
 			}
 			// Try it: permissions (which root passes) are not all that can
 			// refuse (a read-only or virtual file system).
-			probe, err := os.MkdirTemp(p, ".flowkeep-probe-")
-			if err != nil {
-				return usagef("--to %s: cannot write in %s (%v): run the restore as a user who can, or as root with --owner", dir, p, errors.Unwrap(err))
+			if err := restore.ProbeWritable(p); errors.Is(err, restore.ErrUnsafeTarget) {
+				return usageError{fmt.Errorf("--to %s: %w", dir, err)}
+			} else if err != nil {
+				return usagef("--to %s: cannot write in %s (%v): run the restore as a user who can, or as root with --owner", dir, p, err)
 			}
-			os.Remove(probe)
 			return nil
 		}
 		if !errors.Is(err, fs.ErrNotExist) {

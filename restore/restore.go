@@ -19,7 +19,6 @@ import (
 
 	"github.com/flowkeep/flowkeep/backup"
 	"github.com/flowkeep/flowkeep/internal/diskspace"
-	"github.com/flowkeep/flowkeep/internal/fsync"
 	"github.com/flowkeep/flowkeep/internal/human"
 	"github.com/flowkeep/flowkeep/internal/machine"
 	"github.com/flowkeep/flowkeep/recovery"
@@ -599,10 +598,14 @@ func PartitionsForProcess(id, n, count int) []int {
 // leads to (see guard). Closing the target releases the lock and removes
 // both.
 func prepareDir(ctx context.Context, dir string, o Options) (*target, error) {
-	_, statErr := os.Stat(dir)
-	if err := fsync.MkdirAll(dir, 0o755); err != nil {
+	_, statErr := os.Lstat(dir)
+	// Made one name at a time, never through a symlink another user could
+	// have placed (see walkDir).
+	made, _, err := walkDir(dir, true)
+	if err != nil {
 		return nil, fmt.Errorf("create %s: %w", dir, err)
 	}
+	made.Close()
 	t, err := openTarget(dir)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", dir, err)

@@ -49,13 +49,21 @@ type target struct {
 	scratch *workDir
 }
 
-// openTarget opens dir, which must exist. A symlink there is resolved now,
-// once.
+// ErrUnsafeTarget says the path of a restore's target goes through a
+// symlink another user can change: where the restore would write is theirs
+// to decide.
+var ErrUnsafeTarget = errors.New("the restore target's path is not safe from other users")
+
+// openTarget opens dir, which must exist, one name at a time (walkDir): a
+// symlink on the way is followed only where no other user could have
+// placed it (else ErrUnsafeTarget), and the directory opened is the one
+// SQLite will reach by the resolved path, checked once more once open.
 func openTarget(dir string) (*target, error) {
-	resolved, err := filepath.EvalSymlinks(dir)
+	walked, resolved, err := walkDir(dir, false)
 	if err != nil {
 		return nil, err
 	}
+	defer walked.Close()
 	root, err := os.OpenRoot(resolved)
 	if err != nil {
 		return nil, err
@@ -64,6 +72,13 @@ func openTarget(dir string) (*target, error) {
 	if err != nil {
 		root.Close()
 		return nil, err
+	}
+	if a, err1 := walked.Stat(); err1 == nil {
+		if b, err2 := d.Stat(); err2 != nil || !os.SameFile(a, b) {
+			d.Close()
+			root.Close()
+			return nil, fmt.Errorf("%w: %s changed while the restore opened it", ErrUnsafeTarget, resolved)
+		}
 	}
 	t := &target{path: resolved, root: root, dir: d}
 	// SQLite reaches the images by resolved's name: it must be this

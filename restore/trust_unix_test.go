@@ -435,3 +435,55 @@ func TestPublish_AFailureMovingAsidePutsBackWhatMoved(t *testing.T) {
 		}
 	}
 }
+
+// Outside test, round 2: the service user owns the directory the target is
+// named in, and replaces the target (or a directory on its way) with a
+// symlink to a directory of root's. A root restore must not follow it:
+// where it writes is the service user's to decide. It refuses with
+// ErrUnsafeTarget and writes nothing there. A symlink in a directory only
+// root can write (an operator's own) is followed as before.
+func TestRestore_AsRootASymlinkTheServiceUserPlantedInThePathIsNotFollowed(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give the directory away")
+	}
+	s := memstore.New()
+	f := newFlow(t, 1, s)
+	f.epoch(10)
+	f.backupAll()
+	for _, c := range []struct {
+		name string
+		to   func(home, rootDir string) string
+	}{
+		{"the target is the symlink", func(home, _ string) string { return filepath.Join(home, "fk") }},
+		{"a directory on the way is", func(home, _ string) string { return filepath.Join(home, "fk", "new", "deeper") }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			home := serviceDir(t) // the service user's
+			rootDir := t.TempDir()
+			if err := os.Symlink(rootDir, filepath.Join(home, "fk")); err != nil {
+				t.Fatal(err)
+			}
+			os.Lchown(filepath.Join(home, "fk"), serviceUID, serviceGID)
+			_, err := Restore(context.Background(), s, c.to(home, rootDir), Options{}.WithOwner(serviceUID, serviceGID))
+			if !errors.Is(err, ErrUnsafeTarget) {
+				t.Fatalf("restore through the service user's symlink: %v, want ErrUnsafeTarget", err)
+			}
+			if ents, _ := os.ReadDir(rootDir); len(ents) != 0 {
+				t.Fatalf("the restore wrote into root's directory: %v", ents)
+			}
+		})
+	}
+	t.Run("an operator's own symlink is followed", func(t *testing.T) {
+		real := t.TempDir()
+		link := filepath.Join(t.TempDir(), "link")
+		if err := os.Symlink(real, link); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Restore(context.Background(), s, link, Options{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(filepath.Join(real, "part-0.sqlite3")); err != nil {
+			t.Fatalf("not restored through the operator's symlink: %v", err)
+		}
+	})
+}
