@@ -292,10 +292,7 @@ func OpenRepo(ctx context.Context, s Store, dir string, o Options) (*Repo, error
 		}
 		r.cipher = c
 	}
-	if err := CheckScheme(ctx, s, r.cipher != nil, o.Now()); err != nil {
-		return nil, err
-	}
-	if err := CheckSigning(ctx, s, o.SigningKey, o.Now()); err != nil {
+	if err := CheckLocation(ctx, s, r.cipher.Auth(), o.SigningKey, o.TrustedKeys, o.Now()); err != nil {
 		return nil, err
 	}
 	q, err := LoadQuarantine(ctx, s)

@@ -23,9 +23,10 @@ type Catalog struct {
 	// LoadTrustedCatalog); Location what the location holds.
 	Strays   []Stray
 	Location LocationInfo
-	// Auth is what checked the encrypted manifests' indexes (nil in a
-	// plaintext location, or when the reader had no key): the lineage
-	// registry is read with it too (see Policy).
+	// Auth is what the lineage registry's events are checked with in an
+	// encrypted location (see Policy): the keys of the reader's
+	// recipients and identities (nil in a plaintext location, or when the
+	// reader had no key).
 	Auth *IndexAuth
 }
 

@@ -2,6 +2,8 @@ package backup
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -31,6 +33,48 @@ type RepoConfig struct {
 	// Signed says the location holds signed backups (see SigningKey):
 	// readers must give the public keys they trust.
 	Signed bool `json:"signed,omitempty"`
+	// Sig signs, and Auth tags (see IndexAuth), the fields above: a config
+	// written by a signing (encrypting) backup carries them, and readers
+	// that hold the keys to check them ignore a config that fails (see
+	// ConfigFor). A config without them is an older one's, or forged.
+	Sig  *Signature `json:"sig,omitempty"`
+	Auth []string   `json:"auth,omitempty"`
+}
+
+// configDigest is the sha256 a config's signature and tags cover.
+func (c RepoConfig) configDigest() string {
+	b, _ := json.Marshal(RepoConfig{Format: c.Format, Encryption: c.Encryption, Created: c.Created, Signed: c.Signed})
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// AuthenticatedBy says whether c is signed by one of trusted's keys or
+// tagged under one of auth's.
+func (c *RepoConfig) AuthenticatedBy(auth *IndexAuth, trusted *TrustedKeys) bool {
+	d := c.configDigest()
+	return trusted.verify(c.Sig, "config", d) || auth.verify(c.Auth, "config", d)
+}
+
+// seal encodes c, signed with k and tagged under auth (either may be nil).
+func (c RepoConfig) seal(auth *IndexAuth, k *SigningKey) []byte {
+	c.Sig, c.Auth = nil, nil
+	d := c.configDigest()
+	c.Sig, c.Auth = k.sign("config", d), auth.tags("config", d)
+	b, _ := json.Marshal(c)
+	return b
+}
+
+// ConfigFor is ReadConfig for a reader holding keys: a config that
+// auth's and trusted's keys do not authenticate is ignored (nil, with
+// ignored true) — anyone who can write to the bucket can write one, and
+// readers with keys decide from what they can check (the manifests). A
+// reader holding no key takes the config as it is.
+func ConfigFor(ctx context.Context, s Store, auth *IndexAuth, trusted *TrustedKeys) (c *RepoConfig, ignored bool, err error) {
+	c, err = ReadConfig(ctx, s)
+	if err != nil || c == nil || auth == nil && trusted == nil || c.AuthenticatedBy(auth, trusted) {
+		return c, false, err
+	}
+	return nil, true, nil
 }
 
 // ReadConfig reads a location's config (nil if it has none). A body that
@@ -68,7 +112,13 @@ func locationScheme(ctx context.Context, s Store, infer bool) (string, bool, err
 	case !infer:
 		return "", false, nil
 	}
-	scheme := ""
+	scheme, _, err := schemeFromManifests(ctx, s)
+	return scheme, false, err
+}
+
+// schemeFromManifests is how the first manifest in s is encrypted and
+// whether it is signed ("" for a location without one).
+func schemeFromManifests(ctx context.Context, s Store) (scheme string, signed bool, err error) {
 	stop := errors.New("stop")
 	err = s.List(ctx, ManifestsPrefix, "", func(o ObjectInfo) error {
 		if _, ok := ParseManifestKey(o.Key); !ok {
@@ -82,12 +132,13 @@ func locationScheme(ctx context.Context, s Store, infer bool) (string, bool, err
 			return err
 		}
 		var head struct {
-			Format string `json:"format"`
+			Format string     `json:"format"`
+			Sig    *Signature `json:"sig"`
 		}
 		if json.Unmarshal(b, &head) != nil {
 			return nil // a broken manifest says nothing
 		}
-		scheme = SchemeNone
+		scheme, signed = SchemeNone, head.Sig != nil
 		if head.Format == ManifestFormatAge {
 			scheme = SchemeAge
 		}
@@ -96,50 +147,25 @@ func locationScheme(ctx context.Context, s Store, infer bool) (string, bool, err
 	if err != nil && !errors.Is(err, stop) {
 		return "", false, fmt.Errorf("list manifests in %s: %w", s, err)
 	}
-	return scheme, false, nil
+	return scheme, signed, nil
 }
 
 // CheckScheme refuses to write encrypted backups (or plaintext ones) to a
 // location whose backups use the other scheme, and records an encrypted
-// location's scheme in its config if it has none.
+// location's scheme in its config if it has none. It takes the config as
+// it is: see CheckLocation for a writer holding keys.
 func CheckScheme(ctx context.Context, s Store, encrypted bool, now time.Time) error {
-	want := SchemeNone
+	var auth *IndexAuth
 	if encrypted {
-		want = SchemeAge
+		auth = &IndexAuth{} // encrypted, with no key to tag the config with
 	}
-	// A plaintext backup needs only the config's word (a GET); an encrypted
-	// one about to write the config first looks at the manifests (a LIST,
-	// once per location).
-	have, configured, err := locationScheme(ctx, s, encrypted)
-	if err != nil {
-		return err
-	}
-	if have != "" && have != want {
-		if want == SchemeAge {
-			return fmt.Errorf("%w: the backups in %s are not encrypted, and encrypted ones may not join them; back up to a new prefix", ErrEncryptionMismatch, s)
-		}
-		return fmt.Errorf("%w: the backups in %s are encrypted with age: give --recipients-file", ErrEncryptionMismatch, s)
-	}
-	if configured || !encrypted {
-		// A plaintext location is known by its manifests: it gets no
-		// config (its layout stays what it was before encryption existed).
-		return nil
-	}
-	data, _ := json.Marshal(RepoConfig{Format: repoFormat, Encryption: want, Created: now.UTC()})
-	switch err := s.PutIfAbsent(ctx, ConfigKey, data); {
-	case err == nil:
-		return nil
-	case errors.Is(err, ErrExists):
-		// Another writer configured the location first: it must agree.
-		return CheckScheme(ctx, s, encrypted, now)
-	default:
-		return fmt.Errorf("write %s: %w", ConfigKey, err)
-	}
+	return checkLocation(ctx, s, auth, nil, nil, false, now)
 }
 
 // CheckSigning makes a location that signed backups go to say so in its
 // config, and refuses an unsigned backup (k nil) to a location whose config
-// says it holds signed ones.
+// says it holds signed ones. It takes the config as it is: see
+// CheckLocation.
 func CheckSigning(ctx context.Context, s Store, k *SigningKey, now time.Time) error {
 	c, err := ReadConfig(ctx, s)
 	if err != nil {
@@ -151,21 +177,106 @@ func CheckSigning(ctx context.Context, s Store, k *SigningKey, now time.Time) er
 	case k == nil || c != nil && c.Signed:
 		return nil
 	}
-	if c == nil {
-		data, _ := json.Marshal(RepoConfig{Format: repoFormat, Encryption: SchemeNone, Created: now.UTC(), Signed: true})
-		switch err := s.PutIfAbsent(ctx, ConfigKey, data); {
-		case err == nil:
-			return nil
-		case errors.Is(err, ErrExists):
-			return CheckSigning(ctx, s, k, now) // another writer made one: add to it
-		default:
-			return fmt.Errorf("write %s: %w", ConfigKey, err)
+	enc := SchemeNone
+	if c != nil {
+		enc = c.Encryption
+	}
+	return writeConfig(ctx, s, RepoConfig{Format: repoFormat, Encryption: enc, Created: now.UTC(), Signed: true}, nil, k, c != nil)
+}
+
+// CheckLocation is what a writer checks before it backs up to s, and what
+// it records there: the location's scheme (encrypted with auth non-nil,
+// signed with k) must be this writer's. The location's config says it; a
+// config this writer's keys do not authenticate (signed by k or one of
+// trusted, or tagged under auth) is not believed — anyone who can write to
+// the bucket can write one — and the writer decides from the manifests
+// instead, then writes a config of its own (authenticated) in its place.
+// It refuses (ErrEncryptionMismatch, ErrSigningMismatch) only on evidence it
+// can trust.
+func CheckLocation(ctx context.Context, s Store, auth *IndexAuth, k *SigningKey, trusted *TrustedKeys, now time.Time) error {
+	if k != nil {
+		trusted = k.Public().With(trusted)
+	}
+	return checkLocation(ctx, s, auth, k, trusted, true, now)
+}
+
+func checkLocation(ctx context.Context, s Store, auth *IndexAuth, k *SigningKey, trusted *TrustedKeys, checkKeys bool, now time.Time) error {
+	encrypted := auth != nil
+	want := SchemeNone
+	if encrypted {
+		want = SchemeAge
+	}
+	c, err := ReadConfig(ctx, s)
+	if err != nil {
+		return err
+	}
+	ignored := checkKeys && c != nil && (len(auth.keysOrNil()) > 0 || trusted != nil) && !c.AuthenticatedBy(auth, trusted)
+	var have string
+	var signed bool
+	switch {
+	case c != nil && !ignored:
+		have, signed = c.Encryption, c.Signed
+	case encrypted || k != nil || ignored:
+		// A plaintext, unsigned writer needs only the config's word (a
+		// GET); one that may write a config first looks at the manifests
+		// (a LIST, once per location).
+		if have, signed, err = schemeFromManifests(ctx, s); err != nil {
+			return err
 		}
 	}
-	c.Signed = true
-	data, _ := json.Marshal(c)
-	if err := s.Put(ctx, ConfigKey, data); err != nil {
+	if have != "" && have != want {
+		if want == SchemeAge {
+			return fmt.Errorf("%w: the backups in %s are not encrypted, and encrypted ones may not join them; back up to a new prefix", ErrEncryptionMismatch, s)
+		}
+		return fmt.Errorf("%w: the backups in %s are encrypted with age: give --recipients-file", ErrEncryptionMismatch, s)
+	}
+	if k == nil && signed {
+		return fmt.Errorf("%w: the backups in %s are signed: give --signing-key (an unsigned backup there would never be restored)", ErrSigningMismatch, s)
+	}
+	switch {
+	case c != nil && !ignored && (k == nil || c.Signed):
+		return nil // its config says it all already
+	case c == nil && !encrypted && k == nil:
+		// A plaintext location is known by its manifests: it gets no
+		// config (its layout stays what it was before encryption existed).
+		return nil
+	}
+	cfg := RepoConfig{Format: repoFormat, Encryption: want, Created: now.UTC(), Signed: k != nil || signed}
+	return writeConfig(ctx, s, cfg, auth, k, c != nil)
+}
+
+// keysOrNil is a's keys (nil for a nil a).
+func (a *IndexAuth) keysOrNil() [][]byte {
+	if a == nil {
+		return nil
+	}
+	return a.keys
+}
+
+// writeConfig writes cfg, tagged and signed, over what is there (replace)
+// or only where there is nothing; a config another writer wrote first
+// (ErrExists) is checked again.
+func writeConfig(ctx context.Context, s Store, cfg RepoConfig, auth *IndexAuth, k *SigningKey, replace bool) error {
+	data := cfg.seal(auth, k)
+	if replace {
+		if err := s.Put(ctx, ConfigKey, data); err != nil {
+			return fmt.Errorf("write %s: %w", ConfigKey, err)
+		}
+		return nil
+	}
+	switch err := s.PutIfAbsent(ctx, ConfigKey, data); {
+	case err == nil:
+		return nil
+	case errors.Is(err, ErrExists):
+		c, err := ReadConfig(ctx, s)
+		if err != nil {
+			return err
+		}
+		if c != nil && c.Encryption != cfg.Encryption {
+			return fmt.Errorf("%w: another writer configured %s for %s backups meanwhile", ErrEncryptionMismatch, s, c.Encryption)
+		}
+		return nil
+	default:
 		return fmt.Errorf("write %s: %w", ConfigKey, err)
 	}
-	return nil
 }

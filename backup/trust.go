@@ -63,6 +63,12 @@ type LocationInfo struct {
 	Encrypted, Signed bool
 	// Trusted says signatures were checked (the reader gave trusted keys).
 	Trusted bool
+	// ConfigIgnored says the location's config.json was not authenticated
+	// by the reader's keys, so it was not believed (an older flowkeep
+	// wrote it, or someone who can write to the bucket forged it); the
+	// manifests decided instead. The next backup writes an authenticated
+	// one.
+	ConfigIgnored bool
 	// Unauthenticated says the location is encrypted and the reader had
 	// no key to check its manifests' plaintext indexes with (nor trusted
 	// signing keys): a writer to the bucket could have forged what it
@@ -73,7 +79,8 @@ type LocationInfo struct {
 // LoadTrustedCatalog loads the catalog (LoadCatalogWith) and sets apart
 // the manifests p does not believe (Catalog.Strays).
 func LoadTrustedCatalog(ctx context.Context, s Store, p ReadPolicy) (*Catalog, error) {
-	cfg, err := ReadConfig(ctx, s)
+	// A reader holding keys believes only a config they authenticate.
+	cfg, ignored, err := ConfigFor(ctx, s, p.Auth.With(p.Keys.Auth()), p.Trusted)
 	if err != nil {
 		return nil, err
 	}
@@ -81,7 +88,7 @@ func LoadTrustedCatalog(ctx context.Context, s Store, p ReadPolicy) (*Catalog, e
 	if err != nil {
 		return nil, err
 	}
-	loc := LocationInfo{Trusted: p.Trusted != nil}
+	loc := LocationInfo{Trusted: p.Trusted != nil, ConfigIgnored: ignored}
 	loc.Encrypted = cfg != nil && cfg.Encryption == SchemeAge || p.Keys.CanOpen()
 	loc.Signed = cfg != nil && cfg.Signed || p.Trusted != nil
 	for _, m := range cat.Manifests {
@@ -94,7 +101,10 @@ func LoadTrustedCatalog(ctx context.Context, s Store, p ReadPolicy) (*Catalog, e
 	loc.Unauthenticated = loc.Encrypted && auth == nil && p.Trusted == nil && !p.Keys.CanOpen()
 	cat.Location = loc
 	if loc.Encrypted {
-		cat.Auth = auth
+		// The registry's events are plaintext even where the manifests are
+		// opened: a reader with identities checks their tags with its
+		// identities' keys too.
+		cat.Auth = auth.With(p.Keys.Auth())
 	}
 	if loc.Signed && p.Trusted == nil && p.RequireTrust {
 		return nil, fmt.Errorf("%w: %s holds signed backups", ErrTrustRequired, s)

@@ -201,10 +201,13 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 		return err
 	}
 	// A location of the other scheme is a setup error: refuse to start.
-	if err := backup.CheckScheme(ctx, s, recipients != nil, time.Now()); err != nil {
-		return err
+	var auth *backup.IndexAuth
+	if recipients != nil {
+		if auth, err = backup.NewIndexAuth(recipients, nil); err != nil {
+			return usageError{err}
+		}
 	}
-	if err := backup.CheckSigning(ctx, s, signing, time.Now()); err != nil {
+	if err := backup.CheckLocation(ctx, s, auth, signing, trusted, time.Now()); err != nil {
 		return err
 	}
 	reg := prometheus.NewRegistry()

@@ -145,3 +145,49 @@ func TestEncrypted_ABucketWriterWithoutAnyKeyDecidesNothing(t *testing.T) {
 		t.Fatalf("the restored state is not the genuine one (alpha 1+1+1, delta 1+1):\n%s", cont)
 	}
 }
+
+// config.json is plaintext: a bucket writer with no key can rewrite it.
+// Where the backups are encrypted or signed, writers and readers holding
+// the keys believe only a config their keys authenticate: a forged one
+// neither stops the backups nor turns the genuine backups into strays,
+// and the next backup writes an authenticated one in its place.
+func TestLocation_AForgedConfigDecidesNothing(t *testing.T) {
+	root := t.TempDir()
+	identity, recipients := ageKeys(t, root)
+	signing := filepath.Join(root, "signing.key")
+	must(t, backupBin, "keygen", "--out", signing)
+	for _, c := range []struct {
+		name   string
+		write  []string // backup's keys
+		read   []string // restore's keys
+		forged string
+	}{
+		{"encrypted forged to say signed", []string{"--recipients-file", recipients}, []string{"--identity-file", identity},
+			`{"format":"flowkeep-repo/1","encryption":"age","created":"2026-01-01T00:00:00Z","signed":true}`},
+		{"signed forged to say encrypted", []string{"--signing-key", signing}, []string{"--trusted-keys", signing + ".pub"},
+			`{"format":"flowkeep-repo/1","encryption":"age","created":"2026-01-01T00:00:00Z","signed":true}`},
+		{"encrypted forged to say plaintext", []string{"--recipients-file", recipients}, []string{"--identity-file", identity},
+			`{"format":"flowkeep-repo/1","encryption":"none","created":"2026-01-01T00:00:00Z"}`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			rec := flowDir(t, "1h")
+			bucketDir := filepath.Join(t.TempDir(), "bucket")
+			bucket := "file://" + bucketDir
+			must(t, backupBin, append([]string{"backup", "-r", rec, "--to", bucket}, c.write...)...)
+			cfg := filepath.Join(bucketDir, "config.json")
+			if err := os.WriteFile(cfg, []byte(c.forged), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			dst := filepath.Join(t.TempDir(), "restored")
+			if out, code := run(t, backupBin, append([]string{"restore", "--from", bucket, "--to", dst}, c.read...)...); code != 0 {
+				t.Fatalf("restore with the keys after the config was forged: exit %d\n%s", code, out)
+			}
+			if out, code := run(t, backupBin, append([]string{"backup", "-r", rec, "--to", bucket, "--even-unchanged"}, c.write...)...); code != 0 {
+				t.Fatalf("backup with the keys after the config was forged: exit %d\n%s", code, out)
+			}
+			if b, _ := os.ReadFile(cfg); string(b) == c.forged || !strings.Contains(string(b), `"sig"`) && !strings.Contains(string(b), `"auth"`) {
+				t.Fatalf("the backup did not write an authenticated config in place of the forged one: %s", b)
+			}
+		})
+	}
+}
