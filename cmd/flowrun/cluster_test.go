@@ -286,11 +286,7 @@ func TestCluster_SIGKILLDuringCommitTrafficOthersEndCleanly(t *testing.T) {
 			procs[i].ProcessState.ExitCode(), strings.TrimSpace(o[strings.LastIndex(strings.TrimSpace(o), "\n")+1:]))
 	}
 	mustCluster(t, 1, [][]string{{a}, {b}, {c}}, "-i", in, "-o", out, "-s", "50ms", "-b", "0")
-	got, _ := os.ReadFile(out)
-	wantB, _ := os.ReadFile(want)
-	if !bytes.Equal(got, wantB) {
-		t.Fatalf("resumed cluster output differs from the uninterrupted run (%d vs %d bytes)", len(got), len(wantB))
-	}
+	sameLines(t, out, want, "the cluster resumed after the kill")
 }
 
 // With a shared secret (FLOWRUN_CLUSTER_SECRET) the cluster runs; a process

@@ -68,11 +68,29 @@ func (in *inbox) settledBelow(seq uint64) bool {
 func (m *Mesh) enter() bool {
 	m.life.Lock()
 	defer m.life.Unlock()
-	if m.halted {
+	if m.haltedLocked() {
 		return false
 	}
 	m.calls.Add(1)
 	return true
+}
+
+// isHalted says whether the handlers were stopped: by haltHandlers, or by the
+// end of the Dial context even where the AfterFunc that halts them has not
+// run yet (it runs on a goroutine of its own), so that no handler call
+// starts once that context has ended.
+func (m *Mesh) isHalted() bool {
+	m.life.Lock()
+	defer m.life.Unlock()
+	return m.haltedLocked()
+}
+
+func (m *Mesh) haltedLocked() bool {
+	if !m.halted && m.ctx.Err() != nil {
+		m.halted, m.haltErr = true, context.Cause(m.ctx)
+		close(m.halt)
+	}
+	return m.halted
 }
 
 func (m *Mesh) leave() { m.calls.Done() }
@@ -121,13 +139,11 @@ func (m *Mesh) runTopic(q *topicQueue) {
 		case <-m.halt:
 			return
 		case it := <-q.ch:
-			select {
-			case <-m.halt:
+			if m.isHalted() {
 				if it.result != nil {
 					it.result <- fmt.Errorf("%q from process %d not handled: %w", q.topic, it.p.id, ErrClosed)
 				}
 				return
-			default:
 			}
 			m.handleItem(q, it)
 		}
