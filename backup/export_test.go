@@ -7,3 +7,7 @@ func SetStageBase(on bool) func() {
 	stageBase = on
 	return func() { stageBase = old }
 }
+
+// CheckNoPrune is checkNoPrune, for the tests of what a forged prune lock
+// can hold up.
+var CheckNoPrune = checkNoPrune

@@ -147,7 +147,7 @@ func AcquireLock(ctx context.Context, s Store, key, holder string, ttl time.Dura
 			if serr != nil {
 				return nil, fmt.Errorf("could not read lock %s: %w", key, serr)
 			}
-			if t.Sub(oi.Modified) < ttl {
+			if t.Sub(oi.Modified) < ttl && !oi.Modified.After(t.Add(FutureSkew)) {
 				return nil, fmt.Errorf("could not read lock %s (%v); it is taken over once it is %v old, at %s",
 					key, rerr, ttl, oi.Modified.Add(ttl).UTC().Format(time.RFC3339))
 			}
@@ -194,6 +194,16 @@ func heldUntil(ctx context.Context, s Store, key string, cur lockBody, now time.
 	if !cur.Expires.After(now.Add(MaxLockTTL + FutureSkew)) {
 		return cur.Expires, nil
 	}
+	return writtenHeldUntil(ctx, s, key, now)
+}
+
+// writtenHeldUntil is how long a lock whose body cannot be believed (a far
+// expiry, or no lock body at all) holds: MaxLockTTL after the store says it
+// was last written. A write time more than FutureSkew in the future (a
+// file:// lock whose mtime was set, or a clock far off) proves nothing and
+// holds nothing: otherwise one forged lock would stop the agents for as
+// long as its forger chose.
+func writtenHeldUntil(ctx context.Context, s Store, key string, now time.Time) (time.Time, error) {
 	oi, err := s.Stat(ctx, key)
 	if errors.Is(err, ErrNotFound) {
 		return time.Time{}, nil
@@ -201,7 +211,32 @@ func heldUntil(ctx context.Context, s Store, key string, cur lockBody, now time.
 	if err != nil {
 		return time.Time{}, fmt.Errorf("could not stat lock %s: %w", key, err)
 	}
+	if oi.Modified.After(now.Add(FutureSkew)) {
+		return time.Time{}, nil
+	}
 	return oi.Modified.Add(MaxLockTTL), nil
+}
+
+// lockHeldUntil reads the lock at key and says until when it holds, and by
+// whom: a lock that is not a lock body (garbage, or a failed checksum, read
+// three times) holds as one written then for MaxLockTTL would, never for
+// ever; a missing one holds nothing.
+func lockHeldUntil(ctx context.Context, s Store, key string, now time.Time) (time.Time, lockBody, error) {
+	cur, _, err := readLock(ctx, s, key)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return time.Time{}, lockBody{}, nil
+	case errors.Is(err, ErrCorrupt):
+		until, serr := writtenHeldUntil(ctx, s, key, now)
+		if serr != nil {
+			return time.Time{}, lockBody{}, serr
+		}
+		return until, lockBody{Holder: "an unreadable lock (" + err.Error() + ")", Host: "unknown"}, nil
+	case err != nil:
+		return time.Time{}, lockBody{}, fmt.Errorf("could not read lock %s: %w", key, err)
+	}
+	until, err := heldUntil(ctx, s, key, cur, now)
+	return until, cur, err
 }
 
 // readLock reads a lock body and its version, reading a body that does not
@@ -389,16 +424,9 @@ func (l *Lock) keepOnRelease() {
 // then looks for partition locks, so at least one of the two sees the
 // other.
 func checkNoPrune(ctx context.Context, s Store, now time.Time) error {
-	cur, _, err := readLock(ctx, s, PruneLockKey)
-	switch {
-	case errors.Is(err, ErrNotFound):
-		return nil
-	case err != nil:
-		return fmt.Errorf("could not read the prune lock %s: %w", PruneLockKey, err)
-	}
-	until, err := heldUntil(ctx, s, PruneLockKey, cur, now)
+	until, cur, err := lockHeldUntil(ctx, s, PruneLockKey, now)
 	if err != nil {
-		return err
+		return fmt.Errorf("the prune lock: %w", err)
 	}
 	if until.After(now) {
 		return fmt.Errorf("%w: a prune is running (%s on machine %s, until %s); the backup runs after it", ErrLocked, cur.Holder, cur.Host, until.Format(time.RFC3339))
@@ -418,15 +446,7 @@ func AcquirePruneLock(ctx context.Context, s Store, holder string, ttl time.Dura
 		if oi.Key == PruneLockKey || !strings.HasSuffix(oi.Key, ".json") {
 			return nil
 		}
-		cur, _, err := readLock(ctx, s, oi.Key)
-		switch {
-		case errors.Is(err, ErrNotFound):
-			return nil
-		case err != nil:
-			busy = fmt.Errorf("could not read lock %s: %w", oi.Key, err)
-			return busy
-		}
-		until, err := heldUntil(ctx, s, oi.Key, cur, now())
+		until, cur, err := lockHeldUntil(ctx, s, oi.Key, now())
 		switch {
 		case err != nil:
 			busy = err

@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -340,6 +342,79 @@ func TestLock_AForgedFarExpiryLastsAtMostMaxLockTTL(t *testing.T) {
 	l, err := backup.AcquirePruneLock(ctx, s, "prune", time.Minute, later)
 	if err != nil {
 		t.Fatalf("prune after a forged backup lock went stale: %v", err)
+	}
+	l.Release(ctx)
+}
+
+// A lock that is not a lock body (garbage, or a body whose checksum fails)
+// written by a bucket writer holds up backups and prune as a lock written
+// then would, for at most MaxLockTTL, never for ever; and a file:// lock
+// whose mtime was set into the future holds nothing.
+func TestLock_UnreadableOrFutureLocksDoNotBlockForEver(t *testing.T) {
+	ctx := context.Background()
+	garbage := []byte("\x00not a lock")
+	badSum := []byte(`{"holder":"mallory","machine":"m","pid":1,"acquired":"2026-01-01T00:00:00Z","expires":"2026-01-01T00:01:00Z","sum":"0000000000000000"}`)
+	for _, st := range lockStores(t) {
+		for name, body := range map[string][]byte{"garbage": garbage, "bad checksum": badSum} {
+			t.Run(st.name+"/"+name, func(t *testing.T) {
+				s := st.open(t)
+				part := backup.LockKey("f00d", 0)
+				for _, k := range []string{part, backup.PruneLockKey} {
+					if err := s.Put(ctx, k, body); err != nil {
+						t.Fatal(err)
+					}
+				}
+				now := time.Now()
+				if err := backup.CheckNoPrune(ctx, s, now); !errors.Is(err, backup.ErrLocked) {
+					t.Fatalf("a backup just after an unreadable prune lock was written: %v, want ErrLocked", err)
+				}
+				later := now.Add(backup.MaxLockTTL + time.Minute)
+				if err := backup.CheckNoPrune(ctx, s, later); err != nil {
+					t.Fatalf("a backup MaxLockTTL after an unreadable prune lock was written: %v", err)
+				}
+				s.Delete(ctx, backup.PruneLockKey)
+				if _, err := backup.AcquirePruneLock(ctx, s, "prune", time.Minute, func() time.Time { return now }); !errors.Is(err, backup.ErrLocked) {
+					t.Fatalf("prune just after an unreadable backup lock was written: %v, want ErrLocked", err)
+				}
+				l, err := backup.AcquirePruneLock(ctx, s, "prune", time.Minute, func() time.Time { return later })
+				if err != nil {
+					t.Fatalf("prune MaxLockTTL after an unreadable backup lock was written: %v", err)
+				}
+				l.Release(ctx)
+			})
+		}
+	}
+	// file://: a far expiry with an mtime in 2099 holds nothing.
+	dir := t.TempDir()
+	s, err := file.New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := `{"holder":"mallory","machine":"m","pid":1,"acquired":"2026-01-01T00:00:00Z","expires":"2099-01-01T00:00:00Z"}`
+	part := backup.LockKey("f00d", 0)
+	for _, k := range []string{part, backup.PruneLockKey} {
+		if err := s.Put(ctx, k, []byte(forged)); err != nil {
+			t.Fatal(err)
+		}
+		future := time.Date(2099, 1, 1, 0, 0, 0, 0, time.UTC)
+		if err := os.Chtimes(filepath.Join(dir, filepath.FromSlash(k)), future, future); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := backup.CheckNoPrune(ctx, s, time.Now()); err != nil {
+		t.Fatalf("a backup with a forged prune lock dated 2099 on disk: %v", err)
+	}
+	if err := s.Delete(ctx, backup.PruneLockKey); err != nil {
+		t.Fatal(err)
+	}
+	l, err := backup.AcquirePruneLock(ctx, s, "prune", time.Minute, time.Now)
+	if err != nil {
+		t.Fatalf("prune with a forged backup lock dated 2099 on disk: %v", err)
+	}
+	l.Release(ctx)
+	l, err = backup.AcquireLock(ctx, s, part, "agent", time.Minute, time.Now)
+	if err != nil {
+		t.Fatalf("a backup taking a partition lock forged with an mtime in 2099: %v", err)
 	}
 	l.Release(ctx)
 }
