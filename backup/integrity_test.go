@@ -250,6 +250,59 @@ func TestPrune_RefusesOnAnIncompleteView(t *testing.T) {
 	}
 }
 
+// An object in manifests/ that is not a manifest (bit rot, or a writer with
+// PUT rights dropping garbage there) does not stop retention: prune deletes
+// the backups its policy lets go, deletes no chunk (the object could name
+// any), and says so; once the object is gone the next prune sweeps.
+func TestPrune_AGarbageManifestStopsOnlyTheChunkSweep(t *testing.T) {
+	ctx := context.Background()
+	dir, st := flowDir(t, 1, time.Hour)
+	s := memstore.New()
+	for e := recovery.Epoch(1); e <= 4; e++ {
+		commitKeys(t, st, e, seq(int(e)*100, int(e)*100+3000), "v")
+		if _, err := backup.BackupDir(ctx, s, dir, backup.Options{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	count := func(prefix string) int {
+		n := 0
+		s.List(ctx, prefix, "", func(backup.ObjectInfo) error { n++; return nil })
+		return n
+	}
+	var oldest string
+	s.List(ctx, backup.ManifestsPrefix, "", func(oi backup.ObjectInfo) error {
+		if oldest == "" {
+			oldest = oi.Key
+		}
+		return nil
+	})
+	if err := s.Put(ctx, oldest, []byte("\x00garbage")); err != nil {
+		t.Fatal(err)
+	}
+	manifests, chunks := count(backup.ManifestsPrefix), count(backup.ChunksPrefix)
+	later := func() time.Time { return time.Now().Add(48 * time.Hour) }
+	res, err := backup.Prune(ctx, s, backup.PruneOptions{KeepLast: 1, Grace: backup.DefaultGrace, Now: later})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.NoChunkSweep || len(res.Unreadable) != 1 || !strings.Contains(res.Unreadable[0], oldest) {
+		t.Fatalf("prune with a garbage manifest: sweep skipped %v, unreadable %q; want it named and the sweep skipped", res.NoChunkSweep, res.Unreadable)
+	}
+	if got := count(backup.ManifestsPrefix); got != manifests-2 || len(res.DeletedManifests) != 2 {
+		t.Fatalf("prune --keep-last 1 left %d of %d manifests (deleted %q); want the 2 readable old ones deleted", got, manifests, res.DeletedManifests)
+	}
+	if got := count(backup.ChunksPrefix); got != chunks || res.DeletedChunks != 0 {
+		t.Fatalf("prune deleted %d chunks with an unreadable manifest present", chunks-got)
+	}
+	if err := s.Delete(ctx, oldest); err != nil {
+		t.Fatal(err)
+	}
+	res, err = backup.Prune(ctx, s, backup.PruneOptions{KeepLast: 1, Grace: backup.DefaultGrace, Now: later})
+	if err != nil || res.NoChunkSweep || res.DeletedChunks == 0 {
+		t.Fatalf("prune once the garbage was removed: %v, sweep skipped %v, %d chunks deleted", err, res.NoChunkSweep, res.DeletedChunks)
+	}
+}
+
 // Backups and prune exclude each other: a prune does not start while a
 // backup holds a partition lock, and a backup not while a prune runs.
 func TestPrune_AndBackupsExcludeEachOther(t *testing.T) {

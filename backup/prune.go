@@ -113,6 +113,13 @@ type PruneResult struct {
 	// strays (untrusted, or plaintext in an encrypted location) and
 	// manifests dated in the future.
 	Ignored []string
+	// Unreadable are manifest objects that were read whole but are not a
+	// manifest prune can believe or parse (damaged, or written by someone
+	// with PUT rights): they could name any chunk, so the chunk sweep was
+	// skipped (NoChunkSweep) while the backups the policy lets go were still
+	// deleted. Moving them out of manifests/ lets the next prune sweep.
+	Unreadable   []string
+	NoChunkSweep bool
 	// LockedManifests are backups the policy would delete but that are
 	// under an object lock: kept (with their chunks), as KeptManifests
 	// count them. LockedObjects (LockedBytes) count those manifests and
@@ -171,13 +178,22 @@ func prune(ctx context.Context, s Store, o PruneOptions, res *PruneResult, lock 
 	if err != nil {
 		return err
 	}
-	if len(cat.Broken) > 0 {
-		var keys []string
-		for _, b := range cat.Broken {
-			keys = append(keys, fmt.Sprintf("%s (%v)", b.Key, b.Err))
+	// A manifest that could not be read (access, the network) refuses the
+	// prune: it may be any backup. One that was read and is not a manifest
+	// (ErrCorrupt) stops only the chunk sweep, so that one object a writer
+	// with PUT rights drops into manifests/ cannot stop retention for ever.
+	var unread []string
+	for _, b := range cat.Broken {
+		if errors.Is(b.Err, ErrCorrupt) {
+			res.Unreadable = append(res.Unreadable, fmt.Sprintf("%s (%v)", b.Key, b.Err))
+			res.NoChunkSweep = true
+			continue
 		}
+		unread = append(unread, fmt.Sprintf("%s (%v)", b.Key, b.Err))
+	}
+	if len(unread) > 0 {
 		return fmt.Errorf("%w: %s; nothing was deleted. Fix the store's access, or move unreadable manifests out of %s, then prune again",
-			ErrIncompleteView, strings.Join(keys, "; "), ManifestsPrefix)
+			ErrIncompleteView, strings.Join(unread, "; "), ManifestsPrefix)
 	}
 	referenced := map[string]bool{}
 	// Latest pointers name manifests too; their chunks stay.
@@ -291,6 +307,9 @@ func prune(ctx context.Context, s Store, o PruneOptions, res *PruneResult, lock 
 				return fmt.Errorf("delete %s: %w", key, err)
 			}
 		}
+	}
+	if res.NoChunkSweep {
+		return nil
 	}
 	quarantined, err := LoadQuarantine(ctx, s)
 	if err != nil {

@@ -83,7 +83,9 @@ in flowkeep_backup_failures_total, not an exit):
   130, 143  stopped by SIGINT or SIGTERM (nothing half-restored is left)`
 	exitCodesPrune = `Exit codes:
   0  pruned (or nothing to prune)
-  1  failed, or refused because some manifest could not be read (nothing deleted)
+  1  failed, or refused because some manifest could not be read (nothing
+     deleted), or some object in manifests/ is not a manifest (the backups the
+     policy lets go were deleted, no chunk was)
   3  usage or access error: bad flag, URL or config, missing bucket, bad
      credentials, signed backups without --trusted-keys, encrypted ones
      without --recipients-file or --identity-file, an unknown lineage`

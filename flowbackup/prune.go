@@ -137,11 +137,15 @@ func runPrune(ctx context.Context, o pruneOptions, out io.Writer) error {
 		fmt.Fprintf(out, "ignored %s\n", ig)
 	}
 	if o.JSON {
-		return printJSON(out, map[string]any{"dry_run": o.DryRun, "deleted_backups": append([]string{}, res.DeletedManifests...),
+		if err := printJSON(out, map[string]any{"dry_run": o.DryRun, "deleted_backups": append([]string{}, res.DeletedManifests...),
 			"protected_backups": append([]string{}, res.Protected...), "deleted_chunks": res.DeletedChunks, "deleted_bytes": res.DeletedBytes,
 			"kept_backups": res.KeptManifests, "swept_temporary_files": res.SweptTemp, "retired_lineages": append([]string{}, res.Retired...),
 			"ignored": append([]string{}, res.Ignored...), "kept_by": res.Reasons, "held_chunks": res.HeldChunks, "held_bytes": res.HeldBytes, "held_until": res.HeldUntil,
-			"locked_backups": append([]string{}, res.LockedManifests...), "locked_objects": res.LockedObjects, "locked_bytes": res.LockedBytes, "locked_until": res.LockedUntil})
+			"locked_backups": append([]string{}, res.LockedManifests...), "locked_objects": res.LockedObjects, "locked_bytes": res.LockedBytes, "locked_until": res.LockedUntil,
+			"unreadable_manifests": append([]string{}, res.Unreadable...), "chunk_sweep_skipped": res.NoChunkSweep}); err != nil {
+			return err
+		}
+		return unreadableError(res)
 	}
 	verb := "deleted"
 	if o.DryRun {
@@ -167,7 +171,21 @@ func runPrune(ctx context.Context, o pruneOptions, out io.Writer) error {
 		fmt.Fprintf(out, "removed %d temporary files that killed uploads left behind\n", res.SweptTemp)
 	}
 	printLocked(out, res)
-	return nil
+	for _, u := range res.Unreadable {
+		fmt.Fprintf(out, "unreadable %s\n", u)
+	}
+	return unreadableError(res)
+}
+
+// unreadableError says (exit 1) that prune deleted what its policy let go
+// but skipped the chunk sweep, because some objects in manifests/ are not
+// manifests it can read: they could name any chunk.
+func unreadableError(res *backup.PruneResult) error {
+	if !res.NoChunkSweep {
+		return nil
+	}
+	return fmt.Errorf("%w: %s in %s could not be parsed or believed, so no chunk was deleted (the backups the policy lets go were); check them with verify, move them out of %s, then prune again",
+		backup.ErrIncompleteView, human.Count(len(res.Unreadable), "object"), backup.ManifestsPrefix, backup.ManifestsPrefix)
 }
 
 // retireOnly retires lineages without pruning (--retire-lineage alone).

@@ -77,4 +77,14 @@ func TestCLI_ConventionsOperatorsRelyOn(t *testing.T) {
 	if out := must(t, backupBin, "prune", "--from", to, "--keep-last", "1"); !strings.Contains(out, "held back") || !strings.Contains(out, "younger than --grace") {
 		t.Fatalf("prune does not say what the grace holds back:\n%s", out)
 	}
+	// An object in manifests/ that is not a manifest does not stop prune;
+	// it stops the chunk sweep, and prune says so with exit 1.
+	garbage := filepath.Join(bucket, "manifests", "zz-not-a-manifest.json")
+	if err := os.WriteFile(garbage, []byte("\x00garbage"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := run(t, backupBin, "prune", "--from", to, "--keep-last", "1"); code != 1 ||
+		!strings.Contains(out, "unreadable manifests/zz-not-a-manifest.json") || !strings.Contains(out, "no chunk was deleted") {
+		t.Fatalf("prune with garbage in manifests/: exit %d\n%s", code, out)
+	}
 }
