@@ -87,6 +87,7 @@ func BenchmarkRecoveryCost(b *testing.B) {
 	}{
 		{"zipf-10k", func(p string) error { _, err := WriteWordInput(p, lines, 10, 10_000, 1); return err }},
 		{"zipf-50k", func(p string) error { _, err := WriteWordInput(p, lines, 10, 50_000, 1); return err }},
+		{"uniform-500k", func(p string) error { return writeUniformInput(p, lines, 10, 500_000, 1) }},
 		{"uniform-1M", func(p string) error { return writeUniformInput(p, lines, 10, 1_000_000, 1) }},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
