@@ -698,8 +698,12 @@ func (r *Repo) capture(ctx context.Context, p *recovery.Partition, prev *Manifes
 	if err := conn.QueryRowContext(ctx, `PRAGMA page_count`).Scan(&pageCount); err != nil {
 		return nil, "", err
 	}
-	pr, err := newPageReader(ctx, conn)
-	if err != nil {
+	var pr io.ReadCloser
+	if fr, err := newFilePageReader(ctx, conn, p.Path, pageSize, pageCount); err != nil {
+		return nil, "", err
+	} else if fr != nil {
+		pr = fr
+	} else if pr, err = newPageReader(ctx, conn); err != nil {
 		return nil, "", err
 	}
 	defer pr.Close()
