@@ -240,7 +240,11 @@ func (u *uploader) storeChunk(ctx context.Context, b, zbuf []byte) (Object, []by
 		// (age alone does not pin it: anyone with the public keys can seal).
 		o.StoredSHA256 = SumHex(stored)
 	}
-	if there, err := u.put(ctx, o, stored, known || u.quarantined[h]); err != nil {
+	pctx := ctx
+	if o.StoredSHA256 != "" {
+		pctx = WithPayloadSHA256(ctx, o.StoredSHA256)
+	}
+	if there, err := u.put(pctx, o, stored, known || u.quarantined[h]); err != nil {
 		return o, z, fmt.Errorf("upload chunk %s: %w", h[:12], err)
 	} else if there {
 		u.skipped()

@@ -199,3 +199,20 @@ func (e *SizeError) Error() string {
 }
 
 func (e *SizeError) Unwrap() error { return ErrCorrupt }
+
+type payloadSHA256Key struct{}
+
+// WithPayloadSHA256 tells a Put under ctx the hex sha256 of the data it
+// writes, which its caller already computed: a store that signs or checks
+// the body with it (S3's SigV4 payload hash) need not hash the body again.
+// A wrong one makes the write fail (the server checks it), never stores
+// other bytes.
+func WithPayloadSHA256(ctx context.Context, sum string) context.Context {
+	return context.WithValue(ctx, payloadSHA256Key{}, sum)
+}
+
+// PayloadSHA256 is the hex sha256 WithPayloadSHA256 gave ctx, or "".
+func PayloadSHA256(ctx context.Context) string {
+	s, _ := ctx.Value(payloadSHA256Key{}).(string)
+	return s
+}

@@ -23,6 +23,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
 	"github.com/aws/smithy-go/logging"
+	"github.com/aws/smithy-go/middleware"
 
 	"github.com/flowkeep/flowkeep/backup"
 )
@@ -183,10 +184,28 @@ func (s *Store) Put(ctx context.Context, key string, data []byte) error {
 	}
 	in := &s3.PutObjectInput{Bucket: aws.String(s.bucket), Key: aws.String(k), Body: bytes.NewReader(data), ContentLength: aws.Int64(int64(len(data)))}
 	s.sse(in)
-	if _, err := s.client.PutObject(ctx, in); err != nil {
+	if _, err := s.client.PutObject(ctx, in, payloadHash(ctx)...); err != nil {
 		return s.wrap("put", key, err)
 	}
 	return nil
+}
+
+// payloadHash signs a request with the body's sha256 its caller computed
+// (backup.WithPayloadSHA256), so that the SDK does not hash the body again
+// (a fifth of the hashing of a first backup). The server checks it.
+func payloadHash(ctx context.Context) []func(*s3.Options) {
+	sum := backup.PayloadSHA256(ctx)
+	if sum == "" {
+		return nil
+	}
+	return []func(*s3.Options){func(o *s3.Options) {
+		o.APIOptions = append(o.APIOptions, func(st *middleware.Stack) error {
+			return st.Finalize.Insert(middleware.FinalizeMiddlewareFunc("flowkeepPayloadSHA256",
+				func(ctx context.Context, in middleware.FinalizeInput, next middleware.FinalizeHandler) (middleware.FinalizeOutput, middleware.Metadata, error) {
+					return next.HandleFinalize(v4.SetPayloadHash(ctx, sum), in)
+				}), "ComputePayloadHash", middleware.Before)
+		})
+	}}
 }
 
 // PutIfAbsent implements backup.Store with If-None-Match: *.

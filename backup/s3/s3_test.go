@@ -193,3 +193,27 @@ func recordOps(rt http.RoundTripper, fn func(string)) http.RoundTripper {
 type rtFunc func(*http.Request) (*http.Response, error)
 
 func (f rtFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// A Put told the body's sha256 (backup.WithPayloadSHA256) signs with it
+// instead of hashing the body again; the server checks it, so a wrong one
+// fails the write and stores nothing.
+func TestPut_PayloadSHA256IsCheckedByTheServer(t *testing.T) {
+	ctx := context.Background()
+	s, err := New(ctx, newBucket(t), "p", opts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := []byte("chunk bytes")
+	if err := s.Put(backup.WithPayloadSHA256(ctx, backup.SumHex(body)), "right", body); err != nil {
+		t.Fatalf("a put with its sha256: %v", err)
+	}
+	if oi, err := s.Stat(ctx, "right"); err != nil || oi.Size != int64(len(body)) {
+		t.Fatalf("the object put with its sha256: %+v, %v", oi, err)
+	}
+	if err := s.Put(backup.WithPayloadSHA256(ctx, backup.SumHex([]byte("other bytes"))), "wrong", body); err == nil {
+		t.Fatal("a put signed with another body's sha256 succeeded")
+	}
+	if _, err := s.Stat(ctx, "wrong"); !errors.Is(err, backup.ErrNotFound) {
+		t.Fatalf("the refused put stored something: %v", err)
+	}
+}
