@@ -144,6 +144,17 @@ func walPages(path string, pageSize int) (map[int64]bool, bool, error) {
 func (r *filePageReader) Read(b []byte) (int, error) {
 	n := 0
 	for n < len(b) {
+		if len(r.cur) == 0 && len(b)-n >= r.pageSize {
+			// Whole pages from the file go straight into b.
+			k, err := r.readFile(b[n:])
+			if err != nil {
+				return n, err
+			}
+			if k > 0 {
+				n += k
+				continue
+			}
+		}
 		if len(r.cur) == 0 {
 			if err := r.fill(); err != nil {
 				if n > 0 && errors.Is(err, io.EOF) {
@@ -157,6 +168,24 @@ func (r *filePageReader) Read(b []byte) (int, error) {
 		n += k
 	}
 	return n, nil
+}
+
+// readFile reads into b the run of pages from the file that starts at the
+// next page (as many as fit), or nothing if the next page is read through
+// SQLite or there is none.
+func (r *filePageReader) readFile(b []byte) (int, error) {
+	n := int64(0)
+	for max := int64(len(b) / r.pageSize); n < max && r.next+n <= r.count && !r.viaSQL[r.next+n]; n++ {
+	}
+	if n == 0 {
+		return 0, nil
+	}
+	k := int(n) * r.pageSize
+	if _, err := r.db.ReadAt(b[:k], (r.next-1)*int64(r.pageSize)); err != nil {
+		return 0, fmt.Errorf("read pages %d-%d: %w", r.next, r.next+n-1, err)
+	}
+	r.next += n
+	return k, nil
 }
 
 // fill reads the next run of pages: those from the file in one read, up to
@@ -177,16 +206,9 @@ func (r *filePageReader) fill() error {
 		r.next++
 		return nil
 	}
-	n := int64(0)
-	for max := int64(len(r.buf) / r.pageSize); n < max && r.next+n <= r.count && !r.viaSQL[r.next+n]; n++ {
-	}
-	buf := r.buf[:n*int64(r.pageSize)]
-	if _, err := r.db.ReadAt(buf, (r.next-1)*int64(r.pageSize)); err != nil {
-		return fmt.Errorf("read pages %d-%d: %w", r.next, r.next+n-1, err)
-	}
-	r.cur = buf
-	r.next += n
-	return nil
+	k, err := r.readFile(r.buf)
+	r.cur = r.buf[:k]
+	return err
 }
 
 func (r *filePageReader) Close() error { return r.db.Close() }
