@@ -54,6 +54,23 @@ func (b *Budget) Acquire(ctx context.Context, n int64) (func(), error) {
 	return func() { once.Do(func() { b.sem.Release(n) }) }, nil
 }
 
+// AcquireSplit is Acquire for n bytes given back in two parts: the first
+// first bytes (say, a chunk's content, done with once it is compressed)
+// by the first function, the rest by the second.
+func (b *Budget) AcquireSplit(ctx context.Context, n, first int64) (func(), func(), error) {
+	if b == nil {
+		return func() {}, func() {}, nil
+	}
+	n = min(max(n, 1), b.max)
+	first = min(first, n)
+	if err := b.sem.Acquire(ctx, n); err != nil {
+		return nil, nil, err
+	}
+	var once1, once2 sync.Once
+	return func() { once1.Do(func() { b.sem.Release(first) }) },
+		func() { once2.Do(func() { b.sem.Release(n - first) }) }, nil
+}
+
 // ChunkCost is what one chunk of n bytes holds in memory while it moves:
 // its content and its compressed form (at most a little larger).
 func ChunkCost(n int64) int64 { return n + n + n/8 }

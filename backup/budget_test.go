@@ -53,3 +53,40 @@ func TestBudget_BoundsBytesInFlight(t *testing.T) {
 		t.Fatal("a nil budget must bound nothing")
 	}
 }
+
+// A split acquisition gives its parts back separately: the first part's
+// bytes are free again while the rest is still held, and each part given
+// back twice counts once.
+func TestBudget_AcquireSplitGivesPartsBackSeparately(t *testing.T) {
+	ctx := context.Background()
+	b := NewBudget(minMemory)
+	first, rest, err := b.AcquireSplit(ctx, minMemory, minMemory/2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tryAcquire := func(n int64) bool {
+		c, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+		defer cancel()
+		r, err := b.Acquire(c, n)
+		if err != nil {
+			return false
+		}
+		r()
+		return true
+	}
+	if tryAcquire(1) {
+		t.Fatal("the whole budget is held, yet a byte was let in")
+	}
+	first()
+	first()
+	if !tryAcquire(minMemory / 2) {
+		t.Fatal("the first part was given back, yet its bytes were not let in")
+	}
+	if tryAcquire(minMemory/2 + 1) {
+		t.Fatal("more than the first part was let in while the rest is held")
+	}
+	rest()
+	if !tryAcquire(minMemory) {
+		t.Fatal("both parts were given back, yet the budget is not whole")
+	}
+}

@@ -108,9 +108,23 @@ type uploader struct {
 }
 
 type chunkJob struct {
-	i       int
-	buf     []byte
-	release func() // gives the chunk's share of the budget back
+	i          int
+	buf        []byte
+	releaseRaw func() // gives the share of buf back (once it is compressed)
+	release    func() // gives the rest of the chunk's share of the budget back
+}
+
+// done gives buf back to the pool and its share of the budget: the
+// chunk's content is not needed once it is compressed (or known stored),
+// only its compressed form, while that uploads.
+func (j *chunkJob) done() {
+	if j.buf == nil {
+		return
+	}
+	b := j.buf[:cap(j.buf)]
+	rawBuffers.Put(&b)
+	j.buf = nil
+	j.releaseRaw()
 }
 
 // Chunk buffers are shared by every upload of the process: memory follows
@@ -141,11 +155,10 @@ func (u *uploader) upload(ctx context.Context, r io.Reader) ([]Object, int64, st
 			defer wg.Done()
 			for j := range jobs {
 				zp := zBuffers.Get().(*[]byte)
-				o, z, err := u.storeChunk(ctx, j.buf, *zp)
+				o, z, err := u.storeChunk(ctx, j.buf, *zp, j.done)
 				*zp = z[:0]
 				zBuffers.Put(zp)
-				b := j.buf[:cap(j.buf)]
-				rawBuffers.Put(&b)
+				j.done()
 				j.release()
 				if err != nil {
 					fail(err)
@@ -177,7 +190,7 @@ func (u *uploader) produce(ctx context.Context, r io.Reader, whole hash.Hash, jo
 	var size int64
 	n := 0
 	for {
-		release, err := u.budget.Acquire(ctx, ChunkCost(ChunkSize))
+		releaseRaw, release, err := u.budget.AcquireSplit(ctx, ChunkCost(ChunkSize), ChunkSize)
 		if err != nil {
 			return 0, 0, context.Cause(ctx)
 		}
@@ -191,13 +204,15 @@ func (u *uploader) produce(ctx context.Context, r io.Reader, whole hash.Hash, jo
 				u.xfer.Also.BytesRead.Add(int64(k))
 			}
 			select {
-			case jobs <- chunkJob{i: n, buf: buf[:k], release: release}:
+			case jobs <- chunkJob{i: n, buf: buf[:k], releaseRaw: releaseRaw, release: release}:
 			case <-ctx.Done():
+				releaseRaw()
 				release()
 				return 0, 0, context.Cause(ctx)
 			}
 			n++
 		} else {
+			releaseRaw()
 			release()
 			rawBuffers.Put(&buf)
 		}
@@ -210,7 +225,9 @@ func (u *uploader) produce(ctx context.Context, r io.Reader, whole hash.Hash, jo
 	}
 }
 
-func (u *uploader) storeChunk(ctx context.Context, b, zbuf []byte) (Object, []byte, error) {
+// storeChunk stores chunk b (unless it is known stored) and calls
+// doneWithRaw as soon as it no longer reads b.
+func (u *uploader) storeChunk(ctx context.Context, b, zbuf []byte, doneWithRaw func()) (Object, []byte, error) {
 	h := u.cipher.ContentID(b)
 	o, known := u.known[h]
 	if known && o.Size == int64(len(b)) {
@@ -224,6 +241,12 @@ func (u *uploader) storeChunk(ctx context.Context, b, zbuf []byte) (Object, []by
 		}
 	}
 	z := Compress(zbuf, b)
+	size := int64(len(b))
+	if u.cipher == nil {
+		// Sealing holds a third buffer, which b's share of the budget
+		// stands for until the upload ends.
+		doneWithRaw()
+	}
 	stored := z
 	if u.cipher != nil {
 		sp := sealBuffers.Get().(*[]byte)
@@ -234,7 +257,7 @@ func (u *uploader) storeChunk(ctx context.Context, b, zbuf []byte) (Object, []by
 		}
 		*sp = stored[:0]
 	}
-	o = Object{SHA256: h, Size: int64(len(b)), Stored: int64(len(stored))}
+	o = Object{SHA256: h, Size: size, Stored: int64(len(stored))}
 	if u.cipher == nil {
 		// An encrypted chunk is checked by its keyed name on every read
 		// (age alone does not pin it: anyone with the public keys can seal).
