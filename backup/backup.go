@@ -716,7 +716,7 @@ func (r *Repo) capture(ctx context.Context, p *recovery.Partition, prev *Manifes
 		// taken yet waits in memory, then in a local file, and no longer
 		// holds back the WAL.
 		sctx, cancel := context.WithCancel(ctx)
-		sp := newSpool(sctx, o.TempDir, basePattern(), spoolMemory, pr, func() {
+		sp := newSpool(sctx, o.TempDir, basePattern(), o.Memory, pr, func() {
 			pr.Close()
 			conn.ExecContext(context.WithoutCancel(ctx), "ROLLBACK")
 		})

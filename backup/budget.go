@@ -21,15 +21,34 @@ const minMemory = 2*ChunkSize + ChunkSize/4
 // Budget bounds the bytes of chunk data (read, compressed, downloaded,
 // decompressed) held in memory at once by every partition of a backup or
 // restore together. A nil *Budget bounds nothing.
+//
+// It also bounds what base captures stage in memory ahead of their upload
+// (spools), to half its size again: taken only when free, never waited
+// for (a spool that finds none writes to its file instead).
 type Budget struct {
-	sem *semaphore.Weighted
-	max int64
+	sem   *semaphore.Weighted
+	max   int64
+	spool *semaphore.Weighted
 }
 
 // NewBudget returns a budget of n bytes (at least one chunk's worth).
 func NewBudget(n int64) *Budget {
 	n = max(n, minMemory)
-	return &Budget{sem: semaphore.NewWeighted(n), max: n}
+	return &Budget{sem: semaphore.NewWeighted(n), max: n, spool: semaphore.NewWeighted(n / 2)}
+}
+
+// TrySpool takes n bytes of the spools' share if they are free now, and
+// returns the function that gives them back; ok is false if they are not.
+// A nil budget bounds nothing.
+func (b *Budget) TrySpool(n int64) (release func(), ok bool) {
+	if b == nil {
+		return func() {}, true
+	}
+	if !b.spool.TryAcquire(n) {
+		return nil, false
+	}
+	var once sync.Once
+	return func() { once.Do(func() { b.spool.Release(n) }) }, true
 }
 
 // Bytes is the budget's size (0 for nil: unbounded).
@@ -93,7 +112,7 @@ func LimitProcessMemory(budget int64, env func(string) string) {
 	if env("GOMEMLIMIT") != "" {
 		return
 	}
-	debug.SetMemoryLimit(budget + budget/2 + 64<<20)
+	debug.SetMemoryLimit(2*budget + 64<<20)
 	if env("GOGC") == "" {
 		debug.SetGCPercent(400)
 	}

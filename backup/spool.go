@@ -12,7 +12,8 @@ import (
 // spool copies a reader on its own goroutine, as fast as the source gives,
 // while Read hands out what was copied so far: the upload starts at once
 // and never waits for more than the copy has reached. What the upload has
-// not taken yet waits in memory, up to a bound, and beyond it in a local
+// not taken yet waits in memory, as far as the budget's share for spools
+// (shared by every partition's spool) allows, and beyond it in a local
 // temporary file. A base capture reads its pages under a SQLite read
 // transaction, which keeps checkpoints from passing it (so the WAL grows
 // while it lasts): through a spool, that transaction lasts as long as the
@@ -20,7 +21,7 @@ import (
 // touches the disk.
 type spool struct {
 	dir, pattern string
-	memLimit     int
+	budget       *Budget       // its TrySpool share bounds what waits in memory
 	done         chan struct{} // closed when the copy ended (see err)
 
 	mu    sync.Mutex
@@ -37,39 +38,43 @@ type spool struct {
 // spoolItem is a piece of the stream: in memory (b), or in the overflow
 // file at off (n bytes).
 type spoolItem struct {
-	b      []byte
-	off, n int64
+	b       []byte
+	block   *[]byte // the pooled block b is in (nil for a file item)
+	release func()  // gives b's share of the budget back
+	off, n  int64
 }
 
-// spoolMemory is how much a spool holds in memory before it writes to its
-// file.
-const spoolMemory = 32 << 20
+// spoolBlock is the size of the pieces a spool copies.
+const spoolBlock = 1 << 20
 
-// newSpool starts copying src; what waits beyond memLimit bytes goes to a
-// new file in dir (os.TempDir() if empty) named by pattern. finished runs
+var spoolBlocks = sync.Pool{New: func() any { b := make([]byte, spoolBlock); return &b }}
+
+// newSpool starts copying src; what waits beyond the budget's share for
+// spools goes to a new file in dir (os.TempDir() if empty) named by pattern. finished runs
 // on the copying goroutine when the copy ends, before Read sees the end
 // (release the source there).
-func newSpool(ctx context.Context, dir, pattern string, memLimit int, src io.Reader, finished func()) *spool {
-	sp := &spool{dir: dir, pattern: pattern, memLimit: memLimit, done: make(chan struct{})}
+func newSpool(ctx context.Context, dir, pattern string, budget *Budget, src io.Reader, finished func()) *spool {
+	sp := &spool{dir: dir, pattern: pattern, budget: budget, done: make(chan struct{})}
 	sp.cond = sync.NewCond(&sp.mu)
 	go sp.copy(ctx, src, finished)
 	return sp
 }
 
 func (sp *spool) copy(ctx context.Context, src io.Reader, finished func()) {
-	const block = 1 << 20
 	var err error
 	for err == nil {
 		if err = context.Cause(ctx); err != nil {
 			break
 		}
-		buf := make([]byte, block)
+		block := spoolBlocks.Get().(*[]byte)
 		var n int
-		n, err = io.ReadFull(src, buf)
+		n, err = io.ReadFull(src, *block)
 		if n > 0 {
-			if werr := sp.add(buf[:n]); werr != nil {
+			if werr := sp.add(block, n); werr != nil {
 				err = werr
 			}
+		} else {
+			spoolBlocks.Put(block)
 		}
 	}
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
@@ -83,16 +88,20 @@ func (sp *spool) copy(ctx context.Context, src io.Reader, finished func()) {
 	close(sp.done)
 }
 
-// add queues b: in memory while there is room, else at the file's end.
-func (sp *spool) add(b []byte) error {
-	sp.mu.Lock()
-	if sp.mem+len(b) <= sp.memLimit {
-		sp.queue = append(sp.queue, spoolItem{b: b})
+// add queues the first n bytes of block: in memory while the budget has
+// room, else at the file's end (and block goes back to the pool).
+func (sp *spool) add(block *[]byte, n int) error {
+	b := (*block)[:n]
+	if release, ok := sp.budget.TrySpool(spoolBlock); ok {
+		sp.mu.Lock()
+		sp.queue = append(sp.queue, spoolItem{b: b, block: block, release: release})
 		sp.mem += len(b)
 		sp.cond.Broadcast()
 		sp.mu.Unlock()
 		return nil
 	}
+	defer spoolBlocks.Put(block)
+	sp.mu.Lock()
 	f, off := sp.f, sp.fend
 	sp.mu.Unlock()
 	if f == nil {
@@ -133,11 +142,12 @@ func (sp *spool) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	it := &sp.queue[0]
-	if it.b != nil {
+	if it.block != nil {
 		n := copy(p, it.b)
 		it.b = it.b[n:]
 		sp.mem -= n
 		if len(it.b) == 0 {
+			it.free()
 			sp.queue = sp.queue[1:]
 		}
 		sp.mu.Unlock()
@@ -173,6 +183,9 @@ func (sp *spool) Close() error {
 	<-sp.done
 	sp.mu.Lock()
 	f := sp.f
+	for i := range sp.queue {
+		sp.queue[i].free()
+	}
 	sp.f, sp.queue = nil, nil
 	sp.mu.Unlock()
 	if f == nil {
@@ -181,4 +194,15 @@ func (sp *spool) Close() error {
 	name := f.Name()
 	f.Close()
 	return os.Remove(name)
+}
+
+// free gives an in-memory item's block back to the pool and its share of
+// the budget back.
+func (it *spoolItem) free() {
+	if it.block == nil {
+		return
+	}
+	spoolBlocks.Put(it.block)
+	it.release()
+	it.block, it.b = nil, nil
 }

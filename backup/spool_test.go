@@ -8,7 +8,43 @@ import (
 	"os"
 	"testing"
 	"testing/iotest"
+
+	"golang.org/x/sync/semaphore"
 )
+
+// spoolBudget is a budget whose share for spools is n bytes.
+func spoolBudget(n int64) *Budget {
+	return &Budget{sem: semaphore.NewWeighted(minMemory), max: minMemory, spool: semaphore.NewWeighted(n)}
+}
+
+// The spools of several partitions share the budget's share for spools:
+// together they never hold more in memory, what does not fit goes through
+// their files, and once they are closed the whole share is free again.
+func TestSpool_SpoolsShareTheBudget(t *testing.T) {
+	b := spoolBudget(3 * spoolBlock)
+	data := bytes.Repeat([]byte("p"), 5*spoolBlock)
+	var sps []*spool
+	for i := 0; i < 2; i++ {
+		finished := make(chan struct{})
+		sps = append(sps, newSpool(context.Background(), t.TempDir(), "spool-*", b, bytes.NewReader(data), func() { close(finished) }))
+		<-finished // neither is read yet: both copies hold what they can
+	}
+	if spilt := sps[0].Spilt() + sps[1].Spilt(); spilt != int64(2*len(data)-3*spoolBlock) {
+		t.Fatalf("%d bytes went through the files; want all but the 3 blocks the share holds (%d)", spilt, 2*len(data)-3*spoolBlock)
+	}
+	if _, ok := b.TrySpool(1); ok {
+		t.Fatal("the share is full, yet a byte more was taken")
+	}
+	for _, sp := range sps {
+		if got, err := io.ReadAll(sp); err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("read %d bytes: %v", len(got), err)
+		}
+		sp.Close()
+	}
+	if _, ok := b.TrySpool(3 * spoolBlock); !ok {
+		t.Fatal("the spools were read and closed, yet their share is not free again")
+	}
+}
 
 // slowReader hands out its bytes a few at a time, so the spool's reader
 // catches up with the copy and must wait for it.
@@ -40,16 +76,16 @@ func TestSpool_ReadsWhatTheCopyWroteAndEndsAsItDid(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			finished := make(chan struct{})
 			dir := t.TempDir()
-			// A memory bound of 64 KiB: most of the stream goes through
-			// the file when the reader lags, as here, where it reads only
-			// once the copy has ended.
-			sp := newSpool(context.Background(), dir, "spool-*", 64<<10, c.src, func() { close(finished) })
+			// Room for one block in memory: most of the stream goes
+			// through the file when the reader lags, as here, where it
+			// reads only once the copy has ended.
+			sp := newSpool(context.Background(), dir, "spool-*", spoolBudget(spoolBlock), c.src, func() { close(finished) })
 			<-finished
 			got, err := io.ReadAll(sp)
 			if !bytes.Equal(got, c.want) || !errors.Is(err, c.wantErr) || (c.wantErr == nil && err != nil) {
 				t.Fatalf("read %d bytes (want %d), err %v (want %v)", len(got), len(c.want), err, c.wantErr)
 			}
-			if len(c.want) > 64<<10 && sp.Spilt() == 0 {
+			if len(c.want) > spoolBlock && sp.Spilt() == 0 {
 				t.Fatal("nothing went through the file beyond the memory bound")
 			}
 			if err := sp.Close(); err != nil {
@@ -67,7 +103,7 @@ func TestSpool_ReadsWhatTheCopyWroteAndEndsAsItDid(t *testing.T) {
 func TestSpool_CancelledCopyEnds(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	endless := iotest.OneByteReader(bytes.NewReader(bytes.Repeat([]byte("x"), 8<<20)))
-	sp := newSpool(ctx, t.TempDir(), "spool-*", 64<<10, endless, func() {})
+	sp := newSpool(ctx, t.TempDir(), "spool-*", spoolBudget(spoolBlock), endless, func() {})
 	cancel()
 	if err := sp.Close(); err != nil {
 		t.Fatal(err)
@@ -78,7 +114,7 @@ func TestSpool_CancelledCopyEnds(t *testing.T) {
 // written to the disk.
 func TestSpool_AReaderThatKeepsUpLeavesTheDiskAlone(t *testing.T) {
 	data := bytes.Repeat([]byte("p"), 8<<20)
-	sp := newSpool(context.Background(), t.TempDir(), "spool-*", spoolMemory, bytes.NewReader(data), func() {})
+	sp := newSpool(context.Background(), t.TempDir(), "spool-*", NewBudget(DefaultMemory), bytes.NewReader(data), func() {})
 	got, err := io.ReadAll(sp)
 	if err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("read %d bytes: %v", len(got), err)
