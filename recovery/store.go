@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -34,6 +35,11 @@ type Options struct {
 	// CompactEvery is how many epochs the commit epoch moves between
 	// compactions (default max(16, d)).
 	CompactEvery Epoch
+	// CompactTogether lets every partition compact at once (by default one
+	// compacts at a time: its segments are in memory while it does). A
+	// store whose segments are all indexed in memory anyway (OpenState
+	// with full indexing) loses nothing by it.
+	CompactTogether bool
 }
 
 // DefaultMaxPendingBytes is the default bound on snapshot bytes queued for
@@ -73,6 +79,8 @@ type Store struct {
 
 	compacting chan struct{} // holds a token while a partition compacts
 	slice      int           // keys one compaction slice merges (compactSlice; tests use fewer)
+
+	state atomic.Pointer[stateIndex] // set by OpenState
 }
 
 // Open discovers and opens the partitions in dir for writing.
@@ -101,7 +109,11 @@ func NewStore(ps []*Partition, count PartitionCount, opts Options) *Store {
 	if opts.MaxPendingBytes <= 0 {
 		opts.MaxPendingBytes = DefaultMaxPendingBytes
 	}
-	s := &Store{opts: opts, parts: ps, count: count, byIdx: map[PartitionIndex]int{}, changed: make(chan struct{}), compacting: make(chan struct{}, 1), slice: compactSlice}
+	together := 1
+	if opts.CompactTogether {
+		together = max(1, len(ps))
+	}
+	s := &Store{opts: opts, parts: ps, count: count, byIdx: map[PartitionIndex]int{}, changed: make(chan struct{}), compacting: make(chan struct{}, together), slice: compactSlice}
 	s.released = make(chan struct{})
 	for i, p := range ps {
 		s.byIdx[p.Index] = i
@@ -218,7 +230,8 @@ func (s *Store) prepare(ctx context.Context, rp ResumePoint, workers int) error 
 			return fmt.Errorf("partition %d: %w", p.Index, err)
 		}
 		w := &writer{s: s, p: p, idx: i, ch: make(chan submission, 16), commit: max(ce, 1), compact: max(compacted, 1),
-			frontier: rp.Epoch, front: make([]Epoch, workers), steps: &sharedSteps{t: steps, persisted: len(steps.byNum)}}
+			frontier: rp.Epoch, front: make([]Epoch, workers), steps: &sharedSteps{t: steps, persisted: len(steps.byNum)},
+			applied: make([]atomic.Uint64, workers)}
 		for j := range w.front {
 			w.front[j] = rp.Epoch
 		}
@@ -783,6 +796,11 @@ func (s *Store) Shutdown(ctx context.Context) error {
 	}
 	s.writers = nil
 	err := s.Err()
+	if si := s.state.Load(); si != nil {
+		for _, ps := range si.parts {
+			ps.close()
+		}
+	}
 	for _, p := range s.parts {
 		if cerr := p.Close(); err == nil && cerr != nil {
 			err = cerr
