@@ -311,6 +311,34 @@ func (s *Store) Written(w WorkerIndex) uint64 {
 	return n
 }
 
+// WaitWritten waits until Written(w) >= n, the store fails, or ctx ends.
+func (s *Store) WaitWritten(ctx context.Context, w WorkerIndex, n uint64) error {
+	for {
+		s.mu.Lock()
+		ch, err := s.appliedC, s.err
+		s.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		if s.Written(w) >= n {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// notifyApplied wakes WaitWritten callers.
+func (s *Store) notifyApplied() {
+	s.mu.Lock()
+	close(s.appliedC)
+	s.appliedC = make(chan struct{})
+	s.mu.Unlock()
+}
+
 // StateBytes is the memory the index of live segments holds (OpenState).
 func (s *Store) StateBytes() int64 {
 	si := s.state.Load()

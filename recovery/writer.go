@@ -44,6 +44,10 @@ type writer struct {
 	// applied counts, per worker, the commits applied here (see
 	// Store.Written).
 	applied []atomic.Uint64
+	counted Epoch // the compaction that last counted the base's keys
+	// grown is what this writer added to the state index since its last
+	// compaction (Options.CompactLiveBytes).
+	grown int64
 }
 
 const maxGroup = 64
@@ -139,6 +143,7 @@ func (w *writer) applyGroup(group []submission) {
 		w.applied[g.w].Add(1)
 		w.s.committed(w.idx, g.w, g.frontier)
 	}
+	w.s.notifyApplied()
 	if err := w.maybeGC(true); err != nil {
 		w.s.fail(w.failure("clean up", err))
 	}
@@ -184,7 +189,9 @@ func (w *writer) maybeGC(compact bool) error {
 		}
 		w.commit = c
 	}
-	if compact && w.job == nil && w.commit >= w.compact+w.s.compactEvery() {
+	share := w.s.liveShare()
+	due := w.commit >= w.compact+w.s.compactEvery() || (share > 0 && w.commit > w.compact && w.grown > share)
+	if compact && w.job == nil && due {
 		// One partition compacts at a time: its segments are in memory
 		// while it does.
 		select {
@@ -278,6 +285,9 @@ func (w *writer) apply(group []submission) error {
 			}
 		}
 		ps.live.add(live)
+		for _, r := range live {
+			w.grown += r.size()
+		}
 	}
 	if cap(w.blob) > 16<<20 {
 		w.body, w.blob = nil, nil // one huge epoch need not pin its buffers for good
@@ -381,8 +391,14 @@ func (w *writer) compactStep() error {
 		if err := setMeta(ctx, tx, "compacted_epoch", uint64(j.target)); err != nil {
 			return err
 		}
-		if err := countStepKeys(ctx, tx); err != nil {
-			return err
+		// The counts are a hint (KeyHint) and cost a pass over the base:
+		// compactions started by the live segments' size recount only
+		// every CompactEvery epochs.
+		if w.s.opts.CompactLiveBytes <= 0 || j.target >= w.counted+w.s.compactEvery() {
+			if err := countStepKeys(ctx, tx); err != nil {
+				return err
+			}
+			w.counted = j.target
 		}
 	}
 	if err := tx.Commit(); err != nil {
@@ -390,6 +406,7 @@ func (w *writer) compactStep() error {
 	}
 	if finished {
 		w.compact = j.target
+		w.grown = 0
 		w.endCompaction()
 		if si := w.s.state.Load(); si != nil {
 			ps := si.parts[w.idx]
