@@ -51,6 +51,49 @@ type Recovery interface {
 	Close() error
 }
 
+// StateReader is a Recovery that reads keyed state on demand. With it a
+// run does not load the state of its stateful steps at resume: a key is
+// read from its partition the first time the run needs it, so resume and
+// continuation cost in proportion to the keys the run touches; and with
+// Config.StateMemory the keys in memory are a cache over the partitions.
+// Without it the runtime loads every key at resume (Load).
+//
+// Contract:
+//   - OpenState is called instead of Load, once Begin returned and before
+//     any Commit. It hands fn, as Load does, every row below `below` of
+//     the steps for which lazy reports false (source and sink positions,
+//     the runtime's rows, steps the flow no longer has), and makes the
+//     state of the other (lazy) steps readable. With full set, every
+//     commit from now on becomes readable too, once Written counts it;
+//     without it ReadState and ScanState may see only the state as it was
+//     below `below`, so the caller keeps in memory every key it changes.
+//     It reports which lazy steps have state in the partitions (a step
+//     without any needs no lookups).
+//   - ReadState reads keys of a lazy step: for each key whose newest row
+//     (of any epoch, including early pieces of epochs not yet durable) is
+//     not a tombstone, fn gets the key's index in keys, the row's epoch and
+//     its value (valid only during the call). Other keys are left out. It
+//     may be called concurrently (by every worker).
+//   - ScanState hands fn, in batches and in key order, every key of a lazy
+//     step whose newest row is not a tombstone and (unless every) is of an
+//     epoch after `after`, for which keep (if set) reports true. Values
+//     are valid only during the call.
+//   - Written returns how many of worker w's Commit calls are readable:
+//     a key whose last change went out in commit n may leave memory once
+//     Written(w) >= n.
+//   - WaitWritten waits until Written(w) >= n (or recovery failed, or
+//     ctx ended).
+//   - StateBytes is the memory recovery holds to serve reads (it counts
+//     against Config.StateMemory).
+type StateReader interface {
+	OpenState(ctx context.Context, below Epoch, lazy func(StepID) bool, full bool, fn func([]Loaded) error) (map[StepID]bool, error)
+	ReadState(ctx context.Context, step StepID, keys []StateKey, fn func(i int, epoch Epoch, value []byte) error) error
+	ScanState(ctx context.Context, step StepID, after Epoch, every bool, keep func(StateKey) bool, fn func([]Loaded) error) error
+	Written(w WorkerIndex) uint64
+	WaitWritten(ctx context.Context, w WorkerIndex, n uint64) error
+	StateBytes() int64
+}
+
 // RecoveryShutdowner is a Recovery whose Close can be bounded: Shutdown is
 // Close that gives up, with an error, when ctx ends (what it could not
 // finish may not be durable). The runtime bounds it when a run fails (a

@@ -104,10 +104,10 @@ func (ix *restoredIndex[S]) build() {
 				old, oldKey, oldEpoch := ix.at(s.ref)
 				if e, key, epoch := ix.at(p.ref); oldKey == key {
 					if epoch > oldEpoch {
-						old.restored = false
+						old.unset(flRestored)
 						t[i] = p
 					} else {
-						e.restored = false
+						e.unset(flRestored)
 					}
 					break
 				}
@@ -139,10 +139,10 @@ func (ix *restoredIndex[S]) take(key string) (string, *entry[S]) {
 			continue
 		}
 		if e, k, _ := ix.at(s.ref); k == key {
-			if !e.restored {
+			if !e.is(flRestored) {
 				return "", nil // taken before (and perhaps deleted since)
 			}
-			e.restored = false
+			e.unset(flRestored)
 			return k, e
 		}
 	}
@@ -156,7 +156,7 @@ func (ix *restoredIndex[S]) each(fn func(key string, e *entry[S], epoch Epoch)) 
 	}
 	for _, sl := range ix.slabs {
 		for i := range sl.ents {
-			if sl.ents[i].restored {
+			if sl.ents[i].is(flRestored) {
 				fn(sl.keys[i], &sl.ents[i], sl.epochs[i])
 			}
 		}

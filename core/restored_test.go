@@ -12,7 +12,7 @@ func makeSlab(keys []string, epoch Epoch) restoredSlab[int] {
 	sl := restoredSlab[int]{ents: make([]entry[int], len(keys)), keys: keys, epochs: make([]Epoch, len(keys))}
 	for i := range keys {
 		v := int(epoch)
-		sl.ents[i] = entry[int]{s: &v, restored: true}
+		sl.ents[i] = entry[int]{s: &v, fl: flRestored}
 		sl.epochs[i] = epoch
 	}
 	return sl
@@ -57,7 +57,7 @@ func TestRestoredIndex(t *testing.T) {
 					continue
 				}
 				got, e := ix.take(k)
-				if e == nil || got != k || e.restored {
+				if e == nil || got != k || e.is(flRestored) {
 					t.Fatalf("take(%q) = %q, %+v", k, got, e)
 				}
 				if _, again := ix.take(k); again != nil {

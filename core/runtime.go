@@ -52,6 +52,11 @@ type Config struct {
 	// OnWarning, if set, receives what sources and sinks warn the user of
 	// (Warnf); without it warnings go to the standard logger.
 	OnWarning func(string)
+	// StateMemory, if positive, bounds the memory (in bytes) that the keyed
+	// state of this process's stateful steps may use: the keys in memory
+	// become a cache over the recovery partitions (see package doc, "State
+	// larger than memory"). It needs a Recovery that is a StateReader.
+	StateMemory int64
 }
 
 // Result summarises a finished run.
@@ -262,14 +267,18 @@ func (x *execution) execute() (Epoch, error) {
 	if err := x.plan(); err != nil {
 		return 0, err
 	}
-	if x.loads() {
+	rd, err := x.stateReader()
+	if err != nil {
+		return 0, err
+	}
+	if x.loads() || rd != nil {
 		if x.mesh != nil {
 			// Rows for this process's instances may only come once they exist.
 			if err := x.mesh.Barrier(x.ctx, "planned"); err != nil {
 				return 0, err
 			}
 		}
-		if err := x.load(); err != nil {
+		if err := x.load(rd); err != nil {
 			return 0, err
 		}
 	}
@@ -278,7 +287,6 @@ func (x *execution) execute() (Epoch, error) {
 		x.ctx = WithWarnings(x.ctx, x.cfg.OnWarning)
 	}
 	opened := 0
-	var err error
 	for _, es := range x.exSegs {
 		if err = es.root.open(x.ctx); err != nil {
 			break
@@ -471,14 +479,46 @@ func (x *execution) downstream(seg *segment, n *node) op {
 	return outs
 }
 
+// stateReader returns the recovery as a StateReader if the run reads
+// state on demand: it resumes, or bounds its state, and has stateful steps.
+func (x *execution) stateReader() (StateReader, error) {
+	rd, ok := x.rec.(StateReader)
+	if x.cfg.StateMemory > 0 && !ok {
+		return nil, fmt.Errorf("bounding state memory needs a recovery that reads state on demand; this one (%T) loads all state", x.rec)
+	}
+	if !ok || !(x.loads() || x.cfg.StateMemory > 0) {
+		return nil, nil
+	}
+	for _, n := range x.flow.nodes {
+		if lazyNode(n) {
+			return rd, nil
+		}
+	}
+	return nil, nil
+}
+
+// lazyNode says whether n is a stateful step (whose state can be read on
+// demand).
+func lazyNode(n *node) bool {
+	if n.kind != kindExchanged {
+		return false
+	}
+	_, ok := n.exchanged.(interface{ lazy() })
+	return ok
+}
+
 // load routes every snapshot row below the start epoch to the instance that
 // owns it: source positions to the input, state and sink positions to the
 // exchanged step's instance on worker KeyHash(key) mod W, on whichever
-// process hosts that worker.
-func (x *execution) load() error {
+// process hosts that worker. With rd, the state of stateful steps is not
+// loaded but read on demand.
+func (x *execution) load(rd StateReader) error {
 	defer gcPause()()
 	if x.mesh != nil {
 		x.cl.loadBuf = map[int][]byte{}
+	}
+	if rd != nil {
+		return x.openState(rd)
 	}
 	if h, ok := x.rec.(KeyHinter); ok && x.mesh == nil {
 		counts, err := h.KeyHint(x.ctx, x.start)
@@ -502,6 +542,42 @@ func (x *execution) load() error {
 			return err
 		}
 		// After this every row every process scanned has arrived here.
+		if err := x.mesh.Barrier(x.ctx, "loaded"); err != nil {
+			return err
+		}
+		x.cl.phaseMu.Lock()
+		x.cl.phase.Store(phaseRunning)
+		x.cl.phaseMu.Unlock()
+	}
+	return nil
+}
+
+// openState opens the state of stateful steps for reading on demand,
+// loading the other rows.
+func (x *execution) openState(rd StateReader) error {
+	lazy := func(id StepID) bool {
+		n := x.flow.ids[id]
+		return n != nil && lazyNode(n)
+	}
+	has, err := rd.OpenState(x.ctx, x.start, lazy, x.cfg.StateMemory > 0, func(rows []Loaded) error { return x.applyLoaded(rows, true) })
+	if err != nil {
+		return err
+	}
+	var budget *memBudget
+	if x.cfg.StateMemory > 0 {
+		budget = &memBudget{limit: x.cfg.StateMemory, extra: rd.StateBytes}
+	}
+	for n, rs := range x.roots {
+		for _, r := range rs {
+			if lr, ok := r.(lazyRoot); ok {
+				lr.useState(rd, has[n.id], budget)
+			}
+		}
+	}
+	if x.mesh != nil {
+		if err := x.flushLoaded(); err != nil {
+			return err
+		}
 		if err := x.mesh.Barrier(x.ctx, "loaded"); err != nil {
 			return err
 		}
@@ -1026,6 +1102,7 @@ func (c *clock) waitDurable(ctx context.Context, e Epoch) error {
 // only when it does (see Recovery.Commit).
 type ledger struct {
 	mu       sync.Mutex
+	commits  uint64 // Commit calls so far (write tickets: StateReader.Written)
 	worker   WorkerIndex
 	front    []Epoch
 	frontier Epoch
@@ -1076,5 +1153,13 @@ func (l *ledger) report(ctx context.Context, comp int, frontier Epoch, changes [
 		return nil
 	}
 	l.frontier = max(l.frontier, m)
+	l.commits++
 	return l.rec.Commit(ctx, l.worker, l.frontier, changes)
+}
+
+// commitCount is how many times the ledger called Commit.
+func (l *ledger) commitCount() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.commits
 }

@@ -112,11 +112,31 @@ func (s *statefulImpl[V, S, O]) root(seg *segment, out op) rootOp {
 // entry is one key's state. It is kept small (16 bytes): every item of the
 // key reads it, and a large state's entries should stay in the CPU cache.
 type entry[S any] struct {
-	s        *S
-	dirty    bool
-	restored bool // in the restored index, not (yet) in the map
-	dead     bool // deleted from the map (a later touch makes a new entry)
+	s *S
+	// wrote is the write ticket of the commit that last wrote the state
+	// (state on demand: the entry may leave memory once recovery says that
+	// commit is readable).
+	wrote uint32
+	// size is the memory the entry is accounted for, in sizeUnit bytes
+	// (bounded state only).
+	size uint16
+	fl   entryFlags
 }
+
+type entryFlags uint8
+
+const (
+	flDirty    entryFlags = 1 << iota // changed in the current epoch
+	flRestored                        // in the restored index, not (yet) in the map
+	flDead                            // deleted from the map (a later touch makes a new entry)
+	flRef                             // touched since the eviction clock last passed it
+	flQueued                          // in the eviction clock's or the pending ring
+	flFresh                           // made by this run, never queued: the dirty list holds the map's key
+)
+
+func (e *entry[S]) is(f entryFlags) bool { return e.fl&f != 0 }
+func (e *entry[S]) set(f entryFlags)     { e.fl |= f }
+func (e *entry[S]) unset(f entryFlags)   { e.fl &^= f }
 
 // keyed is an entry and its key, where a list needs both.
 type keyed[S any] struct {
@@ -139,9 +159,11 @@ type statefulOp[V, S, O any] struct {
 	// previousEnd is the epoch of the previous end of input: restored keys
 	// changed after it are in the current pass (see OnEOF).
 	previousEnd Epoch
-	obuf        []KV[O]
-	curKey      string
-	emitFn      func(O)
+	// lz, if set, reads state on demand (and bounds it): see statemem.go.
+	lz     *lazyState[S]
+	obuf   []KV[O]
+	curKey string
+	emitFn func(O)
 }
 
 // decoderInto is a Codec that decodes into a state it is given (so a batch
@@ -173,7 +195,7 @@ func (o *statefulOp[V, S, O]) restore(rows []Loaded) error {
 			states = make([]S, n)
 		}
 		for i, r := range rows[:n] {
-			ents[i] = entry[S]{restored: true}
+			ents[i] = entry[S]{fl: flRestored}
 			keys[i], epochs[i] = string(r.Key), r.Epoch
 			if into {
 				if err := di.DecodeInto(r.Value, &states[i]); err != nil {
@@ -230,8 +252,8 @@ func (o *statefulOp[V, S, O]) touch(key string) *entry[S] {
 		e = &entry[S]{}
 		o.states[key] = e
 	}
-	if !e.dirty {
-		e.dirty = true
+	if !e.is(flDirty) {
+		e.set(flDirty)
 		// The dirty list may hold the caller's key until the epoch's
 		// snapshot (the map holds an owned copy).
 		o.dirty = append(o.dirty, keyed[S]{key, e})
@@ -240,6 +262,9 @@ func (o *statefulOp[V, S, O]) touch(key string) *entry[S] {
 }
 
 func (o *statefulOp[V, S, O]) push(b any) error {
+	if o.lz != nil {
+		return o.pushLazy(*b.(*[]KV[V]))
+	}
 	for _, kv := range *b.(*[]KV[V]) {
 		e := o.touch(kv.Key)
 		o.curKey = kv.Key
@@ -261,13 +286,16 @@ func (o *statefulOp[V, S, O]) flush() error {
 // snapshot records the keys changed in epoch e: their encoded state, or a
 // tombstone for discarded keys.
 func (o *statefulOp[V, S, O]) snapshot(e Epoch) error {
+	if o.lz != nil {
+		return o.snapshotLazy(e)
+	}
 	if o.seg.x.rec == nil {
 		// Nothing keeps snapshots: forget discarded keys, encode nothing.
 		for _, d := range o.dirty {
-			d.e.dirty = false
+			d.e.unset(flDirty)
 			if d.e.s == nil {
 				delete(o.states, d.key)
-				d.e.dead = true
+				d.e.set(flDead)
 			}
 		}
 		clear(o.dirty)
@@ -282,29 +310,16 @@ func (o *statefulOp[V, S, O]) snapshot(e Epoch) error {
 			return err
 		}
 		k, en := d.key, d.e
-		en.dirty = false
+		en.unset(flDirty)
 		if en.s == nil {
 			delete(o.states, k)
-			en.dead = true
+			en.set(flDead)
 			o.seg.record(o.step, k, e, nil)
 			continue
 		}
-		var b []byte
-		var err error
-		if app, ok := o.logic.Codec.(appender[S]); ok {
-			// Into the segment's buffer, which lives until the changes are
-			// handed over (recovery copies what it keeps).
-			start := len(o.seg.vals)
-			o.seg.vals, err = app.Append(o.seg.vals, en.s)
-			b = o.seg.vals[start:len(o.seg.vals):len(o.seg.vals)]
-		} else {
-			b, err = o.logic.Codec.Encode(en.s)
-		}
+		b, err := o.encodeState(k, en.s)
 		if err != nil {
-			return fmt.Errorf("step %s: encode state of key %q: %w", o.step, k, err)
-		}
-		if b == nil {
-			b = []byte{} // state that encodes to nothing is still state: only nil is a tombstone
+			return err
 		}
 		o.seg.record(o.step, k, e, b)
 	}
@@ -324,11 +339,18 @@ func (o *statefulOp[V, S, O]) advance(from, to Epoch) error {
 	if err := o.snapshot(from); err != nil {
 		return err
 	}
+	if o.lz != nil {
+		o.lz.cur = to
+	}
 	return o.out.advance(from, to)
 }
 
 func (o *statefulOp[V, S, O]) finish(final Epoch) error {
-	if o.logic.OnEOF != nil {
+	if o.lz != nil && o.logic.OnEOF != nil {
+		if err := o.finishLazy(final); err != nil {
+			return err
+		}
+	} else if o.logic.OnEOF != nil {
 		// The pass is every key this run touched (the map holds exactly
 		// those) and every restored key changed after the previous end of
 		// input; EOFForEveryKey adds the other restored keys. The list is
@@ -336,7 +358,7 @@ func (o *statefulOp[V, S, O]) finish(final Epoch) error {
 		// touched cost a quarter of the state map's memory all run long.
 		visit := make([]keyed[S], 0, len(o.states))
 		for k, e := range o.states {
-			if e.s != nil && !e.dead {
+			if e.s != nil && !e.is(flDead) {
 				visit = append(visit, keyed[S]{k, e})
 			}
 		}

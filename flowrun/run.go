@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -36,6 +37,8 @@ type runOptions struct {
 	ProcessID    int
 	Addresses    []string
 	SnapshotBuf  string
+	snapBufSet   bool
+	StateMemory  string
 	Listen       string
 	ConnTimeout  time.Duration
 	Secret       string
@@ -103,6 +106,7 @@ Flows: ` + flowNames(specs) + `
 			}
 			o.snapshotSet = cmd.Flags().Changed("snapshot-interval")
 			o.backupSet = cmd.Flags().Changed("backup-interval")
+			o.snapBufSet = cmd.Flags().Changed("snapshot-buffer")
 			return runRun(cmd.Context(), o, specs, cmd.ErrOrStderr())
 		},
 	}
@@ -118,6 +122,7 @@ Flows: ` + flowNames(specs) + `
 	human.DurationVar(f, &o.Window, "window", time.Minute, "logstats: tumbling window size (e.g. --window 5m)")
 	human.DurationVar(f, &o.Lateness, "lateness", 0, "logstats: how late a line may be and still count in its window (e.g. --lateness 30s)")
 	f.StringVar(&o.SnapshotBuf, "snapshot-buffer", "256MiB", "how much snapshot data may wait to be written to the recovery partitions (e.g. 64MiB); beyond it the flow waits, and epochs stretch while snapshots are behind")
+	f.StringVar(&o.StateMemory, "state-memory", "", "bound the memory keyed state may use (e.g. --state-memory 512MiB; needs -r, one process): keys beyond it stay in the recovery partitions and are read back when an item needs them. Eviction: a key leaves memory only once its state is durable in its partition, in clock (second-chance) order, so keys touched since the clock last passed them stay; when clean keys are not enough, the keys changed longest ago are written early. Without it all state a run touches stays in memory")
 	f.IntVar(&o.ProcessID, "process-id", 0, "this process's index into --addresses when the flow runs as several processes (e.g. --process-id 1)")
 	f.StringSliceVar(&o.Addresses, "addresses", nil, "host:port of every process of the cluster, in process order; each listens on its own (e.g. --addresses 10.0.0.1:7400,10.0.0.2:7400)")
 	f.StringVar(&o.Listen, "listen", "", "address this process listens on for its peers (default: its own --addresses entry), e.g. --listen :7400 behind NAT or a Kubernetes Service")
@@ -148,6 +153,10 @@ func flagsFromEnv(fs *pflag.FlagSet) error {
 	})
 	return err
 }
+
+// minStateMemory is the smallest --state-memory: below it the cache holds
+// too little to be worth its bookkeeping.
+const minStateMemory = 4 << 20
 
 // The longest intervals run accepts: beyond them a typo (-s 1000000h) is
 // likelier than a wish.
@@ -184,6 +193,18 @@ func (o runOptions) validate() error {
 	}
 	if n, err := human.ParseBytes(o.SnapshotBuf); err != nil || n < 1<<20 {
 		return usagef("--snapshot-buffer %q: give a size of at least 1MiB (e.g. 256MiB)", o.SnapshotBuf)
+	}
+	if o.StateMemory != "" {
+		n, err := human.ParseBytes(o.StateMemory)
+		if err != nil || n < minStateMemory {
+			return usagef("--state-memory %q: give a size of at least %s (e.g. 512MiB)", o.StateMemory, human.Bytes(minStateMemory))
+		}
+		if len(o.RecoveryDirs) == 0 {
+			return usagef("--state-memory needs -r: state that does not fit in memory is kept in the recovery partitions")
+		}
+		if len(o.Addresses) > 1 {
+			return usagef("--state-memory is not supported in a cluster yet: run without it (all state in memory), or as one process")
+		}
 	}
 	if o.InitParts < 0 {
 		return usagef("--init-partitions must not be negative, got %d", o.InitParts)
@@ -243,6 +264,10 @@ func runRun(ctx context.Context, o runOptions, specs []FlowSpec, stderr io.Write
 	cfg := core.Config{Workers: o.Workers, EpochInterval: o.Snapshot}
 	buf, _ := human.ParseBytes(o.SnapshotBuf)
 	ropts := recovery.Options{FlowName: flow.Name(), Intervals: recovery.Intervals{Snapshot: o.Snapshot, Backup: o.Backup}, MaxPendingBytes: buf}
+	if o.StateMemory != "" {
+		cfg.StateMemory, _ = human.ParseBytes(o.StateMemory)
+		boundState(&ropts, cfg.StateMemory, o.snapBufSet)
+	}
 	prog := newProgress(stderr, flow.Name())
 	var read atomic.Int64
 	cfg.ItemsRead = &read
@@ -390,3 +415,27 @@ func interrupted(cause error, withRecovery bool, frontier core.Epoch) error {
 	}
 	return interruptedError{sig, msg}
 }
+
+// boundState sets what a run with --state-memory n needs beyond the
+// cache: compaction once the segments recovery added to its in-memory
+// index (to serve reads) since the last pass a sixteenth of n (a key is
+// then read from the base with one lookup), in every partition at once;
+// a snapshot
+// buffer in proportion to n (unless --snapshot-buffer was given); and,
+// unless GOMEMLIMIT is set, a soft limit on the Go heap that keeps the
+// garbage collector's headroom in proportion to n as well.
+func boundState(ro *recovery.Options, n int64, bufSet bool) {
+	ro.CompactLiveBytes = n / 16
+	ro.CompactTogether = true
+	if !bufSet {
+		ro.MaxPendingBytes = min(ro.MaxPendingBytes, max(4<<20, n/4))
+	}
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(stateHeapLimit(n))
+	}
+}
+
+// stateHeapLimit is the Go heap limit a run with --state-memory n gets:
+// the state, half as much again for the garbage collector, and room for
+// the rest of the run (batches in flight, buffers, the snapshot buffer).
+func stateHeapLimit(n int64) int64 { return n + n/2 + 96<<20 }

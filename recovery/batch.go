@@ -101,7 +101,10 @@ func (b *batch) cmp(x, y bref) int {
 // per epoch: each batch's changes of the epoch sorted by key, then merged
 // across batches (so no batch is copied into another); of a key changed
 // twice in one epoch, the later change wins.
-func writeSegments(ctx context.Context, tx *sql.Tx, bs []*batch, body, blob []byte) ([]byte, []byte, error) {
+//
+// onRow, if set, is told each row written (its blob is only valid during
+// the call).
+func writeSegments(ctx context.Context, tx *sql.Tx, bs []*batch, body, blob []byte, onRow func(seq int64, e Epoch, blob []byte)) ([]byte, []byte, error) {
 	type run struct {
 		b    *batch
 		refs []bref
@@ -182,8 +185,16 @@ func writeSegments(ctx context.Context, tx *sql.Tx, bs []*batch, body, blob []by
 		blob = append(blob[:0], segmentFormat)
 		blob = binary.AppendUvarint(blob, uint64(entries))
 		blob = append(blob, body...)
-		if _, err := tx.ExecContext(ctx, `INSERT INTO segments (epoch, entries, data) VALUES (?, ?, ?)`, int64(e), entries, blob); err != nil {
+		res, err := tx.ExecContext(ctx, `INSERT INTO segments (epoch, entries, data) VALUES (?, ?, ?)`, int64(e), entries, blob)
+		if err != nil {
 			return body, blob, err
+		}
+		if onRow != nil {
+			seq, err := res.LastInsertId()
+			if err != nil {
+				return body, blob, err
+			}
+			onRow(seq, e, blob)
 		}
 	}
 	return body, blob, nil
@@ -241,6 +252,13 @@ func (s *sharedSteps) num(id StepID) uint64 {
 	}
 	s.t.set(n, id)
 	return n
+}
+
+// lookup returns id's number, if it has one.
+func (s *sharedSteps) lookup(id StepID) (uint64, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.t.num(id)
 }
 
 // persist stores the step numbers given since the last call, in tx; the

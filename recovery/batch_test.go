@@ -61,7 +61,7 @@ func TestWriteSegments_MergesBatchesLatestChangeWins(t *testing.T) {
 	b2.add(1, "a", 5, []byte("a3"))
 	b2.add(1, "c", 5, nil)
 	tx, _ := db.BeginTx(ctx, nil)
-	if _, _, err := writeSegments(ctx, tx, []*batch{b1, b2}, nil, nil); err != nil {
+	if _, _, err := writeSegments(ctx, tx, []*batch{b1, b2}, nil, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	tx.Commit()

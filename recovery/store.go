@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -34,6 +35,20 @@ type Options struct {
 	// CompactEvery is how many epochs the commit epoch moves between
 	// compactions (default max(16, d)).
 	CompactEvery Epoch
+	// CompactTogether lets every partition compact at once (by default one
+	// compacts at a time: its segments are in memory while it does). A
+	// store whose segments are all indexed in memory anyway (OpenState
+	// with full indexing) loses nothing by it.
+	CompactTogether bool
+	// CompactLiveBytes, if positive, also starts a compaction once the
+	// segments a store with full state indexing (OpenState) added to its
+	// in-memory index since the last compaction exceed it, over all its
+	// partitions (each compacts past its share): the index stays bounded
+	// however many keys an epoch changes. Segments a run found at its start
+	// do not count, so a short run over a little input compacts nothing
+	// (compacting after every epoch made a +1% continuation of a large
+	// state rewrite most of its base).
+	CompactLiveBytes int64
 }
 
 // DefaultMaxPendingBytes is the default bound on snapshot bytes queued for
@@ -56,10 +71,11 @@ type Store struct {
 	writers []*writer
 	wg      sync.WaitGroup
 
-	mu      sync.Mutex
-	err     error
-	fronts  [][]Epoch     // committed frontier per partition and worker
-	changed chan struct{} // closed and replaced when a frontier rises or the store fails
+	mu       sync.Mutex
+	err      error
+	fronts   [][]Epoch     // committed frontier per partition and worker
+	changed  chan struct{} // closed and replaced when a frontier rises or the store fails
+	appliedC chan struct{} // closed and replaced when a writer applied commits or the store fails
 
 	pmu      sync.Mutex
 	pending  int64         // bytes queued for the writers
@@ -73,6 +89,8 @@ type Store struct {
 
 	compacting chan struct{} // holds a token while a partition compacts
 	slice      int           // keys one compaction slice merges (compactSlice; tests use fewer)
+
+	state atomic.Pointer[stateIndex] // set by OpenState
 }
 
 // Open discovers and opens the partitions in dir for writing.
@@ -101,12 +119,25 @@ func NewStore(ps []*Partition, count PartitionCount, opts Options) *Store {
 	if opts.MaxPendingBytes <= 0 {
 		opts.MaxPendingBytes = DefaultMaxPendingBytes
 	}
-	s := &Store{opts: opts, parts: ps, count: count, byIdx: map[PartitionIndex]int{}, changed: make(chan struct{}), compacting: make(chan struct{}, 1), slice: compactSlice}
+	together := 1
+	if opts.CompactTogether {
+		together = max(1, len(ps))
+	}
+	s := &Store{opts: opts, parts: ps, count: count, byIdx: map[PartitionIndex]int{}, changed: make(chan struct{}), compacting: make(chan struct{}, together), slice: compactSlice}
 	s.released = make(chan struct{})
+	s.appliedC = make(chan struct{})
 	for i, p := range ps {
 		s.byIdx[p.Index] = i
 	}
 	return s
+}
+
+// liveShare is a partition's share of Options.CompactLiveBytes (0: none).
+func (s *Store) liveShare() int64 {
+	if s.opts.CompactLiveBytes <= 0 {
+		return 0
+	}
+	return max(1, s.opts.CompactLiveBytes/int64(len(s.parts)))
 }
 
 func (s *Store) compactEvery() Epoch {
@@ -218,7 +249,8 @@ func (s *Store) prepare(ctx context.Context, rp ResumePoint, workers int) error 
 			return fmt.Errorf("partition %d: %w", p.Index, err)
 		}
 		w := &writer{s: s, p: p, idx: i, ch: make(chan submission, 16), commit: max(ce, 1), compact: max(compacted, 1),
-			frontier: rp.Epoch, front: make([]Epoch, workers), steps: &sharedSteps{t: steps, persisted: len(steps.byNum)}}
+			frontier: rp.Epoch, front: make([]Epoch, workers), steps: &sharedSteps{t: steps, persisted: len(steps.byNum)},
+			applied: make([]atomic.Uint64, workers)}
 		for j := range w.front {
 			w.front[j] = rp.Epoch
 		}
@@ -694,6 +726,8 @@ func (s *Store) fail(err error) {
 		s.err = err
 		close(s.changed)
 		s.changed = make(chan struct{})
+		close(s.appliedC)
+		s.appliedC = make(chan struct{})
 	}
 	s.mu.Unlock()
 	s.pmu.Lock()
@@ -783,6 +817,11 @@ func (s *Store) Shutdown(ctx context.Context) error {
 	}
 	s.writers = nil
 	err := s.Err()
+	if si := s.state.Load(); si != nil {
+		for _, ps := range si.parts {
+			ps.close()
+		}
+	}
 	for _, p := range s.parts {
 		if cerr := p.Close(); err == nil && cerr != nil {
 			err = cerr

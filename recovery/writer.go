@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -39,6 +40,14 @@ type writer struct {
 	body, blob []byte // segment scratch, reused
 
 	job *compaction // a compaction under way
+
+	// applied counts, per worker, the commits applied here (see
+	// Store.Written).
+	applied []atomic.Uint64
+	counted Epoch // the compaction that last counted the base's keys
+	// grown is what this writer added to the state index since its last
+	// compaction (Options.CompactLiveBytes).
+	grown int64
 }
 
 const maxGroup = 64
@@ -131,8 +140,10 @@ func (w *writer) applyGroup(group []submission) {
 		return
 	}
 	for _, g := range group {
+		w.applied[g.w].Add(1)
 		w.s.committed(w.idx, g.w, g.frontier)
 	}
+	w.s.notifyApplied()
 	if err := w.maybeGC(true); err != nil {
 		w.s.fail(w.failure("clean up", err))
 	}
@@ -178,7 +189,9 @@ func (w *writer) maybeGC(compact bool) error {
 		}
 		w.commit = c
 	}
-	if compact && w.job == nil && w.commit >= w.compact+w.s.compactEvery() {
+	share := w.s.liveShare()
+	due := w.commit >= w.compact+w.s.compactEvery() || (share > 0 && w.commit > w.compact && w.grown > share)
+	if compact && w.job == nil && due {
 		// One partition compacts at a time: its segments are in memory
 		// while it does.
 		select {
@@ -225,8 +238,24 @@ func (w *writer) apply(group []submission) error {
 			bs = append(bs, g.b)
 		}
 	}
+	// With the state index full, the rows written are indexed once they
+	// are committed (and before the commits count as applied).
+	var ps *partIndex
+	if si := w.s.state.Load(); si != nil && si.full {
+		ps = si.parts[w.idx]
+	}
+	type written struct {
+		seq  int64
+		e    Epoch
+		blob []byte
+	}
+	var rows []written
+	var onRow func(int64, Epoch, []byte)
+	if ps != nil {
+		onRow = func(seq int64, e Epoch, blob []byte) { rows = append(rows, written{seq, e, slices.Clone(blob)}) }
+	}
 	if len(bs) > 0 {
-		if w.body, w.blob, err = writeSegments(ctx, tx, bs, w.body, w.blob); err != nil {
+		if w.body, w.blob, err = writeSegments(ctx, tx, bs, w.body, w.blob, onRow); err != nil {
 			return err
 		}
 	}
@@ -248,6 +277,18 @@ func (w *writer) apply(group []submission) error {
 		return err
 	}
 	stepsDone()
+	if len(rows) > 0 {
+		live := make([]*liveRow, len(rows))
+		for i, r := range rows {
+			if live[i], err = newLiveRow(r.seq, r.e, r.blob); err != nil {
+				return err
+			}
+		}
+		ps.live.add(live)
+		for _, r := range live {
+			w.grown += r.size()
+		}
+	}
 	if cap(w.blob) > 16<<20 {
 		w.body, w.blob = nil, nil // one huge epoch need not pin its buffers for good
 	}
@@ -274,7 +315,14 @@ type compaction struct {
 
 func (w *writer) startCompaction(target Epoch) error {
 	var cs []cursor
-	if err := eachSegment(context.Background(), w.p.DB, target, func(it *segmentIter) error { cs = append(cs, it); return nil }); err != nil {
+	if si := w.s.state.Load(); si != nil && si.full {
+		// Every segment is indexed in memory: merge those, unread.
+		for _, r := range si.parts[w.idx].live.list() {
+			if r.epoch < target {
+				cs = append(cs, &liveCursor{r: r, j: len(r.offs)})
+			}
+		}
+	} else if err := eachSegment(context.Background(), w.p.DB, target, func(it *segmentIter) error { cs = append(cs, it); return nil }); err != nil {
 		return err
 	}
 	w.job = &compaction{target: target, m: newMerger(cs), began: time.Now()}
@@ -343,8 +391,14 @@ func (w *writer) compactStep() error {
 		if err := setMeta(ctx, tx, "compacted_epoch", uint64(j.target)); err != nil {
 			return err
 		}
-		if err := countStepKeys(ctx, tx); err != nil {
-			return err
+		// The counts are a hint (KeyHint) and cost a pass over the base:
+		// compactions started by the live segments' size recount only
+		// every CompactEvery epochs.
+		if w.s.opts.CompactLiveBytes <= 0 || j.target >= w.counted+w.s.compactEvery() {
+			if err := countStepKeys(ctx, tx); err != nil {
+				return err
+			}
+			w.counted = j.target
 		}
 	}
 	if err := tx.Commit(); err != nil {
@@ -352,7 +406,14 @@ func (w *writer) compactStep() error {
 	}
 	if finished {
 		w.compact = j.target
+		w.grown = 0
 		w.endCompaction()
+		if si := w.s.state.Load(); si != nil {
+			ps := si.parts[w.idx]
+			ps.baseGrew.Store(true)
+			ps.compacted.Store(uint64(j.target))
+			ps.live.dropBelow(j.target)
+		}
 	}
 	return nil
 }
