@@ -77,12 +77,16 @@ func FetchObjects(ctx context.Context, s backup.Store, objs []backup.Object, w i
 	for i, ob := range objs {
 		at := off
 		off += ob.Size
-		release, err := o.Memory.Acquire(gctx, backup.ChunkCost(ob.Size))
+		// The chunk's stored form (and its buffer) is done with once get
+		// returns its content: that share goes back then, the content's
+		// once it is written (and hashed).
+		releaseStored, release, err := o.Memory.AcquireSplit(gctx, backup.ChunkCost(ob.Size), ob.Size+ob.Size/8)
 		if err != nil {
 			break // the group's error, or ctx's, is returned below
 		}
 		g.Go(func() error {
 			b, err := get(gctx, ob)
+			releaseStored()
 			if err != nil {
 				release()
 				return err
