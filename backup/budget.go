@@ -103,16 +103,19 @@ func ValidateMemory(n int64) error {
 }
 
 // LimitProcessMemory asks the Go runtime to keep the process's heap near
-// budget plus a margin for everything that is not chunk data (SQLite page
-// caches, listings, the runtime), unless GOMEMLIMIT is set. Under that
-// limit the collector runs less often than by default (GOGC=400 unless
-// GOGC is set): a restore's heap is mostly the budget's buffers, and
-// collecting every time it doubled cost a quarter of a restore's time.
-func LimitProcessMemory(budget int64, env func(string) string) {
+// budget plus slack for everything that is not chunk data (spools, SQLite
+// page caches, listings, the runtime) plus 64 MiB, unless GOMEMLIMIT is
+// set. Under that limit the collector runs less often than by default
+// (GOGC=400 unless GOGC is set): a restore's heap is mostly the budget's
+// buffers, and collecting every time it doubled cost a quarter of a
+// restore's time. Backups give a slack of the budget again (their spools
+// may hold half of it), restores half of it, deep verify none (it keeps
+// nothing but chunks in flight).
+func LimitProcessMemory(budget, slack int64, env func(string) string) {
 	if env("GOMEMLIMIT") != "" {
 		return
 	}
-	debug.SetMemoryLimit(2*budget + 64<<20)
+	debug.SetMemoryLimit(budget + slack + 64<<20)
 	if env("GOGC") == "" {
 		debug.SetGCPercent(400)
 	}

@@ -5,12 +5,14 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/pprof"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/flowkeep/flowkeep/backup"
 	"github.com/flowkeep/flowkeep/backup/s3"
 	"github.com/flowkeep/flowkeep/internal/testserver"
+	"github.com/flowkeep/flowkeep/restore"
 )
 
 // BenchmarkFirstBackupProfile: one first backup of the benchmark's
@@ -21,6 +23,10 @@ func BenchmarkFirstBackupProfile(b *testing.B) {
 	ctx := context.Background()
 	srv, bucket := versity(b)
 	dir := filepath.Join(b.TempDir(), "rec")
+	if keep := os.Getenv("FLOWKEEP_BENCH_KEEP_DIR"); keep != "" {
+		// A copy of the partitions stays there, for runs of the CLIs.
+		dir = keep
+	}
 	os.Mkdir(dir, 0o755)
 	st, _ := buildPartitions(b, dir, partMB())
 	st.Close()
@@ -49,4 +55,22 @@ func BenchmarkFirstBackupProfile(b *testing.B) {
 		up += r.BytesUploaded
 	}
 	b.Logf("first backup %.2fs, uploaded %d MB, puts %d gets %d lists %d", time.Since(t).Seconds(), up>>20, store.puts.Load(), store.gets.Load(), store.lists.Load())
+	// FLOWKEEP_BENCH_RESTORE_CPUPROFILE=FILE: the restore of that backup,
+	// profiled alone.
+	if path := os.Getenv("FLOWKEEP_BENCH_RESTORE_CPUPROFILE"); path != "" {
+		pprof.StopCPUProfile()
+		syscall.Sync()
+		f, err := os.Create(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+		t := time.Now()
+		if _, err := restore.Restore(ctx, s3st, filepath.Join(b.TempDir(), "restored"), restore.Options{}); err != nil {
+			b.Fatal(err)
+		}
+		b.Logf("restore %.2fs", time.Since(t).Seconds())
+	}
 }

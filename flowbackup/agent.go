@@ -150,7 +150,7 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 	if err := checkWorkersAndTTL(o.Workers, o.LockTTL); err != nil {
 		return err
 	}
-	budget, err := useMemory(o.Memory)
+	budget, err := useMemory(o.Memory, o.Memory)
 	if err != nil {
 		return err
 	}

@@ -125,7 +125,7 @@ func runBackup(ctx context.Context, o backupOptions, out, errOut io.Writer) erro
 	if st, err := os.Stat(o.RecoveryDir); err != nil || !st.IsDir() {
 		return usagef("recovery directory %s: no such file or directory", o.RecoveryDir)
 	}
-	budget, err := useMemory(o.Memory)
+	budget, err := useMemory(o.Memory, o.Memory)
 	if err != nil {
 		return err
 	}

@@ -18,11 +18,12 @@ func addMemoryFlag(f *pflag.FlagSet, n *int64) {
 	f.Var(human.Size{N: n}, "memory", memoryHelp)
 }
 
-// useMemory checks the budget and keeps the process's heap near it.
-func useMemory(n int64) (*backup.Budget, error) {
+// useMemory checks the budget and keeps the process's heap near it, plus
+// slack (see backup.LimitProcessMemory).
+func useMemory(n, slack int64) (*backup.Budget, error) {
 	if err := backup.ValidateMemory(n); err != nil {
 		return nil, usagef("--memory: %v", err)
 	}
-	backup.LimitProcessMemory(n, os.Getenv)
+	backup.LimitProcessMemory(n, slack, os.Getenv)
 	return backup.NewBudget(n), nil
 }

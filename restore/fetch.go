@@ -471,12 +471,13 @@ func IntegrityCheck(ctx context.Context, path string) error {
 	}
 	defer db.Close()
 	db.SetMaxOpenConns(1)
-	// Read the file's first 128 MiB through a memory map: a page read is
-	// then no system call (it halved the check's time). Mapped pages count
-	// in the process's RSS, so checks run one at a time.
+	// No memory map: mapped pages count in the process's RSS (and in its
+	// cgroup's memory), and a 128 MiB map took a deep verify's peak from
+	// about 220 to 355 MiB for no measurable gain in its time. Checks run
+	// one at a time.
 	integrityOne.Lock()
 	defer integrityOne.Unlock()
-	if _, err := db.ExecContext(ctx, `PRAGMA mmap_size=134217728`); err != nil {
+	if _, err := db.ExecContext(ctx, `PRAGMA mmap_size=0`); err != nil {
 		return err
 	}
 	rows, err := db.QueryContext(ctx, `PRAGMA integrity_check`)
