@@ -64,27 +64,7 @@ func mustRun(t *testing.T, args ...string) string {
 
 func writeWords(t *testing.T, path string, lines int, seed int64, appendTo bool) {
 	t.Helper()
-	flag := os.O_CREATE | os.O_WRONLY | os.O_TRUNC
-	if appendTo {
-		flag = os.O_CREATE | os.O_WRONLY | os.O_APPEND
-	}
-	f, err := os.OpenFile(path, flag, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := bufio.NewWriter(f)
-	r := rand.New(rand.NewSource(seed))
-	for i := 0; i < lines; i++ {
-		for j := 0; j < 8; j++ {
-			if j > 0 {
-				w.WriteByte(' ')
-			}
-			w.WriteString(letterWord(r.Intn(5000)))
-		}
-		w.WriteByte('\n')
-	}
-	w.Flush()
-	f.Close()
+	writeVocab(t, path, lines, 5000, seed, appendTo)
 }
 
 // letterWord spells i with letters only (wordcount splits on digits), with
