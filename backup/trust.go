@@ -3,6 +3,7 @@ package backup
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -135,8 +136,10 @@ func strayReason(m *Manifest, loc LocationInfo, trusted *TrustedKeys, auth *Inde
 		return "its plaintext index is not tagged under any recipient given (forged by someone without the recipients' public keys, or made for other recipients): never restored, never counted or deleted by prune"
 	case trusted != nil && m.Signer() == "":
 		return "not signed, in a location of signed backups (anyone who can write to the bucket can make one): never restored"
+	case trusted != nil && !m.SignedBy(trusted) && slices.Contains(trusted.IDs(), m.Signer()):
+		return fmt.Sprintf("signed by trusted key %s, but its signature does not hold: changed after it was signed (by someone who can write to the bucket, or damage): never restored", m.Signer())
 	case trusted != nil && !m.SignedBy(trusted):
-		return fmt.Sprintf("signed by key %s, which is not among the trusted keys (or the signature does not hold): never restored; if the key is yours, add its public key to --trusted-keys", m.Signer())
+		return fmt.Sprintf("signed by key %s, which is not among the trusted keys: never restored; if the key is yours, add its public key to --trusted-keys", m.Signer())
 	}
 	return ""
 }

@@ -209,6 +209,16 @@ func planRestore(ctx context.Context, stores []backup.Store, o *Options) (*sourc
 			res.note([]string{fmt.Sprintf("backup %s of partition %d is unusable (its manifest: %v): skipped", b.Ref.ID, b.Ref.Index, b.Err)}, o.Note)
 		}
 	}
+	// Nor are manifests of the flow that are not believed (unsigned or
+	// badly signed in a signed location, unauthenticated in an encrypted
+	// one): a genuine backup someone altered is one of them.
+	for _, l := range src.locs {
+		for _, st := range l.cat.Strays {
+			if m := st.Manifest; m != nil && m.Flow.UID == plan.Flow.UID {
+				res.note([]string{fmt.Sprintf("backup %s of partition %d in %s is not believed (%s): skipped", m.ID, m.Partition.Index, l.store, st.Reason)}, o.Note)
+			}
+		}
+	}
 	if err := opened(plan, parts, o.Keys); err != nil {
 		return nil, nil, err
 	}

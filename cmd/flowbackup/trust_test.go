@@ -1,8 +1,14 @@
 package main
 
 import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"os"
 	"path/filepath"
+	"regexp"
+	"sort"
 	"strings"
 	"testing"
 )
@@ -95,7 +101,9 @@ func TestSigned_ABucketWriterWithoutTheKeyDecidesNothing(t *testing.T) {
 		t.Fatalf("verify with the trusted key: exit %d\n%s", code, v)
 	}
 	dst := filepath.Join(root, "restored")
-	must(t, backupBin, "restore", "--from", bucket, "--to", dst, "--trusted-keys", pub)
+	if rs := must(t, backupBin, "restore", "--from", bucket, "--to", dst, "--trusted-keys", pub); !strings.Contains(rs, "is not believed") {
+		t.Fatalf("restore passed over the strays of the flow in silence:\n%s", rs)
+	}
 	// The genuine state never read evil.txt: continued over it, it reads
 	// the whole file (the attacker's state had read all of it: nothing).
 	cont := must(t, flowrunBin, "run", "wordcount", "-i", evilIn, "-o", "-", "-r", dst, "-s", "1s", "-b", "1h")
@@ -110,6 +118,39 @@ func TestSigned_ABucketWriterWithoutTheKeyDecidesNothing(t *testing.T) {
 	// An unsigned backup to the signed location is refused.
 	if out, code := run(t, backupBin, "backup", "-r", rec, "--to", bucket); code != 3 || !strings.Contains(out, "--signing-key") {
 		t.Fatalf("an unsigned backup to a signed location: exit %d\n%s", code, out)
+	}
+	// A genuine manifest altered by a bucket writer (its sha256 fixed,
+	// its signature now false) is named so by verify, and a restore that
+	// passes over it, to the backup before it, says so.
+	in := filepath.Join(filepath.Dir(rec), "in.txt")
+	f, _ := os.OpenFile(in, os.O_APPEND|os.O_WRONLY, 0)
+	f.WriteString("delta epsilon\nzeta eta theta\n")
+	f.Close()
+	must(t, flowrunBin, "run", "wordcount", "-i", in, "-o", filepath.Join(filepath.Dir(rec), "out.csv"), "-r", rec, "-s", "1s", "-b", "1h")
+	must(t, backupBin, "backup", "-r", rec, "--to", bucket, "--signing-key", key)
+	var genuine []string
+	filepath.WalkDir(filepath.Join(bucketDir, "manifests"), func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			rel, _ := filepath.Rel(bucketDir, p)
+			_, e1 := os.Stat(filepath.Join(evilBucket, rel))
+			_, e2 := os.Stat(filepath.Join(evilSigned, rel))
+			if os.IsNotExist(e1) && os.IsNotExist(e2) && strings.Contains(rel, "part-0001") {
+				genuine = append(genuine, p)
+			}
+		}
+		return nil
+	})
+	if len(genuine) < 2 {
+		t.Fatalf("%d genuine signed manifests of partition 1, want 2", len(genuine))
+	}
+	sort.Strings(genuine)
+	alterManifest(t, genuine[len(genuine)-1])
+	v, _ = run(t, backupBin, "verify", "--from", bucket, "--trusted-keys", pub)
+	if !strings.Contains(v, "its signature does not hold") {
+		t.Fatalf("verify of a genuine manifest altered after it was signed:\n%s", v)
+	}
+	if rs, code := run(t, backupBin, "restore", "--from", bucket, "--to", filepath.Join(root, "restored-2"), "--trusted-keys", pub); code != 0 || !strings.Contains(rs, "its signature does not hold") {
+		t.Fatalf("restore passed over an altered backup in silence: exit %d\n%s", code, rs)
 	}
 	// A quick verify without keys still works and says what it skipped.
 	if out, _ := run(t, backupBin, "verify", "--from", bucket); !strings.Contains(out, "signatures were not checked") {
@@ -145,5 +186,34 @@ func TestSigned_RotationListsTheOldAndTheNewKey(t *testing.T) {
 	out := must(t, backupBin, "restore", "--from", bucket, "--to", filepath.Join(root, "r"), "--trusted-keys", newKey+".pub")
 	if !strings.Contains(out, "restored partitions [0 1]") {
 		t.Fatalf("restore with the new key:\n%s", out)
+	}
+}
+
+// alterManifest changes the agent version a manifest file names and fixes its
+// sha256, as a bucket writer could; a signature it carries no longer holds.
+func alterManifest(t *testing.T, path string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var outer map[string]json.RawMessage
+	if err := json.Unmarshal(b, &outer); err != nil {
+		t.Fatal(err)
+	}
+	var compact bytes.Buffer
+	if err := json.Compact(&compact, outer["manifest"]); err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`"version":"[^"]*"`).ReplaceAll(compact.Bytes(), []byte(`"version":"altered"`))
+	if bytes.Equal(m, compact.Bytes()) {
+		t.Fatalf("%s names no agent version", path)
+	}
+	sum := sha256.Sum256(m)
+	outer["manifest"] = m
+	outer["sha256"], _ = json.Marshal(hex.EncodeToString(sum[:]))
+	out, _ := json.Marshal(outer)
+	if err := os.WriteFile(path, out, 0o644); err != nil {
+		t.Fatal(err)
 	}
 }
