@@ -349,7 +349,7 @@ func (s Scheme) String() string {
 // one from its first manifest (a location without a config holds no
 // signed backups: signing always writes one).
 func LocationScheme(ctx context.Context, s Store) (Scheme, *RepoConfig, error) {
-	cfg, err := ReadConfig(ctx, s)
+	cfg, _, err := readConfigOrNone(ctx, s)
 	if err != nil {
 		return Scheme{}, nil, err
 	}

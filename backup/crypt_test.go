@@ -56,7 +56,14 @@ func TestCheckScheme_ALocationNeverMixesSchemes(t *testing.T) {
 			s.Put(ctx, "manifests/00112233/part-0000/20261124T101010.123Z-0a0b0c0d.json", []byte(`{"format":"flowkeep-backup/2+age"}`))
 			config("age")(s)
 		}, false, backup.ErrEncryptionMismatch, "age"},
-		{"damaged config", func(s *memstore.Store) { s.Put(ctx, backup.ConfigKey, []byte("{")) }, true, backup.ErrCorrupt, ""},
+		// A damaged config (or garbage a bucket writer left) is as good as
+		// none: the manifests decide, and an encrypted writer replaces it.
+		{"damaged config, encrypted write", func(s *memstore.Store) { s.Put(ctx, backup.ConfigKey, []byte("{")) }, true, nil, "age"},
+		{"damaged config, plaintext write", func(s *memstore.Store) { s.Put(ctx, backup.ConfigKey, []byte("{")) }, false, nil, ""},
+		{"damaged config over plaintext backups, encrypted write", func(s *memstore.Store) {
+			legacy(s)
+			s.Put(ctx, backup.ConfigKey, []byte("garbage"))
+		}, true, backup.ErrEncryptionMismatch, ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			s := memstore.New()

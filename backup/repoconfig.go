@@ -66,11 +66,14 @@ func (c RepoConfig) seal(auth *IndexAuth, k *SigningKey) []byte {
 
 // ConfigFor is ReadConfig for a reader holding keys: a config that
 // auth's and trusted's keys do not authenticate is ignored (nil, with
-// ignored true) — anyone who can write to the bucket can write one, and
+// ignored true), and so is a damaged one, by every reader — anyone who can write to the bucket can write one, and
 // readers with keys decide from what they can check (the manifests). A
 // reader holding no key takes the config as it is.
 func ConfigFor(ctx context.Context, s Store, auth *IndexAuth, trusted *TrustedKeys) (c *RepoConfig, ignored bool, err error) {
-	c, err = ReadConfig(ctx, s)
+	c, damaged, err := readConfigOrNone(ctx, s)
+	if damaged {
+		return nil, true, nil
+	}
 	if err != nil || c == nil || auth == nil && trusted == nil || c.AuthenticatedBy(auth, trusted) {
 		return c, false, err
 	}
@@ -98,12 +101,24 @@ func ReadConfig(ctx context.Context, s Store) (*RepoConfig, error) {
 	return nil, fmt.Errorf("read %s: %w", ConfigKey, err)
 }
 
+// readConfigOrNone is ReadConfig for deciding a location's scheme: a
+// config that is damaged or of an unknown format (anyone who can write to
+// the bucket can leave one) is as good as none, and damaged says it was
+// there. Writers then decide from the manifests and replace it.
+func readConfigOrNone(ctx context.Context, s Store) (c *RepoConfig, damaged bool, err error) {
+	c, err = ReadConfig(ctx, s)
+	if errors.Is(err, ErrCorrupt) {
+		return nil, true, nil
+	}
+	return c, false, err
+}
+
 // locationScheme returns how the backups in s are encrypted: its config's
 // scheme (configured true); without a config and with infer, that of its
 // first manifest (a location written before configs existed); "" for an
 // empty location, or without a config and infer (no listing).
 func locationScheme(ctx context.Context, s Store, infer bool) (string, bool, error) {
-	c, err := ReadConfig(ctx, s)
+	c, _, err := readConfigOrNone(ctx, s)
 	switch {
 	case err != nil:
 		return "", false, err
@@ -167,7 +182,7 @@ func CheckScheme(ctx context.Context, s Store, encrypted bool, now time.Time) er
 // says it holds signed ones. It takes the config as it is: see
 // CheckLocation.
 func CheckSigning(ctx context.Context, s Store, k *SigningKey, now time.Time) error {
-	c, err := ReadConfig(ctx, s)
+	c, damaged, err := readConfigOrNone(ctx, s)
 	if err != nil {
 		return err
 	}
@@ -181,7 +196,7 @@ func CheckSigning(ctx context.Context, s Store, k *SigningKey, now time.Time) er
 	if c != nil {
 		enc = c.Encryption
 	}
-	return writeConfig(ctx, s, RepoConfig{Format: repoFormat, Encryption: enc, Created: now.UTC(), Signed: true}, nil, k, c != nil)
+	return writeConfig(ctx, s, RepoConfig{Format: repoFormat, Encryption: enc, Created: now.UTC(), Signed: true}, nil, k, c != nil || damaged)
 }
 
 // CheckLocation is what a writer checks before it backs up to s, and what
@@ -206,11 +221,11 @@ func checkLocation(ctx context.Context, s Store, auth *IndexAuth, k *SigningKey,
 	if encrypted {
 		want = SchemeAge
 	}
-	c, err := ReadConfig(ctx, s)
+	c, damaged, err := readConfigOrNone(ctx, s)
 	if err != nil {
 		return err
 	}
-	ignored := checkKeys && c != nil && (len(auth.keysOrNil()) > 0 || trusted != nil) && !c.AuthenticatedBy(auth, trusted)
+	ignored := damaged || checkKeys && c != nil && (len(auth.keysOrNil()) > 0 || trusted != nil) && !c.AuthenticatedBy(auth, trusted)
 	var have string
 	var signed bool
 	switch {
@@ -242,7 +257,7 @@ func checkLocation(ctx context.Context, s Store, auth *IndexAuth, k *SigningKey,
 		return nil
 	}
 	cfg := RepoConfig{Format: repoFormat, Encryption: want, Created: now.UTC(), Signed: k != nil || signed}
-	return writeConfig(ctx, s, cfg, auth, k, c != nil)
+	return writeConfig(ctx, s, cfg, auth, k, c != nil || damaged)
 }
 
 // keysOrNil is a's keys (nil for a nil a).
@@ -268,7 +283,7 @@ func writeConfig(ctx context.Context, s Store, cfg RepoConfig, auth *IndexAuth, 
 	case err == nil:
 		return nil
 	case errors.Is(err, ErrExists):
-		c, err := ReadConfig(ctx, s)
+		c, _, err := readConfigOrNone(ctx, s)
 		if err != nil {
 			return err
 		}

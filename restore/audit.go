@@ -161,7 +161,7 @@ func (a *Auditor) audit(ctx context.Context, o VerifyOptions) (*Report, error) {
 	o.Deep = o.Sample > 0
 	readSample := false
 	if o.Deep && !o.Keys.CanOpen() {
-		cfg, err := backup.ReadConfig(ctx, a.Store)
+		cfg, _, err := backup.ConfigFor(ctx, a.Store, nil, nil)
 		if err != nil {
 			return nil, err
 		}

@@ -175,7 +175,7 @@ func Verify(ctx context.Context, s backup.Store, o VerifyOptions) (*Report, erro
 	rep.Signed, rep.SignaturesChecked = cat.Location.Signed, cat.Location.Trusted
 	rep.Unauthenticated = cat.Location.Unauthenticated
 	if cat.Location.ConfigIgnored {
-		rep.Notes = append(rep.Notes, Problem{Message: "config.json is not authenticated by the keys given (an older flowkeep wrote it, or someone who can write to the bucket forged it): not believed; the manifests decided the location's scheme. The next backup writes an authenticated one"})
+		rep.Notes = append(rep.Notes, Problem{Message: "config.json is damaged, or not authenticated by the keys given (an older flowkeep wrote it, or someone who can write to the bucket forged it): not believed; the manifests decided the location's scheme. The next backup writes an authenticated one"})
 	}
 	if rep.Unauthenticated {
 		rep.Notes = append(rep.Notes, Problem{Message: "the backups here are encrypted, and their plaintext indexes were not authenticated: what this report says of them could be forged by anyone who can write to the bucket. Give --recipients-file (the agent's) or --identity-file"})

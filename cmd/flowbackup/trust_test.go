@@ -152,6 +152,19 @@ func TestSigned_ABucketWriterWithoutTheKeyDecidesNothing(t *testing.T) {
 	if rs, code := run(t, backupBin, "restore", "--from", bucket, "--to", filepath.Join(root, "restored-2"), "--trusted-keys", pub); code != 0 || !strings.Contains(rs, "its signature does not hold") {
 		t.Fatalf("restore passed over an altered backup in silence: exit %d\n%s", code, rs)
 	}
+	// Garbage a bucket writer leaves at config.json stops nothing: the
+	// next signed backup decides from the manifests and writes a signed
+	// config in its place; a restore with the trusted key goes on.
+	if err := os.WriteFile(filepath.Join(bucketDir, "config.json"), []byte("garbage"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := run(t, backupBin, "backup", "-r", rec, "--to", bucket, "--signing-key", key); code != 0 {
+		t.Fatalf("a signed backup over a garbage config.json: exit %d\n%s", code, out)
+	}
+	if cfg, _ := os.ReadFile(filepath.Join(bucketDir, "config.json")); !strings.Contains(string(cfg), `"signed":true`) {
+		t.Fatalf("the garbage config.json was not replaced: %s", cfg)
+	}
+	must(t, backupBin, "restore", "--from", bucket, "--to", filepath.Join(root, "restored-3"), "--trusted-keys", pub)
 	// A quick verify without keys still works and says what it skipped.
 	if out, _ := run(t, backupBin, "verify", "--from", bucket); !strings.Contains(out, "signatures were not checked") {
 		t.Fatalf("quick verify without keys:\n%s", out)
