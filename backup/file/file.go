@@ -175,12 +175,27 @@ func (s *Store) Get(_ context.Context, key string) (io.ReadCloser, error) {
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.Open(p)
+	f, err := os.OpenFile(p, openReadFlags, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("get %s: %w", key, backup.ErrNotFound)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("get %s: %w", key, err)
+	}
+	// An object is a regular file: a directory there is no object (as
+	// Stat says), and a FIFO, socket or device (which only someone who can
+	// write to the location's directory puts there) is not one.
+	st, err := f.Stat()
+	switch {
+	case err != nil:
+		f.Close()
+		return nil, fmt.Errorf("get %s: %w", key, err)
+	case st.IsDir():
+		f.Close()
+		return nil, fmt.Errorf("get %s: %w", key, backup.ErrNotFound)
+	case !st.Mode().IsRegular():
+		f.Close()
+		return nil, fmt.Errorf("get %s: %w: not a regular file (%v)", key, backup.ErrCorrupt, st.Mode().Type())
 	}
 	return f, nil
 }

@@ -16,3 +16,6 @@ func lockFile(ctx context.Context, path string) (func(), error) {
 	casMu.Lock()
 	return casMu.Unlock, nil
 }
+
+// openReadFlags open an object for reading.
+const openReadFlags = 0

@@ -37,3 +37,7 @@ func lockFile(ctx context.Context, path string) (func(), error) {
 		wait = min(2*wait, 20*time.Millisecond)
 	}
 }
+
+// openReadFlags open an object for reading without waiting: a FIFO someone
+// left where an object goes would otherwise block the open for ever.
+const openReadFlags = os.O_RDONLY | syscall.O_NONBLOCK
