@@ -503,7 +503,7 @@ func (r *Repo) BackupPartition(ctx context.Context, p *recovery.Partition) *Resu
 				res.Manifest, res.Skipped = prev, SkipUnchanged
 				// Nothing to upload: say, for verify's RPO, that the latest
 				// backup is current as of now.
-				return writeHeartbeat(lctx, s, prev, o.SigningKey, o.Now())
+				return writeHeartbeat(lctx, s, prev, o.SigningKey, r.cipher.Auth(), o.Now())
 			}
 		}
 		xfer := Transfer{Also: o.Progress}

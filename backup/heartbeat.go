@@ -22,7 +22,9 @@ import (
 // partition. verify then counts a backup as current until the later of its
 // capture and its last heartbeat, so an idle, fully backed-up flow has an
 // RPO of at most one tick instead of the age of its last epoch. In a signed
-// location heartbeats are signed, and only trusted ones count.
+// location heartbeats are signed, and only trusted ones count; in an
+// encrypted one they are tagged for the recipients (see IndexAuth), and a
+// reader holding their keys counts only tagged ones.
 
 // HeartbeatsPrefix is where heartbeats live.
 const HeartbeatsPrefix = "heartbeats/"
@@ -42,24 +44,28 @@ type storedHeartbeat struct {
 	Heartbeat json.RawMessage `json:"heartbeat"`
 	SHA256    string          `json:"sha256"`
 	Sig       *Signature      `json:"sig,omitempty"`
+	Auth      []string        `json:"auth,omitempty"`
 }
 
 // writeHeartbeat records that m is current as of now.
-func writeHeartbeat(ctx context.Context, s Store, m *Manifest, k *SigningKey, now time.Time) error {
+func writeHeartbeat(ctx context.Context, s Store, m *Manifest, k *SigningKey, auth *IndexAuth, now time.Time) error {
 	body, _ := json.Marshal(Heartbeat{Backup: m.ID, Lineage: m.LineageOf().ID, Checked: now.UTC()})
 	sum := sha256.Sum256(body)
 	digest := hex.EncodeToString(sum[:])
-	b, _ := json.Marshal(storedHeartbeat{Heartbeat: body, SHA256: digest, Sig: k.sign("heartbeat", digest)})
+	b, _ := json.Marshal(storedHeartbeat{Heartbeat: body, SHA256: digest, Sig: k.sign("heartbeat", digest), Auth: auth.tags("heartbeat", digest)})
 	if err := s.Put(ctx, HeartbeatKey(m.Flow.UID, m.Partition.Index), b); err != nil {
 		return fmt.Errorf("record that partition %d's backup is current: %w", m.Partition.Index, err)
 	}
 	return nil
 }
 
-// LoadHeartbeats reads flow uid's heartbeats by partition (those that do
-// not parse, or in a signed location are not signed by a trusted key, are
-// left out: a heartbeat can only make the RPO look better).
-func LoadHeartbeats(ctx context.Context, s Store, uid string, trusted *TrustedKeys) (map[int]Heartbeat, error) {
+// LoadHeartbeats reads flow uid's heartbeats by partition. Those that do
+// not parse, that in a signed location (trusted non-nil) are not signed by
+// a trusted key, or that a reader of an encrypted location holding keys
+// (auth non-nil) finds tagged under none of them, are left out: a
+// heartbeat can only make the RPO look better, and anyone who can write to
+// the bucket can write one.
+func LoadHeartbeats(ctx context.Context, s Store, uid string, trusted *TrustedKeys, auth *IndexAuth) (map[int]Heartbeat, error) {
 	out := map[int]Heartbeat{}
 	var keys []string
 	err := s.List(ctx, HeartbeatsPrefix+uid+"/", "", func(oi ObjectInfo) error {
@@ -88,6 +94,9 @@ func LoadHeartbeats(ctx context.Context, s Store, uid string, trusted *TrustedKe
 			if trusted != nil && !trusted.verify(st.Sig, "heartbeat", st.SHA256) {
 				return hb, errUntrusted
 			}
+			if auth != nil && !auth.verify(st.Auth, "heartbeat", st.SHA256) {
+				return hb, errUntrusted
+			}
 			return hb, nil
 		})
 		if errors.Is(err, ErrNotFound) || errors.Is(err, ErrCorrupt) || errors.Is(err, errUntrusted) {
@@ -101,4 +110,4 @@ func LoadHeartbeats(ctx context.Context, s Store, uid string, trusted *TrustedKe
 	return out, nil
 }
 
-var errUntrusted = errors.New("not signed by a trusted key")
+var errUntrusted = errors.New("not signed by a trusted key, or not tagged for the keys given")

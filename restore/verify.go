@@ -335,7 +335,11 @@ func Verify(ctx context.Context, s backup.Store, o VerifyOptions) (*Report, erro
 				fr.RestorableFrom, fr.RestorableFromEpoch = w.From.Time, w.From.Epoch
 				fr.RestorableTo, fr.RestorableToEpoch = w.To.Time, w.To.Epoch
 			}
-			hbs, err := backup.LoadHeartbeats(ctx, s, uid, o.Trusted)
+			var hbAuth *backup.IndexAuth
+			if cat.Location.Encrypted {
+				hbAuth = o.indexAuth()
+			}
+			hbs, err := backup.LoadHeartbeats(ctx, s, uid, o.Trusted, hbAuth)
 			if err != nil {
 				return nil, err
 			}

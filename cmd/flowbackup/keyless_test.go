@@ -191,3 +191,55 @@ func TestLocation_AForgedConfigDecidesNothing(t *testing.T) {
 		})
 	}
 }
+
+// In an encrypted location heartbeats are tagged for the recipients: a
+// heartbeat someone without the keys writes (to hide that backups stopped)
+// does not count in verify --max-age with the recipients given, a genuine
+// one does.
+func TestEncrypted_AForgedHeartbeatHidesNoStall(t *testing.T) {
+	root := t.TempDir()
+	rec := flowDir(t, "1h")
+	_, recipients := ageKeys(t, root)
+	bucketDir := filepath.Join(root, "bucket")
+	bucket := "file://" + bucketDir
+	must(t, backupBin, "backup", "-r", rec, "--to", bucket, "--recipients-file", recipients)
+	time.Sleep(2500 * time.Millisecond)
+	// The genuine heartbeat: an unchanged flow, backed up again.
+	must(t, backupBin, "backup", "-r", rec, "--to", bucket, "--recipients-file", recipients)
+	if out, code := run(t, backupBin, "verify", "--from", bucket, "--recipients-file", recipients, "--max-age", "2s"); code != 0 {
+		t.Fatalf("verify --max-age 2s just after a genuine heartbeat: exit %d\n%s", code, out)
+	}
+	time.Sleep(2500 * time.Millisecond)
+	if out, code := run(t, backupBin, "verify", "--from", bucket, "--recipients-file", recipients, "--max-age", "2s"); code != 1 || !strings.Contains(out, "falling behind") {
+		t.Fatalf("verify --max-age 2s with the heartbeat 2.5s old: exit %d\n%s", code, out)
+	}
+	// Forged heartbeats: fresh, well formed, untagged.
+	var forged int
+	filepath.WalkDir(filepath.Join(bucketDir, "heartbeats"), func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return nil
+		}
+		var st struct {
+			Heartbeat json.RawMessage `json:"heartbeat"`
+		}
+		b, _ := os.ReadFile(p)
+		if json.Unmarshal(b, &st) != nil {
+			return nil
+		}
+		var hb map[string]any
+		json.Unmarshal(st.Heartbeat, &hb)
+		hb["checked"] = time.Now().UTC().Format(time.RFC3339Nano)
+		body, _ := json.Marshal(hb)
+		sum := sha256.Sum256(body)
+		out, _ := json.Marshal(map[string]any{"heartbeat": json.RawMessage(body), "sha256": hex.EncodeToString(sum[:])})
+		os.WriteFile(p, out, 0o644)
+		forged++
+		return nil
+	})
+	if forged == 0 {
+		t.Fatal("no heartbeat to forge")
+	}
+	if out, code := run(t, backupBin, "verify", "--from", bucket, "--recipients-file", recipients, "--max-age", "2s"); code != 1 || !strings.Contains(out, "falling behind") {
+		t.Fatalf("verify --max-age 2s with forged fresh heartbeats: exit %d\n%s", code, out)
+	}
+}
