@@ -68,7 +68,7 @@ func LoadCatalogWith(ctx context.Context, s Store, workers int, keys *Cipher) (*
 	err := s.List(ctx, ManifestsPrefix, "", func(o ObjectInfo) error {
 		r, ok := ParseManifestKey(o.Key)
 		if !ok {
-			strays = append(strays, BrokenManifest{Key: o.Key, Err: fmt.Errorf("%w: not a manifest key", ErrCorrupt)})
+			strays = append(strays, BrokenManifest{Key: DisplayKey(o.Key), Err: fmt.Errorf("%w: not a manifest key", ErrCorrupt)})
 			return nil
 		}
 		refs = append(refs, r)

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Key prefixes of the canonical layout (see the package doc).
@@ -81,4 +83,14 @@ func NewBackupID(t time.Time) string {
 func BackupIDTime(id string) (time.Time, error) {
 	ts, _, _ := strings.Cut(id, "-")
 	return time.Parse("20060102T150405.000Z", ts)
+}
+
+// DisplayKey is key as messages show it: as it is when every character
+// prints, else quoted (Go syntax), so that an object name someone put in
+// the bucket cannot add lines or terminal control sequences to a report.
+func DisplayKey(key string) string {
+	if !utf8.ValidString(key) || strings.ContainsFunc(key, func(r rune) bool { return !unicode.IsPrint(r) }) {
+		return strconv.Quote(key)
+	}
+	return key
 }

@@ -140,3 +140,19 @@ func TestParseManifestKey(t *testing.T) {
 		}
 	}
 }
+
+// A name someone put in the bucket shows as it is when it prints, quoted
+// when it holds a newline, a control sequence or invalid UTF-8.
+func TestDisplayKey_QuotesWhatDoesNotPrint(t *testing.T) {
+	for _, c := range []struct{ key, want string }{
+		{"manifests/abc/part-0000/x.json", "manifests/abc/part-0000/x.json"},
+		{"manifests/é.json", "manifests/é.json"},
+		{"manifests/x\nFAKE LINE: healthy", `"manifests/x\nFAKE LINE: healthy"`},
+		{"manifests/\x1b[2Kx", `"manifests/\x1b[2Kx"`},
+		{"manifests/\xff", `"manifests/\xff"`},
+	} {
+		if got := DisplayKey(c.key); got != c.want {
+			t.Errorf("DisplayKey(%q) = %s, want %s", c.key, got, c.want)
+		}
+	}
+}

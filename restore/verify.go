@@ -454,7 +454,7 @@ func checkLatest(ctx context.Context, s backup.Store, ms []*backup.Manifest, bro
 		}
 		if err != nil {
 			if flow == "" || strings.Contains(oi.Key, flow) {
-				rep.Problems = append(rep.Problems, Problem{Backup: oi.Key, Message: "damaged latest pointer: " + err.Error() + "; the next backup of its partition rewrites it (and starts a new base)"})
+				rep.Problems = append(rep.Problems, Problem{Backup: backup.DisplayKey(oi.Key), Message: "damaged latest pointer: " + err.Error() + "; the next backup of its partition rewrites it (and starts a new base)"})
 			}
 			return nil
 		}
@@ -464,7 +464,7 @@ func checkLatest(ctx context.Context, s backup.Store, ms []*backup.Manifest, bro
 		k := part{m.Flow.UID, m.Partition.Index}
 		seen[k] = true
 		if oi.Key != backup.LatestKey(k.uid, k.idx) {
-			add(k.uid, k.idx, fmt.Sprintf("latest pointer %s names partition %d of flow %s", oi.Key, k.idx, k.uid))
+			add(k.uid, k.idx, fmt.Sprintf("latest pointer %s names partition %d of flow %s", backup.DisplayKey(oi.Key), k.idx, k.uid))
 			return nil
 		}
 		n := newest[k]
