@@ -56,7 +56,11 @@ func BenchmarkRTO(b *testing.B) {
 	var restores, resumes, rtos []float64
 	for round := 0; round < 3; round++ {
 		dst := filepath.Join(work, fmt.Sprintf("restored-%d", round))
-		o := filepath.Join(work, fmt.Sprintf("out-%d.csv", round))
+		// The output file, copied as the new machine would have it (a
+		// copy of the flow's output continues under its own name).
+		odir := filepath.Join(work, fmt.Sprintf("out-%d", round))
+		os.Mkdir(odir, 0o755)
+		o := filepath.Join(odir, "out.csv")
 		copyDir(b, out, o)
 		syscall.Sync()
 		start := time.Now()
@@ -67,21 +71,29 @@ func BenchmarkRTO(b *testing.B) {
 		if err := run.Start(); err != nil {
 			b.Fatal(err)
 		}
+		exited := make(chan error, 1)
+		go func() { exited <- run.Wait() }()
 		for inspectHi(flowrun, dst) <= at {
+			select {
+			case err := <-exited:
+				b.Fatalf("the restored flow ended before a new durable epoch: %v", err)
+			default:
+			}
 			if time.Since(restored) > 5*time.Minute {
 				run.Process.Kill()
+				<-exited
 				b.Fatal("no new durable epoch 5 minutes after the restore")
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
 		durable := time.Now()
 		run.Process.Signal(syscall.SIGKILL)
-		run.Wait()
+		<-exited
 		restores = append(restores, restored.Sub(start).Seconds())
 		resumes = append(resumes, durable.Sub(restored).Seconds())
 		rtos = append(rtos, durable.Sub(start).Seconds())
 		os.RemoveAll(dst)
-		os.Remove(o)
+		os.RemoveAll(odir)
 	}
 	med := func(xs []float64) float64 { m, _, _ := medianSpread(xs); return m }
 	b.ReportMetric(float64(raw)/(1<<20), "partitions-MiB")
