@@ -219,11 +219,53 @@ func planRestore(ctx context.Context, stores []backup.Store, o *Options) (*sourc
 			}
 		}
 	}
+	if err := notePointedMissing(ctx, src, plan, parts, res, *o); err != nil {
+		return nil, nil, err
+	}
 	if err := opened(plan, parts, o.Keys); err != nil {
 		return nil, nil, err
 	}
 	res.Plan, res.Restored = plan, parts
 	return src, res, nil
+}
+
+// notePointedMissing notes each restored partition whose latest pointer
+// names a backup of which no manifest is stored at all (not even a damaged
+// or disbelieved one): deleted, by someone who can delete in the bucket or
+// by a mistake, so the restore is older than the newest backup was.
+func notePointedMissing(ctx context.Context, src *sources, plan *Plan, parts []int, res *Result, o Options) error {
+	known := map[string]bool{}
+	for _, m := range src.manifests {
+		known[m.ID] = true
+	}
+	for _, b := range src.broken {
+		known[b.Ref.ID] = true
+	}
+	for _, l := range src.locs {
+		for _, st := range l.cat.Strays {
+			if st.Manifest != nil {
+				known[st.Manifest.ID] = true
+			}
+		}
+	}
+	for _, idx := range parts {
+		chosen := plan.Chosen[idx]
+		for _, l := range src.locs {
+			m, err := backup.ReadManifestWith(ctx, l.store, backup.LatestKey(plan.Flow.UID, idx), o.Keys)
+			if err != nil {
+				if ctx.Err() != nil {
+					return context.Cause(ctx)
+				}
+				continue // no pointer, a damaged one, one it cannot open: it says nothing here
+			}
+			if m.Flow.UID != plan.Flow.UID || m.Partition.Index != idx || known[m.ID] || chosen == nil || m.ID <= chosen.ID {
+				continue
+			}
+			res.note([]string{fmt.Sprintf("the latest pointer of partition %d in %s names backup %s (epochs %d..%d), whose manifest is not stored (deleted, or lost): restored from an older backup",
+				idx, l.store, m.ID, m.Epochs.Lo, m.Epochs.Hi)}, o.Note)
+		}
+	}
+	return nil
 }
 
 // note records what a restore decided on the way.

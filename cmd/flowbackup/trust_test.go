@@ -152,6 +152,14 @@ func TestSigned_ABucketWriterWithoutTheKeyDecidesNothing(t *testing.T) {
 	if rs, code := run(t, backupBin, "restore", "--from", bucket, "--to", filepath.Join(root, "restored-2"), "--trusted-keys", pub); code != 0 || !strings.Contains(rs, "its signature does not hold") {
 		t.Fatalf("restore passed over an altered backup in silence: exit %d\n%s", code, rs)
 	}
+	// The newest genuine manifest deleted: the restore falls back, and
+	// says the latest pointer names a backup whose manifest is gone.
+	if err := os.Remove(genuine[len(genuine)-1]); err != nil {
+		t.Fatal(err)
+	}
+	if rs, code := run(t, backupBin, "restore", "--from", bucket, "--to", filepath.Join(root, "restored-4"), "--trusted-keys", pub); code != 0 || !strings.Contains(rs, "whose manifest is not stored") {
+		t.Fatalf("restore passed over a deleted newest backup in silence: exit %d\n%s", code, rs)
+	}
 	// Garbage a bucket writer leaves at config.json stops nothing: the
 	// next signed backup decides from the manifests and writes a signed
 	// config in its place; a restore with the trusted key goes on.
