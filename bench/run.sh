@@ -2,7 +2,7 @@
 # Prints flowkeep's performance figures, one benchmark per issue target.
 # Usage: bench/run.sh [regexp]   (default: all)
 #
-# The side-by-side restore/verify benchmark (RestoreVerifyPeers) compares
+# The side-by-side benchmarks (RestoreVerifyPeers, FirstBackupPeers) compare
 # with restic and rclone; they are built from the Go module proxy into the
 # tools cache on first use (a few minutes), like test.sh's servers.
 set -euo pipefail
@@ -18,7 +18,7 @@ for spec in versitygw:github.com/versity/versitygw/cmd/versitygw@v1.8.0; do
 		GOBIN="$tools/bin" GOFLAGS=-buildvcs=false go install "${spec#*:}"
 	fi
 done
-if [[ "RestoreVerifyPeers" =~ $pattern ]]; then
+if [[ "RestoreVerifyPeers" =~ $pattern || "FirstBackupPeers" =~ $pattern ]]; then
 	export FLOWKEEP_PEERS="$tools/peers"
 	mkdir -p "$FLOWKEEP_PEERS"
 	for spec in restic:github.com/restic/restic/cmd/restic@v0.18.1 rclone:github.com/rclone/rclone@v1.76.0; do
