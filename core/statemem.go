@@ -191,7 +191,7 @@ func (lz *lazyState[S]) uncharge(e *entry[S]) int64 {
 // mapSlotBytes is what a Go map[string]*entry costs per entry it has held
 // at once (a slot of key and pointer, its control byte, at the map's
 // average load): maps keep their size when entries are deleted.
-const mapSlotBytes = 40
+const mapSlotBytes = 48
 
 // publish tells the budget what this instance's state is charged: its
 // entries, its map (by the most entries it held), the clock's ring, the
@@ -214,16 +214,21 @@ func (o *statefulOp[V, S, O]) publish() {
 }
 
 // markDirty and markClean keep dirtyBytes: what the entries changed in
-// the open epoch and not written yet are charged.
+// the open epoch and not written yet cost, with their map slots and their
+// places in the dirty list.
 func (lz *lazyState[S]) markDirty(e *entry[S]) {
 	e.set(flDirty)
-	lz.dirtyBytes += int64(e.size) * sizeUnit
+	lz.dirtyBytes += int64(e.size)*sizeUnit + dirtyOverhead
 }
 
 func (lz *lazyState[S]) markClean(e *entry[S]) {
 	e.unset(flDirty)
-	lz.dirtyBytes -= int64(e.size) * sizeUnit
+	lz.dirtyBytes -= int64(e.size)*sizeUnit + dirtyOverhead
 }
+
+// dirtyOverhead is what a dirty entry costs beyond its charge: its map
+// slot and its place in the dirty list.
+const dirtyOverhead = mapSlotBytes + 24
 
 // keep adds a new entry to the map. With a budget it is charged, and a
 // clean one (read from a partition) joins the clock at once; a new one
@@ -591,10 +596,29 @@ func (o *statefulOp[V, S, O]) spill(need int64) error {
 			return err
 		}
 		lz.charge(e, d.key, nb)
-		freed += int64(e.size) * sizeUnit
+		freed += int64(e.size)*sizeUnit + dirtyOverhead
 		spilled = append(spilled, d)
+		if len(spilled) == snapshotChunk {
+			// Handed over in pieces: the list of what was written stays small.
+			if err := o.spilledWritten(spilled); err != nil {
+				return err
+			}
+			spilled = spilled[:0]
+		}
 	}
 	lz.spilled = spilled
+	if err := o.spilledWritten(spilled); err != nil {
+		return err
+	}
+	if lz.stale > 1024 && lz.stale >= len(o.dirty)/2 {
+		o.compactDirty()
+	}
+	return nil
+}
+
+// spilledWritten hands the entries just written early to recovery, and
+// queues them to leave memory once readable.
+func (o *statefulOp[V, S, O]) spilledWritten(spilled []keyed[S]) error {
 	if len(spilled) == 0 {
 		return nil
 	}
@@ -604,13 +628,10 @@ func (o *statefulOp[V, S, O]) spill(need int64) error {
 	}
 	for _, d := range spilled {
 		d.e.wrote = t
-		lz.queueWritten(d.key, d.e)
+		o.lz.queueWritten(d.key, d.e)
 	}
 	clear(spilled)
-	lz.stale += len(spilled)
-	if lz.stale > 1024 && lz.stale >= len(o.dirty)/2 {
-		o.compactDirty()
-	}
+	o.lz.stale += len(spilled)
 	return nil
 }
 
