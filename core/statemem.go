@@ -33,13 +33,17 @@ import (
 //     was in memory; an entry touched since the clock last passed it gets
 //     a second chance.
 //   - Dirty entries are written when their epoch closes, as without the
-//     bound. When the clean entries are not enough (a flow that changes
-//     more keys in an epoch than the budget holds), the oldest-changed
-//     dirty entries are written early, as changes of the open epoch with
-//     the worker's frontier unchanged (Recovery.Commit allows it; a resume
-//     below the epoch discards them), and leave memory once readable.
-//     Between a write and its being readable the memory may run over the
-//     bound by about one batch per instance.
+//     bound. Once they hold half the budget (a flow that changes more keys
+//     in an epoch than the budget holds, e.g. a fresh run over many keys),
+//     the oldest-changed are written early, walking the dirty list as a
+//     clock (an entry touched since the hand passed it waits a turn), as
+//     changes of the open epoch with the worker's frontier unchanged
+//     (Recovery.Commit allows it; a resume below the epoch discards them);
+//     they leave the dirty list at once and memory once readable. Writing
+//     them before the budget runs out gives the writes time to become
+//     readable; when it does run out first, the instance waits for them.
+//     So the bound holds from the first epoch on, give or take a batch
+//     per instance.
 //
 // End of input visits, in key order, the union of the keys in memory and
 // the keys the partitions hold of this pass (StateReader.ScanState: the
