@@ -33,12 +33,13 @@ import (
 //     was in memory; an entry touched since the clock last passed it gets
 //     a second chance.
 //   - Dirty entries are written when their epoch closes, as without the
-//     bound. Once they hold half the budget (a flow that changes more keys
-//     in an epoch than the budget holds, e.g. a fresh run over many keys),
-//     the oldest-changed are written early, walking the dirty list as a
-//     clock (an entry touched since the hand passed it waits a turn), as
-//     changes of the open epoch with the worker's frontier unchanged
-//     (Recovery.Commit allows it; a resume below the epoch discards them);
+//     bound. Once they hold half the budget and the state is near it (a
+//     flow that changes more keys in an epoch than the budget holds, e.g.
+//     a fresh run over many keys), the oldest-changed are written early,
+//     walking the dirty list as a clock (an entry touched since the hand
+//     passed it waits a turn), as changes of the open epoch with the
+//     worker's frontier unchanged (Recovery.Commit allows it; a resume
+//     below the epoch discards them);
 //     they leave the dirty list at once and memory once readable. Writing
 //     them before the budget runs out gives the writes time to become
 //     readable; when it does run out first, the instance waits for them.
@@ -445,10 +446,11 @@ func (o *statefulOp[V, S, O]) snapshotLazy(e Epoch) error {
 	return nil
 }
 
-// shed keeps the state within its bound. Once the dirty entries (changed
-// in the open epoch) hold more than half of it, the oldest-changed are
-// written early, so that their writes are readable, and they can leave
-// memory, by the time memory runs over. When it does run over, clean
+// shed keeps the state within its bound. Once the state is within an
+// eighth of it and the dirty entries (changed in the open epoch) hold more
+// than half of it, the oldest-changed are written early, so that their
+// writes are readable, and they can leave memory, by the time memory runs
+// over. When it does run over, clean
 // entries whose writes are readable leave in clock order; if that is not
 // enough, dirty entries are written early, and when the state is still
 // far over its bound and what frees memory is a write not yet readable,
@@ -457,8 +459,11 @@ func (o *statefulOp[V, S, O]) shed() error {
 	lz := o.lz
 	o.publish()
 	avail := lz.budget.avail()
-	if d := lz.budget.dirty.Load(); d > avail/2 && lz.dirtyBytes > 0 {
-		if err := o.spill(min(lz.dirtyBytes, d-avail/4)); err != nil {
+	// Near the bound, and mostly dirty: write the excess early. (A working
+	// set that fits is left alone: its keys would be written again and
+	// again.)
+	if d := lz.budget.dirty.Load(); d > avail/2 && lz.dirtyBytes > 0 && lz.budget.used.Load() > avail-avail/8 {
+		if err := o.spill(min(lz.dirtyBytes, d-avail/2)); err != nil {
 			return err
 		}
 		o.publish()
