@@ -132,6 +132,7 @@ const (
 	flRef                             // touched since the eviction clock last passed it
 	flQueued                          // in the eviction clock's or the pending ring
 	flFresh                           // made by this run, never queued: the dirty list holds the map's key
+	flListed                          // seen while the dirty list is compacted
 )
 
 func (e *entry[S]) is(f entryFlags) bool { return e.fl&f != 0 }

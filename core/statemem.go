@@ -33,13 +33,18 @@ import (
 //     was in memory; an entry touched since the clock last passed it gets
 //     a second chance.
 //   - Dirty entries are written when their epoch closes, as without the
-//     bound. When the clean entries are not enough (a flow that changes
-//     more keys in an epoch than the budget holds), the oldest-changed
-//     dirty entries are written early, as changes of the open epoch with
-//     the worker's frontier unchanged (Recovery.Commit allows it; a resume
-//     below the epoch discards them), and leave memory once readable.
-//     Between a write and its being readable the memory may run over the
-//     bound by about one batch per instance.
+//     bound. Once they hold half the budget and the state is near it (a
+//     flow that changes more keys in an epoch than the budget holds, e.g.
+//     a fresh run over many keys), the oldest-changed are written early,
+//     walking the dirty list as a clock (an entry touched since the hand
+//     passed it waits a turn), as changes of the open epoch with the
+//     worker's frontier unchanged (Recovery.Commit allows it; a resume
+//     below the epoch discards them);
+//     they leave the dirty list at once and memory once readable. Writing
+//     them before the budget runs out gives the writes time to become
+//     readable; when it does run out first, the instance waits for them.
+//     So the bound holds from the first epoch on, give or take a batch
+//     per instance.
 //
 // End of input visits, in key order, the union of the keys in memory and
 // the keys the partitions hold of this pass (StateReader.ScanState: the
@@ -52,19 +57,22 @@ import (
 type memBudget struct {
 	limit int64
 	used  atomic.Int64
+	dirty atomic.Int64 // of used: entries changed in the open epoch, not written yet
 	extra func() int64 // what recovery holds to serve reads
 }
 
-// over is how many bytes the state uses above the bound (<= 0: none).
-// Recovery's share never leaves the cache less than an eighth of the
-// bound.
-func (b *memBudget) over() int64 {
+// avail is what the entries may use: the bound less recovery's share,
+// which never leaves the cache less than an eighth of the bound.
+func (b *memBudget) avail() int64 {
 	avail := b.limit
 	if b.extra != nil {
 		avail -= b.extra()
 	}
-	return b.used.Load() - max(avail, b.limit/8)
+	return max(avail, b.limit/8)
 }
+
+// over is how many bytes the state uses above the bound (<= 0: none).
+func (b *memBudget) over() int64 { return b.used.Load() - b.avail() }
 
 // sizeUnit is the unit of entry.size.
 const sizeUnit = 16
@@ -83,8 +91,10 @@ type lazyState[S any] struct {
 	evicted    *keySet
 	pending    ring[S] // written entries whose writes are not readable yet, in write order
 	clock      ring[S] // entries that may leave memory, in clock order
-	spillAt    int     // next dirty entry to consider writing early
-	spillPass  int     // passes over the dirty list this epoch
+	spillAt    int     // next dirty entry to consider writing early (a clock hand over the dirty list)
+	stale      int     // entries of the dirty list written early since it was last compacted
+	dirtyBytes int64   // what the dirty entries are charged
+	pubDirty   int64   // what the budget has been told of dirtyBytes
 	lastTicket uint64  // of the last write this instance made
 	spilled    []keyed[S]
 	seen       map[string]struct{}
@@ -186,7 +196,7 @@ func (lz *lazyState[S]) uncharge(e *entry[S]) int64 {
 // mapSlotBytes is what a Go map[string]*entry costs per entry it has held
 // at once (a slot of key and pointer, its control byte, at the map's
 // average load): maps keep their size when entries are deleted.
-const mapSlotBytes = 40
+const mapSlotBytes = 48
 
 // publish tells the budget what this instance's state is charged: its
 // entries, its map (by the most entries it held), the clock's ring, the
@@ -202,7 +212,28 @@ func (o *statefulOp[V, S, O]) publish() {
 		lz.budget.used.Add(total - lz.published)
 		lz.published = total
 	}
+	if lz.dirtyBytes != lz.pubDirty {
+		lz.budget.dirty.Add(lz.dirtyBytes - lz.pubDirty)
+		lz.pubDirty = lz.dirtyBytes
+	}
 }
+
+// markDirty and markClean keep dirtyBytes: what the entries changed in
+// the open epoch and not written yet cost, with their map slots and their
+// places in the dirty list.
+func (lz *lazyState[S]) markDirty(e *entry[S]) {
+	e.set(flDirty)
+	lz.dirtyBytes += int64(e.size)*sizeUnit + dirtyOverhead
+}
+
+func (lz *lazyState[S]) markClean(e *entry[S]) {
+	e.unset(flDirty)
+	lz.dirtyBytes -= int64(e.size)*sizeUnit + dirtyOverhead
+}
+
+// dirtyOverhead is what a dirty entry costs beyond its charge: its map
+// slot and its place in the dirty list.
+const dirtyOverhead = mapSlotBytes + 24
 
 // keep adds a new entry to the map. With a budget it is charged, and a
 // clean one (read from a partition) joins the clock at once; a new one
@@ -248,7 +279,7 @@ func (o *statefulOp[V, S, O]) touchLazy(key string) *entry[S] {
 	}
 	e.set(flRef)
 	if !e.is(flDirty) {
-		e.set(flDirty)
+		o.lz.markDirty(e)
 		o.dirty = append(o.dirty, keyed[S]{key, e})
 	}
 	return e
@@ -305,7 +336,7 @@ func (o *statefulOp[V, S, O]) pushLazy(kvs []KV[V]) error {
 		return err
 	}
 	if lz.budget != nil {
-		return o.shed(len(kvs))
+		return o.shed()
 	}
 	return nil
 }
@@ -371,7 +402,11 @@ func (o *statefulOp[V, S, O]) snapshotLazy(e Epoch) error {
 	defer func() {
 		clear(o.dirty)
 		o.dirty = o.dirty[:0]
-		lz.spillAt, lz.spillPass = 0, 0
+		if cap(o.dirty) > 1<<12 && lz.budget != nil {
+			// One epoch's burst need not be charged for good.
+			o.dirty = nil
+		}
+		lz.spillAt, lz.stale, lz.dirtyBytes = 0, 0, 0
 	}()
 	o.seg.changes = slices.Grow(o.seg.changes, min(len(o.dirty), snapshotChunk))
 	written := o.dirty[:0]
@@ -381,7 +416,7 @@ func (o *statefulOp[V, S, O]) snapshotLazy(e Epoch) error {
 		if !en.is(flDirty) {
 			continue // written early (spilled), and not changed since
 		}
-		en.unset(flDirty)
+		lz.markClean(en)
 		n, err := o.write(d.key, en.s, e)
 		if err != nil {
 			return err
@@ -411,14 +446,28 @@ func (o *statefulOp[V, S, O]) snapshotLazy(e Epoch) error {
 	return nil
 }
 
-// shed evicts entries while the state is over its bound, and writes dirty
-// entries early when clean ones are not enough. n is the size of the batch
-// just applied: the clock looks at a few times as many entries. When the
-// state is far over its bound and what frees memory is a write not yet
-// readable, it waits for that write.
-func (o *statefulOp[V, S, O]) shed(n int) error {
+// shed keeps the state within its bound. Once the state is within an
+// eighth of it and the dirty entries (changed in the open epoch) hold more
+// than half of it, the oldest-changed are written early, so that their
+// writes are readable, and they can leave memory, by the time memory runs
+// over. When it does run over, clean
+// entries whose writes are readable leave in clock order; if that is not
+// enough, dirty entries are written early, and when the state is still
+// far over its bound and what frees memory is a write not yet readable,
+// shed waits for that write.
+func (o *statefulOp[V, S, O]) shed() error {
 	lz := o.lz
 	o.publish()
+	avail := lz.budget.avail()
+	// Near the bound, and mostly dirty: write the excess early. (A working
+	// set that fits is left alone: its keys would be written again and
+	// again.)
+	if d := lz.budget.dirty.Load(); d > avail/2 && lz.dirtyBytes > 0 && lz.budget.used.Load() > avail-avail/8 {
+		if err := o.spill(min(lz.dirtyBytes, d-avail/2)); err != nil {
+			return err
+		}
+		o.publish()
+	}
 	over := lz.budget.over()
 	if over <= 0 {
 		return nil
@@ -430,7 +479,7 @@ func (o *statefulOp[V, S, O]) shed(n int) error {
 	need := over + lz.budget.limit/64 // a little more, so the next batch fits
 	var freed int64
 	for round := 0; ; round++ {
-		freed += o.evict(need-freed, 4*n+1024)
+		freed += o.evict(need - freed)
 		if freed >= need || round == 3 {
 			break
 		}
@@ -463,8 +512,10 @@ func (lz *lazyState[S]) unwritten() bool {
 func (lz *lazyState[S]) written() uint64 { return lz.rd.Written(lz.worker) }
 
 // evict lets clean entries whose writes are readable leave memory, in
-// clock order, until need bytes are freed or scan entries were looked at.
-func (o *statefulOp[V, S, O]) evict(need int64, scan int) int64 {
+// clock order, until need bytes are freed or the clock went round twice
+// (an entry touched since it was last passed is kept the first time: the
+// scans are paid for by the touches that set those marks).
+func (o *statefulOp[V, S, O]) evict(need int64) int64 {
 	lz := o.lz
 	written := uint32(lz.written())
 	// Written entries whose writes became readable join the clock.
@@ -482,7 +533,7 @@ func (o *statefulOp[V, S, O]) evict(need int64, scan int) int64 {
 		lz.clock.push(r)
 	}
 	var freed int64
-	for scan = min(scan, lz.clock.len()); scan > 0 && freed < need; scan-- {
+	for scan := 2 * lz.clock.len(); scan > 0 && freed < need && lz.clock.len() > 0; scan-- {
 		r := lz.clock.pop()
 		e := r.e
 		if e.is(flDead) {
@@ -525,17 +576,18 @@ func (o *statefulOp[V, S, O]) rebuildMap() {
 }
 
 // spill writes dirty entries early (as changes of the open epoch), the
-// least recently touched first, until they account for need bytes: they
-// leave memory once readable.
+// least recently changed first, until they account for need bytes: they
+// leave memory once readable. The dirty list is walked as a clock: an
+// entry touched since the hand last passed it is kept the first time.
+// Entries written early leave the dirty list (it is compacted once they
+// are half of it), so that it holds no more than the cache.
 func (o *statefulOp[V, S, O]) spill(need int64) error {
 	lz := o.lz
 	var freed int64
 	spilled := lz.spilled[:0]
-	for freed < need && lz.spillPass < 2 {
-		if lz.spillAt == len(o.dirty) {
+	for visits := 2 * len(o.dirty); freed < need && visits > 0; visits-- {
+		if lz.spillAt >= len(o.dirty) {
 			lz.spillAt = 0
-			lz.spillPass++
-			continue
 		}
 		d := o.dirty[lz.spillAt]
 		lz.spillAt++
@@ -543,20 +595,39 @@ func (o *statefulOp[V, S, O]) spill(need int64) error {
 		if !e.is(flDirty) {
 			continue
 		}
-		if e.is(flRef) && lz.spillPass == 0 {
-			e.unset(flRef) // touched lately: spill on the next pass
+		if e.is(flRef) {
+			e.unset(flRef) // touched lately: written when the hand comes back
 			continue
 		}
-		e.unset(flDirty)
+		lz.markClean(e)
 		nb, err := o.write(d.key, e.s, lz.cur)
 		if err != nil {
 			return err
 		}
 		lz.charge(e, d.key, nb)
-		freed += int64(e.size) * sizeUnit
+		freed += int64(e.size)*sizeUnit + dirtyOverhead
 		spilled = append(spilled, d)
+		if len(spilled) == snapshotChunk {
+			// Handed over in pieces: the list of what was written stays small.
+			if err := o.spilledWritten(spilled); err != nil {
+				return err
+			}
+			spilled = spilled[:0]
+		}
 	}
 	lz.spilled = spilled
+	if err := o.spilledWritten(spilled); err != nil {
+		return err
+	}
+	if lz.stale > 1024 && lz.stale >= len(o.dirty)/2 {
+		o.compactDirty()
+	}
+	return nil
+}
+
+// spilledWritten hands the entries just written early to recovery, and
+// queues them to leave memory once readable.
+func (o *statefulOp[V, S, O]) spilledWritten(spilled []keyed[S]) error {
 	if len(spilled) == 0 {
 		return nil
 	}
@@ -566,10 +637,42 @@ func (o *statefulOp[V, S, O]) spill(need int64) error {
 	}
 	for _, d := range spilled {
 		d.e.wrote = t
-		lz.queueWritten(d.key, d.e)
+		o.lz.queueWritten(d.key, d.e)
 	}
 	clear(spilled)
+	o.lz.stale += len(spilled)
 	return nil
+}
+
+// compactDirty drops from the dirty list the entries that are no longer
+// dirty (written early) and the second places of entries changed again
+// since, keeping the order and the clock hand's place.
+func (o *statefulOp[V, S, O]) compactDirty() {
+	lz := o.lz
+	j, at := 0, -1
+	for i, d := range o.dirty {
+		if i == lz.spillAt {
+			at = j
+		}
+		if !d.e.is(flDirty) || d.e.is(flListed) {
+			continue
+		}
+		d.e.set(flListed)
+		o.dirty[j] = d
+		j++
+	}
+	if at < 0 {
+		at = j
+	}
+	for _, d := range o.dirty[:j] {
+		d.e.unset(flListed)
+	}
+	clear(o.dirty[j:])
+	o.dirty = o.dirty[:j]
+	if cap(o.dirty) > 1<<12 && 4*j < cap(o.dirty) {
+		o.dirty = append(make([]keyed[S], 0, 2*j), o.dirty...)
+	}
+	lz.spillAt, lz.stale = at, 0
 }
 
 // finishLazy runs OnEOF over the keys in memory and, in the same key

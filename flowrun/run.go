@@ -39,6 +39,7 @@ type runOptions struct {
 	SnapshotBuf  string
 	snapBufSet   bool
 	StateMemory  string
+	stateMemSet  bool
 	Listen       string
 	ConnTimeout  time.Duration
 	Secret       string
@@ -107,6 +108,7 @@ Flows: ` + flowNames(specs) + `
 			o.snapshotSet = cmd.Flags().Changed("snapshot-interval")
 			o.backupSet = cmd.Flags().Changed("backup-interval")
 			o.snapBufSet = cmd.Flags().Changed("snapshot-buffer")
+			o.stateMemSet = cmd.Flags().Changed("state-memory")
 			return runRun(cmd.Context(), o, specs, cmd.ErrOrStderr())
 		},
 	}
@@ -194,9 +196,18 @@ func (o runOptions) validate() error {
 	if n, err := human.ParseBytes(o.SnapshotBuf); err != nil || n < 1<<20 {
 		return usagef("--snapshot-buffer %q: give a size of at least 1MiB (e.g. 256MiB)", o.SnapshotBuf)
 	}
-	if o.StateMemory != "" {
+	if o.stateMemSet || o.StateMemory != "" {
 		n, err := human.ParseBytes(o.StateMemory)
-		if err != nil || n < minStateMemory {
+		switch {
+		case strings.TrimSpace(o.StateMemory) == "":
+			return usagef("--state-memory %q: give a size (e.g. 512MiB), or leave the flag out to keep all state in memory", o.StateMemory)
+		case errors.Is(err, human.ErrTooLarge):
+			return usagef("--state-memory %q: too large: give the memory keyed state may use (e.g. 512MiB, 16GiB)", o.StateMemory)
+		case errors.Is(err, human.ErrNotWhole):
+			return usagef("--state-memory %q: give a whole number, in a smaller unit if need be (e.g. 1536MiB, not 1.5GiB)", o.StateMemory)
+		case err != nil:
+			return usagef("--state-memory %q: give a size, a whole number with a unit (e.g. 512MiB)", o.StateMemory)
+		case n < minStateMemory:
 			return usagef("--state-memory %q: give a size of at least %s (e.g. 512MiB)", o.StateMemory, human.Bytes(minStateMemory))
 		}
 		if len(o.RecoveryDirs) == 0 {

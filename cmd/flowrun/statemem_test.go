@@ -8,6 +8,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -82,6 +84,10 @@ func TestCLI_StateMemoryNeedsRecoveryAndOneProcess(t *testing.T) {
 		{"without -r", []string{"--state-memory", "64MiB"}, "--state-memory needs -r"},
 		{"below the least", append([]string{"--state-memory", "1MiB"}, rec...), `--state-memory "1MiB": give a size of at least 4.0 MiB`},
 		{"not a size", append([]string{"--state-memory", "lots"}, rec...), `--state-memory "lots": give a size`},
+		{"empty", append([]string{"--state-memory", ""}, rec...), `--state-memory "": give a size`},
+		{"too large", append([]string{"--state-memory", "8EiB"}, rec...), `--state-memory "8EiB": too large`},
+		{"beyond int64", append([]string{"--state-memory", "16EiB"}, rec...), `--state-memory "16EiB": too large`},
+		{"a fraction", append([]string{"--state-memory", "1.5GiB"}, rec...), `--state-memory "1.5GiB": give a whole number`},
 		{"in a cluster", append([]string{"--state-memory", "64MiB", "--addresses", "127.0.0.1:1,127.0.0.1:2"}, rec...), "--state-memory is not supported in a cluster yet"},
 	}
 	for _, tt := range tests {
@@ -229,4 +235,83 @@ func writeDistinctWords(t *testing.T, path string, first, n int, appendTo bool) 
 		t.Fatal(err)
 	}
 	f.Close()
+}
+
+// A fresh run over many more distinct words than the bound holds keeps its
+// live Go heap near the bound from its first epoch on, not in proportion
+// to the keys: the cache, not the heap limit the flag sets, is what bounds
+// the state (GOMEMLIMIT is set, so the flag sets none). The garbage
+// collector's trace gives the live heap after every cycle; it does not
+// depend on the machine's speed, as RSS and CPU do (though the peak of
+// the unbounded run moves with the moments its cycles fall on). Before the
+// fix, over 600k words, the bounded run's live heap peaked at 112-145 MB,
+// the unbounded run's at 79-116 MB; after it the bounded run's at 28 MB.
+func TestStateMemory_FreshRunLiveHeapFollowsBound(t *testing.T) {
+	const words = 800000
+	dir := t.TempDir()
+	in := filepath.Join(dir, "in.txt")
+	writeDistinctWords(t, in, 0, words, false)
+	run := func(name string, flags ...string) int {
+		t.Helper()
+		rec, out := filepath.Join(dir, "rec-"+name), filepath.Join(dir, "out-"+name+".csv")
+		os.Mkdir(rec, 0o755)
+		mustRun(t, "recovery", "init", rec, "4")
+		args := append([]string{"run", "wordcount", "-i", in, "-o", out, "-r", rec, "-s", "1s", "-b", "0", "-w", "2"}, flags...)
+		cmd := exec.Command(flowrunBin, args...)
+		cmd.Env = append(os.Environ(), "GOMEMLIMIT=1GiB", "GODEBUG=gctrace=1")
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("flowrun %v: %v\n%s", args, err, lastLines(stderr.String(), 20))
+		}
+		totals := lastTotals(t, out)
+		if len(totals) != words {
+			t.Fatalf("%s: %d words in the output, want %d", name, len(totals), words)
+		}
+		for w, c := range totals {
+			if c != "1" {
+				t.Fatalf("%s: word %s: total %s, want 1", name, w, c)
+			}
+		}
+		return peakLiveHeap(t, stderr.String())
+	}
+	unbounded := run("unbounded")
+	bounded := run("bounded", "--state-memory", "8MiB")
+	t.Logf("peak live heap over %d distinct words: %d MB unbounded, %d MB with --state-memory 8MiB", words, unbounded, bounded)
+	// The bound, plus what the rest of the run holds: the recovery queue
+	// (a quarter of the bound, at least 4 MiB), the index of segments not
+	// compacted yet, batches in flight.
+	const limit = 56
+	if bounded > limit {
+		t.Fatalf("with --state-memory 8MiB the live heap peaked at %d MB (unbounded: %d MB), want at most %d MB", bounded, unbounded, limit)
+	}
+	if unbounded < limit+16 {
+		t.Fatalf("the unbounded run's live heap peaked at %d MB: not far enough above %d MB to show anything", unbounded, limit)
+	}
+}
+
+// peakLiveHeap is the largest live heap, in MB, a GODEBUG=gctrace=1 trace
+// reports ("gc N @…: … A->B->C MB": C is the heap marked live).
+func peakLiveHeap(t *testing.T, trace string) int {
+	t.Helper()
+	peak, cycles := 0, 0
+	for _, m := range gcTraceLive.FindAllStringSubmatch(trace, -1) {
+		n, err := strconv.Atoi(m[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		peak = max(peak, n)
+		cycles++
+	}
+	if cycles == 0 {
+		t.Fatalf("no garbage collection in the trace:\n%s", lastLines(trace, 20))
+	}
+	return peak
+}
+
+var gcTraceLive = regexp.MustCompile(`(?m)^gc \d+ @.* \d+->\d+->(\d+) MB`)
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }

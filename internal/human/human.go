@@ -2,6 +2,7 @@
 package human
 
 import (
+	"errors"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -25,9 +26,16 @@ func Bytes(n int64) string {
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
+// Errors of ParseBytes a caller may tell apart.
+var (
+	ErrTooLarge = errors.New("too large")           // 4 EiB or more
+	ErrNotWhole = errors.New("give a whole number") // a fraction, e.g. 1.5GiB
+)
+
 // ParseBytes parses a size: a whole number with an optional unit, binary
-// (KiB, MiB, GiB, TiB) or decimal (KB, MB, GB, TB), or B: "256MiB",
-// "64 MB", "1048576".
+// (KiB, MiB, GiB, TiB, PiB, EiB) or decimal (KB, MB, GB, TB, PB, EB), or
+// B: "256MiB", "64 MB", "1048576". Sizes of 4 EiB (2^62 bytes) and more
+// are too large.
 func ParseBytes(s string) (int64, error) {
 	t := strings.TrimSpace(s)
 	i := 0
@@ -39,16 +47,22 @@ func ParseBytes(s string) (int64, error) {
 	}
 	n, err := strconv.ParseInt(t[:i], 10, 64)
 	if err != nil {
+		if errors.Is(err, strconv.ErrRange) {
+			return 0, fmt.Errorf("size %q is %w", s, ErrTooLarge)
+		}
 		return 0, fmt.Errorf("size %q: %v", s, err)
 	}
-	units := map[string]int64{"": 1, "B": 1, "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40,
-		"KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+	if i < len(t) && (t[i] == '.' || t[i] == ',') {
+		return 0, fmt.Errorf("size %q: %w in a smaller unit (e.g. 1536MiB, not 1.5GiB)", s, ErrNotWhole)
+	}
+	units := map[string]int64{"": 1, "B": 1, "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40, "PIB": 1 << 50, "EIB": 1 << 60,
+		"KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "PB": 1e15, "EB": 1e18, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 	m, ok := units[strings.ToUpper(strings.TrimSpace(t[i:]))]
 	if !ok {
 		return 0, fmt.Errorf("size %q: unknown unit %q (use B, KiB, MiB, GiB, TiB or KB, MB, GB, TB)", s, strings.TrimSpace(t[i:]))
 	}
 	if n > (1<<62)/m {
-		return 0, fmt.Errorf("size %q is too large", s)
+		return 0, fmt.Errorf("size %q is %w", s, ErrTooLarge)
 	}
 	return n * m, nil
 }

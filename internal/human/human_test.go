@@ -1,6 +1,7 @@
 package human
 
 import (
+	"strings"
 	"testing"
 	"time"
 )
@@ -23,6 +24,15 @@ func TestParseBytes(t *testing.T) {
 		if _, err := ParseBytes(bad); err == nil {
 			t.Errorf("ParseBytes(%q) accepted", bad)
 		}
+	}
+	// Too large or fractional sizes say so (not only "unknown unit").
+	for bad, says := range map[string]string{"8EiB": "too large", "16EiB": "too large", "99999999999999999999": "too large", "1.5GiB": "whole number"} {
+		if _, err := ParseBytes(bad); err == nil || !strings.Contains(err.Error(), says) {
+			t.Errorf("ParseBytes(%q) = %v, want an error saying %q", bad, err, says)
+		}
+	}
+	if got, err := ParseBytes("1PiB"); err != nil || got != 1<<50 {
+		t.Errorf("ParseBytes(1PiB) = %d, %v", got, err)
 	}
 }
 
