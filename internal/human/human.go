@@ -61,7 +61,7 @@ func ParseBytes(s string) (int64, error) {
 	if !ok {
 		return 0, fmt.Errorf("size %q: unknown unit %q (use B, KiB, MiB, GiB, TiB or KB, MB, GB, TB)", s, strings.TrimSpace(t[i:]))
 	}
-	if n > (1<<62)/m {
+	if n >= ((1<<62)+m-1)/m { // n*m >= 2^62 (4 EiB), without overflowing
 		return 0, fmt.Errorf("size %q is %w", s, ErrTooLarge)
 	}
 	return n * m, nil

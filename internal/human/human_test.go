@@ -26,7 +26,7 @@ func TestParseBytes(t *testing.T) {
 		}
 	}
 	// Too large or fractional sizes say so (not only "unknown unit").
-	for bad, says := range map[string]string{"8EiB": "too large", "16EiB": "too large", "99999999999999999999": "too large", "1.5GiB": "whole number"} {
+	for bad, says := range map[string]string{"8EiB": "too large", "16EiB": "too large", "4EiB": "too large", "4096PiB": "too large", "4611686018427387904": "too large", "99999999999999999999": "too large", "1.5GiB": "whole number"} {
 		if _, err := ParseBytes(bad); err == nil || !strings.Contains(err.Error(), says) {
 			t.Errorf("ParseBytes(%q) = %v, want an error saying %q", bad, err, says)
 		}
