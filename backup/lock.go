@@ -147,7 +147,7 @@ func AcquireLock(ctx context.Context, s Store, key, holder string, ttl time.Dura
 			if serr != nil {
 				return nil, fmt.Errorf("could not read lock %s: %w", key, serr)
 			}
-			if t.Sub(oi.Modified) < ttl && !oi.Modified.After(t.Add(FutureSkew)) {
+			if heldFrom(oi, t, ttl).After(t) {
 				return nil, fmt.Errorf("could not read lock %s (%v); it is taken over once it is %v old, at %s",
 					key, rerr, ttl, oi.Modified.Add(ttl).UTC().Format(time.RFC3339))
 			}
@@ -211,10 +211,18 @@ func writtenHeldUntil(ctx context.Context, s Store, key string, now time.Time) (
 	if err != nil {
 		return time.Time{}, fmt.Errorf("could not stat lock %s: %w", key, err)
 	}
+	return heldFrom(oi, now, MaxLockTTL), nil
+}
+
+// heldFrom is until when a lock object oi that cannot be believed holds,
+// for hold from when the store says it was written: nothing if that write
+// time is more than FutureSkew in the future (a file:// mtime set to 2099,
+// or a clock far off, proves nothing).
+func heldFrom(oi ObjectInfo, now time.Time, hold time.Duration) time.Time {
 	if oi.Modified.After(now.Add(FutureSkew)) {
-		return time.Time{}, nil
+		return time.Time{}
 	}
-	return oi.Modified.Add(MaxLockTTL), nil
+	return oi.Modified.Add(hold)
 }
 
 // lockHeldUntil reads the lock at key and says until when it holds, and by
