@@ -58,6 +58,33 @@ func writeUniformInput(path string, lines, words, distinct int, seed int64) erro
 	return f.Close()
 }
 
+// namedInput is a wordcount input the benchmarks compare runs over.
+type namedInput struct {
+	name  string
+	write func(path string) error
+}
+
+// wordInputs are the named inputs, of FLOWKEEP_BENCH_LINES lines (2M by
+// default) of 10 words: a 10k- or 50k-word Zipf vocabulary, or 500k or 1M
+// distinct words drawn uniformly.
+func namedInputs(names ...string) []namedInput {
+	lines := 2_000_000
+	if v := os.Getenv("FLOWKEEP_BENCH_LINES"); v != "" {
+		fmt.Sscan(v, &lines)
+	}
+	all := map[string]func(path string) error{
+		"zipf-10k":     func(p string) error { _, err := WriteWordInput(p, lines, 10, 10_000, 1); return err },
+		"zipf-50k":     func(p string) error { _, err := WriteWordInput(p, lines, 10, 50_000, 1); return err },
+		"uniform-500k": func(p string) error { return writeUniformInput(p, lines, 10, 500_000, 1) },
+		"uniform-1M":   func(p string) error { return writeUniformInput(p, lines, 10, 1_000_000, 1) },
+	}
+	out := make([]namedInput, len(names))
+	for i, n := range names {
+		out[i] = namedInput{n, all[n]}
+	}
+	return out
+}
+
 type ratios struct{ cpu, wall, rss []float64 }
 
 func medianSpread(xs []float64) (float64, float64, float64) {
@@ -77,19 +104,7 @@ func medianSpread(xs []float64) (float64, float64, float64) {
 func BenchmarkRecoveryCost(b *testing.B) {
 	bin := buildFlowrun(b)
 	rounds := max(b.N, 3)
-	lines := 2_000_000
-	if v := os.Getenv("FLOWKEEP_BENCH_LINES"); v != "" {
-		fmt.Sscan(v, &lines)
-	}
-	for _, tc := range []struct {
-		name  string
-		write func(path string) error
-	}{
-		{"zipf-10k", func(p string) error { _, err := WriteWordInput(p, lines, 10, 10_000, 1); return err }},
-		{"zipf-50k", func(p string) error { _, err := WriteWordInput(p, lines, 10, 50_000, 1); return err }},
-		{"uniform-500k", func(p string) error { return writeUniformInput(p, lines, 10, 500_000, 1) }},
-		{"uniform-1M", func(p string) error { return writeUniformInput(p, lines, 10, 1_000_000, 1) }},
-	} {
+	for _, tc := range namedInputs("zipf-10k", "zipf-50k", "uniform-500k", "uniform-1M") {
 		b.Run(tc.name, func(b *testing.B) {
 			dir := b.TempDir()
 			in := filepath.Join(dir, "in.txt")

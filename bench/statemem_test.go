@@ -155,18 +155,7 @@ func BenchmarkStateMemoryWithoutFlag(b *testing.B) {
 	}
 	before := buildFlowrunAt(b, rev)
 	rounds := max(b.N, 3)
-	lines := 2_000_000
-	if v := os.Getenv("FLOWKEEP_BENCH_LINES"); v != "" {
-		fmt.Sscan(v, &lines)
-	}
-	for _, tc := range []struct {
-		name  string
-		write func(path string) error
-	}{
-		{"zipf-10k", func(p string) error { _, err := WriteWordInput(p, lines, 10, 10_000, 1); return err }},
-		{"zipf-50k", func(p string) error { _, err := WriteWordInput(p, lines, 10, 50_000, 1); return err }},
-		{"uniform-1M", func(p string) error { return writeUniformInput(p, lines, 10, 1_000_000, 1) }},
-	} {
+	for _, tc := range namedInputs("zipf-10k", "zipf-50k", "uniform-1M") {
 		b.Run(tc.name, func(b *testing.B) {
 			dir := b.TempDir()
 			in := filepath.Join(dir, "in.txt")
