@@ -98,13 +98,14 @@ func (b *batch) cmp(x, y bref) int {
 }
 
 // writeSegments writes the batches of a group of commits as one segment
-// per epoch: each batch's changes of the epoch sorted by key, then merged
-// across batches (so no batch is copied into another); of a key changed
-// twice in one epoch, the later change wins.
+// per epoch (several, with disjoint keys, past segmentSplit bytes): each
+// batch's changes of the epoch sorted by key, then merged across batches
+// (so no batch is copied into another); of a key changed twice in one
+// epoch, the later change wins.
 //
 // onRow, if set, is told each row written (its blob is only valid during
 // the call).
-func writeSegments(ctx context.Context, tx *sql.Tx, bs []*batch, body, blob []byte, onRow func(seq int64, e Epoch, blob []byte)) ([]byte, []byte, error) {
+func writeSegments(ctx context.Context, tx *sql.Tx, bs []*batch, blob []byte, onRow func(seq int64, e Epoch, blob []byte)) ([]byte, error) {
 	type run struct {
 		b    *batch
 		refs []bref
@@ -134,20 +135,50 @@ func writeSegments(ctx context.Context, tx *sql.Tx, bs []*batch, body, blob []by
 	slices.Sort(epochs)
 	for _, e := range epochs {
 		runs := byEpoch[e]
-		body = body[:0]
+		// The entries are encoded after room for the header, which goes
+		// right before them once their number is known: a segment is built
+		// once, in one buffer, and a long one is cut at a key into
+		// segments of about segmentSplit bytes, so that neither this
+		// buffer nor SQLite's copies of it grow with the epoch.
+		body := append(blob[:0], make([]byte, headRoom)...)
 		entries := 0
-		emit := func(b *batch, r bref) {
+		write := func() error {
+			if entries == 0 {
+				return nil
+			}
+			head := binary.AppendUvarint([]byte{segmentFormat}, uint64(entries))
+			seg := body[headRoom-len(head):]
+			copy(seg, head)
+			res, err := tx.ExecContext(ctx, `INSERT INTO segments (epoch, entries, data) VALUES (?, ?, ?)`, int64(e), entries, seg)
+			if err != nil {
+				return err
+			}
+			if onRow != nil {
+				seq, err := res.LastInsertId()
+				if err != nil {
+					return err
+				}
+				onRow(seq, e, seg)
+			}
+			body, entries = body[:headRoom], 0
+			return nil
+		}
+		emit := func(b *batch, r bref) error {
 			k := b.key(r)
 			body = binary.AppendUvarint(body, uint64(len(k)))
 			body = append(body, k...)
 			entries++
 			if r.vlen < 0 {
 				body = append(body, 1)
-				return
+			} else {
+				body = append(body, 0)
+				body = binary.AppendUvarint(body, uint64(r.vlen))
+				body = append(body, b.vals[r.voff:r.voff+r.vlen]...)
 			}
-			body = append(body, 0)
-			body = binary.AppendUvarint(body, uint64(r.vlen))
-			body = append(body, b.vals[r.voff:r.voff+r.vlen]...)
+			if len(body) >= segmentSplit {
+				return write()
+			}
+			return nil
 		}
 		// A heap of the runs by their next change's key (a later run first
 		// on a tie); within a run a key's last change is kept, and between
@@ -172,7 +203,9 @@ func writeSegments(ctx context.Context, tx *sql.Tx, bs []*batch, body, blob []by
 				for c.pos+1 < len(c.refs) && bytes.Equal(c.b.key(c.refs[c.pos+1]), k) {
 					c.pos++
 				}
-				emit(c.b, c.refs[c.pos])
+				if err := emit(c.b, c.refs[c.pos]); err != nil {
+					return body, err
+				}
 				last, have = k, true
 			}
 			c.pos++
@@ -182,23 +215,22 @@ func writeSegments(ctx context.Context, tx *sql.Tx, bs []*batch, body, blob []by
 				heap.Fix(&h, 0)
 			}
 		}
-		blob = append(blob[:0], segmentFormat)
-		blob = binary.AppendUvarint(blob, uint64(entries))
-		blob = append(blob, body...)
-		res, err := tx.ExecContext(ctx, `INSERT INTO segments (epoch, entries, data) VALUES (?, ?, ?)`, int64(e), entries, blob)
-		if err != nil {
-			return body, blob, err
+		if err := write(); err != nil {
+			return body, err
 		}
-		if onRow != nil {
-			seq, err := res.LastInsertId()
-			if err != nil {
-				return body, blob, err
-			}
-			onRow(seq, e, blob)
-		}
+		blob = body
 	}
-	return body, blob, nil
+	return blob, nil
 }
+
+// segmentSplit is the size at which writeSegments ends a segment and
+// starts the next, at a key boundary (segments of one epoch with disjoint
+// keys hold the same changes as one).
+const segmentSplit = 1 << 20
+
+// headRoom is the most a segment's header takes: the format byte and the
+// number of entries.
+const headRoom = 1 + binary.MaxVarintLen64
 
 // runCursor walks one sorted run of a batch's changes.
 type runCursor struct {

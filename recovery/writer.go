@@ -37,7 +37,7 @@ type writer struct {
 	frontier Epoch   // min of front
 	steps    *sharedSteps
 
-	body, blob []byte // segment scratch, reused
+	blob []byte // segment scratch, reused
 
 	job *compaction // a compaction under way
 
@@ -255,7 +255,7 @@ func (w *writer) apply(group []submission) error {
 		onRow = func(seq int64, e Epoch, blob []byte) { rows = append(rows, written{seq, e, slices.Clone(blob)}) }
 	}
 	if len(bs) > 0 {
-		if w.body, w.blob, err = writeSegments(ctx, tx, bs, w.body, w.blob, onRow); err != nil {
+		if w.blob, err = writeSegments(ctx, tx, bs, w.blob, onRow); err != nil {
 			return err
 		}
 	}
@@ -290,7 +290,7 @@ func (w *writer) apply(group []submission) error {
 		}
 	}
 	if cap(w.blob) > 16<<20 {
-		w.body, w.blob = nil, nil // one huge epoch need not pin its buffers for good
+		w.blob = nil // one huge epoch need not pin its buffers for good
 	}
 	if risen {
 		w.frontier = mine
