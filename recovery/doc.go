@@ -39,7 +39,11 @@
 //
 // Storage is write-optimised. Each commit writes, per epoch, one segment:
 // the partition's changed keys of that epoch, sorted by k, each with its
-// value or a tombstone, in one BLOB (segment.go). Only NULL-free framing is
+// value or a tombstone, in one BLOB (segment.go). The writer merges the
+// commits of one transaction into one segment per epoch, and cuts one
+// larger than about 1 MiB at a key into several of that epoch (disjoint
+// keys, in order: the same changes), so its buffers do not grow with the
+// epoch. Only NULL-free framing is
 // used: a zero-length value is a value; only a tombstone means "no state".
 // So a snapshot costs in proportion to the bytes that changed, not one
 // B-tree operation per key. Commit encodes the rows at once and queues them
