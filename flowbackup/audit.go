@@ -121,6 +121,7 @@ func (j *agentJobs) startAudits(ctx context.Context, s backup.Store, reg prometh
 	if o.Keys == nil && o.Auth != nil {
 		mode = "indexes authenticated, sampled chunks read whole (encrypted: no identity)"
 	}
+	a.Announce()
 	log.Info("audits scheduled", "schedule", j.VerifySchedule, "sample_percent", j.VerifySample, "mode", mode)
 	var wg sync.WaitGroup
 	wg.Add(1)

@@ -323,14 +323,22 @@ func dropPruned(ctx context.Context, s backup.Store, rep *Report) error {
 	return nil
 }
 
-// Run audits on every tick of the schedule until ctx ends (not at once:
-// an agent restarted often would audit as often). An audit still going
-// when the next tick comes makes that tick skip.
-func (a *Auditor) Run(ctx context.Context) error {
+// Announce exports the schedule: its period, and since when it runs. A
+// caller that starts Run on another goroutine and then says the audits
+// are scheduled calls it first, so that a scrape shows what it says.
+func (a *Auditor) Announce() {
 	if m := a.Metrics; m != nil {
 		m.Period.Set(backup.MaxGap(a.Schedule, time.Now()).Seconds())
 		m.Since.Set(float64(time.Now().Unix()))
 	}
+}
+
+// Run audits on every tick of the schedule until ctx ends (not at once:
+// an agent restarted often would audit as often). An audit still going
+// when the next tick comes makes that tick skip. It announces the
+// schedule first (Announce).
+func (a *Auditor) Run(ctx context.Context) error {
+	a.Announce()
 	c := cron.New(cron.WithChain(cron.SkipIfStillRunning(cron.DiscardLogger)))
 	c.Schedule(a.Schedule, cron.FuncJob(func() {
 		if ctx.Err() == nil {
