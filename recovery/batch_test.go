@@ -17,7 +17,8 @@ import (
 // of others (also with zero bytes), and repeats.
 func TestBatch_SortRefsMatchesComparisonSort(t *testing.T) {
 	r := rand.New(rand.NewSource(1))
-	for _, n := range []int{0, 1, 5, 40, 3000} {
+	shared := &sortScratch{}
+	for _, n := range []int{0, 1, 5, 40, 3000, 200_000, 64} {
 		for _, gen := range []func(i int) string{
 			func(i int) string { return fmt.Sprint("w", r.Intn(50)) },
 			func(i int) string { return fmt.Sprintf("user-%012d", r.Intn(n+1)) },
@@ -33,11 +34,15 @@ func TestBatch_SortRefsMatchesComparisonSort(t *testing.T) {
 			}
 			want := slices.Clone(b.refs)
 			slices.SortStableFunc(want, b.cmp)
-			got := slices.Clone(b.refs)
-			b.sortRefs(got)
-			for i := range got {
-				if !bytes.Equal(b.key(got[i]), b.key(want[i])) || got[i].seq != want[i].seq {
-					t.Fatalf("n=%d: position %d: %q#%d, want %q#%d", n, i, b.key(got[i]), got[i].seq, b.key(want[i]), want[i].seq)
+			// A scratch of its own, and one shared by every sort (a
+			// writer's, grown by earlier sorts of other sizes).
+			for _, sc := range []*sortScratch{nil, shared} {
+				got := slices.Clone(b.refs)
+				b.sortRefs(got, sc)
+				for i := range got {
+					if !bytes.Equal(b.key(got[i]), b.key(want[i])) || got[i].seq != want[i].seq {
+						t.Fatalf("n=%d: position %d: %q#%d, want %q#%d", n, i, b.key(got[i]), got[i].seq, b.key(want[i]), want[i].seq)
+					}
 				}
 			}
 		}
@@ -63,7 +68,7 @@ func TestWriteSegments_MergesBatchesLatestChangeWins(t *testing.T) {
 	b2.add(1, "a", 5, []byte("a3"))
 	b2.add(1, "c", 5, nil)
 	tx, _ := db.BeginTx(ctx, nil)
-	if _, err := writeSegments(ctx, tx, []*batch{b1, b2}, nil, nil); err != nil {
+	if _, err := writeSegments(ctx, tx, []*batch{b1, b2}, nil, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	tx.Commit()

@@ -37,7 +37,8 @@ type writer struct {
 	frontier Epoch   // min of front
 	steps    *sharedSteps
 
-	blob []byte // segment scratch, reused
+	blob []byte      // segment scratch, reused
+	sort sortScratch // sort scratch, reused
 
 	job *compaction // a compaction under way
 
@@ -255,7 +256,7 @@ func (w *writer) apply(group []submission) error {
 		onRow = func(seq int64, e Epoch, blob []byte) { rows = append(rows, written{seq, e, slices.Clone(blob)}) }
 	}
 	if len(bs) > 0 {
-		if w.blob, err = writeSegments(ctx, tx, bs, w.blob, onRow); err != nil {
+		if w.blob, err = writeSegments(ctx, tx, bs, w.blob, &w.sort, onRow); err != nil {
 			return err
 		}
 	}
@@ -289,8 +290,9 @@ func (w *writer) apply(group []submission) error {
 			w.grown += r.size()
 		}
 	}
-	if cap(w.blob) > 16<<20 {
-		w.blob = nil // one huge epoch need not pin its buffers for good
+	if cap(w.blob) > 16<<20 || cap(w.sort.tmp) > 1<<18 {
+		// One huge commit need not pin its buffers for good.
+		w.blob, w.sort = nil, sortScratch{}
 	}
 	if risen {
 		w.frontier = mine
