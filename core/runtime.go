@@ -156,7 +156,7 @@ func (s *segment) record(step StepID, key string, epoch Epoch, value []byte) {
 // group of such pieces per partition (up to 80 of them queued or in one
 // transaction), so the piece's size sets the memory that recovery adds to
 // a run: at 500k changed keys an epoch, 16k-change pieces kept peak RSS at
-// 1.4x a run without recovery, 4k-change pieces at 1.15x, at no more CPU
+// 1.4x a run without recovery, 4k-change pieces at 1.2x, at no more CPU
 // (bench/run.sh RecoveryCost).
 const snapshotChunk = 1 << 12
 
