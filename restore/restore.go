@@ -250,6 +250,9 @@ func notePointedMissing(ctx context.Context, src *sources, plan *Plan, parts []i
 	}
 	for _, idx := range parts {
 		chosen := plan.Chosen[idx]
+		if chosen == nil {
+			continue // nothing restored for it: no pointer to compare with it, so none is read
+		}
 		for _, l := range src.locs {
 			m, err := backup.ReadManifestWith(ctx, l.store, backup.LatestKey(plan.Flow.UID, idx), o.Keys)
 			if err != nil {
@@ -258,7 +261,7 @@ func notePointedMissing(ctx context.Context, src *sources, plan *Plan, parts []i
 				}
 				continue // no pointer, a damaged one, one it cannot open: it says nothing here
 			}
-			if m.Flow.UID != plan.Flow.UID || m.Partition.Index != idx || known[m.ID] || chosen == nil || m.ID <= chosen.ID {
+			if m.Flow.UID != plan.Flow.UID || m.Partition.Index != idx || known[m.ID] || m.ID <= chosen.ID {
 				continue
 			}
 			res.note([]string{fmt.Sprintf("the latest pointer of partition %d in %s names backup %s (epochs %d..%d), whose manifest is not stored (deleted, or lost): restored from an older backup",
