@@ -59,7 +59,7 @@ func ParseBytes(s string) (int64, error) {
 		"KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "PB": 1e15, "EB": 1e18, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 	m, ok := units[strings.ToUpper(strings.TrimSpace(t[i:]))]
 	if !ok {
-		return 0, fmt.Errorf("size %q: unknown unit %q (use B, KiB, MiB, GiB, TiB or KB, MB, GB, TB)", s, strings.TrimSpace(t[i:]))
+		return 0, fmt.Errorf("size %q: unknown unit %q (use B, KiB, MiB, GiB, TiB, PiB, EiB or KB, MB, GB, TB, PB, EB)", s, strings.TrimSpace(t[i:]))
 	}
 	if n >= ((1<<62)+m-1)/m { // n*m >= 2^62 (4 EiB), without overflowing
 		return 0, fmt.Errorf("size %q is %w", s, ErrTooLarge)
