@@ -76,7 +76,7 @@ type Recovery interface {
 //     may be called concurrently (by every worker).
 //   - ScanState hands fn, in batches and in key order, every key of a lazy
 //     step whose newest row is not a tombstone and (unless every) is of an
-//     epoch after `after`, for which keep (if set) reports true. Values
+//     epoch after `after`, of the share of keys `share` names. Values
 //     are valid only during the call.
 //   - Written returns how many of worker w's Commit calls are readable:
 //     a key whose last change went out in commit n may leave memory once
@@ -88,10 +88,24 @@ type Recovery interface {
 type StateReader interface {
 	OpenState(ctx context.Context, below Epoch, lazy func(StepID) bool, full bool, fn func([]Loaded) error) (map[StepID]bool, error)
 	ReadState(ctx context.Context, step StepID, keys []StateKey, fn func(i int, epoch Epoch, value []byte) error) error
-	ScanState(ctx context.Context, step StepID, after Epoch, every bool, keep func(StateKey) bool, fn func([]Loaded) error) error
+	ScanState(ctx context.Context, step StepID, after Epoch, every bool, share KeyShare, fn func([]Loaded) error) error
 	Written(w WorkerIndex) uint64
 	WaitWritten(ctx context.Context, w WorkerIndex, n uint64) error
 	StateBytes() int64
+}
+
+// KeyShare names one worker's share of the keys: those WorkerFor maps to
+// Worker among Workers. The zero KeyShare (Workers 0) is every key. It is
+// a value, not a function, so that a recovery in a cluster can send it to
+// the process that scans.
+type KeyShare struct {
+	Worker  WorkerIndex
+	Workers int
+}
+
+// Has says whether key is in the share.
+func (s KeyShare) Has(key StateKey) bool {
+	return s.Workers == 0 || WorkerFor(string(key), s.Workers) == s.Worker
 }
 
 // RecoveryShutdowner is a Recovery whose Close can be bounded: Shutdown is

@@ -700,8 +700,7 @@ func (o *statefulOp[V, S, O]) finishLazy(final Epoch) error {
 	i := 0
 	if lz.lookups() {
 		x := o.seg.x
-		w, workers := o.seg.worker, x.workers
-		mine := func(k StateKey) bool { return WorkerFor(string(k), workers) == w }
+		mine := KeyShare{Worker: o.seg.worker, Workers: x.workers}
 		err := lz.rd.ScanState(x.ctx, o.step, o.previousEnd, o.logic.EOFForEveryKey, mine, func(rows []Loaded) error {
 			for _, r := range rows {
 				k := string(r.Key)

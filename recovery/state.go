@@ -337,6 +337,9 @@ func (s *Store) notifyApplied() {
 	close(s.appliedC)
 	s.appliedC = make(chan struct{})
 	s.mu.Unlock()
+	if s.opts.OnApplied != nil {
+		s.opts.OnApplied()
+	}
 }
 
 // StateBytes is the memory the index of live segments holds (OpenState).

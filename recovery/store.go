@@ -27,6 +27,9 @@ type Options struct {
 	// OnCommitted, if set, is told when a partition's committed frontier
 	// (its minimum over the execution's workers) rises.
 	OnCommitted func(PartitionIndex, Epoch)
+	// OnApplied, if set, is told when commits became readable by
+	// ReadState and ScanState (Written may have risen). It must not block.
+	OnApplied func()
 	// MaxPendingBytes bounds the snapshot bytes committed but not yet
 	// written: Commit waits while more are queued (DefaultMaxPendingBytes
 	// if zero). A single commit larger than the bound still goes through,
@@ -163,6 +166,9 @@ func (s *Store) Views(ctx context.Context) ([]*View, error) {
 
 // Partitions returns the open partitions, by index.
 func (s *Store) Partitions() []*Partition { return s.parts }
+
+// Workers is the worker count of the execution (after Begin).
+func (s *Store) Workers() int { return s.workers }
 
 // Begin records a new execution with `workers` workers and returns its
 // number and resume epoch. Rows at or after the resume epoch are deleted

@@ -47,8 +47,8 @@ func (a adapter) ReadState(ctx context.Context, step core.StepID, keys []core.St
 }
 
 // ScanState implements core.StateReader.
-func (a adapter) ScanState(ctx context.Context, step core.StepID, after core.Epoch, every bool, keep func(core.StateKey) bool, fn func([]core.Loaded) error) error {
-	return a.st.ScanState(ctx, step, after, every, keep, fn)
+func (a adapter) ScanState(ctx context.Context, step core.StepID, after core.Epoch, every bool, share core.KeyShare, fn func([]core.Loaded) error) error {
+	return a.st.ScanState(ctx, step, after, every, share.Has, fn)
 }
 
 // Written implements core.StateReader.
