@@ -485,13 +485,15 @@ func (x *execution) downstream(seg *segment, n *node) op {
 }
 
 // stateReader returns the recovery as a StateReader if the run reads
-// state on demand: it resumes, or bounds its state, and has stateful steps.
+// state on demand: it resumes, or bounds its state, or runs in a cluster
+// (where every process must take the same path whatever its flags: the
+// recovery checks that they agree on the bound), and has stateful steps.
 func (x *execution) stateReader() (StateReader, error) {
 	rd, ok := x.rec.(StateReader)
 	if x.cfg.StateMemory > 0 && !ok {
 		return nil, fmt.Errorf("bounding state memory needs a recovery that reads state on demand; this one (%T) loads all state", x.rec)
 	}
-	if !ok || !(x.loads() || x.cfg.StateMemory > 0) {
+	if !ok || !(x.loads() || x.cfg.StateMemory > 0 || x.mesh != nil) {
 		return nil, nil
 	}
 	for _, n := range x.flow.nodes {

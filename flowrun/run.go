@@ -124,7 +124,7 @@ Flows: ` + flowNames(specs) + `
 	human.DurationVar(f, &o.Window, "window", time.Minute, "logstats: tumbling window size (e.g. --window 5m)")
 	human.DurationVar(f, &o.Lateness, "lateness", 0, "logstats: how late a line may be and still count in its window (e.g. --lateness 30s)")
 	f.StringVar(&o.SnapshotBuf, "snapshot-buffer", "256MiB", "how much snapshot data may wait to be written to the recovery partitions (e.g. 64MiB); beyond it the flow waits, and epochs stretch while snapshots are behind")
-	f.StringVar(&o.StateMemory, "state-memory", "", "bound the memory keyed state may use (e.g. --state-memory 512MiB; needs -r, one process): keys beyond it stay in the recovery partitions and are read back when an item needs them. Eviction: a key leaves memory only once its state is durable in its partition, in clock (second-chance) order, so keys touched since the clock last passed them stay; when clean keys are not enough, the keys changed longest ago are written early. Without it all state a run touches stays in memory")
+	f.StringVar(&o.StateMemory, "state-memory", "", "bound the memory keyed state may use (e.g. --state-memory 512MiB; needs -r; in a cluster give every process one): keys beyond it stay in the recovery partitions and are read back when an item needs them. Eviction: a key leaves memory only once its state is durable in its partition, in clock (second-chance) order, so keys touched since the clock last passed them stay; when clean keys are not enough, the keys changed longest ago are written early. Without it all state a run touches stays in memory")
 	f.IntVar(&o.ProcessID, "process-id", 0, "this process's index into --addresses when the flow runs as several processes (e.g. --process-id 1)")
 	f.StringSliceVar(&o.Addresses, "addresses", nil, "host:port of every process of the cluster, in process order; each listens on its own (e.g. --addresses 10.0.0.1:7400,10.0.0.2:7400)")
 	f.StringVar(&o.Listen, "listen", "", "address this process listens on for its peers (default: its own --addresses entry), e.g. --listen :7400 behind NAT or a Kubernetes Service")
@@ -212,9 +212,6 @@ func (o runOptions) validate() error {
 		}
 		if len(o.RecoveryDirs) == 0 {
 			return usagef("--state-memory needs -r: state that does not fit in memory is kept in the recovery partitions")
-		}
-		if len(o.Addresses) > 1 {
-			return usagef("--state-memory is not supported in a cluster yet: run without it (all state in memory), or as one process")
 		}
 	}
 	if o.InitParts < 0 {
@@ -304,7 +301,7 @@ func runRun(ctx context.Context, o runOptions, specs []FlowSpec, stderr io.Write
 			if o.InitParts > 0 {
 				cr.InitPartitions(o.InitParts, func(msg string) { fmt.Fprintf(stderr, "flowrun: %s\n", msg) })
 			}
-			cfg.Recovery = cr
+			cfg.Recovery = cr.OnDemand()
 			durable = cr.Durable
 			prog.durableFrom(cr.Durable)
 		}

@@ -42,6 +42,12 @@ func runClusterCmd(t *testing.T, workers int, recs [][]string, args ...string) [
 // process (env[i], if any).
 func runClusterEnv(t *testing.T, workers int, recs [][]string, env [][]string, args ...string) []procResult {
 	t.Helper()
+	return runClusterFlow(t, "wordcount", workers, recs, env, args...)
+}
+
+// runClusterFlow is runClusterEnv for the built-in flow named flow.
+func runClusterFlow(t *testing.T, flow string, workers int, recs [][]string, env [][]string, args ...string) []procResult {
+	t.Helper()
 	addrs := clusterAddrs(t, len(recs))
 	res := make([]procResult, len(recs))
 	var wg sync.WaitGroup
@@ -49,7 +55,7 @@ func runClusterEnv(t *testing.T, workers int, recs [][]string, env [][]string, a
 		wg.Add(1)
 		go func(i int, dirs []string) {
 			defer wg.Done()
-			a := append([]string{"run", "wordcount"}, args...)
+			a := append([]string{"run", flow}, args...)
 			a = append(a, "-w", fmt.Sprint(workers), "--addresses", addrs)
 			for _, d := range dirs {
 				a = append(a, "-r", d)

@@ -88,7 +88,6 @@ func TestCLI_StateMemoryNeedsRecoveryAndOneProcess(t *testing.T) {
 		{"too large", append([]string{"--state-memory", "8EiB"}, rec...), `--state-memory "8EiB": too large`},
 		{"beyond int64", append([]string{"--state-memory", "16EiB"}, rec...), `--state-memory "16EiB": too large`},
 		{"a fraction", append([]string{"--state-memory", "1.5GiB"}, rec...), `--state-memory "1.5GiB": give a whole number`},
-		{"in a cluster", append([]string{"--state-memory", "64MiB", "--addresses", "127.0.0.1:1,127.0.0.1:2"}, rec...), "--state-memory is not supported in a cluster yet"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -54,6 +54,8 @@ type Recovery struct {
 	// written under it, so a run that fails does not leave a handler
 	// waiting on the store.
 	runCtx context.Context
+	// reads, if set (OnDemand), serves and routes state read on demand.
+	reads *reads
 }
 
 var _ core.ClusterRecovery = (*Recovery)(nil)
@@ -261,6 +263,9 @@ func (r *Recovery) Begin(ctx context.Context, workers int) (core.RunInfo, error)
 	opts := r.opts
 	opts.Global = r.global
 	opts.OnCommitted = r.committed
+	if r.reads != nil {
+		opts.OnApplied = r.applied
+	}
 	r.store = recovery.NewStore(owned, r.count, opts)
 	views, err := r.store.Views(ctx)
 	if err != nil {
@@ -503,27 +508,22 @@ func (r *Recovery) announce(done <-chan struct{}) {
 		pending := r.pending
 		r.pending = nil
 		r.mu.Unlock()
-		var b []byte
+		var b, written []byte
 		for i, f := range pending {
 			b = binary.AppendUvarint(b, uint64(i))
 			b = binary.AppendUvarint(b, uint64(f))
+		}
+		if r.reads != nil && r.reads.toAnnounce.Swap(false) {
+			written = r.writtenCounts()
 		}
 		for p := range r.mesh.Processes() {
 			if p == r.mesh.Self() {
 				continue
 			}
-			// A peer that takes longer than this to take a frame is gone
-			// (the mesh says so too); Close ends the wait at once.
-			ctx, cancel := context.WithTimeout(context.Background(), announceTimeout)
-			go func() {
-				select {
-				case <-done:
-					cancel()
-				case <-ctx.Done():
-				}
-			}()
-			err := r.mesh.Send(ctx, p, "rec.pmin", b)
-			cancel()
+			err := r.announceTo(done, p, "rec.pmin", b)
+			if err == nil && written != nil {
+				err = r.announceTo(done, p, "rec.written", written)
+			}
 			if err != nil {
 				select {
 				case <-done:
@@ -535,6 +535,25 @@ func (r *Recovery) announce(done <-chan struct{}) {
 			}
 		}
 	}
+}
+
+// announceTo sends one announcement (none if empty) to process p.
+func (r *Recovery) announceTo(done <-chan struct{}, p int, topic string, b []byte) error {
+	if len(b) == 0 {
+		return nil
+	}
+	// A peer that takes longer than this to take a frame is gone (the
+	// mesh says so too); Close ends the wait at once.
+	ctx, cancel := context.WithTimeout(context.Background(), announceTimeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return r.mesh.Send(ctx, p, topic, b)
 }
 
 // announceTimeout bounds one announcement to one peer.
@@ -656,6 +675,11 @@ func (r *Recovery) Shutdown(ctx context.Context) error {
 	case <-stopped:
 	case <-ctx.Done():
 		return fmt.Errorf("%w: the announcements still run: %w", recovery.ErrShutdownTimeout, context.Cause(ctx))
+	}
+	if r.reads != nil {
+		if err := r.reads.stopServing(ctx); err != nil {
+			return err
+		}
 	}
 	var err error
 	if r.store != nil {
