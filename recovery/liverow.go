@@ -197,7 +197,15 @@ func rowLess(a, b *liveRow) int {
 	return 0
 }
 
-// add adds rows (new ones, of any epoch).
+// mergeAt is how many rows of one epoch the index holds before it merges
+// them into one. A lookup asks every row's filter, newest first, and a
+// run that writes keys early (a bound on state memory) commits many small
+// segments per epoch: hundreds of rows per partition without merging.
+const mergeAt = 8
+
+// add adds rows (new ones, of any epoch). An epoch left with more than
+// mergeAt rows has them merged into one (the same entries, each key's
+// newest), so a lookup asks a handful of filters, not one per commit.
 func (x *liveIndex) add(rs []*liveRow) {
 	if len(rs) == 0 {
 		return
@@ -212,8 +220,68 @@ func (x *liveIndex) add(rs []*liveRow) {
 	for _, r := range rs {
 		n += r.size()
 	}
+	// Rows of one epoch are adjacent (rowLess).
+	for i := 0; i < len(next); {
+		j := i + 1
+		for j < len(next) && next[j].epoch == next[i].epoch {
+			j++
+		}
+		if j-i > mergeAt {
+			// Merge the newest rows, and older ones while they are not
+			// much larger than what is merged so far: rows grow in size
+			// tiers, so a row is rewritten a few times, not once per merge.
+			k, acc := j-mergeAt/2, int64(0)
+			for _, r := range next[k:j] {
+				acc += r.size()
+			}
+			for k > i && next[k-1].size() <= 2*acc {
+				k--
+				acc += next[k].size()
+			}
+			m := mergeRows(next[k:j])
+			n += m.size() - acc
+			next = slices.Replace(next, k, j, m)
+			j = k + 1
+		}
+		i = j
+	}
 	x.rows.Store(&next)
 	x.bytes.Add(n)
+}
+
+// mergeRows merges rows of one epoch, oldest first, into one row holding
+// each key's entry from the newest row that has it (its seq is the
+// newest's, so rows added later still order after it). The rows are left
+// as they are: readers may hold them.
+func mergeRows(rs []*liveRow) *liveRow {
+	total, entries := 0, 0
+	cs := make([]cursor, len(rs))
+	for i, r := range rs {
+		total += len(r.data)
+		entries += len(r.offs)
+		cs[i] = &liveCursor{r: r, j: len(r.offs)}
+	}
+	m := &liveRow{seq: rs[len(rs)-1].seq, epoch: rs[0].epoch, data: make([]byte, 0, total), offs: make([]uint32, 0, entries)}
+	// Of equal keys of one epoch the merger yields the later cursor's.
+	for mg := newMerger(cs); mg.next(); {
+		e := &mg.out
+		m.offs = append(m.offs, uint32(len(m.data)))
+		m.data = binary.AppendUvarint(m.data, uint64(len(e.k)))
+		m.data = append(m.data, e.k...)
+		if e.tomb {
+			m.data = append(m.data, 1)
+			continue
+		}
+		m.data = append(m.data, 0)
+		m.data = binary.AppendUvarint(m.data, uint64(len(e.val)))
+		m.data = append(m.data, e.val...)
+	}
+	m.bloom = make([]uint64, bloomWords(len(m.offs)))
+	for i := range m.offs {
+		w, bits := bloomPos(keyHash(m.key(i)), len(m.bloom))
+		m.bloom[w] |= bits
+	}
+	return m
 }
 
 // dropBelow drops the rows of epochs below e (compaction moved them into

@@ -3,6 +3,7 @@ package recovery
 import (
 	"context"
 	"fmt"
+	"math/rand"
 	"slices"
 	"strings"
 	"testing"
@@ -213,4 +214,64 @@ func TestLiveRow_FindsItsKeys(t *testing.T) {
 	if _, err := newLiveRow(1, 7, []byte{segmentFormat, 2, 1, 'a', 0}); err == nil {
 		t.Fatal("a malformed segment was indexed")
 	}
+}
+
+// Many small segments of one epoch (a run writing keys early commits one
+// per write) are merged in the index once there are more than mergeAt:
+// every lookup still finds each key's newest entry (the latest segment's
+// of its epoch, a tombstone included), the index holds a few rows per
+// epoch, and its byte count is what its rows hold.
+func TestLiveIndex_MergesAnEpochsManySegments(t *testing.T) {
+	r := rand.New(rand.NewSource(9))
+	var x liveIndex
+	want := map[string]entry{} // newest entry per key
+	seq := int64(0)
+	for round := 0; round < 60; round++ {
+		e := Epoch(3 + round/20) // 20 commits per epoch, in order
+		seen := map[string]bool{}
+		var es []entry
+		for i := 0; i < 50; i++ {
+			k := string(appendKey(nil, 1, StateKey(fmt.Sprintf("k%03d", r.Intn(400)))))
+			if seen[k] {
+				continue
+			}
+			seen[k] = true
+			en := entry{k: []byte(k), epoch: e}
+			if r.Intn(5) == 0 {
+				en.tomb = true
+			} else {
+				en.val = []byte(fmt.Sprint(round, "-", i))
+			}
+			es = append(es, en)
+			want[k] = en
+		}
+		seq++
+		row, err := newLiveRow(seq, e, encodeSegment(nil, sortEntries(es)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		x.add([]*liveRow{row})
+	}
+	rows := x.list()
+	per := map[Epoch]int{}
+	var bytes int64
+	for _, row := range rows {
+		per[row.epoch]++
+		bytes += row.size()
+	}
+	for e, n := range per {
+		if n > mergeAt {
+			t.Fatalf("epoch %d: %d rows in the index, want at most %d", e, n, mergeAt)
+		}
+	}
+	if got := x.bytes.Load(); got != bytes {
+		t.Fatalf("index counts %d bytes, its rows hold %d", got, bytes)
+	}
+	for k, w := range want {
+		got, ok := newest(rows, []byte(k))
+		if !ok || got.epoch != w.epoch || got.tomb != w.tomb || string(got.val) != string(w.val) {
+			t.Fatalf("key %q: got %+v (found %v), want %+v", k, got, ok, w)
+		}
+	}
+	t.Logf("%d rows for 60 segments of 3 epochs", len(rows))
 }
