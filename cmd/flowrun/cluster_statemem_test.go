@@ -1,10 +1,6 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
-	"fmt"
-	"math/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -58,16 +54,7 @@ func TestCluster_StateMemoryRescaleMatchesOneRun(t *testing.T) {
 func TestCluster_StateMemoryWindowsCloseAfterAKill(t *testing.T) {
 	dir := t.TempDir()
 	in := filepath.Join(dir, "in.log")
-	f, _ := os.Create(in)
-	w := bufio.NewWriter(f)
-	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	r := rand.New(rand.NewSource(5))
-	for i := 0; i < 400000; i++ {
-		ts := base.Add(time.Duration(i)*time.Millisecond - time.Duration(r.Intn(2000))*time.Millisecond)
-		fmt.Fprintf(w, "%s k%d %d\n", ts.Format(time.RFC3339Nano), r.Intn(60000), r.Intn(1000))
-	}
-	w.Flush()
-	f.Close()
+	writeLogLines(t, in, 400000, 60000, 5)
 	window := []string{"--window", "10s", "--lateness", "1s"}
 	want := filepath.Join(dir, "want.csv")
 	mustRun(t, append([]string{"run", "logstats", "-i", in, "-o", want, "-w", "2"}, window...)...)
@@ -76,34 +63,16 @@ func TestCluster_StateMemoryWindowsCloseAfterAKill(t *testing.T) {
 	splitPartitions(t, a, 4, map[string][]int{b: {0, 3}})
 	out := filepath.Join(dir, "out.csv")
 	flags := append([]string{"-i", in, "-o", out, "-s", "30ms", "-b", "0", "--state-memory", "4MiB", "-w", "1"}, window...)
-	addrs := clusterAddrs(t, 2)
-	var procs [2]*exec.Cmd
-	var outs [2]bytes.Buffer
-	done := make(chan int, 2)
-	for i, d := range []string{a, b} {
-		procs[i] = exec.Command(flowrunBin, append([]string{"run", "logstats", "-r", d, "--addresses", addrs, "--process-id", fmt.Sprint(i)}, flags...)...)
-		procs[i].Stdout, procs[i].Stderr = &outs[i], &outs[i]
-		if err := procs[i].Start(); err != nil {
-			t.Fatal(err)
-		}
-		go func(i int) { procs[i].Wait(); done <- i }(i)
-	}
+	c := startTwo(t, append([]string{"run", "logstats"}, flags...), a, b)
 	// Kill once epochs are durable in every partition: the resume then
 	// reads windows back instead of starting over.
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) && durableIn(a, b) < 3 {
 		time.Sleep(20 * time.Millisecond)
 	}
-	procs[1].Process.Kill()
-	<-done
-	select {
-	case <-done:
-	case <-time.After(20 * time.Second):
-		procs[0].Process.Kill()
-		t.Fatal("process 0 kept running after its peer died")
-	}
-	if procs[0].ProcessState.ExitCode() == 0 {
-		t.Skipf("the run ended before the kill: nothing to resume\n%s", outs[0].String())
+	c.killSecond(t)
+	if c.procs[0].ProcessState.ExitCode() == 0 {
+		t.Skipf("the run ended before the kill: nothing to resume\n%s", c.outs[0].String())
 	}
 	for i, r := range runClusterFlow(t, "logstats", 1, [][]string{{a}, {b}}, nil, flags...) {
 		if r.code != 0 {

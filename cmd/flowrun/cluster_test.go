@@ -155,41 +155,61 @@ func TestCluster_SIGKILLOneProcessThenResumeLosesNothing(t *testing.T) {
 	want := filepath.Join(dir, "want.csv")
 	mustRun(t, "run", "wordcount", "-i", in, "-o", want, "-w", "2")
 	flags := []string{"run", "wordcount", "-i", in, "-o", out, "-s", "50ms", "-b", "0", "-w", "1"}
-	addrs := clusterAddrs(t, 2)
-	var procs [2]*exec.Cmd
-	var outs [2]bytes.Buffer
-	done := make(chan int, 2)
-	for i, d := range []string{a, b} {
-		procs[i] = exec.Command(flowrunBin, append(flags, "-r", d, "--addresses", addrs, "--process-id", fmt.Sprint(i))...)
-		procs[i].Stdout, procs[i].Stderr = &outs[i], &outs[i]
-		if err := procs[i].Start(); err != nil {
-			t.Fatal(err)
-		}
-		go func(i int) { procs[i].Wait(); done <- i }(i)
-	}
+	c := startTwo(t, flags, a, b)
 	time.Sleep(700 * time.Millisecond)
-	procs[1].Process.Kill()
 	killedAt := time.Now()
-	<-done
-	select {
-	case <-done:
-	case <-time.After(20 * time.Second):
-		procs[0].Process.Kill()
-		t.Fatal("process 0 kept running after its peer died")
+	c.killSecond(t)
+	if c.procs[0].ProcessState.ExitCode() == 0 {
+		t.Fatalf("process 0 finished normally: the kill came too late\n%s", c.outs[0].String())
 	}
-	if procs[0].ProcessState.ExitCode() == 0 {
-		t.Fatalf("process 0 finished normally: the kill came too late\n%s", outs[0].String())
+	if !strings.Contains(c.outs[0].String(), "process 1") {
+		t.Fatalf("process 0 does not name the lost peer:\n%s", c.outs[0].String())
 	}
-	if !strings.Contains(outs[0].String(), "process 1") {
-		t.Fatalf("process 0 does not name the lost peer:\n%s", outs[0].String())
+	if strings.Contains(c.outs[0].String(), "panic") || strings.Contains(c.outs[0].String(), "goroutine ") {
+		t.Fatalf("process 0 panicked when its peer died mid-commit:\n%s", c.outs[0].String())
 	}
-	if strings.Contains(outs[0].String(), "panic") || strings.Contains(outs[0].String(), "goroutine ") {
-		t.Fatalf("process 0 panicked when its peer died mid-commit:\n%s", outs[0].String())
-	}
-	t.Logf("process 0 stopped %v after the kill: %s", time.Since(killedAt).Round(time.Millisecond), strings.TrimSpace(outs[0].String()))
+	t.Logf("process 0 stopped %v after the kill: %s", time.Since(killedAt).Round(time.Millisecond), strings.TrimSpace(c.outs[0].String()))
 	mustCluster(t, 1, [][]string{{a}, {b}}, "-i", in, "-o", out, "-s", "50ms", "-b", "0")
 	sameLines(t, out, want, "the resumed cluster")
 	sameTotals(t, out, want, "the resumed cluster")
+}
+
+// twoProcs is a cluster of two flowrun processes, for tests that kill one.
+type twoProcs struct {
+	procs [2]*exec.Cmd
+	outs  [2]bytes.Buffer
+	done  chan int
+}
+
+// startTwo starts args as process 0 (-r dir0) and process 1 (-r dir1) of a
+// cluster.
+func startTwo(t *testing.T, args []string, dir0, dir1 string) *twoProcs {
+	t.Helper()
+	addrs := clusterAddrs(t, 2)
+	c := &twoProcs{done: make(chan int, 2)}
+	for i, d := range []string{dir0, dir1} {
+		c.procs[i] = exec.Command(flowrunBin, append(append([]string(nil), args...), "-r", d, "--addresses", addrs, "--process-id", fmt.Sprint(i))...)
+		c.procs[i].Stdout, c.procs[i].Stderr = &c.outs[i], &c.outs[i]
+		if err := c.procs[i].Start(); err != nil {
+			t.Fatal(err)
+		}
+		go func(i int) { c.procs[i].Wait(); c.done <- i }(i)
+	}
+	return c
+}
+
+// killSecond SIGKILLs process 1 and waits for process 0, which must stop
+// on its own within 20 seconds.
+func (c *twoProcs) killSecond(t *testing.T) {
+	t.Helper()
+	c.procs[1].Process.Kill()
+	<-c.done
+	select {
+	case <-c.done:
+	case <-time.After(20 * time.Second):
+		c.procs[0].Process.Kill()
+		t.Fatal("process 0 kept running after its peer died")
+	}
 }
 
 // walBytes is the size of the write-ahead logs of the partitions in dir.

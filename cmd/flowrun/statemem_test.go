@@ -158,21 +158,33 @@ func TestStateMemory_SIGKILLLoopMatchesUninterrupted(t *testing.T) {
 func TestStateMemory_WindowsCloseAfterResume(t *testing.T) {
 	dir := t.TempDir()
 	in := filepath.Join(dir, "in.log")
-	f, _ := os.Create(in)
-	w := bufio.NewWriter(f)
-	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	r := rand.New(rand.NewSource(3))
-	for i := 0; i < 200000; i++ {
-		ts := base.Add(time.Duration(i)*time.Millisecond - time.Duration(r.Intn(2000))*time.Millisecond)
-		fmt.Fprintf(w, "%s k%d %d\n", ts.Format(time.RFC3339Nano), r.Intn(60000), r.Intn(1000))
-	}
-	w.Flush()
-	f.Close()
+	writeLogLines(t, in, 200000, 60000, 3)
 	want := filepath.Join(dir, "want.csv")
 	mustRun(t, "run", "logstats", "-i", in, "-o", want, "-w", "2", "--window", "10s", "--lateness", "1s")
 	crashTrials(t, dir, 2, []string{"run", "logstats", "-i", in, "-o", "OUT", "-r", "REC", "-s", "30ms", "-b", "0", "--window", "10s", "--lateness", "1s", "--state-memory", "4MiB"}, func(trial, kills int, out string) {
 		sameLines(t, out, want, fmt.Sprintf("trial %d after %d kills", trial, kills))
 	})
+}
+
+// writeLogLines writes logstats input: lines of one millisecond each, up
+// to 2 s out of order, over keys k0..k(keys-1).
+func writeLogLines(t *testing.T, path string, lines, keys int, seed int64) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := bufio.NewWriter(f)
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	r := rand.New(rand.NewSource(seed))
+	for i := 0; i < lines; i++ {
+		ts := base.Add(time.Duration(i)*time.Millisecond - time.Duration(r.Intn(2000))*time.Millisecond)
+		fmt.Fprintf(w, "%s k%d %d\n", ts.Format(time.RFC3339Nano), r.Intn(keys), r.Intn(1000))
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
 }
 
 // A state built without a bound is continued under a Go memory limit
