@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"golang.org/x/sync/semaphore"
 )
@@ -23,12 +25,16 @@ const minMemory = 2*ChunkSize + ChunkSize/4
 // restore together. A nil *Budget bounds nothing.
 //
 // It also bounds what base captures stage in memory ahead of their upload
-// (spools), to half its size again: taken only when free, never waited
-// for (a spool that finds none writes to its file instead).
+// (spools), to half its size again: a spool that finds none free waits for
+// it only while the uploads keep up (WaitSpool), and otherwise writes to
+// its file instead.
 type Budget struct {
 	sem   *semaphore.Weighted
 	max   int64
 	spool *semaphore.Weighted
+	// taken counts the bytes every spool's reader has taken (the uploads'
+	// pace, shared: partitions upload side by side).
+	taken atomic.Int64
 }
 
 // NewBudget returns a budget of n bytes (at least one chunk's worth).
@@ -49,6 +55,37 @@ func (b *Budget) TrySpool(n int64) (release func(), ok bool) {
 	}
 	var once sync.Once
 	return func() { once.Do(func() { b.spool.Release(n) }) }, true
+}
+
+// WaitSpool takes n bytes of the spools' share, waiting up to wait for
+// them to be given back; ok is false if they were not. A nil budget bounds
+// nothing.
+func (b *Budget) WaitSpool(ctx context.Context, n int64, wait time.Duration) (release func(), ok bool) {
+	if b == nil {
+		return func() {}, true
+	}
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	if b.spool.Acquire(wctx, n) != nil {
+		return nil, false
+	}
+	var once sync.Once
+	return func() { once.Do(func() { b.spool.Release(n) }) }, true
+}
+
+// spoolTaken counts n bytes a spool's reader took; spoolPace is the total
+// so far (0 for a nil budget).
+func (b *Budget) spoolTaken(n int) {
+	if b != nil {
+		b.taken.Add(int64(n))
+	}
+}
+
+func (b *Budget) spoolPace() int64 {
+	if b == nil {
+		return 0
+	}
+	return b.taken.Load()
 }
 
 // Bytes is the budget's size (0 for nil: unbounded).

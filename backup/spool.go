@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"time"
 )
 
 // spool copies a reader on its own goroutine, as fast as the source gives,
@@ -19,10 +20,23 @@ import (
 // while it lasts): through a spool, that transaction lasts as long as the
 // copy, not as long as a slow upload; and when the upload keeps up, no byte
 // touches the disk.
+//
+// When the memory share is full the copy waits for the upload, rather than
+// write to the file, as long as the uploads (of every spool sharing the
+// budget) take at least keepUpRate: then they are bound by this machine's
+// CPU (compressing, hashing), not by a slow link, and the read transaction
+// lasts about as long as they do (a second per 128 MiB at most), while the
+// file would only cost a write and a read of every byte (measured: a
+// fifth of a first backup's CPU over a local S3 server). Once the uploads
+// fall behind that pace, the copy writes what does not fit to the file.
 type spool struct {
 	dir, pattern string
-	budget       *Budget       // its TrySpool share bounds what waits in memory
+	budget       *Budget       // its share for spools bounds what waits in memory
 	done         chan struct{} // closed when the copy ended (see err)
+	ctx          context.Context
+	began        time.Time
+	taken0       int64 // the budget's spoolPace when the copy began
+	behind       bool  // the uploads fell behind keepUpRate: spill, never wait
 
 	mu    sync.Mutex
 	cond  *sync.Cond
@@ -47,6 +61,16 @@ type spoolItem struct {
 // spoolBlock is the size of the pieces a spool copies.
 const spoolBlock = 1 << 20
 
+// keepUpRate is the pace of the uploads down to which a full spool waits
+// for them instead of writing to its file; keepUpGrace is how long it
+// waits whatever the pace, while the uploads start; keepUpWait bounds one
+// wait.
+const (
+	keepUpRate  = 128 << 20 // bytes per second
+	keepUpGrace = 250 * time.Millisecond
+	keepUpWait  = 100 * time.Millisecond
+)
+
 var spoolBlocks = sync.Pool{New: func() any { b := make([]byte, spoolBlock); return &b }}
 
 // newSpool starts copying src; what waits beyond the budget's share for
@@ -54,7 +78,7 @@ var spoolBlocks = sync.Pool{New: func() any { b := make([]byte, spoolBlock); ret
 // on the copying goroutine when the copy ends, before Read sees the end
 // (release the source there).
 func newSpool(ctx context.Context, dir, pattern string, budget *Budget, src io.Reader, finished func()) *spool {
-	sp := &spool{dir: dir, pattern: pattern, budget: budget, done: make(chan struct{})}
+	sp := &spool{dir: dir, pattern: pattern, budget: budget, done: make(chan struct{}), ctx: ctx, began: time.Now(), taken0: budget.spoolPace()}
 	sp.cond = sync.NewCond(&sp.mu)
 	go sp.copy(ctx, src, finished)
 	return sp
@@ -92,7 +116,13 @@ func (sp *spool) copy(ctx context.Context, src io.Reader, finished func()) {
 // room, else at the file's end (and block goes back to the pool).
 func (sp *spool) add(block *[]byte, n int) error {
 	b := (*block)[:n]
-	if release, ok := sp.budget.TrySpool(spoolBlock); ok {
+	release, ok := sp.budget.TrySpool(spoolBlock)
+	if !ok && sp.keepingUp() {
+		// A wait that times out (a stall: a collection, a slow request)
+		// sends this block to the file; the pace decides the next.
+		release, ok = sp.budget.WaitSpool(sp.ctx, spoolBlock, keepUpWait)
+	}
+	if ok {
 		sp.mu.Lock()
 		sp.queue = append(sp.queue, spoolItem{b: b, block: block, release: release})
 		sp.mem += len(b)
@@ -126,6 +156,22 @@ func (sp *spool) add(block *[]byte, n int) error {
 	return nil
 }
 
+// keepingUp says whether the uploads keep the pace at which the copy
+// waits for them rather than spill (only the copying goroutine asks).
+func (sp *spool) keepingUp() bool {
+	if sp.behind {
+		return false
+	}
+	elapsed := time.Since(sp.began)
+	if elapsed < keepUpGrace {
+		return true
+	}
+	if float64(sp.budget.spoolPace()-sp.taken0) < keepUpRate*elapsed.Seconds() {
+		sp.behind = true
+	}
+	return !sp.behind
+}
+
 // Read reads what the copy has queued, waiting for more until it ends; it
 // returns the copy's error, if it failed, once it has read all before.
 func (sp *spool) Read(p []byte) (int, error) {
@@ -144,6 +190,7 @@ func (sp *spool) Read(p []byte) (int, error) {
 	it := &sp.queue[0]
 	if it.block != nil {
 		n := copy(p, it.b)
+		sp.budget.spoolTaken(n)
 		it.b = it.b[n:]
 		sp.mem -= n
 		if len(it.b) == 0 {
@@ -156,6 +203,7 @@ func (sp *spool) Read(p []byte) (int, error) {
 	f, off, want := sp.f, it.off, min(int64(len(p)), it.n)
 	sp.mu.Unlock()
 	n, err := f.ReadAt(p[:want], off)
+	sp.budget.spoolTaken(n)
 	sp.mu.Lock()
 	it = &sp.queue[0]
 	it.off += int64(n)

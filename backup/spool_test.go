@@ -8,6 +8,7 @@ import (
 	"os"
 	"testing"
 	"testing/iotest"
+	"time"
 
 	"golang.org/x/sync/semaphore"
 )
@@ -123,4 +124,64 @@ func TestSpool_AReaderThatKeepsUpLeavesTheDiskAlone(t *testing.T) {
 		t.Fatalf("%d bytes went through the file", sp.Spilt())
 	}
 	sp.Close()
+}
+
+// pacedReader reads from r at most rate bytes a second, in 1 MiB reads:
+// an upload bound by its compression (fast) or by its link (slow).
+type pacedReader struct {
+	r     io.Reader
+	rate  float64
+	began time.Time
+	n     int64
+}
+
+func (p *pacedReader) Read(b []byte) (int, error) {
+	if p.began.IsZero() {
+		p.began = time.Now()
+	}
+	if due := time.Duration(float64(p.n) / p.rate * float64(time.Second)); time.Since(p.began) < due {
+		time.Sleep(due - time.Since(p.began))
+	}
+	n, err := p.r.Read(b[:min(len(b), 1<<20)])
+	p.n += int64(n)
+	return n, err
+}
+
+// With room for one block in memory, a copy much faster than its reader:
+// a reader at a compressing CPU's pace (here 512 MiB/s) is waited for, and
+// all but what a stall of the reader sends there stays off the disk; one
+// at a slow link's pace (32 MiB/s) is not waited for: what does not fit
+// goes through the file, so the copy (and the read transaction behind it)
+// ends long before the reader does.
+func TestSpool_WaitsForAReaderThatKeepsPaceOnly(t *testing.T) {
+	data := bytes.Repeat([]byte("p"), 96<<20)
+	for _, c := range []struct {
+		name     string
+		rate     float64
+		maxSpilt int64
+		minSpilt int64
+	}{
+		{"cpu-bound reader", 512 << 20, 4 << 20, 0},
+		{"slow link", 32 << 20, 96 << 20, 64 << 20},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			copied := make(chan time.Time, 1)
+			sp := newSpool(context.Background(), t.TempDir(), "spool-*", spoolBudget(spoolBlock), bytes.NewReader(data), func() { copied <- time.Now() })
+			defer sp.Close()
+			got := make([]byte, len(data)+1)
+			n, err := io.ReadFull(&pacedReader{r: sp, rate: c.rate}, got)
+			read := time.Now()
+			if err != io.ErrUnexpectedEOF || !bytes.Equal(got[:n], data) {
+				t.Fatalf("read %d bytes: %v", n, err)
+			}
+			lead := read.Sub(<-copied)
+			t.Logf("%d MiB through the file; the copy ended %v before the reader", sp.Spilt()>>20, lead.Round(time.Millisecond))
+			if sp.Spilt() > c.maxSpilt || sp.Spilt() < c.minSpilt {
+				t.Fatalf("%d MiB went through the file; want %d to %d MiB", sp.Spilt()>>20, c.minSpilt>>20, c.maxSpilt>>20)
+			}
+			if c.minSpilt > 0 && lead < time.Second {
+				t.Fatalf("the copy ended only %v before the slow reader: it waited for it", lead)
+			}
+		})
+	}
 }
