@@ -122,7 +122,9 @@ func (x *execution) joinCluster() error {
 	for i, id := range ids {
 		steps[i] = string(id)
 	}
-	ident := fmt.Sprintf("flowkeep/1 %s w=%d p=%d steps=%s", x.flow.name, x.local, x.procs, strings.Join(steps, ","))
+	// Every process must take the same path through the start (the same
+	// gathers): with recovery or without, state bounded or not.
+	ident := fmt.Sprintf("flowkeep/1 %s w=%d p=%d recovery=%v bounded=%v steps=%s", x.flow.name, x.local, x.procs, x.rec != nil, x.cfg.StateMemory > 0, strings.Join(steps, ","))
 	c := x.cfg.Cluster
 	var tc *tls.Config
 	if c.TLS != nil {

@@ -103,20 +103,54 @@ func durableIn(dirs ...string) int {
 	return least
 }
 
-// A bound on one process and not on another is refused by both, before
-// anything runs: a key one process evicts may be read from the other's
-// partitions, which then must read every commit back.
-func TestCluster_StateMemoryOnEveryProcessOrNone(t *testing.T) {
-	dir := t.TempDir()
-	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
-	splitPartitions(t, a, 4, map[string][]int{b: {2, 3}})
-	in := filepath.Join(dir, "in.txt")
-	writeVocab(t, in, 1000, 1000, 1, false)
-	env := [][]string{nil, {"FLOWRUN_STATE_MEMORY=8MiB"}}
-	res := runClusterEnv(t, 1, [][]string{{a}, {b}}, env, "-i", in, "-o", filepath.Join(dir, "o.csv"), "-s", "1s", "-b", "0")
-	for i, r := range res {
-		if r.code == 0 || !strings.Contains(r.out, "process 0 runs without a bound on state memory (--state-memory) and process 1 with: give every process one, or none") {
-			t.Fatalf("process %d: exit %d\n%s", i, r.code, r.out)
-		}
+// A bound on one process and not on another, or recovery on one process
+// and not on another, is refused at connection, before anything runs or
+// touches a partition (a key one process evicts may be read from the
+// other's partitions, which then must read every commit back; and the two
+// take different paths through the start, which waited for each other for
+// ever): the dialing process stops at once, the accepting one (which a
+// stranger's connection must not stop) when its connect timeout ends,
+// both saying what differs.
+func TestCluster_StateMemoryAndRecoveryOnEveryProcessOrNone(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		env  [][]string
+		recs [][]string // relative to the test's directory; "" for none
+	}{
+		{"bound on one", [][]string{nil, {"FLOWRUN_STATE_MEMORY=8MiB"}}, [][]string{{"a"}, {"b"}}},
+		{"recovery on one", nil, [][]string{{"a"}, nil}},
+		{"recovery and bound on one", [][]string{{"FLOWRUN_STATE_MEMORY=8MiB"}}, [][]string{{"a"}, nil}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+			splitPartitions(t, a, 4, map[string][]int{b: {2, 3}})
+			before := inspectOut(t, a)
+			in := filepath.Join(dir, "in.txt")
+			writeVocab(t, in, 1000, 1000, 1, false)
+			recs := make([][]string, len(c.recs))
+			for i, ds := range c.recs {
+				for _, d := range ds {
+					recs[i] = append(recs[i], filepath.Join(dir, d))
+				}
+			}
+			start := time.Now()
+			res := runClusterEnv(t, 1, recs, c.env, "-i", in, "-o", filepath.Join(dir, "o.csv"), "-s", "1s", "-b", "0", "--connect-timeout", "5s")
+			for i, r := range res {
+				if r.code == 0 || !strings.Contains(r.out, "-r and --state-memory on every process or none") {
+					t.Fatalf("process %d: exit %d after %v\n%s", i, r.code, time.Since(start).Round(time.Millisecond), r.out)
+				}
+			}
+			if after := inspectOut(t, a); after != before {
+				t.Fatalf("the refused start wrote to the partitions:\nbefore:\n%s\nafter:\n%s", before, after)
+			}
+		})
 	}
+}
+
+// inspectOut is what flowrun recovery inspect prints of dir.
+func inspectOut(t *testing.T, dir string) string {
+	t.Helper()
+	out, _ := exec.Command(flowrunBin, "recovery", "inspect", dir).CombinedOutput()
+	return string(out)
 }

@@ -688,7 +688,7 @@ func (m *Mesh) parseHello(b []byte) (int, error) {
 		return -1, mismatch("process %d has no cluster secret and this one (%d) requires one: give every process the same --cluster-secret", id, m.self)
 	}
 	if got := string(b[3+k+32:]); got != m.ident {
-		return -1, mismatch("process %d runs %q but this one (%d) runs %q: start every process with the same flow, -w and addresses", id, got, m.self, m.ident)
+		return -1, mismatch("process %d runs %q but this one (%d) runs %q: start every process with the same flow, -w and addresses, and -r and --state-memory on every process or none", id, got, m.self, m.ident)
 	}
 	return int(id), nil
 }
@@ -769,6 +769,16 @@ func (m *Mesh) accept(c net.Conn) (int, *sealing, error) {
 	}
 	id, err := m.parseHello(dh)
 	if err != nil {
+		var cfgErr *mismatchError
+		if errors.As(err, &cfgErr) && len(m.secret) == 0 {
+			// Set up differently: the dialer learns it from this end's
+			// hello at once, rather than wait out its connect timeout.
+			// (With a secret, no hello goes to a peer before it matches:
+			// it would tell a stranger the run's identity.)
+			if ah, herr := m.hello(); herr == nil {
+				writeFrame(c, ah)
+			}
+		}
 		return -1, nil, err
 	}
 	if id >= m.self {
