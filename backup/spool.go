@@ -35,8 +35,7 @@ type spool struct {
 	done         chan struct{} // closed when the copy ended (see err)
 	ctx          context.Context
 	began        time.Time
-	taken0       int64 // the budget's spoolPace when the copy began
-	behind       bool  // the uploads fell behind keepUpRate: spill, never wait
+	behind       bool // the uploads fell behind keepUpRate: spill, never wait
 
 	mu    sync.Mutex
 	cond  *sync.Cond
@@ -47,6 +46,11 @@ type spool struct {
 	ended bool
 	err   error // why the copy ended: nil at EOF
 	spilt int64 // bytes that went through the file
+	// firstRead is when Read first handed out bytes (the upload's pace
+	// counts from then: not its start-up), taken0 the budget's spoolPace
+	// then.
+	firstRead time.Time
+	taken0    int64
 }
 
 // spoolItem is a piece of the stream: in memory (b), or in the overflow
@@ -62,12 +66,14 @@ type spoolItem struct {
 const spoolBlock = 1 << 20
 
 // keepUpRate is the pace of the uploads down to which a full spool waits
-// for them instead of writing to its file; keepUpGrace is how long it
-// waits whatever the pace, while the uploads start; keepUpWait bounds one
-// wait.
+// for them instead of writing to its file, counted from the upload's first
+// read; keepUpGrace is how long after that read it waits whatever the
+// pace; keepUpStart how long it waits for that first read; keepUpWait
+// bounds one wait.
 const (
 	keepUpRate  = 128 << 20 // bytes per second
-	keepUpGrace = 250 * time.Millisecond
+	keepUpGrace = time.Second
+	keepUpStart = 2 * time.Second
 	keepUpWait  = 100 * time.Millisecond
 )
 
@@ -78,7 +84,7 @@ var spoolBlocks = sync.Pool{New: func() any { b := make([]byte, spoolBlock); ret
 // on the copying goroutine when the copy ends, before Read sees the end
 // (release the source there).
 func newSpool(ctx context.Context, dir, pattern string, budget *Budget, src io.Reader, finished func()) *spool {
-	sp := &spool{dir: dir, pattern: pattern, budget: budget, done: make(chan struct{}), ctx: ctx, began: time.Now(), taken0: budget.spoolPace()}
+	sp := &spool{dir: dir, pattern: pattern, budget: budget, done: make(chan struct{}), ctx: ctx, began: time.Now()}
 	sp.cond = sync.NewCond(&sp.mu)
 	go sp.copy(ctx, src, finished)
 	return sp
@@ -162,11 +168,19 @@ func (sp *spool) keepingUp() bool {
 	if sp.behind {
 		return false
 	}
-	elapsed := time.Since(sp.began)
+	sp.mu.Lock()
+	first, taken0 := sp.firstRead, sp.taken0
+	sp.mu.Unlock()
+	if first.IsZero() {
+		// The upload has not begun: wait for it a little.
+		sp.behind = time.Since(sp.began) > keepUpStart
+		return !sp.behind
+	}
+	elapsed := time.Since(first)
 	if elapsed < keepUpGrace {
 		return true
 	}
-	if float64(sp.budget.spoolPace()-sp.taken0) < keepUpRate*elapsed.Seconds() {
+	if float64(sp.budget.spoolPace()-taken0) < keepUpRate*elapsed.Seconds() {
 		sp.behind = true
 	}
 	return !sp.behind
@@ -186,6 +200,9 @@ func (sp *spool) Read(p []byte) (int, error) {
 			return 0, err
 		}
 		return 0, io.EOF
+	}
+	if sp.firstRead.IsZero() {
+		sp.firstRead, sp.taken0 = time.Now(), sp.budget.spoolPace()
 	}
 	it := &sp.queue[0]
 	if it.block != nil {
