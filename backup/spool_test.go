@@ -162,7 +162,7 @@ func TestSpool_WaitsForAReaderThatKeepsPaceOnly(t *testing.T) {
 		minSpilt int64
 	}{
 		{"cpu-bound reader", 512 << 20, 4 << 20, 0},
-		{"slow link", 32 << 20, 96 << 20, 64 << 20},
+		{"slow link", 32 << 20, 96 << 20, 48 << 20},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			copied := make(chan time.Time, 1)
