@@ -12,7 +12,8 @@ import (
 )
 
 // ReadState implements core.StateReader: keys are read from the process
-// owning their partition, each remote share in one request, all at once.
+// owning their partition, each remote share in one request (a very large
+// batch in a few), all at once.
 func (o *OnDemand) ReadState(ctx context.Context, step core.StepID, keys []core.StateKey, fn func(int, core.Epoch, []byte) error) error {
 	r, rd := o.Recovery, o.reads
 	self := r.mesh.Self()

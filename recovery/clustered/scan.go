@@ -121,28 +121,37 @@ func (o *OnDemand) onScan(from int, b []byte) error {
 			}
 			return o.mesh.Send(ctx, from, "rec.reply", frame(q.id, flags, body))
 		}
-		var page []byte
-		err := o.store.ScanState(ctx, q.step, q.after, q.every, q.share.Has, func(rows []core.Loaded) error {
-			for _, row := range rows {
-				page = appendScanRow(page, row.Key, row.Epoch, row.Value)
-				if len(page) >= replyFrame {
-					if err := send(0, page); err != nil {
-						return err
-					}
-					page = nil
-				}
-			}
-			return nil
-		})
-		switch {
-		case errors.Is(err, errScanStopped):
-		case err != nil:
-			send(flagLast|flagError, []byte(err.Error()))
-		default:
-			send(flagLast, page)
-		}
+		o.scanPages(ctx, q, send)
 	})
 	return nil
+}
+
+// scanPages scans this process's partitions for q, handing send each page
+// (flags 0) and then the last one (flagLast), or the error that ended the
+// scan (flagLast|flagError: its text). A send that fails ends the scan
+// there (the scan was given up, or ctx ended).
+func (o *OnDemand) scanPages(ctx context.Context, q scanRequest, send func(flags byte, body []byte) error) {
+	var page []byte
+	var sendErr error
+	err := o.store.ScanState(ctx, q.step, q.after, q.every, q.share.Has, func(rows []core.Loaded) error {
+		for _, row := range rows {
+			page = appendScanRow(page, row.Key, row.Epoch, row.Value)
+			if len(page) >= replyFrame {
+				if sendErr = send(0, page); sendErr != nil {
+					return sendErr
+				}
+				page = nil
+			}
+		}
+		return nil
+	})
+	switch {
+	case sendErr != nil:
+	case err != nil:
+		send(flagLast|flagError, []byte(err.Error()))
+	default:
+		send(flagLast, page)
+	}
 }
 
 // onScanMore lets a peer's scan send its next page.
@@ -352,32 +361,14 @@ func (o *OnDemand) localSource(ctx context.Context, q scanRequest) (src *scanSou
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		send := func(m pageMsg) error {
+		o.scanPages(ctx, q, func(flags byte, body []byte) error {
 			select {
-			case pages <- m:
+			case pages <- pageMsg{flags, body}:
 				return nil
 			case <-ctx.Done():
 				return ctx.Err()
 			}
-		}
-		var page []byte
-		err := o.store.ScanState(ctx, q.step, q.after, q.every, q.share.Has, func(rows []core.Loaded) error {
-			for _, row := range rows {
-				page = appendScanRow(page, row.Key, row.Epoch, row.Value)
-				if len(page) >= replyFrame {
-					if err := send(pageMsg{0, page}); err != nil {
-						return err
-					}
-					page = nil
-				}
-			}
-			return nil
 		})
-		if err != nil {
-			send(pageMsg{flagLast | flagError, []byte(err.Error())})
-			return
-		}
-		send(pageMsg{flagLast, page})
 	}()
 	self := o.mesh.Self()
 	return &scanSource{from: self, next: func() (byte, []byte, error) {

@@ -22,8 +22,9 @@ import (
 // rescale, so no placement keeps a worker's keys on its own process.
 // Lookups are routed instead, in batches:
 //   - ReadState splits a batch of keys by the process owning each key's
-//     partition, sends each remote share as one request ("rec.read"),
-//     reads the local share meanwhile, and waits for the replies. The
+//     partition, sends each remote share as one request ("rec.read"; a
+//     very large batch as a few), reads the local share meanwhile, and
+//     waits for the replies. The
 //     owner reads its share as a local lookup would (Store.ReadState) on a
 //     goroutine of its own (at most servedReads at once), and replies in
 //     frames of at most replyFrame bytes.
