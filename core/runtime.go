@@ -486,8 +486,9 @@ func (x *execution) downstream(seg *segment, n *node) op {
 
 // stateReader returns the recovery as a StateReader if the run reads
 // state on demand: it resumes, or bounds its state, or runs in a cluster
-// (where every process must take the same path whatever its flags: the
-// recovery checks that they agree on the bound), and has stateful steps.
+// (whose processes all take this path: they agree on recovery and the
+// bound, which are part of the cluster's identity), and has stateful
+// steps.
 func (x *execution) stateReader() (StateReader, error) {
 	rd, ok := x.rec.(StateReader)
 	if x.cfg.StateMemory > 0 && !ok {
