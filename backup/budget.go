@@ -73,6 +73,21 @@ func (b *Budget) WaitSpool(ctx context.Context, n int64, wait time.Duration) (re
 	return func() { once.Do(func() { b.spool.Release(n) }) }, true
 }
 
+// acquireSpool waits for n bytes of the spools' share (or ctx); a nil
+// budget bounds nothing.
+func (b *Budget) acquireSpool(ctx context.Context, n int64) error {
+	if b == nil {
+		return nil
+	}
+	return b.spool.Acquire(ctx, n)
+}
+
+func (b *Budget) releaseSpool(n int64) {
+	if b != nil {
+		b.spool.Release(n)
+	}
+}
+
 // spoolTaken counts n bytes a spool's reader took; spoolPace is the total
 // so far (0 for a nil budget).
 func (b *Budget) spoolTaken(n int) {

@@ -107,7 +107,7 @@ func stageRoom(dir string, size int64) string {
 	}
 	free, ok := diskspace.Free(dir)
 	if ok && uint64(size) > free/4*3 {
-		return fmt.Sprintf("%s has %s free, too little to stage the %s image: uploaded straight from the partition, which holds back its WAL until the upload ends (give --temp-dir a roomier directory)",
+		return fmt.Sprintf("%s has %s free, too little to stage the %s image: uploaded straight from the partition, which holds back its WAL until the upload ends (point TMPDIR at a roomier directory)",
 			dir, human.Bytes(int64(free)), human.Bytes(size))
 	}
 	return ""

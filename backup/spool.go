@@ -36,6 +36,13 @@ type spool struct {
 	ctx          context.Context
 	began        time.Time
 	behind       bool // the uploads fell behind keepUpRate: spill, never wait
+	// noFile is set once the file could not be made or written (a full
+	// or read-only temporary directory): the copy then waits for the
+	// upload, as a capture with no room to stage does.
+	noFile bool
+	// unlinked says the file was removed from its directory as soon as it
+	// was made (a killed backup leaves nothing behind).
+	unlinked bool
 
 	mu    sync.Mutex
 	cond  *sync.Cond
@@ -128,30 +135,51 @@ func (sp *spool) add(block *[]byte, n int) error {
 		// sends this block to the file; the pace decides the next.
 		release, ok = sp.budget.WaitSpool(sp.ctx, spoolBlock, keepUpWait)
 	}
-	if ok {
-		sp.mu.Lock()
-		sp.queue = append(sp.queue, spoolItem{b: b, block: block, release: release})
-		sp.mem += len(b)
-		sp.cond.Broadcast()
-		sp.mu.Unlock()
-		return nil
+	if !ok && !sp.noFile {
+		ok = sp.toFile(b)
+		if ok {
+			spoolBlocks.Put(block)
+			return nil
+		}
 	}
-	defer spoolBlocks.Put(block)
+	if !ok {
+		// No file: wait for the upload however long it takes.
+		if err := sp.budget.acquireSpool(sp.ctx, spoolBlock); err != nil {
+			spoolBlocks.Put(block)
+			return context.Cause(sp.ctx)
+		}
+		release = func() { sp.budget.releaseSpool(spoolBlock) }
+	}
+	sp.mu.Lock()
+	sp.queue = append(sp.queue, spoolItem{b: b, block: block, release: release})
+	sp.mem += len(b)
+	sp.cond.Broadcast()
+	sp.mu.Unlock()
+	return nil
+}
+
+// toFile appends b to the file, made (and at once removed from its
+// directory, where the system allows) on first use. If the file cannot be
+// made or written it reports false, and the spool stops using it.
+func (sp *spool) toFile(b []byte) bool {
 	sp.mu.Lock()
 	f, off := sp.f, sp.fend
 	sp.mu.Unlock()
 	if f == nil {
 		var err error
 		if f, err = os.CreateTemp(sp.dir, sp.pattern); err != nil {
-			return fmt.Errorf("stage the base image: %w", err)
+			sp.noFile = true
+			return false
 		}
+		sp.unlinked = os.Remove(f.Name()) == nil
 		sp.mu.Lock()
 		sp.f = f
 		sp.mu.Unlock()
 	}
 	// Only this goroutine writes, at the end, where Read never reads yet.
 	if _, err := f.WriteAt(b, off); err != nil {
-		return fmt.Errorf("stage the base image: %w", err)
+		sp.noFile = true
+		return false
 	}
 	sp.mu.Lock()
 	sp.queue = append(sp.queue, spoolItem{off: off, n: int64(len(b))})
@@ -159,7 +187,7 @@ func (sp *spool) add(block *[]byte, n int) error {
 	sp.spilt += int64(len(b))
 	sp.cond.Broadcast()
 	sp.mu.Unlock()
-	return nil
+	return true
 }
 
 // keepingUp says whether the uploads keep the pace at which the copy
@@ -256,9 +284,11 @@ func (sp *spool) Close() error {
 	if f == nil {
 		return nil
 	}
-	name := f.Name()
 	f.Close()
-	return os.Remove(name)
+	if sp.unlinked {
+		return nil
+	}
+	return os.Remove(f.Name())
 }
 
 // free gives an in-memory item's block back to the pool and its share of

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"path/filepath"
 	"testing"
 	"testing/iotest"
 	"time"
@@ -181,6 +182,44 @@ func TestSpool_WaitsForAReaderThatKeepsPaceOnly(t *testing.T) {
 			}
 			if c.minSpilt > 0 && lead < time.Second {
 				t.Fatalf("the copy ended only %v before the slow reader: it waited for it", lead)
+			}
+		})
+	}
+}
+
+// The file is removed from its directory as soon as it is made, so a
+// backup killed mid-copy leaves nothing there; and a directory where no
+// file can be made (read-only, full, gone) does not fail the capture: the
+// copy then waits for the reader, all of the stream still arrives.
+func TestSpool_FileLeavesNoNameAndIsNotNeeded(t *testing.T) {
+	data := bytes.Repeat([]byte("pages "), 40<<20/6) // 40 MB: 2.5 s at 16 MiB/s
+	for _, c := range []struct {
+		name      string
+		dir       func(t *testing.T) string
+		wantSpill bool
+	}{
+		{"spilling", func(t *testing.T) string { return t.TempDir() }, true},
+		{"no directory", func(t *testing.T) string { return filepath.Join(t.TempDir(), "gone") }, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := c.dir(t)
+			copied := make(chan struct{})
+			sp := newSpool(context.Background(), dir, "spool-*", spoolBudget(spoolBlock), bytes.NewReader(data), func() { close(copied) })
+			defer sp.Close()
+			// A slow link: after its first second the copy spills (or,
+			// with no file, waits).
+			got := make([]byte, len(data)+1)
+			r := &pacedReader{r: sp, rate: 16 << 20}
+			n, _ := io.ReadFull(r, got[:24<<20])
+			if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+				t.Fatalf("%d names in the spool's directory mid-copy: %v", len(ents), ents)
+			}
+			m, err := io.ReadFull(r, got[n:])
+			if err != io.ErrUnexpectedEOF || !bytes.Equal(got[:n+m], data) {
+				t.Fatalf("read %d bytes: %v", n+m, err)
+			}
+			if spilt := sp.Spilt() > 0; spilt != c.wantSpill {
+				t.Fatalf("%d bytes through the file; want spilling %v", sp.Spilt(), c.wantSpill)
 			}
 		})
 	}
