@@ -47,45 +47,30 @@ func NewBudget(n int64) *Budget {
 // returns the function that gives them back; ok is false if they are not.
 // A nil budget bounds nothing.
 func (b *Budget) TrySpool(n int64) (release func(), ok bool) {
-	if b == nil {
-		return func() {}, true
-	}
-	if !b.spool.TryAcquire(n) {
-		return nil, false
-	}
-	var once sync.Once
-	return func() { once.Do(func() { b.spool.Release(n) }) }, true
+	return b.WaitSpool(context.Background(), n, 0)
 }
 
-// WaitSpool takes n bytes of the spools' share, waiting up to wait for
-// them to be given back; ok is false if they were not. A nil budget bounds
-// nothing.
+// WaitSpool is TrySpool waiting up to wait for the bytes to be given back
+// (0: not at all; below 0: until ctx ends).
 func (b *Budget) WaitSpool(ctx context.Context, n int64, wait time.Duration) (release func(), ok bool) {
 	if b == nil {
 		return func() {}, true
 	}
-	wctx, cancel := context.WithTimeout(ctx, wait)
-	defer cancel()
-	if b.spool.Acquire(wctx, n) != nil {
+	switch {
+	case wait == 0:
+		ok = b.spool.TryAcquire(n)
+	case wait < 0:
+		ok = b.spool.Acquire(ctx, n) == nil
+	default:
+		wctx, cancel := context.WithTimeout(ctx, wait)
+		ok = b.spool.Acquire(wctx, n) == nil
+		cancel()
+	}
+	if !ok {
 		return nil, false
 	}
 	var once sync.Once
 	return func() { once.Do(func() { b.spool.Release(n) }) }, true
-}
-
-// acquireSpool waits for n bytes of the spools' share (or ctx); a nil
-// budget bounds nothing.
-func (b *Budget) acquireSpool(ctx context.Context, n int64) error {
-	if b == nil {
-		return nil
-	}
-	return b.spool.Acquire(ctx, n)
-}
-
-func (b *Budget) releaseSpool(n int64) {
-	if b != nil {
-		b.spool.Release(n)
-	}
 }
 
 // spoolTaken counts n bytes a spool's reader took; spoolPace is the total

@@ -144,11 +144,10 @@ func (sp *spool) add(block *[]byte, n int) error {
 	}
 	if !ok {
 		// No file: wait for the upload however long it takes.
-		if err := sp.budget.acquireSpool(sp.ctx, spoolBlock); err != nil {
+		if release, ok = sp.budget.WaitSpool(sp.ctx, spoolBlock, -1); !ok {
 			spoolBlocks.Put(block)
 			return context.Cause(sp.ctx)
 		}
-		release = func() { sp.budget.releaseSpool(spoolBlock) }
 	}
 	sp.mu.Lock()
 	sp.queue = append(sp.queue, spoolItem{b: b, block: block, release: release})
