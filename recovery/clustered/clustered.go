@@ -7,7 +7,6 @@
 package clustered
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -716,50 +715,45 @@ func appendBytes(b, v []byte) []byte {
 }
 
 func decodeCommit(b []byte) (int, uint64, []recovery.Row, error) {
-	rd := bytes.NewReader(b)
 	bad := fmt.Errorf("malformed commit")
-	w, err := binary.ReadUvarint(rd)
-	if err != nil {
+	w, k := binary.Uvarint(b)
+	if k <= 0 {
 		return 0, 0, nil, bad
 	}
-	f, err := binary.ReadUvarint(rd)
-	if err != nil || w >= 1<<31 || f >= 1<<62 {
+	b = b[k:]
+	f, k := binary.Uvarint(b)
+	if k <= 0 || w >= 1<<31 || f >= 1<<62 {
 		return 0, 0, nil, bad
 	}
-	readBytes := func() ([]byte, error) {
-		n, err := binary.ReadUvarint(rd)
-		if err != nil || n > uint64(rd.Len()) {
-			return nil, bad
-		}
-		v := make([]byte, n)
-		rd.Read(v)
-		return v, nil
-	}
+	b = b[k:]
 	var rows []recovery.Row
-	for rd.Len() > 0 {
-		step, err := readBytes()
-		if err != nil {
-			return 0, 0, nil, err
-		}
-		key, err := readBytes()
-		if err != nil {
-			return 0, 0, nil, err
-		}
-		e, err := binary.ReadUvarint(rd)
-		if err != nil {
+	for len(b) > 0 {
+		step, rest, ok := cutBytes(b)
+		if !ok {
 			return 0, 0, nil, bad
 		}
-		flag, err := rd.ReadByte()
-		if err != nil {
+		key, rest, ok := cutBytes(rest)
+		if !ok {
 			return 0, 0, nil, bad
 		}
+		e, k := binary.Uvarint(rest)
+		if k <= 0 || k == len(rest) {
+			return 0, 0, nil, bad
+		}
+		flag := rest[k]
+		rest = rest[k+1:]
 		row := recovery.Row{Step: recovery.StepID(step), Key: recovery.StateKey(key), Epoch: recovery.Epoch(e)}
 		if flag == 1 {
-			if row.Value, err = readBytes(); err != nil {
-				return 0, 0, nil, err
+			v, after, ok := cutBytes(rest)
+			if !ok {
+				return 0, 0, nil, bad
 			}
+			// A copy: a zero-length value stays a (non-nil) value, and
+			// no row aliases the frame.
+			row.Value, rest = slices.Clone(v), after
 		}
 		rows = append(rows, row)
+		b = rest
 	}
 	return int(w), f, rows, nil
 }
