@@ -147,45 +147,29 @@ func (o *OnDemand) OpenState(ctx context.Context, below core.Epoch, lazy func(co
 	if err != nil {
 		return nil, fmt.Errorf("process %d: %w", r.mesh.Self(), err)
 	}
-	msg := stateMsg{Full: full}
+	// Every process reads commits back (full), or none: the cluster's
+	// identity, which the processes share, includes the bound.
+	steps := make([]core.StepID, 0, len(info.Steps))
 	for id := range info.Steps {
-		msg.Steps = append(msg.Steps, id)
+		steps = append(steps, id)
 	}
-	slices.Sort(msg.Steps)
-	payload, _ := json.Marshal(msg)
+	slices.Sort(steps)
+	payload, _ := json.Marshal(steps)
 	all, err := r.mesh.Gather(ctx, "rec.state", payload)
 	if err != nil {
 		return nil, err
 	}
-	msgs := make([]stateMsg, r.mesh.Processes())
+	has := map[core.StepID]bool{}
 	for p, b := range all {
-		if p < 0 || p >= len(msgs) {
-			return nil, fmt.Errorf("steps with state from process %d of %d", p, len(msgs))
-		}
-		if err := json.Unmarshal(b, &msgs[p]); err != nil {
+		var ids []core.StepID
+		if err := json.Unmarshal(b, &ids); err != nil {
 			return nil, fmt.Errorf("steps with state from process %d: %w", p, err)
 		}
-	}
-	has := map[core.StepID]bool{}
-	for p, m := range msgs {
-		if m.Full != msgs[0].Full {
-			with := map[bool]string{true: "with", false: "without"}
-			return nil, fmt.Errorf("process 0 runs %s a bound on state memory (--state-memory) and process %d %s: give every process one, or none", with[msgs[0].Full], p, with[m.Full])
-		}
-		for _, id := range m.Steps {
+		for _, id := range ids {
 			has[id] = true
 		}
 	}
 	return has, nil
-}
-
-// stateMsg is what each process says once it opened its state: the lazy
-// steps its partitions hold state of, and whether it reads every commit
-// back (a bound on state memory: every process must, or none, since a key
-// may be evicted by one process and read from another's partition).
-type stateMsg struct {
-	Steps []core.StepID `json:"steps"`
-	Full  bool          `json:"full,omitempty"`
 }
 
 // StateBytes implements core.StateReader: what this process's partitions
