@@ -190,6 +190,7 @@ func (o *OnDemand) session(from int, b []byte) (*scanSession, error) {
 // scanSource is one process's share of a scan, frame by frame, row by row.
 type scanSource struct {
 	from  int
+	id    uint64                       // the request of a peer's share (0 for this process's)
 	next  func() (byte, []byte, error) // the next frame
 	body  []byte
 	last  bool // the last frame was read
@@ -252,7 +253,7 @@ func (o *OnDemand) ScanState(ctx context.Context, step core.StepID, after core.E
 	r, rd := o.Recovery, o.reads
 	self := r.mesh.Self()
 	rd.mu.Lock()
-	owning := rd.owning
+	owning, selfOwns := rd.owning, rd.selfOwns
 	rd.mu.Unlock()
 	var remote []int
 	for _, p := range owning {
@@ -261,7 +262,7 @@ func (o *OnDemand) ScanState(ctx context.Context, step core.StepID, after core.E
 		}
 	}
 	if len(remote) == 0 {
-		if !r.ownsAny(self) {
+		if !selfOwns {
 			return nil
 		}
 		return r.store.ScanState(ctx, step, after, every, share.Has, fn)
@@ -269,24 +270,20 @@ func (o *OnDemand) ScanState(ctx context.Context, step core.StepID, after core.E
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var srcs []*scanSource
-	type open struct {
-		id   uint64
-		to   int
-		done *bool
-	}
-	var opened []open
 	defer func() {
-		for _, s := range opened {
+		for _, s := range srcs {
+			if s.from == self {
+				continue
+			}
 			rd.retire(s.id)
-			if !*s.done && ctx.Err() == nil {
-				r.mesh.Send(ctx, s.to, "rec.scan.stop", binary.AppendUvarint(nil, s.id))
+			if !s.last && ctx.Err() == nil {
+				r.mesh.Send(ctx, s.from, "rec.scan.stop", binary.AppendUvarint(nil, s.id))
 			}
 		}
 	}()
 	for _, p := range remote {
 		id, c := rd.newCall(p)
-		src := &scanSource{from: p}
-		opened = append(opened, open{id, p, &src.last})
+		src := &scanSource{from: p, id: id}
 		src.next = func() (byte, []byte, error) {
 			flags, body, err := c.next(sctx, r)
 			if err == nil && flags&flagLast == 0 {
@@ -294,13 +291,13 @@ func (o *OnDemand) ScanState(ctx context.Context, step core.StepID, after core.E
 			}
 			return flags, body, err
 		}
+		srcs = append(srcs, src)
 		q := scanRequest{id: id, step: step, after: after, every: every, share: share}
 		if err := r.mesh.Send(ctx, p, "rec.scan", q.encode()); err != nil {
 			return fmt.Errorf("ask process %d to scan %s: %w", p, step, err)
 		}
-		srcs = append(srcs, src)
 	}
-	if r.ownsAny(self) {
+	if selfOwns {
 		src, wait := o.localSource(sctx, scanRequest{step: step, after: after, every: every, share: share})
 		defer wait()
 		defer cancel() // before wait
