@@ -188,13 +188,13 @@ func (o *OnDemand) Written(w core.WorkerIndex) uint64 {
 			n = min(n, rd.written[p][w])
 		}
 	}
-	owning, selfOwns := len(rd.owning), rd.selfOwns
+	selfOwns := rd.selfOwns
 	rd.mu.Unlock()
 	if selfOwns {
 		n = min(n, r.store.Written(w))
 	}
-	if owning == 0 || n == 1<<64-1 {
-		return 0
+	if n == 1<<64-1 {
+		return 0 // no process owns a partition: nothing is readable
 	}
 	return n
 }
