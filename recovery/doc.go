@@ -32,6 +32,7 @@
 //	base(k, epoch, ser)                                        per key, its newest value below compacted_epoch; PK k
 //	epoch_times(epoch, unix_ms)                                when this partition's frontier reached epoch
 //	dropped(k, epoch, unix_ms)                                 keys whose tombstone compaction applied (for incremental backups)
+//	passlog(seq, epoch, entries, data)                         what this execution's compactions merged, as segments (see passlog.go)
 //
 // A key k is uvarint(step number) followed by the state key's bytes; keys
 // sort bytewise, in base and in segments alike. A snapshot row for (step,

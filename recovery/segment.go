@@ -35,18 +35,22 @@ type entry struct {
 func encodeSegment(dst []byte, es []entry) []byte {
 	dst = append(dst, segmentFormat)
 	dst = binary.AppendUvarint(dst, uint64(len(es)))
-	for _, e := range es {
-		dst = binary.AppendUvarint(dst, uint64(len(e.k)))
-		dst = append(dst, e.k...)
-		if e.tomb {
-			dst = append(dst, 1)
-			continue
-		}
-		dst = append(dst, 0)
-		dst = binary.AppendUvarint(dst, uint64(len(e.val)))
-		dst = append(dst, e.val...)
+	for i := range es {
+		dst = appendEntry(dst, &es[i])
 	}
 	return dst
+}
+
+// appendEntry appends one entry as a segment holds it.
+func appendEntry(dst []byte, e *entry) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(e.k)))
+	dst = append(dst, e.k...)
+	if e.tomb {
+		return append(dst, 1)
+	}
+	dst = append(dst, 0)
+	dst = binary.AppendUvarint(dst, uint64(len(e.val)))
+	return append(dst, e.val...)
 }
 
 // segmentIter walks a segment's entries; k and val alias the blob.

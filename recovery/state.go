@@ -531,7 +531,7 @@ func (s *Store) ScanState(ctx context.Context, step StepID, after Epoch, every b
 		if !ok {
 			continue
 		}
-		sc, err := newPartScan(ctx, ps, num, after, every, keep)
+		sc, err := newPartScan(ctx, ps, s.writers[pos], num, after, every, keep)
 		if err != nil {
 			return fmt.Errorf("scan state of %s in partition %d: %w", step, s.parts[pos].Index, err)
 		}
@@ -551,27 +551,50 @@ type partScan struct {
 	keep   func(StateKey) bool
 	key    []byte // the current key (without the prefix) and entry
 	cur    entry
+	viaLog bool // the base's changes after `after` come from the pass log
 }
 
-func newPartScan(ctx context.Context, ps *partIndex, num uint64, after Epoch, every bool, keep func(StateKey) bool) (*partScan, error) {
+func newPartScan(ctx context.Context, ps *partIndex, w *writer, num uint64, after Epoch, every bool, keep func(StateKey) bool) (*partScan, error) {
 	lo, hi := stepRange(num)
 	sc := &partScan{prefix: len(lo), after: after, every: every, keep: keep}
 	var cs []cursor
 	compacted := Epoch(ps.compacted.Load())
+	// The live rows are listed before the pass log is read: each
+	// compaction slice writes the log in the transaction that writes the
+	// base, and the merged segments leave the live index only after the
+	// last slice committed, so every change is in the rows listed here or
+	// in the log read after them (or both).
 	rows := ps.live.list()
 	if ps.baseMayHold(num) && (every || compacted > after+1) {
-		q := `SELECT k, epoch, ser FROM base WHERE k >= ? AND k < ? ORDER BY k`
-		args := []any{lo, hi}
-		if !every {
-			q = `SELECT k, epoch, ser FROM base WHERE k >= ? AND k < ? AND epoch > ? ORDER BY k`
-			args = append(args, int64(after))
+		var logged []*liveRow
+		if !every && w.pass.covers(after) {
+			var err error
+			if logged, sc.viaLog, err = passLogRows(ctx, ps.rdb, after); err != nil {
+				return nil, err
+			}
 		}
-		r, err := ps.rdb.QueryContext(ctx, q, args...)
-		if err != nil {
-			return nil, err
+		if sc.viaLog {
+			// What compaction merged into the base after `after` is in
+			// the log's segments: no base row is read.
+			for _, r := range logged {
+				if i, j := r.span(lo, hi); i < j {
+					cs = append(cs, &liveCursor{r: r, i: i, j: j})
+				}
+			}
+		} else {
+			q := `SELECT k, epoch, ser FROM base WHERE k >= ? AND k < ? ORDER BY k`
+			args := []any{lo, hi}
+			if !every {
+				q = `SELECT k, epoch, ser FROM base WHERE k >= ? AND k < ? AND epoch > ? ORDER BY k`
+				args = append(args, int64(after))
+			}
+			r, err := ps.rdb.QueryContext(ctx, q, args...)
+			if err != nil {
+				return nil, err
+			}
+			sc.rows = r
+			cs = append(cs, &baseCursor{rows: r})
 		}
-		sc.rows = r
-		cs = append(cs, &baseCursor{rows: r})
 	}
 	for _, r := range rows {
 		if !every && r.epoch <= after {

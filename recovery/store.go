@@ -52,6 +52,8 @@ type Options struct {
 	// (compacting after every epoch made a +1% continuation of a large
 	// state rewrite most of its base).
 	CompactLiveBytes int64
+
+	noPassLog bool // tests and benchmarks: keep no pass log
 }
 
 // DefaultMaxPendingBytes is the default bound on snapshot bytes queued for
@@ -254,9 +256,16 @@ func (s *Store) prepare(ctx context.Context, rp ResumePoint, workers int) error 
 		if err != nil {
 			return fmt.Errorf("partition %d: %w", p.Index, err)
 		}
+		pass, err := startPassLog(ctx, p.DB, rp.Epoch)
+		if err != nil {
+			return fmt.Errorf("partition %d: %w", p.Index, err)
+		}
 		w := &writer{s: s, p: p, idx: i, ch: make(chan submission, 16), commit: max(ce, 1), compact: max(compacted, 1),
 			frontier: rp.Epoch, front: make([]Epoch, workers), steps: &sharedSteps{t: steps, persisted: len(steps.byNum)},
-			applied: make([]atomic.Uint64, workers)}
+			applied: make([]atomic.Uint64, workers), pass: pass}
+		if s.opts.noPassLog {
+			w.pass.on = false
+		}
 		for j := range w.front {
 			w.front[j] = rp.Epoch
 		}
@@ -275,6 +284,9 @@ func (s *Store) beginPartition(ctx context.Context, p *Partition, rp ResumePoint
 	sb := s.opts.Intervals
 	if err := trimFrom(ctx, tx, rp.Epoch); err != nil {
 		return fmt.Errorf("delete rows at or after the resume epoch: %w", err)
+	}
+	if err := resetPassLog(ctx, tx); err != nil {
+		return fmt.Errorf("reset the pass log: %w", err)
 	}
 	stmts := []struct {
 		q    string

@@ -46,6 +46,10 @@ type writer struct {
 	// Store.Written).
 	applied []atomic.Uint64
 	counted Epoch // the compaction that last counted the base's keys
+	// pass is what this execution's pass log covers (see passlog.go), fixed
+	// at Begin; kept is the bytes it holds, -1 once given up.
+	pass passStart
+	kept int64
 	// grown is what this writer added to the state index since its last
 	// compaction (Options.CompactLiveBytes).
 	grown int64
@@ -346,9 +350,16 @@ func (w *writer) compactStep() error {
 	var del *sql.Stmt
 	now := unixMs(w.s.opts.Now())
 	n := 0
+	var lg *passSlice
+	if w.pass.on && w.kept >= 0 {
+		lg = newPassSlice(w.pass.from)
+	}
 	for n < w.s.slice && j.m.next() {
 		n++
 		e := &j.m.out
+		if lg != nil {
+			lg.add(e)
+		}
 		if !e.tomb {
 			if err := bw.upsert(ctx, e.k, e.epoch, e.val); err != nil {
 				return err
@@ -378,6 +389,12 @@ func (w *writer) compactStep() error {
 		return err
 	}
 	finished := n < w.s.slice
+	kept := w.kept
+	if lg != nil {
+		if kept, err = lg.write(ctx, tx, kept, w.pass.limit); err != nil {
+			return fmt.Errorf("write the pass log: %w", err)
+		}
+	}
 	if finished {
 		for _, st := range []struct {
 			q    string
@@ -406,6 +423,7 @@ func (w *writer) compactStep() error {
 	if err := tx.Commit(); err != nil {
 		return err
 	}
+	w.kept = kept
 	if finished {
 		w.compact = j.target
 		w.grown = 0
