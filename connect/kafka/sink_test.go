@@ -220,7 +220,11 @@ func TestSink_ReadsPositionsOfEarlierVersions(t *testing.T) {
 func TestSink_PartitionsRetriedNotCached(t *testing.T) {
 	c := broker(t, nil)
 	s := LineSink(c.ListenAddrs(), "late", false)
-	s.Outage = 500 * time.Millisecond
+	// Long enough for the brokers to answer at least once on a loaded
+	// machine (the race run beside a build): at 500ms the first metadata
+	// request could take it all, and the error said "deadline exceeded"
+	// instead of why.
+	s.Outage = 2 * time.Second
 	ctx := context.Background()
 	began := time.Now()
 	parts, err := s.Partitions(ctx)
