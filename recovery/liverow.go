@@ -2,6 +2,7 @@ package recovery
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"fmt"
 	"hash/maphash"
@@ -313,4 +314,29 @@ func newest(rows []*liveRow, k []byte) (entry, bool) {
 		}
 	}
 	return entry{}, false
+}
+
+// readLiveRows reads segments (seq, epoch, data, in that order of columns)
+// that query selects, as live rows.
+func readLiveRows(ctx context.Context, q queryer, query string, args ...any) ([]*liveRow, error) {
+	rows, err := q.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []*liveRow
+	for rows.Next() {
+		var seq int64
+		var e Epoch
+		var data []byte
+		if err := rows.Scan(&seq, &e, &data); err != nil {
+			return nil, err
+		}
+		r, err := newLiveRow(seq, e, data)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
 }

@@ -179,24 +179,9 @@ func passLogRows(ctx context.Context, db *sql.DB, after Epoch) ([]*liveRow, bool
 	if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM passlog WHERE seq = 0)`).Scan(&gaveUp); err != nil || gaveUp {
 		return nil, false, err
 	}
-	rows, err := tx.QueryContext(ctx, `SELECT seq, epoch, data FROM passlog WHERE epoch > ? ORDER BY epoch, seq`, int64(after))
+	rows, err := readLiveRows(ctx, tx, `SELECT seq, epoch, data FROM passlog WHERE epoch > ? ORDER BY epoch, seq`, int64(after))
 	if err != nil {
-		return nil, false, err
+		return nil, false, fmt.Errorf("read the pass log: %w", err)
 	}
-	defer rows.Close()
-	var out []*liveRow
-	for rows.Next() {
-		var seq int64
-		var e Epoch
-		var data []byte
-		if err := rows.Scan(&seq, &e, &data); err != nil {
-			return nil, false, err
-		}
-		r, err := newLiveRow(seq, e, data)
-		if err != nil {
-			return nil, false, fmt.Errorf("pass log: %w", err)
-		}
-		out = append(out, r)
-	}
-	return out, true, rows.Err()
+	return rows, true, nil
 }

@@ -162,28 +162,8 @@ func openPartIndex(ctx context.Context, p *Partition, below Epoch, lazy func(Ste
 	if err != nil {
 		return fail(err)
 	}
-	rows, err := tx.QueryContext(ctx, `SELECT seq, epoch, data FROM segments WHERE epoch < ? ORDER BY epoch, seq`, int64(below))
+	live, err := readLiveRows(ctx, tx, `SELECT seq, epoch, data FROM segments WHERE epoch < ? ORDER BY epoch, seq`, int64(below))
 	if err != nil {
-		return fail(fmt.Errorf("read segments: %w", err))
-	}
-	var live []*liveRow
-	for rows.Next() {
-		var seq int64
-		var e Epoch
-		var data []byte
-		if err := rows.Scan(&seq, &e, &data); err != nil {
-			rows.Close()
-			return fail(err)
-		}
-		r, err := newLiveRow(seq, e, data)
-		if err != nil {
-			rows.Close()
-			return fail(err)
-		}
-		live = append(live, r)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
 		return fail(fmt.Errorf("read segments: %w", err))
 	}
 	ps.live.add(live)
