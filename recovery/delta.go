@@ -231,18 +231,26 @@ func LayDelta(ctx context.Context, db *sql.DB, deltaPath string, watermark Epoch
 			return err
 		}
 	}
-	// The image's segments below the delta's compaction point are not
-	// merged yet: say so, so the next compaction takes them.
-	var minSeg sql.NullInt64
-	if err := tx.QueryRowContext(ctx, `SELECT min(epoch) FROM main.segments`).Scan(&minSeg); err != nil {
-		return err
-	}
+	// The image's segments below the delta's compaction point stay until
+	// the next compaction merges them (it merges every segment below its
+	// target). compacted_epoch stays the delta's, above every base row:
+	// the base may hold newer rows of those segments' keys (the delta's),
+	// and a reader takes a segment over the base without asking it only
+	// at or above compacted_epoch. (Lowering it to the image's oldest
+	// segment, as this did, made reads on demand return the image's older
+	// value over the delta's newer base row, and a restored flow continue
+	// from it.) A delta that records no compaction (version 1) gets one
+	// just above its newest base row.
 	compacted, err := metaEpoch(ctx, tx, "compacted_epoch")
 	if err != nil {
 		return err
 	}
-	if minSeg.Valid && (compacted == 0 || Epoch(minSeg.Int64) < compacted) {
-		if err := setMeta(ctx, tx, "compacted_epoch", uint64(max(minSeg.Int64, 1))); err != nil {
+	if compacted == 0 {
+		var newest sql.NullInt64
+		if err := tx.QueryRowContext(ctx, `SELECT max(epoch) FROM main.base`).Scan(&newest); err != nil {
+			return err
+		}
+		if err := setMeta(ctx, tx, "compacted_epoch", uint64(max(newest.Int64+1, 1))); err != nil {
 			return err
 		}
 	}

@@ -226,6 +226,9 @@ func runRestored(t *testing.T, n int, opts Options, restored func(p int) string,
 				t.Fatalf("restored, trimmed to %d: partition %d: %s", e, p, d)
 			}
 		}
+		if d := diffState(readOnDemand(t, f.st, e, f.m), f.m.below(e, 0, 0)); d != "" {
+			t.Fatalf("restored, trimmed to %d, read on demand: %s", e, d)
+		}
 		f.run(e + 8)
 		if err := f.st.Compact(ctx); err != nil {
 			t.Fatal(err)
@@ -238,6 +241,38 @@ func runRestored(t *testing.T, n int, opts Options, restored func(p int) string,
 		f.close()
 		os.RemoveAll(dir)
 	}
+}
+
+// readOnDemand opens st's state for reading on demand at epoch e (as
+// every resume does) and reads every key m ever wrote, as "step/key" ->
+// "value@epoch".
+func readOnDemand(t *testing.T, st *Store, e Epoch, m *flowModel) map[string]string {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := st.OpenState(ctx, e, func(StepID) bool { return true }, false, func([]Row) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	keys := map[StepID][]StateKey{}
+	seen := map[string]bool{}
+	for _, rs := range m.changes {
+		for _, r := range rs {
+			if k := string(r.Step) + "/" + string(r.Key); !seen[k] {
+				seen[k] = true
+				keys[r.Step] = append(keys[r.Step], r.Key)
+			}
+		}
+	}
+	got := map[string]string{}
+	for step, ks := range keys {
+		err := st.ReadState(ctx, step, ks, func(i int, ep Epoch, v []byte) error {
+			got[string(step)+"/"+string(ks[i])] = fmt.Sprintf("%q@%d", v, ep)
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return got
 }
 
 // A delta's base rows are newer than the image's segments below the
