@@ -538,13 +538,16 @@ func newPartScan(ctx context.Context, ps *partIndex, w *writer, num uint64, afte
 	lo, hi := stepRange(num)
 	sc := &partScan{prefix: len(lo), after: after, every: every, keep: keep}
 	var cs []cursor
-	compacted := Epoch(ps.compacted.Load())
-	// The live rows are listed before the pass log is read: each
-	// compaction slice writes the log in the transaction that writes the
-	// base, and the merged segments leave the live index only after the
-	// last slice committed, so every change is in the rows listed here or
-	// in the log read after them (or both).
+	// The live rows are listed before the compaction point, the base and
+	// the pass log are read: a compaction commits its last slice, then
+	// moves the compaction point, then drops the merged segments from the
+	// live index (each slice writes the log in the transaction that writes
+	// the base). So every change is in the rows listed here, or below a
+	// compaction point read after them, in the base and the log (or both).
+	// (Read the other way round, a compaction ending in between could hide
+	// its changes from both.)
 	rows := ps.live.list()
+	compacted := Epoch(ps.compacted.Load())
 	if ps.baseMayHold(num) && (every || compacted > after+1) {
 		var logged []*liveRow
 		if !every && w.pass.covers(after) {
