@@ -260,6 +260,32 @@ func LayDelta(ctx context.Context, db *sql.DB, deltaPath string, watermark Epoch
 	return tx.Commit()
 }
 
+// raiseCompactionPoint mends, at Begin, a partition that a flowkeep
+// before this fix restored from a base and a delta: its LayDelta lowered
+// compacted_epoch below the delta's base rows, so reads on demand took
+// the image's older segments over them. Such a partition was trimmed by a
+// restore (an execution with no workers) to an epoch above its compaction
+// point, and nothing compacted since; only then is the base read (a scan),
+// and the point raised above its newest row.
+func raiseCompactionPoint(ctx context.Context, tx *sql.Tx) error {
+	compacted, err := metaEpoch(ctx, tx, "compacted_epoch")
+	if err != nil {
+		return err
+	}
+	var restored bool
+	if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM executions WHERE worker_count = 0 AND resume_epoch > ?)`, int64(compacted)).Scan(&restored); err != nil || !restored {
+		return err
+	}
+	var newest sql.NullInt64
+	if err := tx.QueryRowContext(ctx, `SELECT max(epoch) FROM base`).Scan(&newest); err != nil {
+		return err
+	}
+	if !newest.Valid || Epoch(newest.Int64) < compacted {
+		return nil
+	}
+	return setMeta(ctx, tx, "compacted_epoch", uint64(newest.Int64+1))
+}
+
 // v1DeltaEntries reads a version-1 delta's rows (snaps at or after its
 // watermark, and its dropped keys) as entries by epoch, numbering steps the
 // image does not know yet.

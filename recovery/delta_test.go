@@ -66,6 +66,10 @@ func TestDelta_LaidOverAnImageGivesEveryEpochsState(t *testing.T) {
 		// the next run resumes below partition 0's image frontier and
 		// runs those epochs again: the watermark is lowered to that resume
 		lag bool
+		// the restored partition's compaction point is lowered to its
+		// oldest segment, as LayDelta did before it kept the delta's: the
+		// next Begin must raise it again
+		oldLay bool
 	}{
 		{name: "watermark at the image's frontier", compact: true},
 		{name: "watermark at the image's frontier, automatic compactions only"},
@@ -74,6 +78,7 @@ func TestDelta_LaidOverAnImageGivesEveryEpochsState(t *testing.T) {
 		{name: "watermark at the image's commit epoch", watermark: func(lo, hi Epoch) Epoch { return lo }, compact: true},
 		{name: "watermark 1: the delta holds everything", watermark: func(lo, hi Epoch) Epoch { return 1 }, compact: true},
 		{name: "a run resumed below the image's frontier", closed: true, lag: true, compact: true},
+		{name: "laid by an older flowkeep, which lowered the compaction point", compact: true, oldLay: true},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -150,6 +155,16 @@ func TestDelta_LaidOverAnImageGivesEveryEpochsState(t *testing.T) {
 				}
 				out := filepath.Join(tmp, fmt.Sprintf("restored-%d.sqlite3", p))
 				layDelta(t, image(p), delta, w, out)
+				if tt.oldLay {
+					db, err := OpenDB(out, false)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if _, err := db.Exec(`UPDATE meta SET value = (SELECT min(epoch) FROM segments) WHERE key = 'compacted_epoch' AND EXISTS (SELECT 1 FROM segments)`); err != nil {
+						t.Fatal(err)
+					}
+					db.Close()
+				}
 				db, err := OpenDB(out, true)
 				if err != nil {
 					t.Fatal(err)

@@ -288,6 +288,9 @@ func (s *Store) beginPartition(ctx context.Context, p *Partition, rp ResumePoint
 	if err := resetPassLog(ctx, tx); err != nil {
 		return fmt.Errorf("reset the pass log: %w", err)
 	}
+	if err := raiseCompactionPoint(ctx, tx); err != nil {
+		return fmt.Errorf("check the compaction point: %w", err)
+	}
 	stmts := []struct {
 		q    string
 		args []any
