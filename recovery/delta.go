@@ -265,11 +265,16 @@ func LayDelta(ctx context.Context, db *sql.DB, deltaPath string, watermark Epoch
 // compacted_epoch below the delta's base rows, so reads on demand took
 // the image's older segments over them. Such a partition was trimmed by a
 // restore (an execution with no workers) to an epoch above its compaction
-// point, and nothing compacted since; only then is the base read (a scan),
-// and the point raised above its newest row.
+// point, and nothing compacted since; only then, and once per compaction
+// point (compaction_checked records the last one checked), is the base
+// read (a scan), and the point raised above its newest row.
 func raiseCompactionPoint(ctx context.Context, tx *sql.Tx) error {
 	compacted, err := metaEpoch(ctx, tx, "compacted_epoch")
 	if err != nil {
+		return err
+	}
+	checked, err := metaEpoch(ctx, tx, "compaction_checked")
+	if err != nil || checked == compacted {
 		return err
 	}
 	var restored bool
@@ -280,10 +285,13 @@ func raiseCompactionPoint(ctx context.Context, tx *sql.Tx) error {
 	if err := tx.QueryRowContext(ctx, `SELECT max(epoch) FROM base`).Scan(&newest); err != nil {
 		return err
 	}
-	if !newest.Valid || Epoch(newest.Int64) < compacted {
-		return nil
+	if newest.Valid && Epoch(newest.Int64) >= compacted {
+		compacted = Epoch(newest.Int64 + 1)
+		if err := setMeta(ctx, tx, "compacted_epoch", uint64(compacted)); err != nil {
+			return err
+		}
 	}
-	return setMeta(ctx, tx, "compacted_epoch", uint64(newest.Int64+1))
+	return setMeta(ctx, tx, "compaction_checked", uint64(compacted))
 }
 
 // v1DeltaEntries reads a version-1 delta's rows (snaps at or after its

@@ -23,7 +23,7 @@
 // # Schema (version 2)
 //
 //	parts(part_index, part_count, flow_uid, created_unix_ms)   one row
-//	meta(key, value)         flow_name, commit_epoch, compacted_epoch, snapshot_interval_ms, backup_interval_ms,
+//	meta(key, value)         flow_name, commit_epoch, compacted_epoch, compaction_checked, snapshot_interval_ms, backup_interval_ms,
 //	                         lineage (JSON), lineage_pending, machine_id, file_id, runs (JSON) (see lineage.go)
 //	executions(ex_num, worker_count, resume_epoch, started_unix_ms, snapshot_interval_ms, backup_interval_ms)
 //	fronts(ex_num, worker_index, frontier)                     highest frontier per worker

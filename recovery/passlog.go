@@ -103,7 +103,7 @@ func startPassLog(ctx context.Context, db *sql.DB, from Epoch) (passStart, error
 }
 
 // covers says whether the log holds every change of the base written
-// after `after` (unless it was given up: see openPassLog).
+// after `after` (unless it was given up: see passLogRows).
 func (p passStart) covers(after Epoch) bool { return p.on && p.from <= after+1 }
 
 // passSlice gathers what one compaction slice merges with a change of an
