@@ -170,13 +170,21 @@ func TestSpool_WaitsForAReaderThatKeepsPaceOnly(t *testing.T) {
 			sp := newSpool(context.Background(), t.TempDir(), "spool-*", spoolBudget(spoolBlock), bytes.NewReader(data), func() { copied <- time.Now() })
 			defer sp.Close()
 			got := make([]byte, len(data)+1)
+			began := time.Now()
 			n, err := io.ReadFull(&pacedReader{r: sp, rate: c.rate}, got)
 			read := time.Now()
 			if err != io.ErrUnexpectedEOF || !bytes.Equal(got[:n], data) {
 				t.Fatalf("read %d bytes: %v", n, err)
 			}
 			lead := read.Sub(<-copied)
-			t.Logf("%d MiB through the file; the copy ended %v before the reader", sp.Spilt()>>20, lead.Round(time.Millisecond))
+			pace := float64(n) / read.Sub(began).Seconds()
+			t.Logf("%d MiB through the file; the copy ended %v before the reader; the reader's pace %.0f MiB/s", sp.Spilt()>>20, lead.Round(time.Millisecond), pace/(1<<20))
+			if c.minSpilt == 0 && pace < keepUpRate*5/4 {
+				// The CI's race run beside other tests slowed a reader
+				// asked for 512 MiB/s to 65 MiB/s: then it does not keep
+				// pace, and spilling is right.
+				t.Skipf("the reader kept only %.0f MiB/s on this loaded machine, not the %d MiB/s a reader that keeps pace needs", pace/(1<<20), keepUpRate*5/4>>20)
+			}
 			if sp.Spilt() > c.maxSpilt || sp.Spilt() < c.minSpilt {
 				t.Fatalf("%d MiB went through the file; want %d to %d MiB", sp.Spilt()>>20, c.minSpilt>>20, c.maxSpilt>>20)
 			}
