@@ -548,23 +548,19 @@ func newPartScan(ctx context.Context, ps *partIndex, w *writer, num uint64, afte
 	// its changes from both.)
 	rows := ps.live.list()
 	compacted := Epoch(ps.compacted.Load())
+	// What compaction merged into the base after `after`, when the pass
+	// log holds it: segments, merged with the live ones (before them, so
+	// that of equal epochs the live entry is the one taken), and no base
+	// row is read.
+	var logged []*liveRow
 	if ps.baseMayHold(num) && (every || compacted > after+1) {
-		var logged []*liveRow
 		if !every && w.pass.covers(after) {
 			var err error
 			if logged, sc.viaLog, err = passLogRows(ctx, ps.rdb, after); err != nil {
 				return nil, err
 			}
 		}
-		if sc.viaLog {
-			// What compaction merged into the base after `after` is in
-			// the log's segments: no base row is read.
-			for _, r := range logged {
-				if i, j := r.span(lo, hi); i < j {
-					cs = append(cs, &liveCursor{r: r, i: i, j: j})
-				}
-			}
-		} else {
+		if !sc.viaLog {
 			q := `SELECT k, epoch, ser FROM base WHERE k >= ? AND k < ? ORDER BY k`
 			args := []any{lo, hi}
 			if !every {
@@ -579,7 +575,7 @@ func newPartScan(ctx context.Context, ps *partIndex, w *writer, num uint64, afte
 			cs = append(cs, &baseCursor{rows: r})
 		}
 	}
-	for _, r := range rows {
+	for _, r := range append(logged, rows...) {
 		if !every && r.epoch <= after {
 			continue
 		}
