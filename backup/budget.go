@@ -73,7 +73,7 @@ func (b *Budget) WaitSpool(ctx context.Context, n int64, wait time.Duration) (re
 	return func() { once.Do(func() { b.spool.Release(n) }) }, true
 }
 
-// spoolTaken counts n bytes a spool's reader took; spoolPace is the total
+// spoolTaken counts n bytes a spool's reader took; spoolTotal is the total
 // so far (0 for a nil budget).
 func (b *Budget) spoolTaken(n int) {
 	if b != nil {
@@ -81,7 +81,7 @@ func (b *Budget) spoolTaken(n int) {
 	}
 }
 
-func (b *Budget) spoolPace() int64 {
+func (b *Budget) spoolTotal() int64 {
 	if b == nil {
 		return 0
 	}

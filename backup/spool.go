@@ -54,7 +54,7 @@ type spool struct {
 	err   error // why the copy ended: nil at EOF
 	spilt int64 // bytes that went through the file
 	// firstRead is when Read first handed out bytes (the upload's pace
-	// counts from then: not its start-up), taken0 the budget's spoolPace
+	// counts from then: not its start-up), taken0 the budget's spoolTotal
 	// then.
 	firstRead time.Time
 	taken0    int64
@@ -207,7 +207,7 @@ func (sp *spool) keepingUp() bool {
 	if elapsed < keepUpGrace {
 		return true
 	}
-	if float64(sp.budget.spoolPace()-taken0) < keepUpRate*elapsed.Seconds() {
+	if float64(sp.budget.spoolTotal()-taken0) < keepUpRate*elapsed.Seconds() {
 		sp.behind = true
 	}
 	return !sp.behind
@@ -229,7 +229,7 @@ func (sp *spool) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	if sp.firstRead.IsZero() {
-		sp.firstRead, sp.taken0 = time.Now(), sp.budget.spoolPace()
+		sp.firstRead, sp.taken0 = time.Now(), sp.budget.spoolTotal()
 	}
 	it := &sp.queue[0]
 	if it.block != nil {

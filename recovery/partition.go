@@ -101,10 +101,9 @@ func OpenImageDB(path string) (*sql.DB, error) {
 // to 635-660 MiB peak RSS, and 32 and 8 MiB were slower than 2 MiB too
 // (farm-bench over 4 partitions with 9 deltas: 2 MiB 215 MiB and 2.8 s, 8
 // MiB 262 MiB and 3.4 s, 32 MiB 445 MiB and 4.2 s, 128 MiB 635 MiB and 5.5
-// s). A failure
-// part-way leaves the file unusable, so callers discard it; on success they
-// call CloseScratchDB and then fsync the file. Like OpenImageDB, it never
-// creates the file.
+// s). A failure part-way leaves the file unusable, so callers discard it;
+// on success they call CloseScratchDB and then fsync the file. Like
+// OpenImageDB, it never creates the file.
 func OpenScratchDB(path string) (*sql.DB, error) {
 	return openMode(path, "rw", true, "", "locking_mode(EXCLUSIVE)", "journal_mode(OFF)", "synchronous(OFF)", "cache_size(-2048)")
 }

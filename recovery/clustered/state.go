@@ -24,10 +24,10 @@ import (
 //   - ReadState splits a batch of keys by the process owning each key's
 //     partition, sends each remote share as one request ("rec.read"; a
 //     very large batch as a few), reads the local share meanwhile, and
-//     waits for the replies. The
-//     owner reads its share as a local lookup would (Store.ReadState) on a
-//     goroutine of its own (at most servedReads at once), and replies in
-//     frames of at most replyFrame bytes.
+//     waits for the replies. The owner reads its share as a local lookup
+//     would (Store.ReadState) on a goroutine of its own (at most
+//     servedReads at once), and replies in frames of at most replyFrame
+//     bytes.
 //   - ScanState (end of input) merges, in key order, the scan of this
 //     process's partitions with a scan on every other owning process. A
 //     remote scan streams pages of at most replyFrame bytes, one page
