@@ -1,12 +1,16 @@
 package backup_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
+	"testing/iotest"
 
 	"github.com/flowkeep/flowkeep/backup"
 	"github.com/flowkeep/flowkeep/backup/memstore"
@@ -112,4 +116,86 @@ type failReads struct{ backup.Store }
 
 func (f *failReads) GetVersion(ctx context.Context, key string, limit int64) ([]byte, backup.ObjectVersion, error) {
 	return nil, "", errors.New("connection reset by peer")
+}
+
+// cutBodies cuts the first cuts bodies Get returns after at bytes, as a
+// dropped connection does, and counts the Gets.
+type cutBodies struct {
+	backup.Store
+	mu   sync.Mutex
+	at   int64
+	cuts int
+	gets int
+}
+
+func (c *cutBodies) Get(ctx context.Context, key string) (io.ReadCloser, error) {
+	rc, err := c.Store.Get(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gets++
+	if c.cuts == 0 {
+		return rc, nil
+	}
+	c.cuts--
+	return struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(io.LimitReader(rc, c.at), iotest.ErrReader(io.ErrUnexpectedEOF)), rc}, nil
+}
+
+// A sized read through the retry decorator gets the whole object even when
+// bodies are cut short on the way, and reads it into the caller's buffer
+// (a restore recycles them); an object larger than it may be is refused
+// at the first read, not read again.
+func TestRetry_SizedReadRetriesCutBodiesIntoTheCallersBuffer(t *testing.T) {
+	ctx := context.Background()
+	data := bytes.Repeat([]byte("flowkeep"), 64<<10)
+	for _, tc := range []struct {
+		name     string
+		cuts     int
+		size     int64
+		wantErr  error
+		wantGets int
+	}{
+		{"whole", 0, int64(len(data)), nil, 1},
+		{"cut once", 1, int64(len(data)), nil, 2},
+		{"cut three times", 3, int64(len(data)), nil, 4},
+		{"cut every time", 9, int64(len(data)), io.ErrUnexpectedEOF, 4},
+		{"larger than its manifest says", 0, int64(len(data)) - 1, backup.ErrCorrupt, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mem := memstore.New()
+			if err := mem.Put(ctx, "chunks/k", data); err != nil {
+				t.Fatal(err)
+			}
+			c := &cutBodies{Store: mem, at: int64(len(data) / 2), cuts: tc.cuts}
+			dst := make([]byte, 0, len(data)+bytes.MinRead)
+			s := fastRetry(c)
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			got, err := backup.ReadSizedInto(ctx, s, "chunks/k", tc.size, dst)
+			runtime.ReadMemStats(&after)
+			if n := after.TotalAlloc - before.TotalAlloc; n > uint64(len(data))/4 {
+				t.Errorf("the read allocated %d bytes for a %d-byte object: it was buffered on the way", n, len(data))
+			}
+			if c.gets != tc.wantGets {
+				t.Errorf("%d gets, want %d", c.gets, tc.wantGets)
+			}
+			if tc.wantErr != nil {
+				if !errors.Is(err, tc.wantErr) {
+					t.Fatalf("err = %v, want %v", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("read %d bytes (%v), want the whole %d", len(got), err, len(data))
+			}
+			if &got[0] != &dst[:1][0] {
+				t.Error("the object was read into a new buffer, not the caller's")
+			}
+		})
+	}
 }

@@ -158,7 +158,12 @@ func read(ctx context.Context, s Store, key string, limit, prealloc int64) ([]by
 	return readInto(ctx, s, key, limit, make([]byte, 0, prealloc+bytes.MinRead))
 }
 
+// readInto reads the object at key (at most limit bytes) into dst's array
+// (grown if it is too small).
 func readInto(ctx context.Context, s Store, key string, limit int64, dst []byte) ([]byte, error) {
+	if r, ok := s.(*retrying); ok {
+		return r.getInto(ctx, key, limit, dst)
+	}
 	rc, err := s.Get(ctx, key)
 	if err != nil {
 		return nil, err
