@@ -54,6 +54,9 @@ type deepScope struct {
 	damaged     map[string]string         // chunk -> why it is unusable
 	quarantined map[string]bool           // chunks quarantined by this check
 	ciphers     map[string]*backup.Cipher // encrypted chunks: their manifest's Cipher (read-only once the check starts)
+	// bases counts the bases (distinct chunk lists) naming each chunk
+	// (read-only once the check starts).
+	bases map[string]int
 }
 
 // localChunk is a verified chunk inside a local file.
@@ -284,12 +287,19 @@ func (d *deepScope) rebuild(ctx context.Context, todo []*backup.Manifest) error 
 		idx int
 	}
 	groups := map[part]map[string][]*backup.Manifest{}
+	d.bases = map[string]int{}
 	for _, m := range todo {
 		k := part{m.Flow.UID, m.Partition.Index}
 		if groups[k] == nil {
 			groups[k] = map[string][]*backup.Manifest{}
 		}
-		groups[k][baseKey(m)] = append(groups[k][baseKey(m)], m)
+		bk := baseKey(m)
+		if _, ok := groups[k][bk]; !ok {
+			for _, ob := range m.Base.Chunks {
+				d.bases[ob.SHA256]++
+			}
+		}
+		groups[k][bk] = append(groups[k][bk], m)
 	}
 	keys := make([]part, 0, len(groups))
 	for k := range groups {
@@ -358,7 +368,7 @@ func (d *deepScope) checkBase(ctx context.Context, ms []*backup.Manifest) error 
 		}
 		return nil
 	}
-	for _, m := range ms {
+	for i, m := range ms {
 		var err error
 		switch {
 		case m.Base.SHA256 != first.Base.SHA256:
@@ -366,7 +376,7 @@ func (d *deepScope) checkBase(ctx context.Context, ms []*backup.Manifest) error 
 		case m.Delta == nil:
 			err = checkImage(ctx, img, m)
 		default:
-			err = d.checkDelta(ctx, img, m, fo)
+			err = d.checkDelta(ctx, img, m, fo, i == len(ms)-1 && d.ownBase(first))
 		}
 		if err != nil {
 			if d.classify(err) != nil {
@@ -378,18 +388,43 @@ func (d *deepScope) checkBase(ctx context.Context, ms []*backup.Manifest) error 
 	return nil
 }
 
+// ownBase reports whether no other base names a chunk of m's: its image
+// is then read by no other check.
+func (d *deepScope) ownBase(m *backup.Manifest) bool {
+	for _, ob := range m.Base.Chunks {
+		if d.bases[ob.SHA256] > 1 {
+			return false
+		}
+	}
+	return true
+}
+
 // checkDelta fetches m's delta once, lays it over a copy of its base's
-// image and checks the result against m.
-func (d *deepScope) checkDelta(ctx context.Context, base string, m *backup.Manifest, fo FetchOptions) error {
+// image and checks the result against m. The base's last use (last) lays
+// it over the base's image itself, which saves copying the image: nothing
+// reads that image afterwards (no other base names its chunks, so its
+// record of local chunks is dropped first).
+func (d *deepScope) checkDelta(ctx context.Context, base string, m *backup.Manifest, fo FetchOptions, last bool) error {
 	dpath := filepath.Join(d.dir, "delta-"+m.ID+".sqlite3")
 	fo.SHA256 = m.Delta.SHA256
 	if err := d.fetchTo(ctx, m.Delta.Chunks, dpath, fo); err != nil {
 		return fmt.Errorf("fetch delta of backup %s: %w", m.ID, err)
 	}
-	img := filepath.Join(d.dir, "image-"+m.ID+".sqlite3")
-	defer removeDB(img)
-	if err := copyFile(base, img); err != nil {
-		return err
+	img := base
+	if last {
+		d.mu.Lock()
+		for h, lc := range d.local {
+			if lc.path == base {
+				delete(d.local, h)
+			}
+		}
+		d.mu.Unlock()
+	} else {
+		img = filepath.Join(d.dir, "image-"+m.ID+".sqlite3")
+		defer removeDB(img)
+		if err := copyFile(base, img); err != nil {
+			return err
+		}
 	}
 	if err := layDelta(ctx, img, dpath, m); err != nil {
 		return err

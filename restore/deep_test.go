@@ -3,6 +3,7 @@ package restore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -240,5 +241,57 @@ func TestIntegrityCheck_FindsADamagedPage(t *testing.T) {
 	}
 	if err := IntegrityCheck(context.Background(), path); !errors.Is(err, backup.ErrCorrupt) {
 		t.Fatalf("damaged image: %v, want ErrCorrupt", err)
+	}
+}
+
+// A delta is laid over its base's image itself, not a copy, only where no
+// other base names that image's chunks: two bases of a partition that
+// share most chunks, each with a delta, verify healthy, and the shared
+// chunks are read from the store once (the newer base reads them from the
+// older one's image, which its delta therefore must not have changed).
+func TestDeepVerify_BasesThatShareChunksKeepTheirImages(t *testing.T) {
+	ctx := context.Background()
+	s := memstore.New()
+	f := newFlow(t, 1, s)
+	big := func(i int) (string, string) { return fmt.Sprintf("k%06d", i), strings.Repeat("v", 200) }
+	f.epochOf(60000, big) // about 15 MiB: several chunks
+	back := func(o backup.Options) *backup.Manifest {
+		time.Sleep(2 * time.Millisecond)
+		r := backup.BackupPartition(ctx, s, f.st.Partitions()[0], o)
+		if r.Err != nil {
+			t.Fatal(r.Err)
+		}
+		return r.Manifest
+	}
+	base1 := back(backup.Options{})
+	f.epoch(10)
+	delta1 := back(backup.Options{})
+	f.epoch(10)
+	base2 := back(backup.Options{BaseMaxAge: time.Nanosecond})
+	f.epoch(10)
+	delta2 := back(backup.Options{})
+	if base1.Delta != nil || delta1.Delta == nil || base2.Delta != nil || delta2.Delta == nil || base2.Base.ID == base1.Base.ID {
+		t.Fatal("the backups are not two bases with a delta each")
+	}
+	shared := 0
+	for _, a := range base1.Base.Chunks {
+		for _, b := range base2.Base.Chunks {
+			if a.SHA256 == b.SHA256 {
+				shared++
+			}
+		}
+	}
+	if shared == 0 {
+		t.Fatal("the two bases share no chunk")
+	}
+	rep, err := Verify(ctx, s, VerifyOptions{Deep: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Status != StatusHealthy || rep.Checked != 4 {
+		t.Fatalf("%s, %d backups checked: %+v", rep.Status, rep.Checked, rep.Problems)
+	}
+	if rep.BytesRead != rep.BytesStored {
+		t.Fatalf("read %d bytes of %d stored: the %d shared chunks were read again", rep.BytesRead, rep.BytesStored, shared)
 	}
 }
