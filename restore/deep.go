@@ -26,9 +26,10 @@ import (
 //   - every base is rebuilt once (its chunks verified, the image's sha256
 //     checked, PRAGMA integrity_check run on it), and checked against the
 //     manifest that took it;
-//   - every delta is fetched once and laid over a copy of its base's image,
-//     which is then checked against the delta's manifest (identity and
-//     restorable range);
+//   - every delta is fetched once and laid over a copy of its base's image
+//     (the base's last delta over the image itself, when no other base
+//     names its chunks), which is then checked against the delta's
+//     manifest (identity and restorable range);
 //   - a chunk already read for another image is taken from that image on
 //     local disk, not from the store again.
 //
@@ -273,7 +274,7 @@ func readLocal(lc localChunk, ob backup.Object) ([]byte, error) {
 	return b, nil
 }
 
-// rebuild checks every base once and every delta over a copy of its base.
+// rebuild checks every base once and every delta over its base's image.
 func (d *deepScope) rebuild(ctx context.Context, todo []*backup.Manifest) error {
 	tmp, err := os.MkdirTemp(d.o.TempDir, "flowkeep-verify-")
 	if err != nil {
@@ -347,7 +348,7 @@ func baseKey(m *backup.Manifest) string {
 }
 
 // checkBase rebuilds the base ms share once, checks it, and checks each
-// of their deltas over a copy of it.
+// of their deltas over it (see checkDelta).
 func (d *deepScope) checkBase(ctx context.Context, ms []*backup.Manifest) error {
 	sort.Slice(ms, func(i, j int) bool { return ms[i].Created.Before(ms[j].Created) })
 	first := ms[0]
