@@ -670,6 +670,11 @@ func (r *Repo) capture(ctx context.Context, p *recovery.Partition, prev *Manifes
 			}
 			// The delta file is a snapshot: release the read transaction now.
 			conn.ExecContext(ctx, "ROLLBACK")
+			built, err := o.Memory.Build(ctx)
+			if err != nil {
+				return nil, "", err
+			}
+			defer built()
 			f, err := os.Open(path)
 			if err != nil {
 				return nil, "", err
@@ -698,6 +703,13 @@ func (r *Repo) capture(ctx context.Context, p *recovery.Partition, prev *Manifes
 	if err := conn.QueryRowContext(ctx, `PRAGMA page_count`).Scan(&pageCount); err != nil {
 		return nil, "", err
 	}
+	// One upload builds chunks at a time per share of the budget (see
+	// Budget.Build): the pages are read when it is this one's turn.
+	built, err := o.Memory.Build(ctx)
+	if err != nil {
+		return nil, "", err
+	}
+	defer built()
 	var pr io.ReadCloser
 	if fr, err := newFilePageReader(ctx, conn, p.Path, pageSize, pageCount); err != nil {
 		return nil, "", err

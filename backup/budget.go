@@ -17,8 +17,14 @@ import (
 // sizes (bench/ measures it).
 const DefaultMemory = 64 << 20
 
-// minMemory is the smallest budget: one chunk and its compressed form.
-const minMemory = 2*ChunkSize + ChunkSize/4
+// minMemory is the smallest budget a user may ask for: one frame and its
+// compressed form. A budget is never smaller than workMemory, though: what
+// one chunk holds while its frames are compressed (and, restoring, its
+// stored form and a frame), below which it could not be built.
+const (
+	minMemory  = 2*FrameSize + FrameSize/4
+	workMemory = ChunkSize/FrameSize*frameSlot + FrameSize
+)
 
 // Budget bounds the bytes of chunk data (read, compressed, downloaded,
 // decompressed) held in memory at once by every partition of a backup or
@@ -29,18 +35,38 @@ const minMemory = 2*ChunkSize + ChunkSize/4
 // it only while the uploads keep up (WaitSpool), and otherwise writes to
 // its file instead.
 type Budget struct {
-	sem   *semaphore.Weighted
-	max   int64
-	spool *semaphore.Weighted
+	sem *semaphore.Weighted
+	max int64
+	// builds bounds the chunks whose frames are being read and compressed
+	// at once, so that each can take what it still needs (workMemory).
+	builds *semaphore.Weighted
+	spool  *semaphore.Weighted
 	// taken counts the bytes every spool's reader has taken (the uploads'
 	// pace, shared: partitions upload side by side).
 	taken atomic.Int64
 }
 
-// NewBudget returns a budget of n bytes (at least one chunk's worth).
+// NewBudget returns a budget of n bytes (at least one chunk's worth:
+// workMemory).
 func NewBudget(n int64) *Budget {
-	n = max(n, minMemory)
-	return &Budget{sem: semaphore.NewWeighted(n), max: n, spool: semaphore.NewWeighted(n / 2)}
+	n = max(n, workMemory)
+	return &Budget{sem: semaphore.NewWeighted(n), max: n, spool: semaphore.NewWeighted(n / 2), builds: semaphore.NewWeighted(max(1, n/(2*workMemory)))}
+}
+
+// Build waits until one more chunk may be built (its frames read and
+// compressed) and returns the function that says it is built. A chunk
+// keeps its compressed frames until it is stored: were the partitions'
+// chunks all started at once, each could hold a part of the budget and
+// wait for the rest. A nil budget bounds nothing.
+func (b *Budget) Build(ctx context.Context) (func(), error) {
+	if b == nil {
+		return func() {}, nil
+	}
+	if err := b.builds.Acquire(ctx, 1); err != nil {
+		return nil, err
+	}
+	var once sync.Once
+	return func() { once.Do(func() { b.builds.Release(1) }) }, nil
 }
 
 // TrySpool takes n bytes of the spools' share if they are free now, and
@@ -110,22 +136,43 @@ func (b *Budget) Acquire(ctx context.Context, n int64) (func(), error) {
 	return func() { once.Do(func() { b.sem.Release(n) }) }, nil
 }
 
-// AcquireSplit is Acquire for n bytes given back in two parts: the first
-// first bytes (say, a chunk's content, done with once it is compressed)
-// by the first function, the rest by the second.
-func (b *Budget) AcquireSplit(ctx context.Context, n, first int64) (func(), func(), error) {
+// Share is bytes taken from a budget and given back in parts, as the data
+// they stand for shrinks (a frame's content, once compressed, is only its
+// compressed form). The zero Share and a nil one hold nothing.
+type Share struct {
+	mu   sync.Mutex
+	b    *Budget
+	left int64
+}
+
+// Take waits until n bytes fit in the budget (n is capped at its size) and
+// returns them as a Share.
+func (b *Budget) Take(ctx context.Context, n int64) (*Share, error) {
 	if b == nil {
-		return func() {}, func() {}, nil
+		return &Share{}, nil
 	}
 	n = min(max(n, 1), b.max)
-	first = min(first, n)
 	if err := b.sem.Acquire(ctx, n); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	var once1, once2 sync.Once
-	return func() { once1.Do(func() { b.sem.Release(first) }) },
-		func() { once2.Do(func() { b.sem.Release(n - first) }) }, nil
+	return &Share{b: b, left: n}, nil
 }
+
+// Keep gives back all but n bytes of the share.
+func (s *Share) Keep(n int64) {
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n = max(n, 0); s.b != nil && s.left > n {
+		s.b.sem.Release(s.left - n)
+		s.left = n
+	}
+}
+
+// Done gives the whole share back.
+func (s *Share) Done() { s.Keep(0) }
 
 // ChunkCost is what one chunk of n bytes holds in memory while it moves:
 // its content and its compressed form (at most a little larger).
@@ -134,7 +181,7 @@ func ChunkCost(n int64) int64 { return n + n + n/8 }
 // ValidateMemory refuses a budget too small for one chunk.
 func ValidateMemory(n int64) error {
 	if n < minMemory {
-		return fmt.Errorf("memory budget %d MiB is too small: it must hold one chunk (at least %d MiB)", n>>20, (minMemory+(1<<20)-1)>>20)
+		return fmt.Errorf("memory budget %d MiB is too small: it must hold one frame of a chunk (at least %d MiB; below %d MiB, %d MiB are used: what building one chunk takes)", n>>20, (minMemory+(1<<20)-1)>>20, workMemory>>20, workMemory>>20)
 	}
 	return nil
 }

@@ -54,13 +54,13 @@ func TestBudget_BoundsBytesInFlight(t *testing.T) {
 	}
 }
 
-// A split acquisition gives its parts back separately: the first part's
-// bytes are free again while the rest is still held, and each part given
+// A share gives its bytes back in parts as what it stands for shrinks:
+// what it keeps stays held, the rest is free again at once, and giving
 // back twice counts once.
-func TestBudget_AcquireSplitGivesPartsBackSeparately(t *testing.T) {
+func TestBudget_ShareGivesBackWhatItNoLongerKeeps(t *testing.T) {
 	ctx := context.Background()
-	b := NewBudget(minMemory)
-	first, rest, err := b.AcquireSplit(ctx, minMemory, minMemory/2)
+	b := NewBudget(workMemory)
+	sh, err := b.Take(ctx, workMemory)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,16 +77,50 @@ func TestBudget_AcquireSplitGivesPartsBackSeparately(t *testing.T) {
 	if tryAcquire(1) {
 		t.Fatal("the whole budget is held, yet a byte was let in")
 	}
-	first()
-	first()
-	if !tryAcquire(minMemory / 2) {
-		t.Fatal("the first part was given back, yet its bytes were not let in")
+	sh.Keep(workMemory / 4)
+	sh.Keep(workMemory / 2) // keeps no more than it held
+	if !tryAcquire(workMemory - workMemory/4) {
+		t.Fatal("the share kept a quarter, yet the rest was not let in")
 	}
-	if tryAcquire(minMemory/2 + 1) {
-		t.Fatal("more than the first part was let in while the rest is held")
+	if tryAcquire(workMemory - workMemory/4 + 1) {
+		t.Fatal("more than the share gave back was let in")
 	}
-	rest()
-	if !tryAcquire(minMemory) {
-		t.Fatal("both parts were given back, yet the budget is not whole")
+	sh.Done()
+	sh.Done()
+	if !tryAcquire(workMemory) {
+		t.Fatal("the share was given back, yet the budget is not whole")
+	}
+}
+
+// Chunks are built one budget's worth at a time: with room for one, a
+// second build waits until the first is built; a larger budget builds
+// several at once.
+func TestBudget_BuildsWhatTheBudgetCanFinish(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		memory int64
+		at     int
+	}{{DefaultMemory, 1}, {4 * workMemory, 2}, {1 << 30, 1 << 30 / (2 * workMemory)}} {
+		b := NewBudget(tc.memory)
+		var done []func()
+		for i := 0; i < tc.at; i++ {
+			d, err := b.Build(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			done = append(done, d)
+		}
+		c, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+		if _, err := b.Build(c); err == nil {
+			t.Fatalf("%d MiB: build %d was let in", tc.memory>>20, tc.at+1)
+		}
+		cancel()
+		done[0]()
+		done[0]()
+		d, err := b.Build(ctx)
+		if err != nil {
+			t.Fatalf("%d MiB: a build ended, yet the next waits: %v", tc.memory>>20, err)
+		}
+		d()
 	}
 }

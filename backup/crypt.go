@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 	"slices"
@@ -152,9 +153,17 @@ func (c *Cipher) ContentID(b []byte) string {
 	if c == nil || c.key == nil {
 		return SumHex(b)
 	}
-	h := hmac.New(sha256.New, c.key.secret)
+	h := c.contentHash()
 	h.Write(b)
 	return hex.EncodeToString(h.Sum(nil))
+}
+
+// contentHash is ContentID for content written to it a piece at a time.
+func (c *Cipher) contentHash() hash.Hash {
+	if c == nil || c.key == nil {
+		return sha256.New()
+	}
+	return hmac.New(sha256.New, c.key.secret)
 }
 
 // sealChunk returns z encrypted to the recipients, in dst's array when it

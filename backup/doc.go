@@ -28,7 +28,9 @@
 // transaction each (never by copying the db, -wal and -shm files):
 //
 //   - the base is the partition's pages read through SQLite (sqlite_dbpage),
-//     WAL content included, cut into 4 MiB chunks; unchanged chunks dedupe;
+//     WAL content included, cut into 32 MiB chunks, each stored as 4 MiB
+//     zstd frames end to end and named by its whole content (see Object);
+//     unchanged chunks dedupe;
 //   - a delta is a small SQLite file holding every snapshot row with epoch at
 //     or after the base's watermark W, the keys whose tombstones GC dropped at
 //     or after W (restored as tombstones), and the partition's small tables

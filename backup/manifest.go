@@ -172,6 +172,13 @@ type AgentInfo struct {
 
 // Object is one stored chunk: the sha256 and size of its uncompressed
 // content, and its size as stored (zstd).
+//
+// A chunk of more than one frame (Frames) is stored as its frames' zstd
+// frames end to end, each FrameSize bytes of content but the last, and an
+// encrypted one seals those as one. Its name is still the sha256 (or keyed
+// hash) of its whole content, so a reader that knows nothing of frames
+// reads it as any chunk; a reader that does decodes and checks each frame
+// on its own, a frame's worth of memory at a time.
 type Object struct {
 	SHA256 string `json:"sha256"`
 	Size   int64  `json:"size"`
@@ -184,6 +191,25 @@ type Object struct {
 	// way), the content's sha256 decides. Deep verify always checks the
 	// content.
 	StoredSHA256 string `json:"stored_sha256,omitempty"`
+	// Frames are the chunk's zstd frames in order, when it has more than
+	// one.
+	Frames []Frame `json:"frames,omitempty"`
+}
+
+// Frame is one zstd frame of a chunk: the name of its content (computed
+// as a chunk's is), its size, and the size of the frame.
+type Frame struct {
+	SHA256 string `json:"sha256"`
+	Size   int64  `json:"size"`
+	Stored int64  `json:"stored"`
+}
+
+// FrameList is the chunk's frames: Frames, or the whole chunk as one.
+func (o Object) FrameList() []Frame {
+	if len(o.Frames) > 0 {
+		return o.Frames
+	}
+	return []Frame{{SHA256: o.SHA256, Size: o.Size, Stored: o.Stored}}
 }
 
 // Image is a page image of the partition file.
@@ -699,10 +725,42 @@ func checkObjects(objs []Object, size int64, sum string) error {
 		if o.Size <= 0 || o.Size > MaxChunkBytes || o.Stored <= 0 || o.Stored > MaxChunkBytes+MaxChunkBytes/8 {
 			return fmt.Errorf("chunk %s size %d (stored %d) out of range", o.SHA256[:12], o.Size, o.Stored)
 		}
+		if err := checkFrames(o); err != nil {
+			return fmt.Errorf("chunk %s: %w", o.SHA256[:12], err)
+		}
 		total += o.Size
 	}
 	if total != size {
 		return fmt.Errorf("chunks add up to %d bytes, not %d", total, size)
+	}
+	return nil
+}
+
+// MaxFrames bounds a chunk's frames.
+const MaxFrames = 64
+
+// checkFrames checks that a chunk's frames tile its content, and fit in
+// its stored bytes (exactly, once those are read: see restore).
+func checkFrames(o Object) error {
+	if len(o.Frames) == 0 {
+		return nil
+	}
+	if len(o.Frames) == 1 || len(o.Frames) > MaxFrames {
+		return fmt.Errorf("%d frames", len(o.Frames))
+	}
+	var size, stored int64
+	for _, f := range o.Frames {
+		if !hexSHA256RE.MatchString(f.SHA256) {
+			return fmt.Errorf("frame sha256 %q is not hex", f.SHA256)
+		}
+		if f.Size <= 0 || f.Size > MaxChunkBytes || f.Stored <= 0 || f.Stored > MaxChunkBytes+MaxChunkBytes/8 {
+			return fmt.Errorf("frame %s size %d (stored %d) out of range", f.SHA256[:12], f.Size, f.Stored)
+		}
+		size += f.Size
+		stored += f.Stored
+	}
+	if size != o.Size || stored > o.Stored {
+		return fmt.Errorf("frames add up to %d bytes (%d stored), not %d (%d)", size, stored, o.Size, o.Stored)
 	}
 	return nil
 }

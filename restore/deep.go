@@ -50,17 +50,17 @@ type deepScope struct {
 	total    int64
 
 	mu          sync.Mutex
-	local       map[string]localChunk     // verified chunks on local disk, by sha256
+	local       map[string]localChunk     // verified frames on local disk, by name
 	fetched     map[string]bool           // chunks read from the store (counted once)
 	damaged     map[string]string         // chunk -> why it is unusable
 	quarantined map[string]bool           // chunks quarantined by this check
 	ciphers     map[string]*backup.Cipher // encrypted chunks: their manifest's Cipher (read-only once the check starts)
-	// bases counts the bases (distinct chunk lists) naming each chunk
+	// bases counts the bases (distinct chunk lists) naming each frame
 	// (read-only once the check starts).
 	bases map[string]int
 }
 
-// localChunk is a verified chunk inside a local file.
+// localChunk is a verified frame inside a local file.
 type localChunk struct {
 	path string
 	off  int64
@@ -167,11 +167,7 @@ func (d *deepScope) sample(ctx context.Context, todo []*backup.Manifest, unique 
 		}
 		g.Go(func() error {
 			defer release()
-			b, err := d.get(gctx, ob)
-			if err == nil {
-				putBuffer(b)
-			}
-			return d.classify(err)
+			return d.classify(eachFrame(gctx, ob, d.get, func([]byte) {}))
 		})
 	}
 	if err := g.Wait(); err != nil {
@@ -206,34 +202,25 @@ func finding(err error) bool {
 	return errors.Is(err, backup.ErrCorrupt) || errors.Is(err, backup.ErrNotFound) || errors.Is(err, ErrFlakyLink)
 }
 
-// get returns one object's verified content: from a local image if it was
+// get returns one frame's verified content: from a local image if it was
 // read before, else from the store (read again before it is called
 // damaged, and quarantined if it is).
-func (d *deepScope) get(ctx context.Context, ob backup.Object) ([]byte, error) {
+func (d *deepScope) get(ctx context.Context, p *piece) ([]byte, error) {
+	ob := p.chunk.ob
 	d.mu.Lock()
-	lc, ok := d.local[ob.SHA256]
+	lc, ok := d.local[p.f.SHA256]
 	why, bad := d.damaged[ob.SHA256]
 	d.mu.Unlock()
 	if bad {
 		return nil, fmt.Errorf("%w: %s", backup.ErrCorrupt, why)
 	}
 	if ok {
-		if b, err := readLocal(lc, ob); err == nil {
+		if b, err := readLocal(lc, p.f); err == nil {
 			return b, nil
 		}
 	}
 	// The content's sha256 is checked even where the stored bytes' is known.
-	b, err := fetchChecked(ctx, d.s, ob, d.ciphers[ob.SHA256], true, &d.flaky)
-	d.read.Add(ob.Stored)
-	d.mu.Lock()
-	if !d.fetched[ob.SHA256] {
-		d.fetched[ob.SHA256] = true
-		d.objects.Add(1)
-	}
-	d.mu.Unlock()
-	if d.progress != nil {
-		d.progress(d.read.Load(), d.total)
-	}
+	b, err := fetchFrame(ctx, d.s, p, frameCheck{cipher: d.ciphers[ob.SHA256], content: true, flaky: &d.flaky, onRead: d.counted})
 	if err != nil && finding(err) {
 		msg := err.Error()
 		var de *damagedChunk
@@ -253,21 +240,40 @@ func (d *deepScope) get(ctx context.Context, ob backup.Object) ([]byte, error) {
 			msg += "; verify --deep --quarantine (with write access) marks it so the next backup uploads it again, or takes a new base"
 		}
 		d.mu.Lock()
-		d.damaged[ob.SHA256] = msg
+		// Every frame of a damaged chunk finds it damaged: the first says so.
+		if prev, ok := d.damaged[ob.SHA256]; ok {
+			msg = prev
+		} else {
+			d.damaged[ob.SHA256] = msg
+		}
 		d.mu.Unlock()
 		return nil, fmt.Errorf("%w: %s", backup.ErrCorrupt, msg)
 	}
 	return b, err
 }
 
-func readLocal(lc localChunk, ob backup.Object) ([]byte, error) {
-	f, err := os.Open(lc.path)
+// counted counts a chunk read from the store.
+func (d *deepScope) counted(ob backup.Object) {
+	d.read.Add(ob.Stored)
+	d.mu.Lock()
+	if !d.fetched[ob.SHA256] {
+		d.fetched[ob.SHA256] = true
+		d.objects.Add(1)
+	}
+	d.mu.Unlock()
+	if d.progress != nil {
+		d.progress(d.read.Load(), d.total)
+	}
+}
+
+func readLocal(lc localChunk, f backup.Frame) ([]byte, error) {
+	fh, err := os.Open(lc.path)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	b := getBuffer(ob.Size)[:ob.Size]
-	if _, err := f.ReadAt(b, lc.off); err != nil {
+	defer fh.Close()
+	b := getBuffer(f.Size)[:f.Size]
+	if _, err := fh.ReadAt(b, lc.off); err != nil {
 		putBuffer(b)
 		return nil, err
 	}
@@ -297,7 +303,9 @@ func (d *deepScope) rebuild(ctx context.Context, todo []*backup.Manifest) error 
 		bk := baseKey(m)
 		if _, ok := groups[k][bk]; !ok {
 			for _, ob := range m.Base.Chunks {
-				d.bases[ob.SHA256]++
+				for _, f := range ob.FrameList() {
+					d.bases[f.SHA256]++
+				}
 			}
 		}
 		groups[k][bk] = append(groups[k][bk], m)
@@ -389,12 +397,14 @@ func (d *deepScope) checkBase(ctx context.Context, ms []*backup.Manifest) error 
 	return nil
 }
 
-// ownBase reports whether no other base names a chunk of m's: its image
+// ownBase reports whether no other base names a frame of m's: its image
 // is then read by no other check.
 func (d *deepScope) ownBase(m *backup.Manifest) bool {
 	for _, ob := range m.Base.Chunks {
-		if d.bases[ob.SHA256] > 1 {
-			return false
+		for _, f := range ob.FrameList() {
+			if d.bases[f.SHA256] > 1 {
+				return false
+			}
 		}
 	}
 	return true
@@ -403,8 +413,8 @@ func (d *deepScope) ownBase(m *backup.Manifest) bool {
 // checkDelta fetches m's delta once, lays it over a copy of its base's
 // image and checks the result against m. The base's last use (last) lays
 // it over the base's image itself, which saves copying the image: nothing
-// reads that image afterwards (no other base names its chunks, so its
-// record of local chunks is dropped first).
+// reads that image afterwards (no other base names its frames, so its
+// record of local frames is dropped first).
 func (d *deepScope) checkDelta(ctx context.Context, base string, m *backup.Manifest, fo FetchOptions, last bool) error {
 	dpath := filepath.Join(d.dir, "delta-"+m.ID+".sqlite3")
 	fo.SHA256 = m.Delta.SHA256
@@ -459,10 +469,12 @@ func (d *deepScope) fetchTo(ctx context.Context, objs []backup.Object, path stri
 	d.mu.Lock()
 	var off int64
 	for _, ob := range objs {
-		if _, ok := d.local[ob.SHA256]; !ok {
-			d.local[ob.SHA256] = localChunk{path: path, off: off}
+		for _, f := range ob.FrameList() {
+			if _, ok := d.local[f.SHA256]; !ok {
+				d.local[f.SHA256] = localChunk{path: path, off: off}
+			}
+			off += f.Size
 		}
-		off += ob.Size
 	}
 	d.mu.Unlock()
 	return nil

@@ -245,11 +245,11 @@ func TestIntegrityCheck_FindsADamagedPage(t *testing.T) {
 }
 
 // A delta is laid over its base's image itself, not a copy, only where no
-// other base names that image's chunks: two bases of a partition that
-// share most chunks, each with a delta, verify healthy, and the shared
-// chunks are read from the store once (the newer base reads them from the
+// other base names that image's frames: two bases of a partition that
+// share most frames, each with a delta, verify healthy, and the shared
+// frames are read from the store once (the newer base reads them from the
 // older one's image, which its delta therefore must not have changed).
-func TestDeepVerify_BasesThatShareChunksKeepTheirImages(t *testing.T) {
+func TestDeepVerify_BasesThatShareFramesReadEachChunkOnce(t *testing.T) {
 	ctx := context.Background()
 	s := memstore.New()
 	f := newFlow(t, 1, s)
@@ -273,16 +273,23 @@ func TestDeepVerify_BasesThatShareChunksKeepTheirImages(t *testing.T) {
 	if base1.Delta != nil || delta1.Delta == nil || base2.Delta != nil || delta2.Delta == nil || base2.Base.ID == base1.Base.ID {
 		t.Fatal("the backups are not two bases with a delta each")
 	}
-	shared := 0
-	for _, a := range base1.Base.Chunks {
-		for _, b := range base2.Base.Chunks {
-			if a.SHA256 == b.SHA256 {
-				shared++
+	frames := func(m *backup.Manifest) map[string]bool {
+		out := map[string]bool{}
+		for _, ob := range m.Base.Chunks {
+			for _, f := range ob.FrameList() {
+				out[f.SHA256] = true
 			}
+		}
+		return out
+	}
+	shared := 0
+	for f := range frames(base1) {
+		if frames(base2)[f] {
+			shared++
 		}
 	}
 	if shared == 0 {
-		t.Fatal("the two bases share no chunk")
+		t.Fatal("the two bases share no frame")
 	}
 	rep, err := Verify(ctx, s, VerifyOptions{Deep: true})
 	if err != nil {
@@ -292,6 +299,6 @@ func TestDeepVerify_BasesThatShareChunksKeepTheirImages(t *testing.T) {
 		t.Fatalf("%s, %d backups checked: %+v", rep.Status, rep.Checked, rep.Problems)
 	}
 	if rep.BytesRead != rep.BytesStored {
-		t.Fatalf("read %d bytes of %d stored: the %d shared chunks were read again", rep.BytesRead, rep.BytesStored, shared)
+		t.Fatalf("read %d bytes of %d stored: the %d shared frames were read again", rep.BytesRead, rep.BytesStored, shared)
 	}
 }

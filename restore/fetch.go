@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/flowkeep/flowkeep/backup"
+	"github.com/flowkeep/flowkeep/internal/bufpool"
 	"github.com/flowkeep/flowkeep/internal/directio"
 	"github.com/flowkeep/flowkeep/recovery"
 )
@@ -37,9 +38,10 @@ type FetchOptions struct {
 	// partition fetched together (nil: only Workers chunks per partition
 	// at once bound it).
 	Memory *backup.Budget
-	// Get, if set, fetches and verifies one object instead of FetchObject
-	// (verify reads objects it already checked from local images).
-	Get func(ctx context.Context, ob backup.Object) ([]byte, error)
+	// Get, if set, fetches and verifies one frame of a chunk instead of
+	// fetchFrame from the store (verify reads frames it already checked
+	// from local images).
+	Get func(ctx context.Context, p *piece) ([]byte, error)
 	// Cipher opens encrypted chunks and checks their names: the Cipher of
 	// the manifest naming them (FetchImage sets it).
 	Cipher *backup.Cipher
@@ -50,77 +52,110 @@ type FetchOptions struct {
 }
 
 // FetchObjects downloads objs into w, each at its offset, verifying each
-// object's stored and uncompressed size and its sha256 (every chunk's own
-// sha256 and the validated, ordered chunk list pin the whole image down).
-// Several objects download at once; each is written as soon as it is
-// verified, by the goroutine that fetched it, so no chunk waits for the one
+// chunk's stored size and each frame's size and sha256 (every frame's own
+// name and the validated, ordered chunk list pin the whole image down).
+// Each chunk is read once, and its frames are decoded and checked side by
+// side, several chunks at once; each frame is written as soon as it is
+// verified, by the goroutine that decoded it, so no frame waits for the one
 // before it and the disk gets several writes at once. w should already
 // have its final size.
 func FetchObjects(ctx context.Context, s backup.Store, objs []backup.Object, w io.WriterAt, o FetchOptions, done *atomic.Int64) error {
 	get := o.Get
 	if get == nil {
-		get = func(ctx context.Context, ob backup.Object) ([]byte, error) {
-			return FetchObjectWith(ctx, s, ob, o.Cipher)
-		}
+		fc := frameCheck{cipher: o.Cipher}
+		get = func(ctx context.Context, p *piece) ([]byte, error) { return fetchFrame(ctx, s, p, fc) }
 	}
 	workers := o.Workers
 	if workers <= 0 {
 		workers = 8
 	}
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(workers)
+	// Workers chunks are read at once, and each one's frames decoded side
+	// by side (the budget bounds what they hold).
+	g.SetLimit(workers * backup.ChunkSize / backup.FrameSize)
 	var whole *orderedHash
 	if o.SHA256 != "" {
 		whole = &orderedHash{h: sha256.New(), held: map[int]heldChunk{}}
 	}
 	var off int64
-	for i, ob := range objs {
-		at := off
-		off += ob.Size
-		// The chunk's stored form (and its buffer) is done with once get
-		// returns its content: that share goes back then, the content's
-		// once it is written (and hashed).
-		releaseStored, release, err := o.Memory.AcquireSplit(gctx, backup.ChunkCost(ob.Size), ob.Size+ob.Size/8)
+	frames := 0
+	var reads []*chunkRead
+dispatch:
+	for _, ob := range objs {
+		// A chunk takes its share of the budget at once: its stored form
+		// and room for frameSlots frames, which are decoded side by side
+		// and held until the frames before them are hashed. A chunk that
+		// has its share never needs more to finish, so the partitions that
+		// share the budget never wait for each other in a circle.
+		fl := ob.FrameList()
+		slots := min(len(fl), frameSlots)
+		cost := ob.Stored
+		if o.Cipher != nil {
+			cost *= 2 // and its decrypted form
+		}
+		cost += int64(slots) * min(ob.Size, backup.FrameSize)
+		share, err := o.Memory.Take(gctx, cost)
 		if err != nil {
 			break // the group's error, or ctx's, is returned below
 		}
-		g.Go(func() error {
-			b, err := get(gctx, ob)
-			releaseStored()
-			if err != nil {
-				release()
-				return err
+		rd := &chunkRead{ob: ob, share: share, left: len(fl)}
+		reads = append(reads, rd)
+		free := make(chan struct{}, slots)
+		var zoff int64
+		for fi, f := range fl {
+			at, i := off, frames
+			off += f.Size
+			frames++
+			p := &piece{chunk: rd, frame: fi, f: f, zoff: zoff}
+			zoff += f.Stored
+			// Slots are taken in the frames' order: the frame that holds
+			// one and waits to be hashed only waits for frames before it.
+			select {
+			case free <- struct{}{}:
+			case <-gctx.Done():
+				break dispatch
 			}
-			_, err = w.WriteAt(b, at)
-			if whole != nil {
-				// The chunk stays in memory (and in the budget) until the
-				// chunks before it are hashed.
-				whole.add(i, b, release)
-			} else {
-				putBuffer(b)
-				release()
-			}
-			if err != nil {
-				return err
-			}
-			if o.Downloaded != nil {
-				o.Downloaded.Add(ob.Stored)
-			}
-			if done != nil {
-				n := done.Add(ob.Size)
-				if o.Progress != nil {
-					o.Progress(n, -1)
+			release := func() { <-free; rd.frameDone() }
+			g.Go(func() error {
+				b, err := get(gctx, p)
+				if err != nil {
+					release()
+					return err
 				}
-			}
-			return nil
-		})
+				_, err = w.WriteAt(b, at)
+				if whole != nil {
+					// The frame stays in memory (in its slot) until the
+					// frames before it are hashed.
+					whole.add(i, b, release)
+				} else {
+					putBuffer(b)
+					release()
+				}
+				if err != nil {
+					return err
+				}
+				if o.Downloaded != nil {
+					o.Downloaded.Add(p.storedShare())
+				}
+				if done != nil {
+					n := done.Add(f.Size)
+					if o.Progress != nil {
+						o.Progress(n, -1)
+					}
+				}
+				return nil
+			})
+		}
 	}
 	err := g.Wait()
+	for _, rd := range reads {
+		rd.release()
+	}
 	if whole != nil {
 		whole.drop()
 		if err == nil && ctx.Err() == nil {
-			if whole.next != len(objs) {
-				return fmt.Errorf("%w: %d of %d chunks hashed", backup.ErrCorrupt, whole.next, len(objs))
+			if whole.next != frames {
+				return fmt.Errorf("%w: %d of %d frames hashed", backup.ErrCorrupt, whole.next, frames)
 			}
 			if got := hex.EncodeToString(whole.h.Sum(nil)); got != o.SHA256 {
 				return fmt.Errorf("%w: the objects laid end to end do not match the sha256 their manifest gives (%s, not %s)", backup.ErrCorrupt, got[:12], o.SHA256[:min(12, len(o.SHA256))])
@@ -133,10 +168,10 @@ func FetchObjects(ctx context.Context, s backup.Store, objs []backup.Object, w i
 	return ctx.Err()
 }
 
-// orderedHash hashes chunks in their order in the file while they arrive
-// in any order: a chunk that arrives early is held until those before it
+// orderedHash hashes frames in their order in the file while they arrive
+// in any order: a frame that arrives early is held until those before it
 // are hashed; whoever completes the next one hashes every held one that
-// follows. Each chunk's buffer and budget are released once it is hashed.
+// follows. Each frame's buffer and budget are released once it is hashed.
 type orderedHash struct {
 	h       hash.Hash
 	mu      sync.Mutex
@@ -175,7 +210,7 @@ func (o *orderedHash) add(i int, b []byte, release func()) {
 	o.mu.Unlock()
 }
 
-// drop releases chunks still held (a fetch that failed part-way).
+// drop releases frames still held (a fetch that failed part-way).
 func (o *orderedHash) drop() {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -184,6 +219,162 @@ func (o *orderedHash) drop() {
 		c.release()
 		delete(o.held, i)
 	}
+}
+
+// piece is one frame of a chunk being fetched.
+type piece struct {
+	chunk *chunkRead
+	frame int          // its index in the chunk
+	f     backup.Frame // its name and sizes
+	zoff  int64        // where its zstd frame starts in the chunk's (decrypted) stored form
+}
+
+// storedShare is the piece's share of its chunk's stored bytes (the last
+// frame's carries what encryption adds).
+func (p *piece) storedShare() int64 {
+	fl := p.chunk.ob.FrameList()
+	if p.frame < len(fl)-1 {
+		return p.f.Stored
+	}
+	return p.chunk.ob.Stored - p.zoff
+}
+
+// chunkRead is one chunk's stored form, read once from each store its
+// frames are fetched from, and held until every frame is decoded.
+type chunkRead struct {
+	ob    backup.Object
+	share *backup.Share
+	mu    sync.Mutex
+	left  int // frames not done yet
+	reads map[backup.Store]*storedRead
+}
+
+// storedRead is one read of a chunk: its stored bytes, and the zstd frames
+// they hold (decrypted, for an encrypted chunk).
+type storedRead struct {
+	stored []byte
+	z      []byte
+	pinned bool   // stored bytes match the sha256 the manifest records: the content is pinned
+	err    error  // the read is damaged (ErrCorrupt)
+	sum    string // sha256 of the stored bytes, once asked for
+}
+
+// damage is the sha256 of a damaged read's stored bytes (to tell the
+// store's damage, the same at every read, from the link's).
+func (r *chunkRead) damage(sr *storedRead) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if sr.sum == "" {
+		sr.sum = backup.SumHex(sr.stored)
+	}
+	return sr.sum
+}
+
+// load returns the chunk's current read from s, reading it if there is
+// none. A read that failed is not kept: the next load reads again.
+func (r *chunkRead) load(ctx context.Context, s backup.Store, fc frameCheck) (*storedRead, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if sr := r.reads[s]; sr != nil {
+		return sr, nil
+	}
+	ob := r.ob
+	// Buffers are allocated at their exact size (the collector counts a
+	// buffer's capacity, not what it holds), and left to it.
+	stored, err := backup.ReadSizedInto(ctx, s, backup.ChunkKey(ob.SHA256), ob.Stored, make([]byte, 0, ob.Stored+bytes.MinRead))
+	if err != nil {
+		return nil, fmt.Errorf("chunk %s: %w", ob.SHA256[:12], err)
+	}
+	if fc.onRead != nil {
+		fc.onRead(ob)
+	}
+	sr := &storedRead{stored: stored, z: stored}
+	if int64(len(stored)) != ob.Stored {
+		sr.err = fmt.Errorf("%w: chunk %s is %d bytes stored, manifest says %d (truncated)", backup.ErrCorrupt, ob.SHA256[:12], len(stored), ob.Stored)
+	} else {
+		// The stored bytes' sha256, where the backup recorded it, pins the
+		// content of a plaintext chunk (decompression is a function of
+		// them). An encrypted chunk is always checked against its keyed
+		// names: age authenticates only against a key its writer chose,
+		// and anyone with the recipients' public keys can seal a chunk.
+		sr.pinned = !fc.content && fc.cipher == nil && ob.StoredSHA256 != "" && backup.SumHex(stored) == ob.StoredSHA256
+		if fc.cipher != nil {
+			if sr.z, err = fc.cipher.OpenChunk(make([]byte, 0, len(stored)+bytes.MinRead), stored, ob.SHA256); err != nil {
+				sr.err = fmt.Errorf("chunk %s: %w", ob.SHA256[:12], err)
+			}
+		}
+		if sr.err == nil && len(ob.Frames) > 0 {
+			var n int64
+			for _, f := range ob.Frames {
+				n += f.Stored
+			}
+			if n != int64(len(sr.z)) {
+				sr.err = fmt.Errorf("%w: chunk %s holds %d bytes of frames, its frames add up to %d", backup.ErrCorrupt, ob.SHA256[:12], len(sr.z), n)
+			}
+		}
+	}
+	if r.reads == nil {
+		r.reads = map[backup.Store]*storedRead{}
+	}
+	r.reads[s] = sr
+	return sr, nil
+}
+
+// drop forgets a damaged read from s, so the next load reads again.
+func (r *chunkRead) drop(s backup.Store, sr *storedRead) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.reads[s] == sr {
+		delete(r.reads, s)
+	}
+}
+
+// frameSlots is how many frames of one chunk are decoded, or wait to be
+// hashed, at once.
+const frameSlots = 2
+
+// frameDone counts a frame done with (hashed, or failed); after the last
+// one the chunk's reads and share are given back.
+func (r *chunkRead) frameDone() {
+	r.mu.Lock()
+	r.left--
+	last := r.left == 0
+	r.mu.Unlock()
+	if last {
+		r.release()
+	}
+}
+
+// release gives the chunk's buffers and share back (once).
+func (r *chunkRead) release() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	clear(r.reads)
+	r.share.Done()
+}
+
+// decode returns frame p's verified content from read sr.
+func (p *piece) decode(sr *storedRead, fc frameCheck) ([]byte, error) {
+	ob, f := p.chunk.ob, p.f
+	if sr.err != nil {
+		return nil, sr.err
+	}
+	z := sr.z
+	if len(ob.Frames) > 0 {
+		z = z[p.zoff : p.zoff+f.Stored]
+	}
+	b, err := backup.Decompress(getBuffer(f.Size), z, f.Size)
+	if err != nil {
+		return nil, fmt.Errorf("chunk %s: %w", ob.SHA256[:12], err)
+	}
+	if int64(len(b)) != f.Size || (!sr.pinned && fc.cipher.ContentID(b) != f.SHA256) {
+		putBuffer(b)
+		if len(ob.Frames) > 0 {
+			return nil, fmt.Errorf("%w: chunk %s: frame %d does not match its sha256", backup.ErrCorrupt, ob.SHA256[:12], p.frame)
+		}
+		return nil, fmt.Errorf("%w: chunk %s does not match its sha256", backup.ErrCorrupt, ob.SHA256[:12])
+	}
+	return b, nil
 }
 
 // damagedChunk is a chunk that arrived damaged three times in a row: the
@@ -209,7 +400,35 @@ func FetchObject(ctx context.Context, s backup.Store, ob backup.Object) ([]byte,
 // FetchObjectWith is FetchObject for a chunk of a backup encrypted with c
 // (that manifest's Cipher; nil: plaintext), which decrypts it.
 func FetchObjectWith(ctx context.Context, s backup.Store, ob backup.Object, c *backup.Cipher) ([]byte, error) {
-	return fetchChecked(ctx, s, ob, c, false, nil)
+	return chunkContent(ctx, ob, func(ctx context.Context, p *piece) ([]byte, error) {
+		return fetchFrame(ctx, s, p, frameCheck{cipher: c})
+	})
+}
+
+// chunkContent returns a whole chunk's verified content, its frames got by
+// get one after the other.
+func chunkContent(ctx context.Context, ob backup.Object, get func(context.Context, *piece) ([]byte, error)) ([]byte, error) {
+	out := make([]byte, 0, ob.Size)
+	err := eachFrame(ctx, ob, get, func(b []byte) { out = append(out, b...) })
+	return out, err
+}
+
+// eachFrame gets each frame of chunk ob in order and hands its verified
+// content to fn, which must not keep it.
+func eachFrame(ctx context.Context, ob backup.Object, get func(context.Context, *piece) ([]byte, error), fn func([]byte)) error {
+	rd := &chunkRead{ob: ob, share: &backup.Share{}}
+	defer rd.release()
+	var zoff int64
+	for fi, f := range ob.FrameList() {
+		b, err := get(ctx, &piece{chunk: rd, frame: fi, f: f, zoff: zoff})
+		if err != nil {
+			return err
+		}
+		fn(b)
+		putBuffer(b)
+		zoff += f.Stored
+	}
+	return nil
 }
 
 // ErrFlakyLink says reads of an object kept arriving damaged, each time
@@ -227,26 +446,47 @@ const (
 	maxReads = 8
 )
 
-// fetchChecked is FetchObject; content makes it check the content's name
-// (sha256, or keyed hash) even where the stored bytes' sha256 is known
-// (deep verify). An object is damaged in the store only when two reads
-// return the same damaged bytes; reads damaged each time differently are
-// the link's doing (ErrFlakyLink after maxReads). flaky, if set, counts
-// objects that arrived damaged and then whole.
-func fetchChecked(ctx context.Context, s backup.Store, ob backup.Object, c *backup.Cipher, content bool, flaky *atomic.Int64) ([]byte, error) {
+// frameCheck says how fetchFrame checks what it reads.
+type frameCheck struct {
+	cipher *backup.Cipher // the chunks' manifest's (nil: plaintext)
+	// content makes it check every frame's content against its name even
+	// where the stored bytes' sha256 is known (deep verify).
+	content bool
+	flaky   *atomic.Int64          // if set, counts chunks that arrived damaged and then whole
+	onRead  func(ob backup.Object) // if set, called for every read of a chunk from the store
+}
+
+// fetchFrame returns frame p's verified content, reading its chunk from s
+// unless a read of it is current. A chunk is damaged in the store only
+// when two reads return the same damaged bytes; reads damaged each time
+// differently are the link's doing (ErrFlakyLink after maxReads).
+func fetchFrame(ctx context.Context, s backup.Store, p *piece, fc frameCheck) ([]byte, error) {
+	ob := p.chunk.ob
 	seen := map[string]int{} // sha256 of damaged stored bytes -> reads
 	var err error
 	for attempt := 0; attempt < maxReads; attempt++ {
-		var b []byte
-		var sum string
-		if b, sum, err = fetchObject(ctx, s, ob, c, content); err == nil || !errors.Is(err, backup.ErrCorrupt) {
-			if err == nil && attempt > 0 && flaky != nil {
-				flaky.Add(1)
+		var sr *storedRead
+		if sr, err = p.chunk.load(ctx, s, fc); err != nil {
+			if errors.Is(err, backup.ErrCorrupt) {
+				// Larger than the manifest says: nothing to compare.
+				break
 			}
-			return b, err
+			return nil, err
 		}
-		if seen[sum]++; seen[sum] >= damageReads || sum == "" {
-			break // the same bytes again (or nothing to compare): the store's
+		var b []byte
+		if b, err = p.decode(sr, fc); err == nil {
+			if attempt > 0 && fc.flaky != nil {
+				fc.flaky.Add(1)
+			}
+			return b, nil
+		}
+		if !errors.Is(err, backup.ErrCorrupt) {
+			return nil, err
+		}
+		sum := p.chunk.damage(sr)
+		p.chunk.drop(s, sr)
+		if seen[sum]++; seen[sum] >= damageReads {
+			break // the same bytes again: the store's
 		}
 	}
 	for _, n := range seen {
@@ -260,77 +500,22 @@ func fetchChecked(ctx context.Context, s backup.Store, ob backup.Object, c *back
 	return nil, &damagedChunk{sha256: ob.SHA256, reason: strings.TrimPrefix(err.Error(), backup.ErrCorrupt.Error()+": ")}
 }
 
-// fetchObject reads and checks one chunk; on damage it also returns the
-// sha256 of the damaged stored bytes (to tell the store's damage, the same
-// at every read, from the link's).
-func fetchObject(ctx context.Context, s backup.Store, ob backup.Object, c *backup.Cipher, content bool) ([]byte, string, error) {
-	key := backup.ChunkKey(ob.SHA256)
-	zp := storedBuffers.Get().(*[]byte)
-	defer storedBuffers.Put(zp)
-	z, err := backup.ReadSizedInto(ctx, s, key, ob.Stored, *zp)
-	if err != nil {
-		return nil, "", fmt.Errorf("chunk %s: %w", ob.SHA256[:12], err)
-	}
-	b, err := checkChunk(z, ob, c, content)
-	if err != nil && errors.Is(err, backup.ErrCorrupt) {
-		return nil, backup.SumHex(z), err
-	}
-	return b, "", err
-}
-
-// checkChunk turns a chunk's stored bytes z into its verified content.
-func checkChunk(z []byte, ob backup.Object, c *backup.Cipher, content bool) ([]byte, error) {
-	if int64(len(z)) != ob.Stored {
-		return nil, fmt.Errorf("%w: chunk %s is %d bytes stored, manifest says %d (truncated)", backup.ErrCorrupt, ob.SHA256[:12], len(z), ob.Stored)
-	}
-	// The stored bytes' sha256, where the backup recorded it, pins the
-	// content of a plaintext chunk (decompression is a function of them).
-	// An encrypted chunk is always checked against its keyed name: age
-	// authenticates only against a key its writer chose, and anyone with
-	// the recipients' public keys can seal a chunk.
-	pinned := !content && c == nil && ob.StoredSHA256 != "" && backup.SumHex(z) == ob.StoredSHA256
-	var err error
-	if c != nil {
-		op := openBuffers.Get().(*[]byte)
-		defer openBuffers.Put(op)
-		if z, err = c.OpenChunk(*op, z, ob.SHA256); err != nil {
-			return nil, fmt.Errorf("chunk %s: %w", ob.SHA256[:12], err)
-		}
-	}
-	b, err := backup.Decompress(getBuffer(ob.Size), z, ob.Size)
-	if err != nil {
-		return nil, fmt.Errorf("chunk %s: %w", ob.SHA256[:12], err)
-	}
-	if int64(len(b)) != ob.Size || (!pinned && c.ContentID(b) != ob.SHA256) {
-		putBuffer(b)
-		return nil, fmt.Errorf("%w: chunk %s does not match its sha256", backup.ErrCorrupt, ob.SHA256[:12])
-	}
-	return b, nil
-}
-
-// storedBuffers recycles the buffers chunks are read into before they are
-// decompressed.
-var storedBuffers = sync.Pool{New: func() any { b := make([]byte, 0, backup.ChunkSize+backup.ChunkSize/8+bytes.MinRead); return &b }}
-
-// openBuffers recycles the buffers encrypted chunks decrypt into.
-var openBuffers = sync.Pool{New: func() any { b := make([]byte, 0, backup.ChunkSize+backup.ChunkSize/8+bytes.MinRead); return &b }}
-
-// chunkBuffers recycles the aligned buffers whole chunks decompress into,
-// so they can be written past the page cache without a copy.
-var chunkBuffers = sync.Pool{New: func() any { b := directio.Buffer(backup.ChunkSize); return &b }}
+// frameBuffers recycles the aligned buffers frames decompress into, so
+// they can be written past the page cache without a copy.
+var frameBuffers = bufpool.NewFunc(32, backup.FrameSize, directio.Buffer)
 
 // getBuffer returns an empty, aligned buffer for n bytes.
 func getBuffer(n int64) []byte {
-	if n <= backup.ChunkSize {
-		return (*chunkBuffers.Get().(*[]byte))[:0]
+	if n <= backup.FrameSize {
+		return *frameBuffers.Get()
 	}
 	return directio.Buffer(int(n))
 }
 
 func putBuffer(b []byte) {
-	if cap(b) == backup.ChunkSize && directio.Aligned(b[:0]) {
+	if cap(b) == backup.FrameSize && directio.Aligned(b[:0]) {
 		b = b[:0]
-		chunkBuffers.Put(&b)
+		frameBuffers.Put(&b)
 	}
 }
 

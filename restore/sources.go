@@ -221,19 +221,20 @@ func (src *sources) store(m *backup.Manifest) backup.Store {
 // missing or damaged chunk's if any location said so (the backup is
 // unusable: the restore falls back to an older one), else the first
 // location's.
-func (src *sources) getter(m *backup.Manifest) func(ctx context.Context, ob backup.Object) ([]byte, error) {
+func (src *sources) getter(m *backup.Manifest) func(ctx context.Context, p *piece) ([]byte, error) {
 	order := src.order(m)
 	c := m.Cipher()
-	return func(ctx context.Context, ob backup.Object) ([]byte, error) {
+	return func(ctx context.Context, p *piece) ([]byte, error) {
+		ob := p.chunk.ob
 		var errs []error
 		var failed []int
 		for _, li := range order {
 			if src.isDown(li) {
 				continue
 			}
-			b, err := fetchChecked(ctx, src.locs[li].store, ob, c, false, nil)
+			b, err := fetchFrame(ctx, src.locs[li].store, p, frameCheck{cipher: c})
 			if err == nil {
-				src.locs[li].read.Add(ob.Stored)
+				src.locs[li].read.Add(p.storedShare())
 				for j, f := range failed {
 					src.fellBack(f, li, ob, errs[j])
 				}

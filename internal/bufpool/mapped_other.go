@@ -1,0 +1,7 @@
+//go:build !linux
+
+package bufpool
+
+func mapBuffer(size int) []byte { return make([]byte, 0, size) }
+
+func unmapBuffer([]byte) {}

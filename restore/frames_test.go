@@ -1,0 +1,118 @@
+package restore
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"filippo.io/age"
+
+	"github.com/flowkeep/flowkeep/backup"
+	"github.com/flowkeep/flowkeep/backup/memstore"
+)
+
+// bigFlow is a one-partition flow whose image is several frames long.
+func bigFlow(t *testing.T, s *memstore.Store) *flow {
+	t.Helper()
+	f := newFlow(t, 1, s)
+	f.epochOf(40000, func(i int) (string, string) { return fmt.Sprintf("k%06d", i), fmt.Sprintf("%0200d", i) })
+	return f
+}
+
+// framed returns the base chunks of m that have frames.
+func framed(m *backup.Manifest) []backup.Object {
+	var out []backup.Object
+	for _, ob := range m.Base.Chunks {
+		if len(ob.Frames) > 1 {
+			out = append(out, ob)
+		}
+	}
+	return out
+}
+
+// A chunk of several frames restores to the image it was cut from, and
+// checks healthy, plaintext or encrypted: each frame is decoded and
+// checked on its own, the chunk read once.
+func TestFrames_ChunkOfSeveralFramesRestores(t *testing.T) {
+	id, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sealed := range []bool{false, true} {
+		t.Run(fmt.Sprint("sealed=", sealed), func(t *testing.T) {
+			ctx := context.Background()
+			s := memstore.New()
+			f := bigFlow(t, s)
+			var m *backup.Manifest
+			if sealed {
+				m = f.backupSealed(id.Recipient())[0].Manifest
+			} else {
+				m = f.backupPart(0)
+			}
+			if len(framed(m)) == 0 {
+				t.Fatalf("no chunk of several frames in %d chunks of %d bytes", len(m.Base.Chunks), m.Base.Size)
+			}
+			cs := &countingGets{Store: s, gets: map[string]int{}}
+			dir := filepath.Join(t.TempDir(), "r")
+			o := Options{}
+			vo := VerifyOptions{Deep: true}
+			if sealed {
+				o.Keys = backup.NewOpener([]age.Identity{id})
+				vo.Keys = o.Keys
+			}
+			if _, err := Restore(ctx, cs, dir, o); err != nil {
+				t.Fatal(err)
+			}
+			if objects, total := cs.reads(); objects != total {
+				t.Fatalf("%d chunks read %d times", objects, total)
+			}
+			e, state := loadDir(t, dir)
+			if e != 2 || len(state) != 40000 || state["k039999"] != fmt.Sprintf("%0200d", 39999) {
+				t.Fatalf("restored epoch %d, %d keys, k039999=%q", e, len(state), state["k039999"])
+			}
+			rep, err := Verify(ctx, s, vo)
+			if err != nil || rep.Status != StatusHealthy {
+				t.Fatalf("verify --deep: %v %s %+v", err, rep.Status, rep.Problems)
+			}
+		})
+	}
+}
+
+// A chunk damaged in one frame is damaged: the restore falls back to an
+// older backup, and deep verify names the chunk and quarantines it.
+func TestFrames_DamageInOneFrameIsTheChunks(t *testing.T) {
+	ctx := context.Background()
+	s := memstore.New()
+	f := bigFlow(t, s)
+	f.backupPart(0)
+	f.epochOf(40000, func(i int) (string, string) { return fmt.Sprintf("k%06d", i), fmt.Sprintf("%0199dx", i) })
+	newest := f.backupPart(0)
+	chunks := framed(newest)
+	if len(chunks) == 0 {
+		t.Fatal("no chunk of several frames")
+	}
+	ob := chunks[0]
+	// A byte in the last frame's stored bytes (the stored sha256 no longer
+	// pins the content: every frame is decoded and checked).
+	at := ob.Stored - ob.Frames[len(ob.Frames)-1].Stored/2
+	s.Mutate(backup.ChunkKey(ob.SHA256), func(b []byte) []byte { b[at] ^= 0x40; return b })
+	res, err := Restore(ctx, s, filepath.Join(t.TempDir(), "r"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Plan.Epoch != 2 || len(res.Fallbacks) != 1 {
+		t.Fatalf("restored epoch %d, fallbacks %v: the damaged chunk was not caught", res.Plan.Epoch, res.Fallbacks)
+	}
+	rep, err := Verify(ctx, s, VerifyOptions{Deep: true, Quarantine: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Status != StatusDegraded || !strings.Contains(fmt.Sprint(rep.Problems), ob.SHA256[:12]) {
+		t.Fatalf("%s %+v", rep.Status, rep.Problems)
+	}
+	if q, err := backup.LoadQuarantine(ctx, s); err != nil || !q[ob.SHA256] {
+		t.Fatalf("quarantined %v (%v), want chunk %s", q, err, ob.SHA256[:12])
+	}
+}
