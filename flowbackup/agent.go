@@ -150,7 +150,10 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 	if err := checkWorkersAndTTL(o.Workers, o.LockTTL); err != nil {
 		return err
 	}
-	budget, err := useMemory(o.Memory, o.Memory)
+	// A chunk's compressed frames wait outside the heap (see
+	// backup.ChunkSize): a quarter of the budget more keeps the heap to
+	// the spools, buffers and SQLite's caches.
+	budget, err := useMemory(o.Memory, o.Memory/4)
 	if err != nil {
 		return err
 	}

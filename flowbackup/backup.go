@@ -125,7 +125,10 @@ func runBackup(ctx context.Context, o backupOptions, out, errOut io.Writer) erro
 	if st, err := os.Stat(o.RecoveryDir); err != nil || !st.IsDir() {
 		return usagef("recovery directory %s: no such file or directory", o.RecoveryDir)
 	}
-	budget, err := useMemory(o.Memory, o.Memory)
+	// A chunk's compressed frames wait outside the heap (see
+	// backup.ChunkSize): a quarter of the budget more keeps the heap to
+	// the spools, buffers and SQLite's caches.
+	budget, err := useMemory(o.Memory, o.Memory/4)
 	if err != nil {
 		return err
 	}
