@@ -139,8 +139,11 @@ type pendingChunk struct {
 	shares []*Share
 	todo   int  // frames read and not compressed yet
 	read   bool // every frame read: id and size are known
-	id     string
-	size   int64
+	// abandoned says the producer stopped (an error): the chunk is only
+	// released, once the frames sent are compressed.
+	abandoned bool
+	id        string
+	size      int64
 }
 
 // frameSlot is the most a compressed frame can take (zstd's worst case
@@ -173,6 +176,22 @@ func (p *pendingChunk) named(id string, size int64) bool {
 	defer p.mu.Unlock()
 	p.read, p.id, p.size = true, id, size
 	return p.todo == 0
+}
+
+// abandon gives up the chunk, and reports whether no frame of it is being
+// compressed (else the last one's worker releases it).
+func (p *pendingChunk) abandon() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.read, p.abandoned = true, true
+	return p.todo == 0
+}
+
+// unsent takes back a frame counted by add but never sent.
+func (p *pendingChunk) unsent() {
+	p.mu.Lock()
+	p.todo--
+	p.mu.Unlock()
 }
 
 // release gives the chunk's buffer and its frames' shares back.
@@ -216,6 +235,10 @@ func (u *uploader) upload(ctx context.Context, r io.Reader) ([]Object, int64, st
 	var failOnce sync.Once
 	fail := func(err error) { failOnce.Do(func() { failed = err; cancel(err) }) }
 	store := func(p *pendingChunk) {
+		if p.abandoned { // set before the last frame was done: no one else reads it now
+			p.release()
+			return
+		}
 		stores.Add(1)
 		go func() {
 			defer stores.Done()
@@ -290,14 +313,21 @@ func (u *uploader) produce(ctx context.Context, r io.Reader, whole hash.Hash, jo
 	n := 0
 	for {
 		p := &pendingChunk{i: n, buf: chunkBuffers.Get()}
+		// stop ends the upload: the frames already sent still write into
+		// the chunk's buffer, which goes back only after them.
+		stop := func(err error) (int64, int, error) {
+			if p.abandon() {
+				p.release()
+			}
+			return 0, 0, err
+		}
 		name := u.cipher.contentHash()
 		var csize int64
 		eof := false
 		for j := 0; csize < ChunkSize && !eof; j++ {
 			share, err := u.budget.Take(ctx, FrameSize+frameSlot)
 			if err != nil {
-				p.release()
-				return 0, 0, context.Cause(ctx)
+				return stop(context.Cause(ctx))
 			}
 			buf := (*rawBuffers.Get())[:FrameSize]
 			k, err := io.ReadFull(r, buf)
@@ -313,8 +343,9 @@ func (u *uploader) produce(ctx context.Context, r io.Reader, whole hash.Hash, jo
 				select {
 				case jobs <- frameJob{chunk: p, j: j, buf: buf[:k], share: share}:
 				case <-ctx.Done():
+					p.unsent()
 					share.Done()
-					return 0, 0, context.Cause(ctx)
+					return stop(context.Cause(ctx))
 				}
 			} else {
 				share.Done()
@@ -324,7 +355,7 @@ func (u *uploader) produce(ctx context.Context, r io.Reader, whole hash.Hash, jo
 			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 				eof = true
 			} else if err != nil {
-				return 0, 0, err
+				return stop(err)
 			}
 		}
 		if csize == 0 {
