@@ -11,6 +11,7 @@ import (
 
 	"github.com/flowkeep/flowkeep/backup"
 	"github.com/flowkeep/flowkeep/backup/memstore"
+	"github.com/flowkeep/flowkeep/internal/human"
 )
 
 // bigFlow is a one-partition flow whose image is several frames long.
@@ -114,5 +115,31 @@ func TestFrames_DamageInOneFrameIsTheChunks(t *testing.T) {
 	}
 	if q, err := backup.LoadQuarantine(ctx, s); err != nil || !q[ob.SHA256] {
 		t.Fatalf("quarantined %v (%v), want chunk %s", q, err, ob.SHA256[:12])
+	}
+}
+
+// A chunk of several frames that one location lacks is read from the next
+// one, and the note counts it once, not once per frame.
+func TestFrames_FallbackCountsAChunkOnce(t *testing.T) {
+	ctx := context.Background()
+	ma := memstore.New()
+	f := bigFlow(t, ma)
+	m := f.backupPart(0)
+	chunks := framed(m)
+	if len(chunks) == 0 {
+		t.Fatal("no chunk of several frames")
+	}
+	a, b := &place{Store: ma, name: "mem://a"}, &place{Store: memstore.New(), name: "mem://b"}
+	copyAll(t, a, b)
+	if err := ma.Delete(ctx, backup.ChunkKey(chunks[0].SHA256)); err != nil {
+		t.Fatal(err)
+	}
+	var notes []string
+	if _, err := RestoreFrom(ctx, []backup.Store{a, b}, filepath.Join(t.TempDir(), "r"), Options{Note: func(s string) { notes = append(notes, s) }}); err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("read 1 chunk (%s) from mem://b that mem://a is missing", human.Bytes(chunks[0].Stored))
+	if !strings.Contains(strings.Join(notes, "\n"), want) {
+		t.Fatalf("notes %q, want %q", notes, want)
 	}
 }

@@ -67,6 +67,7 @@ type fellBack struct {
 	n       int
 	bytes   int64
 	example string
+	chunks  map[string]bool // counted
 }
 
 // fatalForLocation says whether err reading one location ends the
@@ -291,11 +292,15 @@ func (src *sources) fellBack(from, to int, ob backup.Object, err error) {
 	k := fallKey{from, to, kind}
 	f := src.fell[k]
 	if f == nil {
-		f = &fellBack{example: err.Error()}
+		f = &fellBack{example: err.Error(), chunks: map[string]bool{}}
 		src.fell[k] = f
 	}
-	f.n++
-	f.bytes += ob.Stored
+	// Each frame of a chunk falls back on its own: the chunk counts once.
+	if !f.chunks[ob.SHA256] {
+		f.chunks[ob.SHA256] = true
+		f.n++
+		f.bytes += ob.Stored
+	}
 }
 
 // takeNotes returns what the sources noted since the last call: locations
