@@ -250,6 +250,7 @@ type chunkRead struct {
 	// dropped are damaged reads, whose buffers go back with the rest
 	// (frames may still be decoding from them until then).
 	dropped []*storedRead
+	flaky   bool // counted as arrived damaged and then whole
 }
 
 // storedRead is one read of a chunk: its stored bytes, and the zstd frames
@@ -346,6 +347,16 @@ func (r *chunkRead) load(ctx context.Context, s backup.Store, fc frameCheck) (*s
 	}
 	r.reads[s] = sr
 	return sr, nil
+}
+
+// firstFlaky reports whether this is the first frame of the chunk to say
+// that it arrived damaged and then whole (the chunk counts once).
+func (r *chunkRead) firstFlaky() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	first := !r.flaky
+	r.flaky = true
+	return first
 }
 
 // drop forgets a damaged read from s, so the next load reads again.
@@ -514,7 +525,7 @@ func fetchFrame(ctx context.Context, s backup.Store, p *piece, fc frameCheck) ([
 		}
 		var b []byte
 		if b, err = p.decode(sr, fc); err == nil {
-			if attempt > 0 && fc.flaky != nil {
+			if attempt > 0 && fc.flaky != nil && p.chunk.firstFlaky() {
 				fc.flaky.Add(1)
 			}
 			return b, nil
