@@ -174,10 +174,6 @@ func (s *Share) Keep(n int64) {
 // Done gives the whole share back.
 func (s *Share) Done() { s.Keep(0) }
 
-// ChunkCost is what one chunk of n bytes holds in memory while it moves:
-// its content and its compressed form (at most a little larger).
-func ChunkCost(n int64) int64 { return n + n + n/8 }
-
 // ValidateMemory refuses a budget too small for one chunk.
 func ValidateMemory(n int64) error {
 	if n < minMemory {

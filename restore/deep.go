@@ -161,7 +161,8 @@ func (d *deepScope) sample(ctx context.Context, todo []*backup.Manifest, unique 
 	g.SetLimit(max(d.o.Workers, 1))
 	for _, k := range keys {
 		ob := unique[k]
-		release, err := d.budget.Acquire(gctx, backup.ChunkCost(ob.Size))
+		// The chunk is read whole and checked a frame at a time.
+		release, err := d.budget.Acquire(gctx, 2*ob.Stored+backup.FrameSize)
 		if err != nil {
 			break
 		}
