@@ -270,12 +270,18 @@ type storedRead struct {
 // restore a third more CPU).
 var storedBuffers = bufpool.NewMapped(4, backup.ChunkSize+backup.ChunkSize/8+bytes.MinRead)
 
+// sameArray reports whether a and b end at the same place in one array (a
+// slice of a pooled buffer must keep that buffer from the pool).
+func sameArray(a, b []byte) bool {
+	return cap(a) > 0 && cap(b) > 0 && &a[:cap(a)][cap(a)-1] == &b[:cap(b)][cap(b)-1]
+}
+
 // readInto reads key (size bytes) into a stored buffer, which it adds to
 // sr's, unless the object is larger than they are.
 func readInto(ctx context.Context, s backup.Store, key string, size int64, sr *storedRead) ([]byte, error) {
 	bp := storedBuffers.Get()
 	b, err := backup.ReadSizedInto(ctx, s, key, size, *bp)
-	if err != nil || cap(b) != cap(*bp) {
+	if err != nil || !sameArray(b, *bp) {
 		storedBuffers.Put(bp)
 		return b, err
 	}
@@ -326,7 +332,8 @@ func (r *chunkRead) load(ctx context.Context, s backup.Store, fc frameCheck) (*s
 			if sr.z, err = fc.cipher.OpenChunk(*op, stored, ob.SHA256); err != nil {
 				sr.err = fmt.Errorf("chunk %s: %w", ob.SHA256[:12], err)
 			}
-			if err == nil && cap(sr.z) == cap(*op) {
+			if err == nil && sameArray(sr.z, *op) {
+				// The frames start after the name, inside the buffer.
 				sr.bufs = append(sr.bufs, op)
 			} else {
 				storedBuffers.Put(op)

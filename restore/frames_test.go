@@ -143,3 +143,36 @@ func TestFrames_FallbackCountsAChunkOnce(t *testing.T) {
 		t.Fatalf("notes %q, want %q", notes, want)
 	}
 }
+
+// A chunk's decrypted frames stay in their buffer until its frames are
+// done: the buffer is not back in the pool for another chunk to read
+// into (the frames start after the chunk's name, inside it).
+func TestFrames_DecryptedChunkKeepsItsBuffer(t *testing.T) {
+	ctx := context.Background()
+	id, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := memstore.New()
+	f := bigFlow(t, s)
+	m := f.backupSealed(id.Recipient())[0].Manifest
+	c := openManifestCipher(t, s, m, backup.NewOpener([]age.Identity{id}))
+	ob := framed(m)[0]
+	rd := &chunkRead{ob: ob, share: &backup.Share{}, left: len(ob.Frames)}
+	sr, err := rd.load(ctx, s, frameCheck{cipher: c})
+	if err != nil || sr.err != nil {
+		t.Fatal(err, sr.err)
+	}
+	var got []*[]byte
+	for i := 0; i < 8; i++ {
+		b := storedBuffers.Get()
+		got = append(got, b)
+		if sameArray(*b, sr.z) || sameArray(*b, sr.stored) {
+			t.Fatal("a buffer the chunk still reads from was handed out again")
+		}
+	}
+	for _, b := range got {
+		storedBuffers.Put(b)
+	}
+	rd.release()
+}
