@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 
@@ -50,15 +51,21 @@ type deepScope struct {
 	total    int64
 
 	mu          sync.Mutex
-	local       map[string]localChunk     // verified frames on local disk, by name
+	local       map[string]localChunk     // verified frames on local disk, by frameKey
 	fetched     map[string]bool           // chunks read from the store (counted once)
 	damaged     map[string]string         // chunk -> why it is unusable
 	quarantined map[string]bool           // chunks quarantined by this check
 	ciphers     map[string]*backup.Cipher // encrypted chunks: their manifest's Cipher (read-only once the check starts)
-	// bases counts the bases (distinct chunk lists) naming each frame
+	// bases counts the bases (distinct chunk lists) naming each chunk
 	// (read-only once the check starts).
 	bases map[string]int
 }
+
+// frameKey names frame i of chunk h among the frames on local disk. A
+// frame is reused only for the chunk it was read as: another chunk with a
+// frame of the same content is still read from the store (deep verify
+// reads every object).
+func frameKey(h string, i int) string { return h + "/" + strconv.Itoa(i) }
 
 // localChunk is a verified frame inside a local file.
 type localChunk struct {
@@ -209,7 +216,7 @@ func finding(err error) bool {
 func (d *deepScope) get(ctx context.Context, p *piece) ([]byte, error) {
 	ob := p.chunk.ob
 	d.mu.Lock()
-	lc, ok := d.local[p.f.SHA256]
+	lc, ok := d.local[frameKey(ob.SHA256, p.frame)]
 	why, bad := d.damaged[ob.SHA256]
 	d.mu.Unlock()
 	if bad {
@@ -304,9 +311,7 @@ func (d *deepScope) rebuild(ctx context.Context, todo []*backup.Manifest) error 
 		bk := baseKey(m)
 		if _, ok := groups[k][bk]; !ok {
 			for _, ob := range m.Base.Chunks {
-				for _, f := range ob.FrameList() {
-					d.bases[f.SHA256]++
-				}
+				d.bases[ob.SHA256]++
 			}
 		}
 		groups[k][bk] = append(groups[k][bk], m)
@@ -398,14 +403,12 @@ func (d *deepScope) checkBase(ctx context.Context, ms []*backup.Manifest) error 
 	return nil
 }
 
-// ownBase reports whether no other base names a frame of m's: its image
+// ownBase reports whether no other base names a chunk of m's: its image
 // is then read by no other check.
 func (d *deepScope) ownBase(m *backup.Manifest) bool {
 	for _, ob := range m.Base.Chunks {
-		for _, f := range ob.FrameList() {
-			if d.bases[f.SHA256] > 1 {
-				return false
-			}
+		if d.bases[ob.SHA256] > 1 {
+			return false
 		}
 	}
 	return true
@@ -414,7 +417,7 @@ func (d *deepScope) ownBase(m *backup.Manifest) bool {
 // checkDelta fetches m's delta once, lays it over a copy of its base's
 // image and checks the result against m. The base's last use (last) lays
 // it over the base's image itself, which saves copying the image: nothing
-// reads that image afterwards (no other base names its frames, so its
+// reads that image afterwards (no other base names its chunks, so its
 // record of local frames is dropped first).
 func (d *deepScope) checkDelta(ctx context.Context, base string, m *backup.Manifest, fo FetchOptions, last bool) error {
 	dpath := filepath.Join(d.dir, "delta-"+m.ID+".sqlite3")
@@ -470,9 +473,9 @@ func (d *deepScope) fetchTo(ctx context.Context, objs []backup.Object, path stri
 	d.mu.Lock()
 	var off int64
 	for _, ob := range objs {
-		for _, f := range ob.FrameList() {
-			if _, ok := d.local[f.SHA256]; !ok {
-				d.local[f.SHA256] = localChunk{path: path, off: off}
+		for fi, f := range ob.FrameList() {
+			if k := frameKey(ob.SHA256, fi); d.local[k] == (localChunk{}) {
+				d.local[k] = localChunk{path: path, off: off}
 			}
 			off += f.Size
 		}
