@@ -48,7 +48,8 @@ state the usable backups restore (restore --at reaches back that far) to the
 newest. --deep also downloads every object the backups
 name, once however many backups share it, and checks its sha256; it rebuilds
 each base image once in a temporary directory (PRAGMA integrity_check) and lays
-each delta over a copy of its base, checking each result against its manifest.
+each delta over a copy of its base (the last over the base itself where no
+other base shares its chunks), checking each result against its manifest.
 It reports the objects and bytes it read. The temporary directory (--temp-dir,
 default $TMPDIR) needs room for every base image.
 
