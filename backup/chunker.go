@@ -216,7 +216,7 @@ var (
 	// chunkBuffers hold a chunk's compressed frames, each in its slot,
 	// then end to end. They are mapped outside the heap: only the pages
 	// the frames fill take memory, and nothing clears them.
-	chunkBuffers = bufpool.NewMapped(2, ChunkSize/FrameSize*frameSlot)
+	chunkBuffers = bufpool.NewMapped(1, ChunkSize/FrameSize*frameSlot)
 )
 
 // upload reads r to EOF and returns its chunks, total size and sha256.

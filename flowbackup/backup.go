@@ -126,9 +126,8 @@ func runBackup(ctx context.Context, o backupOptions, out, errOut io.Writer) erro
 		return usagef("recovery directory %s: no such file or directory", o.RecoveryDir)
 	}
 	// A chunk's compressed frames wait outside the heap (see
-	// backup.ChunkSize): a quarter of the budget more keeps the heap to
-	// the spools, buffers and SQLite's caches.
-	budget, err := useMemory(o.Memory, o.Memory/4)
+	// backup.ChunkSize): the heap needs no slack beyond the budget.
+	budget, err := useMemory(o.Memory, 0)
 	if err != nil {
 		return err
 	}
