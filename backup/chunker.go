@@ -205,12 +205,10 @@ func (p *pendingChunk) release() {
 	}
 }
 
-// Frame buffers are shared by every upload of the process: memory follows
-// the frames in flight (bounded by the budget), not the partitions. They
-// are kept across garbage collections (bufpool): a backup under its memory
-// limit collects often. What a chunk keeps until it is stored (its frames'
-// compressed forms, then those end to end) is allocated at its exact size:
-// the collector counts a buffer's capacity, not what it holds.
+// Buffers are shared by every upload of the process: memory follows the
+// frames and chunks in flight (bounded by the budget), not the partitions.
+// They are kept across garbage collections (bufpool): a backup under its
+// memory limit collects often.
 var (
 	rawBuffers = bufpool.New(4, FrameSize)
 	// chunkBuffers hold a chunk's compressed frames, each in its slot,
@@ -296,16 +294,12 @@ func (u *uploader) compressFrame(j frameJob) Frame {
 	}
 	b := j.buf[:0]
 	rawBuffers.Put(&b)
-	// An encrypted chunk is sealed into another buffer as large.
-	j.share.Keep(f.Stored * int64(1+btoi(u.cipher != nil)))
-	return f
-}
-
-func btoi(b bool) int {
-	if b {
-		return 1
+	kept := f.Stored
+	if u.cipher != nil {
+		kept *= 2 // an encrypted chunk is sealed into another buffer as large
 	}
-	return 0
+	j.share.Keep(kept)
+	return f
 }
 
 func (u *uploader) produce(ctx context.Context, r io.Reader, whole hash.Hash, jobs chan<- frameJob, store func(*pendingChunk)) (int64, int, error) {
