@@ -87,8 +87,9 @@ dispatch:
 		// and held until the frames before them are hashed. A chunk that
 		// has its share never needs more to finish, so the partitions that
 		// share the budget never wait for each other in a circle.
-		fl := ob.FrameList()
-		slots := min(len(fl), frameSlots)
+		rd := &chunkRead{ob: ob}
+		ps := rd.pieces()
+		slots := min(len(ps), frameSlots)
 		cost := ob.Stored
 		if o.Cipher != nil {
 			cost *= 2 // and its decrypted form
@@ -98,16 +99,14 @@ dispatch:
 		if err != nil {
 			break // the group's error, or ctx's, is returned below
 		}
-		rd := &chunkRead{ob: ob, share: share, left: len(fl)}
+		rd.share, rd.left = share, len(ps)
 		reads = append(reads, rd)
 		free := make(chan struct{}, slots)
-		var zoff int64
-		for fi, f := range fl {
+		for _, p := range ps {
+			f := p.f
 			at, i := off, frames
 			off += f.Size
 			frames++
-			p := &piece{chunk: rd, frame: fi, f: f, zoff: zoff}
-			zoff += f.Stored
 			// Slots are taken in the frames' order: the frame that holds
 			// one and waits to be hashed only waits for frames before it.
 			select {
@@ -227,6 +226,19 @@ type piece struct {
 	frame int          // its index in the chunk
 	f     backup.Frame // its name and sizes
 	zoff  int64        // where its zstd frame starts in the chunk's (decrypted) stored form
+}
+
+// pieces are the chunk's frames as pieces, each with where its zstd frame
+// starts.
+func (r *chunkRead) pieces() []*piece {
+	fl := r.ob.FrameList()
+	ps := make([]*piece, len(fl))
+	var zoff int64
+	for i, f := range fl {
+		ps[i] = &piece{chunk: r, frame: i, f: f, zoff: zoff}
+		zoff += f.Stored
+	}
+	return ps
 }
 
 // storedShare is the piece's share of its chunk's stored bytes (the last
@@ -475,15 +487,13 @@ func chunkContent(ctx context.Context, ob backup.Object, get func(context.Contex
 func eachFrame(ctx context.Context, ob backup.Object, get func(context.Context, *piece) ([]byte, error), fn func([]byte)) error {
 	rd := &chunkRead{ob: ob, share: &backup.Share{}}
 	defer rd.release()
-	var zoff int64
-	for fi, f := range ob.FrameList() {
-		b, err := get(ctx, &piece{chunk: rd, frame: fi, f: f, zoff: zoff})
+	for _, p := range rd.pieces() {
+		b, err := get(ctx, p)
 		if err != nil {
 			return err
 		}
 		fn(b)
 		putBuffer(b)
-		zoff += f.Stored
 	}
 	return nil
 }
