@@ -713,47 +713,6 @@ func layDelta(ctx context.Context, path, dpath string, m *backup.Manifest) error
 	return nil
 }
 
-var integrityOne sync.Mutex
-
-// IntegrityCheck runs PRAGMA integrity_check on a SQLite file.
-func IntegrityCheck(ctx context.Context, path string) error {
-	db, err := recovery.OpenDB(path, true)
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	db.SetMaxOpenConns(1)
-	// No memory map: mapped pages count in the process's RSS (and in its
-	// cgroup's memory), and a 128 MiB map took a deep verify's peak from
-	// about 220 to 355 MiB for no measurable gain in its time. Checks run
-	// one at a time.
-	integrityOne.Lock()
-	defer integrityOne.Unlock()
-	if _, err := db.ExecContext(ctx, `PRAGMA mmap_size=0`); err != nil {
-		return err
-	}
-	rows, err := db.QueryContext(ctx, `PRAGMA integrity_check`)
-	if err != nil {
-		return fmt.Errorf("%w: integrity_check: %v", backup.ErrCorrupt, err)
-	}
-	defer rows.Close()
-	var msgs []string
-	for rows.Next() {
-		var m string
-		if err := rows.Scan(&m); err != nil {
-			return fmt.Errorf("%w: integrity_check: %v", backup.ErrCorrupt, err)
-		}
-		msgs = append(msgs, m)
-	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("%w: integrity_check: %v", backup.ErrCorrupt, err)
-	}
-	if len(msgs) != 1 || msgs[0] != "ok" {
-		return fmt.Errorf("%w: integrity_check: %v", backup.ErrCorrupt, msgs)
-	}
-	return nil
-}
-
 // isIOError reports whether a SQLite error is about the disk (full, I/O)
 // rather than about the data: those end a restore instead of discarding
 // the backup.
