@@ -50,8 +50,11 @@ name, once however many backups share it, and checks its sha256; it rebuilds
 each base image once in a temporary directory (PRAGMA integrity_check) and lays
 each delta over a copy of its base (the last over the base itself where no
 other base shares its chunks), checking each result against its manifest.
-It reports the objects and bytes it read. The temporary directory (--temp-dir,
-default $TMPDIR) needs room for every base image.
+It reports the objects and bytes it read. It rebuilds about 256 MiB of images
+at a time (one partition at least), and an image goes as soon as its checks
+are done and no other image needs its chunks (two are kept to be written
+over): the temporary directory (--temp-dir, default $TMPDIR) needs room for
+256 MiB (or the largest partition, if larger) and twice the largest partition.
 
 --newest limits --deep to the backups the newest restore would use; --sample P
 reads a random P percent of the objects and checks only their sha256 (a

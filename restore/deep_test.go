@@ -302,3 +302,68 @@ func TestDeepVerify_BasesThatShareFramesReadEachChunkOnce(t *testing.T) {
 		t.Fatalf("read %d bytes of %d stored: the %d shared frames were read again", rep.BytesRead, rep.BytesStored, shared)
 	}
 }
+
+// A deep check keeps on disk about the images it is checking, not every
+// image it rebuilt: a rebuilt file goes (or is written over by the next)
+// once its checks are done and nothing still to come reads from it. Eight
+// partitions with a base and a delta each, and room for two at once: the
+// scratch directory never holds more than four partitions' worth (two in
+// flight, two spares), where it used to hold all eight bases and their
+// deltas.
+func TestDeepVerify_ScratchHoldsTheImagesInFlight(t *testing.T) {
+	ctx := context.Background()
+	s := memstore.New()
+	f := newFlow(t, 8, s)
+	f.epoch(8000)
+	f.backupAll()
+	f.epoch(100)
+	ms := f.backupAll()
+	var biggest int64
+	for _, m := range ms {
+		if m.Delta == nil {
+			t.Fatal("the second backups are not deltas")
+		}
+		biggest = max(biggest, m.Base.Size+m.Delta.Size)
+	}
+	defer func(was int64) { deepScratch = was }(deepScratch)
+	deepScratch = 2 * biggest
+	tmp := t.TempDir()
+	var mu sync.Mutex
+	var peak int64
+	var seen int
+	names := map[string]bool{}
+	progress := func(done, total int64) {
+		var held int64
+		filepath.WalkDir(tmp, func(p string, e os.DirEntry, err error) error {
+			if err == nil && !e.IsDir() {
+				if fi, err := e.Info(); err == nil {
+					held += fi.Size()
+				}
+				mu.Lock()
+				names[e.Name()] = true
+				mu.Unlock()
+			}
+			return nil
+		})
+		mu.Lock()
+		peak = max(peak, held)
+		seen++
+		mu.Unlock()
+	}
+	rep, err := Verify(ctx, s, VerifyOptions{Deep: true, TempDir: tmp, Progress: progress})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Status != StatusHealthy || rep.Checked != 16 {
+		t.Fatalf("%s, %d backups checked: %+v", rep.Status, rep.Checked, rep.Problems)
+	}
+	if len(names) < 16 || seen < 16 {
+		t.Fatalf("saw %d files in %d looks: the check did not rebuild in %s", len(names), seen, tmp)
+	}
+	if peak > 4*biggest {
+		t.Fatalf("the scratch directory held %d bytes at once, %.1f partitions of %d bytes (base and delta)", peak, float64(peak)/float64(biggest), biggest)
+	}
+	if ents, _ := os.ReadDir(tmp); len(ents) != 0 {
+		t.Fatalf("the check left %d entries in %s", len(ents), tmp)
+	}
+}

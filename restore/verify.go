@@ -34,7 +34,8 @@ type VerifyOptions struct {
 	// can run every audit.
 	Quarantine bool
 	// Memory bounds the chunk data in memory (backup.DefaultMemory);
-	// Parallel is how many partitions are checked at once.
+	// Parallel is how many partitions are checked at once (at most; a
+	// deep check also bounds the bytes of images it rebuilds at once).
 	Memory   int64
 	Parallel int
 	// Progress, if set, receives stored bytes read and to read.
