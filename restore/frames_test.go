@@ -2,10 +2,14 @@ package restore
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"filippo.io/age"
 
@@ -175,4 +179,90 @@ func TestFrames_DecryptedChunkKeepsItsBuffer(t *testing.T) {
 		storedBuffers.Put(b)
 	}
 	rd.release()
+}
+
+// A chunk written whole by an older flowbackup (4 MiB chunks, one frame
+// each) has the content, and so the name, of a frame of a newer backup's
+// chunk. A deep check reuses a frame it read only for the chunk it was
+// read as: the newer chunk is read from the store all the same, and a
+// flipped byte in it is found (helper-26 saw "healthy" for such a
+// location). The older backup's image stays on local disk meanwhile: a
+// third backup, checked last, names its chunks.
+func TestDeepVerify_AChunkEqualToAnotherChunksFrameIsStillRead(t *testing.T) {
+	ctx := context.Background()
+	s := memstore.New()
+	f := bigFlow(t, s)
+	framedBase := f.backupPart(0)
+	chunks := framed(framedBase)
+	if len(chunks) == 0 {
+		t.Fatal("no chunk of several frames")
+	}
+	img := filepath.Join(t.TempDir(), "image")
+	if err := FetchImage(ctx, s, framedBase, img, FetchOptions{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The same image as an older flowbackup stored it, a moment before:
+	// each 4 MiB piece a chunk of its own, named by its content.
+	older := *framedBase
+	older.ID = framedBase.ID[:len(framedBase.ID)-4] + "0b1d"
+	older.Created = framedBase.Created.Add(-time.Second)
+	older.Base.Chunks = nil
+	var off int64
+	for _, ob := range framedBase.Base.Chunks {
+		if len(ob.Frames) < 2 { // a chunk of one frame is stored as it was
+			older.Base.Chunks = append(older.Base.Chunks, ob)
+			off += ob.Size
+			continue
+		}
+		for _, fr := range ob.Frames {
+			stored := backup.Compress(nil, data[off:off+fr.Size])
+			off += fr.Size
+			if err := s.Put(ctx, backup.ChunkKey(fr.SHA256), stored); err != nil {
+				t.Fatal(err)
+			}
+			older.Base.Chunks = append(older.Base.Chunks, backup.Object{SHA256: fr.SHA256, Size: fr.Size, Stored: int64(len(stored))})
+		}
+	}
+	// And one a moment after that names all but the last of them.
+	later := older
+	later.ID = framedBase.ID[:len(framedBase.ID)-4] + "0b2d"
+	later.Created = framedBase.Created.Add(time.Second)
+	later.Base.Chunks = older.Base.Chunks[:len(older.Base.Chunks)-1]
+	later.Base.Size = off - older.Base.Chunks[len(older.Base.Chunks)-1].Size
+	sum := sha256.Sum256(data[:later.Base.Size])
+	later.Base.SHA256 = hex.EncodeToString(sum[:])
+	for _, m := range []*backup.Manifest{&older, &later} {
+		b, err := m.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Put(ctx, backup.ManifestKey(m.Flow.UID, m.Partition.Index, m.ID), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	verify := func() *Report {
+		rep, err := Verify(ctx, s, VerifyOptions{Deep: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.Checked != 3 {
+			t.Fatalf("%d backups checked: %+v", rep.Checked, rep.Problems)
+		}
+		return rep
+	}
+	rep := verify()
+	if p := fmt.Sprint(rep.Problems); strings.Contains(p, framedBase.ID) || strings.Contains(p, older.ID) || rep.BytesRead != rep.BytesStored {
+		t.Fatalf("read %d of %d bytes, problems before any damage: %s", rep.BytesRead, rep.BytesStored, p)
+	}
+	// A byte of the newer chunk's second frame, whose content the older
+	// backup's second chunk holds whole.
+	at := chunks[0].Frames[0].Stored + chunks[0].Frames[1].Stored/2
+	s.Mutate(backup.ChunkKey(chunks[0].SHA256), func(b []byte) []byte { b[at] ^= 0x40; return b })
+	if p := fmt.Sprint(verify().Problems); !strings.Contains(p, framedBase.ID) || strings.Contains(p, older.ID) {
+		t.Fatalf("problems %s: want %s's, not %s's", p, framedBase.ID, older.ID)
+	}
 }
