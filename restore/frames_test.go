@@ -26,13 +26,17 @@ func bigFlow(t *testing.T, s *memstore.Store) *flow {
 	return f
 }
 
-// framed returns the base chunks of m that have frames.
-func framed(m *backup.Manifest) []backup.Object {
+// framed returns the base chunks of m that have frames (at least one).
+func framed(t *testing.T, m *backup.Manifest) []backup.Object {
+	t.Helper()
 	var out []backup.Object
 	for _, ob := range m.Base.Chunks {
 		if len(ob.Frames) > 1 {
 			out = append(out, ob)
 		}
+	}
+	if len(out) == 0 {
+		t.Fatalf("no chunk of several frames in %d chunks of %d bytes", len(m.Base.Chunks), m.Base.Size)
 	}
 	return out
 }
@@ -56,9 +60,7 @@ func TestFrames_ChunkOfSeveralFramesRestores(t *testing.T) {
 			} else {
 				m = f.backupPart(0)
 			}
-			if len(framed(m)) == 0 {
-				t.Fatalf("no chunk of several frames in %d chunks of %d bytes", len(m.Base.Chunks), m.Base.Size)
-			}
+			framed(t, m)
 			cs := &countingGets{Store: s, gets: map[string]int{}}
 			dir := filepath.Join(t.TempDir(), "r")
 			o := Options{}
@@ -94,10 +96,7 @@ func TestFrames_DamageInOneFrameIsTheChunks(t *testing.T) {
 	f.backupPart(0)
 	f.epochOf(40000, func(i int) (string, string) { return fmt.Sprintf("k%06d", i), fmt.Sprintf("%0199dx", i) })
 	newest := f.backupPart(0)
-	chunks := framed(newest)
-	if len(chunks) == 0 {
-		t.Fatal("no chunk of several frames")
-	}
+	chunks := framed(t, newest)
 	ob := chunks[0]
 	// A byte in the last frame's stored bytes (the stored sha256 no longer
 	// pins the content: every frame is decoded and checked).
@@ -129,10 +128,7 @@ func TestFrames_FallbackCountsAChunkOnce(t *testing.T) {
 	ma := memstore.New()
 	f := bigFlow(t, ma)
 	m := f.backupPart(0)
-	chunks := framed(m)
-	if len(chunks) == 0 {
-		t.Fatal("no chunk of several frames")
-	}
+	chunks := framed(t, m)
 	a, b := &place{Store: ma, name: "mem://a"}, &place{Store: memstore.New(), name: "mem://b"}
 	copyAll(t, a, b)
 	if err := ma.Delete(ctx, backup.ChunkKey(chunks[0].SHA256)); err != nil {
@@ -161,7 +157,7 @@ func TestFrames_DecryptedChunkKeepsItsBuffer(t *testing.T) {
 	f := bigFlow(t, s)
 	m := f.backupSealed(id.Recipient())[0].Manifest
 	c := openManifestCipher(t, s, m, backup.NewOpener([]age.Identity{id}))
-	ob := framed(m)[0]
+	ob := framed(t, m)[0]
 	rd := &chunkRead{ob: ob, share: &backup.Share{}, left: len(ob.Frames)}
 	sr, err := rd.load(ctx, s, frameCheck{cipher: c})
 	if err != nil || sr.err != nil {
@@ -193,10 +189,7 @@ func TestDeepVerify_AChunkEqualToAnotherChunksFrameIsStillRead(t *testing.T) {
 	s := memstore.New()
 	f := bigFlow(t, s)
 	framedBase := f.backupPart(0)
-	chunks := framed(framedBase)
-	if len(chunks) == 0 {
-		t.Fatal("no chunk of several frames")
-	}
+	chunks := framed(t, framedBase)
 	img := filepath.Join(t.TempDir(), "image")
 	if err := FetchImage(ctx, s, framedBase, img, FetchOptions{}, nil); err != nil {
 		t.Fatal(err)
