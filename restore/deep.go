@@ -320,12 +320,12 @@ func readLocal(lc localChunk, f backup.Frame) ([]byte, error) {
 
 // rebuild checks every base once and every delta over its base's image.
 func (d *deepScope) rebuild(ctx context.Context, todo []*backup.Manifest) error {
-	tmp, err := os.MkdirTemp(d.o.TempDir, "flowkeep-verify-")
+	w, err := makeScratch(d.o.TempDir, "verify")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(tmp)
-	d.dir = tmp
+	defer w.remove()
+	d.dir = w.path
 	// One group per partition: its bases in order, each with its deltas.
 	type part struct {
 		uid string
@@ -371,7 +371,7 @@ func (d *deepScope) rebuild(ctx context.Context, todo []*backup.Manifest) error 
 	scratch := semaphore.NewWeighted(deepScratch)
 	for _, k := range keys {
 		bases := groups[k]
-		size := min(scratchSize(bases), deepScratch)
+		size := min(d.scratchSize(bases), deepScratch)
 		if scratch.Acquire(gctx, size) != nil {
 			break // the group's error, or ctx's, is returned below
 		}
@@ -397,18 +397,25 @@ func (d *deepScope) rebuild(ctx context.Context, todo []*backup.Manifest) error 
 }
 
 // scratchSize is about the most a partition's checks hold in the scratch
-// directory at once: its largest base and largest delta.
-func scratchSize(bases map[string][]*backup.Manifest) int64 {
-	var base, delta int64
+// directory at once: a base, a copy of it where a delta is laid over a
+// copy (see checkBase), and a delta.
+func (d *deepScope) scratchSize(bases map[string][]*backup.Manifest) int64 {
+	var most int64
 	for _, ms := range bases {
+		var deltas, delta int64
 		for _, m := range ms {
-			base = max(base, m.Base.Size)
 			if m.Delta != nil {
+				deltas++
 				delta = max(delta, m.Delta.Size)
 			}
 		}
+		size := ms[0].Base.Size + delta
+		if deltas > 1 || deltas == 1 && !d.ownBase(ms[0]) {
+			size += ms[0].Base.Size
+		}
+		most = max(most, size)
 	}
-	return base + delta
+	return most
 }
 
 // baseKey names a base by its chunks (what is rebuilt), not by the sha256

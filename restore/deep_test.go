@@ -306,27 +306,33 @@ func TestDeepVerify_BasesThatShareFramesReadEachChunkOnce(t *testing.T) {
 // A deep check keeps on disk about the images it is checking, not every
 // image it rebuilt: a rebuilt file goes (or is written over by the next)
 // once its checks are done and nothing still to come reads from it. Eight
-// partitions with a base and a delta each, and room for two at once: the
-// scratch directory never holds more than four partitions' worth (two in
-// flight, two spares), where it used to hold all eight bases and their
-// deltas.
+// partitions with a base and two deltas each (the first laid over a copy
+// of the base), and room for two partitions at once: the scratch
+// directory never holds more than those two partitions' base, copy and
+// delta, and two spare files, where it used to hold all eight bases and
+// their deltas.
 func TestDeepVerify_ScratchHoldsTheImagesInFlight(t *testing.T) {
 	ctx := context.Background()
 	s := memstore.New()
 	f := newFlow(t, 8, s)
 	f.epoch(8000)
 	f.backupAll()
-	f.epoch(100)
-	ms := f.backupAll()
-	var biggest int64
+	var ms []*backup.Manifest
+	for range 2 {
+		f.epoch(100)
+		time.Sleep(2 * time.Millisecond)
+		ms = f.backupAll()
+	}
+	var base, partition int64
 	for _, m := range ms {
 		if m.Delta == nil {
-			t.Fatal("the second backups are not deltas")
+			t.Fatal("the later backups are not deltas")
 		}
-		biggest = max(biggest, m.Base.Size+m.Delta.Size)
+		base = max(base, m.Base.Size)
+		partition = max(partition, 2*m.Base.Size+m.Delta.Size)
 	}
 	defer func(was int64) { deepScratch = was }(deepScratch)
-	deepScratch = 2 * biggest
+	deepScratch = 2 * partition
 	tmp := t.TempDir()
 	var mu sync.Mutex
 	var peak int64
@@ -354,14 +360,14 @@ func TestDeepVerify_ScratchHoldsTheImagesInFlight(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep.Status != StatusHealthy || rep.Checked != 16 {
+	if rep.Status != StatusHealthy || rep.Checked != 24 {
 		t.Fatalf("%s, %d backups checked: %+v", rep.Status, rep.Checked, rep.Problems)
 	}
-	if len(names) < 16 || seen < 16 {
+	if len(names) < 24 || seen < 24 {
 		t.Fatalf("saw %d files in %d looks: the check did not rebuild in %s", len(names), seen, tmp)
 	}
-	if peak > 4*biggest {
-		t.Fatalf("the scratch directory held %d bytes at once, %.1f partitions of %d bytes (base and delta)", peak, float64(peak)/float64(biggest), biggest)
+	if limit := deepScratch + 2*base; peak > limit {
+		t.Fatalf("the scratch directory held %d bytes at once, over %d: two partitions of %d bytes (base, copy, delta) and two spares of %d", peak, limit, partition, base)
 	}
 	if ents, _ := os.ReadDir(tmp); len(ents) != 0 {
 		t.Fatalf("the check left %d entries in %s", len(ents), tmp)
