@@ -88,7 +88,8 @@ in flowkeep_backup_failures_total, not an exit):
      policy lets go were deleted, no chunk was)
   3  usage or access error: bad flag, URL or config, missing bucket, bad
      credentials, signed backups without --trusted-keys, encrypted ones
-     without --recipients-file or --identity-file, an unknown lineage`
+     without --recipients-file or --identity-file, an unknown lineage, a
+     --temp-dir other users can change (or, for verify --deep, without room)`
 )
 
 // usageError marks errors the caller must fix (exit 3).

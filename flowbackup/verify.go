@@ -3,9 +3,11 @@ package flowbackup
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -51,10 +53,12 @@ each base image once in a temporary directory (PRAGMA integrity_check) and lays
 each delta over a copy of its base (the last over the base itself where no
 other base shares its chunks), checking each result against its manifest.
 It reports the objects and bytes it read. It rebuilds about 256 MiB of images
-at a time (one partition at least), and an image goes as soon as its checks
-are done and no other image needs its chunks (two are kept to be written
-over): the temporary directory (--temp-dir, default $TMPDIR) needs room for
-256 MiB (or the largest partition, if larger) and twice the largest partition.
+at a time, or one partition's if they are larger (its image, a copy of it
+where a delta is laid over a copy, and the delta), and an image goes as soon as
+its checks are done and no other image needs its chunks (the two largest are
+kept to be written over): the temporary directory (--temp-dir, default
+$TMPDIR) needs room for that and two more images. It is locked while the check
+runs; the next restore or deep verify removes one a killed check left.
 
 --newest limits --deep to the backups the newest restore would use; --sample P
 reads a random P percent of the objects and checks only their sha256 (a
@@ -152,7 +156,13 @@ func runVerify(ctx context.Context, o verifyOptions, out, errOut io.Writer) erro
 	}
 	rep, err := restore.Verify(ctx, s, vo)
 	bar.finish()
-	if err != nil {
+	switch {
+	case errors.Is(err, restore.ErrUnsafeTempDir):
+		return usageError{err}
+	case errors.Is(err, syscall.ENOSPC):
+		// The check did not finish: nothing is known of the backups.
+		return usageError{fmt.Errorf("the deep check ran out of room where it rebuilds images: %w; point --temp-dir at a roomier directory", err)}
+	case err != nil:
 		return err
 	}
 	if o.JSON {

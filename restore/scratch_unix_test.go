@@ -380,13 +380,13 @@ func TestRestore_SweepsAKilledRestoresScratch(t *testing.T) {
 		}
 		return p
 	}
-	killed := mk(scratchPrefix+"99999999-0123456789abcdef", 0)
-	running := mk(scratchPrefix+"1-fedcba9876543210", 0)
-	theirs := mk(scratchPrefix+"2-00112233", attackerUID)
+	killed := mk("flowkeep-restore-99999999-0123456789abcdef", 0)
+	running := mk("flowkeep-restore-1-fedcba9876543210", 0)
+	theirs := mk("flowkeep-restore-2-00112233", attackerUID)
 	other := mk("flowkeep-restore-notes", 0)
 	vdir := t.TempDir()
 	os.WriteFile(filepath.Join(vdir, "keep"), []byte("keep"), 0o600)
-	link := filepath.Join(tmp, scratchPrefix+"3-44556677")
+	link := filepath.Join(tmp, "flowkeep-restore-3-44556677")
 	os.Symlink(vdir, link)
 	unlock, err := lockDir(running)
 	if err != nil {
@@ -495,5 +495,56 @@ func TestFetchImage_AsRootIntoAnotherUsersDirectory(t *testing.T) {
 	emptyDir(t, tmp)
 	if err := checkImage(context.Background(), path, m); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A deep verify rebuilds images in a scratch directory it holds locked, as
+// a restore does: a killed verify's (or restore's) is removed by the next
+// one, a running one's is left alone, and nothing of its own is left.
+func TestDeepVerify_SweepsAKilledChecksScratch(t *testing.T) {
+	s := memstore.New()
+	f := newFlow(t, 2, s)
+	f.epoch(100)
+	f.backupAll()
+	tmp := t.TempDir()
+	mk := func(name string) string {
+		p := filepath.Join(tmp, name)
+		if err := os.Mkdir(p, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(p, "base-1-0123456789abcdef.sqlite3"), []byte("junk"), 0o600)
+		return p
+	}
+	killed := mk("flowkeep-verify-99999999-0123456789abcdef")
+	killedRestore := mk("flowkeep-restore-99999998-0123456789abcdef")
+	running := mk("flowkeep-verify-1-fedcba9876543210")
+	unlock, err := lockDir(running)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	var during []string
+	rep, err := Verify(context.Background(), s, VerifyOptions{Deep: true, TempDir: tmp, Progress: func(int64, int64) {
+		if during == nil {
+			ents, _ := os.ReadDir(tmp)
+			for _, e := range ents {
+				during = append(during, e.Name())
+			}
+		}
+	}})
+	if err != nil || rep.Status != StatusHealthy {
+		t.Fatalf("%v %s %+v", err, rep.Status, rep.Problems)
+	}
+	if len(during) != 2 || !slices.Contains(during, filepath.Base(running)) || !scratchRE.MatchString(during[0]) || !scratchRE.MatchString(during[1]) {
+		t.Fatalf("while the check ran, %s held %v: want the running one's scratch and its own", tmp, during)
+	}
+	for _, p := range []string{killed, killedRestore} {
+		if _, err := os.Lstat(p); !os.IsNotExist(err) {
+			t.Errorf("a killed one's scratch directory is left: %s (%v)", p, err)
+		}
+	}
+	ents, _ := os.ReadDir(tmp)
+	if len(ents) != 1 || ents[0].Name() != filepath.Base(running) {
+		t.Fatalf("%s holds %v after the check: want only the running one's", tmp, ents)
 	}
 }

@@ -124,7 +124,7 @@ func (t *target) guard(tempDir string) (unsafe error, err error) {
 	if unsafe == nil {
 		return nil, nil
 	}
-	if t.scratch, err = makeScratch(tempDir); err != nil {
+	if t.scratch, err = makeScratch(tempDir, "restore"); err != nil {
 		return unsafe, fmt.Errorf("other users can change what the names in %s lead to (%v), so the restore works on the images in a scratch directory of its own; but %w", t.path, unsafe, err)
 	}
 	return unsafe, nil
@@ -315,23 +315,22 @@ func (w *workDir) remove() {
 	}
 }
 
-// scratchPrefix names the scratch directories restores do their SQLite
-// work in (see guard): scratchPrefix, the restore's pid, "-", a random
-// part. A restore holds a lock on its scratch directory while it runs;
-// the next restore removes those no one holds (a killed restore's).
-const scratchPrefix = "flowkeep-restore-"
+// scratchRE names the scratch directories restores do their SQLite work
+// in (see guard), and deep verifies rebuild images in: "flowkeep-", the
+// job ("restore", "verify"), "-", its pid, "-", a random part. Each holds
+// a lock on its scratch directory while it runs; the next restore or deep
+// verify removes those no one holds (a killed one's).
+var scratchRE = regexp.MustCompile(`^flowkeep-(restore|verify)-[0-9]+-[0-9a-f]+$`)
 
-var scratchRE = regexp.MustCompile(`^` + regexp.QuoteMeta(scratchPrefix) + `[0-9]+-[0-9a-f]+$`)
+// ErrUnsafeTempDir says the scratch directory a restore or a deep verify
+// needed is in a place other users can change.
+var ErrUnsafeTempDir = errors.New("the scratch directory is not safe from other users")
 
-// ErrUnsafeTempDir says the scratch directory a restore needed is in a
-// place other users can change.
-var ErrUnsafeTempDir = errors.New("the restore's scratch directory is not safe from other users")
-
-// makeScratch makes a new scratch directory in tempDir (os.TempDir() if
-// empty), locked while this restore runs, and refuses one whose path
-// another user could change. It then removes the scratch directories
-// killed restores left there.
-func makeScratch(tempDir string) (*workDir, error) {
+// makeScratch makes a new scratch directory for job ("restore", "verify")
+// in tempDir (os.TempDir() if empty), locked while it runs, and refuses
+// one whose path another user could change. It then removes the scratch
+// directories killed restores and verifies left there.
+func makeScratch(tempDir, job string) (*workDir, error) {
 	if tempDir == "" {
 		tempDir = os.TempDir()
 	}
@@ -349,7 +348,7 @@ func makeScratch(tempDir string) (*workDir, error) {
 	w, err := makeDirIn(parent, resolved, func() string {
 		var b [8]byte
 		rand.Read(b[:])
-		return fmt.Sprintf("%s%d-%s", scratchPrefix, os.Getpid(), hex.EncodeToString(b[:]))
+		return fmt.Sprintf("flowkeep-%s-%d-%s", job, os.Getpid(), hex.EncodeToString(b[:]))
 	})
 	if err != nil {
 		parent.Close()

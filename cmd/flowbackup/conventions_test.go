@@ -19,6 +19,10 @@ func TestCLI_ConventionsOperatorsRelyOn(t *testing.T) {
 	to := "file://" + bucket
 	must(t, backupBin, "backup", "-r", rec, "--to", to)
 	target := filepath.Join(root, "restored")
+	open := filepath.Join(root, "open")
+	if err := os.Mkdir(open, 0o777); err != nil || os.Chmod(open, 0o777) != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name string
 		env  []string
@@ -33,6 +37,7 @@ func TestCLI_ConventionsOperatorsRelyOn(t *testing.T) {
 		{"FLOWBACKUP_URL for restore's --from", []string{"FLOWBACKUP_URL=" + to},
 			[]string{"restore", "--to", target, "--dry-run"}, 0, "would restore"},
 		{"deep verify into a missing temp dir", nil, []string{"verify", "--from", to, "--deep", "--temp-dir", "/missing"}, 3, "--temp-dir /missing"},
+		{"deep verify into a temp dir other users can change", nil, []string{"verify", "--from", to, "--deep", "--temp-dir", open}, 3, "only you and root can write in"},
 		{"restore of a partition the flow does not have", nil, []string{"restore", "--from", to, "--to", target, "--partitions", "9"}, 3, "partition 9 does not exist"},
 		{"restore where nothing can be written", nil, []string{"restore", "--from", to, "--to", "/proc/flowkeep-test"}, 3, "cannot write in /proc"},
 		{"keep-within in days", nil, []string{"prune", "--from", to, "--keep-last", "1", "--keep-within", "7d", "--dry-run"}, 0, "would delete"},
