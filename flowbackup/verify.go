@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -57,8 +56,9 @@ at a time, or one partition's if they are larger (its image, a copy of it
 where a delta is laid over a copy, and the delta), and an image goes as soon as
 its checks are done and no other image needs its chunks (the two largest are
 kept to be written over): the temporary directory (--temp-dir, default
-$TMPDIR) needs room for that and two more images. It is locked while the check
-runs; the next restore or deep verify removes one a killed check left.
+$TMPDIR) needs room for that and two more images (exit 3 if it runs out). It
+is locked while the check runs; the next deep verify there (or a restore that
+works in a scratch directory there) removes one a killed check left.
 
 --newest limits --deep to the backups the newest restore would use; --sample P
 reads a random P percent of the objects and checks only their sha256 (a
@@ -159,7 +159,7 @@ func runVerify(ctx context.Context, o verifyOptions, out, errOut io.Writer) erro
 	switch {
 	case errors.Is(err, restore.ErrUnsafeTempDir):
 		return usageError{err}
-	case errors.Is(err, syscall.ENOSPC):
+	case restore.NoRoom(err):
 		// The check did not finish: nothing is known of the backups.
 		return usageError{fmt.Errorf("the deep check ran out of room where it rebuilds images: %w; point --temp-dir at a roomier directory", err)}
 	case err != nil:

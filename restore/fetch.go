@@ -726,3 +726,10 @@ func isIOError(err error) bool {
 	}
 	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EIO)
 }
+
+// NoRoom reports whether err says a disk filled up: ENOSPC from a write,
+// or SQLite's SQLITE_FULL from laying a delta or trimming an image.
+func NoRoom(err error) bool {
+	var ce interface{ Code() int }
+	return errors.Is(err, syscall.ENOSPC) || errors.As(err, &ce) && ce.Code()&0xff == 13
+}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -394,6 +395,34 @@ func TestRestore_ForceOfASubsetTouchesOnlyThoseParts(t *testing.T) {
 	for n, b := range before {
 		if now, err := os.ReadFile(filepath.Join(dir, n)); err != nil || string(now) != string(b) {
 			t.Fatalf("%s changed (%v)", n, err)
+		}
+	}
+}
+
+// sqliteCode is an error carrying a SQLite result code, as the driver's.
+type sqliteCode int
+
+func (c sqliteCode) Error() string { return fmt.Sprintf("sqlite error %d", int(c)) }
+func (c sqliteCode) Code() int     { return int(c) }
+
+// NoRoom tells a disk that filled up (the write's ENOSPC, or SQLite's
+// SQLITE_FULL, extended codes too) from other failures: verify exits 3 for
+// those, not 1 as for damaged backups.
+func TestNoRoom_TellsAFullDiskFromOtherErrors(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{fmt.Errorf("write image: %w", syscall.ENOSPC), true},
+		{fmt.Errorf("apply delta: %w", sqliteCode(13)), true},
+		{fmt.Errorf("backup x: %w", sqliteCode(13|1<<8)), true},
+		{fmt.Errorf("read: %w", syscall.EIO), false},
+		{fmt.Errorf("%w: malformed", sqliteCode(11)), false},
+		{backup.ErrCorrupt, false},
+		{nil, false},
+	} {
+		if got := NoRoom(tc.err); got != tc.want {
+			t.Errorf("NoRoom(%v) = %v, want %v", tc.err, got, tc.want)
 		}
 	}
 }
