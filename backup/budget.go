@@ -125,15 +125,11 @@ func (b *Budget) Bytes() int64 {
 // Acquire waits until n bytes fit in the budget (n is capped at its size)
 // and returns the function that gives them back.
 func (b *Budget) Acquire(ctx context.Context, n int64) (func(), error) {
-	if b == nil {
-		return func() {}, nil
-	}
-	n = min(max(n, 1), b.max)
-	if err := b.sem.Acquire(ctx, n); err != nil {
+	s, err := b.Take(ctx, n)
+	if err != nil {
 		return nil, err
 	}
-	var once sync.Once
-	return func() { once.Do(func() { b.sem.Release(n) }) }, nil
+	return s.Done, nil
 }
 
 // Share is bytes taken from a budget and given back in parts, as the data
