@@ -498,11 +498,7 @@ func (d *deepScope) checkDelta(ctx context.Context, base string, m *backup.Manif
 	img := base
 	if last {
 		d.mu.Lock()
-		for h, lc := range d.local {
-			if lc.path == base {
-				delete(d.local, h)
-			}
-		}
+		d.forget([]string{base})
 		d.mu.Unlock()
 	} else {
 		img = filepath.Join(d.dir, "image-"+m.ID+".sqlite3")
@@ -609,9 +605,7 @@ func (d *deepScope) create(path string, size int64) (*os.File, error) {
 // as spares, and removes the others.
 func (d *deepScope) recycle(paths []string) {
 	for _, p := range paths {
-		for _, suf := range []string{"-wal", "-shm", "-journal"} {
-			os.Remove(p + suf)
-		}
+		removeBeside(p)
 		st, err := os.Stat(p)
 		if err != nil {
 			continue
@@ -651,14 +645,20 @@ func (d *deepScope) sweep() []string {
 			delete(d.retired, p)
 		}
 	}
-	if len(gone) > 0 {
-		for k, lc := range d.local {
-			if slices.Contains(gone, lc.path) {
-				delete(d.local, k)
-			}
+	d.forget(gone)
+	return gone
+}
+
+// forget drops the record of the frames in the files at paths (d.mu held).
+func (d *deepScope) forget(paths []string) {
+	if len(paths) == 0 {
+		return
+	}
+	for k, lc := range d.local {
+		if slices.Contains(paths, lc.path) {
+			delete(d.local, k)
 		}
 	}
-	return gone
 }
 
 // copyFile copies src to a new scratch file dst (the kernel copies, or

@@ -603,7 +603,13 @@ func imageBytes(m *backup.Manifest) int64 {
 // removeDB removes a scratch database at path and the files SQLite keeps
 // beside it (verify's, in its own temporary directory).
 func removeDB(path string) {
-	for _, suf := range []string{"", "-wal", "-shm", "-journal"} {
+	os.Remove(path)
+	removeBeside(path)
+}
+
+// removeBeside removes the files SQLite keeps beside the database at path.
+func removeBeside(path string) {
+	for _, suf := range []string{"-wal", "-shm", "-journal"} {
 		os.Remove(path + suf)
 	}
 }
