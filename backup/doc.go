@@ -78,11 +78,12 @@
 //     presence and stored size a Stat (HEAD) confirmed just before. A delta
 //     is only taken over a base whose every chunk is so confirmed; otherwise
 //     the backup takes a new base and uploads what is missing.
-//   - Bit rot is found by verify --deep (a chunk read three times, never
-//     matching its sha256), which writes a quarantine marker; the next
-//     backup treats a quarantined chunk as not stored, uploads its content
-//     again if the partition still holds it (or takes a new base), and
-//     removes the marker. Damaged objects are never deleted by verify.
+//   - Bit rot is found by verify --deep (two reads of a chunk returning the
+//     same bytes that do not match its sha256), which writes a quarantine
+//     marker; the next backup treats a quarantined chunk as not stored,
+//     uploads its content again if the partition still holds it (or takes a
+//     new base), and removes the marker. Damaged objects are never deleted
+//     by verify.
 //   - Reads that fail to parse or to match a checksum are read again (twice)
 //     before an object is called corrupt: damage in transit is not damage in
 //     the store.

@@ -244,8 +244,7 @@ func (r *chunkRead) pieces() []*piece {
 // storedShare is the piece's share of its chunk's stored bytes (the last
 // frame's carries what encryption adds).
 func (p *piece) storedShare() int64 {
-	fl := p.chunk.ob.FrameList()
-	if p.frame < len(fl)-1 {
+	if p.frame < len(p.chunk.ob.Frames)-1 {
 		return p.f.Stored
 	}
 	return p.chunk.ob.Stored - p.zoff
@@ -446,8 +445,8 @@ func (p *piece) decode(sr *storedRead, fc frameCheck) ([]byte, error) {
 	return b, nil
 }
 
-// damagedChunk is a chunk that arrived damaged three times in a row: the
-// damage is in the store, not in transit.
+// damagedChunk is a chunk that two reads returned with the same damaged
+// bytes: the damage is in the store, not in transit.
 type damagedChunk struct {
 	sha256 string
 	reason string
@@ -717,19 +716,20 @@ func layDelta(ctx context.Context, path, dpath string, m *backup.Manifest) error
 // rather than about the data: those end a restore instead of discarding
 // the backup.
 func isIOError(err error) bool {
-	var ce interface{ Code() int }
-	if errors.As(err, &ce) {
-		switch ce.Code() & 0xff {
-		case 10, 13: // SQLITE_IOERR, SQLITE_FULL
-			return true
-		}
-	}
-	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EIO)
+	return NoRoom(err) || sqliteCode(err) == 10 || errors.Is(err, syscall.EIO) // SQLITE_IOERR
 }
 
 // NoRoom reports whether err says a disk filled up: ENOSPC from a write,
 // or SQLite's SQLITE_FULL from laying a delta or trimming an image.
 func NoRoom(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || sqliteCode(err) == 13 // SQLITE_FULL
+}
+
+// sqliteCode is the primary SQLite result code err carries (-1: none).
+func sqliteCode(err error) int {
 	var ce interface{ Code() int }
-	return errors.Is(err, syscall.ENOSPC) || errors.As(err, &ce) && ce.Code()&0xff == 13
+	if errors.As(err, &ce) {
+		return ce.Code() & 0xff
+	}
+	return -1
 }

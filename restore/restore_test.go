@@ -399,11 +399,11 @@ func TestRestore_ForceOfASubsetTouchesOnlyThoseParts(t *testing.T) {
 	}
 }
 
-// sqliteCode is an error carrying a SQLite result code, as the driver's.
-type sqliteCode int
+// codedErr is an error carrying a SQLite result code, as the driver's.
+type codedErr int
 
-func (c sqliteCode) Error() string { return fmt.Sprintf("sqlite error %d", int(c)) }
-func (c sqliteCode) Code() int     { return int(c) }
+func (c codedErr) Error() string { return fmt.Sprintf("sqlite error %d", int(c)) }
+func (c codedErr) Code() int     { return int(c) }
 
 // NoRoom tells a disk that filled up (the write's ENOSPC, or SQLite's
 // SQLITE_FULL, extended codes too) from other failures: verify exits 3 for
@@ -414,10 +414,10 @@ func TestNoRoom_TellsAFullDiskFromOtherErrors(t *testing.T) {
 		want bool
 	}{
 		{fmt.Errorf("write image: %w", syscall.ENOSPC), true},
-		{fmt.Errorf("apply delta: %w", sqliteCode(13)), true},
-		{fmt.Errorf("backup x: %w", sqliteCode(13|1<<8)), true},
+		{fmt.Errorf("apply delta: %w", codedErr(13)), true},
+		{fmt.Errorf("backup x: %w", codedErr(13|1<<8)), true},
 		{fmt.Errorf("read: %w", syscall.EIO), false},
-		{fmt.Errorf("%w: malformed", sqliteCode(11)), false},
+		{fmt.Errorf("%w: malformed", codedErr(11)), false},
 		{backup.ErrCorrupt, false},
 		{nil, false},
 	} {
