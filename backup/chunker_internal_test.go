@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/klauspost/compress/zstd"
 )
 
 // syncStore is fuzzStore for several writers at once.
@@ -115,3 +118,30 @@ func TestUpload_StoppedPartWayGivesTheBudgetBack(t *testing.T) {
 type readerFunc func([]byte) (int, error)
 
 func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
+
+// Compress's encoders keep a frame's worth of history, not zstd's default
+// window of 8 MiB: a frame is the most they are given, so the stored bytes
+// (and their sha256, which a restore pins) stay those an older flowbackup
+// wrote, and every frame still decodes.
+func TestCompress_FrameWindowWritesTheBytesOfZstdsDefault(t *testing.T) {
+	rng := rand.New(rand.NewSource(7))
+	var text bytes.Buffer
+	for text.Len() < FrameSize+FrameSize/3 {
+		fmt.Fprintf(&text, "word%d,%d\n", rng.Intn(50000), rng.Intn(1000))
+	}
+	def, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithEncoderCRC(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []int{100, 64 << 10, FrameSize / 3, FrameSize} {
+		src := text.Bytes()[:n]
+		got := Compress(nil, src)
+		if want := def.EncodeAll(src, nil); !bytes.Equal(got, want) {
+			t.Errorf("%d bytes: compressed to %d bytes, zstd's default window to %d (different bytes)", n, len(got), len(want))
+		}
+		back, err := Decompress(nil, got, int64(n))
+		if err != nil || !bytes.Equal(back, src) {
+			t.Errorf("%d bytes: did not decode back (%v)", n, err)
+		}
+	}
+}

@@ -64,3 +64,38 @@ func (p *Pool) Put(b *[]byte) {
 		}
 	}
 }
+
+// Free keeps up to a fixed number of values of any kind for reuse across
+// garbage collections, as a Pool keeps buffers: for values that hold
+// large buffers of their own (a zstd encoder's history), which a
+// sync.Pool would drop at every collection and rebuild, faulting their
+// memory in again.
+type Free[T any] struct {
+	free     chan T
+	newValue func() T
+}
+
+// NewFree returns a free list that keeps up to keep values, making new
+// ones with newValue.
+func NewFree[T any](keep int, newValue func() T) *Free[T] {
+	return &Free[T]{free: make(chan T, keep), newValue: newValue}
+}
+
+// Get returns a kept value, or a new one.
+func (f *Free[T]) Get() T {
+	select {
+	case v := <-f.free:
+		return v
+	default:
+		return f.newValue()
+	}
+}
+
+// Put gives v back; beyond what the list keeps, it is left to the
+// collector.
+func (f *Free[T]) Put(v T) {
+	select {
+	case f.free <- v:
+	default:
+	}
+}

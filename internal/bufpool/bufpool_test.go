@@ -34,3 +34,26 @@ func TestPool_KeepsBuffersAcrossCollections(t *testing.T) {
 		t.Error("the pool kept more buffers than it should, or made one of another size")
 	}
 }
+
+// Values given back to a Free outlive a garbage collection, up to the
+// number it keeps; beyond that, Get makes new ones.
+func TestFree_KeepsValuesAcrossCollections(t *testing.T) {
+	made := 0
+	f := NewFree(2, func() *int { made++; v := made; return &v })
+	a, b, c := f.Get(), f.Get(), f.Get()
+	if made != 3 {
+		t.Fatalf("made %d values for 3 Gets from an empty list", made)
+	}
+	f.Put(a)
+	f.Put(b)
+	f.Put(c) // beyond what it keeps
+	runtime.GC()
+	runtime.GC()
+	got := map[*int]bool{f.Get(): true, f.Get(): true}
+	if !got[a] || !got[b] || made != 3 {
+		t.Fatalf("the values given back were not kept across collections (made %d)", made)
+	}
+	if d := f.Get(); d == c || made != 4 {
+		t.Error("the list kept more values than it should")
+	}
+}
