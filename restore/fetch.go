@@ -45,6 +45,9 @@ type FetchOptions struct {
 	// Cipher opens encrypted chunks and checks their names: the Cipher of
 	// the manifest naming them (FetchImage sets it).
 	Cipher *backup.Cipher
+	// flush, if set, makes the images durable while they are fetched
+	// (restore sets it; deep verify's scratch images need not be).
+	flush *flusher
 	// SHA256, if set, is the sha256 the objects laid end to end must have
 	// (the image's or the delta's, from its manifest): FetchObjects hashes
 	// them in order as they arrive and fails with ErrCorrupt otherwise.
@@ -655,7 +658,11 @@ func fetchImage(ctx context.Context, s backup.Store, m *backup.Manifest, w *work
 	}
 	bo := o
 	bo.SHA256 = m.Base.SHA256
-	if err := FetchObjects(ctx, s, m.Base.Chunks, f, bo, done); err != nil {
+	err = FetchObjects(ctx, s, m.Base.Chunks, o.flush.track(f.File(), f), bo, done)
+	if ferr := o.flush.untrack(f.File()); err == nil {
+		err = ferr
+	}
+	if err != nil {
 		f.Close()
 		return fmt.Errorf("fetch base of backup %s: %w", m.ID, err)
 	}

@@ -296,7 +296,7 @@ func fetchWithFallback(ctx context.Context, src *sources, t *target, o Options, 
 			}
 		}
 		var done, downloaded atomic.Int64
-		fo := FetchOptions{Workers: o.Workers, Parallel: o.Parallel, Downloaded: &downloaded, Memory: budget}
+		fo := FetchOptions{Workers: o.Workers, Parallel: o.Parallel, Downloaded: &downloaded, Memory: budget, flush: newFlusher()}
 		if o.Progress != nil {
 			fo.Progress = func(n, _ int64) { o.Progress(n, total) }
 		}
