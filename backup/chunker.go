@@ -143,17 +143,21 @@ type frameJob struct {
 }
 
 // pendingChunk is a chunk whose frames are being compressed, side by side,
-// each into its own slot of buf. The producer reads its frames and names
-// it; whoever finishes its last part (the producer or a frame) stores it.
+// each into its own buffer. The producer reads its frames and names it;
+// whoever finishes its last part (the producer or a frame) stores it.
 type pendingChunk struct {
-	i   int
-	buf *[]byte // a chunkBuffers buffer: frame j is compressed into its j-th slot
-	mu  sync.Mutex
-	// frames' names and sizes and shares, by index
+	i  int
+	mu sync.Mutex
+	// frames' names and sizes, shares and compressed forms (frameBuffers
+	// buffers), by index
 	frames []Frame
 	shares []*Share
-	todo   int  // frames read and not compressed yet
-	read   bool // every frame read: id and size are known
+	zs     []*[]byte
+	// buf holds the frames end to end while the chunk is stored (a
+	// chunkBuffers buffer; nil for a chunk of one frame, stored from it).
+	buf  *[]byte
+	todo int  // frames read and not compressed yet
+	read bool // every frame read: id and size are known
 	// abandoned says the producer stopped (an error): the chunk is only
 	// released, once the frames sent are compressed.
 	abandoned bool
@@ -172,14 +176,15 @@ func (p *pendingChunk) add() {
 	p.mu.Unlock()
 }
 
-// compressed records frame j, and reports whether the chunk is complete.
-func (p *pendingChunk) compressed(j int, f Frame, share *Share) bool {
+// compressed records frame j, compressed into z, and reports whether the
+// chunk is complete.
+func (p *pendingChunk) compressed(j int, f Frame, share *Share, z *[]byte) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for len(p.frames) <= j {
-		p.frames, p.shares = append(p.frames, Frame{}), append(p.shares, nil)
+		p.frames, p.shares, p.zs = append(p.frames, Frame{}), append(p.shares, nil), append(p.zs, nil)
 	}
-	p.frames[j], p.shares[j] = f, share
+	p.frames[j], p.shares[j], p.zs[j] = f, share, z
 	p.todo--
 	return p.read && p.todo == 0
 }
@@ -209,30 +214,59 @@ func (p *pendingChunk) unsent() {
 	p.mu.Unlock()
 }
 
-// release gives the chunk's buffer and its frames' shares back.
+// release gives the chunk's buffers and its frames' shares back.
 func (p *pendingChunk) release() {
 	for _, s := range p.shares {
 		s.Done()
 	}
+	p.dropFrames()
 	if p.buf != nil {
 		chunkBuffers.Put(p.buf)
 		p.buf = nil
 	}
 }
 
+// join returns pieces (the chunk's stored form) in one buffer, for a store
+// that cannot take them as they are.
+func (p *pendingChunk) join(pieces [][]byte) []byte {
+	if len(pieces) == 1 {
+		return pieces[0]
+	}
+	p.buf = chunkBuffers.Get()
+	z := (*p.buf)[:0]
+	for _, b := range pieces {
+		z = append(z, b...)
+	}
+	return z
+}
+
+// dropFrames gives the frames' compressed forms back (once they are
+// copied end to end, or the chunk is done with).
+func (p *pendingChunk) dropFrames() {
+	for j, z := range p.zs {
+		if z != nil {
+			frameBuffers.Put(z)
+			p.zs[j] = nil
+		}
+	}
+}
+
 // Buffers are shared by every upload of the process: memory follows the
 // frames and chunks in flight (bounded by the budget), not the partitions.
-// They are kept across garbage collections (bufpool): a backup under its
-// memory limit collects often.
+// They are kept across garbage collections (bufpool), about as many as are
+// in flight within the default budget: a buffer made anew is faulted in
+// page by page as it fills (keeping one chunk buffer only, a first backup
+// of 4 partitions spent a tenth of its CPU on that). The compressed ones
+// are mapped outside the heap: only the pages written take memory, and
+// nothing clears them. A chunk's frames are compressed each into a buffer
+// of its own and stored from those buffers as they are (S3), or copied end
+// to end into a chunk buffer for a store that takes one buffer only.
+// (Compressed into slots of one chunk buffer and moved end to end, a chunk
+// held the pages of every slot the buffer had ever filled, about 24 MiB.)
 var (
-	rawBuffers = bufpool.New(8, FrameSize)
-	// chunkBuffers hold a chunk's compressed frames, each in its slot,
-	// then end to end. They are mapped outside the heap: only the pages
-	// the frames fill take memory, and nothing clears them. A new one is
-	// faulted in page by page as it fills: keeping one only, a first
-	// backup of 4 partitions spent a tenth of its CPU on that, and keeping
-	// 8 (about what is in flight within the default budget) saved it.
-	chunkBuffers = bufpool.NewMapped(8, ChunkSize/FrameSize*frameSlot)
+	rawBuffers   = bufpool.New(8, FrameSize)
+	frameBuffers = bufpool.NewMapped(16, frameSlot)
+	chunkBuffers = bufpool.NewMapped(4, ChunkSize/FrameSize*frameSlot)
 )
 
 // upload reads r to EOF and returns its chunks, total size and sha256.
@@ -277,7 +311,8 @@ func (u *uploader) upload(ctx context.Context, r io.Reader) ([]Object, int64, st
 		go func() {
 			defer wg.Done()
 			for j := range jobs {
-				if j.chunk.compressed(j.j, u.compressFrame(j), j.share) {
+				f, z := u.compressFrame(j)
+				if j.chunk.compressed(j.j, f, j.share, z) {
 					store(j.chunk)
 				}
 			}
@@ -297,15 +332,16 @@ func (u *uploader) upload(ctx context.Context, r io.Reader) ([]Object, int64, st
 	return objs[:n], size, hex.EncodeToString(whole.Sum(nil)), nil
 }
 
-// compressFrame compresses frame j into its slot of the chunk's buffer and
-// names it (a chunk of one frame is named by the producer), then gives
-// its content's share back.
-func (u *uploader) compressFrame(j frameJob) Frame {
-	slot := (*j.chunk.buf)[j.j*frameSlot : j.j*frameSlot : (j.j+1)*frameSlot]
-	z := Compress(slot, j.buf)
-	if len(z) > 0 && &z[0] != &slot[:1][0] {
-		panic("backup: a compressed frame outgrew its slot") // zstd's bound makes this impossible
+// compressFrame compresses frame j into a buffer of its own and names it
+// (a chunk of one frame is named by the producer), then gives its
+// content's share back.
+func (u *uploader) compressFrame(j frameJob) (Frame, *[]byte) {
+	zb := frameBuffers.Get()
+	z := Compress(*zb, j.buf)
+	if len(z) > 0 && &z[0] != &(*zb)[:1][0] {
+		panic("backup: a compressed frame outgrew its buffer") // zstd's bound makes this impossible
 	}
+	*zb = z
 	f := Frame{Size: int64(len(j.buf)), Stored: int64(len(z))}
 	if j.j > 0 || len(j.buf) == FrameSize {
 		f.SHA256 = u.cipher.ContentID(j.buf)
@@ -317,14 +353,14 @@ func (u *uploader) compressFrame(j frameJob) Frame {
 		kept *= 2 // an encrypted chunk is sealed into another buffer as large
 	}
 	j.share.Keep(kept)
-	return f
+	return f, zb
 }
 
 func (u *uploader) produce(ctx context.Context, r io.Reader, whole hash.Hash, jobs chan<- frameJob, store func(*pendingChunk)) (int64, int, error) {
 	var size int64
 	n := 0
 	for {
-		p := &pendingChunk{i: n, buf: chunkBuffers.Get()}
+		p := &pendingChunk{i: n}
 		// stop ends the upload: the frames already sent still write into
 		// the chunk's buffer, which goes back only after them.
 		stop := func(err error) (int64, int, error) {
@@ -400,35 +436,35 @@ func (u *uploader) storeChunk(ctx context.Context, p *pendingChunk) (Object, err
 			return o, nil
 		}
 	}
-	// The frames, each at the start of its slot, are moved end to end.
-	buf := *p.buf
-	z := buf[:0]
-	for j, f := range p.frames {
-		z = append(z, buf[j*frameSlot:j*frameSlot+int(f.Stored)]...)
+	// The stored form is the frames end to end, each in its own buffer.
+	stored := make([][]byte, len(p.zs))
+	n := 0
+	for j, z := range p.zs {
+		stored[j] = *z
+		n += len(*z)
 	}
-	n := len(z)
-	o = Object{SHA256: h, Size: p.size, Stored: int64(len(z))}
+	o = Object{SHA256: h, Size: p.size, Stored: int64(n)}
 	if len(p.frames) > 1 {
 		o.Frames = slices.Clone(p.frames)
 	}
-	stored := z
 	if u.cipher != nil {
-		var err error
 		// age adds a header and 16 bytes per 64 KiB.
-		if stored, err = u.cipher.sealChunk(make([]byte, 0, n+n/1024+64<<10), z, h); err != nil {
+		sealed, err := u.cipher.sealChunk(make([]byte, 0, n+n/1024+64<<10), h, stored...)
+		if err != nil {
 			return o, err
 		}
-		o.Stored = int64(len(stored))
+		stored = [][]byte{sealed}
+		o.Stored = int64(len(sealed))
 	} else {
 		// An encrypted chunk is checked by its keyed name on every read
 		// (age alone does not pin it: anyone with the public keys can seal).
-		o.StoredSHA256 = SumHex(stored)
+		o.StoredSHA256 = sumPieces(stored)
 	}
 	pctx := ctx
 	if o.StoredSHA256 != "" {
 		pctx = WithPayloadSHA256(ctx, o.StoredSHA256)
 	}
-	if there, err := u.put(pctx, o, stored, known || u.quarantined[h]); err != nil {
+	if there, err := u.put(pctx, o, p, stored, known || u.quarantined[h]); err != nil {
 		return o, fmt.Errorf("upload chunk %s: %w", h[:12], err)
 	} else if there {
 		u.skipped()
@@ -439,10 +475,10 @@ func (u *uploader) storeChunk(ctx context.Context, p *pendingChunk) (Object, err
 	}
 	u.xfer.markStored(h)
 	u.xfer.ObjectsUploaded.Add(1)
-	u.xfer.BytesUploaded.Add(int64(len(stored)))
+	u.xfer.BytesUploaded.Add(o.Stored)
 	if a := u.xfer.Also; a != nil {
 		a.ObjectsUploaded.Add(1)
-		a.BytesUploaded.Add(int64(len(stored)))
+		a.BytesUploaded.Add(o.Stored)
 	}
 	return o, nil
 }
@@ -454,20 +490,24 @@ func (u *uploader) skipped() {
 	}
 }
 
-// put stores chunk o's stored bytes. Without object lock it overwrites
-// whatever is there (or, where a locked copy refuses that, reuses the copy
-// once a Stat confirms its size). With it, a chunk is written only if absent, locked;
-// one already stored with its size (another partition's, or a twin in the
+// put stores chunk o's stored form, pieces laid end to end (joined in
+// p's buffer for a store that cannot take them as they are). Without
+// object lock it overwrites whatever is there (or, where a locked copy
+// refuses that, reuses the copy once a Stat confirms its size). With it,
+// a chunk is written only if absent, locked; one already stored with its size (another partition's, or a twin in the
 // same stream) is confirmed and its lock extended instead (there is true),
 // and one damaged (heal: the last backup named it but it was missing or
 // resized, or verify quarantined it) is replaced by a plain write, then
 // locked: on S3 a new version over the damaged one; on GCS, where a locked
 // object cannot be replaced, the error says so.
-func (u *uploader) put(ctx context.Context, o Object, stored []byte, heal bool) (there bool, err error) {
+func (u *uploader) put(ctx context.Context, o Object, p *pendingChunk, pieces [][]byte, heal bool) (there bool, err error) {
 	key := ChunkKey(o.SHA256)
 	lk := u.lock
 	if lk == nil {
-		err := u.store.Put(ctx, key, stored)
+		ok, err := putPieces(ctx, u.store, key, pieces)
+		if !ok {
+			err = u.store.Put(ctx, key, p.join(pieces))
+		}
 		if errors.Is(err, ErrObjectLocked) && !heal {
 			// A locked copy is there already (the location was backed up
 			// with --object-lock, and GCS refuses to replace it): reuse it.
@@ -477,6 +517,7 @@ func (u *uploader) put(ctx context.Context, o Object, stored []byte, heal bool) 
 		}
 		return false, err
 	}
+	stored := p.join(pieces)
 	if !heal {
 		err := lk.r.PutRetained(ctx, key, stored, lk.chunk())
 		if !errors.Is(err, ErrExists) {

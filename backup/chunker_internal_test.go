@@ -145,3 +145,118 @@ func TestCompress_FrameWindowWritesTheBytesOfZstdsDefault(t *testing.T) {
 		}
 	}
 }
+
+// piecesStore is syncStore taking objects as pieces, which it records.
+type piecesStore struct {
+	*syncStore
+	mu     sync.Mutex
+	pieces map[string]int // key -> pieces it came in
+}
+
+func (s *piecesStore) PutPieces(ctx context.Context, k string, p [][]byte) error {
+	s.mu.Lock()
+	s.pieces[k] = len(p)
+	s.mu.Unlock()
+	return s.syncStore.Put(ctx, k, bytes.Join(p, nil))
+}
+
+// A chunk is stored from its compressed frames' own buffers where the
+// store takes pieces (S3), through the retrying wrapper too, and copied
+// into one buffer where it does not: the stored objects are the same, the
+// frames end to end, and each frame decodes to its content.
+func TestUpload_StoresAChunkFromItsFramesWhereTheStoreTakesPieces(t *testing.T) {
+	ctx := context.Background()
+	data := make([]byte, ChunkSize+3*FrameSize+100)
+	rand.New(rand.NewSource(3)).Read(data[:len(data)/3])
+	stored := map[string]map[string][]byte{}
+	for _, tc := range []struct {
+		name   string
+		pieces bool
+		retry  bool
+	}{{"one buffer", false, false}, {"pieces", true, false}, {"pieces through retries", true, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			ss := newSyncStore()
+			ps := &piecesStore{syncStore: ss, pieces: map[string]int{}}
+			var s Store = ss
+			if tc.pieces {
+				s = ps
+			}
+			if tc.retry {
+				s = WithRetry(s, RetryPolicy{})
+			}
+			u := &uploader{store: s, workers: 4, xfer: &Transfer{}, known: map[string]Object{}, budget: NewBudget(DefaultMemory)}
+			objs, _, _, err := u.upload(ctx, bytes.NewReader(data))
+			if err != nil || len(objs) != 2 {
+				t.Fatalf("%d chunks: %v", len(objs), err)
+			}
+			got := map[string][]byte{}
+			var off int64
+			for _, o := range objs {
+				z := ss.objs[ChunkKey(o.SHA256)]
+				got[o.SHA256] = z
+				if SumHex(z) != o.StoredSHA256 || int64(len(z)) != o.Stored {
+					t.Fatalf("chunk %s: stored %d bytes that do not match its stored sha256", o.SHA256[:12], len(z))
+				}
+				for _, f := range o.FrameList() {
+					b, err := Decompress(nil, z[:f.Stored], f.Size)
+					if err != nil || !bytes.Equal(b, data[off:off+f.Size]) {
+						t.Fatalf("frame at %d does not decode to its content (%v)", off, err)
+					}
+					z, off = z[f.Stored:], off+f.Size
+				}
+				if n := ps.pieces[ChunkKey(o.SHA256)]; tc.pieces && n != len(o.FrameList()) {
+					t.Errorf("chunk %s of %d frames came in %d pieces", o.SHA256[:12], len(o.FrameList()), n)
+				}
+			}
+			stored[tc.name] = got
+		})
+	}
+	for name, got := range stored {
+		for h, z := range stored["one buffer"] {
+			if !bytes.Equal(got[h], z) {
+				t.Errorf("%s: chunk %s differs from the one stored from one buffer", name, h[:12])
+			}
+		}
+	}
+}
+
+// Pieces read as the bytes laid end to end, again after a Seek, and
+// written out whole.
+func TestPieces_ReadAsOneBody(t *testing.T) {
+	pieces := [][]byte{[]byte("abc"), nil, []byte("defgh"), []byte("i")}
+	whole := bytes.Join(pieces, nil)
+	r := NewPieces(pieces)
+	if r.Size() != int64(len(whole)) {
+		t.Fatalf("size %d", r.Size())
+	}
+	for _, step := range []int{1, 2, 4, 100} {
+		if _, err := r.Seek(0, io.SeekStart); err != nil {
+			t.Fatal(err)
+		}
+		var got []byte
+		buf := make([]byte, step)
+		for {
+			n, err := r.Read(buf)
+			got = append(got, buf[:n]...)
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if !bytes.Equal(got, whole) {
+			t.Errorf("reads of %d: %q", step, got)
+		}
+	}
+	if at, err := r.Seek(-4, io.SeekEnd); err != nil || at != int64(len(whole))-4 {
+		t.Fatalf("seek: %d %v", at, err)
+	}
+	var out bytes.Buffer
+	if n, err := r.WriteTo(&out); err != nil || n != 4 || out.String() != "fghi" {
+		t.Errorf("WriteTo from 4 before the end: %d %q %v", n, out.String(), err)
+	}
+	if _, err := r.Seek(-1, io.SeekStart); err == nil {
+		t.Error("a seek before the start succeeded")
+	}
+}

@@ -166,16 +166,14 @@ func (c *Cipher) contentHash() hash.Hash {
 	return hmac.New(sha256.New, c.key.secret)
 }
 
-// sealChunk returns z encrypted to the recipients, in dst's array when it
-// is large enough, with the chunk's name (id, hex) sealed in front of it, so
-// a chunk copied over another is caught before it is decompressed. That
+// sealChunk returns z (pieces laid end to end) encrypted to the
+// recipients, in dst's array when it is large enough, with the chunk's
+// name (id, hex) sealed in front of it, so a chunk copied over another is
+// caught before it is decompressed. That
 // does not authenticate it: anyone with the recipients' public keys can
 // seal any content under any name; the keyed name (ContentID, under the
-// secret chunk key) is what a reader checks. A nil Cipher returns z.
-func (c *Cipher) sealChunk(dst, z []byte, id string) ([]byte, error) {
-	if c == nil {
-		return z, nil
-	}
+// secret chunk key) is what a reader checks.
+func (c *Cipher) sealChunk(dst []byte, id string, z ...[]byte) ([]byte, error) {
 	name, err := hex.DecodeString(id)
 	if err != nil {
 		return nil, fmt.Errorf("chunk name %q: %w", id, err)
@@ -185,8 +183,10 @@ func (c *Cipher) sealChunk(dst, z []byte, id string) ([]byte, error) {
 	if err == nil {
 		_, err = w.Write(name)
 	}
-	if err == nil {
-		_, err = w.Write(z)
+	for _, p := range z {
+		if err == nil {
+			_, err = w.Write(p)
+		}
 	}
 	if err == nil {
 		err = w.Close()

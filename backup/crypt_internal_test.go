@@ -20,7 +20,7 @@ func TestOpenChunk_OnlyUnderItsOwnName(t *testing.T) {
 	opener := NewOpener([]age.Identity{id})
 	z := Compress(nil, []byte(strings.Repeat("state ", 1000)))
 	name, other := sealer.ContentID([]byte("a")), sealer.ContentID([]byte("b"))
-	stored, err := sealer.sealChunk(nil, z, name)
+	stored, err := sealer.sealChunk(nil, name, z)
 	if err != nil {
 		t.Fatal(err)
 	}

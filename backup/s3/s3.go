@@ -178,11 +178,18 @@ func (s *Store) sse(in *s3.PutObjectInput) {
 
 // Put implements backup.Store with one PutObject.
 func (s *Store) Put(ctx context.Context, key string, data []byte) error {
+	return s.PutPieces(ctx, key, [][]byte{data})
+}
+
+// PutPieces implements backup.PiecesPutter with one PutObject whose body
+// is the pieces laid end to end.
+func (s *Store) PutPieces(ctx context.Context, key string, pieces [][]byte) error {
 	k, err := s.key(key)
 	if err != nil {
 		return err
 	}
-	in := &s3.PutObjectInput{Bucket: aws.String(s.bucket), Key: aws.String(k), Body: bytes.NewReader(data), ContentLength: aws.Int64(int64(len(data)))}
+	body := backup.NewPieces(pieces)
+	in := &s3.PutObjectInput{Bucket: aws.String(s.bucket), Key: aws.String(k), Body: body, ContentLength: aws.Int64(body.Size())}
 	s.sse(in)
 	if _, err := s.client.PutObject(ctx, in, payloadHash(ctx)...); err != nil {
 		return s.wrap("put", key, err)
