@@ -265,7 +265,7 @@ func (p *pendingChunk) dropFrames() {
 // held the pages of every slot the buffer had ever filled, about 24 MiB.)
 var (
 	rawBuffers   = bufpool.New(8, FrameSize)
-	frameBuffers = bufpool.NewMapped(16, frameSlot)
+	frameBuffers = bufpool.NewMapped(32, frameSlot)
 	chunkBuffers = bufpool.NewMapped(4, ChunkSize/FrameSize*frameSlot)
 )
 
