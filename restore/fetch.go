@@ -594,9 +594,10 @@ func putBuffer(b []byte) {
 // beside path (as a restore does: see target), removed when it returns;
 // if other users can change what that directory's path leads to, it lays
 // the delta in a scratch directory under os.TempDir() and copies the
-// result in. The image is not synced to disk: a restore syncs each file
-// once, after it is trimmed and before it takes its final name (each
-// fsync on the way cost a restore a fifth of its time).
+// result in. The image is not made durable here: a restore syncs its
+// images in the background while it fetches them (see flusher), and each
+// file once more, after it is trimmed and before it takes its final name
+// (an fsync waited for on the way cost a restore a fifth of its time).
 func FetchImage(ctx context.Context, s backup.Store, m *backup.Manifest, path string, o FetchOptions, done *atomic.Int64) error {
 	if _, err := os.Lstat(path); err == nil {
 		return fmt.Errorf("%s already exists", path)
