@@ -219,7 +219,12 @@ func (p *pendingChunk) release() {
 	for _, s := range p.shares {
 		s.Done()
 	}
-	p.dropFrames()
+	for j, z := range p.zs {
+		if z != nil {
+			frameBuffers.Put(z)
+			p.zs[j] = nil
+		}
+	}
 	if p.buf != nil {
 		chunkBuffers.Put(p.buf)
 		p.buf = nil
@@ -238,17 +243,6 @@ func (p *pendingChunk) join(pieces [][]byte) []byte {
 		z = append(z, b...)
 	}
 	return z
-}
-
-// dropFrames gives the frames' compressed forms back (once they are
-// copied end to end, or the chunk is done with).
-func (p *pendingChunk) dropFrames() {
-	for j, z := range p.zs {
-		if z != nil {
-			frameBuffers.Put(z)
-			p.zs[j] = nil
-		}
-	}
 }
 
 // Buffers are shared by every upload of the process: memory follows the
@@ -361,8 +355,8 @@ func (u *uploader) produce(ctx context.Context, r io.Reader, whole hash.Hash, jo
 	n := 0
 	for {
 		p := &pendingChunk{i: n}
-		// stop ends the upload: the frames already sent still write into
-		// the chunk's buffer, which goes back only after them.
+		// stop ends the upload: the frames already sent are still being
+		// compressed, and the chunk goes back only after them.
 		stop := func(err error) (int64, int, error) {
 			if p.abandon() {
 				p.release()
