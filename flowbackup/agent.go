@@ -153,7 +153,7 @@ func runAgent(ctx context.Context, o agentOptions, log *slog.Logger) error {
 	// A chunk's compressed frames wait outside the heap (see
 	// backup.ChunkSize): a quarter of the budget more keeps the heap to
 	// the spools, buffers and SQLite's caches.
-	budget, err := useMemory(o.Memory, o.Memory/4)
+	budget, err := useMemory(o.Memory, o.Memory/4, 400)
 	if err != nil {
 		return err
 	}

@@ -127,7 +127,7 @@ func runBackup(ctx context.Context, o backupOptions, out, errOut io.Writer) erro
 	}
 	// A chunk's compressed frames wait outside the heap (see
 	// backup.ChunkSize): the heap needs no slack beyond the budget.
-	budget, err := useMemory(o.Memory, 0)
+	budget, err := useMemory(o.Memory, 0, 400)
 	if err != nil {
 		return err
 	}

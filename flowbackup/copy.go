@@ -107,7 +107,7 @@ func runCopy(ctx context.Context, o copyOptions, out, errOut io.Writer) error {
 	if err := checkWorkersAndTTL(o.Workers, o.LockTTL); err != nil {
 		return err
 	}
-	budget, err := useMemory(o.Memory, o.Memory/2)
+	budget, err := useMemory(o.Memory, o.Memory/2, 400)
 	if err != nil {
 		return err
 	}

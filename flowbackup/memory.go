@@ -19,11 +19,12 @@ func addMemoryFlag(f *pflag.FlagSet, n *int64) {
 }
 
 // useMemory checks the budget and keeps the process's heap near it, plus
-// slack (see backup.LimitProcessMemory).
-func useMemory(n, slack int64) (*backup.Budget, error) {
+// slack, collecting once it grew by gcPercent (see
+// backup.LimitProcessMemory).
+func useMemory(n, slack int64, gcPercent int) (*backup.Budget, error) {
 	if err := backup.ValidateMemory(n); err != nil {
 		return nil, usagef("--memory: %v", err)
 	}
-	backup.LimitProcessMemory(n, slack, os.Getenv)
+	backup.LimitProcessMemory(n, slack, gcPercent, os.Getenv)
 	return backup.NewBudget(n), nil
 }

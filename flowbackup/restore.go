@@ -183,7 +183,7 @@ func runRestore(ctx context.Context, o restoreOptions, out, errOut io.Writer) er
 	if looksLikeURL(o.To) {
 		return usagef("--to %q looks like a storage URL, not a directory: restore lays the partitions into --to DIR and reads the backups from --from URL (or FLOWBACKUP_URL); FLOWBACKUP_TO, if set for the agent, is a URL too", o.To)
 	}
-	if _, err := useMemory(o.Memory, o.Memory/2); err != nil {
+	if _, err := useMemory(o.Memory, o.Memory/2, 400); err != nil {
 		return err
 	}
 	var at time.Time

@@ -114,7 +114,7 @@ func runVerify(ctx context.Context, o verifyOptions, out, errOut io.Writer) erro
 	if o.Sample > 0 && o.Newest {
 		return usagef("--sample and --newest cannot be combined: --sample reads objects of every backup")
 	}
-	if _, err := useMemory(o.Memory, 0); err != nil {
+	if _, err := useMemory(o.Memory, 0, 100); err != nil {
 		return err
 	}
 	if o.Workers < 1 {
