@@ -122,10 +122,10 @@ func deepCheck(ctx context.Context, s backup.Store, ms []*backup.Manifest, bad m
 			return backup.ErrIdentityRequired
 		}
 		if len(todo) == 0 {
-			return fmt.Errorf("%w: none of the %d encrypted backups opens with them (sealed to recipient set %s)", backup.ErrWrongIdentity, len(locked), locked[0].Encryption.Recipients)
+			return fmt.Errorf("%w: none of the %d encrypted backups opens with them%s", backup.ErrWrongIdentity, len(locked), sealedTo(locked[0]))
 		}
 		for _, m := range locked {
-			problem(m, fmt.Sprintf("%v: sealed to recipient set %s, not checked", backup.ErrWrongIdentity, m.Encryption.Recipients))
+			problem(m, fmt.Sprintf("%v: not checked%s", backup.ErrWrongIdentity, sealedTo(m)))
 		}
 	}
 	if o.Newest {
@@ -682,4 +682,13 @@ func (d *deepScope) copyFile(src, dst string) error {
 		return err
 	}
 	return out.Close()
+}
+
+// sealedTo names the recipient set a backup that no identity opens is
+// sealed to, where its plaintext index says (newer indexes do not).
+func sealedTo(m *backup.Manifest) string {
+	if m.Encryption == nil || m.Encryption.Recipients == "" {
+		return ""
+	}
+	return " (sealed to recipient set " + m.Encryption.Recipients + ")"
 }
