@@ -409,7 +409,12 @@ func finish(ctx context.Context, t *target, fetched map[string]string, o Options
 // not say when the epoch closed, it takes that from the image.
 func trimAndMark(ctx context.Context, path, as string, o Options, res *Result) error {
 	plan := res.Plan
-	db, err := recovery.OpenImageDB(path)
+	// The image is the restore's own until it is renamed, and synced
+	// before: a trim that fails part-way fails the restore, which removes
+	// it. So it is trimmed without a journal or syncs of its own (in WAL
+	// mode with full syncs, four 200 MiB partitions took 0.2 s, one after
+	// the other).
+	db, err := recovery.OpenScratchDB(path)
 	if err != nil {
 		return err
 	}
@@ -424,9 +429,10 @@ func trimAndMark(ctx context.Context, path, as string, o Options, res *Result) e
 			plan.EpochTime, plan.EpochTimeExact = closed, true
 		}
 	}
-	if cerr := db.Close(); err == nil {
-		err = cerr
+	if err == nil {
+		return recovery.CloseScratchDB(ctx, db)
 	}
+	db.Close()
 	return err
 }
 
