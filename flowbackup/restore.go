@@ -57,8 +57,10 @@ the next flowrun -r DIR resumes exactly there, with any number of workers.
 
 Every object is checked against its sha256 while it downloads; a corrupt or
 incomplete backup makes the restore fall back to the next best epoch, and say
-so. Partitions appear in DIR only once all of them are complete. A DIR that
-already holds partitions is refused unless --force (the old files are kept as
+so. Partitions appear in DIR only once all of them are complete; a restore
+killed while it renames them into place is rolled back by the next restore
+into DIR (with --if-empty too), which then restores. A DIR that already holds
+partitions is refused unless --force (the old files are kept as
 *.replaced-TIME). Nothing is ever written outside DIR, whatever a manifest says
 (but for a private scratch directory, below).
 
@@ -244,7 +246,9 @@ func runRestore(ctx context.Context, o restoreOptions, out, errOut io.Writer) er
 		if err != nil {
 			return err
 		}
-		if n > 0 {
+		// Partitions a restore killed part-way through publishing left are
+		// not a restored flow: this restore rolls them back and restores.
+		if n > 0 && !restore.InterruptedPublish(o.To) {
 			return o.nothing(out, fmt.Sprintf("%s already holds %d recovery partitions; nothing restored (--if-empty)", o.To, n))
 		}
 	}

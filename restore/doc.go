@@ -14,7 +14,8 @@
 // through each file's descriptor before renaming it into the directory; and
 // it never follows a symlink there. A killed restore's private directory,
 // and anything at the temporary names of older versions, is removed by the
-// next restore into the directory.
+// next restore into the directory, which first rolls back the renames the
+// killed one made into the directory (see publishLog).
 //
 // SQLite opens files by name and follows symlinks. Where another user can
 // change what the private directory's path leads to (its directory, or one

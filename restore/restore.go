@@ -742,9 +742,11 @@ func sweepRestoreTemps(t *target) error {
 		n, typ := e.Name(), e.Type()
 		switch {
 		case workDirRE.MatchString(n):
-			// os.Root removes a symlink itself, and never follows one
-			// inside the directory.
-			err = t.root.RemoveAll(n)
+			// A killed publish is rolled back first. os.Root removes a
+			// symlink itself, and never follows one inside the directory.
+			if err = rollBackPublish(t, n); err == nil {
+				err = t.root.RemoveAll(n)
+			}
 		case restoreTempRE.MatchString(n) && (typ.IsRegular() || typ&fs.ModeSymlink != 0):
 			err = t.root.Remove(n)
 		default:

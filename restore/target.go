@@ -532,8 +532,40 @@ type staged struct {
 // (NAME.replaced-SUFFIX, kept); a file at a final name is moved into the
 // work directory (and discarded with it) so that it can be put back. If a
 // rename fails, every rename done is undone, last first, and the error
-// says so. Then the target is fsynced.
+// says so; if the process is killed part-way, the next restore undoes them
+// (see publishLog). Then the target is fsynced.
 func (t *target) publish(files []staged, aside []string, suffix string) error {
+	// The renames, planned and logged (see publishLog) before the first.
+	type step struct {
+		m    move
+		kind int    // stepAside, stepOutOfTheWay or stepPlace
+		what string // for an error: what failed
+	}
+	const (
+		stepAside = iota
+		stepOutOfTheWay
+		stepPlace
+	)
+	var plan []step
+	movedOff := map[string]bool{}
+	for _, n := range aside {
+		plan = append(plan, step{move{t.dir, n, t.dir, n + suffix}, stepAside, fmt.Sprintf("move %s aside", filepath.Join(t.path, n))})
+		movedOff[n] = true
+	}
+	for _, f := range files {
+		if st, err := t.root.Lstat(f.final); err == nil && !st.IsDir() && !movedOff[f.final] {
+			plan = append(plan, step{move{t.dir, f.final, t.work.dir, t.work.newName("replaced-%s", f.final)}, stepOutOfTheWay, fmt.Sprintf("place %s: move the %s there out of the way", f.what, f.final)})
+		}
+		plan = append(plan, step{move{t.work.dir, f.name, t.dir, f.final}, stepPlace, "place " + f.what})
+	}
+	logged := make([]loggedMove, len(plan))
+	for i, s := range plan {
+		logged[i] = loggedMove{FromWork: s.m.fromDir == t.work.dir, From: s.m.from, ToWork: s.m.toDir == t.work.dir, To: s.m.to}
+	}
+	if err := t.work.writePublishLog(logged); err != nil {
+		return fmt.Errorf("%w; nothing was restored", err)
+	}
+
 	var j journal
 	placed, movedAside := 0, 0
 	fail := func(err error) error {
@@ -541,6 +573,7 @@ func (t *target) publish(files []staged, aside []string, suffix string) error {
 			return fmt.Errorf("%w; putting back the %s already placed and the %s moved aside failed too: %v; in %s, remove the restored part-*.sqlite3 and rename the *%s files to their names before the restore, by hand",
 				err, count(placed), count(movedAside), uerr, t.path, suffix)
 		}
+		t.work.removePublishLog()
 		what := "nothing was restored"
 		switch {
 		case placed > 0 && movedAside > 0:
@@ -552,24 +585,21 @@ func (t *target) publish(files []staged, aside []string, suffix string) error {
 		}
 		return fmt.Errorf("%w; %s", err, what)
 	}
-	for _, n := range aside {
-		if err := j.do(move{t.dir, n, t.dir, n + suffix}); err != nil {
-			return fail(fmt.Errorf("move %s aside: %w", filepath.Join(t.path, n), err))
+	for _, s := range plan {
+		if err := j.do(s.m); err != nil {
+			return fail(fmt.Errorf("%s: %w", s.what, err))
 		}
-		movedAside++
+		switch s.kind {
+		case stepAside:
+			movedAside++
+		case stepPlace:
+			placed++
+		}
 	}
-	for _, f := range files {
-		if st, err := t.root.Lstat(f.final); err == nil && !st.IsDir() {
-			if err := j.do(move{t.dir, f.final, t.work.dir, t.work.newName("replaced-%s", f.final)}); err != nil {
-				return fail(fmt.Errorf("place %s: move the %s there out of the way: %w", f.what, f.final, err))
-			}
-		}
-		if err := j.do(move{t.work.dir, f.name, t.dir, f.final}); err != nil {
-			return fail(fmt.Errorf("place %s: %w", f.what, err))
-		}
-		placed++
+	if err := fsync.DirFile(t.dir); err != nil {
+		return err
 	}
-	return fsync.DirFile(t.dir)
+	return t.work.removePublishLog()
 }
 
 // count is "1 file" or "N files".
