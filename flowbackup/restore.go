@@ -241,14 +241,15 @@ func runRestore(ctx context.Context, o restoreOptions, out, errOut io.Writer) er
 	case o.ProcessID >= 0:
 		return usagef("--process-id needs --processes")
 	}
-	if o.IfEmpty && o.To != "" {
+	// Partitions a restore killed part-way through publishing left are not
+	// a restored flow: this restore rolls them back and restores (looked at
+	// first: opening them would make SQLite's files beside them).
+	if o.IfEmpty && o.To != "" && !restore.InterruptedPublish(o.To) {
 		n, err := partitionFiles(ctx, o.To)
 		if err != nil {
 			return err
 		}
-		// Partitions a restore killed part-way through publishing left are
-		// not a restored flow: this restore rolls them back and restores.
-		if n > 0 && !restore.InterruptedPublish(o.To) {
+		if n > 0 {
 			return o.nothing(out, fmt.Sprintf("%s already holds %d recovery partitions; nothing restored (--if-empty)", o.To, n))
 		}
 	}

@@ -124,6 +124,17 @@ func rollBackPublish(t *target, name string) error {
 		if err := renameat(toDir, m.To, fromDir, m.From); err != nil {
 			return fmt.Errorf("roll back a killed restore: %w", err)
 		}
+		if m.FromWork && !m.ToWork {
+			// A partition taken back out of the target: SQLite's files
+			// beside it there, made by whatever opened it since (flowrun
+			// refusing the partial set), go too, unless its WAL holds
+			// frames.
+			for _, suf := range []string{"-wal", "-shm"} {
+				if st, err := t.root.Lstat(m.To + suf); err == nil && st.Mode().IsRegular() && (suf == "-shm" || st.Size() == 0) {
+					t.root.Remove(m.To + suf)
+				}
+			}
+		}
 	}
 	if err := fsync.DirFile(t.dir); err != nil {
 		return err
