@@ -297,6 +297,11 @@ func runRestore(ctx context.Context, o restoreOptions, out, errOut io.Writer) er
 	res, err := restore.RestoreFrom(ctx, stores, o.To, ro)
 	bar.finish()
 	if err != nil {
+		if o.IfEmpty && errors.Is(err, restore.ErrOccupied) {
+			// The partitions a killed --force restore had moved aside,
+			// rolled back into place (see the --if-empty check above).
+			return o.nothing(out, fmt.Sprintf("%s holds recovery partitions again, those an interrupted restore had moved aside; nothing restored (--if-empty)", o.To))
+		}
 		if errors.Is(err, restore.ErrNotRestorable) {
 			return exitError{exitNotRestorable, err}
 		}
