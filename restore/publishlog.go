@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/flowkeep/flowkeep/internal/fsync"
 )
@@ -75,20 +76,26 @@ func (w *workDir) removePublishLog() error {
 // descriptors. A work directory that is not a directory this user made is
 // not read.
 func rollBackPublish(t *target, name string) error {
-	st, err := t.root.Lstat(name)
-	if err != nil || !st.IsDir() || !ownedByUs(st) {
+	// One open of the name, and every check and rename through it (the
+	// target's owner can swap the name meanwhile): the directory opened
+	// must be the one the name held, not a symlink, and this user's.
+	named, err := t.root.Lstat(name)
+	if err != nil || !named.IsDir() {
 		return nil
 	}
-	wd, err := t.root.Open(name)
-	if err != nil {
-		return nil
-	}
-	defer wd.Close()
 	wr, err := t.root.OpenRoot(name)
 	if err != nil {
 		return nil
 	}
 	defer wr.Close()
+	wd, err := wr.Open(".")
+	if err != nil {
+		return nil
+	}
+	defer wd.Close()
+	if st, err := wd.Stat(); err != nil || !os.SameFile(named, st) || !ownedByUs(st) {
+		return nil
+	}
 	b, err := wr.ReadFile(publishLog)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -144,16 +151,7 @@ func rollBackPublish(t *target, name string) error {
 
 // plainName says whether n names an entry of a directory itself.
 func plainName(n string) bool {
-	return n != "" && n != "." && n != ".." && !containsSlash(n)
-}
-
-func containsSlash(n string) bool {
-	for i := 0; i < len(n); i++ {
-		if n[i] == '/' || n[i] == os.PathSeparator {
-			return true
-		}
-	}
-	return false
+	return n != "" && n != "." && n != ".." && !strings.ContainsAny(n, "/"+string(os.PathSeparator))
 }
 
 // InterruptedPublish reports whether dir holds what a restore killed while
