@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"runtime"
 	"slices"
@@ -17,6 +16,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/flowkeep/flowkeep/internal/bufpool"
+	"github.com/flowkeep/flowkeep/internal/sha256lanes"
 )
 
 // ChunkSize is the content of every chunk but a stream's last, and
@@ -136,6 +136,7 @@ type frameJob struct {
 	chunk *pendingChunk
 	j     int
 	buf   []byte // the frame's content (a rawBuffers buffer)
+	id    string // its name, if it needs one (see compressFrame)
 	// share stands for the content and the most its compressed form can
 	// take; once compressed, for the compressed form, until the chunk is
 	// stored.
@@ -312,8 +313,8 @@ func (u *uploader) upload(ctx context.Context, r io.Reader) ([]Object, int64, st
 			}
 		}()
 	}
-	whole := sha256.New()
-	size, n, err := u.produce(ctx, r, whole, jobs, store)
+	var sums sha256lanes.Hasher
+	size, n, err := u.produce(ctx, r, &sums, jobs, store)
 	close(jobs)
 	wg.Wait()
 	stores.Wait()
@@ -323,12 +324,12 @@ func (u *uploader) upload(ctx context.Context, r io.Reader) ([]Object, int64, st
 	if err != nil {
 		return nil, 0, "", err
 	}
-	return objs[:n], size, hex.EncodeToString(whole.Sum(nil)), nil
+	return objs[:n], size, hex.EncodeToString(sums.Sum(laneWhole, nil)), nil
 }
 
-// compressFrame compresses frame j into a buffer of its own and names it
-// (a chunk of one frame is named by the producer), then gives its
-// content's share back.
+// compressFrame compresses frame j into a buffer of its own and records
+// its name (a chunk of one short frame has none of its own: it is the
+// chunk's), then gives its content's share back.
 func (u *uploader) compressFrame(j frameJob) (Frame, *[]byte) {
 	zb := frameBuffers.Get()
 	z := Compress(*zb, j.buf)
@@ -336,10 +337,7 @@ func (u *uploader) compressFrame(j frameJob) (Frame, *[]byte) {
 		panic("backup: a compressed frame outgrew its buffer") // zstd's bound makes this impossible
 	}
 	*zb = z
-	f := Frame{Size: int64(len(j.buf)), Stored: int64(len(z))}
-	if j.j > 0 || len(j.buf) == FrameSize {
-		f.SHA256 = u.cipher.ContentID(j.buf)
-	}
+	f := Frame{SHA256: j.id, Size: int64(len(j.buf)), Stored: int64(len(z))}
 	b := j.buf[:0]
 	rawBuffers.Put(&b)
 	kept := f.Stored
@@ -350,7 +348,20 @@ func (u *uploader) compressFrame(j frameJob) (Frame, *[]byte) {
 	return f, zb
 }
 
-func (u *uploader) produce(ctx context.Context, r io.Reader, whole hash.Hash, jobs chan<- frameJob, store func(*pendingChunk)) (int64, int, error) {
+// The producer's digests, computed in one pass over what it reads (see
+// sha256lanes): the whole stream's sha256, the name of the chunk being cut
+// and that of the frame being cut (each restarted at a multiple of
+// FrameSize: only a stream's last frame is short).
+const (
+	laneWhole = iota
+	laneChunk
+	laneFrame
+)
+
+// produce reads r frame by frame, names the frames and chunks (sums: see
+// laneWhole), and sends the frames to be compressed.
+func (u *uploader) produce(ctx context.Context, r io.Reader, sums *sha256lanes.Hasher, jobs chan<- frameJob, store func(*pendingChunk)) (int64, int, error) {
+	key := u.cipher.contentKey()
 	var size int64
 	n := 0
 	for {
@@ -363,7 +374,7 @@ func (u *uploader) produce(ctx context.Context, r io.Reader, whole hash.Hash, jo
 			}
 			return 0, 0, err
 		}
-		name := u.cipher.contentHash()
+		sums.Start(laneChunk, key)
 		var csize int64
 		eof := false
 		for j := 0; csize < ChunkSize && !eof; j++ {
@@ -372,10 +383,14 @@ func (u *uploader) produce(ctx context.Context, r io.Reader, whole hash.Hash, jo
 				return stop(context.Cause(ctx))
 			}
 			buf := (*rawBuffers.Get())[:FrameSize]
+			sums.Start(laneFrame, key)
 			k, err := io.ReadFull(r, buf)
 			if k > 0 {
-				whole.Write(buf[:k])
-				name.Write(buf[:k])
+				sums.Write(buf[:k])
+				id := ""
+				if j > 0 || k == FrameSize {
+					id = hex.EncodeToString(sums.Sum(laneFrame, nil))
+				}
 				csize += int64(k)
 				u.xfer.BytesRead.Add(int64(k))
 				if u.xfer.Also != nil {
@@ -383,7 +398,7 @@ func (u *uploader) produce(ctx context.Context, r io.Reader, whole hash.Hash, jo
 				}
 				p.add()
 				select {
-				case jobs <- frameJob{chunk: p, j: j, buf: buf[:k], share: share}:
+				case jobs <- frameJob{chunk: p, j: j, buf: buf[:k], id: id, share: share}:
 				case <-ctx.Done():
 					p.unsent()
 					share.Done()
@@ -405,7 +420,7 @@ func (u *uploader) produce(ctx context.Context, r io.Reader, whole hash.Hash, jo
 			return size, n, nil
 		}
 		size += csize
-		if p.named(hex.EncodeToString(name.Sum(nil)), csize) {
+		if p.named(hex.EncodeToString(sums.Sum(laneChunk, nil)), csize) {
 			store(p)
 		}
 		n++

@@ -9,7 +9,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"os"
 	"slices"
@@ -153,17 +152,18 @@ func (c *Cipher) ContentID(b []byte) string {
 	if c == nil || c.key == nil {
 		return SumHex(b)
 	}
-	h := c.contentHash()
+	h := hmac.New(sha256.New, c.key.secret)
 	h.Write(b)
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// contentHash is ContentID for content written to it a piece at a time.
-func (c *Cipher) contentHash() hash.Hash {
+// contentKey is the key ContentID's HMAC takes, nil where it is a plain
+// sha256.
+func (c *Cipher) contentKey() []byte {
 	if c == nil || c.key == nil {
-		return sha256.New()
+		return nil
 	}
-	return hmac.New(sha256.New, c.key.secret)
+	return c.key.secret
 }
 
 // sealChunk returns z (pieces laid end to end) encrypted to the
