@@ -524,13 +524,14 @@ func TestDeepVerify_SweepsAKilledChecksScratch(t *testing.T) {
 	}
 	defer unlock()
 	var during []string
+	var once sync.Once // Progress is called from the goroutines that fetch
 	rep, err := Verify(context.Background(), s, VerifyOptions{Deep: true, TempDir: tmp, Progress: func(int64, int64) {
-		if during == nil {
+		once.Do(func() {
 			ents, _ := os.ReadDir(tmp)
 			for _, e := range ents {
 				during = append(during, e.Name())
 			}
-		}
+		})
 	}})
 	if err != nil || rep.Status != StatusHealthy {
 		t.Fatalf("%v %s %+v", err, rep.Status, rep.Problems)
