@@ -434,7 +434,11 @@ func (p *piece) decode(sr *storedRead, fc frameCheck) ([]byte, error) {
 	if len(ob.Frames) > 0 {
 		z = z[p.zoff : p.zoff+f.Stored]
 	}
-	b, err := backup.Decompress(getBuffer(f.Size), z, f.Size)
+	dst := getBuffer(f.Size)
+	b, err := backup.Decompress(dst, z, f.Size)
+	if err != nil || !sameArray(b, dst) {
+		putBuffer(dst) // b, if any, is not in it (a frame that decoded past its size)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("chunk %s: %w", ob.SHA256[:12], err)
 	}
@@ -570,8 +574,12 @@ func fetchFrame(ctx context.Context, s backup.Store, p *piece, fc frameCheck) ([
 }
 
 // frameBuffers recycles the aligned buffers frames decompress into, so
-// they can be written past the page cache without a copy.
-var frameBuffers = bufpool.NewFunc(32, backup.FrameSize, directio.Buffer)
+// they can be written past the page cache without a copy. They are mapped
+// outside the Go heap, in huge pages (see bufpool): made on the heap, a
+// restore spent a third more CPU (0.46 s of system time against 0.31 s for
+// 800 MiB) and 1.35x the time. A buffer must not be touched once given
+// back.
+var frameBuffers = bufpool.NewMapped(32, backup.FrameSize)
 
 // getBuffer returns an empty, aligned buffer for n bytes.
 func getBuffer(n int64) []byte {
