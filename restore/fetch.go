@@ -657,6 +657,20 @@ func fetchImage(ctx context.Context, s backup.Store, m *backup.Manifest, w *work
 			w.root.Remove(dname)
 		}
 	}()
+	// The delta (small) downloads while the base does, so that it is
+	// there to lay as soon as the base is.
+	var delta chan error
+	if m.Delta != nil {
+		dctx, cancel := context.WithCancel(ctx)
+		delta = make(chan error, 1)
+		go func(d chan<- error) { d <- fetchDelta(dctx, s, m, w, dname, o, done) }(delta)
+		defer func() {
+			cancel()
+			if delta != nil {
+				<-delta // over before its file is removed (deferred above)
+			}
+		}()
+	}
 	f, err := directio.CreateIn(w.root, name)
 	if err != nil {
 		return err
@@ -679,24 +693,32 @@ func fetchImage(ctx context.Context, s backup.Store, m *backup.Manifest, w *work
 		return err
 	}
 	if m.Delta != nil {
-		df, err := w.create(dname)
+		err, delta = <-delta, nil
 		if err != nil {
 			return err
-		}
-		do := o
-		do.SHA256 = m.Delta.SHA256
-		err = FetchObjects(ctx, s, m.Delta.Chunks, df, do, done)
-		if cerr := df.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return fmt.Errorf("fetch delta of backup %s: %w", m.ID, err)
 		}
 		err = layDelta(ctx, w.pathOf(name), w.pathOf(dname), m)
 		w.root.Remove(dname)
 		if err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// fetchDelta downloads the delta of backup m into dname, a new file in w.
+func fetchDelta(ctx context.Context, s backup.Store, m *backup.Manifest, w *workDir, dname string, o FetchOptions, done *atomic.Int64) error {
+	df, err := w.create(dname)
+	if err != nil {
+		return err
+	}
+	o.SHA256 = m.Delta.SHA256
+	err = FetchObjects(ctx, s, m.Delta.Chunks, df, o, done)
+	if cerr := df.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("fetch delta of backup %s: %w", m.ID, err)
 	}
 	return nil
 }
