@@ -14,6 +14,7 @@ type Pool struct {
 	size   int
 	alloc  func(int) []byte
 	mapped bool
+	huge   bool // mapped in whole huge pages
 }
 
 // New returns a pool that keeps up to keep buffers of capacity size.
@@ -24,7 +25,16 @@ func New(keep, size int) *Pool { return NewFunc(keep, size, nil) }
 // the pages written to take memory. A buffer must not be used once it is
 // given back.
 func NewMapped(keep, size int) *Pool {
-	return &Pool{free: make(chan *[]byte, keep), size: size, alloc: mapBuffer, mapped: true}
+	return &Pool{free: make(chan *[]byte, keep), size: size, alloc: func(n int) []byte { return mapBuffer(n, false) }, mapped: true}
+}
+
+// NewHuge is NewMapped with buffers of 2 MiB or more mapped in whole
+// transparent huge pages (on Linux, where they are on "always" or
+// "madvise"): one page fault fills 2 MiB, but a buffer's memory grows by
+// 2 MiB at a time. It suits buffers their users fill (a decoded frame, a
+// downloaded chunk), not ones mostly left empty.
+func NewHuge(keep, size int) *Pool {
+	return &Pool{free: make(chan *[]byte, keep), size: size, alloc: func(n int) []byte { return mapBuffer(n, true) }, mapped: true, huge: true}
 }
 
 // NewFunc is New with buffers made by alloc (e.g. aligned ones), which
@@ -60,7 +70,7 @@ func (p *Pool) Put(b *[]byte) {
 	case p.free <- b:
 	default:
 		if p.mapped {
-			unmapBuffer(*b)
+			unmapBuffer(*b, p.huge)
 		}
 	}
 }

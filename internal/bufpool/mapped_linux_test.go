@@ -9,37 +9,47 @@ import (
 )
 
 // Mapped buffers of every size hold what they are asked for, end to end;
-// those of a huge page or more are mapped in whole, aligned huge pages
-// (asked for with MADV_HUGEPAGE); and one given back beyond what the pool
-// keeps is unmapped whole.
+// with NewHuge those of a huge page or more are mapped in whole, aligned
+// huge pages (asked for with MADV_HUGEPAGE); and one given back beyond
+// what the pool keeps is unmapped whole.
 func TestMapped_BuffersAreWholeAndHugePagesAligned(t *testing.T) {
-	for _, size := range []int{4096, 1 << 20, hugePage, 4 << 20, 4<<20 + 512<<10, 36<<20 + 512} {
-		p := NewMapped(1, size)
-		a, b := p.Get(), p.Get()
-		for _, x := range []*[]byte{a, b} {
-			if cap(*x) != size || len(*x) != 0 {
-				t.Fatalf("size %d: a buffer of len %d cap %d", size, len(*x), cap(*x))
-			}
-			*x = (*x)[:size]
-			for i := range *x {
-				(*x)[i] = byte(i)
-			}
-			if (*x)[size-1] != byte(size-1) {
-				t.Fatalf("size %d: the last byte did not keep what was written", size)
-			}
+	for _, huge := range []bool{false, true} {
+		for _, size := range []int{4096, 1 << 20, hugePage, 4 << 20, 4<<20 + 512<<10, 36<<20 + 512} {
+			checkMapped(t, huge, size)
 		}
-		addr := uintptr(unsafe.Pointer(unsafe.SliceData(*b)))
-		if size >= hugePage && addr%hugePage != 0 {
-			t.Errorf("size %d: mapped at %#x, not on a huge page boundary", size, addr)
+	}
+}
+
+func checkMapped(t *testing.T, huge bool, size int) {
+	t.Helper()
+	p := NewMapped(1, size)
+	if huge {
+		p = NewHuge(1, size)
+	}
+	a, b := p.Get(), p.Get()
+	for _, x := range []*[]byte{a, b} {
+		if cap(*x) != size || len(*x) != 0 {
+			t.Fatalf("size %d: a buffer of len %d cap %d", size, len(*x), cap(*x))
 		}
-		p.Put(a)
-		p.Put(b) // beyond keep: unmapped
-		if mapped(t, addr) || mapped(t, addr+uintptr(mappedLen(size))-1) {
-			t.Errorf("size %d: the buffer given back beyond what the pool keeps is still mapped", size)
+		*x = (*x)[:size]
+		for i := range *x {
+			(*x)[i] = byte(i)
 		}
-		if c := p.Get(); unsafe.SliceData(*c) != unsafe.SliceData(*a) {
-			t.Errorf("size %d: the kept buffer was not given out again", size)
+		if (*x)[size-1] != byte(size-1) {
+			t.Fatalf("size %d: the last byte did not keep what was written", size)
 		}
+	}
+	addr := uintptr(unsafe.Pointer(unsafe.SliceData(*b)))
+	if huge && size >= hugePage && addr%hugePage != 0 {
+		t.Errorf("size %d: mapped at %#x, not on a huge page boundary", size, addr)
+	}
+	p.Put(a)
+	p.Put(b) // beyond keep: unmapped
+	if mapped(t, addr) || mapped(t, addr+uintptr(mappedLen(size, huge))-1) {
+		t.Errorf("size %d: the buffer given back beyond what the pool keeps is still mapped", size)
+	}
+	if c := p.Get(); unsafe.SliceData(*c) != unsafe.SliceData(*a) {
+		t.Errorf("size %d: the kept buffer was not given out again", size)
 	}
 }
 

@@ -2,6 +2,6 @@
 
 package bufpool
 
-func mapBuffer(size int) []byte { return make([]byte, 0, size) }
+func mapBuffer(size int, _ bool) []byte { return make([]byte, 0, size) }
 
-func unmapBuffer([]byte) {}
+func unmapBuffer([]byte, bool) {}
