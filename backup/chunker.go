@@ -77,11 +77,16 @@ var (
 			zstd.WithWindowSize(FrameSize), zstd.WithLowerEncoderMem(true))
 		return e
 	})
-	decoders = bufpool.NewFree(8, func() *zstd.Decoder {
-		d, _ := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(MaxChunkBytes+1), zstd.IgnoreChecksum(true))
-		return d
-	})
+	decoders = bufpool.NewFree(8, func() *zstd.Decoder { return newDecoder(false) })
+	// cappedDecoders decode into dst's capacity and no further.
+	cappedDecoders = bufpool.NewFree(8, func() *zstd.Decoder { return newDecoder(true) })
 )
+
+func newDecoder(capped bool) *zstd.Decoder {
+	d, _ := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(MaxChunkBytes+1), zstd.IgnoreChecksum(true),
+		zstd.WithDecodeAllCapLimit(capped))
+	return d
+}
 
 // compressing admits as many compressions at once as there are
 // processors to run them: more would only time-share the processors, each
@@ -97,17 +102,26 @@ func Compress(dst, src []byte) []byte {
 	return e.EncodeAll(src, dst[:0])
 }
 
-// Decompress returns a chunk's content, refusing more than limit bytes. It
-// does not check the content: callers check its sha256.
+// Decompress returns a chunk's (or a frame's) content, refusing more than
+// limit bytes. It does not check the content: callers check its sha256.
+// Given a dst of limit bytes or more, it decodes into dst only and stops
+// where content would outgrow it: a frame that expands past its size
+// (anyone who can write to the bucket can store one) costs no more than
+// dst to refuse, where decoding it up to MaxChunkBytes took a restore
+// minutes and hundreds of MiB.
 func Decompress(dst, src []byte, limit int64) ([]byte, error) {
-	d := decoders.Get()
-	defer decoders.Put(d)
+	pool := decoders
+	if int64(cap(dst)) >= limit {
+		pool = cappedDecoders
+	}
+	d := pool.Get()
+	defer pool.Put(d)
 	out, err := d.DecodeAll(src, dst[:0])
+	if errors.Is(err, zstd.ErrDecoderSizeExceeded) || (err == nil && int64(len(out)) > limit) {
+		return nil, fmt.Errorf("%w: expands to more than %d bytes", ErrCorrupt, limit)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: zstd: %v", ErrCorrupt, err)
-	}
-	if int64(len(out)) > limit {
-		return nil, fmt.Errorf("%w: chunk expands to more than %d bytes", ErrCorrupt, limit)
 	}
 	return out, nil
 }

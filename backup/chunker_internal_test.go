@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"math/rand"
+	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -258,5 +260,44 @@ func TestPieces_ReadAsOneBody(t *testing.T) {
 	}
 	if _, err := r.Seek(-1, io.SeekStart); err == nil {
 		t.Error("a seek before the start succeeded")
+	}
+}
+
+// A frame that expands past its size, with or without saying so in its
+// header, is refused as corrupt after decoding no more than the buffer it
+// was given (anyone who can write to the bucket can store one; decoding
+// it up to MaxChunkBytes took a restore minutes and hundreds of MiB), and
+// an honest frame still decodes into that buffer.
+func TestDecompress_AFrameThatOutgrowsItsBufferCostsNoMore(t *testing.T) {
+	zeros := make([]byte, 1<<20)
+	var streamed bytes.Buffer // no content size in the header
+	e, err := zstd.NewWriter(&streamed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 256 {
+		e.Write(zeros)
+	}
+	e.Close()
+	declared := Compress(nil, make([]byte, 64<<20))
+	honest := make([]byte, FrameSize)
+	rand.New(rand.NewSource(1)).Read(honest[:FrameSize/2])
+	z := Compress(nil, honest)
+
+	dst := make([]byte, 0, FrameSize)
+	if out, err := Decompress(dst, z, FrameSize); err != nil || !bytes.Equal(out, honest) || &out[0] != &dst[:1][0] {
+		t.Fatalf("an honest frame: %v (decoded into the buffer given: %v)", err, err == nil && &out[0] == &dst[:1][0])
+	}
+	for name, bomb := range map[string][]byte{"streamed": streamed.Bytes(), "declared": declared} {
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		_, err := Decompress(dst, bomb, FrameSize)
+		runtime.ReadMemStats(&after)
+		if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "expands to more than") {
+			t.Errorf("%s: a %d-byte frame of 256 MiB: %v, want corrupt", name, len(bomb), err)
+		}
+		if n := after.TotalAlloc - before.TotalAlloc; n > 4*FrameSize {
+			t.Errorf("%s: refusing it allocated %d MiB", name, n>>20)
+		}
 	}
 }
