@@ -14,7 +14,6 @@ type Pool struct {
 	size   int
 	alloc  func(int) []byte
 	mapped bool
-	huge   bool // mapped in whole huge pages
 }
 
 // New returns a pool that keeps up to keep buffers of capacity size.
@@ -34,7 +33,7 @@ func NewMapped(keep, size int) *Pool {
 // 2 MiB at a time. It suits buffers their users fill (a decoded frame, a
 // downloaded chunk), not ones mostly left empty.
 func NewHuge(keep, size int) *Pool {
-	return &Pool{free: make(chan *[]byte, keep), size: size, alloc: func(n int) []byte { return mapBuffer(n, true) }, mapped: true, huge: true}
+	return &Pool{free: make(chan *[]byte, keep), size: size, alloc: func(n int) []byte { return mapBuffer(n, true) }, mapped: true}
 }
 
 // NewFunc is New with buffers made by alloc (e.g. aligned ones), which
@@ -70,7 +69,7 @@ func (p *Pool) Put(b *[]byte) {
 	case p.free <- b:
 	default:
 		if p.mapped {
-			unmapBuffer(*b, p.huge)
+			unmapBuffer(*b)
 		}
 	}
 }

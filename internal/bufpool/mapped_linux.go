@@ -1,6 +1,7 @@
 package bufpool
 
 import (
+	"sync"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -26,6 +27,7 @@ func mapBuffer(size int, huge bool) []byte {
 		return make([]byte, 0, size)
 	}
 	b := unsafe.Slice((*byte)(p), n)
+	mappedAt.Store(p, n)
 	if huge && n >= hugePage {
 		unix.Madvise(b, unix.MADV_HUGEPAGE) // advice only: without it, 4 KiB pages
 	}
@@ -40,6 +42,14 @@ func mappedLen(size int, huge bool) int {
 	return (size + hugePage - 1) / hugePage * hugePage
 }
 
-func unmapBuffer(b []byte, huge bool) {
-	unix.MunmapPtr(unsafe.Pointer(unsafe.SliceData(b[:1])), uintptr(mappedLen(cap(b), huge)))
+// mappedAt holds the address and length of every mapping mapBuffer made
+// and unmapBuffer has not undone: a buffer mapBuffer had to make on the
+// heap (the mapping failed) must never be unmapped.
+var mappedAt sync.Map // unsafe.Pointer -> int
+
+func unmapBuffer(b []byte) {
+	p := unsafe.Pointer(unsafe.SliceData(b[:1]))
+	if n, ok := mappedAt.LoadAndDelete(p); ok {
+		unix.MunmapPtr(p, uintptr(n.(int)))
+	}
 }

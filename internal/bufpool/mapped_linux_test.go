@@ -67,3 +67,16 @@ func mapped(t *testing.T, addr uintptr) bool {
 	}
 	return false
 }
+
+// A buffer of the pool's size that mapBuffer did not map (made on the heap
+// when a mapping failed) is never unmapped when the pool gives it up.
+func TestMapped_HeapBuffersAreNeverUnmapped(t *testing.T) {
+	p := NewMapped(1, 3<<20)
+	p.Put(p.Get())
+	heap := make([]byte, 0, 3<<20)
+	p.Put(&heap) // the pool is full: given up
+	heap = heap[:cap(heap)]
+	for i := range heap {
+		heap[i] = 1 // faults if its pages were unmapped
+	}
+}

@@ -4,4 +4,4 @@ package bufpool
 
 func mapBuffer(size int, _ bool) []byte { return make([]byte, 0, size) }
 
-func unmapBuffer([]byte, bool) {}
+func unmapBuffer([]byte) {}
