@@ -434,12 +434,12 @@ func (p *piece) decode(sr *storedRead, fc frameCheck) ([]byte, error) {
 	if len(ob.Frames) > 0 {
 		z = z[p.zoff : p.zoff+f.Stored]
 	}
+	// getBuffer's room is the frame's size or more: Decompress decodes
+	// into it or fails.
 	dst := getBuffer(f.Size)
 	b, err := backup.Decompress(dst, z, f.Size)
-	if err != nil || !sameArray(b, dst) {
-		putBuffer(dst) // b, if any, is not in it (a frame that decoded past its size)
-	}
 	if err != nil {
+		putBuffer(dst)
 		return nil, fmt.Errorf("chunk %s: %w", ob.SHA256[:12], err)
 	}
 	if int64(len(b)) != f.Size || (!sr.pinned && fc.cipher.ContentID(b) != f.SHA256) {

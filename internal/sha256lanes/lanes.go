@@ -74,9 +74,7 @@ func (h *Hasher) Start(i int, key []byte) {
 		ipad[j] ^= 0x36
 		opad[j] ^= 0x5c
 	}
-	one := [Lanes][8]uint32{iv}
-	blocksGeneric(&one, ipad[:])
-	h.h[i], h.n[i], h.opad[i] = one[0], blockSize, opad
+	h.h[i], h.n[i], h.opad[i] = advance(iv, ipad[:]), blockSize, opad
 }
 
 // Write hashes p into every lane. It never fails.
@@ -150,14 +148,21 @@ type encodingHash interface {
 func blocksGeneric(dig *[Lanes][8]uint32, p []byte) {
 	p = p[:len(p)&^(blockSize-1)]
 	for i := range dig {
-		d := resume(dig[i], 0, nil)
-		d.Write(p)
-		m, err := d.MarshalBinary()
-		if err != nil {
-			panic("sha256lanes: crypto/sha256 cannot give its state: " + err.Error())
-		}
-		for j := range dig[i] {
-			dig[i][j] = binary.BigEndian.Uint32(m[4+4*j:])
-		}
+		dig[i] = advance(dig[i], p)
 	}
+}
+
+// advance returns state st after the whole blocks p (a multiple of 64
+// bytes), hashed by crypto/sha256.
+func advance(st [8]uint32, p []byte) [8]uint32 {
+	d := resume(st, 0, nil)
+	d.Write(p)
+	m, err := d.MarshalBinary()
+	if err != nil {
+		panic("sha256lanes: crypto/sha256 cannot give its state: " + err.Error())
+	}
+	for j := range st {
+		st[j] = binary.BigEndian.Uint32(m[4+4*j:])
+	}
+	return st
 }
